@@ -1,0 +1,340 @@
+//! Families, their dimensions read from config.json, and the tensors candle's models load.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Bert,
+    DistilBert,
+    Llama,
+    Qwen2,
+}
+
+impl Family {
+    pub const ALL: [Self; 4] = [Self::Bert, Self::DistilBert, Self::Llama, Self::Qwen2];
+
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Bert => "bert",
+            Self::DistilBert => "distilbert",
+            Self::Llama => "llama",
+            Self::Qwen2 => "qwen2",
+        }
+    }
+
+    #[must_use]
+    pub fn is_decoder(self) -> bool {
+        matches!(self, Self::Llama | Self::Qwen2)
+    }
+
+    /// Whether candle 0.11's model for this family runs in `p`.
+    /// DistilBERT's attention upcasts its scores to f32 and then multiplies them with values in
+    /// the run dtype, which fails for f16/bf16.
+    #[must_use]
+    pub fn supports(self, p: crate::plan::Precision) -> bool {
+        self != Self::DistilBert || p == crate::plan::Precision::F32
+    }
+
+    /// What one measured forward computes.
+    #[must_use]
+    pub fn forward_label(self) -> &'static str {
+        if self.is_decoder() {
+            "decoder prefill with KV cache, logits for the last position only (candle 0.11); a Hugging Face evaluation forward computes logits for every position and needs more"
+        } else {
+            "encoder forward over all positions (hidden states, no task head)"
+        }
+    }
+
+    /// Reads `model_type`, then `architectures`. Returns what was found when unsupported.
+    pub fn detect(obj: &Map<String, Value>) -> Result<Self, String> {
+        let model_type = obj.get("model_type").and_then(Value::as_str);
+        let archs: Vec<&str> = obj
+            .get("architectures")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if let Some(mt) = model_type {
+            if let Some(f) = Self::ALL.iter().find(|f| f.name() == mt.to_ascii_lowercase()) {
+                return Ok(*f);
+            }
+        }
+        for arch in &archs {
+            let lower = arch.to_ascii_lowercase();
+            // Longest prefixes first: "distilbert" also starts like "bert" would not.
+            for f in [Self::DistilBert, Self::Bert, Self::Qwen2, Self::Llama] {
+                if lower.starts_with(f.name()) {
+                    return Ok(f);
+                }
+            }
+        }
+        let found = match (model_type, archs.first()) {
+            (Some(mt), Some(a)) => format!("'{a}' (model_type '{mt}')"),
+            (Some(mt), None) => format!("model_type '{mt}'"),
+            (None, Some(a)) => format!("'{a}'"),
+            (None, None) => "(no \"model_type\" or \"architectures\" field)".to_string(),
+        };
+        Err(found)
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The dimensions oomlab needs, read from the config with each family's field names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dims {
+    pub layers: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub intermediate: usize,
+    pub vocab: usize,
+    pub max_positions: usize,
+    /// BERT token type vocabulary (0 elsewhere).
+    pub type_vocab: usize,
+    /// Decoders: lm_head shares the embedding matrix.
+    pub tied_embeddings: bool,
+}
+
+/// One tensor candle's model loads: name (without any `bert.`-style prefix) and shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorShape {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+fn field(v: &Value, name: &str) -> Result<usize, String> {
+    match v.get(name) {
+        None | Some(Value::Null) => Err(format!("missing field \"{name}\"")),
+        Some(x) => x
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| format!("field \"{name}\" must be a non-negative integer, found {x}")),
+    }
+}
+
+fn opt_field(v: &Value, name: &str) -> Result<Option<usize>, String> {
+    match v.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => field(v, name).map(Some),
+    }
+}
+
+impl Dims {
+    pub fn from_config(family: Family, v: &Value) -> Result<Self, String> {
+        let dims = match family {
+            Family::Bert => Self {
+                layers: field(v, "num_hidden_layers")?,
+                hidden: field(v, "hidden_size")?,
+                heads: field(v, "num_attention_heads")?,
+                kv_heads: field(v, "num_attention_heads")?,
+                intermediate: field(v, "intermediate_size")?,
+                vocab: field(v, "vocab_size")?,
+                max_positions: field(v, "max_position_embeddings")?,
+                type_vocab: opt_field(v, "type_vocab_size")?.unwrap_or(2),
+                tied_embeddings: false,
+            },
+            Family::DistilBert => Self {
+                layers: field(v, "n_layers")?,
+                hidden: field(v, "dim")?,
+                heads: field(v, "n_heads")?,
+                kv_heads: field(v, "n_heads")?,
+                intermediate: field(v, "hidden_dim")?,
+                vocab: field(v, "vocab_size")?,
+                max_positions: field(v, "max_position_embeddings")?,
+                type_vocab: 0,
+                tied_embeddings: false,
+            },
+            Family::Llama | Family::Qwen2 => {
+                let heads = field(v, "num_attention_heads")?;
+                Self {
+                    layers: field(v, "num_hidden_layers")?,
+                    hidden: field(v, "hidden_size")?,
+                    heads,
+                    kv_heads: opt_field(v, "num_key_value_heads")?.unwrap_or(heads),
+                    intermediate: field(v, "intermediate_size")?,
+                    vocab: field(v, "vocab_size")?,
+                    max_positions: field(v, "max_position_embeddings")?,
+                    type_vocab: 0,
+                    tied_embeddings: v
+                        .get("tie_word_embeddings")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false),
+                }
+            }
+        };
+        dims.check(family)?;
+        Ok(dims)
+    }
+
+    fn check(&self, family: Family) -> Result<(), String> {
+        let names = match family {
+            Family::DistilBert => ("n_layers", "dim", "n_heads", "hidden_dim"),
+            _ => (
+                "num_hidden_layers",
+                "hidden_size",
+                "num_attention_heads",
+                "intermediate_size",
+            ),
+        };
+        for (value, name) in [
+            (self.layers, names.0),
+            (self.hidden, names.1),
+            (self.heads, names.2),
+            (self.intermediate, names.3),
+            (self.vocab, "vocab_size"),
+            (self.max_positions, "max_position_embeddings"),
+            (self.kv_heads, "num_key_value_heads"),
+        ] {
+            if value == 0 {
+                return Err(format!("field \"{name}\" must be at least 1, found 0"));
+            }
+        }
+        if self.hidden % self.heads != 0 {
+            return Err(format!(
+                "field \"{}\" = {} is not divisible by \"{}\" = {}",
+                names.1, self.hidden, names.2, self.heads
+            ));
+        }
+        if self.heads % self.kv_heads != 0 {
+            return Err(format!(
+                "field \"num_attention_heads\" = {} is not a multiple of \"num_key_value_heads\" = {}",
+                self.heads, self.kv_heads
+            ));
+        }
+        // Absurd sizes would overflow shape arithmetic long before they fit anywhere.
+        let biggest = (self.vocab as u128) * (self.hidden as u128);
+        if biggest > 1 << 40 || self.layers > 10_000 {
+            return Err(format!(
+                "sizes are implausible (vocab_size × hidden_size = {biggest}, layers = {})",
+                self.layers
+            ));
+        }
+        Ok(())
+    }
+
+    #[must_use]
+    pub fn head_dim(&self) -> usize {
+        self.hidden / self.heads
+    }
+
+    /// The tensors candle's model for this family loads, in candle's names.
+    #[must_use]
+    pub fn tensors(&self, family: Family) -> Vec<TensorShape> {
+        let mut out = Vec::new();
+        let mut t = |name: String, shape: &[usize]| {
+            out.push(TensorShape {
+                name,
+                shape: shape.to_vec(),
+            });
+        };
+        let (h, i) = (self.hidden, self.intermediate);
+        match family {
+            Family::Bert => {
+                t("embeddings.word_embeddings.weight".into(), &[self.vocab, h]);
+                t(
+                    "embeddings.position_embeddings.weight".into(),
+                    &[self.max_positions, h],
+                );
+                t(
+                    "embeddings.token_type_embeddings.weight".into(),
+                    &[self.type_vocab, h],
+                );
+                t("embeddings.LayerNorm.weight".into(), &[h]);
+                t("embeddings.LayerNorm.bias".into(), &[h]);
+                for l in 0..self.layers {
+                    let p = format!("encoder.layer.{l}");
+                    for lin in ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"] {
+                        t(format!("{p}.{lin}.weight"), &[h, h]);
+                        t(format!("{p}.{lin}.bias"), &[h]);
+                    }
+                    t(format!("{p}.attention.output.LayerNorm.weight"), &[h]);
+                    t(format!("{p}.attention.output.LayerNorm.bias"), &[h]);
+                    t(format!("{p}.intermediate.dense.weight"), &[i, h]);
+                    t(format!("{p}.intermediate.dense.bias"), &[i]);
+                    t(format!("{p}.output.dense.weight"), &[h, i]);
+                    t(format!("{p}.output.dense.bias"), &[h]);
+                    t(format!("{p}.output.LayerNorm.weight"), &[h]);
+                    t(format!("{p}.output.LayerNorm.bias"), &[h]);
+                }
+            }
+            Family::DistilBert => {
+                t("embeddings.word_embeddings.weight".into(), &[self.vocab, h]);
+                t(
+                    "embeddings.position_embeddings.weight".into(),
+                    &[self.max_positions, h],
+                );
+                t("embeddings.LayerNorm.weight".into(), &[h]);
+                t("embeddings.LayerNorm.bias".into(), &[h]);
+                for l in 0..self.layers {
+                    let p = format!("transformer.layer.{l}");
+                    for lin in ["q_lin", "k_lin", "v_lin", "out_lin"] {
+                        t(format!("{p}.attention.{lin}.weight"), &[h, h]);
+                        t(format!("{p}.attention.{lin}.bias"), &[h]);
+                    }
+                    t(format!("{p}.sa_layer_norm.weight"), &[h]);
+                    t(format!("{p}.sa_layer_norm.bias"), &[h]);
+                    t(format!("{p}.ffn.lin1.weight"), &[i, h]);
+                    t(format!("{p}.ffn.lin1.bias"), &[i]);
+                    t(format!("{p}.ffn.lin2.weight"), &[h, i]);
+                    t(format!("{p}.ffn.lin2.bias"), &[h]);
+                    t(format!("{p}.output_layer_norm.weight"), &[h]);
+                    t(format!("{p}.output_layer_norm.bias"), &[h]);
+                }
+            }
+            Family::Llama | Family::Qwen2 => {
+                let kv = self.kv_heads * self.head_dim();
+                t("model.embed_tokens.weight".into(), &[self.vocab, h]);
+                for l in 0..self.layers {
+                    let p = format!("model.layers.{l}");
+                    t(format!("{p}.self_attn.q_proj.weight"), &[h, h]);
+                    t(format!("{p}.self_attn.k_proj.weight"), &[kv, h]);
+                    t(format!("{p}.self_attn.v_proj.weight"), &[kv, h]);
+                    if family == Family::Qwen2 {
+                        t(format!("{p}.self_attn.q_proj.bias"), &[h]);
+                        t(format!("{p}.self_attn.k_proj.bias"), &[kv]);
+                        t(format!("{p}.self_attn.v_proj.bias"), &[kv]);
+                    }
+                    t(format!("{p}.self_attn.o_proj.weight"), &[h, h]);
+                    t(format!("{p}.mlp.gate_proj.weight"), &[i, h]);
+                    t(format!("{p}.mlp.up_proj.weight"), &[i, h]);
+                    t(format!("{p}.mlp.down_proj.weight"), &[h, i]);
+                    t(format!("{p}.input_layernorm.weight"), &[h]);
+                    t(format!("{p}.post_attention_layernorm.weight"), &[h]);
+                }
+                t("model.norm.weight".into(), &[h]);
+                if !self.tied_embeddings {
+                    t("lm_head.weight".into(), &[self.vocab, h]);
+                }
+            }
+        }
+        out
+    }
+
+    /// Parameters candle's model holds (tied embeddings once; BERT has no pooler in candle).
+    #[must_use]
+    pub fn candle_parameters(&self, family: Family) -> u64 {
+        self.tensors(family)
+            .iter()
+            .map(|t| t.shape.iter().product::<usize>() as u64)
+            .sum()
+    }
+
+    /// Parameters as published (BERT checkpoints include the pooler: hidden² + hidden).
+    #[must_use]
+    pub fn published_parameters(&self, family: Family) -> u64 {
+        let pooler = if family == Family::Bert {
+            (self.hidden * self.hidden + self.hidden) as u64
+        } else {
+            0
+        };
+        self.candle_parameters(family) + pooler
+    }
+}

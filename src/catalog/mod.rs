@@ -1,0 +1,363 @@
+//! Model specs: the bundled catalog, Hugging Face `config.json` files, and local model folders
+//! (config.json + safetensors, sharded index supported).
+//!
+//! Nothing here touches a device: this module parses, validates and describes shapes.
+
+mod checkpoint;
+mod dims;
+
+pub use checkpoint::{Checkpoint, CheckpointError};
+pub use dims::{Dims, Family, TensorShape};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// One bundled model: a short id and its config.json text.
+pub struct Bundled {
+    pub id: &'static str,
+    pub config_json: &'static str,
+    /// Tiny models exist for tests and quick demonstrations.
+    pub tiny: bool,
+}
+
+pub const BUNDLED: &[Bundled] = &[
+    Bundled {
+        id: "bert-base-uncased",
+        config_json: include_str!("../../assets/models/bert-base-uncased.json"),
+        tiny: false,
+    },
+    Bundled {
+        id: "bert-large-uncased",
+        config_json: include_str!("../../assets/models/bert-large-uncased.json"),
+        tiny: false,
+    },
+    Bundled {
+        id: "distilbert-base-uncased",
+        config_json: include_str!("../../assets/models/distilbert-base-uncased.json"),
+        tiny: false,
+    },
+    Bundled {
+        id: "TinyLlama-1.1B",
+        config_json: include_str!("../../assets/models/TinyLlama-1.1B.json"),
+        tiny: false,
+    },
+    Bundled {
+        id: "Llama-3.2-1B",
+        config_json: include_str!("../../assets/models/Llama-3.2-1B.json"),
+        tiny: false,
+    },
+    Bundled {
+        id: "Qwen2-0.5B",
+        config_json: include_str!("../../assets/models/Qwen2-0.5B.json"),
+        tiny: false,
+    },
+    Bundled {
+        id: "tiny-bert",
+        config_json: include_str!("../../assets/models/tiny-bert.json"),
+        tiny: true,
+    },
+    Bundled {
+        id: "tiny-distilbert",
+        config_json: include_str!("../../assets/models/tiny-distilbert.json"),
+        tiny: true,
+    },
+    Bundled {
+        id: "tiny-llama",
+        config_json: include_str!("../../assets/models/tiny-llama.json"),
+        tiny: true,
+    },
+    Bundled {
+        id: "tiny-qwen2",
+        config_json: include_str!("../../assets/models/tiny-qwen2.json"),
+        tiny: true,
+    },
+];
+
+/// Where a model comes from. This is what travels to the worker and into the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelRef {
+    /// A bundled catalog id (synthetic weights).
+    Catalog(String),
+    /// A `config.json` file (synthetic weights).
+    Config(PathBuf),
+    /// A folder with `config.json` and, when present, `*.safetensors` weights.
+    Folder(PathBuf),
+}
+
+impl ModelRef {
+    /// Interprets what a user typed: a catalog id, or a path to a config file or folder.
+    pub fn parse(text: &str) -> Result<Self, CatalogError> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(CatalogError::Unknown {
+                name: String::new(),
+            });
+        }
+        if let Some(b) = BUNDLED.iter().find(|b| b.id.eq_ignore_ascii_case(text)) {
+            return Ok(Self::Catalog(b.id.to_string()));
+        }
+        let path = Path::new(text);
+        if path.is_dir() {
+            Ok(Self::Folder(path.to_path_buf()))
+        } else if path.is_file() {
+            Ok(Self::Config(path.to_path_buf()))
+        } else {
+            Err(CatalogError::Unknown {
+                name: text.to_string(),
+            })
+        }
+    }
+}
+
+impl fmt::Display for ModelRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Catalog(id) => f.write_str(id),
+            Self::Config(p) | Self::Folder(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error(
+        "unknown model '{name}': it is neither a bundled model id (run `oomlab models` for the list) nor an existing config.json file or model folder"
+    )]
+    Unknown { name: String },
+    #[error("cannot read {}: {source}; check the path and its permissions", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} has no config.json; a model folder needs config.json next to its *.safetensors files", dir.display())]
+    NoConfigInFolder { dir: PathBuf },
+    #[error("{origin} is empty; it should be a Hugging Face config.json (a JSON object with model_type, hidden_size, ...)")]
+    Empty { origin: String },
+    #[error("{origin} is not valid JSON ({source}); fix the syntax or point to the model's config.json")]
+    NotJson {
+        origin: String,
+        source: serde_json::Error,
+    },
+    #[error("{origin} is not a JSON object; a config.json is an object such as {{\"model_type\": \"bert\", ...}}")]
+    NotObject { origin: String },
+    #[error(
+        "{origin}: architecture {found} is not supported; supported families: bert, distilbert, llama, qwen2 (set \"model_type\" to one of them if the model really is one)"
+    )]
+    UnknownArchitecture { origin: String, found: String },
+    #[error("{origin}: {message}; add or correct this field (compare with the model's published config.json)")]
+    Field { origin: String, message: String },
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+}
+
+/// A resolved model: its config text, family, dimensions and (for folders) checkpoint.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub reference: ModelRef,
+    /// Short name for tables and exports.
+    pub name: String,
+    /// Human-readable origin of the config, used in error messages.
+    pub origin: String,
+    pub config_json: String,
+    pub family: Family,
+    pub dims: Dims,
+    /// Present when the folder holds safetensors weights.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+impl ModelSpec {
+    /// Resolves a reference: reads the config, detects the family, parses and checks dimensions,
+    /// and (for folders with weights) indexes and validates the checkpoint against the config.
+    pub fn resolve(reference: &ModelRef) -> Result<Self, CatalogError> {
+        let (name, origin, text, folder) = match reference {
+            ModelRef::Catalog(id) => {
+                let b = BUNDLED
+                    .iter()
+                    .find(|b| b.id == id)
+                    .ok_or_else(|| CatalogError::Unknown { name: id.clone() })?;
+                (
+                    id.clone(),
+                    format!("bundled config '{id}'"),
+                    b.config_json.to_string(),
+                    None,
+                )
+            }
+            ModelRef::Config(path) => {
+                let text = read(path)?;
+                (
+                    file_stem_name(path),
+                    path.display().to_string(),
+                    text,
+                    None,
+                )
+            }
+            ModelRef::Folder(dir) => {
+                let cfg = dir.join("config.json");
+                if !cfg.is_file() {
+                    return Err(CatalogError::NoConfigInFolder { dir: dir.clone() });
+                }
+                let text = read(&cfg)?;
+                let name = dir
+                    .file_name()
+                    .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into());
+                (name, cfg.display().to_string(), text, Some(dir.clone()))
+            }
+        };
+        let (family, dims) = parse_config(&origin, &text)?;
+        let checkpoint = match folder {
+            Some(dir) => Checkpoint::open(&dir)?,
+            None => None,
+        };
+        if let Some(ck) = &checkpoint {
+            ck.validate(family, &dims.tensors(family), &origin)?;
+        }
+        Ok(Self {
+            reference: reference.clone(),
+            name,
+            origin,
+            config_json: text,
+            family,
+            dims,
+            checkpoint,
+        })
+    }
+
+    /// SHA-256 of the config text, recorded in the journal so a resume can tell the model changed.
+    #[must_use]
+    pub fn config_hash(&self) -> String {
+        let digest = Sha256::digest(self.config_json.as_bytes());
+        digest.iter().fold(String::with_capacity(64), |mut s, b| {
+            use std::fmt::Write as _;
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+    }
+
+    /// Parameters candle's model holds (tied embeddings once; BERT without pooler).
+    #[must_use]
+    pub fn candle_parameters(&self) -> u64 {
+        self.dims.candle_parameters(self.family)
+    }
+
+    /// What the forward computes, said plainly for results and exports.
+    #[must_use]
+    pub fn forward_label(&self) -> &'static str {
+        self.family.forward_label()
+    }
+}
+
+fn file_stem_name(path: &Path) -> String {
+    // A config.json is named after its folder; any other file after its stem.
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    if stem == "config" {
+        if let Some(parent) = path.parent().and_then(Path::file_name) {
+            return parent.to_string_lossy().to_string();
+        }
+    }
+    stem
+}
+
+fn read(path: &Path) -> Result<String, CatalogError> {
+    std::fs::read_to_string(path).map_err(|source| CatalogError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Detects the family and parses the dimensions of a config text.
+pub fn parse_config(origin: &str, text: &str) -> Result<(Family, Dims), CatalogError> {
+    if text.trim().is_empty() {
+        return Err(CatalogError::Empty {
+            origin: origin.to_string(),
+        });
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|source| CatalogError::NotJson {
+            origin: origin.to_string(),
+            source,
+        })?;
+    let Some(obj) = value.as_object() else {
+        return Err(CatalogError::NotObject {
+            origin: origin.to_string(),
+        });
+    };
+    let family = Family::detect(obj).map_err(|found| CatalogError::UnknownArchitecture {
+        origin: origin.to_string(),
+        found,
+    })?;
+    let dims = Dims::from_config(family, &value).map_err(|message| CatalogError::Field {
+        origin: origin.to_string(),
+        message,
+    })?;
+    Ok((family, dims))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundled_parameter_counts_match_published_models() {
+        let expected: &[(&str, u64)] = &[
+            ("bert-base-uncased", 109_482_240),
+            ("bert-large-uncased", 335_141_888),
+            ("distilbert-base-uncased", 66_362_880),
+            ("TinyLlama-1.1B", 1_100_048_384),
+            ("Llama-3.2-1B", 1_235_814_400),
+            ("Qwen2-0.5B", 494_032_768),
+        ];
+        for (id, params) in expected {
+            let spec = ModelSpec::resolve(&ModelRef::Catalog((*id).into())).unwrap();
+            assert_eq!(
+                spec.dims.published_parameters(spec.family),
+                *params,
+                "{id}"
+            );
+        }
+        let bert = ModelSpec::resolve(&ModelRef::Catalog("bert-base-uncased".into())).unwrap();
+        assert_eq!(bert.candle_parameters(), 108_891_648);
+    }
+
+    #[test]
+    fn every_bundled_config_parses() {
+        for b in BUNDLED {
+            let spec = ModelSpec::resolve(&ModelRef::Catalog(b.id.into())).unwrap();
+            assert!(spec.candle_parameters() > 0);
+        }
+    }
+
+    #[test]
+    fn bad_configs_name_the_problem() {
+        let e = parse_config("x.json", "").unwrap_err().to_string();
+        assert!(e.contains("x.json is empty"), "{e}");
+        let e = parse_config("x.json", "{nope").unwrap_err().to_string();
+        assert!(e.contains("not valid JSON"), "{e}");
+        let e = parse_config("x.json", "[1]").unwrap_err().to_string();
+        assert!(e.contains("not a JSON object"), "{e}");
+        let e = parse_config("x.json", r#"{"model_type":"gpt2","architectures":["GPT2LMHeadModel"]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("GPT2LMHeadModel") && e.contains("bert, distilbert, llama, qwen2"), "{e}");
+        let e = parse_config("x.json", r#"{"model_type":"bert","hidden_size":32}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("x.json") && e.contains("num_hidden_layers"), "{e}");
+        let e = ModelRef::parse("no-such-model").unwrap_err().to_string();
+        assert!(e.contains("oomlab models"), "{e}");
+    }
+
+    #[test]
+    fn config_hash_is_stable_and_content_based() {
+        let a = ModelSpec::resolve(&ModelRef::Catalog("tiny-bert".into())).unwrap();
+        let b = ModelSpec::resolve(&ModelRef::Catalog("tiny-llama".into())).unwrap();
+        assert_eq!(a.config_hash().len(), 64);
+        assert_eq!(a.config_hash(), a.clone().config_hash());
+        assert_ne!(a.config_hash(), b.config_hash());
+    }
+}

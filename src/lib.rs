@@ -1,0 +1,15 @@
+//! oomlab: a lab for GPU out-of-memory experiments over real candle forward passes.
+//!
+//! Two faces (the eframe GUI in [`gui`] and the command line in [`cli`]) over one engine:
+//! [`sweep`] drives [`search`] (pure boundary search) and a [`worker`] process that runs the
+//! [`models`] and measures memory ([`measure`]); [`report`] keeps the journal and writes results.
+
+pub mod catalog;
+pub mod cli;
+pub mod measure;
+pub mod models;
+pub mod plan;
+pub mod report;
+pub mod search;
+pub mod sweep;
+pub mod worker;

@@ -1,0 +1,3 @@
+//! Memory meters. CPU: the counting allocator (installed as global allocator by the binary).
+
+pub mod alloc;

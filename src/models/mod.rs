@@ -1,0 +1,240 @@
+//! One adapter per family over candle-transformers: build (synthetic or checkpoint weights)
+//! and one forward for a (batch, seq) with realistic inputs.
+//!
+//! Weights are plain detached tensors handed to `VarBuilder::from_tensors` — never trainable
+//! `Var`s, which would make candle record the graph and keep intermediates alive. The tensor
+//! map holds exactly the tensors the config implies, so tied embeddings stay tied.
+
+use crate::catalog::{CatalogError, Family, ModelSpec};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::{bert, distilbert, llama, qwen2};
+use std::collections::HashMap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Config(#[from] CatalogError),
+    #[error(transparent)]
+    Checkpoint(#[from] crate::catalog::CheckpointError),
+    #[error("building the {family} model failed: {message}")]
+    Build { family: Family, message: String },
+    #[error("forward pass failed: {0}")]
+    Forward(String),
+}
+
+enum Kind {
+    Bert(bert::BertModel),
+    DistilBert(distilbert::DistilBertModel),
+    Llama {
+        model: llama::Llama,
+        /// Pristine cache (rotary tables); cloned per forward so no KV state leaks between trials.
+        cache: llama::Cache,
+    },
+    Qwen2(qwen2::ModelForCausalLM),
+}
+
+/// A built model, ready for forwards.
+pub struct LoadedModel {
+    kind: Kind,
+    vocab: usize,
+    /// Parameters as held in the run dtype (tied weights once).
+    pub weights_bytes: u64,
+    /// True when real checkpoint weights were loaded.
+    pub from_checkpoint: bool,
+}
+
+/// Inputs for one forward, created before the measured region.
+pub struct Inputs {
+    ids: Tensor,
+    aux: Option<Tensor>,
+    mask: Option<Tensor>,
+    cache: Option<llama::Cache>,
+}
+
+fn candle_config<T: serde::de::DeserializeOwned>(spec: &ModelSpec) -> Result<T, CatalogError> {
+    serde_json::from_str(&spec.config_json).map_err(|e| CatalogError::Field {
+        origin: spec.origin.clone(),
+        message: e.to_string(),
+    })
+}
+
+/// Turns a panic inside candle's constructors (some `unwrap()` internally) into an error.
+fn catch<T>(family: Family, f: impl FnOnce() -> candle_core::Result<T>) -> Result<T, ModelError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ModelError::Build {
+            family,
+            message: e.to_string(),
+        }),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                .unwrap_or_else(|| "panic".into());
+            Err(ModelError::Build { family, message })
+        }
+    }
+}
+
+/// Bytes the weights take in `dtype`, computed from the config alone (no allocation).
+#[must_use]
+pub fn weights_bytes(spec: &ModelSpec, dtype: DType) -> u64 {
+    spec.candle_parameters() * dtype.size_in_bytes() as u64
+}
+
+/// Builds the model: checkpoint weights when the spec has them, synthetic zeros otherwise.
+pub fn build(spec: &ModelSpec, dtype: DType, device: &Device) -> Result<LoadedModel, ModelError> {
+    let expected = spec.dims.tensors(spec.family);
+    let tensors: HashMap<String, Tensor> = match &spec.checkpoint {
+        Some(ck) => ck.load(spec.family, &expected, dtype, device)?,
+        None => {
+            let mut m = HashMap::with_capacity(expected.len());
+            for t in &expected {
+                let z = Tensor::zeros(t.shape.as_slice(), dtype, device).map_err(|e| {
+                    ModelError::Build {
+                        family: spec.family,
+                        message: e.to_string(),
+                    }
+                })?;
+                m.insert(t.name.clone(), z);
+            }
+            m
+        }
+    };
+    let weights_bytes = tensors
+        .values()
+        .map(|t| (t.elem_count() * t.dtype().size_in_bytes()) as u64)
+        .sum();
+    let vb = VarBuilder::from_tensors(tensors, dtype, device);
+    let family = spec.family;
+    let kind = match family {
+        Family::Bert => {
+            let cfg: bert::Config = candle_config(spec)?;
+            Kind::Bert(catch(family, || bert::BertModel::load(vb, &cfg))?)
+        }
+        Family::DistilBert => {
+            let cfg: distilbert::Config = candle_config(spec)?;
+            Kind::DistilBert(catch(family, || distilbert::DistilBertModel::load(vb, &cfg))?)
+        }
+        Family::Llama => {
+            let cfg: llama::LlamaConfig = candle_config(spec)?;
+            let cfg = cfg.into_config(false);
+            let model = catch(family, || llama::Llama::load(vb, &cfg))?;
+            let cache = catch(family, || llama::Cache::new(true, dtype, &cfg, device))?;
+            Kind::Llama { model, cache }
+        }
+        Family::Qwen2 => {
+            let cfg: qwen2::Config = candle_config(spec)?;
+            Kind::Qwen2(catch(family, || qwen2::ModelForCausalLM::new(&cfg, vb))?)
+        }
+    };
+    Ok(LoadedModel {
+        kind,
+        vocab: spec.dims.vocab,
+        weights_bytes,
+        from_checkpoint: spec.checkpoint.is_some(),
+    })
+}
+
+/// Deterministic, well-spread token ids in `[0, vocab)`.
+#[must_use]
+pub fn token_ids(batch: usize, seq: usize, vocab: usize) -> Vec<u32> {
+    (0..batch * seq)
+        .map(|i| ((i as u64).wrapping_mul(2_654_435_761) % vocab as u64) as u32)
+        .collect()
+}
+
+impl LoadedModel {
+    /// Realistic inputs for a (batch, seq): token ids, and for encoders an all-ones attention mask.
+    pub fn inputs(&self, batch: usize, seq: usize, device: &Device) -> Result<Inputs, ModelError> {
+        let ids = token_ids(batch, seq, self.vocab);
+        self.inputs_from_ids(&ids, batch, seq, device)
+    }
+
+    pub fn inputs_from_ids(
+        &self,
+        ids: &[u32],
+        batch: usize,
+        seq: usize,
+        device: &Device,
+    ) -> Result<Inputs, ModelError> {
+        let f = || -> candle_core::Result<Inputs> {
+            let ids = Tensor::from_slice(ids, (batch, seq), device)?;
+            Ok(match &self.kind {
+                Kind::Bert(_) => Inputs {
+                    aux: Some(ids.zeros_like()?),
+                    mask: Some(ids.ones_like()?),
+                    ids,
+                    cache: None,
+                },
+                // candle's DistilBERT masks where the mask is 1: nothing is padding here.
+                Kind::DistilBert(_) => Inputs {
+                    mask: Some(Tensor::zeros((batch, 1, 1, seq), DType::U8, device)?),
+                    ids,
+                    aux: None,
+                    cache: None,
+                },
+                Kind::Llama { cache, .. } => Inputs {
+                    ids,
+                    aux: None,
+                    mask: None,
+                    cache: Some(cache.clone()),
+                },
+                Kind::Qwen2(_) => Inputs {
+                    ids,
+                    aux: None,
+                    mask: None,
+                    cache: None,
+                },
+            })
+        };
+        f().map_err(|e| ModelError::Forward(e.to_string()))
+    }
+
+    /// One forward. Encoders return hidden states for all positions; decoders the prefill
+    /// logits for the last position (what candle 0.11 computes).
+    pub fn forward(&mut self, inputs: Inputs) -> Result<Tensor, ModelError> {
+        let Inputs {
+            ids,
+            aux,
+            mask,
+            cache,
+        } = inputs;
+        let out = match &mut self.kind {
+            Kind::Bert(m) => match &aux {
+                Some(tt) => m.forward(&ids, tt, mask.as_ref()),
+                None => Err(candle_core::Error::Msg("missing token type ids".into())),
+            },
+            Kind::DistilBert(m) => match &mask {
+                Some(mk) => m.forward(&ids, mk),
+                None => Err(candle_core::Error::Msg("missing mask".into())),
+            },
+            Kind::Llama { model, .. } => match cache {
+                Some(mut c) => model.forward(&ids, 0, &mut c),
+                None => Err(candle_core::Error::Msg("missing cache".into())),
+            },
+            Kind::Qwen2(m) => {
+                let r = m.forward(&ids, 0);
+                m.clear_kv_cache();
+                r
+            }
+        };
+        out.map_err(|e| ModelError::Forward(e.to_string()))
+    }
+}
+
+/// Touches the per-thread matmul scratch buffers on the calling thread and every rayon worker,
+/// so the first measured forward does not pay for them (they would skew small peaks by MiBs).
+pub fn warm_up_threads(dtype: DType, device: &Device) {
+    let touch = || {
+        for dt in [dtype, DType::F32] {
+            if let Ok(a) = Tensor::zeros((64, 64), dt, device) {
+                let _ = a.matmul(&a);
+            }
+        }
+    };
+    touch();
+    rayon::broadcast(|_| touch());
+}

@@ -1,0 +1,247 @@
+//! Exports: the recommendation as TOML or JSON (by extension), the trials as CSV, and the atomic
+//! write every file output goes through.
+
+use super::records::{Results, TrialRecord};
+use serde::Serialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("{} already exists; pass --force to overwrite it or choose another file name", path.display())]
+    Exists { path: PathBuf },
+    #[error("cannot write {}: {source}; choose a folder you can write to", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: unknown export format '{ext}'; use a .toml, .json or .csv file name", path.display())]
+    Format { path: PathBuf, ext: String },
+    #[error("no configuration fits under the headroom limit, so there is nothing to recommend; raise --capacity, lower --headroom, or try shorter sequences")]
+    NoPick,
+    #[error("encoding {what}: {message}")]
+    Encode { what: &'static str, message: String },
+}
+
+/// Writes `bytes` to `path` atomically (temporary file in the same folder, fsync, rename).
+/// Refuses to replace an existing file unless `force`.
+pub fn write_atomic(path: &Path, bytes: &[u8], force: bool) -> Result<(), ExportError> {
+    if path.exists() && !force {
+        return Err(ExportError::Exists {
+            path: path.to_path_buf(),
+        });
+    }
+    let werr = |source| ExportError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "export".into());
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(werr(e));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct ExportDoc<'a> {
+    oomlab: OomlabSection<'a>,
+    huggingface: HfSection,
+    curves: Vec<CurveLine>,
+}
+
+#[derive(Debug, Serialize)]
+struct OomlabSection<'a> {
+    version: &'a str,
+    model: &'a str,
+    family: &'a str,
+    forward: &'a str,
+    batch_size: usize,
+    seq_len: usize,
+    dtype: &'a str,
+    tokens_per_step: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total_bytes: Option<u64>,
+    capacity_bytes: u64,
+    headroom: f64,
+    limit_bytes: u64,
+    device: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    threads: Option<usize>,
+    strategy: &'a str,
+    measured: &'static str,
+    rule: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+struct HfSection {
+    per_device_eval_batch_size: usize,
+    max_length: usize,
+    torch_dtype: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct CurveLine {
+    seq_len: usize,
+    dtype: &'static str,
+    /// 0 is never written: a curve with no safe batch is left out.
+    batch_size: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total_bytes: Option<u64>,
+}
+
+const MEASURED: &str = "peak bytes counted by oomlab's allocator during a real candle forward (requested bytes, not resident pages), against a simulated capacity";
+
+/// The recommendation document in the format the extension names (`.toml` or `.json`).
+pub fn recommendation_text(results: &Results, ext: &str) -> Result<String, ExportError> {
+    let pick = results
+        .recommendation
+        .pick
+        .as_ref()
+        .ok_or(ExportError::NoPick)?;
+    let doc = ExportDoc {
+        oomlab: OomlabSection {
+            version: &results.oomlab_version,
+            model: &results.model,
+            family: results.family.name(),
+            forward: &results.forward,
+            batch_size: pick.batch,
+            seq_len: pick.seq,
+            dtype: pick.dtype.name(),
+            tokens_per_step: pick.tokens_per_step,
+            total_bytes: pick.total_bytes,
+            capacity_bytes: results.capacity_bytes,
+            headroom: results.headroom,
+            limit_bytes: results.recommendation.limit_bytes,
+            device: &results.device,
+            threads: results.threads,
+            strategy: results.strategy.name(),
+            measured: MEASURED,
+            rule: &results.recommendation.rule,
+        },
+        huggingface: HfSection {
+            per_device_eval_batch_size: pick.batch,
+            max_length: pick.seq,
+            torch_dtype: pick.dtype.torch_name(),
+        },
+        curves: results
+            .recommendation
+            .curves
+            .iter()
+            .filter_map(|c| {
+                Some(CurveLine {
+                    seq_len: c.seq,
+                    dtype: c.dtype.name(),
+                    batch_size: c.batch?,
+                    total_bytes: c.total_bytes,
+                })
+            })
+            .collect(),
+    };
+    match ext {
+        "toml" => toml::to_string_pretty(&doc).map_err(|e| ExportError::Encode {
+            what: "TOML",
+            message: e.to_string(),
+        }),
+        "json" => serde_json::to_string_pretty(&doc)
+            .map(|s| s + "\n")
+            .map_err(|e| ExportError::Encode {
+                what: "JSON",
+                message: e.to_string(),
+            }),
+        _ => Err(ExportError::Format {
+            path: PathBuf::new(),
+            ext: ext.into(),
+        }),
+    }
+}
+
+/// Every trial as CSV rows (empty cells for unknown numbers).
+pub fn trials_csv(trials: &[TrialRecord]) -> Result<String, ExportError> {
+    let enc = |e: csv::Error| ExportError::Encode {
+        what: "CSV",
+        message: e.to_string(),
+    };
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record([
+        "batch",
+        "seq",
+        "dtype",
+        "strategy",
+        "purpose",
+        "outcome",
+        "peak_bytes",
+        "total_bytes",
+        "requested_bytes",
+        "reason",
+        "seconds",
+    ])
+    .map_err(enc)?;
+    let opt = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_default();
+    for t in trials {
+        w.write_record([
+            t.batch.to_string(),
+            t.seq.to_string(),
+            t.dtype.name().to_string(),
+            t.strategy.name().to_string(),
+            format!("{:?}", t.purpose).to_lowercase(),
+            format!("{:?}", t.outcome).to_lowercase(),
+            opt(t.peak_bytes),
+            opt(t.total_bytes),
+            opt(t.requested_bytes),
+            t.reason.clone().unwrap_or_default(),
+            format!("{:.4}", t.seconds),
+        ])
+        .map_err(enc)?;
+    }
+    let bytes = w.into_inner().map_err(|e| ExportError::Encode {
+        what: "CSV",
+        message: e.to_string(),
+    })?;
+    String::from_utf8(bytes).map_err(|e| ExportError::Encode {
+        what: "CSV",
+        message: e.to_string(),
+    })
+}
+
+/// Writes the export named by `path`'s extension: `.toml`/`.json` recommendation, `.csv` trials.
+pub fn export(results: &Results, path: &Path, force: bool) -> Result<(), ExportError> {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let text = match ext.as_str() {
+        "toml" | "json" => recommendation_text(results, &ext)?,
+        "csv" => trials_csv(&results.trials)?,
+        _ => {
+            return Err(ExportError::Format {
+                path: path.to_path_buf(),
+                ext,
+            });
+        }
+    };
+    write_atomic(path, text.as_bytes(), force)
+}
+
+/// Writes the results document (`--json`).
+pub fn write_results(results: &Results, path: &Path, force: bool) -> Result<(), ExportError> {
+    let text = serde_json::to_string_pretty(results).map_err(|e| ExportError::Encode {
+        what: "JSON",
+        message: e.to_string(),
+    })?;
+    write_atomic(path, (text + "\n").as_bytes(), force)
+}

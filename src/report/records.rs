@@ -1,0 +1,174 @@
+//! The records a sweep produces: journal lines, trial records, boundaries, recommendation.
+
+use crate::catalog::Family;
+use crate::plan::{Curve, Precision, Strategy, SweepPlan};
+use crate::search::BoundaryStatus;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Fit,
+    Oom,
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Failure {
+    /// The worker died from a signal without the OOM marker (retried once).
+    Killed,
+    /// The user cancelled the sweep; the trial is run again on resume.
+    Cancelled,
+    /// The worker answered with an error, or could not be started.
+    Error,
+}
+
+/// Why a trial was run: to find the boundary (counted in `trials_used`) or to confirm the
+/// recommendation under the headroom (not counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    #[default]
+    Search,
+    Recommend,
+}
+
+/// One trial, exactly one per request. Unknown numbers are null, never 0.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialRecord {
+    pub batch: usize,
+    pub seq: usize,
+    pub dtype: Precision,
+    pub strategy: Strategy,
+    #[serde(default)]
+    pub purpose: Purpose,
+    pub outcome: Outcome,
+    pub peak_bytes: Option<u64>,
+    pub total_bytes: Option<u64>,
+    pub requested_bytes: Option<u64>,
+    pub live_before_bytes: Option<u64>,
+    pub baseline_bytes: Option<u64>,
+    pub failure: Option<Failure>,
+    pub reason: Option<String>,
+    pub seconds: f64,
+    pub worker_pid: Option<u32>,
+}
+
+impl TrialRecord {
+    #[must_use]
+    pub fn curve(&self) -> Curve {
+        Curve {
+            seq: self.seq,
+            dtype: self.dtype,
+        }
+    }
+
+    /// Tokens processed in one step.
+    #[must_use]
+    pub fn tokens(&self) -> usize {
+        self.batch * self.seq
+    }
+}
+
+/// What a worker reported once its model was built.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub dtype: Precision,
+    pub weights_bytes: u64,
+    pub baseline_bytes: u64,
+    pub threads: usize,
+    pub from_checkpoint: bool,
+    pub build_seconds: f64,
+}
+
+/// The journal's first line: the plan and what identifies the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub oomlab_version: String,
+    pub plan: SweepPlan,
+    pub model_name: String,
+    pub family: Family,
+    pub config_hash: String,
+    pub forward: String,
+    pub started_unix: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JournalLine {
+    Plan(Header),
+    Worker(WorkerInfo),
+    Trial(TrialRecord),
+    /// A load that failed for a whole precision (e.g. weights above the capacity).
+    LoadFailed { dtype: Precision, reason: String },
+    End { cancelled: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BoundaryRecord {
+    pub seq: usize,
+    pub dtype: Precision,
+    pub strategy: Strategy,
+    /// Largest measured fit; null when none fits or unknown.
+    pub max_batch: Option<usize>,
+    pub status: BoundaryStatus,
+    pub trials_used: usize,
+    /// Why the curve is incomplete.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CurvePick {
+    pub seq: usize,
+    pub dtype: Precision,
+    pub batch: usize,
+    pub total_bytes: Option<u64>,
+    pub tokens_per_step: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recommendation {
+    pub headroom: f64,
+    pub limit_bytes: u64,
+    pub rule: String,
+    /// Per curve: the largest batch measured under the headroom limit (null when none).
+    pub curves: Vec<CurveRecommendation>,
+    pub pick: Option<CurvePick>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CurveRecommendation {
+    pub seq: usize,
+    pub dtype: Precision,
+    pub batch: Option<usize>,
+    pub total_bytes: Option<u64>,
+}
+
+pub const PICK_RULE: &str = "per (seq, dtype): the largest batch whose measured total stays under capacity × (1 − headroom), confirmed by a trial at that batch; overall: the most tokens per step (batch × seq), ties to the wider dtype (f32, then bf16, then f16), then the longer sequence";
+
+/// The results document (`--json`). Field names are a contract for scripts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Results {
+    pub oomlab_version: String,
+    pub model: String,
+    pub model_ref: crate::catalog::ModelRef,
+    pub family: Family,
+    pub forward: String,
+    pub config_hash: String,
+    pub device: String,
+    pub threads: Option<usize>,
+    pub capacity_bytes: u64,
+    pub headroom: f64,
+    pub strategy: Strategy,
+    pub batch_range: [usize; 2],
+    pub weights_bytes: BTreeMap<Precision, u64>,
+    pub baseline_bytes: BTreeMap<Precision, u64>,
+    pub trials: Vec<TrialRecord>,
+    pub boundaries: Vec<BoundaryRecord>,
+    pub recommendation: Recommendation,
+    /// True when the sweep stopped before every curve finished.
+    pub incomplete: bool,
+    pub notes: Vec<String>,
+}

@@ -1,0 +1,252 @@
+//! Replays recorded trials through the (pure) search: where each curve stands, and the results
+//! document. The driver and `oomlab open` use the same replay, so a resumed or reopened sweep
+//! shows exactly what a finished one would.
+
+use super::journal::JournalContents;
+use super::records::{
+    BoundaryRecord, CurvePick, CurveRecommendation, Failure, Outcome, PICK_RULE, Purpose,
+    Recommendation, Results, TrialRecord,
+};
+use crate::plan::{Curve, SweepPlan};
+use crate::search::{self, BoundaryStatus, Found, Obs, RecStep, SearchCtx, Step};
+use std::collections::{BTreeMap, HashMap};
+
+/// Where one curve stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CurvePhase {
+    /// Run a search trial at this batch.
+    Search(usize),
+    /// Boundary found; run a recommendation trial at this batch.
+    Recommend { found: Found, batch: usize },
+    Done {
+        found: Found,
+        recommended: Option<usize>,
+    },
+    Incomplete {
+        found: Option<Found>,
+        reason: String,
+    },
+}
+
+fn obs_of<'a>(trials: impl Iterator<Item = &'a TrialRecord>) -> Vec<Obs> {
+    trials
+        .filter(|t| t.outcome != Outcome::Failed)
+        .map(|t| Obs {
+            batch: t.batch,
+            fits: t.outcome == Outcome::Fit,
+            total_bytes: t.total_bytes,
+        })
+        .collect()
+}
+
+/// A failure that stops the curve: an error, or a second kill at the same batch.
+fn blocking_failure<'a>(trials: impl Iterator<Item = &'a TrialRecord>) -> Option<String> {
+    let mut kills: HashMap<usize, usize> = HashMap::new();
+    for t in trials {
+        match t.failure {
+            Some(Failure::Error) => {
+                return Some(format!(
+                    "batch {}: {}",
+                    t.batch,
+                    t.reason.as_deref().unwrap_or("error")
+                ));
+            }
+            Some(Failure::Killed) => {
+                let n = kills.entry(t.batch).or_default();
+                *n += 1;
+                if *n >= 2 {
+                    return Some(format!(
+                        "the worker was killed twice at batch {} ({}); the kernel's OOM killer or another program may be involved",
+                        t.batch,
+                        t.reason.as_deref().unwrap_or("signal")
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+fn baseline_for(curve: Curve, trials: &[TrialRecord], workers: &[crate::report::WorkerInfo]) -> Option<u64> {
+    trials
+        .iter()
+        .filter(|t| t.dtype == curve.dtype)
+        .find_map(|t| t.baseline_bytes)
+        .or_else(|| {
+            workers
+                .iter()
+                .rev()
+                .find(|w| w.dtype == curve.dtype)
+                .map(|w| w.baseline_bytes)
+        })
+}
+
+/// Decides the next action for `curve` from everything recorded so far.
+#[must_use]
+pub fn curve_phase(
+    plan: &SweepPlan,
+    curve: Curve,
+    trials: &[TrialRecord],
+    workers: &[crate::report::WorkerInfo],
+    load_failure: Option<&str>,
+) -> CurvePhase {
+    if let Some(reason) = load_failure {
+        return CurvePhase::Incomplete {
+            found: None,
+            reason: reason.to_string(),
+        };
+    }
+    let mine: Vec<&TrialRecord> = trials
+        .iter()
+        .filter(|t| t.curve() == curve && t.strategy == plan.strategy)
+        .collect();
+    let search_trials = || mine.iter().copied().filter(|t| t.purpose == Purpose::Search);
+    let rec_trials = || mine.iter().copied().filter(|t| t.purpose == Purpose::Recommend);
+    let ctx = SearchCtx {
+        range: plan.batch,
+        capacity_bytes: plan.capacity_bytes,
+        baseline_bytes: baseline_for(curve, trials, workers),
+    };
+    if let Some(reason) = blocking_failure(search_trials()) {
+        return CurvePhase::Incomplete {
+            found: None,
+            reason,
+        };
+    }
+    let found = match search::next_step(plan.strategy, &ctx, &obs_of(search_trials())) {
+        Step::Trial(b) => return CurvePhase::Search(b),
+        Step::Done(f) => f,
+    };
+    if let Some(reason) = blocking_failure(rec_trials()) {
+        return CurvePhase::Incomplete {
+            found: Some(found),
+            reason: format!("recommendation: {reason}"),
+        };
+    }
+    let all = obs_of(mine.iter().copied());
+    let extra = rec_trials().filter(|t| t.outcome != Outcome::Failed).count();
+    match search::next_recommend(&ctx, &found, plan.headroom_limit_bytes(), &all, extra) {
+        RecStep::Trial(batch) => CurvePhase::Recommend { found, batch },
+        RecStep::Done(recommended) => CurvePhase::Done { found, recommended },
+    }
+}
+
+/// Builds the results document from a journal's contents (finished or not).
+#[must_use]
+pub fn summarize(c: &JournalContents) -> Results {
+    let plan = &c.header.plan;
+    let mut boundaries = Vec::new();
+    let mut curves = Vec::new();
+    let mut notes = Vec::new();
+    let mut incomplete = false;
+    for curve in plan.curves() {
+        let load_failure = c
+            .load_failures
+            .iter()
+            .rev()
+            .find(|(d, _)| *d == curve.dtype)
+            .map(|(_, r)| r.as_str());
+        let phase = curve_phase(plan, curve, &c.trials, &c.workers, load_failure);
+        let trials_used = c
+            .trials
+            .iter()
+            .filter(|t| {
+                t.curve() == curve && t.strategy == plan.strategy && t.purpose == Purpose::Search
+            })
+            .count();
+        let (found, rec, reason) = match phase {
+            CurvePhase::Done { found, recommended } => (Some(found), recommended, None),
+            CurvePhase::Search(_) | CurvePhase::Recommend { .. } => {
+                incomplete = true;
+                let found = match phase {
+                    CurvePhase::Recommend { found, .. } => Some(found),
+                    _ => None,
+                };
+                (
+                    found,
+                    None,
+                    Some("not finished (cancelled or interrupted); continue it with --resume".to_string()),
+                )
+            }
+            CurvePhase::Incomplete { found, reason } => {
+                incomplete = true;
+                (found, None, Some(reason))
+            }
+        };
+        // A known boundary keeps its status even if the recommendation could not finish.
+        let status = found.map_or(BoundaryStatus::Incomplete, |f| f.status);
+        boundaries.push(BoundaryRecord {
+            seq: curve.seq,
+            dtype: curve.dtype,
+            strategy: plan.strategy,
+            max_batch: found.and_then(|f| f.max_batch),
+            status,
+            trials_used,
+            reason: reason.clone(),
+        });
+        let total = rec.and_then(|b| {
+            c.trials
+                .iter()
+                .find(|t| t.curve() == curve && t.batch == b && t.outcome == Outcome::Fit)
+                .and_then(|t| t.total_bytes)
+        });
+        curves.push(CurveRecommendation {
+            seq: curve.seq,
+            dtype: curve.dtype,
+            batch: rec,
+            total_bytes: total,
+        });
+        if let Some(r) = &reason {
+            notes.push(format!("{curve}: {r}"));
+        }
+    }
+    let pick = curves
+        .iter()
+        .filter_map(|c| {
+            c.batch.map(|b| CurvePick {
+                seq: c.seq,
+                dtype: c.dtype,
+                batch: b,
+                total_bytes: c.total_bytes,
+                tokens_per_step: b * c.seq,
+            })
+        })
+        .max_by_key(|p| (p.tokens_per_step, p.dtype.width_rank(), p.seq));
+    let mut weights_bytes = BTreeMap::new();
+    let mut baseline_bytes = BTreeMap::new();
+    for w in &c.workers {
+        weights_bytes.insert(w.dtype, w.weights_bytes);
+        baseline_bytes.insert(w.dtype, w.baseline_bytes);
+    }
+    if c.torn_tail {
+        notes.push("the journal's last line was torn (interrupted write) and was ignored".into());
+    }
+    Results {
+        oomlab_version: c.header.oomlab_version.clone(),
+        model: c.header.model_name.clone(),
+        model_ref: plan.model.clone(),
+        family: c.header.family,
+        forward: c.header.forward.clone(),
+        config_hash: c.header.config_hash.clone(),
+        device: plan.device.clone(),
+        threads: c.workers.last().map(|w| w.threads),
+        capacity_bytes: plan.capacity_bytes,
+        headroom: plan.headroom,
+        strategy: plan.strategy,
+        batch_range: [plan.batch.min, plan.batch.max],
+        weights_bytes,
+        baseline_bytes,
+        trials: c.trials.clone(),
+        boundaries,
+        recommendation: Recommendation {
+            headroom: plan.headroom,
+            limit_bytes: plan.headroom_limit_bytes(),
+            rule: PICK_RULE.to_string(),
+            curves,
+            pick,
+        },
+        incomplete,
+        notes,
+    }
+}

@@ -1,0 +1,165 @@
+//! The trial process (`oomlab worker`): reads requests on stdin, answers on stdout.
+//!
+//! Requires the counting allocator to be the global allocator (the binary installs it).
+//! An out-of-memory under the simulated capacity aborts the process; the supervisor
+//! classifies that from the exit signal and the marker on stderr.
+
+use super::protocol::{Ready, Request, Response, TrialMeasure};
+use crate::catalog::ModelSpec;
+use crate::measure::alloc;
+use crate::models::{self, LoadedModel};
+use crate::plan::{Precision, human_bytes};
+use candle_core::Device;
+use std::io::{BufRead, Write};
+use std::time::Instant;
+
+/// Environment variable that makes the worker stall before each forward (tests use it to kill
+/// a worker reliably in the middle of a trial). Milliseconds.
+pub const STALL_ENV: &str = "OOMLAB_WORKER_STALL_MS";
+
+struct State {
+    model: LoadedModel,
+    baseline_bytes: u64,
+    device: Device,
+}
+
+/// Lowers priority and disables core dumps: every simulated OOM ends in SIGABRT.
+fn hygiene() {
+    // SAFETY: plain libc calls on this process with valid arguments.
+    unsafe {
+        let zero = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::setrlimit(libc::RLIMIT_CORE, &raw const zero);
+        libc::nice(5);
+    }
+}
+
+pub fn run() -> i32 {
+    hygiene();
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout().lock();
+    let mut state: Option<State> = None;
+    let stall_ms: u64 = std::env::var(STALL_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let request = serde_json::from_str::<Request>(&line);
+        // The line's buffer capacity depends on how the pipe delivered it: free it before
+        // measuring, or the live bytes jitter by a few bytes between runs.
+        drop(line);
+        let response = match request {
+            Err(e) => Response::Error {
+                message: format!("bad request: {e}"),
+            },
+            Ok(Request::Shutdown) => break,
+            Ok(Request::Load {
+                model,
+                dtype,
+                capacity_bytes,
+            }) => match load(&model, dtype, capacity_bytes) {
+                Ok((s, ready)) => {
+                    state = Some(s);
+                    Response::Ready(ready)
+                }
+                Err(message) => Response::Error { message },
+            },
+            Ok(Request::Trial { batch, seq }) => match state.as_mut() {
+                None => Response::Error {
+                    message: "trial before load".into(),
+                },
+                Some(s) => match trial(s, batch, seq, stall_ms) {
+                    Ok(m) => Response::Trial(m),
+                    Err(message) => Response::Error { message },
+                },
+            },
+        };
+        let Ok(text) = serde_json::to_string(&response) else {
+            break;
+        };
+        if writeln!(stdout, "{text}").and_then(|()| stdout.flush()).is_err() {
+            break;
+        }
+    }
+    0
+}
+
+fn load(
+    model: &crate::catalog::ModelRef,
+    dtype: Precision,
+    capacity_bytes: u64,
+) -> Result<(State, Ready), String> {
+    let t0 = Instant::now();
+    alloc::set_budget(None);
+    let spec = ModelSpec::resolve(model).map_err(|e| e.to_string())?;
+    let need = models::weights_bytes(&spec, dtype.candle());
+    if need > capacity_bytes {
+        return Err(format!(
+            "the {} weights of {} alone need {} but the capacity is {}; raise --capacity above {} or choose a smaller precision",
+            dtype,
+            spec.name,
+            human_bytes(need),
+            human_bytes(capacity_bytes),
+            human_bytes(need)
+        ));
+    }
+    let device = Device::Cpu;
+    let mut m = models::build(&spec, dtype.candle(), &device).map_err(|e| e.to_string())?;
+    models::warm_up_threads(dtype.candle(), &device);
+    // One small forward initialises everything lazy (thread-local scratch, caches) before
+    // anything is measured.
+    let warm_seq = spec.dims.max_positions.min(8);
+    let inputs = m
+        .inputs(1, warm_seq, &device)
+        .map_err(|e| e.to_string())?;
+    drop(m.forward(inputs).map_err(|e| e.to_string())?);
+    let baseline_bytes = alloc::live_bytes();
+    let ready = Ready {
+        weights_bytes: m.weights_bytes,
+        baseline_bytes,
+        threads: rayon::current_num_threads(),
+        build_seconds: t0.elapsed().as_secs_f64(),
+        from_checkpoint: m.from_checkpoint,
+        pid: std::process::id(),
+    };
+    // From here on the capacity is enforced: a request beyond it aborts the process.
+    alloc::set_budget(Some(capacity_bytes));
+    Ok((
+        State {
+            model: m,
+            baseline_bytes,
+            device,
+        },
+        ready,
+    ))
+}
+
+fn trial(s: &mut State, batch: usize, seq: usize, stall_ms: u64) -> Result<TrialMeasure, String> {
+    let inputs = s
+        .model
+        .inputs(batch, seq, &s.device)
+        .map_err(|e| e.to_string())?;
+    if stall_ms > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(stall_ms));
+    }
+    let live_before = alloc::live_bytes();
+    alloc::reset_peak();
+    let t0 = Instant::now();
+    let out = s.model.forward(inputs).map_err(|e| e.to_string())?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let total = alloc::peak_bytes();
+    drop(out);
+    Ok(TrialMeasure {
+        peak_bytes: total - live_before,
+        total_bytes: total,
+        live_before_bytes: live_before,
+        baseline_bytes: s.baseline_bytes,
+        seconds,
+    })
+}

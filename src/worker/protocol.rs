@@ -1,0 +1,50 @@
+//! JSON lines between the supervisor and `oomlab worker`: one request, one response.
+
+use crate::catalog::ModelRef;
+use crate::plan::Precision;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Build the model once for this precision, warm up, then enforce the capacity.
+    Load {
+        model: ModelRef,
+        dtype: Precision,
+        capacity_bytes: u64,
+    },
+    /// One measured forward.
+    Trial { batch: usize, seq: usize },
+    Shutdown,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Response {
+    Ready(Ready),
+    Trial(TrialMeasure),
+    Error { message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ready {
+    pub weights_bytes: u64,
+    /// Live bytes after build and warm-up: the intercept of memory against batch.
+    pub baseline_bytes: u64,
+    pub threads: usize,
+    pub build_seconds: f64,
+    pub from_checkpoint: bool,
+    pub pid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialMeasure {
+    /// Forward high-water mark minus the live bytes just before it.
+    pub peak_bytes: u64,
+    /// Absolute high-water mark during the forward (compared with the capacity).
+    pub total_bytes: u64,
+    /// Live bytes just before the forward (baseline + inputs).
+    pub live_before_bytes: u64,
+    pub baseline_bytes: u64,
+    pub seconds: f64,
+}

@@ -1,0 +1,436 @@
+//! Spawns `oomlab worker`, speaks JSON lines to it, restarts it after an abort or a kill, and
+//! turns every request into exactly one result.
+
+use super::protocol::{Ready, Request, Response, TrialMeasure};
+use crate::catalog::ModelRef;
+use crate::measure::alloc::parse_oom_marker;
+use crate::plan::Precision;
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How to start workers.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The oomlab binary (`std::env::current_exe()` in the app, `CARGO_BIN_EXE_oomlab` in tests).
+    pub exe: PathBuf,
+    pub threads: usize,
+    /// Extra environment for the worker (tests use it to stall the worker).
+    pub env: Vec<(String, String)>,
+}
+
+impl WorkerConfig {
+    /// The running binary as worker, with the given thread count.
+    pub fn current(threads: usize) -> std::io::Result<Self> {
+        Ok(Self {
+            exe: std::env::current_exe()?,
+            threads,
+            env: Vec::new(),
+        })
+    }
+}
+
+/// Threads a worker uses by default: every core (the worker runs at a lower priority, so the UI
+/// stays responsive).
+#[must_use]
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
+/// How a request ended when it did not end with an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Death {
+    /// The allocator refused a request above the capacity and the process aborted.
+    Oom { requested_bytes: Option<u64> },
+    /// Killed by a signal with no OOM marker (the kernel's OOM killer, a user, a crash).
+    Signal { signal: i32, stderr_tail: String },
+    /// Exited on its own without answering.
+    Exited { code: i32, stderr_tail: String },
+    /// The user cancelled; the worker was killed by us.
+    Cancelled,
+    /// The worker could not be started at all.
+    Spawn(String),
+}
+
+impl Death {
+    #[must_use]
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Oom { requested_bytes } => match requested_bytes {
+                Some(n) => format!("out of memory (tried to allocate {n} bytes)"),
+                None => "out of memory".into(),
+            },
+            Self::Signal { signal, stderr_tail } => {
+                let mut s = format!("killed by signal {signal} ({})", signal_name(*signal));
+                if !stderr_tail.is_empty() {
+                    s.push_str(": ");
+                    s.push_str(stderr_tail);
+                }
+                s
+            }
+            Self::Exited { code, stderr_tail } => {
+                format!("worker exited with status {code} without answering: {stderr_tail}")
+            }
+            Self::Cancelled => "cancelled".into(),
+            Self::Spawn(e) => format!("cannot start the worker: {e}"),
+        }
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGBUS => "SIGBUS",
+        _ => "signal",
+    }
+}
+
+/// Classifies a worker that ended without answering, from its exit and the end of its stderr.
+#[must_use]
+pub fn classify_exit(signal: Option<i32>, code: Option<i32>, stderr: &[String]) -> Death {
+    let marker = stderr.iter().find_map(|l| parse_oom_marker(l));
+    let rust_oom = stderr.iter().find_map(|l| {
+        let rest = l.trim().strip_prefix("memory allocation of ")?;
+        rest.strip_suffix(" bytes failed")?.parse::<u64>().ok()
+    });
+    let tail = stderr
+        .iter()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .cloned()
+        .unwrap_or_default();
+    match signal {
+        Some(libc::SIGABRT) if marker.is_some() || rust_oom.is_some() => Death::Oom {
+            requested_bytes: marker.or(rust_oom),
+        },
+        Some(signal) => Death::Signal {
+            signal,
+            stderr_tail: tail,
+        },
+        None => Death::Exited {
+            code: code.unwrap_or(-1),
+            stderr_tail: tail,
+        },
+    }
+}
+
+struct Running {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+    stderr: Arc<Mutex<VecDeque<String>>>,
+    stderr_thread: Option<JoinHandle<()>>,
+}
+
+/// Owns at most one worker process at a time.
+pub struct Supervisor {
+    config: WorkerConfig,
+    running: Option<Running>,
+    loaded: Option<(ModelRef, Precision, u64)>,
+    ready: Option<Ready>,
+    /// Workers started so far (restarts included).
+    pub spawns: usize,
+}
+
+/// Result of one trial request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrialResult {
+    Measured(TrialMeasure),
+    /// The worker answered with an error (bad shapes, a candle error).
+    Error(String),
+    Died(Death),
+}
+
+impl Supervisor {
+    #[must_use]
+    pub fn new(config: WorkerConfig) -> Self {
+        Self {
+            config,
+            running: None,
+            loaded: None,
+            ready: None,
+            spawns: 0,
+        }
+    }
+
+    /// The current worker's process id.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.running.as_ref().map(|r| r.child.id())
+    }
+
+    fn spawn(&mut self) -> Result<(), Death> {
+        let mut cmd = Command::new(&self.config.exe);
+        cmd.arg("worker")
+            .env("RAYON_NUM_THREADS", self.config.threads.to_string())
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Own process group: a Ctrl-C in the terminal reaches the app, which cancels cleanly.
+            .process_group(0);
+        for (k, v) in &self.config.env {
+            cmd.env(k, v);
+        }
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the worker
+        // when the app dies, so no orphan keeps computing.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| Death::Spawn(format!("{}: {e}", self.config.exe.display())))?;
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Death::Spawn("no pipes to the worker".into()));
+        };
+        let (tx, rx) = sync_channel::<String>(4);
+        std::thread::Builder::new()
+            .name("oomlab-worker-stdout".into())
+            .spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| Death::Spawn(e.to_string()))?;
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let tail2 = Arc::clone(&tail);
+        let stderr_thread = std::thread::Builder::new()
+            .name("oomlab-worker-stderr".into())
+            .spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Ok(mut t) = tail2.lock() {
+                        if t.len() >= 64 {
+                            t.pop_front();
+                        }
+                        t.push_back(line);
+                    }
+                }
+            })
+            .map_err(|e| Death::Spawn(e.to_string()))?;
+        self.spawns += 1;
+        self.running = Some(Running {
+            child,
+            stdin,
+            lines: rx,
+            stderr: tail,
+            stderr_thread: Some(stderr_thread),
+        });
+        Ok(())
+    }
+
+    /// Waits for the dead (or killed) worker and classifies how it ended.
+    fn reap(&mut self, cancelled: bool) -> Death {
+        self.loaded = None;
+        self.ready = None;
+        let Some(mut r) = self.running.take() else {
+            return Death::Exited {
+                code: -1,
+                stderr_tail: "no worker".into(),
+            };
+        };
+        if cancelled {
+            let _ = r.child.kill();
+        }
+        drop(r.stdin);
+        let status = r.child.wait();
+        if let Some(t) = r.stderr_thread.take() {
+            let _ = t.join();
+        }
+        if cancelled {
+            return Death::Cancelled;
+        }
+        let lines: Vec<String> = r
+            .stderr
+            .lock()
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default();
+        match status {
+            Ok(s) => classify_exit(s.signal(), s.code(), &lines),
+            Err(e) => Death::Exited {
+                code: -1,
+                stderr_tail: e.to_string(),
+            },
+        }
+    }
+
+    /// Sends one request and waits for its answer, the worker's death, or a cancel.
+    fn request(&mut self, req: &Request, cancel: &AtomicBool) -> Result<Response, Death> {
+        if self.running.is_none() {
+            self.spawn()?;
+        }
+        let text = serde_json::to_string(req).map_err(|e| Death::Spawn(e.to_string()))?;
+        let sent = {
+            let r = self.running.as_mut().expect("spawned above");
+            writeln!(r.stdin, "{text}").and_then(|()| r.stdin.flush())
+        };
+        if sent.is_err() {
+            return Err(self.reap(false));
+        }
+        loop {
+            let r = self.running.as_ref().expect("spawned above");
+            match r.lines.recv_timeout(Duration::from_millis(25)) {
+                Ok(line) => {
+                    return serde_json::from_str(&line).map_err(|e| Death::Exited {
+                        code: -1,
+                        stderr_tail: format!("unreadable answer from worker ({e}): {line}"),
+                    });
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if cancel.load(Ordering::Relaxed) {
+                        return Err(self.reap(true));
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return Err(self.reap(false)),
+            }
+        }
+    }
+
+    /// Makes sure a worker has `model` built in `dtype` under `capacity_bytes`.
+    /// A worker killed during the build is restarted once.
+    pub fn ensure_loaded(
+        &mut self,
+        model: &ModelRef,
+        dtype: Precision,
+        capacity_bytes: u64,
+        cancel: &AtomicBool,
+    ) -> Result<Ready, String> {
+        let key = (model.clone(), dtype, capacity_bytes);
+        if let (Some(loaded), Some(ready)) = (&self.loaded, &self.ready) {
+            if *loaded == key && self.running.is_some() {
+                return Ok(ready.clone());
+            }
+        }
+        if self.running.is_some() {
+            self.shutdown();
+        }
+        let req = Request::Load {
+            model: model.clone(),
+            dtype,
+            capacity_bytes,
+        };
+        let mut last = String::new();
+        for _attempt in 0..2 {
+            match self.request(&req, cancel) {
+                Ok(Response::Ready(ready)) => {
+                    self.loaded = Some(key);
+                    self.ready = Some(ready.clone());
+                    return Ok(ready);
+                }
+                Ok(Response::Error { message }) => return Err(message),
+                Ok(other) => return Err(format!("unexpected answer to load: {other:?}")),
+                Err(Death::Cancelled) => return Err("cancelled".into()),
+                Err(d @ Death::Spawn(_)) => return Err(d.describe()),
+                Err(d) => last = format!("the worker died while building the model: {}", d.describe()),
+            }
+        }
+        Err(last)
+    }
+
+    /// Runs one forward on the loaded worker. The worker must be loaded first.
+    pub fn trial(&mut self, batch: usize, seq: usize, cancel: &AtomicBool) -> (TrialResult, f64) {
+        let t0 = Instant::now();
+        let r = match self.request(&Request::Trial { batch, seq }, cancel) {
+            Ok(Response::Trial(m)) => TrialResult::Measured(m),
+            Ok(Response::Error { message }) => TrialResult::Error(message),
+            Ok(other) => TrialResult::Error(format!("unexpected answer to trial: {other:?}")),
+            Err(d) => TrialResult::Died(d),
+        };
+        (r, t0.elapsed().as_secs_f64())
+    }
+
+    /// Asks the worker to exit, or kills it if it does not within a second.
+    pub fn shutdown(&mut self) {
+        if let Some(mut r) = self.running.take() {
+            let _ = writeln!(r.stdin, "{}", r#"{"op":"shutdown"}"#);
+            drop(r.stdin);
+            let deadline = Instant::now() + Duration::from_secs(1);
+            loop {
+                match r.child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() > deadline => {
+                        let _ = r.child.kill();
+                        let _ = r.child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            if let Some(t) = r.stderr_thread.take() {
+                let _ = t.join();
+            }
+        }
+        self.loaded = None;
+        self.ready = None;
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_worker_endings() {
+        let oom = classify_exit(
+            Some(libc::SIGABRT),
+            None,
+            &[
+                "OOMLAB_OOM requested_bytes=4096".into(),
+                "memory allocation of 4096 bytes failed".into(),
+            ],
+        );
+        assert_eq!(
+            oom,
+            Death::Oom {
+                requested_bytes: Some(4096)
+            }
+        );
+        let rust_only = classify_exit(
+            Some(libc::SIGABRT),
+            None,
+            &["memory allocation of 77 bytes failed".into()],
+        );
+        assert_eq!(
+            rust_only,
+            Death::Oom {
+                requested_bytes: Some(77)
+            }
+        );
+        let killed = classify_exit(Some(libc::SIGKILL), None, &[]);
+        assert!(matches!(killed, Death::Signal { signal: 9, .. }));
+        assert!(killed.describe().contains("killed by signal 9"));
+        // An abort without the marker is a crash, never an OOM and never a fit.
+        let abort = classify_exit(Some(libc::SIGABRT), None, &["thread panicked".into()]);
+        assert!(matches!(abort, Death::Signal { signal: 6, .. }));
+        let exited = classify_exit(None, Some(3), &["boom".into()]);
+        assert!(matches!(exited, Death::Exited { code: 3, .. }));
+    }
+}

@@ -1,0 +1,82 @@
+//! Helpers shared by the integration tests.
+
+use oomlab::catalog::ModelRef;
+use oomlab::plan::{BatchRange, Precision, Strategy, SweepPlan};
+use oomlab::report::Results;
+use oomlab::sweep::{Sweep, SweepEvent};
+use oomlab::worker::WorkerConfig;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_oomlab"))
+}
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn worker() -> WorkerConfig {
+    WorkerConfig {
+        exe: bin(),
+        threads: 1,
+        env: Vec::new(),
+    }
+}
+
+/// A fresh temporary directory under the target dir (removed on drop).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("oomlab-it-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+    pub fn join(&self, s: &str) -> PathBuf {
+        self.0.join(s)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn plan(model: ModelRef, seqs: &[usize], dtypes: &[Precision], batch: (usize, usize), capacity: u64, strategy: Strategy) -> SweepPlan {
+    SweepPlan {
+        model,
+        seqs: seqs.to_vec(),
+        dtypes: dtypes.to_vec(),
+        batch: BatchRange::new(batch.0, batch.1).unwrap(),
+        capacity_bytes: capacity,
+        headroom: 0.1,
+        strategy,
+        device: "cpu".into(),
+        threads: 1,
+    }
+}
+
+/// Runs a sweep to the end with the real worker, collecting its events.
+pub fn run(plan: SweepPlan, journal: &Path, worker: &WorkerConfig) -> (Results, Vec<SweepEvent>) {
+    let sweep = Sweep::new(plan, journal).unwrap();
+    let mut events = Vec::new();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let r = sweep.run(worker, &cancel, &mut |e| events.push(e)).unwrap();
+    (r, events)
+}
+
+/// Capacity that puts the boundary of a tiny model near `target` batches, from a measured
+/// two-point line (the experiment is designed, the boundary is still found by the search).
+pub fn capacity_for(model: &str, seq: usize, dtype: Precision, target: u64, dir: &TempDir) -> u64 {
+    let p = plan(ModelRef::Catalog(model.into()), &[seq], &[dtype], (1, 2), 1 << 32, Strategy::Grid);
+    let (r, _) = run(p, &dir.join(&format!("cal-{model}-{seq}-{dtype}.jsonl")), &worker());
+    let t1 = r.trials.iter().find(|t| t.batch == 1).unwrap().total_bytes.unwrap();
+    let t2 = r.trials.iter().find(|t| t.batch == 2).unwrap().total_bytes.unwrap();
+    t1 + (t2 - t1) * (target - 1) + (t2 - t1) / 2
+}

@@ -1,0 +1,6 @@
+//! Integration tests: one binary, modules inside (keeps link time down).
+
+mod cli_errors;
+mod common;
+mod engine;
+mod reference;
