@@ -430,6 +430,7 @@ impl Progress {
                 plan,
                 model_name,
                 resumed_trials,
+                ..
             } => {
                 self.journal = Some(journal.clone());
                 self.line(&format!(

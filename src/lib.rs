@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod cli;
+pub mod gui;
 pub mod measure;
 pub mod models;
 pub mod plan;

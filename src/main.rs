@@ -8,6 +8,6 @@ static ALLOC: oomlab::measure::alloc::CountingAlloc = oomlab::measure::alloc::Co
 
 fn main() {
     let cli = oomlab::cli::Cli::parse();
-    let code = oomlab::cli::main_with(cli, &|path| Err(format!("the desktop window is not built yet ({path:?})")));
+    let code = oomlab::cli::main_with(cli, &oomlab::gui::run);
     std::process::exit(code);
 }

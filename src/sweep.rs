@@ -21,6 +21,8 @@ pub enum SweepEvent {
         plan: SweepPlan,
         model_name: String,
         resumed_trials: usize,
+        /// Everything recorded so far (the header and, on resume, earlier outcomes).
+        contents: Box<JournalContents>,
     },
     WorkerReady(WorkerInfo),
     LoadFailed {
@@ -301,6 +303,7 @@ impl Sweep {
             plan: self.plan.clone(),
             model_name: self.spec.name.clone(),
             resumed_trials: self.contents.trials.len(),
+            contents: Box::new(self.contents.clone()),
         });
         let mut cancelled = false;
         let mut last_pid = None;

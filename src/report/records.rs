@@ -146,7 +146,7 @@ pub struct CurveRecommendation {
     pub total_bytes: Option<u64>,
 }
 
-pub const PICK_RULE: &str = "per (seq, dtype): the largest batch whose measured total stays under capacity × (1 − headroom), confirmed by a trial at that batch; overall: the most tokens per step (batch × seq), ties to the wider dtype (f32, then bf16, then f16), then the longer sequence";
+pub const PICK_RULE: &str = "per (seq, dtype): the largest batch whose measured total stays under capacity × (1 - headroom), confirmed by a trial at that batch; overall: the most tokens per step (batch × seq), ties to the wider dtype (f32, then bf16, then f16), then the longer sequence";
 
 /// The results document (`--json`). Field names are a contract for scripts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -3,4 +3,5 @@
 mod cli_errors;
 mod common;
 mod engine;
+mod gui;
 mod reference;

@@ -1,0 +1,189 @@
+//! The centre plot: memory against batch, one curve per (seq, dtype), OOM markers, capacity and
+//! headroom lines, and each curve's boundary.
+
+use eframe::egui;
+use crate::plan::{Curve, human_bytes};
+use crate::report::{Outcome, Results, TrialRecord};
+use egui::Color32;
+use egui_plot::{
+    Corner, GridMark, HLine, HoverPosition, Legend, Line, LineStyle, MarkerShape, Plot, PlotPoint,
+    Points, Text, VLine,
+};
+use std::collections::HashMap;
+
+const PALETTE: [Color32; 8] = [
+    Color32::from_rgb(31, 119, 180),
+    Color32::from_rgb(44, 160, 44),
+    Color32::from_rgb(148, 103, 189),
+    Color32::from_rgb(255, 127, 14),
+    Color32::from_rgb(23, 190, 207),
+    Color32::from_rgb(140, 86, 75),
+    Color32::from_rgb(188, 189, 34),
+    Color32::from_rgb(227, 119, 194),
+];
+const OOM_RED: Color32 = Color32::from_rgb(214, 39, 40);
+
+#[must_use]
+pub fn curve_label(c: Curve) -> String {
+    format!("seq {} · {}", c.seq, c.dtype)
+}
+
+/// The curves present in the results, in plan order.
+fn curves(r: &Results) -> Vec<Curve> {
+    r.boundaries
+        .iter()
+        .map(|b| Curve {
+            seq: b.seq,
+            dtype: b.dtype,
+        })
+        .collect()
+}
+
+fn hover_text(t: &TrialRecord) -> String {
+    let mut s = format!(
+        "batch {} · seq {} · {}\n{}",
+        t.batch,
+        t.seq,
+        t.dtype,
+        match t.outcome {
+            Outcome::Fit => "fits".to_string(),
+            Outcome::Oom => "OUT OF MEMORY".to_string(),
+            Outcome::Failed => format!("failed: {}", t.reason.as_deref().unwrap_or("?")),
+        }
+    );
+    if let Some(total) = t.total_bytes {
+        s.push_str(&format!("\ntotal {} ({total} B)", human_bytes(total)));
+    }
+    if let Some(p) = t.peak_bytes {
+        s.push_str(&format!("\nforward peak {} ({p} B)", human_bytes(p)));
+    }
+    if let Some(r) = t.requested_bytes {
+        s.push_str(&format!("\ntried to allocate {}", human_bytes(r)));
+    }
+    s.push_str(&format!("\n{:.3} s", t.seconds));
+    s
+}
+
+/// Draws the plot and returns the screen rectangle it occupies (for "Save plot as PNG").
+pub fn plot_ui(ui: &mut egui::Ui, r: &Results) -> egui::Rect {
+    let curves = curves(r);
+    let cap = r.capacity_bytes as f64;
+    let limit = r.recommendation.limit_bytes as f64;
+    // series name -> trials in point order, for the hover text
+    let mut lookup: HashMap<String, Vec<TrialRecord>> = HashMap::new();
+    let mut max_batch = 1usize;
+    for t in &r.trials {
+        max_batch = max_batch.max(t.batch);
+    }
+    let mut items: Vec<(String, Vec<[f64; 2]>, Color32, Option<usize>)> = Vec::new();
+    for (i, c) in curves.iter().enumerate() {
+        let mut fits: Vec<&TrialRecord> = r
+            .trials
+            .iter()
+            .filter(|t| t.curve() == *c && t.outcome == Outcome::Fit && t.total_bytes.is_some())
+            .collect();
+        fits.sort_by_key(|t| t.batch);
+        fits.dedup_by_key(|t| t.batch);
+        let name = curve_label(*c);
+        let pts: Vec<[f64; 2]> = fits
+            .iter()
+            .map(|t| [t.batch as f64, t.total_bytes.unwrap_or(0) as f64])
+            .collect();
+        lookup.insert(name.clone(), fits.iter().map(|t| (*t).clone()).collect());
+        let boundary = r
+            .boundaries
+            .iter()
+            .find(|b| b.seq == c.seq && b.dtype == c.dtype)
+            .and_then(|b| b.max_batch);
+        items.push((name, pts, PALETTE[i % PALETTE.len()], boundary));
+    }
+    let ooms: Vec<TrialRecord> = r
+        .trials
+        .iter()
+        .filter(|t| t.outcome == Outcome::Oom)
+        .cloned()
+        .collect();
+    let oom_name = "OOM (the allocation that crossed the capacity)".to_string();
+    let oom_pts: Vec<[f64; 2]> = ooms.iter().map(|t| [t.batch as f64, cap]).collect();
+    lookup.insert(oom_name.clone(), ooms);
+    let headroom_pct = r.headroom * 100.0;
+    let formatter = move |pos: &HoverPosition<'_>| -> Option<String> {
+        match pos {
+            HoverPosition::NearDataPoint {
+                plot_name, index, ..
+            } => lookup
+                .get(*plot_name)
+                .and_then(|v| v.get(*index))
+                .map(hover_text),
+            HoverPosition::Elsewhere { position } => Some(format!(
+                "batch {:.0}\n{}",
+                position.x,
+                human_bytes(position.y.max(0.0) as u64)
+            )),
+        }
+    };
+    let resp = Plot::new("oomlab-memory-plot")
+        .legend(Legend::default().position(Corner::RightBottom))
+        .x_axis_label("batch size")
+        .y_axis_label("memory held during the forward")
+        .y_axis_formatter(|m: GridMark, _| human_bytes(m.value.max(0.0) as u64))
+        .x_axis_formatter(|m: GridMark, _| format!("{:.0}", m.value))
+        .label_formatter(formatter)
+        .include_x(0.0)
+        .include_x((max_batch + 1) as f64)
+        .include_y(0.0)
+        .include_y(cap * (1.04 + 0.03 * curves.len() as f64))
+        .show(ui, move |pui| {
+            pui.hline(
+                HLine::new(format!("capacity {}", human_bytes(cap as u64)), cap)
+                    .color(OOM_RED)
+                    .width(2.0),
+            );
+            pui.hline(
+                HLine::new(
+                    format!("capacity - {headroom_pct:.0}% headroom"),
+                    limit,
+                )
+                .color(Color32::from_rgb(230, 150, 30))
+                .style(LineStyle::dashed_loose())
+                .width(1.5),
+            );
+            for (i, (name, pts, color, boundary)) in items.into_iter().enumerate() {
+                if let Some(b) = boundary {
+                    pui.vline(
+                        VLine::new(name.clone(), b as f64 + 0.5)
+                            .color(color)
+                            .style(LineStyle::dashed_dense())
+                            .width(1.5),
+                    );
+                    // Staggered so neighbouring boundaries stay readable.
+                    pui.text(
+                        Text::new(
+                            name.clone(),
+                            PlotPoint::new(b as f64 + 0.5, cap * (1.015 + 0.03 * i as f64)),
+                            egui::RichText::new(format!("b* = {b}")).strong().color(color),
+                        )
+                        .color(color)
+                        .anchor(egui::Align2::LEFT_BOTTOM),
+                    );
+                }
+                pui.line(Line::new(name.clone(), pts.clone()).color(color).width(2.0));
+                pui.points(
+                    Points::new(name, pts)
+                        .color(color)
+                        .radius(3.5)
+                        .shape(MarkerShape::Circle)
+                        .filled(true),
+                );
+            }
+            if !oom_pts.is_empty() {
+                pui.points(
+                    Points::new(oom_name, oom_pts)
+                        .color(OOM_RED)
+                        .radius(7.0)
+                        .shape(MarkerShape::Cross),
+                );
+            }
+        });
+    resp.response.rect
+}
