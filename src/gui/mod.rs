@@ -55,6 +55,12 @@ pub enum BgMsg {
     Exported(Result<PathBuf, String>),
     PngSaved(Result<PathBuf, String>),
     DialogEmpty(&'static str),
+    /// Validation of settings that name a local path (read off the UI thread).
+    Validated {
+        key: Box<Settings>,
+        result: Result<SweepPlan, String>,
+        summary: Result<String, String>,
+    },
 }
 
 struct RunHandle {
@@ -78,15 +84,23 @@ pub struct View {
 struct Validation {
     key: Settings,
     result: Result<SweepPlan, String>,
+    /// One line about the model (family, size, positions), or why it cannot be read.
+    summary: Result<String, String>,
 }
 
-/// Per-frame time spent in the app's own code.
+/// Per-frame time spent in the app's own code (its `ui` call: drawing, draining, commands).
+/// Wall time includes being preempted by the worker; CPU time is this thread's own work.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FrameStats {
     pub last_ms: f64,
+    pub last_cpu_ms: f64,
     pub frames_during_sweep: u64,
     pub total_ms_during_sweep: f64,
     pub max_ms_during_sweep: f64,
+    pub total_cpu_ms_during_sweep: f64,
+    pub max_cpu_ms_during_sweep: f64,
+    /// Frames during the sweep whose wall time exceeded the 5 ms budget.
+    pub frames_over_budget: u64,
 }
 
 impl FrameStats {
@@ -98,6 +112,60 @@ impl FrameStats {
             self.total_ms_during_sweep / self.frames_during_sweep as f64
         }
     }
+
+    #[must_use]
+    pub fn mean_cpu_ms_during_sweep(&self) -> f64 {
+        if self.frames_during_sweep == 0 {
+            0.0
+        } else {
+            self.total_cpu_ms_during_sweep / self.frames_during_sweep as f64
+        }
+    }
+
+    fn record(&mut self, wall_ms: f64, cpu_ms: f64, during_sweep: bool) {
+        self.last_ms = wall_ms;
+        self.last_cpu_ms = cpu_ms;
+        if during_sweep {
+            self.frames_during_sweep += 1;
+            self.total_ms_during_sweep += wall_ms;
+            self.max_ms_during_sweep = self.max_ms_during_sweep.max(wall_ms);
+            self.total_cpu_ms_during_sweep += cpu_ms;
+            self.max_cpu_ms_during_sweep = self.max_cpu_ms_during_sweep.max(cpu_ms);
+            if wall_ms > FRAME_BUDGET_MS {
+                self.frames_over_budget += 1;
+            }
+        }
+    }
+
+    /// One line for the log and stderr.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        format!(
+            "UI frame time during the sweep: mean {:.2} ms (cpu {:.2} ms), max {:.2} ms (cpu {:.2} ms), {} of {} frames over {FRAME_BUDGET_MS} ms",
+            self.mean_ms_during_sweep(),
+            self.mean_cpu_ms_during_sweep(),
+            self.max_ms_during_sweep,
+            self.max_cpu_ms_during_sweep,
+            self.frames_over_budget,
+            self.frames_during_sweep
+        )
+    }
+}
+
+/// The UI thread's budget per frame for the app's own code.
+pub const FRAME_BUDGET_MS: f64 = 5.0;
+
+/// CPU time this thread has used, in milliseconds.
+fn thread_cpu_ms() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts);
+    }
+    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
 }
 
 static TERMINATE: AtomicBool = AtomicBool::new(false);
@@ -110,6 +178,8 @@ pub struct OomLabApp {
     pub settings: Settings,
     options: AppOptions,
     validation: Option<Validation>,
+    /// Settings being validated on a background thread.
+    validating: Option<Settings>,
     run: Option<RunHandle>,
     view: Option<View>,
     log: Vec<String>,
@@ -148,6 +218,7 @@ impl OomLabApp {
         let mut app = Self {
             settings,
             validation: None,
+            validating: None,
             run: None,
             view: None,
             log: Vec::new(),
@@ -245,19 +316,59 @@ impl OomLabApp {
 
     // ---- validation ----
 
-    /// The plan the settings describe, or the reason Run is disabled.
+    /// The plan the settings describe, or the reason Run is disabled. Bundled models are checked
+    /// at once (in memory); a local path is read on a background thread.
     pub fn plan(&mut self) -> Result<SweepPlan, String> {
         if let Some(v) = &self.validation {
             if v.key == self.settings {
                 return v.result.clone();
             }
         }
-        let result = self.settings.to_plan();
-        self.validation = Some(Validation {
-            key: self.settings.clone(),
-            result: result.clone(),
-        });
-        result
+        let bundled = crate::catalog::BUNDLED
+            .iter()
+            .any(|b| b.id.eq_ignore_ascii_case(self.settings.model.trim()));
+        if bundled {
+            let (result, summary) = validate_settings(&self.settings);
+            self.validation = Some(Validation {
+                key: self.settings.clone(),
+                result: result.clone(),
+                summary,
+            });
+            return result;
+        }
+        if self.validating.as_ref() != Some(&self.settings) {
+            self.validating = Some(self.settings.clone());
+            let key = self.settings.clone();
+            let tx = self.bg_tx.clone();
+            let ctx = self.ctx.clone();
+            let _ = std::thread::Builder::new()
+                .name("oomlab-validate".into())
+                .spawn(move || {
+                    let (result, summary) = validate_settings(&key);
+                    let _ = tx.send(BgMsg::Validated {
+                        key: Box::new(key),
+                        result,
+                        summary,
+                    });
+                    ctx.request_repaint();
+                });
+        }
+        Err("checking the model…".into())
+    }
+
+    /// The cached one-line model summary for the current settings.
+    #[must_use]
+    pub fn model_summary(&self) -> Option<&Result<String, String>> {
+        self.validation
+            .as_ref()
+            .filter(|v| v.key.model == self.settings.model)
+            .map(|v| &v.summary)
+    }
+
+    /// Whether settings are being checked on a background thread (tests wait for it).
+    #[must_use]
+    pub fn validating(&self) -> bool {
+        self.validating.is_some()
     }
 
     // ---- actions ----
@@ -382,15 +493,15 @@ impl OomLabApp {
                 SweepEvent::Finished { results, cancelled } => {
                     run.done = true;
                     run.cancelled = cancelled;
-                    let f = self.frame;
-                    self.log.push(format!(
-                        "sweep {} in {:.1}s; UI frame time during the sweep: mean {:.2} ms, max {:.2} ms over {} frames",
+                    let line = format!(
+                        "sweep {} in {:.1}s; {}",
                         if cancelled { "cancelled" } else { "finished" },
                         run.started.elapsed().as_secs_f64(),
-                        f.mean_ms_during_sweep(),
-                        f.max_ms_during_sweep,
-                        f.frames_during_sweep
-                    ));
+                        self.frame.summary()
+                    );
+                    // Also on stderr, so a run under Xvfb or a terminal leaves the figure behind.
+                    eprintln!("oomlab: {line}");
+                    self.log.push(line);
                     if let Some(v) = &mut self.view {
                         v.results = *results;
                     }
@@ -414,9 +525,23 @@ impl OomLabApp {
                 self.settings.model = p.display().to_string();
             }
             BgMsg::ResultsPicked(p) => self.open_results(p),
+            BgMsg::Validated {
+                key,
+                result,
+                summary,
+            } => {
+                if self.validating.as_ref() == Some(&*key) {
+                    self.validating = None;
+                }
+                self.validation = Some(Validation {
+                    key: *key,
+                    result,
+                    summary,
+                });
+            }
             // The save dialog has already asked before replacing an existing file.
             BgMsg::ExportPicked(p) => self.export_to(p, true),
-            BgMsg::PngPicked(p) => self.save_plot_png(p),
+            BgMsg::PngPicked(p) => self.save_plot_png(p, true),
             BgMsg::Opened(Ok((path, contents, results))) => {
                 self.log.push(format!("opened {}", path.display()));
                 let journal = contents.as_ref().map(|_| path.clone());
@@ -493,7 +618,7 @@ impl OomLabApp {
             .spawn(move || {
                 let r = report::export(&results, &path, force)
                     .map(|()| path.clone())
-                    .map_err(|e| e.to_string());
+                    .map_err(write_error);
                 let _ = tx.send(BgMsg::Exported(r));
                 ctx.request_repaint();
             });
@@ -551,7 +676,7 @@ impl OomLabApp {
     }
 
     /// Asks the renderer for a screenshot and writes the plot's region as PNG (background thread).
-    fn save_plot_png(&mut self, path: PathBuf) {
+    fn save_plot_png(&mut self, path: PathBuf, force: bool) {
         let Some(rect) = self.plot_rect else {
             self.notice = Some("no plot on screen to save".into());
             return;
@@ -563,7 +688,7 @@ impl OomLabApp {
             let _ = std::thread::Builder::new()
                 .name("oomlab-png".into())
                 .spawn(move || {
-                    let r = write_png_region(&image, rect, ppp, &path).map(|()| path.clone());
+                    let r = write_png_region(&image, rect, ppp, &path, force).map(|()| path.clone());
                     let _ = tx.send(BgMsg::PngSaved(r));
                     ctx.request_repaint();
                 });
@@ -636,11 +761,23 @@ enum Dialog {
     Png,
 }
 
+/// A write error in the window's words (it has an "overwrite" box, not --force).
+fn write_error(e: report::ExportError) -> String {
+    match e {
+        report::ExportError::Exists { path } => format!(
+            "{} already exists; tick \"overwrite\" or choose another file name",
+            path.display()
+        ),
+        other => other.to_string(),
+    }
+}
+
 fn write_png_region(
     image: &egui::ColorImage,
     rect: egui::Rect,
     ppp: f32,
     path: &std::path::Path,
+    force: bool,
 ) -> Result<(), String> {
     let [w, h] = image.size;
     let x0 = ((rect.min.x * ppp).max(0.0) as usize).min(w);
@@ -657,7 +794,7 @@ fn write_png_region(
     let mut bytes = Vec::new();
     out.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
         .map_err(|e| format!("encoding PNG: {e}"))?;
-    report::write_atomic(path, &bytes, true).map_err(|e| e.to_string())
+    report::write_atomic(path, &bytes, force).map_err(write_error)
 }
 
 fn engine_thread(
@@ -701,6 +838,7 @@ fn engine_thread(
 impl eframe::App for OomLabApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         let t0 = Instant::now();
+        let cpu0 = thread_cpu_ms();
         let ctx = ui.ctx().clone();
         if TERMINATE.load(Ordering::Relaxed) {
             self.cancel();
@@ -719,13 +857,12 @@ impl eframe::App for OomLabApp {
             // Keep the elapsed-time display moving.
             ctx.request_repaint_after(Duration::from_millis(250));
         }
-        let ms = t0.elapsed().as_secs_f64() * 1000.0;
-        self.frame.last_ms = ms;
-        if self.is_running() {
-            self.frame.frames_during_sweep += 1;
-            self.frame.total_ms_during_sweep += ms;
-            self.frame.max_ms_during_sweep = self.frame.max_ms_during_sweep.max(ms);
-        }
+        let running = self.is_running();
+        self.frame.record(
+            t0.elapsed().as_secs_f64() * 1000.0,
+            thread_cpu_ms() - cpu0,
+            running,
+        );
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
@@ -774,7 +911,13 @@ impl OomLabApp {
             Command::OpenResultsDialog => self.dialog(Dialog::Results),
             Command::OpenResultsPath(p) => self.open_results(p),
             Command::ExportDialog => self.dialog(Dialog::Export),
-            Command::ExportTo(p, force) => self.export_to(p, force),
+            Command::ExportTo(p, force) => {
+                if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+                    self.save_plot_png(p, force);
+                } else {
+                    self.export_to(p, force);
+                }
+            }
             Command::SavePngDialog => self.dialog(Dialog::Png),
             Command::SetTheme(t) => {
                 self.settings.theme = t;
@@ -816,6 +959,40 @@ pub fn run(open: Option<PathBuf>) -> Result<(), String> {
             "cannot open a window: {e}; on a machine without a display use the headless commands (`oomlab sweep --help`)"
         )
     })
+}
+
+/// Validates settings and describes their model (may read a config and safetensors headers).
+fn validate_settings(s: &Settings) -> (Result<SweepPlan, String>, Result<String, String>) {
+    let summary = ModelRef::parse(&s.model)
+        .map_err(|e| e.to_string())
+        .and_then(|r| ModelSpec::resolve(&r).map_err(|e| e.to_string()))
+        .map(|spec| {
+            let params = format_params(spec.dims.published_parameters(spec.family));
+            format!(
+                "{} · {params} · up to {} positions · {}",
+                spec.family,
+                spec.dims.max_positions,
+                if spec.checkpoint.is_some() {
+                    "real weights"
+                } else {
+                    "synthetic weights"
+                }
+            )
+        });
+    (s.to_plan(), summary)
+}
+
+/// `109.5M`, `1.10B`, `26.8K`.
+#[must_use]
+pub fn format_params(n: u64) -> String {
+    let n = n as f64;
+    if n >= 1e9 {
+        format!("{:.2}B parameters", n / 1e9)
+    } else if n >= 1e6 {
+        format!("{:.1}M parameters", n / 1e6)
+    } else {
+        format!("{:.1}K parameters", n / 1e3)
+    }
 }
 
 /// Parses `128, 512` into sequence lengths.

@@ -2,7 +2,7 @@
 
 use eframe::egui;
 use super::{Command, OomLabApp, ThemeChoice, plot};
-use crate::catalog::{BUNDLED, ModelRef, ModelSpec};
+use crate::catalog::BUNDLED;
 use crate::plan::{Strategy, human_bytes};
 use crate::report::{CurvePhase, Outcome, Purpose, Results, TrialRecord};
 use egui::{Color32, RichText};
@@ -50,30 +50,6 @@ pub fn phase_text(p: &CurvePhase) -> String {
         CurvePhase::Search(b) => format!("next trial at batch {b}"),
         CurvePhase::Recommend { batch, .. } => format!("confirming batch {batch}"),
     }
-}
-
-fn model_summary(model: &str) -> Result<String, String> {
-    let r = ModelRef::parse(model).map_err(|e| e.to_string())?;
-    // Catalog specs are in memory; a path reads a small config (and safetensors headers).
-    let s = ModelSpec::resolve(&r).map_err(|e| e.to_string())?;
-    let params = s.dims.published_parameters(s.family) as f64;
-    let params = if params >= 1e9 {
-        format!("{:.2}B", params / 1e9)
-    } else if params >= 1e6 {
-        format!("{:.1}M", params / 1e6)
-    } else {
-        format!("{:.1}K", params / 1e3)
-    };
-    Ok(format!(
-        "{} · {params} parameters · up to {} positions{}",
-        s.family,
-        s.dims.max_positions,
-        if s.checkpoint.is_some() {
-            " · real weights"
-        } else {
-            " · synthetic weights"
-        }
-    ))
 }
 
 pub fn draw(app: &mut OomLabApp, ui: &mut egui::Ui) -> Vec<Command> {
@@ -182,17 +158,26 @@ fn menu_bar(app: &mut OomLabApp, ui: &mut egui::Ui, cmds: &mut Vec<Command>) {
                 let f = app.frame_stats();
                 ui.label(
                     RichText::new(format!(
-                        "UI {:.2} ms/frame{}",
+                        "UI {:.2} ms/frame (cpu {:.2}){}",
                         f.last_ms,
+                        f.last_cpu_ms,
                         if f.frames_during_sweep > 0 {
-                            format!(" (sweep: max {:.2} ms)", f.max_ms_during_sweep)
+                            format!(
+                                " · sweep: max {:.2} ms (cpu {:.2}), {} of {} frames over {}",
+                                f.max_ms_during_sweep,
+                                f.max_cpu_ms_during_sweep,
+                                f.frames_over_budget,
+                                f.frames_during_sweep,
+                                super::FRAME_BUDGET_MS
+                            )
                         } else {
                             String::new()
                         }
                     ))
                     .weak()
                     .small(),
-                );
+                )
+                .on_hover_text("time spent in oomlab's own code per frame; cpu = this thread's CPU time, wall also counts waiting for a core");
             });
         });
     });
@@ -226,7 +211,22 @@ fn experiment_panel(app: &mut OomLabApp, ui: &mut egui::Ui, cmds: &mut Vec<Comma
             .width(200.0)
             .show_ui(ui, |ui| {
                 for b in BUNDLED {
-                    ui.selectable_value(&mut app.settings.model, b.id.to_string(), b.id);
+                    // In-memory configs: cheap to describe while the list is open.
+                    let text = crate::catalog::ModelSpec::resolve(&crate::catalog::ModelRef::Catalog(
+                        b.id.to_string(),
+                    ))
+                    .map_or_else(
+                        |_| b.id.to_string(),
+                        |s| {
+                            format!(
+                                "{}  ({}, {})",
+                                b.id,
+                                s.family,
+                                super::format_params(s.dims.published_parameters(s.family))
+                            )
+                        },
+                    );
+                    ui.selectable_value(&mut app.settings.model, b.id.to_string(), text);
                 }
             });
         labelled_text(ui, "Model id or path", &mut app.settings.model, "id, config.json or folder");
@@ -239,10 +239,10 @@ fn experiment_panel(app: &mut OomLabApp, ui: &mut egui::Ui, cmds: &mut Vec<Comma
             }
         });
         ui.label(RichText::new("or drop a folder / config.json onto the window").weak().small());
-        match model_summary(&app.settings.model) {
-            Ok(s) => ui.label(RichText::new(s).small()),
-            Err(_) => ui.label(""),
-        };
+        let _ = app.plan();
+        if let Some(Ok(s)) = app.model_summary() {
+            ui.label(RichText::new(s).small());
+        }
         ui.separator();
         ui.label(RichText::new("Device").strong());
         egui::ComboBox::from_label("Device")
@@ -323,11 +323,11 @@ fn experiment_panel(app: &mut OomLabApp, ui: &mut egui::Ui, cmds: &mut Vec<Comma
             let total = app.results().map_or(1, |r| r.boundaries.len().max(1));
             ui.add(
                 egui::ProgressBar::new(done as f32 / total as f32)
-                    .text(format!("{done} of {total} curves"))
-                    .animate(true),
+                    .text(format!("{done} of {total} curves")),
             );
-            ui.horizontal(|ui| {
-                ui.spinner();
+            // No spinner: it repaints every frame, which on a software-rendered display costs a
+            // core the worker needs. The elapsed time below refreshes four times a second.
+            ui.horizontal_wrapped(|ui| {
                 match &run.current {
                     Some((what, t)) => ui.label(format!(
                         "{}: {what} · {:.1}s",
@@ -397,7 +397,10 @@ fn recommendation_card(app: &mut OomLabApp, ui: &mut egui::Ui, cmds: &mut Vec<Co
             ui.label(
                 RichText::new(b.max_batch.map_or_else(|| "–".into(), |m| m.to_string())).strong(),
             );
-            let status = ui.label(b.status.name());
+            // While a sweep runs, an unfinished curve is pending, not incomplete.
+            let pending = app.is_running()
+                && b.reason.as_deref().is_some_and(|r| r.starts_with("not finished"));
+            let status = ui.label(if pending { "pending" } else { b.status.name() });
             if let Some(reason) = &b.reason {
                 status.on_hover_text(reason);
             }
@@ -424,7 +427,11 @@ fn recommendation_card(app: &mut OomLabApp, ui: &mut egui::Ui, cmds: &mut Vec<Co
     ui.separator();
     ui.label(RichText::new("Export").strong());
     ui.horizontal(|ui| {
-        if ui.button("Export…").on_hover_text("TOML, JSON (recommendation) or CSV (all trials)").clicked() {
+        if ui
+            .button("Export…")
+            .on_hover_text("TOML, JSON (recommendation) or CSV (all trials)")
+            .clicked()
+        {
             cmds.push(Command::ExportDialog);
         }
         if ui.button("Save plot as PNG…").clicked() {
@@ -435,7 +442,7 @@ fn recommendation_card(app: &mut OomLabApp, ui: &mut egui::Ui, cmds: &mut Vec<Co
         let l = ui.label("Export path");
         ui.add(
             egui::TextEdit::singleline(&mut app.export_path)
-                .hint_text("recommended.toml")
+                .hint_text(".toml, .json, .csv or .png")
                 .desired_width(150.0),
         )
         .labelled_by(l.id);

@@ -130,7 +130,8 @@ pub fn plot_ui(ui: &mut egui::Ui, r: &Results) -> egui::Rect {
         .x_axis_formatter(|m: GridMark, _| format!("{:.0}", m.value))
         .label_formatter(formatter)
         .include_x(0.0)
-        .include_x((max_batch + 1) as f64)
+        // Room on the right for the last "b* = N" label.
+        .include_x(max_batch as f64 * 1.1 + 2.0)
         .include_y(0.0)
         .include_y(cap * (1.04 + 0.03 * curves.len() as f64))
         .show(ui, move |pui| {

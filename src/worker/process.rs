@@ -32,7 +32,7 @@ fn hygiene() {
             rlim_max: 0,
         };
         libc::setrlimit(libc::RLIMIT_CORE, &raw const zero);
-        libc::nice(5);
+        libc::nice(10);
     }
 }
 
