@@ -31,7 +31,7 @@ pub enum Command {
     /// List the bundled models: id, family, parameters and weight bytes per precision.
     Models,
     /// Run a sweep: find, per (sequence length, precision), the largest batch that fits.
-    Sweep(SweepArgs),
+    Sweep(Box<SweepArgs>),
     /// Open a results file (.json) or a journal (.jsonl) in the desktop lab.
     Open {
         /// The file written by `--json` or `--journal`.
@@ -124,13 +124,13 @@ pub struct CliError {
 }
 
 impl CliError {
-    fn usage(message: impl ToString) -> Self {
+    fn usage(message: impl std::fmt::Display) -> Self {
         Self {
             code: 2,
             message: message.to_string(),
         }
     }
-    fn runtime(message: impl ToString) -> Self {
+    fn runtime(message: impl std::fmt::Display) -> Self {
         Self {
             code: 1,
             message: message.to_string(),
@@ -154,7 +154,8 @@ pub fn models() -> Result<(), CliError> {
         "id", "family", "parameters", "f32", "f16", "bf16", "max seq"
     );
     for b in BUNDLED {
-        let spec = ModelSpec::resolve(&ModelRef::Catalog(b.id.into())).map_err(CliError::runtime)?;
+        let spec =
+            ModelSpec::resolve(&ModelRef::Catalog(b.id.into())).map_err(CliError::runtime)?;
         let w = |p: Precision| human_bytes(models::weights_bytes(&spec, p.candle()));
         println!(
             "{:<24} {:<11} {:>15} {:>11} {:>11} {:>11} {:>8}{}",
@@ -168,7 +169,9 @@ pub fn models() -> Result<(), CliError> {
             if b.tiny { "  (tiny, for tests)" } else { "" }
         );
     }
-    println!("\nparameters as published (BERT includes its pooler); weight bytes as candle holds them.");
+    println!(
+        "\nparameters as published (BERT includes its pooler); weight bytes as candle holds them."
+    );
     println!("--model also takes a config.json or a folder with config.json + *.safetensors.");
     Ok(())
 }
@@ -177,7 +180,7 @@ fn group(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -388,7 +391,9 @@ pub fn sweep(args: &SweepArgs, worker: &WorkerConfig) -> Result<Results, CliErro
             code: 130,
             message: format!(
                 "cancelled; finished trials are kept: continue with `oomlab sweep --resume {}`",
-                face.journal.as_deref().map_or_else(String::new, |p| p.display().to_string())
+                face.journal
+                    .as_deref()
+                    .map_or_else(String::new, |p| p.display().to_string())
             ),
         });
     }
@@ -507,10 +512,16 @@ fn opt_bytes(v: Option<u64>) -> String {
 
 /// The tables on stdout.
 pub fn print_results(r: &Results) {
-    println!("model {} ({}), device {}, threads {}, capacity {} ({} bytes), headroom {:.0}%",
-        r.model, r.family, r.device,
+    println!(
+        "model {} ({}), device {}, threads {}, capacity {} ({} bytes), headroom {:.0}%",
+        r.model,
+        r.family,
+        r.device,
         r.threads.map_or_else(|| "?".into(), |t| t.to_string()),
-        human_bytes(r.capacity_bytes), r.capacity_bytes, r.headroom * 100.0);
+        human_bytes(r.capacity_bytes),
+        r.capacity_bytes,
+        r.headroom * 100.0
+    );
     println!("forward: {}", r.forward);
     for (d, w) in &r.weights_bytes {
         println!("weights {d}: {w} bytes ({})", human_bytes(*w));
@@ -518,7 +529,17 @@ pub fn print_results(r: &Results) {
     println!();
     println!(
         "{:>4} {:>6} {:<5} {:>6} {:<9} {:<9} {:<7} {:>13} {:>13} {:>13} {:>8}",
-        "#", "seq", "dtype", "batch", "strategy", "purpose", "outcome", "peak_bytes", "total_bytes", "requested", "seconds"
+        "#",
+        "seq",
+        "dtype",
+        "batch",
+        "strategy",
+        "purpose",
+        "outcome",
+        "peak_bytes",
+        "total_bytes",
+        "requested",
+        "seconds"
     );
     for (i, t) in r.trials.iter().enumerate() {
         println!(
@@ -551,7 +572,9 @@ pub fn print_results(r: &Results) {
             b.status.name(),
             b.trials_used,
             c.batch.map_or_else(|| "-".into(), |m| m.to_string()),
-            b.reason.as_ref().map_or_else(String::new, |r| format!("  ({r})"))
+            b.reason
+                .as_ref()
+                .map_or_else(String::new, |r| format!("  ({r})"))
         );
     }
     println!();
@@ -578,13 +601,13 @@ pub fn main_with(cli: Cli, gui: &dyn Fn(Option<PathBuf>) -> Result<(), String>) 
     let result = match cli.command {
         None => gui(None).map_err(CliError::runtime),
         Some(Command::Open { path }) => {
-            if !path.is_file() {
+            if path.is_file() {
+                gui(Some(path)).map_err(CliError::runtime)
+            } else {
                 Err(CliError::usage(format!(
                     "{} does not exist; give the results .json or journal .jsonl of a sweep",
                     path.display()
                 )))
-            } else {
-                gui(Some(path)).map_err(CliError::runtime)
             }
         }
         Some(Command::Models) => models(),

@@ -18,8 +18,13 @@ fn main() {
                 .map(|s| (*s).to_string())
                 .or_else(|| info.payload().downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
-            eprintln!("oomlab: internal error{at}: {msg}; this is a bug, please report it with the command you ran");
+            let at = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            eprintln!(
+                "oomlab: internal error{at}: {msg}; this is a bug, please report it with the command you ran"
+            );
         }));
     }
     let code = oomlab::cli::main_with(cli, &oomlab::gui::run);

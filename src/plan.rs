@@ -38,7 +38,7 @@ impl Precision {
         }
     }
 
-    /// The name PyTorch / transformers use (`torch_dtype`).
+    /// The name `PyTorch` / transformers use (`torch_dtype`).
     #[must_use]
     pub fn torch_name(self) -> &'static str {
         match self {
@@ -81,9 +81,7 @@ impl FromStr for Precision {
             "f32" | "float32" | "fp32" => Ok(Self::F32),
             "f16" | "float16" | "fp16" | "half" => Ok(Self::F16),
             "bf16" | "bfloat16" => Ok(Self::Bf16),
-            other => Err(format!(
-                "unknown precision '{other}'; use f32, f16 or bf16"
-            )),
+            other => Err(format!("unknown precision '{other}'; use f32, f16 or bf16")),
         }
     }
 }
@@ -269,12 +267,38 @@ mod tests {
 
     #[test]
     fn ranges_include_both_ends_and_reject_nonsense() {
-        assert_eq!("1..256".parse::<BatchRange>().unwrap(), BatchRange { min: 1, max: 256 });
-        assert_eq!("8".parse::<BatchRange>().unwrap(), BatchRange { min: 8, max: 8 });
-        assert!("0..4".parse::<BatchRange>().unwrap_err().contains("start at 1"));
-        assert!("9..3".parse::<BatchRange>().unwrap_err().contains("reversed"));
-        assert!("1..x".parse::<BatchRange>().unwrap_err().contains("not a batch size"));
-        assert!("1..1000000".parse::<BatchRange>().unwrap_err().contains("limit"));
+        assert_eq!(
+            "1..256".parse::<BatchRange>().unwrap(),
+            BatchRange { min: 1, max: 256 }
+        );
+        assert_eq!(
+            "8".parse::<BatchRange>().unwrap(),
+            BatchRange { min: 8, max: 8 }
+        );
+        assert!(
+            "0..4"
+                .parse::<BatchRange>()
+                .unwrap_err()
+                .contains("start at 1")
+        );
+        assert!(
+            "9..3"
+                .parse::<BatchRange>()
+                .unwrap_err()
+                .contains("reversed")
+        );
+        assert!(
+            "1..x"
+                .parse::<BatchRange>()
+                .unwrap_err()
+                .contains("not a batch size")
+        );
+        assert!(
+            "1..1000000"
+                .parse::<BatchRange>()
+                .unwrap_err()
+                .contains("limit")
+        );
     }
 
     #[test]

@@ -151,9 +151,16 @@ pub fn default_journal_path(model_name: &str) -> PathBuf {
         .map_or(0, |d| d.as_millis());
     let safe: String = model_name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
-    base.join("oomlab/runs").join(format!("{safe}-{stamp}.jsonl"))
+    base.join("oomlab/runs")
+        .join(format!("{safe}-{stamp}.jsonl"))
 }
 
 /// Compares a resumed journal's plan with the arguments given now; names the first difference.

@@ -32,7 +32,7 @@ impl Family {
     }
 
     /// Whether candle 0.11's model for this family runs in `p`.
-    /// DistilBERT's attention upcasts its scores to f32 and then multiplies them with values in
+    /// `DistilBERT`'s attention upcasts its scores to f32 and then multiplies them with values in
     /// the run dtype, which fails for f16/bf16.
     #[must_use]
     pub fn supports(self, p: crate::plan::Precision) -> bool {
@@ -57,10 +57,12 @@ impl Family {
             .and_then(Value::as_array)
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
-        if let Some(mt) = model_type {
-            if let Some(f) = Self::ALL.iter().find(|f| f.name() == mt.to_ascii_lowercase()) {
-                return Ok(*f);
-            }
+        if let Some(mt) = model_type
+            && let Some(f) = Self::ALL
+                .iter()
+                .find(|f| f.name() == mt.to_ascii_lowercase())
+        {
+            return Ok(*f);
         }
         for arch in &archs {
             let lower = arch.to_ascii_lowercase();
@@ -99,7 +101,7 @@ pub struct Dims {
     pub max_positions: usize,
     /// BERT token type vocabulary (0 elsewhere).
     pub type_vocab: usize,
-    /// Decoders: lm_head shares the embedding matrix.
+    /// Decoders: `lm_head` shares the embedding matrix.
     pub tied_embeddings: bool,
 }
 
@@ -197,13 +199,13 @@ impl Dims {
                 return Err(format!("field \"{name}\" must be at least 1, found 0"));
             }
         }
-        if self.hidden % self.heads != 0 {
+        if !self.hidden.is_multiple_of(self.heads) {
             return Err(format!(
                 "field \"{}\" = {} is not divisible by \"{}\" = {}",
                 names.1, self.hidden, names.2, self.heads
             ));
         }
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return Err(format!(
                 "field \"num_attention_heads\" = {} is not a multiple of \"num_key_value_heads\" = {}",
                 self.heads, self.kv_heads
@@ -251,7 +253,12 @@ impl Dims {
                 t("embeddings.LayerNorm.bias".into(), &[h]);
                 for l in 0..self.layers {
                     let p = format!("encoder.layer.{l}");
-                    for lin in ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"] {
+                    for lin in [
+                        "attention.self.query",
+                        "attention.self.key",
+                        "attention.self.value",
+                        "attention.output.dense",
+                    ] {
                         t(format!("{p}.{lin}.weight"), &[h, h]);
                         t(format!("{p}.{lin}.bias"), &[h]);
                     }

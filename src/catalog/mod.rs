@@ -134,20 +134,28 @@ pub enum CatalogError {
     },
     #[error("{} has no config.json; a model folder needs config.json next to its *.safetensors files", dir.display())]
     NoConfigInFolder { dir: PathBuf },
-    #[error("{origin} is empty; it should be a Hugging Face config.json (a JSON object with model_type, hidden_size, ...)")]
+    #[error(
+        "{origin} is empty; it should be a Hugging Face config.json (a JSON object with model_type, hidden_size, ...)"
+    )]
     Empty { origin: String },
-    #[error("{origin} is not valid JSON ({source}); fix the syntax or point to the model's config.json")]
+    #[error(
+        "{origin} is not valid JSON ({source}); fix the syntax or point to the model's config.json"
+    )]
     NotJson {
         origin: String,
         source: serde_json::Error,
     },
-    #[error("{origin} is not a JSON object; a config.json is an object such as {{\"model_type\": \"bert\", ...}}")]
+    #[error(
+        "{origin} is not a JSON object; a config.json is an object such as {{\"model_type\": \"bert\", ...}}"
+    )]
     NotObject { origin: String },
     #[error(
         "{origin}: architecture {found} is not supported; supported families: bert, distilbert, llama, qwen2 (set \"model_type\" to one of them if the model really is one)"
     )]
     UnknownArchitecture { origin: String, found: String },
-    #[error("{origin}: {message}; add or correct this field (compare with the model's published config.json)")]
+    #[error(
+        "{origin}: {message}; add or correct this field (compare with the model's published config.json)"
+    )]
     Field { origin: String, message: String },
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
@@ -187,12 +195,7 @@ impl ModelSpec {
             }
             ModelRef::Config(path) => {
                 let text = read(path)?;
-                (
-                    file_stem_name(path),
-                    path.display().to_string(),
-                    text,
-                    None,
-                )
+                (file_stem_name(path), path.display().to_string(), text, None)
             }
             ModelRef::Folder(dir) => {
                 let cfg = dir.join("config.json");
@@ -255,10 +258,10 @@ fn file_stem_name(path: &Path) -> String {
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_default();
-    if stem == "config" {
-        if let Some(parent) = path.parent().and_then(Path::file_name) {
-            return parent.to_string_lossy().to_string();
-        }
+    if stem == "config"
+        && let Some(parent) = path.parent().and_then(Path::file_name)
+    {
+        return parent.to_string_lossy().to_string();
     }
     stem
 }
@@ -314,11 +317,7 @@ mod tests {
         ];
         for (id, params) in expected {
             let spec = ModelSpec::resolve(&ModelRef::Catalog((*id).into())).unwrap();
-            assert_eq!(
-                spec.dims.published_parameters(spec.family),
-                *params,
-                "{id}"
-            );
+            assert_eq!(spec.dims.published_parameters(spec.family), *params, "{id}");
         }
         let bert = ModelSpec::resolve(&ModelRef::Catalog("bert-base-uncased".into())).unwrap();
         assert_eq!(bert.candle_parameters(), 108_891_648);
@@ -340,14 +339,23 @@ mod tests {
         assert!(e.contains("not valid JSON"), "{e}");
         let e = parse_config("x.json", "[1]").unwrap_err().to_string();
         assert!(e.contains("not a JSON object"), "{e}");
-        let e = parse_config("x.json", r#"{"model_type":"gpt2","architectures":["GPT2LMHeadModel"]}"#)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("GPT2LMHeadModel") && e.contains("bert, distilbert, llama, qwen2"), "{e}");
+        let e = parse_config(
+            "x.json",
+            r#"{"model_type":"gpt2","architectures":["GPT2LMHeadModel"]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("GPT2LMHeadModel") && e.contains("bert, distilbert, llama, qwen2"),
+            "{e}"
+        );
         let e = parse_config("x.json", r#"{"model_type":"bert","hidden_size":32}"#)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("x.json") && e.contains("num_hidden_layers"), "{e}");
+        assert!(
+            e.contains("x.json") && e.contains("num_hidden_layers"),
+            "{e}"
+        );
         let e = ModelRef::parse("no-such-model").unwrap_err().to_string();
         assert!(e.contains("oomlab models"), "{e}");
     }

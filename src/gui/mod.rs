@@ -11,12 +11,12 @@ mod settings;
 
 pub use settings::{Settings, ThemeChoice};
 
-use eframe::egui;
 use crate::catalog::{ModelRef, ModelSpec};
 use crate::plan::{BatchRange, Precision, SweepPlan, parse_bytes, parse_headroom};
 use crate::report::{self, JournalContents, Results};
 use crate::sweep::{self, Sweep, SweepEvent};
 use crate::worker::WorkerConfig;
+use eframe::egui;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,7 +76,7 @@ struct RunHandle {
 /// What the centre, table and card show: a live sweep, or a reopened one.
 pub struct View {
     pub contents: Option<JournalContents>,
-    pub results: Results,
+    pub results: Arc<Results>,
     pub journal: Option<PathBuf>,
 }
 
@@ -200,12 +200,16 @@ pub struct OomLabApp {
 /// Whether a native file dialog can appear (xdg portal over D-Bus, or zenity).
 fn dialog_service_available() -> bool {
     let on_path = |name: &str| {
-        std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
     };
-    std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some() || on_path("zenity") || on_path("kdialog")
+    std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some()
+        || on_path("zenity")
+        || on_path("kdialog")
 }
 
 impl OomLabApp {
+    #[must_use]
     pub fn new(cc: &eframe::CreationContext<'_>, options: AppOptions) -> Self {
         let settings = if options.persist {
             cc.storage
@@ -269,7 +273,13 @@ impl OomLabApp {
 
     #[must_use]
     pub fn results(&self) -> Option<&Results> {
-        self.view.as_ref().map(|v| &v.results)
+        self.view.as_ref().map(|v| &*v.results)
+    }
+
+    /// The shown results, shared (panels hold them while they draw; no deep copy per frame).
+    #[must_use]
+    pub fn shared_results(&self) -> Option<Arc<Results>> {
+        self.view.as_ref().map(|v| Arc::clone(&v.results))
     }
 
     #[must_use]
@@ -319,10 +329,10 @@ impl OomLabApp {
     /// The plan the settings describe, or the reason Run is disabled. Bundled models are checked
     /// at once (in memory); a local path is read on a background thread.
     pub fn plan(&mut self) -> Result<SweepPlan, String> {
-        if let Some(v) = &self.validation {
-            if v.key == self.settings {
-                return v.result.clone();
-            }
+        if let Some(v) = &self.validation
+            && v.key == self.settings
+        {
+            return v.result.clone();
         }
         let bundled = crate::catalog::BUNDLED
             .iter()
@@ -419,7 +429,8 @@ impl OomLabApp {
     fn cancel(&mut self) {
         if let Some(r) = &self.run {
             r.cancel.store(true, Ordering::Relaxed);
-            self.log.push("cancelling: the trial in flight is stopped and recorded".into());
+            self.log
+                .push("cancelling: the trial in flight is stopped and recorded".into());
         }
     }
 
@@ -448,7 +459,7 @@ impl OomLabApp {
                             String::new()
                         }
                     ));
-                    let results = report::summarize(&contents);
+                    let results = Arc::new(report::summarize(&contents));
                     self.view = Some(View {
                         contents: Some(*contents),
                         results,
@@ -467,7 +478,8 @@ impl OomLabApp {
                     self.update_contents(|c| c.workers.push(w));
                 }
                 SweepEvent::LoadFailed { dtype, reason } => {
-                    self.log.push(format!("cannot build the {dtype} model: {reason}"));
+                    self.log
+                        .push(format!("cannot build the {dtype} model: {reason}"));
                     self.update_contents(|c| c.load_failures.push((dtype, reason)));
                 }
                 SweepEvent::TrialStarted {
@@ -488,7 +500,8 @@ impl OomLabApp {
                     self.update_contents(|c| c.trials.push(t));
                 }
                 SweepEvent::CurveDone { curve, phase } => {
-                    self.log.push(format!("{curve}: {}", panels::phase_text(&phase)));
+                    self.log
+                        .push(format!("{curve}: {}", panels::phase_text(&phase)));
                 }
                 SweepEvent::Finished { results, cancelled } => {
                     run.done = true;
@@ -503,7 +516,7 @@ impl OomLabApp {
                     eprintln!("oomlab: {line}");
                     self.log.push(line);
                     if let Some(v) = &mut self.view {
-                        v.results = *results;
+                        v.results = Arc::new(*results);
                     }
                 }
             },
@@ -511,11 +524,11 @@ impl OomLabApp {
     }
 
     fn update_contents(&mut self, f: impl FnOnce(&mut JournalContents)) {
-        if let Some(v) = &mut self.view {
-            if let Some(c) = &mut v.contents {
-                f(c);
-                v.results = report::summarize(c);
-            }
+        if let Some(v) = &mut self.view
+            && let Some(c) = &mut v.contents
+        {
+            f(c);
+            v.results = Arc::new(report::summarize(c));
         }
     }
 
@@ -550,7 +563,7 @@ impl OomLabApp {
                 }
                 self.view = Some(View {
                     contents,
-                    results: *results,
+                    results: Arc::new(*results),
                     journal,
                 });
                 self.notice = None;
@@ -589,8 +602,9 @@ impl OomLabApp {
             .name("oomlab-open".into())
             .spawn(move || {
                 let msg = (|| {
-                    let text = std::fs::read_to_string(&path)
-                        .map_err(|e| format!("cannot read {}: {e}; check the path", path.display()))?;
+                    let text = std::fs::read_to_string(&path).map_err(|e| {
+                        format!("cannot read {}: {e}; check the path", path.display())
+                    })?;
                     if let Ok(r) = serde_json::from_str::<Results>(&text) {
                         return Ok((path.clone(), None, Box::new(r)));
                     }
@@ -610,7 +624,7 @@ impl OomLabApp {
             self.notice = Some("nothing to export yet: run a sweep or open results first".into());
             return;
         };
-        let results = v.results.clone();
+        let results = Arc::clone(&v.results);
         let tx = self.bg_tx.clone();
         let ctx = self.ctx.clone();
         let _ = std::thread::Builder::new()
@@ -688,7 +702,8 @@ impl OomLabApp {
             let _ = std::thread::Builder::new()
                 .name("oomlab-png".into())
                 .spawn(move || {
-                    let r = write_png_region(&image, rect, ppp, &path, force).map(|()| path.clone());
+                    let r =
+                        write_png_region(&image, rect, ppp, &path, force).map(|()| path.clone());
                     let _ = tx.send(BgMsg::PngSaved(r));
                     ctx.request_repaint();
                 });
@@ -714,12 +729,11 @@ impl OomLabApp {
             };
             self.handle_engine(msg);
         }
-        if let Some(r) = &mut self.run {
-            if r.done {
-                if let Some(t) = r.thread.take() {
-                    let _ = t.join();
-                }
-            }
+        if let Some(r) = &mut self.run
+            && r.done
+            && let Some(t) = r.thread.take()
+        {
+            let _ = t.join();
         }
         while let Ok(m) = self.bg_rx.try_recv() {
             self.handle_bg(m);
@@ -736,11 +750,17 @@ impl OomLabApp {
                 .collect()
         });
         for p in dropped {
-            let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
             if p.is_dir() || name == "config.json" {
                 self.settings.model = p.display().to_string();
                 self.log.push(format!("model set to {}", p.display()));
-            } else if name.ends_with(".jsonl") || name.ends_with(".json") {
+            } else if p
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("json") || e.eq_ignore_ascii_case("jsonl"))
+            {
                 self.open_results(p);
             } else {
                 self.notice = Some(format!(
@@ -792,8 +812,11 @@ fn write_png_region(
         }
     }
     let mut bytes = Vec::new();
-    out.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .map_err(|e| format!("encoding PNG: {e}"))?;
+    out.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )
+    .map_err(|e| format!("encoding PNG: {e}"))?;
     report::write_atomic(path, &bytes, force).map_err(write_error)
 }
 
@@ -845,6 +868,7 @@ impl eframe::App for OomLabApp {
             ctx.send_viewport_cmd(egui::ViewportCommand::Close);
         }
         self.drain();
+        let drained_ms = t0.elapsed().as_secs_f64() * 1000.0;
         self.handle_dropped_files(&ctx);
         if ctx.input_mut(|i| i.consume_key(egui::Modifiers::COMMAND, egui::Key::Q)) {
             ctx.send_viewport_cmd(egui::ViewportCommand::Close);
@@ -854,10 +878,22 @@ impl eframe::App for OomLabApp {
             self.apply(c, &ctx);
         }
         if self.is_running() {
-            // Keep the elapsed-time display moving.
-            ctx.request_repaint_after(Duration::from_millis(250));
+            // Keep the elapsed-time display moving, once a second: every frame costs a core on
+            // a software-rendered display, and engine events repaint at once anyway.
+            ctx.request_repaint_after(Duration::from_secs(1));
         }
         let running = self.is_running();
+        if std::env::var_os("OOMLAB_FRAME_LOG").is_some() {
+            let (wall, cpu) = (t0.elapsed().as_secs_f64() * 1000.0, thread_cpu_ms() - cpu0);
+            if wall > FRAME_BUDGET_MS || cpu > FRAME_BUDGET_MS {
+                eprintln!(
+                    "slow frame {}: wall {wall:.2} ms cpu {cpu:.2} ms (drain {drained_ms:.2} ms), trials {}, log {}",
+                    self.frame.frames_during_sweep,
+                    self.results().map_or(0, |r| r.trials.len()),
+                    self.log.len()
+                );
+            }
+        }
         self.frame.record(
             t0.elapsed().as_secs_f64() * 1000.0,
             thread_cpu_ms() - cpu0,
@@ -998,10 +1034,13 @@ pub fn format_params(n: u64) -> String {
 /// Parses `128, 512` into sequence lengths.
 pub fn parse_seqs(s: &str) -> Result<Vec<usize>, String> {
     let mut out = Vec::new();
-    for part in s.split(|c: char| c == ',' || c.is_whitespace()).filter(|p| !p.is_empty()) {
-        let n: usize = part
-            .parse()
-            .map_err(|_| format!("sequence length '{part}' is not a number; write e.g. 128, 512"))?;
+    for part in s
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|p| !p.is_empty())
+    {
+        let n: usize = part.parse().map_err(|_| {
+            format!("sequence length '{part}' is not a number; write e.g. 128, 512")
+        })?;
         if !out.contains(&n) {
             out.push(n);
         }

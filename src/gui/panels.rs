@@ -1,10 +1,10 @@
 //! The panels. Each returns commands; nothing here mutates sweep state while drawing.
 
-use eframe::egui;
 use super::{Command, OomLabApp, ThemeChoice, plot};
 use crate::catalog::BUNDLED;
 use crate::plan::{Strategy, human_bytes};
 use crate::report::{CurvePhase, Outcome, Purpose, Results, TrialRecord};
+use eframe::egui;
 use egui::{Color32, RichText};
 use std::path::PathBuf;
 
@@ -42,7 +42,9 @@ pub fn phase_text(p: &CurvePhase) -> String {
     match p {
         CurvePhase::Done { found, recommended } => format!(
             "b* = {} ({}), recommended {}",
-            found.max_batch.map_or_else(|| "none".into(), |b| b.to_string()),
+            found
+                .max_batch
+                .map_or_else(|| "none".into(), |b| b.to_string()),
             found.status.name(),
             recommended.map_or_else(|| "none".into(), |b| b.to_string())
         ),
@@ -76,27 +78,23 @@ pub fn draw(app: &mut OomLabApp, ui: &mut egui::Ui) -> Vec<Command> {
             egui::ScrollArea::vertical().show(ui, |ui| recommendation_card(app, ui, &mut cmds));
         });
     egui::CentralPanel::default_margins().show(ui, |ui| {
-        let results = app.results().cloned();
-        match results {
-            Some(r) => {
-                ui.heading(format!("{} — memory against batch", r.model));
-                ui.add(egui::Label::new(RichText::new(&r.forward).weak().small()).truncate())
-                    .on_hover_text(&r.forward);
-                app.plot_rect = Some(plot::plot_ui(ui, &r));
-            }
-            None => {
-                app.plot_rect = None;
-                ui.centered_and_justified(|ui| {
-                    ui.label(
-                        RichText::new(
-                            "Pick a model, sequence lengths and precisions on the left, then press Run.\n\
-                             Each point is a real forward pass; red crosses are out-of-memory trials.\n\
-                             You can also open earlier results (File > Open results…) or drop a file here.",
-                        )
-                        .size(16.0),
-                    );
-                });
-            }
+        if let Some(r) = app.shared_results() {
+            ui.heading(format!("{} — memory against batch", r.model));
+            ui.add(egui::Label::new(RichText::new(&r.forward).weak().small()).truncate())
+                .on_hover_text(&r.forward);
+            app.plot_rect = Some(plot::plot_ui(ui, &r));
+        } else {
+            app.plot_rect = None;
+            ui.centered_and_justified(|ui| {
+                ui.label(
+                    RichText::new(
+                        "Pick a model, sequence lengths and precisions on the left, then press Run.\n\
+                         Each point is a real forward pass; red crosses are out-of-memory trials.\n\
+                         You can also open earlier results (File > Open results…) or drop a file here.",
+                    )
+                    .size(16.0),
+                );
+            });
         }
     });
     cmds
@@ -293,7 +291,10 @@ fn experiment_panel(app: &mut OomLabApp, ui: &mut egui::Ui, cmds: &mut Vec<Comma
                 cmds.push(Command::Cancel);
             }
         } else {
-            let run = ui.add_enabled(plan.is_ok(), egui::Button::new(RichText::new("Run").size(16.0)));
+            let run = ui.add_enabled(
+                plan.is_ok(),
+                egui::Button::new(RichText::new("Run").size(16.0)),
+            );
             let run = match &plan {
                 Err(e) => run.on_disabled_hover_text(e.clone()),
                 Ok(_) => run,
@@ -302,50 +303,54 @@ fn experiment_panel(app: &mut OomLabApp, ui: &mut egui::Ui, cmds: &mut Vec<Comma
                 cmds.push(Command::Run);
             }
             let resumable = app.view.as_ref().and_then(|v| {
-                let incomplete = v.results.incomplete || v.contents.as_ref().is_some_and(|c| !c.ended);
-                (incomplete && v.contents.is_some()).then(|| v.journal.clone()).flatten()
+                (v.results.incomplete && v.contents.is_some())
+                    .then(|| v.journal.clone())
+                    .flatten()
             });
-            if let Some(j) = resumable {
-                if ui.button("Resume").on_hover_text(format!("continue {}", j.display())).clicked() {
-                    cmds.push(Command::Resume(j));
-                }
+            if let Some(j) = resumable
+                && ui
+                    .button("Resume")
+                    .on_hover_text(format!("continue {}", j.display()))
+                    .clicked()
+            {
+                cmds.push(Command::Resume(j));
             }
         }
     });
     if let Err(e) = &plan {
         ui.label(RichText::new(format!("Cannot run: {e}")).color(Color32::from_rgb(200, 60, 60)));
     }
-    if let Some(run) = &app.run {
-        if !run.done {
-            let done = app.results().map_or(0, |r| {
-                r.boundaries.iter().filter(|b| b.reason.is_none()).count()
-            });
-            let total = app.results().map_or(1, |r| r.boundaries.len().max(1));
-            ui.add(
-                egui::ProgressBar::new(done as f32 / total as f32)
-                    .text(format!("{done} of {total} curves")),
-            );
-            // No spinner: it repaints every frame, which on a software-rendered display costs a
-            // core the worker needs. The elapsed time below refreshes four times a second.
-            ui.horizontal_wrapped(|ui| {
-                match &run.current {
-                    Some((what, t)) => ui.label(format!(
-                        "{}: {what} · {:.1}s",
-                        app.results().map_or("", |r| r.model.as_str()),
-                        t.elapsed().as_secs_f64()
-                    )),
-                    None => ui.label("starting the worker…"),
-                };
-            });
-            ui.label(
-                RichText::new(format!(
-                    "{} trials so far · {:.0}s",
-                    app.results().map_or(0, |r| r.trials.len()),
-                    run.started.elapsed().as_secs_f64()
-                ))
-                .small(),
-            );
-        }
+    if let Some(run) = &app.run
+        && !run.done
+    {
+        let done = app.results().map_or(0, |r| {
+            r.boundaries.iter().filter(|b| b.reason.is_none()).count()
+        });
+        let total = app.results().map_or(1, |r| r.boundaries.len().max(1));
+        ui.add(
+            egui::ProgressBar::new(done as f32 / total as f32)
+                .text(format!("{done} of {total} curves")),
+        );
+        // No spinner: it repaints every frame, which on a software-rendered display costs a
+        // core the worker needs. The elapsed time below refreshes once a second.
+        ui.horizontal_wrapped(|ui| {
+            match &run.current {
+                Some((what, t)) => ui.label(format!(
+                    "{}: {what} · {:.1}s",
+                    app.results().map_or("", |r| r.model.as_str()),
+                    t.elapsed().as_secs_f64()
+                )),
+                None => ui.label("starting the worker…"),
+            };
+        });
+        ui.label(
+            RichText::new(format!(
+                "{} trials so far · {:.0}s",
+                app.results().map_or(0, |r| r.trials.len()),
+                run.started.elapsed().as_secs_f64()
+            ))
+            .small(),
+        );
     }
     if let Some(n) = &app.notice {
         ui.label(RichText::new(n).italics());
@@ -354,10 +359,19 @@ fn experiment_panel(app: &mut OomLabApp, ui: &mut egui::Ui, cmds: &mut Vec<Comma
 
 fn recommendation_card(app: &mut OomLabApp, ui: &mut egui::Ui, cmds: &mut Vec<Command>) {
     ui.heading("Recommendation");
-    let Some(r) = app.results().cloned() else {
+    let Some(r) = app.shared_results() else {
         ui.label("Run a sweep to get a recommendation.");
         return;
     };
+    recommendation_body(app, ui, cmds, &r);
+}
+
+fn recommendation_body(
+    app: &mut OomLabApp,
+    ui: &mut egui::Ui,
+    cmds: &mut Vec<Command>,
+    r: &Results,
+) {
     match &r.recommendation.pick {
         Some(p) => {
             ui.label(
@@ -399,7 +413,9 @@ fn recommendation_card(app: &mut OomLabApp, ui: &mut egui::Ui, cmds: &mut Vec<Co
             );
             // While a sweep runs, an unfinished curve is pending, not incomplete.
             let pending = app.is_running()
-                && b.reason.as_deref().is_some_and(|r| r.starts_with("not finished"));
+                && b.reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("not finished"));
             let status = ui.label(if pending { "pending" } else { b.status.name() });
             if let Some(reason) = &b.reason {
                 status.on_hover_text(reason);
@@ -455,7 +471,11 @@ fn recommendation_card(app: &mut OomLabApp, ui: &mut egui::Ui, cmds: &mut Vec<Co
         }
     });
     if let Some(j) = app.journal_path() {
-        ui.label(RichText::new(format!("journal: {}", j.display())).weak().small());
+        ui.label(
+            RichText::new(format!("journal: {}", j.display()))
+                .weak()
+                .small(),
+        );
     }
 }
 
@@ -480,25 +500,43 @@ fn bottom_panel(app: &mut OomLabApp, ui: &mut egui::Ui) {
         .size_range(200.0..=800.0)
         .show(ui, |ui| {
             ui.label(RichText::new("Event log").strong());
+            let row_h = ui.text_style_height(&egui::TextStyle::Small) + 2.0;
             egui::ScrollArea::vertical()
                 .id_salt("log")
                 .stick_to_bottom(true)
                 .auto_shrink([false, false])
-                .show(ui, |ui| {
-                    for l in app.log() {
-                        ui.label(RichText::new(l).monospace().small());
+                .show_rows(ui, row_h, app.log().len(), |ui, rows| {
+                    for l in &app.log()[rows] {
+                        ui.add(egui::Label::new(RichText::new(l).monospace().small()).truncate())
+                            .on_hover_text(l);
                     }
                 });
         });
     egui::CentralPanel::default_margins().show(ui, |ui| {
         ui.label(RichText::new("Trials").strong());
-        match app.results().cloned() {
+        match app.shared_results() {
             Some(r) => trials_table(app, ui, &r),
             None => {
                 ui.label("no trials yet");
             }
         }
     });
+}
+
+/// Column widths of the trials table (fixed, so the header lines up with virtualized rows).
+const COLS: [(&str, SortColumn, f32); 8] = [
+    ("#", SortColumn::Index, 70.0),
+    ("seq", SortColumn::Seq, 56.0),
+    ("dtype", SortColumn::Dtype, 56.0),
+    ("batch", SortColumn::Batch, 60.0),
+    ("outcome", SortColumn::Outcome, 76.0),
+    ("peak", SortColumn::Peak, 92.0),
+    ("total", SortColumn::Total, 92.0),
+    ("seconds", SortColumn::Seconds, 72.0),
+];
+
+fn cell(ui: &mut egui::Ui, width: f32, text: impl Into<egui::WidgetText>) {
+    ui.add_sized([width, 18.0], egui::Label::new(text).truncate());
 }
 
 fn trials_table(app: &mut OomLabApp, ui: &mut egui::Ui, r: &Results) {
@@ -508,38 +546,35 @@ fn trials_table(app: &mut OomLabApp, ui: &mut egui::Ui, r: &Results) {
     if !asc {
         order.reverse();
     }
+    ui.horizontal(|ui| {
+        for (name, c, w) in COLS {
+            let arrow = if app.sort.0 == c {
+                if app.sort.1 { " ^" } else { " v" }
+            } else {
+                ""
+            };
+            if ui
+                .add_sized([w, 20.0], egui::Button::new(format!("{name}{arrow}")))
+                .clicked()
+            {
+                app.sort = (c, if app.sort.0 == c { !app.sort.1 } else { true });
+            }
+        }
+        ui.label(format!("note · {} trials", r.trials.len()));
+    });
+    // Only the visible rows are laid out, so a long sweep costs the UI nothing extra per frame.
+    let row_h = 20.0;
     egui::ScrollArea::both()
         .id_salt("trials")
         .auto_shrink([false, false])
-        .show(ui, |ui| {
-            egui::Grid::new("trials-grid").striped(true).show(ui, |ui| {
-                for (name, c) in [
-                    ("#", SortColumn::Index),
-                    ("seq", SortColumn::Seq),
-                    ("dtype", SortColumn::Dtype),
-                    ("batch", SortColumn::Batch),
-                    ("outcome", SortColumn::Outcome),
-                    ("peak", SortColumn::Peak),
-                    ("total", SortColumn::Total),
-                    ("seconds", SortColumn::Seconds),
-                ] {
-                    let arrow = if app.sort.0 == c {
-                        if app.sort.1 { " ^" } else { " v" }
-                    } else {
-                        ""
-                    };
-                    if ui.button(format!("{name}{arrow}")).clicked() {
-                        app.sort = (c, if app.sort.0 == c { !app.sort.1 } else { true });
-                    }
-                }
-                ui.label("note");
-                ui.end_row();
-                for i in order {
-                    let t = &r.trials[i];
-                    ui.label(format!("trial {}", i + 1));
-                    ui.label(t.seq.to_string());
-                    ui.label(t.dtype.name());
-                    ui.label(t.batch.to_string());
+        .show_rows(ui, row_h, order.len(), |ui, rows| {
+            for &i in &order[rows] {
+                let t = &r.trials[i];
+                ui.horizontal(|ui| {
+                    cell(ui, COLS[0].2, format!("trial {}", i + 1));
+                    cell(ui, COLS[1].2, t.seq.to_string());
+                    cell(ui, COLS[2].2, t.dtype.name());
+                    cell(ui, COLS[3].2, t.batch.to_string());
                     let (text, color) = match t.outcome {
                         Outcome::Fit => ("fit", None),
                         Outcome::Oom => ("OOM", Some(Color32::from_rgb(214, 39, 40))),
@@ -549,10 +584,18 @@ fn trials_table(app: &mut OomLabApp, ui: &mut egui::Ui, r: &Results) {
                     if let Some(c) = color {
                         rt = rt.color(c).strong();
                     }
-                    ui.label(rt);
-                    ui.label(t.peak_bytes.map_or_else(|| "–".into(), human_bytes));
-                    ui.label(t.total_bytes.map_or_else(|| "–".into(), human_bytes));
-                    ui.label(format!("{:.3}", t.seconds));
+                    cell(ui, COLS[4].2, rt);
+                    cell(
+                        ui,
+                        COLS[5].2,
+                        t.peak_bytes.map_or_else(|| "–".into(), human_bytes),
+                    );
+                    cell(
+                        ui,
+                        COLS[6].2,
+                        t.total_bytes.map_or_else(|| "–".into(), human_bytes),
+                    );
+                    cell(ui, COLS[7].2, format!("{:.3}", t.seconds));
                     let note = match (t.purpose, &t.reason, t.requested_bytes) {
                         (_, Some(reason), _) => reason.clone(),
                         (_, None, Some(req)) => format!("tried to allocate {}", human_bytes(req)),
@@ -560,8 +603,7 @@ fn trials_table(app: &mut OomLabApp, ui: &mut egui::Ui, r: &Results) {
                         _ => String::new(),
                     };
                     ui.label(RichText::new(note).small());
-                    ui.end_row();
-                }
-            });
+                });
+            }
         });
 }

@@ -1,15 +1,19 @@
 //! The centre plot: memory against batch, one curve per (seq, dtype), OOM markers, capacity and
 //! headroom lines, and each curve's boundary.
 
-use eframe::egui;
 use crate::plan::{Curve, human_bytes};
 use crate::report::{Outcome, Results, TrialRecord};
+use eframe::egui;
 use egui::Color32;
 use egui_plot::{
     Corner, GridMark, HLine, HoverPosition, Legend, Line, LineStyle, MarkerShape, Plot, PlotPoint,
     Points, Text, VLine,
 };
 use std::collections::HashMap;
+use std::fmt::Write as _;
+
+/// One curve to draw: legend name, (batch, total bytes) points, colour, boundary b*.
+type CurveItem = (String, Vec<[f64; 2]>, Color32, Option<usize>);
 
 const PALETTE: [Color32; 8] = [
     Color32::from_rgb(31, 119, 180),
@@ -52,15 +56,15 @@ fn hover_text(t: &TrialRecord) -> String {
         }
     );
     if let Some(total) = t.total_bytes {
-        s.push_str(&format!("\ntotal {} ({total} B)", human_bytes(total)));
+        let _ = write!(s, "\ntotal {} ({total} B)", human_bytes(total));
     }
     if let Some(p) = t.peak_bytes {
-        s.push_str(&format!("\nforward peak {} ({p} B)", human_bytes(p)));
+        let _ = write!(s, "\nforward peak {} ({p} B)", human_bytes(p));
     }
     if let Some(r) = t.requested_bytes {
-        s.push_str(&format!("\ntried to allocate {}", human_bytes(r)));
+        let _ = write!(s, "\ntried to allocate {}", human_bytes(r));
     }
-    s.push_str(&format!("\n{:.3} s", t.seconds));
+    let _ = write!(s, "\n{:.3} s", t.seconds);
     s
 }
 
@@ -70,12 +74,12 @@ pub fn plot_ui(ui: &mut egui::Ui, r: &Results) -> egui::Rect {
     let cap = r.capacity_bytes as f64;
     let limit = r.recommendation.limit_bytes as f64;
     // series name -> trials in point order, for the hover text
-    let mut lookup: HashMap<String, Vec<TrialRecord>> = HashMap::new();
+    let mut lookup: HashMap<String, Vec<&TrialRecord>> = HashMap::new();
     let mut max_batch = 1usize;
     for t in &r.trials {
         max_batch = max_batch.max(t.batch);
     }
-    let mut items: Vec<(String, Vec<[f64; 2]>, Color32, Option<usize>)> = Vec::new();
+    let mut items: Vec<CurveItem> = Vec::new();
     for (i, c) in curves.iter().enumerate() {
         let mut fits: Vec<&TrialRecord> = r
             .trials
@@ -89,7 +93,7 @@ pub fn plot_ui(ui: &mut egui::Ui, r: &Results) -> egui::Rect {
             .iter()
             .map(|t| [t.batch as f64, t.total_bytes.unwrap_or(0) as f64])
             .collect();
-        lookup.insert(name.clone(), fits.iter().map(|t| (*t).clone()).collect());
+        lookup.insert(name.clone(), fits.clone());
         let boundary = r
             .boundaries
             .iter()
@@ -97,11 +101,10 @@ pub fn plot_ui(ui: &mut egui::Ui, r: &Results) -> egui::Rect {
             .and_then(|b| b.max_batch);
         items.push((name, pts, PALETTE[i % PALETTE.len()], boundary));
     }
-    let ooms: Vec<TrialRecord> = r
+    let ooms: Vec<&TrialRecord> = r
         .trials
         .iter()
         .filter(|t| t.outcome == Outcome::Oom)
-        .cloned()
         .collect();
     let oom_name = "OOM (the allocation that crossed the capacity)".to_string();
     let oom_pts: Vec<[f64; 2]> = ooms.iter().map(|t| [t.batch as f64, cap]).collect();
@@ -114,7 +117,7 @@ pub fn plot_ui(ui: &mut egui::Ui, r: &Results) -> egui::Rect {
             } => lookup
                 .get(*plot_name)
                 .and_then(|v| v.get(*index))
-                .map(hover_text),
+                .map(|t| hover_text(t)),
             HoverPosition::Elsewhere { position } => Some(format!(
                 "batch {:.0}\n{}",
                 position.x,
@@ -141,13 +144,10 @@ pub fn plot_ui(ui: &mut egui::Ui, r: &Results) -> egui::Rect {
                     .width(2.0),
             );
             pui.hline(
-                HLine::new(
-                    format!("capacity - {headroom_pct:.0}% headroom"),
-                    limit,
-                )
-                .color(Color32::from_rgb(230, 150, 30))
-                .style(LineStyle::dashed_loose())
-                .width(1.5),
+                HLine::new(format!("capacity - {headroom_pct:.0}% headroom"), limit)
+                    .color(Color32::from_rgb(230, 150, 30))
+                    .style(LineStyle::dashed_loose())
+                    .width(1.5),
             );
             for (i, (name, pts, color, boundary)) in items.into_iter().enumerate() {
                 if let Some(b) = boundary {
@@ -162,7 +162,9 @@ pub fn plot_ui(ui: &mut egui::Ui, r: &Results) -> egui::Rect {
                         Text::new(
                             name.clone(),
                             PlotPoint::new(b as f64 + 0.5, cap * (1.015 + 0.03 * i as f64)),
-                            egui::RichText::new(format!("b* = {b}")).strong().color(color),
+                            egui::RichText::new(format!("b* = {b}"))
+                                .strong()
+                                .color(color),
                         )
                         .color(color)
                         .anchor(egui::Align2::LEFT_BOTTOM),

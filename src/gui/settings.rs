@@ -1,7 +1,7 @@
 //! The small persisted settings struct (eframe storage). Runtime handles live beside it.
 
-use eframe::egui;
 use crate::plan::Strategy;
+use eframe::egui;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -71,12 +71,19 @@ impl Settings {
                 dtypes.push(b.dtype);
             }
         }
-        self.seqs = seqs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        self.seqs = seqs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
         self.f32 = dtypes.contains(&crate::plan::Precision::F32);
         self.f16 = dtypes.contains(&crate::plan::Precision::F16);
         self.bf16 = dtypes.contains(&crate::plan::Precision::Bf16);
         self.batch = format!("{}..{}", r.batch_range[0], r.batch_range[1]);
-        self.capacity = bytesize::ByteSize::b(r.capacity_bytes).display().iec().to_string();
+        self.capacity = bytesize::ByteSize::b(r.capacity_bytes)
+            .display()
+            .iec()
+            .to_string();
         if crate::plan::parse_bytes(&self.capacity) != Ok(r.capacity_bytes) {
             self.capacity = r.capacity_bytes.to_string();
         }

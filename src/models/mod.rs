@@ -87,21 +87,20 @@ pub fn weights_bytes(spec: &ModelSpec, dtype: DType) -> u64 {
 /// Builds the model: checkpoint weights when the spec has them, synthetic zeros otherwise.
 pub fn build(spec: &ModelSpec, dtype: DType, device: &Device) -> Result<LoadedModel, ModelError> {
     let expected = spec.dims.tensors(spec.family);
-    let tensors: HashMap<String, Tensor> = match &spec.checkpoint {
-        Some(ck) => ck.load(spec.family, &expected, dtype, device)?,
-        None => {
-            let mut m = HashMap::with_capacity(expected.len());
-            for t in &expected {
-                let z = Tensor::zeros(t.shape.as_slice(), dtype, device).map_err(|e| {
-                    ModelError::Build {
-                        family: spec.family,
-                        message: e.to_string(),
-                    }
-                })?;
-                m.insert(t.name.clone(), z);
-            }
-            m
+    let tensors: HashMap<String, Tensor> = if let Some(ck) = &spec.checkpoint {
+        ck.load(spec.family, &expected, dtype, device)?
+    } else {
+        let mut m = HashMap::with_capacity(expected.len());
+        for t in &expected {
+            let z = Tensor::zeros(t.shape.as_slice(), dtype, device).map_err(|e| {
+                ModelError::Build {
+                    family: spec.family,
+                    message: e.to_string(),
+                }
+            })?;
+            m.insert(t.name.clone(), z);
         }
+        m
     };
     let weights_bytes = tensors
         .values()
@@ -116,7 +115,9 @@ pub fn build(spec: &ModelSpec, dtype: DType, device: &Device) -> Result<LoadedMo
         }
         Family::DistilBert => {
             let cfg: distilbert::Config = candle_config(spec)?;
-            Kind::DistilBert(catch(family, || distilbert::DistilBertModel::load(vb, &cfg))?)
+            Kind::DistilBert(catch(family, || {
+                distilbert::DistilBertModel::load(vb, &cfg)
+            })?)
         }
         Family::Llama => {
             let cfg: llama::LlamaConfig = candle_config(spec)?;
@@ -226,7 +227,7 @@ impl LoadedModel {
 }
 
 /// Touches the per-thread matmul scratch buffers on the calling thread and every rayon worker,
-/// so the first measured forward does not pay for them (they would skew small peaks by MiBs).
+/// so the first measured forward does not pay for them (they would skew small peaks by `MiBs`).
 pub fn warm_up_threads(dtype: DType, device: &Device) {
     let touch = || {
         for dt in [dtype, DType::F32] {

@@ -17,7 +17,9 @@ pub enum ExportError {
     },
     #[error("{}: unknown export format '{ext}'; use a .toml, .json or .csv file name", path.display())]
     Format { path: PathBuf, ext: String },
-    #[error("no configuration fits under the headroom limit, so there is nothing to recommend; raise --capacity, lower --headroom, or try shorter sequences")]
+    #[error(
+        "no configuration fits under the headroom limit, so there is nothing to recommend; raise --capacity, lower --headroom, or try shorter sequences"
+    )]
     NoPick,
     #[error("encoding {what}: {message}")]
     Encode { what: &'static str, message: String },
@@ -41,8 +43,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], force: bool) -> Result<(), Export
         .unwrap_or(Path::new("."));
     let name = path
         .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| "export".into());
+        .map_or_else(|| "export".into(), |n| n.to_string_lossy().to_string());
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;

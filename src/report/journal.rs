@@ -93,10 +93,7 @@ impl Journal {
             path: path.to_path_buf(),
             source,
         })?;
-        let keep = bytes
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |p| p + 1);
+        let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
         if keep < bytes.len() {
             file.set_len(keep as u64).map_err(werr)?;
         }
@@ -121,8 +118,7 @@ impl Journal {
             path: self.path.clone(),
             source,
         };
-        let mut text = serde_json::to_string(line)
-            .map_err(|e| werr(std::io::Error::other(e)))?;
+        let mut text = serde_json::to_string(line).map_err(|e| werr(std::io::Error::other(e)))?;
         text.push('\n');
         self.file.write_all(text.as_bytes()).map_err(werr)?;
         self.file.sync_data().map_err(werr)?;

@@ -5,8 +5,12 @@ mod journal;
 mod records;
 mod summary;
 
-pub use export::{ExportError, export, recommendation_text, trials_csv, write_atomic, write_results};
-pub use journal::{Journal, JournalContents, JournalError, parse as parse_journal, read as read_journal};
+pub use export::{
+    ExportError, export, recommendation_text, trials_csv, write_atomic, write_results,
+};
+pub use journal::{
+    Journal, JournalContents, JournalError, parse as parse_journal, read as read_journal,
+};
 pub use records::{
     BoundaryRecord, CurvePick, CurveRecommendation, Failure, Header, JournalLine, Outcome,
     PICK_RULE, Purpose, Recommendation, Results, TrialRecord, WorkerInfo,

@@ -102,8 +102,13 @@ pub enum JournalLine {
     Worker(WorkerInfo),
     Trial(TrialRecord),
     /// A load that failed for a whole precision (e.g. weights above the capacity).
-    LoadFailed { dtype: Precision, reason: String },
-    End { cancelled: bool },
+    LoadFailed {
+        dtype: Precision,
+        reason: String,
+    },
+    End {
+        cancelled: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

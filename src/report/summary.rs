@@ -68,7 +68,11 @@ fn blocking_failure<'a>(trials: impl Iterator<Item = &'a TrialRecord>) -> Option
     None
 }
 
-fn baseline_for(curve: Curve, trials: &[TrialRecord], workers: &[crate::report::WorkerInfo]) -> Option<u64> {
+fn baseline_for(
+    curve: Curve,
+    trials: &[TrialRecord],
+    workers: &[crate::report::WorkerInfo],
+) -> Option<u64> {
     trials
         .iter()
         .filter(|t| t.dtype == curve.dtype)
@@ -101,8 +105,16 @@ pub fn curve_phase(
         .iter()
         .filter(|t| t.curve() == curve && t.strategy == plan.strategy)
         .collect();
-    let search_trials = || mine.iter().copied().filter(|t| t.purpose == Purpose::Search);
-    let rec_trials = || mine.iter().copied().filter(|t| t.purpose == Purpose::Recommend);
+    let search_trials = || {
+        mine.iter()
+            .copied()
+            .filter(|t| t.purpose == Purpose::Search)
+    };
+    let rec_trials = || {
+        mine.iter()
+            .copied()
+            .filter(|t| t.purpose == Purpose::Recommend)
+    };
     let ctx = SearchCtx {
         range: plan.batch,
         capacity_bytes: plan.capacity_bytes,
@@ -125,7 +137,9 @@ pub fn curve_phase(
         };
     }
     let all = obs_of(mine.iter().copied());
-    let extra = rec_trials().filter(|t| t.outcome != Outcome::Failed).count();
+    let extra = rec_trials()
+        .filter(|t| t.outcome != Outcome::Failed)
+        .count();
     match search::next_recommend(&ctx, &found, plan.headroom_limit_bytes(), &all, extra) {
         RecStep::Trial(batch) => CurvePhase::Recommend { found, batch },
         RecStep::Done(recommended) => CurvePhase::Done { found, recommended },
@@ -166,7 +180,10 @@ pub fn summarize(c: &JournalContents) -> Results {
                 (
                     found,
                     None,
-                    Some("not finished (cancelled or interrupted); continue it with --resume".to_string()),
+                    Some(
+                        "not finished (cancelled or interrupted); continue it with --resume"
+                            .to_string(),
+                    ),
                 )
             }
             CurvePhase::Incomplete { found, reason } => {

@@ -130,13 +130,13 @@ pub fn next_step(strategy: Strategy, ctx: &SearchCtx, obs: &[Obs]) -> Step {
             max_batch: Some(hi),
         });
     }
-    if let (Some(f), Some(o)) = (f, o) {
-        if o == f + 1 {
-            return Step::Done(Found {
-                status: BoundaryStatus::Exact,
-                max_batch: Some(f),
-            });
-        }
+    if let (Some(f), Some(o)) = (f, o)
+        && o == f + 1
+    {
+        return Step::Done(Found {
+            status: BoundaryStatus::Exact,
+            max_batch: Some(f),
+        });
     }
     match strategy {
         Strategy::Grid => Step::Trial(f.map_or(lo, |f| f + 1)),
@@ -203,10 +203,10 @@ pub fn next_recommend(
     if a <= lo {
         return RecStep::Done(None);
     }
-    if let Some(u) = u {
-        if a == u + 1 || u >= max_fit {
-            return RecStep::Done(Some(u));
-        }
+    if let Some(u) = u
+        && (a == u + 1 || u >= max_fit)
+    {
+        return RecStep::Done(Some(u));
     }
     let lower = u.unwrap_or(lo - 1);
     let guess = if extra_trials < 3 {
@@ -214,13 +214,16 @@ pub fn next_recommend(
     } else {
         None
     };
-    if let (Some(u), Some(g)) = (u, guess) {
-        if g <= u {
-            // The line says u+1 is over the limit; u itself is measured under it.
-            return RecStep::Done(Some(u));
-        }
+    if let (Some(u), Some(g)) = (u, guess)
+        && g <= u
+    {
+        // The line says u+1 is over the limit; u itself is measured under it.
+        return RecStep::Done(Some(u));
     }
-    let next = guess.map_or_else(|| usize::midpoint(lower, a).max(lo), |g| g.clamp(lower + 1, a - 1));
+    let next = guess.map_or_else(
+        || usize::midpoint(lower, a).max(lo),
+        |g| g.clamp(lower + 1, a - 1),
+    );
     if tested(obs, next) {
         // Cannot happen with consistent data; stop rather than loop.
         return RecStep::Done(u);
@@ -380,7 +383,10 @@ mod tests {
             let want = (1..=256).take_while(|&b| total(b) <= limit).last();
             assert_eq!(rec, want, "{s}");
             let r = rec.unwrap();
-            assert!(obs.iter().any(|o| o.batch == r), "{s}: recommendation not measured");
+            assert!(
+                obs.iter().any(|o| o.batch == r),
+                "{s}: recommendation not measured"
+            );
             assert!(extra <= 1, "{s} needed {extra} confirmation trials");
         }
     }
@@ -393,19 +399,25 @@ mod tests {
             capacity_bytes: 1000,
             baseline_bytes: Some(900),
         };
-        let obs = [Obs {
-            batch: 1,
-            fits: true,
-            total_bytes: Some(980),
-        }, Obs {
-            batch: 2,
-            fits: false,
-            total_bytes: None,
-        }];
+        let obs = [
+            Obs {
+                batch: 1,
+                fits: true,
+                total_bytes: Some(980),
+            },
+            Obs {
+                batch: 2,
+                fits: false,
+                total_bytes: None,
+            },
+        ];
         let found = Found {
             status: BoundaryStatus::Exact,
             max_batch: Some(1),
         };
-        assert_eq!(next_recommend(&ctx, &found, 950, &obs, 0), RecStep::Done(None));
+        assert_eq!(
+            next_recommend(&ctx, &found, 950, &obs, 0),
+            RecStep::Done(None)
+        );
     }
 }

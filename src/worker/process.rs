@@ -36,6 +36,7 @@ fn hygiene() {
     }
 }
 
+#[must_use]
 pub fn run() -> i32 {
     hygiene();
     let stdin = std::io::stdin();
@@ -83,7 +84,10 @@ pub fn run() -> i32 {
         let Ok(text) = serde_json::to_string(&response) else {
             break;
         };
-        if writeln!(stdout, "{text}").and_then(|()| stdout.flush()).is_err() {
+        if writeln!(stdout, "{text}")
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
             break;
         }
     }
@@ -115,9 +119,7 @@ fn load(
     // One small forward initialises everything lazy (thread-local scratch, caches) before
     // anything is measured.
     let warm_seq = spec.dims.max_positions.min(8);
-    let inputs = m
-        .inputs(1, warm_seq, &device)
-        .map_err(|e| e.to_string())?;
+    let inputs = m.inputs(1, warm_seq, &device).map_err(|e| e.to_string())?;
     drop(m.forward(inputs).map_err(|e| e.to_string())?);
     let baseline_bytes = alloc::live_bytes();
     let ready = Ready {

@@ -14,7 +14,10 @@ pub enum Request {
         capacity_bytes: u64,
     },
     /// One measured forward.
-    Trial { batch: usize, seq: usize },
+    Trial {
+        batch: usize,
+        seq: usize,
+    },
     Shutdown,
 }
 

@@ -67,7 +67,10 @@ impl Death {
                 Some(n) => format!("out of memory (tried to allocate {n} bytes)"),
                 None => "out of memory".into(),
             },
-            Self::Signal { signal, stderr_tail } => {
+            Self::Signal {
+                signal,
+                stderr_tail,
+            } => {
                 let mut s = format!("killed by signal {signal} ({})", signal_name(*signal));
                 if !stderr_tail.is_empty() {
                     s.push_str(": ");
@@ -318,10 +321,11 @@ impl Supervisor {
         cancel: &AtomicBool,
     ) -> Result<Ready, String> {
         let key = (model.clone(), dtype, capacity_bytes);
-        if let (Some(loaded), Some(ready)) = (&self.loaded, &self.ready) {
-            if *loaded == key && self.running.is_some() {
-                return Ok(ready.clone());
-            }
+        if let (Some(loaded), Some(ready)) = (&self.loaded, &self.ready)
+            && *loaded == key
+            && self.running.is_some()
+        {
+            return Ok(ready.clone());
         }
         if self.running.is_some() {
             self.shutdown();
@@ -343,7 +347,9 @@ impl Supervisor {
                 Ok(other) => return Err(format!("unexpected answer to load: {other:?}")),
                 Err(Death::Cancelled) => return Err("cancelled".into()),
                 Err(d @ Death::Spawn(_)) => return Err(d.describe()),
-                Err(d) => last = format!("the worker died while building the model: {}", d.describe()),
+                Err(d) => {
+                    last = format!("the worker died while building the model: {}", d.describe());
+                }
             }
         }
         Err(last)
@@ -364,7 +370,7 @@ impl Supervisor {
     /// Asks the worker to exit, or kills it if it does not within a second.
     pub fn shutdown(&mut self) {
         if let Some(mut r) = self.running.take() {
-            let _ = writeln!(r.stdin, "{}", r#"{"op":"shutdown"}"#);
+            let _ = writeln!(r.stdin, "{{\"op\":\"shutdown\"}}");
             drop(r.stdin);
             let deadline = Instant::now() + Duration::from_secs(1);
             loop {

@@ -24,7 +24,10 @@ fn refused(args: &[&str], needles: &[&str]) {
     }
     assert!(!err.contains("panicked"), "{err}");
     // One sentence (clap adds its own "For more information, try '--help'." to parse errors).
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("For more information")).collect();
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("For more information"))
+        .collect();
     assert_eq!(lines.len(), 1, "one sentence expected: {err}");
 }
 
@@ -43,11 +46,32 @@ fn bad_configs_are_refused_with_the_file_and_the_fix() {
     refused(&["--model", &malformed], &["bad.json is not valid JSON"]);
     let not_json = write_config(&d, "notjson.json", "hidden_size = 768");
     refused(&["--model", &not_json], &["notjson.json is not valid JSON"]);
-    let unknown = write_config(&d, "gpt2.json", r#"{"architectures":["GPT2LMHeadModel"],"model_type":"gpt2"}"#);
-    refused(&["--model", &unknown], &["gpt2.json", "GPT2LMHeadModel", "bert, distilbert, llama, qwen2"]);
-    let missing = write_config(&d, "missing.json", r#"{"model_type":"bert","hidden_size":32,"num_attention_heads":4,"intermediate_size":64,"vocab_size":10,"max_position_embeddings":16}"#);
-    refused(&["--model", &missing], &["missing.json", "num_hidden_layers"]);
-    refused(&["--model", "no-such-model-anywhere"], &["unknown model", "oomlab models"]);
+    let unknown = write_config(
+        &d,
+        "gpt2.json",
+        r#"{"architectures":["GPT2LMHeadModel"],"model_type":"gpt2"}"#,
+    );
+    refused(
+        &["--model", &unknown],
+        &[
+            "gpt2.json",
+            "GPT2LMHeadModel",
+            "bert, distilbert, llama, qwen2",
+        ],
+    );
+    let missing = write_config(
+        &d,
+        "missing.json",
+        r#"{"model_type":"bert","hidden_size":32,"num_attention_heads":4,"intermediate_size":64,"vocab_size":10,"max_position_embeddings":16}"#,
+    );
+    refused(
+        &["--model", &missing],
+        &["missing.json", "num_hidden_layers"],
+    );
+    refused(
+        &["--model", "no-such-model-anywhere"],
+        &["unknown model", "oomlab models"],
+    );
 }
 
 #[test]
@@ -56,34 +80,80 @@ fn a_folder_whose_weights_do_not_match_its_config_is_refused() {
     let src = fixtures().join("checkpoints/tiny-bert");
     std::fs::copy(src.join("model.safetensors"), d.join("model.safetensors")).unwrap();
     let cfg = std::fs::read_to_string(src.join("config.json")).unwrap();
-    std::fs::write(d.join("config.json"), cfg.replace("\"hidden_size\": 32", "\"hidden_size\": 16")).unwrap();
-    refused(&["--model", &d.0.display().to_string()], &["model.safetensors", "do not match", "[128, 16]", "[128, 32]"]);
+    std::fs::write(
+        d.join("config.json"),
+        cfg.replace("\"hidden_size\": 32", "\"hidden_size\": 16"),
+    )
+    .unwrap();
+    refused(
+        &["--model", &d.0.display().to_string()],
+        &[
+            "model.safetensors",
+            "do not match",
+            "[128, 16]",
+            "[128, 32]",
+        ],
+    );
 }
 
 #[test]
 fn absurd_plans_are_refused_before_any_trial() {
-    refused(&["--model", "tiny-bert", "--batch", "0..4"], &["start at 1"]);
+    refused(
+        &["--model", "tiny-bert", "--batch", "0..4"],
+        &["start at 1"],
+    );
     refused(&["--model", "tiny-bert", "--batch", "9..3"], &["reversed"]);
-    refused(&["--model", "tiny-bert", "--seq", "65"], &["--seq 65", "64", "max_position_embeddings"]);
-    refused(&["--model", "tiny-bert", "--capacity", "50KiB"], &["weights", "alone need", "raise --capacity"]);
-    refused(&["--model", "tiny-bert", "--capacity", "lots"], &["not a size"]);
-    refused(&["--model", "tiny-bert", "--dtype", "f64"], &["f32, f16 or bf16"]);
-    refused(&["--model", "tiny-bert", "--headroom", "95%"], &["headroom"]);
-    refused(&["--model", "tiny-distilbert", "--dtype", "f16"], &["only in f32", "drop f16"]);
+    refused(
+        &["--model", "tiny-bert", "--seq", "65"],
+        &["--seq 65", "64", "max_position_embeddings"],
+    );
+    refused(
+        &["--model", "tiny-bert", "--capacity", "50KiB"],
+        &["weights", "alone need", "raise --capacity"],
+    );
+    refused(
+        &["--model", "tiny-bert", "--capacity", "lots"],
+        &["not a size"],
+    );
+    refused(
+        &["--model", "tiny-bert", "--dtype", "f64"],
+        &["f32, f16 or bf16"],
+    );
+    refused(
+        &["--model", "tiny-bert", "--headroom", "95%"],
+        &["headroom"],
+    );
+    refused(
+        &["--model", "tiny-distilbert", "--dtype", "f16"],
+        &["only in f32", "drop f16"],
+    );
     refused(&[], &["no model given"]);
 }
 
 #[test]
 fn an_unwritable_export_path_is_refused_up_front() {
     refused(
-        &["--model", "tiny-bert", "--export", "/proc/oomlab-cannot-write/rec.toml"],
+        &[
+            "--model",
+            "tiny-bert",
+            "--export",
+            "/proc/oomlab-cannot-write/rec.toml",
+        ],
         &["cannot write", "rec.toml", "--export"],
     );
-    refused(&["--model", "tiny-bert", "--export", "/tmp/rec.yaml"], &[".toml, .json or .csv"]);
+    refused(
+        &["--model", "tiny-bert", "--export", "/tmp/rec.yaml"],
+        &[".toml, .json or .csv"],
+    );
     let d = TempDir::new("exists");
     std::fs::write(d.join("rec.toml"), "x").unwrap();
     refused(
-        &["--model", "tiny-bert", "--export", &d.join("rec.toml").display().to_string()],
+        &[
+            "--model",
+            "tiny-bert",
+            "--export",
+            &d.join("rec.toml").display().to_string(),
+        ],
         &["already exists", "--force"],
     );
 }
@@ -95,30 +165,84 @@ fn a_sweep_writes_results_and_a_recommendation_a_training_script_can_use() {
     let json = d.join("results.json");
     let toml_path = d.join("rec.toml");
     let o = oomlab(&[
-        "sweep", "--model", "tiny-llama", "--seq", "16,32", "--dtype", "f32,f16", "--batch", "1..6",
-        "--capacity", "64MiB", "--threads", "1", "--journal", &j.display().to_string(),
-        "--json", &json.display().to_string(), "--export", &toml_path.display().to_string(),
+        "sweep",
+        "--model",
+        "tiny-llama",
+        "--seq",
+        "16,32",
+        "--dtype",
+        "f32,f16",
+        "--batch",
+        "1..6",
+        "--capacity",
+        "64MiB",
+        "--threads",
+        "1",
+        "--journal",
+        &j.display().to_string(),
+        "--json",
+        &json.display().to_string(),
+        "--export",
+        &toml_path.display().to_string(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("recommended: batch 6 × seq 32"), "{stdout}");
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    for k in ["model", "device", "threads", "capacity_bytes", "weights_bytes", "trials", "boundaries", "recommendation"] {
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for k in [
+        "model",
+        "device",
+        "threads",
+        "capacity_bytes",
+        "weights_bytes",
+        "trials",
+        "boundaries",
+        "recommendation",
+    ] {
         assert!(r.get(k).is_some(), "results lack {k}");
     }
     let t0 = &r["trials"][0];
-    for k in ["batch", "seq", "dtype", "strategy", "outcome", "peak_bytes", "total_bytes", "requested_bytes", "reason", "seconds"] {
+    for k in [
+        "batch",
+        "seq",
+        "dtype",
+        "strategy",
+        "outcome",
+        "peak_bytes",
+        "total_bytes",
+        "requested_bytes",
+        "reason",
+        "seconds",
+    ] {
         assert!(t0.get(k).is_some(), "trial lacks {k}");
     }
-    assert!(t0["requested_bytes"].is_null(), "unknown numbers are null, never 0");
+    assert!(
+        t0["requested_bytes"].is_null(),
+        "unknown numbers are null, never 0"
+    );
     let rec: toml::Value = toml::from_str(&std::fs::read_to_string(&toml_path).unwrap()).unwrap();
-    assert_eq!(rec["huggingface"]["per_device_eval_batch_size"].as_integer(), Some(6));
+    assert_eq!(
+        rec["huggingface"]["per_device_eval_batch_size"].as_integer(),
+        Some(6)
+    );
     assert_eq!(rec["huggingface"]["max_length"].as_integer(), Some(32));
     assert_eq!(rec["huggingface"]["torch_dtype"].as_str(), Some("float32"));
     assert_eq!(rec["oomlab"]["device"].as_str(), Some("cpu"));
-    assert!(rec["oomlab"]["forward"].as_str().unwrap().contains("last position"));
+    assert!(
+        rec["oomlab"]["forward"]
+            .as_str()
+            .unwrap()
+            .contains("last position")
+    );
     // A second run refuses to overwrite without --force.
-    let o = oomlab(&["sweep", "--model", "tiny-llama", "--export", &toml_path.display().to_string()]);
+    let o = oomlab(&[
+        "sweep",
+        "--model",
+        "tiny-llama",
+        "--export",
+        &toml_path.display().to_string(),
+    ]);
     assert_eq!(o.status.code(), Some(2));
 }
 
@@ -127,8 +251,23 @@ fn sigkill_to_the_cli_then_resume_repeats_no_finished_trial() {
     let d = TempDir::new("clikill");
     let j = d.join("j.jsonl");
     let mut child = Command::new(bin())
-        .args(["sweep", "--model", "tiny-bert", "--seq", "16", "--batch", "1..8", "--strategy", "grid",
-               "--capacity", "1GiB", "--threads", "1", "--journal", &j.display().to_string()])
+        .args([
+            "sweep",
+            "--model",
+            "tiny-bert",
+            "--seq",
+            "16",
+            "--batch",
+            "1..8",
+            "--strategy",
+            "grid",
+            "--capacity",
+            "1GiB",
+            "--threads",
+            "1",
+            "--journal",
+            &j.display().to_string(),
+        ])
         .env(oomlab::worker::STALL_ENV, "150")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -137,7 +276,7 @@ fn sigkill_to_the_cli_then_resume_repeats_no_finished_trial() {
     // Wait (bounded by lines, not time) until the journal has a plan, a worker and two trials.
     let mut lines = 0;
     for _ in 0..2000 {
-        lines = std::fs::read_to_string(&j).map(|t| t.lines().count()).unwrap_or(0);
+        lines = std::fs::read_to_string(&j).map_or(0, |t| t.lines().count());
         if lines >= 4 {
             break;
         }
@@ -152,10 +291,19 @@ fn sigkill_to_the_cli_then_resume_repeats_no_finished_trial() {
     let o = oomlab(&["sweep", "--resume", &j.display().to_string()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let after = oomlab::report::read_journal(&j).unwrap();
-    let mut batches: Vec<usize> = after.trials.iter().filter(|t| t.outcome != oomlab::report::Outcome::Failed).map(|t| t.batch).collect();
+    let mut batches: Vec<usize> = after
+        .trials
+        .iter()
+        .filter(|t| t.outcome != oomlab::report::Outcome::Failed)
+        .map(|t| t.batch)
+        .collect();
     assert_eq!(batches.len(), 8);
     batches.dedup();
-    assert_eq!(batches, (1..=8).collect::<Vec<_>>(), "no finished trial repeated");
+    assert_eq!(
+        batches,
+        (1..=8).collect::<Vec<_>>(),
+        "no finished trial repeated"
+    );
     assert!(after.ended);
     // Contradicting arguments are refused.
     let o = oomlab(&["sweep", "--resume", &j.display().to_string(), "--seq", "32"]);
@@ -167,10 +315,16 @@ fn sigkill_to_the_cli_then_resume_repeats_no_finished_trial() {
 fn help_teaches_and_the_worker_is_hidden() {
     let o = oomlab(&["--help"]);
     let s = String::from_utf8_lossy(&o.stdout);
-    assert!(s.contains("sweep") && s.contains("models") && !s.contains("worker"), "{s}");
+    assert!(
+        s.contains("sweep") && s.contains("models") && !s.contains("worker"),
+        "{s}"
+    );
     let o = oomlab(&["sweep", "--help"]);
     let s = String::from_utf8_lossy(&o.stdout);
-    assert!(s.contains("tokens per step") && s.contains("wider dtype"), "{s}");
+    assert!(
+        s.contains("tokens per step") && s.contains("wider dtype"),
+        "{s}"
+    );
     let o = oomlab(&["models"]);
     let s = String::from_utf8_lossy(&o.stdout);
     assert!(s.contains("109,482,240") && s.contains("Qwen2-0.5B"), "{s}");

@@ -48,7 +48,14 @@ impl Drop for TempDir {
     }
 }
 
-pub fn plan(model: ModelRef, seqs: &[usize], dtypes: &[Precision], batch: (usize, usize), capacity: u64, strategy: Strategy) -> SweepPlan {
+pub fn plan(
+    model: ModelRef,
+    seqs: &[usize],
+    dtypes: &[Precision],
+    batch: (usize, usize),
+    capacity: u64,
+    strategy: Strategy,
+) -> SweepPlan {
     SweepPlan {
         model,
         seqs: seqs.to_vec(),
@@ -74,9 +81,32 @@ pub fn run(plan: SweepPlan, journal: &Path, worker: &WorkerConfig) -> (Results, 
 /// Capacity that puts the boundary of a tiny model near `target` batches, from a measured
 /// two-point line (the experiment is designed, the boundary is still found by the search).
 pub fn capacity_for(model: &str, seq: usize, dtype: Precision, target: u64, dir: &TempDir) -> u64 {
-    let p = plan(ModelRef::Catalog(model.into()), &[seq], &[dtype], (1, 2), 1 << 32, Strategy::Grid);
-    let (r, _) = run(p, &dir.join(&format!("cal-{model}-{seq}-{dtype}.jsonl")), &worker());
-    let t1 = r.trials.iter().find(|t| t.batch == 1).unwrap().total_bytes.unwrap();
-    let t2 = r.trials.iter().find(|t| t.batch == 2).unwrap().total_bytes.unwrap();
+    let p = plan(
+        ModelRef::Catalog(model.into()),
+        &[seq],
+        &[dtype],
+        (1, 2),
+        1 << 32,
+        Strategy::Grid,
+    );
+    let (r, _) = run(
+        p,
+        &dir.join(&format!("cal-{model}-{seq}-{dtype}.jsonl")),
+        &worker(),
+    );
+    let t1 = r
+        .trials
+        .iter()
+        .find(|t| t.batch == 1)
+        .unwrap()
+        .total_bytes
+        .unwrap();
+    let t2 = r
+        .trials
+        .iter()
+        .find(|t| t.batch == 2)
+        .unwrap()
+        .total_bytes
+        .unwrap();
     t1 + (t2 - t1) * (target - 1) + (t2 - t1) / 2
 }

@@ -21,19 +21,43 @@ fn auto_finds_the_exact_boundary_with_a_third_of_binsearch_trials() {
     let cap = capacity_for("tiny-bert", 64, Precision::F32, 27, &dir);
     let mut found = Vec::new();
     for s in [Strategy::Auto, Strategy::Grid, Strategy::Binsearch] {
-        let p = plan(tiny("tiny-bert"), &[64], &[Precision::F32], (1, 256), cap, s);
+        let p = plan(
+            tiny("tiny-bert"),
+            &[64],
+            &[Precision::F32],
+            (1, 256),
+            cap,
+            s,
+        );
         let (r, _) = run(p, &dir.join(&format!("{s}.jsonl")), &worker());
         let b = &r.boundaries[0];
         assert_eq!(b.status, BoundaryStatus::Exact, "{s}: {b:?}");
         let star = b.max_batch.unwrap();
         // Both sides of the boundary were measured by this strategy's own trials.
-        let search: Vec<_> = r.trials.iter().filter(|t| t.purpose == Purpose::Search).collect();
-        assert!(search.iter().any(|t| t.batch == star && t.outcome == Outcome::Fit));
-        assert!(search.iter().any(|t| t.batch == star + 1 && t.outcome == Outcome::Oom));
+        let search: Vec<_> = r
+            .trials
+            .iter()
+            .filter(|t| t.purpose == Purpose::Search)
+            .collect();
+        assert!(
+            search
+                .iter()
+                .any(|t| t.batch == star && t.outcome == Outcome::Fit)
+        );
+        assert!(
+            search
+                .iter()
+                .any(|t| t.batch == star + 1 && t.outcome == Outcome::Oom)
+        );
         assert!(search.iter().all(|t| t.strategy == s));
         assert_eq!(b.trials_used, search.len());
         // An OOM carries the size of the refused request.
-        assert!(search.iter().filter(|t| t.outcome == Outcome::Oom).all(|t| t.requested_bytes.unwrap() > 0));
+        assert!(
+            search
+                .iter()
+                .filter(|t| t.outcome == Outcome::Oom)
+                .all(|t| t.requested_bytes.unwrap() > 0)
+        );
         found.push((s, star, b.trials_used));
     }
     eprintln!("trials per strategy: {found:?}");
@@ -42,10 +66,16 @@ fn auto_finds_the_exact_boundary_with_a_third_of_binsearch_trials() {
     let (_, b_star, bin) = found[2];
     assert_eq!(a_star, g_star);
     assert_eq!(a_star, b_star);
-    assert!((16..=31).contains(&a_star), "designed capacity should land in 16..31, got {a_star}");
+    assert!(
+        (16..=31).contains(&a_star),
+        "designed capacity should land in 16..31, got {a_star}"
+    );
     assert_eq!(grid, a_star + 1);
     assert!(auto <= 3, "auto used {auto}");
-    assert_eq!(bin, 9, "Lightning's binsearch needs 9 trials for b* in 16..31");
+    assert_eq!(
+        bin, 9,
+        "Lightning's binsearch needs 9 trials for b* in 16..31"
+    );
     assert!(auto * 3 <= bin);
 }
 
@@ -54,7 +84,14 @@ fn peaks_are_identical_to_the_byte_across_processes() {
     let dir = TempDir::new("determinism");
     let mut peaks = Vec::new();
     for i in 0..3 {
-        let p = plan(tiny("tiny-llama"), &[32], &[Precision::F32], (1, 3), 1 << 32, Strategy::Grid);
+        let p = plan(
+            tiny("tiny-llama"),
+            &[32],
+            &[Precision::F32],
+            (1, 3),
+            1 << 32,
+            Strategy::Grid,
+        );
         let (r, _) = run(p, &dir.join(&format!("run{i}.jsonl")), &worker());
         let v: Vec<(usize, u64, u64)> = r
             .trials
@@ -92,9 +129,15 @@ fn bert_f16_peak_is_half_of_f32_up_to_dtype_independent_metadata() {
         // precisions) is counted too, so f16 x 2 exceeds f32 by that much (measured: 4,736 B + 44 B
         // per sample at seq 128, 0.07 %).
         let (f16, f32) = (peak(Precision::F16), peak(Precision::F32));
-        eprintln!("batch {b}: f32 peak {f32}, f16 peak {f16}, 2*f16 - f32 = {}", 2 * f16 as i64 - f32 as i64);
+        eprintln!(
+            "batch {b}: f32 peak {f32}, f16 peak {f16}, 2*f16 - f32 = {}",
+            (2 * f16).cast_signed() - f32.cast_signed()
+        );
         assert!(2 * f16 >= f32, "batch {b}");
-        assert!((2 * f16 - f32) * 1000 <= f32, "batch {b}: f16 {f16} vs f32 {f32}");
+        assert!(
+            (2 * f16 - f32) * 1000 <= f32,
+            "batch {b}: f16 {f16} vs f32 {f32}"
+        );
     }
     assert_eq!(r.weights_bytes[&Precision::F32], 108_891_648 * 4);
     assert_eq!(r.weights_bytes[&Precision::F16], 108_891_648 * 2);
@@ -129,14 +172,36 @@ fn real_checkpoints_count_their_bytes_and_peak_like_synthetic_weights() {
             .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
             .map(|p| safetensors_bytes(&p))
             .sum();
-        let real = plan(ModelRef::Folder(folder), &[16], &[Precision::F32], (1, 3), 1 << 32, Strategy::Grid);
-        let synth = plan(tiny(name), &[16], &[Precision::F32], (1, 3), 1 << 32, Strategy::Grid);
+        let real = plan(
+            ModelRef::Folder(folder),
+            &[16],
+            &[Precision::F32],
+            (1, 3),
+            1 << 32,
+            Strategy::Grid,
+        );
+        let synth = plan(
+            tiny(name),
+            &[16],
+            &[Precision::F32],
+            (1, 3),
+            1 << 32,
+            Strategy::Grid,
+        );
         let (rr, ev) = run(real, &dir.join(&format!("{name}-real.jsonl")), &worker());
         let (rs, _) = run(synth, &dir.join(&format!("{name}-synth.jsonl")), &worker());
         assert_eq!(rr.weights_bytes[&Precision::F32], file_bytes, "{name}");
         assert_eq!(rs.weights_bytes[&Precision::F32], file_bytes, "{name}");
-        assert!(ev.iter().any(|e| matches!(e, SweepEvent::WorkerReady(w) if w.from_checkpoint)));
-        let peaks = |r: &report::Results| r.trials.iter().map(|t| (t.batch, t.peak_bytes)).collect::<Vec<_>>();
+        assert!(
+            ev.iter()
+                .any(|e| matches!(e, SweepEvent::WorkerReady(w) if w.from_checkpoint))
+        );
+        let peaks = |r: &report::Results| {
+            r.trials
+                .iter()
+                .map(|t| (t.batch, t.peak_bytes))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(peaks(&rr), peaks(&rs), "{name}");
     }
 }
@@ -145,8 +210,19 @@ fn real_checkpoints_count_their_bytes_and_peak_like_synthetic_weights() {
 fn every_family_runs_real_forwards() {
     let dir = TempDir::new("families");
     for name in ["tiny-bert", "tiny-distilbert", "tiny-llama", "tiny-qwen2"] {
-        let dtypes: &[Precision] = if name == "tiny-distilbert" { &[Precision::F32] } else { &[Precision::F32, Precision::Bf16] };
-        let p = plan(tiny(name), &[8, 16], dtypes, (1, 2), 1 << 32, Strategy::Grid);
+        let dtypes: &[Precision] = if name == "tiny-distilbert" {
+            &[Precision::F32]
+        } else {
+            &[Precision::F32, Precision::Bf16]
+        };
+        let p = plan(
+            tiny(name),
+            &[8, 16],
+            dtypes,
+            (1, 2),
+            1 << 32,
+            Strategy::Grid,
+        );
         let (r, _) = run(p, &dir.join(&format!("{name}.jsonl")), &worker());
         assert_eq!(r.trials.len(), 4 * dtypes.len(), "{name}");
         for t in &r.trials {
@@ -154,10 +230,22 @@ fn every_family_runs_real_forwards() {
             assert!(t.peak_bytes.unwrap() > 0);
         }
         // Longer sequences need more memory.
-        let p8 = r.trials.iter().find(|t| t.seq == 8 && t.batch == 2 && t.dtype == Precision::F32).unwrap();
-        let p16 = r.trials.iter().find(|t| t.seq == 16 && t.batch == 2 && t.dtype == Precision::F32).unwrap();
+        let p8 = r
+            .trials
+            .iter()
+            .find(|t| t.seq == 8 && t.batch == 2 && t.dtype == Precision::F32)
+            .unwrap();
+        let p16 = r
+            .trials
+            .iter()
+            .find(|t| t.seq == 16 && t.batch == 2 && t.dtype == Precision::F32)
+            .unwrap();
         assert!(p16.peak_bytes > p8.peak_bytes, "{name}");
-        assert!(r.boundaries.iter().all(|b| b.status == BoundaryStatus::AboveRange));
+        assert!(
+            r.boundaries
+                .iter()
+                .all(|b| b.status == BoundaryStatus::AboveRange)
+        );
     }
 }
 
@@ -170,29 +258,44 @@ fn stalled_worker(ms: u64) -> oomlab::worker::WorkerConfig {
 fn kill(pid: u32) {
     // SAFETY: sending a signal to a child process we started.
     unsafe {
-        libc::kill(pid as i32, libc::SIGKILL);
+        libc::kill(pid.cast_signed(), libc::SIGKILL);
     }
 }
 
 #[test]
 fn a_worker_killed_mid_trial_is_recorded_retried_and_the_sweep_finishes() {
     let dir = TempDir::new("kill");
-    let p = plan(tiny("tiny-bert"), &[16], &[Precision::F32], (1, 3), 1 << 32, Strategy::Grid);
+    let p = plan(
+        tiny("tiny-bert"),
+        &[16],
+        &[Precision::F32],
+        (1, 3),
+        1 << 32,
+        Strategy::Grid,
+    );
     let sweep = Sweep::new(p, &dir.join("kill.jsonl")).unwrap();
     let cancel = Arc::new(AtomicBool::new(false));
     let mut killed = 0;
     let r = sweep
         .run(&stalled_worker(400), &cancel, &mut |e| {
-            if let SweepEvent::TrialStarted { worker_pid: Some(pid), batch: 2, .. } = e {
-                if killed == 0 {
-                    killed += 1;
-                    kill(pid);
-                }
+            if let SweepEvent::TrialStarted {
+                worker_pid: Some(pid),
+                batch: 2,
+                ..
+            } = e
+                && killed == 0
+            {
+                killed += 1;
+                kill(pid);
             }
         })
         .unwrap();
     let at2: Vec<_> = r.trials.iter().filter(|t| t.batch == 2).collect();
-    assert_eq!(at2.len(), 2, "killed trial recorded and retried once: {at2:?}");
+    assert_eq!(
+        at2.len(),
+        2,
+        "killed trial recorded and retried once: {at2:?}"
+    );
     assert_eq!(at2[0].outcome, Outcome::Failed);
     assert_eq!(at2[0].failure, Some(Failure::Killed));
     assert!(at2[0].reason.as_deref().unwrap().contains("signal 9"));
@@ -206,19 +309,36 @@ fn a_worker_killed_mid_trial_is_recorded_retried_and_the_sweep_finishes() {
 #[test]
 fn a_second_kill_marks_the_curve_incomplete() {
     let dir = TempDir::new("kill2");
-    let p = plan(tiny("tiny-bert"), &[16], &[Precision::F32], (1, 3), 1 << 32, Strategy::Grid);
+    let p = plan(
+        tiny("tiny-bert"),
+        &[16],
+        &[Precision::F32],
+        (1, 3),
+        1 << 32,
+        Strategy::Grid,
+    );
     let sweep = Sweep::new(p, &dir.join("kill2.jsonl")).unwrap();
     let cancel = Arc::new(AtomicBool::new(false));
     let r = sweep
         .run(&stalled_worker(400), &cancel, &mut |e| {
-            if let SweepEvent::TrialStarted { worker_pid: Some(pid), .. } = e {
+            if let SweepEvent::TrialStarted {
+                worker_pid: Some(pid),
+                ..
+            } = e
+            {
                 kill(pid);
             }
         })
         .unwrap();
     assert_eq!(r.trials.len(), 2);
     assert_eq!(r.boundaries[0].status, BoundaryStatus::Incomplete);
-    assert!(r.boundaries[0].reason.as_deref().unwrap().contains("killed twice"));
+    assert!(
+        r.boundaries[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("killed twice")
+    );
     assert!(r.incomplete);
     assert!(r.recommendation.pick.is_none());
 }
@@ -227,7 +347,14 @@ fn a_second_kill_marks_the_curve_incomplete() {
 fn cancel_records_the_trial_in_flight_and_resume_finishes_without_repeats() {
     let dir = TempDir::new("cancel");
     let path = dir.join("c.jsonl");
-    let p = plan(tiny("tiny-bert"), &[16, 32], &[Precision::F32], (1, 4), 1 << 32, Strategy::Grid);
+    let p = plan(
+        tiny("tiny-bert"),
+        &[16, 32],
+        &[Precision::F32],
+        (1, 4),
+        1 << 32,
+        Strategy::Grid,
+    );
     let sweep = Sweep::new(p.clone(), &path).unwrap();
     let cancel = Arc::new(AtomicBool::new(false));
     let c2 = Arc::clone(&cancel);
@@ -254,11 +381,16 @@ fn cancel_records_the_trial_in_flight_and_resume_finishes_without_repeats() {
     // Resume: arguments that contradict the journal are refused...
     let mut other = p.clone();
     other.capacity_bytes = 1 << 30;
-    let e = Sweep::resume(&path, Some(&other)).err().unwrap().to_string();
+    let e = Sweep::resume(&path, Some(&other))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("capacity"), "{e}");
     // ...the same plan or none continues it.
     let resumed = Sweep::resume(&path, Some(&p)).unwrap();
-    let r2 = resumed.run(&worker(), &Arc::new(AtomicBool::new(false)), &mut |_| {}).unwrap();
+    let r2 = resumed
+        .run(&worker(), &Arc::new(AtomicBool::new(false)), &mut |_| {})
+        .unwrap();
     assert!(!r2.incomplete);
     let finished: Vec<_> = r2
         .trials
@@ -269,15 +401,30 @@ fn cancel_records_the_trial_in_flight_and_resume_finishes_without_repeats() {
     let mut dedup = finished.clone();
     dedup.sort_by_key(|x| (x.0, x.1, x.2 == Purpose::Search));
     dedup.dedup();
-    assert_eq!(dedup.len(), finished.len(), "a finished trial was repeated: {finished:?}");
-    assert!(r2.boundaries.iter().all(|b| b.status == BoundaryStatus::AboveRange));
+    assert_eq!(
+        dedup.len(),
+        finished.len(),
+        "a finished trial was repeated: {finished:?}"
+    );
+    assert!(
+        r2.boundaries
+            .iter()
+            .all(|b| b.status == BoundaryStatus::AboveRange)
+    );
 }
 
 #[test]
 fn a_torn_journal_tail_is_ignored_on_resume() {
     let dir = TempDir::new("torn");
     let path = dir.join("t.jsonl");
-    let p = plan(tiny("tiny-bert"), &[16], &[Precision::F32], (1, 2), 1 << 32, Strategy::Grid);
+    let p = plan(
+        tiny("tiny-bert"),
+        &[16],
+        &[Precision::F32],
+        (1, 2),
+        1 << 32,
+        Strategy::Grid,
+    );
     let (r, _) = run(p, &path, &worker());
     // Drop the end line and tear the last trial in half.
     let text = std::fs::read_to_string(&path).unwrap();
@@ -289,7 +436,10 @@ fn a_torn_journal_tail_is_ignored_on_resume() {
     let c = report::read_journal(&path).unwrap();
     assert!(c.torn_tail);
     assert_eq!(c.trials.len(), r.trials.len() - 1);
-    let r2 = Sweep::resume(&path, None).unwrap().run(&worker(), &Arc::new(AtomicBool::new(false)), &mut |_| {}).unwrap();
+    let r2 = Sweep::resume(&path, None)
+        .unwrap()
+        .run(&worker(), &Arc::new(AtomicBool::new(false)), &mut |_| {})
+        .unwrap();
     assert_eq!(r2.trials.len(), r.trials.len());
     assert_eq!(r2.boundaries, r.boundaries);
     // A damaged line in the middle is an error naming the line.
@@ -307,23 +457,51 @@ fn a_checkpoint_that_does_not_match_its_config_is_rejected_with_the_tensor_and_s
     let src = fixtures().join("checkpoints/tiny-bert");
     let folder = dir.join("ck");
     std::fs::create_dir_all(&folder).unwrap();
-    std::fs::copy(src.join("model.safetensors"), folder.join("model.safetensors")).unwrap();
+    std::fs::copy(
+        src.join("model.safetensors"),
+        folder.join("model.safetensors"),
+    )
+    .unwrap();
     let cfg = std::fs::read_to_string(src.join("config.json")).unwrap();
-    std::fs::write(folder.join("config.json"), cfg.replace("\"intermediate_size\": 64", "\"intermediate_size\": 48")).unwrap();
-    let e = oomlab::catalog::ModelSpec::resolve(&ModelRef::Folder(folder.clone())).unwrap_err().to_string();
-    assert!(e.contains("bert.encoder.layer.0.intermediate.dense.weight"), "{e}");
+    std::fs::write(
+        folder.join("config.json"),
+        cfg.replace("\"intermediate_size\": 64", "\"intermediate_size\": 48"),
+    )
+    .unwrap();
+    let e = oomlab::catalog::ModelSpec::resolve(&ModelRef::Folder(folder.clone()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("bert.encoder.layer.0.intermediate.dense.weight"),
+        "{e}"
+    );
     assert!(e.contains("[48, 32]") && e.contains("[64, 32]"), "{e}");
-    std::fs::write(folder.join("config.json"), cfg.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3")).unwrap();
-    let e = oomlab::catalog::ModelSpec::resolve(&ModelRef::Folder(folder.clone())).unwrap_err().to_string();
-    assert!(e.contains("encoder.layer.2.") && e.contains("no tensor"), "{e}");
+    std::fs::write(
+        folder.join("config.json"),
+        cfg.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3"),
+    )
+    .unwrap();
+    let e = oomlab::catalog::ModelSpec::resolve(&ModelRef::Folder(folder.clone()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("encoder.layer.2.") && e.contains("no tensor"),
+        "{e}"
+    );
     // A shard named by the index but absent.
     let sharded = dir.join("sharded");
     std::fs::create_dir_all(&sharded).unwrap();
     let ll = fixtures().join("checkpoints/tiny-llama");
-    for f in ["config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors"] {
+    for f in [
+        "config.json",
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+    ] {
         std::fs::copy(ll.join(f), sharded.join(f)).unwrap();
     }
-    let e = oomlab::catalog::ModelSpec::resolve(&ModelRef::Folder(sharded)).unwrap_err().to_string();
+    let e = oomlab::catalog::ModelSpec::resolve(&ModelRef::Folder(sharded))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("model-00002-of-00002.safetensors"), "{e}");
     let _ = bin();
 }

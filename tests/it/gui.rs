@@ -1,4 +1,4 @@
-//! The desktop lab driven by egui_kittest: the real app, the real engine and worker.
+//! The desktop lab driven by `egui_kittest`: the real app, the real engine and worker.
 //! No sleeps: between frames the test blocks on the engine's next event.
 
 use crate::common::{TempDir, bin, fixtures};
@@ -13,12 +13,25 @@ use oomlab::worker::{STALL_ENV, WorkerConfig};
 use std::path::PathBuf;
 use std::time::Duration;
 
-fn harness(dir: &TempDir, open: Option<PathBuf>, stall_ms: Option<u64>) -> Harness<'static, OomLabApp> {
-    let mut worker = WorkerConfig { exe: bin(), threads: 1, env: Vec::new() };
+fn harness(
+    dir: &TempDir,
+    open: Option<PathBuf>,
+    stall_ms: Option<u64>,
+) -> Harness<'static, OomLabApp> {
+    let mut worker = WorkerConfig {
+        exe: bin(),
+        threads: 1,
+        env: Vec::new(),
+    };
     if let Some(ms) = stall_ms {
         worker.env.push((STALL_ENV.into(), ms.to_string()));
     }
-    let options = AppOptions { worker, open, journal_dir: Some(dir.0.clone()), persist: false };
+    let options = AppOptions {
+        worker,
+        open,
+        journal_dir: Some(dir.0.clone()),
+        persist: false,
+    };
     Harness::builder()
         .with_size(egui::vec2(1280.0, 800.0))
         .build_eframe(move |cc| OomLabApp::new(cc, options))
@@ -51,7 +64,7 @@ fn run_to_end(h: &mut Harness<'static, OomLabApp>) {
     let mut events = 0;
     while h.state().is_running() {
         assert!(
-            h.state_mut().wait_for_engine(Duration::from_secs(120)),
+            h.state_mut().wait_for_engine(Duration::from_mins(2)),
             "the engine went silent"
         );
         events += 1;
@@ -88,7 +101,10 @@ fn run_a_sweep_from_the_window_and_see_the_engines_boundary() {
     for i in 1..=r.trials.len() {
         h.get_by_label(&format!("trial {i}"));
     }
-    assert!(h.query_by_label(&format!("trial {}", r.trials.len() + 1)).is_none());
+    assert!(
+        h.query_by_label(&format!("trial {}", r.trials.len() + 1))
+            .is_none()
+    );
     // The boundary shown equals the engine's (journal replay is the engine's own summary).
     let journal = h.state().journal_path().unwrap().clone();
     let engine = oomlab::report::summarize(&oomlab::report::read_journal(&journal).unwrap());
@@ -98,7 +114,10 @@ fn run_a_sweep_from_the_window_and_see_the_engines_boundary() {
     let star = b.max_batch.unwrap().to_string();
     // The card's boundary row shows the engine's b*.
     h.get_by_label("seq 32 f32");
-    assert!(h.query_all_by_label(&star).count() >= 1, "b* {star} not displayed");
+    assert!(
+        h.query_all_by_label(&star).count() >= 1,
+        "b* {star} not displayed"
+    );
     let f = h.state().frame_stats();
     eprintln!("{}", f.summary());
     assert!(f.frames_during_sweep > 0);
@@ -120,7 +139,7 @@ fn cancel_mid_sweep_keeps_a_consistent_resumable_state() {
     h.run_steps(1);
     // Wait for the first finished trial, then cancel while the next is in flight.
     while h.state().results().is_none_or(|r| r.trials.is_empty()) {
-        assert!(h.state_mut().wait_for_engine(Duration::from_secs(60)));
+        assert!(h.state_mut().wait_for_engine(Duration::from_mins(1)));
         h.step();
     }
     h.get_by_role_and_label(Role::Button, "Cancel").click();
@@ -132,14 +151,22 @@ fn cancel_mid_sweep_keeps_a_consistent_resumable_state() {
     assert!(r.incomplete);
     // Everything shown is in the journal.
     let journal = h.state().journal_path().unwrap().clone();
-    assert_eq!(oomlab::report::read_journal(&journal).unwrap().trials, r.trials);
+    assert_eq!(
+        oomlab::report::read_journal(&journal).unwrap().trials,
+        r.trials
+    );
     // Resume from the window finishes the sweep without repeating finished trials.
     h.get_by_role_and_label(Role::Button, "Resume").click();
     h.run_steps(1);
     run_to_end(&mut h);
     let r = h.state().results().unwrap().clone();
     assert!(!r.incomplete, "{:?}", r.boundaries);
-    let fits: Vec<usize> = r.trials.iter().filter(|t| t.outcome == Outcome::Fit).map(|t| t.batch).collect();
+    let fits: Vec<usize> = r
+        .trials
+        .iter()
+        .filter(|t| t.outcome == Outcome::Fit)
+        .map(|t| t.batch)
+        .collect();
     assert_eq!(fits, (1..=6).collect::<Vec<_>>());
 }
 
@@ -150,13 +177,25 @@ fn invalid_input_disables_run_with_the_reason() {
     h.state_mut().settings.model = "tiny-bert".into();
     h.state_mut().settings.seqs = "32".into();
     h.run_steps(2);
-    assert!(!h.get_by_role_and_label(Role::Button, "Run").accesskit_node().is_disabled());
+    assert!(
+        !h.get_by_role_and_label(Role::Button, "Run")
+            .accesskit_node()
+            .is_disabled()
+    );
     set_text(&mut h, "Batch range", "0..4");
-    assert!(h.get_by_role_and_label(Role::Button, "Run").accesskit_node().is_disabled());
+    assert!(
+        h.get_by_role_and_label(Role::Button, "Run")
+            .accesskit_node()
+            .is_disabled()
+    );
     h.get_by_label_contains("batch sizes start at 1");
     set_text(&mut h, "Batch range", "1..4");
     set_text(&mut h, "Sequence lengths", "999");
-    assert!(h.get_by_role_and_label(Role::Button, "Run").accesskit_node().is_disabled());
+    assert!(
+        h.get_by_role_and_label(Role::Button, "Run")
+            .accesskit_node()
+            .is_disabled()
+    );
     h.get_by_label_contains("maximum of 64 positions");
     set_text(&mut h, "Sequence lengths", "32");
     set_text(&mut h, "Capacity", "10KiB");
@@ -164,13 +203,21 @@ fn invalid_input_disables_run_with_the_reason() {
     set_text(&mut h, "Capacity", "1GiB");
     set_text(&mut h, "Model id or path", "/no/such/folder");
     h.get_by_label_contains("unknown model");
-    assert!(h.get_by_role_and_label(Role::Button, "Run").accesskit_node().is_disabled());
+    assert!(
+        h.get_by_role_and_label(Role::Button, "Run")
+            .accesskit_node()
+            .is_disabled()
+    );
 }
 
 #[test]
 fn reopened_results_export_and_bad_paths_get_clear_messages() {
     let dir = TempDir::new("gui-open");
-    let mut h = harness(&dir, Some(fixtures().join("gui/tiny-llama-grid.jsonl")), None);
+    let mut h = harness(
+        &dir,
+        Some(fixtures().join("gui/tiny-llama-grid.jsonl")),
+        None,
+    );
     wait_for_results(&mut h);
     let r = h.state().results().unwrap().clone();
     assert_eq!(r.model, "tiny-llama");
@@ -193,7 +240,13 @@ fn reopened_results_export_and_bad_paths_get_clear_messages() {
     h.run_steps(1);
     assert!(h.state_mut().wait_for_background(Duration::from_secs(30)));
     h.run_steps(1);
-    assert!(h.state().notice.as_deref().unwrap().contains("already exists"));
+    assert!(
+        h.state()
+            .notice
+            .as_deref()
+            .unwrap()
+            .contains("already exists")
+    );
     // An unwritable path names the path and says what to do.
     let field = h.get_by_label("Export path");
     field.set_text_value_accesskit("/proc/oomlab/nope.toml");
@@ -203,19 +256,33 @@ fn reopened_results_export_and_bad_paths_get_clear_messages() {
     assert!(h.state_mut().wait_for_background(Duration::from_secs(30)));
     h.run_steps(1);
     let n = h.state().notice.clone().unwrap();
-    assert!(n.contains("/proc/oomlab/nope.toml") && n.contains("choose a folder"), "{n}");
+    assert!(
+        n.contains("/proc/oomlab/nope.toml") && n.contains("choose a folder"),
+        "{n}"
+    );
     // A file that is not oomlab results is refused clearly.
-    h.state_mut().open_results(fixtures().join("checkpoints/tiny-bert/config.json"));
+    h.state_mut()
+        .open_results(fixtures().join("checkpoints/tiny-bert/config.json"));
     assert!(h.state_mut().wait_for_background(Duration::from_secs(30)));
     h.run_steps(1);
-    assert!(h.state().notice.as_deref().unwrap().contains("not an oomlab journal"));
+    assert!(
+        h.state()
+            .notice
+            .as_deref()
+            .unwrap()
+            .contains("not an oomlab journal")
+    );
 }
 
 #[test]
 fn main_view_snapshot() {
     let dir = TempDir::new("gui-snapshot");
     // A relative path (tests run in the package root) keeps the picture the same in any clone.
-    let mut h = harness(&dir, Some(PathBuf::from("tests/fixtures/gui/tiny-llama-grid.jsonl")), None);
+    let mut h = harness(
+        &dir,
+        Some(PathBuf::from("tests/fixtures/gui/tiny-llama-grid.jsonl")),
+        None,
+    );
     wait_for_results(&mut h);
     // The frame-time readout changes from run to run.
     let rect = h.get_by_label_contains("ms/frame").rect();

@@ -1,5 +1,5 @@
-//! Real forward passes from real checkpoints, compared with an independent NumPy reference
-//! (tests/fixtures/make_reference.py) to 1e-4.
+//! Real forward passes from real checkpoints, compared with an independent `NumPy` reference
+//! (`tests/fixtures/make_reference.py`) to 1e-4.
 
 use crate::common::fixtures;
 use oomlab::catalog::{ModelRef, ModelSpec};
@@ -13,8 +13,14 @@ fn check(name: &str) {
     let r = &refs[name];
     let batch = r["batch"].as_u64().unwrap() as usize;
     let seq = r["seq"].as_u64().unwrap() as usize;
-    let want: Vec<f64> = r["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-    let spec = ModelSpec::resolve(&ModelRef::Folder(fixtures().join("checkpoints").join(name))).unwrap();
+    let want: Vec<f64> = r["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let spec =
+        ModelSpec::resolve(&ModelRef::Folder(fixtures().join("checkpoints").join(name))).unwrap();
     assert!(spec.checkpoint.is_some(), "{name}: checkpoint not found");
     let dev = candle_core::Device::Cpu;
     let mut m = models::build(&spec, candle_core::DType::F32, &dev).unwrap();
@@ -30,7 +36,10 @@ fn check(name: &str) {
     }
     assert!(worst < 1e-4, "{name}: max abs difference {worst}");
     // The reference is not trivial (a zero model would also match zeros).
-    assert!(want.iter().any(|v| v.abs() > 0.1), "{name}: degenerate reference");
+    assert!(
+        want.iter().any(|v| v.abs() > 0.1),
+        "{name}: degenerate reference"
+    );
 }
 
 #[test]
