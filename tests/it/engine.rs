@@ -463,27 +463,20 @@ fn a_checkpoint_that_does_not_match_its_config_is_rejected_with_the_tensor_and_s
     )
     .unwrap();
     let cfg = std::fs::read_to_string(src.join("config.json")).unwrap();
-    std::fs::write(
-        folder.join("config.json"),
-        cfg.replace("\"intermediate_size\": 64", "\"intermediate_size\": 48"),
-    )
-    .unwrap();
-    let e = oomlab::catalog::ModelSpec::resolve(&ModelRef::Folder(folder.clone()))
-        .unwrap_err()
-        .to_string();
+    // The error for the folder once its config.json has `from` replaced by `to`.
+    let error_with = |from: &str, to: &str| {
+        std::fs::write(folder.join("config.json"), cfg.replace(from, to)).unwrap();
+        oomlab::catalog::ModelSpec::resolve(&ModelRef::Folder(folder.clone()))
+            .unwrap_err()
+            .to_string()
+    };
+    let e = error_with("\"intermediate_size\": 64", "\"intermediate_size\": 48");
     assert!(
         e.contains("bert.encoder.layer.0.intermediate.dense.weight"),
         "{e}"
     );
     assert!(e.contains("[48, 32]") && e.contains("[64, 32]"), "{e}");
-    std::fs::write(
-        folder.join("config.json"),
-        cfg.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3"),
-    )
-    .unwrap();
-    let e = oomlab::catalog::ModelSpec::resolve(&ModelRef::Folder(folder.clone()))
-        .unwrap_err()
-        .to_string();
+    let e = error_with("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3");
     assert!(
         e.contains("encoder.layer.2.") && e.contains("no tensor"),
         "{e}"

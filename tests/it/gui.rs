@@ -49,6 +49,13 @@ fn set_text(h: &mut Harness<'static, OomLabApp>, label: &str, text: &str) {
     h.run_steps(1);
 }
 
+/// Whether the Run button is disabled.
+fn run_disabled(h: &Harness<'static, OomLabApp>) -> bool {
+    h.get_by_role_and_label(Role::Button, "Run")
+        .accesskit_node()
+        .is_disabled()
+}
+
 /// Steps the harness until opened results are shown (blocking on the background reader).
 fn wait_for_results(h: &mut Harness<'static, OomLabApp>) {
     while h.state().results().is_none() {
@@ -177,25 +184,13 @@ fn invalid_input_disables_run_with_the_reason() {
     h.state_mut().settings.model = "tiny-bert".into();
     h.state_mut().settings.seqs = "32".into();
     h.run_steps(2);
-    assert!(
-        !h.get_by_role_and_label(Role::Button, "Run")
-            .accesskit_node()
-            .is_disabled()
-    );
+    assert!(!run_disabled(&h));
     set_text(&mut h, "Batch range", "0..4");
-    assert!(
-        h.get_by_role_and_label(Role::Button, "Run")
-            .accesskit_node()
-            .is_disabled()
-    );
+    assert!(run_disabled(&h));
     h.get_by_label_contains("batch sizes start at 1");
     set_text(&mut h, "Batch range", "1..4");
     set_text(&mut h, "Sequence lengths", "999");
-    assert!(
-        h.get_by_role_and_label(Role::Button, "Run")
-            .accesskit_node()
-            .is_disabled()
-    );
+    assert!(run_disabled(&h));
     h.get_by_label_contains("maximum of 64 positions");
     set_text(&mut h, "Sequence lengths", "32");
     set_text(&mut h, "Capacity", "10KiB");
@@ -203,11 +198,7 @@ fn invalid_input_disables_run_with_the_reason() {
     set_text(&mut h, "Capacity", "1GiB");
     set_text(&mut h, "Model id or path", "/no/such/folder");
     h.get_by_label_contains("unknown model");
-    assert!(
-        h.get_by_role_and_label(Role::Button, "Run")
-            .accesskit_node()
-            .is_disabled()
-    );
+    assert!(run_disabled(&h));
 }
 
 #[test]
