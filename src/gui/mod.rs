@@ -867,8 +867,10 @@ impl eframe::App for OomLabApp {
             self.cancel();
             ctx.send_viewport_cmd(egui::ViewportCommand::Close);
         }
+        let log_before = self.log.len();
         self.drain();
         let drained_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let new_log_lines = self.log.len() - log_before;
         self.handle_dropped_files(&ctx);
         if ctx.input_mut(|i| i.consume_key(egui::Modifiers::COMMAND, egui::Key::Q)) {
             ctx.send_viewport_cmd(egui::ViewportCommand::Close);
@@ -887,7 +889,7 @@ impl eframe::App for OomLabApp {
             let (wall, cpu) = (t0.elapsed().as_secs_f64() * 1000.0, thread_cpu_ms() - cpu0);
             if wall > FRAME_BUDGET_MS || cpu > FRAME_BUDGET_MS {
                 eprintln!(
-                    "slow frame {}: wall {wall:.2} ms cpu {cpu:.2} ms (drain {drained_ms:.2} ms), trials {}, log {}",
+                    "slow frame {}: wall {wall:.2} ms cpu {cpu:.2} ms (drain {drained_ms:.2} ms, {new_log_lines} new log lines), trials {}, log {}",
                     self.frame.frames_during_sweep,
                     self.results().map_or(0, |r| r.trials.len()),
                     self.log.len()

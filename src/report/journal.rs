@@ -79,7 +79,15 @@ impl Journal {
 
     /// Opens an existing journal to continue it, dropping a torn last line first.
     pub fn reopen(path: &Path) -> Result<(Self, JournalContents), JournalError> {
-        let contents = read(path)?;
+        let bytes = std::fs::read(path).map_err(|source| JournalError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let text = std::str::from_utf8(&bytes).map_err(|e| JournalError::NotJournal {
+            path: path.to_path_buf(),
+            message: format!("it is not UTF-8 text ({e})"),
+        })?;
+        let contents = parse(path, text)?;
         let werr = |source| JournalError::Write {
             path: path.to_path_buf(),
             source,
@@ -89,10 +97,6 @@ impl Journal {
             .write(true)
             .open(path)
             .map_err(werr)?;
-        let bytes = std::fs::read(path).map_err(|source| JournalError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
         let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
         if keep < bytes.len() {
             file.set_len(keep as u64).map_err(werr)?;
