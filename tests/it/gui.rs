@@ -49,6 +49,14 @@ fn set_text(h: &mut Harness<'static, OomLabApp>, label: &str, text: &str) {
     h.run_steps(1);
 }
 
+/// Clicks the export "Write" button and waits for the background write to report.
+fn write_export(h: &mut Harness<'static, OomLabApp>) {
+    h.get_by_role_and_label(Role::Button, "Write").click();
+    h.run_steps(1);
+    assert!(h.state_mut().wait_for_background(Duration::from_secs(30)));
+    h.run_steps(1);
+}
+
 /// Whether the Run button is disabled.
 fn run_disabled(h: &Harness<'static, OomLabApp>) -> bool {
     h.get_by_role_and_label(Role::Button, "Run")
@@ -220,17 +228,11 @@ fn reopened_results_export_and_bad_paths_get_clear_messages() {
     let field = h.get_by_label("Export path");
     field.set_text_value_accesskit(&out.display().to_string());
     h.run_steps(1);
-    h.get_by_role_and_label(Role::Button, "Write").click();
-    h.run_steps(1);
-    assert!(h.state_mut().wait_for_background(Duration::from_secs(30)));
-    h.run_steps(1);
+    write_export(&mut h);
     let text = std::fs::read_to_string(&out).unwrap();
     assert!(text.contains("per_device_eval_batch_size = 39"), "{text}");
     // Writing again without "overwrite" is refused with the fix in the message.
-    h.get_by_role_and_label(Role::Button, "Write").click();
-    h.run_steps(1);
-    assert!(h.state_mut().wait_for_background(Duration::from_secs(30)));
-    h.run_steps(1);
+    write_export(&mut h);
     assert!(
         h.state()
             .notice
@@ -242,10 +244,7 @@ fn reopened_results_export_and_bad_paths_get_clear_messages() {
     let field = h.get_by_label("Export path");
     field.set_text_value_accesskit("/proc/oomlab/nope.toml");
     h.run_steps(1);
-    h.get_by_role_and_label(Role::Button, "Write").click();
-    h.run_steps(1);
-    assert!(h.state_mut().wait_for_background(Duration::from_secs(30)));
-    h.run_steps(1);
+    write_export(&mut h);
     let n = h.state().notice.clone().unwrap();
     assert!(
         n.contains("/proc/oomlab/nope.toml") && n.contains("choose a folder"),
