@@ -5,7 +5,7 @@ use crate::models;
 use crate::plan::{
     BatchRange, Precision, Strategy, SweepPlan, human_bytes, parse_bytes, parse_headroom,
 };
-use crate::report::{self, Outcome, Results};
+use crate::report::{self, Results};
 use crate::sweep::{self, PlanError, Sweep, SweepEvent};
 use crate::worker::{WorkerConfig, default_threads};
 use clap::{Args, Parser, Subcommand};
@@ -359,13 +359,10 @@ pub fn sweep(args: &SweepArgs, worker: &WorkerConfig) -> Result<Results, CliErro
         };
         Sweep::resume(resume, given.as_ref())?
     } else {
-        let plan = args.plan()?;
-        let spec = sweep::validate(&plan)?;
-        let path = args
-            .journal
-            .clone()
-            .unwrap_or_else(|| sweep::default_journal_path(&spec.name));
-        Sweep::new(plan, &path)?
+        let journal = args.journal.clone();
+        Sweep::create(args.plan()?, |spec| {
+            journal.unwrap_or_else(|| sweep::default_journal_path(&spec.name))
+        })?
     };
     let cancel = Arc::new(AtomicBool::new(false));
     install_cancel(&cancel);
@@ -475,24 +472,14 @@ impl Progress {
             }
             SweepEvent::TrialFinished(t) => {
                 self.n += 1;
-                let detail = match t.outcome {
-                    Outcome::Fit => format!(
-                        "fit  total {} (forward peak {}) {:.2}s",
-                        t.total_bytes.map_or_else(String::new, human_bytes),
-                        t.peak_bytes.map_or_else(String::new, human_bytes),
-                        t.seconds
-                    ),
-                    Outcome::Oom => format!(
-                        "OOM  tried to allocate {}",
-                        t.requested_bytes.map_or_else(|| "?".into(), human_bytes)
-                    ),
-                    Outcome::Failed => {
-                        format!("failed: {}", t.reason.as_deref().unwrap_or("unknown"))
-                    }
-                };
                 self.line(&format!(
-                    "trial {:>3}  seq {:>5} {:<4} batch {:>5}  {detail}",
-                    self.n, t.seq, t.dtype, t.batch
+                    "trial {:>3}  seq {:>5} {:<4} batch {:>5}  {} {:.2}s",
+                    self.n,
+                    t.seq,
+                    t.dtype,
+                    t.batch,
+                    t.outcome_text(),
+                    t.seconds
                 ));
             }
             SweepEvent::CurveDone { .. } | SweepEvent::Finished { .. } => {}

@@ -211,9 +211,18 @@ pub struct Sweep {
 impl Sweep {
     /// Validates the plan and creates its journal.
     pub fn new(plan: SweepPlan, journal_path: &Path) -> Result<Self, PlanError> {
+        Self::create(plan, |_| journal_path.to_path_buf())
+    }
+
+    /// Validates the plan (resolving its model once) and creates the journal at the path
+    /// `choose_journal` picks for the resolved model (e.g. a default named after it).
+    pub fn create(
+        plan: SweepPlan,
+        choose_journal: impl FnOnce(&ModelSpec) -> PathBuf,
+    ) -> Result<Self, PlanError> {
         let spec = validate(&plan)?;
         let header = header_for(&plan, &spec);
-        let journal = Journal::create(journal_path, &header)?;
+        let journal = Journal::create(&choose_journal(&spec), &header)?;
         Ok(Self {
             plan,
             spec,

@@ -835,17 +835,13 @@ fn engine_thread(
     };
     let sweep = match (plan, resume) {
         (_, Some(path)) => Sweep::resume(&path, None),
-        (Some(plan), None) => {
-            let name = ModelSpec::resolve(&plan.model).map_or_else(|_| "model".into(), |s| s.name);
-            let path = match journal_dir {
-                Some(d) => {
-                    let f = sweep::default_journal_path(&name);
-                    d.join(f.file_name().unwrap_or_default())
-                }
-                None => sweep::default_journal_path(&name),
-            };
-            Sweep::new(plan, &path)
-        }
+        (Some(plan), None) => Sweep::create(plan, |spec| {
+            let path = sweep::default_journal_path(&spec.name);
+            match journal_dir {
+                Some(d) => d.join(path.file_name().unwrap_or_default()),
+                None => path,
+            }
+        }),
         (None, None) => return,
     };
     match sweep {

@@ -23,18 +23,13 @@ pub enum SortColumn {
 /// One log line for a finished trial.
 #[must_use]
 pub fn trial_line(t: &TrialRecord) -> String {
-    let what = match t.outcome {
-        Outcome::Fit => format!(
-            "fit, total {}",
-            t.total_bytes.map_or_else(|| "?".into(), human_bytes)
-        ),
-        Outcome::Oom => format!(
-            "OOM (tried to allocate {})",
-            t.requested_bytes.map_or_else(|| "?".into(), human_bytes)
-        ),
-        Outcome::Failed => format!("failed: {}", t.reason.as_deref().unwrap_or("?")),
-    };
-    format!("seq {} {} batch {}: {what}", t.seq, t.dtype, t.batch)
+    format!(
+        "seq {} {} batch {}: {}",
+        t.seq,
+        t.dtype,
+        t.batch,
+        t.outcome_text()
+    )
 }
 
 #[must_use]

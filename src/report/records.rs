@@ -65,6 +65,22 @@ impl TrialRecord {
         }
     }
 
+    /// What happened, in words, for progress lines and logs: `fit, total 598.2 MiB (forward
+    /// peak 175.8 MiB)`, `OOM, tried to allocate 20.2 MiB`, or `failed: <reason>`.
+    #[must_use]
+    pub fn outcome_text(&self) -> String {
+        let bytes = |v: Option<u64>| v.map_or_else(|| "?".into(), crate::plan::human_bytes);
+        match self.outcome {
+            Outcome::Fit => format!(
+                "fit, total {} (forward peak {})",
+                bytes(self.total_bytes),
+                bytes(self.peak_bytes)
+            ),
+            Outcome::Oom => format!("OOM, tried to allocate {}", bytes(self.requested_bytes)),
+            Outcome::Failed => format!("failed: {}", self.reason.as_deref().unwrap_or("unknown")),
+        }
+    }
+
     /// Tokens processed in one step.
     #[must_use]
     pub fn tokens(&self) -> usize {
