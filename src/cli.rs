@@ -3,11 +3,12 @@
 use crate::catalog::{BUNDLED, ModelRef, ModelSpec};
 use crate::models;
 use crate::plan::{
-    BatchRange, Precision, Strategy, SweepPlan, human_bytes, parse_bytes, parse_headroom,
+    BatchRange, DeviceKind, Face, PlanField, PlanOverrides, Precision, Strategy, human_bytes,
+    parse_bytes, parse_headroom,
 };
-use crate::report::{self, Results};
+use crate::report::{self, ExportError, JournalError, Results};
 use crate::sweep::{self, PlanError, Sweep, SweepEvent};
-use crate::worker::{WorkerConfig, default_threads};
+use crate::worker::{WorkerConfig, WorkerFaults};
 use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -39,7 +40,7 @@ pub enum Command {
     },
     /// The trial process (started by oomlab itself; reads JSON requests on stdin).
     #[command(hide = true)]
-    Worker,
+    Worker(WorkerFaults),
 }
 
 #[derive(Debug, Args)]
@@ -59,7 +60,7 @@ pub struct SweepArgs {
     /// Batch range, both ends included, e.g. 1..256. Default: 1..256.
     #[arg(long)]
     pub batch: Option<BatchRange>,
-    /// Simulated device capacity, e.g. 600MiB, 11GiB, 24GB. Default: 4GiB.
+    /// Simulated device capacity, e.g. 600MiB, 11GiB, 24GB. Default: 1GiB.
     #[arg(long, value_parser = parse_bytes)]
     pub capacity: Option<u64>,
     /// Memory kept free by the recommendation, e.g. 10% or 0.1. Default: 10%.
@@ -72,9 +73,9 @@ pub struct SweepArgs {
     /// Threads the worker uses for forward passes. Default: every core (the worker runs niced).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Device to measure on. Only `cpu` in this build.
+    /// Device to measure on: cpu (default). cuda:N needs a build with the `cuda` feature.
     #[arg(long)]
-    pub device: Option<String>,
+    pub device: Option<DeviceKind>,
     /// Append every outcome to this JSONL journal (default: a new file under
     /// ~/.local/share/oomlab/runs, printed at start).
     #[arg(long)]
@@ -92,19 +93,25 @@ pub struct SweepArgs {
     /// Overwrite existing --json/--export files.
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub faults: WorkerFaults,
 }
 
 const AFTER_SWEEP: &str = "\
 How the boundary is found:
-  Memory grows monotonically with batch and, for f32/f16, exactly linearly from the bytes held
-  before the forward. `auto` measures the range minimum, predicts the largest batch b* under the
-  capacity, and confirms that b* fits and b*+1 does not: typically 3 trials. It bisects when a
-  prediction misses. Each boundary's status is exact, above_range, none_fits or incomplete.
+  On the CPU memory grows monotonically with batch and, for f32/f16, exactly linearly from the
+  bytes held before the forward. `auto` measures the range minimum, predicts the largest batch b*
+  under the capacity, and confirms that b* fits and b*+1 does not: typically 3 trials. It bisects
+  when a prediction misses; no curve takes more than 2·⌈log2(range)⌉ + 6 trials (grid: one per
+  batch). Each boundary's status is exact, above_range, none_fits, non_monotone (a batch fitted
+  at or above one that ran out of memory: the answer is then the largest fit below the lowest
+  OOM) or incomplete.
 
 The recommendation:
-  Per (seq, dtype): the largest batch whose measured total stays under capacity × (1 − headroom),
-  confirmed by one trial at that batch. Overall pick: the most tokens per step (batch × seq);
-  ties go to the wider dtype (f32, then bf16, then f16), then to the longer sequence.
+  Per (seq, dtype): the largest batch below every measured OOM whose measured total stays under
+  capacity × (1 − headroom), confirmed by one trial at that batch.
+  Overall pick: the most tokens per step (batch × seq); ties go to the wider dtype (f32, then
+  bf16, then f16), then to the longer sequence.
 
 What is measured:
   Encoders: a forward over all positions. Decoders: the prefill with KV cache and logits for the
@@ -138,12 +145,62 @@ impl CliError {
     }
 }
 
+/// The command line's words for the plan's fields: its flags.
+pub struct Flags;
+
+impl Face for Flags {
+    fn control(&self, field: PlanField) -> &'static str {
+        match field {
+            PlanField::Model => "--model",
+            PlanField::Seq => "--seq",
+            PlanField::Dtype => "--dtype",
+            PlanField::Batch => "--batch",
+            PlanField::Capacity => "--capacity",
+            PlanField::Headroom => "--headroom",
+            PlanField::Strategy => "--strategy",
+            PlanField::Device => "--device",
+            PlanField::Threads => "--threads",
+        }
+    }
+    fn model_list(&self) -> &'static str {
+        "`oomlab models`"
+    }
+}
+
 impl From<PlanError> for CliError {
     fn from(e: PlanError) -> Self {
         match e {
-            PlanError::Journal(j) => Self::runtime(j),
-            other => Self::usage(other),
+            PlanError::Journal(j) => Self::runtime(journal_error(&j)),
+            other => Self::usage(other.describe(&Flags)),
         }
+    }
+}
+
+/// A journal error in the command line's words.
+fn journal_error(e: &JournalError) -> String {
+    match e {
+        JournalError::Exists { path } => format!(
+            "the journal {} already exists; pass --resume {} to continue it, or choose another --journal path",
+            path.display(),
+            path.display()
+        ),
+        JournalError::Write { path, source } => format!(
+            "cannot write the journal {}: {source}; choose a writable path with --journal",
+            path.display()
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// An export error in the command line's words.
+fn export_error(e: &ExportError) -> String {
+    match e {
+        ExportError::Exists { path } => format!(
+            "{} already exists; pass --force to overwrite it or choose another file name",
+            path.display()
+        ),
+        ExportError::NoPick => "no configuration fits under the headroom limit, so there is nothing to recommend; raise --capacity, lower --headroom, or try shorter --seq".into(),
+        other => other.to_string(),
     }
 }
 
@@ -188,87 +245,25 @@ fn group(n: u64) -> String {
     out
 }
 
-/// Default capacity when none is given: 4 GiB, a small GPU.
-pub const DEFAULT_CAPACITY: u64 = 4 << 30;
-
 impl SweepArgs {
-    fn any_plan_arg(&self) -> bool {
-        self.model.is_some()
-            || !self.seq.is_empty()
-            || !self.dtype.is_empty()
-            || self.batch.is_some()
-            || self.capacity.is_some()
-            || self.headroom.is_some()
-            || self.strategy.is_some()
-            || self.threads.is_some()
-            || self.device.is_some()
-    }
-
-    /// The journal's plan with the arguments given now laid over it.
-    pub fn overlay(&self, base: &SweepPlan) -> Result<SweepPlan, CliError> {
-        let mut p = base.clone();
-        if let Some(m) = &self.model {
-            p.model = ModelRef::parse(m).map_err(CliError::usage)?;
-        }
-        if !self.seq.is_empty() {
-            p.seqs.clone_from(&self.seq);
-        }
-        if !self.dtype.is_empty() {
-            p.dtypes.clone_from(&self.dtype);
-        }
-        p.batch = self.batch.unwrap_or(p.batch);
-        p.capacity_bytes = self.capacity.unwrap_or(p.capacity_bytes);
-        p.headroom = self.headroom.unwrap_or(p.headroom);
-        p.strategy = self.strategy.unwrap_or(p.strategy);
-        p.threads = self.threads.unwrap_or(p.threads);
-        if let Some(d) = &self.device {
-            p.device.clone_from(d);
-        }
-        Ok(p)
-    }
-
-    /// The plan these arguments describe, with defaults filled in.
-    pub fn plan(&self) -> Result<SweepPlan, CliError> {
-        let model = self.model.as_deref().ok_or_else(|| {
-            CliError::usage("no model given; pass --model bert-base-uncased (see `oomlab models`), a config.json or a model folder, or --resume JOURNAL")
-        })?;
-        let mut dtypes = if self.dtype.is_empty() {
-            vec![Precision::F32]
-        } else {
-            self.dtype.clone()
+    /// The plan fields given on the command line.
+    pub fn overrides(&self) -> Result<PlanOverrides, CliError> {
+        let model = match &self.model {
+            Some(m) => Some(ModelRef::parse(m).map_err(|e| CliError::from(PlanError::Model(e)))?),
+            None => None,
         };
-        dedup_keep_order(&mut dtypes);
-        let model = ModelRef::parse(model).map_err(CliError::usage)?;
-        let mut seqs = if self.seq.is_empty() {
-            // 128, or the model's maximum when it is shorter.
-            let max = ModelSpec::resolve(&model).map_or(128, |s| s.dims.max_positions);
-            vec![128.min(max)]
-        } else {
-            self.seq.clone()
-        };
-        dedup_keep_order(&mut seqs);
-        Ok(SweepPlan {
+        Ok(PlanOverrides {
             model,
-            seqs,
-            dtypes,
-            batch: self.batch.unwrap_or(BatchRange { min: 1, max: 256 }),
-            capacity_bytes: self.capacity.unwrap_or(DEFAULT_CAPACITY),
-            headroom: self.headroom.unwrap_or(0.1),
-            strategy: self.strategy.unwrap_or_default(),
-            device: self.device.clone().unwrap_or_else(|| "cpu".into()),
-            threads: self.threads.unwrap_or_else(default_threads),
+            seqs: (!self.seq.is_empty()).then(|| self.seq.clone()),
+            dtypes: (!self.dtype.is_empty()).then(|| self.dtype.clone()),
+            batch: self.batch,
+            capacity_bytes: self.capacity,
+            headroom: self.headroom,
+            strategy: self.strategy,
+            device: self.device,
+            threads: self.threads,
         })
     }
-}
-
-fn dedup_keep_order<T: PartialEq + Copy>(v: &mut Vec<T>) {
-    let mut out: Vec<T> = Vec::with_capacity(v.len());
-    for x in v.iter() {
-        if !out.contains(x) {
-            out.push(*x);
-        }
-    }
-    *v = out;
 }
 
 /// Checks before a long sweep that an output path can be written (so no result is lost at the end).
@@ -308,33 +303,6 @@ pub fn check_output_path(path: &Path, force: bool, flag: &str) -> Result<(), Cli
     }
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
-}
-
-/// Ctrl-C / SIGTERM cancel the sweep after recording the trial in flight.
-fn install_cancel(cancel: &Arc<AtomicBool>) {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
-    let c = Arc::clone(cancel);
-    let _ = std::thread::Builder::new()
-        .name("oomlab-signal-watch".into())
-        .spawn(move || {
-            loop {
-                if INTERRUPTED.load(Ordering::Relaxed) {
-                    c.store(true, Ordering::Relaxed);
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-        });
-}
-
 /// `oomlab sweep`
 pub fn sweep(args: &SweepArgs, worker: &WorkerConfig) -> Result<Results, CliError> {
     if let Some(p) = &args.json {
@@ -343,45 +311,43 @@ pub fn sweep(args: &SweepArgs, worker: &WorkerConfig) -> Result<Results, CliErro
     if let Some(p) = &args.export {
         check_output_path(p, args.force, "--export")?;
     }
+    let given = args.overrides()?;
     let sweep = if let Some(resume) = &args.resume {
         if args.journal.is_some() {
             return Err(CliError::usage(
                 "--journal and --resume both name a journal; pass only --resume JOURNAL to continue it",
             ));
         }
-        let given = if args.any_plan_arg() {
-            // Arguments given with --resume are laid over the journal's plan, so only those
-            // actually given are compared with it.
-            let journal = report::read_journal(resume).map_err(CliError::runtime)?;
-            Some(args.overlay(&journal.header.plan)?)
-        } else {
-            None
-        };
-        Sweep::resume(resume, given.as_ref())?
+        Sweep::resume(resume, &given)?
     } else {
-        let journal = args.journal.clone();
-        Sweep::create(args.plan()?, |spec| {
-            journal.unwrap_or_else(|| sweep::default_journal_path(&spec.name))
-        })?
+        let (plan, spec) = sweep::plan_from(&given)?;
+        let journal = args
+            .journal
+            .clone()
+            .unwrap_or_else(|| sweep::default_journal_path(&spec.name));
+        Sweep::with_spec(plan, spec, &journal)?
     };
     let cancel = Arc::new(AtomicBool::new(false));
-    install_cancel(&cancel);
+    let on_signal = Arc::clone(&cancel);
+    crate::signals::on_terminate(move || on_signal.store(true, Ordering::Relaxed))
+        .map_err(|e| CliError::runtime(format!("cannot watch for Ctrl-C: {e}")))?;
     let mut face = Progress::new(std::io::stderr().is_terminal());
     let results = sweep
         .run(worker, &cancel, &mut |e| face.event(&e))
-        .map_err(CliError::runtime)?;
+        .map_err(|e| match e {
+            sweep::SweepError::Journal(j) => CliError::runtime(journal_error(&j)),
+        })?;
     face.finish();
     print_results(&results);
     let cancelled = cancel.load(Ordering::Relaxed);
     if let Some(p) = &args.json {
-        report::write_results(&results, p, args.force).map_err(CliError::runtime)?;
+        report::write_results(&results, p, args.force)
+            .map_err(|e| CliError::runtime(export_error(&e)))?;
         eprintln!("results written to {}", p.display());
     }
     if let Some(p) = &args.export {
-        match report::export(&results, p, args.force) {
-            Ok(()) => eprintln!("recommendation written to {}", p.display()),
-            Err(e) => return Err(CliError::runtime(e)),
-        }
+        report::export(&results, p, args.force).map_err(|e| CliError::runtime(export_error(&e)))?;
+        eprintln!("recommendation written to {}", p.display());
     }
     if cancelled {
         return Err(CliError {
@@ -436,16 +402,22 @@ impl Progress {
             } => {
                 self.journal = Some(journal.clone());
                 self.line(&format!(
-                    "sweeping {model_name}: seq {:?}, {} , batch {}, capacity {}, strategy {}, {} threads",
-                    plan.seqs,
+                    "sweeping {model_name}: seq {}, {}, batch {}, capacity {}, strategy {}, device {}",
+                    plan.seqs
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
                     plan.dtypes.iter().map(|d| d.name()).collect::<Vec<_>>().join(","),
                     plan.batch,
                     human_bytes(plan.capacity_bytes),
                     plan.strategy,
-                    plan.threads
+                    plan.device
                 ));
                 self.line(&format!("journal: {}", journal.display()));
                 if *resumed_trials > 0 {
+                    // Trial numbers continue from the journal's.
+                    self.n = *resumed_trials;
                     self.line(&format!("resuming: {resumed_trials} finished trials kept"));
                 }
             }
@@ -465,7 +437,7 @@ impl Progress {
                 purpose,
                 ..
             } => {
-                let what = format!("{curve} batch {batch} ({purpose:?})").to_lowercase();
+                let what = format!("{curve} batch {batch} ({})", purpose.name());
                 if let Some(b) = &self.bar {
                     b.set_message(format!("trial {}: {what}", self.n + 1));
                 }
@@ -500,11 +472,10 @@ fn opt_bytes(v: Option<u64>) -> String {
 /// The tables on stdout.
 pub fn print_results(r: &Results) {
     println!(
-        "model {} ({}), device {}, threads {}, capacity {} ({} bytes), headroom {:.0}%",
+        "model {} ({}), device {}, capacity {} ({} bytes), headroom {:.0}%",
         r.model,
         r.family,
         r.device,
-        r.threads.map_or_else(|| "?".into(), |t| t.to_string()),
         human_bytes(r.capacity_bytes),
         r.capacity_bytes,
         r.headroom * 100.0
@@ -536,8 +507,8 @@ pub fn print_results(r: &Results) {
             t.dtype.name(),
             t.batch,
             t.strategy.name(),
-            format!("{:?}", t.purpose).to_lowercase(),
-            format!("{:?}", t.outcome).to_lowercase(),
+            t.purpose.name(),
+            t.outcome.name(),
             opt_bytes(t.peak_bytes),
             opt_bytes(t.total_bytes),
             opt_bytes(t.requested_bytes),
@@ -598,10 +569,16 @@ pub fn main_with(cli: Cli, gui: &dyn Fn(Option<PathBuf>) -> Result<(), String>) 
             }
         }
         Some(Command::Models) => models(),
-        Some(Command::Worker) => return crate::worker::run_worker(),
-        Some(Command::Sweep(args)) => WorkerConfig::current(default_threads())
+        Some(Command::Worker(faults)) => return crate::worker::run_worker(&faults),
+        Some(Command::Sweep(args)) => WorkerConfig::current()
             .map_err(|e| CliError::runtime(format!("cannot locate the oomlab binary: {e}")))
-            .and_then(|w| sweep(&args, &w).map(|_| ())),
+            .and_then(|w| {
+                let w = WorkerConfig {
+                    faults: args.faults.clone(),
+                    ..w
+                };
+                sweep(&args, &w).map(|_| ())
+            }),
     };
     match result {
         Ok(()) => 0,

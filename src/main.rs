@@ -8,7 +8,7 @@ static ALLOC: oomlab::measure::alloc::CountingAlloc = oomlab::measure::alloc::Co
 
 fn main() {
     let cli = oomlab::cli::Cli::parse();
-    if !matches!(cli.command, Some(oomlab::cli::Command::Worker)) {
+    if !matches!(cli.command, Some(oomlab::cli::Command::Worker(_))) {
         // A bug must still read as one sentence, not a Rust panic dump. (The worker keeps the
         // default hook: its stderr goes to the supervisor, which records it.)
         std::panic::set_hook(Box::new(|info| {

@@ -6,85 +6,10 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::catalog::ModelRef;
+pub use crate::precision::Precision;
 
 /// Largest batch a plan may name: far beyond any device, small enough for shape arithmetic.
 pub const MAX_BATCH: usize = 65_536;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    F32,
-    F16,
-    Bf16,
-}
-
-impl Precision {
-    pub const ALL: [Self; 3] = [Self::F32, Self::F16, Self::Bf16];
-
-    #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::F32 => "f32",
-            Self::F16 => "f16",
-            Self::Bf16 => "bf16",
-        }
-    }
-
-    #[must_use]
-    pub fn bytes(self) -> u64 {
-        match self {
-            Self::F32 => 4,
-            Self::F16 | Self::Bf16 => 2,
-        }
-    }
-
-    /// The name `PyTorch` / transformers use (`torch_dtype`).
-    #[must_use]
-    pub fn torch_name(self) -> &'static str {
-        match self {
-            Self::F32 => "float32",
-            Self::F16 => "float16",
-            Self::Bf16 => "bfloat16",
-        }
-    }
-
-    /// Tie-break order for the overall pick: wider first (f32, then bf16's wider range, then f16).
-    #[must_use]
-    pub fn width_rank(self) -> u8 {
-        match self {
-            Self::F32 => 3,
-            Self::Bf16 => 2,
-            Self::F16 => 1,
-        }
-    }
-
-    #[must_use]
-    pub fn candle(self) -> candle_core::DType {
-        match self {
-            Self::F32 => candle_core::DType::F32,
-            Self::F16 => candle_core::DType::F16,
-            Self::Bf16 => candle_core::DType::BF16,
-        }
-    }
-}
-
-impl fmt::Display for Precision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "f32" | "float32" | "fp32" => Ok(Self::F32),
-            "f16" | "float16" | "fp16" | "half" => Ok(Self::F16),
-            "bf16" | "bfloat16" => Ok(Self::Bf16),
-            other => Err(format!("unknown precision '{other}'; use f32, f16 or bf16")),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -178,8 +103,104 @@ impl fmt::Display for BatchRange {
     }
 }
 
+/// Where trials run. Travels in the plan, the journal header, the worker's load request and
+/// the results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Device {
+    /// Forward passes on the CPU, against a simulated capacity.
+    Cpu {
+        /// Threads the worker uses (the bytes held before a forward, and so b*, depend on it).
+        threads: usize,
+    },
+    /// An NVIDIA GPU through CUDA (needs a build with the `cuda` feature).
+    Cuda { index: usize },
+}
+
+impl Device {
+    /// Threads the worker runs with (CUDA trials are driven by one host thread).
+    #[must_use]
+    pub fn threads(self) -> usize {
+        match self {
+            Self::Cpu { threads } => threads,
+            Self::Cuda { .. } => 1,
+        }
+    }
+
+    /// `cpu` or `cuda:N`, as `--device` takes it.
+    #[must_use]
+    pub fn name(self) -> String {
+        match self {
+            Self::Cpu { .. } => "cpu".into(),
+            Self::Cuda { index } => format!("cuda:{index}"),
+        }
+    }
+
+    /// Whether this build can run trials on the device.
+    #[must_use]
+    pub fn available_in_this_build(self) -> bool {
+        match self {
+            Self::Cpu { .. } => true,
+            // The `cuda` build is its own issue; until it lands, no build runs CUDA trials.
+            Self::Cuda { .. } => false,
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu { threads } => write!(
+                f,
+                "cpu ({threads} thread{})",
+                if *threads == 1 { "" } else { "s" }
+            ),
+            Self::Cuda { index } => write!(f, "cuda:{index}"),
+        }
+    }
+}
+
+/// What `--device` names: the kind of device, without the CPU's thread count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    Cpu,
+    Cuda { index: usize },
+}
+
+impl DeviceKind {
+    /// The device, with `threads` for the CPU.
+    #[must_use]
+    pub fn with_threads(self, threads: usize) -> Device {
+        match self {
+            Self::Cpu => Device::Cpu { threads },
+            Self::Cuda { index } => Device::Cuda { index },
+        }
+    }
+}
+
+impl FromStr for DeviceKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim().to_ascii_lowercase();
+        if t == "cpu" {
+            return Ok(Self::Cpu);
+        }
+        let index = match t.as_str() {
+            "cuda" | "gpu" => Some(0),
+            _ => t
+                .strip_prefix("cuda:")
+                .or_else(|| t.strip_prefix("gpu:"))
+                .and_then(|n| n.parse().ok()),
+        };
+        index
+            .map(|index| Self::Cuda { index })
+            .ok_or_else(|| format!("unknown device '{s}'; use cpu or cuda:N (e.g. cuda:0)"))
+    }
+}
+
 /// Everything that defines a sweep. Recorded as the journal's first line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "legacy::PlanRepr")]
 pub struct SweepPlan {
     pub model: ModelRef,
     pub seqs: Vec<usize>,
@@ -189,12 +210,51 @@ pub struct SweepPlan {
     /// Fraction of the capacity kept free by the recommendation (0.1 = 10 %).
     pub headroom: f64,
     pub strategy: Strategy,
-    pub device: String,
-    /// Threads the worker uses (the baseline, and so b*, depends on it).
-    pub threads: usize,
+    pub device: Device,
+}
+
+/// The defaults both faces start from (one place). The command line asks for the model
+/// explicitly (a script should say what it measures); the window starts on bert-base-uncased.
+pub mod defaults {
+    use super::{BatchRange, Precision, Strategy};
+
+    pub const SEQ: usize = 128;
+    pub const DTYPES: [Precision; 1] = [Precision::F32];
+    pub const BATCH: BatchRange = BatchRange { min: 1, max: 256 };
+    /// 1 GiB: bert-base-uncased's boundary at seq 128 in f32 is then about 90, a sweep of a few
+    /// minutes on a laptop CPU. Size for a real GPU with `--capacity 11GiB` and the like.
+    pub const CAPACITY_BYTES: u64 = 1 << 30;
+    pub const HEADROOM: f64 = 0.1;
+    pub const STRATEGY: Strategy = Strategy::Auto;
+    /// The model the window starts with.
+    pub const WINDOW_MODEL: &str = "bert-base-uncased";
+
+    /// Every core (the worker runs niced, so the UI stays responsive).
+    #[must_use]
+    pub fn threads() -> usize {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    }
 }
 
 impl SweepPlan {
+    /// The default plan for `model`, whose longest sequence is `max_positions` (the default
+    /// sequence length is shortened to it).
+    #[must_use]
+    pub fn defaults(model: ModelRef, max_positions: usize) -> Self {
+        Self {
+            model,
+            seqs: vec![defaults::SEQ.min(max_positions.max(1))],
+            dtypes: defaults::DTYPES.to_vec(),
+            batch: defaults::BATCH,
+            capacity_bytes: defaults::CAPACITY_BYTES,
+            headroom: defaults::HEADROOM,
+            strategy: defaults::STRATEGY,
+            device: Device::Cpu {
+                threads: defaults::threads(),
+            },
+        }
+    }
+
     /// Curves in the order they are run: grouped by precision so one worker build serves each group.
     #[must_use]
     pub fn curves(&self) -> Vec<Curve> {
@@ -211,6 +271,321 @@ impl SweepPlan {
     #[must_use]
     pub fn headroom_limit_bytes(&self) -> u64 {
         (self.capacity_bytes as f64 * (1.0 - self.headroom)).floor() as u64
+    }
+
+    /// The fields in which `other` differs from this plan, each with both values in words.
+    #[must_use]
+    pub fn differences(&self, other: &Self) -> Vec<FieldDifference> {
+        let list = |v: &[usize]| {
+            v.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let dtypes = |v: &[Precision]| v.iter().map(|d| d.name()).collect::<Vec<_>>().join(",");
+        let pct = |h: f64| format!("{}%", (h * 1e5).round() / 1e3);
+        let mut out = Vec::new();
+        let mut diff = |field, ours: String, theirs: String| {
+            if ours != theirs {
+                out.push(FieldDifference {
+                    field,
+                    ours,
+                    theirs,
+                });
+            }
+        };
+        diff(
+            PlanField::Model,
+            self.model.to_string(),
+            other.model.to_string(),
+        );
+        diff(PlanField::Seq, list(&self.seqs), list(&other.seqs));
+        diff(
+            PlanField::Dtype,
+            dtypes(&self.dtypes),
+            dtypes(&other.dtypes),
+        );
+        diff(
+            PlanField::Batch,
+            self.batch.to_string(),
+            other.batch.to_string(),
+        );
+        diff(
+            PlanField::Capacity,
+            format!("{} B", self.capacity_bytes),
+            format!("{} B", other.capacity_bytes),
+        );
+        diff(PlanField::Headroom, pct(self.headroom), pct(other.headroom));
+        diff(
+            PlanField::Strategy,
+            self.strategy.to_string(),
+            other.strategy.to_string(),
+        );
+        diff(PlanField::Device, self.device.name(), other.device.name());
+        diff(
+            PlanField::Threads,
+            self.device.threads().to_string(),
+            other.device.threads().to_string(),
+        );
+        out
+    }
+}
+
+/// The fields of a plan, as data: errors name them, and each face words them for its own
+/// controls (`--capacity` on the command line, the Capacity field in the window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PlanField {
+    Model,
+    Seq,
+    Dtype,
+    Batch,
+    Capacity,
+    Headroom,
+    Strategy,
+    Device,
+    Threads,
+}
+
+/// One field in which two plans differ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldDifference {
+    pub field: PlanField,
+    /// The value in the first plan (e.g. the journal's).
+    pub ours: String,
+    /// The value in the second (e.g. what was given now).
+    pub theirs: String,
+}
+
+/// The one override path: the fields a face was given, laid over a base plan (the defaults for
+/// a new sweep, the journal's plan for a resume).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PlanOverrides {
+    pub model: Option<ModelRef>,
+    pub seqs: Option<Vec<usize>>,
+    pub dtypes: Option<Vec<Precision>>,
+    pub batch: Option<BatchRange>,
+    pub capacity_bytes: Option<u64>,
+    pub headroom: Option<f64>,
+    pub strategy: Option<Strategy>,
+    pub device: Option<DeviceKind>,
+    pub threads: Option<usize>,
+}
+
+impl PlanOverrides {
+    /// Whether no field was given.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// `base` with every given field replaced (lists keep their first occurrence of each value).
+    #[must_use]
+    pub fn over(&self, base: &SweepPlan) -> SweepPlan {
+        let threads = self.threads.unwrap_or_else(|| base.device.threads());
+        let device = match self.device {
+            Some(kind) => kind.with_threads(threads),
+            None => match base.device {
+                Device::Cpu { .. } => Device::Cpu { threads },
+                cuda @ Device::Cuda { .. } => cuda,
+            },
+        };
+        SweepPlan {
+            model: self.model.clone().unwrap_or_else(|| base.model.clone()),
+            seqs: self
+                .seqs
+                .as_deref()
+                .map_or_else(|| base.seqs.clone(), dedup),
+            dtypes: self
+                .dtypes
+                .as_deref()
+                .map_or_else(|| base.dtypes.clone(), dedup),
+            batch: self.batch.unwrap_or(base.batch),
+            capacity_bytes: self.capacity_bytes.unwrap_or(base.capacity_bytes),
+            headroom: self.headroom.unwrap_or(base.headroom),
+            strategy: self.strategy.unwrap_or(base.strategy),
+            device,
+        }
+    }
+}
+
+fn dedup<T: PartialEq + Copy>(v: &[T]) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(v.len());
+    for x in v {
+        if !out.contains(x) {
+            out.push(*x);
+        }
+    }
+    out
+}
+
+/// How a face names its controls, so an error can say what to change in words that fit it:
+/// `--capacity` on the command line, "Capacity" in the window.
+pub trait Face {
+    /// The control that sets `field`.
+    fn control(&self, field: PlanField) -> &'static str;
+    /// Where this face lists the bundled models.
+    fn model_list(&self) -> &'static str;
+}
+
+/// Plain nouns, for messages that no face has worded (logs, `Display`).
+pub struct PlainWords;
+
+impl Face for PlainWords {
+    fn control(&self, field: PlanField) -> &'static str {
+        match field {
+            PlanField::Model => "the model",
+            PlanField::Seq => "the sequence lengths",
+            PlanField::Dtype => "the precisions",
+            PlanField::Batch => "the batch range",
+            PlanField::Capacity => "the capacity",
+            PlanField::Headroom => "the headroom",
+            PlanField::Strategy => "the strategy",
+            PlanField::Device => "the device",
+            PlanField::Threads => "the thread count",
+        }
+    }
+    fn model_list(&self) -> &'static str {
+        "the bundled models"
+    }
+}
+
+/// What is wrong with a plan, as data. Faces word the fix for their own controls.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlanProblem {
+    /// The field is required and was not given (the model, at least one seq or precision).
+    Missing,
+    /// The text given for the field does not parse; the message says what was expected.
+    Unparsable(String),
+    ZeroSeq,
+    SeqAboveMax {
+        seq: usize,
+        max: usize,
+        model: String,
+        /// Where the config came from (file or bundled id).
+        origin: String,
+    },
+    ZeroCapacity,
+    /// The weights alone do not fit under the capacity.
+    WeightsAboveCapacity {
+        dtype: Precision,
+        weights_bytes: u64,
+        capacity_bytes: u64,
+        model: String,
+    },
+    /// candle 0.11 cannot run this family in this precision.
+    DtypeUnsupported {
+        dtype: Precision,
+        family: String,
+        model: String,
+    },
+    ZeroThreads,
+    /// The device is not compiled into this build (CUDA without the `cuda` feature).
+    DeviceNotBuilt {
+        device: Device,
+    },
+}
+
+impl PlanProblem {
+    /// One sentence, naming the face's control for the field.
+    #[must_use]
+    pub fn describe(&self, field: PlanField, face: &dyn Face) -> String {
+        let control = |f| face.control(f);
+        let here = control(field);
+        match self {
+            Self::Missing => match field {
+                PlanField::Dtype => format!("no precision chosen; choose at least one in {here}"),
+                PlanField::Seq => {
+                    format!("no sequence length given; give at least one in {here}, e.g. 128")
+                }
+                _ => format!("{here} is required"),
+            },
+            Self::Unparsable(message) => format!("{here}: {message}"),
+            Self::ZeroSeq => {
+                format!("sequence length 0 is not allowed; use lengths of at least 1 in {here}")
+            }
+            Self::SeqAboveMax {
+                seq,
+                max,
+                model,
+                origin,
+            } => format!(
+                "sequence length {seq} is above {model}'s maximum of {max} positions (max_position_embeddings in {origin}); choose {max} or less in {here}"
+            ),
+            Self::ZeroCapacity => format!("{here} must be more than 0 bytes, e.g. 8GiB"),
+            Self::WeightsAboveCapacity {
+                dtype,
+                weights_bytes,
+                capacity_bytes,
+                model,
+            } => format!(
+                "the {dtype} weights of {model} alone need {}, but the capacity is {}; raise {here} above {} or remove {dtype} from {}",
+                human_bytes(*weights_bytes),
+                human_bytes(*capacity_bytes),
+                human_bytes(*weights_bytes),
+                control(PlanField::Dtype)
+            ),
+            Self::DtypeUnsupported {
+                dtype,
+                family,
+                model,
+            } => format!(
+                "{model} is a {family} model, which candle 0.11 runs only in f32 (its attention mixes f32 scores with {dtype} values); remove {dtype} from {here}"
+            ),
+            Self::ZeroThreads => format!("{here} must be at least 1"),
+            Self::DeviceNotBuilt { device } => format!(
+                "{} needs CUDA, which this build of oomlab does not include (no CUDA build exists yet); choose cpu in {here}",
+                device.name()
+            ),
+        }
+    }
+}
+
+mod legacy {
+    //! Journals written before the device was typed said `"device": "cpu", "threads": N`.
+    use super::{BatchRange, Device, ModelRef, Precision, Strategy, SweepPlan};
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum DeviceRepr {
+        Typed(Device),
+        Name(String),
+    }
+
+    #[derive(Deserialize)]
+    pub struct PlanRepr {
+        model: ModelRef,
+        seqs: Vec<usize>,
+        dtypes: Vec<Precision>,
+        batch: BatchRange,
+        capacity_bytes: u64,
+        headroom: f64,
+        strategy: Strategy,
+        device: DeviceRepr,
+        threads: Option<usize>,
+    }
+
+    impl TryFrom<PlanRepr> for SweepPlan {
+        type Error = String;
+        fn try_from(p: PlanRepr) -> Result<Self, String> {
+            let device = match p.device {
+                DeviceRepr::Typed(d) => d,
+                DeviceRepr::Name(n) if n == "cpu" => Device::Cpu {
+                    threads: p.threads.unwrap_or(1),
+                },
+                DeviceRepr::Name(n) => return Err(format!("unknown device '{n}'")),
+            };
+            Ok(Self {
+                model: p.model,
+                seqs: p.seqs,
+                dtypes: p.dtypes,
+                batch: p.batch,
+                capacity_bytes: p.capacity_bytes,
+                headroom: p.headroom,
+                strategy: p.strategy,
+                device,
+            })
+        }
     }
 }
 

@@ -4,7 +4,10 @@
 
 use crate::catalog::{CatalogError, ModelSpec};
 use crate::models;
-use crate::plan::{Curve, Precision, SweepPlan, human_bytes};
+use crate::plan::{
+    Curve, Face, FieldDifference, PlainWords, PlanField, PlanOverrides, PlanProblem, Precision,
+    SweepPlan,
+};
 use crate::report::{
     self, CurvePhase, Failure, Header, Journal, JournalContents, JournalError, JournalLine,
     Outcome, Purpose, Results, TrialRecord, WorkerInfo,
@@ -29,11 +32,12 @@ pub enum SweepEvent {
         dtype: Precision,
         reason: String,
     },
+    /// The worker has begun the measured forward of this trial.
     TrialStarted {
         curve: Curve,
         batch: usize,
         purpose: Purpose,
-        worker_pid: Option<u32>,
+        worker_pid: u32,
     },
     TrialFinished(TrialRecord),
     CurveDone {
@@ -46,15 +50,92 @@ pub enum SweepEvent {
     },
 }
 
-/// Problems found before any trial runs: usage errors (exit code 2 on the command line).
+/// Problems found before any trial runs: usage errors (exit code 2 on the command line). Data,
+/// not text: each face words the fix for its own controls with [`PlanError::describe`].
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    #[error(transparent)]
+    /// The model cannot be resolved (unknown id, unreadable or malformed config, checkpoint that
+    /// does not match it).
+    #[error("{}", self.describe(&PlainWords))]
     Model(#[from] CatalogError),
-    #[error("{0}")]
-    Invalid(String),
+    /// A field of the plan is missing or wrong.
+    #[error("{}", self.describe(&PlainWords))]
+    Invalid {
+        field: PlanField,
+        problem: PlanProblem,
+    },
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// Fields given with a resume contradict the journal's plan.
+    #[error("{}", self.describe(&PlainWords))]
+    Contradicts {
+        journal: PathBuf,
+        differences: Vec<FieldDifference>,
+    },
+    /// The model's config changed since the journal was written.
+    #[error("{}", self.describe(&PlainWords))]
+    ConfigChanged { origin: String, journal: PathBuf },
+}
+
+impl PlanError {
+    fn invalid(field: PlanField, problem: PlanProblem) -> Self {
+        Self::Invalid { field, problem }
+    }
+
+    /// The field at fault, when one is.
+    #[must_use]
+    pub fn field(&self) -> Option<PlanField> {
+        match self {
+            Self::Model(_) | Self::ConfigChanged { .. } => Some(PlanField::Model),
+            Self::Invalid { field, .. } => Some(*field),
+            Self::Contradicts { differences, .. } => differences.first().map(|d| d.field),
+            Self::Journal(_) => None,
+        }
+    }
+
+    /// One sentence naming what is wrong and the fix, in `face`'s words.
+    #[must_use]
+    pub fn describe(&self, face: &dyn Face) -> String {
+        match self {
+            Self::Model(CatalogError::Unknown { name }) if name.is_empty() => format!(
+                "no model given; choose one with {} ({} lists them), a config.json or a model folder",
+                face.control(PlanField::Model),
+                face.model_list()
+            ),
+            Self::Model(e @ CatalogError::Unknown { .. }) => {
+                format!("{e}; {} lists the bundled ones", face.model_list())
+            }
+            Self::Model(e) => e.to_string(),
+            Self::Invalid { field, problem } => problem.describe(*field, face),
+            Self::Journal(e) => e.to_string(),
+            Self::Contradicts {
+                journal,
+                differences,
+            } => format!(
+                "{} contradicts the journal being resumed ({}); resume it without them to continue as planned, or start a new sweep",
+                differences
+                    .iter()
+                    .map(|d| face.control(d.field))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                differences
+                    .iter()
+                    .map(|d| format!(
+                        "{}: {} in {}, {} given",
+                        face.control(d.field),
+                        d.ours,
+                        journal.display(),
+                        d.theirs
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            Self::ConfigChanged { origin, journal } => format!(
+                "the model config ({origin}) changed since {} was written; its results would not match — start a new sweep",
+                journal.display()
+            ),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,65 +144,105 @@ pub enum SweepError {
     Journal(#[from] JournalError),
 }
 
-/// Checks a plan against its model before anything runs. Returns the resolved model.
+/// Resolves the plan's model and checks the plan against it. Returns the resolved model.
 pub fn validate(plan: &SweepPlan) -> Result<ModelSpec, PlanError> {
+    check_device(plan)?;
     let spec = ModelSpec::resolve(&plan.model)?;
-    if plan.seqs.is_empty() {
-        return Err(PlanError::Invalid(
-            "no sequence length given; pass --seq, e.g. --seq 128,512".into(),
+    check(plan, &spec)?;
+    Ok(spec)
+}
+
+fn check_device(plan: &SweepPlan) -> Result<(), PlanError> {
+    if !plan.device.available_in_this_build() {
+        return Err(PlanError::invalid(
+            PlanField::Device,
+            PlanProblem::DeviceNotBuilt {
+                device: plan.device,
+            },
         ));
+    }
+    if plan.device.threads() == 0 {
+        return Err(PlanError::invalid(
+            PlanField::Threads,
+            PlanProblem::ZeroThreads,
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a plan against its resolved model: every usage error before any trial runs.
+pub fn check(plan: &SweepPlan, spec: &ModelSpec) -> Result<(), PlanError> {
+    use PlanProblem as P;
+    check_device(plan)?;
+    if plan.seqs.is_empty() {
+        return Err(PlanError::invalid(PlanField::Seq, P::Missing));
     }
     if plan.dtypes.is_empty() {
-        return Err(PlanError::Invalid(
-            "no precision given; pass --dtype, e.g. --dtype f32,f16".into(),
-        ));
+        return Err(PlanError::invalid(PlanField::Dtype, P::Missing));
     }
-    for &s in &plan.seqs {
-        if s == 0 {
-            return Err(PlanError::Invalid(
-                "sequence length 0 is not allowed; use at least 1".into(),
-            ));
+    for &seq in &plan.seqs {
+        if seq == 0 {
+            return Err(PlanError::invalid(PlanField::Seq, P::ZeroSeq));
         }
-        if s > spec.dims.max_positions {
-            return Err(PlanError::Invalid(format!(
-                "--seq {s} is above {}'s maximum of {} positions (max_position_embeddings in {}); choose --seq {} or less",
-                spec.name, spec.dims.max_positions, spec.origin, spec.dims.max_positions
-            )));
+        if seq > spec.dims.max_positions {
+            return Err(PlanError::invalid(
+                PlanField::Seq,
+                P::SeqAboveMax {
+                    seq,
+                    max: spec.dims.max_positions,
+                    model: spec.name.clone(),
+                    origin: spec.origin.clone(),
+                },
+            ));
         }
     }
     if plan.capacity_bytes == 0 {
-        return Err(PlanError::Invalid(
-            "--capacity must be more than 0 bytes, e.g. --capacity 8GiB".into(),
-        ));
+        return Err(PlanError::invalid(PlanField::Capacity, P::ZeroCapacity));
     }
-    for &d in &plan.dtypes {
-        if !spec.family.supports(d) {
-            return Err(PlanError::Invalid(format!(
-                "{} is a {} model, which candle 0.11 runs only in f32 (its attention mixes f32 scores with {d} values); drop {d} from --dtype",
-                spec.name, spec.family
-            )));
+    for &dtype in &plan.dtypes {
+        if !spec.family.supports(dtype) {
+            return Err(PlanError::invalid(
+                PlanField::Dtype,
+                P::DtypeUnsupported {
+                    dtype,
+                    family: spec.family.to_string(),
+                    model: spec.name.clone(),
+                },
+            ));
         }
-        let need = models::weights_bytes(&spec, d.candle());
-        if need >= plan.capacity_bytes {
-            return Err(PlanError::Invalid(format!(
-                "the {d} weights of {} alone need {}, but --capacity is {}; raise --capacity above {} or drop {d}",
-                spec.name,
-                human_bytes(need),
-                human_bytes(plan.capacity_bytes),
-                human_bytes(need)
-            )));
+        let weights_bytes = models::weights_bytes(spec, dtype.candle());
+        if weights_bytes >= plan.capacity_bytes {
+            return Err(PlanError::invalid(
+                PlanField::Capacity,
+                P::WeightsAboveCapacity {
+                    dtype,
+                    weights_bytes,
+                    capacity_bytes: plan.capacity_bytes,
+                    model: spec.name.clone(),
+                },
+            ));
         }
     }
-    if plan.threads == 0 {
-        return Err(PlanError::Invalid("--threads must be at least 1".into()));
-    }
-    if plan.device != "cpu" {
-        return Err(PlanError::Invalid(format!(
-            "device '{}' is not available in this build; use --device cpu",
-            plan.device
-        )));
-    }
-    Ok(spec)
+    Ok(())
+}
+
+/// A new plan: the given fields over the defaults, checked against its model. The model is the
+/// one field without a default.
+pub fn plan_from(given: &PlanOverrides) -> Result<(SweepPlan, ModelSpec), PlanError> {
+    let model = given.model.clone().ok_or(CatalogError::Unknown {
+        name: String::new(),
+    })?;
+    let spec = ModelSpec::resolve(&model)?;
+    let plan = plan_for(given, &spec)?;
+    Ok((plan, spec))
+}
+
+/// The given fields over the defaults for an already resolved model, checked against it.
+pub fn plan_for(given: &PlanOverrides, spec: &ModelSpec) -> Result<SweepPlan, PlanError> {
+    let base = SweepPlan::defaults(spec.reference.clone(), spec.dims.max_positions);
+    let plan = given.over(&base);
+    check(&plan, spec)?;
+    Ok(plan)
 }
 
 #[must_use]
@@ -163,43 +284,6 @@ pub fn default_journal_path(model_name: &str) -> PathBuf {
         .join(format!("{safe}-{stamp}.jsonl"))
 }
 
-/// Compares a resumed journal's plan with the arguments given now; names the first difference.
-pub fn check_resume_args(journal_plan: &SweepPlan, given: &SweepPlan) -> Result<(), PlanError> {
-    let mut diffs = Vec::new();
-    if journal_plan.model != given.model {
-        diffs.push(format!("model ({} vs {})", journal_plan.model, given.model));
-    }
-    if journal_plan.seqs != given.seqs {
-        diffs.push(format!("seq ({:?} vs {:?})", journal_plan.seqs, given.seqs));
-    }
-    if journal_plan.dtypes != given.dtypes {
-        diffs.push("dtype".into());
-    }
-    if journal_plan.batch != given.batch {
-        diffs.push(format!("batch ({} vs {})", journal_plan.batch, given.batch));
-    }
-    if journal_plan.capacity_bytes != given.capacity_bytes {
-        diffs.push("capacity".into());
-    }
-    if (journal_plan.headroom - given.headroom).abs() > 1e-12 {
-        diffs.push("headroom".into());
-    }
-    if journal_plan.strategy != given.strategy {
-        diffs.push("strategy".into());
-    }
-    if journal_plan.threads != given.threads {
-        diffs.push("threads".into());
-    }
-    if diffs.is_empty() {
-        Ok(())
-    } else {
-        Err(PlanError::Invalid(format!(
-            "the arguments contradict the journal being resumed ({}); pass --resume alone to continue it as planned, or start a new sweep",
-            diffs.join(", ")
-        )))
-    }
-}
-
 /// A sweep ready to run: a fresh journal or a resumed one.
 pub struct Sweep {
     pub plan: SweepPlan,
@@ -209,20 +293,22 @@ pub struct Sweep {
 }
 
 impl Sweep {
-    /// Validates the plan and creates its journal.
+    /// Validates the plan (resolving its model) and creates its journal.
     pub fn new(plan: SweepPlan, journal_path: &Path) -> Result<Self, PlanError> {
-        Self::create(plan, |_| journal_path.to_path_buf())
+        let spec = validate(&plan)?;
+        Self::with_spec(plan, spec, journal_path)
     }
 
-    /// Validates the plan (resolving its model once) and creates the journal at the path
-    /// `choose_journal` picks for the resolved model (e.g. a default named after it).
-    pub fn create(
+    /// Creates the journal of a plan whose model is already resolved (and checks the plan
+    /// against it).
+    pub fn with_spec(
         plan: SweepPlan,
-        choose_journal: impl FnOnce(&ModelSpec) -> PathBuf,
+        spec: ModelSpec,
+        journal_path: &Path,
     ) -> Result<Self, PlanError> {
-        let spec = validate(&plan)?;
+        check(&plan, &spec)?;
         let header = header_for(&plan, &spec);
-        let journal = Journal::create(&choose_journal(&spec), &header)?;
+        let journal = Journal::create(journal_path, &header)?;
         Ok(Self {
             plan,
             spec,
@@ -232,26 +318,29 @@ impl Sweep {
                 workers: Vec::new(),
                 trials: Vec::new(),
                 load_failures: Vec::new(),
-                ended: false,
                 torn_tail: false,
             },
         })
     }
 
-    /// Reopens a journal to continue it. `given` (arguments passed with `--resume`) must agree.
-    pub fn resume(journal_path: &Path, given: Option<&SweepPlan>) -> Result<Self, PlanError> {
+    /// Reopens a journal to continue it. Fields `given` now are laid over the journal's plan and
+    /// must not change it.
+    pub fn resume(journal_path: &Path, given: &PlanOverrides) -> Result<Self, PlanError> {
         let (journal, mut contents) = Journal::reopen(journal_path)?;
         let plan = contents.header.plan.clone();
-        if let Some(g) = given {
-            check_resume_args(&plan, g)?;
+        let differences = plan.differences(&given.over(&plan));
+        if !differences.is_empty() {
+            return Err(PlanError::Contradicts {
+                journal: journal_path.to_path_buf(),
+                differences,
+            });
         }
         let spec = validate(&plan)?;
         if spec.config_hash() != contents.header.config_hash {
-            return Err(PlanError::Invalid(format!(
-                "the model config ({}) changed since {} was written; its results would not match — start a new sweep",
-                spec.origin,
-                journal_path.display()
-            )));
+            return Err(PlanError::ConfigChanged {
+                origin: spec.origin,
+                journal: journal_path.to_path_buf(),
+            });
         }
         // Load failures are retried on resume; trials stay.
         contents.load_failures.clear();
@@ -263,16 +352,6 @@ impl Sweep {
         })
     }
 
-    #[must_use]
-    pub fn journal_path(&self) -> &Path {
-        self.journal.path()
-    }
-
-    #[must_use]
-    pub fn finished_trials(&self) -> usize {
-        self.contents.trials.len()
-    }
-
     fn record(&mut self, line: JournalLine) -> Result<(), SweepError> {
         self.journal.append(&line)?;
         match line {
@@ -281,8 +360,7 @@ impl Sweep {
             JournalLine::LoadFailed { dtype, reason } => {
                 self.contents.load_failures.push((dtype, reason));
             }
-            JournalLine::End { .. } => self.contents.ended = true,
-            JournalLine::Plan(_) => {}
+            JournalLine::End { .. } | JournalLine::Plan(_) => {}
         }
         Ok(())
     }
@@ -311,9 +389,7 @@ impl Sweep {
         cancel: &Arc<AtomicBool>,
         sink: &mut dyn FnMut(SweepEvent),
     ) -> Result<Results, SweepError> {
-        let mut worker = worker.clone();
-        worker.threads = self.plan.threads;
-        let mut sup = Supervisor::new(worker);
+        let mut sup = Supervisor::new(worker.clone());
         sink(SweepEvent::Started {
             journal: self.journal.path().to_path_buf(),
             plan: self.plan.clone(),
@@ -341,6 +417,7 @@ impl Sweep {
                     &self.plan.model,
                     curve.dtype,
                     self.plan.capacity_bytes,
+                    self.plan.device,
                     cancel,
                 ) {
                     Ok(r) => r,
@@ -373,14 +450,15 @@ impl Sweep {
                     self.record(JournalLine::Worker(info.clone()))?;
                     sink(SweepEvent::WorkerReady(info));
                 }
-                sink(SweepEvent::TrialStarted {
-                    curve,
-                    batch,
-                    purpose,
-                    worker_pid: sup.pid(),
-                });
                 let pid = sup.pid();
-                let (result, wall) = sup.trial(batch, curve.seq, cancel);
+                let (result, wall) = sup.trial(batch, curve.seq, cancel, &mut |worker_pid| {
+                    sink(SweepEvent::TrialStarted {
+                        curve,
+                        batch,
+                        purpose,
+                        worker_pid,
+                    });
+                });
                 let rec = self.trial_record(curve, batch, purpose, result, wall, pid);
                 let was_cancel = rec.failure == Some(Failure::Cancelled);
                 self.record(JournalLine::Trial(rec.clone()))?;

@@ -35,8 +35,8 @@ impl Family {
     /// `DistilBERT`'s attention upcasts its scores to f32 and then multiplies them with values in
     /// the run dtype, which fails for f16/bf16.
     #[must_use]
-    pub fn supports(self, p: crate::plan::Precision) -> bool {
-        self != Self::DistilBert || p == crate::plan::Precision::F32
+    pub fn supports(self, p: crate::precision::Precision) -> bool {
+        self != Self::DistilBert || p == crate::precision::Precision::F32
     }
 
     /// What one measured forward computes.

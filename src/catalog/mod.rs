@@ -124,7 +124,7 @@ impl fmt::Display for ModelRef {
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error(
-        "unknown model '{name}': it is neither a bundled model id (run `oomlab models` for the list) nor an existing config.json file or model folder"
+        "unknown model '{name}': it is neither a bundled model id nor an existing config.json file or model folder"
     )]
     Unknown { name: String },
     #[error("cannot read {}: {source}; check the path and its permissions", path.display())]
@@ -357,7 +357,7 @@ mod tests {
             "{e}"
         );
         let e = ModelRef::parse("no-such-model").unwrap_err().to_string();
-        assert!(e.contains("oomlab models"), "{e}");
+        assert!(e.contains("neither a bundled model id"), "{e}");
     }
 
     #[test]

@@ -6,8 +6,8 @@ use crate::report::{Outcome, Results, TrialRecord};
 use eframe::egui;
 use egui::Color32;
 use egui_plot::{
-    Corner, GridMark, HLine, HoverPosition, Legend, Line, LineStyle, MarkerShape, Plot, PlotPoint,
-    Points, Text, VLine,
+    Corner, GridInput, GridMark, HLine, HoverPosition, Legend, Line, LineStyle, MarkerShape, Plot,
+    PlotPoint, Points, Text, VLine,
 };
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -129,7 +129,8 @@ pub fn plot_ui(ui: &mut egui::Ui, r: &Results) -> egui::Rect {
         .legend(Legend::default().position(Corner::RightBottom))
         .x_axis_label("batch size")
         .y_axis_label("memory held during the forward")
-        .y_axis_formatter(|m: GridMark, _| human_bytes(m.value.max(0.0) as u64))
+        .y_grid_spacer(binary_grid_spacer)
+        .y_axis_formatter(|m: GridMark, _| tick_label(m.value.max(0.0) as u64))
         .x_axis_formatter(|m: GridMark, _| format!("{:.0}", m.value))
         .label_formatter(formatter)
         .include_x(0.0)
@@ -189,4 +190,84 @@ pub fn plot_ui(ui: &mut egui::Ui, r: &Results) -> egui::Rect {
             }
         });
     resp.response.rect
+}
+
+/// Grid marks on the memory axis at multiples of powers of two (64 MiB, 128 MiB, 1 GiB …), in
+/// three sizes like `egui_plot`'s default spacer, so tick labels read as round binary sizes.
+#[allow(clippy::needless_pass_by_value)] // the signature `Plot::y_grid_spacer` takes
+fn binary_grid_spacer(input: GridInput) -> Vec<GridMark> {
+    let (lo, hi) = input.bounds;
+    if lo.is_nan() || hi.is_nan() || hi <= lo || input.base_step_size <= 0.0 {
+        return Vec::new();
+    }
+    // The smallest power of two at or above the suggested step; marks are counted in it.
+    let small = 2f64.powi(input.base_step_size.log2().ceil().clamp(0.0, 62.0) as i32);
+    let (first, last) = ((lo / small).ceil() as i64, (hi / small).floor() as i64);
+    if last - first > 10_000 {
+        return Vec::new();
+    }
+    (first..=last)
+        .map(|k| {
+            // The largest of the three steps (1, 4, 16 small ones) this mark is a multiple of.
+            let times = [16, 4, 1].into_iter().find(|t| k % t == 0).unwrap_or(1);
+            GridMark {
+                value: k as f64 * small,
+                step_size: times as f64 * small,
+            }
+        })
+        .collect()
+}
+
+/// A tick label: `64 MiB`, `1 GiB`, `1.5 GiB`, `1040 MiB` — the largest unit in which the value
+/// is a whole number or a quarter, without trailing zeros.
+#[must_use]
+pub fn tick_label(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    for (size, unit) in UNITS {
+        let quarters = bytes as f64 * 4.0 / size as f64;
+        if bytes >= size && quarters.fract() == 0.0 {
+            let text = format!("{:.2}", quarters / 4.0);
+            let text = text.trim_end_matches('0').trim_end_matches('.');
+            return format!("{text} {unit}");
+        }
+    }
+    format!("{bytes} B")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_ticks_are_round_binary_sizes() {
+        assert_eq!(tick_label(64 << 20), "64 MiB");
+        assert_eq!(tick_label(1 << 30), "1 GiB");
+        assert_eq!(tick_label(3 << 29), "1.5 GiB");
+        assert_eq!(tick_label(0), "0 B");
+        assert_eq!(tick_label((1 << 30) + (16 << 20)), "1040 MiB");
+        assert_eq!(tick_label(1_000_000_000), "976562.5 KiB");
+        // A 1 GiB capacity axis on a plot a few hundred points tall.
+        let marks = binary_grid_spacer(GridInput {
+            bounds: (0.0, 1.2 * f64::from(1u32 << 30)),
+            base_step_size: 9.0e6,
+        });
+        assert!(!marks.is_empty());
+        for m in &marks {
+            assert!((m.value / m.step_size).fract().abs() < 1e-12, "{m:?}");
+            assert_eq!((m.step_size as u64).count_ones(), 1, "{m:?}");
+            let label = tick_label(m.value as u64);
+            let number = label.split(' ').next().unwrap();
+            assert!(
+                !number.contains('.') || [".25", ".5", ".75"].iter().any(|q| number.ends_with(q)),
+                "{label}"
+            );
+        }
+        let labels: Vec<String> = marks
+            .iter()
+            .filter(|m| m.step_size >= 256.0 * f64::from(1u32 << 20))
+            .map(|m| tick_label(m.value as u64))
+            .collect();
+        assert!(labels.contains(&"256 MiB".to_string()), "{labels:?}");
+        assert!(labels.contains(&"1 GiB".to_string()), "{labels:?}");
+    }
 }

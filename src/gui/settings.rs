@@ -1,6 +1,6 @@
 //! The small persisted settings struct (eframe storage). Runtime handles live beside it.
 
-use crate::plan::Strategy;
+use crate::plan::{Precision, Strategy, SweepPlan, defaults};
 use eframe::egui;
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +22,7 @@ impl ThemeChoice {
     }
 }
 
+/// What the experiment panel edits, as typed (text fields keep what the person wrote).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Settings {
@@ -40,57 +41,47 @@ pub struct Settings {
 }
 
 impl Default for Settings {
+    /// The plan defaults (one place: [`crate::plan::defaults`]) on the window's starting model.
     fn default() -> Self {
-        Self {
-            model: "bert-base-uncased".into(),
-            seqs: "128, 512".into(),
-            f32: true,
-            f16: true,
+        let model = crate::catalog::ModelRef::Catalog(defaults::WINDOW_MODEL.into());
+        let mut s = Self {
+            model: String::new(),
+            seqs: String::new(),
+            f32: false,
+            f16: false,
             bf16: false,
-            batch: "1..256".into(),
-            capacity: "1GiB".into(),
-            headroom: "10%".into(),
-            strategy: Strategy::Auto,
+            batch: String::new(),
+            capacity: String::new(),
+            headroom: String::new(),
+            strategy: Strategy::default(),
             theme: ThemeChoice::System,
-            threads: crate::worker::default_threads(),
-        }
+            threads: 1,
+        };
+        s.apply_plan(&SweepPlan::defaults(model, usize::MAX));
+        s
     }
 }
 
 impl Settings {
-    /// Takes the experiment of reopened results, so Run repeats (or extends) it.
-    pub fn load_from(&mut self, r: &crate::report::Results) {
-        self.model = r.model_ref.to_string();
-        let mut seqs: Vec<usize> = Vec::new();
-        let mut dtypes = Vec::new();
-        for b in &r.boundaries {
-            if !seqs.contains(&b.seq) {
-                seqs.push(b.seq);
-            }
-            if !dtypes.contains(&b.dtype) {
-                dtypes.push(b.dtype);
-            }
-        }
-        self.seqs = seqs
+    /// Takes every field of `plan` (a reopened sweep's, or the defaults), so Run repeats it.
+    pub fn apply_plan(&mut self, plan: &SweepPlan) {
+        self.model = plan.model.to_string();
+        self.seqs = plan
+            .seqs
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(", ");
-        self.f32 = dtypes.contains(&crate::plan::Precision::F32);
-        self.f16 = dtypes.contains(&crate::plan::Precision::F16);
-        self.bf16 = dtypes.contains(&crate::plan::Precision::Bf16);
-        self.batch = format!("{}..{}", r.batch_range[0], r.batch_range[1]);
-        self.capacity = bytesize::ByteSize::b(r.capacity_bytes)
-            .display()
-            .iec()
-            .to_string();
-        if crate::plan::parse_bytes(&self.capacity) != Ok(r.capacity_bytes) {
-            self.capacity = r.capacity_bytes.to_string();
+        self.f32 = plan.dtypes.contains(&Precision::F32);
+        self.f16 = plan.dtypes.contains(&Precision::F16);
+        self.bf16 = plan.dtypes.contains(&Precision::Bf16);
+        self.batch = plan.batch.to_string();
+        self.capacity = crate::plan::human_bytes(plan.capacity_bytes).replace(".0 ", " ");
+        if crate::plan::parse_bytes(&self.capacity) != Ok(plan.capacity_bytes) {
+            self.capacity = plan.capacity_bytes.to_string();
         }
-        self.headroom = format!("{}%", (r.headroom * 100.0 * 1000.0).round() / 1000.0);
-        self.strategy = r.strategy;
-        if let Some(t) = r.threads {
-            self.threads = t;
-        }
+        self.headroom = format!("{}%", (plan.headroom * 100.0 * 1000.0).round() / 1000.0);
+        self.strategy = plan.strategy;
+        self.threads = plan.device.threads();
     }
 }

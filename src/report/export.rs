@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("{} already exists; pass --force to overwrite it or choose another file name", path.display())]
+    #[error("{} already exists; choose another file name or allow overwriting it", path.display())]
     Exists { path: PathBuf },
     #[error("cannot write {}: {source}; choose a folder you can write to", path.display())]
     Write {
@@ -18,7 +18,7 @@ pub enum ExportError {
     #[error("{}: unknown export format '{ext}'; use a .toml, .json or .csv file name", path.display())]
     Format { path: PathBuf, ext: String },
     #[error(
-        "no configuration fits under the headroom limit, so there is nothing to recommend; raise --capacity, lower --headroom, or try shorter sequences"
+        "no configuration fits under the headroom limit, so there is nothing to recommend; raise the capacity, lower the headroom, or try shorter sequences"
     )]
     NoPick,
     #[error("encoding {what}: {message}")]
@@ -80,7 +80,7 @@ struct OomlabSection<'a> {
     capacity_bytes: u64,
     headroom: f64,
     limit_bytes: u64,
-    device: &'a str,
+    device: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     threads: Option<usize>,
     strategy: &'a str,
@@ -128,7 +128,7 @@ pub fn recommendation_text(results: &Results, ext: &str) -> Result<String, Expor
             capacity_bytes: results.capacity_bytes,
             headroom: results.headroom,
             limit_bytes: results.recommendation.limit_bytes,
-            device: &results.device,
+            device: results.device.name(),
             threads: results.threads,
             strategy: results.strategy.name(),
             measured: MEASURED,

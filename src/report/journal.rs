@@ -7,19 +7,19 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("cannot write the journal {}: {source}; choose a writable path with --journal", path.display())]
+    #[error("cannot write the journal {}: {source}; choose a folder you can write to", path.display())]
     Write {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot read the journal {}: {source}; check the path given to --resume", path.display())]
+    #[error("cannot read the journal {}: {source}; check the path", path.display())]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{} already exists; pass --resume {} to continue it, or choose another --journal path", path.display(), path.display())]
+    #[error("the journal {} already exists; resume it, or choose another journal path", path.display())]
     Exists { path: PathBuf },
-    #[error("{} is not an oomlab journal: {message}", path.display())]
+    #[error("{} is not an oomlab journal or results file ({message}); open the journal .jsonl or the results .json of an oomlab sweep", path.display())]
     NotJournal { path: PathBuf, message: String },
     #[error("{} line {line} is damaged ({message}); only the last line may be torn — restore the file or start a new sweep", path.display())]
     Damaged {
@@ -36,7 +36,6 @@ pub struct JournalContents {
     pub workers: Vec<WorkerInfo>,
     pub trials: Vec<TrialRecord>,
     pub load_failures: Vec<(crate::plan::Precision, String)>,
-    pub ended: bool,
     /// Whether a torn last line was dropped.
     pub torn_tail: bool,
 }
@@ -145,7 +144,6 @@ pub fn parse(path: &Path, text: &str) -> Result<JournalContents, JournalError> {
     let mut workers = Vec::new();
     let mut trials = Vec::new();
     let mut load_failures = Vec::new();
-    let mut ended = false;
     let mut torn_tail = false;
     let last_nonempty = lines.iter().rposition(|l| !l.trim().is_empty());
     for (i, line) in lines.iter().enumerate() {
@@ -195,7 +193,7 @@ pub fn parse(path: &Path, text: &str) -> Result<JournalContents, JournalError> {
             JournalLine::Worker(w) => workers.push(w),
             JournalLine::Trial(t) => trials.push(t),
             JournalLine::LoadFailed { dtype, reason } => load_failures.push((dtype, reason)),
-            JournalLine::End { .. } => ended = true,
+            JournalLine::End { .. } => {}
         }
     }
     let header = header.ok_or_else(|| JournalError::NotJournal {
@@ -207,7 +205,6 @@ pub fn parse(path: &Path, text: &str) -> Result<JournalContents, JournalError> {
         workers,
         trials,
         load_failures,
-        ended,
         torn_tail,
     })
 }

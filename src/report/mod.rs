@@ -13,18 +13,23 @@ pub use journal::{
 };
 pub use records::{
     BoundaryRecord, CurvePick, CurveRecommendation, Failure, Header, JournalLine, Outcome,
-    PICK_RULE, Purpose, Recommendation, Results, TrialRecord, WorkerInfo,
+    PICK_RULE, Purpose, Recommendation, Results, Stop, TrialRecord, WorkerInfo,
 };
-pub use summary::{CurvePhase, curve_phase, summarize};
+pub use summary::{CurvePhase, curve_phase, summarize, trial_cap};
 
-/// Opens a results file (`--json` output) or a journal, whichever `path` is.
-pub fn open_results(path: &std::path::Path) -> Result<Results, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}; check the path", path.display()))?;
+/// Reads back a results file (`--json`) or a journal, whichever `path` is; for a journal, its
+/// contents too (a sweep shown from them can be resumed).
+pub fn read_results(
+    path: &std::path::Path,
+) -> Result<(Option<JournalContents>, Results), JournalError> {
+    let text = std::fs::read_to_string(path).map_err(|source| JournalError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if let Ok(r) = serde_json::from_str::<Results>(&text) {
-        return Ok(r);
+        return Ok((None, r));
     }
-    parse_journal(path, &text)
-        .map(|c| summarize(&c))
-        .map_err(|e| format!("{e} (expected an oomlab journal .jsonl or results .json)"))
+    let contents = parse_journal(path, &text)?;
+    let results = summarize(&contents);
+    Ok((Some(contents), results))
 }

@@ -1,8 +1,8 @@
 //! The records a sweep produces: journal lines, trial records, boundaries, recommendation.
 
 use crate::catalog::Family;
-use crate::plan::{Curve, Precision, Strategy, SweepPlan};
-use crate::search::BoundaryStatus;
+use crate::plan::{Curve, Device, Precision, Strategy, SweepPlan};
+use crate::search::{BoundaryStatus, Contradiction};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -12,6 +12,18 @@ pub enum Outcome {
     Fit,
     Oom,
     Failed,
+}
+
+impl Outcome {
+    /// The name used in results, CSV and tables.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fit => "fit",
+            Self::Oom => "oom",
+            Self::Failed => "failed",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +37,17 @@ pub enum Failure {
     Error,
 }
 
+impl Failure {
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Killed => "killed",
+            Self::Cancelled => "cancelled",
+            Self::Error => "error",
+        }
+    }
+}
+
 /// Why a trial was run: to find the boundary (counted in `trials_used`) or to confirm the
 /// recommendation under the headroom (not counted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -33,6 +56,17 @@ pub enum Purpose {
     #[default]
     Search,
     Recommend,
+}
+
+impl Purpose {
+    /// The name used in results, CSV and tables.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Search => "search",
+            Self::Recommend => "recommend",
+        }
+    }
 }
 
 /// One trial, exactly one per request. Unknown numbers are null, never 0.
@@ -127,16 +161,56 @@ pub enum JournalLine {
     },
 }
 
+/// Why a curve stopped before its answer, as data (faces word what to do about it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Stop {
+    /// Cancelled or interrupted; resuming the journal continues it.
+    NotFinished,
+    /// The model could not be built in this precision.
+    LoadFailed { message: String },
+    /// The worker answered a trial with an error.
+    TrialError { batch: usize, message: String },
+    /// The worker was killed twice at the same batch.
+    KilledTwice { batch: usize, reason: String },
+    /// More trials than the search may take (a guard against a search that does not end).
+    TrialCap { trials: usize },
+}
+
+impl Stop {
+    /// One sentence, in words that fit every face.
+    #[must_use]
+    pub fn text(&self) -> String {
+        match self {
+            Self::NotFinished => {
+                "not finished (cancelled or interrupted); resume the journal to continue it".into()
+            }
+            Self::LoadFailed { message } => message.clone(),
+            Self::TrialError { batch, message } => format!("batch {batch}: {message}"),
+            Self::KilledTwice { batch, reason } => format!(
+                "the worker was killed twice at batch {batch} ({reason}); the kernel's OOM killer or another program may be involved"
+            ),
+            Self::TrialCap { trials } => format!(
+                "stopped after {trials} trials, more than the search may take; this is a bug, please report it with the journal"
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BoundaryRecord {
     pub seq: usize,
     pub dtype: Precision,
     pub strategy: Strategy,
-    /// Largest measured fit; null when none fits or unknown.
+    /// Largest measured fit below the lowest measured OOM; null when none fits or unknown.
     pub max_batch: Option<usize>,
     pub status: BoundaryStatus,
     pub trials_used: usize,
-    /// Why the curve is incomplete.
+    /// With status `non_monotone`: the fit at or above an OOM that contradicts monotone memory.
+    pub contradiction: Option<Contradiction>,
+    /// Why the curve is incomplete, as data.
+    pub stop: Option<Stop>,
+    /// Why the curve is incomplete (or not monotone), in words.
     pub reason: Option<String>,
 }
 
@@ -167,18 +241,21 @@ pub struct CurveRecommendation {
     pub total_bytes: Option<u64>,
 }
 
-pub const PICK_RULE: &str = "per (seq, dtype): the largest batch whose measured total stays under capacity × (1 - headroom), confirmed by a trial at that batch; overall: the most tokens per step (batch × seq), ties to the wider dtype (f32, then bf16, then f16), then the longer sequence";
+pub const PICK_RULE: &str = "per (seq, dtype): the largest batch below every measured OOM whose measured total stays under capacity × (1 - headroom), confirmed by a trial at that batch; overall: the most tokens per step (batch × seq), ties to the wider dtype (f32, then bf16, then f16), then the longer sequence";
 
 /// The results document (`--json`). Field names are a contract for scripts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Results {
     pub oomlab_version: String,
+    /// The plan the sweep ran (what Run repeats when the results are reopened).
+    pub plan: SweepPlan,
     pub model: String,
     pub model_ref: crate::catalog::ModelRef,
     pub family: Family,
     pub forward: String,
     pub config_hash: String,
-    pub device: String,
+    pub device: Device,
+    /// Threads the worker reported (null before a worker was ready).
     pub threads: Option<usize>,
     pub capacity_bytes: u64,
     pub headroom: f64,

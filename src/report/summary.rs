@@ -5,7 +5,7 @@
 use super::journal::JournalContents;
 use super::records::{
     BoundaryRecord, CurvePick, CurveRecommendation, Failure, Outcome, PICK_RULE, Purpose,
-    Recommendation, Results, TrialRecord,
+    Recommendation, Results, Stop, TrialRecord, WorkerInfo,
 };
 use crate::plan::{Curve, SweepPlan};
 use crate::search::{self, BoundaryStatus, Found, Obs, RecStep, SearchCtx, Step};
@@ -17,14 +17,17 @@ pub enum CurvePhase {
     /// Run a search trial at this batch.
     Search(usize),
     /// Boundary found; run a recommendation trial at this batch.
-    Recommend { found: Found, batch: usize },
+    Recommend {
+        found: Found,
+        batch: usize,
+    },
     Done {
         found: Found,
         recommended: Option<usize>,
     },
     Incomplete {
         found: Option<Found>,
-        reason: String,
+        stop: Stop,
     },
 }
 
@@ -40,26 +43,24 @@ fn obs_of<'a>(trials: impl Iterator<Item = &'a TrialRecord>) -> Vec<Obs> {
 }
 
 /// A failure that stops the curve: an error, or a second kill at the same batch.
-fn blocking_failure<'a>(trials: impl Iterator<Item = &'a TrialRecord>) -> Option<String> {
+fn blocking_failure<'a>(trials: impl Iterator<Item = &'a TrialRecord>) -> Option<Stop> {
     let mut kills: HashMap<usize, usize> = HashMap::new();
     for t in trials {
         match t.failure {
             Some(Failure::Error) => {
-                return Some(format!(
-                    "batch {}: {}",
-                    t.batch,
-                    t.reason.as_deref().unwrap_or("error")
-                ));
+                return Some(Stop::TrialError {
+                    batch: t.batch,
+                    message: t.reason.clone().unwrap_or_else(|| "error".into()),
+                });
             }
             Some(Failure::Killed) => {
                 let n = kills.entry(t.batch).or_default();
                 *n += 1;
                 if *n >= 2 {
-                    return Some(format!(
-                        "the worker was killed twice at batch {} ({}); the kernel's OOM killer or another program may be involved",
-                        t.batch,
-                        t.reason.as_deref().unwrap_or("signal")
-                    ));
+                    return Some(Stop::KilledTwice {
+                        batch: t.batch,
+                        reason: t.reason.clone().unwrap_or_else(|| "signal".into()),
+                    });
                 }
             }
             _ => {}
@@ -68,11 +69,7 @@ fn blocking_failure<'a>(trials: impl Iterator<Item = &'a TrialRecord>) -> Option
     None
 }
 
-fn baseline_for(
-    curve: Curve,
-    trials: &[TrialRecord],
-    workers: &[crate::report::WorkerInfo],
-) -> Option<u64> {
+fn baseline_for(curve: Curve, trials: &[TrialRecord], workers: &[WorkerInfo]) -> Option<u64> {
     trials
         .iter()
         .filter(|t| t.dtype == curve.dtype)
@@ -86,64 +83,75 @@ fn baseline_for(
         })
 }
 
-/// Decides the next action for `curve` from everything recorded so far.
+/// Most trials a curve may record (measured or killed) before the driver stops it: twice what
+/// the search and the recommendation can take (each batch may be killed once and retried).
+#[must_use]
+pub fn trial_cap(plan: &SweepPlan) -> usize {
+    2 * (search::trial_bound(plan.strategy, plan.batch) + search::recommend_bound(plan.batch))
+}
+
+/// Decides the next action for `curve` from everything recorded so far. Every measurement of
+/// the curve (search and recommendation trials) is an observation: a confirmation trial that
+/// runs out of memory below b* makes the curve `non_monotone`.
 #[must_use]
 pub fn curve_phase(
     plan: &SweepPlan,
     curve: Curve,
     trials: &[TrialRecord],
-    workers: &[crate::report::WorkerInfo],
+    workers: &[WorkerInfo],
     load_failure: Option<&str>,
 ) -> CurvePhase {
-    if let Some(reason) = load_failure {
+    if let Some(message) = load_failure {
         return CurvePhase::Incomplete {
             found: None,
-            reason: reason.to_string(),
+            stop: Stop::LoadFailed {
+                message: message.to_string(),
+            },
         };
     }
     let mine: Vec<&TrialRecord> = trials
         .iter()
         .filter(|t| t.curve() == curve && t.strategy == plan.strategy)
         .collect();
-    let search_trials = || {
-        mine.iter()
-            .copied()
-            .filter(|t| t.purpose == Purpose::Search)
-    };
-    let rec_trials = || {
-        mine.iter()
-            .copied()
-            .filter(|t| t.purpose == Purpose::Recommend)
-    };
     let ctx = SearchCtx {
         range: plan.batch,
         capacity_bytes: plan.capacity_bytes,
         baseline_bytes: baseline_for(curve, trials, workers),
     };
-    if let Some(reason) = blocking_failure(search_trials()) {
-        return CurvePhase::Incomplete {
-            found: None,
-            reason,
-        };
-    }
-    let found = match search::next_step(plan.strategy, &ctx, &obs_of(search_trials())) {
-        Step::Trial(b) => return CurvePhase::Search(b),
-        Step::Done(f) => f,
-    };
-    if let Some(reason) = blocking_failure(rec_trials()) {
-        return CurvePhase::Incomplete {
-            found: Some(found),
-            reason: format!("recommendation: {reason}"),
-        };
-    }
     let all = obs_of(mine.iter().copied());
-    let extra = rec_trials()
-        .filter(|t| t.outcome != Outcome::Failed)
-        .count();
-    match search::next_recommend(&ctx, &found, plan.headroom_limit_bytes(), &all, extra) {
-        RecStep::Trial(batch) => CurvePhase::Recommend { found, batch },
-        RecStep::Done(recommended) => CurvePhase::Done { found, recommended },
+    let step = search::next_step(plan.strategy, &ctx, &all);
+    let found = match step {
+        Step::Done(f) => Some(f),
+        Step::Trial(_) => None,
+    };
+    if let Some(stop) = blocking_failure(mine.iter().copied()) {
+        return CurvePhase::Incomplete { found, stop };
     }
+    let recorded = mine
+        .iter()
+        .filter(|t| t.failure.is_none_or(|f| f != Failure::Cancelled))
+        .count();
+    let cap = trial_cap(plan);
+    let phase = match step {
+        Step::Trial(b) => CurvePhase::Search(b),
+        Step::Done(found) => {
+            let extra = mine
+                .iter()
+                .filter(|t| t.purpose == Purpose::Recommend && t.outcome != Outcome::Failed)
+                .count();
+            match search::next_recommend(&ctx, &found, plan.headroom_limit_bytes(), &all, extra) {
+                RecStep::Trial(batch) => CurvePhase::Recommend { found, batch },
+                RecStep::Done(recommended) => return CurvePhase::Done { found, recommended },
+            }
+        }
+    };
+    if recorded >= cap {
+        return CurvePhase::Incomplete {
+            found,
+            stop: Stop::TrialCap { trials: recorded },
+        };
+    }
+    phase
 }
 
 /// Builds the results document from a journal's contents (finished or not).
@@ -169,30 +177,23 @@ pub fn summarize(c: &JournalContents) -> Results {
                 t.curve() == curve && t.strategy == plan.strategy && t.purpose == Purpose::Search
             })
             .count();
-        let (found, rec, reason) = match phase {
+        let (found, rec, stop) = match phase {
             CurvePhase::Done { found, recommended } => (Some(found), recommended, None),
-            CurvePhase::Search(_) | CurvePhase::Recommend { .. } => {
-                incomplete = true;
-                let found = match phase {
-                    CurvePhase::Recommend { found, .. } => Some(found),
-                    _ => None,
-                };
-                (
-                    found,
-                    None,
-                    Some(
-                        "not finished (cancelled or interrupted); continue it with --resume"
-                            .to_string(),
-                    ),
-                )
-            }
-            CurvePhase::Incomplete { found, reason } => {
-                incomplete = true;
-                (found, None, Some(reason))
-            }
+            CurvePhase::Search(_) => (None, None, Some(Stop::NotFinished)),
+            CurvePhase::Recommend { found, .. } => (Some(found), None, Some(Stop::NotFinished)),
+            CurvePhase::Incomplete { found, stop } => (found, None, Some(stop)),
         };
+        incomplete |= stop.is_some();
         // A known boundary keeps its status even if the recommendation could not finish.
         let status = found.map_or(BoundaryStatus::Incomplete, |f| f.status);
+        let contradiction = found.and_then(|f| f.contradiction);
+        let reason = stop
+            .as_ref()
+            .map(Stop::text)
+            .or_else(|| contradiction.map(|c| c.text()));
+        if let Some(r) = &reason {
+            notes.push(format!("{curve}: {r}"));
+        }
         boundaries.push(BoundaryRecord {
             seq: curve.seq,
             dtype: curve.dtype,
@@ -200,7 +201,9 @@ pub fn summarize(c: &JournalContents) -> Results {
             max_batch: found.and_then(|f| f.max_batch),
             status,
             trials_used,
-            reason: reason.clone(),
+            contradiction,
+            stop,
+            reason,
         });
         let total = rec.and_then(|b| {
             c.trials
@@ -214,9 +217,6 @@ pub fn summarize(c: &JournalContents) -> Results {
             batch: rec,
             total_bytes: total,
         });
-        if let Some(r) = &reason {
-            notes.push(format!("{curve}: {r}"));
-        }
     }
     let pick = curves
         .iter()
@@ -241,12 +241,13 @@ pub fn summarize(c: &JournalContents) -> Results {
     }
     Results {
         oomlab_version: c.header.oomlab_version.clone(),
+        plan: plan.clone(),
         model: c.header.model_name.clone(),
         model_ref: plan.model.clone(),
         family: c.header.family,
         forward: c.header.forward.clone(),
         config_hash: c.header.config_hash.clone(),
-        device: plan.device.clone(),
+        device: plan.device,
         threads: c.workers.last().map(|w| w.threads),
         capacity_bytes: plan.capacity_bytes,
         headroom: plan.headroom,
@@ -267,3 +268,6 @@ pub fn summarize(c: &JournalContents) -> Results {
         notes,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,8 +4,36 @@ mod process;
 pub mod protocol;
 mod supervisor;
 
-pub use process::{STALL_ENV, run as run_worker};
+pub use process::run as run_worker;
 pub use protocol::{Ready, Request, Response, TrialMeasure};
-pub use supervisor::{
-    Death, Supervisor, TrialResult, WorkerConfig, classify_exit, default_threads,
-};
+pub use supervisor::{Death, Supervisor, TrialResult, WorkerConfig, classify_exit};
+
+/// Faults a test asks the real worker for. Hidden command-line options of `oomlab worker` (and,
+/// to reach it, of `oomlab sweep`): never environment variables, which a user's shell could leak
+/// into the shipped binary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct WorkerFaults {
+    /// Test hook: sleep this long inside each trial, after announcing it and before the forward.
+    #[arg(long = "worker-stall-ms", hide = true, default_value_t = 0)]
+    pub stall_ms: u64,
+    /// Test hook: run out of memory (for real: the allocator refuses the forward's first request)
+    /// in trials at these batches.
+    #[arg(long = "worker-oom-at", hide = true, value_delimiter = ',')]
+    pub oom_at: Vec<usize>,
+}
+
+impl WorkerFaults {
+    /// The options that pass these faults on to a worker process.
+    #[must_use]
+    pub fn to_args(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.stall_ms > 0 {
+            out.push(format!("--worker-stall-ms={}", self.stall_ms));
+        }
+        if !self.oom_at.is_empty() {
+            let list: Vec<String> = self.oom_at.iter().map(ToString::to_string).collect();
+            out.push(format!("--worker-oom-at={}", list.join(",")));
+        }
+        out
+    }
+}

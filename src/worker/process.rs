@@ -4,18 +4,15 @@
 //! An out-of-memory under the simulated capacity aborts the process; the supervisor
 //! classifies that from the exit signal and the marker on stderr.
 
-use super::protocol::{Ready, Request, Response, TrialMeasure};
+use super::WorkerFaults;
+use super::protocol::{Ready, Request, Response, STARTED_LINE, TrialMeasure};
 use crate::catalog::ModelSpec;
 use crate::measure::alloc;
 use crate::models::{self, LoadedModel};
-use crate::plan::{Precision, human_bytes};
+use crate::plan::{self, Precision, human_bytes};
 use candle_core::Device;
 use std::io::{BufRead, Write};
 use std::time::Instant;
-
-/// Environment variable that makes the worker stall before each forward (tests use it to kill
-/// a worker reliably in the middle of a trial). Milliseconds.
-pub const STALL_ENV: &str = "OOMLAB_WORKER_STALL_MS";
 
 struct State {
     model: LoadedModel,
@@ -37,15 +34,11 @@ fn hygiene() {
 }
 
 #[must_use]
-pub fn run() -> i32 {
+pub fn run(faults: &WorkerFaults) -> i32 {
     hygiene();
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout().lock();
     let mut state: Option<State> = None;
-    let stall_ms: u64 = std::env::var(STALL_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
         if line.trim().is_empty() {
@@ -64,7 +57,8 @@ pub fn run() -> i32 {
                 model,
                 dtype,
                 capacity_bytes,
-            }) => match load(&model, dtype, capacity_bytes) {
+                device,
+            }) => match load(&model, dtype, capacity_bytes, device) {
                 Ok((s, ready)) => {
                     state = Some(s);
                     Response::Ready(ready)
@@ -75,7 +69,7 @@ pub fn run() -> i32 {
                 None => Response::Error {
                     message: "trial before load".into(),
                 },
-                Some(s) => match trial(s, batch, seq, stall_ms) {
+                Some(s) => match trial(s, batch, seq, faults, &mut stdout) {
                     Ok(m) => Response::Trial(m),
                     Err(message) => Response::Error { message },
                 },
@@ -98,22 +92,31 @@ fn load(
     model: &crate::catalog::ModelRef,
     dtype: Precision,
     capacity_bytes: u64,
+    device: plan::Device,
 ) -> Result<(State, Ready), String> {
     let t0 = Instant::now();
     alloc::set_budget(None);
     let spec = ModelSpec::resolve(model).map_err(|e| e.to_string())?;
     let need = models::weights_bytes(&spec, dtype.candle());
     if need > capacity_bytes {
+        // The plan is checked before any worker starts; this guards a request made otherwise.
         return Err(format!(
-            "the {} weights of {} alone need {} but the capacity is {}; raise --capacity above {} or choose a smaller precision",
+            "the {} weights of {} alone need {} but the capacity is {}",
             dtype,
             spec.name,
             human_bytes(need),
-            human_bytes(capacity_bytes),
-            human_bytes(need)
+            human_bytes(capacity_bytes)
         ));
     }
-    let device = Device::Cpu;
+    let device = match device {
+        plan::Device::Cpu { .. } => Device::Cpu,
+        cuda @ plan::Device::Cuda { .. } => {
+            return Err(format!(
+                "{} needs CUDA, which this build of oomlab does not include",
+                cuda.name()
+            ));
+        }
+    };
     let mut m = models::build(&spec, dtype.candle(), &device).map_err(|e| e.to_string())?;
     models::warm_up_threads(dtype.candle(), &device);
     // One small forward initialises everything lazy (thread-local scratch, caches) before
@@ -142,16 +145,31 @@ fn load(
     ))
 }
 
-fn trial(s: &mut State, batch: usize, seq: usize, stall_ms: u64) -> Result<TrialMeasure, String> {
+fn trial(
+    s: &mut State,
+    batch: usize,
+    seq: usize,
+    faults: &WorkerFaults,
+    stdout: &mut impl Write,
+) -> Result<TrialMeasure, String> {
     let inputs = s
         .model
         .inputs(batch, seq, &s.device)
         .map_err(|e| e.to_string())?;
-    if stall_ms > 0 {
-        std::thread::sleep(std::time::Duration::from_millis(stall_ms));
-    }
+    // Announce the forward (a static line into a buffer that already exists: nothing allocated).
+    stdout
+        .write_all(STARTED_LINE.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| format!("writing to the supervisor: {e}"))?;
     let live_before = alloc::live_bytes();
     alloc::reset_peak();
+    if faults.stall_ms > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(faults.stall_ms));
+    }
+    if faults.oom_at.contains(&batch) {
+        // A real out-of-memory: the forward's first request is refused by the allocator.
+        alloc::set_budget(Some(live_before));
+    }
     let t0 = Instant::now();
     let out = s.model.forward(inputs).map_err(|e| e.to_string())?;
     let seconds = t0.elapsed().as_secs_f64();

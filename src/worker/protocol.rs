@@ -1,17 +1,20 @@
-//! JSON lines between the supervisor and `oomlab worker`: one request, one response.
+//! JSON lines between the supervisor and `oomlab worker`: one request, one response (a trial
+//! request is first acknowledged with `started`, written just before the measured forward).
 
 use crate::catalog::ModelRef;
-use crate::plan::Precision;
+use crate::plan::{Device, Precision};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    /// Build the model once for this precision, warm up, then enforce the capacity.
+    /// Build the model once for this precision on this device, warm up, then enforce the
+    /// capacity.
     Load {
         model: ModelRef,
         dtype: Precision,
         capacity_bytes: u64,
+        device: Device,
     },
     /// One measured forward.
     Trial {
@@ -25,9 +28,16 @@ pub enum Request {
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Response {
     Ready(Ready),
+    /// The inputs are built and the measured forward begins now.
+    Started,
     Trial(TrialMeasure),
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
+
+/// The `started` line, written without allocating (the trial's bytes are being counted).
+pub const STARTED_LINE: &str = "{\"reply\":\"started\"}\n";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ready {
@@ -50,4 +60,15 @@ pub struct TrialMeasure {
     pub live_before_bytes: u64,
     pub baseline_bytes: u64,
     pub seconds: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_started_line_is_the_started_response() {
+        let r: Response = serde_json::from_str(STARTED_LINE.trim()).unwrap();
+        assert_eq!(r, Response::Started);
+    }
 }

@@ -1,10 +1,11 @@
 //! Spawns `oomlab worker`, speaks JSON lines to it, restarts it after an abort or a kill, and
 //! turns every request into exactly one result.
 
+use super::WorkerFaults;
 use super::protocol::{Ready, Request, Response, TrialMeasure};
 use crate::catalog::ModelRef;
 use crate::measure::alloc::parse_oom_marker;
-use crate::plan::Precision;
+use crate::plan::{Device, Precision};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -21,27 +22,18 @@ use std::time::{Duration, Instant};
 pub struct WorkerConfig {
     /// The oomlab binary (`std::env::current_exe()` in the app, `CARGO_BIN_EXE_oomlab` in tests).
     pub exe: PathBuf,
-    pub threads: usize,
-    /// Extra environment for the worker (tests use it to stall the worker).
-    pub env: Vec<(String, String)>,
+    /// Test hooks passed to the worker as hidden options (none in normal use).
+    pub faults: WorkerFaults,
 }
 
 impl WorkerConfig {
-    /// The running binary as worker, with the given thread count.
-    pub fn current(threads: usize) -> std::io::Result<Self> {
+    /// The running binary as worker.
+    pub fn current() -> std::io::Result<Self> {
         Ok(Self {
             exe: std::env::current_exe()?,
-            threads,
-            env: Vec::new(),
+            faults: WorkerFaults::default(),
         })
     }
-}
-
-/// Threads a worker uses by default: every core (the worker runs at a lower priority, so the UI
-/// stays responsive).
-#[must_use]
-pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 /// How a request ended when it did not end with an answer.
@@ -136,14 +128,15 @@ struct Running {
     stderr_thread: Option<JoinHandle<()>>,
 }
 
+/// What a worker was asked to load: a new request for anything else restarts it.
+type LoadKey = (ModelRef, Precision, u64, Device);
+
 /// Owns at most one worker process at a time.
 pub struct Supervisor {
     config: WorkerConfig,
     running: Option<Running>,
-    loaded: Option<(ModelRef, Precision, u64)>,
+    loaded: Option<LoadKey>,
     ready: Option<Ready>,
-    /// Workers started so far (restarts included).
-    pub spawns: usize,
 }
 
 /// Result of one trial request.
@@ -163,7 +156,6 @@ impl Supervisor {
             running: None,
             loaded: None,
             ready: None,
-            spawns: 0,
         }
     }
 
@@ -173,10 +165,11 @@ impl Supervisor {
         self.running.as_ref().map(|r| r.child.id())
     }
 
-    fn spawn(&mut self) -> Result<(), Death> {
+    fn spawn(&mut self, device: Device) -> Result<(), Death> {
         let mut cmd = Command::new(&self.config.exe);
         cmd.arg("worker")
-            .env("RAYON_NUM_THREADS", self.config.threads.to_string())
+            .args(self.config.faults.to_args())
+            .env("RAYON_NUM_THREADS", device.threads().to_string())
             .env_remove("RUST_BACKTRACE")
             .env_remove("RUST_LIB_BACKTRACE")
             .stdin(Stdio::piped())
@@ -184,9 +177,6 @@ impl Supervisor {
             .stderr(Stdio::piped())
             // Own process group: a Ctrl-C in the terminal reaches the app, which cancels cleanly.
             .process_group(0);
-        for (k, v) in &self.config.env {
-            cmd.env(k, v);
-        }
         // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the worker
         // when the app dies, so no orphan keeps computing.
         unsafe {
@@ -233,7 +223,6 @@ impl Supervisor {
                 }
             })
             .map_err(|e| Death::Spawn(e.to_string()))?;
-        self.spawns += 1;
         self.running = Some(Running {
             child,
             stdin,
@@ -279,27 +268,39 @@ impl Supervisor {
         }
     }
 
-    /// Sends one request and waits for its answer, the worker's death, or a cancel.
-    fn request(&mut self, req: &Request, cancel: &AtomicBool) -> Result<Response, Death> {
-        if self.running.is_none() {
-            self.spawn()?;
-        }
+    /// Sends one request to the running worker and waits for its answer, the worker's death, or
+    /// a cancel. A `started` acknowledgement calls `on_started` with the worker's pid.
+    fn request(
+        &mut self,
+        req: &Request,
+        cancel: &AtomicBool,
+        on_started: &mut dyn FnMut(u32),
+    ) -> Result<Response, Death> {
         let text = serde_json::to_string(req).map_err(|e| Death::Spawn(e.to_string()))?;
-        let sent = {
-            let r = self.running.as_mut().expect("spawned above");
-            writeln!(r.stdin, "{text}").and_then(|()| r.stdin.flush())
+        let Some(r) = self.running.as_mut() else {
+            return Err(Death::Spawn("no worker is running".into()));
         };
-        if sent.is_err() {
+        if writeln!(r.stdin, "{text}")
+            .and_then(|()| r.stdin.flush())
+            .is_err()
+        {
             return Err(self.reap(false));
         }
         loop {
-            let r = self.running.as_ref().expect("spawned above");
+            let Some(r) = self.running.as_ref() else {
+                return Err(Death::Spawn("no worker is running".into()));
+            };
             match r.lines.recv_timeout(Duration::from_millis(25)) {
                 Ok(line) => {
-                    return serde_json::from_str(&line).map_err(|e| Death::Exited {
+                    let response = serde_json::from_str(&line).map_err(|e| Death::Exited {
                         code: -1,
                         stderr_tail: format!("unreadable answer from worker ({e}): {line}"),
-                    });
+                    })?;
+                    if response == Response::Started {
+                        on_started(r.child.id());
+                        continue;
+                    }
+                    return Ok(response);
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     if cancel.load(Ordering::Relaxed) {
@@ -311,16 +312,17 @@ impl Supervisor {
         }
     }
 
-    /// Makes sure a worker has `model` built in `dtype` under `capacity_bytes`.
+    /// Makes sure a worker for `device` has `model` built in `dtype` under `capacity_bytes`.
     /// A worker killed during the build is restarted once.
     pub fn ensure_loaded(
         &mut self,
         model: &ModelRef,
         dtype: Precision,
         capacity_bytes: u64,
+        device: Device,
         cancel: &AtomicBool,
     ) -> Result<Ready, String> {
-        let key = (model.clone(), dtype, capacity_bytes);
+        let key = (model.clone(), dtype, capacity_bytes, device);
         if let (Some(loaded), Some(ready)) = (&self.loaded, &self.ready)
             && *loaded == key
             && self.running.is_some()
@@ -334,10 +336,16 @@ impl Supervisor {
             model: model.clone(),
             dtype,
             capacity_bytes,
+            device,
         };
         let mut last = String::new();
         for _attempt in 0..2 {
-            match self.request(&req, cancel) {
+            if self.running.is_none()
+                && let Err(d) = self.spawn(device)
+            {
+                return Err(d.describe());
+            }
+            match self.request(&req, cancel, &mut |_| {}) {
                 Ok(Response::Ready(ready)) => {
                     self.loaded = Some(key);
                     self.ready = Some(ready.clone());
@@ -355,10 +363,24 @@ impl Supervisor {
         Err(last)
     }
 
-    /// Runs one forward on the loaded worker. The worker must be loaded first.
-    pub fn trial(&mut self, batch: usize, seq: usize, cancel: &AtomicBool) -> (TrialResult, f64) {
+    /// Runs one forward on the loaded worker (after [`Self::ensure_loaded`]); `on_started` hears
+    /// the worker's pid once it has begun the measured forward.
+    pub fn trial(
+        &mut self,
+        batch: usize,
+        seq: usize,
+        cancel: &AtomicBool,
+        on_started: &mut dyn FnMut(u32),
+    ) -> (TrialResult, f64) {
         let t0 = Instant::now();
-        let r = match self.request(&Request::Trial { batch, seq }, cancel) {
+        if self.running.is_none() {
+            let death = Death::Exited {
+                code: -1,
+                stderr_tail: "no worker is loaded".into(),
+            };
+            return (TrialResult::Died(death), 0.0);
+        }
+        let r = match self.request(&Request::Trial { batch, seq }, cancel, on_started) {
             Ok(Response::Trial(m)) => TrialResult::Measured(m),
             Ok(Response::Error { message }) => TrialResult::Error(message),
             Ok(other) => TrialResult::Error(format!("unexpected answer to trial: {other:?}")),

@@ -1,7 +1,7 @@
 //! Every bad input gets one clear sentence naming the file/field and the fix, exit code 2 for
 //! usage errors, and never a panic message. Plus: SIGKILL to the CLI, then --resume.
 
-use crate::common::{TempDir, bin, fixtures};
+use crate::common::{TempDir, bin, contradiction_setup, fixtures};
 use std::process::{Command, Output};
 
 fn oomlab(args: &[&str]) -> Output {
@@ -22,7 +22,11 @@ fn refused(args: &[&str], needles: &[&str]) {
     for n in needles {
         assert!(err.contains(n), "{args:?}: missing '{n}' in: {err}");
     }
-    assert!(!err.contains("panicked"), "{err}");
+    // A bug reaches the user through the panic hook as "internal error"; a refusal never does.
+    assert!(
+        !err.contains("internal error") && !err.contains("panicked"),
+        "{err}"
+    );
     // One sentence (clap adds its own "For more information, try '--help'." to parse errors).
     let lines: Vec<&str> = err
         .lines()
@@ -75,6 +79,39 @@ fn bad_configs_are_refused_with_the_file_and_the_fix() {
 }
 
 #[test]
+fn a_folder_missing_a_shard_is_refused_naming_the_shard() {
+    let d = TempDir::new("noshard");
+    let src = fixtures().join("checkpoints/tiny-llama");
+    for f in [
+        "config.json",
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+    ] {
+        std::fs::copy(src.join(f), d.join(f)).unwrap();
+    }
+    refused(
+        &["--model", &d.0.display().to_string()],
+        &["model-00002-of-00002.safetensors"],
+    );
+}
+
+#[test]
+fn a_cuda_device_in_this_build_is_refused_with_the_cpu_as_the_way_on() {
+    refused(
+        &["--model", "tiny-bert", "--device", "cuda:0"],
+        &[
+            "cuda:0 needs CUDA",
+            "does not include",
+            "choose cpu in --device",
+        ],
+    );
+    refused(
+        &["--model", "tiny-bert", "--device", "tpu"],
+        &["unknown device 'tpu'", "cuda:N"],
+    );
+}
+
+#[test]
 fn a_folder_whose_weights_do_not_match_its_config_is_refused() {
     let d = TempDir::new("badck");
     let src = fixtures().join("checkpoints/tiny-bert");
@@ -105,11 +142,16 @@ fn absurd_plans_are_refused_before_any_trial() {
     refused(&["--model", "tiny-bert", "--batch", "9..3"], &["reversed"]);
     refused(
         &["--model", "tiny-bert", "--seq", "65"],
-        &["--seq 65", "64", "max_position_embeddings"],
+        &[
+            "sequence length 65",
+            "maximum of 64",
+            "max_position_embeddings",
+            "64 or less in --seq",
+        ],
     );
     refused(
         &["--model", "tiny-bert", "--capacity", "50KiB"],
-        &["weights", "alone need", "raise --capacity"],
+        &["weights", "alone need", "raise --capacity", "from --dtype"],
     );
     refused(
         &["--model", "tiny-bert", "--capacity", "lots"],
@@ -125,9 +167,13 @@ fn absurd_plans_are_refused_before_any_trial() {
     );
     refused(
         &["--model", "tiny-distilbert", "--dtype", "f16"],
-        &["only in f32", "drop f16"],
+        &["only in f32", "remove f16 from --dtype"],
     );
-    refused(&[], &["no model given"]);
+    refused(&[], &["no model given", "--model", "`oomlab models`"]);
+    refused(
+        &["--model", "tiny-bert", "--threads", "0"],
+        &["--threads must be at least 1"],
+    );
 }
 
 #[test]
@@ -268,7 +314,7 @@ fn sigkill_to_the_cli_then_resume_repeats_no_finished_trial() {
             "--journal",
             &j.display().to_string(),
         ])
-        .env(oomlab::worker::STALL_ENV, "150")
+        .arg("--worker-stall-ms=150")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -290,6 +336,15 @@ fn sigkill_to_the_cli_then_resume_repeats_no_finished_trial() {
     assert!(done.len() >= 2 && done.len() < 8, "{done:?}");
     let o = oomlab(&["sweep", "--resume", &j.display().to_string()]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // Trial numbers continue from the journal's.
+    let first = stderr(&o).lines().find_map(|l| {
+        l.strip_prefix("trial ")?
+            .split_whitespace()
+            .next()?
+            .parse::<usize>()
+            .ok()
+    });
+    assert_eq!(first, Some(done.len() + 1), "{}", stderr(&o));
     let after = oomlab::report::read_journal(&j).unwrap();
     let mut batches: Vec<usize> = after
         .trials
@@ -304,11 +359,63 @@ fn sigkill_to_the_cli_then_resume_repeats_no_finished_trial() {
         (1..=8).collect::<Vec<_>>(),
         "no finished trial repeated"
     );
-    assert!(after.ended);
-    // Contradicting arguments are refused.
-    let o = oomlab(&["sweep", "--resume", &j.display().to_string(), "--seq", "32"]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("contradict"));
+    let last = std::fs::read_to_string(&j).unwrap();
+    assert!(
+        last.trim_end()
+            .ends_with(r#"{"type":"end","cancelled":false}"#),
+        "{last}"
+    );
+    // Contradicting arguments are refused, naming the flag and both values.
+    let jp = j.display().to_string();
+    refused(
+        &["--resume", &jp, "--seq", "32"],
+        &["--seq contradicts the journal", "16 in", "32 given"],
+    );
+    refused(
+        &["--resume", &jp, "--device", "cuda:0"],
+        &["--device contradicts the journal", "cpu in", "cuda:0 given"],
+    );
+}
+
+#[test]
+fn an_injected_oom_below_b_star_ends_non_monotone_with_exit_0() {
+    let dir = TempDir::new("cli-nonmono");
+    let (plan, star, confirmed) = contradiction_setup(&dir);
+    let json = dir.join("r.json");
+    let out_of = oomlab(&[
+        "sweep",
+        "--model",
+        "tiny-bert",
+        "--seq",
+        "64",
+        "--batch",
+        "1..256",
+        "--capacity",
+        &plan.capacity_bytes.to_string(),
+        "--threads",
+        "1",
+        "--journal",
+        &dir.join("j.jsonl").display().to_string(),
+        "--json",
+        &json.display().to_string(),
+        &format!("--worker-oom-at={confirmed}"),
+    ]);
+    let out = String::from_utf8_lossy(&out_of.stdout);
+    assert_eq!(out_of.status.code(), Some(0), "{}", stderr(&out_of));
+    assert!(out.contains("non_monotone"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "batch {star} fitted but batch {confirmed} ran out of memory"
+        )),
+        "{out}"
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let b = &r["boundaries"][0];
+    assert_eq!(b["status"], "non_monotone");
+    assert_eq!(b["contradiction"]["fit_batch"], star);
+    assert_eq!(b["contradiction"]["oom_batch"], confirmed);
+    assert!(r["recommendation"]["pick"]["batch"].as_u64().unwrap() < confirmed as u64);
 }
 
 #[test]
@@ -322,7 +429,12 @@ fn help_teaches_and_the_worker_is_hidden() {
     let o = oomlab(&["sweep", "--help"]);
     let s = String::from_utf8_lossy(&o.stdout);
     assert!(
-        s.contains("tokens per step") && s.contains("wider dtype"),
+        s.contains("tokens per step") && s.contains("wider dtype") && s.contains("non_monotone"),
+        "{s}"
+    );
+    // Test hooks are options a user never sees.
+    assert!(
+        !s.contains("worker-stall") && !s.contains("worker-oom"),
         "{s}"
     );
     let o = oomlab(&["models"]);

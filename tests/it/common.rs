@@ -1,10 +1,10 @@
 //! Helpers shared by the integration tests.
 
 use oomlab::catalog::ModelRef;
-use oomlab::plan::{BatchRange, Precision, Strategy, SweepPlan};
-use oomlab::report::Results;
+use oomlab::plan::{BatchRange, Device, Precision, Strategy, SweepPlan};
+use oomlab::report::{Purpose, Results};
 use oomlab::sweep::{Sweep, SweepEvent};
-use oomlab::worker::WorkerConfig;
+use oomlab::worker::{WorkerConfig, WorkerFaults};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -20,8 +20,27 @@ pub fn fixtures() -> PathBuf {
 pub fn worker() -> WorkerConfig {
     WorkerConfig {
         exe: bin(),
-        threads: 1,
-        env: Vec::new(),
+        faults: WorkerFaults::default(),
+    }
+}
+
+/// A worker that sleeps `stall_ms` inside each trial (after announcing it, before the forward)
+/// and runs out of memory for real at the batches in `oom_at`.
+pub fn faulty_worker(stall_ms: u64, oom_at: &[usize]) -> WorkerConfig {
+    WorkerConfig {
+        exe: bin(),
+        faults: WorkerFaults {
+            stall_ms,
+            oom_at: oom_at.to_vec(),
+        },
+    }
+}
+
+/// Sends SIGKILL to a worker process.
+pub fn kill(pid: u32) {
+    // SAFETY: sending a signal to a child process the test's sweep started.
+    unsafe {
+        libc::kill(pid.cast_signed(), libc::SIGKILL);
     }
 }
 
@@ -64,8 +83,7 @@ pub fn plan(
         capacity_bytes: capacity,
         headroom: 0.1,
         strategy,
-        device: "cpu".into(),
-        threads: 1,
+        device: Device::Cpu { threads: 1 },
     }
 }
 
@@ -109,4 +127,29 @@ pub fn capacity_for(model: &str, seq: usize, dtype: Precision, target: u64, dir:
         .total_bytes
         .unwrap();
     t1 + (t2 - t1) * (target - 1) + (t2 - t1) / 2
+}
+
+/// The tiny-bert auto sweep the non-monotone tests share: seq 64 in f32 with a capacity that puts
+/// b* near 27. Returns the plan, the clean run's b* and the batch its recommendation confirmed
+/// (where the tests then inject an OOM below b*).
+pub fn contradiction_setup(dir: &TempDir) -> (SweepPlan, usize, usize) {
+    let cap = capacity_for("tiny-bert", 64, Precision::F32, 27, dir);
+    let p = plan(
+        ModelRef::Catalog("tiny-bert".into()),
+        &[64],
+        &[Precision::F32],
+        (1, 256),
+        cap,
+        Strategy::Auto,
+    );
+    let (clean, _) = run(p.clone(), &dir.join("clean.jsonl"), &worker());
+    let star = clean.boundaries[0].max_batch.unwrap();
+    let confirmed = clean
+        .trials
+        .iter()
+        .find(|t| t.purpose == Purpose::Recommend)
+        .expect("the recommendation confirms a batch below b*")
+        .batch;
+    assert!(confirmed < star);
+    (p, star, confirmed)
 }

@@ -1,13 +1,14 @@
 //! The engine with the real worker process: boundaries, determinism, real weights, crashes,
 //! cancel and resume.
 
-use crate::common::{TempDir, bin, capacity_for, fixtures, plan, run, worker};
+use crate::common::{
+    TempDir, capacity_for, contradiction_setup, faulty_worker, fixtures, kill, plan, run, worker,
+};
 use oomlab::catalog::ModelRef;
-use oomlab::plan::{Precision, Strategy};
+use oomlab::plan::{DeviceKind, PlanField, PlanOverrides, Precision, Strategy};
 use oomlab::report::{self, Failure, Outcome, Purpose};
-use oomlab::search::BoundaryStatus;
-use oomlab::sweep::{Sweep, SweepEvent};
-use oomlab::worker::STALL_ENV;
+use oomlab::search::{BoundaryStatus, Contradiction};
+use oomlab::sweep::{PlanError, Sweep, SweepEvent};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -249,21 +250,21 @@ fn every_family_runs_real_forwards() {
     }
 }
 
-fn stalled_worker(ms: u64) -> oomlab::worker::WorkerConfig {
-    let mut w = worker();
-    w.env.push((STALL_ENV.into(), ms.to_string()));
-    w
+/// The journal's lines, each parsed as JSON (read back from disk, independently of oomlab).
+fn journal_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
-fn kill(pid: u32) {
-    // SAFETY: sending a signal to a child process we started.
-    unsafe {
-        libc::kill(pid.cast_signed(), libc::SIGKILL);
-    }
+fn ends_with_end_line(path: &std::path::Path) -> bool {
+    journal_lines(path).last().unwrap()["type"] == "end"
 }
 
 #[test]
-fn a_worker_killed_mid_trial_is_recorded_retried_and_the_sweep_finishes() {
+fn a_worker_killed_inside_the_forward_is_recorded_retried_and_the_sweep_finishes() {
     let dir = TempDir::new("kill");
     let p = plan(
         tiny("tiny-bert"),
@@ -277,16 +278,18 @@ fn a_worker_killed_mid_trial_is_recorded_retried_and_the_sweep_finishes() {
     let cancel = Arc::new(AtomicBool::new(false));
     let mut killed = 0;
     let r = sweep
-        .run(&stalled_worker(400), &cancel, &mut |e| {
+        .run(&faulty_worker(400, &[]), &cancel, &mut |e| {
+            // TrialStarted comes when the worker says it has begun the measured forward (the
+            // stall holds it there): the kill lands inside the trial, never before the request.
             if let SweepEvent::TrialStarted {
-                worker_pid: Some(pid),
+                worker_pid,
                 batch: 2,
                 ..
             } = e
                 && killed == 0
             {
                 killed += 1;
-                kill(pid);
+                kill(worker_pid);
             }
         })
         .unwrap();
@@ -320,13 +323,9 @@ fn a_second_kill_marks_the_curve_incomplete() {
     let sweep = Sweep::new(p, &dir.join("kill2.jsonl")).unwrap();
     let cancel = Arc::new(AtomicBool::new(false));
     let r = sweep
-        .run(&stalled_worker(400), &cancel, &mut |e| {
-            if let SweepEvent::TrialStarted {
-                worker_pid: Some(pid),
-                ..
-            } = e
-            {
-                kill(pid);
+        .run(&faulty_worker(400, &[]), &cancel, &mut |e| {
+            if let SweepEvent::TrialStarted { worker_pid, .. } = e {
+                kill(worker_pid);
             }
         })
         .unwrap();
@@ -361,7 +360,7 @@ fn cancel_records_the_trial_in_flight_and_resume_finishes_without_repeats() {
     let mut started = 0;
     let mut cancelled_flag = false;
     let r = sweep
-        .run(&stalled_worker(300), &cancel, &mut |e| match e {
+        .run(&faulty_worker(300, &[]), &cancel, &mut |e| match e {
             SweepEvent::TrialStarted { .. } => {
                 started += 1;
                 if started == 3 {
@@ -376,18 +375,37 @@ fn cancel_records_the_trial_in_flight_and_resume_finishes_without_repeats() {
     assert_eq!(r.trials.len(), 3);
     assert_eq!(r.trials[2].failure, Some(Failure::Cancelled));
     assert!(r.incomplete);
-    let before = report::read_journal(&path).unwrap();
-    assert!(!before.ended);
-    // Resume: arguments that contradict the journal are refused...
-    let mut other = p.clone();
-    other.capacity_bytes = 1 << 30;
-    let e = Sweep::resume(&path, Some(&other))
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(e.contains("capacity"), "{e}");
-    // ...the same plan or none continues it.
-    let resumed = Sweep::resume(&path, Some(&p)).unwrap();
+    assert!(!ends_with_end_line(&path));
+    // Resume: fields that contradict the journal are refused, named as data...
+    let contradiction = |given: PlanOverrides| match Sweep::resume(&path, &given) {
+        Err(PlanError::Contradicts { differences, .. }) => {
+            differences.iter().map(|d| d.field).collect::<Vec<_>>()
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a contradicting resume was accepted"),
+    };
+    let capacity = PlanOverrides {
+        capacity_bytes: Some(1 << 30),
+        ..PlanOverrides::default()
+    };
+    assert_eq!(contradiction(capacity), [PlanField::Capacity]);
+    let device = PlanOverrides {
+        device: Some(DeviceKind::Cuda { index: 0 }),
+        ..PlanOverrides::default()
+    };
+    assert_eq!(contradiction(device), [PlanField::Device]);
+    let threads = PlanOverrides {
+        threads: Some(2),
+        ..PlanOverrides::default()
+    };
+    assert_eq!(contradiction(threads), [PlanField::Threads]);
+    // ...the same values, or none, continue it.
+    let same = PlanOverrides {
+        capacity_bytes: Some(p.capacity_bytes),
+        device: Some(DeviceKind::Cpu),
+        ..PlanOverrides::default()
+    };
+    let resumed = Sweep::resume(&path, &same).unwrap();
     let r2 = resumed
         .run(&worker(), &Arc::new(AtomicBool::new(false)), &mut |_| {})
         .unwrap();
@@ -436,12 +454,24 @@ fn a_torn_journal_tail_is_ignored_on_resume() {
     let c = report::read_journal(&path).unwrap();
     assert!(c.torn_tail);
     assert_eq!(c.trials.len(), r.trials.len() - 1);
-    let r2 = Sweep::resume(&path, None)
+    let r2 = Sweep::resume(&path, &PlanOverrides::default())
         .unwrap()
         .run(&worker(), &Arc::new(AtomicBool::new(false)), &mut |_| {})
         .unwrap();
     assert_eq!(r2.trials.len(), r.trials.len());
     assert_eq!(r2.boundaries, r.boundaries);
+    // The journal on disk is whole again: the torn half-line is gone, the trial it held was run
+    // again and appended, and the sweep's end is recorded.
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.ends_with('\n'));
+    let lines = journal_lines(&path);
+    let trials: Vec<_> = lines.iter().filter(|l| l["type"] == "trial").collect();
+    assert_eq!(trials.len(), r.trials.len());
+    assert_eq!(trials.last().unwrap()["batch"], 2);
+    assert!(ends_with_end_line(&path));
+    let back = report::read_journal(&path).unwrap();
+    assert!(!back.torn_tail);
+    assert_eq!(back.trials, r2.trials);
     // A damaged line in the middle is an error naming the line.
     let text = std::fs::read_to_string(&path).unwrap();
     let mut lines: Vec<String> = text.lines().map(String::from).collect();
@@ -496,5 +526,49 @@ fn a_checkpoint_that_does_not_match_its_config_is_rejected_with_the_tensor_and_s
         .unwrap_err()
         .to_string();
     assert!(e.contains("model-00002-of-00002.safetensors"), "{e}");
-    let _ = bin();
+}
+
+#[test]
+fn an_oom_below_a_measured_fit_ends_non_monotone_in_results_and_journal() {
+    let dir = TempDir::new("nonmono");
+    let (p, star, confirmed) = contradiction_setup(&dir);
+    // The same sweep on a "device" where the confirmation batch runs out of memory for real
+    // (the worker's allocator refuses the forward), although b* fitted: memory not monotone.
+    let path = dir.join("nonmono.jsonl");
+    let sweep = Sweep::new(p, &path).unwrap();
+    let r = sweep
+        .run(
+            &faulty_worker(0, &[confirmed]),
+            &Arc::new(AtomicBool::new(false)),
+            &mut |_| {},
+        )
+        .unwrap();
+    let b = &r.boundaries[0];
+    assert_eq!(b.status, BoundaryStatus::NonMonotone, "{b:?}");
+    assert_eq!(
+        b.contradiction,
+        Some(Contradiction {
+            fit_batch: star,
+            oom_batch: confirmed
+        })
+    );
+    assert!(b.max_batch.unwrap() < confirmed);
+    let pick = r.recommendation.pick.as_ref().unwrap();
+    assert!(pick.batch < confirmed, "{pick:?}");
+    assert!(!r.incomplete);
+    let oom = r.trials.iter().find(|t| t.batch == confirmed).unwrap();
+    assert_eq!(
+        (oom.outcome, oom.purpose),
+        (Outcome::Oom, Purpose::Recommend)
+    );
+    assert!(oom.requested_bytes.unwrap() > 0);
+    // The journal on disk says the same when replayed.
+    let back = report::summarize(&report::read_journal(&path).unwrap());
+    assert_eq!(back.boundaries, r.boundaries);
+    let lines = journal_lines(&path);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["type"] == "trial" && l["batch"] == confirmed && l["outcome"] == "oom")
+    );
 }

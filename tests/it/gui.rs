@@ -1,52 +1,56 @@
 //! The desktop lab driven by `egui_kittest`: the real app, the real engine and worker.
-//! No sleeps: between frames the test blocks on the engine's next event.
+//! No sleeps: between frames the test blocks on the engine's next event. Assertions read what
+//! is drawn (table cells, the recommendation card) and compare it with an independent replay of
+//! the journal file read back from disk.
 
-use crate::common::{TempDir, bin, fixtures};
+use crate::common::{TempDir, contradiction_setup, faulty_worker, fixtures, kill, worker};
 use eframe::egui;
 use egui::accesskit::Role;
 use egui_kittest::Harness;
 use egui_kittest::kittest::{NodeT, Queryable};
 use oomlab::gui::{AppOptions, OomLabApp};
-use oomlab::report::{Failure, Outcome};
-use oomlab::search::BoundaryStatus;
-use oomlab::worker::{STALL_ENV, WorkerConfig};
-use std::path::PathBuf;
+use oomlab::plan::human_bytes;
+use oomlab::worker::WorkerConfig;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-fn harness(
+fn harness_with(
     dir: &TempDir,
     open: Option<PathBuf>,
-    stall_ms: Option<u64>,
+    worker: WorkerConfig,
+    checker: bool,
 ) -> Harness<'static, OomLabApp> {
-    let mut worker = WorkerConfig {
-        exe: bin(),
-        threads: 1,
-        env: Vec::new(),
-    };
-    if let Some(ms) = stall_ms {
-        worker.env.push((STALL_ENV.into(), ms.to_string()));
-    }
     let options = AppOptions {
         worker,
         open,
         journal_dir: Some(dir.0.clone()),
         persist: false,
+        checker,
     };
     Harness::builder()
         .with_size(egui::vec2(1280.0, 800.0))
         .build_eframe(move |cc| OomLabApp::new(cc, options))
 }
 
-/// Types into the text field labelled `label`, replacing its content.
-fn set_text(h: &mut Harness<'static, OomLabApp>, label: &str, text: &str) {
-    h.get_by_label(label).set_text_value_accesskit(text);
+fn harness(dir: &TempDir, open: Option<PathBuf>) -> Harness<'static, OomLabApp> {
+    harness_with(dir, open, worker(), true)
+}
+
+/// Lets the settings checker (a background thread, for model paths) answer, then redraws.
+fn settle(h: &mut Harness<'static, OomLabApp>) {
     h.run_steps(2);
-    // A local path is checked on a background thread: block on it, then redraw.
-    while h.state().validating() {
-        h.state_mut().wait_for_background(Duration::from_secs(30));
+    while h.state().checking() {
+        assert!(h.state_mut().wait_for_background(Duration::from_secs(30)));
         h.run_steps(1);
     }
     h.run_steps(1);
+}
+
+/// Types into the text field labelled `label`, replacing its content.
+fn set_text(h: &mut Harness<'static, OomLabApp>, label: &str, text: &str) {
+    h.get_by_label(label).set_text_value_accesskit(text);
+    settle(h);
 }
 
 /// Clicks the export "Write" button and waits for the background write to report.
@@ -69,7 +73,7 @@ fn wait_for_results(h: &mut Harness<'static, OomLabApp>) {
     while h.state().results().is_none() {
         h.state_mut().wait_for_background(Duration::from_secs(30));
         h.step();
-        assert!(h.state().notice.is_none(), "{:?}", h.state().notice);
+        assert!(h.state().notice().is_none(), "{:?}", h.state().notice());
     }
     h.run_steps(2);
 }
@@ -89,10 +93,201 @@ fn run_to_end(h: &mut Harness<'static, OomLabApp>) {
     h.run_steps(2);
 }
 
+/// The texts drawn on the row of the label `first`, left to right, starting with it.
+fn row(h: &Harness<'static, OomLabApp>, first: &str) -> Vec<String> {
+    let anchor = h.get_by_label(first).rect();
+    let mut cells: Vec<(f32, String)> = h
+        .query_all_by_role(Role::Label)
+        .filter_map(|n| {
+            let r = n.rect();
+            let on_row = r.center().y > anchor.min.y && r.center().y < anchor.max.y;
+            if on_row && r.min.x >= anchor.min.x - 0.5 {
+                Some((r.min.x, n.value()?))
+            } else {
+                None
+            }
+        })
+        .collect();
+    cells.sort_by(|a, b| a.0.total_cmp(&b.0));
+    cells.into_iter().map(|(_, t)| t).collect()
+}
+
+/// What the boundary table and the card should show, replayed from the journal file with the
+/// documented rules — independently of oomlab's summary code.
+struct Replay {
+    /// Per curve: curve, b*, status, trials, safe (as drawn).
+    rows: Vec<[String; 5]>,
+    /// The card's headline.
+    pick: Option<String>,
+    trials: Vec<Value>,
+}
+
+fn replay(journal: &Path) -> Replay {
+    let lines: Vec<Value> = std::fs::read_to_string(journal)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let plan = &lines[0]["plan"];
+    let (lo, hi) = (
+        plan["batch"]["min"].as_u64().unwrap(),
+        plan["batch"]["max"].as_u64().unwrap(),
+    );
+    let limit = (plan["capacity_bytes"].as_f64().unwrap()
+        * (1.0 - plan["headroom"].as_f64().unwrap()))
+    .floor() as u64;
+    let trials: Vec<Value> = lines
+        .iter()
+        .filter(|l| l["type"] == "trial")
+        .cloned()
+        .collect();
+    let dash = |v: Option<u64>| v.map_or_else(|| "–".to_string(), |b| b.to_string());
+    let mut rows = Vec::new();
+    let mut picks = Vec::new();
+    for dtype in plan["dtypes"].as_array().unwrap() {
+        for seq in plan["seqs"].as_array().unwrap() {
+            let mine: Vec<&Value> = trials
+                .iter()
+                .filter(|t| t["seq"] == *seq && t["dtype"] == *dtype)
+                .collect();
+            let batches = |outcome: &str| -> Vec<u64> {
+                mine.iter()
+                    .filter(|t| t["outcome"] == outcome)
+                    .map(|t| t["batch"].as_u64().unwrap())
+                    .collect()
+            };
+            let (fits, ooms) = (batches("fit"), batches("oom"));
+            let lowest_oom = ooms.iter().min().copied();
+            let below = |b: u64| lowest_oom.is_none_or(|o| b < o);
+            let star = fits.iter().copied().filter(|&b| below(b)).max();
+            let contradiction = lowest_oom.is_some_and(|o| fits.iter().any(|&f| f >= o));
+            let status = if contradiction {
+                "non_monotone"
+            } else if lowest_oom == Some(lo) {
+                "none_fits"
+            } else if star == Some(hi) {
+                "above_range"
+            } else if star.is_some() && lowest_oom == star.map(|b| b + 1) {
+                "exact"
+            } else {
+                "incomplete"
+            };
+            // Safe: the largest fit under the headroom limit below every OOM and every fit over it.
+            let total = |t: &Value| t["total_bytes"].as_u64();
+            let over = mine
+                .iter()
+                .filter(|t| {
+                    t["outcome"] == "oom" || (t["outcome"] == "fit" && total(t) > Some(limit))
+                })
+                .map(|t| t["batch"].as_u64().unwrap())
+                .min();
+            let safe = mine
+                .iter()
+                .filter(|t| t["outcome"] == "fit" && total(t).is_some_and(|x| x <= limit))
+                .map(|t| t["batch"].as_u64().unwrap())
+                .filter(|&b| over.is_none_or(|o| b < o))
+                .max();
+            let searched = mine.iter().filter(|t| t["purpose"] == "search").count();
+            // An unfinished search has no boundary yet, and so no safe batch.
+            let (star, safe) = if status == "incomplete" {
+                (None, None)
+            } else {
+                (star, safe)
+            };
+            let (seq, dtype) = (seq.as_u64().unwrap(), dtype.as_str().unwrap().to_string());
+            rows.push([
+                format!("seq {seq} {dtype}"),
+                dash(star),
+                status.to_string(),
+                searched.to_string(),
+                dash(safe),
+            ]);
+            if let Some(b) = safe {
+                let width = match dtype.as_str() {
+                    "f32" => 3,
+                    "bf16" => 2,
+                    _ => 1,
+                };
+                picks.push((
+                    (b * seq, width, seq),
+                    format!("batch {b} × seq {seq} in {dtype}"),
+                ));
+            }
+        }
+    }
+    let pick = picks.into_iter().max_by_key(|p| p.0).map(|p| p.1);
+    Replay { rows, pick, trials }
+}
+
+/// Asserts that the boundary table, the card and the trials table show what the journal holds.
+fn assert_screen_matches_journal(h: &Harness<'static, OomLabApp>) -> Replay {
+    let journal = h.state().journal_path().expect("a journal").to_path_buf();
+    let want = replay(&journal);
+    for r in &want.rows {
+        let drawn = row(h, &r[0]);
+        assert_eq!(&drawn[..5], &r[..], "boundary row as drawn vs the journal");
+    }
+    match &want.pick {
+        Some(p) => {
+            h.get_by_label(p);
+        }
+        None => {
+            h.get_by_label("No configuration fits under the headroom limit.");
+        }
+    }
+    // Every trial row in view shows the journal's line.
+    for (i, t) in want.trials.iter().enumerate() {
+        let name = format!("trial {}", i + 1);
+        if h.query_by_label(&name).is_none() {
+            continue; // scrolled out of the virtualized table
+        }
+        let cells = row(h, &name);
+        let bytes = |k: &str| t[k].as_u64().map_or_else(|| "–".to_string(), human_bytes);
+        let outcome = match t["outcome"].as_str().unwrap() {
+            "fit" => "fit",
+            "oom" => "OOM",
+            _ => "failed",
+        };
+        assert_eq!(
+            cells[..7],
+            [
+                name.clone(),
+                t["seq"].to_string(),
+                t["dtype"].as_str().unwrap().to_string(),
+                t["batch"].to_string(),
+                outcome.to_string(),
+                bytes("peak_bytes"),
+                bytes("total_bytes"),
+            ],
+            "{name}"
+        );
+    }
+    h.get_by_label_contains(&format!("· {} trials", want.trials.len()));
+    want
+}
+
+/// Asserts that some drawn text contains `text` (a notice is also written to the event log).
+fn shown(h: &Harness<'static, OomLabApp>, text: &str) {
+    assert!(
+        h.query_all_by_label_contains(text).count() >= 1,
+        "'{text}' is not on screen"
+    );
+}
+
+/// Sets the experiment through the window's fields.
+fn set_experiment(h: &mut Harness<'static, OomLabApp>, seq: &str, batch: &str, capacity: &str) {
+    set_text(h, "Sequence lengths", seq);
+    set_text(h, "Batch range", batch);
+    set_text(h, "Capacity", capacity);
+    h.state_mut().settings.f16 = false;
+    h.state_mut().settings.threads = 1;
+    settle(h);
+}
+
 #[test]
-fn run_a_sweep_from_the_window_and_see_the_engines_boundary() {
+fn run_a_sweep_and_the_drawn_tables_match_the_journal_on_disk() {
     let dir = TempDir::new("gui-run");
-    let mut h = harness(&dir, None, None);
+    let mut h = harness(&dir, None);
     h.run_steps(2);
     // Choose a tiny bundled model from the catalog and a small capacity.
     h.get_by_label("Bundled model").click();
@@ -100,56 +295,84 @@ fn run_a_sweep_from_the_window_and_see_the_engines_boundary() {
     h.get_by_label_contains("tiny-bert  (bert").click();
     h.run_steps(2);
     assert_eq!(h.state().settings.model, "tiny-bert");
-    set_text(&mut h, "Sequence lengths", "32");
-    set_text(&mut h, "Batch range", "1..64");
-    set_text(&mut h, "Capacity", "6MiB");
-    h.state_mut().settings.f16 = false;
-    h.state_mut().settings.threads = 1;
-    h.run_steps(2);
+    set_experiment(&mut h, "32, 64", "1..64", "6MiB");
     h.get_by_role_and_label(Role::Button, "Run").click();
     h.run_steps(1);
     assert!(h.state().is_running());
     run_to_end(&mut h);
-    let r = h.state().results().expect("results shown").clone();
-    assert!(!r.trials.is_empty());
-    // The table holds every trial.
-    for i in 1..=r.trials.len() {
-        h.get_by_label(&format!("trial {i}"));
-    }
-    assert!(
-        h.query_by_label(&format!("trial {}", r.trials.len() + 1))
-            .is_none()
-    );
-    // The boundary shown equals the engine's (journal replay is the engine's own summary).
-    let journal = h.state().journal_path().unwrap().clone();
-    let engine = oomlab::report::summarize(&oomlab::report::read_journal(&journal).unwrap());
-    assert_eq!(engine.boundaries, r.boundaries);
-    let b = &r.boundaries[0];
-    assert_eq!(b.status, BoundaryStatus::Exact, "{b:?}");
-    let star = b.max_batch.unwrap().to_string();
-    // The card's boundary row shows the engine's b*.
-    h.get_by_label("seq 32 f32");
-    assert!(
-        h.query_all_by_label(&star).count() >= 1,
-        "b* {star} not displayed"
-    );
+    let want = assert_screen_matches_journal(&h);
+    assert_eq!(want.rows.len(), 2);
+    assert!(want.rows.iter().all(|r| r[2] == "exact"), "{:?}", want.rows);
     let f = h.state().frame_stats();
     eprintln!("{}", f.summary());
-    assert!(f.frames_during_sweep > 0);
+}
+
+#[test]
+fn killing_the_worker_inside_the_forward_shows_the_failed_trial_and_its_retry() {
+    let dir = TempDir::new("gui-kill");
+    let mut h = harness_with(&dir, None, faulty_worker(400, &[]), true);
+    h.state_mut().settings.model = "tiny-bert".into();
+    h.state_mut().settings.strategy = oomlab::plan::Strategy::Grid;
+    set_experiment(&mut h, "16", "1..3", "1GiB");
+    h.get_by_role_and_label(Role::Button, "Run").click();
+    h.run_steps(1);
+    // The window learns the worker's pid when it announces the forward of batch 2; kill it then.
+    let mut killed = false;
+    while h.state().is_running() {
+        assert!(h.state_mut().wait_for_engine(Duration::from_mins(1)));
+        h.step();
+        if !killed && let Some((pid, 2)) = h.state().trial_in_flight() {
+            kill(pid);
+            killed = true;
+        }
+    }
+    h.run_steps(2);
+    assert!(killed);
+    let want = assert_screen_matches_journal(&h);
+    let at2: Vec<usize> = want
+        .trials
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t["batch"] == 2)
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert_eq!(at2.len(), 2, "the killed trial and its retry");
+    let killed_row = row(&h, &format!("trial {}", at2[0]));
+    assert_eq!(killed_row[4], "failed");
+    assert!(
+        killed_row[8].contains("killed by signal 9 (SIGKILL)"),
+        "{killed_row:?}"
+    );
+    assert_eq!(row(&h, &format!("trial {}", at2[1]))[4], "fit");
+    assert_eq!(row(&h, "seq 16 f32")[2], "above_range");
+}
+
+#[test]
+fn an_oom_below_b_star_shows_non_monotone_in_the_window() {
+    let dir = TempDir::new("gui-nonmono");
+    let (p, star, confirmed) = contradiction_setup(&dir);
+    let mut h = harness_with(&dir, None, faulty_worker(0, &[confirmed]), true);
+    h.state_mut().settings.model = "tiny-bert".into();
+    set_experiment(&mut h, "64", "1..256", &p.capacity_bytes.to_string());
+    h.get_by_role_and_label(Role::Button, "Run").click();
+    h.run_steps(1);
+    run_to_end(&mut h);
+    let want = assert_screen_matches_journal(&h);
+    assert_eq!(want.rows[0][2], "non_monotone");
+    h.get_by_label_contains(&format!(
+        "seq 64 f32: batch {star} fitted but batch {confirmed} ran out of memory"
+    ));
+    let safe: usize = want.rows[0][4].parse().unwrap();
+    assert!(safe < confirmed);
 }
 
 #[test]
 fn cancel_mid_sweep_keeps_a_consistent_resumable_state() {
     let dir = TempDir::new("gui-cancel");
-    let mut h = harness(&dir, None, Some(200));
+    let mut h = harness_with(&dir, None, faulty_worker(200, &[]), true);
     h.state_mut().settings.model = "tiny-llama".into();
-    h.state_mut().settings.seqs = "16".into();
-    h.state_mut().settings.batch = "1..6".into();
-    h.state_mut().settings.capacity = "64MiB".into();
-    h.state_mut().settings.f16 = false;
     h.state_mut().settings.strategy = oomlab::plan::Strategy::Grid;
-    h.state_mut().settings.threads = 1;
-    h.run_steps(2);
+    set_experiment(&mut h, "16", "1..6", "64MiB");
     h.get_by_role_and_label(Role::Button, "Run").click();
     h.run_steps(1);
     // Wait for the first finished trial, then cancel while the next is in flight.
@@ -160,108 +383,128 @@ fn cancel_mid_sweep_keeps_a_consistent_resumable_state() {
     h.get_by_role_and_label(Role::Button, "Cancel").click();
     h.run_steps(1);
     run_to_end(&mut h);
-    let r = h.state().results().unwrap().clone();
-    let last = r.trials.last().unwrap();
-    assert_eq!(last.failure, Some(Failure::Cancelled), "{last:?}");
-    assert!(r.incomplete);
-    // Everything shown is in the journal.
-    let journal = h.state().journal_path().unwrap().clone();
-    assert_eq!(
-        oomlab::report::read_journal(&journal).unwrap().trials,
-        r.trials
-    );
+    let want = assert_screen_matches_journal(&h);
+    let last = want.trials.last().unwrap();
+    assert_eq!(last["failure"], "cancelled", "{last}");
+    assert_eq!(row(&h, "seq 16 f32")[2], "incomplete");
     // Resume from the window finishes the sweep without repeating finished trials.
     h.get_by_role_and_label(Role::Button, "Resume").click();
     h.run_steps(1);
     run_to_end(&mut h);
-    let r = h.state().results().unwrap().clone();
-    assert!(!r.incomplete, "{:?}", r.boundaries);
-    let fits: Vec<usize> = r
+    let want = assert_screen_matches_journal(&h);
+    let fits: Vec<u64> = want
         .trials
         .iter()
-        .filter(|t| t.outcome == Outcome::Fit)
-        .map(|t| t.batch)
+        .filter(|t| t["outcome"] == "fit")
+        .map(|t| t["batch"].as_u64().unwrap())
         .collect();
     assert_eq!(fits, (1..=6).collect::<Vec<_>>());
+    assert_eq!(row(&h, "seq 16 f32")[2], "above_range");
 }
 
 #[test]
-fn invalid_input_disables_run_with_the_reason() {
+fn invalid_input_disables_run_with_the_reason_in_the_windows_words() {
     let dir = TempDir::new("gui-invalid");
-    let mut h = harness(&dir, None, None);
+    let mut h = harness(&dir, None);
     h.state_mut().settings.model = "tiny-bert".into();
     h.state_mut().settings.seqs = "32".into();
-    h.run_steps(2);
+    settle(&mut h);
     assert!(!run_disabled(&h));
     set_text(&mut h, "Batch range", "0..4");
     assert!(run_disabled(&h));
-    h.get_by_label_contains("batch sizes start at 1");
+    h.get_by_label_contains("the Batch range field: batch sizes start at 1");
     set_text(&mut h, "Batch range", "1..4");
+    assert!(!run_disabled(&h));
     set_text(&mut h, "Sequence lengths", "999");
     assert!(run_disabled(&h));
     h.get_by_label_contains("maximum of 64 positions");
+    h.get_by_label_contains("choose 64 or less in the Sequence lengths field");
     set_text(&mut h, "Sequence lengths", "32");
+    // tiny-bert's f32 weights are larger than 10 KiB.
     set_text(&mut h, "Capacity", "10KiB");
-    h.get_by_label_contains("raise --capacity");
+    assert!(run_disabled(&h));
+    h.get_by_label_contains("raise the Capacity field above");
+    assert!(
+        h.query_by_label_contains("--").is_none(),
+        "a flag name in the window"
+    );
     set_text(&mut h, "Capacity", "1GiB");
+    assert!(!run_disabled(&h));
     set_text(&mut h, "Model id or path", "/no/such/folder");
     h.get_by_label_contains("unknown model");
+    h.get_by_label_contains("the Bundled model list");
     assert!(run_disabled(&h));
+}
+
+#[test]
+fn without_a_checker_thread_a_path_gets_an_error_not_a_stuck_check() {
+    let dir = TempDir::new("gui-nochecker");
+    let mut h = harness_with(&dir, None, worker(), false);
+    h.state_mut().settings.model = fixtures()
+        .join("checkpoints/tiny-bert")
+        .display()
+        .to_string();
+    h.run_steps(3);
+    assert!(!h.state().checking());
+    assert!(run_disabled(&h));
+    h.get_by_label_contains("cannot check the model");
+    assert!(h.query_by_label_contains("checking the model").is_none());
+    // A bundled model needs no thread: it is checked at once.
+    h.state_mut().settings.model = "tiny-bert".into();
+    h.state_mut().settings.seqs = "32".into();
+    h.run_steps(3);
+    assert!(!run_disabled(&h));
 }
 
 #[test]
 fn reopened_results_export_and_bad_paths_get_clear_messages() {
     let dir = TempDir::new("gui-open");
-    let mut h = harness(
-        &dir,
-        Some(fixtures().join("gui/tiny-llama-grid.jsonl")),
-        None,
-    );
+    let mut h = harness(&dir, Some(fixtures().join("gui/tiny-llama-grid.jsonl")));
     wait_for_results(&mut h);
     let r = h.state().results().unwrap().clone();
     assert_eq!(r.model, "tiny-llama");
-    h.get_by_label_contains("batch 39 × seq 64 in f16");
+    h.get_by_label("batch 39 × seq 64 in f16");
+    // The reopened plan is what Run would repeat.
+    assert_eq!(h.state().settings.model, "tiny-llama");
+    assert_eq!(row(&h, "seq 64 f16")[2], "exact");
     // Export through the typed path (works without a dialog service).
     let out = dir.join("rec.toml");
-    h.state_mut().settings.model.clear();
-    h.run_steps(1);
     let field = h.get_by_label("Export path");
     field.set_text_value_accesskit(&out.display().to_string());
     h.run_steps(1);
     write_export(&mut h);
     let text = std::fs::read_to_string(&out).unwrap();
     assert!(text.contains("per_device_eval_batch_size = 39"), "{text}");
-    // Writing again without "overwrite" is refused with the fix in the message.
+    // Writing again without "overwrite" is refused with the window's fix in the message.
     write_export(&mut h);
-    assert!(
-        h.state()
-            .notice
-            .as_deref()
-            .unwrap()
-            .contains("already exists")
-    );
+    shown(&h, "already exists; tick \"overwrite\"");
     // An unwritable path names the path and says what to do.
     let field = h.get_by_label("Export path");
     field.set_text_value_accesskit("/proc/oomlab/nope.toml");
     h.run_steps(1);
     write_export(&mut h);
-    let n = h.state().notice.clone().unwrap();
+    let n = h.state().notice().unwrap().to_string();
     assert!(
         n.contains("/proc/oomlab/nope.toml") && n.contains("choose a folder"),
         "{n}"
     );
+    h.get_by_label(&n);
     // A file that is not oomlab results is refused clearly.
     h.state_mut()
         .open_results(fixtures().join("checkpoints/tiny-bert/config.json"));
     assert!(h.state_mut().wait_for_background(Duration::from_secs(30)));
     h.run_steps(1);
-    assert!(
-        h.state()
-            .notice
-            .as_deref()
-            .unwrap()
-            .contains("not an oomlab journal")
-    );
+    shown(&h, "is not an oomlab journal or results file");
+}
+
+/// Masks the frame-time readout (it changes from run to run, and so does its width: the mask
+/// covers the widest it gets, from its right-aligned end).
+fn mask_frame_time(h: &mut Harness<'static, OomLabApp>) {
+    let r = h.get_by_label_contains("ms/frame").rect();
+    h.mask(egui::Rect::from_min_max(
+        egui::pos2(r.max.x - 480.0, r.min.y),
+        r.max,
+    ));
 }
 
 #[test]
@@ -271,11 +514,26 @@ fn main_view_snapshot() {
     let mut h = harness(
         &dir,
         Some(PathBuf::from("tests/fixtures/gui/tiny-llama-grid.jsonl")),
-        None,
     );
     wait_for_results(&mut h);
-    // The frame-time readout changes from run to run.
-    let rect = h.get_by_label_contains("ms/frame").rect();
-    h.mask(rect);
+    mask_frame_time(&mut h);
     h.snapshot("main_view");
+}
+
+#[test]
+fn finished_auto_sweep_light_snapshot() {
+    let dir = TempDir::new("gui-snapshot-light");
+    let mut h = harness(
+        &dir,
+        Some(PathBuf::from("tests/fixtures/gui/tiny-bert-auto.jsonl")),
+    );
+    wait_for_results(&mut h);
+    h.get_by_label("View").click();
+    h.run_steps(2);
+    h.get_by_label("Light").click();
+    h.run_steps(3);
+    let want = assert_screen_matches_journal(&h);
+    assert!(want.pick.is_some());
+    mask_frame_time(&mut h);
+    h.snapshot("auto_sweep_light");
 }

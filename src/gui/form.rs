@@ -1,0 +1,209 @@
+//! Settings → plan: the window's side of the one override path ([`PlanOverrides`]), and the
+//! window's words for the plan's fields (the labels it draws).
+
+use super::settings::Settings;
+use crate::catalog::{BUNDLED, ModelRef, ModelSpec};
+use crate::plan::{
+    BatchRange, DeviceKind, Face, PlanField, PlanOverrides, PlanProblem, Precision, SweepPlan,
+    parse_bytes, parse_headroom,
+};
+use crate::sweep::{self, PlanError};
+
+/// The labels of the experiment panel's controls (drawn, and named by error messages).
+pub mod label {
+    pub const BUNDLED_MODEL: &str = "Bundled model";
+    pub const MODEL: &str = "Model id or path";
+    pub const SEQ: &str = "Sequence lengths";
+    pub const DTYPE: &str = "Precisions";
+    pub const BATCH: &str = "Batch range";
+    pub const CAPACITY: &str = "Capacity";
+    pub const HEADROOM: &str = "Headroom";
+    pub const STRATEGY: &str = "Strategy";
+    pub const DEVICE: &str = "Device";
+    pub const THREADS: &str = "Worker threads";
+}
+
+/// The window names a field by the control that sets it.
+pub struct Labels;
+
+impl Face for Labels {
+    fn control(&self, field: PlanField) -> &'static str {
+        match field {
+            PlanField::Model => "the Model id or path field",
+            PlanField::Seq => "the Sequence lengths field",
+            PlanField::Dtype => "the Precisions boxes",
+            PlanField::Batch => "the Batch range field",
+            PlanField::Capacity => "the Capacity field",
+            PlanField::Headroom => "the Headroom field",
+            PlanField::Strategy => "the Strategy choice",
+            PlanField::Device => "the Device choice",
+            PlanField::Threads => "the Worker threads field",
+        }
+    }
+    fn model_list(&self) -> &'static str {
+        "the Bundled model list"
+    }
+}
+
+/// Whether checking these settings needs no file (a bundled model: its config is in memory), so
+/// the UI thread may check them itself.
+#[must_use]
+pub fn in_memory(s: &Settings) -> bool {
+    BUNDLED
+        .iter()
+        .any(|b| b.id.eq_ignore_ascii_case(s.model.trim()))
+}
+
+/// What checking the settings found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checked {
+    /// The plan Run would start, or why Run is disabled (one sentence in the window's words).
+    pub plan: Result<SweepPlan, String>,
+    /// One line about the model (family, size, positions), when it could be read.
+    pub summary: Option<String>,
+}
+
+fn invalid(field: PlanField, message: String) -> PlanError {
+    PlanError::Invalid {
+        field,
+        problem: PlanProblem::Unparsable(message),
+    }
+}
+
+/// The plan fields the settings give, parsed (every field: the window has a control for each).
+fn overrides(s: &Settings, model: ModelRef) -> Result<PlanOverrides, PlanError> {
+    let dtypes: Vec<Precision> = [
+        (s.f32, Precision::F32),
+        (s.f16, Precision::F16),
+        (s.bf16, Precision::Bf16),
+    ]
+    .into_iter()
+    .filter_map(|(on, p)| on.then_some(p))
+    .collect();
+    Ok(PlanOverrides {
+        model: Some(model),
+        seqs: Some(parse_seqs(&s.seqs).map_err(|e| invalid(PlanField::Seq, e))?),
+        dtypes: Some(dtypes),
+        batch: Some(
+            s.batch
+                .parse::<BatchRange>()
+                .map_err(|e| invalid(PlanField::Batch, e))?,
+        ),
+        capacity_bytes: Some(
+            parse_bytes(&s.capacity).map_err(|e| invalid(PlanField::Capacity, e))?,
+        ),
+        headroom: Some(parse_headroom(&s.headroom).map_err(|e| invalid(PlanField::Headroom, e))?),
+        strategy: Some(s.strategy),
+        device: Some(DeviceKind::Cpu),
+        threads: Some(s.threads),
+    })
+}
+
+/// Checks settings against their model. Reads the model's files for a path: call it off the
+/// UI thread unless [`in_memory`] says so.
+#[must_use]
+pub fn check(s: &Settings) -> Checked {
+    let spec = ModelRef::parse(&s.model)
+        .and_then(|r| ModelSpec::resolve(&r))
+        .map_err(PlanError::Model);
+    let summary = spec.as_ref().ok().map(summary);
+    let plan = spec
+        .and_then(|spec| {
+            let given = overrides(s, spec.reference.clone())?;
+            sweep::plan_for(&given, &spec)
+        })
+        .map_err(|e| e.describe(&Labels));
+    Checked { plan, summary }
+}
+
+fn summary(spec: &ModelSpec) -> String {
+    format!(
+        "{} · {} · up to {} positions · {}",
+        spec.family,
+        format_params(spec.dims.published_parameters(spec.family)),
+        spec.dims.max_positions,
+        if spec.checkpoint.is_some() {
+            "real weights"
+        } else {
+            "synthetic weights"
+        }
+    )
+}
+
+/// `109.5M parameters`, `1.10B parameters`, `26.8K parameters`.
+#[must_use]
+pub fn format_params(n: u64) -> String {
+    let n = n as f64;
+    if n >= 1e9 {
+        format!("{:.2}B parameters", n / 1e9)
+    } else if n >= 1e6 {
+        format!("{:.1}M parameters", n / 1e6)
+    } else {
+        format!("{:.1}K parameters", n / 1e3)
+    }
+}
+
+/// Parses `128, 512` into sequence lengths.
+pub fn parse_seqs(s: &str) -> Result<Vec<usize>, String> {
+    let mut out = Vec::new();
+    for part in s
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|p| !p.is_empty())
+    {
+        let n: usize = part
+            .parse()
+            .map_err(|_| format!("'{part}' is not a sequence length; write e.g. 128, 512"))?;
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    if out.is_empty() {
+        return Err("give at least one sequence length, e.g. 128".into());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_settings_are_the_plan_defaults_and_check_clean() {
+        let s = Settings::default();
+        let plan = check(&s).plan.unwrap();
+        let want = SweepPlan::defaults(
+            ModelRef::Catalog(crate::plan::defaults::WINDOW_MODEL.into()),
+            512,
+        );
+        assert_eq!(plan, want);
+        // And back: the settings a plan gives check to the same plan.
+        let mut t = Settings {
+            model: "tiny-llama".into(),
+            ..Settings::default()
+        };
+        t.apply_plan(&want);
+        assert_eq!(t, s);
+    }
+
+    #[test]
+    fn errors_name_the_window_controls_not_flags() {
+        let mut s = Settings {
+            capacity: "10KiB".into(),
+            ..Settings::default()
+        };
+        let e = check(&s).plan.unwrap_err();
+        assert!(e.contains("raise the Capacity field above"), "{e}");
+        assert!(!e.contains("--"), "{e}");
+        s.capacity = "1GiB".into();
+        s.batch = "0..3".into();
+        let e = check(&s).plan.unwrap_err();
+        assert!(
+            e.starts_with("the Batch range field: batch sizes start at 1"),
+            "{e}"
+        );
+        s.batch = "1..3".into();
+        s.model = "no-such-model".into();
+        let e = check(&s).plan.unwrap_err();
+        assert!(e.contains("the Bundled model list"), "{e}");
+    }
+}

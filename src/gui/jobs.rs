@@ -1,0 +1,396 @@
+//! Background work for the window: native dialogs, opening results, exporting, PNG encoding,
+//! classifying dropped files, and checking settings that name a local path. Each job runs on a
+//! named thread, reports one [`BgMsg`] and wakes the UI; the UI thread touches no file.
+
+use super::check::Checker;
+use super::form::Checked;
+use super::settings::Settings;
+use super::{OomLabApp, Shown};
+use crate::report::{self, ExportError, JournalContents, Results};
+use eframe::egui;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::time::Duration;
+
+/// What a background job reports.
+#[derive(Debug)]
+pub enum BgMsg {
+    ModelPicked(PathBuf),
+    ResultsPicked(PathBuf),
+    ExportPicked(PathBuf),
+    PngPicked(PathBuf),
+    Opened(
+        PathBuf,
+        Result<(Option<JournalContents>, Box<Results>), String>,
+    ),
+    Exported(Result<PathBuf, ExportError>),
+    PngSaved(Result<PathBuf, ExportError>),
+    /// A dialog closed without a choice; `service` tells whether a dialog could appear at all.
+    DialogEmpty {
+        what: &'static str,
+        service: bool,
+    },
+    Dropped(Vec<Dropped>),
+    /// Settings checked off the UI thread.
+    Checked {
+        key: Box<Settings>,
+        checked: Checked,
+    },
+}
+
+/// A file dropped onto the window, once looked at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dropped {
+    /// A model folder or a config.json.
+    Model(PathBuf),
+    /// A results .json or journal .jsonl.
+    Results(PathBuf),
+    Unknown(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Dialog {
+    ModelFolder,
+    Config,
+    Results,
+    Export,
+    Png,
+}
+
+/// Whether a native file dialog can appear (xdg portal over D-Bus, or zenity/kdialog).
+fn dialog_service_available() -> bool {
+    let on_path = |name: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+    };
+    std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some()
+        || on_path("zenity")
+        || on_path("kdialog")
+}
+
+/// Receives what background jobs report; [`Self::start`] starts them.
+pub struct Jobs {
+    pub start: Spawner,
+    rx: Receiver<BgMsg>,
+}
+
+impl Jobs {
+    #[must_use]
+    pub fn new(ctx: egui::Context) -> Self {
+        // Unbounded: each job sends once, started by a person's action.
+        let (tx, rx) = channel();
+        Self {
+            start: Spawner { tx, ctx },
+            rx,
+        }
+    }
+
+    /// The next message, if one is waiting.
+    pub fn try_recv(&self) -> Option<BgMsg> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Blocks for the next message (tests).
+    pub fn recv_timeout(&self, timeout: Duration) -> Option<BgMsg> {
+        self.rx.recv_timeout(timeout).ok()
+    }
+}
+
+/// Starts one-shot jobs (cheap to clone into a callback).
+#[derive(Clone)]
+pub struct Spawner {
+    tx: Sender<BgMsg>,
+    ctx: egui::Context,
+}
+
+impl Spawner {
+    /// Runs `job` on a named thread; its message wakes the UI. Says why when no thread starts.
+    fn spawn(
+        &self,
+        name: &str,
+        job: impl FnOnce() -> BgMsg + Send + 'static,
+    ) -> Result<(), String> {
+        let tx = self.tx.clone();
+        let ctx = self.ctx.clone();
+        std::thread::Builder::new()
+            .name(format!("oomlab-{name}"))
+            .spawn(move || {
+                let _ = tx.send(job());
+                ctx.request_repaint();
+            })
+            .map(drop)
+            .map_err(|e| format!("cannot start the {name} job: {e}"))
+    }
+
+    /// Starts the settings checker, which reports through the same channel.
+    pub fn checker(&self) -> std::io::Result<Checker> {
+        Checker::start(self.tx.clone(), self.ctx.clone())
+    }
+
+    /// Shows a blocking rfd dialog on its own thread and reports the chosen path.
+    pub fn dialog(&self, kind: Dialog) -> Result<(), String> {
+        self.spawn("dialog", move || {
+            let empty = |what| BgMsg::DialogEmpty {
+                what,
+                service: dialog_service_available(),
+            };
+            match kind {
+                Dialog::ModelFolder => rfd::FileDialog::new()
+                    .set_title("Open model folder (config.json + *.safetensors)")
+                    .pick_folder()
+                    .map_or_else(|| empty("model folder"), BgMsg::ModelPicked),
+                Dialog::Config => rfd::FileDialog::new()
+                    .set_title("Open config.json")
+                    .add_filter("config.json", &["json"])
+                    .pick_file()
+                    .map_or_else(|| empty("config.json"), BgMsg::ModelPicked),
+                Dialog::Results => rfd::FileDialog::new()
+                    .set_title("Open results or journal")
+                    .add_filter("oomlab results", &["json", "jsonl"])
+                    .pick_file()
+                    .map_or_else(|| empty("results file"), BgMsg::ResultsPicked),
+                Dialog::Export => rfd::FileDialog::new()
+                    .set_title("Export recommendation")
+                    .add_filter("TOML", &["toml"])
+                    .add_filter("JSON", &["json"])
+                    .add_filter("CSV (all trials)", &["csv"])
+                    .set_file_name("recommended.toml")
+                    .save_file()
+                    .map_or_else(|| empty("export file"), BgMsg::ExportPicked),
+                Dialog::Png => rfd::FileDialog::new()
+                    .set_title("Save plot as PNG")
+                    .add_filter("PNG", &["png"])
+                    .set_file_name("oomlab-plot.png")
+                    .save_file()
+                    .map_or_else(|| empty("PNG file"), BgMsg::PngPicked),
+            }
+        })
+    }
+
+    /// Reads a results or journal file.
+    pub fn open(&self, path: PathBuf) -> Result<(), String> {
+        self.spawn("open", move || {
+            let r = report::read_results(&path)
+                .map(|(c, r)| (c, Box::new(r)))
+                .map_err(|e| e.to_string());
+            BgMsg::Opened(path, r)
+        })
+    }
+
+    /// Writes the export that `path`'s extension names.
+    pub fn export(&self, results: Arc<Results>, path: PathBuf, force: bool) -> Result<(), String> {
+        self.spawn("export", move || {
+            BgMsg::Exported(report::export(&results, &path, force).map(|()| path))
+        })
+    }
+
+    /// Encodes the plot's region of a screenshot as PNG and writes it.
+    pub fn save_png(
+        &self,
+        image: Arc<egui::ColorImage>,
+        rect: egui::Rect,
+        pixels_per_point: f32,
+        path: PathBuf,
+        force: bool,
+    ) -> Result<(), String> {
+        self.spawn("png", move || {
+            BgMsg::PngSaved(
+                write_png_region(&image, rect, pixels_per_point, &path, force).map(|()| path),
+            )
+        })
+    }
+
+    /// Looks at dropped files (is it a folder?) off the UI thread.
+    pub fn classify_dropped(&self, paths: Vec<PathBuf>) -> Result<(), String> {
+        self.spawn("drop", move || {
+            BgMsg::Dropped(paths.into_iter().map(classify).collect())
+        })
+    }
+}
+
+fn classify(p: PathBuf) -> Dropped {
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let ext = p
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    if p.is_dir() || name == "config.json" {
+        Dropped::Model(p)
+    } else if ext == "json" || ext == "jsonl" {
+        Dropped::Results(p)
+    } else {
+        Dropped::Unknown(p)
+    }
+}
+
+fn write_png_region(
+    image: &egui::ColorImage,
+    rect: egui::Rect,
+    ppp: f32,
+    path: &Path,
+    force: bool,
+) -> Result<(), ExportError> {
+    let [w, h] = image.size;
+    let x0 = ((rect.min.x * ppp).max(0.0) as usize).min(w);
+    let y0 = ((rect.min.y * ppp).max(0.0) as usize).min(h);
+    let x1 = ((rect.max.x * ppp) as usize).clamp(x0, w);
+    let y1 = ((rect.max.y * ppp) as usize).clamp(y0, h);
+    let mut out = image::RgbaImage::new((x1 - x0) as u32, (y1 - y0) as u32);
+    for y in y0..y1 {
+        for x in x0..x1 {
+            let c = image.pixels[y * w + x];
+            out.put_pixel((x - x0) as u32, (y - y0) as u32, image::Rgba(c.to_array()));
+        }
+    }
+    let mut bytes = Vec::new();
+    out.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )
+    .map_err(|e| ExportError::Encode {
+        what: "PNG",
+        message: e.to_string(),
+    })?;
+    report::write_atomic(path, &bytes, force)
+}
+
+/// The app's side of the jobs: starting them, and taking in what they report.
+impl OomLabApp {
+    /// Reports a job that could not start.
+    pub(super) fn started(&mut self, r: Result<(), String>) {
+        if let Err(e) = r {
+            self.notice = Some(e);
+        }
+    }
+
+    /// Reads a results or journal file on a background thread.
+    pub fn open_results(&mut self, path: PathBuf) {
+        let r = self.jobs.start.open(path);
+        self.started(r);
+    }
+
+    pub(super) fn export_to(&mut self, path: PathBuf, force: bool) {
+        let Some(v) = &self.shown else {
+            self.notice = Some("nothing to export yet: run a sweep or open results first".into());
+            return;
+        };
+        let r = self.jobs.start.export(Arc::clone(&v.results), path, force);
+        self.started(r);
+    }
+
+    /// Asks the renderer for a screenshot and writes the plot's region as PNG (background job).
+    pub(super) fn save_plot_png(&mut self, path: PathBuf, force: bool) {
+        let Some(rect) = self.plot_rect else {
+            self.notice = Some("no plot on screen to save".into());
+            return;
+        };
+        let start = self.jobs.start.clone();
+        let ppp = self.ctx.pixels_per_point();
+        let cb = egui::ScreenshotCallback::new(move |image: Arc<egui::ColorImage>| {
+            let _ = start.save_png(image, rect, ppp, path.clone(), force);
+        });
+        self.ctx
+            .send_viewport_cmd(egui::ViewportCommand::Screenshot(cb));
+    }
+
+    pub(super) fn dialog(&mut self, kind: Dialog) {
+        let r = self.jobs.start.dialog(kind);
+        self.started(r);
+    }
+
+    pub(super) fn handle_bg(&mut self, msg: BgMsg) {
+        match msg {
+            BgMsg::ModelPicked(p) => self.settings.model = p.display().to_string(),
+            BgMsg::ResultsPicked(p) => self.open_results(p),
+            // The save dialog has already asked before replacing an existing file.
+            BgMsg::ExportPicked(p) => self.export_to(p, true),
+            BgMsg::PngPicked(p) => self.save_plot_png(p, true),
+            BgMsg::Checked { key, checked } => self.check.receive(*key, checked),
+            BgMsg::Opened(path, Ok((contents, results))) => {
+                self.log.push(format!("opened {}", path.display()));
+                let journal = contents.as_ref().map(|_| path);
+                if !self.is_running() {
+                    self.settings.apply_plan(&results.plan);
+                }
+                self.shown = Some(Shown {
+                    contents,
+                    results: Arc::from(results),
+                    journal,
+                });
+                self.notice = None;
+            }
+            BgMsg::Opened(_, Err(e)) => self.error(e),
+            BgMsg::Exported(Err(e)) | BgMsg::PngSaved(Err(e)) => self.error(export_error(&e)),
+            BgMsg::Exported(Ok(p)) => self.inform(format!("exported {}", p.display())),
+            BgMsg::PngSaved(Ok(p)) => self.inform(format!("plot saved to {}", p.display())),
+            BgMsg::DialogEmpty { what, service } => {
+                self.notice = Some(if service {
+                    format!("no {what} chosen")
+                } else {
+                    format!(
+                        "no file dialog service found (xdg-desktop-portal or zenity); type the {what} path into the field, or drop it onto the window"
+                    )
+                });
+            }
+            BgMsg::Dropped(list) => {
+                for d in list {
+                    match d {
+                        Dropped::Model(p) => {
+                            self.log.push(format!("model set to {}", p.display()));
+                            self.settings.model = p.display().to_string();
+                        }
+                        Dropped::Results(p) => self.open_results(p),
+                        Dropped::Unknown(p) => {
+                            self.notice = Some(format!(
+                                "{} is neither a model folder, a config.json, nor oomlab results (.json/.jsonl)",
+                                p.display()
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn error(&mut self, e: String) {
+        self.log.push(format!("error: {e}"));
+        self.notice = Some(e);
+    }
+
+    pub(super) fn inform(&mut self, m: String) {
+        self.log.push(m.clone());
+        self.notice = Some(m);
+    }
+
+    /// Hands dropped files to a background job (looking at them is file-system work).
+    pub(super) fn take_dropped_files(&mut self, ctx: &egui::Context) {
+        let dropped: Vec<PathBuf> = ctx.input(|i| {
+            i.raw
+                .dropped_files
+                .iter()
+                .map(|f| f.path().to_path_buf())
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect()
+        });
+        if !dropped.is_empty() {
+            let r = self.jobs.start.classify_dropped(dropped);
+            self.started(r);
+        }
+    }
+}
+
+/// An export error in the window's words (it has an "overwrite" box, not --force).
+fn export_error(e: &ExportError) -> String {
+    match e {
+        ExportError::Exists { path } => format!(
+            "{} already exists; tick \"overwrite\" or choose another file name",
+            path.display()
+        ),
+        ExportError::NoPick => "no configuration fits under the headroom limit, so there is nothing to recommend; raise the Capacity field, lower the Headroom field, or try shorter Sequence lengths".into(),
+        other => other.to_string(),
+    }
+}

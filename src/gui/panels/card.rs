@@ -1,0 +1,149 @@
+//! The right panel: the recommendation card, each curve's boundary, and the exports.
+
+use super::{PanelState, View};
+use crate::gui::Command;
+use crate::plan::human_bytes;
+use crate::report::{Results, Stop};
+use eframe::egui;
+use egui::{Color32, RichText};
+use std::path::PathBuf;
+
+pub fn card(view: &View<'_>, state: &mut PanelState, ui: &mut egui::Ui, cmds: &mut Vec<Command>) {
+    ui.heading("Recommendation");
+    let Some(r) = &view.results else {
+        ui.label("Run a sweep to get a recommendation.");
+        return;
+    };
+    let running = view.running.is_some();
+    pick_ui(r, running, ui);
+    ui.separator();
+    boundaries_ui(r, running, ui);
+    ui.separator();
+    export_ui(view, state, ui, cmds);
+}
+
+fn pick_ui(r: &Results, running: bool, ui: &mut egui::Ui) {
+    match &r.recommendation.pick {
+        Some(p) => {
+            ui.label(
+                RichText::new(format!("batch {} × seq {} in {}", p.batch, p.seq, p.dtype))
+                    .size(20.0)
+                    .strong(),
+            );
+            ui.label(format!(
+                "{} tokens per step · total {} <= {} (capacity {} - {:.0}% headroom)",
+                p.tokens_per_step,
+                p.total_bytes.map_or_else(|| "?".into(), human_bytes),
+                human_bytes(r.recommendation.limit_bytes),
+                human_bytes(r.capacity_bytes),
+                r.headroom * 100.0
+            ));
+        }
+        None => {
+            ui.label(if running {
+                "…measuring"
+            } else {
+                "No configuration fits under the headroom limit."
+            });
+        }
+    }
+    ui.label(RichText::new(&r.recommendation.rule).weak().small());
+}
+
+fn boundaries_ui(r: &Results, running: bool, ui: &mut egui::Ui) {
+    ui.label(RichText::new("Boundaries").strong());
+    egui::Grid::new("boundaries").striped(true).show(ui, |ui| {
+        for head in ["curve", "b*", "status", "trials", "safe"] {
+            ui.label(head);
+        }
+        ui.end_row();
+        for (b, c) in r.boundaries.iter().zip(&r.recommendation.curves) {
+            ui.label(format!("seq {} {}", b.seq, b.dtype));
+            ui.label(
+                RichText::new(b.max_batch.map_or_else(|| "–".into(), |m| m.to_string())).strong(),
+            );
+            // While a sweep runs, an unfinished curve is pending, not incomplete.
+            let pending = running && b.stop == Some(Stop::NotFinished);
+            let status = if pending { "pending" } else { b.status.name() };
+            let status = if b.contradiction.is_some() {
+                ui.label(RichText::new(status).color(Color32::from_rgb(200, 120, 0)))
+            } else {
+                ui.label(status)
+            };
+            if let Some(reason) = &b.reason {
+                status.on_hover_text(reason);
+            }
+            ui.label(b.trials_used.to_string());
+            ui.label(c.batch.map_or_else(|| "–".into(), |m| m.to_string()));
+            ui.end_row();
+        }
+    });
+    for b in &r.boundaries {
+        if let Some(c) = b.contradiction {
+            ui.label(
+                RichText::new(format!(
+                    "seq {} {}: {}; b* is the largest fit below batch {}",
+                    b.seq,
+                    b.dtype,
+                    c.text(),
+                    c.oom_batch
+                ))
+                .color(Color32::from_rgb(200, 120, 0))
+                .small(),
+            );
+        }
+    }
+    ui.label(
+        RichText::new(format!(
+            "{} · {} · {}",
+            r.device,
+            r.strategy,
+            r.weights_bytes
+                .iter()
+                .map(|(d, w)| format!("{d} weights {}", human_bytes(*w)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .weak()
+        .small(),
+    );
+}
+
+fn export_ui(view: &View<'_>, state: &mut PanelState, ui: &mut egui::Ui, cmds: &mut Vec<Command>) {
+    ui.label(RichText::new("Export").strong());
+    ui.horizontal(|ui| {
+        if ui
+            .button("Export…")
+            .on_hover_text("TOML, JSON (recommendation) or CSV (all trials)")
+            .clicked()
+        {
+            cmds.push(Command::ExportDialog);
+        }
+        if ui.button("Save plot as PNG…").clicked() {
+            cmds.push(Command::SavePngDialog);
+        }
+    });
+    ui.horizontal(|ui| {
+        let l = ui.label("Export path");
+        ui.add(
+            egui::TextEdit::singleline(&mut state.export_path)
+                .hint_text(".toml, .json, .csv or .png")
+                .desired_width(150.0),
+        )
+        .labelled_by(l.id);
+        ui.checkbox(&mut state.export_overwrite, "overwrite");
+        if ui.button("Write").clicked() && !state.export_path.trim().is_empty() {
+            cmds.push(Command::ExportTo(
+                PathBuf::from(state.export_path.trim()),
+                state.export_overwrite,
+            ));
+        }
+    });
+    if let Some(j) = view.journal {
+        ui.label(
+            RichText::new(format!("journal: {}", j.display()))
+                .weak()
+                .small(),
+        );
+    }
+}

@@ -1,0 +1,188 @@
+//! The left panel: the experiment (model, device, sweep settings) and Run / Cancel / Resume.
+
+use super::{PlanStatus, View, labelled_text};
+use crate::catalog::{BUNDLED, ModelRef, ModelSpec};
+use crate::gui::Command;
+use crate::gui::form::{format_params, label};
+use crate::gui::settings::Settings;
+use crate::plan::Strategy;
+use eframe::egui;
+use egui::{Color32, RichText};
+
+pub fn panel(view: &View<'_>, settings: &mut Settings, ui: &mut egui::Ui, cmds: &mut Vec<Command>) {
+    ui.heading("Experiment");
+    ui.add_space(4.0);
+    let running = view.running.is_some();
+    ui.add_enabled_ui(!running, |ui| {
+        model_ui(view, settings, ui, cmds);
+        ui.separator();
+        ui.label(RichText::new(label::DEVICE).strong());
+        egui::ComboBox::from_label(label::DEVICE)
+            .selected_text("CPU (simulated capacity)")
+            .show_ui(ui, |ui| {
+                let _ = ui.selectable_label(true, "CPU (simulated capacity)");
+            });
+        labelled_text(ui, label::CAPACITY, &mut settings.capacity, "e.g. 1GiB, 11GiB");
+        ui.label(
+            RichText::new(
+                "Simulates a device of this size: forward passes run on the CPU and oomlab counts every byte they allocate.",
+            )
+            .weak()
+            .small(),
+        );
+        ui.separator();
+        ui.label(RichText::new("Sweep").strong());
+        labelled_text(ui, label::BATCH, &mut settings.batch, "e.g. 1..256");
+        labelled_text(ui, label::SEQ, &mut settings.seqs, "e.g. 128, 512");
+        ui.horizontal(|ui| {
+            ui.label(label::DTYPE);
+            ui.checkbox(&mut settings.f32, "f32");
+            ui.checkbox(&mut settings.f16, "f16");
+            ui.checkbox(&mut settings.bf16, "bf16");
+        });
+        labelled_text(ui, label::HEADROOM, &mut settings.headroom, "e.g. 10%");
+        ui.horizontal(|ui| {
+            ui.label(label::STRATEGY);
+            for (s, tip) in [
+                (Strategy::Auto, "probe, predict b*, confirm b* and b*+1 (about 3 trials per curve)"),
+                (Strategy::Grid, "every batch up to the first OOM: the full curve, for teaching"),
+                (Strategy::Binsearch, "Lightning's power-then-bisect, for comparison"),
+            ] {
+                ui.radio_value(&mut settings.strategy, s, s.name()).on_hover_text(tip);
+            }
+        });
+        ui.horizontal(|ui| {
+            let l = ui.label(label::THREADS);
+            ui.add(egui::DragValue::new(&mut settings.threads).range(1..=256))
+                .labelled_by(l.id);
+        });
+    });
+    ui.separator();
+    run_controls(view, ui, cmds);
+    if let Some(n) = view.notice {
+        ui.label(RichText::new(n).italics());
+    }
+}
+
+fn model_ui(view: &View<'_>, settings: &mut Settings, ui: &mut egui::Ui, cmds: &mut Vec<Command>) {
+    ui.label(RichText::new("Model").strong());
+    let selected = BUNDLED
+        .iter()
+        .find(|b| b.id == settings.model)
+        .map_or("(a path)", |b| b.id);
+    egui::ComboBox::from_label(label::BUNDLED_MODEL)
+        .selected_text(selected)
+        .width(200.0)
+        .show_ui(ui, |ui| {
+            for b in BUNDLED {
+                // In-memory configs: cheap to describe while the list is open.
+                let text = ModelSpec::resolve(&ModelRef::Catalog(b.id.to_string())).map_or_else(
+                    |_| b.id.to_string(),
+                    |s| {
+                        format!(
+                            "{}  ({}, {})",
+                            b.id,
+                            s.family,
+                            format_params(s.dims.published_parameters(s.family))
+                        )
+                    },
+                );
+                ui.selectable_value(&mut settings.model, b.id.to_string(), text);
+            }
+        });
+    labelled_text(
+        ui,
+        label::MODEL,
+        &mut settings.model,
+        "id, config.json or folder",
+    );
+    ui.horizontal(|ui| {
+        if ui.button("Open model folder…").clicked() {
+            cmds.push(Command::PickModelFolder);
+        }
+        if ui.button("Open config.json…").clicked() {
+            cmds.push(Command::PickConfig);
+        }
+    });
+    ui.label(
+        RichText::new("or drop a folder / config.json onto the window")
+            .weak()
+            .small(),
+    );
+    if let Some(s) = view.model_summary {
+        ui.label(RichText::new(s).small());
+    }
+}
+
+fn run_controls(view: &View<'_>, ui: &mut egui::Ui, cmds: &mut Vec<Command>) {
+    ui.horizontal(|ui| {
+        if view.running.is_some() {
+            if ui.button(RichText::new("Cancel").size(16.0)).clicked() {
+                cmds.push(Command::Cancel);
+            }
+            return;
+        }
+        let ready = matches!(view.plan, PlanStatus::Ready);
+        let run = ui.add_enabled(ready, egui::Button::new(RichText::new("Run").size(16.0)));
+        let run = match view.plan {
+            PlanStatus::Invalid(e) => run.on_disabled_hover_text(e),
+            PlanStatus::Checking => run.on_disabled_hover_text("checking the model…"),
+            PlanStatus::Ready => run,
+        };
+        if run.clicked() {
+            cmds.push(Command::Run);
+        }
+        if let Some(j) = view.resumable
+            && ui
+                .button("Resume")
+                .on_hover_text(format!("continue {}", j.display()))
+                .clicked()
+        {
+            cmds.push(Command::Resume(j.to_path_buf()));
+        }
+    });
+    match view.plan {
+        PlanStatus::Invalid(e) if view.running.is_none() => {
+            ui.label(
+                RichText::new(format!("Cannot run: {e}")).color(Color32::from_rgb(200, 60, 60)),
+            );
+        }
+        PlanStatus::Checking if view.running.is_none() => {
+            ui.label(RichText::new("checking the model…").weak());
+        }
+        _ => {}
+    }
+    if let Some(p) = view.running {
+        let (done, total) = view.results.as_ref().map_or((0, 1), |r| {
+            (
+                r.boundaries.iter().filter(|b| b.stop.is_none()).count(),
+                r.boundaries.len().max(1),
+            )
+        });
+        ui.add(
+            egui::ProgressBar::new(done as f32 / total as f32)
+                .text(format!("{done} of {total} curves")),
+        );
+        // No spinner: it repaints every frame, which on a software-rendered display costs a
+        // core the worker needs. The elapsed time below refreshes once a second.
+        let model = view.results.as_ref().map_or("", |r| r.model.as_str());
+        ui.horizontal_wrapped(|ui| {
+            match p.current {
+                Some(t) => ui.label(format!(
+                    "{model}: {} · {:.1}s",
+                    t.what,
+                    t.since.elapsed().as_secs_f64()
+                )),
+                None => ui.label("starting the worker…"),
+            };
+        });
+        ui.label(
+            RichText::new(format!(
+                "{} trials so far · {:.0}s",
+                view.results.as_ref().map_or(0, |r| r.trials.len()),
+                p.started.elapsed().as_secs_f64()
+            ))
+            .small(),
+        );
+    }
+}
