@@ -36,6 +36,12 @@ pub fn faulty_worker(stall_ms: u64, oom_at: &[usize]) -> WorkerConfig {
     }
 }
 
+/// What a worker's main thread is doing: `running`, or the number and arguments of the system
+/// call it is blocked in (`/proc/PID/syscall`; `0 …` is `read`, i.e. waiting for a request).
+pub fn main_thread_syscall(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_else(|e| e.to_string())
+}
+
 /// Sends SIGKILL to a worker process.
 pub fn kill(pid: u32) {
     // SAFETY: sending a signal to a child process the test's sweep started.

@@ -2,7 +2,8 @@
 //! cancel and resume.
 
 use crate::common::{
-    TempDir, capacity_for, contradiction_setup, faulty_worker, fixtures, kill, plan, run, worker,
+    TempDir, capacity_for, contradiction_setup, faulty_worker, fixtures, kill, main_thread_syscall,
+    plan, run, worker,
 };
 use oomlab::catalog::ModelRef;
 use oomlab::plan::{DeviceKind, PlanField, PlanOverrides, Precision, Strategy};
@@ -266,43 +267,51 @@ fn ends_with_end_line(path: &std::path::Path) -> bool {
 #[test]
 fn a_worker_killed_inside_the_forward_is_recorded_retried_and_the_sweep_finishes() {
     let dir = TempDir::new("kill");
+    // bert-base at seq 128: a forward of batch 3 takes long enough (about half a second on one
+    // thread) that the kill lands inside candle's forward itself, with no stall.
     let p = plan(
-        tiny("tiny-bert"),
-        &[16],
+        tiny("bert-base-uncased"),
+        &[128],
         &[Precision::F32],
         (1, 3),
-        1 << 32,
+        1 << 34,
         Strategy::Grid,
     );
     let sweep = Sweep::new(p, &dir.join("kill.jsonl")).unwrap();
     let cancel = Arc::new(AtomicBool::new(false));
-    let mut killed = 0;
+    let mut syscall_at_kill = None;
     let r = sweep
-        .run(&faulty_worker(400, &[]), &cancel, &mut |e| {
-            // TrialStarted comes when the worker says it has begun the measured forward (the
-            // stall holds it there): the kill lands inside the trial, never before the request.
+        .run(&worker(), &cancel, &mut |e| {
+            // TrialStarted comes when the worker has announced the measured forward.
             if let SweepEvent::TrialStarted {
                 worker_pid,
-                batch: 2,
+                batch: 3,
                 ..
             } = e
-                && killed == 0
+                && syscall_at_kill.is_none()
             {
-                killed += 1;
+                syscall_at_kill = Some(main_thread_syscall(worker_pid));
                 kill(worker_pid);
             }
         })
         .unwrap();
-    let at2: Vec<_> = r.trials.iter().filter(|t| t.batch == 2).collect();
-    assert_eq!(
-        at2.len(),
-        2,
-        "killed trial recorded and retried once: {at2:?}"
+    // The worker was computing, not waiting for a request on stdin (syscall 0, read).
+    let at_kill = syscall_at_kill.expect("the trial at batch 3 started");
+    eprintln!("worker's main thread when killed: {at_kill}");
+    assert!(
+        !at_kill.starts_with("0 "),
+        "worker idle on stdin: {at_kill}"
     );
-    assert_eq!(at2[0].outcome, Outcome::Failed);
-    assert_eq!(at2[0].failure, Some(Failure::Killed));
-    assert!(at2[0].reason.as_deref().unwrap().contains("signal 9"));
-    assert_eq!(at2[1].outcome, Outcome::Fit);
+    let at3: Vec<_> = r.trials.iter().filter(|t| t.batch == 3).collect();
+    assert_eq!(
+        at3.len(),
+        2,
+        "killed trial recorded and retried once: {at3:?}"
+    );
+    assert_eq!(at3[0].outcome, Outcome::Failed);
+    assert_eq!(at3[0].failure, Some(Failure::Killed));
+    assert!(at3[0].reason.as_deref().unwrap().contains("signal 9"));
+    assert_eq!(at3[1].outcome, Outcome::Fit);
     assert_eq!(r.boundaries[0].status, BoundaryStatus::AboveRange);
     // Every request produced exactly one record, and the journal has them all.
     let j = report::read_journal(&dir.join("kill.jsonl")).unwrap();

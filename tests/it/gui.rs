@@ -3,7 +3,9 @@
 //! is drawn (table cells, the recommendation card) and compare it with an independent replay of
 //! the journal file read back from disk.
 
-use crate::common::{TempDir, contradiction_setup, faulty_worker, fixtures, kill, worker};
+use crate::common::{
+    TempDir, contradiction_setup, faulty_worker, fixtures, kill, main_thread_syscall, worker,
+};
 use eframe::egui;
 use egui::accesskit::Role;
 use egui_kittest::Harness;
@@ -322,6 +324,13 @@ fn killing_the_worker_inside_the_forward_shows_the_failed_trial_and_its_retry() 
         assert!(h.state_mut().wait_for_engine(Duration::from_mins(1)));
         h.step();
         if !killed && let Some((pid, 2)) = h.state().trial_in_flight() {
+            // Inside the trial (the stall sits between announcing the forward and running it),
+            // not waiting for a request on stdin.
+            let at_kill = main_thread_syscall(pid);
+            assert!(
+                !at_kill.starts_with("0 "),
+                "worker idle on stdin: {at_kill}"
+            );
             kill(pid);
             killed = true;
         }
