@@ -676,6 +676,62 @@ mod tests {
         );
     }
 
+    fn tiny_plan() -> SweepPlan {
+        SweepPlan::defaults(ModelRef::Catalog("tiny-bert".into()), 64)
+    }
+
+    #[test]
+    fn defaults_shorten_the_sequence_to_the_model() {
+        let p = tiny_plan();
+        assert_eq!(p.seqs, [64]);
+        assert_eq!(p.capacity_bytes, defaults::CAPACITY_BYTES);
+        assert_eq!(p.device, Device::Cpu { threads: defaults::threads() });
+    }
+
+    #[test]
+    fn overrides_replace_only_what_was_given() {
+        let base = tiny_plan();
+        assert_eq!(PlanOverrides::default().over(&base), base);
+        assert!(PlanOverrides::default().is_empty());
+        let given = PlanOverrides {
+            seqs: Some(vec![32, 16, 32]),
+            threads: Some(3),
+            ..PlanOverrides::default()
+        };
+        let p = given.over(&base);
+        assert_eq!(p.seqs, [32, 16]);
+        assert_eq!(p.device, Device::Cpu { threads: 3 });
+        assert_eq!(
+            base.differences(&p)
+                .iter()
+                .map(|d| d.field)
+                .collect::<Vec<_>>(),
+            [PlanField::Seq, PlanField::Threads]
+        );
+        let cuda = PlanOverrides {
+            device: Some("cuda:1".parse().unwrap()),
+            ..PlanOverrides::default()
+        }
+        .over(&base);
+        assert_eq!(cuda.device, Device::Cuda { index: 1 });
+        let d = base.differences(&cuda);
+        assert_eq!(d[0].field, PlanField::Device);
+        assert_eq!((d[0].ours.as_str(), d[0].theirs.as_str()), ("cpu", "cuda:1"));
+    }
+
+    #[test]
+    fn journals_from_before_the_typed_device_still_read() {
+        let mut v = serde_json::to_value(tiny_plan()).unwrap();
+        assert_eq!(v["device"]["kind"], "cpu");
+        v["device"] = "cpu".into();
+        v["threads"] = 3.into();
+        let p: SweepPlan = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(p.device, Device::Cpu { threads: 3 });
+        v["device"] = "tpu".into();
+        let e = serde_json::from_value::<SweepPlan>(v).unwrap_err().to_string();
+        assert!(e.contains("unknown device 'tpu'"), "{e}");
+    }
+
     #[test]
     fn sizes_and_headroom_parse() {
         assert_eq!(parse_bytes("600MiB").unwrap(), 600 * 1024 * 1024);

@@ -164,16 +164,6 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// Bytes the expected tensors take in the files, as stored.
-    #[must_use]
-    pub fn stored_bytes(&self, family: Family, expected: &[TensorShape]) -> u64 {
-        expected
-            .iter()
-            .filter_map(|t| self.stored_name(family, &t.name))
-            .map(|n| self.tensors[&n].2)
-            .sum()
-    }
-
     /// Loads the expected tensors, converted to `dtype`, keyed by their canonical names.
     pub fn load(
         &self,

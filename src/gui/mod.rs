@@ -16,8 +16,8 @@ mod panels;
 mod plot;
 mod settings;
 
-pub use form::{Labels, label};
-pub use frame_stats::{FRAME_BUDGET_MS, FRAME_LOG_ENV, FrameStats};
+pub use frame_stats::FrameStats;
+use frame_stats::FRAME_BUDGET_MS;
 pub use settings::{Settings, ThemeChoice};
 
 use crate::report::{JournalContents, Results};

@@ -5,9 +5,7 @@ mod journal;
 mod records;
 mod summary;
 
-pub use export::{
-    ExportError, export, recommendation_text, trials_csv, write_atomic, write_results,
-};
+pub use export::{ExportError, export, write_atomic, write_results};
 pub use journal::{
     Journal, JournalContents, JournalError, parse as parse_journal, read as read_journal,
 };

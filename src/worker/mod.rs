@@ -5,8 +5,7 @@ pub mod protocol;
 mod supervisor;
 
 pub use process::run as run_worker;
-pub use protocol::{Ready, Request, Response, TrialMeasure};
-pub use supervisor::{Death, Supervisor, TrialResult, WorkerConfig, classify_exit};
+pub use supervisor::{Death, Supervisor, TrialResult, WorkerConfig};
 
 /// Faults a test asks the real worker for. Hidden command-line options of `oomlab worker` (and,
 /// to reach it, of `oomlab sweep`): never environment variables, which a user's shell could leak
