@@ -6,7 +6,7 @@ use crate::plan::{
     BatchRange, DeviceKind, Face, PlanField, PlanOverrides, Precision, Strategy, human_bytes,
     parse_bytes, parse_headroom,
 };
-use crate::report::{self, ExportError, JournalError, Results};
+use crate::report::{self, JournalError, Results};
 use crate::sweep::{self, PlanError, Sweep, SweepEvent};
 use crate::worker::{WorkerConfig, WorkerFaults};
 use clap::{Args, Parser, Subcommand};
@@ -165,6 +165,9 @@ impl Face for Flags {
     fn model_list(&self) -> &'static str {
         "`oomlab models`"
     }
+    fn overwrite(&self) -> &'static str {
+        "pass --force to overwrite it"
+    }
 }
 
 impl From<PlanError> for CliError {
@@ -188,18 +191,6 @@ fn journal_error(e: &JournalError) -> String {
             "cannot write the journal {}: {source}; choose a writable path with --journal",
             path.display()
         ),
-        other => other.to_string(),
-    }
-}
-
-/// An export error in the command line's words.
-fn export_error(e: &ExportError) -> String {
-    match e {
-        ExportError::Exists { path } => format!(
-            "{} already exists; pass --force to overwrite it or choose another file name",
-            path.display()
-        ),
-        ExportError::NoPick => "no configuration fits under the headroom limit, so there is nothing to recommend; raise --capacity, lower --headroom, or try shorter --seq".into(),
         other => other.to_string(),
     }
 }
@@ -342,11 +333,12 @@ pub fn sweep(args: &SweepArgs, worker: &WorkerConfig) -> Result<Results, CliErro
     let cancelled = cancel.load(Ordering::Relaxed);
     if let Some(p) = &args.json {
         report::write_results(&results, p, args.force)
-            .map_err(|e| CliError::runtime(export_error(&e)))?;
+            .map_err(|e| CliError::runtime(e.describe(&Flags)))?;
         eprintln!("results written to {}", p.display());
     }
     if let Some(p) = &args.export {
-        report::export(&results, p, args.force).map_err(|e| CliError::runtime(export_error(&e)))?;
+        report::export(&results, p, args.force)
+            .map_err(|e| CliError::runtime(e.describe(&Flags)))?;
         eprintln!("recommendation written to {}", p.display());
     }
     if cancelled {

@@ -425,6 +425,8 @@ pub trait Face {
     fn control(&self, field: PlanField) -> &'static str;
     /// Where this face lists the bundled models.
     fn model_list(&self) -> &'static str;
+    /// How this face allows replacing an existing output file.
+    fn overwrite(&self) -> &'static str;
 }
 
 /// Plain nouns, for messages that no face has worded (logs, `Display`).
@@ -446,6 +448,9 @@ impl Face for PlainWords {
     }
     fn model_list(&self) -> &'static str {
         "the bundled models"
+    }
+    fn overwrite(&self) -> &'static str {
+        "allow overwriting it"
     }
 }
 
@@ -685,7 +690,12 @@ mod tests {
         let p = tiny_plan();
         assert_eq!(p.seqs, [64]);
         assert_eq!(p.capacity_bytes, defaults::CAPACITY_BYTES);
-        assert_eq!(p.device, Device::Cpu { threads: defaults::threads() });
+        assert_eq!(
+            p.device,
+            Device::Cpu {
+                threads: defaults::threads()
+            }
+        );
     }
 
     #[test]
@@ -716,7 +726,10 @@ mod tests {
         assert_eq!(cuda.device, Device::Cuda { index: 1 });
         let d = base.differences(&cuda);
         assert_eq!(d[0].field, PlanField::Device);
-        assert_eq!((d[0].ours.as_str(), d[0].theirs.as_str()), ("cpu", "cuda:1"));
+        assert_eq!(
+            (d[0].ours.as_str(), d[0].theirs.as_str()),
+            ("cpu", "cuda:1")
+        );
     }
 
     #[test]
@@ -728,7 +741,9 @@ mod tests {
         let p: SweepPlan = serde_json::from_value(v.clone()).unwrap();
         assert_eq!(p.device, Device::Cpu { threads: 3 });
         v["device"] = "tpu".into();
-        let e = serde_json::from_value::<SweepPlan>(v).unwrap_err().to_string();
+        let e = serde_json::from_value::<SweepPlan>(v)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown device 'tpu'"), "{e}");
     }
 

@@ -43,6 +43,9 @@ impl Face for Labels {
     fn model_list(&self) -> &'static str {
         "the Bundled model list"
     }
+    fn overwrite(&self) -> &'static str {
+        "tick \"overwrite\""
+    }
 }
 
 /// Whether checking these settings needs no file (a bundled model: its config is in memory), so

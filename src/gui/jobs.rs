@@ -3,7 +3,7 @@
 //! named thread, reports one [`BgMsg`] and wakes the UI; the UI thread touches no file.
 
 use super::check::Checker;
-use super::form::Checked;
+use super::form::{Checked, Labels};
 use super::settings::Settings;
 use super::{OomLabApp, Shown};
 use crate::report::{self, ExportError, JournalContents, Results};
@@ -324,7 +324,7 @@ impl OomLabApp {
                 self.notice = None;
             }
             BgMsg::Opened(_, Err(e)) => self.error(e),
-            BgMsg::Exported(Err(e)) | BgMsg::PngSaved(Err(e)) => self.error(export_error(&e)),
+            BgMsg::Exported(Err(e)) | BgMsg::PngSaved(Err(e)) => self.error(e.describe(&Labels)),
             BgMsg::Exported(Ok(p)) => self.inform(format!("exported {}", p.display())),
             BgMsg::PngSaved(Ok(p)) => self.inform(format!("plot saved to {}", p.display())),
             BgMsg::DialogEmpty { what, service } => {
@@ -380,17 +380,5 @@ impl OomLabApp {
             let r = self.jobs.start.classify_dropped(dropped);
             self.started(r);
         }
-    }
-}
-
-/// An export error in the window's words (it has an "overwrite" box, not --force).
-fn export_error(e: &ExportError) -> String {
-    match e {
-        ExportError::Exists { path } => format!(
-            "{} already exists; tick \"overwrite\" or choose another file name",
-            path.display()
-        ),
-        ExportError::NoPick => "no configuration fits under the headroom limit, so there is nothing to recommend; raise the Capacity field, lower the Headroom field, or try shorter Sequence lengths".into(),
-        other => other.to_string(),
     }
 }

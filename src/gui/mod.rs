@@ -16,8 +16,8 @@ mod panels;
 mod plot;
 mod settings;
 
-pub use frame_stats::FrameStats;
 use frame_stats::FRAME_BUDGET_MS;
+pub use frame_stats::FrameStats;
 pub use settings::{Settings, ThemeChoice};
 
 use crate::report::{JournalContents, Results};

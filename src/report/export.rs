@@ -2,6 +2,7 @@
 //! write every file output goes through.
 
 use super::records::{Results, TrialRecord};
+use crate::plan::{Face, PlanField};
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,27 @@ pub enum ExportError {
     NoPick,
     #[error("encoding {what}: {message}")]
     Encode { what: &'static str, message: String },
+}
+
+impl ExportError {
+    /// One sentence with the fix in `face`'s words.
+    #[must_use]
+    pub fn describe(&self, face: &dyn Face) -> String {
+        match self {
+            Self::Exists { path } => format!(
+                "{} already exists; {} or choose another file name",
+                path.display(),
+                face.overwrite()
+            ),
+            Self::NoPick => format!(
+                "no configuration fits under the headroom limit, so there is nothing to recommend; raise {}, lower {}, or try shorter sequences in {}",
+                face.control(PlanField::Capacity),
+                face.control(PlanField::Headroom),
+                face.control(PlanField::Seq)
+            ),
+            other => other.to_string(),
+        }
+    }
 }
 
 /// Writes `bytes` to `path` atomically (temporary file in the same folder, fsync, rename).

@@ -1,7 +1,7 @@
 //! Every bad input gets one clear sentence naming the file/field and the fix, exit code 2 for
 //! usage errors, and never a panic message. Plus: SIGKILL to the CLI, then --resume.
 
-use crate::common::{TempDir, bin, contradiction_setup, fixtures};
+use crate::common::{TempDir, bin, contradiction_setup, fixtures, folder_missing_a_shard};
 use std::process::{Command, Output};
 
 fn oomlab(args: &[&str]) -> Output {
@@ -81,16 +81,9 @@ fn bad_configs_are_refused_with_the_file_and_the_fix() {
 #[test]
 fn a_folder_missing_a_shard_is_refused_naming_the_shard() {
     let d = TempDir::new("noshard");
-    let src = fixtures().join("checkpoints/tiny-llama");
-    for f in [
-        "config.json",
-        "model.safetensors.index.json",
-        "model-00001-of-00002.safetensors",
-    ] {
-        std::fs::copy(src.join(f), d.join(f)).unwrap();
-    }
+    let folder = folder_missing_a_shard(&d, "ck");
     refused(
-        &["--model", &d.0.display().to_string()],
+        &["--model", &folder.display().to_string()],
         &["model-00002-of-00002.safetensors"],
     );
 }

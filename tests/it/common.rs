@@ -159,3 +159,18 @@ pub fn contradiction_setup(dir: &TempDir) -> (SweepPlan, usize, usize) {
     assert!(confirmed < star);
     (p, star, confirmed)
 }
+
+/// A copy of the sharded tiny-llama checkpoint without its second shard, in `dir/name`.
+pub fn folder_missing_a_shard(dir: &TempDir, name: &str) -> PathBuf {
+    let folder = dir.join(name);
+    std::fs::create_dir_all(&folder).unwrap();
+    let src = fixtures().join("checkpoints/tiny-llama");
+    for f in [
+        "config.json",
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+    ] {
+        std::fs::copy(src.join(f), folder.join(f)).unwrap();
+    }
+    folder
+}

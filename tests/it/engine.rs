@@ -2,8 +2,8 @@
 //! cancel and resume.
 
 use crate::common::{
-    TempDir, capacity_for, contradiction_setup, faulty_worker, fixtures, kill, main_thread_syscall,
-    plan, run, worker,
+    TempDir, capacity_for, contradiction_setup, faulty_worker, fixtures, folder_missing_a_shard,
+    kill, main_thread_syscall, plan, run, worker,
 };
 use oomlab::catalog::ModelRef;
 use oomlab::plan::{DeviceKind, PlanField, PlanOverrides, Precision, Strategy};
@@ -521,16 +521,7 @@ fn a_checkpoint_that_does_not_match_its_config_is_rejected_with_the_tensor_and_s
         "{e}"
     );
     // A shard named by the index but absent.
-    let sharded = dir.join("sharded");
-    std::fs::create_dir_all(&sharded).unwrap();
-    let ll = fixtures().join("checkpoints/tiny-llama");
-    for f in [
-        "config.json",
-        "model.safetensors.index.json",
-        "model-00001-of-00002.safetensors",
-    ] {
-        std::fs::copy(ll.join(f), sharded.join(f)).unwrap();
-    }
+    let sharded = folder_missing_a_shard(&dir, "sharded");
     let e = oomlab::catalog::ModelSpec::resolve(&ModelRef::Folder(sharded))
         .unwrap_err()
         .to_string();

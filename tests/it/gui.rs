@@ -11,7 +11,7 @@ use egui::accesskit::Role;
 use egui_kittest::Harness;
 use egui_kittest::kittest::{NodeT, Queryable};
 use oomlab::gui::{AppOptions, OomLabApp};
-use oomlab::plan::human_bytes;
+use oomlab::plan::{Strategy, human_bytes};
 use oomlab::worker::WorkerConfig;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -276,7 +276,7 @@ fn shown(h: &Harness<'static, OomLabApp>, text: &str) {
     );
 }
 
-/// Sets the experiment through the window's fields.
+/// Sets the experiment through the window's fields (f32 only, one worker thread).
 fn set_experiment(h: &mut Harness<'static, OomLabApp>, seq: &str, batch: &str, capacity: &str) {
     set_text(h, "Sequence lengths", seq);
     set_text(h, "Batch range", batch);
@@ -284,6 +284,21 @@ fn set_experiment(h: &mut Harness<'static, OomLabApp>, seq: &str, batch: &str, c
     h.state_mut().settings.f16 = false;
     h.state_mut().settings.threads = 1;
     settle(h);
+}
+
+/// Sets model, strategy and experiment, then presses Run.
+fn start(
+    h: &mut Harness<'static, OomLabApp>,
+    model: &str,
+    strategy: Strategy,
+    [seq, batch, capacity]: [&str; 3],
+) {
+    h.state_mut().settings.model = model.into();
+    h.state_mut().settings.strategy = strategy;
+    set_experiment(h, seq, batch, capacity);
+    h.get_by_role_and_label(Role::Button, "Run").click();
+    h.run_steps(1);
+    assert!(h.state().is_running());
 }
 
 #[test]
@@ -313,11 +328,7 @@ fn run_a_sweep_and_the_drawn_tables_match_the_journal_on_disk() {
 fn killing_the_worker_inside_the_forward_shows_the_failed_trial_and_its_retry() {
     let dir = TempDir::new("gui-kill");
     let mut h = harness_with(&dir, None, faulty_worker(400, &[]), true);
-    h.state_mut().settings.model = "tiny-bert".into();
-    h.state_mut().settings.strategy = oomlab::plan::Strategy::Grid;
-    set_experiment(&mut h, "16", "1..3", "1GiB");
-    h.get_by_role_and_label(Role::Button, "Run").click();
-    h.run_steps(1);
+    start(&mut h, "tiny-bert", Strategy::Grid, ["16", "1..3", "1GiB"]);
     // The window learns the worker's pid when it announces the forward of batch 2; kill it then.
     let mut killed = false;
     while h.state().is_running() {
@@ -361,10 +372,8 @@ fn an_oom_below_b_star_shows_non_monotone_in_the_window() {
     let dir = TempDir::new("gui-nonmono");
     let (p, star, confirmed) = contradiction_setup(&dir);
     let mut h = harness_with(&dir, None, faulty_worker(0, &[confirmed]), true);
-    h.state_mut().settings.model = "tiny-bert".into();
-    set_experiment(&mut h, "64", "1..256", &p.capacity_bytes.to_string());
-    h.get_by_role_and_label(Role::Button, "Run").click();
-    h.run_steps(1);
+    let cap = p.capacity_bytes.to_string();
+    start(&mut h, "tiny-bert", Strategy::Auto, ["64", "1..256", &cap]);
     run_to_end(&mut h);
     let want = assert_screen_matches_journal(&h);
     assert_eq!(want.rows[0][2], "non_monotone");
@@ -379,11 +388,12 @@ fn an_oom_below_b_star_shows_non_monotone_in_the_window() {
 fn cancel_mid_sweep_keeps_a_consistent_resumable_state() {
     let dir = TempDir::new("gui-cancel");
     let mut h = harness_with(&dir, None, faulty_worker(200, &[]), true);
-    h.state_mut().settings.model = "tiny-llama".into();
-    h.state_mut().settings.strategy = oomlab::plan::Strategy::Grid;
-    set_experiment(&mut h, "16", "1..6", "64MiB");
-    h.get_by_role_and_label(Role::Button, "Run").click();
-    h.run_steps(1);
+    start(
+        &mut h,
+        "tiny-llama",
+        Strategy::Grid,
+        ["16", "1..6", "64MiB"],
+    );
     // Wait for the first finished trial, then cancel while the next is in flight.
     while h.state().results().is_none_or(|r| r.trials.is_empty()) {
         assert!(h.state_mut().wait_for_engine(Duration::from_mins(1)));
