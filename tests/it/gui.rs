@@ -556,3 +556,65 @@ fn finished_auto_sweep_light_snapshot() {
     mask_frame_time(&mut h);
     h.snapshot("auto_sweep_light");
 }
+
+#[test]
+fn closing_during_a_sweep_returns_even_when_the_engine_waits_on_a_full_channel() {
+    use eframe::App as _;
+    let dir = TempDir::new("gui-exit");
+    let mut h = harness(&dir, None);
+    start(
+        &mut h,
+        "tiny-bert",
+        Strategy::Grid,
+        ["8", "1..1000", "1GiB"],
+    );
+    // No frames are drawn from here on, so nothing drains the engine's bounded channel (256
+    // messages, two per trial): wait until the journal stops growing, i.e. the engine is blocked
+    // on a send.
+    let journal = loop {
+        let found = std::fs::read_dir(&dir.0)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "jsonl"));
+        if let Some(p) = found {
+            break p;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let trials = || {
+        std::fs::read_to_string(&journal)
+            .unwrap()
+            .matches("\"type\":\"trial\"")
+            .count()
+    };
+    let mut seen = 0;
+    loop {
+        std::thread::sleep(Duration::from_millis(1500));
+        let now = trials();
+        if now == seen && now >= 100 {
+            break;
+        }
+        seen = now;
+    }
+    eprintln!("engine blocked after {seen} trials");
+    // Closing must come back: a watchdog fails the run if it does not within two minutes.
+    let (done, watch) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if watch.recv_timeout(Duration::from_mins(2)).is_err() {
+            eprintln!("closing the window hung on the engine");
+            std::process::exit(1);
+        }
+    });
+    h.state_mut().on_exit();
+    done.send(()).unwrap();
+    // The engine stopped on its own (at most the trial it was announcing is added) and left a
+    // whole journal that a resume can continue.
+    assert!(
+        trials() <= seen + 1,
+        "the engine went on after the window closed"
+    );
+    let contents = oomlab::report::read_journal(&journal).unwrap();
+    assert!(!contents.torn_tail);
+    assert!(oomlab::report::summarize(&contents).incomplete);
+}
