@@ -322,11 +322,12 @@ impl SweepPlan {
             other.strategy.to_string(),
         );
         diff(PlanField::Device, self.device.name(), other.device.name());
-        diff(
-            PlanField::Threads,
-            self.device.threads().to_string(),
-            other.device.threads().to_string(),
-        );
+        // Threads belong to the CPU; a different device is already named above.
+        if let (Device::Cpu { threads: a }, Device::Cpu { threads: b }) =
+            (self.device, other.device)
+        {
+            diff(PlanField::Threads, a.to_string(), b.to_string());
+        }
         out
     }
 }

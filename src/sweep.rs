@@ -112,12 +112,17 @@ impl PlanError {
                 journal,
                 differences,
             } => format!(
-                "{} contradicts the journal being resumed ({}); resume it without them to continue as planned, or start a new sweep",
+                "{} {} the journal being resumed ({}); resume it without {} to continue as planned, or start a new sweep",
                 differences
                     .iter()
                     .map(|d| face.control(d.field))
                     .collect::<Vec<_>>()
                     .join(", "),
+                if differences.len() == 1 {
+                    "contradicts"
+                } else {
+                    "contradict"
+                },
                 differences
                     .iter()
                     .map(|d| format!(
@@ -128,7 +133,8 @@ impl PlanError {
                         d.theirs
                     ))
                     .collect::<Vec<_>>()
-                    .join("; ")
+                    .join("; "),
+                if differences.len() == 1 { "it" } else { "them" }
             ),
             Self::ConfigChanged { origin, journal } => format!(
                 "the model config ({origin}) changed since {} was written; its results would not match — start a new sweep",
