@@ -1,10 +1,11 @@
 //! The command line: argument types (clap) and the headless face over the engine.
 
 use crate::catalog::{BUNDLED, ModelRef, ModelSpec};
+use crate::measure::host::HostMemory;
 use crate::models;
 use crate::plan::{
-    BatchRange, DeviceKind, Face, PlanField, PlanOverrides, Precision, Strategy, human_bytes,
-    parse_bytes, parse_headroom,
+    BatchRange, DeviceKind, Face, PlanField, PlanOverrides, Precision, Strategy, SweepPlan,
+    human_bytes, parse_bytes, parse_headroom,
 };
 use crate::report::{self, JournalError, Results};
 use crate::sweep::{self, PlanError, Sweep, SweepEvent};
@@ -93,6 +94,10 @@ pub struct SweepArgs {
     /// Overwrite existing --json/--export files.
     #[arg(long)]
     pub force: bool,
+    /// Run even when this machine cannot hold the simulated capacity (the worker still stops
+    /// itself before the machine runs out of memory; such trials are marked `host_memory`).
+    #[arg(long)]
+    pub allow_overcommit: bool,
     #[command(flatten)]
     pub faults: WorkerFaults,
 }
@@ -168,6 +173,9 @@ impl Face for Flags {
     fn overwrite(&self) -> &'static str {
         "pass --force to overwrite it"
     }
+    fn allow_overcommit(&self) -> &'static str {
+        "pass --allow-overcommit"
+    }
 }
 
 impl From<PlanError> for CliError {
@@ -220,8 +228,23 @@ pub fn models() -> Result<(), CliError> {
     println!(
         "\nparameters as published (BERT includes its pooler); weight bytes as candle holds them."
     );
+    println!("{}", host_line(HostMemory::read().as_ref()));
     println!("--model also takes a config.json or a folder with config.json + *.safetensors.");
     Ok(())
+}
+
+/// One line about this machine's memory and the largest capacity it can simulate.
+fn host_line(host: Option<&HostMemory>) -> String {
+    host.map_or_else(
+        || "this machine's memory could not be read; capacities are not checked against it".into(),
+        |h| {
+            format!(
+                "this machine: {}; the largest capacity it can simulate on the CPU is {}",
+                h.describe(),
+                human_bytes(h.largest_capacity_bytes())
+            )
+        },
+    )
 }
 
 fn group(n: u64) -> String {
@@ -294,6 +317,14 @@ pub fn check_output_path(path: &Path, force: bool, flag: &str) -> Result<(), Cli
     }
 }
 
+/// Refuses a capacity this machine cannot hold, unless `--allow-overcommit`.
+fn check_host(plan: &SweepPlan, args: &SweepArgs, worker: &WorkerConfig) -> Result<(), CliError> {
+    if args.allow_overcommit {
+        return Ok(());
+    }
+    sweep::check_host(plan, worker.faults.host_memory().as_ref()).map_err(CliError::from)
+}
+
 /// `oomlab sweep`
 pub fn sweep(args: &SweepArgs, worker: &WorkerConfig) -> Result<Results, CliError> {
     if let Some(p) = &args.json {
@@ -309,9 +340,12 @@ pub fn sweep(args: &SweepArgs, worker: &WorkerConfig) -> Result<Results, CliErro
                 "--journal and --resume both name a journal; pass only --resume JOURNAL to continue it",
             ));
         }
-        Sweep::resume(resume, &given)?
+        let sweep = Sweep::resume(resume, &given)?;
+        check_host(&sweep.plan, args, worker)?;
+        sweep
     } else {
         let (plan, spec) = sweep::plan_from(&given)?;
+        check_host(&plan, args, worker)?;
         let journal = args
             .journal
             .clone()
@@ -390,7 +424,7 @@ impl Progress {
                 plan,
                 model_name,
                 resumed_trials,
-                ..
+                contents,
             } => {
                 self.journal = Some(journal.clone());
                 self.line(&format!(
@@ -407,6 +441,7 @@ impl Progress {
                     plan.device
                 ));
                 self.line(&format!("journal: {}", journal.display()));
+                self.line(&host_line(contents.host.as_ref()));
                 if *resumed_trials > 0 {
                     // Trial numbers continue from the journal's.
                     self.n = *resumed_trials;
@@ -543,6 +578,9 @@ pub fn print_results(r: &Results) {
             "no configuration fits under the headroom limit of {}",
             human_bytes(r.recommendation.limit_bytes)
         ),
+    }
+    if r.pick_is_host_limited() {
+        println!("({})", report::HOST_LIMITED_PICK);
     }
 }
 

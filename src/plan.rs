@@ -428,6 +428,8 @@ pub trait Face {
     fn model_list(&self) -> &'static str;
     /// How this face allows replacing an existing output file.
     fn overwrite(&self) -> &'static str;
+    /// How this face allows a capacity above what the machine can hold.
+    fn allow_overcommit(&self) -> &'static str;
 }
 
 /// Plain nouns, for messages that no face has worded (logs, `Display`).
@@ -452,6 +454,9 @@ impl Face for PlainWords {
     }
     fn overwrite(&self) -> &'static str {
         "allow overwriting it"
+    }
+    fn allow_overcommit(&self) -> &'static str {
+        "allow overcommitting the machine"
     }
 }
 
@@ -488,6 +493,11 @@ pub enum PlanProblem {
     /// The device is not compiled into this build (CUDA without the `cuda` feature).
     DeviceNotBuilt {
         device: Device,
+    },
+    /// The machine cannot hold the simulated capacity (CPU device).
+    CapacityAboveHost {
+        capacity_bytes: u64,
+        host: crate::measure::host::HostMemory,
     },
 }
 
@@ -538,6 +548,23 @@ impl PlanProblem {
                 "{model} is a {family} model, which candle 0.11 runs only in f32 (its attention mixes f32 scores with {dtype} values); remove {dtype} from {here}"
             ),
             Self::ZeroThreads => format!("{here} must be at least 1"),
+            Self::CapacityAboveHost {
+                capacity_bytes,
+                host,
+            } => {
+                let largest = host.largest_capacity_bytes();
+                format!(
+                    "a capacity of {} cannot be simulated on this machine ({}): the largest it can simulate is {} ({} usable, less {} for the window and the system, over {} for the allocator's overhead); lower {here} to {} or less, or {}",
+                    human_bytes(*capacity_bytes),
+                    host.describe(),
+                    human_bytes(largest),
+                    human_bytes(host.usable_bytes()),
+                    human_bytes(host.margin_bytes()),
+                    crate::measure::host::RESIDENT_PER_COUNTED,
+                    human_bytes(largest),
+                    face.allow_overcommit()
+                )
+            }
             Self::DeviceNotBuilt { device } => format!(
                 "{} needs CUDA, which this build of oomlab does not include (no CUDA build exists yet); choose cpu in {here}",
                 device.name()

@@ -3,10 +3,11 @@
 //! Every outcome is appended to the journal before the event that announces it is emitted.
 
 use crate::catalog::{CatalogError, ModelSpec};
+use crate::measure::host::HostMemory;
 use crate::models;
 use crate::plan::{
-    Curve, Face, FieldDifference, PlainWords, PlanField, PlanOverrides, PlanProblem, Precision,
-    SweepPlan,
+    Curve, Device, Face, FieldDifference, PlainWords, PlanField, PlanOverrides, PlanProblem,
+    Precision, SweepPlan,
 };
 use crate::report::{
     self, CurvePhase, Failure, Header, Journal, JournalContents, JournalError, JournalLine,
@@ -232,6 +233,24 @@ pub fn check(plan: &SweepPlan, spec: &ModelSpec) -> Result<(), PlanError> {
     Ok(())
 }
 
+/// Checks that this machine can hold the simulated capacity (CPU device): the worker's counted
+/// bytes, with the allocator's overhead, in what is available less a margin. `host` is `None`
+/// where the machine's memory cannot be read.
+pub fn check_host(plan: &SweepPlan, host: Option<&HostMemory>) -> Result<(), PlanError> {
+    match (plan.device, host) {
+        (Device::Cpu { .. }, Some(h)) if plan.capacity_bytes > h.largest_capacity_bytes() => {
+            Err(PlanError::invalid(
+                PlanField::Capacity,
+                PlanProblem::CapacityAboveHost {
+                    capacity_bytes: plan.capacity_bytes,
+                    host: *h,
+                },
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A new plan: the given fields over the defaults, checked against its model. The model is the
 /// one field without a default.
 pub fn plan_from(given: &PlanOverrides) -> Result<(SweepPlan, ModelSpec), PlanError> {
@@ -324,6 +343,7 @@ impl Sweep {
                 workers: Vec::new(),
                 trials: Vec::new(),
                 load_failures: Vec::new(),
+                host: None,
                 torn_tail: false,
             },
         })
@@ -366,6 +386,7 @@ impl Sweep {
             JournalLine::LoadFailed { dtype, reason } => {
                 self.contents.load_failures.push((dtype, reason));
             }
+            JournalLine::Host(h) => self.contents.host = Some(h),
             JournalLine::End { .. } | JournalLine::Plan(_) => {}
         }
         Ok(())
@@ -396,6 +417,9 @@ impl Sweep {
         sink: &mut dyn FnMut(SweepEvent),
     ) -> Result<Results, SweepError> {
         let mut sup = Supervisor::new(worker.clone());
+        if let Some(host) = worker.faults.host_memory() {
+            self.record(JournalLine::Host(host))?;
+        }
         sink(SweepEvent::Started {
             journal: self.journal.path().to_path_buf(),
             plan: self.plan.clone(),
@@ -452,6 +476,7 @@ impl Sweep {
                         threads: ready.threads,
                         from_checkpoint: ready.from_checkpoint,
                         build_seconds: ready.build_seconds,
+                        host_ceiling_bytes: ready.host_ceiling_bytes,
                     };
                     self.record(JournalLine::Worker(info.clone()))?;
                     sink(SweepEvent::WorkerReady(info));
@@ -525,6 +550,11 @@ impl Sweep {
             TrialResult::Died(Death::Oom { requested_bytes }) => {
                 r.outcome = Outcome::Oom;
                 r.requested_bytes = requested_bytes;
+            }
+            TrialResult::Died(d @ Death::HostMemory { requested_bytes }) => {
+                r.outcome = Outcome::HostMemory;
+                r.requested_bytes = requested_bytes;
+                r.reason = Some(d.describe());
             }
             TrialResult::Died(Death::Cancelled) => {
                 r.failure = Some(Failure::Cancelled);

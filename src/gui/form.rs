@@ -21,6 +21,7 @@ pub mod label {
     pub const STRATEGY: &str = "Strategy";
     pub const DEVICE: &str = "Device";
     pub const THREADS: &str = "Worker threads";
+    pub const OVERCOMMIT: &str = "Allow overcommit";
 }
 
 /// The window names a field by the control that sets it.
@@ -45,6 +46,9 @@ impl Face for Labels {
     }
     fn overwrite(&self) -> &'static str {
         "tick \"overwrite\""
+    }
+    fn allow_overcommit(&self) -> &'static str {
+        "tick \"Allow overcommit\""
     }
 }
 

@@ -5,7 +5,8 @@
 use super::check::Checker;
 use super::form::{Checked, Labels};
 use super::settings::Settings;
-use super::{OomLabApp, Shown};
+use super::{HostState, OomLabApp, Shown};
+use crate::measure::host::HostMemory;
 use crate::report::{self, ExportError, JournalContents, Results};
 use eframe::egui;
 use std::path::{Path, PathBuf};
@@ -22,7 +23,7 @@ pub enum BgMsg {
     PngPicked(PathBuf),
     Opened(
         PathBuf,
-        Result<(Option<JournalContents>, Box<Results>), String>,
+        Result<Box<(Option<JournalContents>, Results)>, String>,
     ),
     Exported(Result<PathBuf, ExportError>),
     PngSaved(Result<PathBuf, ExportError>),
@@ -37,6 +38,8 @@ pub enum BgMsg {
         key: Box<Settings>,
         checked: Checked,
     },
+    /// This machine's memory, sampled (None: it cannot be read).
+    Host(Option<HostMemory>),
 }
 
 /// A file dropped onto the window, once looked at.
@@ -128,6 +131,11 @@ impl Spawner {
         Checker::start(self.tx.clone(), self.ctx.clone())
     }
 
+    /// Starts the machine monitor, which reports through the same channel.
+    pub fn monitor(&self) -> std::io::Result<()> {
+        super::monitor::start(self.tx.clone(), self.ctx.clone())
+    }
+
     /// Shows a blocking rfd dialog on its own thread and reports the chosen path.
     pub fn dialog(&self, kind: Dialog) -> Result<(), String> {
         self.spawn("dialog", move || {
@@ -172,7 +180,7 @@ impl Spawner {
     pub fn open(&self, path: PathBuf) -> Result<(), String> {
         self.spawn("open", move || {
             let r = report::read_results(&path)
-                .map(|(c, r)| (c, Box::new(r)))
+                .map(Box::new)
                 .map_err(|e| e.to_string());
             BgMsg::Opened(path, r)
         })
@@ -310,7 +318,11 @@ impl OomLabApp {
             BgMsg::ExportPicked(p) => self.export_to(p, true),
             BgMsg::PngPicked(p) => self.save_plot_png(p, true),
             BgMsg::Checked { key, checked } => self.check.receive(*key, checked),
-            BgMsg::Opened(path, Ok((contents, results))) => {
+            BgMsg::Host(host) => {
+                self.host = host.map_or(HostState::Unreadable, HostState::Known);
+            }
+            BgMsg::Opened(path, Ok(opened)) => {
+                let (contents, results) = *opened;
                 self.log.push(format!("opened {}", path.display()));
                 let journal = contents.as_ref().map(|_| path);
                 if !self.is_running() {
@@ -318,7 +330,7 @@ impl OomLabApp {
                 }
                 self.shown = Some(Shown {
                     contents,
-                    results: Arc::from(results),
+                    results: Arc::new(results),
                     journal,
                 });
                 self.notice = None;

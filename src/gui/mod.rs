@@ -12,6 +12,7 @@ mod engine;
 mod form;
 mod frame_stats;
 mod jobs;
+mod monitor;
 mod panels;
 mod plot;
 mod settings;
@@ -20,6 +21,7 @@ use frame_stats::FRAME_BUDGET_MS;
 pub use frame_stats::FrameStats;
 pub use settings::{Settings, ThemeChoice};
 
+use crate::measure::host::HostMemory;
 use crate::report::{JournalContents, Results};
 use crate::worker::WorkerConfig;
 use check::SettingsCheck;
@@ -44,6 +46,8 @@ pub struct AppOptions {
     pub persist: bool,
     /// Start the settings checker thread (tests turn it off to see the window cope without it).
     pub checker: bool,
+    /// This machine's memory as given (tests); `None`: sample it on a monitor thread.
+    pub host: Option<HostMemory>,
 }
 
 /// What the centre, table and card show: a live sweep, or a reopened one.
@@ -52,6 +56,16 @@ pub struct Shown {
     pub contents: Option<JournalContents>,
     pub results: Arc<Results>,
     pub journal: Option<PathBuf>,
+}
+
+/// What the window knows of this machine's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostState {
+    /// The monitor has not reported yet.
+    Unknown,
+    /// It cannot be read here: capacities are not checked against it.
+    Unreadable,
+    Known(HostMemory),
 }
 
 /// What panels ask for; applied after drawing so no panel mutates state mid-frame.
@@ -77,6 +91,9 @@ pub struct OomLabApp {
     options: AppOptions,
     jobs: Jobs,
     check: SettingsCheck,
+    host: HostState,
+    /// Why this machine cannot hold the capacity of the checked plan (Run is then disabled).
+    host_problem: Option<String>,
     run: Option<Run>,
     shown: Option<Shown>,
     log: Vec<String>,
@@ -111,6 +128,8 @@ impl OomLabApp {
             settings,
             jobs,
             check: SettingsCheck::new(checker),
+            host: options.host.map_or(HostState::Unknown, HostState::Known),
+            host_problem: None,
             run: None,
             shown: None,
             log: Vec::new(),
@@ -124,6 +143,13 @@ impl OomLabApp {
             options,
         };
         app.settings.theme.apply(&cc.egui_ctx);
+        if app.host == HostState::Unknown
+            && let Err(e) = app.jobs.start.monitor()
+        {
+            // Without the monitor nothing is refused on the machine's account; say so.
+            app.host = HostState::Unreadable;
+            app.notice = Some(format!("cannot watch this machine's memory: {e}"));
+        }
         if let Some(p) = app.options.open.clone() {
             app.open_results(p);
         }
@@ -171,7 +197,32 @@ impl OomLabApp {
     /// Whether the settings are being checked off the UI thread.
     #[must_use]
     pub fn checking(&self) -> bool {
-        matches!(self.check.status(&self.settings), PlanStatus::Checking)
+        matches!(self.plan_status(), PlanStatus::Checking)
+    }
+
+    /// Whether Run can start: the settings' check, then whether this machine holds the capacity.
+    fn plan_status(&self) -> PlanStatus<'_> {
+        match self.check.status(&self.settings) {
+            PlanStatus::Ready if self.host == HostState::Unknown => PlanStatus::Checking,
+            PlanStatus::Ready => self
+                .host_problem
+                .as_deref()
+                .map_or(PlanStatus::Ready, PlanStatus::Invalid),
+            other => other,
+        }
+    }
+
+    /// Recomputes whether the checked plan's capacity fits this machine (pure arithmetic).
+    fn refresh_host_problem(&mut self) {
+        self.host_problem = match (self.check.current(&self.settings), self.host) {
+            (Some(c), HostState::Known(host)) if !self.settings.allow_overcommit => c
+                .plan
+                .as_ref()
+                .ok()
+                .and_then(|plan| crate::sweep::check_host(plan, Some(&host)).err())
+                .map(|e| e.describe(&form::Labels)),
+            _ => None,
+        };
     }
 
     /// Test hook: blocks until a background job reports, then handles it.
@@ -200,7 +251,11 @@ impl OomLabApp {
                 current: r.current.as_ref(),
                 started: r.started,
             }),
-            plan: self.check.status(&self.settings),
+            plan: self.plan_status(),
+            host: match self.host {
+                HostState::Known(h) => Some(h),
+                HostState::Unknown | HostState::Unreadable => None,
+            },
             model_summary: self.check.model_summary(&self.settings),
             notice: self.notice.as_deref(),
             log: &self.log,
@@ -212,7 +267,10 @@ impl OomLabApp {
     fn apply(&mut self, c: Command, ctx: &egui::Context) {
         match c {
             Command::Run => {
-                if let Some(Ok(plan)) = self.check.current(&self.settings).map(|c| c.plan.clone()) {
+                if matches!(self.plan_status(), PlanStatus::Ready)
+                    && let Some(Ok(plan)) =
+                        self.check.current(&self.settings).map(|c| c.plan.clone())
+                {
                     let journal_dir = self.options.journal_dir.clone();
                     self.start(EngineJob::New { plan, journal_dir });
                 }
@@ -265,6 +323,7 @@ impl eframe::App for OomLabApp {
             ctx.send_viewport_cmd(egui::ViewportCommand::Close);
         }
         self.check.refresh(&self.settings);
+        self.refresh_host_problem();
         // The panels edit copies of the settings and their own state, reading a narrow view.
         let mut settings = self.settings.clone();
         let mut panel = std::mem::take(&mut self.panel);
@@ -331,6 +390,7 @@ pub fn run(open: Option<PathBuf>) -> Result<(), String> {
         journal_dir: None,
         persist: true,
         checker: true,
+        host: None,
     };
     eframe::run_native(
         "oomlab",

@@ -26,6 +26,7 @@ const PALETTE: [Color32; 8] = [
     Color32::from_rgb(227, 119, 194),
 ];
 const OOM_RED: Color32 = Color32::from_rgb(214, 39, 40);
+const HOST_ORANGE: Color32 = Color32::from_rgb(200, 120, 0);
 
 #[must_use]
 pub fn curve_label(c: Curve) -> String {
@@ -52,6 +53,7 @@ fn hover_text(t: &TrialRecord) -> String {
         match t.outcome {
             Outcome::Fit => "fits".to_string(),
             Outcome::Oom => "OUT OF MEMORY".to_string(),
+            Outcome::HostMemory => "STOPPED: this machine's memory, not the capacity".to_string(),
             Outcome::Failed => format!("failed: {}", t.reason.as_deref().unwrap_or("?")),
         }
     );
@@ -109,6 +111,14 @@ pub fn plot_ui(ui: &mut egui::Ui, r: &Results) -> egui::Rect {
     let oom_name = "OOM (the allocation that crossed the capacity)".to_string();
     let oom_pts: Vec<[f64; 2]> = ooms.iter().map(|t| [t.batch as f64, cap]).collect();
     lookup.insert(oom_name.clone(), ooms);
+    let host_stops: Vec<&TrialRecord> = r
+        .trials
+        .iter()
+        .filter(|t| t.outcome == Outcome::HostMemory)
+        .collect();
+    let host_name = "stopped by this machine's memory".to_string();
+    let host_pts: Vec<[f64; 2]> = host_stops.iter().map(|t| [t.batch as f64, cap]).collect();
+    lookup.insert(host_name.clone(), host_stops);
     let headroom_pct = r.headroom * 100.0;
     let formatter = move |pos: &HoverPosition<'_>| -> Option<String> {
         match pos {
@@ -186,6 +196,14 @@ pub fn plot_ui(ui: &mut egui::Ui, r: &Results) -> egui::Rect {
                         .color(OOM_RED)
                         .radius(7.0)
                         .shape(MarkerShape::Cross),
+                );
+            }
+            if !host_pts.is_empty() {
+                pui.points(
+                    Points::new(host_name, host_pts)
+                        .color(HOST_ORANGE)
+                        .radius(7.0)
+                        .shape(MarkerShape::Diamond),
                 );
             }
         });

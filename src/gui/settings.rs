@@ -23,6 +23,7 @@ impl ThemeChoice {
 }
 
 /// What the experiment panel edits, as typed (text fields keep what the person wrote).
+#[allow(clippy::struct_excessive_bools)] // one per checkbox the panel draws
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Settings {
@@ -38,6 +39,9 @@ pub struct Settings {
     pub strategy: Strategy,
     pub theme: ThemeChoice,
     pub threads: usize,
+    /// Run with a capacity above what this machine can hold (never persisted).
+    #[serde(skip)]
+    pub allow_overcommit: bool,
 }
 
 impl Default for Settings {
@@ -56,6 +60,7 @@ impl Default for Settings {
             strategy: Strategy::default(),
             theme: ThemeChoice::System,
             threads: 1,
+            allow_overcommit: false,
         };
         s.apply_plan(&SweepPlan::defaults(model, usize::MAX));
         s

@@ -13,26 +13,38 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Marker written to stderr when the budget refuses a request. The supervisor parses it.
 pub const OOM_MARKER: &str = "OOMLAB_OOM requested_bytes=";
 
+/// Marker written when the host's ceiling (not the simulated capacity) refuses a request.
+pub const HOST_MARKER: &str = "OOMLAB_HOST_MEMORY requested_bytes=";
+
 pub struct CountingAlloc;
 
 static LIVE: AtomicU64 = AtomicU64::new(0);
 static PEAK: AtomicU64 = AtomicU64::new(0);
 /// 0 means no budget.
 static BUDGET: AtomicU64 = AtomicU64::new(0);
+/// The most live bytes the machine can hold for this process (0: no ceiling).
+static HOST_BUDGET: AtomicU64 = AtomicU64::new(0);
 
 impl CountingAlloc {
     #[inline]
     fn reserve(size: u64) -> bool {
         let live = LIVE.fetch_add(size, Ordering::Relaxed) + size;
         let budget = BUDGET.load(Ordering::Relaxed);
-        if budget != 0 && live > budget {
-            LIVE.fetch_sub(size, Ordering::Relaxed);
-            BUDGET.store(0, Ordering::Relaxed);
-            report_refusal(size);
-            return false;
-        }
-        PEAK.fetch_max(live, Ordering::Relaxed);
-        true
+        let host = HOST_BUDGET.load(Ordering::Relaxed);
+        let marker = if budget != 0 && live > budget {
+            OOM_MARKER
+        } else if host != 0 && live > host {
+            HOST_MARKER
+        } else {
+            PEAK.fetch_max(live, Ordering::Relaxed);
+            return true;
+        };
+        LIVE.fetch_sub(size, Ordering::Relaxed);
+        // Lift both limits: the abort that follows may allocate.
+        BUDGET.store(0, Ordering::Relaxed);
+        HOST_BUDGET.store(0, Ordering::Relaxed);
+        report_refusal(marker, size);
+        false
     }
 
     #[inline]
@@ -41,10 +53,10 @@ impl CountingAlloc {
     }
 }
 
-/// Writes `OOMLAB_OOM requested_bytes=N\n` to fd 2 without allocating.
-fn report_refusal(size: u64) {
+/// Writes `MARKER N\n` to fd 2 without allocating.
+fn report_refusal(marker: &str, size: u64) {
     let mut buf = [0u8; 64];
-    let marker = OOM_MARKER.as_bytes();
+    let marker = marker.as_bytes();
     buf[..marker.len()].copy_from_slice(marker);
     let mut pos = marker.len();
     let mut digits = [0u8; 20];
@@ -144,8 +156,20 @@ pub fn set_budget(bytes: Option<u64>) {
     BUDGET.store(bytes.unwrap_or(0), Ordering::Relaxed);
 }
 
-/// Parses the marker line written at a refusal.
+/// Sets the host's ceiling on live bytes (`None` lifts it). Requests that would exceed it are
+/// refused with [`HOST_MARKER`].
+pub fn set_host_budget(bytes: Option<u64>) {
+    HOST_BUDGET.store(bytes.unwrap_or(0), Ordering::Relaxed);
+}
+
+/// Parses the marker line written at a capacity refusal.
 #[must_use]
 pub fn parse_oom_marker(line: &str) -> Option<u64> {
     line.trim().strip_prefix(OOM_MARKER)?.parse().ok()
+}
+
+/// Parses the marker line written at a refusal for the host's sake.
+#[must_use]
+pub fn parse_host_marker(line: &str) -> Option<u64> {
+    line.trim().strip_prefix(HOST_MARKER)?.parse().ok()
 }

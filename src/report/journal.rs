@@ -36,6 +36,8 @@ pub struct JournalContents {
     pub workers: Vec<WorkerInfo>,
     pub trials: Vec<TrialRecord>,
     pub load_failures: Vec<(crate::plan::Precision, String)>,
+    /// The machine's memory at the latest start.
+    pub host: Option<crate::measure::host::HostMemory>,
     /// Whether a torn last line was dropped.
     pub torn_tail: bool,
 }
@@ -144,6 +146,7 @@ pub fn parse(path: &Path, text: &str) -> Result<JournalContents, JournalError> {
     let mut workers = Vec::new();
     let mut trials = Vec::new();
     let mut load_failures = Vec::new();
+    let mut host = None;
     let mut torn_tail = false;
     let last_nonempty = lines.iter().rposition(|l| !l.trim().is_empty());
     for (i, line) in lines.iter().enumerate() {
@@ -193,6 +196,7 @@ pub fn parse(path: &Path, text: &str) -> Result<JournalContents, JournalError> {
             JournalLine::Worker(w) => workers.push(w),
             JournalLine::Trial(t) => trials.push(t),
             JournalLine::LoadFailed { dtype, reason } => load_failures.push((dtype, reason)),
+            JournalLine::Host(h) => host = Some(h),
             JournalLine::End { .. } => {}
         }
     }
@@ -205,6 +209,7 @@ pub fn parse(path: &Path, text: &str) -> Result<JournalContents, JournalError> {
         workers,
         trials,
         load_failures,
+        host,
         torn_tail,
     })
 }

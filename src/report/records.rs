@@ -1,6 +1,7 @@
 //! The records a sweep produces: journal lines, trial records, boundaries, recommendation.
 
 use crate::catalog::Family;
+use crate::measure::host::HostMemory;
 use crate::plan::{Curve, Device, Precision, Strategy, SweepPlan};
 use crate::search::{BoundaryStatus, Contradiction};
 use serde::{Deserialize, Serialize};
@@ -11,6 +12,9 @@ use std::collections::BTreeMap;
 pub enum Outcome {
     Fit,
     Oom,
+    /// Stopped before the machine itself ran out of memory (its ceiling, not the simulated
+    /// capacity): the batch cannot be measured here.
+    HostMemory,
     Failed,
 }
 
@@ -21,6 +25,7 @@ impl Outcome {
         match self {
             Self::Fit => "fit",
             Self::Oom => "oom",
+            Self::HostMemory => "host_memory",
             Self::Failed => "failed",
         }
     }
@@ -111,6 +116,10 @@ impl TrialRecord {
                 bytes(self.peak_bytes)
             ),
             Outcome::Oom => format!("OOM, tried to allocate {}", bytes(self.requested_bytes)),
+            Outcome::HostMemory => format!(
+                "stopped: this machine's memory, not the capacity, would be exceeded (tried to allocate {})",
+                bytes(self.requested_bytes)
+            ),
             Outcome::Failed => format!("failed: {}", self.reason.as_deref().unwrap_or("unknown")),
         }
     }
@@ -131,6 +140,9 @@ pub struct WorkerInfo {
     pub threads: usize,
     pub from_checkpoint: bool,
     pub build_seconds: f64,
+    /// The most live bytes the machine could hold for this worker (null in old journals).
+    #[serde(default)]
+    pub host_ceiling_bytes: Option<u64>,
 }
 
 /// The journal's first line: the plan and what identifies the model.
@@ -151,6 +163,8 @@ pub enum JournalLine {
     Plan(Header),
     Worker(WorkerInfo),
     Trial(TrialRecord),
+    /// This machine's memory when a run (or a resume) started.
+    Host(HostMemory),
     /// A load that failed for a whole precision (e.g. weights above the capacity).
     LoadFailed {
         dtype: Precision,
@@ -243,6 +257,22 @@ pub struct CurveRecommendation {
 
 pub const PICK_RULE: &str = "per (seq, dtype): the largest batch below every measured OOM whose measured total stays under capacity × (1 - headroom), confirmed by a trial at that batch; overall: the most tokens per step (batch × seq), ties to the wider dtype (f32, then bf16, then f16), then the longer sequence";
 
+impl Results {
+    /// Whether the overall pick comes from a curve that this machine's memory, not the
+    /// capacity, limited (then it is a lower bound for the simulated device).
+    #[must_use]
+    pub fn pick_is_host_limited(&self) -> bool {
+        self.recommendation.pick.as_ref().is_some_and(|p| {
+            self.boundaries.iter().any(|b| {
+                b.seq == p.seq && b.dtype == p.dtype && b.status == BoundaryStatus::HostLimited
+            })
+        })
+    }
+}
+
+/// Said under a pick that [`Results::pick_is_host_limited`].
+pub const HOST_LIMITED_PICK: &str = "a lower bound: this machine's memory, not the capacity, limited this curve; the simulated device fits at least this much";
+
 /// The results document (`--json`). Field names are a contract for scripts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Results {
@@ -257,6 +287,11 @@ pub struct Results {
     pub device: Device,
     /// Threads the worker reported (null before a worker was ready).
     pub threads: Option<usize>,
+    /// This machine's physical memory and what was available when the sweep (last) started.
+    pub host_memory_bytes: Option<u64>,
+    pub host_available_bytes: Option<u64>,
+    /// The memory cgroup's limit, when one was set.
+    pub host_cgroup_limit_bytes: Option<u64>,
     pub capacity_bytes: u64,
     pub headroom: f64,
     pub strategy: Strategy,

@@ -113,9 +113,15 @@ pub fn curve_phase(
         .iter()
         .filter(|t| t.curve() == curve && t.strategy == plan.strategy)
         .collect();
+    // With an overcommitted capacity the machine's ceiling comes first: aim predictions at it.
+    let ceiling = workers
+        .iter()
+        .rev()
+        .find(|w| w.dtype == curve.dtype)
+        .and_then(|w| w.host_ceiling_bytes);
     let ctx = SearchCtx {
         range: plan.batch,
-        capacity_bytes: plan.capacity_bytes,
+        capacity_bytes: ceiling.map_or(plan.capacity_bytes, |c| c.min(plan.capacity_bytes)),
         baseline_bytes: baseline_for(curve, trials, workers),
     };
     let all = obs_of(mine.iter().copied());
@@ -154,6 +160,47 @@ pub fn curve_phase(
     phase
 }
 
+/// The machine's memory stopping a curve: the lowest batch that did not fit was refused for the
+/// host's sake, not the capacity's.
+struct HostLimit {
+    batch: usize,
+    ceiling_bytes: Option<u64>,
+}
+
+impl HostLimit {
+    fn text(&self) -> String {
+        format!(
+            "batch {} would need more memory than this machine can give the worker{}; b* is this machine's boundary, not the simulated device's (a lower bound of it)",
+            self.batch,
+            self.ceiling_bytes.map_or_else(String::new, |c| format!(
+                " (ceiling {})",
+                crate::plan::human_bytes(c)
+            ))
+        )
+    }
+}
+
+fn host_limit(
+    curve: Curve,
+    plan: &SweepPlan,
+    trials: &[TrialRecord],
+    workers: &[WorkerInfo],
+) -> Option<HostLimit> {
+    let lowest = trials
+        .iter()
+        .filter(|t| t.curve() == curve && t.strategy == plan.strategy)
+        .filter(|t| matches!(t.outcome, Outcome::Oom | Outcome::HostMemory))
+        .min_by_key(|t| t.batch)?;
+    (lowest.outcome == Outcome::HostMemory).then(|| HostLimit {
+        batch: lowest.batch,
+        ceiling_bytes: workers
+            .iter()
+            .rev()
+            .find(|w| w.dtype == curve.dtype)
+            .and_then(|w| w.host_ceiling_bytes),
+    })
+}
+
 /// Builds the results document from a journal's contents (finished or not).
 #[must_use]
 pub fn summarize(c: &JournalContents) -> Results {
@@ -185,13 +232,28 @@ pub fn summarize(c: &JournalContents) -> Results {
         };
         incomplete |= stop.is_some();
         // A known boundary keeps its status even if the recommendation could not finish.
-        let status = found.map_or(BoundaryStatus::Incomplete, |f| f.status);
+        let mut status = found.map_or(BoundaryStatus::Incomplete, |f| f.status);
         let contradiction = found.and_then(|f| f.contradiction);
+        let host_limit = host_limit(curve, plan, &c.trials, &c.workers);
+        if let Some(limit) = &host_limit
+            && matches!(status, BoundaryStatus::Exact | BoundaryStatus::NoneFits)
+        {
+            status = BoundaryStatus::HostLimited;
+            notes.push(format!("{curve}: {}", limit.text()));
+        }
         let reason = stop
             .as_ref()
             .map(Stop::text)
-            .or_else(|| contradiction.map(|c| c.text()));
-        if let Some(r) = &reason {
+            .or_else(|| contradiction.map(|c| c.text()))
+            .or_else(|| {
+                (status == BoundaryStatus::HostLimited)
+                    .then(|| host_limit.as_ref().map(HostLimit::text))
+                    .flatten()
+            });
+        if let Some(r) = reason
+            .as_ref()
+            .filter(|_| status != BoundaryStatus::HostLimited)
+        {
             notes.push(format!("{curve}: {r}"));
         }
         boundaries.push(BoundaryRecord {
@@ -249,6 +311,9 @@ pub fn summarize(c: &JournalContents) -> Results {
         config_hash: c.header.config_hash.clone(),
         device: plan.device,
         threads: c.workers.last().map(|w| w.threads),
+        host_memory_bytes: c.host.map(|h| h.physical_bytes),
+        host_available_bytes: c.host.map(|h| h.available_bytes),
+        host_cgroup_limit_bytes: c.host.and_then(|h| h.cgroup_limit_bytes),
         capacity_bytes: plan.capacity_bytes,
         headroom: plan.headroom,
         strategy: plan.strategy,

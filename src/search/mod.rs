@@ -51,6 +51,9 @@ pub enum BoundaryStatus {
     /// A batch fitted at or above a batch that ran out of memory: memory is not monotone in batch
     /// here. The answer is the largest measured fit below the lowest OOM.
     NonMonotone,
+    /// This machine's memory, not the simulated capacity, stopped the search: b* is the
+    /// machine's boundary, a lower bound of the simulated device's.
+    HostLimited,
     /// Cancelled, or a trial failed for a reason other than OOM.
     Incomplete,
 }
@@ -63,6 +66,7 @@ impl BoundaryStatus {
             Self::AboveRange => "above_range",
             Self::NoneFits => "none_fits",
             Self::NonMonotone => "non_monotone",
+            Self::HostLimited => "host_limited",
             Self::Incomplete => "incomplete",
         }
     }

@@ -169,7 +169,9 @@ fn check_consistent(strategy: Strategy, ctx: &SearchCtx, limit: u64, run: &Run) 
                 .max();
             assert_eq!(f.max_batch, below, "{strategy}: {f:?} {obs:?}");
         }
-        BoundaryStatus::Incomplete => panic!("the search never says incomplete"),
+        BoundaryStatus::Incomplete | BoundaryStatus::HostLimited => {
+            panic!("the search never says {}", f.status.name())
+        }
     }
     if let Some(r) = run.recommended {
         let o = obs

@@ -19,6 +19,10 @@ pub struct WorkerFaults {
     /// in trials at these batches.
     #[arg(long = "worker-oom-at", hide = true, value_delimiter = ',')]
     pub oom_at: Vec<usize>,
+    /// Test hook: take this machine to have exactly this much memory available (bytes), no
+    /// cgroup — for the pre-sweep check and the worker's ceiling.
+    #[arg(long = "worker-host-available-bytes", hide = true, value_parser = crate::plan::parse_bytes)]
+    pub host_available_bytes: Option<u64>,
 }
 
 impl WorkerFaults {
@@ -33,6 +37,17 @@ impl WorkerFaults {
             let list: Vec<String> = self.oom_at.iter().map(ToString::to_string).collect();
             out.push(format!("--worker-oom-at={}", list.join(",")));
         }
+        if let Some(b) = self.host_available_bytes {
+            out.push(format!("--worker-host-available-bytes={b}"));
+        }
         out
+    }
+
+    /// This machine's memory as the sweep sees it: read, or faked by the test hook.
+    #[must_use]
+    pub fn host_memory(&self) -> Option<crate::measure::host::HostMemory> {
+        self.host_available_bytes
+            .map(crate::measure::host::HostMemory::faked)
+            .or_else(crate::measure::host::HostMemory::read)
     }
 }

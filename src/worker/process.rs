@@ -58,7 +58,7 @@ pub fn run(faults: &WorkerFaults) -> i32 {
                 dtype,
                 capacity_bytes,
                 device,
-            }) => match load(&model, dtype, capacity_bytes, device) {
+            }) => match load(&model, dtype, capacity_bytes, device, faults) {
                 Ok((s, ready)) => {
                     state = Some(s);
                     Response::Ready(ready)
@@ -93,9 +93,15 @@ fn load(
     dtype: Precision,
     capacity_bytes: u64,
     device: plan::Device,
+    faults: &WorkerFaults,
 ) -> Result<(State, Ready), String> {
     let t0 = Instant::now();
     alloc::set_budget(None);
+    // The machine's ceiling holds from the build on: the kernel's OOM killer never decides.
+    let host_ceiling_bytes = faults
+        .host_memory()
+        .map(|h| alloc::live_bytes() + h.largest_capacity_bytes());
+    alloc::set_host_budget(host_ceiling_bytes);
     let spec = ModelSpec::resolve(model).map_err(|e| e.to_string())?;
     let need = models::weights_bytes(&spec, dtype.candle());
     if need > capacity_bytes {
@@ -132,6 +138,7 @@ fn load(
         build_seconds: t0.elapsed().as_secs_f64(),
         from_checkpoint: m.from_checkpoint,
         pid: std::process::id(),
+        host_ceiling_bytes,
     };
     // From here on the capacity is enforced: a request beyond it aborts the process.
     alloc::set_budget(Some(capacity_bytes));

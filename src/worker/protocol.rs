@@ -48,6 +48,9 @@ pub struct Ready {
     pub build_seconds: f64,
     pub from_checkpoint: bool,
     pub pid: u32,
+    /// The most live bytes this machine can hold for the worker (its memory, less a margin, over
+    /// the allocator's overhead); a request beyond it ends the trial as `host_memory`.
+    pub host_ceiling_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

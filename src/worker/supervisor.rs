@@ -4,7 +4,7 @@
 use super::WorkerFaults;
 use super::protocol::{Ready, Request, Response, TrialMeasure};
 use crate::catalog::ModelRef;
-use crate::measure::alloc::parse_oom_marker;
+use crate::measure::alloc::{parse_host_marker, parse_oom_marker};
 use crate::plan::{Device, Precision};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
@@ -41,6 +41,9 @@ impl WorkerConfig {
 pub enum Death {
     /// The allocator refused a request above the capacity and the process aborted.
     Oom { requested_bytes: Option<u64> },
+    /// The allocator refused a request the machine could not hold (its ceiling, not the
+    /// simulated capacity), and the process aborted.
+    HostMemory { requested_bytes: Option<u64> },
     /// Killed by a signal with no OOM marker (the kernel's OOM killer, a user, a crash).
     Signal { signal: i32, stderr_tail: String },
     /// Exited on its own without answering.
@@ -59,6 +62,11 @@ impl Death {
                 Some(n) => format!("out of memory (tried to allocate {n} bytes)"),
                 None => "out of memory".into(),
             },
+            Self::HostMemory { requested_bytes } => format!(
+                "stopped before this machine ran out of memory{}",
+                requested_bytes
+                    .map_or_else(String::new, |n| format!(" (tried to allocate {n} bytes)"))
+            ),
             Self::Signal {
                 signal,
                 stderr_tail,
@@ -95,6 +103,7 @@ fn signal_name(sig: i32) -> &'static str {
 #[must_use]
 pub fn classify_exit(signal: Option<i32>, code: Option<i32>, stderr: &[String]) -> Death {
     let marker = stderr.iter().find_map(|l| parse_oom_marker(l));
+    let host = stderr.iter().find_map(|l| parse_host_marker(l));
     let rust_oom = stderr.iter().find_map(|l| {
         let rest = l.trim().strip_prefix("memory allocation of ")?;
         rest.strip_suffix(" bytes failed")?.parse::<u64>().ok()
@@ -106,6 +115,9 @@ pub fn classify_exit(signal: Option<i32>, code: Option<i32>, stderr: &[String]) 
         .cloned()
         .unwrap_or_default();
     match signal {
+        Some(libc::SIGABRT) if host.is_some() => Death::HostMemory {
+            requested_bytes: host,
+        },
         Some(libc::SIGABRT) if marker.is_some() || rust_oom.is_some() => Death::Oom {
             requested_bytes: marker.or(rust_oom),
         },
@@ -450,6 +462,20 @@ mod tests {
             rust_only,
             Death::Oom {
                 requested_bytes: Some(77)
+            }
+        );
+        let host = classify_exit(
+            Some(libc::SIGABRT),
+            None,
+            &[
+                "OOMLAB_HOST_MEMORY requested_bytes=64".into(),
+                "memory allocation of 64 bytes failed".into(),
+            ],
+        );
+        assert_eq!(
+            host,
+            Death::HostMemory {
+                requested_bytes: Some(64)
             }
         );
         let killed = classify_exit(Some(libc::SIGKILL), None, &[]);

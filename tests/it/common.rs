@@ -32,6 +32,7 @@ pub fn faulty_worker(stall_ms: u64, oom_at: &[usize]) -> WorkerConfig {
         faults: WorkerFaults {
             stall_ms,
             oom_at: oom_at.to_vec(),
+            host_available_bytes: None,
         },
     }
 }

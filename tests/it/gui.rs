@@ -11,6 +11,7 @@ use egui::accesskit::Role;
 use egui_kittest::Harness;
 use egui_kittest::kittest::{NodeT, Queryable};
 use oomlab::gui::{AppOptions, OomLabApp};
+use oomlab::measure::host::HostMemory;
 use oomlab::plan::{Strategy, human_bytes};
 use oomlab::worker::WorkerConfig;
 use serde_json::Value;
@@ -23,12 +24,18 @@ fn harness_with(
     worker: WorkerConfig,
     checker: bool,
 ) -> Harness<'static, OomLabApp> {
+    // The machine's memory as the worker sees it when the test fakes it; otherwise a fixed
+    // 16 GiB, so what the window draws is the same on every machine.
+    let host = Some(HostMemory::faked(
+        worker.faults.host_available_bytes.unwrap_or(16 << 30),
+    ));
     let options = AppOptions {
         worker,
         open,
         journal_dir: Some(dir.0.clone()),
         persist: false,
         checker,
+        host,
     };
     Harness::builder()
         .with_size(egui::vec2(1280.0, 800.0))
@@ -158,19 +165,27 @@ fn replay(journal: &Path) -> Replay {
                     .map(|t| t["batch"].as_u64().unwrap())
                     .collect()
             };
-            let (fits, ooms) = (batches("fit"), batches("oom"));
+            let (fits, mut ooms) = (batches("fit"), batches("oom"));
+            let host_stops = batches("host_memory");
+            ooms.extend(&host_stops);
             let lowest_oom = ooms.iter().min().copied();
             let below = |b: u64| lowest_oom.is_none_or(|o| b < o);
             let star = fits.iter().copied().filter(|&b| below(b)).max();
             let contradiction = lowest_oom.is_some_and(|o| fits.iter().any(|&f| f >= o));
+            // The machine, not the capacity, stopped the curve when its lowest non-fit is a
+            // host_memory trial.
+            let host = |s: &'static str| match lowest_oom {
+                Some(o) if host_stops.contains(&o) => "host_limited",
+                _ => s,
+            };
             let status = if contradiction {
                 "non_monotone"
             } else if lowest_oom == Some(lo) {
-                "none_fits"
+                host("none_fits")
             } else if star == Some(hi) {
                 "above_range"
             } else if star.is_some() && lowest_oom == star.map(|b| b + 1) {
-                "exact"
+                host("exact")
             } else {
                 "incomplete"
             };
@@ -248,6 +263,7 @@ fn assert_screen_matches_journal(h: &Harness<'static, OomLabApp>) -> Replay {
         let outcome = match t["outcome"].as_str().unwrap() {
             "fit" => "fit",
             "oom" => "OOM",
+            "host_memory" => "host mem",
             _ => "failed",
         };
         assert_eq!(
@@ -617,4 +633,38 @@ fn closing_during_a_sweep_returns_even_when_the_engine_waits_on_a_full_channel()
     let contents = oomlab::report::read_journal(&journal).unwrap();
     assert!(!contents.torn_tail);
     assert!(oomlab::report::summarize(&contents).incomplete);
+}
+
+#[test]
+fn a_capacity_this_machine_cannot_hold_disables_run_until_overcommit_is_ticked() {
+    let dir = TempDir::new("gui-host");
+    let mut w = worker();
+    w.faults.host_available_bytes = Some(64 << 20);
+    let mut h = harness_with(&dir, None, w, true);
+    h.state_mut().settings.model = "tiny-bert".into();
+    h.state_mut().settings.strategy = Strategy::Auto;
+    set_experiment(&mut h, "64", "1..1024", "1GiB");
+    assert!(run_disabled(&h));
+    shown(
+        &h,
+        "This machine: 64.0 MiB, 64.0 MiB available; it can simulate up to 44.8 MiB.",
+    );
+    shown(
+        &h,
+        "a capacity of 1.0 GiB cannot be simulated on this machine",
+    );
+    shown(
+        &h,
+        "lower the Capacity field to 44.8 MiB or less, or tick \"Allow overcommit\"",
+    );
+    h.get_by_label("Allow overcommit").click();
+    settle(&mut h);
+    assert!(!run_disabled(&h));
+    h.get_by_role_and_label(Role::Button, "Run").click();
+    h.run_steps(1);
+    run_to_end(&mut h);
+    let want = assert_screen_matches_journal(&h);
+    assert_eq!(want.rows[0][2], "host_limited");
+    shown(&h, "this machine's boundary, not the simulated device's");
+    shown(&h, oomlab::report::HOST_LIMITED_PICK);
 }

@@ -4,6 +4,7 @@ use super::{PanelState, View};
 use crate::gui::Command;
 use crate::plan::human_bytes;
 use crate::report::{Results, Stop};
+use crate::search::BoundaryStatus;
 use eframe::egui;
 use egui::{Color32, RichText};
 use std::path::PathBuf;
@@ -47,6 +48,13 @@ fn pick_ui(r: &Results, running: bool, ui: &mut egui::Ui) {
             });
         }
     }
+    if r.pick_is_host_limited() {
+        ui.label(
+            RichText::new(crate::report::HOST_LIMITED_PICK)
+                .color(Color32::from_rgb(200, 120, 0))
+                .small(),
+        );
+    }
     ui.label(RichText::new(&r.recommendation.rule).weak().small());
 }
 
@@ -78,20 +86,22 @@ fn boundaries_ui(r: &Results, running: bool, ui: &mut egui::Ui) {
             ui.end_row();
         }
     });
+    // What a person must know to read b*: memory not monotone, or the machine's own limit.
     for b in &r.boundaries {
-        if let Some(c) = b.contradiction {
-            ui.label(
-                RichText::new(format!(
-                    "seq {} {}: {}; b* is the largest fit below batch {}",
-                    b.seq,
-                    b.dtype,
-                    c.text(),
-                    c.oom_batch
-                ))
+        let text = match (b.contradiction, b.status) {
+            (Some(c), _) => format!(
+                "{}; b* is the largest fit below batch {}",
+                c.text(),
+                c.oom_batch
+            ),
+            (None, BoundaryStatus::HostLimited) => b.reason.clone().unwrap_or_default(),
+            _ => continue,
+        };
+        ui.label(
+            RichText::new(format!("seq {} {}: {text}", b.seq, b.dtype))
                 .color(Color32::from_rgb(200, 120, 0))
                 .small(),
-            );
-        }
+        );
     }
     ui.label(
         RichText::new(format!(

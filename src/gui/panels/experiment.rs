@@ -30,6 +30,20 @@ pub fn panel(view: &View<'_>, settings: &mut Settings, ui: &mut egui::Ui, cmds: 
             .weak()
             .small(),
         );
+        if let Some(h) = view.host {
+            ui.label(
+                RichText::new(format!(
+                    "This machine: {}; it can simulate up to {}.",
+                    h.describe(),
+                    crate::plan::human_bytes(h.largest_capacity_bytes())
+                ))
+                .small(),
+            );
+        }
+        ui.checkbox(&mut settings.allow_overcommit, label::OVERCOMMIT)
+            .on_hover_text(
+                "run with a capacity above what this machine can hold; the worker still stops itself before the machine runs out of memory (trials marked host mem)",
+            );
         ui.separator();
         ui.label(RichText::new("Sweep").strong());
         labelled_text(ui, label::BATCH, &mut settings.batch, "e.g. 1..256");

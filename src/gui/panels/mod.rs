@@ -12,6 +12,7 @@ use super::engine::InFlight;
 use super::frame_stats::{FRAME_BUDGET_MS, FrameStats};
 use super::plot;
 use super::settings::{Settings, ThemeChoice};
+use crate::measure::host::HostMemory;
 use crate::report::Results;
 use eframe::egui;
 use egui::RichText;
@@ -44,6 +45,8 @@ pub struct View<'a> {
     pub resumable: Option<&'a Path>,
     pub running: Option<Progress<'a>>,
     pub plan: PlanStatus<'a>,
+    /// This machine's memory, when known.
+    pub host: Option<HostMemory>,
     pub model_summary: Option<&'a str>,
     pub notice: Option<&'a str>,
     pub log: &'a [String],

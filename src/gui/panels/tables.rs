@@ -124,6 +124,7 @@ fn trials_table(state: &mut PanelState, ui: &mut egui::Ui, r: &Results) {
                     let (text, color) = match t.outcome {
                         Outcome::Fit => ("fit", None),
                         Outcome::Oom => ("OOM", Some(Color32::from_rgb(214, 39, 40))),
+                        Outcome::HostMemory => ("host mem", Some(Color32::from_rgb(200, 120, 0))),
                         Outcome::Failed => ("failed", Some(Color32::from_rgb(200, 120, 0))),
                     };
                     let mut rt = RichText::new(text);

@@ -198,6 +198,7 @@ fn a_confirmation_oom_below_the_boundary_makes_the_curve_non_monotone() {
         workers: Vec::new(),
         trials,
         load_failures: Vec::new(),
+        host: None,
         torn_tail: false,
     });
     let b = &results.boundaries[0];
