@@ -141,8 +141,7 @@ impl Device {
     pub fn available_in_this_build(self) -> bool {
         match self {
             Self::Cpu { .. } => true,
-            // The `cuda` build is its own issue; until it lands, no build runs CUDA trials.
-            Self::Cuda { .. } => false,
+            Self::Cuda { .. } => cfg!(feature = "cuda"),
         }
     }
 }
@@ -494,6 +493,23 @@ pub enum PlanProblem {
     DeviceNotBuilt {
         device: Device,
     },
+    /// The GPU index is not on this machine; `gpus` names those that are (`cuda:0 NVIDIA H200`).
+    NoSuchGpu {
+        index: usize,
+        gpus: Vec<String>,
+    },
+    /// No capacity was given and the GPU's free memory (the default) cannot be read.
+    GpuFreeUnknown {
+        index: usize,
+        why: String,
+    },
+    /// The capacity is above what the GPU has free.
+    CapacityAboveGpu {
+        index: usize,
+        capacity_bytes: u64,
+        free_bytes: u64,
+        total_bytes: u64,
+    },
     /// The machine cannot hold the simulated capacity (CPU device).
     CapacityAboveHost {
         capacity_bytes: u64,
@@ -566,8 +582,31 @@ impl PlanProblem {
                 )
             }
             Self::DeviceNotBuilt { device } => format!(
-                "{} needs CUDA, which this build of oomlab does not include (no CUDA build exists yet); choose cpu in {here}",
+                "{} needs CUDA, which this build of oomlab does not include; rebuild it with `scripts/build-cuda.sh` (or `cargo build --release --features cuda` where nvcc is installed), or choose cpu in {here}",
                 device.name()
+            ),
+            Self::NoSuchGpu { index, gpus } => format!(
+                "there is no cuda:{index}: {}; choose one of them, or cpu, in {here}",
+                if gpus.is_empty() {
+                    "the NVIDIA driver sees no GPU here".to_string()
+                } else {
+                    format!("this machine has {}", gpus.join(", "))
+                }
+            ),
+            Self::GpuFreeUnknown { index, why } => format!(
+                "cannot read cuda:{index}'s free memory to use as the capacity ({why}); give the capacity in {here}"
+            ),
+            Self::CapacityAboveGpu {
+                index,
+                capacity_bytes,
+                free_bytes,
+                total_bytes,
+            } => format!(
+                "a capacity of {} is more than cuda:{index} has free ({} of {}; other processes hold the rest, see `oomlab devices`); lower {here} to {} or less, or free the GPU",
+                human_bytes(*capacity_bytes),
+                human_bytes(*free_bytes),
+                human_bytes(*total_bytes),
+                human_bytes(*free_bytes)
             ),
         }
     }

@@ -168,6 +168,34 @@ fn check_device(plan: &SweepPlan) -> Result<(), PlanError> {
             },
         ));
     }
+    if let Device::Cuda { index } = plan.device
+        && let Ok(report) = crate::measure::nvml::query()
+    {
+        let Some(gpu) = report.gpus.iter().find(|g| g.index as usize == index) else {
+            return Err(PlanError::invalid(
+                PlanField::Device,
+                PlanProblem::NoSuchGpu {
+                    index,
+                    gpus: report
+                        .gpus
+                        .iter()
+                        .map(|g| format!("cuda:{} ({})", g.index, g.name))
+                        .collect(),
+                },
+            ));
+        };
+        if plan.capacity_bytes > gpu.free_bytes {
+            return Err(PlanError::invalid(
+                PlanField::Capacity,
+                PlanProblem::CapacityAboveGpu {
+                    index,
+                    capacity_bytes: plan.capacity_bytes,
+                    free_bytes: gpu.free_bytes,
+                    total_bytes: gpu.total_bytes,
+                },
+            ));
+        }
+    }
     if plan.device.threads() == 0 {
         return Err(PlanError::invalid(
             PlanField::Threads,
@@ -262,10 +290,30 @@ pub fn plan_from(given: &PlanOverrides) -> Result<(SweepPlan, ModelSpec), PlanEr
     Ok((plan, spec))
 }
 
-/// The given fields over the defaults for an already resolved model, checked against it.
+/// The given fields over the defaults for an already resolved model, checked against it. On a
+/// GPU the default capacity is the device's free memory when the sweep starts (memory held by
+/// other processes is never assumed free).
 pub fn plan_for(given: &PlanOverrides, spec: &ModelSpec) -> Result<SweepPlan, PlanError> {
     let base = SweepPlan::defaults(spec.reference.clone(), spec.dims.max_positions);
-    let plan = given.over(&base);
+    let mut plan = given.over(&base);
+    if let (Device::Cuda { index }, None) = (plan.device, given.capacity_bytes)
+        && plan.device.available_in_this_build()
+    {
+        plan.capacity_bytes = crate::measure::nvml::query()
+            .and_then(|r| {
+                r.gpus
+                    .iter()
+                    .find(|g| g.index as usize == index)
+                    .map(|g| g.free_bytes)
+                    .ok_or_else(|| format!("the driver lists no cuda:{index}"))
+            })
+            .map_err(|why| {
+                PlanError::invalid(
+                    PlanField::Capacity,
+                    PlanProblem::GpuFreeUnknown { index, why },
+                )
+            })?;
+    }
     check(&plan, spec)?;
     Ok(plan)
 }
@@ -477,6 +525,9 @@ impl Sweep {
                         from_checkpoint: ready.from_checkpoint,
                         build_seconds: ready.build_seconds,
                         host_ceiling_bytes: ready.host_ceiling_bytes,
+                        overhead_bytes: ready.overhead_bytes,
+                        ballast_bytes: ready.ballast_bytes,
+                        pool_capacity_bytes: ready.pool_capacity_bytes,
                     };
                     self.record(JournalLine::Worker(info.clone()))?;
                     sink(SweepEvent::WorkerReady(info));
@@ -537,6 +588,9 @@ impl Sweep {
             reason: None,
             seconds: wall_seconds,
             worker_pid: pid,
+            pool_reserved_bytes: None,
+            device_used_bytes: None,
+            process_bytes: None,
         };
         match result {
             TrialResult::Measured(m) => {
@@ -546,6 +600,9 @@ impl Sweep {
                 r.live_before_bytes = Some(m.live_before_bytes);
                 r.baseline_bytes = Some(m.baseline_bytes);
                 r.seconds = m.seconds;
+                r.pool_reserved_bytes = m.pool_reserved_bytes;
+                r.device_used_bytes = m.device_used_bytes;
+                r.process_bytes = m.process_bytes;
             }
             TrialResult::Died(Death::Oom { requested_bytes }) => {
                 r.outcome = Outcome::Oom;

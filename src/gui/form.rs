@@ -79,6 +79,10 @@ fn invalid(field: PlanField, message: String) -> PlanError {
 
 /// The plan fields the settings give, parsed (every field: the window has a control for each).
 fn overrides(s: &Settings, model: ModelRef) -> Result<PlanOverrides, PlanError> {
+    let device: DeviceKind = s
+        .device
+        .parse()
+        .map_err(|e| invalid(PlanField::Device, e))?;
     let dtypes: Vec<Precision> = [
         (s.f32, Precision::F32),
         (s.f16, Precision::F16),
@@ -101,7 +105,7 @@ fn overrides(s: &Settings, model: ModelRef) -> Result<PlanOverrides, PlanError> 
         ),
         headroom: Some(parse_headroom(&s.headroom).map_err(|e| invalid(PlanField::Headroom, e))?),
         strategy: Some(s.strategy),
-        device: Some(DeviceKind::Cpu),
+        device: Some(device),
         threads: Some(s.threads),
     })
 }

@@ -7,6 +7,7 @@ use super::form::{Checked, Labels};
 use super::settings::Settings;
 use super::{HostState, OomLabApp, Shown};
 use crate::measure::host::HostMemory;
+use crate::measure::nvml::GpuReport;
 use crate::report::{self, ExportError, JournalContents, Results};
 use eframe::egui;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,8 @@ pub enum BgMsg {
     },
     /// This machine's memory, sampled (None: it cannot be read).
     Host(Option<HostMemory>),
+    /// The GPUs the NVIDIA driver reports, or why there are none.
+    Gpus(Result<GpuReport, String>),
 }
 
 /// A file dropped onto the window, once looked at.
@@ -132,8 +135,8 @@ impl Spawner {
     }
 
     /// Starts the machine monitor, which reports through the same channel.
-    pub fn monitor(&self) -> std::io::Result<()> {
-        super::monitor::start(self.tx.clone(), self.ctx.clone())
+    pub fn monitor(&self, sample_gpus: bool) -> std::io::Result<()> {
+        super::monitor::start(self.tx.clone(), self.ctx.clone(), sample_gpus)
     }
 
     /// Shows a blocking rfd dialog on its own thread and reports the chosen path.
@@ -319,8 +322,11 @@ impl OomLabApp {
             BgMsg::PngPicked(p) => self.save_plot_png(p, true),
             BgMsg::Checked { key, checked } => self.check.receive(*key, checked),
             BgMsg::Host(host) => {
-                self.host = host.map_or(HostState::Unreadable, HostState::Known);
+                if self.options.host.is_none() {
+                    self.host = host.map_or(HostState::Unreadable, HostState::Known);
+                }
             }
+            BgMsg::Gpus(gpus) => self.gpus = Some(gpus),
             BgMsg::Opened(path, Ok(opened)) => {
                 let (contents, results) = *opened;
                 self.log.push(format!("opened {}", path.display()));

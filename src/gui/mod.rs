@@ -22,6 +22,7 @@ pub use frame_stats::FrameStats;
 pub use settings::{Settings, ThemeChoice};
 
 use crate::measure::host::HostMemory;
+use crate::measure::nvml::GpuReport;
 use crate::report::{JournalContents, Results};
 use crate::worker::WorkerConfig;
 use check::SettingsCheck;
@@ -48,6 +49,8 @@ pub struct AppOptions {
     pub checker: bool,
     /// This machine's memory as given (tests); `None`: sample it on a monitor thread.
     pub host: Option<HostMemory>,
+    /// The GPUs as given (tests); `None`: ask the NVIDIA driver on the monitor thread.
+    pub gpus: Option<Result<GpuReport, String>>,
 }
 
 /// What the centre, table and card show: a live sweep, or a reopened one.
@@ -92,6 +95,8 @@ pub struct OomLabApp {
     jobs: Jobs,
     check: SettingsCheck,
     host: HostState,
+    /// The GPUs the driver reports (`None` until the monitor has looked).
+    gpus: Option<Result<GpuReport, String>>,
     /// Why this machine cannot hold the capacity of the checked plan (Run is then disabled).
     host_problem: Option<String>,
     run: Option<Run>,
@@ -129,6 +134,7 @@ impl OomLabApp {
             jobs,
             check: SettingsCheck::new(checker),
             host: options.host.map_or(HostState::Unknown, HostState::Known),
+            gpus: options.gpus.clone(),
             host_problem: None,
             run: None,
             shown: None,
@@ -143,11 +149,15 @@ impl OomLabApp {
             options,
         };
         app.settings.theme.apply(&cc.egui_ctx);
-        if app.host == HostState::Unknown
-            && let Err(e) = app.jobs.start.monitor()
+        let sample_gpus = app.gpus.is_none();
+        if (app.host == HostState::Unknown || sample_gpus)
+            && let Err(e) = app.jobs.start.monitor(sample_gpus)
         {
             // Without the monitor nothing is refused on the machine's account; say so.
-            app.host = HostState::Unreadable;
+            if app.host == HostState::Unknown {
+                app.host = HostState::Unreadable;
+            }
+            app.gpus = Some(Err(format!("cannot watch the GPUs: {e}")));
             app.notice = Some(format!("cannot watch this machine's memory: {e}"));
         }
         if let Some(p) = app.options.open.clone() {
@@ -256,6 +266,8 @@ impl OomLabApp {
                 HostState::Known(h) => Some(h),
                 HostState::Unknown | HostState::Unreadable => None,
             },
+            gpus: self.gpus.as_ref(),
+            worker_pid: self.trial_in_flight().map(|(pid, _)| pid),
             model_summary: self.check.model_summary(&self.settings),
             notice: self.notice.as_deref(),
             log: &self.log,
@@ -391,6 +403,7 @@ pub fn run(open: Option<PathBuf>) -> Result<(), String> {
         persist: true,
         checker: true,
         host: None,
+        gpus: None,
     };
     eframe::run_native(
         "oomlab",

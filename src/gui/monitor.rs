@@ -1,35 +1,52 @@
-//! The machine monitor: a background thread that samples this machine's memory every two
-//! seconds (a simulated capacity must fit in it) and wakes the UI when it changed noticeably.
+//! The machine monitor: a background thread that samples this machine's memory (a simulated
+//! capacity must fit in it) and its NVIDIA GPUs (what `nvidia-smi` shows) about once a second,
+//! and wakes the UI only when something it shows changed, so an idle window stays idle.
 
 use super::jobs::BgMsg;
 use crate::measure::host::HostMemory;
+use crate::measure::nvml;
 use eframe::egui;
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 /// Starts the sampling thread; it ends when the window stops listening.
-pub fn start(tx: Sender<BgMsg>, ctx: egui::Context) -> std::io::Result<()> {
+pub fn start(tx: Sender<BgMsg>, ctx: egui::Context, sample_gpus: bool) -> std::io::Result<()> {
     std::thread::Builder::new()
-        .name("oomlab-host-monitor".into())
+        .name("oomlab-monitor".into())
         .spawn(move || {
-            let mut shown: Option<u64> = None;
+            let mut shown_host: Option<Option<u64>> = None;
+            let mut shown_gpus = None;
             loop {
                 let host = HostMemory::read();
                 let largest = host.map(|h| h.largest_capacity_bytes());
-                // Wake the UI only for a change it would show (over 1 %), so an idle window
-                // stays idle.
-                let changed = match (shown, largest) {
-                    (Some(a), Some(b)) => a.abs_diff(b) * 100 > a,
-                    (a, b) => a != b || a.is_none(),
+                // Over 1 % of a change in what can be simulated is worth a frame.
+                let changed = match (shown_host, largest) {
+                    (Some(Some(a)), Some(b)) => a.abs_diff(b) * 100 > a,
+                    (Some(a), b) => a != b,
+                    (None, _) => true,
                 };
+                let mut sent = false;
                 if changed {
                     if tx.send(BgMsg::Host(host)).is_err() {
                         return;
                     }
-                    shown = largest;
+                    shown_host = Some(largest);
+                    sent = true;
+                }
+                if sample_gpus {
+                    let gpus = nvml::query();
+                    if shown_gpus.as_ref() != Some(&gpus) {
+                        if tx.send(BgMsg::Gpus(gpus.clone())).is_err() {
+                            return;
+                        }
+                        shown_gpus = Some(gpus);
+                        sent = true;
+                    }
+                }
+                if sent {
                     ctx.request_repaint();
                 }
-                std::thread::sleep(Duration::from_secs(2));
+                std::thread::sleep(Duration::from_secs(1));
             }
         })
         .map(drop)

@@ -38,6 +38,8 @@ pub struct Settings {
     pub headroom: String,
     pub strategy: Strategy,
     pub theme: ThemeChoice,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
     pub threads: usize,
     /// Run with a capacity above what this machine can hold (never persisted).
     #[serde(skip)]
@@ -59,6 +61,7 @@ impl Default for Settings {
             headroom: String::new(),
             strategy: Strategy::default(),
             theme: ThemeChoice::System,
+            device: "cpu".into(),
             threads: 1,
             allow_overcommit: false,
         };
@@ -87,6 +90,7 @@ impl Settings {
         }
         self.headroom = format!("{}%", (plan.headroom * 100.0 * 1000.0).round() / 1000.0);
         self.strategy = plan.strategy;
+        self.device = plan.device.name();
         self.threads = plan.device.threads();
     }
 }

@@ -21,6 +21,18 @@ pub enum ModelError {
     Build { family: Family, message: String },
     #[error("forward pass failed: {0}")]
     Forward(String),
+    /// The device ran out of memory (CUDA; on the CPU the allocator aborts instead).
+    #[error("out of device memory: {0}")]
+    OutOfMemory(String),
+}
+
+/// A candle error as a model error: out of memory when the device says so, else `other`.
+fn from_candle(e: &candle_core::Error, other: impl FnOnce(String) -> ModelError) -> ModelError {
+    if crate::measure::device_oom(e) {
+        ModelError::OutOfMemory(e.to_string())
+    } else {
+        other(e.to_string())
+    }
 }
 
 enum Kind {
@@ -63,10 +75,10 @@ fn candle_config<T: serde::de::DeserializeOwned>(spec: &ModelSpec) -> Result<T, 
 fn catch<T>(family: Family, f: impl FnOnce() -> candle_core::Result<T>) -> Result<T, ModelError> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(ModelError::Build {
+        Ok(Err(e)) => Err(from_candle(&e, |message| ModelError::Build {
             family,
-            message: e.to_string(),
-        }),
+            message,
+        })),
         Err(panic) => {
             let message = panic
                 .downcast_ref::<String>()
@@ -93,10 +105,10 @@ pub fn build(spec: &ModelSpec, dtype: DType, device: &Device) -> Result<LoadedMo
         let mut m = HashMap::with_capacity(expected.len());
         for t in &expected {
             let z = Tensor::zeros(t.shape.as_slice(), dtype, device).map_err(|e| {
-                ModelError::Build {
+                from_candle(&e, |message| ModelError::Build {
                     family: spec.family,
-                    message: e.to_string(),
-                }
+                    message,
+                })
             })?;
             m.insert(t.name.clone(), z);
         }
@@ -191,7 +203,7 @@ impl LoadedModel {
                 },
             })
         };
-        f().map_err(|e| ModelError::Forward(e.to_string()))
+        f().map_err(|e| from_candle(&e, ModelError::Forward))
     }
 
     /// One forward. Encoders return hidden states for all positions; decoders the prefill
@@ -222,7 +234,7 @@ impl LoadedModel {
                 r
             }
         };
-        out.map_err(|e| ModelError::Forward(e.to_string()))
+        out.map_err(|e| from_candle(&e, ModelError::Forward))
     }
 }
 

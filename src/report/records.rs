@@ -93,6 +93,14 @@ pub struct TrialRecord {
     pub reason: Option<String>,
     pub seconds: f64,
     pub worker_pid: Option<u32>,
+    /// CUDA only (null on the CPU): the pool's reserved high-water mark, the device memory in use
+    /// after the forward (`cuMemGetInfo`), and what NVML reports for the worker's process.
+    #[serde(default)]
+    pub pool_reserved_bytes: Option<u64>,
+    #[serde(default)]
+    pub device_used_bytes: Option<u64>,
+    #[serde(default)]
+    pub process_bytes: Option<u64>,
 }
 
 impl TrialRecord {
@@ -143,6 +151,13 @@ pub struct WorkerInfo {
     /// The most live bytes the machine could hold for this worker (null in old journals).
     #[serde(default)]
     pub host_ceiling_bytes: Option<u64>,
+    /// CUDA only: overhead outside the pool, the ballast, and the most the pool can reach.
+    #[serde(default)]
+    pub overhead_bytes: Option<u64>,
+    #[serde(default)]
+    pub ballast_bytes: Option<u64>,
+    #[serde(default)]
+    pub pool_capacity_bytes: Option<u64>,
 }
 
 /// The journal's first line: the plan and what identifies the model.

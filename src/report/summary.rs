@@ -113,12 +113,13 @@ pub fn curve_phase(
         .iter()
         .filter(|t| t.curve() == curve && t.strategy == plan.strategy)
         .collect();
-    // With an overcommitted capacity the machine's ceiling comes first: aim predictions at it.
-    let ceiling = workers
-        .iter()
-        .rev()
-        .find(|w| w.dtype == curve.dtype)
-        .and_then(|w| w.host_ceiling_bytes);
+    // Aim predictions at what the worker can really reach: the machine's ceiling when the
+    // capacity overcommits it (CPU), the pool's share of the capacity (CUDA).
+    let worker = workers.iter().rev().find(|w| w.dtype == curve.dtype);
+    let ceiling = worker.and_then(|w| match (w.host_ceiling_bytes, w.pool_capacity_bytes) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    });
     let ctx = SearchCtx {
         range: plan.batch,
         capacity_bytes: ceiling.map_or(plan.capacity_bytes, |c| c.min(plan.capacity_bytes)),

@@ -31,6 +31,11 @@ pub enum Response {
     /// The inputs are built and the measured forward begins now.
     Started,
     Trial(TrialMeasure),
+    /// The device (CUDA) ran out of memory; the worker exits after saying so, so the next trial
+    /// starts in a clean context.
+    Oom {
+        message: String,
+    },
     Error {
         message: String,
     },
@@ -51,6 +56,16 @@ pub struct Ready {
     /// The most live bytes this machine can hold for the worker (its memory, less a margin, over
     /// the allocator's overhead); a request beyond it ends the trial as `host_memory`.
     pub host_ceiling_bytes: Option<u64>,
+    /// CUDA: what the process holds outside the memory pool after warm-up (context, kernel
+    /// modules, cuBLAS workspace), measured once.
+    #[serde(default)]
+    pub overhead_bytes: Option<u64>,
+    /// CUDA: device memory held back so that only the capacity being simulated remains.
+    #[serde(default)]
+    pub ballast_bytes: Option<u64>,
+    /// CUDA: the most the pool can reach on this worker (the capacity less the overhead).
+    #[serde(default)]
+    pub pool_capacity_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,6 +78,15 @@ pub struct TrialMeasure {
     pub live_before_bytes: u64,
     pub baseline_bytes: u64,
     pub seconds: f64,
+    /// CUDA: the pool's reserved high-water mark during the forward.
+    #[serde(default)]
+    pub pool_reserved_bytes: Option<u64>,
+    /// CUDA: device memory in use (`cuMemGetInfo` total − free) right after the forward.
+    #[serde(default)]
+    pub device_used_bytes: Option<u64>,
+    /// CUDA: what NVML says this process holds right after the forward.
+    #[serde(default)]
+    pub process_bytes: Option<u64>,
 }
 
 #[cfg(test)]

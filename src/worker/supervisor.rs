@@ -364,6 +364,13 @@ impl Supervisor {
                     return Ok(ready);
                 }
                 Ok(Response::Error { message }) => return Err(message),
+                Ok(Response::Oom { message }) => {
+                    // The worker ends after an out-of-memory; reap it.
+                    let _ = self.reap(false);
+                    return Err(format!(
+                        "the device ran out of memory while building the model ({message}); raise the capacity above the weights and the context"
+                    ));
+                }
                 Ok(other) => return Err(format!("unexpected answer to load: {other:?}")),
                 Err(Death::Cancelled) => return Err("cancelled".into()),
                 Err(d @ Death::Spawn(_)) => return Err(d.describe()),
@@ -395,6 +402,14 @@ impl Supervisor {
         let r = match self.request(&Request::Trial { batch, seq }, cancel, on_started) {
             Ok(Response::Trial(m)) => TrialResult::Measured(m),
             Ok(Response::Error { message }) => TrialResult::Error(message),
+            Ok(Response::Oom { .. }) => {
+                // The device said it: a real out-of-memory (sizes are not in CUDA's errors). The
+                // worker ends after answering, so the next trial starts in a clean context.
+                let _ = self.reap(false);
+                TrialResult::Died(Death::Oom {
+                    requested_bytes: None,
+                })
+            }
             Ok(other) => TrialResult::Error(format!("unexpected answer to trial: {other:?}")),
             Err(d) => TrialResult::Died(d),
         };

@@ -587,3 +587,17 @@ fn inside_a_memory_cgroup_the_capacity_is_refused_and_overcommit_ends_at_the_mac
     let trials = r["trials"].as_array().unwrap();
     assert!(trials.iter().all(|t| t["failure"].is_null()), "{trials:?}");
 }
+
+#[test]
+fn devices_without_a_driver_is_one_line_and_exit_0() {
+    let o = oomlab(&["devices"]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(out.trim(), oomlab::measure::nvml::NO_DRIVER, "{out}");
+    let o = oomlab(&["devices", "--json"]);
+    assert_eq!(o.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["gpus"].as_array().map(Vec::len), Some(0));
+    assert_eq!(v["note"], oomlab::measure::nvml::NO_DRIVER);
+    assert!(v["driver_version"].is_null());
+}

@@ -12,6 +12,7 @@ use egui_kittest::Harness;
 use egui_kittest::kittest::{NodeT, Queryable};
 use oomlab::gui::{AppOptions, OomLabApp};
 use oomlab::measure::host::HostMemory;
+use oomlab::measure::nvml::{GpuInfo, GpuProcess, GpuReport, NO_DRIVER};
 use oomlab::plan::{Strategy, human_bytes};
 use oomlab::worker::WorkerConfig;
 use serde_json::Value;
@@ -23,6 +24,17 @@ fn harness_with(
     open: Option<PathBuf>,
     worker: WorkerConfig,
     checker: bool,
+) -> Harness<'static, OomLabApp> {
+    harness_gpus(dir, open, worker, checker, Err(NO_DRIVER.to_string()))
+}
+
+/// With the GPUs the window is told the driver reports (tests never ask a real driver).
+fn harness_gpus(
+    dir: &TempDir,
+    open: Option<PathBuf>,
+    worker: WorkerConfig,
+    checker: bool,
+    gpus: Result<GpuReport, String>,
 ) -> Harness<'static, OomLabApp> {
     // The machine's memory as the worker sees it when the test fakes it; otherwise a fixed
     // 16 GiB, so what the window draws is the same on every machine.
@@ -36,6 +48,7 @@ fn harness_with(
         persist: false,
         checker,
         host,
+        gpus: Some(gpus),
     };
     Harness::builder()
         .with_size(egui::vec2(1280.0, 800.0))
@@ -667,4 +680,76 @@ fn a_capacity_this_machine_cannot_hold_disables_run_until_overcommit_is_ticked()
     assert_eq!(want.rows[0][2], "host_limited");
     shown(&h, "this machine's boundary, not the simulated device's");
     shown(&h, oomlab::report::HOST_LIMITED_PICK);
+}
+
+#[test]
+fn the_gpus_the_driver_reports_are_listed_with_live_gauges_and_their_processes() {
+    let dir = TempDir::new("gui-gpus");
+    let gib = 1u64 << 30;
+    let gpu = |index: u32, processes| GpuInfo {
+        index,
+        name: "NVIDIA H200".into(),
+        uuid: Some(format!("GPU-{index}")),
+        total_bytes: 140 * gib,
+        used_bytes: 2 * gib,
+        free_bytes: 138 * gib,
+        utilization_percent: Some(3),
+        processes,
+    };
+    let report = GpuReport {
+        driver_version: Some("580.65".into()),
+        cuda_version: Some("13.0".into()),
+        gpus: vec![
+            gpu(
+                0,
+                Ok(vec![GpuProcess {
+                    pid: 4242,
+                    used_bytes: Some(512 << 20),
+                }]),
+            ),
+            gpu(
+                1,
+                Err("not allowed to list the processes using this GPU".into()),
+            ),
+        ],
+    };
+    let mut h = harness_gpus(&dir, None, worker(), true, Ok(report));
+    h.state_mut().settings.model = "tiny-bert".into();
+    h.state_mut().settings.seqs = "32".into();
+    settle(&mut h);
+    shown(&h, "cuda:0 NVIDIA H200: 2.0 GiB of 140.0 GiB used, 3% busy");
+    shown(&h, "pid 4242 holds 512.0 MiB");
+    shown(
+        &h,
+        "processes: not allowed to list the processes using this GPU",
+    );
+    shown(&h, "driver 580.65, CUDA 13.0");
+    assert!(!run_disabled(&h));
+    // Each GPU is in the device picker by name and free memory; this build cannot use it.
+    h.get_by_label("Device").click();
+    h.run_steps(2);
+    h.get_by_label_contains("cuda:1 · NVIDIA H200 · 138.0 GiB free (needs a CUDA build)")
+        .click();
+    settle(&mut h);
+    assert_eq!(h.state().settings.device, "cuda:1");
+    assert!(run_disabled(&h));
+    shown(
+        &h,
+        "cuda:1 needs CUDA, which this build of oomlab does not include",
+    );
+    shown(&h, "choose cpu in the Device choice");
+}
+
+#[test]
+fn without_a_driver_the_window_carries_on_with_the_cpu() {
+    let dir = TempDir::new("gui-nodriver");
+    let mut h = harness(&dir, None);
+    h.state_mut().settings.model = "tiny-bert".into();
+    h.state_mut().settings.seqs = "32".into();
+    settle(&mut h);
+    shown(&h, NO_DRIVER);
+    assert!(!run_disabled(&h));
+    h.get_by_label("Device").click();
+    h.run_steps(2);
+    assert!(h.query_by_label_contains("cuda:").is_none());
 }

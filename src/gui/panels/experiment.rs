@@ -16,21 +16,24 @@ pub fn panel(view: &View<'_>, settings: &mut Settings, ui: &mut egui::Ui, cmds: 
     ui.add_enabled_ui(!running, |ui| {
         model_ui(view, settings, ui, cmds);
         ui.separator();
-        ui.label(RichText::new(label::DEVICE).strong());
-        egui::ComboBox::from_label(label::DEVICE)
-            .selected_text("CPU (simulated capacity)")
-            .show_ui(ui, |ui| {
-                let _ = ui.selectable_label(true, "CPU (simulated capacity)");
-            });
-        labelled_text(ui, label::CAPACITY, &mut settings.capacity, "e.g. 1GiB, 11GiB");
+        device_ui(view, settings, ui);
+        let on_gpu = settings.device != "cpu";
+        labelled_text(
+            ui,
+            label::CAPACITY,
+            &mut settings.capacity,
+            if on_gpu { "empty: the GPU's free memory" } else { "e.g. 1GiB, 11GiB" },
+        );
         ui.label(
-            RichText::new(
-                "Simulates a device of this size: forward passes run on the CPU and oomlab counts every byte they allocate.",
-            )
+            RichText::new(if on_gpu {
+                "A smaller capacity than the GPU's is made real: the worker holds the rest back, so the out-of-memory it meets is the card's own."
+            } else {
+                "Simulates a device of this size: forward passes run on the CPU and oomlab counts every byte they allocate."
+            })
             .weak()
             .small(),
         );
-        if let Some(h) = view.host {
+        if let (Some(h), false) = (view.host, on_gpu) {
             ui.label(
                 RichText::new(format!(
                     "This machine: {}; it can simulate up to {}.",
@@ -125,6 +128,109 @@ fn model_ui(view: &View<'_>, settings: &mut Settings, ui: &mut egui::Ui, cmds: &
     );
     if let Some(s) = view.model_summary {
         ui.label(RichText::new(s).small());
+    }
+}
+
+/// The device picker (the CPU, and each GPU by name and free memory) and a live gauge per GPU
+/// with the processes holding its memory.
+fn device_ui(view: &View<'_>, settings: &mut Settings, ui: &mut egui::Ui) {
+    use crate::plan::human_bytes;
+    ui.label(RichText::new("Device and capacity").strong());
+    let gpus = match view.gpus {
+        Some(Ok(r)) => r.gpus.as_slice(),
+        _ => &[],
+    };
+    let built = cfg!(feature = "cuda");
+    let name_of = |g: &crate::measure::nvml::GpuInfo| {
+        format!(
+            "cuda:{} · {} · {} free{}",
+            g.index,
+            g.name,
+            human_bytes(g.free_bytes),
+            if built { "" } else { " (needs a CUDA build)" }
+        )
+    };
+    let selected = gpus
+        .iter()
+        .find(|g| format!("cuda:{}", g.index) == settings.device)
+        .map_or_else(
+            || {
+                if settings.device == "cpu" {
+                    "CPU (simulated capacity)".to_string()
+                } else {
+                    settings.device.clone()
+                }
+            },
+            name_of,
+        );
+    egui::ComboBox::from_label(label::DEVICE)
+        .selected_text(selected)
+        .width(220.0)
+        .show_ui(ui, |ui| {
+            ui.selectable_value(
+                &mut settings.device,
+                "cpu".into(),
+                "CPU (simulated capacity)",
+            );
+            for g in gpus {
+                ui.selectable_value(
+                    &mut settings.device,
+                    format!("cuda:{}", g.index),
+                    name_of(g),
+                );
+            }
+        });
+    match view.gpus {
+        Some(Ok(r)) => {
+            for g in &r.gpus {
+                let used = g.used_bytes as f32 / g.total_bytes.max(1) as f32;
+                ui.add(egui::ProgressBar::new(used).text(format!(
+                    "cuda:{} {}: {} of {} used{}",
+                    g.index,
+                    g.name,
+                    human_bytes(g.used_bytes),
+                    human_bytes(g.total_bytes),
+                    g.utilization_percent
+                        .map_or_else(String::new, |u| format!(", {u}% busy"))
+                )));
+                match &g.processes {
+                    Ok(list) => {
+                        for p in list {
+                            let who = if Some(p.pid) == view.worker_pid {
+                                " — oomlab's worker"
+                            } else {
+                                ""
+                            };
+                            ui.label(
+                                RichText::new(format!(
+                                    "  pid {} holds {}{who}",
+                                    p.pid,
+                                    p.used_bytes
+                                        .map_or_else(|| "(not reported)".into(), human_bytes)
+                                ))
+                                .small(),
+                            );
+                        }
+                    }
+                    Err(why) => {
+                        ui.label(RichText::new(format!("  processes: {why}")).small().weak());
+                    }
+                }
+            }
+            ui.label(
+                RichText::new(format!(
+                    "driver {}, CUDA {}",
+                    r.driver_version.as_deref().unwrap_or("?"),
+                    r.cuda_version.as_deref().unwrap_or("?")
+                ))
+                .small()
+                .weak(),
+            );
+        }
+        Some(Err(why)) => {
+            ui.label(RichText::new(why).small().weak());
+        }
+        None => {}
     }
 }
 

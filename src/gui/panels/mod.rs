@@ -13,6 +13,7 @@ use super::frame_stats::{FRAME_BUDGET_MS, FrameStats};
 use super::plot;
 use super::settings::{Settings, ThemeChoice};
 use crate::measure::host::HostMemory;
+use crate::measure::nvml::GpuReport;
 use crate::report::Results;
 use eframe::egui;
 use egui::RichText;
@@ -47,6 +48,10 @@ pub struct View<'a> {
     pub plan: PlanStatus<'a>,
     /// This machine's memory, when known.
     pub host: Option<HostMemory>,
+    /// The GPUs the NVIDIA driver reports, or why there are none (`None` until known).
+    pub gpus: Option<&'a Result<GpuReport, String>>,
+    /// The worker computing a trial now (its process is marked in the GPU monitor).
+    pub worker_pid: Option<u32>,
     pub model_summary: Option<&'a str>,
     pub notice: Option<&'a str>,
     pub log: &'a [String],

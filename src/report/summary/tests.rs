@@ -40,6 +40,9 @@ fn record(
         reason: failure.map(|f| f.name().to_string()),
         seconds: 0.0,
         worker_pid: None,
+        pool_reserved_bytes: None,
+        device_used_bytes: None,
+        process_bytes: None,
     }
 }
 
