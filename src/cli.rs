@@ -583,6 +583,19 @@ pub fn print_results(r: &Results) {
     for (d, w) in &r.weights_bytes {
         println!("weights {d}: {w} bytes ({})", human_bytes(*w));
     }
+    for (d, o) in &r.overhead_bytes {
+        println!(
+            "outside the pool {d}: overhead {} (context, kernels, cuBLAS workspace), ballast {}",
+            human_bytes(*o),
+            r.ballast_bytes
+                .get(d)
+                .copied()
+                .map_or_else(|| "?".into(), human_bytes)
+        );
+    }
+    if r.on_gpu() {
+        println!("{}", report::CUDA_FIGURES);
+    }
     println!();
     println!(
         "{:>4} {:>6} {:<5} {:>6} {:<9} {:<9} {:<7} {:>13} {:>13} {:>13} {:>8}",
@@ -598,6 +611,34 @@ pub fn print_results(r: &Results) {
         "requested",
         "seconds"
     );
+    let gpu = r.on_gpu();
+    if gpu {
+        println!(
+            "{:>4} {:>6} {:<5} {:>6} {:>15} {:>15} {:>15} {:>15}",
+            "#",
+            "seq",
+            "dtype",
+            "batch",
+            "pool_peak",
+            "pool_reserved",
+            "device_used",
+            "nvml_process"
+        );
+        for (i, t) in r.trials.iter().enumerate() {
+            println!(
+                "{:>4} {:>6} {:<5} {:>6} {:>15} {:>15} {:>15} {:>15}",
+                i + 1,
+                t.seq,
+                t.dtype.name(),
+                t.batch,
+                opt_bytes(t.total_bytes),
+                opt_bytes(t.pool_reserved_bytes),
+                opt_bytes(t.device_used_bytes),
+                opt_bytes(t.process_bytes)
+            );
+        }
+        println!();
+    }
     for (i, t) in r.trials.iter().enumerate() {
         println!(
             "{:>4} {:>6} {:<5} {:>6} {:<9} {:<9} {:<7} {:>13} {:>13} {:>13} {:>8.3}",

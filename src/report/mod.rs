@@ -10,8 +10,8 @@ pub use journal::{
     Journal, JournalContents, JournalError, parse as parse_journal, read as read_journal,
 };
 pub use records::{
-    BoundaryRecord, CurvePick, CurveRecommendation, Failure, HOST_LIMITED_PICK, Header,
-    JournalLine, Outcome, PICK_RULE, Purpose, Recommendation, Results, Stop, TrialRecord,
+    BoundaryRecord, CUDA_FIGURES, CurvePick, CurveRecommendation, Failure, HOST_LIMITED_PICK,
+    Header, JournalLine, Outcome, PICK_RULE, Purpose, Recommendation, Results, Stop, TrialRecord,
     WorkerInfo,
 };
 pub use summary::{CurvePhase, curve_phase, summarize, trial_cap};

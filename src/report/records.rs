@@ -273,6 +273,12 @@ pub struct CurveRecommendation {
 pub const PICK_RULE: &str = "per (seq, dtype): the largest batch below every measured OOM whose measured total stays under capacity × (1 - headroom), confirmed by a trial at that batch; overall: the most tokens per step (batch × seq), ties to the wider dtype (f32, then bf16, then f16), then the longer sequence";
 
 impl Results {
+    /// Whether the trials ran on a GPU (they carry the device-level figures).
+    #[must_use]
+    pub fn on_gpu(&self) -> bool {
+        matches!(self.device, Device::Cuda { .. })
+    }
+
     /// Whether the overall pick comes from a curve that this machine's memory, not the
     /// capacity, limited (then it is a lower bound for the simulated device).
     #[must_use]
@@ -284,6 +290,9 @@ impl Results {
         })
     }
 }
+
+/// How the CUDA figures relate, in one line (people compare with nvidia-smi).
+pub const CUDA_FIGURES: &str = "pool peak = the most candle's tensors held at once (exact, the memory pool's high-water mark); nvidia-smi shows the whole process: the pool's reserved bytes + the overhead outside it (CUDA context, kernel modules, cuBLAS workspace) + the ballast oomlab holds back to simulate the capacity";
 
 /// Said under a pick that [`Results::pick_is_host_limited`].
 pub const HOST_LIMITED_PICK: &str = "a lower bound: this machine's memory, not the capacity, limited this curve; the simulated device fits at least this much";
@@ -313,6 +322,12 @@ pub struct Results {
     pub batch_range: [usize; 2],
     pub weights_bytes: BTreeMap<Precision, u64>,
     pub baseline_bytes: BTreeMap<Precision, u64>,
+    /// CUDA only (empty on the CPU): what the worker held outside the memory pool (context,
+    /// kernel modules, cuBLAS workspace) and the ballast it held back to simulate the capacity.
+    #[serde(default)]
+    pub overhead_bytes: BTreeMap<Precision, u64>,
+    #[serde(default)]
+    pub ballast_bytes: BTreeMap<Precision, u64>,
     pub trials: Vec<TrialRecord>,
     pub boundaries: Vec<BoundaryRecord>,
     pub recommendation: Recommendation,

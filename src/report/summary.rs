@@ -295,9 +295,17 @@ pub fn summarize(c: &JournalContents) -> Results {
         .max_by_key(|p| (p.tokens_per_step, p.dtype.width_rank(), p.seq));
     let mut weights_bytes = BTreeMap::new();
     let mut baseline_bytes = BTreeMap::new();
+    let mut overhead_bytes = BTreeMap::new();
+    let mut ballast_bytes = BTreeMap::new();
     for w in &c.workers {
         weights_bytes.insert(w.dtype, w.weights_bytes);
         baseline_bytes.insert(w.dtype, w.baseline_bytes);
+        if let Some(o) = w.overhead_bytes {
+            overhead_bytes.insert(w.dtype, o);
+        }
+        if let Some(b) = w.ballast_bytes {
+            ballast_bytes.insert(w.dtype, b);
+        }
     }
     if c.torn_tail {
         notes.push("the journal's last line was torn (interrupted write) and was ignored".into());
@@ -321,6 +329,8 @@ pub fn summarize(c: &JournalContents) -> Results {
         batch_range: [plan.batch.min, plan.batch.max],
         weights_bytes,
         baseline_bytes,
+        overhead_bytes,
+        ballast_bytes,
         trials: c.trials.clone(),
         boundaries,
         recommendation: Recommendation {

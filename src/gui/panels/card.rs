@@ -103,6 +103,22 @@ fn boundaries_ui(r: &Results, running: bool, ui: &mut egui::Ui) {
                 .small(),
         );
     }
+    if r.on_gpu() {
+        for (d, o) in &r.overhead_bytes {
+            ui.label(
+                RichText::new(format!(
+                    "{d}: overhead outside the pool {}, ballast {}",
+                    human_bytes(*o),
+                    r.ballast_bytes
+                        .get(d)
+                        .copied()
+                        .map_or_else(|| "?".into(), human_bytes)
+                ))
+                .small(),
+            );
+        }
+        ui.label(RichText::new(crate::report::CUDA_FIGURES).weak().small());
+    }
     ui.label(
         RichText::new(format!(
             "{} · {} · {}",

@@ -143,7 +143,17 @@ fn trials_table(state: &mut PanelState, ui: &mut egui::Ui, r: &Results) {
                         t.total_bytes.map_or_else(|| "–".into(), human_bytes),
                     );
                     cell(ui, COLS[7].2, format!("{:.3}", t.seconds));
+                    let gpu = t.pool_reserved_bytes.map(|reserved| {
+                        let b = |v: Option<u64>| v.map_or_else(|| "?".into(), human_bytes);
+                        format!(
+                            "pool reserved {} · device {} · nvidia-smi {}",
+                            human_bytes(reserved),
+                            b(t.device_used_bytes),
+                            b(t.process_bytes)
+                        )
+                    });
                     let note = match (t.purpose, &t.reason, t.requested_bytes) {
+                        _ if gpu.is_some() => gpu.unwrap_or_default(),
                         (_, Some(reason), _) => reason.clone(),
                         (_, None, Some(req)) => format!("tried to allocate {}", human_bytes(req)),
                         (Purpose::Recommend, None, None) => "confirms the recommendation".into(),
