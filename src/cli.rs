@@ -41,6 +41,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Explain an out-of-memory message from PyTorch, TensorFlow, JAX or CUDA: every figure,
+    /// what it means, and the fixes in order of effect.
+    Explain {
+        /// The message (quote it), or `-` to read it from stdin (the default).
+        text: Option<String>,
+        /// Read the message from this file.
+        #[arg(long, conflicts_with = "text")]
+        file: Option<PathBuf>,
+        /// Write the figures and advice as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Open a results file (.json) or a journal (.jsonl) in the desktop lab.
     Open {
         /// The file written by `--json` or `--journal`.
@@ -238,6 +250,49 @@ pub fn models() -> Result<(), CliError> {
     println!("{}", host_line(HostMemory::read().as_ref()));
     println!("--model also takes a config.json or a folder with config.json + *.safetensors.");
     Ok(())
+}
+
+/// `oomlab explain`: exit 0 with the explanation, 1 for a text that is no OOM message, 2 when
+/// the text cannot be read.
+fn explain(text: Option<String>, file: Option<PathBuf>, json: bool) -> i32 {
+    use std::io::Read;
+    let text = match (text, file) {
+        (_, Some(path)) => std::fs::read_to_string(&path).map_err(|e| {
+            format!(
+                "cannot read {}: {e}; check the path given to --file",
+                path.display()
+            )
+        }),
+        (Some(t), None) if t != "-" => Ok(t),
+        _ => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .map(|_| s)
+                .map_err(|e| format!("cannot read the message from stdin: {e}"))
+        }
+    };
+    let text = match text {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("oomlab: {e}");
+            return 2;
+        }
+    };
+    match crate::explain::explain(&text) {
+        Ok(e) if json => {
+            println!("{}", serde_json::to_string_pretty(&e).unwrap_or_default());
+            0
+        }
+        Ok(e) => {
+            print!("{}", e.text());
+            0
+        }
+        Err(e) => {
+            eprintln!("oomlab: {e}");
+            1
+        }
+    }
 }
 
 /// `oomlab devices`: the GPUs NVML sees (exit 0 without a driver: the CPU is always there).
@@ -712,6 +767,7 @@ pub fn main_with(cli: Cli, gui: &dyn Fn(Option<PathBuf>) -> Result<(), String>) 
             }
         }
         Some(Command::Models) => models(),
+        Some(Command::Explain { text, file, json }) => return explain(text, file, json),
         Some(Command::Devices { json }) => {
             devices(json);
             Ok(())

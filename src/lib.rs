@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod cli;
+pub mod explain;
 pub mod gui;
 pub mod measure;
 pub mod models;

@@ -601,3 +601,66 @@ fn devices_without_a_driver_is_one_line_and_exit_0() {
     assert_eq!(v["note"], oomlab::measure::nvml::NO_DRIVER);
     assert!(v["driver_version"].is_null());
 }
+
+#[test]
+fn explain_reads_a_pasted_message_and_refuses_other_text() {
+    let msg = "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 11.17 GiB total capacity; 9.00 GiB already allocated; 1.50 GiB free; 9.50 GiB reserved in total by PyTorch)";
+    let o = oomlab(&["explain", msg]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("total capacity 11.17 GiB"), "{out}");
+    assert!(out.contains("1. use a smaller batch"), "{out}");
+    // From stdin, as JSON with the documented field names.
+    let mut child = Command::new(bin())
+        .args(["explain", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(msg.as_bytes())
+            .unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["gpu_index"], 0);
+    assert_eq!(v["tried_to_allocate_bytes"], 2u64 << 30);
+    assert_eq!(v["reserved_by_pytorch_bytes"], 19u64 << 29);
+    for k in [
+        "total_capacity_bytes",
+        "free_bytes",
+        "allocated_by_pytorch_bytes",
+        "reserved_unallocated_bytes",
+    ] {
+        assert!(v[k].is_u64(), "{k}");
+    }
+    assert!(
+        v["process_in_use_bytes"].is_null(),
+        "unknown is null, never 0"
+    );
+    assert!(v["advice"].as_array().is_some_and(|a| !a.is_empty()));
+    // From a file; and a text that is no OOM message: one sentence, exit 1.
+    let d = TempDir::new("explain");
+    let f = d.join("msg.txt");
+    std::fs::write(
+        &f,
+        "RuntimeError: CUDA error: an illegal memory access was encountered",
+    )
+    .unwrap();
+    let o = oomlab(&["explain", "--file", &f.display().to_string()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("not an out-of-memory message I recognise") && err.contains("expected"),
+        "{err}"
+    );
+    let o = oomlab(&["explain", "--file", "/no/such/file.txt"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("/no/such/file.txt"));
+}

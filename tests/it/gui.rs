@@ -753,3 +753,28 @@ fn without_a_driver_the_window_carries_on_with_the_cpu() {
     h.run_steps(2);
     assert!(h.query_by_label_contains("cuda:").is_none());
 }
+
+#[test]
+fn a_pasted_oom_message_is_explained_in_the_window() {
+    let dir = TempDir::new("gui-explain");
+    let mut h = harness(&dir, None);
+    h.run_steps(2);
+    h.get_by_label("Explain").click();
+    h.run_steps(2);
+    h.get_by_label("Explain an OOM message…").click();
+    h.run_steps(2);
+    h.get_by_label("Message").set_text_value_accesskit(
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 3.00 GiB. GPU 0 has a total capacty of 23.65 GiB of which 1.66 GiB is free. Including non-PyTorch memory, this process has 20.81 GiB memory in use. Of the allocated memory 12.09 GiB is allocated by PyTorch, and 4.84 GiB is reserved by PyTorch but unallocated.",
+    );
+    h.run_steps(3);
+    shown(&h, "PyTorch (2.1 and later) out-of-memory message");
+    shown(&h, "reserved but unallocated 4.84 GiB");
+    shown(
+        &h,
+        "1. reduce fragmentation: run with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True",
+    );
+    h.get_by_label("Message")
+        .set_text_value_accesskit("RuntimeError: CUDA error: device-side assert triggered");
+    h.run_steps(3);
+    shown(&h, "not an out-of-memory message I recognise");
+}

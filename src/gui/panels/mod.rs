@@ -3,6 +3,7 @@
 
 mod card;
 mod experiment;
+mod explain;
 mod tables;
 
 pub use tables::SortColumn;
@@ -66,6 +67,7 @@ pub struct PanelState {
     pub export_path: String,
     pub export_overwrite: bool,
     pub sort: (SortColumn, bool),
+    pub explain: explain::ExplainState,
 }
 
 impl Default for PanelState {
@@ -75,6 +77,7 @@ impl Default for PanelState {
             export_path: String::new(),
             export_overwrite: false,
             sort: (SortColumn::Index, true),
+            explain: explain::ExplainState::default(),
         }
     }
 }
@@ -115,6 +118,7 @@ pub fn draw(
         .show(ui, |ui| {
             egui::ScrollArea::vertical().show(ui, |ui| card::card(view, state, ui, &mut cmds));
         });
+    explain::window(state, ui.ctx());
     let mut plot_rect = None;
     egui::CentralPanel::default_margins().show(ui, |ui| {
         if let Some(r) = &view.results {
@@ -182,6 +186,11 @@ fn menu_bar(view: &View<'_>, state: &mut PanelState, ui: &mut egui::Ui, cmds: &m
                     .clicked()
                 {
                     cmds.push(Command::Quit);
+                }
+            });
+            ui.menu_button("Explain", |ui| {
+                if ui.button("Explain an OOM message…").clicked() {
+                    state.explain.open = true;
                 }
             });
             ui.menu_button("View", |ui| {
