@@ -800,6 +800,40 @@ mod tests {
     }
 
     #[test]
+    fn gpu_problems_name_the_gpus_and_the_way_on() {
+        let words = PlainWords;
+        let none = PlanProblem::NoSuchGpu {
+            index: 7,
+            gpus: vec!["cuda:0 (NVIDIA H200)".into()],
+        }
+        .describe(PlanField::Device, &words);
+        assert!(
+            none.starts_with("there is no cuda:7: this machine has cuda:0 (NVIDIA H200)"),
+            "{none}"
+        );
+        let no_driver = PlanProblem::NoSuchGpu {
+            index: 0,
+            gpus: Vec::new(),
+        }
+        .describe(PlanField::Device, &words);
+        assert!(
+            no_driver.contains("the NVIDIA driver sees no GPU here"),
+            "{no_driver}"
+        );
+        let full = PlanProblem::CapacityAboveGpu {
+            index: 0,
+            capacity_bytes: 80 << 30,
+            free_bytes: 60 << 30,
+            total_bytes: 80 << 30,
+        }
+        .describe(PlanField::Capacity, &words);
+        assert!(
+            full.contains("60.0 GiB of 80.0 GiB") && full.contains("`oomlab devices`"),
+            "{full}"
+        );
+    }
+
+    #[test]
     fn journals_from_before_the_typed_device_still_read() {
         let mut v = serde_json::to_value(tiny_plan()).unwrap();
         assert_eq!(v["device"]["kind"], "cpu");

@@ -168,9 +168,16 @@ fn check_device(plan: &SweepPlan) -> Result<(), PlanError> {
             },
         ));
     }
-    if let Device::Cuda { index } = plan.device
-        && let Ok(report) = crate::measure::nvml::query()
-    {
+    if let Device::Cuda { index } = plan.device {
+        let report = crate::measure::nvml::query().map_err(|_| {
+            PlanError::invalid(
+                PlanField::Device,
+                PlanProblem::NoSuchGpu {
+                    index,
+                    gpus: Vec::new(),
+                },
+            )
+        })?;
         let Some(gpu) = report.gpus.iter().find(|g| g.index as usize == index) else {
             return Err(PlanError::invalid(
                 PlanField::Device,
@@ -591,6 +598,7 @@ impl Sweep {
             pool_reserved_bytes: None,
             device_used_bytes: None,
             process_bytes: None,
+            timeline: None,
         };
         match result {
             TrialResult::Measured(m) => {
@@ -603,6 +611,7 @@ impl Sweep {
                 r.pool_reserved_bytes = m.pool_reserved_bytes;
                 r.device_used_bytes = m.device_used_bytes;
                 r.process_bytes = m.process_bytes;
+                r.timeline = m.timeline;
             }
             TrialResult::Died(Death::Oom { requested_bytes }) => {
                 r.outcome = Outcome::Oom;

@@ -8,7 +8,7 @@
 //! allocate, does not recurse.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// Marker written to stderr when the budget refuses a request. The supervisor parses it.
 pub const OOM_MARKER: &str = "OOMLAB_OOM requested_bytes=";
@@ -25,6 +25,23 @@ static BUDGET: AtomicU64 = AtomicU64::new(0);
 /// The most live bytes the machine can hold for this process (0: no ceiling).
 static HOST_BUDGET: AtomicU64 = AtomicU64::new(0);
 
+/// Live bytes after each allocation and release while recording (a trial's timeline). Static and
+/// zero-initialised: recording never allocates, and pages are touched only when written.
+const TIMELINE_CAP: usize = 1 << 19;
+static TIMELINE: [AtomicU64; TIMELINE_CAP] = [const { AtomicU64::new(0) }; TIMELINE_CAP];
+static TIMELINE_N: AtomicUsize = AtomicUsize::new(0);
+static RECORDING: AtomicBool = AtomicBool::new(false);
+
+#[inline]
+fn record(live: u64) {
+    if RECORDING.load(Ordering::Relaxed) {
+        let i = TIMELINE_N.fetch_add(1, Ordering::Relaxed);
+        if i < TIMELINE_CAP {
+            TIMELINE[i].store(live, Ordering::Relaxed);
+        }
+    }
+}
+
 impl CountingAlloc {
     #[inline]
     fn reserve(size: u64) -> bool {
@@ -37,6 +54,7 @@ impl CountingAlloc {
             HOST_MARKER
         } else {
             PEAK.fetch_max(live, Ordering::Relaxed);
+            record(live);
             return true;
         };
         LIVE.fetch_sub(size, Ordering::Relaxed);
@@ -49,7 +67,7 @@ impl CountingAlloc {
 
     #[inline]
     fn release(size: u64) {
-        LIVE.fetch_sub(size, Ordering::Relaxed);
+        record(LIVE.fetch_sub(size, Ordering::Relaxed) - size);
     }
 }
 
@@ -160,6 +178,34 @@ pub fn set_budget(bytes: Option<u64>) {
 /// refused with [`HOST_MARKER`].
 pub fn set_host_budget(bytes: Option<u64>) {
     HOST_BUDGET.store(bytes.unwrap_or(0), Ordering::Relaxed);
+}
+
+/// Starts recording live bytes at every allocation and release (the previous record is dropped).
+pub fn start_timeline() {
+    TIMELINE_N.store(0, Ordering::Relaxed);
+    RECORDING.store(true, Ordering::Relaxed);
+}
+
+/// Stops recording and returns the timeline reduced to at most `points` samples that keep its
+/// shape: each sample is the largest live count of its stretch of events, so the peak survives.
+/// Also returns how many events there were (beyond the buffer, later events were not kept).
+#[must_use]
+pub fn take_timeline(points: usize) -> (Vec<u64>, usize) {
+    RECORDING.store(false, Ordering::Relaxed);
+    let events = TIMELINE_N.load(Ordering::Relaxed);
+    let n = events.min(TIMELINE_CAP);
+    let points = points.max(1);
+    let per = n.div_ceil(points).max(1);
+    let out = (0..n)
+        .step_by(per)
+        .map(|start| {
+            (start..(start + per).min(n))
+                .map(|i| TIMELINE[i].load(Ordering::Relaxed))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    (out, events)
 }
 
 /// Parses the marker line written at a capacity refusal.

@@ -101,6 +101,19 @@ pub struct TrialRecord {
     pub device_used_bytes: Option<u64>,
     #[serde(default)]
     pub process_bytes: Option<u64>,
+    /// Live bytes over the forward (CPU), to see where in the forward the peak happens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<Timeline>,
+}
+
+/// Live bytes over one forward, from the worker's allocator: each sample is the most that was
+/// live over an equal stretch of allocation events, so the peak survives the reduction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timeline {
+    /// Allocations and releases during the forward.
+    pub events: usize,
+    /// Absolute live bytes, in event order.
+    pub live_bytes: Vec<u64>,
 }
 
 impl TrialRecord {

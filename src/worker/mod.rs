@@ -23,6 +23,9 @@ pub struct WorkerFaults {
     /// cgroup — for the pre-sweep check and the worker's ceiling.
     #[arg(long = "worker-host-available-bytes", hide = true, value_parser = crate::plan::parse_bytes)]
     pub host_available_bytes: Option<u64>,
+    /// Development hook: samples kept of each trial's memory timeline (default 400).
+    #[arg(long = "worker-timeline-points", hide = true)]
+    pub timeline_points: Option<usize>,
 }
 
 impl WorkerFaults {
@@ -39,6 +42,9 @@ impl WorkerFaults {
         }
         if let Some(b) = self.host_available_bytes {
             out.push(format!("--worker-host-available-bytes={b}"));
+        }
+        if let Some(n) = self.timeline_points {
+            out.push(format!("--worker-timeline-points={n}"));
         }
         out
     }

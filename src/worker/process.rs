@@ -271,10 +271,12 @@ fn trial(
         // A real out-of-memory: the forward's first request is refused by the allocator.
         alloc::set_budget(Some(live_before));
     }
+    alloc::start_timeline();
     let t0 = Instant::now();
     let out = s.model.forward(inputs)?;
     let seconds = t0.elapsed().as_secs_f64();
     let total = alloc::peak_bytes();
+    let (live_bytes, events) = alloc::take_timeline(faults.timeline_points.unwrap_or(400));
     drop(out);
     Ok(TrialMeasure {
         peak_bytes: total - live_before,
@@ -285,6 +287,7 @@ fn trial(
         pool_reserved_bytes: None,
         device_used_bytes: None,
         process_bytes: None,
+        timeline: Some(crate::report::Timeline { events, live_bytes }),
     })
 }
 
@@ -422,6 +425,7 @@ mod gpu {
             pool_reserved_bytes: Some(reserved_high),
             device_used_bytes: Some(total - free),
             process_bytes,
+            timeline: None,
         })
     }
 }

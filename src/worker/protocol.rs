@@ -87,6 +87,9 @@ pub struct TrialMeasure {
     /// CUDA: what NVML says this process holds right after the forward.
     #[serde(default)]
     pub process_bytes: Option<u64>,
+    /// CPU: live bytes over the forward, from the worker's allocator.
+    #[serde(default)]
+    pub timeline: Option<crate::report::Timeline>,
 }
 
 #[cfg(test)]

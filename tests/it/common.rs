@@ -33,6 +33,7 @@ pub fn faulty_worker(stall_ms: u64, oom_at: &[usize]) -> WorkerConfig {
             stall_ms,
             oom_at: oom_at.to_vec(),
             host_available_bytes: None,
+            timeline_points: None,
         },
     }
 }

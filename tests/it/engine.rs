@@ -572,3 +572,25 @@ fn an_oom_below_a_measured_fit_ends_non_monotone_in_results_and_journal() {
             .any(|l| l["type"] == "trial" && l["batch"] == confirmed && l["outcome"] == "oom")
     );
 }
+
+#[test]
+fn each_trial_carries_its_memory_timeline_with_the_peak_in_it() {
+    let dir = TempDir::new("timeline");
+    let p = plan(
+        tiny("tiny-llama"),
+        &[32],
+        &[Precision::F32],
+        (1, 2),
+        1 << 32,
+        Strategy::Grid,
+    );
+    let (r, _) = run(p, &dir.join("t.jsonl"), &worker());
+    for t in &r.trials {
+        let tl = t.timeline.as_ref().expect("a timeline");
+        assert!(tl.events > 100, "{}", tl.events);
+        assert!(!tl.live_bytes.is_empty() && tl.live_bytes.len() <= 400);
+        // Reduced to a few hundred samples, the timeline still holds the trial's peak.
+        assert_eq!(tl.live_bytes.iter().max().copied(), t.total_bytes);
+        assert!(tl.live_bytes[0] >= t.live_before_bytes.unwrap());
+    }
+}

@@ -43,6 +43,7 @@ fn record(
         pool_reserved_bytes: None,
         device_used_bytes: None,
         process_bytes: None,
+        timeline: None,
     }
 }
 
