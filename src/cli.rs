@@ -11,6 +11,9 @@ use crate::report::{self, JournalError, Results};
 use crate::sweep::{self, PlanError, Sweep, SweepEvent};
 use crate::worker::{WorkerConfig, WorkerFaults};
 use clap::{Args, Parser, Subcommand};
+
+mod estimate;
+pub use estimate::EstimateArgs;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +37,9 @@ pub enum Command {
     Models,
     /// Run a sweep: find, per (sequence length, precision), the largest batch that fits.
     Sweep(Box<SweepArgs>),
+    /// Estimate a forward's memory without running it: weights, activations, KV cache and
+    /// overhead for each (batch, seq, dtype), and the largest batch under a capacity.
+    Estimate(Box<EstimateArgs>),
     /// List NVIDIA GPUs as the driver reports them: memory, utilization, processes holding
     /// memory, driver and CUDA versions (without a driver: one line, and the CPU remains).
     Devices {
@@ -773,6 +779,9 @@ pub fn main_with(cli: Cli, gui: &dyn Fn(Option<PathBuf>) -> Result<(), String>) 
             Ok(())
         }
         Some(Command::Worker(faults)) => return crate::worker::run_worker(&faults),
+        Some(Command::Estimate(args)) => WorkerConfig::current()
+            .map_err(|e| CliError::runtime(format!("cannot locate the oomlab binary: {e}")))
+            .and_then(|w| estimate::run(&args, &w)),
         Some(Command::Sweep(args)) => WorkerConfig::current()
             .map_err(|e| CliError::runtime(format!("cannot locate the oomlab binary: {e}")))
             .and_then(|w| {

@@ -4,8 +4,10 @@
 //! [`sweep`] drives [`search`] (pure boundary search) and a [`worker`] process that runs the
 //! [`models`] and measures memory ([`measure`]); [`report`] keeps the journal and writes results.
 
+pub mod calibrate;
 pub mod catalog;
 pub mod cli;
+pub mod estimate;
 pub mod explain;
 pub mod gui;
 pub mod measure;

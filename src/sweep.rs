@@ -79,7 +79,8 @@ pub enum PlanError {
 }
 
 impl PlanError {
-    fn invalid(field: PlanField, problem: PlanProblem) -> Self {
+    #[must_use]
+    pub fn invalid(field: PlanField, problem: PlanProblem) -> Self {
         Self::Invalid { field, problem }
     }
 

@@ -3,5 +3,6 @@
 mod cli_errors;
 mod common;
 mod engine;
+mod estimate;
 mod gui;
 mod reference;

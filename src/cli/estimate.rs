@@ -1,0 +1,404 @@
+//! `oomlab estimate`: the analytic estimate of a forward's memory, by part, for a list of points;
+//! `--check` measures the same points with the real worker beside it.
+
+use super::{CliError, group};
+use crate::calibrate::{self, Source};
+use crate::catalog::{ModelRef, ModelSpec};
+use crate::estimate::{self, Breakdown, Runtime};
+use crate::plan::{Device, PlanField, PlanProblem, Precision, defaults, human_bytes, parse_bytes};
+use crate::sweep::PlanError;
+use crate::worker::{Supervisor, TrialResult, WorkerConfig};
+use clap::Args;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The largest batch the estimator considers (and accepts in `--batch`).
+pub const MAX_BATCH: usize = 1 << 24;
+
+#[derive(Debug, Args)]
+#[command(after_long_help = AFTER_ESTIMATE)]
+pub struct EstimateArgs {
+    /// Bundled model id (see `oomlab models`), a config.json, or a model folder. Required unless
+    /// --check runs its own points.
+    #[arg(long, short)]
+    pub model: Option<String>,
+    /// Batch sizes, comma-separated. Default: 1.
+    #[arg(long, value_delimiter = ',')]
+    pub batch: Vec<usize>,
+    /// Sequence lengths, comma-separated. Default: 128 (or the model's maximum if shorter).
+    #[arg(long, value_delimiter = ',')]
+    pub seq: Vec<usize>,
+    /// Precisions, comma-separated: f32, f16, bf16. Default: f32.
+    #[arg(long, value_delimiter = ',')]
+    pub dtype: Vec<Precision>,
+    /// Threads the forward would run with (the runtime's own memory grows with them). Default:
+    /// every core, as a sweep.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// A capacity, e.g. 11GiB: adds the largest batch whose estimate fits under it (`max_batch`)
+    /// for each (seq, dtype).
+    #[arg(long, value_parser = parse_bytes)]
+    pub capacity: Option<u64>,
+    /// Write one JSON object per point on stdout (one per line).
+    #[arg(long)]
+    pub json: bool,
+    /// Measure each point with the real worker too and print the relative error. Without
+    /// --model: a handful of points of the bundled models.
+    #[arg(long)]
+    pub check: bool,
+}
+
+const AFTER_ESTIMATE: &str = "\
+What is estimated:
+  weights       the parameters in the run precision, as candle holds them;
+  activations   what the forward holds at its peak besides the KV cache: a liveness simulation
+                of the forward candle runs (each op's output, the views that share it, when
+                Rust drops it; bf16 matmuls widen both operands to f32 on the CPU);
+  kv_cache      the decoders' keys and values alive at the peak;
+  overhead      the model's tensor metadata and rotary tables (from its dims), plus the runtime's
+                own buffers (matmul scratch per thread, thread pool, allocator): measured once per
+                machine, thread count and precision with a tiny model and cached in
+                ~/.cache/oomlab/runtime.json.
+  total         comparable with a sweep's total_bytes for the same threads.
+
+Example:
+  oomlab estimate --model bert-base-uncased --seq 128,512 --batch 1,8,32 --dtype f32,bf16 \\
+                  --capacity 11GiB";
+
+/// One estimated point, as `--json` writes it.
+#[derive(Debug, Serialize)]
+struct Point {
+    model: String,
+    batch: usize,
+    seq: usize,
+    dtype: Precision,
+    threads: usize,
+    weights_bytes: u64,
+    activation_bytes: u64,
+    kv_cache_bytes: u64,
+    overhead_bytes: u64,
+    total_bytes: u64,
+    /// The runtime's share of the overhead (measured on this machine).
+    runtime_bytes: u64,
+    capacity_bytes: Option<u64>,
+    /// The largest batch for this (seq, dtype) whose estimate fits the capacity.
+    max_batch: Option<usize>,
+    /// With `--check`: the worker's measured high-water mark, and (estimate − measured) / measured.
+    measured_total_bytes: Option<u64>,
+    relative_error: Option<f64>,
+}
+
+/// The points `--check` measures when no model is named: the bundled models at small batches
+/// (a few seconds each on two cores).
+const CHECK_POINTS: &[(&str, usize, usize, Precision)] = &[
+    ("bert-base-uncased", 4, 128, Precision::F32),
+    ("bert-base-uncased", 2, 384, Precision::F16),
+    ("bert-base-uncased", 3, 256, Precision::Bf16),
+    ("distilbert-base-uncased", 8, 96, Precision::F32),
+    ("distilbert-base-uncased", 2, 320, Precision::F32),
+    ("TinyLlama-1.1B", 2, 96, Precision::F16),
+    ("TinyLlama-1.1B", 1, 160, Precision::Bf16),
+    ("Qwen2-0.5B", 2, 128, Precision::F32),
+    ("Qwen2-0.5B", 3, 64, Precision::F16),
+];
+
+/// `oomlab estimate`
+pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
+    let threads = args.threads.unwrap_or_else(defaults::threads);
+    if threads == 0 {
+        return Err(invalid(PlanField::Threads, PlanProblem::ZeroThreads));
+    }
+    let points = points(args)?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let on_signal = Arc::clone(&cancel);
+    let _ = crate::signals::on_terminate(move || on_signal.store(true, Ordering::Relaxed));
+    // The runtime's bytes for each precision used, measured once per machine.
+    let mut runtimes: BTreeMap<Precision, Runtime> = BTreeMap::new();
+    for (_, _, _, dtype) in &points {
+        if runtimes.contains_key(dtype) {
+            continue;
+        }
+        let (rt, source) = calibrate::runtime(threads, *dtype, worker, None, &cancel)
+            .map_err(CliError::runtime)?;
+        if !args.json {
+            eprintln!(
+                "runtime's own memory for {threads} thread{} in {dtype}: {} ({})",
+                if threads == 1 { "" } else { "s" },
+                human_bytes(rt.bytes),
+                match source {
+                    Source::Measured => "measured now, cached".to_string(),
+                    Source::Cached => calibrate::cache_path()
+                        .map_or_else(|| "cached".into(), |p| format!("cached in {}", p.display()),),
+                }
+            );
+        }
+        runtimes.insert(*dtype, rt);
+    }
+    let mut out = Vec::with_capacity(points.len());
+    let mut sup = args.check.then(|| Supervisor::new(worker.clone()));
+    for (spec, batch, seq, dtype) in &points {
+        let rt = &runtimes[dtype];
+        let e = estimate::estimate(spec, *batch, *seq, *dtype, rt);
+        let max_batch = args
+            .capacity
+            .and_then(|c| estimate::max_batch(spec, *seq, *dtype, rt, c, MAX_BATCH));
+        let measured = match &mut sup {
+            Some(sup) => Some(measure(
+                sup, spec, *batch, *seq, *dtype, threads, &e, &cancel,
+            )?),
+            None => None,
+        };
+        out.push(point(
+            spec,
+            *batch,
+            *seq,
+            *dtype,
+            threads,
+            &e,
+            rt,
+            args.capacity,
+            max_batch,
+            measured,
+        ));
+        if args.json {
+            // One line per point as soon as it is known (a --check can take minutes).
+            let p = out.last().expect("just pushed");
+            println!("{}", serde_json::to_string(p).unwrap_or_default());
+        }
+    }
+    if let Some(mut s) = sup {
+        s.shutdown();
+    }
+    if !args.json {
+        print_table(&out, args.capacity);
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn point(
+    spec: &ModelSpec,
+    batch: usize,
+    seq: usize,
+    dtype: Precision,
+    threads: usize,
+    e: &Breakdown,
+    rt: &Runtime,
+    capacity_bytes: Option<u64>,
+    max_batch: Option<usize>,
+    measured: Option<u64>,
+) -> Point {
+    Point {
+        model: spec.name.clone(),
+        batch,
+        seq,
+        dtype,
+        threads,
+        weights_bytes: e.weights_bytes,
+        activation_bytes: e.activation_bytes,
+        kv_cache_bytes: e.kv_cache_bytes,
+        overhead_bytes: e.overhead_bytes,
+        total_bytes: e.total_bytes,
+        runtime_bytes: rt.bytes,
+        capacity_bytes,
+        max_batch,
+        measured_total_bytes: measured,
+        relative_error: measured.map(|m| (e.total_bytes as f64 - m as f64) / m as f64),
+    }
+}
+
+fn invalid(field: PlanField, problem: PlanProblem) -> CliError {
+    CliError::from(PlanError::invalid(field, problem))
+}
+
+/// Every (model, batch, seq, dtype) to estimate, checked.
+fn points(args: &EstimateArgs) -> Result<Vec<(ModelSpec, usize, usize, Precision)>, CliError> {
+    let Some(model) = &args.model else {
+        if args.check {
+            return CHECK_POINTS
+                .iter()
+                .map(|&(id, b, s, d)| {
+                    ModelSpec::resolve(&ModelRef::Catalog(id.into()))
+                        .map(|spec| (spec, b, s, d))
+                        .map_err(CliError::runtime)
+                })
+                .collect();
+        }
+        return Err(CliError::from(PlanError::Model(
+            crate::catalog::CatalogError::Unknown {
+                name: String::new(),
+            },
+        )));
+    };
+    let model = ModelRef::parse(model).map_err(|e| CliError::from(PlanError::Model(e)))?;
+    let spec = ModelSpec::resolve(&model).map_err(|e| CliError::from(PlanError::Model(e)))?;
+    let seqs = if args.seq.is_empty() {
+        vec![defaults::SEQ.min(spec.dims.max_positions)]
+    } else {
+        args.seq.clone()
+    };
+    let dtypes = if args.dtype.is_empty() {
+        vec![defaults::DTYPES[0]]
+    } else {
+        args.dtype.clone()
+    };
+    let batches = if args.batch.is_empty() {
+        vec![1]
+    } else {
+        args.batch.clone()
+    };
+    for &seq in &seqs {
+        if seq == 0 {
+            return Err(invalid(PlanField::Seq, PlanProblem::ZeroSeq));
+        }
+        if seq > spec.dims.max_positions {
+            return Err(invalid(
+                PlanField::Seq,
+                PlanProblem::SeqAboveMax {
+                    seq,
+                    max: spec.dims.max_positions,
+                    model: spec.name.clone(),
+                    origin: spec.origin.clone(),
+                },
+            ));
+        }
+    }
+    for &dtype in &dtypes {
+        if !spec.family.supports(dtype) {
+            return Err(invalid(
+                PlanField::Dtype,
+                PlanProblem::DtypeUnsupported {
+                    dtype,
+                    family: spec.family.name().into(),
+                    model: spec.name.clone(),
+                },
+            ));
+        }
+    }
+    for &b in &batches {
+        if b == 0 || b > MAX_BATCH {
+            return Err(invalid(
+                PlanField::Batch,
+                PlanProblem::Unparsable(format!(
+                    "batch {b} is out of range: give batch sizes from 1 to {}, e.g. --batch 1,8,32",
+                    group(MAX_BATCH as u64)
+                )),
+            ));
+        }
+    }
+    let mut out = Vec::new();
+    for &dtype in &dtypes {
+        for &seq in &seqs {
+            for &b in &batches {
+                out.push((spec.clone(), b, seq, dtype));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Runs one point on the real worker, under a capacity the estimate fits in with room to spare
+/// (or the machine's largest); returns the measured high-water mark.
+#[allow(clippy::too_many_arguments)]
+fn measure(
+    sup: &mut Supervisor,
+    spec: &ModelSpec,
+    batch: usize,
+    seq: usize,
+    dtype: Precision,
+    threads: usize,
+    e: &Breakdown,
+    cancel: &AtomicBool,
+) -> Result<u64, CliError> {
+    let host = crate::measure::host::HostMemory::read();
+    let want = e.total_bytes.saturating_mul(3) / 2 + (256 << 20);
+    let capacity = host.map_or(want, |h| want.min(h.largest_capacity_bytes()));
+    sup.ensure_loaded(
+        &spec.reference,
+        dtype,
+        capacity,
+        Device::Cpu { threads },
+        cancel,
+    )
+    .map_err(|e| {
+        CliError::runtime(format!(
+            "--check could not build {} in {dtype}: {e}",
+            spec.name
+        ))
+    })?;
+    match sup.trial(batch, seq, cancel, &mut |_| {}).0 {
+        TrialResult::Measured(m) => Ok(m.total_bytes),
+        TrialResult::Died(d) => Err(CliError::runtime(format!(
+            "--check: {} batch {batch} seq {seq} {dtype} did not finish: {}",
+            spec.name,
+            d.describe()
+        ))),
+        TrialResult::Error(m) => Err(CliError::runtime(format!(
+            "--check: {} batch {batch} seq {seq} {dtype} failed: {m}",
+            spec.name
+        ))),
+    }
+}
+
+fn print_table(points: &[Point], capacity: Option<u64>) {
+    let check = points.iter().any(|p| p.measured_total_bytes.is_some());
+    print!(
+        "{:<24} {:>6} {:<5} {:>6} {:>11} {:>11} {:>11} {:>11} {:>11}",
+        "model", "seq", "dtype", "batch", "weights", "activations", "kv_cache", "overhead", "total"
+    );
+    if check {
+        print!(" {:>11} {:>9}", "measured", "error");
+    }
+    println!();
+    for p in points {
+        print!(
+            "{:<24} {:>6} {:<5} {:>6} {:>11} {:>11} {:>11} {:>11} {:>11}",
+            p.model,
+            p.seq,
+            p.dtype.name(),
+            p.batch,
+            human_bytes(p.weights_bytes),
+            human_bytes(p.activation_bytes),
+            human_bytes(p.kv_cache_bytes),
+            human_bytes(p.overhead_bytes),
+            human_bytes(p.total_bytes)
+        );
+        if let (Some(m), Some(err)) = (p.measured_total_bytes, p.relative_error) {
+            print!(" {:>11} {:>+8.3}%", human_bytes(m), err * 100.0);
+        }
+        println!();
+    }
+    if let Some(c) = capacity {
+        println!();
+        let mut seen = Vec::new();
+        for p in points {
+            if seen.contains(&(p.seq, p.dtype)) {
+                continue;
+            }
+            seen.push((p.seq, p.dtype));
+            match p.max_batch {
+                Some(b) => println!(
+                    "largest batch under {} at seq {} in {}: {b} (estimated)",
+                    human_bytes(c),
+                    p.seq,
+                    p.dtype
+                ),
+                None => println!(
+                    "at seq {} in {} not even batch 1 fits under {}",
+                    p.seq,
+                    p.dtype,
+                    human_bytes(c)
+                ),
+            }
+        }
+    }
+    if check {
+        let worst = points
+            .iter()
+            .filter_map(|p| p.relative_error)
+            .fold(0.0_f64, |a, e| a.max(e.abs()));
+        println!("\nlargest relative error: {:.3}%", worst * 100.0);
+    }
+}

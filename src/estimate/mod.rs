@@ -1,0 +1,147 @@
+//! The analytic memory model: what a forward needs, predicted from the model's dims before any
+//! trial — weights, the activations alive at the forward's peak, the KV cache, and the overhead
+//! the worker holds beside the weights. Pure: no I/O, no threads.
+//!
+//! Activations come from a liveness simulation of the forward candle runs (`models.rs` writes
+//! each family's forward again over shape-only tensors; `sim.rs` counts what is alive when), not
+//! from constants fitted to measurements. The overhead has two parts: what the model's build
+//! leaves beside the weights (tensor metadata, rotary tables), derived from the dims; and the
+//! runtime's own buffers (per-thread matmul scratch, allocator and thread-pool state), which
+//! depend on the machine and the thread count and are measured once (see [`Runtime`]).
+
+mod models;
+mod sim;
+
+use crate::catalog::{Family, ModelSpec};
+use crate::plan::Precision;
+use serde::{Deserialize, Serialize};
+use sim::{Dt, Sim};
+
+/// The runtime's bytes beside the model: measured once per machine, thread count and precision
+/// (the worker's baseline for a tiny model, less that model's weights and build metadata).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Runtime {
+    pub threads: usize,
+    pub bytes: u64,
+}
+
+impl Runtime {
+    /// What is measured from a worker's baseline for `spec` (a small model is best).
+    #[must_use]
+    pub fn from_baseline(
+        spec: &ModelSpec,
+        dtype: Precision,
+        threads: usize,
+        baseline: u64,
+    ) -> Self {
+        let model = crate::models::weights_bytes(spec, dtype.candle()) + build_bytes(spec, dtype);
+        Self {
+            threads,
+            bytes: baseline.saturating_sub(model),
+        }
+    }
+}
+
+/// What a forward needs, by part. `total_bytes` is comparable with a sweep trial's
+/// `total_bytes` (the worker's high-water mark).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Breakdown {
+    pub weights_bytes: u64,
+    /// Activations alive at the forward's peak (the inputs included), the KV cache excluded.
+    pub activation_bytes: u64,
+    /// The KV cache alive at the peak (decoders).
+    pub kv_cache_bytes: u64,
+    /// Held beside the weights: the build's tensor metadata and tables, and the runtime's own.
+    pub overhead_bytes: u64,
+    pub total_bytes: u64,
+}
+
+/// Heap bytes a weight tensor's handle takes (see `sim.rs`): `Arc<Tensor_>`, shape and stride
+/// vectors, and the storage's `Arc<RwLock<Storage>>`.
+fn tensor_metadata_bytes(rank: usize) -> u64 {
+    152 + 8 * rank as u64 + 8 * rank.max(4) as u64 + 56
+}
+
+/// What building the model leaves alive beside the weights: each weight tensor's metadata, and
+/// the rotary tables decoders keep (llama's `Cache` and qwen2's `RotaryEmbedding`: cos and sin
+/// for every position, half a head wide, in the run precision; llama keeps an f32 copy's worth
+/// only transiently).
+#[must_use]
+pub fn build_bytes(spec: &ModelSpec, dtype: Precision) -> u64 {
+    let d = &spec.dims;
+    let meta: u64 = d
+        .tensors(spec.family)
+        .iter()
+        .map(|t| tensor_metadata_bytes(t.shape.len()))
+        .sum();
+    let rotary = match spec.family {
+        Family::Llama | Family::Qwen2 => {
+            let half = d.hidden / d.heads / 2;
+            2 * (d.max_positions * half) as u64 * Dt::from(dtype).size()
+                + 2 * tensor_metadata_bytes(2)
+        }
+        Family::Bert | Family::DistilBert => 0,
+    };
+    meta + rotary
+}
+
+/// The estimate for one (batch, seq, precision).
+#[must_use]
+pub fn estimate(
+    spec: &ModelSpec,
+    batch: usize,
+    seq: usize,
+    dtype: Precision,
+    runtime: &Runtime,
+) -> Breakdown {
+    let sim = Sim::new();
+    let r = models::Run {
+        sim: &sim,
+        d: &spec.dims,
+        b: batch,
+        s: seq,
+        dt: dtype.into(),
+    };
+    let inputs = models::inputs(&r, spec.family);
+    let out = models::forward(&r, spec.family, &inputs);
+    drop(out);
+    drop(inputs);
+    let peak = sim.peak();
+    let weights_bytes = crate::models::weights_bytes(spec, dtype.candle());
+    let overhead_bytes = build_bytes(spec, dtype) + runtime.bytes;
+    let activation_bytes = peak.bytes - peak.kv_cache_bytes;
+    Breakdown {
+        weights_bytes,
+        activation_bytes,
+        kv_cache_bytes: peak.kv_cache_bytes,
+        overhead_bytes,
+        total_bytes: weights_bytes + overhead_bytes + peak.bytes,
+    }
+}
+
+/// The largest batch in `1..=limit` whose estimated total stays at or under `capacity_bytes`
+/// (memory grows with batch, so a bisection finds it).
+#[must_use]
+pub fn max_batch(
+    spec: &ModelSpec,
+    seq: usize,
+    dtype: Precision,
+    runtime: &Runtime,
+    capacity_bytes: u64,
+    limit: usize,
+) -> Option<usize> {
+    let fits = |b: usize| estimate(spec, b, seq, dtype, runtime).total_bytes <= capacity_bytes;
+    if !fits(1) {
+        return None;
+    }
+    let (mut good, mut bad) = (1, limit + 1);
+    while bad - good > 1 {
+        let mid = usize::midpoint(good, bad);
+        if fits(mid) {
+            good = mid;
+        } else {
+            bad = mid;
+        }
+    }
+    Some(good)
+}

@@ -1,0 +1,472 @@
+//! Each family's forward as candle-transformers 0.11 runs it on the CPU, written again against
+//! the simulator's shape-only tensors. The bindings follow candle's code: a shadowed `let` stays
+//! alive to the end of its function, a temporary to the end of its statement, and an operand taken
+//! by value (`a + b`, `t / 2.0`, a tensor moved into a function) is released inside the operation.
+//! Comments quote the candle lines they stand for.
+
+// The names follow candle-transformers (b, s, h for batch, seq, hidden; q, k, v), so the two read
+// side by side.
+#![allow(clippy::many_single_char_names)]
+
+use super::sim::{Dt, Sim, T, cat};
+use crate::catalog::{Dims, Family};
+
+/// What a simulated forward needs besides the model's dims.
+pub struct Run<'a> {
+    pub sim: &'a Sim,
+    pub d: &'a Dims,
+    pub b: usize,
+    pub s: usize,
+    pub dt: Dt,
+}
+
+impl Run<'_> {
+    /// A weight: it exists already (counted with the weights), so it costs nothing here.
+    fn w(&self, dims: &[usize]) -> T {
+        self.sim.external(dims, self.dt)
+    }
+
+    /// `lhs.matmul(rhs)`. In bf16 candle's CPU matmul widens both whole operand storages to f32
+    /// and computes an f32 result, all alive while the bf16 output is written.
+    fn mm(&self, lhs: &T, rhs: &T) -> T {
+        if lhs.dt() != Dt::Bf16 {
+            return lhs.matmul(rhs);
+        }
+        let _lhs = self.sim.alloc(&[lhs.storage_elems()], Dt::F32);
+        let _rhs = self.sim.alloc(&[rhs.storage_elems()], Dt::F32);
+        let mut out = lhs.dims().to_vec();
+        let last = out.len() - 1;
+        out[last] = rhs.dims()[rhs.dims().len() - 1];
+        let _wide = self.sim.alloc(&out, Dt::F32);
+        lhs.matmul(rhs)
+    }
+}
+
+/// `candle_nn::Linear::forward`:
+/// `[bsize, m, k]` contiguous → `x.reshape((bsize*m, k))?.matmul(&w.t())?.reshape((bsize, m, ()))?`,
+/// else `x.matmul(&w.broadcast_left(bsize)?.t()?)?`; 2-D → `x.matmul(&w.t())?`;
+/// then `x.broadcast_add(bias)` while `x` is still bound.
+fn linear(r: &Run<'_>, x: &T, out: usize, bias: bool) -> T {
+    let w = r.w(&[out, x.dims()[x.dims().len() - 1]]);
+    let y = match *x.dims() {
+        [bsz, m, k] if x.is_contiguous() => {
+            let wt = w.t();
+            r.mm(&x.reshape(&[bsz * m, k]), &wt).reshape(&[bsz, m, out])
+        }
+        [bsz, _, k] => {
+            let wb = w.broadcast_as(&[bsz, out, k]).t();
+            r.mm(x, &wb)
+        }
+        _ => r.mm(x, &w.t()),
+    };
+    if bias { y.binary(&r.w(&[out])) } else { y }
+}
+
+/// `candle_nn::LayerNorm::forward` with a bias on a contiguous input (`ops::layer_norm`), and
+/// `RmsNorm::forward` on a contiguous input (`ops::rms_norm`): one fused op, one output.
+fn norm(x: &T) -> T {
+    x.unary()
+}
+
+/// `candle_nn::ops::softmax` over the last dimension:
+/// `let max = xs.max_keepdim(dim)?; let diff = xs.broadcast_sub(&max)?; let num = diff.exp()?;
+///  let den = num.sum_keepdim(dim)?; num.broadcast_div(&den)`
+fn softmax(x: &T) -> T {
+    let max = x.reduce_last();
+    let diff = x.binary(&max);
+    let num = diff.unary();
+    let den = num.reduce_last();
+    num.binary(&den)
+}
+
+/// `masked_fill(on_false, mask, v)`: `let on_true = Tensor::new(v, dev)?.broadcast_as(shape)?;
+/// mask.where_cond(&on_true, on_false)`.
+fn masked_fill(r: &Run<'_>, on_false: &T, mask: &T) -> T {
+    let on_true = r.sim.alloc(&[], Dt::F32).broadcast_as(mask.dims());
+    let out = on_false.new_like(mask.dims(), on_false.dt());
+    drop(on_true);
+    out
+}
+
+/// `utils::repeat_kv(xs, n_rep)`: `Tensor::cat(&vec![&xs; n_rep], 2)?.reshape(…)` (the reshape
+/// copies when the cat's result is a transposed view).
+fn repeat_kv(x: T, n_rep: usize) -> T {
+    if n_rep == 1 {
+        return x;
+    }
+    let (b, kv, s, hd) = (x.dims()[0], x.dims()[1], x.dims()[2], x.dims()[3]);
+    let refs: Vec<&T> = vec![&x; n_rep];
+    cat(&refs, 2).reshape(&[b, kv * n_rep, s, hd])
+}
+
+/// `Embedding::forward`: `ids.flatten_all()` (a view), `index_select`, reshape (a view).
+fn embedding(r: &Run<'_>, rows: usize, ids: &T) -> T {
+    let table = r.w(&[rows, r.d.hidden]);
+    let mut dims = ids.dims().to_vec();
+    dims.push(r.d.hidden);
+    table.embedding(&ids.reshape(&[ids.elems()])).reshape(&dims)
+}
+
+/// The inputs oomlab builds before the measured region (`LoadedModel::inputs`).
+pub fn inputs(r: &Run<'_>, family: Family) -> Vec<T> {
+    let (b, s) = (r.b, r.s);
+    let ids = r.sim.alloc(&[b, s], Dt::U32);
+    match family {
+        // token type ids (`zeros_like`) and the attention mask (`ones_like`)
+        Family::Bert => vec![
+            ids,
+            r.sim.alloc(&[b, s], Dt::U32),
+            r.sim.alloc(&[b, s], Dt::U32),
+        ],
+        // `Tensor::zeros((b, 1, 1, s), U8)`
+        Family::DistilBert => vec![ids, r.sim.alloc(&[b, 1, 1, s], Dt::U8)],
+        Family::Llama | Family::Qwen2 => vec![ids],
+    }
+}
+
+/// One forward of `family`; returns its output (alive until the worker has read the peak).
+pub fn forward(r: &Run<'_>, family: Family, inputs: &[T]) -> T {
+    match family {
+        Family::Bert => bert(r, &inputs[0], &inputs[1], &inputs[2]),
+        Family::DistilBert => distilbert(r, &inputs[0], &inputs[1]),
+        Family::Llama => llama(r, &inputs[0]),
+        Family::Qwen2 => qwen2(r, &inputs[0]),
+    }
+}
+
+fn bert(r: &Run<'_>, ids: &T, tt: &T, mask: &T) -> T {
+    let (b, s, h, heads) = (r.b, r.s, r.d.hidden, r.d.heads);
+    let hd = h / heads;
+    // BertModel::forward: `let embedding_output = self.embeddings.forward(..)?;`
+    let embedding_output = {
+        let input_embeddings = embedding(r, r.d.vocab, ids);
+        // `(&input_embeddings + token_type_embeddings)?` consumes the token type embeddings.
+        let mut embeddings = {
+            let token_type_embeddings = embedding(r, r.d.type_vocab.max(1), tt);
+            input_embeddings.binary(&token_type_embeddings)
+        };
+        {
+            let _position_ids_vec = r.sim.raw(s as u64 * 4);
+            let position_ids = r.sim.alloc(&[s], Dt::U32);
+            let pos = embedding(r, r.d.max_positions, &position_ids);
+            embeddings = embeddings.binary(&pos);
+        }
+        let normed = norm(&embeddings);
+        normed.clone() // dropout
+    };
+    // `let attention_mask = get_extended_attention_mask(&attention_mask, dtype)?;`
+    let attention_mask = {
+        let m = mask.unsqueeze(1).unsqueeze(1);
+        let m = m.to_dtype(r.dt);
+        // `(attention_mask.ones_like()? - &attention_mask)?.broadcast_mul(&min)`
+        let diff = {
+            let ones = m.unary();
+            ones.binary(&m)
+        };
+        let min = r.sim.alloc(&[], Dt::F32).to_dtype(r.dt);
+        diff.binary(&min)
+    };
+    // BertEncoder::forward: `let mut hidden_states = hidden_states.clone(); for layer { hidden_states = layer.forward(&hidden_states, mask)? }`
+    let mut hidden_states = embedding_output.clone();
+    for _ in 0..r.d.layers {
+        hidden_states = {
+            let x = &hidden_states;
+            // BertAttention::forward
+            let self_outputs = {
+                // BertSelfAttention::forward
+                let query_layer = linear(r, x, h, true);
+                let key_layer = linear(r, x, h, true);
+                let value_layer = linear(r, x, h, true);
+                // transpose_for_scores: `xs.reshape(..)?.transpose(1, 2)?; xs.contiguous()`
+                let split = |t: &T| t.reshape(&[b, s, heads, hd]).transpose(1, 2).contiguous();
+                let query_layer2 = split(&query_layer);
+                let key_layer2 = split(&key_layer);
+                let value_layer2 = split(&value_layer);
+                // `(attention_scores / sqrt)` consumes the matmul's output
+                let scores = r.mm(&query_layer2, &key_layer2.t()).unary();
+                let scores2 = scores.binary(&attention_mask);
+                let probs = softmax(&scores2).clone();
+                let context = r.mm(&probs, &value_layer2);
+                let context2 = context.transpose(1, 2).contiguous();
+                let out = context2.reshape(&[b, s, h]);
+                drop((query_layer, key_layer, value_layer));
+                drop((query_layer2, key_layer2, value_layer2));
+                drop((scores, scores2, probs, context, context2));
+                out
+            };
+            // BertSelfOutput::forward: `let hidden_states = dense(..)?; … layer_norm(&(hidden_states + input_tensor)?)`
+            let attention_output = {
+                let dense = linear(r, &self_outputs, h, true);
+                let sum = dense.clone().binary(x);
+                let out = norm(&sum);
+                drop((sum, dense));
+                out
+            };
+            drop(self_outputs);
+            // BertIntermediate::forward: `let hidden_states = dense(..)?; let ys = act(&hidden_states)?;`
+            let intermediate_output = {
+                let dense = linear(r, &attention_output, r.d.intermediate, true);
+                dense.unary()
+            };
+            // BertOutput::forward
+            let layer_output = {
+                let dense = linear(r, &intermediate_output, h, true);
+                let sum = dense.clone().binary(&attention_output);
+                let out = norm(&sum);
+                drop((sum, dense));
+                out
+            };
+            drop((intermediate_output, attention_output));
+            layer_output
+        };
+    }
+    drop(embedding_output);
+    hidden_states
+}
+
+fn distilbert(r: &Run<'_>, ids: &T, mask_in: &T) -> T {
+    let (b, s, h, heads) = (r.b, r.s, r.d.hidden, r.d.heads);
+    let hd = h / heads;
+    // Embeddings::forward
+    let embedding_output = {
+        let input_embeddings = embedding(r, r.d.vocab, ids);
+        let _position_ids_vec = r.sim.raw(s as u64 * 4);
+        let position_ids = r.sim.alloc(&[s], Dt::U32);
+        let embeddings = {
+            let pos = embedding(r, r.d.max_positions, &position_ids);
+            input_embeddings.binary(&pos)
+        };
+        norm(&embeddings)
+    };
+    let mut hidden_states = embedding_output.clone();
+    for _ in 0..r.d.layers {
+        hidden_states = {
+            let x = &hidden_states;
+            // MultiHeadSelfAttention::forward
+            let sa_output = {
+                let q = linear(r, x, h, true);
+                let k = linear(r, x, h, true);
+                let v = linear(r, x, h, true);
+                let split = |t: &T| t.reshape(&[b, s, heads, hd]).transpose(1, 2);
+                let (q1, k1, v1) = (split(&q), split(&k), split(&v));
+                // `let q: Tensor = (q / sqrt)?;` consumes the view, the linear's output stays
+                let q2 = q1.unary();
+                drop(q1);
+                let scores = {
+                    let kt = k1.transpose(2, 3).contiguous();
+                    r.mm(&q2, &kt)
+                };
+                let mask = mask_in.broadcast_as(scores.dims());
+                let scores2 = {
+                    let f = scores.to_dtype(Dt::F32);
+                    masked_fill(r, &f, &mask)
+                };
+                let weights = softmax(&scores2);
+                let context = {
+                    let vc = v1.contiguous();
+                    r.mm(&weights, &vc)
+                };
+                let context2 = context.transpose(1, 2).reshape(&[b, s, h]).contiguous();
+                let out = linear(r, &context2, h, true);
+                drop((
+                    q, k, v, k1, v1, q2, scores, mask, scores2, weights, context, context2,
+                ));
+                out
+            };
+            // TransformerBlock::forward
+            let sa_output2 = sa_output.binary(x);
+            let sa_output3 = norm(&sa_output2);
+            // FFN: `hidden_states.apply(&lin1)?.apply(&act)?.apply(&lin2)` (temporaries to the end)
+            let ffn_output = {
+                let l1 = linear(r, &sa_output3, r.d.intermediate, true);
+                let act = l1.unary();
+                linear(r, &act, h, true)
+            };
+            // `(&ffn_output + sa_output)?` consumes the normed attention output
+            let ffn_output2 = ffn_output.binary(&sa_output3);
+            drop(sa_output3);
+            let output = norm(&ffn_output2);
+            drop((sa_output, sa_output2, ffn_output, ffn_output2));
+            output
+        };
+    }
+    drop(embedding_output);
+    hidden_states
+}
+
+fn llama(r: &Run<'_>, ids: &T) -> T {
+    let (b, s, h, heads, kv) = (r.b, r.s, r.d.hidden, r.d.heads, r.d.kv_heads);
+    let hd = h / heads;
+    // The per-forward clone of the Cache: its KV entries and causal mask live to the end.
+    let mut kvs: Vec<(T, T)> = Vec::with_capacity(r.d.layers);
+    let mut mask: Option<T> = None;
+    // Llama::forward: `let mut x = self.wte.forward(x)?; for block { x = block.forward(&x, ..)? }`
+    let mut x = embedding(r, r.d.vocab, ids);
+    for _ in 0..r.d.layers {
+        x = {
+            // Block::forward: `let residual = x; let x = self.rms_1.forward(x)?;`
+            let residual = &x;
+            let xn = norm(&x);
+            // CausalSelfAttention::forward
+            let y = {
+                let q = linear(r, &xn, h, false);
+                let k = linear(r, &xn, kv * hd, false);
+                let v = linear(r, &xn, kv * hd, false);
+                let q1 = q.reshape(&[b, s, heads, hd]).transpose(1, 2).contiguous();
+                let k1 = k.reshape(&[b, s, kv, hd]).transpose(1, 2).contiguous();
+                let v1 = v.reshape(&[b, s, kv, hd]).transpose(1, 2);
+                let q2 = q1.unary(); // rope
+                let k2 = k1.unary(); // rope
+                // `cache.kvs[block_idx] = Some((k.clone(), v.clone()))`
+                k2.mark_kv();
+                v1.mark_kv();
+                kvs.push((k2.clone(), v1.clone()));
+                let k3 = repeat_kv(k2, heads / kv);
+                let v3 = repeat_kv(v1, heads / kv);
+                // The `else` block (no flash attention); its bindings end with it.
+                let y = {
+                    let (qf, kf, vf) = (
+                        q2.to_dtype(Dt::F32),
+                        k3.to_dtype(Dt::F32),
+                        v3.to_dtype(Dt::F32),
+                    );
+                    // `(q.matmul(&k.t()?)? / sqrt)?` consumes the scores
+                    let att = r.mm(&qf, &kf.t()).unary();
+                    let att2 = {
+                        let m = mask.get_or_insert_with(|| {
+                            let _vec = r.sim.raw((s * s) as u64);
+                            r.sim.alloc(&[s, s], Dt::U8)
+                        });
+                        let m = m.broadcast_as(att.dims());
+                        masked_fill(r, &att, &m)
+                    };
+                    let att3 = att2.unary(); // softmax_last_dim
+                    // `att.matmul(&v.contiguous()?)?.to_dtype(in_dtype)?`
+                    let vc = vf.contiguous();
+                    let wide = r.mm(&att3, &vc);
+                    let y = wide.to_dtype(r.dt);
+                    drop((qf, kf, vf, att, att2, att3, vc, wide));
+                    y
+                };
+                let y2 = y.transpose(1, 2).reshape(&[b, s, h]);
+                let out = linear(r, &y2, h, false);
+                drop((q, k, v, q1, k1, q2, k3, v3, y, y2));
+                out
+            };
+            // `let x = (self.attn.forward(&x, ..)? + residual)?;` consumes the attention output
+            let x2 = y.binary(residual);
+            drop(y);
+            // `let x = (self.mlp.forward(&self.rms_2.forward(&x)?)? + residual)?;`
+            let x3 = {
+                let xn2 = norm(&x2);
+                // Mlp::forward: `let x = (silu(&self.c_fc1.forward(x)?)? * self.c_fc2.forward(x)?)?;`
+                let m = {
+                    let p = {
+                        let g = linear(r, &xn2, r.d.intermediate, false);
+                        let act = g.unary();
+                        let u = linear(r, &xn2, r.d.intermediate, false);
+                        let p = act.binary(&u);
+                        drop((act, u, g));
+                        p
+                    };
+                    linear(r, &p, h, false)
+                };
+                let out = m.binary(&x2);
+                drop((m, xn2));
+                out
+            };
+            drop((xn, x2));
+            x3
+        };
+    }
+    // `let x = self.ln_f.forward(&x)?; let x = x.i((.., seq_len - 1, ..))?.contiguous()?;`
+    let xn = norm(&x);
+    let last = xn.narrow(1, 1).squeeze(1).contiguous();
+    let logits = linear(r, &last, r.d.vocab, false);
+    let out = logits.to_dtype(Dt::F32);
+    drop((logits, last, xn, x, kvs, mask));
+    out
+}
+
+fn qwen2(r: &Run<'_>, ids: &T) -> T {
+    let (b, s, h, heads, kv) = (r.b, r.s, r.d.hidden, r.d.heads, r.d.kv_heads);
+    let hd = h / heads;
+    // The layers' `kv_cache` fields: alive until `clear_kv_cache` after the forward.
+    let mut kvs: Vec<(T, T)> = Vec::with_capacity(r.d.layers);
+    // Model::forward
+    let normed = {
+        // prepare_causal_attention_mask: `Tensor::from_slice(&mask, (s, s))` of f32,
+        // `mask.expand((b, 1, s, s))?.to_dtype(self.dtype)`
+        let attention_mask = {
+            let _vec = r.sim.raw((s * s * 4) as u64);
+            let m = r.sim.alloc(&[s, s], Dt::F32);
+            m.broadcast_as(&[b, 1, s, s]).to_dtype(r.dt)
+        };
+        let mut xs = embedding(r, r.d.vocab, ids);
+        for _ in 0..r.d.layers {
+            xs = {
+                // DecoderLayer::forward
+                let residual = &xs;
+                let xn = norm(&xs);
+                let attn = {
+                    let q = linear(r, &xn, h, true);
+                    let k = linear(r, &xn, kv * hd, true);
+                    let v = linear(r, &xn, kv * hd, true);
+                    let q1 = q.reshape(&[b, s, heads, hd]).transpose(1, 2);
+                    let k1 = k.reshape(&[b, s, kv, hd]).transpose(1, 2);
+                    let v1 = v.reshape(&[b, s, kv, hd]).transpose(1, 2);
+                    // apply_rotary_emb_qkv: `rope(&q.contiguous()?, ..)`, `rope(&k.contiguous()?, ..)`
+                    let q2 = q1.contiguous().unary();
+                    let k2 = k1.contiguous().unary();
+                    k2.mark_kv();
+                    v1.mark_kv();
+                    kvs.push((k2.clone(), v1.clone()));
+                    let k3 = repeat_kv(k2, heads / kv).contiguous();
+                    let v3 = repeat_kv(v1, heads / kv).contiguous();
+                    let attn_output = {
+                        // `(q.matmul(&k.transpose(2, 3)?)? * scale)?` consumes the scores
+                        let w = r.mm(&q2, &k3.transpose(2, 3)).unary();
+                        let w2 = w.binary(&attention_mask);
+                        let w3 = w2.unary(); // softmax_last_dim
+                        let out = r.mm(&w3, &v3);
+                        drop((w, w2, w3));
+                        out
+                    };
+                    // `attn_output.transpose(1, 2)?.reshape(..)?.apply(&self.o_proj)`
+                    let y = {
+                        let o = attn_output.transpose(1, 2).reshape(&[b, s, h]);
+                        linear(r, &o, h, false)
+                    };
+                    drop((q, k, v, q1, k1, q2, k3, v3, attn_output));
+                    y
+                };
+                // `let xs = (xs + residual)?;` consumes the attention output
+                let xs2 = attn.binary(residual);
+                drop(attn);
+                // `let xs = xs.apply(&post_ln)?.apply(&self.mlp)?; residual + xs`
+                let mlp_out = {
+                    let xn2 = norm(&xs2);
+                    // MLP::forward: `let lhs = xs.apply(&gate)?.apply(&act)?; let rhs = xs.apply(&up)?;
+                    // (lhs * rhs)?.apply(&down)`
+                    let lhs = linear(r, &xn2, r.d.intermediate, false).unary();
+                    let rhs = linear(r, &xn2, r.d.intermediate, false);
+                    let p = lhs.binary(&rhs);
+                    drop((lhs, rhs));
+                    linear(r, &p, h, false)
+                };
+                let out = xs2.binary(&mlp_out);
+                drop((mlp_out, xn, xs2));
+                out
+            };
+        }
+        // `xs.apply(&self.norm)`
+        let normed = norm(&xs);
+        drop((xs, attention_mask));
+        normed
+    };
+    // ModelForCausalLM::forward: `.narrow(1, seq_len - 1, 1)?.apply(&self.lm_head)`
+    let last = normed.narrow(1, 1);
+    let logits = linear(r, &last, r.d.vocab, false);
+    drop((last, normed, kvs));
+    logits
+}

@@ -1,0 +1,459 @@
+//! A liveness simulator of candle's CPU tensors: each family's forward is written again against
+//! these shape-only tensors, line by line as candle-transformers writes it, so Rust's own
+//! ownership and drop order reproduce what is alive when. Storage is counted the way candle
+//! allocates it (a view shares it; `contiguous` on a strided tensor, binary and unary ops, matmul,
+//! cat and reductions allocate), and every tensor handle carries candle's small metadata
+//! allocations. The simulator keeps the high-water mark and what was alive at it.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+/// Element types the models run in (and the internal ones: u8 masks, u32 ids, f32 upcasts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dt {
+    U8,
+    U32,
+    F16,
+    Bf16,
+    F32,
+}
+
+impl Dt {
+    #[must_use]
+    pub fn size(self) -> u64 {
+        match self {
+            Self::U8 => 1,
+            Self::F16 | Self::Bf16 => 2,
+            Self::U32 | Self::F32 => 4,
+        }
+    }
+}
+
+impl From<crate::plan::Precision> for Dt {
+    fn from(p: crate::plan::Precision) -> Self {
+        match p {
+            crate::plan::Precision::F32 => Self::F32,
+            crate::plan::Precision::F16 => Self::F16,
+            crate::plan::Precision::Bf16 => Self::Bf16,
+        }
+    }
+}
+
+/// Heap bytes candle allocates for a tensor handle besides its data: the `Arc<Tensor_>` (152),
+/// the shape vector (8 bytes a dimension) and the stride vector (8 bytes a dimension, at least 4
+/// dimensions' worth for a new tensor).
+const HANDLE_BYTES: u64 = 152;
+/// Heap bytes of a new storage's `Arc<RwLock<Storage>>`.
+const STORAGE_BYTES: u64 = 56;
+
+/// What a live byte is, for the breakdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Activation,
+    KvCache,
+}
+
+#[derive(Default)]
+struct Counters {
+    live: Cell<u64>,
+    kv: Cell<u64>,
+    peak: Cell<u64>,
+    kv_at_peak: Cell<u64>,
+}
+
+impl Counters {
+    fn add(&self, bytes: u64, kind: Kind) {
+        self.live.set(self.live.get() + bytes);
+        if kind == Kind::KvCache {
+            self.kv.set(self.kv.get() + bytes);
+        }
+        if self.live.get() > self.peak.get() {
+            self.peak.set(self.live.get());
+            self.kv_at_peak.set(self.kv.get());
+        }
+    }
+
+    fn sub(&self, bytes: u64, kind: Kind) {
+        self.live.set(self.live.get() - bytes);
+        if kind == Kind::KvCache {
+            self.kv.set(self.kv.get() - bytes);
+        }
+    }
+}
+
+/// The simulated allocator.
+#[derive(Clone, Default)]
+pub struct Sim {
+    c: Rc<Counters>,
+}
+
+/// What a simulated forward held at its high-water mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peak {
+    /// Everything the forward held at its peak, above what was live before it.
+    pub bytes: u64,
+    /// Of which the KV cache.
+    pub kv_cache_bytes: u64,
+}
+
+struct Storage {
+    /// Data bytes and the storage's own allocation; 0 for an uncounted (external) tensor.
+    bytes: u64,
+    kind: Cell<Kind>,
+    c: Rc<Counters>,
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        self.c.sub(self.bytes, self.kind.get());
+    }
+}
+
+struct Handle {
+    bytes: u64,
+    c: Rc<Counters>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.c.sub(self.bytes, Kind::Activation);
+    }
+}
+
+/// A plain buffer (see [`Sim::raw`]).
+pub struct Raw {
+    bytes: u64,
+    c: Rc<Counters>,
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        self.c.sub(self.bytes, Kind::Activation);
+    }
+}
+
+/// A shape-only tensor. Cloning it is candle's `Tensor::clone` (an `Arc` clone: nothing new).
+#[derive(Clone)]
+pub struct T {
+    dims: Vec<usize>,
+    strides: Vec<usize>,
+    dt: Dt,
+    storage: Rc<Storage>,
+    _handle: Rc<Handle>,
+}
+
+fn contiguous_strides(dims: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; dims.len()];
+    for i in (0..dims.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * dims[i + 1];
+    }
+    s
+}
+
+impl Sim {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn handle(&self, ndim: usize, fresh: bool) -> Rc<Handle> {
+        if ndim == 0 {
+            return self.counted_handle(HANDLE_BYTES);
+        }
+        let strides = if fresh { ndim.max(4) } else { ndim };
+        self.counted_handle(HANDLE_BYTES + 8 * (ndim + strides) as u64)
+    }
+
+    fn counted_handle(&self, bytes: u64) -> Rc<Handle> {
+        self.c.add(bytes, Kind::Activation);
+        Rc::new(Handle {
+            bytes,
+            c: Rc::clone(&self.c),
+        })
+    }
+
+    /// A new contiguous tensor.
+    #[must_use]
+    pub fn alloc(&self, dims: &[usize], dt: Dt) -> T {
+        let bytes = dims.iter().product::<usize>() as u64 * dt.size() + STORAGE_BYTES;
+        self.c.add(bytes, Kind::Activation);
+        let storage = Rc::new(Storage {
+            bytes,
+            kind: Cell::new(Kind::Activation),
+            c: Rc::clone(&self.c),
+        });
+        T {
+            dims: dims.to_vec(),
+            strides: contiguous_strides(dims),
+            dt,
+            storage,
+            _handle: self.handle(dims.len(), true),
+        }
+    }
+
+    /// A plain heap buffer (a `Vec` an op builds), alive while the returned guard is.
+    #[must_use]
+    pub fn raw(&self, bytes: u64) -> Raw {
+        self.c.add(bytes, Kind::Activation);
+        Raw {
+            bytes,
+            c: Rc::clone(&self.c),
+        }
+    }
+
+    /// A tensor that exists already and is not counted (a weight, a table built at load).
+    #[must_use]
+    pub fn external(&self, dims: &[usize], dt: Dt) -> T {
+        let storage = Rc::new(Storage {
+            bytes: 0,
+            kind: Cell::new(Kind::Activation),
+            c: Rc::clone(&self.c),
+        });
+        T {
+            dims: dims.to_vec(),
+            strides: contiguous_strides(dims),
+            dt,
+            storage,
+            _handle: Rc::new(Handle {
+                bytes: 0,
+                c: Rc::clone(&self.c),
+            }),
+        }
+    }
+
+    /// The high-water mark so far.
+    #[must_use]
+    pub fn peak(&self) -> Peak {
+        Peak {
+            bytes: self.c.peak.get(),
+            kv_cache_bytes: self.c.kv_at_peak.get(),
+        }
+    }
+}
+
+impl T {
+    fn sim(&self) -> Sim {
+        Sim {
+            c: Rc::clone(&self.storage.c),
+        }
+    }
+
+    #[must_use]
+    pub fn dims(&self) -> &[usize] {
+        &self.dims
+    }
+
+    #[must_use]
+    pub fn dt(&self) -> Dt {
+        self.dt
+    }
+
+    #[must_use]
+    pub fn elems(&self) -> usize {
+        self.dims.iter().product()
+    }
+
+    /// Elements of the whole storage this tensor views (a weight counts as its own).
+    #[must_use]
+    pub fn storage_elems(&self) -> usize {
+        if self.storage.bytes == 0 {
+            self.elems()
+        } else {
+            ((self.storage.bytes - STORAGE_BYTES) / self.dt.size()) as usize
+        }
+    }
+
+    #[must_use]
+    pub fn is_contiguous(&self) -> bool {
+        // Dimensions of size 1 do not matter, as in candle.
+        let mut expected = 1;
+        for (d, s) in self.dims.iter().zip(&self.strides).rev() {
+            if *d != 1 && *s != expected {
+                return false;
+            }
+            expected *= d;
+        }
+        true
+    }
+
+    /// A view sharing this storage, with other dims and strides.
+    fn view(&self, dims: Vec<usize>, strides: Vec<usize>) -> T {
+        T {
+            _handle: self.sim().handle(dims.len(), false),
+            dims,
+            strides,
+            dt: self.dt,
+            storage: Rc::clone(&self.storage),
+        }
+    }
+
+    /// Counts this storage as KV cache from now on.
+    pub fn mark_kv(&self) {
+        if self.storage.kind.get() != Kind::KvCache {
+            let c = &self.storage.c;
+            let bytes = self.storage.bytes;
+            c.sub(bytes, Kind::Activation);
+            self.storage.kind.set(Kind::KvCache);
+            c.add(bytes, Kind::KvCache);
+        }
+    }
+
+    /// A new contiguous tensor of these dims in this dtype (an op's output).
+    #[must_use]
+    pub fn new_like(&self, dims: &[usize], dt: Dt) -> T {
+        self.sim().alloc(dims, dt)
+    }
+
+    /// `reshape`: a view when contiguous, else a copy.
+    #[must_use]
+    pub fn reshape(&self, dims: &[usize]) -> T {
+        if self.is_contiguous() {
+            self.view(dims.to_vec(), contiguous_strides(dims))
+        } else {
+            let copy = self.new_like(&self.dims, self.dt);
+            copy.view(dims.to_vec(), contiguous_strides(dims))
+        }
+    }
+
+    #[must_use]
+    pub fn transpose(&self, a: usize, b: usize) -> T {
+        let (mut d, mut s) = (self.dims.clone(), self.strides.clone());
+        d.swap(a, b);
+        s.swap(a, b);
+        self.view(d, s)
+    }
+
+    /// Transpose of the last two dimensions.
+    #[must_use]
+    pub fn t(&self) -> T {
+        let n = self.dims.len();
+        self.transpose(n - 2, n - 1)
+    }
+
+    /// `contiguous`: the same tensor when it already is, else a copy.
+    #[must_use]
+    pub fn contiguous(&self) -> T {
+        if self.is_contiguous() {
+            self.clone()
+        } else {
+            self.new_like(&self.dims, self.dt)
+        }
+    }
+
+    /// `narrow`: a view.
+    #[must_use]
+    pub fn narrow(&self, dim: usize, len: usize) -> T {
+        let mut d = self.dims.clone();
+        d[dim] = len;
+        self.view(d, self.strides.clone())
+    }
+
+    /// Drops a dimension of size 1 (a view).
+    #[must_use]
+    pub fn squeeze(&self, dim: usize) -> T {
+        let (mut d, mut s) = (self.dims.clone(), self.strides.clone());
+        d.remove(dim);
+        s.remove(dim);
+        self.view(d, s)
+    }
+
+    /// Adds a dimension of size 1 (a view).
+    #[must_use]
+    pub fn unsqueeze(&self, dim: usize) -> T {
+        let (mut d, mut s) = (self.dims.clone(), self.strides.clone());
+        d.insert(dim, 1);
+        s.insert(dim, 0);
+        self.view(d, s)
+    }
+
+    /// `broadcast_as` / `expand`: a view with zero strides on the new dimensions.
+    #[must_use]
+    pub fn broadcast_as(&self, dims: &[usize]) -> T {
+        let extra = dims.len() - self.dims.len();
+        let strides = dims
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| {
+                if i < extra || self.dims[i - extra] != d {
+                    0
+                } else {
+                    self.strides[i - extra]
+                }
+            })
+            .collect();
+        self.view(dims.to_vec(), strides)
+    }
+
+    /// `to_dtype`: the same tensor for the same dtype, else a new contiguous one.
+    #[must_use]
+    pub fn to_dtype(&self, dt: Dt) -> T {
+        if dt == self.dt {
+            self.clone()
+        } else {
+            self.new_like(&self.dims, dt)
+        }
+    }
+
+    /// A unary op (exp, gelu, silu, sqr, affine, …): a new tensor of the same dims.
+    #[must_use]
+    pub fn unary(&self) -> T {
+        self.new_like(&self.dims, self.dt)
+    }
+
+    /// A binary op, broadcasting: a new tensor of the broadcast dims.
+    #[must_use]
+    pub fn binary(&self, rhs: &T) -> T {
+        let n = self.dims.len().max(rhs.dims.len());
+        let pad = |d: &[usize]| {
+            let mut v = vec![1; n - d.len()];
+            v.extend_from_slice(d);
+            v
+        };
+        let (a, b) = (pad(&self.dims), pad(&rhs.dims));
+        let dims: Vec<usize> = a.iter().zip(&b).map(|(x, y)| *x.max(y)).collect();
+        self.new_like(&dims, self.dt)
+    }
+
+    /// `matmul` (batch dims from `self`): a new tensor `(…, m, n)`.
+    #[must_use]
+    pub fn matmul(&self, rhs: &T) -> T {
+        let mut dims = self.dims.clone();
+        let n = rhs.dims[rhs.dims.len() - 1];
+        let last = dims.len() - 1;
+        dims[last] = n;
+        self.new_like(&dims, self.dt)
+    }
+
+    /// `max_keepdim` / `sum_keepdim` over the last dimension.
+    #[must_use]
+    pub fn reduce_last(&self) -> T {
+        let mut dims = self.dims.clone();
+        let last = dims.len() - 1;
+        dims[last] = 1;
+        self.new_like(&dims, self.dt)
+    }
+
+    /// Indexes the rows of an embedding table: a new `(ids…, hidden)` tensor.
+    #[must_use]
+    pub fn embedding(&self, ids: &T) -> T {
+        let mut dims = ids.dims.clone();
+        dims.push(self.dims[1]);
+        self.new_like(&dims, self.dt)
+    }
+}
+
+/// `Tensor::cat` along `dim`: one new buffer. Contiguous inputs (or `dim` 0) give a contiguous
+/// result; otherwise candle cats the inputs transposed along dim 0 and returns the transposed
+/// view of that buffer.
+#[must_use]
+pub fn cat(ts: &[&T], dim: usize) -> T {
+    let mut dims = ts[0].dims.clone();
+    dims[dim] = ts.iter().map(|t| t.dims[dim]).sum();
+    if dim == 0 || ts.iter().all(|t| t.is_contiguous()) {
+        ts[0].new_like(&dims, ts[0].dt)
+    } else {
+        let mut swapped = dims.clone();
+        swapped.swap(0, dim);
+        ts[0].new_like(&swapped, ts[0].dt).transpose(0, dim)
+    }
+}

@@ -1,0 +1,387 @@
+//! The estimator against the real worker, and `oomlab estimate`.
+
+use crate::common::{TempDir, bin, fixtures, plan, run, worker};
+use oomlab::calibrate;
+use oomlab::catalog::{ModelRef, ModelSpec};
+use oomlab::estimate;
+use oomlab::plan::{Precision, Strategy};
+use std::process::{Command, Output};
+use std::sync::atomic::AtomicBool;
+
+/// The targets on the CPU: within 2% for f32/f16, 5% for bf16.
+fn tolerance(dtype: Precision) -> f64 {
+    match dtype {
+        Precision::F32 | Precision::F16 => 0.02,
+        Precision::Bf16 => 0.05,
+    }
+}
+
+#[test]
+fn estimate_matches_the_measured_total_on_tiny_configs_of_every_family_and_precision() {
+    let dir = TempDir::new("est");
+    let cancel = AtomicBool::new(false);
+    let mut worst: f64 = 0.0;
+    let mut checked = 0;
+    for model in ["tiny-bert", "tiny-distilbert", "tiny-llama", "tiny-qwen2"] {
+        let spec = ModelSpec::resolve(&ModelRef::Catalog(model.into())).unwrap();
+        for dtype in [Precision::F32, Precision::F16, Precision::Bf16] {
+            if !spec.family.supports(dtype) {
+                continue;
+            }
+            let rt = calibrate::measure(1, dtype, &worker(), &cancel).unwrap();
+            let p = plan(
+                ModelRef::Catalog(model.into()),
+                &[8, 40, 64],
+                &[dtype],
+                (1, 3),
+                1 << 32,
+                Strategy::Grid,
+            );
+            let (r, _) = run(p, &dir.join(&format!("{model}-{dtype}.jsonl")), &worker());
+            assert_eq!(r.trials.len(), 9, "{model} {dtype}: every point measured");
+            // What grows with batch must be right too, not hidden under the weights and runtime:
+            // the slope from batch 1 to 3. (At seq 8 a fixed-size transient of gemm's packing
+            // outweighs the activations of the smallest batches, so the slope is taken above it.)
+            let at = |seq: usize, batch: usize| {
+                let t = r
+                    .trials
+                    .iter()
+                    .find(|t| t.seq == seq && t.batch == batch)
+                    .unwrap();
+                t.total_bytes.unwrap() as f64
+            };
+            for seq in [40, 64] {
+                let measured = at(seq, 3) - at(seq, 1);
+                let est = |b| estimate::estimate(&spec, b, seq, dtype, &rt).total_bytes as f64;
+                let estimated = est(3) - est(1);
+                eprintln!(
+                    "{model} {dtype} seq {seq}: growth from batch 1 to 3 measured {measured} estimated {estimated}"
+                );
+                assert!(
+                    ((estimated - measured) / measured).abs() <= tolerance(dtype),
+                    "{model} {dtype} seq {seq}: growth from batch 1 to 3 estimated {estimated} vs measured {measured}"
+                );
+            }
+            for t in &r.trials {
+                let e = estimate::estimate(&spec, t.batch, t.seq, dtype, &rt);
+                let m = t.total_bytes.unwrap();
+                let err = (e.total_bytes as f64 - m as f64) / m as f64;
+                eprintln!(
+                    "{model:<16} {dtype:<5} seq {:>3} batch {}: measured {m:>9} estimated {:>9} ({:+.3}%)",
+                    t.seq,
+                    t.batch,
+                    e.total_bytes,
+                    err * 100.0
+                );
+                assert!(
+                    err.abs() <= tolerance(dtype),
+                    "{model} {dtype} seq {} batch {}: estimate {} vs measured {m} ({:+.2}%)",
+                    t.seq,
+                    t.batch,
+                    e.total_bytes,
+                    err * 100.0
+                );
+                worst = worst.max(err.abs());
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 9 * 10);
+    eprintln!("worst relative error: {:.3}%", worst * 100.0);
+}
+
+#[test]
+fn max_batch_is_the_largest_estimate_under_the_capacity() {
+    let spec = ModelSpec::resolve(&ModelRef::Catalog("bert-base-uncased".into())).unwrap();
+    let rt = estimate::Runtime {
+        threads: 2,
+        bytes: 3 << 20,
+    };
+    for (seq, dtype, cap) in [
+        (128, Precision::F32, 1u64 << 30),
+        (512, Precision::Bf16, 11 << 30),
+        (64, Precision::F16, 300 << 20),
+    ] {
+        let b = estimate::max_batch(&spec, seq, dtype, &rt, cap, 1 << 24).unwrap();
+        assert!(estimate::estimate(&spec, b, seq, dtype, &rt).total_bytes <= cap);
+        assert!(estimate::estimate(&spec, b + 1, seq, dtype, &rt).total_bytes > cap);
+    }
+    // Not even batch 1 under the weights.
+    assert_eq!(
+        estimate::max_batch(&spec, 128, Precision::F32, &rt, 100 << 20, 1 << 24),
+        None
+    );
+}
+
+#[test]
+fn the_breakdown_separates_what_grows_from_what_does_not() {
+    let rt = estimate::Runtime {
+        threads: 1,
+        bytes: 2 << 20,
+    };
+    let bert = ModelSpec::resolve(&ModelRef::Catalog("bert-base-uncased".into())).unwrap();
+    let llama = ModelSpec::resolve(&ModelRef::Catalog("TinyLlama-1.1B".into())).unwrap();
+    let e = |s: &ModelSpec, b, seq, d| estimate::estimate(s, b, seq, d, &rt);
+    // Encoders keep no KV cache; decoders keep one that grows linearly with batch and seq
+    // (layers × 2 × batch × kv_heads × seq × head_dim × dtype, plus a handle per tensor).
+    assert_eq!(e(&bert, 4, 128, Precision::F32).kv_cache_bytes, 0);
+    let kv1 = e(&llama, 1, 128, Precision::F16).kv_cache_bytes;
+    let kv4 = e(&llama, 4, 128, Precision::F16).kv_cache_bytes;
+    let d = &llama.dims;
+    let data = |b: usize| (d.layers * 2 * b * d.kv_heads * 128 * (d.hidden / d.heads) * 2) as u64;
+    assert!(kv1 >= data(1) && kv1 < data(1) + 4096 * d.layers as u64);
+    assert_eq!(kv4 - kv1, data(4) - data(1));
+    // Weights and overhead do not depend on batch or seq.
+    let a = e(&bert, 1, 32, Precision::F32);
+    let b = e(&bert, 16, 512, Precision::F32);
+    assert_eq!(
+        (a.weights_bytes, a.overhead_bytes),
+        (b.weights_bytes, b.overhead_bytes)
+    );
+    assert_eq!(
+        b.total_bytes,
+        b.weights_bytes + b.activation_bytes + b.kv_cache_bytes + b.overhead_bytes
+    );
+    // Attention scores grow quadratically: at batch 1 doubling seq from 256 to 512 more than
+    // doubles the activations.
+    let s256 = e(&bert, 1, 256, Precision::F32).activation_bytes;
+    let s512 = e(&bert, 1, 512, Precision::F32).activation_bytes;
+    assert!(s512 > 2 * s256, "{s256} → {s512}");
+    // bf16 matmuls widen to f32 on the CPU: more than f16 at the same point.
+    assert!(
+        e(&bert, 4, 128, Precision::Bf16).activation_bytes
+            > e(&bert, 4, 128, Precision::F16).activation_bytes
+    );
+}
+
+/// `oomlab estimate` with its own runtime cache.
+fn oomlab(cache: &TempDir, args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env("XDG_CACHE_HOME", &cache.0)
+        .output()
+        .unwrap()
+}
+
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn estimate_json_writes_one_object_per_point_with_the_documented_names() {
+    let cache = TempDir::new("est-json");
+    let out = oomlab(
+        &cache,
+        &[
+            "estimate",
+            "--model",
+            "tiny-llama",
+            "--batch",
+            "1,8,32",
+            "--seq",
+            "16,64",
+            "--dtype",
+            "f16",
+            "--threads",
+            "1",
+            "--capacity",
+            "4MiB",
+            "--json",
+        ],
+    );
+    let points = json_lines(&out);
+    assert_eq!(points.len(), 6);
+    for p in &points {
+        for field in [
+            "model",
+            "batch",
+            "seq",
+            "dtype",
+            "weights_bytes",
+            "activation_bytes",
+            "kv_cache_bytes",
+            "overhead_bytes",
+            "total_bytes",
+            "max_batch",
+        ] {
+            assert!(p.get(field).is_some(), "{field} missing in {p}");
+        }
+        assert_eq!(p["model"], "tiny-llama");
+        assert_eq!(p["dtype"], "f16");
+        let sum: u64 = [
+            "weights_bytes",
+            "activation_bytes",
+            "kv_cache_bytes",
+            "overhead_bytes",
+        ]
+        .iter()
+        .map(|f| p[f].as_u64().unwrap())
+        .sum();
+        assert_eq!(p["total_bytes"].as_u64().unwrap(), sum);
+        assert!(
+            p["kv_cache_bytes"].as_u64().unwrap() > 0,
+            "a decoder keeps a KV cache"
+        );
+    }
+    // max_batch: its own estimate fits under the capacity, the next batch's does not.
+    let cap = 4u64 << 20;
+    for seq in ["16", "64"] {
+        let mb = points.iter().find(|p| p["seq"].as_u64() == seq.parse().ok()).unwrap()["max_batch"]
+            .as_u64()
+            .unwrap();
+        let at = |b: u64| {
+            let out = oomlab(
+                &cache,
+                &[
+                    "estimate",
+                    "-m",
+                    "tiny-llama",
+                    "--batch",
+                    &b.to_string(),
+                    "--seq",
+                    seq,
+                    "--dtype",
+                    "f16",
+                    "--threads",
+                    "1",
+                    "--json",
+                ],
+            );
+            json_lines(&out)[0]["total_bytes"].as_u64().unwrap()
+        };
+        assert!(
+            at(mb) <= cap && at(mb + 1) > cap,
+            "seq {seq}: max_batch {mb}"
+        );
+    }
+    // Without a capacity, max_batch is null.
+    let out = oomlab(
+        &cache,
+        &["estimate", "-m", "tiny-bert", "--threads", "1", "--json"],
+    );
+    assert!(json_lines(&out)[0]["max_batch"].is_null());
+}
+
+#[test]
+fn estimate_check_measures_each_point_with_the_worker_including_a_real_checkpoint() {
+    let cache = TempDir::new("est-check");
+    let folder = fixtures().join("checkpoints/tiny-llama");
+    let out = oomlab(
+        &cache,
+        &[
+            "estimate",
+            "--check",
+            "--model",
+            folder.to_str().unwrap(),
+            "--batch",
+            "1,3",
+            "--seq",
+            "24",
+            "--dtype",
+            "f32,bf16",
+            "--threads",
+            "1",
+            "--json",
+        ],
+    );
+    let points = json_lines(&out);
+    assert_eq!(points.len(), 4);
+    for p in &points {
+        let measured = p["measured_total_bytes"].as_u64().unwrap();
+        let total = p["total_bytes"].as_u64().unwrap();
+        let err = p["relative_error"].as_f64().unwrap();
+        assert!(
+            (err - (total as f64 - measured as f64) / measured as f64).abs() < 1e-9,
+            "{p}"
+        );
+        let dtype: Precision = p["dtype"].as_str().unwrap().parse().unwrap();
+        assert!(err.abs() <= tolerance(dtype), "{p}");
+    }
+    // The table names the columns and the worst error.
+    let out = oomlab(
+        &cache,
+        &[
+            "estimate",
+            "--check",
+            "-m",
+            "tiny-bert",
+            "--seq",
+            "32",
+            "--threads",
+            "1",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("measured") && text.contains("largest relative error"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_runtime_is_measured_once_and_cached_and_a_broken_cache_is_measured_again() {
+    let cache = TempDir::new("est-cache");
+    let args = ["estimate", "-m", "tiny-bert", "--threads", "1"];
+    let first = oomlab(&cache, &args);
+    assert!(String::from_utf8_lossy(&first.stderr).contains("measured now"));
+    let file = cache.join("oomlab/runtime.json");
+    assert!(file.is_file());
+    let second = oomlab(&cache, &args);
+    assert!(String::from_utf8_lossy(&second.stderr).contains("cached in"));
+    assert_eq!(
+        first.stdout, second.stdout,
+        "the same figures from the cache"
+    );
+    std::fs::write(&file, "{ not json").unwrap();
+    let third = oomlab(&cache, &args);
+    assert!(third.status.success());
+    assert!(String::from_utf8_lossy(&third.stderr).contains("measured now"));
+    assert_eq!(first.stdout, third.stdout);
+}
+
+#[test]
+fn estimate_refuses_bad_input_naming_the_flag() {
+    let cache = TempDir::new("est-bad");
+    for (args, says) in [
+        (vec!["estimate", "-m", "tiny-bert", "--seq", "65"], "--seq"),
+        (vec!["estimate", "-m", "tiny-bert", "--seq", "0"], "--seq"),
+        (
+            vec!["estimate", "-m", "tiny-bert", "--batch", "0"],
+            "--batch",
+        ),
+        (
+            vec!["estimate", "-m", "tiny-bert", "--batch", "99999999"],
+            "--batch",
+        ),
+        (
+            vec!["estimate", "-m", "tiny-distilbert", "--dtype", "bf16"],
+            "--dtype",
+        ),
+        (
+            vec!["estimate", "-m", "tiny-bert", "--threads", "0"],
+            "--threads",
+        ),
+        (vec!["estimate", "-m", "no-such-model"], "oomlab models"),
+        (vec!["estimate"], "--model"),
+    ] {
+        let out = oomlab(&cache, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
