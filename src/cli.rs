@@ -4,8 +4,8 @@ use crate::catalog::{BUNDLED, ModelRef, ModelSpec};
 use crate::measure::host::HostMemory;
 use crate::models;
 use crate::plan::{
-    BatchRange, DeviceKind, Face, PlanField, PlanOverrides, Precision, Strategy, SweepPlan,
-    human_bytes, parse_bytes, parse_headroom,
+    BatchRange, Confirm, DeviceKind, Face, PlanField, PlanOverrides, Precision, Strategy,
+    SweepPlan, human_bytes, parse_bytes, parse_headroom,
 };
 use crate::report::{self, JournalError, Results};
 use crate::sweep::{self, PlanError, Sweep, SweepEvent};
@@ -99,6 +99,10 @@ pub struct SweepArgs {
     /// Threads the worker uses for forward passes. Default: every core (the worker runs niced).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Which recommendations to confirm with a trial: pick (the overall pick, the default), all
+    /// (every curve's) or none (all computed from the measured line, marked so).
+    #[arg(long, default_value = "pick")]
+    pub confirm: Confirm,
     /// Device to measure on: cpu (default). cuda:N needs a build with the `cuda` feature.
     #[arg(long)]
     pub device: Option<DeviceKind>,
@@ -491,6 +495,7 @@ pub fn sweep(args: &SweepArgs, worker: &WorkerConfig) -> Result<Results, CliErro
         .map_err(|e| CliError::runtime(format!("cannot watch for Ctrl-C: {e}")))?;
     let mut face = Progress::new(std::io::stderr().is_terminal());
     let results = sweep
+        .confirming(args.confirm.clone())
         .run(worker, &cancel, &mut |e| face.event(&e))
         .map_err(|e| match e {
             sweep::SweepError::Journal(j) => CliError::runtime(journal_error(&j)),
@@ -730,21 +735,37 @@ pub fn print_results(r: &Results) {
             b.max_batch.map_or_else(|| "-".into(), |m| m.to_string()),
             b.status.name(),
             b.trials_used,
-            c.batch.map_or_else(|| "-".into(), |m| m.to_string()),
+            c.batch.map_or_else(
+                || "-".into(),
+                |m| if c.computed {
+                    format!("{m}*")
+                } else {
+                    m.to_string()
+                }
+            ),
             b.reason
                 .as_ref()
                 .map_or_else(String::new, |r| format!("  ({r})"))
         );
     }
+    if r.recommendation.curves.iter().any(|c| c.computed) {
+        println!(
+            "* computed from the measured line, not confirmed by a trial (--confirm all measures each)"
+        );
+    }
     println!();
     match &r.recommendation.pick {
         Some(p) => println!(
-            "recommended: batch {} × seq {} in {} = {} tokens/step, total {} ≤ limit {} (capacity − {:.0}% headroom)",
+            "recommended: batch {} × seq {} in {} = {} tokens/step, {} ≤ limit {} (capacity − {:.0}% headroom)",
             p.batch,
             p.seq,
             p.dtype,
             p.tokens_per_step,
-            p.total_bytes.map_or_else(|| "?".into(), human_bytes),
+            match (p.total_bytes, p.predicted_bytes) {
+                (Some(t), _) => format!("total {} measured", human_bytes(t)),
+                (None, Some(pr)) => format!("total {} computed (not confirmed)", human_bytes(pr)),
+                (None, None) => "total ?".into(),
+            },
             human_bytes(r.recommendation.limit_bytes),
             r.headroom * 100.0
         ),
@@ -755,6 +776,14 @@ pub fn print_results(r: &Results) {
     }
     if r.pick_is_host_limited() {
         println!("({})", report::HOST_LIMITED_PICK);
+    }
+    if r.floor_seconds > 0.0 {
+        println!(
+            "time in trials {:.1} s; the floor (b* and b*+1 of each curve) {:.1} s: {:.2}× the floor",
+            r.trial_seconds,
+            r.floor_seconds,
+            r.trial_seconds / r.floor_seconds
+        );
     }
 }
 

@@ -52,6 +52,33 @@ impl FromStr for Strategy {
     }
 }
 
+/// Which recommendations a sweep confirms with a trial. Each curve's recommendation is computed
+/// from its measured line; confirming one costs a forward at that batch.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Confirm {
+    /// Only the overall pick (the default: the configuration that is handed over is measured).
+    #[default]
+    Pick,
+    /// Every curve's recommendation.
+    All,
+    /// None: every recommendation stays computed (marked so).
+    None,
+    /// These curves' recommendations (the window's Confirm button).
+    Curves(Vec<Curve>),
+}
+
+impl FromStr for Confirm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "pick" => Ok(Self::Pick),
+            "all" => Ok(Self::All),
+            "none" => Ok(Self::None),
+            _ => Err(format!("unknown confirm '{s}'; use pick, all or none")),
+        }
+    }
+}
+
 /// An inclusive batch range: `1..256` includes both ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchRange {

@@ -6,14 +6,15 @@ use crate::catalog::{CatalogError, ModelSpec};
 use crate::measure::host::HostMemory;
 use crate::models;
 use crate::plan::{
-    Curve, Device, Face, FieldDifference, PlainWords, PlanField, PlanOverrides, PlanProblem,
-    Precision, SweepPlan,
+    Confirm, Curve, Device, Face, FieldDifference, PlainWords, PlanField, PlanOverrides,
+    PlanProblem, Precision, SweepPlan,
 };
 use crate::report::{
     self, CurvePhase, Failure, Header, Journal, JournalContents, JournalError, JournalLine,
     Outcome, Purpose, Results, TrialRecord, WorkerInfo,
 };
 use crate::worker::{Death, Supervisor, TrialResult, WorkerConfig};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -371,6 +372,17 @@ pub struct Sweep {
     pub spec: ModelSpec,
     journal: Journal,
     contents: JournalContents,
+    /// Which recommendations get a confirming trial (not part of the plan: a resumed sweep may
+    /// confirm more or fewer).
+    confirm: Confirm,
+}
+
+/// What [`Sweep::run`] carries between trials.
+struct RunState {
+    cancelled: bool,
+    last_pid: Option<u32>,
+    /// The last end reported for each curve (a curve is reported again only when it changes).
+    reported: HashMap<Curve, CurvePhase>,
 }
 
 impl Sweep {
@@ -402,6 +414,7 @@ impl Sweep {
                 host: None,
                 torn_tail: false,
             },
+            confirm: Confirm::default(),
         })
     }
 
@@ -431,6 +444,7 @@ impl Sweep {
             spec,
             journal,
             contents,
+            confirm: Confirm::default(),
         })
     }
 
@@ -462,10 +476,64 @@ impl Sweep {
             &self.contents.trials,
             &self.contents.workers,
             lf,
+            Some(&self.spec),
         )
     }
 
-    /// Runs every curve to its end (or until `cancel`), emitting events. Returns the results.
+    /// Which recommendations this run confirms with a trial (default: the overall pick).
+    #[must_use]
+    pub fn confirming(mut self, confirm: Confirm) -> Self {
+        self.confirm = confirm;
+        self
+    }
+
+    /// The next computed recommendation to confirm, by [`Self::confirm`].
+    fn next_confirmation(&self) -> Option<(Curve, usize)> {
+        let r = report::summarize(&self.contents);
+        let computed = |c: &crate::report::CurveRecommendation| {
+            c.batch.filter(|_| c.computed).map(|b| {
+                (
+                    Curve {
+                        seq: c.seq,
+                        dtype: c.dtype,
+                    },
+                    b,
+                )
+            })
+        };
+        match &self.confirm {
+            Confirm::None => None,
+            Confirm::Pick => r
+                .recommendation
+                .pick
+                .as_ref()
+                .filter(|p| p.computed)
+                .map(|p| {
+                    (
+                        Curve {
+                            seq: p.seq,
+                            dtype: p.dtype,
+                        },
+                        p.batch,
+                    )
+                }),
+            Confirm::All => r.recommendation.curves.iter().find_map(computed),
+            Confirm::Curves(list) => r
+                .recommendation
+                .curves
+                .iter()
+                .filter(|c| {
+                    list.contains(&Curve {
+                        seq: c.seq,
+                        dtype: c.dtype,
+                    })
+                })
+                .find_map(computed),
+        }
+    }
+
+    /// Runs every curve to its end, then confirms recommendations (until `cancel`), emitting
+    /// events. Returns the results.
     pub fn run(
         mut self,
         worker: &WorkerConfig,
@@ -483,92 +551,131 @@ impl Sweep {
             resumed_trials: self.contents.trials.len(),
             contents: Box::new(self.contents.clone()),
         });
-        let mut cancelled = false;
-        let mut last_pid = None;
-        'curves: for curve in self.plan.curves() {
-            loop {
-                if cancel.load(Ordering::Relaxed) {
-                    cancelled = true;
-                    break 'curves;
-                }
-                let (batch, purpose) = match self.phase(curve) {
-                    CurvePhase::Search(b) => (b, Purpose::Search),
-                    CurvePhase::Recommend { batch, .. } => (batch, Purpose::Recommend),
-                    phase => {
-                        sink(SweepEvent::CurveDone { curve, phase });
+        let mut run = RunState {
+            cancelled: false,
+            last_pid: None,
+            reported: HashMap::new(),
+        };
+        'sweep: loop {
+            for curve in self.plan.curves() {
+                loop {
+                    if cancel.load(Ordering::Relaxed) {
+                        run.cancelled = true;
+                        break 'sweep;
+                    }
+                    if let phase @ (CurvePhase::Done { .. } | CurvePhase::Incomplete { .. }) =
+                        self.phase(curve)
+                    {
+                        if run.reported.get(&curve) != Some(&phase) {
+                            run.reported.insert(curve, phase.clone());
+                            sink(SweepEvent::CurveDone { curve, phase });
+                        }
                         break;
                     }
-                };
-                let ready = match sup.ensure_loaded(
-                    &self.plan.model,
-                    curve.dtype,
-                    self.plan.capacity_bytes,
-                    self.plan.device,
-                    cancel,
-                ) {
-                    Ok(r) => r,
-                    Err(reason) => {
-                        if cancel.load(Ordering::Relaxed) {
-                            cancelled = true;
-                            break 'curves;
-                        }
-                        self.record(JournalLine::LoadFailed {
-                            dtype: curve.dtype,
-                            reason: reason.clone(),
-                        })?;
-                        sink(SweepEvent::LoadFailed {
-                            dtype: curve.dtype,
-                            reason,
-                        });
-                        continue;
+                    if !self.step(&mut sup, curve, None, &mut run, cancel, sink)? {
+                        break 'sweep;
                     }
-                };
-                if last_pid != Some(ready.pid) {
-                    last_pid = Some(ready.pid);
-                    let info = WorkerInfo {
-                        dtype: curve.dtype,
-                        weights_bytes: ready.weights_bytes,
-                        baseline_bytes: ready.baseline_bytes,
-                        threads: ready.threads,
-                        from_checkpoint: ready.from_checkpoint,
-                        build_seconds: ready.build_seconds,
-                        host_ceiling_bytes: ready.host_ceiling_bytes,
-                        overhead_bytes: ready.overhead_bytes,
-                        ballast_bytes: ready.ballast_bytes,
-                        pool_capacity_bytes: ready.pool_capacity_bytes,
-                    };
-                    self.record(JournalLine::Worker(info.clone()))?;
-                    sink(SweepEvent::WorkerReady(info));
                 }
-                let pid = sup.pid();
-                let (result, wall) = sup.trial(batch, curve.seq, cancel, &mut |worker_pid| {
-                    sink(SweepEvent::TrialStarted {
-                        curve,
-                        batch,
-                        purpose,
-                        worker_pid,
-                    });
-                });
-                let rec = self.trial_record(curve, batch, purpose, result, wall, pid);
-                let was_cancel = rec.failure == Some(Failure::Cancelled);
-                self.record(JournalLine::Trial(rec.clone()))?;
-                sink(SweepEvent::TrialFinished(rec));
-                if was_cancel {
-                    cancelled = true;
-                    break 'curves;
-                }
+            }
+            // Every curve has its recommendation; confirm the computed ones asked for. A
+            // confirmation over the limit sends its curve back to the loop above.
+            let Some((curve, batch)) = self.next_confirmation() else {
+                break;
+            };
+            if !self.step(&mut sup, curve, Some(batch), &mut run, cancel, sink)? {
+                break;
             }
         }
         sup.shutdown();
-        if !cancelled {
+        if !run.cancelled {
             self.record(JournalLine::End { cancelled: false })?;
         }
         let results = report::summarize(&self.contents);
         sink(SweepEvent::Finished {
             results: Box::new(results.clone()),
-            cancelled,
+            cancelled: run.cancelled,
         });
         Ok(results)
+    }
+
+    /// Builds the worker for `curve` if needed and runs one trial: the curve's next one, or a
+    /// confirmation at `confirm`. False when the sweep is cancelled.
+    fn step(
+        &mut self,
+        sup: &mut Supervisor,
+        curve: Curve,
+        confirm: Option<usize>,
+        run: &mut RunState,
+        cancel: &Arc<AtomicBool>,
+        sink: &mut dyn FnMut(SweepEvent),
+    ) -> Result<bool, SweepError> {
+        let ready = match sup.ensure_loaded(
+            &self.plan.model,
+            curve.dtype,
+            self.plan.capacity_bytes,
+            self.plan.device,
+            cancel,
+        ) {
+            Ok(r) => r,
+            Err(reason) => {
+                if cancel.load(Ordering::Relaxed) {
+                    run.cancelled = true;
+                    return Ok(false);
+                }
+                self.record(JournalLine::LoadFailed {
+                    dtype: curve.dtype,
+                    reason: reason.clone(),
+                })?;
+                sink(SweepEvent::LoadFailed {
+                    dtype: curve.dtype,
+                    reason,
+                });
+                return Ok(true);
+            }
+        };
+        if run.last_pid != Some(ready.pid) {
+            run.last_pid = Some(ready.pid);
+            let info = WorkerInfo {
+                dtype: curve.dtype,
+                weights_bytes: ready.weights_bytes,
+                baseline_bytes: ready.baseline_bytes,
+                threads: ready.threads,
+                from_checkpoint: ready.from_checkpoint,
+                build_seconds: ready.build_seconds,
+                host_ceiling_bytes: ready.host_ceiling_bytes,
+                overhead_bytes: ready.overhead_bytes,
+                ballast_bytes: ready.ballast_bytes,
+                pool_capacity_bytes: ready.pool_capacity_bytes,
+            };
+            self.record(JournalLine::Worker(info.clone()))?;
+            sink(SweepEvent::WorkerReady(info));
+        }
+        // Decided once the worker is built: `auto` starts from the estimator's b* on top of
+        // the baseline it measured.
+        let (batch, purpose) = match (confirm, self.phase(curve)) {
+            (Some(b), _) => (b, Purpose::Recommend),
+            (None, CurvePhase::Search(b)) => (b, Purpose::Search),
+            (None, CurvePhase::Recommend { batch, .. }) => (batch, Purpose::Recommend),
+            (None, _) => return Ok(true),
+        };
+        let pid = sup.pid();
+        let (result, wall) = sup.trial(batch, curve.seq, cancel, &mut |worker_pid| {
+            sink(SweepEvent::TrialStarted {
+                curve,
+                batch,
+                purpose,
+                worker_pid,
+            });
+        });
+        let rec = self.trial_record(curve, batch, purpose, result, wall, pid);
+        let was_cancel = rec.failure == Some(Failure::Cancelled);
+        self.record(JournalLine::Trial(rec.clone()))?;
+        sink(SweepEvent::TrialFinished(rec));
+        if was_cancel {
+            run.cancelled = true;
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     fn trial_record(

@@ -85,15 +85,9 @@ pub fn build_bytes(spec: &ModelSpec, dtype: Precision) -> u64 {
     meta + rotary
 }
 
-/// The estimate for one (batch, seq, precision).
-#[must_use]
-pub fn estimate(
-    spec: &ModelSpec,
-    batch: usize,
-    seq: usize,
-    dtype: Precision,
-    runtime: &Runtime,
-) -> Breakdown {
+/// The simulated forward's high-water mark above what was live before it, and the KV cache's
+/// share of it.
+fn forward_peak(spec: &ModelSpec, batch: usize, seq: usize, dtype: Precision) -> sim::Peak {
     let sim = Sim::new();
     let r = models::Run {
         sim: &sim,
@@ -106,7 +100,26 @@ pub fn estimate(
     let out = models::forward(&r, spec.family, &inputs);
     drop(out);
     drop(inputs);
-    let peak = sim.peak();
+    sim.peak()
+}
+
+/// What one forward adds to the live bytes at its peak (inputs, activations and KV cache): on
+/// top of a worker's measured baseline, its `total_bytes`.
+#[must_use]
+pub fn forward_bytes(spec: &ModelSpec, batch: usize, seq: usize, dtype: Precision) -> u64 {
+    forward_peak(spec, batch, seq, dtype).bytes
+}
+
+/// The estimate for one (batch, seq, precision).
+#[must_use]
+pub fn estimate(
+    spec: &ModelSpec,
+    batch: usize,
+    seq: usize,
+    dtype: Precision,
+    runtime: &Runtime,
+) -> Breakdown {
+    let peak = forward_peak(spec, batch, seq, dtype);
     let weights_bytes = crate::models::weights_bytes(spec, dtype.candle());
     let overhead_bytes = build_bytes(spec, dtype) + runtime.bytes;
     let activation_bytes = peak.bytes - peak.kv_cache_bytes;
@@ -119,18 +132,9 @@ pub fn estimate(
     }
 }
 
-/// The largest batch in `1..=limit` whose estimated total stays at or under `capacity_bytes`
-/// (memory grows with batch, so a bisection finds it).
-#[must_use]
-pub fn max_batch(
-    spec: &ModelSpec,
-    seq: usize,
-    dtype: Precision,
-    runtime: &Runtime,
-    capacity_bytes: u64,
-    limit: usize,
-) -> Option<usize> {
-    let fits = |b: usize| estimate(spec, b, seq, dtype, runtime).total_bytes <= capacity_bytes;
+/// The largest batch in `1..=limit` where `fits` holds (memory grows with batch, so a bisection
+/// finds it); None when batch 1 does not.
+fn last_fitting(limit: usize, fits: impl Fn(usize) -> bool) -> Option<usize> {
     if !fits(1) {
         return None;
     }
@@ -144,4 +148,36 @@ pub fn max_batch(
         }
     }
     Some(good)
+}
+
+/// The largest batch in `1..=limit` whose forward fits on top of a measured `baseline_bytes`
+/// under `capacity_bytes`: the estimator's b* for a worker already built.
+#[must_use]
+pub fn max_batch_over_baseline(
+    spec: &ModelSpec,
+    seq: usize,
+    dtype: Precision,
+    baseline_bytes: u64,
+    capacity_bytes: u64,
+    limit: usize,
+) -> Option<usize> {
+    last_fitting(limit, |b| {
+        baseline_bytes + forward_bytes(spec, b, seq, dtype) <= capacity_bytes
+    })
+}
+
+/// The largest batch in `1..=limit` whose estimated total stays at or under `capacity_bytes`
+/// (memory grows with batch, so a bisection finds it).
+#[must_use]
+pub fn max_batch(
+    spec: &ModelSpec,
+    seq: usize,
+    dtype: Precision,
+    runtime: &Runtime,
+    capacity_bytes: u64,
+    limit: usize,
+) -> Option<usize> {
+    last_fitting(limit, |b| {
+        estimate(spec, b, seq, dtype, runtime).total_bytes <= capacity_bytes
+    })
 }

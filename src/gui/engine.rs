@@ -34,6 +34,11 @@ pub enum EngineJob {
     },
     /// Continue this journal.
     Resume(PathBuf),
+    /// Confirm a curve's computed recommendation with a trial (continuing its journal).
+    Confirm {
+        journal: PathBuf,
+        curve: crate::plan::Curve,
+    },
 }
 
 /// The trial the worker is computing now.
@@ -146,6 +151,10 @@ fn engine_thread(
     };
     let sweep = match job {
         EngineJob::Resume(path) => Sweep::resume(&path, &crate::plan::PlanOverrides::default()),
+        EngineJob::Confirm { journal, curve } => {
+            Sweep::resume(&journal, &crate::plan::PlanOverrides::default())
+                .map(|s| s.confirming(crate::plan::Confirm::Curves(vec![curve])))
+        }
         EngineJob::New { plan, journal_dir } => sweep::validate(&plan).and_then(|spec| {
             let path = sweep::default_journal_path(&spec.name);
             let path = match journal_dir {
@@ -344,11 +353,19 @@ fn update(shown: &mut Option<Shown>, f: impl FnOnce(&mut JournalContents)) {
 fn phase_text(p: &report::CurvePhase) -> String {
     let batch = |b: Option<usize>| b.map_or_else(|| "none".into(), |b| b.to_string());
     match p {
-        report::CurvePhase::Done { found, recommended } => format!(
-            "b* = {} ({}), recommended {}",
+        report::CurvePhase::Done {
+            found,
+            recommended,
+            predicted_bytes,
+        } => format!(
+            "b* = {} ({}), recommended {}{}",
             batch(found.max_batch),
             found.status.name(),
-            batch(*recommended)
+            batch(*recommended),
+            predicted_bytes.map_or_else(String::new, |p| format!(
+                " (computed from the line: {})",
+                crate::plan::human_bytes(p)
+            ))
         ),
         report::CurvePhase::Incomplete { stop, .. } => format!("incomplete: {}", stop.text()),
         report::CurvePhase::Search(b) => format!("next trial at batch {b}"),

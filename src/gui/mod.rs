@@ -78,6 +78,8 @@ pub enum Command {
     Run,
     Cancel,
     Resume(PathBuf),
+    /// Confirm this curve's computed recommendation with a trial.
+    Confirm(crate::plan::Curve),
     PickModelFolder,
     PickConfig,
     OpenResultsDialog,
@@ -289,6 +291,11 @@ impl OomLabApp {
             }
             Command::Cancel => self.cancel(),
             Command::Resume(p) => self.start(EngineJob::Resume(p)),
+            Command::Confirm(curve) => {
+                if let Some(journal) = self.journal_path().map(Path::to_path_buf) {
+                    self.start(EngineJob::Confirm { journal, curve });
+                }
+            }
             Command::PickModelFolder => self.dialog(Dialog::ModelFolder),
             Command::PickConfig => self.dialog(Dialog::Config),
             Command::OpenResultsDialog => self.dialog(Dialog::Results),

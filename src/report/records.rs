@@ -263,6 +263,12 @@ pub struct CurvePick {
     pub batch: usize,
     pub total_bytes: Option<u64>,
     pub tokens_per_step: usize,
+    /// Computed from the measured line, not confirmed by a trial (a sweep confirms its pick
+    /// unless run with `--confirm none`, or cancelled first).
+    #[serde(default)]
+    pub computed: bool,
+    #[serde(default)]
+    pub predicted_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -280,10 +286,17 @@ pub struct CurveRecommendation {
     pub seq: usize,
     pub dtype: Precision,
     pub batch: Option<usize>,
+    /// Measured at `batch` (absent while the batch is computed).
     pub total_bytes: Option<u64>,
+    /// The batch comes from the measured line, not from a trial at it.
+    #[serde(default)]
+    pub computed: bool,
+    /// What the line predicts at a computed batch.
+    #[serde(default)]
+    pub predicted_bytes: Option<u64>,
 }
 
-pub const PICK_RULE: &str = "per (seq, dtype): the largest batch below every measured OOM whose measured total stays under capacity × (1 - headroom), confirmed by a trial at that batch; overall: the most tokens per step (batch × seq), ties to the wider dtype (f32, then bf16, then f16), then the longer sequence";
+pub const PICK_RULE: &str = "per (seq, dtype): the largest batch below every measured OOM whose total the measured line puts under capacity × (1 - headroom) (computed; a trial at that batch confirms it, and one over the limit sends the curve to a measured search); overall: the most tokens per step (batch × seq), ties to the wider dtype (f32, then bf16, then f16), then the longer sequence";
 
 impl Results {
     /// Whether the trials ran on a GPU (they carry the device-level figures).
@@ -347,4 +360,10 @@ pub struct Results {
     /// True when the sweep stopped before every curve finished.
     pub incomplete: bool,
     pub notes: Vec<String>,
+    /// Seconds in all trials, and in the floor: for each curve, the trials at b* and b*+1 that
+    /// any exact search must run. Their ratio is the search's and recommendation's cost.
+    #[serde(default)]
+    pub trial_seconds: f64,
+    #[serde(default)]
+    pub floor_seconds: f64,
 }

@@ -7,8 +7,9 @@ use super::records::{
     BoundaryRecord, CurvePick, CurveRecommendation, Failure, Outcome, PICK_RULE, Purpose,
     Recommendation, Results, Stop, TrialRecord, WorkerInfo,
 };
+use crate::catalog::ModelSpec;
 use crate::plan::{Curve, SweepPlan};
-use crate::search::{self, BoundaryStatus, Found, Obs, RecStep, SearchCtx, Step};
+use crate::search::{self, BoundaryStatus, Found, Obs, Rec, SearchCtx, Step};
 use std::collections::{BTreeMap, HashMap};
 
 /// Where one curve stands.
@@ -16,14 +17,17 @@ use std::collections::{BTreeMap, HashMap};
 pub enum CurvePhase {
     /// Run a search trial at this batch.
     Search(usize),
-    /// Boundary found; run a recommendation trial at this batch.
+    /// Boundary found, and a confirmation fell over the limit: measure this batch.
     Recommend {
         found: Found,
         batch: usize,
     },
+    /// Boundary found and a recommendation known: measured, or computed from the measured line
+    /// (`predicted_bytes`, until a trial confirms it).
     Done {
         found: Found,
         recommended: Option<usize>,
+        predicted_bytes: Option<u64>,
     },
     Incomplete {
         found: Option<Found>,
@@ -94,12 +98,17 @@ pub fn trial_cap(plan: &SweepPlan) -> usize {
 /// the curve (search and recommendation trials) is an observation: a confirmation trial that
 /// runs out of memory below b* makes the curve `non_monotone`.
 #[must_use]
+///
+/// With the model's `spec`, `auto` starts from the estimator's b* on top of the worker's
+/// measured baseline (the replay for a results document needs no spec: where a curve stands
+/// does not depend on which batch it would try next).
 pub fn curve_phase(
     plan: &SweepPlan,
     curve: Curve,
     trials: &[TrialRecord],
     workers: &[WorkerInfo],
     load_failure: Option<&str>,
+    spec: Option<&ModelSpec>,
 ) -> CurvePhase {
     if let Some(message) = load_failure {
         return CurvePhase::Incomplete {
@@ -120,10 +129,27 @@ pub fn curve_phase(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     });
+    let capacity_bytes = ceiling.map_or(plan.capacity_bytes, |c| c.min(plan.capacity_bytes));
+    let baseline_bytes = baseline_for(curve, trials, workers);
+    let hint = match (spec, baseline_bytes) {
+        (Some(spec), Some(base)) if plan.strategy == search::Strategy::Auto => Some(
+            crate::estimate::max_batch_over_baseline(
+                spec,
+                curve.seq,
+                curve.dtype,
+                base,
+                capacity_bytes,
+                plan.batch.max + 1,
+            )
+            .unwrap_or(0),
+        ),
+        _ => None,
+    };
     let ctx = SearchCtx {
         range: plan.batch,
-        capacity_bytes: ceiling.map_or(plan.capacity_bytes, |c| c.min(plan.capacity_bytes)),
-        baseline_bytes: baseline_for(curve, trials, workers),
+        capacity_bytes,
+        baseline_bytes,
+        hint,
     };
     let all = obs_of(mine.iter().copied());
     let step = search::next_step(plan.strategy, &ctx, &all);
@@ -142,13 +168,40 @@ pub fn curve_phase(
     let phase = match step {
         Step::Trial(b) => CurvePhase::Search(b),
         Step::Done(found) => {
-            let extra = mine
+            let limit = plan.headroom_limit_bytes();
+            let confirmations: Vec<&&TrialRecord> = mine
                 .iter()
                 .filter(|t| t.purpose == Purpose::Recommend && t.outcome != Outcome::Failed)
-                .count();
-            match search::next_recommend(&ctx, &found, plan.headroom_limit_bytes(), &all, extra) {
-                RecStep::Trial(batch) => CurvePhase::Recommend { found, batch },
-                RecStep::Done(recommended) => return CurvePhase::Done { found, recommended },
+                .collect();
+            let confirm_failed = confirmations
+                .iter()
+                .any(|t| !(t.outcome == Outcome::Fit && t.total_bytes.is_some_and(|b| b <= limit)));
+            match search::recommend(
+                &ctx,
+                &found,
+                limit,
+                &all,
+                confirm_failed,
+                confirmations.len(),
+            ) {
+                Rec::Trial(batch) => CurvePhase::Recommend { found, batch },
+                Rec::Done(recommended) => {
+                    return CurvePhase::Done {
+                        found,
+                        recommended,
+                        predicted_bytes: None,
+                    };
+                }
+                Rec::Computed {
+                    batch,
+                    predicted_bytes,
+                } => {
+                    return CurvePhase::Done {
+                        found,
+                        recommended: Some(batch),
+                        predicted_bytes: Some(predicted_bytes),
+                    };
+                }
             }
         }
     };
@@ -210,6 +263,7 @@ pub fn summarize(c: &JournalContents) -> Results {
     let mut curves = Vec::new();
     let mut notes = Vec::new();
     let mut incomplete = false;
+    let mut floor_seconds = 0.0;
     for curve in plan.curves() {
         let load_failure = c
             .load_failures
@@ -217,7 +271,7 @@ pub fn summarize(c: &JournalContents) -> Results {
             .rev()
             .find(|(d, _)| *d == curve.dtype)
             .map(|(_, r)| r.as_str());
-        let phase = curve_phase(plan, curve, &c.trials, &c.workers, load_failure);
+        let phase = curve_phase(plan, curve, &c.trials, &c.workers, load_failure, None);
         let trials_used = c
             .trials
             .iter()
@@ -225,11 +279,17 @@ pub fn summarize(c: &JournalContents) -> Results {
                 t.curve() == curve && t.strategy == plan.strategy && t.purpose == Purpose::Search
             })
             .count();
-        let (found, rec, stop) = match phase {
-            CurvePhase::Done { found, recommended } => (Some(found), recommended, None),
-            CurvePhase::Search(_) => (None, None, Some(Stop::NotFinished)),
-            CurvePhase::Recommend { found, .. } => (Some(found), None, Some(Stop::NotFinished)),
-            CurvePhase::Incomplete { found, stop } => (found, None, Some(stop)),
+        let (found, rec, predicted_bytes, stop) = match phase {
+            CurvePhase::Done {
+                found,
+                recommended,
+                predicted_bytes,
+            } => (Some(found), recommended, predicted_bytes, None),
+            CurvePhase::Search(_) => (None, None, None, Some(Stop::NotFinished)),
+            CurvePhase::Recommend { found, .. } => {
+                (Some(found), None, None, Some(Stop::NotFinished))
+            }
+            CurvePhase::Incomplete { found, stop } => (found, None, None, Some(stop)),
         };
         incomplete |= stop.is_some();
         // A known boundary keeps its status even if the recommendation could not finish.
@@ -257,6 +317,17 @@ pub fn summarize(c: &JournalContents) -> Results {
         {
             notes.push(format!("{curve}: {r}"));
         }
+        if let Some(b) = found.and_then(|f| f.max_batch) {
+            for (batch, outcome) in [(b, Outcome::Fit), (b + 1, Outcome::Oom)] {
+                if let Some(t) = c
+                    .trials
+                    .iter()
+                    .find(|t| t.curve() == curve && t.batch == batch && t.outcome == outcome)
+                {
+                    floor_seconds += t.seconds;
+                }
+            }
+        }
         boundaries.push(BoundaryRecord {
             seq: curve.seq,
             dtype: curve.dtype,
@@ -279,6 +350,8 @@ pub fn summarize(c: &JournalContents) -> Results {
             dtype: curve.dtype,
             batch: rec,
             total_bytes: total,
+            computed: predicted_bytes.is_some(),
+            predicted_bytes,
         });
     }
     let pick = curves
@@ -290,6 +363,8 @@ pub fn summarize(c: &JournalContents) -> Results {
                 batch: b,
                 total_bytes: c.total_bytes,
                 tokens_per_step: b * c.seq,
+                computed: c.computed,
+                predicted_bytes: c.predicted_bytes,
             })
         })
         .max_by_key(|p| (p.tokens_per_step, p.dtype.width_rank(), p.seq));
@@ -342,6 +417,8 @@ pub fn summarize(c: &JournalContents) -> Results {
         },
         incomplete,
         notes,
+        trial_seconds: c.trials.iter().map(|t| t.seconds).sum(),
+        floor_seconds,
     }
 }
 

@@ -4,9 +4,11 @@
 //! resumed sweep continues exactly where it stopped by replaying its journal.
 //!
 //! On the CPU, memory is monotone in batch, and for f32/f16 affine: `total(b) = base + k·b`, with
-//! the intercept known before any forward (the live bytes after build and warm-up). `auto` probes
-//! the range minimum to fix the slope, predicts the largest batch under the capacity, and confirms
-//! it (b* fits, b*+1 does not). After three predicted trials without closing, it bisects.
+//! the intercept known before any forward (the live bytes after build and warm-up). `auto` starts
+//! at the estimator's b* when there is one (then b*+1 proves the boundary: two trials), else
+//! probes the range minimum to fix the slope and predicts b*; it confirms b* fits and b*+1 does
+//! not. A missed hint costs one correction (b*−1 after an OOM, the line after a fit); after a
+//! few predicted trials without closing, it bisects.
 //!
 //! On a GPU memory need not be monotone (cuBLAS picks kernels and workspaces by shape), and any
 //! journal may hold contradicting observations. Whatever the observations, every function here
@@ -14,7 +16,7 @@
 //! [`trial_bound`] / [`recommend_bound`] trials: each step tests a batch strictly between the
 //! largest fit below the lowest OOM and that OOM, and that open interval only shrinks. A fit at
 //! or above an OOM ends the search with [`BoundaryStatus::NonMonotone`], naming both batches; its
-//! answer is the largest measured fit below the lowest OOM.
+//! answer is the largest measured fit below the lowest OOM (measured first when there is none).
 
 use crate::plan::BatchRange;
 use serde::{Deserialize, Serialize};
@@ -37,6 +39,9 @@ pub struct SearchCtx {
     pub capacity_bytes: u64,
     /// Live bytes after build and warm-up (the intercept), when known.
     pub baseline_bytes: Option<u64>,
+    /// The estimator's b* (`auto` starts there instead of probing the range minimum); `Some(0)`
+    /// when it predicts that nothing fits.
+    pub hint: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,7 +228,14 @@ pub fn next_step(strategy: Strategy, ctx: &SearchCtx, obs: &[Obs]) -> Step {
         })
     };
     if contradiction.is_some() {
-        return done(BoundaryStatus::NonMonotone, fit);
+        match oom {
+            // Nothing measured fits below the lowest OOM yet: find what does (bisection; every
+            // batch below that OOM is unmeasured).
+            Some(o) if fit.is_none() && o > lo => {
+                return Step::Trial(usize::midpoint(lo - 1, o).max(lo));
+            }
+            _ => return done(BoundaryStatus::NonMonotone, fit),
+        }
     }
     if oom.is_some_and(|o| o <= lo) {
         return done(BoundaryStatus::NoneFits, None);
@@ -254,13 +266,22 @@ pub fn next_step(strategy: Strategy, ctx: &SearchCtx, obs: &[Obs]) -> Step {
         }
         Strategy::Auto => {
             if fit.is_none() {
-                if oom.is_none() {
-                    lo
-                } else {
-                    usize::midpoint(low, high)
+                match (oom, ctx.hint) {
+                    // Start at the estimator's b*.
+                    (None, Some(h)) => h.clamp(lo, hi),
+                    (None, None) => lo,
+                    // The hint ran out of memory: one step down (the estimate was a batch over),
+                    // then the probe at the range minimum.
+                    (Some(o), Some(_)) if obs.len() == 1 => o - 1,
+                    (Some(_), Some(_)) if !obs.iter().any(|x| x.batch == lo) => lo,
+                    (Some(_), _) => usize::midpoint(low, high),
                 }
+            } else if obs.len() == 1 && ctx.hint.is_some_and(|h| fit == Some(h.clamp(lo, hi))) {
+                // The estimator's b* fitted: b*+1 proves it.
+                low + 1
             } else {
-                let guess = if obs.len() <= 3 {
+                let predictions = if ctx.hint.is_some() { 4 } else { 3 };
+                let guess = if obs.len() <= predictions {
                     predict(
                         &fits_below(obs, oom),
                         ctx.baseline_bytes,
@@ -342,6 +363,95 @@ pub fn next_recommend(
     let next = guess.map_or_else(|| usize::midpoint(lower, a), |g| g.clamp(lower + 1, a - 1));
     debug_assert!(next > lower && next < a && !obs.iter().any(|o| o.batch == next));
     RecStep::Trial(next)
+}
+
+/// The recommendation for one curve, before or after its confirming trial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rec {
+    /// From the measured line, not measured itself: `batch` is predicted to take
+    /// `predicted_bytes`, at or under the limit. A trial at `batch` confirms it.
+    Computed { batch: usize, predicted_bytes: u64 },
+    /// A confirmation fell over the limit: measure this batch (the bounded search of
+    /// [`next_recommend`]).
+    Trial(usize),
+    /// Measured at or under the limit (or nothing fits under it).
+    Done(Option<usize>),
+}
+
+/// The line through the two largest fits (or through one fit and the intercept) at batch `b`.
+fn line_at(fits: &[(usize, u64)], baseline: Option<u64>, b: usize) -> Option<u64> {
+    let (b1, t1) = *fits.last()?;
+    let (b0, t0) = if fits.len() >= 2 {
+        fits[fits.len() - 2]
+    } else {
+        (0, baseline?)
+    };
+    if t1 < t0 || b1 <= b0 {
+        return None;
+    }
+    let slope_num = i128::from(t1 - t0);
+    let slope_den = (b1 - b0) as i128;
+    let at = i128::from(t1) + (b as i128 - b1 as i128) * slope_num / slope_den;
+    u64::try_from(at).ok()
+}
+
+/// The recommendation for a curve whose boundary is found: the largest batch below every
+/// measured OOM and every fit over `limit_bytes` whose total the measured line puts at or under
+/// the limit, computed without a trial (a batch measured under the limit stands unless the line
+/// puts a larger one under it). Once a confirming trial has fallen over the limit (`confirm_failed`), the curve
+/// is measured instead ([`next_recommend`], bounded by [`recommend_bound`]).
+#[must_use]
+pub fn recommend(
+    ctx: &SearchCtx,
+    found: &Found,
+    limit_bytes: u64,
+    obs: &[Obs],
+    confirm_failed: bool,
+    extra_trials: usize,
+) -> Rec {
+    let measured = |step| match step {
+        RecStep::Trial(b) => Rec::Trial(b),
+        RecStep::Done(r) => Rec::Done(r),
+    };
+    if found.max_batch.is_none() {
+        return Rec::Done(None);
+    }
+    if confirm_failed {
+        return measured(next_recommend(ctx, found, limit_bytes, obs, extra_trials));
+    }
+    let (lo, hi) = (ctx.range.min, ctx.range.max);
+    let under = |o: &Obs| o.fits && o.total_bytes.is_some_and(|t| t <= limit_bytes);
+    let a = obs
+        .iter()
+        .filter(|o| !under(o))
+        .map(|o| o.batch)
+        .min()
+        .unwrap_or(hi + 1)
+        .min(hi + 1);
+    let u = obs
+        .iter()
+        .filter(|o| under(o) && o.batch < a)
+        .map(|o| o.batch)
+        .max();
+    let lowest_oom = obs.iter().filter(|o| !o.fits).map(|o| o.batch).min();
+    let fits = fits_below(obs, lowest_oom);
+    let computed = predict(&fits, ctx.baseline_bytes, limit_bytes)
+        .map(|g| g.min(a.saturating_sub(1)))
+        .filter(|&g| g >= lo && u.is_none_or(|u| g > u))
+        .and_then(|g| {
+            line_at(&fits, ctx.baseline_bytes, g)
+                .filter(|&p| p <= limit_bytes)
+                .map(|p| (g, p))
+        });
+    match (computed, u) {
+        (Some((batch, predicted_bytes)), _) => Rec::Computed {
+            batch,
+            predicted_bytes,
+        },
+        (None, Some(u)) => Rec::Done(Some(u)),
+        // The line says nothing: measure.
+        (None, None) => measured(next_recommend(ctx, found, limit_bytes, obs, extra_trials)),
+    }
 }
 
 #[cfg(test)]

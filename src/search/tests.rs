@@ -59,6 +59,7 @@ fn drive(
     };
     let mut search_trials = 0;
     let mut rec_trials = 0;
+    let mut confirmed: Vec<usize> = Vec::new();
     loop {
         let found = loop {
             match next_step(strategy, ctx, &obs) {
@@ -75,8 +76,13 @@ fn drive(
                 }
             }
         };
-        match next_recommend(ctx, &found, limit, &obs, rec_trials) {
-            RecStep::Done(recommended) => {
+        // Every curve confirmed (`--confirm all`): a computed batch is measured; one over the
+        // limit sends the curve to the bounded search.
+        let confirm_failed = obs.iter().any(|o| {
+            confirmed.contains(&o.batch) && !(o.fits && o.total_bytes.is_some_and(|t| t <= limit))
+        });
+        match recommend(ctx, &found, limit, &obs, confirm_failed, rec_trials) {
+            Rec::Done(recommended) => {
                 return Run {
                     found,
                     search_trials,
@@ -85,10 +91,19 @@ fn drive(
                     obs,
                 };
             }
-            RecStep::Trial(b) => {
+            Rec::Computed {
+                batch: b,
+                predicted_bytes,
+            } => {
+                assert!(predicted_bytes <= limit);
+                rec_trials += 1;
+                confirmed.push(b);
+                measure(b, &mut obs);
+            }
+            Rec::Trial(b) => {
                 rec_trials += 1;
                 assert!(
-                    rec_trials <= recommend_bound(ctx.range),
+                    rec_trials <= recommend_bound(ctx.range) + 1,
                     "recommendation exceeded its bound on {}: {obs:?}",
                     ctx.range
                 );
@@ -131,7 +146,6 @@ fn truth(range: BatchRange, world: &dyn Fn(usize) -> (bool, u64)) -> Found {
     }
 }
 
-/// What every answer must satisfy, monotone world or not.
 fn check_consistent(strategy: Strategy, ctx: &SearchCtx, limit: u64, run: &Run) {
     let obs = &run.obs;
     let fit_at = |b: usize| obs.iter().any(|o| o.batch == b && o.fits);
@@ -265,6 +279,7 @@ fn every_strategy_survives_thousands_of_random_curves_within_its_bound() {
     let curves = 12_000;
     let mut worst: [(usize, usize, String); 3] = Default::default();
     let mut non_monotone_seen = 0;
+    let (mut hinted_exact, mut hinted_off) = (0, 0);
     for i in 0..curves {
         let range = random_range(&mut rng);
         let monotone = i % 2 == 0;
@@ -283,7 +298,18 @@ fn every_strategy_survives_thousands_of_random_curves_within_its_bound() {
                 1 => Some(base / 2),
                 _ => Some(base),
             },
+            hint: None,
         };
+        // The estimator's b*: absent, right, a little off, anywhere, or "nothing fits".
+        let star = last_true(range, &|b| world(b).0).unwrap_or(0);
+        let hint = match rng.range(0, 5) {
+            0 => None,
+            1 => Some(star),
+            2 => Some((star + rng.range(0, 3) as usize).saturating_sub(1)),
+            3 => Some(rng.range(0, range.max as u64 + 5) as usize),
+            _ => Some(0),
+        };
+        let ctx = SearchCtx { hint, ..ctx };
         let limit = (cap as f64 * 0.9) as u64;
         let want = monotone.then(|| {
             let under = last_true(range, &|b| {
@@ -302,6 +328,25 @@ fn every_strategy_survives_thousands_of_random_curves_within_its_bound() {
             check_consistent(s, &ctx, limit, &run);
             if let Some((found, under)) = &want {
                 assert_eq!(run.found, *found, "{s} on {range}");
+                // From the estimator's b*: the two trials that prove the boundary, plus at most
+                // one correction when it is a batch off.
+                if s == Strategy::Auto
+                    && found.status == BoundaryStatus::Exact
+                    && star > range.min
+                    && let Some(h) = hint
+                {
+                    if h == star {
+                        assert_eq!(run.search_trials, 2, "exact hint {h} on {range}");
+                        hinted_exact += 1;
+                    } else if h.abs_diff(star) == 1 && affine {
+                        assert!(
+                            run.search_trials <= 3,
+                            "hint {h} for b* {star} on {range}: {} trials",
+                            run.search_trials
+                        );
+                        hinted_off += 1;
+                    }
+                }
                 // The recommendation trusts the measured line for "one more batch would be over
                 // the limit": exact when memory is affine (the CPU in f32/f16), never above the
                 // truth otherwise.
@@ -328,6 +373,10 @@ fn every_strategy_survives_thousands_of_random_curves_within_its_bound() {
         non_monotone_seen > 100,
         "wild worlds produced {non_monotone_seen} contradictions"
     );
+    assert!(
+        hinted_exact > 300 && hinted_off > 100,
+        "{hinted_exact} exact and {hinted_off} off-by-one hints checked"
+    );
 }
 
 /// Arbitrary observation lists (not produced by the search: edited or merged journals, noisy
@@ -353,6 +402,9 @@ fn arbitrary_observations_never_crash_or_repeat() {
             range,
             capacity_bytes: rng.range(0, 1 << 41),
             baseline_bytes: rng.chance(70).then(|| rng.range(0, 1 << 40)),
+            hint: rng
+                .chance(50)
+                .then(|| rng.range(0, range.max as u64 + 3) as usize),
         };
         let fresh =
             |b: usize| b >= range.min && b <= range.max && !obs.iter().any(|o| o.batch == b);
@@ -378,6 +430,7 @@ fn a_fit_above_an_oom_is_non_monotone_naming_both_batches() {
         range,
         capacity_bytes: 1000,
         baseline_bytes: Some(100),
+        hint: None,
     };
     let fit = |batch, t| Obs {
         batch,
@@ -431,6 +484,7 @@ fn auto_needs_three_trials_where_binsearch_needs_nine() {
         range,
         capacity_bytes: cap,
         baseline_bytes: Some(BASE),
+        hint: None,
     };
     let world = |b: usize| {
         let t = BASE + 1234 + K * b as u64;
@@ -470,6 +524,7 @@ fn recommendation_none_when_nothing_fits_under_headroom() {
         range,
         capacity_bytes: 1000,
         baseline_bytes: Some(900),
+        hint: None,
     };
     let obs = [
         Obs {

@@ -207,7 +207,9 @@ fn replay(journal: &Path) -> Replay {
             let over = mine
                 .iter()
                 .filter(|t| {
-                    t["outcome"] == "oom" || (t["outcome"] == "fit" && total(t) > Some(limit))
+                    t["outcome"] == "oom"
+                        || t["outcome"] == "host_memory"
+                        || (t["outcome"] == "fit" && total(t) > Some(limit))
                 })
                 .map(|t| t["batch"].as_u64().unwrap())
                 .min();
@@ -217,12 +219,54 @@ fn replay(journal: &Path) -> Replay {
                 .map(|t| t["batch"].as_u64().unwrap())
                 .filter(|&b| over.is_none_or(|o| b < o))
                 .max();
+            // Unless a confirmation fell over the limit, the line through the two largest fits
+            // below the lowest OOM (or through the worker's baseline and one fit) may put a
+            // larger batch under the limit: shown as computed.
+            let confirm_failed = mine.iter().any(|t| {
+                t["purpose"] == "recommend"
+                    && !(t["outcome"] == "fit" && total(t).is_some_and(|x| x <= limit))
+            });
+            let baseline = trials
+                .iter()
+                .filter(|t| t["dtype"] == *dtype)
+                .find_map(|t| t["baseline_bytes"].as_u64())
+                .or_else(|| {
+                    lines
+                        .iter()
+                        .rev()
+                        .find(|l| l["type"] == "worker" && l["dtype"] == *dtype)
+                        .and_then(|l| l["baseline_bytes"].as_u64())
+                });
+            let mut line: Vec<(i128, i128)> = mine
+                .iter()
+                .filter(|t| t["outcome"] == "fit" && below(t["batch"].as_u64().unwrap()))
+                .filter_map(|t| Some((i128::from(t["batch"].as_u64()?), i128::from(total(t)?))))
+                .collect();
+            line.sort_unstable();
+            line.dedup_by_key(|p| p.0);
+            if line.len() == 1
+                && let Some(base) = baseline
+            {
+                line.insert(0, (0, i128::from(base)));
+            }
+            let computed = match line[..] {
+                [.., (b0, t0), (b1, t1)] if !confirm_failed && t1 > t0 => {
+                    // The largest b with t1 + (b − b1)·(t1 − t0)/(b1 − b0) ≤ limit.
+                    let (k, d) = (t1 - t0, b1 - b0);
+                    let room = i128::from(limit) - t1;
+                    let b = b1 + (room * d).div_euclid(k);
+                    let b = b.min(over.map_or(i128::from(hi), |o| i128::from(o) - 1));
+                    (b >= i128::from(lo) && safe.is_none_or(|s| b > i128::from(s)))
+                        .then(|| u64::try_from(b).unwrap())
+                }
+                _ => None,
+            };
             let searched = mine.iter().filter(|t| t["purpose"] == "search").count();
             // An unfinished search has no boundary yet, and so no safe batch.
-            let (star, safe) = if status == "incomplete" {
-                (None, None)
+            let (star, safe, computed) = if status == "incomplete" {
+                (None, None, None)
             } else {
-                (star, safe)
+                (star, safe, computed)
             };
             let (seq, dtype) = (seq.as_u64().unwrap(), dtype.as_str().unwrap().to_string());
             rows.push([
@@ -230,9 +274,9 @@ fn replay(journal: &Path) -> Replay {
                 dash(star),
                 status.to_string(),
                 searched.to_string(),
-                dash(safe),
+                computed.map_or_else(|| dash(safe), |b| format!("{b} computed")),
             ]);
-            if let Some(b) = safe {
+            if let Some(b) = computed.or(safe) {
                 let width = match dtype.as_str() {
                     "f32" => 3,
                     "bf16" => 2,

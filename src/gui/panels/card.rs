@@ -2,7 +2,7 @@
 
 use super::{PanelState, View};
 use crate::gui::Command;
-use crate::plan::human_bytes;
+use crate::plan::{Curve, human_bytes};
 use crate::report::{Results, Stop};
 use crate::search::BoundaryStatus;
 use eframe::egui;
@@ -16,14 +16,22 @@ pub fn card(view: &View<'_>, state: &mut PanelState, ui: &mut egui::Ui, cmds: &m
         return;
     };
     let running = view.running.is_some();
-    pick_ui(r, running, ui);
+    // A computed recommendation can be confirmed when its journal can be continued.
+    let can_confirm = !running && view.journal.is_some();
+    pick_ui(r, running, can_confirm, ui, cmds);
     ui.separator();
-    boundaries_ui(r, running, ui);
+    boundaries_ui(r, running, can_confirm, ui, cmds);
     ui.separator();
     export_ui(view, state, ui, cmds);
 }
 
-fn pick_ui(r: &Results, running: bool, ui: &mut egui::Ui) {
+fn pick_ui(
+    r: &Results,
+    running: bool,
+    can_confirm: bool,
+    ui: &mut egui::Ui,
+    cmds: &mut Vec<Command>,
+) {
     match &r.recommendation.pick {
         Some(p) => {
             ui.label(
@@ -31,14 +39,30 @@ fn pick_ui(r: &Results, running: bool, ui: &mut egui::Ui) {
                     .size(20.0)
                     .strong(),
             );
+            let total = match (p.total_bytes, p.predicted_bytes) {
+                (Some(t), _) => format!("total {} measured", human_bytes(t)),
+                (None, Some(pr)) => format!("total {} computed, not confirmed", human_bytes(pr)),
+                (None, None) => "total ?".into(),
+            };
             ui.label(format!(
-                "{} tokens per step · total {} <= {} (capacity {} - {:.0}% headroom)",
+                "{} tokens per step · {total} <= {} (capacity {} - {:.0}% headroom)",
                 p.tokens_per_step,
-                p.total_bytes.map_or_else(|| "?".into(), human_bytes),
                 human_bytes(r.recommendation.limit_bytes),
                 human_bytes(r.capacity_bytes),
                 r.headroom * 100.0
             ));
+            if p.computed
+                && can_confirm
+                && ui
+                    .button("Confirm the pick")
+                    .on_hover_text("run one forward at this batch to measure it")
+                    .clicked()
+            {
+                cmds.push(Command::Confirm(Curve {
+                    seq: p.seq,
+                    dtype: p.dtype,
+                }));
+            }
         }
         None => {
             ui.label(if running {
@@ -58,10 +82,16 @@ fn pick_ui(r: &Results, running: bool, ui: &mut egui::Ui) {
     ui.label(RichText::new(&r.recommendation.rule).weak().small());
 }
 
-fn boundaries_ui(r: &Results, running: bool, ui: &mut egui::Ui) {
+fn boundaries_ui(
+    r: &Results,
+    running: bool,
+    can_confirm: bool,
+    ui: &mut egui::Ui,
+    cmds: &mut Vec<Command>,
+) {
     ui.label(RichText::new("Boundaries").strong());
     egui::Grid::new("boundaries").striped(true).show(ui, |ui| {
-        for head in ["curve", "b*", "status", "trials", "safe"] {
+        for head in ["curve", "b*", "status", "trials", "safe", ""] {
             ui.label(head);
         }
         ui.end_row();
@@ -82,7 +112,31 @@ fn boundaries_ui(r: &Results, running: bool, ui: &mut egui::Ui) {
                 status.on_hover_text(reason);
             }
             ui.label(b.trials_used.to_string());
-            ui.label(c.batch.map_or_else(|| "–".into(), |m| m.to_string()));
+            match (c.batch, c.predicted_bytes.filter(|_| c.computed)) {
+                (Some(m), Some(predicted)) => {
+                    ui.label(format!("{m} computed")).on_hover_text(format!(
+                        "the measured line puts batch {m} at {}; no trial has measured it",
+                        human_bytes(predicted)
+                    ));
+                    if can_confirm
+                        && ui
+                            .small_button("Confirm")
+                            .on_hover_text(format!("measure batch {m} with one forward"))
+                            .clicked()
+                    {
+                        cmds.push(Command::Confirm(Curve {
+                            seq: c.seq,
+                            dtype: c.dtype,
+                        }));
+                    }
+                }
+                (Some(m), None) => {
+                    ui.label(m.to_string());
+                }
+                (None, _) => {
+                    ui.label("–");
+                }
+            }
             ui.end_row();
         }
     });

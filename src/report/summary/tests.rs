@@ -58,7 +58,7 @@ const CURVE: Curve = Curve {
 fn drive(plan: &SweepPlan, kill: &mut dyn FnMut(usize) -> bool) -> (CurvePhase, Vec<TrialRecord>) {
     let mut trials = Vec::new();
     for i in 0..10_000 {
-        let (batch, purpose) = match curve_phase(plan, CURVE, &trials, &[], None) {
+        let (batch, purpose) = match curve_phase(plan, CURVE, &trials, &[], None, None) {
             CurvePhase::Search(b) => (b, Purpose::Search),
             CurvePhase::Recommend { batch, .. } => (batch, Purpose::Recommend),
             done => return (done, trials),
@@ -153,7 +153,7 @@ fn more_trials_than_the_search_may_take_stop_the_curve() {
             )
         })
         .collect();
-    let phase = curve_phase(&p, CURVE, &trials, &[], None);
+    let phase = curve_phase(&p, CURVE, &trials, &[], None, None);
     assert_eq!(
         phase,
         CurvePhase::Incomplete {
@@ -173,15 +173,21 @@ fn a_confirmation_oom_below_the_boundary_makes_the_curve_non_monotone() {
         fit(26, 960, Purpose::Search),
         oom(27, Purpose::Search),
     ];
-    // The recommendation asks to confirm a batch below b*; on this device it runs out of memory.
-    let CurvePhase::Recommend { batch: r, found } = curve_phase(&p, CURVE, &trials, &[], None)
+    // The recommendation is computed below b* from the line; its confirmation runs out of
+    // memory on this device.
+    let CurvePhase::Done {
+        found,
+        recommended: Some(r),
+        predicted_bytes: Some(predicted),
+    } = curve_phase(&p, CURVE, &trials, &[], None, None)
     else {
-        panic!("expected a confirmation trial")
+        panic!("expected a computed recommendation")
     };
     assert_eq!(found.status, BoundaryStatus::Exact);
-    assert!(r < 26);
+    assert!(r < 26 && predicted <= p.headroom_limit_bytes());
     trials.push(oom(r, Purpose::Recommend));
-    let CurvePhase::Recommend { batch: r2, found } = curve_phase(&p, CURVE, &trials, &[], None)
+    let CurvePhase::Recommend { batch: r2, found } =
+        curve_phase(&p, CURVE, &trials, &[], None, None)
     else {
         panic!("expected a trial below the OOM")
     };
