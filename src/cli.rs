@@ -34,7 +34,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// List the bundled models: id, family, parameters and weight bytes per precision.
-    Models,
+    Models {
+        /// A GPU preset (see `oomlab sweep --help`): which bundled models fit, and the largest
+        /// batch at seq 128 in each precision (estimated).
+        #[arg(long)]
+        gpu: Option<String>,
+    },
     /// Run a sweep: find, per (sequence length, precision), the largest batch that fits.
     Sweep(Box<SweepArgs>),
     /// Estimate a forward's memory without running it: weights, activations, KV cache and
@@ -89,6 +94,11 @@ pub struct SweepArgs {
     /// Simulated device capacity, e.g. 600MiB, 11GiB, 24GB. Default: 1GiB.
     #[arg(long, value_parser = parse_bytes)]
     pub capacity: Option<u64>,
+    /// A GPU's memory as the capacity: k80, gtx1080ti, t4, v100-16, rtx3090, rtx4090, l4, a10g,
+    /// a100-40, a100-80, h100, h200. On the CPU the result is a CPU measurement against that
+    /// capacity (no CUDA context or kernels in it), and is labelled so.
+    #[arg(long, conflicts_with = "capacity", value_parser = parse_gpu)]
+    pub gpu: Option<u64>,
     /// Memory kept free by the recommendation, e.g. 10% or 0.1. Default: 10%.
     #[arg(long, value_parser = parse_headroom)]
     pub headroom: Option<f64>,
@@ -262,6 +272,63 @@ pub fn models() -> Result<(), CliError> {
     Ok(())
 }
 
+/// A `--gpu` preset's memory.
+fn parse_gpu(text: &str) -> Result<u64, String> {
+    crate::presets::find(text).map(|p| p.total_bytes)
+}
+
+/// `oomlab models --gpu G`: per bundled model and precision, whether the weights fit and the
+/// largest batch the estimator gives at seq 128 (a CPU estimate: the CUDA context is not in it).
+fn models_on_gpu(gpu: &str, worker: &WorkerConfig) -> Result<(), CliError> {
+    let preset = crate::presets::find(gpu).map_err(CliError::usage)?;
+    let threads = crate::plan::defaults::threads();
+    let cancel = AtomicBool::new(false);
+    println!(
+        "{}: {} as CUDA reports it\n  ({})",
+        preset.name,
+        crate::presets::capacity_label(preset.total_bytes, false),
+        preset.source
+    );
+    println!(
+        "{:<24} {:<5} {:>11} {:>9} {:>9}",
+        "id", "dtype", "weights", "fits", "max batch"
+    );
+    for b in BUNDLED.iter().filter(|b| !b.tiny) {
+        let spec =
+            ModelSpec::resolve(&ModelRef::Catalog(b.id.into())).map_err(CliError::runtime)?;
+        let seq = crate::plan::defaults::SEQ.min(spec.dims.max_positions);
+        for dtype in Precision::ALL {
+            if !spec.family.supports(dtype) {
+                continue;
+            }
+            let (rt, _) = crate::calibrate::runtime(threads, dtype, worker, None, &cancel)
+                .map_err(CliError::runtime)?;
+            let weights = models::weights_bytes(&spec, dtype.candle());
+            let max = crate::estimate::max_batch(
+                &spec,
+                seq,
+                dtype,
+                &rt,
+                preset.total_bytes,
+                crate::cli::estimate::MAX_BATCH,
+            );
+            println!(
+                "{:<24} {:<5} {:>11} {:>9} {:>9}",
+                b.id,
+                dtype.name(),
+                human_bytes(weights),
+                if max.is_some() { "yes" } else { "no" },
+                max.map_or_else(|| "-".into(), |m| m.to_string())
+            );
+        }
+    }
+    println!(
+        "\nmax batch: the estimator's largest batch at seq 128 (or the model's maximum), forward only; \n{}.",
+        crate::presets::CPU_NOTE
+    );
+    Ok(())
+}
+
 /// `oomlab explain`: exit 0 with the explanation, 1 for a text that is no OOM message, 2 when
 /// the text cannot be read.
 fn explain(text: Option<String>, file: Option<PathBuf>, json: bool) -> i32 {
@@ -408,7 +475,7 @@ impl SweepArgs {
             seqs: (!self.seq.is_empty()).then(|| self.seq.clone()),
             dtypes: (!self.dtype.is_empty()).then(|| self.dtype.clone()),
             batch: self.batch,
-            capacity_bytes: self.capacity,
+            capacity_bytes: self.capacity.or(self.gpu),
             headroom: self.headroom,
             strategy: self.strategy,
             device: self.device,
@@ -574,10 +641,18 @@ impl Progress {
                         .join(","),
                     plan.dtypes.iter().map(|d| d.name()).collect::<Vec<_>>().join(","),
                     plan.batch,
-                    human_bytes(plan.capacity_bytes),
+                    crate::presets::capacity_label(
+                        plan.capacity_bytes,
+                        matches!(plan.device, crate::plan::Device::Cpu { .. })
+                    ),
                     plan.strategy,
                     plan.device
                 ));
+                if matches!(plan.device, crate::plan::Device::Cpu { .. })
+                    && crate::presets::matching(plan.capacity_bytes).is_some()
+                {
+                    self.line(&format!("({})", crate::presets::CPU_NOTE));
+                }
                 self.line(&format!("journal: {}", journal.display()));
                 self.line(&host_line(contents.host.as_ref()));
                 if *resumed_trials > 0 {
@@ -641,10 +716,13 @@ pub fn print_results(r: &Results) {
         r.model,
         r.family,
         r.device,
-        human_bytes(r.capacity_bytes),
+        crate::presets::capacity_label(r.capacity_bytes, !r.on_gpu()),
         r.capacity_bytes,
         r.headroom * 100.0
     );
+    if !r.on_gpu() && crate::presets::matching(r.capacity_bytes).is_some() {
+        println!("({})", crate::presets::CPU_NOTE);
+    }
     println!("forward: {}", r.forward);
     for (d, w) in &r.weights_bytes {
         println!("weights {d}: {w} bytes ({})", human_bytes(*w));
@@ -801,7 +879,10 @@ pub fn main_with(cli: Cli, gui: &dyn Fn(Option<PathBuf>) -> Result<(), String>) 
                 )))
             }
         }
-        Some(Command::Models) => models(),
+        Some(Command::Models { gpu: None }) => models(),
+        Some(Command::Models { gpu: Some(g) }) => WorkerConfig::current()
+            .map_err(|e| CliError::runtime(format!("cannot locate the oomlab binary: {e}")))
+            .and_then(|w| models_on_gpu(&g, &w)),
         Some(Command::Explain { text, file, json }) => return explain(text, file, json),
         Some(Command::Devices { json }) => {
             devices(json);

@@ -14,6 +14,7 @@ pub mod measure;
 pub mod models;
 pub mod plan;
 pub mod precision;
+pub mod presets;
 pub mod report;
 pub mod search;
 pub mod signals;

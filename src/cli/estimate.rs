@@ -41,6 +41,9 @@ pub struct EstimateArgs {
     /// for each (seq, dtype).
     #[arg(long, value_parser = parse_bytes)]
     pub capacity: Option<u64>,
+    /// A GPU preset's memory as the capacity (see `oomlab sweep --help`).
+    #[arg(long, conflicts_with = "capacity", value_parser = super::parse_gpu)]
+    pub gpu: Option<u64>,
     /// Write one JSON object per point on stdout (one per line).
     #[arg(long)]
     pub json: bool,
@@ -111,6 +114,7 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
         return Err(invalid(PlanField::Threads, PlanProblem::ZeroThreads));
     }
     let points = points(args)?;
+    let capacity = args.capacity.or(args.gpu);
     let cancel = Arc::new(AtomicBool::new(false));
     let on_signal = Arc::clone(&cancel);
     let _ = crate::signals::on_terminate(move || on_signal.store(true, Ordering::Relaxed));
@@ -151,16 +155,7 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
             None => None,
         };
         out.push(point(
-            spec,
-            *batch,
-            *seq,
-            *dtype,
-            threads,
-            &e,
-            rt,
-            args.capacity,
-            max_batch,
-            measured,
+            spec, *batch, *seq, *dtype, threads, &e, rt, capacity, max_batch, measured,
         ));
         if args.json {
             // One line per point as soon as it is known (a --check can take minutes).
@@ -172,7 +167,7 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
         s.shutdown();
     }
     if !args.json {
-        print_table(&out, args.capacity);
+        print_table(&out, capacity);
     }
     Ok(())
 }

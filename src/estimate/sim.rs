@@ -99,6 +99,8 @@ pub struct Peak {
 struct Storage {
     /// Data bytes and the storage's own allocation; 0 for an uncounted (external) tensor.
     bytes: u64,
+    /// Elements in the storage (a view may show more, through zero strides, or fewer).
+    elems: usize,
     kind: Cell<Kind>,
     c: Rc<Counters>,
 }
@@ -179,6 +181,7 @@ impl Sim {
         self.c.add(bytes, Kind::Activation);
         let storage = Rc::new(Storage {
             bytes,
+            elems: dims.iter().product(),
             kind: Cell::new(Kind::Activation),
             c: Rc::clone(&self.c),
         });
@@ -206,6 +209,7 @@ impl Sim {
     pub fn external(&self, dims: &[usize], dt: Dt) -> T {
         let storage = Rc::new(Storage {
             bytes: 0,
+            elems: dims.iter().product(),
             kind: Cell::new(Kind::Activation),
             c: Rc::clone(&self.c),
         });
@@ -253,14 +257,10 @@ impl T {
         self.dims.iter().product()
     }
 
-    /// Elements of the whole storage this tensor views (a weight counts as its own).
+    /// Elements of the whole storage this tensor views (a broadcast weight: the weight's).
     #[must_use]
     pub fn storage_elems(&self) -> usize {
-        if self.storage.bytes == 0 {
-            self.elems()
-        } else {
-            ((self.storage.bytes - STORAGE_BYTES) / self.dt.size()) as usize
-        }
+        self.storage.elems
     }
 
     #[must_use]

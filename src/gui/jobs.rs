@@ -43,6 +43,11 @@ pub enum BgMsg {
     Host(Option<HostMemory>),
     /// The GPUs the NVIDIA driver reports, or why there are none.
     Gpus(Result<GpuReport, String>),
+    /// The estimator for a shown sweep.
+    Teach(
+        Box<super::teach::TeachKey>,
+        Result<Box<super::teach::TeachModel>, String>,
+    ),
 }
 
 /// A file dropped onto the window, once looked at.
@@ -127,6 +132,19 @@ impl Spawner {
             })
             .map(drop)
             .map_err(|e| format!("cannot start the {name} job: {e}"))
+    }
+
+    /// Builds the estimator for a shown sweep (resolves its model, calibrates the runtime).
+    pub fn teach(
+        &self,
+        key: super::teach::TeachKey,
+        worker: crate::worker::WorkerConfig,
+        cache: Option<PathBuf>,
+    ) -> Result<(), String> {
+        self.spawn("estimator", move || {
+            let result = super::teach::load(&key, &worker, cache.as_ref()).map(Box::new);
+            BgMsg::Teach(Box::new(key), result)
+        })
     }
 
     /// Starts the settings checker, which reports through the same channel.
@@ -327,6 +345,18 @@ impl OomLabApp {
                 }
             }
             BgMsg::Gpus(gpus) => self.gpus = Some(gpus),
+            BgMsg::Teach(key, result) => {
+                // Only the answer for what is shown now counts.
+                if self.teach.requested.as_ref() == Some(&*key) {
+                    match result {
+                        Ok(m) => {
+                            self.teach.model = Some(Arc::from(m));
+                            self.teach.error = None;
+                        }
+                        Err(e) => self.teach.error = Some(e),
+                    }
+                }
+            }
             BgMsg::Opened(path, Ok(opened)) => {
                 let (contents, results) = *opened;
                 self.log.push(format!("opened {}", path.display()));

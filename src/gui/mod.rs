@@ -14,8 +14,9 @@ mod frame_stats;
 mod jobs;
 mod monitor;
 mod panels;
-mod plot;
+pub(crate) mod plot;
 mod settings;
+pub mod teach;
 
 use frame_stats::FRAME_BUDGET_MS;
 pub use frame_stats::FrameStats;
@@ -51,6 +52,20 @@ pub struct AppOptions {
     pub host: Option<HostMemory>,
     /// The GPUs as given (tests); `None`: ask the NVIDIA driver on the monitor thread.
     pub gpus: Option<Result<GpuReport, String>>,
+    /// The estimator's runtime cache (tests); `None`: `~/.cache/oomlab/runtime.json`.
+    pub runtime_cache: Option<PathBuf>,
+    /// Build the estimator for shown sweeps (predicted curves, the teaching window). Snapshot
+    /// tests turn it off: its runtime figure is this machine's, and pixels must not depend on it.
+    pub estimator: bool,
+}
+
+/// The estimator for the shown sweep (the teaching views), built in the background.
+#[derive(Default)]
+struct TeachState {
+    /// What was last asked for.
+    requested: Option<teach::TeachKey>,
+    model: Option<Arc<teach::TeachModel>>,
+    error: Option<String>,
 }
 
 /// What the centre, table and card show: a live sweep, or a reopened one.
@@ -109,6 +124,7 @@ pub struct OomLabApp {
     frame_log: bool,
     panel: PanelState,
     plot_rect: Option<egui::Rect>,
+    teach: TeachState,
     terminate: Arc<AtomicBool>,
     ctx: egui::Context,
 }
@@ -146,6 +162,7 @@ impl OomLabApp {
             frame_log: frame_stats::frame_log_enabled(),
             panel: PanelState::default(),
             plot_rect: None,
+            teach: TeachState::default(),
             terminate: Arc::new(AtomicBool::new(false)),
             ctx: cc.egui_ctx.clone(),
             options,
@@ -207,6 +224,12 @@ impl OomLabApp {
     }
 
     /// Whether the settings are being checked off the UI thread.
+    #[must_use]
+    pub fn estimator_ready(&self) -> bool {
+        self.teach.model.is_some()
+            && self.teach.model.as_ref().map(|m| &m.key) == self.teach.requested.as_ref()
+    }
+
     #[must_use]
     pub fn checking(&self) -> bool {
         matches!(self.plan_status(), PlanStatus::Checking)
@@ -275,6 +298,29 @@ impl OomLabApp {
             log: &self.log,
             frame: self.frame,
             theme: self.settings.theme,
+            teach: self.teach.model.as_deref(),
+            teach_error: self.teach.error.as_deref(),
+        }
+    }
+
+    /// Asks for the estimator of the shown sweep when its model or plan changed.
+    fn refresh_teach(&mut self) {
+        if !self.options.estimator {
+            return;
+        }
+        let Some(key) = self.shown.as_ref().map(|s| teach::TeachKey::of(&s.results)) else {
+            return;
+        };
+        if self.teach.requested.as_ref() == Some(&key) {
+            return;
+        }
+        self.teach.requested = Some(key.clone());
+        if let Err(e) = self.jobs.start.teach(
+            key,
+            self.options.worker.clone(),
+            self.options.runtime_cache.clone(),
+        ) {
+            self.teach.error = Some(e);
         }
     }
 
@@ -343,6 +389,7 @@ impl eframe::App for OomLabApp {
         }
         self.check.refresh(&self.settings);
         self.refresh_host_problem();
+        self.refresh_teach();
         // The panels edit copies of the settings and their own state, reading a narrow view.
         let mut settings = self.settings.clone();
         let mut panel = std::mem::take(&mut self.panel);
@@ -411,6 +458,8 @@ pub fn run(open: Option<PathBuf>) -> Result<(), String> {
         checker: true,
         host: None,
         gpus: None,
+        runtime_cache: None,
+        estimator: true,
     };
     eframe::run_native(
         "oomlab",

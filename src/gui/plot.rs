@@ -71,8 +71,29 @@ fn hover_text(t: &TrialRecord) -> String {
 }
 
 /// Draws the plot and returns the screen rectangle it occupies (for "Save plot as PNG").
-pub fn plot_ui(ui: &mut egui::Ui, r: &Results) -> egui::Rect {
+/// `predicted`: the estimator's curves, drawn dashed under the measured points (and before
+/// any trial), each with its predicted b*.
+pub fn plot_ui(
+    ui: &mut egui::Ui,
+    r: &Results,
+    predicted: Option<&crate::gui::teach::TeachModel>,
+) -> egui::Rect {
     let curves = curves(r);
+    // Only a prediction for what is shown (the plan may have changed since it was asked for).
+    let predicted = predicted.filter(|m| m.key == crate::gui::teach::TeachKey::of(r));
+    let predicted_items: Vec<CurveItem> = curves
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            let p = predicted?.curves.iter().find(|p| p.curve == *c)?;
+            Some((
+                format!("{} predicted", curve_label(*c)),
+                p.points.clone(),
+                PALETTE[i % PALETTE.len()],
+                p.b_star,
+            ))
+        })
+        .collect();
     let cap = r.capacity_bytes as f64;
     let limit = r.recommendation.limit_bytes as f64;
     // series name -> trials in point order, for the hover text
@@ -80,6 +101,11 @@ pub fn plot_ui(ui: &mut egui::Ui, r: &Results) -> egui::Rect {
     let mut max_batch = 1usize;
     for t in &r.trials {
         max_batch = max_batch.max(t.batch);
+    }
+    for (_, pts, _, _) in &predicted_items {
+        if let Some(last) = pts.last() {
+            max_batch = max_batch.max(last[0] as usize);
+        }
     }
     let mut items: Vec<CurveItem> = Vec::new();
     for (i, c) in curves.iter().enumerate() {
@@ -120,6 +146,7 @@ pub fn plot_ui(ui: &mut egui::Ui, r: &Results) -> egui::Rect {
     let host_pts: Vec<[f64; 2]> = host_stops.iter().map(|t| [t.batch as f64, cap]).collect();
     lookup.insert(host_name.clone(), host_stops);
     let headroom_pct = r.headroom * 100.0;
+    let cap_label = crate::presets::capacity_label(r.capacity_bytes, !r.on_gpu());
     let formatter = move |pos: &HoverPosition<'_>| -> Option<String> {
         match pos {
             HoverPosition::NearDataPoint {
@@ -150,7 +177,7 @@ pub fn plot_ui(ui: &mut egui::Ui, r: &Results) -> egui::Rect {
         .include_y(cap * (1.04 + 0.03 * curves.len() as f64))
         .show(ui, move |pui| {
             pui.hline(
-                HLine::new(format!("capacity {}", human_bytes(cap as u64)), cap)
+                HLine::new(format!("capacity {cap_label}"), cap)
                     .color(OOM_RED)
                     .width(2.0),
             );
@@ -160,6 +187,27 @@ pub fn plot_ui(ui: &mut egui::Ui, r: &Results) -> egui::Rect {
                     .style(LineStyle::dashed_loose())
                     .width(1.5),
             );
+            // The prediction first, dashed and lighter: the measured points land on it.
+            for (name, pts, color, b_star) in predicted_items {
+                let faint = color.gamma_multiply(0.55);
+                pui.line(
+                    Line::new(name.clone(), pts)
+                        .color(faint)
+                        .style(LineStyle::dashed_loose())
+                        .width(1.5),
+                );
+                if let Some(b) = b_star {
+                    pui.text(
+                        Text::new(
+                            name,
+                            PlotPoint::new(b as f64 + 0.5, cap * 0.97),
+                            egui::RichText::new(format!("predicted b* = {b}")).color(faint),
+                        )
+                        .color(faint)
+                        .anchor(egui::Align2::RIGHT_TOP),
+                    );
+                }
+            }
             for (i, (name, pts, color, boundary)) in items.into_iter().enumerate() {
                 if let Some(b) = boundary {
                     pui.vline(
@@ -213,7 +261,7 @@ pub fn plot_ui(ui: &mut egui::Ui, r: &Results) -> egui::Rect {
 /// Grid marks on the memory axis at multiples of powers of two (64 MiB, 128 MiB, 1 GiB …), in
 /// three sizes like `egui_plot`'s default spacer, so tick labels read as round binary sizes.
 #[allow(clippy::needless_pass_by_value)] // the signature `Plot::y_grid_spacer` takes
-fn binary_grid_spacer(input: GridInput) -> Vec<GridMark> {
+pub fn binary_grid_spacer(input: GridInput) -> Vec<GridMark> {
     let (lo, hi) = input.bounds;
     if lo.is_nan() || hi.is_nan() || hi <= lo || input.base_step_size <= 0.0 {
         return Vec::new();

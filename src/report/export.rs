@@ -99,7 +99,14 @@ struct OomlabSection<'a> {
     tokens_per_step: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     total_bytes: Option<u64>,
+    /// False when the batch is computed from the measured line and no trial measured it.
+    confirmed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    predicted_bytes: Option<u64>,
     capacity_bytes: u64,
+    /// The GPU preset the capacity is (a CPU measurement against it unless `device` is cuda).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    capacity_preset: Option<String>,
     headroom: f64,
     limit_bytes: u64,
     device: String,
@@ -125,6 +132,9 @@ struct CurveLine {
     batch_size: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     total_bytes: Option<u64>,
+    confirmed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    predicted_bytes: Option<u64>,
 }
 
 const MEASURED: &str = "peak bytes counted by oomlab's allocator during a real candle forward (requested bytes, not resident pages), against a simulated capacity";
@@ -147,7 +157,16 @@ pub fn recommendation_text(results: &Results, ext: &str) -> Result<String, Expor
             dtype: pick.dtype.name(),
             tokens_per_step: pick.tokens_per_step,
             total_bytes: pick.total_bytes,
+            confirmed: !pick.computed,
+            predicted_bytes: pick.predicted_bytes.filter(|_| pick.computed),
             capacity_bytes: results.capacity_bytes,
+            capacity_preset: crate::presets::matching(results.capacity_bytes).map(|p| {
+                if results.on_gpu() {
+                    p.name.to_string()
+                } else {
+                    format!("{} ({})", p.name, crate::presets::CPU_NOTE)
+                }
+            }),
             headroom: results.headroom,
             limit_bytes: results.recommendation.limit_bytes,
             device: results.device.name(),
@@ -171,6 +190,8 @@ pub fn recommendation_text(results: &Results, ext: &str) -> Result<String, Expor
                     dtype: c.dtype.name(),
                     batch_size: c.batch?,
                     total_bytes: c.total_bytes,
+                    confirmed: !c.computed,
+                    predicted_bytes: c.predicted_bytes.filter(|_| c.computed),
                 })
             })
             .collect(),

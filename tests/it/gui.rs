@@ -36,6 +36,29 @@ fn harness_gpus(
     checker: bool,
     gpus: Result<GpuReport, String>,
 ) -> Harness<'static, OomLabApp> {
+    harness_full(dir, open, worker, checker, gpus, true)
+}
+
+/// For snapshots: no estimator (its runtime figure is this machine's, pixels must not be).
+fn snapshot_harness(dir: &TempDir, open: PathBuf) -> Harness<'static, OomLabApp> {
+    harness_full(
+        dir,
+        Some(open),
+        worker(),
+        true,
+        Err(NO_DRIVER.to_string()),
+        false,
+    )
+}
+
+fn harness_full(
+    dir: &TempDir,
+    open: Option<PathBuf>,
+    worker: WorkerConfig,
+    checker: bool,
+    gpus: Result<GpuReport, String>,
+    estimator: bool,
+) -> Harness<'static, OomLabApp> {
     // The machine's memory as the worker sees it when the test fakes it; otherwise a fixed
     // 16 GiB, so what the window draws is the same on every machine.
     let host = Some(HostMemory::faked(
@@ -49,6 +72,8 @@ fn harness_gpus(
         checker,
         host,
         gpus: Some(gpus),
+        runtime_cache: Some(dir.join("runtime.json")),
+        estimator,
     };
     Harness::builder()
         .with_size(egui::vec2(1280.0, 800.0))
@@ -115,20 +140,25 @@ fn run_to_end(h: &mut Harness<'static, OomLabApp>) {
     h.run_steps(2);
 }
 
-/// The texts drawn on the row of the label `first`, left to right, starting with it.
+/// The texts drawn on the row of the label `first` (a text or a button), left to right,
+/// starting with it.
 fn row(h: &Harness<'static, OomLabApp>, first: &str) -> Vec<String> {
     let anchor = h.get_by_label(first).rect();
+    let on_row = |r: egui::Rect| {
+        r.center().y > anchor.min.y && r.center().y < anchor.max.y && r.min.x >= anchor.min.x - 0.5
+    };
     let mut cells: Vec<(f32, String)> = h
         .query_all_by_role(Role::Label)
         .filter_map(|n| {
-            let r = n.rect();
-            let on_row = r.center().y > anchor.min.y && r.center().y < anchor.max.y;
-            if on_row && r.min.x >= anchor.min.x - 0.5 {
-                Some((r.min.x, n.value()?))
-            } else {
-                None
-            }
+            on_row(n.rect())
+                .then(|| Some((n.rect().min.x, n.value()?)))
+                .flatten()
         })
+        .chain(h.query_all_by_role(Role::Button).filter_map(|n| {
+            on_row(n.rect())
+                .then(|| Some((n.rect().min.x, n.accesskit_node().label()?)))
+                .flatten()
+        }))
         .collect();
     cells.sort_by(|a, b| a.0.total_cmp(&b.0));
     cells.into_iter().map(|(_, t)| t).collect()
@@ -603,9 +633,9 @@ fn mask_frame_time(h: &mut Harness<'static, OomLabApp>) {
 fn main_view_snapshot() {
     let dir = TempDir::new("gui-snapshot");
     // A relative path (tests run in the package root) keeps the picture the same in any clone.
-    let mut h = harness(
+    let mut h = snapshot_harness(
         &dir,
-        Some(PathBuf::from("tests/fixtures/gui/tiny-llama-grid.jsonl")),
+        PathBuf::from("tests/fixtures/gui/tiny-llama-grid.jsonl"),
     );
     wait_for_results(&mut h);
     mask_frame_time(&mut h);
@@ -615,9 +645,9 @@ fn main_view_snapshot() {
 #[test]
 fn finished_auto_sweep_light_snapshot() {
     let dir = TempDir::new("gui-snapshot-light");
-    let mut h = harness(
+    let mut h = snapshot_harness(
         &dir,
-        Some(PathBuf::from("tests/fixtures/gui/tiny-bert-auto.jsonl")),
+        PathBuf::from("tests/fixtures/gui/tiny-bert-auto.jsonl"),
     );
     wait_for_results(&mut h);
     h.get_by_label("View").click();
@@ -821,4 +851,134 @@ fn a_pasted_oom_message_is_explained_in_the_window() {
         .set_text_value_accesskit("RuntimeError: CUDA error: device-side assert triggered");
     h.run_steps(3);
     shown(&h, "not an out-of-memory message I recognise");
+}
+
+/// Steps until the estimator for the shown sweep is built (a background job).
+fn wait_for_estimator(h: &mut Harness<'static, OomLabApp>) {
+    for _ in 0..100 {
+        if h.state().estimator_ready() {
+            h.run_steps(2);
+            return;
+        }
+        h.state_mut().wait_for_background(Duration::from_secs(30));
+        h.step();
+    }
+    panic!("the estimator never arrived");
+}
+
+#[test]
+fn teach_window_predicts_b_star_breaks_a_point_down_and_shows_a_trials_timeline() {
+    let dir = TempDir::new("gui-teach");
+    let cap = crate::common::capacity_for("tiny-bert", 64, oomlab::plan::Precision::F32, 23, &dir);
+    let mut h = harness(&dir, None);
+    h.run_steps(2);
+    start(
+        &mut h,
+        "tiny-bert",
+        Strategy::Auto,
+        ["64", "1..256", &cap.to_string()],
+    );
+    run_to_end(&mut h);
+    wait_for_estimator(&mut h);
+    let want = assert_screen_matches_journal(&h);
+    let star: usize = want.rows[0][1].parse().unwrap();
+    // Click the first trial (it opens the window): its point in the what-if, its measurement
+    // beside the estimate, and its timeline whose peak is the trial's total in the journal.
+    let first = &want.trials[0];
+    let total = first["total_bytes"].as_u64().unwrap();
+    h.get_by_role_and_label(Role::Button, "trial 1").click();
+    h.run_steps(3);
+    // The estimator's b* (before any trial) is the one the sweep measured.
+    h.get_by_label_contains(&format!("predicted b* under {}: {star}", human_bytes(cap)));
+    h.get_by_label_contains(&format!(
+        "Estimated for batch {} × seq 64 in f32",
+        first["batch"]
+    ));
+    h.get_by_label_contains(&format!("measured in trial 1: {}", human_bytes(total)));
+    h.get_by_label_contains(&format!("peak {} at", human_bytes(total)));
+    // The breakdown: each part once, and an encoder keeps no KV cache.
+    let labels: Vec<String> = h
+        .query_all_by_role(Role::Label)
+        .filter_map(|n| n.value())
+        .collect();
+    for part in ["weights ", "activations ", "KV cache ", "overhead "] {
+        assert_eq!(
+            labels.iter().filter(|l| l.starts_with(part)).count(),
+            1,
+            "{part}: {labels:?}"
+        );
+    }
+    assert!(labels.iter().any(|l| l == "KV cache 0 B"));
+    // What if the sequence were half as long: a new estimate, no measurement at that point.
+    h.get_by_label("Sequence length").set_value_accesskit(32.0);
+    h.run_steps(3);
+    h.get_by_label_contains(&format!(
+        "Estimated for batch {} × seq 32 in f32",
+        first["batch"]
+    ));
+    assert!(h.query_by_label_contains("measured in trial").is_none());
+    // And on a GPU one does not have: the preset's capacity, labelled as a CPU measurement.
+    h.get_by_label("What-if capacity").click();
+    h.run_steps(2);
+    h.get_by_label("Tesla T4").click();
+    h.run_steps(3);
+    let line = h
+        .query_all_by_role(Role::Label)
+        .filter_map(|n| n.value())
+        .find(|l| l.starts_with("predicted b* under 14.56 GiB (Tesla T4, CPU measurement): "))
+        .expect("the T4's predicted b*");
+    let t4: usize = line.rsplit(": ").next().unwrap().parse().unwrap();
+    assert!(t4 > 1000 * star, "{line}");
+    h.get_by_label_contains("not in it");
+}
+
+#[test]
+fn a_computed_recommendation_is_confirmed_by_its_button() {
+    let dir = TempDir::new("gui-confirm");
+    let mut h = harness(&dir, None);
+    h.run_steps(2);
+    start(
+        &mut h,
+        "tiny-bert",
+        Strategy::Auto,
+        ["32, 64", "1..64", "6MiB"],
+    );
+    run_to_end(&mut h);
+    let want = assert_screen_matches_journal(&h);
+    // One curve is the pick (confirmed by a trial), the other computed from its line.
+    let computed: Vec<&[String; 5]> = want
+        .rows
+        .iter()
+        .filter(|r| r[4].ends_with(" computed"))
+        .collect();
+    assert_eq!(computed.len(), 1, "{:?}", want.rows);
+    let curve = computed[0][0].clone();
+    let batch = computed[0][4].trim_end_matches(" computed").to_string();
+    let drawn = row(&h, &curve);
+    assert_eq!(
+        drawn.last().map(String::as_str),
+        Some("Confirm"),
+        "{drawn:?}"
+    );
+    let confirms_before = want
+        .trials
+        .iter()
+        .filter(|t| t["purpose"] == "recommend")
+        .count();
+    // The Confirm button on that row (the only one in the card).
+    h.get_by_role_and_label(Role::Button, "Confirm").click();
+    h.run_steps(1);
+    assert!(h.state().is_running());
+    run_to_end(&mut h);
+    let after = assert_screen_matches_journal(&h);
+    let confirms: Vec<&Value> = after
+        .trials
+        .iter()
+        .filter(|t| t["purpose"] == "recommend")
+        .collect();
+    assert_eq!(confirms.len(), confirms_before + 1);
+    assert_eq!(confirms.last().unwrap()["batch"].to_string(), batch);
+    let r = after.rows.iter().find(|r| r[0] == curve).unwrap();
+    assert_eq!(r[4], batch, "measured now: {r:?}");
+    assert!(h.query_by_label("Confirm").is_none());
 }

@@ -48,7 +48,7 @@ fn pick_ui(
                 "{} tokens per step · {total} <= {} (capacity {} - {:.0}% headroom)",
                 p.tokens_per_step,
                 human_bytes(r.recommendation.limit_bytes),
-                human_bytes(r.capacity_bytes),
+                crate::presets::capacity_label(r.capacity_bytes, !r.on_gpu()),
                 r.headroom * 100.0
             ));
             if p.computed
@@ -71,6 +71,17 @@ fn pick_ui(
                 "No configuration fits under the headroom limit."
             });
         }
+    }
+    if !r.on_gpu() && crate::presets::matching(r.capacity_bytes).is_some() {
+        ui.label(
+            RichText::new(format!(
+                "{}: {}. The estimator's overhead beside the weights is shown in Teach > Why memory grows.",
+                crate::presets::capacity_label(r.capacity_bytes, true),
+                crate::presets::CPU_NOTE
+            ))
+            .color(Color32::from_rgb(200, 120, 0))
+            .small(),
+        );
     }
     if r.pick_is_host_limited() {
         ui.label(

@@ -24,6 +24,40 @@ pub fn panel(view: &View<'_>, settings: &mut Settings, ui: &mut egui::Ui, cmds: 
             &mut settings.capacity,
             if on_gpu { "empty: the GPU's free memory" } else { "e.g. 1GiB, 11GiB" },
         );
+        // A GPU one does not have: its memory as the capacity.
+        let preset = crate::plan::parse_bytes(&settings.capacity)
+            .ok()
+            .and_then(crate::presets::matching);
+        ui.horizontal(|ui| {
+            let l = ui.label("GPU preset");
+            egui::ComboBox::from_id_salt("gpu-preset")
+                .selected_text(preset.map_or("none", |p| p.name))
+                .show_ui(ui, |ui| {
+                    for p in crate::presets::PRESETS {
+                        if ui
+                            .selectable_label(preset == Some(p), p.name)
+                            .on_hover_text(p.source)
+                            .clicked()
+                        {
+                            settings.capacity = p.total_bytes.to_string();
+                        }
+                    }
+                })
+                .response
+                .labelled_by(l.id);
+        });
+        if let (Some(p), false) = (preset, on_gpu) {
+            ui.label(
+                RichText::new(format!(
+                    "{}: {}; {}.",
+                    p.name,
+                    crate::presets::capacity_label(p.total_bytes, false),
+                    crate::presets::CPU_NOTE
+                ))
+                .small()
+                .color(Color32::from_rgb(200, 120, 0)),
+            );
+        }
         ui.label(
             RichText::new(if on_gpu {
                 "A smaller capacity than the GPU's is made real: the worker holds the rest back, so the out-of-memory it meets is the card's own."

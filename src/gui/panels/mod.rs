@@ -5,6 +5,7 @@ mod card;
 mod experiment;
 mod explain;
 mod tables;
+pub mod teach;
 
 pub use tables::SortColumn;
 
@@ -58,6 +59,9 @@ pub struct View<'a> {
     pub log: &'a [String],
     pub frame: FrameStats,
     pub theme: ThemeChoice,
+    /// The estimator for the shown sweep, once built (or why it could not be).
+    pub teach: Option<&'a crate::gui::teach::TeachModel>,
+    pub teach_error: Option<&'a str>,
 }
 
 /// Text being typed and table state: the panels' own, kept between frames.
@@ -68,6 +72,7 @@ pub struct PanelState {
     pub export_overwrite: bool,
     pub sort: (SortColumn, bool),
     pub explain: explain::ExplainState,
+    pub teach: teach::TeachState,
 }
 
 impl Default for PanelState {
@@ -78,6 +83,7 @@ impl Default for PanelState {
             export_overwrite: false,
             sort: (SortColumn::Index, true),
             explain: explain::ExplainState::default(),
+            teach: teach::TeachState::default(),
         }
     }
 }
@@ -119,13 +125,14 @@ pub fn draw(
             egui::ScrollArea::vertical().show(ui, |ui| card::card(view, state, ui, &mut cmds));
         });
     explain::window(state, ui.ctx());
+    teach::window(view, &mut state.teach, ui.ctx());
     let mut plot_rect = None;
     egui::CentralPanel::default_margins().show(ui, |ui| {
         if let Some(r) = &view.results {
             ui.heading(format!("{} — memory against batch", r.model));
             ui.add(egui::Label::new(RichText::new(&r.forward).weak().small()).truncate())
                 .on_hover_text(&r.forward);
-            plot_rect = Some(plot::plot_ui(ui, r));
+            plot_rect = Some(plot::plot_ui(ui, r, view.teach));
         } else {
             ui.centered_and_justified(|ui| {
                 ui.label(
@@ -191,6 +198,11 @@ fn menu_bar(view: &View<'_>, state: &mut PanelState, ui: &mut egui::Ui, cmds: &m
             ui.menu_button("Explain", |ui| {
                 if ui.button("Explain an OOM message…").clicked() {
                     state.explain.open = true;
+                }
+            });
+            ui.menu_button("Teach", |ui| {
+                if ui.button("Why memory grows…").clicked() {
+                    state.teach.open = true;
                 }
             });
             ui.menu_button("View", |ui| {

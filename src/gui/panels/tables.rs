@@ -117,7 +117,18 @@ fn trials_table(state: &mut PanelState, ui: &mut egui::Ui, r: &Results) {
             for &i in &order[rows] {
                 let t = &r.trials[i];
                 ui.horizontal(|ui| {
-                    cell(ui, COLS[0].2, format!("trial {}", i + 1));
+                    // Clicking a trial shows its memory timeline and breakdown.
+                    let chosen = state.teach.selected == Some(i);
+                    if ui
+                        .add_sized(
+                            [COLS[0].2, 18.0],
+                            egui::Button::selectable(chosen, format!("trial {}", i + 1)),
+                        )
+                        .on_hover_text("show its memory timeline and breakdown")
+                        .clicked()
+                    {
+                        state.teach.select(r, i);
+                    }
                     cell(ui, COLS[1].2, t.seq.to_string());
                     cell(ui, COLS[2].2, t.dtype.name());
                     cell(ui, COLS[3].2, t.batch.to_string());

@@ -1,0 +1,321 @@
+//! The "Why memory grows" window: what-if controls over the estimator (batch, sequence length,
+//! precision, GPU preset) with the breakdown of one forward's memory stacked by part, the
+//! predicted b*, the measurement at that point when there is one, and the memory timeline of a
+//! measured trial (live bytes over its forward, from the worker's allocator).
+
+use super::View;
+use crate::estimate::Breakdown;
+use crate::plan::{Precision, human_bytes};
+use crate::presets::{self, PRESETS};
+use crate::report::{Outcome, Results, TrialRecord};
+use eframe::egui;
+use egui::{Color32, RichText};
+use egui_plot::{HLine, Line, Plot, PlotPoint, Points, Text};
+
+/// The window's own state.
+#[derive(Debug, Clone, Default)]
+pub struct TeachState {
+    pub open: bool,
+    pub batch: usize,
+    pub seq: usize,
+    pub dtype: Precision,
+    /// A GPU preset's id, or None for the shown sweep's capacity.
+    pub gpu: Option<&'static str>,
+    /// The trial whose timeline is shown (index into the shown trials).
+    pub selected: Option<usize>,
+    /// The last estimate and predicted b*, and what they were for (recomputed on a change only:
+    /// a bisection simulates the forward a few dozen times).
+    cached: Option<(WhatIf, Option<Breakdown>, Option<usize>)>,
+}
+
+/// The inputs of one what-if estimate.
+#[derive(Debug, Clone, PartialEq)]
+struct WhatIf {
+    model: crate::catalog::ModelRef,
+    batch: usize,
+    seq: usize,
+    dtype: Precision,
+    capacity: u64,
+}
+
+impl TeachState {
+    /// Shows trial `i` of `r`: its timeline, and the what-if set to its point.
+    pub fn select(&mut self, r: &Results, i: usize) {
+        if let Some(t) = r.trials.get(i) {
+            self.selected = Some(i);
+            self.batch = t.batch;
+            self.seq = t.seq;
+            self.dtype = t.dtype;
+            self.open = true;
+        }
+    }
+}
+
+/// The parts of a forward's memory, in stacking order, with their colours.
+const PARTS: [(&str, Color32); 4] = [
+    ("weights", Color32::from_rgb(31, 119, 180)),
+    ("activations", Color32::from_rgb(255, 127, 14)),
+    ("KV cache", Color32::from_rgb(44, 160, 44)),
+    ("overhead", Color32::from_rgb(148, 103, 189)),
+];
+
+pub fn window(view: &View<'_>, state: &mut TeachState, ctx: &egui::Context) {
+    let mut open = state.open;
+    egui::Window::new("Why memory grows")
+        .open(&mut open)
+        .default_size([620.0, 640.0])
+        .vscroll(true)
+        .show(ctx, |ui| body(view, state, ui));
+    state.open = open;
+}
+
+fn body(view: &View<'_>, state: &mut TeachState, ui: &mut egui::Ui) {
+    let Some(r) = &view.results else {
+        ui.label("Run a sweep or open results: the estimator works on the shown model.");
+        return;
+    };
+    let Some(m) = view.teach else {
+        match view.teach_error {
+            Some(e) => ui.label(format!("The estimator is not available: {e}")),
+            None => ui.label("Building the estimator…"),
+        };
+        return;
+    };
+    if state.batch == 0 {
+        // Start where the sweep's recommendation is.
+        if let Some(p) = &r.recommendation.pick {
+            (state.batch, state.seq, state.dtype) = (p.batch, p.seq, p.dtype);
+        } else {
+            state.batch = r.plan.batch.min;
+            state.seq = r.plan.seqs.first().copied().unwrap_or(128);
+            state.dtype = r.plan.dtypes.first().copied().unwrap_or_default();
+        }
+    }
+    ui.label(RichText::new("What if").strong());
+    ui.horizontal(|ui| {
+        let l = ui.label("Batch");
+        ui.add(egui::DragValue::new(&mut state.batch).range(1..=crate::plan::MAX_BATCH))
+            .labelled_by(l.id);
+        let l = ui.label("Sequence length");
+        ui.add(egui::DragValue::new(&mut state.seq).range(1..=m.spec.dims.max_positions))
+            .labelled_by(l.id);
+    });
+    ui.horizontal(|ui| {
+        ui.label("Precision");
+        for d in Precision::ALL {
+            if m.runtimes.contains_key(&d) {
+                ui.radio_value(&mut state.dtype, d, d.name());
+            }
+        }
+    });
+    let sweep_capacity = format!("this sweep's: {}", human_bytes(r.capacity_bytes));
+    let capacity = state
+        .gpu
+        .and_then(|id| presets::find(id).ok())
+        .map_or(r.capacity_bytes, |p| p.total_bytes);
+    ui.horizontal(|ui| {
+        let l = ui.label("What-if capacity");
+        egui::ComboBox::from_id_salt("teach-capacity")
+            .selected_text(state.gpu.and_then(|id| presets::find(id).ok()).map_or_else(
+                || sweep_capacity.clone(),
+                |p| {
+                    format!(
+                        "{} ({})",
+                        p.name,
+                        presets::capacity_label(p.total_bytes, false)
+                    )
+                },
+            ))
+            .show_ui(ui, |ui| {
+                ui.selectable_value(&mut state.gpu, None, sweep_capacity.as_str());
+                for p in PRESETS {
+                    ui.selectable_value(&mut state.gpu, Some(p.id), p.name);
+                }
+            })
+            .response
+            .labelled_by(l.id);
+    });
+    ui.separator();
+    let key = WhatIf {
+        model: m.key.model.clone(),
+        batch: state.batch,
+        seq: state.seq,
+        dtype: state.dtype,
+        capacity,
+    };
+    if state.cached.as_ref().is_none_or(|(k, _, _)| *k != key) {
+        let e = m.estimate(state.batch, state.seq, state.dtype);
+        let b = m.b_star(state.seq, state.dtype, capacity);
+        state.cached = Some((key, e, b));
+    }
+    let Some((_, estimate, b_star)) = state.cached.clone() else {
+        return;
+    };
+    let Some(e) = estimate else {
+        ui.label(format!("{} does not run in {}", m.spec.name, state.dtype));
+        return;
+    };
+    ui.label(
+        RichText::new(format!(
+            "Estimated for batch {} × seq {} in {}: total {}",
+            state.batch,
+            state.seq,
+            state.dtype,
+            human_bytes(e.total_bytes)
+        ))
+        .strong(),
+    );
+    let parts = [
+        e.weights_bytes,
+        e.activation_bytes,
+        e.kv_cache_bytes,
+        e.overhead_bytes,
+    ];
+    stacked_bar(ui, &parts, capacity);
+    for ((name, color), bytes) in PARTS.iter().zip(parts) {
+        ui.horizontal(|ui| {
+            let (rect, _) = ui.allocate_exact_size(egui::vec2(10.0, 10.0), egui::Sense::hover());
+            ui.painter().rect_filled(rect, 2.0, *color);
+            ui.label(format!("{name} {}", human_bytes(bytes)));
+        });
+    }
+    let measured = r.trials.iter().enumerate().rev().find(|(_, t)| {
+        t.batch == state.batch
+            && t.seq == state.seq
+            && t.dtype == state.dtype
+            && t.outcome == Outcome::Fit
+    });
+    if let Some((i, t)) = measured
+        && let Some(total) = t.total_bytes
+    {
+        ui.label(format!(
+            "measured in trial {}: {} ({:+.2}% from the estimate)",
+            i + 1,
+            human_bytes(total),
+            (e.total_bytes as f64 - total as f64) * 100.0 / total as f64
+        ));
+    }
+    let on_cpu = !r.on_gpu();
+    match b_star {
+        Some(b) => ui.label(format!(
+            "predicted b* under {}: {b}",
+            presets::capacity_label(capacity, on_cpu)
+        )),
+        None => ui.label(format!(
+            "not even batch 1 fits under {}",
+            presets::capacity_label(capacity, on_cpu)
+        )),
+    };
+    if state.gpu.is_some() || presets::matching(capacity).is_some() {
+        ui.label(
+            RichText::new(format!(
+                "{}. Overhead estimated beside the weights on this CPU: {}; a GPU adds its CUDA context and workspace on top.",
+                presets::CPU_NOTE,
+                human_bytes(e.overhead_bytes)
+            ))
+            .small(),
+        );
+    }
+    ui.separator();
+    timeline(r, state, ui);
+}
+
+/// The parts side by side in one bar, scaled to the capacity (or the total, when larger).
+fn stacked_bar(ui: &mut egui::Ui, parts: &[u64; 4], capacity: u64) {
+    let total: u64 = parts.iter().sum();
+    let scale = total.max(capacity).max(1) as f32;
+    let width = ui.available_width().min(560.0);
+    let (rect, _) = ui.allocate_exact_size(egui::vec2(width, 22.0), egui::Sense::hover());
+    let painter = ui.painter();
+    painter.rect_stroke(
+        rect,
+        2.0,
+        egui::Stroke::new(1.0, Color32::GRAY),
+        egui::StrokeKind::Inside,
+    );
+    let mut x = rect.left();
+    for ((_, color), bytes) in PARTS.iter().zip(parts) {
+        let w = width * (*bytes as f32 / scale);
+        painter.rect_filled(
+            egui::Rect::from_min_size(egui::pos2(x, rect.top()), egui::vec2(w, rect.height())),
+            0.0,
+            *color,
+        );
+        x += w;
+    }
+    // The capacity as a red tick.
+    let cx = rect.left() + width * (capacity as f32 / scale);
+    painter.line_segment(
+        [
+            egui::pos2(cx, rect.top() - 3.0),
+            egui::pos2(cx, rect.bottom() + 3.0),
+        ],
+        egui::Stroke::new(2.0, Color32::from_rgb(214, 39, 40)),
+    );
+}
+
+/// The selected trial's timeline (or the latest trial that has one).
+fn timeline(r: &Results, state: &TeachState, ui: &mut egui::Ui) {
+    let chosen = state
+        .selected
+        .filter(|&i| r.trials.get(i).is_some_and(|t| t.timeline.is_some()))
+        .or_else(|| r.trials.iter().rposition(|t| t.timeline.is_some()));
+    let Some(i) = chosen else {
+        ui.label("No trial with a memory timeline yet (click a trial in the table to pick one).");
+        return;
+    };
+    let t: &TrialRecord = &r.trials[i];
+    let Some(tl) = &t.timeline else { return };
+    ui.label(
+        RichText::new(format!(
+            "Timeline of trial {}: batch {} × seq {} in {}",
+            i + 1,
+            t.batch,
+            t.seq,
+            t.dtype
+        ))
+        .strong(),
+    );
+    let n = tl.live_bytes.len().max(1);
+    let pts: Vec<[f64; 2]> = tl
+        .live_bytes
+        .iter()
+        .enumerate()
+        .map(|(k, &v)| [k as f64 * 100.0 / n as f64, v as f64])
+        .collect();
+    let (peak_at, peak) = tl
+        .live_bytes
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, v)| **v)
+        .map_or((0, 0), |(k, v)| (k, *v));
+    let peak_pct = peak_at as f64 * 100.0 / n as f64;
+    ui.label(format!(
+        "peak {} at {peak_pct:.0}% of the forward ({} allocations and frees)",
+        human_bytes(peak),
+        tl.events
+    ));
+    let cap = r.capacity_bytes as f64;
+    Plot::new("teach-timeline")
+        .height(220.0)
+        .y_grid_spacer(crate::gui::plot::binary_grid_spacer)
+        .x_axis_label("progress through the forward (%)")
+        .y_axis_formatter(|m, _| crate::gui::plot::tick_label(m.value.max(0.0) as u64))
+        .include_y(0.0)
+        .show(ui, |pui| {
+            pui.line(Line::new("live bytes", pts).color(Color32::from_rgb(31, 119, 180)));
+            pui.points(
+                Points::new("peak", vec![[peak_pct, peak as f64]])
+                    .radius(5.0)
+                    .color(Color32::from_rgb(214, 39, 40)),
+            );
+            pui.text(Text::new(
+                "peak label",
+                PlotPoint::new(peak_pct, peak as f64),
+                format!("peak {}", human_bytes(peak)),
+            ));
+            if cap <= peak as f64 * 1.5 {
+                pui.hline(HLine::new("capacity", cap).color(Color32::from_rgb(214, 39, 40)));
+            }
+        });
+}
