@@ -63,6 +63,19 @@ pub enum Command {
         /// Write the figures and advice as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// The model that ran out of memory (bundled id, config.json or folder): the advice then
+        /// names the largest batch that fits the message's total capacity (or --gpu), estimated.
+        #[arg(long, short)]
+        model: Option<String>,
+        /// Sequence length for --model. Default: 128 (or the model's maximum).
+        #[arg(long, requires = "model")]
+        seq: Option<usize>,
+        /// Precision for --model: f32, f16 or bf16. Default: f32.
+        #[arg(long, requires = "model")]
+        dtype: Option<Precision>,
+        /// The GPU, when the message does not give its total capacity (see `oomlab sweep --help`).
+        #[arg(long, requires = "model", value_parser = parse_gpu)]
+        gpu: Option<u64>,
     },
     /// Open a results file (.json) or a journal (.jsonl) in the desktop lab.
     Open {
@@ -331,7 +344,12 @@ fn models_on_gpu(gpu: &str, worker: &WorkerConfig) -> Result<(), CliError> {
 
 /// `oomlab explain`: exit 0 with the explanation, 1 for a text that is no OOM message, 2 when
 /// the text cannot be read.
-fn explain(text: Option<String>, file: Option<PathBuf>, json: bool) -> i32 {
+fn explain(
+    text: Option<String>,
+    file: Option<PathBuf>,
+    json: bool,
+    model: Option<&ModelAt>,
+) -> i32 {
     use std::io::Read;
     let text = match (text, file) {
         (_, Some(path)) => std::fs::read_to_string(&path).map_err(|e| {
@@ -356,7 +374,24 @@ fn explain(text: Option<String>, file: Option<PathBuf>, json: bool) -> i32 {
             return 2;
         }
     };
-    match crate::explain::explain(&text) {
+    let explained = crate::explain::explain(&text).map(|mut e| {
+        if let Some(m) = model {
+            match largest_batch(m, e.total_capacity_bytes) {
+                Ok(lb) => e.set_largest_batch(lb),
+                Err(why) => return Err(why),
+            }
+        }
+        Ok(e)
+    });
+    let explained = match explained {
+        Ok(Ok(e)) => Ok(e),
+        Ok(Err(why)) => {
+            eprintln!("oomlab: {}", why.message);
+            return why.code;
+        }
+        Err(not) => Err(not),
+    };
+    match explained {
         Ok(e) if json => {
             println!("{}", serde_json::to_string_pretty(&e).unwrap_or_default());
             0
@@ -370,6 +405,63 @@ fn explain(text: Option<String>, file: Option<PathBuf>, json: bool) -> i32 {
             1
         }
     }
+}
+
+/// `--model`, `--seq`, `--dtype`, `--gpu` of `oomlab explain`.
+type ModelAt = (String, Option<usize>, Option<Precision>, Option<u64>);
+
+/// The estimator's largest batch for `explain --model` under the message's total capacity.
+fn largest_batch(
+    (model, seq, dtype, gpu): &ModelAt,
+    total_capacity: Option<u64>,
+) -> Result<crate::explain::LargestBatch, CliError> {
+    let reference = ModelRef::parse(model).map_err(|e| CliError::from(PlanError::Model(e)))?;
+    let spec = ModelSpec::resolve(&reference).map_err(|e| CliError::from(PlanError::Model(e)))?;
+    let capacity = gpu.or(total_capacity).ok_or_else(|| {
+        CliError::usage(
+            "the message does not give the GPU's total capacity; name the GPU with --gpu (e.g. --gpu t4)",
+        )
+    })?;
+    let dtype = dtype.unwrap_or(crate::plan::defaults::DTYPES[0]);
+    let seq = seq.unwrap_or(crate::plan::defaults::SEQ.min(spec.dims.max_positions));
+    if seq == 0 || seq > spec.dims.max_positions {
+        return Err(CliError::from(PlanError::invalid(
+            PlanField::Seq,
+            crate::plan::PlanProblem::SeqAboveMax {
+                seq,
+                max: spec.dims.max_positions,
+                model: spec.name.clone(),
+                origin: spec.origin.clone(),
+            },
+        )));
+    }
+    if !spec.family.supports(dtype) {
+        return Err(CliError::from(PlanError::invalid(
+            PlanField::Dtype,
+            crate::plan::PlanProblem::DtypeUnsupported {
+                dtype,
+                family: spec.family.name().into(),
+                model: spec.name.clone(),
+            },
+        )));
+    }
+    let worker = WorkerConfig::current()
+        .map_err(|e| CliError::runtime(format!("cannot locate the oomlab binary: {e}")))?;
+    let (rt, _) = crate::calibrate::runtime(
+        crate::plan::defaults::threads(),
+        dtype,
+        &worker,
+        None,
+        &AtomicBool::new(false),
+    )
+    .map_err(CliError::runtime)?;
+    Ok(crate::explain::LargestBatch {
+        model: spec.name.clone(),
+        seq,
+        dtype,
+        capacity_bytes: capacity,
+        batch: crate::estimate::max_batch(&spec, seq, dtype, &rt, capacity, estimate::MAX_BATCH),
+    })
 }
 
 /// `oomlab devices`: the GPUs NVML sees (exit 0 without a driver: the CPU is always there).
@@ -883,7 +975,22 @@ pub fn main_with(cli: Cli, gui: &dyn Fn(Option<PathBuf>) -> Result<(), String>) 
         Some(Command::Models { gpu: Some(g) }) => WorkerConfig::current()
             .map_err(|e| CliError::runtime(format!("cannot locate the oomlab binary: {e}")))
             .and_then(|w| models_on_gpu(&g, &w)),
-        Some(Command::Explain { text, file, json }) => return explain(text, file, json),
+        Some(Command::Explain {
+            text,
+            file,
+            json,
+            model,
+            seq,
+            dtype,
+            gpu,
+        }) => {
+            return explain(
+                text,
+                file,
+                json,
+                model.map(|m| (m, seq, dtype, gpu)).as_ref(),
+            );
+        }
         Some(Command::Devices { json }) => {
             devices(json);
             Ok(())

@@ -65,6 +65,50 @@ pub struct Explanation {
     pub figures: Vec<String>,
     /// Fixes, most effective first for this case, each with the line to change.
     pub advice: Vec<String>,
+    /// With a model named (`--model`): the estimator's largest batch under the capacity.
+    pub largest_batch: Option<LargestBatch>,
+}
+
+/// The estimator's answer to "which batch would have fitted?".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LargestBatch {
+    pub model: String,
+    pub seq: usize,
+    pub dtype: crate::precision::Precision,
+    pub capacity_bytes: u64,
+    /// None: not even batch 1 fits.
+    pub batch: Option<usize>,
+}
+
+impl Explanation {
+    /// Names the largest batch in the "smaller batch" advice.
+    pub fn set_largest_batch(&mut self, lb: LargestBatch) {
+        let what = match lb.batch {
+            Some(b) => format!(
+                "the largest batch that fits is {b} for {} at seq {} in {} under {} (oomlab's estimate of one forward; the CUDA context, optimizer state and gradients are not in it)",
+                lb.model,
+                lb.seq,
+                lb.dtype,
+                h(lb.capacity_bytes)
+            ),
+            None => format!(
+                "not even batch 1 of {} at seq {} in {} fits under {}: use a smaller precision or shorter sequences",
+                lb.model,
+                lb.seq,
+                lb.dtype,
+                h(lb.capacity_bytes)
+            ),
+        };
+        for a in &mut self.advice {
+            if a.starts_with("use a smaller batch") {
+                *a = format!(
+                    "use a smaller batch — {what}; {}",
+                    &a["use a smaller batch: ".len()..]
+                );
+            }
+        }
+        self.largest_batch = Some(lb);
+    }
 }
 
 /// Why a text could not be explained.
@@ -175,6 +219,7 @@ pub fn explain(text: &str) -> Result<Explanation, NotOom> {
         held_elsewhere_bytes: None,
         figures: Vec::new(),
         advice: Vec::new(),
+        largest_batch: None,
     };
     let pytorch = text.contains("CUDA out of memory") || text.contains("OutOfMemoryError");
     if pytorch && (p.total_new.is_match(text) || p.of_allocated.is_match(text)) {

@@ -639,3 +639,81 @@ fn estimate_holds_on_configs_shaped_unlike_the_tiny_ones() {
         }
     }
 }
+
+#[test]
+fn explain_with_a_model_names_the_largest_batch_that_fits_the_messages_gpu() {
+    let cache = TempDir::new("explain-model");
+    let classic = "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 11.17 GiB total capacity; 9.00 GiB already allocated; 1.50 GiB free; 9.50 GiB reserved in total by PyTorch)";
+    let out = oomlab(
+        &cache,
+        &[
+            "explain",
+            classic,
+            "--model",
+            "bert-base-uncased",
+            "--seq",
+            "512",
+            "--json",
+        ],
+    );
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let lb = &e["largest_batch"];
+    let capacity = e["total_capacity_bytes"].as_u64().unwrap();
+    assert_eq!(lb["capacity_bytes"].as_u64(), Some(capacity));
+    let batch = lb["batch"].as_u64().unwrap();
+    // The same answer `oomlab estimate` gives for that capacity.
+    let est = oomlab(
+        &cache,
+        &[
+            "estimate",
+            "-m",
+            "bert-base-uncased",
+            "--seq",
+            "512",
+            "--capacity",
+            &capacity.to_string(),
+            "--json",
+        ],
+    );
+    assert_eq!(json_lines(&est)[0]["max_batch"].as_u64(), Some(batch));
+    let first = e["advice"][0].as_str().unwrap();
+    assert!(
+        first.contains(&format!(
+            "the largest batch that fits is {batch} for bert-base-uncased at seq 512"
+        )),
+        "{first}"
+    );
+    // A message without the total capacity needs the GPU named.
+    let out = oomlab(
+        &cache,
+        &[
+            "explain",
+            "CUDA error: out of memory",
+            "-m",
+            "bert-base-uncased",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--gpu"));
+    let out = oomlab(
+        &cache,
+        &[
+            "explain",
+            "CUDA error: out of memory",
+            "-m",
+            "bert-base-uncased",
+            "--gpu",
+            "t4",
+            "--json",
+        ],
+    );
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        e["largest_batch"]["capacity_bytes"].as_u64(),
+        Some(15_633_219_584)
+    );
+    // Without --model the field is there, null.
+    let out = oomlab(&cache, &["explain", classic, "--json"]);
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(e["largest_batch"].is_null());
+}
