@@ -115,7 +115,7 @@ pub struct SweepArgs {
     /// Memory kept free by the recommendation, e.g. 10% or 0.1. Default: 10%.
     #[arg(long, value_parser = parse_headroom)]
     pub headroom: Option<f64>,
-    /// Search strategy: auto (probe, predict, confirm), grid (every batch up to the first OOM,
+    /// Search strategy: auto (start at the estimator's b*, measure b* and b*+1), grid (every batch up to the first OOM,
     /// for plots) or binsearch (Lightning's power-then-bisect, for comparison). Default: auto.
     #[arg(long)]
     pub strategy: Option<Strategy>,
@@ -156,17 +156,19 @@ pub struct SweepArgs {
 
 const AFTER_SWEEP: &str = "\
 How the boundary is found:
-  On the CPU memory grows monotonically with batch and, for f32/f16, exactly linearly from the
-  bytes held before the forward. `auto` measures the range minimum, predicts the largest batch b*
-  under the capacity, and confirms that b* fits and b*+1 does not: typically 3 trials. It bisects
-  when a prediction misses; no curve takes more than 2·⌈log2(range)⌉ + 6 trials (grid: one per
-  batch). Each boundary's status is exact, above_range, none_fits, non_monotone (a batch fitted
-  at or above one that ran out of memory: the answer is then the largest fit below the lowest
-  OOM) or incomplete.
+  `auto` starts at the estimator's b* (`oomlab estimate`) on top of the worker's measured
+  baseline and measures b* and b*+1: two trials when the estimate is right, one correction when it
+  is a batch off; otherwise it follows the measured line (on the CPU memory grows monotonically
+  with batch and, for f32/f16, exactly linearly) and bisects. No curve takes more than
+  2·⌈log2(range)⌉ + 6 trials (grid: one per batch). Each boundary's status is exact, above_range,
+  none_fits, non_monotone (a batch fitted at or above one that ran out of memory: the answer is
+  then the largest fit below the lowest OOM) or incomplete.
 
 The recommendation:
-  Per (seq, dtype): the largest batch below every measured OOM whose measured total stays under
-  capacity × (1 − headroom), confirmed by one trial at that batch.
+  Per (seq, dtype): the largest batch below every measured OOM whose total the measured line puts
+  under capacity × (1 − headroom) — computed, marked so with the bytes it predicts. --confirm pick
+  (default) measures only the overall pick, --confirm all every curve's, --confirm none none; a
+  confirmation over the limit sends its curve to a measured search.
   Overall pick: the most tokens per step (batch × seq); ties go to the wider dtype (f32, then
   bf16, then f16), then to the longer sequence.
 

@@ -14,7 +14,7 @@ pub const MAX_BATCH: usize = 65_536;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Strategy {
-    /// Probe, predict from the affine memory model, confirm b* and b*+1; bisect on a miss.
+    /// Start at the estimator's b*, measure b* and b*+1; follow the measured line, then bisect, on a miss.
     #[default]
     Auto,
     /// Every batch from the minimum up to the first OOM (for teaching plots).

@@ -145,18 +145,34 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
     for (spec, batch, seq, dtype) in &points {
         let rt = &runtimes[dtype];
         let e = estimate::estimate(spec, *batch, *seq, *dtype, rt);
-        let max_batch = args
-            .capacity
-            .and_then(|c| estimate::max_batch(spec, *seq, *dtype, rt, c, MAX_BATCH));
         let measured = match &mut sup {
             Some(sup) => Some(measure(
-                sup, spec, *batch, *seq, *dtype, threads, &e, &cancel,
+                sup,
+                (spec, *batch, *seq, *dtype),
+                threads,
+                &e,
+                &cancel,
             )?),
             None => None,
         };
-        out.push(point(
-            spec, *batch, *seq, *dtype, threads, &e, rt, capacity, max_batch, measured,
-        ));
+        out.push(Point {
+            model: spec.name.clone(),
+            batch: *batch,
+            seq: *seq,
+            dtype: *dtype,
+            threads,
+            weights_bytes: e.weights_bytes,
+            activation_bytes: e.activation_bytes,
+            kv_cache_bytes: e.kv_cache_bytes,
+            overhead_bytes: e.overhead_bytes,
+            total_bytes: e.total_bytes,
+            runtime_bytes: rt.bytes,
+            capacity_bytes: capacity,
+            max_batch: capacity
+                .and_then(|c| estimate::max_batch(spec, *seq, *dtype, rt, c, MAX_BATCH)),
+            measured_total_bytes: measured,
+            relative_error: measured.map(|m| (e.total_bytes as f64 - m as f64) / m as f64),
+        });
         if args.json {
             // One line per point as soon as it is known (a --check can take minutes).
             let p = out.last().expect("just pushed");
@@ -170,38 +186,6 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
         print_table(&out, capacity);
     }
     Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-fn point(
-    spec: &ModelSpec,
-    batch: usize,
-    seq: usize,
-    dtype: Precision,
-    threads: usize,
-    e: &Breakdown,
-    rt: &Runtime,
-    capacity_bytes: Option<u64>,
-    max_batch: Option<usize>,
-    measured: Option<u64>,
-) -> Point {
-    Point {
-        model: spec.name.clone(),
-        batch,
-        seq,
-        dtype,
-        threads,
-        weights_bytes: e.weights_bytes,
-        activation_bytes: e.activation_bytes,
-        kv_cache_bytes: e.kv_cache_bytes,
-        overhead_bytes: e.overhead_bytes,
-        total_bytes: e.total_bytes,
-        runtime_bytes: rt.bytes,
-        capacity_bytes,
-        max_batch,
-        measured_total_bytes: measured,
-        relative_error: measured.map(|m| (e.total_bytes as f64 - m as f64) / m as f64),
-    }
 }
 
 fn invalid(field: PlanField, problem: PlanProblem) -> CliError {
@@ -296,13 +280,9 @@ fn points(args: &EstimateArgs) -> Result<Vec<(ModelSpec, usize, usize, Precision
 
 /// Runs one point on the real worker, under a capacity the estimate fits in with room to spare
 /// (or the machine's largest); returns the measured high-water mark.
-#[allow(clippy::too_many_arguments)]
 fn measure(
     sup: &mut Supervisor,
-    spec: &ModelSpec,
-    batch: usize,
-    seq: usize,
-    dtype: Precision,
+    (spec, batch, seq, dtype): (&ModelSpec, usize, usize, Precision),
     threads: usize,
     e: &Breakdown,
     cancel: &AtomicBool,

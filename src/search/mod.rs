@@ -302,6 +302,27 @@ pub fn next_step(strategy: Strategy, ctx: &SearchCtx, obs: &[Obs]) -> Step {
     Step::Trial(next)
 }
 
+/// Where the observations stand against the headroom limit: the lowest batch known not to do
+/// (an OOM, or a fit over the limit; past the range when none), and the largest measured batch
+/// under the limit below it.
+fn under_limit(ctx: &SearchCtx, limit_bytes: u64, obs: &[Obs]) -> (usize, Option<usize>) {
+    let past = ctx.range.max + 1;
+    let under = |o: &Obs| o.fits && o.total_bytes.is_some_and(|t| t <= limit_bytes);
+    let a = obs
+        .iter()
+        .filter(|o| !under(o))
+        .map(|o| o.batch)
+        .min()
+        .unwrap_or(past)
+        .min(past);
+    let u = obs
+        .iter()
+        .filter(|o| under(o) && o.batch < a)
+        .map(|o| o.batch)
+        .max();
+    (a, u)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecStep {
     Trial(usize),
@@ -323,21 +344,8 @@ pub fn next_recommend(
     if found.max_batch.is_none() {
         return RecStep::Done(None);
     }
-    let (lo, hi) = (ctx.range.min, ctx.range.max);
-    let under = |o: &Obs| o.fits && o.total_bytes.is_some_and(|t| t <= limit_bytes);
-    // The lowest batch known not to do: an OOM, or a fit over the limit.
-    let a = obs
-        .iter()
-        .filter(|o| !under(o))
-        .map(|o| o.batch)
-        .min()
-        .unwrap_or(hi + 1)
-        .min(hi + 1);
-    let u = obs
-        .iter()
-        .filter(|o| under(o) && o.batch < a)
-        .map(|o| o.batch)
-        .max();
+    let lo = ctx.range.min;
+    let (a, u) = under_limit(ctx, limit_bytes, obs);
     if a <= lo {
         return RecStep::Done(None);
     }
@@ -419,20 +427,8 @@ pub fn recommend(
     if confirm_failed {
         return measured(next_recommend(ctx, found, limit_bytes, obs, extra_trials));
     }
-    let (lo, hi) = (ctx.range.min, ctx.range.max);
-    let under = |o: &Obs| o.fits && o.total_bytes.is_some_and(|t| t <= limit_bytes);
-    let a = obs
-        .iter()
-        .filter(|o| !under(o))
-        .map(|o| o.batch)
-        .min()
-        .unwrap_or(hi + 1)
-        .min(hi + 1);
-    let u = obs
-        .iter()
-        .filter(|o| under(o) && o.batch < a)
-        .map(|o| o.batch)
-        .max();
+    let lo = ctx.range.min;
+    let (a, u) = under_limit(ctx, limit_bytes, obs);
     let lowest_oom = obs.iter().filter(|o| !o.fits).map(|o| o.batch).min();
     let fits = fits_below(obs, lowest_oom);
     let computed = predict(&fits, ctx.baseline_bytes, limit_bytes)

@@ -265,6 +265,14 @@ fn estimate_json_writes_one_object_per_point_with_the_documented_names() {
             "seq {seq}: max_batch {mb}"
         );
     }
+    // A GPU preset is a capacity too.
+    let out = oomlab(
+        &cache,
+        &["estimate", "-m", "tiny-bert", "--threads", "1", "--gpu", "t4", "--json"],
+    );
+    let p = &json_lines(&out)[0];
+    assert_eq!(p["capacity_bytes"].as_u64(), Some(15_633_219_584));
+    assert!(p["max_batch"].as_u64().is_some_and(|b| b > 1000), "{p}");
     // Without a capacity, max_batch is null.
     let out = oomlab(
         &cache,
