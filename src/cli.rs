@@ -816,6 +816,14 @@ pub fn print_results(r: &Results) {
     );
     if !r.on_gpu() && crate::presets::matching(r.capacity_bytes).is_some() {
         println!("({})", crate::presets::CPU_NOTE);
+        for (d, base) in &r.baseline_bytes {
+            if let Some(w) = r.weights_bytes.get(d) {
+                println!(
+                    "overhead beside the weights on this CPU ({d}): {} measured; on the GPU, add its CUDA context and workspace",
+                    human_bytes(base.saturating_sub(*w))
+                );
+            }
+        }
     }
     println!("forward: {}", r.forward);
     for (d, w) in &r.weights_bytes {

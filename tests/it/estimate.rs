@@ -268,7 +268,16 @@ fn estimate_json_writes_one_object_per_point_with_the_documented_names() {
     // A GPU preset is a capacity too.
     let out = oomlab(
         &cache,
-        &["estimate", "-m", "tiny-bert", "--threads", "1", "--gpu", "t4", "--json"],
+        &[
+            "estimate",
+            "-m",
+            "tiny-bert",
+            "--threads",
+            "1",
+            "--gpu",
+            "t4",
+            "--json",
+        ],
     );
     let p = &json_lines(&out)[0];
     assert_eq!(p["capacity_bytes"].as_u64(), Some(15_633_219_584));
@@ -724,4 +733,62 @@ fn explain_with_a_model_names_the_largest_batch_that_fits_the_messages_gpu() {
     let out = oomlab(&cache, &["explain", classic, "--json"]);
     let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(e["largest_batch"].is_null());
+}
+
+#[test]
+fn a_sweep_against_a_gpu_preset_is_labelled_a_cpu_measurement_everywhere() {
+    let dir = TempDir::new("preset-sweep");
+    let json = dir.join("r.json");
+    let export = dir.join("rec.toml");
+    let out = oomlab(
+        &dir,
+        &[
+            "sweep",
+            "--model",
+            "tiny-bert",
+            "--seq",
+            "16",
+            "--batch",
+            "1..4",
+            "--gpu",
+            "k80",
+            "--threads",
+            "1",
+            "--allow-overcommit",
+            "--journal",
+            dir.join("j.jsonl").to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+            "--export",
+            export.to_str().unwrap(),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // The classic message's GPU: 11.17 GiB, as PyTorch prints it.
+    for text in [&*stdout, &*stderr] {
+        assert!(
+            text.contains("11.17 GiB (Tesla K80 (one GPU of the board), CPU measurement)"),
+            "{text}"
+        );
+        assert!(text.contains(oomlab::presets::CPU_NOTE), "{text}");
+    }
+    assert!(
+        stdout.contains("overhead beside the weights on this CPU (f32):"),
+        "{stdout}"
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["capacity_bytes"].as_u64(), Some(11_441 << 20));
+    let rec = std::fs::read_to_string(&export).unwrap();
+    assert!(
+        rec.contains("capacity_preset") && rec.contains("CPU measurement against this GPU"),
+        "{rec}"
+    );
+    // The flag names the presets when it does not know one.
+    let out = oomlab(&dir, &["sweep", "--model", "tiny-bert", "--gpu", "a100"]);
+    assert_eq!(out.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("a100-40") && e.contains("a100-80"), "{e}");
 }
