@@ -426,27 +426,8 @@ fn largest_batch(
     })?;
     let dtype = dtype.unwrap_or(crate::plan::defaults::DTYPES[0]);
     let seq = seq.unwrap_or(crate::plan::defaults::SEQ.min(spec.dims.max_positions));
-    if seq == 0 || seq > spec.dims.max_positions {
-        return Err(CliError::from(PlanError::invalid(
-            PlanField::Seq,
-            crate::plan::PlanProblem::SeqAboveMax {
-                seq,
-                max: spec.dims.max_positions,
-                model: spec.name.clone(),
-                origin: spec.origin.clone(),
-            },
-        )));
-    }
-    if !spec.family.supports(dtype) {
-        return Err(CliError::from(PlanError::invalid(
-            PlanField::Dtype,
-            crate::plan::PlanProblem::DtypeUnsupported {
-                dtype,
-                family: spec.family.name().into(),
-                model: spec.name.clone(),
-            },
-        )));
-    }
+    sweep::check_seq(&spec, seq)?;
+    sweep::check_dtype(&spec, dtype)?;
     let worker = WorkerConfig::current()
         .map_err(|e| CliError::runtime(format!("cannot locate the oomlab binary: {e}")))?;
     let (rt, _) = crate::calibrate::runtime(

@@ -225,35 +225,13 @@ pub fn check(plan: &SweepPlan, spec: &ModelSpec) -> Result<(), PlanError> {
         return Err(PlanError::invalid(PlanField::Dtype, P::Missing));
     }
     for &seq in &plan.seqs {
-        if seq == 0 {
-            return Err(PlanError::invalid(PlanField::Seq, P::ZeroSeq));
-        }
-        if seq > spec.dims.max_positions {
-            return Err(PlanError::invalid(
-                PlanField::Seq,
-                P::SeqAboveMax {
-                    seq,
-                    max: spec.dims.max_positions,
-                    model: spec.name.clone(),
-                    origin: spec.origin.clone(),
-                },
-            ));
-        }
+        check_seq(spec, seq)?;
     }
     if plan.capacity_bytes == 0 {
         return Err(PlanError::invalid(PlanField::Capacity, P::ZeroCapacity));
     }
     for &dtype in &plan.dtypes {
-        if !spec.family.supports(dtype) {
-            return Err(PlanError::invalid(
-                PlanField::Dtype,
-                P::DtypeUnsupported {
-                    dtype,
-                    family: spec.family.to_string(),
-                    model: spec.name.clone(),
-                },
-            ));
-        }
+        check_dtype(spec, dtype)?;
         let weights_bytes = models::weights_bytes(spec, dtype.candle());
         if weights_bytes >= plan.capacity_bytes {
             return Err(PlanError::invalid(
@@ -268,6 +246,40 @@ pub fn check(plan: &SweepPlan, spec: &ModelSpec) -> Result<(), PlanError> {
         }
     }
     Ok(())
+}
+
+/// A sequence length the model can take (1 to its maximum positions).
+pub fn check_seq(spec: &ModelSpec, seq: usize) -> Result<(), PlanError> {
+    if seq == 0 {
+        return Err(PlanError::invalid(PlanField::Seq, PlanProblem::ZeroSeq));
+    }
+    if seq > spec.dims.max_positions {
+        return Err(PlanError::invalid(
+            PlanField::Seq,
+            PlanProblem::SeqAboveMax {
+                seq,
+                max: spec.dims.max_positions,
+                model: spec.name.clone(),
+                origin: spec.origin.clone(),
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// A precision candle can run the model's family in.
+pub fn check_dtype(spec: &ModelSpec, dtype: Precision) -> Result<(), PlanError> {
+    if spec.family.supports(dtype) {
+        return Ok(());
+    }
+    Err(PlanError::invalid(
+        PlanField::Dtype,
+        PlanProblem::DtypeUnsupported {
+            dtype,
+            family: spec.family.to_string(),
+            model: spec.name.clone(),
+        },
+    ))
 }
 
 /// Checks that this machine can hold the simulated capacity (CPU device): the worker's counted

@@ -229,32 +229,10 @@ fn points(args: &EstimateArgs) -> Result<Vec<(ModelSpec, usize, usize, Precision
         args.batch.clone()
     };
     for &seq in &seqs {
-        if seq == 0 {
-            return Err(invalid(PlanField::Seq, PlanProblem::ZeroSeq));
-        }
-        if seq > spec.dims.max_positions {
-            return Err(invalid(
-                PlanField::Seq,
-                PlanProblem::SeqAboveMax {
-                    seq,
-                    max: spec.dims.max_positions,
-                    model: spec.name.clone(),
-                    origin: spec.origin.clone(),
-                },
-            ));
-        }
+        crate::sweep::check_seq(&spec, seq)?;
     }
     for &dtype in &dtypes {
-        if !spec.family.supports(dtype) {
-            return Err(invalid(
-                PlanField::Dtype,
-                PlanProblem::DtypeUnsupported {
-                    dtype,
-                    family: spec.family.name().into(),
-                    model: spec.name.clone(),
-                },
-            ));
-        }
+        crate::sweep::check_dtype(&spec, dtype)?;
     }
     for &b in &batches {
         if b == 0 || b > MAX_BATCH {

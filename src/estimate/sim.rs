@@ -174,24 +174,29 @@ impl Sim {
         })
     }
 
+    /// A contiguous tensor whose storage counts `bytes` (0: uncounted) and whose handle is
+    /// `handle`.
+    fn contiguous_tensor(&self, dims: &[usize], dt: Dt, bytes: u64, handle: Rc<Handle>) -> T {
+        T {
+            dims: dims.to_vec(),
+            strides: contiguous_strides(dims),
+            dt,
+            storage: Rc::new(Storage {
+                bytes,
+                elems: dims.iter().product(),
+                kind: Cell::new(Kind::Activation),
+                c: Rc::clone(&self.c),
+            }),
+            _handle: handle,
+        }
+    }
+
     /// A new contiguous tensor.
     #[must_use]
     pub fn alloc(&self, dims: &[usize], dt: Dt) -> T {
         let bytes = dims.iter().product::<usize>() as u64 * dt.size() + STORAGE_BYTES;
         self.c.add(bytes, Kind::Activation);
-        let storage = Rc::new(Storage {
-            bytes,
-            elems: dims.iter().product(),
-            kind: Cell::new(Kind::Activation),
-            c: Rc::clone(&self.c),
-        });
-        T {
-            dims: dims.to_vec(),
-            strides: contiguous_strides(dims),
-            dt,
-            storage,
-            _handle: self.handle(dims.len(), true),
-        }
+        self.contiguous_tensor(dims, dt, bytes, self.handle(dims.len(), true))
     }
 
     /// A plain heap buffer (a `Vec` an op builds), alive while the returned guard is.
@@ -207,22 +212,11 @@ impl Sim {
     /// A tensor that exists already and is not counted (a weight, a table built at load).
     #[must_use]
     pub fn external(&self, dims: &[usize], dt: Dt) -> T {
-        let storage = Rc::new(Storage {
+        let handle = Rc::new(Handle {
             bytes: 0,
-            elems: dims.iter().product(),
-            kind: Cell::new(Kind::Activation),
             c: Rc::clone(&self.c),
         });
-        T {
-            dims: dims.to_vec(),
-            strides: contiguous_strides(dims),
-            dt,
-            storage,
-            _handle: Rc::new(Handle {
-                bytes: 0,
-                c: Rc::clone(&self.c),
-            }),
-        }
+        self.contiguous_tensor(dims, dt, 0, handle)
     }
 
     /// The high-water mark so far.

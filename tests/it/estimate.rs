@@ -729,6 +729,20 @@ fn explain_with_a_model_names_the_largest_batch_that_fits_the_messages_gpu() {
         e["largest_batch"]["capacity_bytes"].as_u64(),
         Some(15_633_219_584)
     );
+    // The point is checked like a sweep's, naming the flag.
+    for (flag, value) in [("--seq", "0"), ("--seq", "513"), ("--dtype", "f16")] {
+        let model = if flag == "--dtype" {
+            "distilbert-base-uncased"
+        } else {
+            "bert-base-uncased"
+        };
+        let out = oomlab(&cache, &["explain", classic, "-m", model, flag, value]);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(flag),
+            "{flag} {value}"
+        );
+    }
     // Without --model the field is there, null.
     let out = oomlab(&cache, &["explain", classic, "--json"]);
     let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
