@@ -858,7 +858,7 @@ pub fn print_results(r: &Results) {
                 t.seq,
                 t.dtype.name(),
                 t.batch,
-                opt_bytes(t.total_bytes),
+                opt_bytes(t.pool_peak_bytes),
                 opt_bytes(t.pool_reserved_bytes),
                 opt_bytes(t.device_used_bytes),
                 opt_bytes(t.process_bytes)

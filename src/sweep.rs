@@ -715,6 +715,7 @@ impl Sweep {
             reason: None,
             seconds: wall_seconds,
             worker_pid: pid,
+            pool_peak_bytes: None,
             pool_reserved_bytes: None,
             device_used_bytes: None,
             process_bytes: None,
@@ -728,6 +729,7 @@ impl Sweep {
                 r.live_before_bytes = Some(m.live_before_bytes);
                 r.baseline_bytes = Some(m.baseline_bytes);
                 r.seconds = m.seconds;
+                r.pool_peak_bytes = m.pool_peak_bytes;
                 r.pool_reserved_bytes = m.pool_reserved_bytes;
                 r.device_used_bytes = m.device_used_bytes;
                 r.process_bytes = m.process_bytes;

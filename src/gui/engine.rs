@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 /// Messages from the engine thread.
 #[derive(Debug)]
 pub enum EngineMsg {
-    Event(SweepEvent),
+    Event(Box<SweepEvent>),
     /// The sweep could not start or its journal could not be written (in the window's words).
     Failed(String),
 }
@@ -167,7 +167,9 @@ fn engine_thread(
     match sweep {
         Err(e) => send(EngineMsg::Failed(e.describe(&super::form::Labels))),
         Ok(s) => {
-            if let Err(e) = s.run(worker, cancel, &mut |ev| send(EngineMsg::Event(ev))) {
+            if let Err(e) = s.run(worker, cancel, &mut |ev| {
+                send(EngineMsg::Event(Box::new(ev)));
+            }) {
                 send(EngineMsg::Failed(e.to_string()));
             }
         }
@@ -250,7 +252,7 @@ impl OomLabApp {
                 log.push(format!("error: {e}"));
                 self.notice = Some(e);
             }
-            EngineMsg::Event(ev) => match ev {
+            EngineMsg::Event(ev) => match *ev {
                 SweepEvent::Started {
                     journal,
                     contents,

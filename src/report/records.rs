@@ -93,8 +93,12 @@ pub struct TrialRecord {
     pub reason: Option<String>,
     pub seconds: f64,
     pub worker_pid: Option<u32>,
-    /// CUDA only (null on the CPU): the pool's reserved high-water mark, the device memory in use
-    /// after the forward (`cuMemGetInfo`), and what NVML reports for the worker's process.
+    /// CUDA only (null on the CPU): the pool's used high-water mark (the most candle's tensors
+    /// held at once; `total_bytes` is what the device gave: reserved + overhead outside the
+    /// pool), its reserved high-water mark, the device memory in use after the forward
+    /// (`cuMemGetInfo`), and what NVML reports for the worker's process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_peak_bytes: Option<u64>,
     #[serde(default)]
     pub pool_reserved_bytes: Option<u64>,
     #[serde(default)]
@@ -318,7 +322,7 @@ impl Results {
 }
 
 /// How the CUDA figures relate, in one line (people compare with nvidia-smi).
-pub const CUDA_FIGURES: &str = "pool peak = the most candle's tensors held at once (exact, the memory pool's high-water mark); nvidia-smi shows the whole process: the pool's reserved bytes + the overhead outside it (CUDA context, kernel modules, cuBLAS workspace) + the ballast oomlab holds back to simulate the capacity";
+pub const CUDA_FIGURES: &str = "total = what the GPU gave the trial's worker, compared with the capacity: the memory pool's reserved high-water mark + the overhead outside the pool (CUDA context, kernel modules, cuBLAS workspace); pool peak = the most candle's tensors held at once (exact, the pool's used high-water mark); nvidia-smi shows the whole process, the ballast oomlab holds back to simulate the capacity included. Each trial runs in a fresh worker, as a program's first forward would";
 
 /// Said under a pick that [`Results::pick_is_host_limited`].
 pub const HOST_LIMITED_PICK: &str = "a lower bound: this machine's memory, not the capacity, limited this curve; the simulated device fits at least this much";

@@ -123,12 +123,10 @@ pub fn curve_phase(
         .filter(|t| t.curve() == curve && t.strategy == plan.strategy)
         .collect();
     // Aim predictions at what the worker can really reach: the machine's ceiling when the
-    // capacity overcommits it (CPU), the pool's share of the capacity (CUDA).
+    // capacity overcommits it (CPU). On CUDA a trial's total holds the overhead outside the
+    // pool already, so the capacity itself is the ceiling.
     let worker = workers.iter().rev().find(|w| w.dtype == curve.dtype);
-    let ceiling = worker.and_then(|w| match (w.host_ceiling_bytes, w.pool_capacity_bytes) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    });
+    let ceiling = worker.and_then(|w| w.host_ceiling_bytes);
     let capacity_bytes = ceiling.map_or(plan.capacity_bytes, |c| c.min(plan.capacity_bytes));
     let baseline_bytes = baseline_for(curve, trials, workers);
     let hint = match (spec, baseline_bytes) {
@@ -145,11 +143,20 @@ pub fn curve_phase(
         ),
         _ => None,
     };
+    // The estimator models the CPU forward to the byte. On a GPU the pool's rounding and
+    // cuBLAS add their share, so its b* only sizes a first probe, kept safely below it.
+    let on_gpu = matches!(plan.device, crate::plan::Device::Cuda { .. });
+    let hint = if on_gpu {
+        hint.map(|h| (h * 3 / 4).max(plan.batch.min))
+    } else {
+        hint
+    };
     let ctx = SearchCtx {
         range: plan.batch,
         capacity_bytes,
         baseline_bytes,
         hint,
+        hint_exact: !on_gpu,
     };
     let all = obs_of(mine.iter().copied());
     let step = search::next_step(plan.strategy, &ctx, &all);

@@ -42,6 +42,10 @@ pub struct SearchCtx {
     /// The estimator's b* (`auto` starts there instead of probing the range minimum); `Some(0)`
     /// when it predicts that nothing fits.
     pub hint: Option<usize>,
+    /// Whether the hint is expected to be right to the batch (the estimator models the CPU
+    /// forward exactly). On a GPU it only sizes the first probe: no b*−1 / b*+1 steps around
+    /// it, the measured line takes over from there.
+    pub hint_exact: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,15 +177,24 @@ fn bounds(obs: &[Obs]) -> Bounds {
     }
 }
 
-/// Predicts the largest batch whose total stays at or under `limit`, from the two largest fits
-/// (secant) or, with one fit, from the known intercept. Integer arithmetic: exact for affine data.
-fn predict(fits: &[(usize, u64)], baseline: Option<u64>, limit: u64) -> Option<usize> {
-    let (b1, t1) = *fits.last()?;
-    let (b0, t0) = if fits.len() >= 2 {
-        fits[fits.len() - 2]
+/// The two points of the measured line: the largest fit, and the smallest fit (the widest
+/// secant) or, with one fit, the known intercept. On a GPU totals move in the pool's steps
+/// (tens of MiB): two neighbouring batches can take the same bytes, and only a wide secant
+/// keeps the slope. Exact for affine data either way.
+fn secant(fits: &[(usize, u64)], baseline: Option<u64>) -> Option<((usize, u64), (usize, u64))> {
+    let last = *fits.last()?;
+    let first = if fits.len() >= 2 {
+        fits[0]
     } else {
         (0, baseline?)
     };
+    Some((first, last))
+}
+
+/// Predicts the largest batch whose total stays at or under `limit`, from the measured line
+/// ([`secant`]). Integer arithmetic: exact for affine data.
+fn predict(fits: &[(usize, u64)], baseline: Option<u64>, limit: u64) -> Option<usize> {
+    let ((b0, t0), (b1, t1)) = secant(fits, baseline)?;
     if t1 <= t0 || b1 <= b0 {
         return None;
     }
@@ -272,11 +285,14 @@ pub fn next_step(strategy: Strategy, ctx: &SearchCtx, obs: &[Obs]) -> Step {
                     (None, None) => lo,
                     // The hint ran out of memory: one step down (the estimate was a batch over),
                     // then the probe at the range minimum.
-                    (Some(o), Some(_)) if obs.len() == 1 => o - 1,
+                    (Some(o), Some(_)) if obs.len() == 1 && ctx.hint_exact => o - 1,
                     (Some(_), Some(_)) if !obs.iter().any(|x| x.batch == lo) => lo,
                     (Some(_), _) => usize::midpoint(low, high),
                 }
-            } else if obs.len() == 1 && ctx.hint.is_some_and(|h| fit == Some(h.clamp(lo, hi))) {
+            } else if obs.len() == 1
+                && ctx.hint_exact
+                && ctx.hint.is_some_and(|h| fit == Some(h.clamp(lo, hi)))
+            {
                 // The estimator's b* fitted: b*+1 proves it.
                 low + 1
             } else {
@@ -388,12 +404,7 @@ pub enum Rec {
 
 /// The line through the two largest fits (or through one fit and the intercept) at batch `b`.
 fn line_at(fits: &[(usize, u64)], baseline: Option<u64>, b: usize) -> Option<u64> {
-    let (b1, t1) = *fits.last()?;
-    let (b0, t0) = if fits.len() >= 2 {
-        fits[fits.len() - 2]
-    } else {
-        (0, baseline?)
-    };
+    let ((b0, t0), (b1, t1)) = secant(fits, baseline)?;
     if t1 < t0 || b1 <= b0 {
         return None;
     }

@@ -299,6 +299,8 @@ fn every_strategy_survives_thousands_of_random_curves_within_its_bound() {
                 _ => Some(base),
             },
             hint: None,
+            // Exact to the batch (the CPU estimator) or a first probe only (a GPU).
+            hint_exact: rng.chance(50),
         };
         // The estimator's b*: absent, right, a little off, anywhere, or "nothing fits".
         let star = last_true(range, &|b| world(b).0).unwrap_or(0);
@@ -331,6 +333,7 @@ fn every_strategy_survives_thousands_of_random_curves_within_its_bound() {
                 // From the estimator's b*: the two trials that prove the boundary, plus at most
                 // one correction when it is a batch off.
                 if s == Strategy::Auto
+                    && ctx.hint_exact
                     && found.status == BoundaryStatus::Exact
                     && star > range.min
                     && let Some(h) = hint
@@ -374,7 +377,7 @@ fn every_strategy_survives_thousands_of_random_curves_within_its_bound() {
         "wild worlds produced {non_monotone_seen} contradictions"
     );
     assert!(
-        hinted_exact > 300 && hinted_off > 100,
+        hinted_exact > 200 && hinted_off > 40,
         "{hinted_exact} exact and {hinted_off} off-by-one hints checked"
     );
 }
@@ -405,6 +408,7 @@ fn arbitrary_observations_never_crash_or_repeat() {
             hint: rng
                 .chance(50)
                 .then(|| rng.range(0, range.max as u64 + 3) as usize),
+            hint_exact: rng.chance(50),
         };
         let fresh =
             |b: usize| b >= range.min && b <= range.max && !obs.iter().any(|o| o.batch == b);
@@ -431,6 +435,7 @@ fn a_fit_above_an_oom_is_non_monotone_naming_both_batches() {
         capacity_bytes: 1000,
         baseline_bytes: Some(100),
         hint: None,
+        hint_exact: true,
     };
     let fit = |batch, t| Obs {
         batch,
@@ -485,6 +490,7 @@ fn auto_needs_three_trials_where_binsearch_needs_nine() {
         capacity_bytes: cap,
         baseline_bytes: Some(BASE),
         hint: None,
+        hint_exact: true,
     };
     let world = |b: usize| {
         let t = BASE + 1234 + K * b as u64;
@@ -525,6 +531,7 @@ fn recommendation_none_when_nothing_fits_under_headroom() {
         capacity_bytes: 1000,
         baseline_bytes: Some(900),
         hint: None,
+        hint_exact: true,
     };
     let obs = [
         Obs {
@@ -547,4 +554,31 @@ fn recommendation_none_when_nothing_fits_under_headroom() {
         next_recommend(&ctx, &found, 950, &obs, 0),
         RecStep::Done(None)
     );
+}
+
+/// Measured on an H200 (bert-large f32, seq 128, 11 GiB, a fresh worker per trial): totals move
+/// in the memory pool's steps, so batches 971 and 973 took the same bytes. The line's slope
+/// comes from the widest secant; the last two fits alone would give none, and the search would
+/// double to 1946 and bisect back down (ten trials more, as it did before this was fixed).
+#[test]
+fn pool_steps_do_not_flatten_the_measured_line() {
+    let ctx = SearchCtx {
+        range: BatchRange::new(1, 4096).unwrap(),
+        capacity_bytes: 11_811_160_064,
+        baseline_bytes: Some(2_062_417_920),
+        hint: Some(772),
+        hint_exact: false,
+    };
+    let fit = |batch, total| Obs {
+        batch,
+        fits: true,
+        total_bytes: Some(total),
+    };
+    let obs = [
+        fit(772, 9_849_143_296),
+        fit(966, 11_761_745_920),
+        fit(971, 11_795_300_352),
+        fit(973, 11_795_300_352),
+    ];
+    assert_eq!(next_step(Strategy::Auto, &ctx, &obs), Step::Trial(974));
 }

@@ -284,6 +284,7 @@ fn trial(
         live_before_bytes: live_before,
         baseline_bytes: s.baseline_bytes,
         seconds,
+        pool_peak_bytes: None,
         pool_reserved_bytes: None,
         device_used_bytes: None,
         process_bytes: None,
@@ -306,13 +307,16 @@ mod gpu {
     pub struct Gpu {
         meter: CudaMeter,
         index: usize,
+        /// Device memory in use (by every process) before this worker's context existed.
+        used_before_context: Option<u64>,
+        ballast_bytes: u64,
+        /// Outside the pool after warm-up; the fallback when NVML cannot say what was in use
+        /// before the context.
+        overhead_bytes: u64,
     }
 
     /// What the device looked like before the model was built.
     pub struct Prepared {
-        /// Device memory in use (by every process) before this worker's context existed.
-        used_before_context: Option<u64>,
-        ballast_bytes: u64,
         capacity_bytes: u64,
     }
 
@@ -361,28 +365,40 @@ mod gpu {
             meter.reserve_ballast(ballast_bytes)?;
             Ok((
                 device,
-                Self { meter, index },
-                Prepared {
+                Self {
+                    meter,
+                    index,
                     used_before_context,
                     ballast_bytes,
-                    capacity_bytes,
+                    overhead_bytes: 0,
                 },
+                Prepared { capacity_bytes },
             ))
         }
 
-        /// After build and warm-up: the pool's baseline, and the overhead outside the pool.
-        pub fn settle(self, p: Prepared) -> Result<(Self, ReadyGpu), Failure> {
-            self.meter.trim()?;
-            let (used, reserved) = self.meter.pool_current()?;
+        /// What this worker holds outside the pool now (context, kernel modules, cuBLAS
+        /// workspace): the device's use less what was there before, the ballast and the pool.
+        fn overhead_now(&self, pool_reserved_now: u64) -> Result<u64, Failure> {
             let (free, total) = self.meter.mem_info()?;
-            let held = p
-                .used_before_context
-                .map_or(total - free, |before| (total - free).saturating_sub(before));
-            let overhead_bytes = held.saturating_sub(reserved + p.ballast_bytes);
+            Ok(match self.used_before_context {
+                Some(before) => (total - free)
+                    .saturating_sub(before)
+                    .saturating_sub(pool_reserved_now + self.ballast_bytes),
+                None => self.overhead_bytes,
+            })
+        }
+
+        /// After build and warm-up: the overhead outside the pool, and the baseline — what the
+        /// device gives this worker at rest, the pool's reserved bytes and that overhead.
+        pub fn settle(mut self, p: Prepared) -> Result<(Self, ReadyGpu), Failure> {
+            self.meter.trim()?;
+            let (_, reserved) = self.meter.pool_current()?;
+            let overhead_bytes = self.overhead_now(reserved)?;
+            self.overhead_bytes = overhead_bytes;
             let ready = ReadyGpu {
-                baseline_bytes: used,
+                baseline_bytes: reserved + overhead_bytes,
                 overhead_bytes,
-                ballast_bytes: p.ballast_bytes,
+                ballast_bytes: self.ballast_bytes,
                 pool_capacity_bytes: p.capacity_bytes.saturating_sub(overhead_bytes),
             };
             Ok((self, ready))
@@ -412,16 +428,20 @@ mod gpu {
         m.synchronize()?;
         let seconds = t0.elapsed().as_secs_f64();
         let (used_high, reserved_high) = m.high()?;
+        let (_, reserved_now) = m.pool_current()?;
+        // Kernel modules a new shape loaded lazily count as much as the pool's bytes.
+        let overhead = gpu.overhead_now(reserved_now)?;
         let (free, total) = m.mem_info()?;
         let process_bytes = nvml_gpu(gpu.index).and_then(|g| g.process_bytes(std::process::id()));
         drop(out);
         m.trim()?;
         Ok(TrialMeasure {
             peak_bytes: used_high.saturating_sub(live_before),
-            total_bytes: used_high,
+            total_bytes: reserved_high.max(used_high) + overhead,
             live_before_bytes: live_before,
             baseline_bytes,
             seconds,
+            pool_peak_bytes: Some(used_high),
             pool_reserved_bytes: Some(reserved_high),
             device_used_bytes: Some(total - free),
             process_bytes,

@@ -72,12 +72,17 @@ pub struct Ready {
 pub struct TrialMeasure {
     /// Forward high-water mark minus the live bytes just before it.
     pub peak_bytes: u64,
-    /// Absolute high-water mark during the forward (compared with the capacity).
+    /// Absolute high-water mark during the forward (compared with the capacity). CUDA: what the
+    /// device had to give the worker, the pool's reserved high-water mark plus the overhead
+    /// outside the pool (context, kernel modules, cuBLAS workspace).
     pub total_bytes: u64,
     /// Live bytes just before the forward (baseline + inputs).
     pub live_before_bytes: u64,
     pub baseline_bytes: u64,
     pub seconds: f64,
+    /// CUDA: the pool's used high-water mark (the most candle's tensors held at once, exact).
+    #[serde(default)]
+    pub pool_peak_bytes: Option<u64>,
     /// CUDA: the pool's reserved high-water mark during the forward.
     #[serde(default)]
     pub pool_reserved_bytes: Option<u64>,

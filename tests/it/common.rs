@@ -21,6 +21,7 @@ pub fn worker() -> WorkerConfig {
     WorkerConfig {
         exe: bin(),
         faults: WorkerFaults::default(),
+        fresh_per_trial: false,
     }
 }
 
@@ -35,6 +36,7 @@ pub fn faulty_worker(stall_ms: u64, oom_at: &[usize]) -> WorkerConfig {
             host_available_bytes: None,
             timeline_points: None,
         },
+        fresh_per_trial: false,
     }
 }
 

@@ -108,6 +108,49 @@ fn peaks_are_identical_to_the_byte_across_processes() {
     assert_eq!(peaks[1], peaks[2]);
 }
 
+/// On a GPU each trial gets a worker of its own (what a forward can reach there depends on what
+/// ran before it in the process); the CPU shares one. The mechanism is the same on both: here it
+/// runs on the CPU, where the figures must not change with it.
+#[test]
+fn a_fresh_worker_per_trial_measures_what_a_shared_worker_does() {
+    let dir = TempDir::new("fresh");
+    let p = plan(
+        tiny("tiny-llama"),
+        &[32],
+        &[Precision::F32],
+        (1, 3),
+        1 << 32,
+        Strategy::Grid,
+    );
+    let (shared, _) = run(p.clone(), &dir.join("shared.jsonl"), &worker());
+    let fresh_worker = oomlab::worker::WorkerConfig {
+        fresh_per_trial: true,
+        ..worker()
+    };
+    let (fresh, events) = run(p, &dir.join("fresh.jsonl"), &fresh_worker);
+    let figures = |r: &report::Results| -> Vec<(usize, Option<u64>, Option<u64>)> {
+        r.trials
+            .iter()
+            .map(|t| (t.batch, t.peak_bytes, t.total_bytes))
+            .collect()
+    };
+    assert_eq!(figures(&shared), figures(&fresh));
+    let pids = |r: &report::Results| {
+        r.trials
+            .iter()
+            .map(|t| t.worker_pid.unwrap())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    assert_eq!(pids(&shared), 1, "{:?}", shared.trials);
+    assert_eq!(pids(&fresh), 3, "{:?}", fresh.trials);
+    let ready = events
+        .iter()
+        .filter(|e| matches!(e, SweepEvent::WorkerReady(_)))
+        .count();
+    assert_eq!(ready, 3, "one worker built per trial");
+}
+
 #[test]
 fn bert_f16_peak_is_half_of_f32_up_to_dtype_independent_metadata() {
     let dir = TempDir::new("half");

@@ -157,7 +157,8 @@ fn trials_table(state: &mut PanelState, ui: &mut egui::Ui, r: &Results) {
                     let gpu = t.pool_reserved_bytes.map(|reserved| {
                         let b = |v: Option<u64>| v.map_or_else(|| "?".into(), human_bytes);
                         format!(
-                            "pool reserved {} · device {} · nvidia-smi {}",
+                            "pool peak {} · reserved {} · device {} · nvidia-smi {}",
+                            b(t.pool_peak_bytes),
                             human_bytes(reserved),
                             b(t.device_used_bytes),
                             b(t.process_bytes)

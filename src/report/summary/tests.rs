@@ -40,6 +40,7 @@ fn record(
         reason: failure.map(|f| f.name().to_string()),
         seconds: 0.0,
         worker_pid: None,
+        pool_peak_bytes: None,
         pool_reserved_bytes: None,
         device_used_bytes: None,
         process_bytes: None,
@@ -226,4 +227,65 @@ fn a_confirmation_oom_below_the_boundary_makes_the_curve_non_monotone() {
     assert!(b.max_batch.unwrap() < r);
     assert!(results.recommendation.pick.unwrap().batch < r);
     assert!(!results.incomplete);
+}
+
+/// The estimator models the CPU forward to the byte: `auto` starts at its b* there. On a GPU it
+/// only sizes the first probe, kept below it, and a fit there is not taken for b* (no b*+1).
+#[test]
+fn on_a_gpu_the_estimator_only_sizes_the_first_probe() {
+    let spec = crate::catalog::ModelSpec::resolve(&ModelRef::Catalog("tiny-bert".into())).unwrap();
+    let worker = WorkerInfo {
+        dtype: Precision::F32,
+        weights_bytes: 1 << 20,
+        baseline_bytes: 2 << 20,
+        threads: 1,
+        from_checkpoint: false,
+        build_seconds: 0.0,
+        host_ceiling_bytes: None,
+        overhead_bytes: None,
+        ballast_bytes: None,
+        pool_capacity_bytes: None,
+    };
+    let first = |device: Device, trials: &[TrialRecord]| {
+        let p = SweepPlan {
+            device,
+            ..plan(Strategy::Auto, (1, 4096), 64 << 20)
+        };
+        curve_phase(
+            &p,
+            CURVE,
+            trials,
+            std::slice::from_ref(&worker),
+            None,
+            Some(&spec),
+        )
+    };
+    let CurvePhase::Search(cpu) = first(Device::Cpu { threads: 1 }, &[]) else {
+        panic!("the CPU sweep starts with a trial")
+    };
+    let CurvePhase::Search(gpu) = first(Device::Cuda { index: 0 }, &[]) else {
+        panic!("the GPU sweep starts with a trial")
+    };
+    assert!(cpu > 40, "tiny-bert at 64 MiB: b* {cpu}");
+    assert_eq!(gpu, cpu * 3 / 4);
+    // A fit at the CPU's b* is proved with b*+1; a fit at the GPU's probe is followed by the
+    // measured line's prediction instead.
+    let p = plan(Strategy::Auto, (1, 4096), 64 << 20);
+    let fit = |b: usize| {
+        let mut r = record(&p, b, Purpose::Search, Outcome::Fit, Some(50 << 20), None);
+        r.baseline_bytes = Some(2 << 20);
+        r
+    };
+    assert_eq!(
+        first(Device::Cpu { threads: 1 }, &[fit(cpu)]),
+        CurvePhase::Search(cpu + 1)
+    );
+    let CurvePhase::Search(next) = first(Device::Cuda { index: 0 }, &[fit(gpu)]) else {
+        panic!("the GPU sweep goes on")
+    };
+    assert_ne!(next, gpu + 1);
+    assert!(
+        next > gpu,
+        "the line from the baseline through the probe: {next}"
+    );
 }
