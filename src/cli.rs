@@ -150,6 +150,11 @@ pub struct SweepArgs {
     /// itself before the machine runs out of memory; such trials are marked `host_memory`).
     #[arg(long)]
     pub allow_overcommit: bool,
+    /// With a Hugging Face id (`--model org/name`): download its safetensors weights too
+    /// (sharded ones included) when the local HF cache lacks them, and measure with them.
+    /// Without it only config.json is fetched and the weights are zeros of the right shapes.
+    #[arg(long)]
+    pub weights: bool,
     #[command(flatten)]
     pub faults: WorkerFaults,
 }
@@ -538,6 +543,31 @@ fn group(n: u64) -> String {
     out
 }
 
+/// `--weights`: a Hugging Face id's safetensors into the local HF cache before the sweep.
+fn fetch_weights(model: Option<&ModelRef>) -> Result<(), CliError> {
+    match model {
+        Some(ModelRef::Hub { repo, revision }) => {
+            let id = crate::catalog::HubId {
+                repo: repo.clone(),
+                revision: revision.clone(),
+            };
+            eprintln!(
+                "fetching {id}'s weights into {} (when missing)",
+                crate::catalog::hub::cache_dir().display()
+            );
+            crate::catalog::hub::resolve(&id, true)
+                .map(|_| ())
+                .map_err(|e| CliError::from(PlanError::Model(e.into())))
+        }
+        Some(other) => Err(CliError::usage(format!(
+            "--weights downloads a Hugging Face model's weights; {other} is not a Hugging Face id (a local folder's safetensors are read without it; bundled models have synthetic weights)"
+        ))),
+        None => Err(CliError::usage(
+            "--weights needs --model with a Hugging Face id such as org/name",
+        )),
+    }
+}
+
 impl SweepArgs {
     /// The plan fields given on the command line.
     pub fn overrides(&self) -> Result<PlanOverrides, CliError> {
@@ -597,11 +627,24 @@ pub fn check_output_path(path: &Path, force: bool, flag: &str) -> Result<(), Cli
 }
 
 /// Refuses a capacity this machine cannot hold, unless `--allow-overcommit`.
-fn check_host(plan: &SweepPlan, args: &SweepArgs, worker: &WorkerConfig) -> Result<(), CliError> {
+fn check_host(
+    plan: &SweepPlan,
+    spec: &crate::catalog::ModelSpec,
+    args: &SweepArgs,
+    worker: &WorkerConfig,
+) -> Result<(), CliError> {
+    let host = worker.faults.host_memory();
+    // Weights that cannot fit this machine are refused even with --allow-overcommit.
+    sweep::check_weights_host(
+        plan,
+        &spec.name,
+        &sweep::weights_per_dtype(spec),
+        host.as_ref(),
+    )?;
     if args.allow_overcommit {
         return Ok(());
     }
-    sweep::check_host(plan, worker.faults.host_memory().as_ref()).map_err(CliError::from)
+    sweep::check_host(plan, host.as_ref()).map_err(CliError::from)
 }
 
 /// `oomlab sweep`
@@ -613,6 +656,9 @@ pub fn sweep(args: &SweepArgs, worker: &WorkerConfig) -> Result<Results, CliErro
         check_output_path(p, args.force, "--export")?;
     }
     let given = args.overrides()?;
+    if args.weights {
+        fetch_weights(given.model.as_ref())?;
+    }
     let sweep = if let Some(resume) = &args.resume {
         if args.journal.is_some() {
             return Err(CliError::usage(
@@ -620,11 +666,11 @@ pub fn sweep(args: &SweepArgs, worker: &WorkerConfig) -> Result<Results, CliErro
             ));
         }
         let sweep = Sweep::resume(resume, &given)?;
-        check_host(&sweep.plan, args, worker)?;
+        check_host(&sweep.plan, &sweep.spec, args, worker)?;
         sweep
     } else {
         let (plan, spec) = sweep::plan_from(&given)?;
-        check_host(&plan, args, worker)?;
+        check_host(&plan, &spec, args, worker)?;
         let journal = args
             .journal
             .clone()

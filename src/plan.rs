@@ -542,6 +542,15 @@ pub enum PlanProblem {
         capacity_bytes: u64,
         host: crate::measure::host::HostMemory,
     },
+    /// The model's weights alone in a chosen precision do not fit this machine (CPU device),
+    /// whatever the capacity; `fits` is the widest precision whose weights would.
+    WeightsAboveHost {
+        model: String,
+        dtype: Precision,
+        weights_bytes: u64,
+        host: crate::measure::host::HostMemory,
+        fits: Option<(Precision, u64)>,
+    },
 }
 
 impl PlanProblem {
@@ -608,6 +617,25 @@ impl PlanProblem {
                     face.allow_overcommit()
                 )
             }
+            Self::WeightsAboveHost {
+                model,
+                dtype,
+                weights_bytes,
+                host,
+                fits,
+            } => format!(
+                "the {dtype} weights of {model} alone take {}, more than this machine can hold for a trial ({} of {}); {}",
+                human_bytes(*weights_bytes),
+                human_bytes(host.largest_capacity_bytes()),
+                host.describe(),
+                match fits {
+                    Some((d, b)) => format!(
+                        "in {d} they take {}: choose {d} in {here}, or run on a machine (or GPU) with more memory",
+                        human_bytes(*b)
+                    ),
+                    None => "no precision makes them fit: choose a smaller model, or run on a machine (or GPU) with more memory".into(),
+                }
+            ),
             Self::DeviceNotBuilt { device } => format!(
                 "{} needs CUDA, which this build of oomlab does not include; rebuild it with `scripts/build-cuda.sh` (or `cargo build --release --features cuda` where nvcc is installed), or choose cpu in {here}",
                 device.name()

@@ -145,6 +145,30 @@ pub fn capacity_label(capacity_bytes: u64, on_cpu: bool) -> String {
     }
 }
 
+/// The window's "Teaching demo": a full grid sweep a lecturer can run live on a laptop CPU —
+/// three sequence lengths that separate clearly (attention grows with the square of the
+/// length), two precisions, and a capacity at which every curve ends in an out-of-memory cross.
+/// bert-tiny (`google/bert_uncased_L-2_H-128_A-2`, 4.4M parameters).
+pub struct TeachingDemo {
+    pub model: &'static str,
+    pub seqs: &'static str,
+    pub f32: bool,
+    pub f16: bool,
+    pub bf16: bool,
+    pub batch: &'static str,
+    pub capacity: &'static str,
+}
+
+pub const TEACHING_DEMO: TeachingDemo = TeachingDemo {
+    model: "bert-tiny",
+    seqs: "128, 256, 512",
+    f32: true,
+    f16: true,
+    bf16: false,
+    batch: "1..512",
+    capacity: "44MiB",
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -282,6 +282,53 @@ pub fn check_dtype(spec: &ModelSpec, dtype: Precision) -> Result<(), PlanError> 
     ))
 }
 
+/// The weights of `model` in each precision the plan names, for [`check_weights_host`].
+#[must_use]
+pub fn weights_per_dtype(spec: &ModelSpec) -> Vec<(crate::plan::Precision, u64)> {
+    crate::plan::Precision::ALL
+        .iter()
+        .map(|&d| (d, crate::models::weights_bytes(spec, d.candle())))
+        .collect()
+}
+
+/// On the CPU, a model whose weights alone in a chosen precision exceed what this machine can
+/// hold for a trial is refused before anything is allocated, whatever the capacity (with
+/// `--allow-overcommit` too), naming the widest precision that would fit.
+pub fn check_weights_host(
+    plan: &SweepPlan,
+    model: &str,
+    weights: &[(crate::plan::Precision, u64)],
+    host: Option<&HostMemory>,
+) -> Result<(), PlanError> {
+    let (Device::Cpu { .. }, Some(h)) = (plan.device, host) else {
+        return Ok(());
+    };
+    let room = h.largest_capacity_bytes();
+    for &dtype in &plan.dtypes {
+        let Some(&(_, weights_bytes)) = weights.iter().find(|(d, _)| *d == dtype) else {
+            continue;
+        };
+        if weights_bytes > room {
+            let fits = weights
+                .iter()
+                .filter(|(_, b)| *b <= room)
+                .max_by_key(|(d, b)| (*b, d.name() == "bf16"))
+                .copied();
+            return Err(PlanError::invalid(
+                PlanField::Dtype,
+                PlanProblem::WeightsAboveHost {
+                    model: model.to_string(),
+                    dtype,
+                    weights_bytes,
+                    host: *h,
+                    fits,
+                },
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Checks that this machine can hold the simulated capacity (CPU device): the worker's counted
 /// bytes, with the allocator's overhead, in what is available less a margin. `host` is `None`
 /// where the machine's memory cannot be read.

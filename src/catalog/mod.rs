@@ -5,9 +5,11 @@
 
 mod checkpoint;
 mod dims;
+pub mod hub;
 
 pub use checkpoint::{Checkpoint, CheckpointError};
 pub use dims::{Dims, Family, TensorShape};
+pub use hub::{HubError, HubId};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -20,57 +22,99 @@ pub struct Bundled {
     pub config_json: &'static str,
     /// Tiny models exist for tests and quick demonstrations.
     pub tiny: bool,
+    /// The model's ids on the Hugging Face Hub (the first is its own): `--model` accepts any.
+    pub hub_ids: &'static [&'static str],
 }
 
 pub const BUNDLED: &[Bundled] = &[
     Bundled {
         id: "bert-base-uncased",
         config_json: include_str!("../../assets/models/bert-base-uncased.json"),
+        hub_ids: &["google-bert/bert-base-uncased"],
         tiny: false,
     },
     Bundled {
         id: "bert-large-uncased",
         config_json: include_str!("../../assets/models/bert-large-uncased.json"),
+        hub_ids: &["google-bert/bert-large-uncased"],
         tiny: false,
     },
     Bundled {
         id: "distilbert-base-uncased",
         config_json: include_str!("../../assets/models/distilbert-base-uncased.json"),
+        hub_ids: &["distilbert/distilbert-base-uncased"],
         tiny: false,
     },
     Bundled {
         id: "TinyLlama-1.1B",
         config_json: include_str!("../../assets/models/TinyLlama-1.1B.json"),
+        hub_ids: &["TinyLlama/TinyLlama-1.1B-Chat-v1.0"],
         tiny: false,
     },
     Bundled {
         id: "Llama-3.2-1B",
         config_json: include_str!("../../assets/models/Llama-3.2-1B.json"),
+        hub_ids: &["meta-llama/Llama-3.2-1B"],
         tiny: false,
     },
     Bundled {
         id: "Qwen2-0.5B",
         config_json: include_str!("../../assets/models/Qwen2-0.5B.json"),
+        hub_ids: &["Qwen/Qwen2-0.5B"],
+        tiny: false,
+    },
+    Bundled {
+        id: "bert-tiny",
+        config_json: include_str!("../../assets/models/bert-tiny.json"),
+        hub_ids: &["google/bert_uncased_L-2_H-128_A-2", "prajjwal1/bert-tiny"],
+        tiny: false,
+    },
+    Bundled {
+        id: "bert-mini",
+        config_json: include_str!("../../assets/models/bert-mini.json"),
+        hub_ids: &["google/bert_uncased_L-4_H-256_A-4", "prajjwal1/bert-mini"],
+        tiny: false,
+    },
+    Bundled {
+        id: "bert-small",
+        config_json: include_str!("../../assets/models/bert-small.json"),
+        hub_ids: &["google/bert_uncased_L-4_H-512_A-8", "prajjwal1/bert-small"],
+        tiny: false,
+    },
+    Bundled {
+        id: "bert-medium",
+        config_json: include_str!("../../assets/models/bert-medium.json"),
+        hub_ids: &["google/bert_uncased_L-8_H-512_A-8", "prajjwal1/bert-medium"],
+        tiny: false,
+    },
+    Bundled {
+        id: "SmolLM2-135M",
+        config_json: include_str!("../../assets/models/SmolLM2-135M.json"),
+        hub_ids: &["HuggingFaceTB/SmolLM2-135M"],
         tiny: false,
     },
     Bundled {
         id: "tiny-bert",
         config_json: include_str!("../../assets/models/tiny-bert.json"),
+        hub_ids: &[],
         tiny: true,
     },
     Bundled {
         id: "tiny-distilbert",
         config_json: include_str!("../../assets/models/tiny-distilbert.json"),
+        hub_ids: &[],
         tiny: true,
     },
     Bundled {
         id: "tiny-llama",
         config_json: include_str!("../../assets/models/tiny-llama.json"),
+        hub_ids: &[],
         tiny: true,
     },
     Bundled {
         id: "tiny-qwen2",
         config_json: include_str!("../../assets/models/tiny-qwen2.json"),
+        hub_ids: &[],
         tiny: true,
     },
 ];
@@ -85,10 +129,17 @@ pub enum ModelRef {
     Config(PathBuf),
     /// A folder with `config.json` and, when present, `*.safetensors` weights.
     Folder(PathBuf),
+    /// A Hugging Face Hub id: its snapshot in the local HF cache, downloaded there when missing
+    /// (see [`hub`]).
+    Hub {
+        repo: String,
+        revision: Option<String>,
+    },
 }
 
 impl ModelRef {
-    /// Interprets what a user typed: a catalog id, or a path to a config file or folder.
+    /// Interprets what a user typed, in order: a bundled model (by its id or its Hub id), an
+    /// existing config file or folder, a Hugging Face Hub id (`org/name[@revision]`).
     pub fn parse(text: &str) -> Result<Self, CatalogError> {
         let text = text.trim();
         if text.is_empty() {
@@ -96,7 +147,10 @@ impl ModelRef {
                 name: String::new(),
             });
         }
-        if let Some(b) = BUNDLED.iter().find(|b| b.id.eq_ignore_ascii_case(text)) {
+        if let Some(b) = BUNDLED.iter().find(|b| {
+            b.id.eq_ignore_ascii_case(text)
+                || b.hub_ids.iter().any(|h| h.eq_ignore_ascii_case(text))
+        }) {
             return Ok(Self::Catalog(b.id.to_string()));
         }
         let path = Path::new(text);
@@ -104,6 +158,13 @@ impl ModelRef {
             Ok(Self::Folder(path.to_path_buf()))
         } else if path.is_file() {
             Ok(Self::Config(path.to_path_buf()))
+        } else if let Some(id) = HubId::parse(text)
+            && (id.repo.contains('/') || id.revision.is_some())
+        {
+            Ok(Self::Hub {
+                repo: id.repo,
+                revision: id.revision,
+            })
         } else {
             Err(CatalogError::Unknown {
                 name: text.to_string(),
@@ -117,6 +178,10 @@ impl fmt::Display for ModelRef {
         match self {
             Self::Catalog(id) => f.write_str(id),
             Self::Config(p) | Self::Folder(p) => write!(f, "{}", p.display()),
+            Self::Hub { repo, revision } => match revision {
+                Some(r) => write!(f, "{repo}@{r}"),
+                None => f.write_str(repo),
+            },
         }
     }
 }
@@ -124,7 +189,7 @@ impl fmt::Display for ModelRef {
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error(
-        "unknown model '{name}': it is neither a bundled model id nor an existing config.json file or model folder"
+        "unknown model '{name}': it is neither a bundled model id, an existing config.json file or model folder, nor a Hugging Face id such as org/name"
     )]
     Unknown { name: String },
     #[error("cannot read {}: {source}; check the path and its permissions", path.display())]
@@ -159,6 +224,8 @@ pub enum CatalogError {
     Field { origin: String, message: String },
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Hub(#[from] HubError),
 }
 
 /// A resolved model: its config text, family, dimensions and (for folders) checkpoint.
@@ -207,6 +274,21 @@ impl ModelSpec {
                     .file_name()
                     .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into());
                 (name, cfg.display().to_string(), text, Some(dir.clone()))
+            }
+            ModelRef::Hub { repo, revision } => {
+                let id = HubId {
+                    repo: repo.clone(),
+                    revision: revision.clone(),
+                };
+                let dir = hub::resolve(&id, false)?;
+                let cfg = dir.join("config.json");
+                let text = read(&cfg)?;
+                (
+                    id.to_string(),
+                    format!("{id} ({})", cfg.display()),
+                    text,
+                    Some(dir),
+                )
             }
         };
         let (family, dims) = parse_config(&origin, &text)?;
@@ -314,6 +396,13 @@ mod tests {
             ("TinyLlama-1.1B", 1_100_048_384),
             ("Llama-3.2-1B", 1_235_814_400),
             ("Qwen2-0.5B", 494_032_768),
+            // The small published checkpoints for live demos ("4.39M", "11.2M", "28.8M",
+            // "41.4M", "135M" on their model cards; BERT with its pooler, SmolLM2 tied).
+            ("bert-tiny", 4_385_920),
+            ("bert-mini", 11_170_560),
+            ("bert-small", 28_763_648),
+            ("bert-medium", 41_373_184),
+            ("SmolLM2-135M", 134_515_008),
         ];
         for (id, params) in expected {
             let spec = ModelSpec::resolve(&ModelRef::Catalog((*id).into())).unwrap();

@@ -68,6 +68,8 @@ pub struct Checked {
     pub plan: Result<SweepPlan, String>,
     /// One line about the model (family, size, positions), when it could be read.
     pub summary: Option<String>,
+    /// The model's name and its weights per precision, for the check against this machine.
+    pub weights: Option<(String, Vec<(crate::plan::Precision, u64)>)>,
 }
 
 fn invalid(field: PlanField, message: String) -> PlanError {
@@ -118,13 +120,21 @@ pub fn check(s: &Settings) -> Checked {
         .and_then(|r| ModelSpec::resolve(&r))
         .map_err(PlanError::Model);
     let summary = spec.as_ref().ok().map(summary);
+    let weights = spec
+        .as_ref()
+        .ok()
+        .map(|s| (s.name.clone(), sweep::weights_per_dtype(s)));
     let plan = spec
         .and_then(|spec| {
             let given = overrides(s, spec.reference.clone())?;
             sweep::plan_for(&given, &spec)
         })
         .map_err(|e| e.describe(&Labels));
-    Checked { plan, summary }
+    Checked {
+        plan,
+        summary,
+        weights,
+    }
 }
 
 fn summary(spec: &ModelSpec) -> String {

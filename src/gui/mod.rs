@@ -250,11 +250,20 @@ impl OomLabApp {
     /// Recomputes whether the checked plan's capacity fits this machine (pure arithmetic).
     fn refresh_host_problem(&mut self) {
         self.host_problem = match (self.check.current(&self.settings), self.host) {
-            (Some(c), HostState::Known(host)) if !self.settings.allow_overcommit => c
+            (Some(c), HostState::Known(host)) => c
                 .plan
                 .as_ref()
                 .ok()
-                .and_then(|plan| crate::sweep::check_host(plan, Some(&host)).err())
+                .and_then(|plan| {
+                    let weights = c.weights.as_ref().and_then(|(name, w)| {
+                        crate::sweep::check_weights_host(plan, name, w, Some(&host)).err()
+                    });
+                    weights.or_else(|| {
+                        (!self.settings.allow_overcommit)
+                            .then(|| crate::sweep::check_host(plan, Some(&host)).err())
+                            .flatten()
+                    })
+                })
                 .map(|e| e.describe(&form::Labels)),
             _ => None,
         };

@@ -664,3 +664,59 @@ fn explain_reads_a_pasted_message_and_refuses_other_text() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("/no/such/file.txt"));
 }
+
+/// A 7B model in f32 is 25 GiB of weights: on a 24 GiB machine the sweep says so before
+/// allocating anything, with --allow-overcommit too, and names the precision that fits; a 70B
+/// one fits in none.
+#[test]
+fn weights_that_cannot_fit_this_machine_are_refused_before_allocating() {
+    let d = TempDir::new("bigweights");
+    let llama = |name: &str, hidden: u32, layers: u32, inter: u32, heads: u32, kv: u32| {
+        write_config(
+            &d,
+            name,
+            &format!(
+                r#"{{"architectures":["LlamaForCausalLM"],"model_type":"llama","hidden_size":{hidden},"intermediate_size":{inter},"num_hidden_layers":{layers},"num_attention_heads":{heads},"num_key_value_heads":{kv},"vocab_size":32000,"max_position_embeddings":4096,"rms_norm_eps":1e-5,"rope_theta":10000.0,"tie_word_embeddings":false}}"#
+            ),
+        )
+    };
+    let seven = llama("llama-7b.json", 4096, 32, 11008, 32, 32);
+    let host = "--worker-host-available-bytes=24GiB";
+    for extra in [&[][..], &["--allow-overcommit"][..]] {
+        let mut args = vec![
+            "--model",
+            &seven,
+            "--dtype",
+            "f32",
+            "--capacity",
+            "30GiB",
+            host,
+        ];
+        args.extend_from_slice(extra);
+        refused(
+            &args,
+            &[
+                "the f32 weights of llama-7b alone take 25.",
+                "in bf16 they take 12.",
+                "choose bf16 in --dtype",
+            ],
+        );
+    }
+    let seventy = llama("llama-70b.json", 8192, 80, 28672, 64, 8);
+    refused(
+        &[
+            "--model",
+            &seventy,
+            "--dtype",
+            "bf16",
+            "--capacity",
+            "200GiB",
+            host,
+            "--allow-overcommit",
+        ],
+        &[
+            "the bf16 weights of llama-70b alone take",
+            "no precision makes them fit",
+        ],
+    );
+}

@@ -982,3 +982,39 @@ fn a_computed_recommendation_is_confirmed_by_its_button() {
     assert_eq!(r[4], batch, "measured now: {r:?}");
     assert!(h.query_by_label("Confirm").is_none());
 }
+
+#[test]
+fn the_teaching_demo_fills_the_form_and_its_grid_ends_every_curve_in_an_oom() {
+    let dir = TempDir::new("gui-demo");
+    let mut h = harness(&dir, None);
+    h.run_steps(2);
+    h.get_by_role_and_label(Role::Button, "Teaching demo")
+        .click();
+    settle(&mut h);
+    // What the form now shows, read from the drawn fields.
+    let field = |h: &Harness<'static, OomLabApp>, label: &str| {
+        h.get_by_label(label).value().unwrap_or_default()
+    };
+    assert_eq!(field(&h, "Model id or path"), "bert-tiny");
+    assert_eq!(field(&h, "Sequence lengths"), "128, 256, 512");
+    assert_eq!(field(&h, "Capacity"), "44MiB");
+    assert!(!run_disabled(&h));
+    h.get_by_role_and_label(Role::Button, "Run").click();
+    h.run_steps(1);
+    run_to_end(&mut h);
+    let want = assert_screen_matches_journal(&h);
+    // Three lengths × f32 and f16, each boundary measured on both sides.
+    assert_eq!(want.rows.len(), 6, "{:?}", want.rows);
+    assert!(want.rows.iter().all(|r| r[2] == "exact"), "{:?}", want.rows);
+    // The lengths separate: at each precision, b* falls as the sequence grows.
+    for dtype in ["f32", "f16"] {
+        let stars: Vec<usize> = want
+            .rows
+            .iter()
+            .filter(|r| r[0].contains(dtype))
+            .map(|r| r[1].parse().unwrap())
+            .collect();
+        assert_eq!(stars.len(), 3, "{:?}", want.rows);
+        assert!(stars.windows(2).all(|w| w[0] > w[1]), "{dtype}: {stars:?}");
+    }
+}

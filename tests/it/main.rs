@@ -5,4 +5,5 @@ mod common;
 mod engine;
 mod estimate;
 mod gui;
+mod hub;
 mod reference;

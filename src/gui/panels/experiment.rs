@@ -116,7 +116,28 @@ pub fn panel(view: &View<'_>, settings: &mut Settings, ui: &mut egui::Ui, cmds: 
 }
 
 fn model_ui(view: &View<'_>, settings: &mut Settings, ui: &mut egui::Ui, cmds: &mut Vec<Command>) {
-    ui.label(RichText::new("Model").strong());
+    ui.horizontal(|ui| {
+        ui.label(RichText::new("Model").strong());
+        let d = &crate::presets::TEACHING_DEMO;
+        if ui
+            .small_button("Teaching demo")
+            .on_hover_text(format!(
+                "{}, sequence lengths {}, f32 and f16, every batch up to the first OOM under {}: a full grid that ends every curve in an OOM, in well under a minute on a laptop CPU",
+                d.model, d.seqs, d.capacity
+            ))
+            .clicked()
+        {
+            settings.model = d.model.into();
+            settings.seqs = d.seqs.into();
+            settings.f32 = d.f32;
+            settings.f16 = d.f16;
+            settings.bf16 = d.bf16;
+            settings.batch = d.batch.into();
+            settings.capacity = d.capacity.into();
+            settings.strategy = Strategy::Grid;
+            settings.device = "cpu".into();
+        }
+    });
     let selected = BUNDLED
         .iter()
         .find(|b| b.id == settings.model)
@@ -124,6 +145,8 @@ fn model_ui(view: &View<'_>, settings: &mut Settings, ui: &mut egui::Ui, cmds: &
     egui::ComboBox::from_label(label::BUNDLED_MODEL)
         .selected_text(selected)
         .width(200.0)
+        // The whole catalog at once, no scrolling.
+        .height(f32::INFINITY)
         .show_ui(ui, |ui| {
             for b in BUNDLED {
                 // In-memory configs: cheap to describe while the list is open.
@@ -145,7 +168,7 @@ fn model_ui(view: &View<'_>, settings: &mut Settings, ui: &mut egui::Ui, cmds: &
         ui,
         label::MODEL,
         &mut settings.model,
-        "id, config.json or folder",
+        "id, org/name (Hugging Face), config.json or folder",
     );
     ui.horizontal(|ui| {
         if ui.button("Open model folder…").clicked() {
