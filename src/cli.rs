@@ -284,11 +284,33 @@ pub fn models() -> Result<(), CliError> {
             if b.tiny { "  (tiny, for tests)" } else { "" }
         );
     }
+    let cache = crate::catalog::hub::cache_dir();
+    let cached = crate::catalog::CatalogEntry::cached(&cache);
+    if !cached.is_empty() {
+        println!("\nin the Hugging Face cache at {}:", cache.display());
+        for e in &cached {
+            let b = |v: Option<u64>| v.map_or_else(|| "-".into(), human_bytes);
+            println!(
+                "{:<40} {:<11} {:>15} {:>11} {:>11}{}",
+                e.name,
+                e.group,
+                e.params.map_or_else(|| "-".into(), group),
+                b(e.f32_bytes),
+                b(e.half_bytes),
+                e.problem
+                    .as_deref()
+                    .map(|p| format!("  ({p})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
     println!(
         "\nparameters as published (BERT includes its pooler); weight bytes as candle holds them."
     );
     println!("{}", host_line(HostMemory::read().as_ref()));
-    println!("--model also takes a config.json or a folder with config.json + *.safetensors.");
+    println!(
+        "--model also takes a Hugging Face id (org/name[@revision], bundled ones by either name), a config.json, or a folder with config.json + *.safetensors."
+    );
     Ok(())
 }
 

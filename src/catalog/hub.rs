@@ -157,6 +157,33 @@ pub enum HubError {
     },
 }
 
+/// The model repositories of the cache at `cache` that have a snapshot with a `config.json`
+/// (main's when there is one), sorted by name.
+#[must_use]
+pub fn cached_repos(cache: &Path) -> Vec<(String, PathBuf)> {
+    let Ok(dir) = std::fs::read_dir(cache) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, PathBuf)> = dir
+        .flatten()
+        .filter_map(|e| {
+            let folder = e.file_name().to_string_lossy().into_owned();
+            let repo = folder.strip_prefix("models--")?.replacen("--", "/", 1);
+            let id = HubId::parse(&repo)?;
+            let snap = cached_snapshot(cache, &id).ok().or_else(|| {
+                std::fs::read_dir(e.path().join("snapshots"))
+                    .ok()?
+                    .flatten()
+                    .map(|s| s.path())
+                    .find(|p| p.join("config.json").is_file())
+            })?;
+            Some((repo, snap))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// The snapshot folder of `id` in `cache` when it holds a `config.json`; else why not (as a
 /// [`HubError`] that applies when the network is not used).
 pub fn cached_snapshot(cache: &Path, id: &HubId) -> Result<PathBuf, HubError> {

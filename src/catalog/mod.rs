@@ -186,6 +186,91 @@ impl fmt::Display for ModelRef {
     }
 }
 
+/// Where a model of the picker comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntrySource {
+    Bundled,
+    /// Found in the local Hugging Face cache.
+    HfCache,
+}
+
+/// One model of the window's picker: the text that goes into the model field, its group (the
+/// family), parameters and weight bytes per precision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CatalogEntry {
+    pub name: String,
+    pub group: String,
+    pub source: EntrySource,
+    pub params: Option<u64>,
+    /// Weight bytes in f32 and in f16/bf16.
+    pub f32_bytes: Option<u64>,
+    pub half_bytes: Option<u64>,
+    /// Why it cannot be swept (an unsupported architecture), when so.
+    pub problem: Option<String>,
+}
+
+impl CatalogEntry {
+    fn of(name: String, source: EntrySource, spec: Result<ModelSpec, CatalogError>) -> Self {
+        match spec {
+            Ok(s) => Self {
+                name,
+                group: s.family.to_string(),
+                source,
+                params: Some(s.dims.published_parameters(s.family)),
+                f32_bytes: Some(crate::models::weights_bytes(&s, candle_core::DType::F32)),
+                half_bytes: Some(crate::models::weights_bytes(&s, candle_core::DType::F16)),
+                problem: None,
+            },
+            Err(e) => Self {
+                name,
+                group: "not supported".into(),
+                source,
+                params: None,
+                f32_bytes: None,
+                half_bytes: None,
+                problem: Some(e.to_string()),
+            },
+        }
+    }
+
+    /// The bundled models (tiny test models in a group of their own).
+    #[must_use]
+    pub fn bundled() -> Vec<Self> {
+        BUNDLED
+            .iter()
+            .map(|b| {
+                let mut e = Self::of(
+                    b.id.to_string(),
+                    EntrySource::Bundled,
+                    ModelSpec::resolve(&ModelRef::Catalog(b.id.to_string())),
+                );
+                if b.tiny {
+                    e.group = "tiny (tests)".into();
+                }
+                e
+            })
+            .collect()
+    }
+
+    /// The models of the local Hugging Face cache at `cache` (reads each snapshot's config.json,
+    /// not its weights): call it off the UI thread.
+    #[must_use]
+    pub fn cached(cache: &Path) -> Vec<Self> {
+        hub::cached_repos(cache)
+            .into_iter()
+            .map(|(repo, snapshot)| {
+                let spec = ModelSpec::resolve(&ModelRef::Config(snapshot.join("config.json"))).map(
+                    |mut s| {
+                        s.name.clone_from(&repo);
+                        s
+                    },
+                );
+                Self::of(repo, EntrySource::HfCache, spec)
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error(

@@ -11,7 +11,8 @@ use crate::sweep::{self, PlanError};
 
 /// The labels of the experiment panel's controls (drawn, and named by error messages).
 pub mod label {
-    pub const BUNDLED_MODEL: &str = "Bundled model";
+    pub const BUNDLED_MODEL: &str = "Browse models";
+    pub const MODEL_FILTER: &str = "Filter models";
     pub const MODEL: &str = "Model id or path";
     pub const SEQ: &str = "Sequence lengths";
     pub const DTYPE: &str = "Precisions";

@@ -41,6 +41,8 @@ pub enum BgMsg {
     },
     /// This machine's memory, sampled (None: it cannot be read).
     Host(Option<HostMemory>),
+    /// The models found in the local Hugging Face cache.
+    CachedModels(Vec<crate::catalog::CatalogEntry>),
     /// The GPUs the NVIDIA driver reports, or why there are none.
     Gpus(Result<GpuReport, String>),
     /// The estimator for a shown sweep.
@@ -150,6 +152,13 @@ impl Spawner {
     /// Starts the settings checker, which reports through the same channel.
     pub fn checker(&self) -> std::io::Result<Checker> {
         Checker::start(self.tx.clone(), self.ctx.clone())
+    }
+
+    /// Lists the models of the Hugging Face cache at `cache` (reads their config.json files).
+    pub fn scan_models(&self, cache: PathBuf) -> Result<(), String> {
+        self.spawn("hf-cache", move || {
+            BgMsg::CachedModels(crate::catalog::CatalogEntry::cached(&cache))
+        })
     }
 
     /// Starts the machine monitor, which reports through the same channel.
@@ -345,6 +354,11 @@ impl OomLabApp {
                 }
             }
             BgMsg::Gpus(gpus) => self.gpus = Some(gpus),
+            BgMsg::CachedModels(found) => {
+                self.models
+                    .retain(|m| m.source == crate::catalog::EntrySource::Bundled);
+                self.models.extend(found);
+            }
             BgMsg::Teach(key, result) => {
                 // Only the answer for what is shown now counts.
                 if self.teach.requested.as_ref() == Some(&*key) {

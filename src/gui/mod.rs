@@ -57,6 +57,9 @@ pub struct AppOptions {
     /// Build the estimator for shown sweeps (predicted curves, the teaching window). Snapshot
     /// tests turn it off: its runtime figure is this machine's, and pixels must not depend on it.
     pub estimator: bool,
+    /// The Hugging Face cache the model picker lists (tests); `None`: the one the HF libraries
+    /// use (`HF_HUB_CACHE`, `HF_HOME/hub`, `~/.cache/huggingface/hub`).
+    pub hf_cache: Option<PathBuf>,
 }
 
 /// The estimator for the shown sweep (the teaching views), built in the background.
@@ -123,6 +126,8 @@ pub struct OomLabApp {
     frame: FrameStats,
     frame_log: bool,
     panel: PanelState,
+    /// The model picker's list: the bundled models, then those found in the HF cache.
+    models: Vec<crate::catalog::CatalogEntry>,
     plot_rect: Option<egui::Rect>,
     teach: TeachState,
     terminate: Arc<AtomicBool>,
@@ -161,6 +166,7 @@ impl OomLabApp {
             frame: FrameStats::default(),
             frame_log: frame_stats::frame_log_enabled(),
             panel: PanelState::default(),
+            models: crate::catalog::CatalogEntry::bundled(),
             plot_rect: None,
             teach: TeachState::default(),
             terminate: Arc::new(AtomicBool::new(false)),
@@ -181,6 +187,14 @@ impl OomLabApp {
         }
         if let Some(p) = app.options.open.clone() {
             app.open_results(p);
+        }
+        let cache = app
+            .options
+            .hf_cache
+            .clone()
+            .unwrap_or_else(crate::catalog::hub::cache_dir);
+        if let Err(e) = app.jobs.start.scan_models(cache) {
+            app.log.push(e);
         }
         app.check.refresh(&app.settings);
         app
@@ -303,6 +317,7 @@ impl OomLabApp {
             gpus: self.gpus.as_ref(),
             worker_pid: self.trial_in_flight().map(|(pid, _)| pid),
             model_summary: self.check.model_summary(&self.settings),
+            models: &self.models,
             notice: self.notice.as_deref(),
             log: &self.log,
             frame: self.frame,
@@ -342,6 +357,7 @@ impl OomLabApp {
                 {
                     let journal_dir = self.options.journal_dir.clone();
                     self.start(EngineJob::New { plan, journal_dir });
+                    self.settings.remember_model();
                 }
             }
             Command::Cancel => self.cancel(),
@@ -469,6 +485,7 @@ pub fn run(open: Option<PathBuf>) -> Result<(), String> {
         gpus: None,
         runtime_cache: None,
         estimator: true,
+        hf_cache: None,
     };
     eframe::run_native(
         "oomlab",

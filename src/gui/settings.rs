@@ -44,6 +44,22 @@ pub struct Settings {
     /// Run with a capacity above what this machine can hold (never persisted).
     #[serde(skip)]
     pub allow_overcommit: bool,
+    /// Models run lately, newest first (the picker's "recent" group).
+    #[serde(default)]
+    pub recent_models: Vec<String>,
+}
+
+impl Settings {
+    /// Puts the current model at the head of the recent ones (six kept).
+    pub fn remember_model(&mut self) {
+        let m = self.model.trim().to_string();
+        if m.is_empty() {
+            return;
+        }
+        self.recent_models.retain(|r| *r != m);
+        self.recent_models.insert(0, m);
+        self.recent_models.truncate(6);
+    }
 }
 
 impl Default for Settings {
@@ -64,6 +80,7 @@ impl Default for Settings {
             device: "cpu".into(),
             threads: 1,
             allow_overcommit: false,
+            recent_models: Vec::new(),
         };
         s.apply_plan(&SweepPlan::defaults(model, usize::MAX));
         s

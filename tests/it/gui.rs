@@ -74,6 +74,7 @@ fn harness_full(
         gpus: Some(gpus),
         runtime_cache: Some(dir.join("runtime.json")),
         estimator,
+        hf_cache: Some(dir.join("hub")),
     };
     Harness::builder()
         .with_size(egui::vec2(1280.0, 800.0))
@@ -410,9 +411,12 @@ fn run_a_sweep_and_the_drawn_tables_match_the_journal_on_disk() {
     let mut h = harness(&dir, None);
     h.run_steps(2);
     // Choose a tiny bundled model from the catalog and a small capacity.
-    h.get_by_label("Bundled model").click();
+    h.get_by_label_contains("Browse models").click();
     h.run_steps(2);
-    h.get_by_label_contains("tiny-bert  (bert").click();
+    h.get_by_label("Filter models")
+        .set_text_value_accesskit("tiny-bert");
+    h.run_steps(2);
+    h.get_by_label_contains("tiny-bert  ").click();
     h.run_steps(2);
     assert_eq!(h.state().settings.model, "tiny-bert");
     set_experiment(&mut h, "32, 64", "1..64", "6MiB");
@@ -1017,4 +1021,54 @@ fn the_teaching_demo_fills_the_form_and_its_grid_ends_every_curve_in_an_oom() {
         assert_eq!(stars.len(), 3, "{:?}", want.rows);
         assert!(stars.windows(2).all(|w| w[0] > w[1]), "{dtype}: {stars:?}");
     }
+}
+
+#[test]
+fn the_model_picker_groups_by_family_filters_as_you_type_and_lists_the_hf_cache() {
+    let dir = TempDir::new("gui-picker");
+    crate::hub::cache_model(
+        &dir.join("hub"),
+        "acme/tiny-llama",
+        &crate::common::fixtures().join("checkpoints/tiny-llama"),
+        &["main"],
+    );
+    let mut h = harness(&dir, None);
+    h.run_steps(2);
+    // The cache is read on a background thread.
+    h.get_by_label_contains("Browse models").click();
+    h.run_steps(2);
+    while h.query_all_by_label_contains("HF cache").count() == 0 {
+        assert!(h.state_mut().wait_for_background(Duration::from_secs(30)));
+        h.run_steps(2);
+    }
+    // Parameters and weight bytes per precision beside each name; families as groups.
+    shown(&h, "Llama-3.2-1B  1.24B · f32 ");
+    shown(&h, "bert-base-uncased  109.5M · f32 ");
+    assert!(h.query_by_label("llama").is_some() && h.query_by_label("bert").is_some());
+    // Filtering as you type: llama-family names stay, BERTs go.
+    h.get_by_label("Filter models")
+        .set_text_value_accesskit("llama");
+    h.run_steps(2);
+    shown(&h, "SmolLM2-135M");
+    shown(&h, "acme/tiny-llama  ");
+    assert_eq!(
+        h.query_all_by_label_contains("bert-base-uncased").count(),
+        0
+    );
+    h.get_by_label_contains("acme/tiny-llama  ").click();
+    settle(&mut h);
+    assert_eq!(
+        h.get_by_label("Model id or path")
+            .value()
+            .unwrap_or_default(),
+        "acme/tiny-llama"
+    );
+    // The pick closed the list; open it again.
+    assert!(h.query_by_label("Filter models").is_none());
+    h.get_by_label_contains("Browse models").click();
+    h.run_steps(2);
+    h.get_by_label("Filter models")
+        .set_text_value_accesskit("no such thing");
+    h.run_steps(2);
+    shown(&h, "no model matches");
 }

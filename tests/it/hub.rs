@@ -23,7 +23,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// `models--org--name` under `cache` as `huggingface_hub` writes it: each file of `folder` a blob
 /// named by its hash, the snapshot's entries relative symlinks to them, refs naming the commit.
-fn cache_model(cache: &Path, repo: &str, folder: &Path, refs: &[&str]) {
+pub fn cache_model(cache: &Path, repo: &str, folder: &Path, refs: &[&str]) {
     let root = cache.join(format!("models--{}", repo.replace('/', "--")));
     let snap = root.join("snapshots").join(COMMIT);
     std::fs::create_dir_all(root.join("blobs")).unwrap();

@@ -1,7 +1,7 @@
 //! The left panel: the experiment (model, device, sweep settings) and Run / Cancel / Resume.
 
 use super::{PlanStatus, View, labelled_text};
-use crate::catalog::{BUNDLED, ModelRef, ModelSpec};
+use crate::catalog::{CatalogEntry, EntrySource};
 use crate::gui::Command;
 use crate::gui::form::{format_params, label};
 use crate::gui::settings::Settings;
@@ -9,12 +9,18 @@ use crate::plan::Strategy;
 use eframe::egui;
 use egui::{Color32, RichText};
 
-pub fn panel(view: &View<'_>, settings: &mut Settings, ui: &mut egui::Ui, cmds: &mut Vec<Command>) {
+pub fn panel(
+    view: &View<'_>,
+    settings: &mut Settings,
+    filter: &mut String,
+    ui: &mut egui::Ui,
+    cmds: &mut Vec<Command>,
+) {
     ui.heading("Experiment");
     ui.add_space(4.0);
     let running = view.running.is_some();
     ui.add_enabled_ui(!running, |ui| {
-        model_ui(view, settings, ui, cmds);
+        model_ui(view, settings, filter, ui, cmds);
         ui.separator();
         device_ui(view, settings, ui);
         let on_gpu = settings.device != "cpu";
@@ -115,7 +121,13 @@ pub fn panel(view: &View<'_>, settings: &mut Settings, ui: &mut egui::Ui, cmds: 
     }
 }
 
-fn model_ui(view: &View<'_>, settings: &mut Settings, ui: &mut egui::Ui, cmds: &mut Vec<Command>) {
+fn model_ui(
+    view: &View<'_>,
+    settings: &mut Settings,
+    filter: &mut String,
+    ui: &mut egui::Ui,
+    cmds: &mut Vec<Command>,
+) {
     ui.horizontal(|ui| {
         ui.label(RichText::new("Model").strong());
         let d = &crate::presets::TEACHING_DEMO;
@@ -138,32 +150,7 @@ fn model_ui(view: &View<'_>, settings: &mut Settings, ui: &mut egui::Ui, cmds: &
             settings.device = "cpu".into();
         }
     });
-    let selected = BUNDLED
-        .iter()
-        .find(|b| b.id == settings.model)
-        .map_or("(a path)", |b| b.id);
-    egui::ComboBox::from_label(label::BUNDLED_MODEL)
-        .selected_text(selected)
-        .width(200.0)
-        // The whole catalog at once, no scrolling.
-        .height(f32::INFINITY)
-        .show_ui(ui, |ui| {
-            for b in BUNDLED {
-                // In-memory configs: cheap to describe while the list is open.
-                let text = ModelSpec::resolve(&ModelRef::Catalog(b.id.to_string())).map_or_else(
-                    |_| b.id.to_string(),
-                    |s| {
-                        format!(
-                            "{}  ({}, {})",
-                            b.id,
-                            s.family,
-                            format_params(s.dims.published_parameters(s.family))
-                        )
-                    },
-                );
-                ui.selectable_value(&mut settings.model, b.id.to_string(), text);
-            }
-        });
+    picker(view, settings, filter, ui);
     labelled_text(
         ui,
         label::MODEL,
@@ -362,4 +349,98 @@ fn run_controls(view: &View<'_>, ui: &mut egui::Ui, cmds: &mut Vec<Command>) {
             .small(),
         );
     }
+}
+
+/// One line of the picker: name, parameters, weight bytes in f32 and f16/bf16, where from.
+fn entry_text(e: &CatalogEntry) -> String {
+    use crate::plan::human_bytes;
+    let params = e
+        .params
+        .map(|p| format!("  {}", format_params(p).replace(" parameters", "")))
+        .unwrap_or_default();
+    let bytes = match (e.f32_bytes, e.half_bytes) {
+        (Some(a), Some(b)) => format!(" · f32 {} · f16 {}", human_bytes(a), human_bytes(b)),
+        _ => String::new(),
+    };
+    let from = if e.source == EntrySource::HfCache {
+        " · HF cache"
+    } else {
+        ""
+    };
+    format!("{}{params}{bytes}{from}", e.name)
+}
+
+/// The model picker: every known model grouped by family (bundled, the local Hugging Face
+/// cache, recent runs), filtered as you type; a click puts the name in the model field.
+fn picker(view: &View<'_>, settings: &mut Settings, filter: &mut String, ui: &mut egui::Ui) {
+    let header = format!("{} ({} models)", label::BUNDLED_MODEL, view.models.len());
+    // A pick closes the list (on the next frame), so Run is back in view.
+    let close_id = ui.make_persistent_id("model-picker-close");
+    let close = ui
+        .data_mut(|d| d.remove_temp::<bool>(close_id))
+        .unwrap_or(false);
+    egui::CollapsingHeader::new(header)
+        .id_salt("model-picker")
+        .open(close.then_some(false))
+        .show(ui, |ui| {
+            labelled_text(ui, label::MODEL_FILTER, filter, "name or family");
+            let needle = filter.trim().to_ascii_lowercase();
+            let matches = |e: &CatalogEntry| {
+                needle.is_empty()
+                    || e.name.to_ascii_lowercase().contains(&needle)
+                    || e.group.to_ascii_lowercase().contains(&needle)
+            };
+            let recent: Vec<&String> = settings
+                .recent_models
+                .iter()
+                .filter(|r| needle.is_empty() || r.to_ascii_lowercase().contains(&needle))
+                .collect();
+            let mut groups: Vec<&str> = Vec::new();
+            for e in view.models.iter().filter(|e| matches(e)) {
+                if !groups.contains(&e.group.as_str()) {
+                    groups.push(&e.group);
+                }
+            }
+            egui::ScrollArea::vertical()
+                .id_salt("model-picker-list")
+                .max_height(300.0)
+                .show(ui, |ui| {
+                    let mut pick: Option<String> = None;
+                    if !recent.is_empty() {
+                        ui.label(RichText::new("recent").strong().small());
+                        for r in &recent {
+                            if ui
+                                .selectable_label(settings.model == **r, r.as_str())
+                                .clicked()
+                            {
+                                pick = Some((*r).clone());
+                            }
+                        }
+                    }
+                    for g in &groups {
+                        ui.label(RichText::new(*g).strong().small());
+                        for e in view.models.iter().filter(|e| e.group == *g && matches(e)) {
+                            let r = ui.selectable_label(
+                                settings.model == e.name,
+                                RichText::new(entry_text(e)).small(),
+                            );
+                            let r = match &e.problem {
+                                Some(p) => r.on_hover_text(p),
+                                None => r,
+                            };
+                            if r.clicked() {
+                                pick = Some(e.name.clone());
+                            }
+                        }
+                    }
+                    if groups.is_empty() && recent.is_empty() {
+                        ui.label(RichText::new("no model matches").weak().small());
+                    }
+                    if let Some(p) = pick {
+                        settings.model = p;
+                        ui.data_mut(|d| d.insert_temp(close_id, true));
+                        ui.ctx().request_repaint();
+                    }
+                });
+        });
 }

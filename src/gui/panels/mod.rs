@@ -55,6 +55,8 @@ pub struct View<'a> {
     /// The worker computing a trial now (its process is marked in the GPU monitor).
     pub worker_pid: Option<u32>,
     pub model_summary: Option<&'a str>,
+    /// The model picker's list (bundled, then found in the HF cache).
+    pub models: &'a [crate::catalog::CatalogEntry],
     pub notice: Option<&'a str>,
     pub log: &'a [String],
     pub frame: FrameStats,
@@ -67,6 +69,8 @@ pub struct View<'a> {
 /// Text being typed and table state: the panels' own, kept between frames.
 #[derive(Debug, Clone)]
 pub struct PanelState {
+    /// What the model picker's filter holds.
+    pub model_filter: String,
     pub open_path: String,
     pub export_path: String,
     pub export_overwrite: bool,
@@ -84,6 +88,7 @@ impl Default for PanelState {
             sort: (SortColumn::Index, true),
             explain: explain::ExplainState::default(),
             teach: teach::TeachState::default(),
+            model_filter: String::new(),
         }
     }
 }
@@ -114,8 +119,9 @@ pub fn draw(
         .default_size(320.0)
         .size_range(280.0..=460.0)
         .show(ui, |ui| {
-            egui::ScrollArea::vertical()
-                .show(ui, |ui| experiment::panel(view, settings, ui, &mut cmds));
+            egui::ScrollArea::vertical().show(ui, |ui| {
+                experiment::panel(view, settings, &mut state.model_filter, ui, &mut cmds);
+            });
         });
     egui::Panel::right("recommendation")
         .resizable(true)
