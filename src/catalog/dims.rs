@@ -11,10 +11,22 @@ pub enum Family {
     DistilBert,
     Llama,
     Qwen2,
+    Mistral,
+    Phi3,
+    /// `RoBERTa` and `XLM-RoBERTa` (candle's `xlm_roberta`).
+    Roberta,
 }
 
 impl Family {
-    pub const ALL: [Self; 4] = [Self::Bert, Self::DistilBert, Self::Llama, Self::Qwen2];
+    pub const ALL: [Self; 7] = [
+        Self::Bert,
+        Self::DistilBert,
+        Self::Llama,
+        Self::Qwen2,
+        Self::Mistral,
+        Self::Phi3,
+        Self::Roberta,
+    ];
 
     #[must_use]
     pub fn name(self) -> &'static str {
@@ -23,12 +35,15 @@ impl Family {
             Self::DistilBert => "distilbert",
             Self::Llama => "llama",
             Self::Qwen2 => "qwen2",
+            Self::Mistral => "mistral",
+            Self::Phi3 => "phi3",
+            Self::Roberta => "roberta",
         }
     }
 
     #[must_use]
     pub fn is_decoder(self) -> bool {
-        matches!(self, Self::Llama | Self::Qwen2)
+        matches!(self, Self::Llama | Self::Qwen2 | Self::Mistral | Self::Phi3)
     }
 
     /// Whether candle 0.11's model for this family runs in `p`.
@@ -57,17 +72,30 @@ impl Family {
             .and_then(Value::as_array)
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
-        if let Some(mt) = model_type
-            && let Some(f) = Self::ALL
-                .iter()
-                .find(|f| f.name() == mt.to_ascii_lowercase())
-        {
-            return Ok(*f);
+        if let Some(mt) = model_type {
+            let mt = mt.to_ascii_lowercase();
+            if mt == "xlm-roberta" {
+                return Ok(Self::Roberta);
+            }
+            if let Some(f) = Self::ALL.iter().find(|f| f.name() == mt) {
+                return Ok(*f);
+            }
         }
         for arch in &archs {
             let lower = arch.to_ascii_lowercase();
             // Longest prefixes first: "distilbert" also starts like "bert" would not.
-            for f in [Self::DistilBert, Self::Bert, Self::Qwen2, Self::Llama] {
+            if lower.starts_with("xlmroberta") {
+                return Ok(Self::Roberta);
+            }
+            for f in [
+                Self::DistilBert,
+                Self::Roberta,
+                Self::Bert,
+                Self::Qwen2,
+                Self::Mistral,
+                Self::Phi3,
+                Self::Llama,
+            ] {
                 if lower.starts_with(f.name()) {
                     return Ok(f);
                 }
@@ -103,6 +131,10 @@ pub struct Dims {
     pub type_vocab: usize,
     /// Decoders: `lm_head` shares the embedding matrix.
     pub tied_embeddings: bool,
+    /// `RoBERTa`: position ids start after the padding id, so the position table has this many
+    /// rows more than the longest sequence (`pad_token_id + 1`; 0 elsewhere).
+    #[serde(default)]
+    pub position_offset: usize,
 }
 
 /// One tensor candle's model loads: name (without any `bert.`-style prefix) and shape.
@@ -142,7 +174,29 @@ impl Dims {
                 max_positions: field(v, "max_position_embeddings")?,
                 type_vocab: opt_field(v, "type_vocab_size")?.unwrap_or(2),
                 tied_embeddings: false,
+                position_offset: 0,
             },
+            Family::Roberta => {
+                let table = field(v, "max_position_embeddings")?;
+                let pad = field(v, "pad_token_id")?;
+                if table <= pad + 1 {
+                    return Err(format!(
+                        "field \"max_position_embeddings\" = {table} leaves no position after the padding id {pad} (RoBERTa counts positions from pad_token_id + 1)"
+                    ));
+                }
+                Self {
+                    layers: field(v, "num_hidden_layers")?,
+                    hidden: field(v, "hidden_size")?,
+                    heads: field(v, "num_attention_heads")?,
+                    kv_heads: field(v, "num_attention_heads")?,
+                    intermediate: field(v, "intermediate_size")?,
+                    vocab: field(v, "vocab_size")?,
+                    max_positions: table - pad - 1,
+                    type_vocab: opt_field(v, "type_vocab_size")?.unwrap_or(1),
+                    tied_embeddings: false,
+                    position_offset: pad + 1,
+                }
+            }
             Family::DistilBert => Self {
                 layers: field(v, "n_layers")?,
                 hidden: field(v, "dim")?,
@@ -153,22 +207,45 @@ impl Dims {
                 max_positions: field(v, "max_position_embeddings")?,
                 type_vocab: 0,
                 tied_embeddings: false,
+                position_offset: 0,
             },
-            Family::Llama | Family::Qwen2 => {
+            Family::Llama | Family::Qwen2 | Family::Mistral | Family::Phi3 => {
                 let heads = field(v, "num_attention_heads")?;
+                if family == Family::Phi3
+                    && v.get("partial_rotary_factor")
+                        .and_then(Value::as_f64)
+                        .is_some_and(|f| (f - 1.0).abs() > f64::EPSILON)
+                {
+                    return Err(
+                        "field \"partial_rotary_factor\" (rotary embedding on part of each head, as in Phi-4-mini) is not modelled yet; oomlab reads Phi-3 configs without it".into(),
+                    );
+                }
+                let hidden = field(v, "hidden_size")?;
+                // candle's Mistral reads an explicit head_dim; the others derive it.
+                if family == Family::Mistral
+                    && let Some(hd) = opt_field(v, "head_dim")?
+                    && heads > 0
+                    && hd * heads != hidden
+                {
+                    return Err(format!(
+                        "field \"head_dim\" = {hd} differs from hidden_size / num_attention_heads = {hidden} / {heads}; oomlab does not model such Mistral variants yet (remove head_dim only if it really equals that quotient)"
+                    ));
+                }
                 Self {
                     layers: field(v, "num_hidden_layers")?,
-                    hidden: field(v, "hidden_size")?,
+                    hidden,
                     heads,
                     kv_heads: opt_field(v, "num_key_value_heads")?.unwrap_or(heads),
                     intermediate: field(v, "intermediate_size")?,
                     vocab: field(v, "vocab_size")?,
                     max_positions: field(v, "max_position_embeddings")?,
                     type_vocab: 0,
-                    tied_embeddings: v
-                        .get("tie_word_embeddings")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false),
+                    // candle's Mistral always holds its own lm_head.
+                    tied_embeddings: family != Family::Mistral
+                        && v.get("tie_word_embeddings")
+                            .and_then(Value::as_bool)
+                            .unwrap_or(false),
+                    position_offset: 0,
                 }
             }
         };
@@ -239,11 +316,11 @@ impl Dims {
         };
         let (h, i) = (self.hidden, self.intermediate);
         match family {
-            Family::Bert => {
+            Family::Bert | Family::Roberta => {
                 t("embeddings.word_embeddings.weight".into(), &[self.vocab, h]);
                 t(
                     "embeddings.position_embeddings.weight".into(),
-                    &[self.max_positions, h],
+                    &[self.max_positions + self.position_offset, h],
                 );
                 t(
                     "embeddings.token_type_embeddings.weight".into(),
@@ -296,7 +373,24 @@ impl Dims {
                     t(format!("{p}.output_layer_norm.bias"), &[h]);
                 }
             }
-            Family::Llama | Family::Qwen2 => {
+            Family::Phi3 => {
+                let kv = self.kv_heads * self.head_dim();
+                t("model.embed_tokens.weight".into(), &[self.vocab, h]);
+                for l in 0..self.layers {
+                    let p = format!("model.layers.{l}");
+                    t(format!("{p}.self_attn.qkv_proj.weight"), &[h + 2 * kv, h]);
+                    t(format!("{p}.self_attn.o_proj.weight"), &[h, h]);
+                    t(format!("{p}.mlp.gate_up_proj.weight"), &[2 * i, h]);
+                    t(format!("{p}.mlp.down_proj.weight"), &[h, i]);
+                    t(format!("{p}.input_layernorm.weight"), &[h]);
+                    t(format!("{p}.post_attention_layernorm.weight"), &[h]);
+                }
+                t("model.norm.weight".into(), &[h]);
+                if !self.tied_embeddings {
+                    t("lm_head.weight".into(), &[self.vocab, h]);
+                }
+            }
+            Family::Llama | Family::Qwen2 | Family::Mistral => {
                 let kv = self.kv_heads * self.head_dim();
                 t("model.embed_tokens.weight".into(), &[self.vocab, h]);
                 for l in 0..self.layers {
@@ -337,7 +431,7 @@ impl Dims {
     /// Parameters as published (BERT checkpoints include the pooler: hidden² + hidden).
     #[must_use]
     pub fn published_parameters(&self, family: Family) -> u64 {
-        let pooler = if family == Family::Bert {
+        let pooler = if matches!(family, Family::Bert | Family::Roberta) {
             (self.hidden * self.hidden + self.hidden) as u64
         } else {
             0

@@ -64,6 +64,30 @@ pub const BUNDLED: &[Bundled] = &[
         tiny: false,
     },
     Bundled {
+        id: "Mistral-7B-v0.1",
+        config_json: include_str!("../../assets/models/Mistral-7B-v0.1.json"),
+        hub_ids: &["mistralai/Mistral-7B-v0.1"],
+        tiny: false,
+    },
+    Bundled {
+        id: "Phi-3-mini-4k",
+        config_json: include_str!("../../assets/models/Phi-3-mini-4k-instruct.json"),
+        hub_ids: &["microsoft/Phi-3-mini-4k-instruct"],
+        tiny: false,
+    },
+    Bundled {
+        id: "roberta-base",
+        config_json: include_str!("../../assets/models/roberta-base.json"),
+        hub_ids: &["FacebookAI/roberta-base"],
+        tiny: false,
+    },
+    Bundled {
+        id: "xlm-roberta-base",
+        config_json: include_str!("../../assets/models/xlm-roberta-base.json"),
+        hub_ids: &["FacebookAI/xlm-roberta-base"],
+        tiny: false,
+    },
+    Bundled {
         id: "bert-tiny",
         config_json: include_str!("../../assets/models/bert-tiny.json"),
         hub_ids: &["google/bert_uncased_L-2_H-128_A-2", "prajjwal1/bert-tiny"],
@@ -114,6 +138,24 @@ pub const BUNDLED: &[Bundled] = &[
     Bundled {
         id: "tiny-qwen2",
         config_json: include_str!("../../assets/models/tiny-qwen2.json"),
+        hub_ids: &[],
+        tiny: true,
+    },
+    Bundled {
+        id: "tiny-mistral",
+        config_json: include_str!("../../assets/models/tiny-mistral.json"),
+        hub_ids: &[],
+        tiny: true,
+    },
+    Bundled {
+        id: "tiny-phi3",
+        config_json: include_str!("../../assets/models/tiny-phi3.json"),
+        hub_ids: &[],
+        tiny: true,
+    },
+    Bundled {
+        id: "tiny-roberta",
+        config_json: include_str!("../../assets/models/tiny-roberta.json"),
         hub_ids: &[],
         tiny: true,
     },
@@ -300,7 +342,7 @@ pub enum CatalogError {
     )]
     NotObject { origin: String },
     #[error(
-        "{origin}: architecture {found} is not supported; supported families: bert, distilbert, llama, qwen2 (set \"model_type\" to one of them if the model really is one)"
+        "{origin}: architecture {found} is not supported; supported families: bert, distilbert, llama, qwen2, mistral, phi3, roberta (and xlm-roberta) (set \"model_type\" to one of them if the model really is one)"
     )]
     UnknownArchitecture { origin: String, found: String },
     #[error(
@@ -488,6 +530,13 @@ mod tests {
             ("bert-small", 28_763_648),
             ("bert-medium", 41_373_184),
             ("SmolLM2-135M", 134_515_008),
+            // "7.24B" on its model card.
+            ("Mistral-7B-v0.1", 7_241_732_096),
+            // "3.82B" on its model card.
+            ("Phi-3-mini-4k", 3_821_079_552),
+            // "125M" and "278M" on their model cards (with the pooler).
+            ("roberta-base", 124_645_632),
+            ("xlm-roberta-base", 278_043_648),
         ];
         for (id, params) in expected {
             let spec = ModelSpec::resolve(&ModelRef::Catalog((*id).into())).unwrap();

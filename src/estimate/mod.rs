@@ -75,12 +75,12 @@ pub fn build_bytes(spec: &ModelSpec, dtype: Precision) -> u64 {
         .map(|t| tensor_metadata_bytes(t.shape.len()))
         .sum();
     let rotary = match spec.family {
-        Family::Llama | Family::Qwen2 => {
+        Family::Llama | Family::Qwen2 | Family::Mistral | Family::Phi3 => {
             let half = d.hidden / d.heads / 2;
             2 * (d.max_positions * half) as u64 * Dt::from(dtype).size()
                 + 2 * tensor_metadata_bytes(2)
         }
-        Family::Bert | Family::DistilBert => 0,
+        Family::Bert | Family::DistilBert | Family::Roberta => 0,
     };
     meta + rotary
 }

@@ -113,14 +113,14 @@ pub fn inputs(r: &Run<'_>, family: Family) -> Vec<T> {
     let ids = r.sim.alloc(&[b, s], Dt::U32);
     match family {
         // token type ids (`zeros_like`) and the attention mask (`ones_like`)
-        Family::Bert => vec![
+        Family::Bert | Family::Roberta => vec![
             ids,
             r.sim.alloc(&[b, s], Dt::U32),
             r.sim.alloc(&[b, s], Dt::U32),
         ],
         // `Tensor::zeros((b, 1, 1, s), U8)`
         Family::DistilBert => vec![ids, r.sim.alloc(&[b, 1, 1, s], Dt::U8)],
-        Family::Llama | Family::Qwen2 => vec![ids],
+        Family::Llama | Family::Qwen2 | Family::Mistral | Family::Phi3 => vec![ids],
     }
 }
 
@@ -131,6 +131,9 @@ pub fn forward(r: &Run<'_>, family: Family, inputs: &[T]) -> T {
         Family::DistilBert => distilbert(r, &inputs[0], &inputs[1]),
         Family::Llama => llama(r, &inputs[0]),
         Family::Qwen2 => qwen2(r, &inputs[0]),
+        Family::Mistral => mistral(r, &inputs[0]),
+        Family::Phi3 => phi3(r, &inputs[0]),
+        Family::Roberta => roberta(r, &inputs[0], &inputs[1], &inputs[2]),
     }
 }
 
@@ -469,4 +472,338 @@ fn qwen2(r: &Run<'_>, ids: &T) -> T {
     let logits = linear(r, &last, r.d.vocab, false);
     drop((last, normed, kvs));
     logits
+}
+
+/// candle's `mistral::Model::forward` (no biases; q, k, v made contiguous before the rotary
+/// embedding, which then runs on them in place of copies; the mask `(1, 1, s, s)`; the final
+/// norm on the last position only).
+fn mistral(r: &Run<'_>, ids: &T) -> T {
+    let (b, s, h, heads, kv) = (r.b, r.s, r.d.hidden, r.d.heads, r.d.kv_heads);
+    let hd = h / heads;
+    let mut kvs: Vec<(T, T)> = Vec::with_capacity(r.d.layers);
+    // prepare_decoder_attention_mask: the `Vec<f32>`, `Tensor::from_slice(&mask, (s, s))`,
+    // `mask.expand((1, 1, s, s))?.to_dtype(self.dtype)`
+    let attention_mask = {
+        let _vec = r.sim.raw((s * s * 4) as u64);
+        let m = r.sim.alloc(&[s, s], Dt::F32);
+        m.broadcast_as(&[1, 1, s, s]).to_dtype(r.dt)
+    };
+    let mut xs = embedding(r, r.d.vocab, ids);
+    for _ in 0..r.d.layers {
+        xs = {
+            let residual = &xs;
+            let xn = norm(&xs);
+            let attn = {
+                let q = linear(r, &xn, h, false);
+                let k = linear(r, &xn, kv * hd, false);
+                let v = linear(r, &xn, kv * hd, false);
+                // `.reshape(..)?.transpose(1, 2)?.contiguous()?` for each
+                let q1 = q.reshape(&[b, s, heads, hd]).transpose(1, 2).contiguous();
+                let k1 = k.reshape(&[b, s, kv, hd]).transpose(1, 2).contiguous();
+                let v1 = v.reshape(&[b, s, kv, hd]).transpose(1, 2).contiguous();
+                // apply_rotary_emb_qkv: `rope(q, ..)`, `rope(k, ..)`
+                let q2 = q1.unary();
+                let k2 = k1.unary();
+                k2.mark_kv();
+                v1.mark_kv();
+                kvs.push((k2.clone(), v1.clone()));
+                // repeat_kv (no `.contiguous()` after it here)
+                let k3 = repeat_kv(k2, heads / kv);
+                let v3 = repeat_kv(v1, heads / kv);
+                let attn_output = {
+                    let w = r.mm(&q2, &k3.transpose(2, 3)).unary();
+                    let w2 = w.binary(&attention_mask);
+                    let w3 = w2.unary(); // softmax_last_dim
+                    let out = r.mm(&w3, &v3);
+                    drop((w, w2, w3));
+                    out
+                };
+                let y = {
+                    let o = attn_output.transpose(1, 2).reshape(&[b, s, h]);
+                    linear(r, &o, h, false)
+                };
+                drop((q, k, v, q1, q2, k3, v3, attn_output));
+                y
+            };
+            let xs2 = attn.binary(residual);
+            drop(attn);
+            let mlp_out = {
+                let xn2 = norm(&xs2);
+                let lhs = linear(r, &xn2, r.d.intermediate, false).unary();
+                let rhs = linear(r, &xn2, r.d.intermediate, false);
+                let p = lhs.binary(&rhs);
+                drop((lhs, rhs));
+                linear(r, &p, h, false)
+            };
+            let out = xs2.binary(&mlp_out);
+            drop((mlp_out, xn, xs2));
+            out
+        };
+    }
+    // `xs.narrow(1, seq_len - 1, 1)?.apply(&self.norm)?.apply(&self.lm_head)`
+    let last = xs.narrow(1, 1);
+    let normed = norm_strided(r, &last);
+    let logits = linear(r, &normed, r.d.vocab, false);
+    drop((last, normed, xs, attention_mask, kvs));
+    logits
+}
+
+/// `RmsNorm::forward` on a strided view (the last position of a batch above one): the general
+/// `LayerNorm` path. `let x = x.to_dtype(f32)?; let norm_x = (x.sqr()?.sum_keepdim(D::Minus1)? /
+/// h)?; let x_normed = x.broadcast_div(&(norm_x + eps)?.sqrt()?)?;
+/// x_normed.to_dtype(x_dtype)?.broadcast_mul(&self.weight)`.
+fn norm_strided(r: &Run<'_>, x: &T) -> T {
+    if x.is_contiguous() {
+        return norm(x);
+    }
+    let wide = x.to_dtype(Dt::F32);
+    let norm_x = {
+        let sq = wide.unary();
+        sq.reduce_last().unary()
+    };
+    let x_normed = {
+        let denom = norm_x.unary().unary();
+        drop(norm_x);
+        wide.binary(&denom)
+    };
+    let out = x_normed.to_dtype(r.dt).binary(&r.w(&[r.d.hidden]));
+    drop((wide, x_normed));
+    out
+}
+
+/// candle's `phi3::Model::forward`: one fused `qkv_proj` whose q, k, v are narrowed views (so
+/// each reshape copies), rotary on contiguous copies, one fused `gate_up_proj` whose halves are
+/// views, the mask `(b, 1, s, s)`, the final norm on the last position only.
+fn phi3(r: &Run<'_>, ids: &T) -> T {
+    let (b, s, h, heads, kv) = (r.b, r.s, r.d.hidden, r.d.heads, r.d.kv_heads);
+    let hd = h / heads;
+    let op = heads * hd + 2 * kv * hd;
+    let mut kvs: Vec<(T, T)> = Vec::with_capacity(r.d.layers);
+    // prepare_decoder_attention_mask: `mask.expand((b, 1, s, s))?.to_dtype(self.dtype)`
+    let attention_mask = {
+        let _vec = r.sim.raw((s * s * 4) as u64);
+        let m = r.sim.alloc(&[s, s], Dt::F32);
+        m.broadcast_as(&[b, 1, s, s]).to_dtype(r.dt)
+    };
+    let mut xs = embedding(r, r.d.vocab, ids);
+    for _ in 0..r.d.layers {
+        xs = {
+            let residual = &xs;
+            let xn = norm(&xs);
+            let attn = {
+                let qkv = linear(r, &xn, op, false);
+                // narrowed views; `.reshape(..)` copies each, `.transpose(1, 2)` is a view
+                let q = qkv
+                    .narrow(2, heads * hd)
+                    .reshape(&[b, s, heads, hd])
+                    .transpose(1, 2);
+                let k = qkv
+                    .narrow(2, kv * hd)
+                    .reshape(&[b, s, kv, hd])
+                    .transpose(1, 2);
+                let v = qkv
+                    .narrow(2, kv * hd)
+                    .reshape(&[b, s, kv, hd])
+                    .transpose(1, 2);
+                // apply_rotary_emb_qkv: `self.rope(&q.contiguous()?, ..)` → `rope(&xs.contiguous()?)`
+                let (q2, k2) = {
+                    let qc = q.contiguous();
+                    let q2 = qc.unary();
+                    drop(qc);
+                    let kc = k.contiguous();
+                    let k2 = kc.unary();
+                    drop(kc);
+                    (q2, k2)
+                };
+                k2.mark_kv();
+                v.mark_kv();
+                kvs.push((k2.clone(), v.clone()));
+                let k3 = repeat_kv(k2, heads / kv).contiguous();
+                let v3 = repeat_kv(v, heads / kv).contiguous();
+                let attn_output = {
+                    let w = r.mm(&q2, &k3.transpose(2, 3)).unary();
+                    let w2 = w.binary(&attention_mask);
+                    let w3 = w2.unary(); // softmax_last_dim
+                    let out = r.mm(&w3, &v3);
+                    drop((w, w2, w3));
+                    out
+                };
+                let y = {
+                    let o = attn_output.transpose(1, 2).reshape(&[b, s, heads * hd]);
+                    linear(r, &o, h, false)
+                };
+                drop((qkv, q, q2, k3, v3, attn_output));
+                y
+            };
+            let xs2 = attn.binary(residual);
+            drop(attn);
+            let mlp_out = {
+                let xn2 = norm(&xs2);
+                // `let up_states = xs.apply(&self.gate_up_proj)?; let gate = up_states.narrow(..);
+                //  let up_states = up_states.narrow(..); (up_states * gate.apply(&act))?.apply(&down)`
+                let up_states = linear(r, &xn2, 2 * r.d.intermediate, false);
+                let gate = up_states.narrow(2, r.d.intermediate);
+                let up = up_states.narrow(2, r.d.intermediate);
+                let p = up.binary(&gate.unary());
+                drop((gate, up, up_states));
+                linear(r, &p, h, false)
+            };
+            let out = xs2.binary(&mlp_out);
+            drop((mlp_out, xn, xs2));
+            out
+        };
+    }
+    let last = xs.narrow(1, 1);
+    let normed = norm_strided(r, &last);
+    let logits = linear(r, &normed, r.d.vocab, false);
+    drop((last, normed, xs, attention_mask, kvs));
+    logits
+}
+
+/// candle's `xlm_roberta::XLMRobertaModel::forward` (`RoBERTa` and `XLM-RoBERTa`): position ids
+/// from a cumulative sum over the non-padding tokens (a matmul with an s×s triangle), the mask
+/// built once in f32, no dropout bindings (each dense output is consumed by its residual add),
+/// and every layer keeps its attention context alive until the next one starts.
+fn roberta(r: &Run<'_>, ids: &T, tt: &T, mask: &T) -> T {
+    let (b, s, h, heads) = (r.b, r.s, r.d.hidden, r.d.heads);
+    let hd = h / heads;
+    // XLMRobertaEmbeddings::forward
+    let hidden_states = {
+        let input_embeddings = embedding(r, r.d.vocab, ids);
+        // `(&input_embeddings + token_type_embeddings)?` consumes the token type embeddings.
+        let mut embeddings = {
+            let token_type_embeddings = embedding(r, r.d.type_vocab.max(1), tt);
+            input_embeddings.binary(&token_type_embeddings)
+        };
+        {
+            // `input_ids.ne(pad)?.to_dtype(dtype)?`
+            let mask_p = {
+                let ne = ids.new_like(&[b, s], Dt::U8);
+                ne.to_dtype(r.dt)
+            };
+            // `mask.cumsum(1)?`: `Tensor::triu2(s, dtype)` (arange, `ge` as u8, to dtype), then
+            // `t.broadcast_matmul(&triu)`
+            let cumsum = {
+                let triu = {
+                    let arange = r.sim.alloc(&[s], Dt::U32);
+                    let ge = r.sim.alloc(&[s, s], Dt::U8);
+                    let tr = ge.to_dtype(r.dt);
+                    drop((ge, arange));
+                    tr
+                };
+                let out = r.mm(&mask_p, &triu);
+                drop(triu);
+                out
+            };
+            // `(cumsum * mask)?` consumes both; `.broadcast_add(&pad)?.to_dtype(U32)?`
+            let position_ids = {
+                let prod = cumsum.binary(&mask_p);
+                drop((cumsum, mask_p));
+                let pad = r.sim.alloc(&[], Dt::U32);
+                let pad_dt = pad.to_dtype(r.dt);
+                let added = prod.binary(&pad_dt);
+                drop(prod);
+                let ids = added.to_dtype(Dt::U32);
+                drop((added, pad_dt, pad));
+                ids
+            };
+            let pos = embedding(r, r.d.max_positions + r.d.position_offset, &position_ids);
+            embeddings = embeddings.binary(&pos);
+            drop((pos, position_ids));
+        }
+        // `let embeddings = self.layer_norm.forward(&embeddings)?;` — the shadowed sum and the
+        // word embeddings stay bound to the end of the function.
+        let normed = norm(&embeddings);
+        drop((embeddings, input_embeddings));
+        normed
+    };
+    // prepare_4d_attention_mask(mask, F32): `mask.unsqueeze(1)?.unsqueeze(2)?.expand(..)?
+    // .to_dtype(F32)?`, `(1.0 - expanded)?`, `(inverted * min)?.to_dtype(F32)`
+    let attention_mask = {
+        let expanded = mask
+            .unsqueeze(1)
+            .unsqueeze(1)
+            .broadcast_as(&[b, 1, s, s])
+            .to_dtype(Dt::F32);
+        let inverted = expanded.unary();
+        drop(expanded);
+        let scaled = inverted.unary();
+        drop(inverted);
+        scaled
+    };
+    // XLMRobertaEncoder::forward: `let mut hidden_states = hidden_states.clone();` and each
+    // layer's `(layer_output, self_outputs)`, the second dropped at the end of the iteration.
+    let mut xs = hidden_states.clone();
+    for _ in 0..r.d.layers {
+        let (layer_output, self_outputs) = {
+            let x = &xs;
+            // XLMRobertaSelfAttention::forward
+            let self_outputs = {
+                let mixed_query_layer = linear(r, x, h, true);
+                // transpose_for_scores: `x.reshape(..)?.permute((0, 2, 1, 3))?.contiguous()`
+                let split = |t: &T| t.reshape(&[b, s, heads, hd]).transpose(1, 2).contiguous();
+                let key_layer = {
+                    let k = linear(r, x, h, true);
+                    split(&k)
+                };
+                let value_layer = {
+                    let v = linear(r, x, h, true);
+                    split(&v)
+                };
+                let query_layer = split(&mixed_query_layer);
+                let scores = r.mm(&query_layer, &key_layer.t());
+                let scores = {
+                    let scaled = scores.unary();
+                    drop(scores);
+                    scaled
+                };
+                // `broadcast_add(&mask.to_dtype(scores.dtype())?)`: a copy of the mask below f32
+                let scores = {
+                    let m = attention_mask.to_dtype(r.dt);
+                    let added = scores.binary(&m);
+                    drop((m, scores));
+                    added
+                };
+                let probs = scores.unary(); // softmax_last_dim
+                // `probs.matmul(&value_layer)?.permute((0, 2, 1, 3))?.contiguous()?`, then a reshape
+                let context = {
+                    let ctx = r.mm(&probs, &value_layer);
+                    ctx.transpose(1, 2).contiguous()
+                };
+                let out = context.reshape(&[b, s, h]);
+                drop((mixed_query_layer, key_layer, value_layer, query_layer));
+                drop((scores, probs, context));
+                out
+            };
+            // XLMRobertaSelfOutput::forward: `layernorm(&(dense + input_tensor)?)`
+            let attention_output = {
+                let dense = linear(r, &self_outputs, h, true);
+                let sum = dense.binary(x);
+                drop(dense);
+                let out = norm(&sum);
+                drop(sum);
+                out
+            };
+            // XLMRobertaIntermediate::forward
+            let intermediate_output = {
+                let dense = linear(r, &attention_output, r.d.intermediate, true);
+                dense.unary()
+            };
+            // XLMRobertaOutput::forward
+            let layer_output = {
+                let dense = linear(r, &intermediate_output, h, true);
+                let sum = dense.binary(&attention_output);
+                drop(dense);
+                let out = norm(&sum);
+                drop(sum);
+                out
+            };
+            drop((intermediate_output, attention_output));
+            (layer_output, self_outputs)
+        };
+        xs = layer_output;
+        drop(self_outputs);
+    }
+    drop((hidden_states, attention_mask));
+    xs
 }

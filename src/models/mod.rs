@@ -8,7 +8,7 @@
 use crate::catalog::{CatalogError, Family, ModelSpec};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::{bert, distilbert, llama, qwen2};
+use candle_transformers::models::{bert, distilbert, llama, mistral, phi3, qwen2, xlm_roberta};
 use std::collections::HashMap;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,9 @@ enum Kind {
         cache: llama::Cache,
     },
     Qwen2(qwen2::ModelForCausalLM),
+    Mistral(mistral::Model),
+    Phi3(phi3::Model),
+    Roberta(xlm_roberta::XLMRobertaModel),
 }
 
 /// A built model, ready for forwards.
@@ -142,6 +145,39 @@ pub fn build(spec: &ModelSpec, dtype: DType, device: &Device) -> Result<LoadedMo
             let cfg: qwen2::Config = candle_config(spec)?;
             Kind::Qwen2(catch(family, || qwen2::ModelForCausalLM::new(&cfg, vb))?)
         }
+        Family::Mistral => {
+            let cfg: mistral::Config = candle_config(spec)?;
+            Kind::Mistral(catch(family, || mistral::Model::new(&cfg, vb))?)
+        }
+        Family::Phi3 => {
+            let cfg: phi3::Config = candle_config(spec)?;
+            Kind::Phi3(catch(family, || phi3::Model::new(&cfg, vb))?)
+        }
+        Family::Roberta => {
+            // roberta-base's config.json has no `position_embedding_type`, which candle's
+            // Config requires; absolute is what it means.
+            let mut v: serde_json::Value =
+                serde_json::from_str(&spec.config_json).map_err(|e| CatalogError::Field {
+                    origin: spec.origin.clone(),
+                    message: e.to_string(),
+                })?;
+            if let Some(o) = v.as_object_mut() {
+                o.entry("position_embedding_type")
+                    .or_insert_with(|| "absolute".into());
+                o.entry("attention_probs_dropout_prob")
+                    .or_insert_with(|| 0.1.into());
+                o.entry("hidden_dropout_prob").or_insert_with(|| 0.1.into());
+                o.entry("type_vocab_size").or_insert_with(|| 1.into());
+            }
+            let cfg: xlm_roberta::Config =
+                serde_json::from_value(v).map_err(|e| CatalogError::Field {
+                    origin: spec.origin.clone(),
+                    message: e.to_string(),
+                })?;
+            Kind::Roberta(catch(family, || {
+                xlm_roberta::XLMRobertaModel::new(&cfg, vb)
+            })?)
+        }
     };
     Ok(LoadedModel {
         kind,
@@ -176,7 +212,7 @@ impl LoadedModel {
         let f = || -> candle_core::Result<Inputs> {
             let ids = Tensor::from_slice(ids, (batch, seq), device)?;
             Ok(match &self.kind {
-                Kind::Bert(_) => Inputs {
+                Kind::Bert(_) | Kind::Roberta(_) => Inputs {
                     aux: Some(ids.zeros_like()?),
                     mask: Some(ids.ones_like()?),
                     ids,
@@ -195,7 +231,7 @@ impl LoadedModel {
                     mask: None,
                     cache: Some(cache.clone()),
                 },
-                Kind::Qwen2(_) => Inputs {
+                Kind::Qwen2(_) | Kind::Mistral(_) | Kind::Phi3(_) => Inputs {
                     ids,
                     aux: None,
                     mask: None,
@@ -220,6 +256,12 @@ impl LoadedModel {
                 Some(tt) => m.forward(&ids, tt, mask.as_ref()),
                 None => Err(candle_core::Error::Msg("missing token type ids".into())),
             },
+            Kind::Roberta(m) => match (&aux, &mask) {
+                (Some(tt), Some(mk)) => m.forward(&ids, mk, tt, None, None, None),
+                _ => Err(candle_core::Error::Msg(
+                    "missing token type ids or mask".into(),
+                )),
+            },
             Kind::DistilBert(m) => match &mask {
                 Some(mk) => m.forward(&ids, mk),
                 None => Err(candle_core::Error::Msg("missing mask".into())),
@@ -229,6 +271,16 @@ impl LoadedModel {
                 None => Err(candle_core::Error::Msg("missing cache".into())),
             },
             Kind::Qwen2(m) => {
+                let r = m.forward(&ids, 0);
+                m.clear_kv_cache();
+                r
+            }
+            Kind::Mistral(m) => {
+                let r = m.forward(&ids, 0);
+                m.clear_kv_cache();
+                r
+            }
+            Kind::Phi3(m) => {
                 let r = m.forward(&ids, 0);
                 m.clear_kv_cache();
                 r

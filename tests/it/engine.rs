@@ -255,7 +255,15 @@ fn real_checkpoints_count_their_bytes_and_peak_like_synthetic_weights() {
 #[test]
 fn every_family_runs_real_forwards() {
     let dir = TempDir::new("families");
-    for name in ["tiny-bert", "tiny-distilbert", "tiny-llama", "tiny-qwen2"] {
+    for name in [
+        "tiny-bert",
+        "tiny-distilbert",
+        "tiny-llama",
+        "tiny-qwen2",
+        "tiny-mistral",
+        "tiny-phi3",
+        "tiny-roberta",
+    ] {
         let dtypes: &[Precision] = if name == "tiny-distilbert" {
             &[Precision::F32]
         } else {

@@ -22,7 +22,15 @@ fn estimate_matches_the_measured_total_on_tiny_configs_of_every_family_and_preci
     let cancel = AtomicBool::new(false);
     let mut worst: f64 = 0.0;
     let mut checked = 0;
-    for model in ["tiny-bert", "tiny-distilbert", "tiny-llama", "tiny-qwen2"] {
+    for model in [
+        "tiny-bert",
+        "tiny-distilbert",
+        "tiny-llama",
+        "tiny-qwen2",
+        "tiny-mistral",
+        "tiny-phi3",
+        "tiny-roberta",
+    ] {
         let spec = ModelSpec::resolve(&ModelRef::Catalog(model.into())).unwrap();
         for dtype in [Precision::F32, Precision::F16, Precision::Bf16] {
             if !spec.family.supports(dtype) {
@@ -33,15 +41,17 @@ fn estimate_matches_the_measured_total_on_tiny_configs_of_every_family_and_preci
                 ModelRef::Catalog(model.into()),
                 &[8, 40, 64],
                 &[dtype],
-                (1, 3),
+                (1, 5),
                 1 << 32,
                 Strategy::Grid,
             );
             let (r, _) = run(p, &dir.join(&format!("{model}-{dtype}.jsonl")), &worker());
-            assert_eq!(r.trials.len(), 9, "{model} {dtype}: every point measured");
+            assert_eq!(r.trials.len(), 15, "{model} {dtype}: every point measured");
             // What grows with batch must be right too, not hidden under the weights and runtime:
-            // the slope from batch 1 to 3. (At seq 8 a fixed-size transient of gemm's packing
-            // outweighs the activations of the smallest batches, so the slope is taken above it.)
+            // the slope from batch 3 to 5. (Below that, and at seq 8, the fixed-size transients of
+            // gemm's packing — not modelled — can outweigh a batch's activations: tiny-roberta in
+            // f16 at seq 64 peaks inside a matmul's 16 KiB scratch up to batch 3, then at its
+            // activations; the slope is taken above them.)
             let at = |seq: usize, batch: usize| {
                 let t = r
                     .trials
@@ -51,15 +61,15 @@ fn estimate_matches_the_measured_total_on_tiny_configs_of_every_family_and_preci
                 t.total_bytes.unwrap() as f64
             };
             for seq in [40, 64] {
-                let measured = at(seq, 3) - at(seq, 1);
+                let measured = at(seq, 5) - at(seq, 3);
                 let est = |b| estimate::estimate(&spec, b, seq, dtype, &rt).total_bytes as f64;
-                let estimated = est(3) - est(1);
+                let estimated = est(5) - est(3);
                 eprintln!(
-                    "{model} {dtype} seq {seq}: growth from batch 1 to 3 measured {measured} estimated {estimated}"
+                    "{model} {dtype} seq {seq}: growth from batch 3 to 5 measured {measured} estimated {estimated}"
                 );
                 assert!(
                     ((estimated - measured) / measured).abs() <= tolerance(dtype),
-                    "{model} {dtype} seq {seq}: growth from batch 1 to 3 estimated {estimated} vs measured {measured}"
+                    "{model} {dtype} seq {seq}: growth from batch 3 to 5 estimated {estimated} vs measured {measured}"
                 );
             }
             for t in &r.trials {
@@ -86,7 +96,9 @@ fn estimate_matches_the_measured_total_on_tiny_configs_of_every_family_and_preci
             }
         }
     }
-    assert_eq!(checked, 9 * 10);
+    // Fifteen points per precision: bert, roberta, llama, qwen2, mistral and phi3 in three,
+    // distilbert in f32.
+    assert_eq!(checked, 15 * 19);
     eprintln!("worst relative error: {:.3}%", worst * 100.0);
 }
 
@@ -431,6 +443,9 @@ fn the_estimator_starts_auto_at_b_star_on_every_family_and_binsearch_needs_more(
         ("tiny-distilbert", 40, Precision::F32, 21),
         ("tiny-llama", 56, Precision::F16, 45),
         ("tiny-qwen2", 64, Precision::Bf16, 18),
+        ("tiny-mistral", 48, Precision::F32, 29),
+        ("tiny-phi3", 40, Precision::F16, 33),
+        ("tiny-roberta", 56, Precision::F32, 26),
     ] {
         let cap = crate::common::capacity_for(model, seq, dtype, target, &dir);
         let mut used = Vec::new();
