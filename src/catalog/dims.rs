@@ -15,10 +15,11 @@ pub enum Family {
     Phi3,
     /// `RoBERTa` and `XLM-RoBERTa` (candle's `xlm_roberta`).
     Roberta,
+    Gemma2,
 }
 
 impl Family {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Bert,
         Self::DistilBert,
         Self::Llama,
@@ -26,6 +27,7 @@ impl Family {
         Self::Mistral,
         Self::Phi3,
         Self::Roberta,
+        Self::Gemma2,
     ];
 
     #[must_use]
@@ -38,12 +40,16 @@ impl Family {
             Self::Mistral => "mistral",
             Self::Phi3 => "phi3",
             Self::Roberta => "roberta",
+            Self::Gemma2 => "gemma2",
         }
     }
 
     #[must_use]
     pub fn is_decoder(self) -> bool {
-        matches!(self, Self::Llama | Self::Qwen2 | Self::Mistral | Self::Phi3)
+        matches!(
+            self,
+            Self::Llama | Self::Qwen2 | Self::Mistral | Self::Phi3 | Self::Gemma2
+        )
     }
 
     /// Whether candle 0.11's model for this family runs in `p`.
@@ -88,6 +94,7 @@ impl Family {
                 return Ok(Self::Roberta);
             }
             for f in [
+                Self::Gemma2,
                 Self::DistilBert,
                 Self::Roberta,
                 Self::Bert,
@@ -135,6 +142,9 @@ pub struct Dims {
     /// rows more than the longest sequence (`pad_token_id + 1`; 0 elsewhere).
     #[serde(default)]
     pub position_offset: usize,
+    /// Gemma 2: the config's `head_dim`, which need not be hidden / heads.
+    #[serde(default)]
+    pub head_dim_override: Option<usize>,
 }
 
 /// One tensor candle's model loads: name (without any `bert.`-style prefix) and shape.
@@ -175,6 +185,7 @@ impl Dims {
                 type_vocab: opt_field(v, "type_vocab_size")?.unwrap_or(2),
                 tied_embeddings: false,
                 position_offset: 0,
+                head_dim_override: None,
             },
             Family::Roberta => {
                 let table = field(v, "max_position_embeddings")?;
@@ -195,6 +206,7 @@ impl Dims {
                     type_vocab: opt_field(v, "type_vocab_size")?.unwrap_or(1),
                     tied_embeddings: false,
                     position_offset: pad + 1,
+                    head_dim_override: None,
                 }
             }
             Family::DistilBert => Self {
@@ -208,7 +220,26 @@ impl Dims {
                 type_vocab: 0,
                 tied_embeddings: false,
                 position_offset: 0,
+                head_dim_override: None,
             },
+            Family::Gemma2 => {
+                let heads = field(v, "num_attention_heads")?;
+                Self {
+                    layers: field(v, "num_hidden_layers")?,
+                    hidden: field(v, "hidden_size")?,
+                    heads,
+                    kv_heads: opt_field(v, "num_key_value_heads")?.unwrap_or(heads),
+                    intermediate: field(v, "intermediate_size")?,
+                    vocab: field(v, "vocab_size")?,
+                    // candle's default when the config has none
+                    max_positions: opt_field(v, "max_position_embeddings")?.unwrap_or(4096),
+                    type_vocab: 0,
+                    // Gemma ties its head to the embeddings, always.
+                    tied_embeddings: true,
+                    position_offset: 0,
+                    head_dim_override: Some(field(v, "head_dim")?),
+                }
+            }
             Family::Llama | Family::Qwen2 | Family::Mistral | Family::Phi3 => {
                 let heads = field(v, "num_attention_heads")?;
                 if family == Family::Phi3
@@ -246,6 +277,7 @@ impl Dims {
                             .and_then(Value::as_bool)
                             .unwrap_or(false),
                     position_offset: 0,
+                    head_dim_override: None,
                 }
             }
         };
@@ -276,7 +308,7 @@ impl Dims {
                 return Err(format!("field \"{name}\" must be at least 1, found 0"));
             }
         }
-        if !self.hidden.is_multiple_of(self.heads) {
+        if self.head_dim_override.is_none() && !self.hidden.is_multiple_of(self.heads) {
             return Err(format!(
                 "field \"{}\" = {} is not divisible by \"{}\" = {}",
                 names.1, self.hidden, names.2, self.heads
@@ -301,7 +333,7 @@ impl Dims {
 
     #[must_use]
     pub fn head_dim(&self) -> usize {
-        self.hidden / self.heads
+        self.head_dim_override.unwrap_or(self.hidden / self.heads)
     }
 
     /// The tensors candle's model for this family loads, in candle's names.
@@ -372,6 +404,32 @@ impl Dims {
                     t(format!("{p}.output_layer_norm.weight"), &[h]);
                     t(format!("{p}.output_layer_norm.bias"), &[h]);
                 }
+            }
+            Family::Gemma2 => {
+                let (qd, kv) = (
+                    self.heads * self.head_dim(),
+                    self.kv_heads * self.head_dim(),
+                );
+                t("model.embed_tokens.weight".into(), &[self.vocab, h]);
+                for l in 0..self.layers {
+                    let p = format!("model.layers.{l}");
+                    t(format!("{p}.self_attn.q_proj.weight"), &[qd, h]);
+                    t(format!("{p}.self_attn.k_proj.weight"), &[kv, h]);
+                    t(format!("{p}.self_attn.v_proj.weight"), &[kv, h]);
+                    t(format!("{p}.self_attn.o_proj.weight"), &[h, qd]);
+                    t(format!("{p}.mlp.gate_proj.weight"), &[i, h]);
+                    t(format!("{p}.mlp.up_proj.weight"), &[i, h]);
+                    t(format!("{p}.mlp.down_proj.weight"), &[h, i]);
+                    for n in [
+                        "input_layernorm",
+                        "post_attention_layernorm",
+                        "pre_feedforward_layernorm",
+                        "post_feedforward_layernorm",
+                    ] {
+                        t(format!("{p}.{n}.weight"), &[h]);
+                    }
+                }
+                t("model.norm.weight".into(), &[h]);
             }
             Family::Phi3 => {
                 let kv = self.kv_heads * self.head_dim();

@@ -88,6 +88,12 @@ pub const BUNDLED: &[Bundled] = &[
         tiny: false,
     },
     Bundled {
+        id: "gemma-2-2b",
+        config_json: include_str!("../../assets/models/gemma-2-2b.json"),
+        hub_ids: &["google/gemma-2-2b"],
+        tiny: false,
+    },
+    Bundled {
         id: "bert-tiny",
         config_json: include_str!("../../assets/models/bert-tiny.json"),
         hub_ids: &["google/bert_uncased_L-2_H-128_A-2", "prajjwal1/bert-tiny"],
@@ -156,6 +162,12 @@ pub const BUNDLED: &[Bundled] = &[
     Bundled {
         id: "tiny-roberta",
         config_json: include_str!("../../assets/models/tiny-roberta.json"),
+        hub_ids: &[],
+        tiny: true,
+    },
+    Bundled {
+        id: "tiny-gemma2",
+        config_json: include_str!("../../assets/models/tiny-gemma2.json"),
         hub_ids: &[],
         tiny: true,
     },
@@ -342,7 +354,7 @@ pub enum CatalogError {
     )]
     NotObject { origin: String },
     #[error(
-        "{origin}: architecture {found} is not supported; supported families: bert, distilbert, llama, qwen2, mistral, phi3, roberta (and xlm-roberta) (set \"model_type\" to one of them if the model really is one)"
+        "{origin}: architecture {found} is not supported; supported families: bert, distilbert, llama, qwen2, mistral, phi3, gemma2, roberta (and xlm-roberta) (set \"model_type\" to one of them if the model really is one)"
     )]
     UnknownArchitecture { origin: String, found: String },
     #[error(
@@ -537,6 +549,8 @@ mod tests {
             // "125M" and "278M" on their model cards (with the pooler).
             ("roberta-base", 124_645_632),
             ("xlm-roberta-base", 278_043_648),
+            // "2.61B" on its model card.
+            ("gemma-2-2b", 2_614_341_888),
         ];
         for (id, params) in expected {
             let spec = ModelSpec::resolve(&ModelRef::Catalog((*id).into())).unwrap();

@@ -120,7 +120,9 @@ pub fn inputs(r: &Run<'_>, family: Family) -> Vec<T> {
         ],
         // `Tensor::zeros((b, 1, 1, s), U8)`
         Family::DistilBert => vec![ids, r.sim.alloc(&[b, 1, 1, s], Dt::U8)],
-        Family::Llama | Family::Qwen2 | Family::Mistral | Family::Phi3 => vec![ids],
+        Family::Llama | Family::Qwen2 | Family::Mistral | Family::Phi3 | Family::Gemma2 => {
+            vec![ids]
+        }
     }
 }
 
@@ -134,6 +136,7 @@ pub fn forward(r: &Run<'_>, family: Family, inputs: &[T]) -> T {
         Family::Mistral => mistral(r, &inputs[0]),
         Family::Phi3 => phi3(r, &inputs[0]),
         Family::Roberta => roberta(r, &inputs[0], &inputs[1], &inputs[2]),
+        Family::Gemma2 => gemma2(r, &inputs[0]),
     }
 }
 
@@ -806,4 +809,161 @@ fn roberta(r: &Run<'_>, ids: &T, tt: &T, mask: &T) -> T {
     }
     drop((hidden_states, attention_mask));
     xs
+}
+
+/// Gemma's own `RmsNorm::forward` (always the general path, in f32, with `weight + 1`):
+/// `let x = x.to_dtype(f32)?; let norm_x = (x.sqr()?.sum_keepdim(D::Minus1)? / h)?;
+/// let x_normed = x.broadcast_div(&(norm_x + eps)?.sqrt()?)?;
+/// x_normed.to_dtype(x_dtype)?.broadcast_mul(&(&self.weight + 1.0)?)`
+fn gemma_norm(r: &Run<'_>, x: &T) -> T {
+    let wide = x.to_dtype(Dt::F32);
+    let norm_x = {
+        let sq = wide.unary();
+        let sum = sq.reduce_last();
+        let out = sum.unary();
+        drop((sum, sq));
+        out
+    };
+    let x_normed = {
+        let plus = norm_x.unary();
+        drop(norm_x);
+        let root = plus.unary();
+        let out = wide.binary(&root);
+        drop((plus, root));
+        out
+    };
+    let out = {
+        let back = x_normed.to_dtype(r.dt);
+        let w1 = r.sim.alloc(&[r.d.hidden], r.dt);
+        let out = back.binary(&w1);
+        drop((back, w1));
+        out
+    };
+    drop((x_normed, wide));
+    out
+}
+
+/// `((xs / cap)?.tanh()? * cap)?`: the quotient is a temporary, the tanh consumed by the product.
+fn softcap(xs: T) -> T {
+    let quotient = xs.unary();
+    drop(xs);
+    let tanh = quotient.unary();
+    let out = tanh.unary();
+    drop((tanh, quotient));
+    out
+}
+
+/// candle's `gemma2::Model::forward`: embeddings scaled by √hidden, Gemma's f32 norms before and
+/// after attention and the MLP, logit soft-capping in attention and at the head (tied to the
+/// embeddings), a causal mask `(b, 1, s, s)` (candle 0.11 puts the sliding window on every
+/// layer), an explicit `head_dim`.
+fn gemma2(r: &Run<'_>, ids: &T) -> T {
+    let (b, s, h, heads, kv) = (r.b, r.s, r.d.hidden, r.d.heads, r.d.kv_heads);
+    let hd = r.d.head_dim();
+    let qd = heads * hd;
+    let mut kvs: Vec<(T, T)> = Vec::with_capacity(r.d.layers);
+    let attention_mask = {
+        let _vec = r.sim.raw((s * s * 4) as u64);
+        let m = r.sim.alloc(&[s, s], Dt::F32);
+        m.broadcast_as(&[b, 1, s, s]).to_dtype(r.dt)
+    };
+    // `let xs = self.embed_tokens.forward(input_ids)?; let mut xs = (xs * sqrt(h))?;`
+    let mut xs = {
+        let e = embedding(r, r.d.vocab, ids);
+        let scaled = e.unary();
+        drop(e);
+        scaled
+    };
+    for _ in 0..r.d.layers {
+        xs = {
+            let residual = &xs;
+            let xn = gemma_norm(r, &xs);
+            let attn = {
+                let q = linear(r, &xn, qd, false);
+                let k = linear(r, &xn, kv * hd, false);
+                let v = linear(r, &xn, kv * hd, false);
+                let q1 = q.reshape(&[b, s, heads, hd]).transpose(1, 2);
+                let k1 = k.reshape(&[b, s, kv, hd]).transpose(1, 2);
+                let v1 = v.reshape(&[b, s, kv, hd]).transpose(1, 2);
+                // apply_rotary_emb_qkv: `rope(&q.contiguous()?, ..)`, `rope(&k.contiguous()?, ..)`
+                let q2 = {
+                    let c = q1.contiguous();
+                    let o = c.unary();
+                    drop(c);
+                    o
+                };
+                let k2 = {
+                    let c = k1.contiguous();
+                    let o = c.unary();
+                    drop(c);
+                    o
+                };
+                k2.mark_kv();
+                v1.mark_kv();
+                kvs.push((k2.clone(), v1.clone()));
+                let k3 = repeat_kv(k2, heads / kv).contiguous();
+                let v3 = repeat_kv(v1, heads / kv).contiguous();
+                let attn_output = {
+                    // `(q.matmul(&k.transpose(2, 3)?)? * scale)?` consumes the scores
+                    let w = {
+                        let mm = r.mm(&q2, &k3.transpose(2, 3));
+                        let scaled = mm.unary();
+                        drop(mm);
+                        scaled
+                    };
+                    let w = softcap(w);
+                    // the capped scores stay bound (a match arm borrows them) to the block's end
+                    let w2 = w.binary(&attention_mask);
+                    let w3 = w2.unary(); // softmax_last_dim
+                    let out = r.mm(&w3, &v3);
+                    drop((w, w2, w3));
+                    out
+                };
+                let y = {
+                    let o = attn_output.transpose(1, 2).reshape(&[b, s, qd]);
+                    linear(r, &o, h, false)
+                };
+                drop((q, k, v, q1, q2, k3, v3, attn_output));
+                y
+            };
+            // `let xs = xs.apply(&post_attention_layernorm)?; let xs = (xs + residual)?;`
+            let sum = {
+                let pan = gemma_norm(r, &attn);
+                let sum = pan.binary(residual);
+                drop(pan);
+                sum
+            };
+            // pre-feedforward norm, the MLP, post-feedforward norm, `residual + xs`
+            let pre = gemma_norm(r, &sum);
+            let mlp_out = {
+                let lhs = {
+                    let g = linear(r, &pre, r.d.intermediate, false);
+                    g.unary()
+                };
+                let rhs = linear(r, &pre, r.d.intermediate, false);
+                let p = lhs.binary(&rhs);
+                drop((lhs, rhs));
+                let o = linear(r, &p, h, false);
+                drop(p);
+                o
+            };
+            let post = gemma_norm(r, &mlp_out);
+            let out = sum.binary(&post);
+            drop(post);
+            drop((xn, attn, sum, pre, mlp_out));
+            out
+        };
+    }
+    // `xs.narrow(1, seq_len - 1, 1)?.apply(&self.norm)?.apply(&self.lm_head)?`, then the
+    // final soft-capping
+    let logits = {
+        let last = xs.narrow(1, 1);
+        let normed = gemma_norm(r, &last);
+        let logits = linear(r, &normed, r.d.vocab, false);
+        drop((normed, last));
+        logits
+    };
+    let logits = softcap(logits);
+    drop((xs, attention_mask, kvs));
+    logits
 }

@@ -8,7 +8,9 @@
 use crate::catalog::{CatalogError, Family, ModelSpec};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::{bert, distilbert, llama, mistral, phi3, qwen2, xlm_roberta};
+use candle_transformers::models::{
+    bert, distilbert, gemma2, llama, mistral, phi3, qwen2, xlm_roberta,
+};
 use std::collections::HashMap;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,7 @@ enum Kind {
     Mistral(mistral::Model),
     Phi3(phi3::Model),
     Roberta(xlm_roberta::XLMRobertaModel),
+    Gemma2(gemma2::Model),
 }
 
 /// A built model, ready for forwards.
@@ -153,6 +156,10 @@ pub fn build(spec: &ModelSpec, dtype: DType, device: &Device) -> Result<LoadedMo
             let cfg: phi3::Config = candle_config(spec)?;
             Kind::Phi3(catch(family, || phi3::Model::new(&cfg, vb))?)
         }
+        Family::Gemma2 => {
+            let cfg: gemma2::Config = candle_config(spec)?;
+            Kind::Gemma2(catch(family, || gemma2::Model::new(false, &cfg, vb))?)
+        }
         Family::Roberta => {
             // roberta-base's config.json has no `position_embedding_type`, which candle's
             // Config requires; absolute is what it means.
@@ -231,7 +238,7 @@ impl LoadedModel {
                     mask: None,
                     cache: Some(cache.clone()),
                 },
-                Kind::Qwen2(_) | Kind::Mistral(_) | Kind::Phi3(_) => Inputs {
+                Kind::Qwen2(_) | Kind::Mistral(_) | Kind::Phi3(_) | Kind::Gemma2(_) => Inputs {
                     ids,
                     aux: None,
                     mask: None,
@@ -281,6 +288,11 @@ impl LoadedModel {
                 r
             }
             Kind::Phi3(m) => {
+                let r = m.forward(&ids, 0);
+                m.clear_kv_cache();
+                r
+            }
+            Kind::Gemma2(m) => {
                 let r = m.forward(&ids, 0);
                 m.clear_kv_cache();
                 r

@@ -263,6 +263,7 @@ fn every_family_runs_real_forwards() {
         "tiny-mistral",
         "tiny-phi3",
         "tiny-roberta",
+        "tiny-gemma2",
     ] {
         let dtypes: &[Precision] = if name == "tiny-distilbert" {
             &[Precision::F32]

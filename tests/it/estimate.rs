@@ -30,6 +30,7 @@ fn estimate_matches_the_measured_total_on_tiny_configs_of_every_family_and_preci
         "tiny-mistral",
         "tiny-phi3",
         "tiny-roberta",
+        "tiny-gemma2",
     ] {
         let spec = ModelSpec::resolve(&ModelRef::Catalog(model.into())).unwrap();
         for dtype in [Precision::F32, Precision::F16, Precision::Bf16] {
@@ -96,9 +97,9 @@ fn estimate_matches_the_measured_total_on_tiny_configs_of_every_family_and_preci
             }
         }
     }
-    // Fifteen points per precision: bert, roberta, llama, qwen2, mistral and phi3 in three,
-    // distilbert in f32.
-    assert_eq!(checked, 15 * 19);
+    // Fifteen points per precision: bert, roberta, llama, qwen2, mistral, phi3 and gemma2 in
+    // three, distilbert in f32.
+    assert_eq!(checked, 15 * 22);
     eprintln!("worst relative error: {:.3}%", worst * 100.0);
 }
 
@@ -446,6 +447,7 @@ fn the_estimator_starts_auto_at_b_star_on_every_family_and_binsearch_needs_more(
         ("tiny-mistral", 48, Precision::F32, 29),
         ("tiny-phi3", 40, Precision::F16, 33),
         ("tiny-roberta", 56, Precision::F32, 26),
+        ("tiny-gemma2", 48, Precision::Bf16, 22),
     ] {
         let cap = crate::common::capacity_for(model, seq, dtype, target, &dir);
         let mut used = Vec::new();

@@ -99,3 +99,10 @@ fn phi3_fused_checkpoint_forward_matches_numpy_reference() {
 fn roberta_forward_matches_numpy_reference() {
     check("tiny-roberta");
 }
+
+/// Gemma 2: an explicit `head_dim` (16 where hidden / heads is 8), soft-capped scores and logits,
+/// (1 + weight) norms around attention and the MLP, the head tied to the embeddings.
+#[test]
+fn gemma2_forward_matches_numpy_reference() {
+    check("tiny-gemma2");
+}
