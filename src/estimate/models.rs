@@ -403,11 +403,7 @@ fn qwen2(r: &Run<'_>, ids: &T) -> T {
     let normed = {
         // prepare_causal_attention_mask: `Tensor::from_slice(&mask, (s, s))` of f32,
         // `mask.expand((b, 1, s, s))?.to_dtype(self.dtype)`
-        let attention_mask = {
-            let _vec = r.sim.raw((s * s * 4) as u64);
-            let m = r.sim.alloc(&[s, s], Dt::F32);
-            m.broadcast_as(&[b, 1, s, s]).to_dtype(r.dt)
-        };
+        let attention_mask = causal_mask(r, b);
         let mut xs = embedding(r, r.d.vocab, ids);
         for _ in 0..r.d.layers {
             xs = {
@@ -429,15 +425,7 @@ fn qwen2(r: &Run<'_>, ids: &T) -> T {
                     kvs.push((k2.clone(), v1.clone()));
                     let k3 = repeat_kv(k2, heads / kv).contiguous();
                     let v3 = repeat_kv(v1, heads / kv).contiguous();
-                    let attn_output = {
-                        // `(q.matmul(&k.transpose(2, 3)?)? * scale)?` consumes the scores
-                        let w = r.mm(&q2, &k3.transpose(2, 3)).unary();
-                        let w2 = w.binary(&attention_mask);
-                        let w3 = w2.unary(); // softmax_last_dim
-                        let out = r.mm(&w3, &v3);
-                        drop((w, w2, w3));
-                        out
-                    };
+                    let attn_output = attend(r, &q2, &k3, &v3, &attention_mask);
                     // `attn_output.transpose(1, 2)?.reshape(..)?.apply(&self.o_proj)`
                     let y = {
                         let o = attn_output.transpose(1, 2).reshape(&[b, s, h]);
@@ -452,13 +440,7 @@ fn qwen2(r: &Run<'_>, ids: &T) -> T {
                 // `let xs = xs.apply(&post_ln)?.apply(&self.mlp)?; residual + xs`
                 let mlp_out = {
                     let xn2 = norm(&xs2);
-                    // MLP::forward: `let lhs = xs.apply(&gate)?.apply(&act)?; let rhs = xs.apply(&up)?;
-                    // (lhs * rhs)?.apply(&down)`
-                    let lhs = linear(r, &xn2, r.d.intermediate, false).unary();
-                    let rhs = linear(r, &xn2, r.d.intermediate, false);
-                    let p = lhs.binary(&rhs);
-                    drop((lhs, rhs));
-                    linear(r, &p, h, false)
+                    gated_mlp(r, &xn2)
                 };
                 let out = xs2.binary(&mlp_out);
                 drop((mlp_out, xn, xs2));
@@ -486,11 +468,7 @@ fn mistral(r: &Run<'_>, ids: &T) -> T {
     let mut kvs: Vec<(T, T)> = Vec::with_capacity(r.d.layers);
     // prepare_decoder_attention_mask: the `Vec<f32>`, `Tensor::from_slice(&mask, (s, s))`,
     // `mask.expand((1, 1, s, s))?.to_dtype(self.dtype)`
-    let attention_mask = {
-        let _vec = r.sim.raw((s * s * 4) as u64);
-        let m = r.sim.alloc(&[s, s], Dt::F32);
-        m.broadcast_as(&[1, 1, s, s]).to_dtype(r.dt)
-    };
+    let attention_mask = causal_mask(r, 1);
     let mut xs = embedding(r, r.d.vocab, ids);
     for _ in 0..r.d.layers {
         xs = {
@@ -513,14 +491,7 @@ fn mistral(r: &Run<'_>, ids: &T) -> T {
                 // repeat_kv (no `.contiguous()` after it here)
                 let k3 = repeat_kv(k2, heads / kv);
                 let v3 = repeat_kv(v1, heads / kv);
-                let attn_output = {
-                    let w = r.mm(&q2, &k3.transpose(2, 3)).unary();
-                    let w2 = w.binary(&attention_mask);
-                    let w3 = w2.unary(); // softmax_last_dim
-                    let out = r.mm(&w3, &v3);
-                    drop((w, w2, w3));
-                    out
-                };
+                let attn_output = attend(r, &q2, &k3, &v3, &attention_mask);
                 let y = {
                     let o = attn_output.transpose(1, 2).reshape(&[b, s, h]);
                     linear(r, &o, h, false)
@@ -532,11 +503,7 @@ fn mistral(r: &Run<'_>, ids: &T) -> T {
             drop(attn);
             let mlp_out = {
                 let xn2 = norm(&xs2);
-                let lhs = linear(r, &xn2, r.d.intermediate, false).unary();
-                let rhs = linear(r, &xn2, r.d.intermediate, false);
-                let p = lhs.binary(&rhs);
-                drop((lhs, rhs));
-                linear(r, &p, h, false)
+                gated_mlp(r, &xn2)
             };
             let out = xs2.binary(&mlp_out);
             drop((mlp_out, xn, xs2));
@@ -583,11 +550,7 @@ fn phi3(r: &Run<'_>, ids: &T) -> T {
     let op = heads * hd + 2 * kv * hd;
     let mut kvs: Vec<(T, T)> = Vec::with_capacity(r.d.layers);
     // prepare_decoder_attention_mask: `mask.expand((b, 1, s, s))?.to_dtype(self.dtype)`
-    let attention_mask = {
-        let _vec = r.sim.raw((s * s * 4) as u64);
-        let m = r.sim.alloc(&[s, s], Dt::F32);
-        m.broadcast_as(&[b, 1, s, s]).to_dtype(r.dt)
-    };
+    let attention_mask = causal_mask(r, b);
     let mut xs = embedding(r, r.d.vocab, ids);
     for _ in 0..r.d.layers {
         xs = {
@@ -623,14 +586,7 @@ fn phi3(r: &Run<'_>, ids: &T) -> T {
                 kvs.push((k2.clone(), v.clone()));
                 let k3 = repeat_kv(k2, heads / kv).contiguous();
                 let v3 = repeat_kv(v, heads / kv).contiguous();
-                let attn_output = {
-                    let w = r.mm(&q2, &k3.transpose(2, 3)).unary();
-                    let w2 = w.binary(&attention_mask);
-                    let w3 = w2.unary(); // softmax_last_dim
-                    let out = r.mm(&w3, &v3);
-                    drop((w, w2, w3));
-                    out
-                };
+                let attn_output = attend(r, &q2, &k3, &v3, &attention_mask);
                 let y = {
                     let o = attn_output.transpose(1, 2).reshape(&[b, s, heads * hd]);
                     linear(r, &o, h, false)
@@ -862,11 +818,7 @@ fn gemma2(r: &Run<'_>, ids: &T) -> T {
     let hd = r.d.head_dim();
     let qd = heads * hd;
     let mut kvs: Vec<(T, T)> = Vec::with_capacity(r.d.layers);
-    let attention_mask = {
-        let _vec = r.sim.raw((s * s * 4) as u64);
-        let m = r.sim.alloc(&[s, s], Dt::F32);
-        m.broadcast_as(&[b, 1, s, s]).to_dtype(r.dt)
-    };
+    let attention_mask = causal_mask(r, b);
     // `let xs = self.embed_tokens.forward(input_ids)?; let mut xs = (xs * sqrt(h))?;`
     let mut xs = {
         let e = embedding(r, r.d.vocab, ids);
@@ -935,18 +887,7 @@ fn gemma2(r: &Run<'_>, ids: &T) -> T {
             };
             // pre-feedforward norm, the MLP, post-feedforward norm, `residual + xs`
             let pre = gemma_norm(r, &sum);
-            let mlp_out = {
-                let lhs = {
-                    let g = linear(r, &pre, r.d.intermediate, false);
-                    g.unary()
-                };
-                let rhs = linear(r, &pre, r.d.intermediate, false);
-                let p = lhs.binary(&rhs);
-                drop((lhs, rhs));
-                let o = linear(r, &p, h, false);
-                drop(p);
-                o
-            };
+            let mlp_out = gated_mlp(r, &pre);
             let post = gemma_norm(r, &mlp_out);
             let out = sum.binary(&post);
             drop(post);
@@ -966,4 +907,35 @@ fn gemma2(r: &Run<'_>, ids: &T) -> T {
     let logits = softcap(logits);
     drop((xs, attention_mask, kvs));
     logits
+}
+
+/// The decoders' `prepare_*_attention_mask`: the `Vec<f32>` of s×s, `Tensor::from_slice(&mask,
+/// (s, s))`, `mask.expand((rows, 1, s, s))?.to_dtype(self.dtype)` (rows: the batch, or 1).
+fn causal_mask(r: &Run<'_>, rows: usize) -> T {
+    let s = r.s;
+    let _vec = r.sim.raw((s * s * 4) as u64);
+    let m = r.sim.alloc(&[s, s], Dt::F32);
+    m.broadcast_as(&[rows, 1, s, s]).to_dtype(r.dt)
+}
+
+/// The decoders' attention core: `(q.matmul(&k.transpose(2, 3)?)? * scale)?` (the product
+/// consumed), the mask added while the scaled scores stay bound (a `match` arm borrows them),
+/// `softmax_last_dim`, `.matmul(&v)`.
+fn attend(r: &Run<'_>, q: &T, k: &T, v: &T, mask: &T) -> T {
+    let w = r.mm(q, &k.transpose(2, 3)).unary();
+    let w2 = w.binary(mask);
+    let w3 = w2.unary();
+    let out = r.mm(&w3, v);
+    drop((w, w2, w3));
+    out
+}
+
+/// The gated MLP: `let lhs = xs.apply(&gate)?.apply(&act)?; let rhs = xs.apply(&up)?;
+/// (lhs * rhs)?.apply(&down)`.
+fn gated_mlp(r: &Run<'_>, x: &T) -> T {
+    let lhs = linear(r, x, r.d.intermediate, false).unary();
+    let rhs = linear(r, x, r.d.intermediate, false);
+    let p = lhs.binary(&rhs);
+    drop((lhs, rhs));
+    linear(r, &p, r.d.hidden, false)
 }

@@ -9,6 +9,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+/// The tiny config of every family (tests that must cover them all).
+pub const TINY_MODELS: &[&str] = &[
+    "tiny-bert",
+    "tiny-distilbert",
+    "tiny-llama",
+    "tiny-qwen2",
+    "tiny-mistral",
+    "tiny-phi3",
+    "tiny-roberta",
+    "tiny-gemma2",
+];
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_oomlab"))
 }

@@ -22,16 +22,7 @@ fn estimate_matches_the_measured_total_on_tiny_configs_of_every_family_and_preci
     let cancel = AtomicBool::new(false);
     let mut worst: f64 = 0.0;
     let mut checked = 0;
-    for model in [
-        "tiny-bert",
-        "tiny-distilbert",
-        "tiny-llama",
-        "tiny-qwen2",
-        "tiny-mistral",
-        "tiny-phi3",
-        "tiny-roberta",
-        "tiny-gemma2",
-    ] {
+    for &model in crate::common::TINY_MODELS {
         let spec = ModelSpec::resolve(&ModelRef::Catalog(model.into())).unwrap();
         for dtype in [Precision::F32, Precision::F16, Precision::Bf16] {
             if !spec.family.supports(dtype) {
