@@ -597,7 +597,12 @@ impl PlanProblem {
                 family,
                 model,
             } => format!(
-                "{model} is a {family} model, which candle 0.11 runs only in f32 (its attention mixes f32 scores with {dtype} values); remove {dtype} from {here}"
+                "{model} is a {family} model, which candle 0.11 runs only in f32 ({}); remove {dtype} from {here}",
+                crate::catalog::Family::ALL
+                    .iter()
+                    .find(|f| f.name() == family)
+                    .and_then(|f| f.f32_only())
+                    .unwrap_or("its code mixes f32 with the run precision")
             ),
             Self::ZeroThreads => format!("{here} must be at least 1"),
             Self::CapacityAboveHost {

@@ -16,10 +16,13 @@ pub enum Family {
     /// `RoBERTa` and `XLM-RoBERTa` (candle's `xlm_roberta`).
     Roberta,
     Gemma2,
+    /// A mixture of experts (candle's `mixtral`): every expert's weights are resident, each token
+    /// runs through `num_experts_per_tok` of them.
+    Mixtral,
 }
 
 impl Family {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Bert,
         Self::DistilBert,
         Self::Llama,
@@ -28,6 +31,7 @@ impl Family {
         Self::Phi3,
         Self::Roberta,
         Self::Gemma2,
+        Self::Mixtral,
     ];
 
     #[must_use]
@@ -41,6 +45,7 @@ impl Family {
             Self::Phi3 => "phi3",
             Self::Roberta => "roberta",
             Self::Gemma2 => "gemma2",
+            Self::Mixtral => "mixtral",
         }
     }
 
@@ -48,7 +53,7 @@ impl Family {
     pub fn is_decoder(self) -> bool {
         matches!(
             self,
-            Self::Llama | Self::Qwen2 | Self::Mistral | Self::Phi3 | Self::Gemma2
+            Self::Llama | Self::Qwen2 | Self::Mistral | Self::Phi3 | Self::Gemma2 | Self::Mixtral
         )
     }
 
@@ -57,7 +62,21 @@ impl Family {
     /// the run dtype, which fails for f16/bf16.
     #[must_use]
     pub fn supports(self, p: crate::precision::Precision) -> bool {
-        self != Self::DistilBert || p == crate::precision::Precision::F32
+        self.f32_only().is_none() || p == crate::precision::Precision::F32
+    }
+
+    /// Why candle 0.11's model for this family runs only in f32, when it does.
+    #[must_use]
+    pub fn f32_only(self) -> Option<&'static str> {
+        match self {
+            Self::DistilBert => {
+                Some("its attention mixes f32 scores with values in the run precision")
+            }
+            Self::Mixtral => {
+                Some("it multiplies each expert's output by routing weights it always makes in f32")
+            }
+            _ => None,
+        }
     }
 
     /// What one measured forward computes.
@@ -94,6 +113,7 @@ impl Family {
                 return Ok(Self::Roberta);
             }
             for f in [
+                Self::Mixtral,
                 Self::Gemma2,
                 Self::DistilBert,
                 Self::Roberta,
@@ -145,6 +165,11 @@ pub struct Dims {
     /// Gemma 2: the config's `head_dim`, which need not be hidden / heads.
     #[serde(default)]
     pub head_dim_override: Option<usize>,
+    /// Mixtral: experts per layer and experts per token (0 for dense models).
+    #[serde(default)]
+    pub experts: usize,
+    #[serde(default)]
+    pub experts_per_token: usize,
 }
 
 /// One tensor candle's model loads: name (without any `bert.`-style prefix) and shape.
@@ -186,6 +211,8 @@ impl Dims {
                 tied_embeddings: false,
                 position_offset: 0,
                 head_dim_override: None,
+                experts: 0,
+                experts_per_token: 0,
             },
             Family::Roberta => {
                 let table = field(v, "max_position_embeddings")?;
@@ -207,6 +234,8 @@ impl Dims {
                     tied_embeddings: false,
                     position_offset: pad + 1,
                     head_dim_override: None,
+                    experts: 0,
+                    experts_per_token: 0,
                 }
             }
             Family::DistilBert => Self {
@@ -221,6 +250,8 @@ impl Dims {
                 tied_embeddings: false,
                 position_offset: 0,
                 head_dim_override: None,
+                experts: 0,
+                experts_per_token: 0,
             },
             Family::Gemma2 => {
                 let heads = field(v, "num_attention_heads")?;
@@ -238,6 +269,34 @@ impl Dims {
                     tied_embeddings: true,
                     position_offset: 0,
                     head_dim_override: Some(field(v, "head_dim")?),
+                    experts: 0,
+                    experts_per_token: 0,
+                }
+            }
+            Family::Mixtral => {
+                let heads = field(v, "num_attention_heads")?;
+                let experts = field(v, "num_local_experts")?;
+                let per_token = field(v, "num_experts_per_tok")?;
+                if per_token == 0 || per_token > experts {
+                    return Err(format!(
+                        "field \"num_experts_per_tok\" = {per_token} must be between 1 and \"num_local_experts\" = {experts}"
+                    ));
+                }
+                Self {
+                    layers: field(v, "num_hidden_layers")?,
+                    hidden: field(v, "hidden_size")?,
+                    heads,
+                    kv_heads: opt_field(v, "num_key_value_heads")?.unwrap_or(heads),
+                    intermediate: field(v, "intermediate_size")?,
+                    vocab: field(v, "vocab_size")?,
+                    max_positions: field(v, "max_position_embeddings")?,
+                    type_vocab: 0,
+                    // candle's Mixtral always holds its own lm_head.
+                    tied_embeddings: false,
+                    position_offset: 0,
+                    head_dim_override: None,
+                    experts,
+                    experts_per_token: per_token,
                 }
             }
             Family::Llama | Family::Qwen2 | Family::Mistral | Family::Phi3 => {
@@ -278,6 +337,8 @@ impl Dims {
                             .unwrap_or(false),
                     position_offset: 0,
                     head_dim_override: None,
+                    experts: 0,
+                    experts_per_token: 0,
                 }
             }
         };
@@ -404,6 +465,31 @@ impl Dims {
                     t(format!("{p}.output_layer_norm.weight"), &[h]);
                     t(format!("{p}.output_layer_norm.bias"), &[h]);
                 }
+            }
+            Family::Mixtral => {
+                let kv = self.kv_heads * self.head_dim();
+                t("model.embed_tokens.weight".into(), &[self.vocab, h]);
+                for l in 0..self.layers {
+                    let p = format!("model.layers.{l}");
+                    t(format!("{p}.self_attn.q_proj.weight"), &[h, h]);
+                    t(format!("{p}.self_attn.k_proj.weight"), &[kv, h]);
+                    t(format!("{p}.self_attn.v_proj.weight"), &[kv, h]);
+                    t(format!("{p}.self_attn.o_proj.weight"), &[h, h]);
+                    t(
+                        format!("{p}.block_sparse_moe.gate.weight"),
+                        &[self.experts, h],
+                    );
+                    for expert in 0..self.experts {
+                        let ex = format!("{p}.block_sparse_moe.experts.{expert}");
+                        t(format!("{ex}.w1.weight"), &[i, h]);
+                        t(format!("{ex}.w2.weight"), &[h, i]);
+                        t(format!("{ex}.w3.weight"), &[i, h]);
+                    }
+                    t(format!("{p}.input_layernorm.weight"), &[h]);
+                    t(format!("{p}.post_attention_layernorm.weight"), &[h]);
+                }
+                t("model.norm.weight".into(), &[h]);
+                t("lm_head.weight".into(), &[self.vocab, h]);
             }
             Family::Gemma2 => {
                 let (qd, kv) = (

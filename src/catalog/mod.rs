@@ -94,6 +94,12 @@ pub const BUNDLED: &[Bundled] = &[
         tiny: false,
     },
     Bundled {
+        id: "Mixtral-8x7B-v0.1",
+        config_json: include_str!("../../assets/models/Mixtral-8x7B-v0.1.json"),
+        hub_ids: &["mistralai/Mixtral-8x7B-v0.1"],
+        tiny: false,
+    },
+    Bundled {
         id: "bert-tiny",
         config_json: include_str!("../../assets/models/bert-tiny.json"),
         hub_ids: &["google/bert_uncased_L-2_H-128_A-2", "prajjwal1/bert-tiny"],
@@ -168,6 +174,12 @@ pub const BUNDLED: &[Bundled] = &[
     Bundled {
         id: "tiny-gemma2",
         config_json: include_str!("../../assets/models/tiny-gemma2.json"),
+        hub_ids: &[],
+        tiny: true,
+    },
+    Bundled {
+        id: "tiny-mixtral",
+        config_json: include_str!("../../assets/models/tiny-mixtral.json"),
         hub_ids: &[],
         tiny: true,
     },
@@ -354,7 +366,7 @@ pub enum CatalogError {
     )]
     NotObject { origin: String },
     #[error(
-        "{origin}: architecture {found} is not supported; supported families: bert, distilbert, llama, qwen2, mistral, phi3, gemma2, roberta (and xlm-roberta) (set \"model_type\" to one of them if the model really is one)"
+        "{origin}: architecture {found} is not supported; supported families: bert, distilbert, llama, qwen2, mistral, phi3, gemma2, mixtral, roberta (and xlm-roberta) (set \"model_type\" to one of them if the model really is one)"
     )]
     UnknownArchitecture { origin: String, found: String },
     #[error(
@@ -551,6 +563,8 @@ mod tests {
             ("xlm-roberta-base", 278_043_648),
             // "2.61B" on its model card.
             ("gemma-2-2b", 2_614_341_888),
+            // "46.7B" on its model card: all eight experts of every layer.
+            ("Mixtral-8x7B-v0.1", 46_702_792_704),
         ];
         for (id, params) in expected {
             let spec = ModelSpec::resolve(&ModelRef::Catalog((*id).into())).unwrap();

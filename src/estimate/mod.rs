@@ -75,6 +75,11 @@ pub fn build_bytes(spec: &ModelSpec, dtype: Precision) -> u64 {
         .map(|t| tensor_metadata_bytes(t.shape.len()))
         .sum();
     let rotary = match spec.family {
+        // Mixtral keeps the tables full width: `Tensor::cat(&[&freqs, &freqs], D::Minus1)`.
+        Family::Mixtral => {
+            2 * (d.max_positions * d.head_dim()) as u64 * Dt::from(dtype).size()
+                + 2 * tensor_metadata_bytes(2)
+        }
         Family::Llama | Family::Qwen2 | Family::Mistral | Family::Phi3 | Family::Gemma2 => {
             let half = d.head_dim() / 2;
             2 * (d.max_positions * half) as u64 * Dt::from(dtype).size()

@@ -9,7 +9,7 @@ use crate::catalog::{CatalogError, Family, ModelSpec};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{
-    bert, distilbert, gemma2, llama, mistral, phi3, qwen2, xlm_roberta,
+    bert, distilbert, gemma2, llama, mistral, mixtral, phi3, qwen2, xlm_roberta,
 };
 use std::collections::HashMap;
 
@@ -50,6 +50,9 @@ enum Kind {
     Phi3(phi3::Model),
     Roberta(xlm_roberta::XLMRobertaModel),
     Gemma2(gemma2::Model),
+    /// Pristine (no KV cache): candle's Mixtral cannot clear its cache, so each forward runs on
+    /// a clone made with the inputs, before the measured region.
+    Mixtral(mixtral::Model),
 }
 
 /// A built model, ready for forwards.
@@ -68,6 +71,7 @@ pub struct Inputs {
     aux: Option<Tensor>,
     mask: Option<Tensor>,
     cache: Option<llama::Cache>,
+    mixtral: Option<Box<mixtral::Model>>,
 }
 
 fn candle_config<T: serde::de::DeserializeOwned>(spec: &ModelSpec) -> Result<T, CatalogError> {
@@ -156,6 +160,29 @@ pub fn build(spec: &ModelSpec, dtype: DType, device: &Device) -> Result<LoadedMo
             let cfg: phi3::Config = candle_config(spec)?;
             Kind::Phi3(catch(family, || phi3::Model::new(&cfg, vb))?)
         }
+        Family::Mixtral => {
+            // candle's Config wants `use_flash_attn` and a numeric `sliding_window`;
+            // Mixtral-8x7B's config.json has neither (its window is null: none).
+            let mut v: serde_json::Value =
+                serde_json::from_str(&spec.config_json).map_err(|e| CatalogError::Field {
+                    origin: spec.origin.clone(),
+                    message: e.to_string(),
+                })?;
+            if let Some(o) = v.as_object_mut() {
+                o.insert("use_flash_attn".into(), false.into());
+                if o.get("sliding_window")
+                    .is_none_or(serde_json::Value::is_null)
+                {
+                    o.insert("sliding_window".into(), spec.dims.max_positions.into());
+                }
+            }
+            let cfg: mixtral::Config =
+                serde_json::from_value(v).map_err(|e| CatalogError::Field {
+                    origin: spec.origin.clone(),
+                    message: e.to_string(),
+                })?;
+            Kind::Mixtral(catch(family, || mixtral::Model::new(&cfg, vb))?)
+        }
         Family::Gemma2 => {
             let cfg: gemma2::Config = candle_config(spec)?;
             Kind::Gemma2(catch(family, || gemma2::Model::new(false, &cfg, vb))?)
@@ -224,6 +251,7 @@ impl LoadedModel {
                     mask: Some(ids.ones_like()?),
                     ids,
                     cache: None,
+                    mixtral: None,
                 },
                 // candle's DistilBERT masks where the mask is 1: nothing is padding here.
                 Kind::DistilBert(_) => Inputs {
@@ -231,18 +259,28 @@ impl LoadedModel {
                     ids,
                     aux: None,
                     cache: None,
+                    mixtral: None,
                 },
                 Kind::Llama { cache, .. } => Inputs {
                     ids,
                     aux: None,
                     mask: None,
                     cache: Some(cache.clone()),
+                    mixtral: None,
+                },
+                Kind::Mixtral(m) => Inputs {
+                    ids,
+                    aux: None,
+                    mask: None,
+                    cache: None,
+                    mixtral: Some(Box::new(m.clone())),
                 },
                 Kind::Qwen2(_) | Kind::Mistral(_) | Kind::Phi3(_) | Kind::Gemma2(_) => Inputs {
                     ids,
                     aux: None,
                     mask: None,
                     cache: None,
+                    mixtral: None,
                 },
             })
         };
@@ -257,6 +295,7 @@ impl LoadedModel {
             aux,
             mask,
             cache,
+            mixtral,
         } = inputs;
         let out = match &mut self.kind {
             Kind::Bert(m) => match &aux {
@@ -297,6 +336,10 @@ impl LoadedModel {
                 m.clear_kv_cache();
                 r
             }
+            Kind::Mixtral(_) => match mixtral {
+                Some(mut fresh) => fresh.forward(&ids, 0),
+                None => Err(candle_core::Error::Msg("missing model clone".into())),
+            },
         };
         out.map_err(|e| from_candle(&e, ModelError::Forward))
     }

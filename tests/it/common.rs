@@ -19,6 +19,7 @@ pub const TINY_MODELS: &[&str] = &[
     "tiny-phi3",
     "tiny-roberta",
     "tiny-gemma2",
+    "tiny-mixtral",
 ];
 
 pub fn bin() -> PathBuf {

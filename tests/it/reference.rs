@@ -106,3 +106,10 @@ fn roberta_forward_matches_numpy_reference() {
 fn gemma2_forward_matches_numpy_reference() {
     check("tiny-gemma2");
 }
+
+/// Mixtral: every token's MLP is the renormalized, routing-weighted sum of its top two of four
+/// experts (real router weights, so tokens spread over the experts).
+#[test]
+fn mixtral_forward_matches_numpy_reference() {
+    check("tiny-mixtral");
+}
