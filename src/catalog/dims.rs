@@ -19,10 +19,12 @@ pub enum Family {
     /// A mixture of experts (candle's `mixtral`): every expert's weights are resident, each token
     /// runs through `num_experts_per_tok` of them.
     Mixtral,
+    /// `ModernBERT`: an encoder with rotary positions and local attention on most layers.
+    ModernBert,
 }
 
 impl Family {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Bert,
         Self::DistilBert,
         Self::Llama,
@@ -32,6 +34,7 @@ impl Family {
         Self::Roberta,
         Self::Gemma2,
         Self::Mixtral,
+        Self::ModernBert,
     ];
 
     #[must_use]
@@ -46,6 +49,7 @@ impl Family {
             Self::Roberta => "roberta",
             Self::Gemma2 => "gemma2",
             Self::Mixtral => "mixtral",
+            Self::ModernBert => "modernbert",
         }
     }
 
@@ -74,6 +78,9 @@ impl Family {
             }
             Self::Mixtral => {
                 Some("it multiplies each expert's output by routing weights it always makes in f32")
+            }
+            Self::ModernBert => {
+                Some("it adds an f32 attention mask to scores in the run precision")
             }
             _ => None,
         }
@@ -113,6 +120,7 @@ impl Family {
                 return Ok(Self::Roberta);
             }
             for f in [
+                Self::ModernBert,
                 Self::Mixtral,
                 Self::Gemma2,
                 Self::DistilBert,
@@ -170,6 +178,9 @@ pub struct Dims {
     pub experts: usize,
     #[serde(default)]
     pub experts_per_token: usize,
+    /// `ModernBERT`: every this many layers one attends globally (the others locally).
+    #[serde(default)]
+    pub global_every: usize,
 }
 
 /// One tensor candle's model loads: name (without any `bert.`-style prefix) and shape.
@@ -213,6 +224,7 @@ impl Dims {
                 head_dim_override: None,
                 experts: 0,
                 experts_per_token: 0,
+                global_every: 0,
             },
             Family::Roberta => {
                 let table = field(v, "max_position_embeddings")?;
@@ -236,6 +248,7 @@ impl Dims {
                     head_dim_override: None,
                     experts: 0,
                     experts_per_token: 0,
+                    global_every: 0,
                 }
             }
             Family::DistilBert => Self {
@@ -252,6 +265,7 @@ impl Dims {
                 head_dim_override: None,
                 experts: 0,
                 experts_per_token: 0,
+                global_every: 0,
             },
             Family::Gemma2 => {
                 let heads = field(v, "num_attention_heads")?;
@@ -271,8 +285,25 @@ impl Dims {
                     head_dim_override: Some(field(v, "head_dim")?),
                     experts: 0,
                     experts_per_token: 0,
+                    global_every: 0,
                 }
             }
+            Family::ModernBert => Self {
+                layers: field(v, "num_hidden_layers")?,
+                hidden: field(v, "hidden_size")?,
+                heads: field(v, "num_attention_heads")?,
+                kv_heads: field(v, "num_attention_heads")?,
+                intermediate: field(v, "intermediate_size")?,
+                vocab: field(v, "vocab_size")?,
+                max_positions: field(v, "max_position_embeddings")?,
+                type_vocab: 0,
+                tied_embeddings: false,
+                position_offset: 0,
+                head_dim_override: None,
+                experts: 0,
+                experts_per_token: 0,
+                global_every: field(v, "global_attn_every_n_layers")?.max(1),
+            },
             Family::Mixtral => {
                 let heads = field(v, "num_attention_heads")?;
                 let experts = field(v, "num_local_experts")?;
@@ -297,6 +328,7 @@ impl Dims {
                     head_dim_override: None,
                     experts,
                     experts_per_token: per_token,
+                    global_every: 0,
                 }
             }
             Family::Llama | Family::Qwen2 | Family::Mistral | Family::Phi3 => {
@@ -339,6 +371,7 @@ impl Dims {
                     head_dim_override: None,
                     experts: 0,
                     experts_per_token: 0,
+                    global_every: 0,
                 }
             }
         };
@@ -465,6 +498,26 @@ impl Dims {
                     t(format!("{p}.output_layer_norm.weight"), &[h]);
                     t(format!("{p}.output_layer_norm.bias"), &[h]);
                 }
+            }
+            Family::ModernBert => {
+                t(
+                    "model.embeddings.tok_embeddings.weight".into(),
+                    &[self.vocab, h],
+                );
+                t("model.embeddings.norm.weight".into(), &[h]);
+                for l in 0..self.layers {
+                    let p = format!("model.layers.{l}");
+                    // The first layer has no attention norm (an identity in the checkpoints).
+                    if l > 0 {
+                        t(format!("{p}.attn_norm.weight"), &[h]);
+                    }
+                    t(format!("{p}.attn.Wqkv.weight"), &[3 * h, h]);
+                    t(format!("{p}.attn.Wo.weight"), &[h, h]);
+                    t(format!("{p}.mlp_norm.weight"), &[h]);
+                    t(format!("{p}.mlp.Wi.weight"), &[2 * i, h]);
+                    t(format!("{p}.mlp.Wo.weight"), &[h, i]);
+                }
+                t("model.final_norm.weight".into(), &[h]);
             }
             Family::Mixtral => {
                 let kv = self.kv_heads * self.head_dim();

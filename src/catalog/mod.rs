@@ -100,6 +100,12 @@ pub const BUNDLED: &[Bundled] = &[
         tiny: false,
     },
     Bundled {
+        id: "ModernBERT-base",
+        config_json: include_str!("../../assets/models/ModernBERT-base.json"),
+        hub_ids: &["answerdotai/ModernBERT-base"],
+        tiny: false,
+    },
+    Bundled {
         id: "bert-tiny",
         config_json: include_str!("../../assets/models/bert-tiny.json"),
         hub_ids: &["google/bert_uncased_L-2_H-128_A-2", "prajjwal1/bert-tiny"],
@@ -180,6 +186,12 @@ pub const BUNDLED: &[Bundled] = &[
     Bundled {
         id: "tiny-mixtral",
         config_json: include_str!("../../assets/models/tiny-mixtral.json"),
+        hub_ids: &[],
+        tiny: true,
+    },
+    Bundled {
+        id: "tiny-modernbert",
+        config_json: include_str!("../../assets/models/tiny-modernbert.json"),
         hub_ids: &[],
         tiny: true,
     },
@@ -366,7 +378,7 @@ pub enum CatalogError {
     )]
     NotObject { origin: String },
     #[error(
-        "{origin}: architecture {found} is not supported; supported families: bert, distilbert, llama, qwen2, mistral, phi3, gemma2, mixtral, roberta (and xlm-roberta) (set \"model_type\" to one of them if the model really is one)"
+        "{origin}: architecture {found} is not supported; supported families: bert, distilbert, llama, qwen2, mistral, phi3, gemma2, mixtral, roberta (and xlm-roberta), modernbert (set \"model_type\" to one of them if the model really is one)"
     )]
     UnknownArchitecture { origin: String, found: String },
     #[error(
@@ -565,6 +577,8 @@ mod tests {
             ("gemma-2-2b", 2_614_341_888),
             // "46.7B" on its model card: all eight experts of every layer.
             ("Mixtral-8x7B-v0.1", 46_702_792_704),
+            // "149M" on its model card (the encoder; its masked-LM head adds 0.6M).
+            ("ModernBERT-base", 149_014_272),
         ];
         for (id, params) in expected {
             let spec = ModelSpec::resolve(&ModelRef::Catalog((*id).into())).unwrap();

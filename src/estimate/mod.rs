@@ -75,6 +75,12 @@ pub fn build_bytes(spec: &ModelSpec, dtype: Precision) -> u64 {
         .map(|t| tensor_metadata_bytes(t.shape.len()))
         .sum();
     let rotary = match spec.family {
+        // Two tables (global and local theta), half a head wide, in the run precision.
+        Family::ModernBert => {
+            let half = d.head_dim() / 2;
+            4 * (d.max_positions * half) as u64 * Dt::from(dtype).size()
+                + 4 * tensor_metadata_bytes(2)
+        }
         // Mixtral keeps the tables full width: `Tensor::cat(&[&freqs, &freqs], D::Minus1)`.
         Family::Mixtral => {
             2 * (d.max_positions * d.head_dim()) as u64 * Dt::from(dtype).size()

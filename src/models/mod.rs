@@ -9,7 +9,7 @@ use crate::catalog::{CatalogError, Family, ModelSpec};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{
-    bert, distilbert, gemma2, llama, mistral, mixtral, phi3, qwen2, xlm_roberta,
+    bert, distilbert, gemma2, llama, mistral, mixtral, modernbert, phi3, qwen2, xlm_roberta,
 };
 use std::collections::HashMap;
 
@@ -53,6 +53,7 @@ enum Kind {
     /// Pristine (no KV cache): candle's Mixtral cannot clear its cache, so each forward runs on
     /// a clone made with the inputs, before the measured region.
     Mixtral(mixtral::Model),
+    ModernBert(modernbert::ModernBert),
 }
 
 /// A built model, ready for forwards.
@@ -183,6 +184,10 @@ pub fn build(spec: &ModelSpec, dtype: DType, device: &Device) -> Result<LoadedMo
                 })?;
             Kind::Mixtral(catch(family, || mixtral::Model::new(&cfg, vb))?)
         }
+        Family::ModernBert => {
+            let cfg: modernbert::Config = candle_config(spec)?;
+            Kind::ModernBert(catch(family, || modernbert::ModernBert::load(vb, &cfg))?)
+        }
         Family::Gemma2 => {
             let cfg: gemma2::Config = candle_config(spec)?;
             Kind::Gemma2(catch(family, || gemma2::Model::new(false, &cfg, vb))?)
@@ -268,6 +273,13 @@ impl LoadedModel {
                     cache: Some(cache.clone()),
                     mixtral: None,
                 },
+                Kind::ModernBert(_) => Inputs {
+                    mask: Some(ids.ones_like()?),
+                    ids,
+                    aux: None,
+                    cache: None,
+                    mixtral: None,
+                },
                 Kind::Mixtral(m) => Inputs {
                     ids,
                     aux: None,
@@ -336,6 +348,10 @@ impl LoadedModel {
                 m.clear_kv_cache();
                 r
             }
+            Kind::ModernBert(m) => match &mask {
+                Some(mk) => m.forward(&ids, mk),
+                None => Err(candle_core::Error::Msg("missing mask".into())),
+            },
             Kind::Mixtral(_) => match mixtral {
                 Some(mut fresh) => fresh.forward(&ids, 0),
                 None => Err(candle_core::Error::Msg("missing model clone".into())),

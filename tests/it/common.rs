@@ -20,6 +20,7 @@ pub const TINY_MODELS: &[&str] = &[
     "tiny-roberta",
     "tiny-gemma2",
     "tiny-mixtral",
+    "tiny-modernbert",
 ];
 
 pub fn bin() -> PathBuf {

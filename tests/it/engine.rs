@@ -266,11 +266,12 @@ fn every_family_runs_real_forwards() {
     assert_eq!(families, oomlab::catalog::Family::ALL.to_vec());
     let dir = TempDir::new("families");
     for &name in crate::common::TINY_MODELS {
-        let dtypes: &[Precision] = if matches!(name, "tiny-distilbert" | "tiny-mixtral") {
-            &[Precision::F32]
-        } else {
-            &[Precision::F32, Precision::Bf16]
-        };
+        let dtypes: &[Precision] =
+            if matches!(name, "tiny-distilbert" | "tiny-mixtral" | "tiny-modernbert") {
+                &[Precision::F32]
+            } else {
+                &[Precision::F32, Precision::Bf16]
+            };
         let p = plan(
             tiny(name),
             &[8, 16],

@@ -203,7 +203,7 @@ fn not_cached_and_offline_is_one_sentence() {
             ("HF_HUB_CACHE", cache.to_str().unwrap()),
             ("HF_HUB_OFFLINE", "1"),
         ],
-        "answerdotai/ModernBERT-base",
+        "example-org/uncached-model",
         &[
             "not in the Hugging Face cache",
             "HF_HUB_OFFLINE",
@@ -217,7 +217,7 @@ fn not_cached_and_offline_is_one_sentence() {
             ("HF_HUB_CACHE", cache.to_str().unwrap()),
             ("HF_ENDPOINT", "http://127.0.0.1:1"),
         ],
-        "answerdotai/ModernBERT-base",
+        "example-org/uncached-model",
         &["cannot be reached", "HF_HUB_CACHE"],
     );
 }

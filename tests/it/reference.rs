@@ -113,3 +113,10 @@ fn gemma2_forward_matches_numpy_reference() {
 fn mixtral_forward_matches_numpy_reference() {
     check("tiny-mixtral");
 }
+
+/// `ModernBERT`: global layers (0 and 3) and local ones (1 and 2, a window of ±2 over 7
+/// positions, so it matters), two rotary thetas, a `GeGLU` MLP, no attention norm on layer 0.
+#[test]
+fn modernbert_forward_matches_numpy_reference() {
+    check("tiny-modernbert");
+}
