@@ -82,6 +82,23 @@ fn candle_config<T: serde::de::DeserializeOwned>(spec: &ModelSpec) -> Result<T, 
     })
 }
 
+/// candle's config for `spec`, after `patch` has filled in what candle requires and a published
+/// config.json leaves out.
+fn patched_config<T: serde::de::DeserializeOwned>(
+    spec: &ModelSpec,
+    patch: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> Result<T, CatalogError> {
+    let field = |e: serde_json::Error| CatalogError::Field {
+        origin: spec.origin.clone(),
+        message: e.to_string(),
+    };
+    let mut v: serde_json::Value = serde_json::from_str(&spec.config_json).map_err(field)?;
+    if let Some(o) = v.as_object_mut() {
+        patch(o);
+    }
+    serde_json::from_value(v).map_err(field)
+}
+
 /// Turns a panic inside candle's constructors (some `unwrap()` internally) into an error.
 fn catch<T>(family: Family, f: impl FnOnce() -> candle_core::Result<T>) -> Result<T, ModelError> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
@@ -164,24 +181,15 @@ pub fn build(spec: &ModelSpec, dtype: DType, device: &Device) -> Result<LoadedMo
         Family::Mixtral => {
             // candle's Config wants `use_flash_attn` and a numeric `sliding_window`;
             // Mixtral-8x7B's config.json has neither (its window is null: none).
-            let mut v: serde_json::Value =
-                serde_json::from_str(&spec.config_json).map_err(|e| CatalogError::Field {
-                    origin: spec.origin.clone(),
-                    message: e.to_string(),
-                })?;
-            if let Some(o) = v.as_object_mut() {
+            let window = spec.dims.max_positions;
+            let cfg: mixtral::Config = patched_config(spec, |o| {
                 o.insert("use_flash_attn".into(), false.into());
                 if o.get("sliding_window")
                     .is_none_or(serde_json::Value::is_null)
                 {
-                    o.insert("sliding_window".into(), spec.dims.max_positions.into());
+                    o.insert("sliding_window".into(), window.into());
                 }
-            }
-            let cfg: mixtral::Config =
-                serde_json::from_value(v).map_err(|e| CatalogError::Field {
-                    origin: spec.origin.clone(),
-                    message: e.to_string(),
-                })?;
+            })?;
             Kind::Mixtral(catch(family, || mixtral::Model::new(&cfg, vb))?)
         }
         Family::ModernBert => {
@@ -195,24 +203,14 @@ pub fn build(spec: &ModelSpec, dtype: DType, device: &Device) -> Result<LoadedMo
         Family::Roberta => {
             // roberta-base's config.json has no `position_embedding_type`, which candle's
             // Config requires; absolute is what it means.
-            let mut v: serde_json::Value =
-                serde_json::from_str(&spec.config_json).map_err(|e| CatalogError::Field {
-                    origin: spec.origin.clone(),
-                    message: e.to_string(),
-                })?;
-            if let Some(o) = v.as_object_mut() {
+            let cfg: xlm_roberta::Config = patched_config(spec, |o| {
                 o.entry("position_embedding_type")
                     .or_insert_with(|| "absolute".into());
                 o.entry("attention_probs_dropout_prob")
                     .or_insert_with(|| 0.1.into());
                 o.entry("hidden_dropout_prob").or_insert_with(|| 0.1.into());
                 o.entry("type_vocab_size").or_insert_with(|| 1.into());
-            }
-            let cfg: xlm_roberta::Config =
-                serde_json::from_value(v).map_err(|e| CatalogError::Field {
-                    origin: spec.origin.clone(),
-                    message: e.to_string(),
-                })?;
+            })?;
             Kind::Roberta(catch(family, || {
                 xlm_roberta::XLMRobertaModel::new(&cfg, vb)
             })?)
