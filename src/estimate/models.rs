@@ -1023,7 +1023,8 @@ fn mixtral(r: &Run<'_>, ids: &T) -> T {
                 let table = {
                     let wide = routing.to_dtype(Dt::F32);
                     let rows = pushed_vec(r, n, 24);
-                    let each: Vec<_> = (0..n).map(|_| r.sim.raw((experts * 4) as u64)).collect();
+                    // one row Vec of `experts` f32 per token, all alive together: one sum
+                    let each = r.sim.raw((n * experts * 4) as u64);
                     drop(wide);
                     (rows, each)
                 };
