@@ -21,10 +21,13 @@ pub enum Family {
     Mixtral,
     /// `ModernBERT`: an encoder with rotary positions and local attention on most layers.
     ModernBert,
+    /// Qwen3 (dense): an explicit `head_dim`, an RMS norm on each head's queries and keys, and on
+    /// the CPU candle's fused flash-attention kernel.
+    Qwen3,
 }
 
 impl Family {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Bert,
         Self::DistilBert,
         Self::Llama,
@@ -35,6 +38,7 @@ impl Family {
         Self::Gemma2,
         Self::Mixtral,
         Self::ModernBert,
+        Self::Qwen3,
     ];
 
     #[must_use]
@@ -50,6 +54,7 @@ impl Family {
             Self::Gemma2 => "gemma2",
             Self::Mixtral => "mixtral",
             Self::ModernBert => "modernbert",
+            Self::Qwen3 => "qwen3",
         }
     }
 
@@ -57,7 +62,13 @@ impl Family {
     pub fn is_decoder(self) -> bool {
         matches!(
             self,
-            Self::Llama | Self::Qwen2 | Self::Mistral | Self::Phi3 | Self::Gemma2 | Self::Mixtral
+            Self::Llama
+                | Self::Qwen2
+                | Self::Qwen3
+                | Self::Mistral
+                | Self::Phi3
+                | Self::Gemma2
+                | Self::Mixtral
         )
     }
 
@@ -119,6 +130,10 @@ impl Family {
             if lower.starts_with("xlmroberta") {
                 return Ok(Self::Roberta);
             }
+            // Qwen3-MoE ("Qwen3MoeForCausalLM") is not the dense Qwen3.
+            if lower.starts_with("qwen3moe") {
+                continue;
+            }
             for f in [
                 Self::ModernBert,
                 Self::Mixtral,
@@ -127,6 +142,7 @@ impl Family {
                 Self::Roberta,
                 Self::Bert,
                 Self::Qwen2,
+                Self::Qwen3,
                 Self::Mistral,
                 Self::Phi3,
                 Self::Llama,
@@ -153,7 +169,7 @@ impl fmt::Display for Family {
 }
 
 /// The dimensions oomlab needs, read from the config with each family's field names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dims {
     pub layers: usize,
     pub hidden: usize,
@@ -181,6 +197,9 @@ pub struct Dims {
     /// `ModernBERT`: every this many layers one attends globally (the others locally).
     #[serde(default)]
     pub global_every: usize,
+    /// Qwen3: q, k, v and o projections carry biases (`attention_bias`).
+    #[serde(default)]
+    pub attention_bias: bool,
 }
 
 /// One tensor candle's model loads: name (without any `bert.`-style prefix) and shape.
@@ -207,6 +226,16 @@ fn opt_field(v: &Value, name: &str) -> Result<Option<usize>, String> {
     }
 }
 
+/// A boolean candle's config requires.
+fn bool_field(v: &Value, name: &str) -> Result<bool, String> {
+    match v.get(name) {
+        None | Some(Value::Null) => Err(format!("missing field \"{name}\"")),
+        Some(x) => x
+            .as_bool()
+            .ok_or_else(|| format!("field \"{name}\" must be true or false, found {x}")),
+    }
+}
+
 impl Dims {
     pub fn from_config(family: Family, v: &Value) -> Result<Self, String> {
         let dims = match family {
@@ -219,12 +248,7 @@ impl Dims {
                 vocab: field(v, "vocab_size")?,
                 max_positions: field(v, "max_position_embeddings")?,
                 type_vocab: opt_field(v, "type_vocab_size")?.unwrap_or(2),
-                tied_embeddings: false,
-                position_offset: 0,
-                head_dim_override: None,
-                experts: 0,
-                experts_per_token: 0,
-                global_every: 0,
+                ..Self::default()
             },
             Family::Roberta => {
                 let table = field(v, "max_position_embeddings")?;
@@ -243,12 +267,8 @@ impl Dims {
                     vocab: field(v, "vocab_size")?,
                     max_positions: table - pad - 1,
                     type_vocab: opt_field(v, "type_vocab_size")?.unwrap_or(1),
-                    tied_embeddings: false,
                     position_offset: pad + 1,
-                    head_dim_override: None,
-                    experts: 0,
-                    experts_per_token: 0,
-                    global_every: 0,
+                    ..Self::default()
                 }
             }
             Family::DistilBert => Self {
@@ -259,13 +279,7 @@ impl Dims {
                 intermediate: field(v, "hidden_dim")?,
                 vocab: field(v, "vocab_size")?,
                 max_positions: field(v, "max_position_embeddings")?,
-                type_vocab: 0,
-                tied_embeddings: false,
-                position_offset: 0,
-                head_dim_override: None,
-                experts: 0,
-                experts_per_token: 0,
-                global_every: 0,
+                ..Self::default()
             },
             Family::Gemma2 => {
                 let heads = field(v, "num_attention_heads")?;
@@ -278,14 +292,10 @@ impl Dims {
                     vocab: field(v, "vocab_size")?,
                     // candle's default when the config has none
                     max_positions: opt_field(v, "max_position_embeddings")?.unwrap_or(4096),
-                    type_vocab: 0,
                     // Gemma ties its head to the embeddings, always.
                     tied_embeddings: true,
-                    position_offset: 0,
                     head_dim_override: Some(field(v, "head_dim")?),
-                    experts: 0,
-                    experts_per_token: 0,
-                    global_every: 0,
+                    ..Self::default()
                 }
             }
             Family::ModernBert => Self {
@@ -296,13 +306,8 @@ impl Dims {
                 intermediate: field(v, "intermediate_size")?,
                 vocab: field(v, "vocab_size")?,
                 max_positions: field(v, "max_position_embeddings")?,
-                type_vocab: 0,
-                tied_embeddings: false,
-                position_offset: 0,
-                head_dim_override: None,
-                experts: 0,
-                experts_per_token: 0,
                 global_every: field(v, "global_attn_every_n_layers")?.max(1),
+                ..Self::default()
             },
             Family::Mixtral => {
                 let heads = field(v, "num_attention_heads")?;
@@ -321,14 +326,31 @@ impl Dims {
                     intermediate: field(v, "intermediate_size")?,
                     vocab: field(v, "vocab_size")?,
                     max_positions: field(v, "max_position_embeddings")?,
-                    type_vocab: 0,
-                    // candle's Mixtral always holds its own lm_head.
-                    tied_embeddings: false,
-                    position_offset: 0,
-                    head_dim_override: None,
+                    // candle's Mixtral always holds its own lm_head (tied_embeddings false).
                     experts,
                     experts_per_token: per_token,
-                    global_every: 0,
+                    ..Self::default()
+                }
+            }
+            Family::Qwen3 => {
+                // candle 0.11 refuses it ("sliding window is not supported").
+                if bool_field(v, "use_sliding_window")? {
+                    return Err(
+                        "field \"use_sliding_window\" is true, and candle 0.11's Qwen3 has no sliding window (set it to false to measure full attention)".into(),
+                    );
+                }
+                Self {
+                    layers: field(v, "num_hidden_layers")?,
+                    hidden: field(v, "hidden_size")?,
+                    heads: field(v, "num_attention_heads")?,
+                    kv_heads: field(v, "num_key_value_heads")?,
+                    intermediate: field(v, "intermediate_size")?,
+                    vocab: field(v, "vocab_size")?,
+                    max_positions: field(v, "max_position_embeddings")?,
+                    tied_embeddings: bool_field(v, "tie_word_embeddings")?,
+                    head_dim_override: Some(field(v, "head_dim")?),
+                    attention_bias: bool_field(v, "attention_bias")?,
+                    ..Self::default()
                 }
             }
             Family::Llama | Family::Qwen2 | Family::Mistral | Family::Phi3 => {
@@ -361,17 +383,12 @@ impl Dims {
                     intermediate: field(v, "intermediate_size")?,
                     vocab: field(v, "vocab_size")?,
                     max_positions: field(v, "max_position_embeddings")?,
-                    type_vocab: 0,
                     // candle's Mistral always holds its own lm_head.
                     tied_embeddings: family != Family::Mistral
                         && v.get("tie_word_embeddings")
                             .and_then(Value::as_bool)
                             .unwrap_or(false),
-                    position_offset: 0,
-                    head_dim_override: None,
-                    experts: 0,
-                    experts_per_token: 0,
-                    global_every: 0,
+                    ..Self::default()
                 }
             }
         };
@@ -401,6 +418,9 @@ impl Dims {
             if value == 0 {
                 return Err(format!("field \"{name}\" must be at least 1, found 0"));
             }
+        }
+        if self.head_dim_override == Some(0) {
+            return Err("field \"head_dim\" must be at least 1, found 0".into());
         }
         if self.head_dim_override.is_none() && !self.hidden.is_multiple_of(self.heads) {
             return Err(format!(
@@ -578,6 +598,37 @@ impl Dims {
                     t(format!("{p}.self_attn.qkv_proj.weight"), &[h + 2 * kv, h]);
                     t(format!("{p}.self_attn.o_proj.weight"), &[h, h]);
                     t(format!("{p}.mlp.gate_up_proj.weight"), &[2 * i, h]);
+                    t(format!("{p}.mlp.down_proj.weight"), &[h, i]);
+                    t(format!("{p}.input_layernorm.weight"), &[h]);
+                    t(format!("{p}.post_attention_layernorm.weight"), &[h]);
+                }
+                t("model.norm.weight".into(), &[h]);
+                if !self.tied_embeddings {
+                    t("lm_head.weight".into(), &[self.vocab, h]);
+                }
+            }
+            Family::Qwen3 => {
+                let hd = self.head_dim();
+                let (qd, kv) = (self.heads * hd, self.kv_heads * hd);
+                let bias = self.attention_bias;
+                t("model.embed_tokens.weight".into(), &[self.vocab, h]);
+                for l in 0..self.layers {
+                    let p = format!("model.layers.{l}");
+                    for (name, rows, cols) in [
+                        ("q_proj", qd, h),
+                        ("k_proj", kv, h),
+                        ("v_proj", kv, h),
+                        ("o_proj", h, qd),
+                    ] {
+                        t(format!("{p}.self_attn.{name}.weight"), &[rows, cols]);
+                        if bias {
+                            t(format!("{p}.self_attn.{name}.bias"), &[rows]);
+                        }
+                    }
+                    t(format!("{p}.self_attn.q_norm.weight"), &[hd]);
+                    t(format!("{p}.self_attn.k_norm.weight"), &[hd]);
+                    t(format!("{p}.mlp.gate_proj.weight"), &[i, h]);
+                    t(format!("{p}.mlp.up_proj.weight"), &[i, h]);
                     t(format!("{p}.mlp.down_proj.weight"), &[h, i]);
                     t(format!("{p}.input_layernorm.weight"), &[h]);
                     t(format!("{p}.post_attention_layernorm.weight"), &[h]);

@@ -64,6 +64,12 @@ pub const BUNDLED: &[Bundled] = &[
         tiny: false,
     },
     Bundled {
+        id: "Qwen3-0.6B",
+        config_json: include_str!("../../assets/models/Qwen3-0.6B.json"),
+        hub_ids: &["Qwen/Qwen3-0.6B"],
+        tiny: false,
+    },
+    Bundled {
         id: "Mistral-7B-v0.1",
         config_json: include_str!("../../assets/models/Mistral-7B-v0.1.json"),
         hub_ids: &["mistralai/Mistral-7B-v0.1"],
@@ -192,6 +198,12 @@ pub const BUNDLED: &[Bundled] = &[
     Bundled {
         id: "tiny-modernbert",
         config_json: include_str!("../../assets/models/tiny-modernbert.json"),
+        hub_ids: &[],
+        tiny: true,
+    },
+    Bundled {
+        id: "tiny-qwen3",
+        config_json: include_str!("../../assets/models/tiny-qwen3.json"),
         hub_ids: &[],
         tiny: true,
     },
@@ -378,7 +390,7 @@ pub enum CatalogError {
     )]
     NotObject { origin: String },
     #[error(
-        "{origin}: architecture {found} is not supported; supported families: bert, distilbert, llama, qwen2, mistral, phi3, gemma2, mixtral, roberta (and xlm-roberta), modernbert (set \"model_type\" to one of them if the model really is one)"
+        "{origin}: architecture {found} is not supported; supported families: bert, distilbert, llama, qwen2, qwen3, mistral, phi3, gemma2, mixtral, roberta (and xlm-roberta), modernbert (set \"model_type\" to one of them if the model really is one)"
     )]
     UnknownArchitecture { origin: String, found: String },
     #[error(
@@ -579,6 +591,9 @@ mod tests {
             ("Mixtral-8x7B-v0.1", 46_702_792_704),
             // "149M" on its model card (the encoder; its masked-LM head adds 0.6M).
             ("ModernBERT-base", 149_014_272),
+            // "0.6B" on its model card, "0.44B" without the embeddings (440,467,456 here);
+            // the head is tied to the embeddings.
+            ("Qwen3-0.6B", 596_049_920),
         ];
         for (id, params) in expected {
             let spec = ModelSpec::resolve(&ModelRef::Catalog((*id).into())).unwrap();

@@ -105,6 +105,9 @@ const CHECK_POINTS: &[(&str, usize, usize, Precision)] = &[
     ("TinyLlama-1.1B", 1, 160, Precision::Bf16),
     ("Qwen2-0.5B", 2, 128, Precision::F32),
     ("Qwen2-0.5B", 3, 64, Precision::F16),
+    // Qwen3's CPU attention: the batch-1 kernel, then the packed one above it.
+    ("Qwen3-0.6B", 1, 128, Precision::Bf16),
+    ("Qwen3-0.6B", 2, 96, Precision::F32),
 ];
 
 /// `oomlab estimate`

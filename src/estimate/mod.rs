@@ -86,7 +86,12 @@ pub fn build_bytes(spec: &ModelSpec, dtype: Precision) -> u64 {
             2 * (d.max_positions * d.head_dim()) as u64 * Dt::from(dtype).size()
                 + 2 * tensor_metadata_bytes(2)
         }
-        Family::Llama | Family::Qwen2 | Family::Mistral | Family::Phi3 | Family::Gemma2 => {
+        Family::Llama
+        | Family::Qwen2
+        | Family::Qwen3
+        | Family::Mistral
+        | Family::Phi3
+        | Family::Gemma2 => {
             let half = d.head_dim() / 2;
             2 * (d.max_positions * half) as u64 * Dt::from(dtype).size()
                 + 2 * tensor_metadata_bytes(2)
@@ -98,7 +103,14 @@ pub fn build_bytes(spec: &ModelSpec, dtype: Precision) -> u64 {
 
 /// The simulated forward's high-water mark above what was live before it, and the KV cache's
 /// share of it.
-fn forward_peak(spec: &ModelSpec, batch: usize, seq: usize, dtype: Precision) -> sim::Peak {
+/// `threads`: the worker's CPU threads (kernels that keep a scratch row per thread).
+fn forward_peak(
+    spec: &ModelSpec,
+    batch: usize,
+    seq: usize,
+    dtype: Precision,
+    threads: usize,
+) -> sim::Peak {
     let sim = Sim::new();
     let r = models::Run {
         sim: &sim,
@@ -106,6 +118,7 @@ fn forward_peak(spec: &ModelSpec, batch: usize, seq: usize, dtype: Precision) ->
         b: batch,
         s: seq,
         dt: dtype.into(),
+        threads: threads.max(1),
     };
     let inputs = models::inputs(&r, spec.family);
     let out = models::forward(&r, spec.family, &inputs);
@@ -117,8 +130,14 @@ fn forward_peak(spec: &ModelSpec, batch: usize, seq: usize, dtype: Precision) ->
 /// What one forward adds to the live bytes at its peak (inputs, activations and KV cache): on
 /// top of a worker's measured baseline, its `total_bytes`.
 #[must_use]
-pub fn forward_bytes(spec: &ModelSpec, batch: usize, seq: usize, dtype: Precision) -> u64 {
-    forward_peak(spec, batch, seq, dtype).bytes
+pub fn forward_bytes(
+    spec: &ModelSpec,
+    batch: usize,
+    seq: usize,
+    dtype: Precision,
+    threads: usize,
+) -> u64 {
+    forward_peak(spec, batch, seq, dtype, threads).bytes
 }
 
 /// The estimate for one (batch, seq, precision).
@@ -130,7 +149,7 @@ pub fn estimate(
     dtype: Precision,
     runtime: &Runtime,
 ) -> Breakdown {
-    let peak = forward_peak(spec, batch, seq, dtype);
+    let peak = forward_peak(spec, batch, seq, dtype, runtime.threads);
     let weights_bytes = crate::models::weights_bytes(spec, dtype.candle());
     let overhead_bytes = build_bytes(spec, dtype) + runtime.bytes;
     let activation_bytes = peak.bytes - peak.kv_cache_bytes;
@@ -162,18 +181,19 @@ fn last_fitting(limit: usize, fits: impl Fn(usize) -> bool) -> Option<usize> {
 }
 
 /// The largest batch in `1..=limit` whose forward fits on top of a measured `baseline_bytes`
-/// under `capacity_bytes`: the estimator's b* for a worker already built.
+/// under `capacity_bytes`: the estimator's b* for a worker already built (running `threads`).
 #[must_use]
 pub fn max_batch_over_baseline(
     spec: &ModelSpec,
     seq: usize,
     dtype: Precision,
+    threads: usize,
     baseline_bytes: u64,
     capacity_bytes: u64,
     limit: usize,
 ) -> Option<usize> {
     last_fitting(limit, |b| {
-        baseline_bytes + forward_bytes(spec, b, seq, dtype) <= capacity_bytes
+        baseline_bytes + forward_bytes(spec, b, seq, dtype, threads) <= capacity_bytes
     })
 }
 

@@ -9,7 +9,7 @@ use crate::catalog::{CatalogError, Family, ModelSpec};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::{
-    bert, distilbert, gemma2, llama, mistral, mixtral, modernbert, phi3, qwen2, xlm_roberta,
+    bert, distilbert, gemma2, llama, mistral, mixtral, modernbert, phi3, qwen2, qwen3, xlm_roberta,
 };
 use std::collections::HashMap;
 
@@ -46,6 +46,7 @@ enum Kind {
         cache: llama::Cache,
     },
     Qwen2(qwen2::ModelForCausalLM),
+    Qwen3(qwen3::ModelForCausalLM),
     Mistral(mistral::Model),
     Phi3(phi3::Model),
     Roberta(xlm_roberta::XLMRobertaModel),
@@ -170,6 +171,10 @@ pub fn build(spec: &ModelSpec, dtype: DType, device: &Device) -> Result<LoadedMo
             let cfg: qwen2::Config = candle_config(spec)?;
             Kind::Qwen2(catch(family, || qwen2::ModelForCausalLM::new(&cfg, vb))?)
         }
+        Family::Qwen3 => {
+            let cfg: qwen3::Config = candle_config(spec)?;
+            Kind::Qwen3(catch(family, || qwen3::ModelForCausalLM::new(&cfg, vb))?)
+        }
         Family::Mistral => {
             let cfg: mistral::Config = candle_config(spec)?;
             Kind::Mistral(catch(family, || mistral::Model::new(&cfg, vb))?)
@@ -285,7 +290,11 @@ impl LoadedModel {
                     cache: None,
                     mixtral: Some(Box::new(m.clone())),
                 },
-                Kind::Qwen2(_) | Kind::Mistral(_) | Kind::Phi3(_) | Kind::Gemma2(_) => Inputs {
+                Kind::Qwen2(_)
+                | Kind::Qwen3(_)
+                | Kind::Mistral(_)
+                | Kind::Phi3(_)
+                | Kind::Gemma2(_) => Inputs {
                     ids,
                     aux: None,
                     mask: None,
@@ -331,6 +340,11 @@ impl LoadedModel {
                 m.clear_kv_cache();
                 r
             }
+            Kind::Qwen3(m) => {
+                let r = m.forward(&ids, 0);
+                m.clear_kv_cache();
+                r
+            }
             Kind::Mistral(m) => {
                 let r = m.forward(&ids, 0);
                 m.clear_kv_cache();
@@ -371,4 +385,21 @@ pub fn warm_up_threads(dtype: DType, device: &Device) {
     };
     touch();
     rayon::broadcast(|_| touch());
+    // candle's CPU flash attention (Qwen3) runs on a barrier pool of its own, started on first
+    // use and kept: start it here, outside any measured forward.
+    if device.is_cpu() {
+        let start = || -> candle_core::Result<Tensor> {
+            let x = Tensor::zeros((1, 2, 1, 4), DType::F32, device)?;
+            candle_nn::attention::flash_attn::<f32>(
+                &x,
+                &x,
+                &x,
+                1.0,
+                candle_nn::attention::AttnMask::causal(),
+                None,
+                None,
+            )
+        };
+        let _ = start();
+    }
 }

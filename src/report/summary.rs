@@ -135,6 +135,7 @@ pub fn curve_phase(
                 spec,
                 curve.seq,
                 curve.dtype,
+                plan.device.threads(),
                 base,
                 capacity_bytes,
                 plan.batch.max + 1,

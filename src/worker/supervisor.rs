@@ -186,6 +186,8 @@ impl Supervisor {
         cmd.arg("worker")
             .args(self.config.faults.to_args())
             .env("RAYON_NUM_THREADS", device.threads().to_string())
+            // candle's own barrier pool (CPU flash attention) sizes itself from this first.
+            .env("CANDLE_NUM_THREADS", device.threads().to_string())
             .env_remove("RUST_BACKTRACE")
             .env_remove("RUST_LIB_BACKTRACE")
             .stdin(Stdio::piped())

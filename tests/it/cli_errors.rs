@@ -79,6 +79,58 @@ fn bad_configs_are_refused_with_the_file_and_the_fix() {
     );
 }
 
+/// Qwen3's own refusals: the mixture-of-experts variant is not the dense family (its architecture name starts
+/// like it), candle 0.11 has no sliding window for it, and its explicit `head_dim` must be real.
+#[test]
+fn qwen3_configs_candle_cannot_run_are_refused_naming_the_field() {
+    let d = TempDir::new("qwen3cfg");
+    let tiny: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/assets/models/tiny-qwen3.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut moe = tiny.clone();
+    moe["architectures"] = serde_json::json!(["Qwen3MoeForCausalLM"]);
+    moe["model_type"] = "qwen3_moe".into();
+    let moe = write_config(&d, "moe.json", &moe.to_string());
+    refused(
+        &["--model", &moe],
+        &[
+            "moe.json",
+            "Qwen3MoeForCausalLM",
+            "qwen3_moe",
+            "qwen2, qwen3",
+        ],
+    );
+    let mut window = tiny.clone();
+    window["use_sliding_window"] = true.into();
+    let window = write_config(&d, "window.json", &window.to_string());
+    refused(
+        &["--model", &window],
+        &["window.json", "use_sliding_window", "set it to false"],
+    );
+    let mut zero = tiny.clone();
+    zero["head_dim"] = 0.into();
+    let zero = write_config(&d, "zero.json", &zero.to_string());
+    refused(
+        &["--model", &zero],
+        &["zero.json", "head_dim", "at least 1"],
+    );
+    let mut no_tie = tiny;
+    no_tie
+        .as_object_mut()
+        .unwrap()
+        .remove("tie_word_embeddings");
+    let no_tie = write_config(&d, "notie.json", &no_tie.to_string());
+    refused(
+        &["--model", &no_tie],
+        &["notie.json", "missing field \"tie_word_embeddings\""],
+    );
+}
+
 #[test]
 fn a_folder_missing_a_shard_is_refused_naming_the_shard() {
     let d = TempDir::new("noshard");

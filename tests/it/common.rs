@@ -21,6 +21,7 @@ pub const TINY_MODELS: &[&str] = &[
     "tiny-gemma2",
     "tiny-mixtral",
     "tiny-modernbert",
+    "tiny-qwen3",
 ];
 
 pub fn bin() -> PathBuf {

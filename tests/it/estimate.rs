@@ -88,9 +88,9 @@ fn estimate_matches_the_measured_total_on_tiny_configs_of_every_family_and_preci
             }
         }
     }
-    // Fifteen points per precision: bert, roberta, llama, qwen2, mistral, phi3 and gemma2 in
-    // three, distilbert, mixtral and modernbert in f32.
-    assert_eq!(checked, 15 * 24);
+    // Fifteen points per precision: bert, roberta, llama, qwen2, mistral, phi3, gemma2 and qwen3
+    // in three, distilbert, mixtral and modernbert in f32.
+    assert_eq!(checked, 15 * 27);
     eprintln!("worst relative error: {:.3}%", worst * 100.0);
 }
 
@@ -441,6 +441,7 @@ fn the_estimator_starts_auto_at_b_star_on_every_family_and_binsearch_needs_more(
         ("tiny-gemma2", 48, Precision::Bf16, 22),
         ("tiny-mixtral", 48, Precision::F32, 20),
         ("tiny-modernbert", 56, Precision::F32, 24),
+        ("tiny-qwen3", 48, Precision::F16, 27),
     ] {
         let cap = crate::common::capacity_for(model, seq, dtype, target, &dir);
         let mut used = Vec::new();
@@ -612,7 +613,8 @@ fn a_confirmation_over_the_limit_sends_the_curve_to_a_measured_search() {
 
 /// Configs the tiny ones do not cover: a vocabulary that dominates the head (qwen2's head runs
 /// on a strided view, so candle broadcasts its weight; in bf16 the widened copy is the weight's
-/// storage, not the broadcast view's), and wider heads. (At a dozen tokens such toy widths sit
+/// storage, not the broadcast view's), wider heads, and a Qwen3 without attention biases, with
+/// its own head and four query heads to one key/value head. (At a dozen tokens such toy widths sit
 /// within a few percent: gemm's per-call packing buffers, not modelled, are then as large as
 /// the activations; the bundled models are checked by `oomlab estimate --check`.)
 #[test]
@@ -634,7 +636,23 @@ fn estimate_holds_on_configs_shaped_unlike_the_tiny_ones() {
     wide_heads["num_attention_heads"] = 8.into();
     wide_heads["num_key_value_heads"] = 2.into();
     wide_heads["intermediate_size"] = 256.into();
-    for (name, config) in [("wide-vocab", wide_vocab), ("wide-heads", wide_heads)] {
+    let mut qwen3: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/assets/models/tiny-qwen3.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    qwen3["attention_bias"] = false.into();
+    qwen3["tie_word_embeddings"] = false.into();
+    qwen3["num_key_value_heads"] = 1.into();
+    qwen3["head_dim"] = 32.into();
+    for (name, config) in [
+        ("wide-vocab", wide_vocab),
+        ("wide-heads", wide_heads),
+        ("qwen3-no-bias", qwen3),
+    ] {
         let path = dir.join(&format!("{name}.json"));
         std::fs::write(&path, config.to_string()).unwrap();
         let model = ModelRef::parse(path.to_str().unwrap()).unwrap();

@@ -120,3 +120,42 @@ fn mixtral_forward_matches_numpy_reference() {
 fn modernbert_forward_matches_numpy_reference() {
     check("tiny-modernbert");
 }
+
+/// Qwen3: an explicit `head_dim` (16 where hidden / heads is 8), an RMS norm over each head's
+/// queries and keys, biases on q, k, v and o, the head tied. candle runs its CPU attention
+/// through a fused flash kernel with one path for batch 1 and a packed one above it: the batch
+/// of 2 takes the packed path, and the first sequence alone (its ids are the batch's first row)
+/// takes the other and must give the first row of the same reference.
+#[test]
+fn qwen3_forward_matches_numpy_reference_on_both_attention_paths() {
+    check("tiny-qwen3");
+    let refs: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("reference_outputs.json")).unwrap(),
+    )
+    .unwrap();
+    let r = &refs["tiny-qwen3"];
+    let seq = r["seq"].as_u64().unwrap() as usize;
+    let vocab = r["shape"][1].as_u64().unwrap() as usize;
+    let want: Vec<f64> = r["values"].as_array().unwrap()[..vocab]
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let spec = ModelSpec::resolve(&ModelRef::Folder(
+        fixtures().join("checkpoints").join("tiny-qwen3"),
+    ))
+    .unwrap();
+    let dev = candle_core::Device::Cpu;
+    let mut m = models::build(&spec, candle_core::DType::F32, &dev).unwrap();
+    let ids = models::token_ids(1, seq, spec.dims.vocab);
+    let out = m
+        .forward(m.inputs_from_ids(&ids, 1, seq, &dev).unwrap())
+        .unwrap();
+    let got: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(got.len(), vocab);
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(g, w)| (f64::from(*g) - w).abs())
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-4, "batch 1: max abs difference {worst}");
+}
