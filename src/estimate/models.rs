@@ -463,11 +463,7 @@ fn qwen2(r: &Run<'_>, ids: &T) -> T {
         drop((xs, attention_mask));
         normed
     };
-    // ModelForCausalLM::forward: `.narrow(1, seq_len - 1, 1)?.apply(&self.lm_head)`
-    let last = normed.narrow(1, 1);
-    let logits = linear(r, &last, r.d.vocab, false);
-    drop((last, normed, kvs));
-    logits
+    head_on_last(r, normed, kvs)
 }
 
 /// candle's `mistral::Model::forward` (no biases; q, k, v made contiguous before the rotary
@@ -521,11 +517,26 @@ fn mistral(r: &Run<'_>, ids: &T) -> T {
             out
         };
     }
-    // `xs.narrow(1, seq_len - 1, 1)?.apply(&self.norm)?.apply(&self.lm_head)`
+    norm_head_on_last(r, xs, (attention_mask, kvs))
+}
+
+/// `xs.narrow(1, seq_len - 1, 1)?.apply(&self.norm)?.apply(&self.lm_head)` (mistral, phi3,
+/// mixtral): the last position's norm, on a strided view, then the head; `xs` and what else the
+/// forward `held` are released after it, in that order.
+fn norm_head_on_last<H>(r: &Run<'_>, xs: T, held: H) -> T {
     let last = xs.narrow(1, 1);
     let normed = norm_strided(r, &last);
     let logits = linear(r, &normed, r.d.vocab, false);
-    drop((last, normed, xs, attention_mask, kvs));
+    drop((last, normed, xs, held));
+    logits
+}
+
+/// `ModelForCausalLM::forward`'s `.narrow(1, seq_len - 1, 1)?.apply(&self.lm_head)` on the normed
+/// hidden states (qwen2, qwen3); the KV cache goes after it.
+fn head_on_last(r: &Run<'_>, normed: T, kvs: Vec<(T, T)>) -> T {
+    let last = normed.narrow(1, 1);
+    let logits = linear(r, &last, r.d.vocab, false);
+    drop((last, normed, kvs));
     logits
 }
 
@@ -623,11 +634,7 @@ fn phi3(r: &Run<'_>, ids: &T) -> T {
             out
         };
     }
-    let last = xs.narrow(1, 1);
-    let normed = norm_strided(r, &last);
-    let logits = linear(r, &normed, r.d.vocab, false);
-    drop((last, normed, xs, attention_mask, kvs));
-    logits
+    norm_head_on_last(r, xs, (attention_mask, kvs))
 }
 
 /// candle's `xlm_roberta::XLMRobertaModel::forward` (`RoBERTa` and `XLM-RoBERTa`): position ids
@@ -1064,11 +1071,7 @@ fn mixtral(r: &Run<'_>, ids: &T) -> T {
             out
         };
     }
-    let last = xs.narrow(1, 1);
-    let normed = norm_strided(r, &last);
-    let logits = linear(r, &normed, r.d.vocab, false);
-    drop((last, normed, xs, attention_mask, kvs));
-    logits
+    norm_head_on_last(r, xs, (attention_mask, kvs))
 }
 
 /// `LayerNorm::forward` without a bias (candle's fused op needs one): the general path.
@@ -1236,11 +1239,7 @@ fn qwen3(r: &Run<'_>, ids: &T) -> T {
         drop(xs);
         normed
     };
-    // ModelForCausalLM::forward: `.narrow(1, l - 1, 1)?.apply(&self.lm_head)`
-    let last = normed.narrow(1, 1);
-    let logits = linear(r, &last, r.d.vocab, false);
-    drop((last, normed, kvs));
-    logits
+    head_on_last(r, normed, kvs)
 }
 
 /// `Qwen3Attention::forward` on the CPU, `x` the normed input.

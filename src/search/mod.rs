@@ -369,7 +369,12 @@ pub fn next_recommend(
     if a == lower + 1 {
         return RecStep::Done(u);
     }
-    let fits = fits_below(obs, Some(a));
+    // The line runs through every fit below the lowest OOM: a fit over the headroom limit is as
+    // much a point of it as one under (a confirmation that fell over the limit is the point
+    // nearest the answer; without it the line would fall back to the intercept, which bf16's
+    // constant widened copies put off the line).
+    let lowest_oom = obs.iter().filter(|o| !o.fits).map(|o| o.batch).min();
+    let fits = fits_below(obs, lowest_oom);
     let guess = if extra_trials < 3 {
         predict(&fits, ctx.baseline_bytes, limit_bytes)
     } else {

@@ -582,3 +582,52 @@ fn pool_steps_do_not_flatten_the_measured_line() {
     ];
     assert_eq!(next_step(Strategy::Auto, &ctx, &obs), Step::Trial(974));
 }
+
+/// Measured on this CPU (Qwen3-0.6B, bf16, seq 128, 2.5 GiB, 10% headroom): from batch 21 up the
+/// totals rise by exactly 16,378,624 bytes a batch, but bf16's widened copies add a constant of
+/// about 0.6 GiB the moment a forward runs, so the line through the intercept and b* puts 42
+/// under the limit and its confirmation falls over. The fits at 42 and 52 are the line itself:
+/// 35 next, measured under, and 36 is over by the same line. (Taking the line from fits under
+/// the limit only, as before, left the intercept alone: 21, 26, 34, 38, 36, 35 — seven trials.)
+#[test]
+fn a_confirmation_over_the_limit_is_a_point_of_the_line() {
+    let ctx = SearchCtx {
+        range: BatchRange::new(1, 64).unwrap(),
+        capacity_bytes: 2_684_354_560,
+        baseline_bytes: Some(1_205_887_908),
+        hint: Some(52),
+        hint_exact: true,
+    };
+    let fit = |batch, total| Obs {
+        batch,
+        fits: true,
+        total_bytes: Some(total),
+    };
+    let limit = 2_415_919_104;
+    let mut obs = vec![
+        fit(52, 2_679_895_516),
+        Obs {
+            batch: 53,
+            fits: false,
+            total_bytes: None,
+        },
+    ];
+    let Step::Done(found) = next_step(Strategy::Auto, &ctx, &obs) else {
+        panic!("b* is measured on both sides");
+    };
+    assert_eq!(found.max_batch, Some(52));
+    let Rec::Computed { batch, .. } = recommend(&ctx, &found, limit, &obs, false, 0) else {
+        panic!("the line computes a pick");
+    };
+    assert_eq!(batch, 42);
+    obs.push(fit(42, 2_516_109_276));
+    assert_eq!(
+        recommend(&ctx, &found, limit, &obs, true, 1),
+        Rec::Trial(35)
+    );
+    obs.push(fit(35, 2_401_458_908));
+    assert_eq!(
+        recommend(&ctx, &found, limit, &obs, true, 2),
+        Rec::Done(Some(35))
+    );
+}
