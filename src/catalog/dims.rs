@@ -607,51 +607,29 @@ impl Dims {
                     t("lm_head.weight".into(), &[self.vocab, h]);
                 }
             }
-            Family::Qwen3 => {
+            Family::Llama | Family::Qwen2 | Family::Qwen3 | Family::Mistral => {
                 let hd = self.head_dim();
                 let (qd, kv) = (self.heads * hd, self.kv_heads * hd);
-                let bias = self.attention_bias;
+                // Qwen2 always has q, k and v biases; Qwen3 has them on o too, when
+                // `attention_bias` says so.
+                let qkv_bias = family == Family::Qwen2 || self.attention_bias;
                 t("model.embed_tokens.weight".into(), &[self.vocab, h]);
                 for l in 0..self.layers {
                     let p = format!("model.layers.{l}");
-                    for (name, rows, cols) in [
-                        ("q_proj", qd, h),
-                        ("k_proj", kv, h),
-                        ("v_proj", kv, h),
-                        ("o_proj", h, qd),
-                    ] {
-                        t(format!("{p}.self_attn.{name}.weight"), &[rows, cols]);
-                        if bias {
+                    for (name, rows) in [("q_proj", qd), ("k_proj", kv), ("v_proj", kv)] {
+                        t(format!("{p}.self_attn.{name}.weight"), &[rows, h]);
+                        if qkv_bias {
                             t(format!("{p}.self_attn.{name}.bias"), &[rows]);
                         }
                     }
-                    t(format!("{p}.self_attn.q_norm.weight"), &[hd]);
-                    t(format!("{p}.self_attn.k_norm.weight"), &[hd]);
-                    t(format!("{p}.mlp.gate_proj.weight"), &[i, h]);
-                    t(format!("{p}.mlp.up_proj.weight"), &[i, h]);
-                    t(format!("{p}.mlp.down_proj.weight"), &[h, i]);
-                    t(format!("{p}.input_layernorm.weight"), &[h]);
-                    t(format!("{p}.post_attention_layernorm.weight"), &[h]);
-                }
-                t("model.norm.weight".into(), &[h]);
-                if !self.tied_embeddings {
-                    t("lm_head.weight".into(), &[self.vocab, h]);
-                }
-            }
-            Family::Llama | Family::Qwen2 | Family::Mistral => {
-                let kv = self.kv_heads * self.head_dim();
-                t("model.embed_tokens.weight".into(), &[self.vocab, h]);
-                for l in 0..self.layers {
-                    let p = format!("model.layers.{l}");
-                    t(format!("{p}.self_attn.q_proj.weight"), &[h, h]);
-                    t(format!("{p}.self_attn.k_proj.weight"), &[kv, h]);
-                    t(format!("{p}.self_attn.v_proj.weight"), &[kv, h]);
-                    if family == Family::Qwen2 {
-                        t(format!("{p}.self_attn.q_proj.bias"), &[h]);
-                        t(format!("{p}.self_attn.k_proj.bias"), &[kv]);
-                        t(format!("{p}.self_attn.v_proj.bias"), &[kv]);
+                    t(format!("{p}.self_attn.o_proj.weight"), &[h, qd]);
+                    if self.attention_bias {
+                        t(format!("{p}.self_attn.o_proj.bias"), &[h]);
                     }
-                    t(format!("{p}.self_attn.o_proj.weight"), &[h, h]);
+                    if family == Family::Qwen3 {
+                        t(format!("{p}.self_attn.q_norm.weight"), &[hd]);
+                        t(format!("{p}.self_attn.k_norm.weight"), &[hd]);
+                    }
                     t(format!("{p}.mlp.gate_proj.weight"), &[i, h]);
                     t(format!("{p}.mlp.up_proj.weight"), &[i, h]);
                     t(format!("{p}.mlp.down_proj.weight"), &[h, i]);
