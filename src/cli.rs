@@ -718,7 +718,8 @@ pub fn sweep(args: &SweepArgs, worker: &WorkerConfig) -> Result<Results, CliErro
             .map_err(|e| CliError::runtime(e.describe(&Flags)))?;
         eprintln!("results written to {}", p.display());
     }
-    if let Some(p) = &args.export {
+    // Nothing to export when no model was built: `main_with` says why instead of "nothing fits".
+    if let Some(p) = args.export.as_ref().filter(|_| results.unbuilt().is_none()) {
         report::export(&results, p, args.force)
             .map_err(|e| CliError::runtime(e.describe(&Flags)))?;
         eprintln!("recommendation written to {}", p.display());
@@ -998,6 +999,10 @@ pub fn print_results(r: &Results) {
             human_bytes(r.recommendation.limit_bytes),
             r.headroom * 100.0
         ),
+        // Nothing measured (every model build failed): saying that nothing fits would mislead.
+        None if r.unbuilt().is_some() => {
+            println!("no recommendation: no trial ran (the reason is above)");
+        }
         None => println!(
             "no configuration fits under the headroom limit of {}",
             human_bytes(r.recommendation.limit_bytes)
@@ -1065,7 +1070,11 @@ pub fn main_with(cli: Cli, gui: &dyn Fn(Option<PathBuf>) -> Result<(), String>) 
                     faults: args.faults.clone(),
                     ..w
                 };
-                sweep(&args, &w).map(|_| ())
+                // A sweep whose model could not be built failed, for a script as for a person.
+                sweep(&args, &w).and_then(|r| match r.unbuilt() {
+                    Some(why) => Err(CliError::runtime(format!("no trial ran: {why}"))),
+                    None => Ok(()),
+                })
             }),
     };
     match result {

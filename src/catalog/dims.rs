@@ -24,10 +24,14 @@ pub enum Family {
     /// Qwen3 (dense): an explicit `head_dim`, an RMS norm on each head's queries and keys, and on
     /// the CPU candle's fused flash-attention kernel.
     Qwen3,
+    /// Qwen3-MoE: Qwen3's attention; every `decoder_sparse_step`-th layer's MLP is a mixture of
+    /// experts (all resident, `num_experts_per_tok` of them per token), the others dense.
+    #[serde(rename = "qwen3_moe")]
+    Qwen3Moe,
 }
 
 impl Family {
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::Bert,
         Self::DistilBert,
         Self::Llama,
@@ -39,6 +43,7 @@ impl Family {
         Self::Mixtral,
         Self::ModernBert,
         Self::Qwen3,
+        Self::Qwen3Moe,
     ];
 
     #[must_use]
@@ -55,6 +60,7 @@ impl Family {
             Self::Mixtral => "mixtral",
             Self::ModernBert => "modernbert",
             Self::Qwen3 => "qwen3",
+            Self::Qwen3Moe => "qwen3_moe",
         }
     }
 
@@ -65,6 +71,7 @@ impl Family {
             Self::Llama
                 | Self::Qwen2
                 | Self::Qwen3
+                | Self::Qwen3Moe
                 | Self::Mistral
                 | Self::Phi3
                 | Self::Gemma2
@@ -130,9 +137,9 @@ impl Family {
             if lower.starts_with("xlmroberta") {
                 return Ok(Self::Roberta);
             }
-            // Qwen3-MoE ("Qwen3MoeForCausalLM") is not the dense Qwen3.
+            // "Qwen3MoeForCausalLM" starts like the dense Qwen3.
             if lower.starts_with("qwen3moe") {
-                continue;
+                return Ok(Self::Qwen3Moe);
             }
             for f in [
                 Self::ModernBert,
@@ -200,6 +207,14 @@ pub struct Dims {
     /// Qwen3: q, k, v and o projections carry biases (`attention_bias`).
     #[serde(default)]
     pub attention_bias: bool,
+    /// Qwen3-MoE: each expert's MLP width (`moe_intermediate_size`; `intermediate` is the dense
+    /// layers').
+    #[serde(default)]
+    pub moe_intermediate: usize,
+    /// Qwen3-MoE: every this many layers one is a mixture of experts (`decoder_sparse_step`; 0:
+    /// none, as candle reads it).
+    #[serde(default)]
+    pub sparse_step: usize,
 }
 
 /// One tensor candle's model loads: name (without any `bert.`-style prefix) and shape.
@@ -224,6 +239,38 @@ fn opt_field(v: &Value, name: &str) -> Result<Option<usize>, String> {
         None | Some(Value::Null) => Ok(None),
         Some(_) => field(v, name).map(Some),
     }
+}
+
+/// Qwen3-MoE's expert fields, as candle 0.11 reads them.
+fn moe_fields(v: &Value) -> Result<Dims, String> {
+    let experts = field(v, "num_experts")?;
+    let per_token = field(v, "num_experts_per_tok")?;
+    if experts > 0 && (per_token == 0 || per_token > experts) {
+        return Err(format!(
+            "field \"num_experts_per_tok\" = {per_token} must be between 1 and \"num_experts\" = {experts}"
+        ));
+    }
+    // Hugging Face keeps these layers dense; candle 0.11 does not read the field, so it would
+    // build experts the checkpoint does not have.
+    if v.get("mlp_only_layers")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty())
+    {
+        return Err(
+            "field \"mlp_only_layers\" lists dense layers, which candle 0.11's Qwen3-MoE does not read (it would build experts there); oomlab reads configs where it is empty".into(),
+        );
+    }
+    let moe_intermediate = field(v, "moe_intermediate_size")?;
+    if experts > 0 && moe_intermediate == 0 {
+        return Err("field \"moe_intermediate_size\" must be at least 1, found 0".into());
+    }
+    Ok(Dims {
+        experts,
+        experts_per_token: per_token,
+        moe_intermediate,
+        sparse_step: field(v, "decoder_sparse_step")?,
+        ..Dims::default()
+    })
 }
 
 /// A boolean candle's config requires.
@@ -332,13 +379,18 @@ impl Dims {
                     ..Self::default()
                 }
             }
-            Family::Qwen3 => {
+            Family::Qwen3 | Family::Qwen3Moe => {
                 // candle 0.11 refuses it ("sliding window is not supported").
                 if bool_field(v, "use_sliding_window")? {
                     return Err(
                         "field \"use_sliding_window\" is true, and candle 0.11's Qwen3 has no sliding window (set it to false to measure full attention)".into(),
                     );
                 }
+                let moe = if family == Family::Qwen3Moe {
+                    moe_fields(v)?
+                } else {
+                    Self::default()
+                };
                 Self {
                     layers: field(v, "num_hidden_layers")?,
                     hidden: field(v, "hidden_size")?,
@@ -350,7 +402,7 @@ impl Dims {
                     tied_embeddings: bool_field(v, "tie_word_embeddings")?,
                     head_dim_override: Some(field(v, "head_dim")?),
                     attention_bias: bool_field(v, "attention_bias")?,
-                    ..Self::default()
+                    ..moe
                 }
             }
             Family::Llama | Family::Qwen2 | Family::Mistral | Family::Phi3 => {
@@ -443,6 +495,13 @@ impl Dims {
             ));
         }
         Ok(())
+    }
+
+    /// Qwen3-MoE: whether layer `l` (from 0) is a mixture of experts (candle:
+    /// `num_experts > 0 && (l + 1) % decoder_sparse_step == 0`).
+    #[must_use]
+    pub fn is_moe_layer(&self, l: usize) -> bool {
+        self.experts > 0 && self.sparse_step > 0 && (l + 1).is_multiple_of(self.sparse_step)
     }
 
     #[must_use]
@@ -607,7 +666,7 @@ impl Dims {
                     t("lm_head.weight".into(), &[self.vocab, h]);
                 }
             }
-            Family::Llama | Family::Qwen2 | Family::Qwen3 | Family::Mistral => {
+            Family::Llama | Family::Qwen2 | Family::Qwen3 | Family::Qwen3Moe | Family::Mistral => {
                 let hd = self.head_dim();
                 let (qd, kv) = (self.heads * hd, self.kv_heads * hd);
                 // Qwen2 always has q, k and v biases; Qwen3 has them on o too, when
@@ -626,13 +685,24 @@ impl Dims {
                     if self.attention_bias {
                         t(format!("{p}.self_attn.o_proj.bias"), &[h]);
                     }
-                    if family == Family::Qwen3 {
+                    if matches!(family, Family::Qwen3 | Family::Qwen3Moe) {
                         t(format!("{p}.self_attn.q_norm.weight"), &[hd]);
                         t(format!("{p}.self_attn.k_norm.weight"), &[hd]);
                     }
-                    t(format!("{p}.mlp.gate_proj.weight"), &[i, h]);
-                    t(format!("{p}.mlp.up_proj.weight"), &[i, h]);
-                    t(format!("{p}.mlp.down_proj.weight"), &[h, i]);
+                    if self.is_moe_layer(l) {
+                        let mi = self.moe_intermediate;
+                        t(format!("{p}.mlp.gate.weight"), &[self.experts, h]);
+                        for e in 0..self.experts {
+                            let ex = format!("{p}.mlp.experts.{e}");
+                            t(format!("{ex}.gate_proj.weight"), &[mi, h]);
+                            t(format!("{ex}.up_proj.weight"), &[mi, h]);
+                            t(format!("{ex}.down_proj.weight"), &[h, mi]);
+                        }
+                    } else {
+                        t(format!("{p}.mlp.gate_proj.weight"), &[i, h]);
+                        t(format!("{p}.mlp.up_proj.weight"), &[i, h]);
+                        t(format!("{p}.mlp.down_proj.weight"), &[h, i]);
+                    }
                     t(format!("{p}.input_layernorm.weight"), &[h]);
                     t(format!("{p}.post_attention_layernorm.weight"), &[h]);
                 }

@@ -70,6 +70,12 @@ pub const BUNDLED: &[Bundled] = &[
         tiny: false,
     },
     Bundled {
+        id: "Qwen3-30B-A3B",
+        config_json: include_str!("../../assets/models/Qwen3-30B-A3B.json"),
+        hub_ids: &["Qwen/Qwen3-30B-A3B"],
+        tiny: false,
+    },
+    Bundled {
         id: "Mistral-7B-v0.1",
         config_json: include_str!("../../assets/models/Mistral-7B-v0.1.json"),
         hub_ids: &["mistralai/Mistral-7B-v0.1"],
@@ -204,6 +210,12 @@ pub const BUNDLED: &[Bundled] = &[
     Bundled {
         id: "tiny-qwen3",
         config_json: include_str!("../../assets/models/tiny-qwen3.json"),
+        hub_ids: &[],
+        tiny: true,
+    },
+    Bundled {
+        id: "tiny-qwen3-moe",
+        config_json: include_str!("../../assets/models/tiny-qwen3-moe.json"),
         hub_ids: &[],
         tiny: true,
     },
@@ -390,7 +402,7 @@ pub enum CatalogError {
     )]
     NotObject { origin: String },
     #[error(
-        "{origin}: architecture {found} is not supported; supported families: bert, distilbert, llama, qwen2, qwen3, mistral, phi3, gemma2, mixtral, roberta (and xlm-roberta), modernbert (set \"model_type\" to one of them if the model really is one)"
+        "{origin}: architecture {found} is not supported; supported families: bert, distilbert, llama, qwen2, qwen3, mistral, phi3, gemma2, mixtral, qwen3_moe, roberta (and xlm-roberta), modernbert (set \"model_type\" to one of them if the model really is one)"
     )]
     UnknownArchitecture { origin: String, found: String },
     #[error(
@@ -474,7 +486,7 @@ impl ModelSpec {
         if let Some(ck) = &checkpoint {
             ck.validate(family, &dims.tensors(family), &origin)?;
         }
-        Ok(Self {
+        let spec = Self {
             reference: reference.clone(),
             name,
             origin,
@@ -482,7 +494,9 @@ impl ModelSpec {
             family,
             dims,
             checkpoint,
-        })
+        };
+        crate::models::check_config(&spec)?;
+        Ok(spec)
     }
 
     /// SHA-256 of the config text, recorded in the journal so a resume can tell the model changed.
@@ -594,6 +608,9 @@ mod tests {
             // "0.6B" on its model card, "0.44B" without the embeddings (440,467,456 here);
             // the head is tied to the embeddings.
             ("Qwen3-0.6B", 596_049_920),
+            // "30.5B in total and 3.3B activated" on its card: all 128 experts of each of the 48
+            // layers resident, 8 per token.
+            ("Qwen3-30B-A3B", 30_532_122_624),
         ];
         for (id, params) in expected {
             let spec = ModelSpec::resolve(&ModelRef::Catalog((*id).into())).unwrap();

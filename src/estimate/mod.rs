@@ -89,6 +89,7 @@ pub fn build_bytes(spec: &ModelSpec, dtype: Precision) -> u64 {
         Family::Llama
         | Family::Qwen2
         | Family::Qwen3
+        | Family::Qwen3Moe
         | Family::Mistral
         | Family::Phi3
         | Family::Gemma2 => {

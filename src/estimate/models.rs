@@ -127,6 +127,7 @@ pub fn inputs(r: &Run<'_>, family: Family) -> Vec<T> {
         Family::Llama
         | Family::Qwen2
         | Family::Qwen3
+        | Family::Qwen3Moe
         | Family::Mistral
         | Family::Phi3
         | Family::Gemma2
@@ -141,7 +142,8 @@ pub fn forward(r: &Run<'_>, family: Family, inputs: &[T]) -> T {
         Family::DistilBert => distilbert(r, &inputs[0], &inputs[1]),
         Family::Llama => llama(r, &inputs[0]),
         Family::Qwen2 => qwen2(r, &inputs[0]),
-        Family::Qwen3 => qwen3(r, &inputs[0]),
+        Family::Qwen3 => qwen3(r, &inputs[0], false),
+        Family::Qwen3Moe => qwen3(r, &inputs[0], true),
         Family::Mistral => mistral(r, &inputs[0]),
         Family::Phi3 => phi3(r, &inputs[0]),
         Family::Roberta => roberta(r, &inputs[0], &inputs[1], &inputs[2]),
@@ -951,8 +953,13 @@ fn attend(r: &Run<'_>, q: &T, k: &T, v: &T, mask: &T) -> T {
 /// The gated MLP: `let lhs = xs.apply(&gate)?.apply(&act)?; let rhs = xs.apply(&up)?;
 /// (lhs * rhs)?.apply(&down)`.
 fn gated_mlp(r: &Run<'_>, x: &T) -> T {
-    let lhs = linear(r, x, r.d.intermediate, false).unary();
-    let rhs = linear(r, x, r.d.intermediate, false);
+    gated_mlp_width(r, x, r.d.intermediate)
+}
+
+/// [`gated_mlp`] `width` wide (an expert's).
+fn gated_mlp_width(r: &Run<'_>, x: &T, width: usize) -> T {
+    let lhs = linear(r, x, width, false).unary();
+    let rhs = linear(r, x, width, false);
     let p = lhs.binary(&rhs);
     drop((lhs, rhs));
     linear(r, &p, r.d.hidden, false)
@@ -1209,16 +1216,25 @@ fn modernbert(r: &Run<'_>, ids: &T, mask: &T) -> T {
     out
 }
 
-/// candle's `qwen3::ModelForCausalLM::forward` on the CPU: no mask (the fused flash kernel masks
-/// by its loop bounds); in each layer the normed input and the normed residual stay bound to the
-/// layer's end (`let h = …; let h = …;` shadowing), the per-head q/k norms run on flattened copies,
-/// and every shadowed binding of the attention stays alive through the kernel.
-fn qwen3(r: &Run<'_>, ids: &T) -> T {
+/// candle's `qwen3::ModelForCausalLM::forward` on the CPU (and `qwen3_moe`'s, `moe`): no mask for
+/// Qwen3 (the fused flash kernel masks by its loop bounds; Qwen3-MoE builds one all the same); in
+/// each layer the normed input and the normed residual stay bound to the layer's end (`let h =
+/// …; let h = …;` shadowing), the per-head q/k norms run on flattened copies, and every shadowed
+/// binding of the attention stays alive through the kernel. Qwen3-MoE's sparse layers run
+/// [`qwen3_sparse_moe`] in place of the dense MLP.
+fn qwen3(r: &Run<'_>, ids: &T, moe: bool) -> T {
     let mut kvs: Vec<(T, T)> = Vec::with_capacity(r.d.layers);
+    // qwen3_moe::Model::forward: `build_additive_causal_mask(l, offset, None, dev, dtype)` when
+    // l > 1: the `Vec<f32>`, `Tensor::from_slice(&mask, (1, 1, l, l))?.to_dtype(dtype)`
+    let mask = (moe && r.s > 1).then(|| {
+        let _vec = r.sim.raw((r.s * r.s * 4) as u64);
+        let m = r.sim.alloc(&[1, 1, r.s, r.s], Dt::F32);
+        m.to_dtype(r.dt)
+    });
     // Model::forward
     let normed = {
         let mut xs = embedding(r, r.d.vocab, ids);
-        for _ in 0..r.d.layers {
+        for l in 0..r.d.layers {
             xs = {
                 // DecoderLayer::forward: `let h = self.ln1.forward(x)?;
                 // let h = self.self_attn.forward(&h, mask, offset)?; let x = (x + h)?;`
@@ -1228,7 +1244,11 @@ fn qwen3(r: &Run<'_>, ids: &T) -> T {
                 drop(attn);
                 // `let h2 = self.ln2.forward(&x)?; let h2 = h2.apply(&self.mlp)?; x + h2`
                 let xn2 = norm(&x2);
-                let mlp_out = gated_mlp(r, &xn2);
+                let mlp_out = if r.d.is_moe_layer(l) {
+                    qwen3_sparse_moe(r, &xn2)
+                } else {
+                    gated_mlp(r, &xn2)
+                };
                 let out = x2.binary(&mlp_out);
                 drop((x2, mlp_out, xn2, xn));
                 out
@@ -1236,10 +1256,65 @@ fn qwen3(r: &Run<'_>, ids: &T) -> T {
         }
         // `self.norm.forward(&h)`
         let normed = norm(&xs);
-        drop(xs);
+        drop((xs, mask));
         normed
     };
     head_on_last(r, normed, kvs)
+}
+
+/// candle's `Qwen3SparseMoeBlock::forward` (the CPU's; the CUDA build runs a fused block). With
+/// synthetic (zero) weights the router's scores tie and the stable `arg_sort` hands every token to
+/// the first `num_experts_per_tok` experts — the case simulated, as for Mixtral. Every shadowed
+/// binding (logits, softmax, the sorted ids, the gathered weights) stays alive to the end, with
+/// the host-side tables: `to_vec2` of the weights and of the ids (a `Vec` per token), the
+/// per-expert token and weight lists.
+fn qwen3_sparse_moe(r: &Run<'_>, x: &T) -> T {
+    let (b, s, h) = (r.b, r.s, r.d.hidden);
+    let (n, experts, k) = (b * s, r.d.experts, r.d.experts_per_token);
+    let xs = x.reshape(&[n, h]);
+    let router_logits = linear(r, &xs, experts, false);
+    let routing = router_logits.unary(); // softmax_last_dim
+    // `.arg_sort_last_dim(false)?.narrow(D::Minus1, 0, k)?.contiguous()?`
+    let experts_per_tok = routing
+        .new_like(&[n, experts], Dt::U32)
+        .narrow(1, k)
+        .contiguous();
+    let gathered = routing.new_like(&[n, k], routing.dt()); // gather
+    // `routing_weights.to_dtype(F32)?.to_vec2::<f32>()?`, `experts_per_tok.to_vec2::<u32>()?`
+    let weight_rows = {
+        let wide = gathered.to_dtype(Dt::F32);
+        let rows = (pushed_vec(r, n, 24), r.sim.raw((n * k * 4) as u64));
+        drop(wide);
+        rows
+    };
+    let id_rows = (pushed_vec(r, n, 24), r.sim.raw((n * k * 4) as u64));
+    // `top_x` and `selected_experts`: E empty Vecs each, then one push per token into each of
+    // its k experts
+    let outer = (
+        r.sim.raw((experts * 24) as u64),
+        r.sim.raw((experts * 24) as u64),
+    );
+    let lists: Vec<_> = (0..k)
+        .map(|_| (pushed_vec(r, n, 4), pushed_vec(r, n, 4)))
+        .collect();
+    let mut ys = xs.new_like(&[n, h], xs.dt()); // `xs.zeros_like()`
+    for _ in 0..k {
+        let top_x = r.sim.alloc(&[n], Dt::U32);
+        // `Tensor::new(..)?.reshape(((), 1))?.to_dtype(xs.dtype())?`
+        let selected = r.sim.alloc(&[n], Dt::F32).reshape(&[n, 1]).to_dtype(r.dt);
+        // `xs.index_select(&top_x, 0)?.reshape(((), hidden_dim))?`
+        let current_state = xs.new_like(&[n, h], xs.dt()).reshape(&[n, h]);
+        let chs = gated_mlp_width(r, &current_state, r.d.moe_intermediate);
+        let weighted = chs.binary(&selected);
+        // `ys = ys.index_add(&top_x, &current_hidden_states, 0)?`
+        let added = ys.new_like(&[n, h], ys.dt());
+        ys = added;
+        drop((top_x, selected, current_state, chs, weighted));
+    }
+    let out = ys.reshape(&[b, s, h]);
+    drop((ys, lists, outer, id_rows, weight_rows));
+    drop((gathered, experts_per_tok, routing, router_logits, xs));
+    out
 }
 
 /// `Qwen3Attention::forward` on the CPU, `x` the normed input.

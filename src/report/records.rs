@@ -309,6 +309,18 @@ impl Results {
         matches!(self.device, Device::Cuda { .. })
     }
 
+    /// Why nothing was measured, when every curve stopped because its model could not be built
+    /// (then "nothing fits" would mislead): the first curve's reason.
+    #[must_use]
+    pub fn unbuilt(&self) -> Option<String> {
+        let mut stops = self.boundaries.iter().map(|b| match &b.stop {
+            Some(Stop::LoadFailed { message }) => Some(message.clone()),
+            _ => None,
+        });
+        let first = stops.next()??;
+        stops.all(|s| s.is_some()).then_some(first)
+    }
+
     /// Whether the overall pick comes from a curve that this machine's memory, not the
     /// capacity, limited (then it is a lower bound for the simulated device).
     #[must_use]

@@ -26,6 +26,10 @@ pub struct WorkerFaults {
     /// Development hook: samples kept of each trial's memory timeline (default 400).
     #[arg(long = "worker-timeline-points", hide = true)]
     pub timeline_points: Option<usize>,
+    /// Test hook: the model's build fails in the worker with this message (a model candle refuses
+    /// after oomlab has read its config).
+    #[arg(long = "worker-build-fails", hide = true)]
+    pub build_fails: Option<String>,
 }
 
 impl WorkerFaults {
@@ -45,6 +49,9 @@ impl WorkerFaults {
         }
         if let Some(n) = self.timeline_points {
             out.push(format!("--worker-timeline-points={n}"));
+        }
+        if let Some(m) = &self.build_fails {
+            out.push(format!("--worker-build-fails={m}"));
         }
         out
     }

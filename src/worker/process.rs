@@ -131,6 +131,12 @@ fn load(
             human_bytes(capacity_bytes)
         )));
     }
+    if let Some(message) = &faults.build_fails {
+        return Err(Failure::Other(format!(
+            "building the {} model failed: {message}",
+            spec.family
+        )));
+    }
     match device {
         plan::Device::Cpu { .. } => load_cpu(&spec, dtype, capacity_bytes, faults, t0),
         plan::Device::Cuda { index } => load_cuda(&spec, dtype, capacity_bytes, index, t0),

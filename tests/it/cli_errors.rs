@@ -79,8 +79,9 @@ fn bad_configs_are_refused_with_the_file_and_the_fix() {
     );
 }
 
-/// Qwen3's own refusals: the mixture-of-experts variant is not the dense family (its architecture name starts
-/// like it), candle 0.11 has no sliding window for it, and its explicit `head_dim` must be real.
+/// Qwen3's own refusals: candle 0.11 has no sliding window for it, its explicit `head_dim` must
+/// be real; Qwen3-MoE (read as its own family, though its architecture name starts like the
+/// dense one's) with dense layers candle does not read, or more experts per token than it has.
 #[test]
 fn qwen3_configs_candle_cannot_run_are_refused_naming_the_field() {
     let d = TempDir::new("qwen3cfg");
@@ -92,18 +93,29 @@ fn qwen3_configs_candle_cannot_run_are_refused_naming_the_field() {
         .unwrap(),
     )
     .unwrap();
-    let mut moe = tiny.clone();
-    moe["architectures"] = serde_json::json!(["Qwen3MoeForCausalLM"]);
-    moe["model_type"] = "qwen3_moe".into();
-    let moe = write_config(&d, "moe.json", &moe.to_string());
+    let moe: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/assets/models/tiny-qwen3-moe.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut dense_layers = moe.clone();
+    dense_layers["mlp_only_layers"] = serde_json::json!([0]);
+    // Without model_type: read from the architecture name alone.
+    dense_layers.as_object_mut().unwrap().remove("model_type");
+    let dense_layers = write_config(&d, "dense.json", &dense_layers.to_string());
     refused(
-        &["--model", &moe],
-        &[
-            "moe.json",
-            "Qwen3MoeForCausalLM",
-            "qwen3_moe",
-            "qwen2, qwen3",
-        ],
+        &["--model", &dense_layers],
+        &["dense.json", "mlp_only_layers", "Qwen3-MoE"],
+    );
+    let mut too_many = moe;
+    too_many["num_experts_per_tok"] = 5.into();
+    let too_many = write_config(&d, "many.json", &too_many.to_string());
+    refused(
+        &["--model", &too_many],
+        &["many.json", "num_experts_per_tok", "between 1 and"],
     );
     let mut window = tiny.clone();
     window["use_sliding_window"] = true.into();
@@ -119,6 +131,19 @@ fn qwen3_configs_candle_cannot_run_are_refused_naming_the_field() {
         &["--model", &zero],
         &["zero.json", "head_dim", "at least 1"],
     );
+    // A field only candle's own config reads: refused when the model is resolved, before any
+    // worker starts.
+    let mut no_eps = tiny.clone();
+    no_eps.as_object_mut().unwrap().remove("rms_norm_eps");
+    let no_eps = write_config(&d, "noeps.json", &no_eps.to_string());
+    refused(
+        &["--model", &no_eps],
+        &[
+            "noeps.json",
+            "missing field `rms_norm_eps`",
+            "add or correct",
+        ],
+    );
     let mut no_tie = tiny;
     no_tie
         .as_object_mut()
@@ -128,6 +153,53 @@ fn qwen3_configs_candle_cannot_run_are_refused_naming_the_field() {
     refused(
         &["--model", &no_tie],
         &["notie.json", "missing field \"tie_word_embeddings\""],
+    );
+}
+
+/// A model candle refuses after oomlab has read its config (here the worker's test hook): the
+/// sweep says no trial ran and why, exits 1, and does not claim that nothing fits.
+#[test]
+fn a_model_that_cannot_be_built_ends_the_sweep_with_exit_1_and_its_reason() {
+    let d = TempDir::new("buildfails");
+    let journal = d.join("j.jsonl");
+    let o = oomlab(&[
+        "sweep",
+        "--model",
+        "tiny-qwen3",
+        "--seq",
+        "8",
+        "--batch",
+        "1..4",
+        "--capacity",
+        "64MiB",
+        "--threads",
+        "1",
+        "--journal",
+        journal.to_str().unwrap(),
+        "--json",
+        d.join("r.json").to_str().unwrap(),
+        "--export",
+        d.join("pick.toml").to_str().unwrap(),
+        "--worker-build-fails",
+        "candle refused it",
+    ]);
+    // The results say what happened; there is no recommendation to export.
+    assert!(d.join("r.json").is_file());
+    assert!(!d.join("pick.toml").exists());
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
+    assert!(out.contains("no recommendation: no trial ran"), "{out}");
+    assert!(!out.contains("no configuration fits"), "{out}");
+    assert!(
+        err.lines().last().is_some_and(
+            |l| l.contains("no trial ran: building the qwen3 model failed: candle refused it")
+        ),
+        "{err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("internal error"),
+        "{err}"
     );
 }
 

@@ -22,6 +22,7 @@ pub const TINY_MODELS: &[&str] = &[
     "tiny-mixtral",
     "tiny-modernbert",
     "tiny-qwen3",
+    "tiny-qwen3-moe",
 ];
 
 pub fn bin() -> PathBuf {
@@ -48,8 +49,7 @@ pub fn faulty_worker(stall_ms: u64, oom_at: &[usize]) -> WorkerConfig {
         faults: WorkerFaults {
             stall_ms,
             oom_at: oom_at.to_vec(),
-            host_available_bytes: None,
-            timeline_points: None,
+            ..WorkerFaults::default()
         },
         fresh_per_trial: false,
     }

@@ -88,9 +88,9 @@ fn estimate_matches_the_measured_total_on_tiny_configs_of_every_family_and_preci
             }
         }
     }
-    // Fifteen points per precision: bert, roberta, llama, qwen2, mistral, phi3, gemma2 and qwen3
-    // in three, distilbert, mixtral and modernbert in f32.
-    assert_eq!(checked, 15 * 27);
+    // Fifteen points per precision: bert, roberta, llama, qwen2, mistral, phi3, gemma2, qwen3 and
+    // qwen3_moe in three, distilbert, mixtral and modernbert in f32.
+    assert_eq!(checked, 15 * 30);
     eprintln!("worst relative error: {:.3}%", worst * 100.0);
 }
 
@@ -442,6 +442,7 @@ fn the_estimator_starts_auto_at_b_star_on_every_family_and_binsearch_needs_more(
         ("tiny-mixtral", 48, Precision::F32, 20),
         ("tiny-modernbert", 56, Precision::F32, 24),
         ("tiny-qwen3", 48, Precision::F16, 27),
+        ("tiny-qwen3-moe", 40, Precision::Bf16, 23),
     ] {
         let cap = crate::common::capacity_for(model, seq, dtype, target, &dir);
         let mut used = Vec::new();
@@ -613,8 +614,9 @@ fn a_confirmation_over_the_limit_sends_the_curve_to_a_measured_search() {
 
 /// Configs the tiny ones do not cover: a vocabulary that dominates the head (qwen2's head runs
 /// on a strided view, so candle broadcasts its weight; in bf16 the widened copy is the weight's
-/// storage, not the broadcast view's), wider heads, and a Qwen3 without attention biases, with
-/// its own head and four query heads to one key/value head. (At a dozen tokens such toy widths sit
+/// storage, not the broadcast view's), wider heads, a Qwen3 without attention biases, with its
+/// own head and four query heads to one key/value head, and a Qwen3-MoE whose experts hold the
+/// peak. (At a dozen tokens such toy widths sit
 /// within a few percent: gemm's per-call packing buffers, not modelled, are then as large as
 /// the activations; the bundled models are checked by `oomlab estimate --check`.)
 #[test]
@@ -648,10 +650,26 @@ fn estimate_holds_on_configs_shaped_unlike_the_tiny_ones() {
     qwen3["tie_word_embeddings"] = false.into();
     qwen3["num_key_value_heads"] = 1.into();
     qwen3["head_dim"] = 32.into();
+    // Qwen3-MoE whose expert block, not its attention, holds the peak (at realistic widths the
+    // attention's copies outweigh an expert's MLP on the CPU).
+    let mut experts: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/assets/models/tiny-qwen3-moe.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    experts["num_attention_heads"] = 1.into();
+    experts["num_key_value_heads"] = 1.into();
+    experts["head_dim"] = 8.into();
+    experts["intermediate_size"] = 16.into();
+    experts["moe_intermediate_size"] = 256.into();
     for (name, config) in [
         ("wide-vocab", wide_vocab),
         ("wide-heads", wide_heads),
         ("qwen3-no-bias", qwen3),
+        ("qwen3-moe-wide-experts", experts),
     ] {
         let path = dir.join(&format!("{name}.json"));
         std::fs::write(&path, config.to_string()).unwrap();
@@ -669,6 +687,20 @@ fn estimate_holds_on_configs_shaped_unlike_the_tiny_ones() {
             );
             let (r, _) = run(p, &dir.join(&format!("{name}-{dtype}.jsonl")), &worker());
             assert_eq!(r.trials.len(), 8);
+            // What a batch adds, apart from the runtime and the weights (which dwarf a toy
+            // forward): from batch 2 to 4.
+            for seq in [48, 96] {
+                let at = |b: usize| {
+                    let t = r.trials.iter().find(|t| t.seq == seq && t.batch == b);
+                    t.unwrap().total_bytes.unwrap() as f64
+                };
+                let est = |b| estimate::estimate(&spec, b, seq, dtype, &rt).total_bytes as f64;
+                let (measured, estimated) = (at(4) - at(2), est(4) - est(2));
+                assert!(
+                    ((estimated - measured) / measured).abs() <= tolerance(dtype),
+                    "{name} {dtype} seq {seq}: growth from batch 2 to 4 estimated {estimated} vs measured {measured}"
+                );
+            }
             for t in &r.trials {
                 let e = estimate::estimate(&spec, t.batch, t.seq, dtype, &rt).total_bytes;
                 let m = t.total_bytes.unwrap();

@@ -491,6 +491,32 @@ fn an_oom_below_b_star_shows_non_monotone_in_the_window() {
     assert!(safe < confirmed);
 }
 
+/// A model that cannot be built (the worker's test hook): the card says nothing was measured
+/// and why, never that nothing fits.
+#[test]
+fn a_model_that_cannot_be_built_says_so_on_the_card() {
+    let dir = TempDir::new("gui-unbuilt");
+    let mut w = worker();
+    w.faults.build_fails = Some("candle refused it".into());
+    let mut h = harness_with(&dir, None, w, true);
+    start(
+        &mut h,
+        "tiny-qwen3",
+        Strategy::Auto,
+        ["16", "1..8", "64MiB"],
+    );
+    run_to_end(&mut h);
+    shown(
+        &h,
+        "Nothing was measured: building the qwen3 model failed: candle refused it",
+    );
+    assert_eq!(
+        h.query_all_by_label_contains("No configuration fits")
+            .count(),
+        0
+    );
+}
+
 #[test]
 fn cancel_mid_sweep_keeps_a_consistent_resumable_state() {
     let dir = TempDir::new("gui-cancel");

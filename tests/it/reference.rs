@@ -159,3 +159,11 @@ fn qwen3_forward_matches_numpy_reference_on_both_attention_paths() {
         .fold(0.0, f64::max);
     assert!(worst < 1e-4, "batch 1: max abs difference {worst}");
 }
+
+/// Qwen3-MoE: a dense first layer and a sparse second (`decoder_sparse_step` 2), four experts of
+/// which each token's top two run, their weights renormalized (`norm_topk_prob`); real router
+/// weights, so the tokens spread over the experts.
+#[test]
+fn qwen3_moe_forward_matches_numpy_reference() {
+    check("tiny-qwen3-moe");
+}

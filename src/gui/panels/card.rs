@@ -65,10 +65,10 @@ fn pick_ui(
             }
         }
         None => {
-            ui.label(if running {
-                "…measuring"
-            } else {
-                "No configuration fits under the headroom limit."
+            ui.label(match (running, r.unbuilt()) {
+                (true, _) => "…measuring".to_string(),
+                (false, Some(why)) => format!("Nothing was measured: {why}"),
+                (false, None) => "No configuration fits under the headroom limit.".to_string(),
             });
         }
     }
