@@ -509,6 +509,12 @@ pub enum PlanProblem {
         capacity_bytes: u64,
         model: String,
     },
+    /// This build cannot measure the family (see `Family::not_in_this_build`).
+    FamilyNotInBuild {
+        family: String,
+        model: String,
+        reason: &'static str,
+    },
     /// candle 0.11 cannot run this family in this precision.
     DtypeUnsupported {
         dtype: Precision,
@@ -592,6 +598,11 @@ impl PlanProblem {
                 human_bytes(*weights_bytes),
                 control(PlanField::Dtype)
             ),
+            Self::FamilyNotInBuild {
+                family,
+                model,
+                reason,
+            } => format!("{model} is a {family} model: {reason}; choose another in {here}"),
             Self::DtypeUnsupported {
                 dtype,
                 family,
@@ -856,6 +867,29 @@ mod tests {
         assert_eq!(
             (d[0].ours.as_str(), d[0].theirs.as_str()),
             ("cpu", "cuda:1")
+        );
+    }
+
+    /// The cuda build's refusal of Qwen3-MoE (the plans of the default build never raise it).
+    #[test]
+    fn a_family_this_build_cannot_measure_is_named_with_its_reason() {
+        let reason = "this build (the cuda feature) runs it through candle's fused expert kernel";
+        let text = PlanProblem::FamilyNotInBuild {
+            family: "qwen3_moe".into(),
+            model: "Qwen3-30B-A3B".into(),
+            reason,
+        }
+        .describe(PlanField::Model, &PlainWords);
+        assert!(
+            text.starts_with("Qwen3-30B-A3B is a qwen3_moe model: this build (the cuda feature)")
+                && text.ends_with("choose another in the model"),
+            "{text}"
+        );
+        assert_eq!(
+            crate::catalog::Family::Qwen3Moe
+                .not_in_this_build()
+                .is_some(),
+            cfg!(feature = "cuda")
         );
     }
 

@@ -230,6 +230,16 @@ pub fn check(plan: &SweepPlan, spec: &ModelSpec) -> Result<(), PlanError> {
     if plan.capacity_bytes == 0 {
         return Err(PlanError::invalid(PlanField::Capacity, P::ZeroCapacity));
     }
+    if let Some(reason) = spec.family.not_in_this_build() {
+        return Err(PlanError::invalid(
+            PlanField::Model,
+            P::FamilyNotInBuild {
+                family: spec.family.to_string(),
+                model: spec.name.clone(),
+                reason,
+            },
+        ));
+    }
     for &dtype in &plan.dtypes {
         check_dtype(spec, dtype)?;
         let weights_bytes = models::weights_bytes(spec, dtype.candle());

@@ -104,6 +104,16 @@ impl Family {
         }
     }
 
+    /// Why this build cannot measure the family, when it cannot: candle-transformers 0.11 built
+    /// with CUDA runs Qwen3-MoE through its fused expert block on every device (experts packed
+    /// into new stacked tensors at load, a CUDA-only grouped GEMM), which oomlab has not checked.
+    #[must_use]
+    pub fn not_in_this_build(self) -> Option<&'static str> {
+        (cfg!(feature = "cuda") && self == Self::Qwen3Moe).then_some(
+            "this build (the cuda feature) runs it through candle's fused expert kernel, which oomlab has not checked; use the default build, which measures it on the CPU",
+        )
+    }
+
     /// What one measured forward computes.
     #[must_use]
     pub fn forward_label(self) -> &'static str {
@@ -133,30 +143,21 @@ impl Family {
         }
         for arch in &archs {
             let lower = arch.to_ascii_lowercase();
-            // Longest prefixes first: "distilbert" also starts like "bert" would not.
-            if lower.starts_with("xlmroberta") {
+            // The family's name, then the task ("ForCausalLM", "Model") or nothing: a prefix
+            // alone would read Qwen3-Next or Qwen2-MoE as the dense model it is not.
+            let named = |key: &str| {
+                lower.strip_prefix(key).is_some_and(|rest| {
+                    rest.is_empty() || rest.starts_with("for") || rest.starts_with("model")
+                })
+            };
+            if named("xlmroberta") {
                 return Ok(Self::Roberta);
             }
-            // "Qwen3MoeForCausalLM" starts like the dense Qwen3.
-            if lower.starts_with("qwen3moe") {
-                return Ok(Self::Qwen3Moe);
-            }
-            for f in [
-                Self::ModernBert,
-                Self::Mixtral,
-                Self::Gemma2,
-                Self::DistilBert,
-                Self::Roberta,
-                Self::Bert,
-                Self::Qwen2,
-                Self::Qwen3,
-                Self::Mistral,
-                Self::Phi3,
-                Self::Llama,
-            ] {
-                if lower.starts_with(f.name()) {
-                    return Ok(f);
-                }
+            if let Some(f) = Self::ALL
+                .into_iter()
+                .find(|f| named(&f.name().replace('_', "")))
+            {
+                return Ok(f);
             }
         }
         let found = match (model_type, archs.first()) {

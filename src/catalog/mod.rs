@@ -576,6 +576,40 @@ pub fn parse_config(origin: &str, text: &str) -> Result<(Family, Dims), CatalogE
 mod tests {
     use super::*;
 
+    /// An architecture is read by the family's whole name and then its task: `Qwen3NextFor…` or
+    /// `Qwen2MoeFor…` are not the dense models their names start like.
+    #[test]
+    fn architecture_names_are_read_whole() {
+        let arch = |a: &str| {
+            let v = serde_json::json!({ "architectures": [a] });
+            Family::detect(v.as_object().unwrap())
+        };
+        for (a, f) in [
+            ("Qwen3ForCausalLM", Family::Qwen3),
+            ("Qwen3MoeForCausalLM", Family::Qwen3Moe),
+            ("Qwen2ForCausalLM", Family::Qwen2),
+            ("BertModel", Family::Bert),
+            ("DistilBertForMaskedLM", Family::DistilBert),
+            ("XLMRobertaForMaskedLM", Family::Roberta),
+            ("ModernBertForMaskedLM", Family::ModernBert),
+            ("MixtralForCausalLM", Family::Mixtral),
+        ] {
+            assert_eq!(arch(a), Ok(f), "{a}");
+        }
+        for a in [
+            "Qwen3NextForCausalLM",
+            "Qwen2MoeForCausalLM",
+            "Phi3SmallForCausalLM",
+            "Gemma3ForCausalLM",
+        ] {
+            assert!(arch(a).is_err(), "{a}");
+        }
+        // A model_type oomlab does not know does not stop the architecture being read.
+        let v =
+            serde_json::json!({ "model_type": "custom", "architectures": ["LlamaForCausalLM"] });
+        assert_eq!(Family::detect(v.as_object().unwrap()), Ok(Family::Llama));
+    }
+
     #[test]
     fn bundled_parameter_counts_match_published_models() {
         let expected: &[(&str, u64)] = &[

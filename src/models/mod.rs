@@ -175,6 +175,13 @@ pub fn weights_bytes(spec: &ModelSpec, dtype: DType) -> u64 {
 
 /// Builds the model: checkpoint weights when the spec has them, synthetic zeros otherwise.
 pub fn build(spec: &ModelSpec, dtype: DType, device: &Device) -> Result<LoadedModel, ModelError> {
+    // Plans refuse such a family first; this guards a request made otherwise, before any weight.
+    if let Some(reason) = spec.family.not_in_this_build() {
+        return Err(ModelError::Build {
+            family: spec.family,
+            message: reason.into(),
+        });
+    }
     let expected = spec.dims.tensors(spec.family);
     let tensors: HashMap<String, Tensor> = if let Some(ck) = &spec.checkpoint {
         ck.load(spec.family, &expected, dtype, device)?
@@ -224,15 +231,6 @@ pub fn build(spec: &ModelSpec, dtype: DType, device: &Device) -> Result<LoadedMo
             Kind::Qwen3(catch(family, || qwen3::ModelForCausalLM::new(&cfg, vb))?)
         }
         Family::Qwen3Moe => {
-            if cfg!(feature = "cuda") {
-                // candle-transformers built with CUDA swaps in its fused expert block on every
-                // device: experts packed into new stacked tensors at load, a CUDA-only grouped
-                // GEMM. Not the model the estimator and the reference test describe.
-                return Err(ModelError::Build {
-                    family,
-                    message: "this build (the cuda feature) runs Qwen3-MoE through candle's fused expert kernel, which oomlab has not checked; use the default build, which measures it on the CPU".into(),
-                });
-            }
             let cfg: qwen3_moe::Config = candle_config(spec)?;
             Kind::Qwen3Moe(catch(family, || {
                 qwen3_moe::ModelForCausalLM::new(&cfg, vb)

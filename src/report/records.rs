@@ -313,6 +313,11 @@ impl Results {
     /// (then "nothing fits" would mislead): the first curve's reason.
     #[must_use]
     pub fn unbuilt(&self) -> Option<String> {
+        // A rebuild can fail after trials ran (the worker is rebuilt after each OOM): then
+        // something was measured.
+        if !self.trials.is_empty() {
+            return None;
+        }
         let mut stops = self.boundaries.iter().map(|b| match &b.stop {
             Some(Stop::LoadFailed { message }) => Some(message.clone()),
             _ => None,
