@@ -242,8 +242,8 @@ fn opt_field(v: &Value, name: &str) -> Result<Option<usize>, String> {
     }
 }
 
-/// Qwen3-MoE's expert fields, as candle 0.11 reads them.
-fn moe_fields(v: &Value) -> Result<Dims, String> {
+/// `dense` with Qwen3-MoE's expert fields, as candle 0.11 reads them.
+fn with_experts(v: &Value, dense: &Dims) -> Result<Dims, String> {
     let experts = field(v, "num_experts")?;
     let per_token = field(v, "num_experts_per_tok")?;
     if experts > 0 && (per_token == 0 || per_token > experts) {
@@ -270,7 +270,7 @@ fn moe_fields(v: &Value) -> Result<Dims, String> {
         experts_per_token: per_token,
         moe_intermediate,
         sparse_step: field(v, "decoder_sparse_step")?,
-        ..Dims::default()
+        ..dense.clone()
     })
 }
 
@@ -285,19 +285,35 @@ fn bool_field(v: &Value, name: &str) -> Result<bool, String> {
 }
 
 impl Dims {
+    /// The fields most configs name alike (`num_hidden_layers`, `hidden_size`,
+    /// `num_attention_heads`, `intermediate_size`, `vocab_size`, `max_position_embeddings`),
+    /// one key/value head per query head; a family sets what differs.
+    fn named_alike(v: &Value) -> Result<Self, String> {
+        // Read in this order, so a config missing several names the first of them.
+        let layers = field(v, "num_hidden_layers")?;
+        let hidden = field(v, "hidden_size")?;
+        let heads = field(v, "num_attention_heads")?;
+        Ok(Self {
+            layers,
+            hidden,
+            heads,
+            kv_heads: heads,
+            intermediate: field(v, "intermediate_size")?,
+            vocab: field(v, "vocab_size")?,
+            max_positions: field(v, "max_position_embeddings")?,
+            ..Self::default()
+        })
+    }
+
     pub fn from_config(family: Family, v: &Value) -> Result<Self, String> {
         let dims = match family {
-            Family::Bert => Self {
-                layers: field(v, "num_hidden_layers")?,
-                hidden: field(v, "hidden_size")?,
-                heads: field(v, "num_attention_heads")?,
-                kv_heads: field(v, "num_attention_heads")?,
-                intermediate: field(v, "intermediate_size")?,
-                vocab: field(v, "vocab_size")?,
-                max_positions: field(v, "max_position_embeddings")?,
-                type_vocab: opt_field(v, "type_vocab_size")?.unwrap_or(2),
-                ..Self::default()
-            },
+            Family::Bert => {
+                let base = Self::named_alike(v)?;
+                Self {
+                    type_vocab: opt_field(v, "type_vocab_size")?.unwrap_or(2),
+                    ..base
+                }
+            }
             Family::Roberta => {
                 let table = field(v, "max_position_embeddings")?;
                 let pad = field(v, "pad_token_id")?;
@@ -306,17 +322,12 @@ impl Dims {
                         "field \"max_position_embeddings\" = {table} leaves no position after the padding id {pad} (RoBERTa counts positions from pad_token_id + 1)"
                     ));
                 }
+                let base = Self::named_alike(v)?;
                 Self {
-                    layers: field(v, "num_hidden_layers")?,
-                    hidden: field(v, "hidden_size")?,
-                    heads: field(v, "num_attention_heads")?,
-                    kv_heads: field(v, "num_attention_heads")?,
-                    intermediate: field(v, "intermediate_size")?,
-                    vocab: field(v, "vocab_size")?,
                     max_positions: table - pad - 1,
                     type_vocab: opt_field(v, "type_vocab_size")?.unwrap_or(1),
                     position_offset: pad + 1,
-                    ..Self::default()
+                    ..base
                 }
             }
             Family::DistilBert => Self {
@@ -346,19 +357,15 @@ impl Dims {
                     ..Self::default()
                 }
             }
-            Family::ModernBert => Self {
-                layers: field(v, "num_hidden_layers")?,
-                hidden: field(v, "hidden_size")?,
-                heads: field(v, "num_attention_heads")?,
-                kv_heads: field(v, "num_attention_heads")?,
-                intermediate: field(v, "intermediate_size")?,
-                vocab: field(v, "vocab_size")?,
-                max_positions: field(v, "max_position_embeddings")?,
-                global_every: field(v, "global_attn_every_n_layers")?.max(1),
-                ..Self::default()
-            },
+            Family::ModernBert => {
+                let base = Self::named_alike(v)?;
+                Self {
+                    global_every: field(v, "global_attn_every_n_layers")?.max(1),
+                    ..base
+                }
+            }
             Family::Mixtral => {
-                let heads = field(v, "num_attention_heads")?;
+                let base = Self::named_alike(v)?;
                 let experts = field(v, "num_local_experts")?;
                 let per_token = field(v, "num_experts_per_tok")?;
                 if per_token == 0 || per_token > experts {
@@ -367,17 +374,11 @@ impl Dims {
                     ));
                 }
                 Self {
-                    layers: field(v, "num_hidden_layers")?,
-                    hidden: field(v, "hidden_size")?,
-                    heads,
-                    kv_heads: opt_field(v, "num_key_value_heads")?.unwrap_or(heads),
-                    intermediate: field(v, "intermediate_size")?,
-                    vocab: field(v, "vocab_size")?,
-                    max_positions: field(v, "max_position_embeddings")?,
+                    kv_heads: opt_field(v, "num_key_value_heads")?.unwrap_or(base.heads),
                     // candle's Mixtral always holds its own lm_head (tied_embeddings false).
                     experts,
                     experts_per_token: per_token,
-                    ..Self::default()
+                    ..base
                 }
             }
             Family::Qwen3 | Family::Qwen3Moe => {
@@ -387,27 +388,23 @@ impl Dims {
                         "field \"use_sliding_window\" is true, and candle 0.11's Qwen3 has no sliding window (set it to false to measure full attention)".into(),
                     );
                 }
-                let moe = if family == Family::Qwen3Moe {
-                    moe_fields(v)?
-                } else {
-                    Self::default()
-                };
-                Self {
-                    layers: field(v, "num_hidden_layers")?,
-                    hidden: field(v, "hidden_size")?,
-                    heads: field(v, "num_attention_heads")?,
+                let base = Self::named_alike(v)?;
+                let dense = Self {
                     kv_heads: field(v, "num_key_value_heads")?,
-                    intermediate: field(v, "intermediate_size")?,
-                    vocab: field(v, "vocab_size")?,
-                    max_positions: field(v, "max_position_embeddings")?,
                     tied_embeddings: bool_field(v, "tie_word_embeddings")?,
                     head_dim_override: Some(field(v, "head_dim")?),
                     attention_bias: bool_field(v, "attention_bias")?,
-                    ..moe
+                    ..base
+                };
+                if family == Family::Qwen3Moe {
+                    with_experts(v, &dense)?
+                } else {
+                    dense
                 }
             }
             Family::Llama | Family::Qwen2 | Family::Mistral | Family::Phi3 => {
-                let heads = field(v, "num_attention_heads")?;
+                let base = Self::named_alike(v)?;
+                let (heads, hidden) = (base.heads, base.hidden);
                 if family == Family::Phi3
                     && v.get("partial_rotary_factor")
                         .and_then(Value::as_f64)
@@ -417,7 +414,6 @@ impl Dims {
                         "field \"partial_rotary_factor\" (rotary embedding on part of each head, as in Phi-4-mini) is not modelled yet; oomlab reads Phi-3 configs without it".into(),
                     );
                 }
-                let hidden = field(v, "hidden_size")?;
                 // candle's Mistral reads an explicit head_dim; the others derive it.
                 if family == Family::Mistral
                     && let Some(hd) = opt_field(v, "head_dim")?
@@ -429,19 +425,13 @@ impl Dims {
                     ));
                 }
                 Self {
-                    layers: field(v, "num_hidden_layers")?,
-                    hidden,
-                    heads,
                     kv_heads: opt_field(v, "num_key_value_heads")?.unwrap_or(heads),
-                    intermediate: field(v, "intermediate_size")?,
-                    vocab: field(v, "vocab_size")?,
-                    max_positions: field(v, "max_position_embeddings")?,
                     // candle's Mistral always holds its own lm_head.
                     tied_embeddings: family != Family::Mistral
                         && v.get("tie_word_embeddings")
                             .and_then(Value::as_bool)
                             .unwrap_or(false),
-                    ..Self::default()
+                    ..base
                 }
             }
         };

@@ -8,7 +8,7 @@
 // side by side.
 #![allow(clippy::many_single_char_names)]
 
-use super::sim::{Dt, Sim, T, cat};
+use super::sim::{Dt, Raw, Sim, T, cat};
 use crate::catalog::{Dims, Family};
 
 /// What a simulated forward needs besides the model's dims.
@@ -967,8 +967,25 @@ fn gated_mlp_width(r: &Run<'_>, x: &T, width: usize) -> T {
 
 /// A `Vec` grown by `n` pushes of `elem`-byte items: capacity 4, then doubling (the counting
 /// allocator counts a reallocation's growth, so the final capacity is what stays).
-fn pushed_vec(r: &Run<'_>, n: usize, elem: usize) -> Option<super::sim::Raw> {
+fn pushed_vec(r: &Run<'_>, n: usize, elem: usize) -> Option<Raw> {
     (n > 0).then(|| r.sim.raw((n.next_power_of_two().max(4) * elem) as u64))
+}
+
+/// Buffers that stand for `Vec`s (see [`expert_lists`]).
+type ExpertLists = ((Raw, Raw), Vec<(Option<Raw>, Option<Raw>)>);
+
+/// The mixture-of-experts blocks' per-expert token and weight lists (`vec![vec![]; E]` twice), then one push of
+/// a 4-byte item per token into each of its `k` experts' lists — with synthetic weights the same
+/// first `k` experts take every one of the `n` tokens. Alive while the result is.
+fn expert_lists(r: &Run<'_>, n: usize, experts: usize, k: usize) -> ExpertLists {
+    let outer = (
+        r.sim.raw((experts * 24) as u64),
+        r.sim.raw((experts * 24) as u64),
+    );
+    let lists: Vec<_> = (0..k)
+        .map(|_| (pushed_vec(r, n, 4), pushed_vec(r, n, 4)))
+        .collect();
+    (outer, lists)
 }
 
 /// `rotate_half`-style rotary on a transposed view: `(x.broadcast_mul(&cos)? +
@@ -1046,15 +1063,8 @@ fn mixtral(r: &Run<'_>, ids: &T) -> T {
                     drop(wide);
                     (rows, each)
                 };
-                // `top_x` and `selected_rws`: E empty Vecs each, then one push per token into
-                // each of its k experts (the first k, every token)
-                let outer = (
-                    r.sim.raw((experts * 24) as u64),
-                    r.sim.raw((experts * 24) as u64),
-                );
-                let lists: Vec<_> = (0..k)
-                    .map(|_| (pushed_vec(r, n, 4), pushed_vec(r, n, 4)))
-                    .collect();
+                // `top_x` and `selected_rws`
+                let lists = expert_lists(r, n, experts, k);
                 let mut ys = x.new_like(&[n, h], x.dt()); // `xs.zeros_like()`
                 for _ in 0..k {
                     let top_x = r.sim.alloc(&[n], Dt::U32);
@@ -1070,7 +1080,7 @@ fn mixtral(r: &Run<'_>, ids: &T) -> T {
                     drop((top_x, rws, current_state, chs, weighted));
                 }
                 let out = ys.reshape(&[b, s, h]);
-                drop((table, outer, lists, routing, router_logits, x, xn2));
+                drop((table, lists, routing, router_logits, x, xn2));
                 out
             };
             let out = xs2.binary(&moe);
@@ -1288,15 +1298,8 @@ fn qwen3_sparse_moe(r: &Run<'_>, x: &T) -> T {
         rows
     };
     let id_rows = (pushed_vec(r, n, 24), r.sim.raw((n * k * 4) as u64));
-    // `top_x` and `selected_experts`: E empty Vecs each, then one push per token into each of
-    // its k experts
-    let outer = (
-        r.sim.raw((experts * 24) as u64),
-        r.sim.raw((experts * 24) as u64),
-    );
-    let lists: Vec<_> = (0..k)
-        .map(|_| (pushed_vec(r, n, 4), pushed_vec(r, n, 4)))
-        .collect();
+    // `top_x` and `selected_experts`
+    let lists = expert_lists(r, n, experts, k);
     let mut ys = xs.new_like(&[n, h], xs.dt()); // `xs.zeros_like()`
     for _ in 0..k {
         let top_x = r.sim.alloc(&[n], Dt::U32);
@@ -1312,7 +1315,7 @@ fn qwen3_sparse_moe(r: &Run<'_>, x: &T) -> T {
         drop((top_x, selected, current_state, chs, weighted));
     }
     let out = ys.reshape(&[b, s, h]);
-    drop((ys, lists, outer, id_rows, weight_rows));
+    drop((ys, lists, id_rows, weight_rows));
     drop((gathered, experts_per_tok, routing, router_logits, xs));
     out
 }

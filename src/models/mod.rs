@@ -148,6 +148,16 @@ pub fn check_config(spec: &ModelSpec) -> Result<(), CatalogError> {
     }
 }
 
+/// A decoder's prefill from position 0, then its KV cache cleared, so no state leaks into the
+/// next forward (candle's decoders each have these two methods, on no shared trait).
+macro_rules! prefill {
+    ($m:expr, $ids:expr) => {{
+        let r = $m.forward($ids, 0);
+        $m.clear_kv_cache();
+        r
+    }};
+}
+
 /// Turns a panic inside candle's constructors (some `unwrap()` internally) into an error.
 fn catch<T>(family: Family, f: impl FnOnce() -> candle_core::Result<T>) -> Result<T, ModelError> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
@@ -378,36 +388,12 @@ impl LoadedModel {
                 Some(mut c) => model.forward(&ids, 0, &mut c),
                 None => Err(candle_core::Error::Msg("missing cache".into())),
             },
-            Kind::Qwen2(m) => {
-                let r = m.forward(&ids, 0);
-                m.clear_kv_cache();
-                r
-            }
-            Kind::Qwen3(m) => {
-                let r = m.forward(&ids, 0);
-                m.clear_kv_cache();
-                r
-            }
-            Kind::Qwen3Moe(m) => {
-                let r = m.forward(&ids, 0);
-                m.clear_kv_cache();
-                r
-            }
-            Kind::Mistral(m) => {
-                let r = m.forward(&ids, 0);
-                m.clear_kv_cache();
-                r
-            }
-            Kind::Phi3(m) => {
-                let r = m.forward(&ids, 0);
-                m.clear_kv_cache();
-                r
-            }
-            Kind::Gemma2(m) => {
-                let r = m.forward(&ids, 0);
-                m.clear_kv_cache();
-                r
-            }
+            Kind::Qwen2(m) => prefill!(m, &ids),
+            Kind::Qwen3(m) => prefill!(m, &ids),
+            Kind::Qwen3Moe(m) => prefill!(m, &ids),
+            Kind::Mistral(m) => prefill!(m, &ids),
+            Kind::Phi3(m) => prefill!(m, &ids),
+            Kind::Gemma2(m) => prefill!(m, &ids),
             Kind::ModernBert(m) => match &mask {
                 Some(mk) => m.forward(&ids, mk),
                 None => Err(candle_core::Error::Msg("missing mask".into())),

@@ -85,22 +85,8 @@ fn bad_configs_are_refused_with_the_file_and_the_fix() {
 #[test]
 fn qwen3_configs_candle_cannot_run_are_refused_naming_the_field() {
     let d = TempDir::new("qwen3cfg");
-    let tiny: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/assets/models/tiny-qwen3.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    let moe: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/assets/models/tiny-qwen3-moe.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
+    let tiny = crate::common::bundled_config("tiny-qwen3");
+    let moe = crate::common::bundled_config("tiny-qwen3-moe");
     let mut dense_layers = moe.clone();
     dense_layers["mlp_only_layers"] = serde_json::json!([0]);
     // Without model_type: read from the architecture name alone.

@@ -623,14 +623,7 @@ fn a_confirmation_over_the_limit_sends_the_curve_to_a_measured_search() {
 fn estimate_holds_on_configs_shaped_unlike_the_tiny_ones() {
     let dir = TempDir::new("est-shapes");
     let cancel = AtomicBool::new(false);
-    let base: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/assets/models/tiny-qwen2.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
+    let base = crate::common::bundled_config("tiny-qwen2");
     let mut wide_vocab = base.clone();
     wide_vocab["vocab_size"] = 40_000.into();
     let mut wide_heads = base;
@@ -638,28 +631,14 @@ fn estimate_holds_on_configs_shaped_unlike_the_tiny_ones() {
     wide_heads["num_attention_heads"] = 8.into();
     wide_heads["num_key_value_heads"] = 2.into();
     wide_heads["intermediate_size"] = 256.into();
-    let mut qwen3: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/assets/models/tiny-qwen3.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
+    let mut qwen3 = crate::common::bundled_config("tiny-qwen3");
     qwen3["attention_bias"] = false.into();
     qwen3["tie_word_embeddings"] = false.into();
     qwen3["num_key_value_heads"] = 1.into();
     qwen3["head_dim"] = 32.into();
     // Qwen3-MoE whose expert block, not its attention, holds the peak (at realistic widths the
     // attention's copies outweigh an expert's MLP on the CPU).
-    let mut experts: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/assets/models/tiny-qwen3-moe.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
+    let mut experts = crate::common::bundled_config("tiny-qwen3-moe");
     experts["num_attention_heads"] = 1.into();
     experts["num_key_value_heads"] = 1.into();
     experts["head_dim"] = 8.into();
