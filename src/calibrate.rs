@@ -116,7 +116,8 @@ pub fn measure(
     let model = ModelRef::Catalog(PROBE_MODEL.into());
     let spec = ModelSpec::resolve(&model).map_err(|e| e.to_string())?;
     let mut sup = Supervisor::new(worker.clone());
-    let ready = sup.ensure_loaded(&model, dtype, 1 << 30, Device::Cpu { threads }, cancel);
+    let load = crate::worker::Load::candle(model, dtype, 1 << 30, Device::Cpu { threads });
+    let ready = sup.ensure_loaded(&load, None, cancel);
     sup.shutdown();
     let ready = ready.map_err(|e| format!("measuring the runtime's own memory failed: {e}"))?;
     Ok(Runtime::from_baseline(

@@ -4,8 +4,8 @@ use crate::catalog::{BUNDLED, ModelRef, ModelSpec};
 use crate::measure::host::HostMemory;
 use crate::models;
 use crate::plan::{
-    BatchRange, Confirm, DeviceKind, Face, PlanField, PlanOverrides, Precision, Strategy,
-    SweepPlan, human_bytes, parse_bytes, parse_headroom,
+    Attn, BatchRange, Confirm, DeviceKind, Face, Optimizer, PlanField, PlanOverrides, Precision,
+    Runtime, Strategy, SweepPlan, Task, Workload, human_bytes, parse_bytes, parse_headroom,
 };
 use crate::report::{self, JournalError, Results};
 use crate::sweep::{self, PlanError, Sweep, SweepEvent};
@@ -98,7 +98,8 @@ pub struct SweepArgs {
     /// model's maximum if shorter).
     #[arg(long, value_delimiter = ',')]
     pub seq: Vec<usize>,
-    /// Precisions, comma-separated: f32, f16, bf16. Default: f32.
+    /// Precisions, comma-separated: f32, f16, bf16; with the torch runtime also amp-bf16 and
+    /// amp-f16 (f32 weights under torch.autocast). Default: f32.
     #[arg(long, value_delimiter = ',')]
     pub dtype: Vec<Precision>,
     /// Batch range, both ends included, e.g. 1..256. Default: 1..256.
@@ -129,6 +130,35 @@ pub struct SweepArgs {
     /// Device to measure on: cpu (default). cuda:N needs a build with the `cuda` feature.
     #[arg(long)]
     pub device: Option<DeviceKind>,
+    /// Runtimes, comma-separated (one curve each per seq and precision): candle (built in, the
+    /// default) and/or torch (PyTorch + transformers in your Python, see --python).
+    #[arg(long, value_delimiter = ',', help_heading = "PyTorch runtime")]
+    pub runtime: Vec<Runtime>,
+    /// The Python with torch and transformers for the torch runtime. Default: a `python` beside
+    /// oomlab, the active virtualenv or conda env, then python3 on PATH.
+    #[arg(long, help_heading = "PyTorch runtime")]
+    pub python: Option<PathBuf>,
+    /// What a trial runs: infer (a forward under `no_grad`, the default), grad (a forward that
+    /// keeps the autograd graph, as a script without `no_grad` does) or train (forward, backward,
+    /// optimizer step: the larger of the first and second step). grad and train need torch.
+    #[arg(long, help_heading = "PyTorch runtime")]
+    pub workload: Option<Workload>,
+    /// The model's head (torch): base, sequence-classification, causal-lm, masked-lm. Default:
+    /// inference as candle measures (encoders base, decoders causal-lm with logits for every
+    /// position); training sequence-classification for encoders, causal-lm for decoders.
+    #[arg(long, help_heading = "PyTorch runtime")]
+    pub task: Option<Task>,
+    /// transformers' attention (torch): sdpa (its default) or eager.
+    #[arg(long, help_heading = "PyTorch runtime")]
+    pub attn: Option<Attn>,
+    /// The training step's optimizer (torch): adamw (PyTorch's default implementation, the
+    /// default) or sgd (momentum 0.9).
+    #[arg(long, help_heading = "PyTorch runtime")]
+    pub optimizer: Option<Optimizer>,
+    /// Gradient checkpointing in training (torch), comma-separated: off, on, or off,on for both
+    /// curves side by side. Default: off.
+    #[arg(long, value_delimiter = ',', value_parser = crate::runtime::parse_on_off, help_heading = "PyTorch runtime")]
+    pub gradient_checkpointing: Vec<bool>,
     /// Append every outcome to this JSONL journal (default: a new file under
     /// ~/.local/share/oomlab/runs, printed at start).
     #[arg(long)]
@@ -224,6 +254,13 @@ impl Face for Flags {
             PlanField::Strategy => "--strategy",
             PlanField::Device => "--device",
             PlanField::Threads => "--threads",
+            PlanField::Runtime => "--runtime",
+            PlanField::Workload => "--workload",
+            PlanField::Python => "--python",
+            PlanField::Task => "--task",
+            PlanField::Attn => "--attn",
+            PlanField::Optimizer => "--optimizer",
+            PlanField::Checkpointing => "--gradient-checkpointing",
         }
     }
     fn model_list(&self) -> &'static str {
@@ -607,6 +644,14 @@ impl SweepArgs {
             strategy: self.strategy,
             device: self.device,
             threads: self.threads,
+            runtimes: (!self.runtime.is_empty()).then(|| self.runtime.clone()),
+            workload: self.workload,
+            python: self.python.clone(),
+            task: self.task,
+            attn: self.attn,
+            optimizer: self.optimizer,
+            checkpointing: (!self.gradient_checkpointing.is_empty())
+                .then(|| self.gradient_checkpointing.clone()),
         })
     }
 }
@@ -687,12 +732,14 @@ pub fn sweep(args: &SweepArgs, worker: &WorkerConfig) -> Result<Results, CliErro
                 "--journal and --resume both name a journal; pass only --resume JOURNAL to continue it",
             ));
         }
-        let sweep = Sweep::resume(resume, &given)?;
+        let mut sweep = Sweep::resume(resume, &given)?;
         check_host(&sweep.plan, &sweep.spec, args, worker)?;
+        say_python(sweep::probe_python(&mut sweep.plan, &worker.exe)?);
         sweep
     } else {
-        let (plan, spec) = sweep::plan_from(&given)?;
+        let (mut plan, spec) = sweep::plan_from(&given)?;
         check_host(&plan, &spec, args, worker)?;
+        say_python(sweep::probe_python(&mut plan, &worker.exe)?);
         let journal = args
             .journal
             .clone()
@@ -738,6 +785,18 @@ pub fn sweep(args: &SweepArgs, worker: &WorkerConfig) -> Result<Results, CliErro
     Ok(results)
 }
 
+/// The PyTorch runtime's interpreter and versions, before any trial.
+fn say_python(probed: Option<crate::worker::python::Probed>) {
+    if let Some(p) = probed {
+        eprintln!(
+            "PyTorch runtime: {} (found by {}): {}",
+            p.python.display(),
+            p.how,
+            p.versions.text()
+        );
+    }
+}
+
 /// Progress on stderr: a spinner line on a terminal, plain lines otherwise.
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
@@ -776,6 +835,30 @@ impl Progress {
                 contents,
             } => {
                 self.journal = Some(journal.clone());
+                if plan.runtimes != [Runtime::Candle] {
+                    self.line(&format!(
+                        "runtimes {}; workload: {}{}",
+                        plan.runtimes
+                            .iter()
+                            .map(|r| r.label())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        plan.workload.describe(),
+                        if plan.uses_torch() {
+                            format!(
+                                "; PyTorch: attention {}{}",
+                                plan.torch.attn,
+                                if plan.workload == Workload::Train {
+                                    format!(", optimizer {}", plan.torch.optimizer)
+                                } else {
+                                    String::new()
+                                }
+                            )
+                        } else {
+                            String::new()
+                        }
+                    ));
+                }
                 self.line(&format!(
                     "sweeping {model_name}: seq {}, {}, batch {}, capacity {}, strategy {}, device {}",
                     plan.seqs
@@ -807,13 +890,16 @@ impl Progress {
             }
             SweepEvent::WorkerReady(w) => self.line(&format!(
                 "worker ready ({}): weights {}, baseline {}, built in {:.1}s",
-                w.dtype,
+                w.build().label(),
                 human_bytes(w.weights_bytes),
                 human_bytes(w.baseline_bytes),
                 w.build_seconds
             )),
-            SweepEvent::LoadFailed { dtype, reason } => {
-                self.line(&format!("cannot build the {dtype} model: {reason}"));
+            SweepEvent::LoadFailed { build, reason } => {
+                self.line(&format!(
+                    "cannot build the {} model: {reason}",
+                    build.label()
+                ));
             }
             SweepEvent::TrialStarted {
                 curve,
@@ -828,8 +914,13 @@ impl Progress {
             }
             SweepEvent::TrialFinished(t) => {
                 self.n += 1;
+                let runtime = match t.runtime {
+                    Runtime::Candle => "",
+                    Runtime::Torch if t.checkpointing => "torch ckpt ",
+                    Runtime::Torch => "torch ",
+                };
                 self.line(&format!(
-                    "trial {:>3}  seq {:>5} {:<4} batch {:>5}  {} {:.2}s",
+                    "trial {:>3}  {runtime}seq {:>5} {:<4} batch {:>5}  {} {:.2}s",
                     self.n,
                     t.seq,
                     t.dtype,
@@ -875,7 +966,19 @@ pub fn print_results(r: &Results) {
             }
         }
     }
-    println!("forward: {}", r.forward);
+    let torch = r.plan.uses_torch();
+    if torch {
+        println!(
+            "workload: {}; PyTorch figures are PyTorch's own count (its profiler on the CPU, torch.cuda's statistics on a GPU)",
+            r.plan.workload.describe()
+        );
+        for (build, v) in &r.torch_versions {
+            println!("{build}: {}", v.text());
+        }
+    }
+    if r.plan.runtimes.contains(&Runtime::Candle) {
+        println!("forward: {}", r.forward);
+    }
     for (d, w) in &r.weights_bytes {
         println!("weights {d}: {w} bytes ({})", human_bytes(*w));
     }
@@ -893,8 +996,22 @@ pub fn print_results(r: &Results) {
         println!("{}", report::CUDA_FIGURES);
     }
     println!();
+    // With PyTorch in the plan each row names its runtime (and checkpointing).
+    let rt = |runtime: Runtime, checkpointing: bool| -> String {
+        if !torch {
+            return String::new();
+        }
+        let ck = if checkpointing { "+ckpt" } else { "" };
+        format!("{:<12} ", format!("{}{ck}", runtime.name()))
+    };
+    let rt_head = if torch {
+        format!("{:<12} ", "runtime")
+    } else {
+        String::new()
+    };
+    let w = if torch { 8 } else { 5 };
     println!(
-        "{:>4} {:>6} {:<5} {:>6} {:<9} {:<9} {:<7} {:>13} {:>13} {:>13} {:>8}",
+        "{:>4} {rt_head}{:>6} {:<w$} {:>6} {:<9} {:<9} {:<7} {:>13} {:>13} {:>13} {:>8}",
         "#",
         "seq",
         "dtype",
@@ -937,8 +1054,9 @@ pub fn print_results(r: &Results) {
     }
     for (i, t) in r.trials.iter().enumerate() {
         println!(
-            "{:>4} {:>6} {:<5} {:>6} {:<9} {:<9} {:<7} {:>13} {:>13} {:>13} {:>8.3}",
+            "{:>4} {}{:>6} {:<w$} {:>6} {:<9} {:<9} {:<7} {:>13} {:>13} {:>13} {:>8.3}",
             i + 1,
+            rt(t.runtime, t.checkpointing),
             t.seq,
             t.dtype.name(),
             t.batch,
@@ -953,12 +1071,13 @@ pub fn print_results(r: &Results) {
     }
     println!();
     println!(
-        "{:>6} {:<5} {:<9} {:>9} {:<12} {:>11} {:>11}",
+        "{rt_head}{:>6} {:<w$} {:<9} {:>9} {:<12} {:>11} {:>11}",
         "seq", "dtype", "strategy", "max_batch", "status", "trials_used", "recommended"
     );
     for (b, c) in r.boundaries.iter().zip(&r.recommendation.curves) {
         println!(
-            "{:>6} {:<5} {:<9} {:>9} {:<12} {:>11} {:>11}{}",
+            "{}{:>6} {:<w$} {:<9} {:>9} {:<12} {:>11} {:>11}{}",
+            rt(b.runtime, b.checkpointing),
             b.seq,
             b.dtype.name(),
             b.strategy.name(),
@@ -986,10 +1105,15 @@ pub fn print_results(r: &Results) {
     println!();
     match &r.recommendation.pick {
         Some(p) => println!(
-            "recommended: batch {} × seq {} in {} = {} tokens/step, {} ≤ limit {} (capacity − {:.0}% headroom)",
+            "recommended: batch {} × seq {} in {}{} = {} tokens/step, {} ≤ limit {} (capacity − {:.0}% headroom)",
             p.batch,
             p.seq,
             p.dtype,
+            match (torch, p.runtime, p.checkpointing) {
+                (false, _, _) => String::new(),
+                (true, Runtime::Torch, true) => " on PyTorch with gradient checkpointing".into(),
+                (true, runtime, _) => format!(" on {}", runtime.label()),
+            },
             p.tokens_per_step,
             match (p.total_bytes, p.predicted_bytes) {
                 (Some(t), _) => format!("total {} measured", human_bytes(t)),

@@ -16,6 +16,7 @@ pub mod plan;
 pub mod precision;
 pub mod presets;
 pub mod report;
+pub mod runtime;
 pub mod search;
 pub mod signals;
 pub mod sweep;

@@ -7,6 +7,8 @@ use std::str::FromStr;
 
 use crate::catalog::ModelRef;
 pub use crate::precision::Precision;
+pub use crate::runtime::{Attn, Optimizer, Runtime, Task, Workload};
+use std::path::PathBuf;
 
 /// Largest batch a plan may name: far beyond any device, small enough for shape arithmetic.
 pub const MAX_BATCH: usize = 65_536;
@@ -237,6 +239,40 @@ pub struct SweepPlan {
     pub headroom: f64,
     pub strategy: Strategy,
     pub device: Device,
+    /// The programs that run the trials; one curve per (runtime, seq, precision). Journals
+    /// written before the PyTorch runtime read as candle's.
+    pub runtimes: Vec<Runtime>,
+    /// What each trial runs (candle: inference only).
+    pub workload: Workload,
+    /// The PyTorch runtime's settings (ignored by candle).
+    pub torch: TorchPlan,
+}
+
+/// What the PyTorch runtime runs, beside the fields every runtime shares.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TorchPlan {
+    /// The interpreter the sweep found (`--python`, a `python` beside oomlab, the active
+    /// virtualenv or conda env, `python3` on PATH).
+    pub python: Option<PathBuf>,
+    /// The model's head; `None` takes the workload's default ([`Task::default_for`]).
+    pub task: Option<Task>,
+    pub attn: Attn,
+    pub optimizer: Optimizer,
+    /// Gradient checkpointing, off and/or on: one curve each (training only).
+    pub checkpointing: Vec<bool>,
+}
+
+impl TorchPlan {
+    /// The checkpointing settings curves are run with (off when none was given).
+    #[must_use]
+    pub fn checkpointing_list(&self) -> Vec<bool> {
+        if self.checkpointing.is_empty() {
+            vec![false]
+        } else {
+            dedup(&self.checkpointing)
+        }
+    }
 }
 
 /// The defaults both faces start from (one place). The command line asks for the model
@@ -252,6 +288,8 @@ pub mod defaults {
     pub const CAPACITY_BYTES: u64 = 1 << 30;
     pub const HEADROOM: f64 = 0.1;
     pub const STRATEGY: Strategy = Strategy::Auto;
+    /// candle: the built-in runtime, one binary and no Python.
+    pub const RUNTIMES: [super::Runtime; 1] = [super::Runtime::Candle];
     /// The model the window starts with.
     pub const WINDOW_MODEL: &str = "bert-base-uncased";
 
@@ -278,19 +316,50 @@ impl SweepPlan {
             device: Device::Cpu {
                 threads: defaults::threads(),
             },
+            runtimes: defaults::RUNTIMES.to_vec(),
+            workload: Workload::default(),
+            torch: TorchPlan::default(),
         }
     }
 
-    /// Curves in the order they are run: grouped by precision so one worker build serves each group.
+    /// Curves in the order they are run: grouped by runtime, checkpointing and precision so one
+    /// worker build serves each group.
     #[must_use]
     pub fn curves(&self) -> Vec<Curve> {
         let mut out = Vec::new();
-        for &dtype in &self.dtypes {
-            for &seq in &self.seqs {
-                out.push(Curve { seq, dtype });
+        for &runtime in &self.runtimes {
+            let checkpointing = match runtime {
+                Runtime::Candle => vec![false],
+                Runtime::Torch => self.torch.checkpointing_list(),
+            };
+            for &checkpointing in &checkpointing {
+                for &dtype in &self.dtypes {
+                    for &seq in &self.seqs {
+                        out.push(Curve {
+                            runtime,
+                            seq,
+                            dtype,
+                            checkpointing,
+                        });
+                    }
+                }
             }
         }
         out
+    }
+
+    /// Whether any curve runs on the PyTorch runtime.
+    #[must_use]
+    pub fn uses_torch(&self) -> bool {
+        self.runtimes.contains(&Runtime::Torch)
+    }
+
+    /// The PyTorch head this plan's model gets (`decoder`: whether the model is a decoder).
+    #[must_use]
+    pub fn torch_task(&self, decoder: bool) -> Task {
+        self.torch
+            .task
+            .unwrap_or_else(|| Task::default_for(self.workload, decoder))
     }
 
     /// The byte limit the recommendation keeps under.
@@ -354,6 +423,45 @@ impl SweepPlan {
         {
             diff(PlanField::Threads, a.to_string(), b.to_string());
         }
+        let names = |v: &[Runtime]| v.iter().map(|r| r.name()).collect::<Vec<_>>().join(",");
+        diff(
+            PlanField::Runtime,
+            names(&self.runtimes),
+            names(&other.runtimes),
+        );
+        diff(
+            PlanField::Workload,
+            self.workload.to_string(),
+            other.workload.to_string(),
+        );
+        // PyTorch's settings matter only where PyTorch runs.
+        if self.uses_torch() || other.uses_torch() {
+            let (a, b) = (&self.torch, &other.torch);
+            let path = |p: &Option<PathBuf>| {
+                p.as_ref()
+                    .map_or_else(|| "(found)".into(), |p| p.display().to_string())
+            };
+            diff(PlanField::Python, path(&a.python), path(&b.python));
+            let task = |t: Option<Task>| t.map_or_else(|| "default".into(), |t| t.to_string());
+            diff(PlanField::Task, task(a.task), task(b.task));
+            diff(PlanField::Attn, a.attn.to_string(), b.attn.to_string());
+            diff(
+                PlanField::Optimizer,
+                a.optimizer.to_string(),
+                b.optimizer.to_string(),
+            );
+            let ck = |v: Vec<bool>| {
+                v.into_iter()
+                    .map(crate::runtime::on_off)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            diff(
+                PlanField::Checkpointing,
+                ck(a.checkpointing_list()),
+                ck(b.checkpointing_list()),
+            );
+        }
         out
     }
 }
@@ -371,6 +479,13 @@ pub enum PlanField {
     Strategy,
     Device,
     Threads,
+    Runtime,
+    Workload,
+    Python,
+    Task,
+    Attn,
+    Optimizer,
+    Checkpointing,
 }
 
 /// One field in which two plans differ.
@@ -396,6 +511,13 @@ pub struct PlanOverrides {
     pub strategy: Option<Strategy>,
     pub device: Option<DeviceKind>,
     pub threads: Option<usize>,
+    pub runtimes: Option<Vec<Runtime>>,
+    pub workload: Option<Workload>,
+    pub python: Option<PathBuf>,
+    pub task: Option<Task>,
+    pub attn: Option<Attn>,
+    pub optimizer: Option<Optimizer>,
+    pub checkpointing: Option<Vec<bool>>,
 }
 
 impl PlanOverrides {
@@ -431,6 +553,21 @@ impl PlanOverrides {
             headroom: self.headroom.unwrap_or(base.headroom),
             strategy: self.strategy.unwrap_or(base.strategy),
             device,
+            runtimes: self
+                .runtimes
+                .as_deref()
+                .map_or_else(|| base.runtimes.clone(), dedup),
+            workload: self.workload.unwrap_or(base.workload),
+            torch: TorchPlan {
+                python: self.python.clone().or_else(|| base.torch.python.clone()),
+                task: self.task.or(base.torch.task),
+                attn: self.attn.unwrap_or(base.torch.attn),
+                optimizer: self.optimizer.unwrap_or(base.torch.optimizer),
+                checkpointing: self
+                    .checkpointing
+                    .as_deref()
+                    .map_or_else(|| base.torch.checkpointing.clone(), dedup),
+            },
         }
     }
 }
@@ -473,6 +610,13 @@ impl Face for PlainWords {
             PlanField::Strategy => "the strategy",
             PlanField::Device => "the device",
             PlanField::Threads => "the thread count",
+            PlanField::Runtime => "the runtime",
+            PlanField::Workload => "the workload",
+            PlanField::Python => "the Python interpreter",
+            PlanField::Task => "the task",
+            PlanField::Attn => "the attention",
+            PlanField::Optimizer => "the optimizer",
+            PlanField::Checkpointing => "gradient checkpointing",
         }
     }
     fn model_list(&self) -> &'static str {
@@ -548,6 +692,18 @@ pub enum PlanProblem {
         capacity_bytes: u64,
         host: crate::measure::host::HostMemory,
     },
+    /// candle runs inference forwards in one precision only; `what` needs PyTorch.
+    CandleCannot {
+        what: CandleLacks,
+    },
+    /// Gradient checkpointing is asked for a workload that does not train.
+    CheckpointingWithoutTraining {
+        workload: Workload,
+    },
+    /// Training asked of a head without a loss (`--task base`).
+    TrainingWithoutLoss,
+    /// The Python interpreter cannot run the PyTorch worker (one sentence naming it and the fix).
+    Python(String),
     /// The model's weights alone in a chosen precision do not fit this machine (CPU device),
     /// whatever the capacity; `fits` is the widest precision whose weights would.
     WeightsAboveHost {
@@ -616,6 +772,29 @@ impl PlanProblem {
                     .unwrap_or("its code mixes f32 with the run precision")
             ),
             Self::ZeroThreads => format!("{here} must be at least 1"),
+            Self::CandleCannot { what } => {
+                let runtime = control(PlanField::Runtime);
+                match what {
+                    CandleLacks::Workload(w) => format!(
+                        "the candle runtime runs inference forwards only: the {w} workload ({}) needs the torch runtime; choose torch alone in {runtime}, or infer in {here}",
+                        w.describe()
+                    ),
+                    CandleLacks::Amp(d) => format!(
+                        "the candle runtime has no mixed precision: {d} needs the torch runtime; choose torch alone in {runtime}, or remove {d} from {here}"
+                    ),
+                    CandleLacks::Checkpointing => format!(
+                        "the candle runtime does not train, so it has no gradient checkpointing; choose torch alone in {runtime}, or off in {here}"
+                    ),
+                }
+            }
+            Self::CheckpointingWithoutTraining { workload } => format!(
+                "gradient checkpointing only changes a training step, and the workload is {workload}; choose train in {} or off in {here}",
+                control(PlanField::Workload)
+            ),
+            Self::TrainingWithoutLoss => format!(
+                "a training step needs a head with a loss, and the base model has none; choose sequence-classification, causal-lm or masked-lm in {here}"
+            ),
+            Self::Python(sentence) => format!("{sentence} (set in {here})"),
             Self::CapacityAboveHost {
                 capacity_bytes,
                 host,
@@ -683,9 +862,19 @@ impl PlanProblem {
     }
 }
 
+/// What the candle runtime lacks, for [`PlanProblem::CandleCannot`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CandleLacks {
+    Workload(Workload),
+    Amp(Precision),
+    Checkpointing,
+}
+
 mod legacy {
     //! Journals written before the device was typed said `"device": "cpu", "threads": N`.
-    use super::{BatchRange, Device, ModelRef, Precision, Strategy, SweepPlan};
+    use super::{
+        BatchRange, Device, ModelRef, Precision, Runtime, Strategy, SweepPlan, TorchPlan, Workload,
+    };
     use serde::Deserialize;
 
     #[derive(Deserialize)]
@@ -706,6 +895,16 @@ mod legacy {
         strategy: Strategy,
         device: DeviceRepr,
         threads: Option<usize>,
+        #[serde(default = "candle_only")]
+        runtimes: Vec<Runtime>,
+        #[serde(default)]
+        workload: Workload,
+        #[serde(default)]
+        torch: TorchPlan,
+    }
+
+    fn candle_only() -> Vec<Runtime> {
+        vec![Runtime::Candle]
     }
 
     impl TryFrom<PlanRepr> for SweepPlan {
@@ -727,21 +926,78 @@ mod legacy {
                 headroom: p.headroom,
                 strategy: p.strategy,
                 device,
+                runtimes: p.runtimes,
+                workload: p.workload,
+                torch: p.torch,
             })
         }
     }
 }
 
-/// One curve of the plot: a (sequence length, precision) pair.
+/// One curve of the plot: a (runtime, sequence length, precision) and, for PyTorch training,
+/// whether gradient checkpointing is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Curve {
+    #[serde(default)]
+    pub runtime: Runtime,
     pub seq: usize,
     pub dtype: Precision,
+    #[serde(default)]
+    pub checkpointing: bool,
+}
+
+/// What one worker is built for: every curve with the same build shares its worker's baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Build {
+    pub runtime: Runtime,
+    pub dtype: Precision,
+    pub checkpointing: bool,
+}
+
+impl Build {
+    /// A short label: `f32` for candle (as results always said), `torch f32`, `torch f32 ckpt`.
+    #[must_use]
+    pub fn label(self) -> String {
+        match (self.runtime, self.checkpointing) {
+            (Runtime::Candle, _) => self.dtype.name().to_string(),
+            (Runtime::Torch, false) => format!("torch {}", self.dtype),
+            (Runtime::Torch, true) => format!("torch {} ckpt", self.dtype),
+        }
+    }
+}
+
+impl Curve {
+    /// A candle curve (the only runtime before PyTorch's).
+    #[must_use]
+    pub fn candle(seq: usize, dtype: Precision) -> Self {
+        Self {
+            runtime: Runtime::Candle,
+            seq,
+            dtype,
+            checkpointing: false,
+        }
+    }
+
+    #[must_use]
+    pub fn build(self) -> Build {
+        Build {
+            runtime: self.runtime,
+            dtype: self.dtype,
+            checkpointing: self.checkpointing,
+        }
+    }
 }
 
 impl fmt::Display for Curve {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "seq {} {}", self.seq, self.dtype)
+        if self.runtime == Runtime::Torch {
+            f.write_str("torch ")?;
+        }
+        write!(f, "seq {} {}", self.seq, self.dtype)?;
+        if self.checkpointing {
+            f.write_str(" ckpt")?;
+        }
+        Ok(())
     }
 }
 

@@ -6,14 +6,16 @@ use crate::catalog::{CatalogError, ModelSpec};
 use crate::measure::host::HostMemory;
 use crate::models;
 use crate::plan::{
-    Confirm, Curve, Device, Face, FieldDifference, PlainWords, PlanField, PlanOverrides,
-    PlanProblem, Precision, SweepPlan,
+    Build, CandleLacks, Confirm, Curve, Device, Face, FieldDifference, PlainWords, PlanField,
+    PlanOverrides, PlanProblem, Runtime, SweepPlan, Workload,
 };
 use crate::report::{
     self, CurvePhase, Failure, Header, Journal, JournalContents, JournalError, JournalLine,
     Outcome, Purpose, Results, TrialRecord, WorkerInfo,
 };
-use crate::worker::{Death, Supervisor, TrialResult, WorkerConfig};
+use crate::worker::protocol::TorchLoad;
+use crate::worker::python::{self, Probed};
+use crate::worker::{Death, Load, Supervisor, TrialResult, WorkerConfig};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,7 +33,7 @@ pub enum SweepEvent {
     },
     WorkerReady(WorkerInfo),
     LoadFailed {
-        dtype: Precision,
+        build: Build,
         reason: String,
     },
     /// The worker has begun the measured forward of this trial.
@@ -230,7 +232,9 @@ pub fn check(plan: &SweepPlan, spec: &ModelSpec) -> Result<(), PlanError> {
     if plan.capacity_bytes == 0 {
         return Err(PlanError::invalid(PlanField::Capacity, P::ZeroCapacity));
     }
-    if let Some(reason) = spec.family.not_in_this_build() {
+    check_runtimes(plan, spec)?;
+    let candle = plan.runtimes.contains(&Runtime::Candle);
+    if candle && let Some(reason) = spec.family.not_in_this_build() {
         return Err(PlanError::invalid(
             PlanField::Model,
             P::FamilyNotInBuild {
@@ -241,7 +245,9 @@ pub fn check(plan: &SweepPlan, spec: &ModelSpec) -> Result<(), PlanError> {
         ));
     }
     for &dtype in &plan.dtypes {
-        check_dtype(spec, dtype)?;
+        if candle {
+            check_dtype(spec, dtype)?;
+        }
         let weights_bytes = models::weights_bytes(spec, dtype.candle());
         if weights_bytes >= plan.capacity_bytes {
             return Err(PlanError::invalid(
@@ -256,6 +262,92 @@ pub fn check(plan: &SweepPlan, spec: &ModelSpec) -> Result<(), PlanError> {
         }
     }
     Ok(())
+}
+
+/// What each runtime can run: candle runs inference forwards in one precision; PyTorch's
+/// checkpointing needs training, and training a head with a loss.
+fn check_runtimes(plan: &SweepPlan, spec: &ModelSpec) -> Result<(), PlanError> {
+    use PlanProblem as P;
+    if plan.runtimes.is_empty() {
+        return Err(PlanError::invalid(PlanField::Runtime, P::Missing));
+    }
+    let checkpointing = plan.torch.checkpointing_list().contains(&true);
+    if plan.runtimes.contains(&Runtime::Candle) {
+        let lacks = |field, what| Err(PlanError::invalid(field, P::CandleCannot { what }));
+        if plan.workload != Workload::Infer {
+            return lacks(PlanField::Workload, CandleLacks::Workload(plan.workload));
+        }
+        if let Some(&d) = plan.dtypes.iter().find(|d| d.is_amp()) {
+            return lacks(PlanField::Dtype, CandleLacks::Amp(d));
+        }
+        if checkpointing && !plan.uses_torch() {
+            return lacks(PlanField::Checkpointing, CandleLacks::Checkpointing);
+        }
+    }
+    if plan.uses_torch() {
+        if checkpointing && plan.workload != Workload::Train {
+            return Err(PlanError::invalid(
+                PlanField::Checkpointing,
+                P::CheckpointingWithoutTraining {
+                    workload: plan.workload,
+                },
+            ));
+        }
+        if plan.workload == Workload::Train && !plan.torch_task(spec.family.is_decoder()).has_loss()
+        {
+            return Err(PlanError::invalid(PlanField::Task, P::TrainingWithoutLoss));
+        }
+    }
+    Ok(())
+}
+
+/// Finds and probes the PyTorch runtime's interpreter when the plan uses it (`exe`: the oomlab
+/// binary, beside which a `python` is looked for), and records the one found in the plan. Runs
+/// the interpreter (seconds: it imports torch): call it off the UI thread.
+pub fn probe_python(plan: &mut SweepPlan, exe: &Path) -> Result<Option<Probed>, PlanError> {
+    if !plan.uses_torch() {
+        return Ok(None);
+    }
+    let problem = |p: python::PythonProblem| {
+        PlanError::invalid(PlanField::Python, PlanProblem::Python(p.to_string()))
+    };
+    let found = python::find(plan.torch.python.as_deref(), exe).map_err(problem)?;
+    let probed = python::probe(&found).map_err(problem)?;
+    plan.torch.python = Some(probed.python.clone());
+    Ok(Some(probed))
+}
+
+/// The `model_type` transformers reads, for a config that left it out (oomlab reads the family from
+/// `architectures` too).
+fn hf_model_type(family: crate::catalog::Family) -> &'static str {
+    use crate::catalog::Family as F;
+    match family {
+        F::Bert => "bert",
+        F::DistilBert => "distilbert",
+        F::Llama => "llama",
+        F::Qwen2 => "qwen2",
+        F::Mistral => "mistral",
+        F::Phi3 => "phi3",
+        F::Roberta => "roberta",
+        F::Gemma2 => "gemma2",
+        F::Mixtral => "mixtral",
+        F::ModernBert => "modernbert",
+        F::Qwen3 => "qwen3",
+        F::Qwen3Moe => "qwen3_moe",
+    }
+}
+
+/// The config transformers builds the model from: the file's, with `model_type` filled in.
+#[must_use]
+pub fn torch_config(spec: &ModelSpec) -> serde_json::Value {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&spec.config_json).unwrap_or_else(|_| serde_json::json!({}));
+    if let Some(obj) = v.as_object_mut()
+        && !obj.contains_key("model_type")
+    {
+        obj.insert("model_type".into(), hf_model_type(spec.family).into());
+    }
+    v
 }
 
 /// A sequence length the model can take (1 to its maximum positions).
@@ -278,7 +370,7 @@ pub fn check_seq(spec: &ModelSpec, seq: usize) -> Result<(), PlanError> {
 }
 
 /// A precision candle can run the model's family in.
-pub fn check_dtype(spec: &ModelSpec, dtype: Precision) -> Result<(), PlanError> {
+pub fn check_dtype(spec: &ModelSpec, dtype: crate::plan::Precision) -> Result<(), PlanError> {
     if spec.family.supports(dtype) {
         return Ok(());
     }
@@ -450,6 +542,8 @@ pub struct Sweep {
 struct RunState {
     cancelled: bool,
     last_pid: Option<u32>,
+    /// This machine's memory (the PyTorch worker is watched against it).
+    host: Option<HostMemory>,
     /// The last end reported for each curve (a curve is reported again only when it changes).
     reported: HashMap<Curve, CurvePhase>,
 }
@@ -522,8 +616,20 @@ impl Sweep {
         match line {
             JournalLine::Worker(w) => self.contents.workers.push(w),
             JournalLine::Trial(t) => self.contents.trials.push(t),
-            JournalLine::LoadFailed { dtype, reason } => {
-                self.contents.load_failures.push((dtype, reason));
+            JournalLine::LoadFailed {
+                runtime,
+                dtype,
+                checkpointing,
+                reason,
+            } => {
+                self.contents.load_failures.push((
+                    Build {
+                        runtime,
+                        dtype,
+                        checkpointing,
+                    },
+                    reason,
+                ));
             }
             JournalLine::Host(h) => self.contents.host = Some(h),
             JournalLine::End { .. } | JournalLine::Plan(_) => {}
@@ -537,7 +643,7 @@ impl Sweep {
             .load_failures
             .iter()
             .rev()
-            .find(|(d, _)| *d == curve.dtype)
+            .find(|(b, _)| *b == curve.build())
             .map(|(_, r)| r.as_str());
         report::curve_phase(
             &self.plan,
@@ -560,15 +666,7 @@ impl Sweep {
     fn next_confirmation(&self) -> Option<(Curve, usize)> {
         let r = report::summarize(&self.contents);
         let computed = |c: &crate::report::CurveRecommendation| {
-            c.batch.filter(|_| c.computed).map(|b| {
-                (
-                    Curve {
-                        seq: c.seq,
-                        dtype: c.dtype,
-                    },
-                    b,
-                )
-            })
+            c.batch.filter(|_| c.computed).map(|b| (c.curve(), b))
         };
         match &self.confirm {
             Confirm::None => None,
@@ -577,26 +675,13 @@ impl Sweep {
                 .pick
                 .as_ref()
                 .filter(|p| p.computed)
-                .map(|p| {
-                    (
-                        Curve {
-                            seq: p.seq,
-                            dtype: p.dtype,
-                        },
-                        p.batch,
-                    )
-                }),
+                .map(|p| (p.curve(), p.batch)),
             Confirm::All => r.recommendation.curves.iter().find_map(computed),
             Confirm::Curves(list) => r
                 .recommendation
                 .curves
                 .iter()
-                .filter(|c| {
-                    list.contains(&Curve {
-                        seq: c.seq,
-                        dtype: c.dtype,
-                    })
-                })
+                .filter(|c| list.contains(&c.curve()))
                 .find_map(computed),
         }
     }
@@ -610,7 +695,8 @@ impl Sweep {
         sink: &mut dyn FnMut(SweepEvent),
     ) -> Result<Results, SweepError> {
         let mut sup = Supervisor::new(worker.clone());
-        if let Some(host) = worker.faults.host_memory() {
+        let host = worker.faults.host_memory();
+        if let Some(host) = host {
             self.record(JournalLine::Host(host))?;
         }
         sink(SweepEvent::Started {
@@ -623,6 +709,7 @@ impl Sweep {
         let mut run = RunState {
             cancelled: false,
             last_pid: None,
+            host,
             reported: HashMap::new(),
         };
         'sweep: loop {
@@ -678,13 +765,8 @@ impl Sweep {
         cancel: &Arc<AtomicBool>,
         sink: &mut dyn FnMut(SweepEvent),
     ) -> Result<bool, SweepError> {
-        let ready = match sup.ensure_loaded(
-            &self.plan.model,
-            curve.dtype,
-            self.plan.capacity_bytes,
-            self.plan.device,
-            cancel,
-        ) {
+        let load = self.load_for(curve);
+        let ready = match sup.ensure_loaded(&load, run.host.as_ref(), cancel) {
             Ok(r) => r,
             Err(reason) => {
                 if cancel.load(Ordering::Relaxed) {
@@ -692,11 +774,13 @@ impl Sweep {
                     return Ok(false);
                 }
                 self.record(JournalLine::LoadFailed {
+                    runtime: curve.runtime,
                     dtype: curve.dtype,
+                    checkpointing: curve.checkpointing,
                     reason: reason.clone(),
                 })?;
                 sink(SweepEvent::LoadFailed {
-                    dtype: curve.dtype,
+                    build: curve.build(),
                     reason,
                 });
                 return Ok(true);
@@ -705,7 +789,9 @@ impl Sweep {
         if run.last_pid != Some(ready.pid) {
             run.last_pid = Some(ready.pid);
             let info = WorkerInfo {
+                runtime: curve.runtime,
                 dtype: curve.dtype,
+                checkpointing: curve.checkpointing,
                 weights_bytes: ready.weights_bytes,
                 baseline_bytes: ready.baseline_bytes,
                 threads: ready.threads,
@@ -715,6 +801,7 @@ impl Sweep {
                 overhead_bytes: ready.overhead_bytes,
                 ballast_bytes: ready.ballast_bytes,
                 pool_capacity_bytes: ready.pool_capacity_bytes,
+                versions: ready.versions,
             };
             self.record(JournalLine::Worker(info.clone()))?;
             sink(SweepEvent::WorkerReady(info));
@@ -747,6 +834,35 @@ impl Sweep {
         Ok(true)
     }
 
+    /// What the worker for `curve` is asked to build.
+    fn load_for(&self, curve: Curve) -> Load {
+        let torch = (curve.runtime == Runtime::Torch).then(|| {
+            let python = self
+                .plan
+                .torch
+                .python
+                .clone()
+                .unwrap_or_else(|| "python3".into());
+            let load = TorchLoad {
+                config: torch_config(&self.spec),
+                weights_dir: self.spec.checkpoint.as_ref().map(|c| c.dir.clone()),
+                workload: self.plan.workload,
+                task: self.plan.torch_task(self.spec.family.is_decoder()),
+                attn: self.plan.torch.attn,
+                optimizer: self.plan.torch.optimizer,
+                checkpointing: curve.checkpointing,
+            };
+            (python, load)
+        });
+        Load {
+            model: self.plan.model.clone(),
+            dtype: curve.dtype,
+            capacity_bytes: self.plan.capacity_bytes,
+            device: self.plan.device,
+            torch,
+        }
+    }
+
     fn trial_record(
         &self,
         curve: Curve,
@@ -757,9 +873,11 @@ impl Sweep {
         pid: Option<u32>,
     ) -> TrialRecord {
         let mut r = TrialRecord {
+            runtime: curve.runtime,
             batch,
             seq: curve.seq,
             dtype: curve.dtype,
+            checkpointing: curve.checkpointing,
             strategy: self.plan.strategy,
             purpose,
             outcome: Outcome::Failed,
@@ -777,6 +895,7 @@ impl Sweep {
             device_used_bytes: None,
             process_bytes: None,
             timeline: None,
+            steps_bytes: None,
         };
         match result {
             TrialResult::Measured(m) => {
@@ -791,6 +910,7 @@ impl Sweep {
                 r.device_used_bytes = m.device_used_bytes;
                 r.process_bytes = m.process_bytes;
                 r.timeline = m.timeline;
+                r.steps_bytes = m.steps_bytes;
             }
             TrialResult::Died(Death::Oom { requested_bytes }) => {
                 r.outcome = Outcome::Oom;

@@ -271,14 +271,13 @@ fn measure(
     let host = crate::measure::host::HostMemory::read();
     let want = e.total_bytes.saturating_mul(3) / 2 + (256 << 20);
     let capacity = host.map_or(want, |h| want.min(h.largest_capacity_bytes()));
-    sup.ensure_loaded(
-        &spec.reference,
+    let load = crate::worker::Load::candle(
+        spec.reference.clone(),
         dtype,
         capacity,
         Device::Cpu { threads },
-        cancel,
-    )
-    .map_err(|e| {
+    );
+    sup.ensure_loaded(&load, None, cancel).map_err(|e| {
         CliError::runtime(format!(
             "--check could not build {} in {dtype}: {e}",
             spec.name

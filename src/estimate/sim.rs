@@ -32,7 +32,10 @@ impl Dt {
 impl From<crate::plan::Precision> for Dt {
     fn from(p: crate::plan::Precision) -> Self {
         match p {
-            crate::plan::Precision::F32 => Self::F32,
+            // candle refuses mixed precision at plan time; its weights would be f32.
+            crate::plan::Precision::F32
+            | crate::plan::Precision::AmpBf16
+            | crate::plan::Precision::AmpF16 => Self::F32,
             crate::plan::Precision::F16 => Self::F16,
             crate::plan::Precision::Bf16 => Self::Bf16,
         }

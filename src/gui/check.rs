@@ -127,7 +127,7 @@ impl Checker {
                     let checked = form::check(&settings);
                     let msg = BgMsg::Checked {
                         key: Box::new(settings),
-                        checked,
+                        checked: Box::new(checked),
                     };
                     if tx.send(msg).is_err() {
                         return;

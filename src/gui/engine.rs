@@ -29,7 +29,7 @@ pub enum EngineMsg {
 pub enum EngineJob {
     /// A new sweep of this (checked) plan, journaled under `journal_dir` (default folder if None).
     New {
-        plan: SweepPlan,
+        plan: Box<SweepPlan>,
         journal_dir: Option<PathBuf>,
     },
     /// Continue this journal.
@@ -149,13 +149,26 @@ fn engine_thread(
         }
         ctx.request_repaint();
     };
+    // The PyTorch runtime's interpreter is probed here, off the UI thread, before any trial.
+    let probe = |mut s: Sweep| -> Result<Sweep, sweep::PlanError> {
+        sweep::probe_python(&mut s.plan, &worker.exe)?;
+        Ok(s)
+    };
     let sweep = match job {
-        EngineJob::Resume(path) => Sweep::resume(&path, &crate::plan::PlanOverrides::default()),
+        EngineJob::Resume(path) => {
+            Sweep::resume(&path, &crate::plan::PlanOverrides::default()).and_then(probe)
+        }
         EngineJob::Confirm { journal, curve } => {
             Sweep::resume(&journal, &crate::plan::PlanOverrides::default())
+                .and_then(probe)
                 .map(|s| s.confirming(crate::plan::Confirm::Curves(vec![curve])))
         }
-        EngineJob::New { plan, journal_dir } => sweep::validate(&plan).and_then(|spec| {
+        EngineJob::New {
+            mut plan,
+            journal_dir,
+        } => sweep::validate(&plan).and_then(|spec| {
+            sweep::probe_python(&mut plan, &worker.exe)?;
+            let plan = *plan;
             let path = sweep::default_journal_path(&spec.name);
             let path = match journal_dir {
                 Some(d) => d.join(path.file_name().unwrap_or_default()),
@@ -277,18 +290,24 @@ impl OomLabApp {
                 }
                 SweepEvent::WorkerReady(w) => {
                     log.push(format!(
-                        "worker ready ({}): weights {}, baseline {}, {} threads, built in {:.1}s",
-                        w.dtype,
+                        "worker ready ({}): weights {}, baseline {}, {} threads, built in {:.1}s{}",
+                        w.build().label(),
                         crate::plan::human_bytes(w.weights_bytes),
                         crate::plan::human_bytes(w.baseline_bytes),
                         w.threads,
-                        w.build_seconds
+                        w.build_seconds,
+                        w.versions
+                            .as_ref()
+                            .map_or_else(String::new, |v| format!("; {}", v.text()))
                     ));
                     update(shown, |c| c.workers.push(w));
                 }
-                SweepEvent::LoadFailed { dtype, reason } => {
-                    log.push(format!("cannot build the {dtype} model: {reason}"));
-                    update(shown, |c| c.load_failures.push((dtype, reason)));
+                SweepEvent::LoadFailed { build, reason } => {
+                    log.push(format!(
+                        "cannot build the {} model: {reason}",
+                        build.label()
+                    ));
+                    update(shown, |c| c.load_failures.push((build, reason)));
                 }
                 SweepEvent::TrialStarted {
                     curve,

@@ -4,8 +4,8 @@
 use super::settings::Settings;
 use crate::catalog::{BUNDLED, ModelRef, ModelSpec};
 use crate::plan::{
-    BatchRange, DeviceKind, Face, PlanField, PlanOverrides, PlanProblem, Precision, SweepPlan,
-    parse_bytes, parse_headroom,
+    BatchRange, DeviceKind, Face, PlanField, PlanOverrides, PlanProblem, Precision, Runtime,
+    SweepPlan, Workload, parse_bytes, parse_headroom,
 };
 use crate::sweep::{self, PlanError};
 
@@ -23,6 +23,13 @@ pub mod label {
     pub const DEVICE: &str = "Device";
     pub const THREADS: &str = "Worker threads";
     pub const OVERCOMMIT: &str = "Allow overcommit";
+    pub const RUNTIME: &str = "Runtime";
+    pub const PYTHON: &str = "Python";
+    pub const WORKLOAD: &str = "Workload";
+    pub const TASK: &str = "Task";
+    pub const ATTN: &str = "Attention";
+    pub const OPTIMIZER: &str = "Optimizer";
+    pub const CHECKPOINTING: &str = "Gradient checkpointing";
 }
 
 /// The window names a field by the control that sets it.
@@ -40,6 +47,13 @@ impl Face for Labels {
             PlanField::Strategy => "the Strategy choice",
             PlanField::Device => "the Device choice",
             PlanField::Threads => "the Worker threads field",
+            PlanField::Runtime => "the Runtime boxes",
+            PlanField::Workload => "the Workload choice",
+            PlanField::Python => "the Python field",
+            PlanField::Task => "the Task choice",
+            PlanField::Attn => "the Attention choice",
+            PlanField::Optimizer => "the Optimizer choice",
+            PlanField::Checkpointing => "the Gradient checkpointing boxes",
         }
     }
     fn model_list(&self) -> &'static str {
@@ -90,10 +104,21 @@ fn overrides(s: &Settings, model: ModelRef) -> Result<PlanOverrides, PlanError> 
         (s.f32, Precision::F32),
         (s.f16, Precision::F16),
         (s.bf16, Precision::Bf16),
+        (s.torch && s.amp_bf16, Precision::AmpBf16),
+        (s.torch && s.amp_f16, Precision::AmpF16),
     ]
     .into_iter()
     .filter_map(|(on, p)| on.then_some(p))
     .collect();
+    let runtimes: Vec<Runtime> = [(s.candle, Runtime::Candle), (s.torch, Runtime::Torch)]
+        .into_iter()
+        .filter_map(|(on, r)| on.then_some(r))
+        .collect();
+    let checkpointing: Vec<bool> = [(s.checkpointing_off, false), (s.checkpointing_on, true)]
+        .into_iter()
+        .filter_map(|(on, c)| on.then_some(c))
+        .collect();
+    let python = s.python.trim();
     Ok(PlanOverrides {
         model: Some(model),
         seqs: Some(parse_seqs(&s.seqs).map_err(|e| invalid(PlanField::Seq, e))?),
@@ -110,6 +135,16 @@ fn overrides(s: &Settings, model: ModelRef) -> Result<PlanOverrides, PlanError> 
         strategy: Some(s.strategy),
         device: Some(device),
         threads: Some(s.threads),
+        runtimes: Some(runtimes),
+        // The workload belongs to PyTorch: candle alone runs inference (the choice is hidden).
+        workload: Some(if s.torch { s.workload } else { Workload::Infer }),
+        python: (!python.is_empty()).then(|| python.into()),
+        task: s.task,
+        attn: Some(s.attn),
+        optimizer: Some(s.optimizer),
+        // Checkpointing belongs to PyTorch's training: elsewhere the boxes are hidden.
+        checkpointing: (s.torch && s.workload == Workload::Train && !checkpointing.is_empty())
+            .then_some(checkpointing),
     })
 }
 

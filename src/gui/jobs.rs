@@ -19,6 +19,7 @@ use std::time::Duration;
 #[derive(Debug)]
 pub enum BgMsg {
     ModelPicked(PathBuf),
+    PythonPicked(PathBuf),
     ResultsPicked(PathBuf),
     ExportPicked(PathBuf),
     PngPicked(PathBuf),
@@ -37,7 +38,7 @@ pub enum BgMsg {
     /// Settings checked off the UI thread.
     Checked {
         key: Box<Settings>,
-        checked: Checked,
+        checked: Box<Checked>,
     },
     /// This machine's memory, sampled (None: it cannot be read).
     Host(Option<HostMemory>),
@@ -45,6 +46,8 @@ pub enum BgMsg {
     CachedModels(Vec<crate::catalog::CatalogEntry>),
     /// The GPUs the NVIDIA driver reports, or why there are none.
     Gpus(Result<GpuReport, String>),
+    /// The PyTorch runtime's interpreter: where it was found and its versions, or why not.
+    PythonProbed(Result<String, String>),
     /// The estimator for a shown sweep.
     Teach(
         Box<super::teach::TeachKey>,
@@ -66,6 +69,7 @@ pub enum Dropped {
 pub enum Dialog {
     ModelFolder,
     Config,
+    Python,
     Results,
     Export,
     Png,
@@ -167,6 +171,25 @@ impl Spawner {
     }
 
     /// Shows a blocking rfd dialog on its own thread and reports the chosen path.
+    /// Finds and probes the PyTorch runtime's interpreter (seconds: it imports torch).
+    pub fn probe_python(&self, given: Option<PathBuf>, exe: PathBuf) -> Result<(), String> {
+        self.spawn("python-probe", move || {
+            use crate::worker::python;
+            let r = python::find(given.as_deref(), &exe)
+                .and_then(|f| python::probe(&f))
+                .map(|p| {
+                    format!(
+                        "PyTorch runtime: {} (found by {}): {}",
+                        p.python.display(),
+                        p.how,
+                        p.versions.text()
+                    )
+                })
+                .map_err(|e| e.to_string());
+            BgMsg::PythonProbed(r)
+        })
+    }
+
     pub fn dialog(&self, kind: Dialog) -> Result<(), String> {
         self.spawn("dialog", move || {
             let empty = |what| BgMsg::DialogEmpty {
@@ -183,6 +206,10 @@ impl Spawner {
                     .add_filter("config.json", &["json"])
                     .pick_file()
                     .map_or_else(|| empty("config.json"), BgMsg::ModelPicked),
+                Dialog::Python => rfd::FileDialog::new()
+                    .set_title("Choose the Python with torch and transformers")
+                    .pick_file()
+                    .map_or_else(|| empty("Python interpreter"), BgMsg::PythonPicked),
                 Dialog::Results => rfd::FileDialog::new()
                     .set_title("Open results or journal")
                     .add_filter("oomlab results", &["json", "jsonl"])
@@ -343,11 +370,13 @@ impl OomLabApp {
     pub(super) fn handle_bg(&mut self, msg: BgMsg) {
         match msg {
             BgMsg::ModelPicked(p) => self.settings.model = p.display().to_string(),
+            BgMsg::PythonPicked(p) => self.settings.python = p.display().to_string(),
+            BgMsg::PythonProbed(Ok(text)) => self.inform(text),
             BgMsg::ResultsPicked(p) => self.open_results(p),
             // The save dialog has already asked before replacing an existing file.
             BgMsg::ExportPicked(p) => self.export_to(p, true),
             BgMsg::PngPicked(p) => self.save_plot_png(p, true),
-            BgMsg::Checked { key, checked } => self.check.receive(*key, checked),
+            BgMsg::Checked { key, checked } => self.check.receive(*key, *checked),
             BgMsg::Host(host) => {
                 if self.options.host.is_none() {
                     self.host = host.map_or(HostState::Unreadable, HostState::Known);
@@ -385,7 +414,7 @@ impl OomLabApp {
                 });
                 self.notice = None;
             }
-            BgMsg::Opened(_, Err(e)) => self.error(e),
+            BgMsg::Opened(_, Err(e)) | BgMsg::PythonProbed(Err(e)) => self.error(e),
             BgMsg::Exported(Err(e)) | BgMsg::PngSaved(Err(e)) => self.error(e.describe(&Labels)),
             BgMsg::Exported(Ok(p)) => self.inform(format!("exported {}", p.display())),
             BgMsg::PngSaved(Ok(p)) => self.inform(format!("plot saved to {}", p.display())),

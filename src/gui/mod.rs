@@ -100,6 +100,10 @@ pub enum Command {
     Confirm(crate::plan::Curve),
     PickModelFolder,
     PickConfig,
+    /// Choose the PyTorch runtime's interpreter.
+    PickPython,
+    /// Probe the PyTorch runtime's interpreter and say its versions.
+    CheckPython,
     OpenResultsDialog,
     OpenResultsPath(PathBuf),
     ExportDialog,
@@ -244,6 +248,14 @@ impl OomLabApp {
             && self.teach.model.as_ref().map(|m| &m.key) == self.teach.requested.as_ref()
     }
 
+    /// The plan Run would start now, when the settings check found one.
+    #[must_use]
+    pub fn checked_plan(&self) -> Option<crate::plan::SweepPlan> {
+        self.check
+            .current(&self.settings)
+            .and_then(|c| c.plan.as_ref().ok().cloned())
+    }
+
     #[must_use]
     pub fn checking(&self) -> bool {
         matches!(self.plan_status(), PlanStatus::Checking)
@@ -356,7 +368,10 @@ impl OomLabApp {
                         self.check.current(&self.settings).map(|c| c.plan.clone())
                 {
                     let journal_dir = self.options.journal_dir.clone();
-                    self.start(EngineJob::New { plan, journal_dir });
+                    self.start(EngineJob::New {
+                        plan: Box::new(plan),
+                        journal_dir,
+                    });
                     self.settings.remember_model();
                 }
             }
@@ -369,6 +384,15 @@ impl OomLabApp {
             }
             Command::PickModelFolder => self.dialog(Dialog::ModelFolder),
             Command::PickConfig => self.dialog(Dialog::Config),
+            Command::PickPython => self.dialog(Dialog::Python),
+            Command::CheckPython => {
+                let given = self.settings.python.trim();
+                let given = (!given.is_empty()).then(|| PathBuf::from(given));
+                let exe = self.options.worker.exe.clone();
+                if let Err(e) = self.jobs.start.probe_python(given, exe) {
+                    self.error(e);
+                }
+            }
             Command::OpenResultsDialog => self.dialog(Dialog::Results),
             Command::OpenResultsPath(p) => self.open_results(p),
             Command::ExportDialog => self.dialog(Dialog::Export),

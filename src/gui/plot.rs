@@ -1,8 +1,8 @@
 //! The centre plot: memory against batch, one curve per (seq, dtype), OOM markers, capacity and
 //! headroom lines, and each curve's boundary.
 
-use crate::plan::{Curve, human_bytes};
-use crate::report::{Outcome, Results, TrialRecord};
+use crate::plan::{Curve, Runtime, human_bytes};
+use crate::report::{BoundaryRecord, Outcome, Results, TrialRecord};
 use eframe::egui;
 use egui::Color32;
 use egui_plot::{
@@ -28,28 +28,42 @@ const PALETTE: [Color32; 8] = [
 const OOM_RED: Color32 = Color32::from_rgb(214, 39, 40);
 const HOST_ORANGE: Color32 = Color32::from_rgb(200, 120, 0);
 
+/// A curve's legend name: `seq 128 · f32` for candle, `PyTorch · seq 128 · f32` (`· ckpt`).
 #[must_use]
 pub fn curve_label(c: Curve) -> String {
-    format!("seq {} · {}", c.seq, c.dtype)
+    let ckpt = if c.checkpointing { " · ckpt" } else { "" };
+    match c.runtime {
+        Runtime::Candle => format!("seq {} · {}", c.seq, c.dtype),
+        Runtime::Torch => format!("PyTorch · seq {} · {}{ckpt}", c.seq, c.dtype),
+    }
+}
+
+/// How a runtime's measured curves are drawn, so both can share one plot: candle solid with
+/// round points, PyTorch dotted with square ones (the legend names each).
+#[must_use]
+pub fn runtime_style(runtime: Runtime) -> (LineStyle, MarkerShape) {
+    match runtime {
+        Runtime::Candle => (LineStyle::Solid, MarkerShape::Circle),
+        Runtime::Torch => (LineStyle::dotted_dense(), MarkerShape::Square),
+    }
 }
 
 /// The curves present in the results, in plan order.
 fn curves(r: &Results) -> Vec<Curve> {
-    r.boundaries
-        .iter()
-        .map(|b| Curve {
-            seq: b.seq,
-            dtype: b.dtype,
-        })
-        .collect()
+    r.boundaries.iter().map(BoundaryRecord::curve).collect()
 }
 
 fn hover_text(t: &TrialRecord) -> String {
     let mut s = format!(
-        "batch {} · seq {} · {}\n{}",
+        "{}batch {} · seq {} · {}{}\n{}",
+        match t.runtime {
+            Runtime::Candle => "",
+            Runtime::Torch => "PyTorch · ",
+        },
         t.batch,
         t.seq,
         t.dtype,
+        if t.checkpointing { " · ckpt" } else { "" },
         match t.outcome {
             Outcome::Fit => "fits".to_string(),
             Outcome::Oom => "OUT OF MEMORY".to_string(),
@@ -65,6 +79,17 @@ fn hover_text(t: &TrialRecord) -> String {
     }
     if let Some(r) = t.requested_bytes {
         let _ = write!(s, "\ntried to allocate {}", human_bytes(r));
+    }
+    if let Some(steps) = &t.steps_bytes {
+        let list: Vec<String> = steps.iter().map(|b| human_bytes(*b)).collect();
+        let _ = write!(s, "\ntraining steps 1, 2: {}", list.join(", "));
+    }
+    if let Some(label) = t
+        .timeline
+        .as_ref()
+        .and_then(crate::report::Timeline::peak_label)
+    {
+        let _ = write!(s, "\npeak at {label}");
     }
     let _ = write!(s, "\n{:.3} s", t.seconds);
     s
@@ -108,6 +133,8 @@ pub fn plot_ui(
         }
     }
     let mut items: Vec<CurveItem> = Vec::new();
+    let styles: Vec<(LineStyle, MarkerShape)> =
+        curves.iter().map(|c| runtime_style(c.runtime)).collect();
     for (i, c) in curves.iter().enumerate() {
         let mut fits: Vec<&TrialRecord> = r
             .trials
@@ -125,7 +152,7 @@ pub fn plot_ui(
         let boundary = r
             .boundaries
             .iter()
-            .find(|b| b.seq == c.seq && b.dtype == c.dtype)
+            .find(|b| b.curve() == *c)
             .and_then(|b| b.max_batch);
         items.push((name, pts, PALETTE[i % PALETTE.len()], boundary));
     }
@@ -208,7 +235,9 @@ pub fn plot_ui(
                     );
                 }
             }
-            for (i, (name, pts, color, boundary)) in items.into_iter().enumerate() {
+            for (i, ((name, pts, color, boundary), (style, marker))) in
+                items.into_iter().zip(styles).enumerate()
+            {
                 if let Some(b) = boundary {
                     pui.vline(
                         VLine::new(name.clone(), b as f64 + 0.5)
@@ -229,12 +258,17 @@ pub fn plot_ui(
                         .anchor(egui::Align2::LEFT_BOTTOM),
                     );
                 }
-                pui.line(Line::new(name.clone(), pts.clone()).color(color).width(2.0));
+                pui.line(
+                    Line::new(name.clone(), pts.clone())
+                        .color(color)
+                        .style(style)
+                        .width(2.0),
+                );
                 pui.points(
                     Points::new(name, pts)
                         .color(color)
                         .radius(3.5)
-                        .shape(MarkerShape::Circle)
+                        .shape(marker)
                         .filled(true),
                 );
             }

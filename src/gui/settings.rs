@@ -1,6 +1,8 @@
 //! The small persisted settings struct (eframe storage). Runtime handles live beside it.
 
-use crate::plan::{Precision, Strategy, SweepPlan, defaults};
+use crate::plan::{
+    Attn, Optimizer, Precision, Runtime, Strategy, SweepPlan, Task, Workload, defaults,
+};
 use eframe::egui;
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +35,23 @@ pub struct Settings {
     pub f32: bool,
     pub f16: bool,
     pub bf16: bool,
+    /// PyTorch's mixed precisions (shown with the PyTorch runtime).
+    pub amp_bf16: bool,
+    pub amp_f16: bool,
+    /// The runtimes ticked: candle (built in) and PyTorch.
+    pub candle: bool,
+    pub torch: bool,
+    /// The PyTorch runtime's interpreter; empty: found (beside oomlab, the active virtualenv or
+    /// conda env, python3 on PATH).
+    pub python: String,
+    pub workload: Workload,
+    /// `None`: the workload's default head.
+    pub task: Option<Task>,
+    pub attn: Attn,
+    pub optimizer: Optimizer,
+    /// Gradient checkpointing curves: off and/or on.
+    pub checkpointing_off: bool,
+    pub checkpointing_on: bool,
     pub batch: String,
     pub capacity: String,
     pub headroom: String,
@@ -72,6 +91,17 @@ impl Default for Settings {
             f32: false,
             f16: false,
             bf16: false,
+            amp_bf16: false,
+            amp_f16: false,
+            candle: true,
+            torch: false,
+            python: String::new(),
+            workload: Workload::default(),
+            task: None,
+            attn: Attn::default(),
+            optimizer: Optimizer::default(),
+            checkpointing_off: true,
+            checkpointing_on: false,
             batch: String::new(),
             capacity: String::new(),
             headroom: String::new(),
@@ -100,6 +130,20 @@ impl Settings {
         self.f32 = plan.dtypes.contains(&Precision::F32);
         self.f16 = plan.dtypes.contains(&Precision::F16);
         self.bf16 = plan.dtypes.contains(&Precision::Bf16);
+        self.amp_bf16 = plan.dtypes.contains(&Precision::AmpBf16);
+        self.amp_f16 = plan.dtypes.contains(&Precision::AmpF16);
+        self.candle = plan.runtimes.contains(&Runtime::Candle);
+        self.torch = plan.runtimes.contains(&Runtime::Torch);
+        if let Some(p) = &plan.torch.python {
+            self.python = p.display().to_string();
+        }
+        self.workload = plan.workload;
+        self.task = plan.torch.task;
+        self.attn = plan.torch.attn;
+        self.optimizer = plan.torch.optimizer;
+        let ckpt = plan.torch.checkpointing_list();
+        self.checkpointing_off = ckpt.contains(&false);
+        self.checkpointing_on = ckpt.contains(&true);
         self.batch = plan.batch.to_string();
         self.capacity = crate::plan::human_bytes(plan.capacity_bytes).replace(".0 ", " ");
         if crate::plan::parse_bytes(&self.capacity) != Ok(plan.capacity_bytes) {

@@ -112,7 +112,12 @@ pub fn load(
         runtimes,
         curves: Vec::new(),
     };
-    for &curve in &key.curves {
+    // The estimator models candle's forward: PyTorch's curves get no prediction.
+    for &curve in key
+        .curves
+        .iter()
+        .filter(|c| c.runtime == crate::plan::Runtime::Candle)
+    {
         let Some(rt) = model.runtimes.get(&curve.dtype) else {
             continue;
         };

@@ -2,7 +2,7 @@
 //! write every file output goes through.
 
 use super::records::{Results, TrialRecord};
-use crate::plan::{Face, PlanField};
+use crate::plan::{Face, PlanField, Precision, Runtime, Workload};
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -92,7 +92,21 @@ struct OomlabSection<'a> {
     version: &'a str,
     model: &'a str,
     family: &'a str,
-    forward: &'a str,
+    /// The program that measured the pick: candle or torch (PyTorch).
+    runtime: &'static str,
+    /// What one trial ran: one inference forward, a forward keeping the graph, a training step.
+    workload: &'static str,
+    /// candle: what its forward computes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    forward: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    torch_version: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    torch_cuda: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transformers_version: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    python_version: Option<&'a str>,
     batch_size: usize,
     seq_len: usize,
     dtype: &'a str,
@@ -117,15 +131,33 @@ struct OomlabSection<'a> {
     rule: &'a str,
 }
 
+/// Hugging Face names: `TrainingArguments` (batch size, checkpointing, bf16/fp16, optim), the
+/// tokenizer (`max_length`) and `from_pretrained` (`torch_dtype`, `attn_implementation`).
 #[derive(Debug, Serialize)]
 struct HfSection {
-    per_device_eval_batch_size: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    per_device_train_batch_size: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    per_device_eval_batch_size: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gradient_checkpointing: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bf16: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fp16: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    optim: Option<&'static str>,
     max_length: usize,
     torch_dtype: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attn_implementation: Option<&'static str>,
 }
 
 #[derive(Debug, Serialize)]
 struct CurveLine {
+    runtime: &'static str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    gradient_checkpointing: bool,
     seq_len: usize,
     dtype: &'static str,
     /// 0 is never written: a curve with no safe batch is left out.
@@ -138,6 +170,8 @@ struct CurveLine {
 }
 
 const MEASURED: &str = "peak bytes counted by oomlab's allocator during a real candle forward (requested bytes, not resident pages), against a simulated capacity";
+const MEASURED_TORCH_CPU: &str = "PyTorch's own count of tensor bytes (its profiler's memory events, from before the model was built) at the peak of the trial, against a simulated capacity; a CPU trial runs to its end and is then compared";
+const MEASURED_TORCH_CUDA: &str = "torch.cuda's statistics: the caching allocator's reserved high-water mark plus the memory outside it (CUDA context, kernel modules), against the capacity made real on the GPU";
 
 /// The recommendation document in the format the extension names (`.toml` or `.json`).
 pub fn recommendation_text(results: &Results, ext: &str) -> Result<String, ExportError> {
@@ -146,12 +180,26 @@ pub fn recommendation_text(results: &Results, ext: &str) -> Result<String, Expor
         .pick
         .as_ref()
         .ok_or(ExportError::NoPick)?;
+    let torch = pick.runtime == Runtime::Torch;
+    let workload = if torch {
+        results.plan.workload
+    } else {
+        Workload::Infer
+    };
+    let versions = results.torch_versions.get(&pick.curve().build().label());
+    let train = workload == Workload::Train;
     let doc = ExportDoc {
         oomlab: OomlabSection {
             version: &results.oomlab_version,
             model: &results.model,
             family: results.family.name(),
-            forward: &results.forward,
+            runtime: pick.runtime.name(),
+            workload: workload.describe(),
+            forward: (!torch).then_some(results.forward.as_str()),
+            torch_version: versions.map(|v| v.torch.as_str()),
+            torch_cuda: versions.and_then(|v| v.torch_cuda.as_deref()),
+            transformers_version: versions.map(|v| v.transformers.as_str()),
+            python_version: versions.map(|v| v.python.as_str()),
             batch_size: pick.batch,
             seq_len: pick.seq,
             dtype: pick.dtype.name(),
@@ -172,13 +220,23 @@ pub fn recommendation_text(results: &Results, ext: &str) -> Result<String, Expor
             device: results.device.name(),
             threads: results.threads,
             strategy: results.strategy.name(),
-            measured: MEASURED,
+            measured: match (torch, results.on_gpu()) {
+                (false, _) => MEASURED,
+                (true, false) => MEASURED_TORCH_CPU,
+                (true, true) => MEASURED_TORCH_CUDA,
+            },
             rule: &results.recommendation.rule,
         },
         huggingface: HfSection {
-            per_device_eval_batch_size: pick.batch,
+            per_device_train_batch_size: train.then_some(pick.batch),
+            per_device_eval_batch_size: (!train).then_some(pick.batch),
+            gradient_checkpointing: train.then_some(pick.checkpointing),
+            bf16: (torch && pick.dtype == Precision::AmpBf16).then_some(true),
+            fp16: (torch && pick.dtype == Precision::AmpF16).then_some(true),
+            optim: train.then(|| results.plan.torch.optimizer.hf_optim()),
             max_length: pick.seq,
             torch_dtype: pick.dtype.torch_name(),
+            attn_implementation: torch.then_some(results.plan.torch.attn.name()),
         },
         curves: results
             .recommendation
@@ -186,6 +244,8 @@ pub fn recommendation_text(results: &Results, ext: &str) -> Result<String, Expor
             .iter()
             .filter_map(|c| {
                 Some(CurveLine {
+                    runtime: c.runtime.name(),
+                    gradient_checkpointing: c.checkpointing,
                     seq_len: c.seq,
                     dtype: c.dtype.name(),
                     batch_size: c.batch?,
@@ -233,6 +293,8 @@ pub fn trials_csv(trials: &[TrialRecord]) -> Result<String, ExportError> {
         "requested_bytes",
         "reason",
         "seconds",
+        "runtime",
+        "gradient_checkpointing",
     ])
     .map_err(enc)?;
     let opt = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_default();
@@ -249,6 +311,8 @@ pub fn trials_csv(trials: &[TrialRecord]) -> Result<String, ExportError> {
             opt(t.requested_bytes),
             t.reason.clone().unwrap_or_default(),
             format!("{:.4}", t.seconds),
+            t.runtime.name().to_string(),
+            crate::runtime::on_off(t.checkpointing).to_string(),
         ])
         .map_err(enc)?;
     }

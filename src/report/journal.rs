@@ -35,7 +35,7 @@ pub struct JournalContents {
     pub header: Header,
     pub workers: Vec<WorkerInfo>,
     pub trials: Vec<TrialRecord>,
-    pub load_failures: Vec<(crate::plan::Precision, String)>,
+    pub load_failures: Vec<(crate::plan::Build, String)>,
     /// The machine's memory at the latest start.
     pub host: Option<crate::measure::host::HostMemory>,
     /// Whether a torn last line was dropped.
@@ -195,7 +195,19 @@ pub fn parse(path: &Path, text: &str) -> Result<JournalContents, JournalError> {
             }
             JournalLine::Worker(w) => workers.push(w),
             JournalLine::Trial(t) => trials.push(t),
-            JournalLine::LoadFailed { dtype, reason } => load_failures.push((dtype, reason)),
+            JournalLine::LoadFailed {
+                runtime,
+                dtype,
+                checkpointing,
+                reason,
+            } => load_failures.push((
+                crate::plan::Build {
+                    runtime,
+                    dtype,
+                    checkpointing,
+                },
+                reason,
+            )),
             JournalLine::Host(h) => host = Some(h),
             JournalLine::End { .. } => {}
         }

@@ -2,7 +2,7 @@
 
 use crate::catalog::Family;
 use crate::measure::host::HostMemory;
-use crate::plan::{Curve, Device, Precision, Strategy, SweepPlan};
+use crate::plan::{Build, Curve, Device, Precision, Runtime, Strategy, SweepPlan};
 use crate::search::{BoundaryStatus, Contradiction};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -77,9 +77,15 @@ impl Purpose {
 /// One trial, exactly one per request. Unknown numbers are null, never 0.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrialRecord {
+    /// The program that ran it (journals from before the PyTorch runtime: candle).
+    #[serde(default)]
+    pub runtime: Runtime,
     pub batch: usize,
     pub seq: usize,
     pub dtype: Precision,
+    /// PyTorch training with gradient checkpointing on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub checkpointing: bool,
     pub strategy: Strategy,
     #[serde(default)]
     pub purpose: Purpose,
@@ -108,6 +114,10 @@ pub struct TrialRecord {
     /// Live bytes over the forward (CPU), to see where in the forward the peak happens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline: Option<Timeline>,
+    /// PyTorch training: the totals of the first step (which creates the optimizer state) and
+    /// the second (steady); `total_bytes` is the larger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps_bytes: Option<Vec<u64>>,
 }
 
 /// Live bytes over one forward, from the worker's allocator: each sample is the most that was
@@ -118,14 +128,67 @@ pub struct Timeline {
     pub events: usize,
     /// Absolute live bytes, in event order.
     pub live_bytes: Vec<u64>,
+    /// Where phases begin (PyTorch: forward, backward, optimizer step, step 2), as sample
+    /// indices.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub marks: Vec<TimelineMark>,
+    /// PyTorch: the op that made the peak allocation — the outermost op below oomlab's named
+    /// ranges (`aten::gelu`, `SoftmaxBackward0`, `aten::div` in the optimizer step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_op: Option<String>,
+    /// PyTorch: the innermost module around it (`bert.encoder.layer.7.attention.self`; in
+    /// backward the module whose forward made that autograd node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_scope: Option<String>,
+}
+
+/// A named point of a timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineMark {
+    /// Index into `live_bytes`.
+    pub at: usize,
+    pub label: String,
+}
+
+impl Timeline {
+    /// What holds the peak, in words: `aten::softmax in layer 7's attention (bert.encoder.layer.7.attention.self)`.
+    #[must_use]
+    pub fn peak_label(&self) -> Option<String> {
+        let scope = self.peak_scope.as_deref().map(describe_scope);
+        match (self.peak_op.as_deref(), scope) {
+            (Some(op), Some(scope)) => Some(format!("{op} in {scope}")),
+            (Some(op), None) => Some(op.to_string()),
+            (None, Some(scope)) => Some(scope),
+            (None, None) => None,
+        }
+    }
+}
+
+/// A module path in words where it names a layer: `bert.encoder.layer.7.attention.self` →
+/// `layer 7's attention.self (bert.encoder.layer.7.attention.self)`.
+fn describe_scope(path: &str) -> String {
+    let parts: Vec<&str> = path.split('.').collect();
+    let layer = parts
+        .iter()
+        .position(|p| p.parse::<usize>().is_ok())
+        .filter(|&i| i > 0 && matches!(parts[i - 1], "layer" | "layers" | "h" | "blocks"));
+    match layer {
+        Some(i) if i + 1 < parts.len() => {
+            format!("layer {}'s {} ({path})", parts[i], parts[i + 1..].join("."))
+        }
+        Some(i) => format!("layer {} ({path})", parts[i]),
+        None => path.to_string(),
+    }
 }
 
 impl TrialRecord {
     #[must_use]
     pub fn curve(&self) -> Curve {
         Curve {
+            runtime: self.runtime,
             seq: self.seq,
             dtype: self.dtype,
+            checkpointing: self.checkpointing,
         }
     }
 
@@ -159,7 +222,11 @@ impl TrialRecord {
 /// What a worker reported once its model was built.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerInfo {
+    #[serde(default)]
+    pub runtime: Runtime,
     pub dtype: Precision,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub checkpointing: bool,
     pub weights_bytes: u64,
     pub baseline_bytes: u64,
     pub threads: usize,
@@ -175,6 +242,20 @@ pub struct WorkerInfo {
     pub ballast_bytes: Option<u64>,
     #[serde(default)]
     pub pool_capacity_bytes: Option<u64>,
+    /// PyTorch: the versions the worker ran with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versions: Option<crate::worker::protocol::Versions>,
+}
+
+impl WorkerInfo {
+    #[must_use]
+    pub fn build(&self) -> Build {
+        Build {
+            runtime: self.runtime,
+            dtype: self.dtype,
+            checkpointing: self.checkpointing,
+        }
+    }
 }
 
 /// The journal's first line: the plan and what identifies the model.
@@ -199,7 +280,11 @@ pub enum JournalLine {
     Host(HostMemory),
     /// A load that failed for a whole precision (e.g. weights above the capacity).
     LoadFailed {
+        #[serde(default)]
+        runtime: Runtime,
         dtype: Precision,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        checkpointing: bool,
         reason: String,
     },
     End {
@@ -245,8 +330,12 @@ impl Stop {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BoundaryRecord {
+    #[serde(default)]
+    pub runtime: Runtime,
     pub seq: usize,
     pub dtype: Precision,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub checkpointing: bool,
     pub strategy: Strategy,
     /// Largest measured fit below the lowest measured OOM; null when none fits or unknown.
     pub max_batch: Option<usize>,
@@ -262,8 +351,12 @@ pub struct BoundaryRecord {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CurvePick {
+    #[serde(default)]
+    pub runtime: Runtime,
     pub seq: usize,
     pub dtype: Precision,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub checkpointing: bool,
     pub batch: usize,
     pub total_bytes: Option<u64>,
     pub tokens_per_step: usize,
@@ -287,8 +380,12 @@ pub struct Recommendation {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CurveRecommendation {
+    #[serde(default)]
+    pub runtime: Runtime,
     pub seq: usize,
     pub dtype: Precision,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub checkpointing: bool,
     pub batch: Option<usize>,
     /// Measured at `batch` (absent while the batch is computed).
     pub total_bytes: Option<u64>,
@@ -331,9 +428,9 @@ impl Results {
     #[must_use]
     pub fn pick_is_host_limited(&self) -> bool {
         self.recommendation.pick.as_ref().is_some_and(|p| {
-            self.boundaries.iter().any(|b| {
-                b.seq == p.seq && b.dtype == p.dtype && b.status == BoundaryStatus::HostLimited
-            })
+            self.boundaries
+                .iter()
+                .any(|b| b.curve() == p.curve() && b.status == BoundaryStatus::HostLimited)
         })
     }
 }
@@ -367,14 +464,18 @@ pub struct Results {
     pub headroom: f64,
     pub strategy: Strategy,
     pub batch_range: [usize; 2],
-    pub weights_bytes: BTreeMap<Precision, u64>,
-    pub baseline_bytes: BTreeMap<Precision, u64>,
+    /// Keyed by [`Build::label`]: the precision for candle (`f32`), `torch f32` for PyTorch.
+    pub weights_bytes: BTreeMap<String, u64>,
+    pub baseline_bytes: BTreeMap<String, u64>,
     /// CUDA only (empty on the CPU): what the worker held outside the memory pool (context,
     /// kernel modules, cuBLAS workspace) and the ballast it held back to simulate the capacity.
     #[serde(default)]
-    pub overhead_bytes: BTreeMap<Precision, u64>,
+    pub overhead_bytes: BTreeMap<String, u64>,
     #[serde(default)]
-    pub ballast_bytes: BTreeMap<Precision, u64>,
+    pub ballast_bytes: BTreeMap<String, u64>,
+    /// PyTorch's versions per build label, as its workers reported them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub torch_versions: BTreeMap<String, crate::worker::protocol::Versions>,
     pub trials: Vec<TrialRecord>,
     pub boundaries: Vec<BoundaryRecord>,
     pub recommendation: Recommendation,
@@ -388,3 +489,22 @@ pub struct Results {
     #[serde(default)]
     pub floor_seconds: f64,
 }
+
+macro_rules! curve_of {
+    ($($ty:ty),+) => {$(
+        impl $ty {
+            /// The curve this row belongs to.
+            #[must_use]
+            pub fn curve(&self) -> Curve {
+                Curve {
+                    runtime: self.runtime,
+                    seq: self.seq,
+                    dtype: self.dtype,
+                    checkpointing: self.checkpointing,
+                }
+            }
+        }
+    )+};
+}
+
+curve_of!(BoundaryRecord, CurvePick, CurveRecommendation);

@@ -76,13 +76,13 @@ fn blocking_failure<'a>(trials: impl Iterator<Item = &'a TrialRecord>) -> Option
 fn baseline_for(curve: Curve, trials: &[TrialRecord], workers: &[WorkerInfo]) -> Option<u64> {
     trials
         .iter()
-        .filter(|t| t.dtype == curve.dtype)
+        .filter(|t| t.curve().build() == curve.build())
         .find_map(|t| t.baseline_bytes)
         .or_else(|| {
             workers
                 .iter()
                 .rev()
-                .find(|w| w.dtype == curve.dtype)
+                .find(|w| w.build() == curve.build())
                 .map(|w| w.baseline_bytes)
         })
 }
@@ -125,23 +125,30 @@ pub fn curve_phase(
     // Aim predictions at what the worker can really reach: the machine's ceiling when the
     // capacity overcommits it (CPU). On CUDA a trial's total holds the overhead outside the
     // pool already, so the capacity itself is the ceiling.
-    let worker = workers.iter().rev().find(|w| w.dtype == curve.dtype);
+    let worker = workers.iter().rev().find(|w| w.build() == curve.build());
     let ceiling = worker.and_then(|w| w.host_ceiling_bytes);
     let capacity_bytes = ceiling.map_or(plan.capacity_bytes, |c| c.min(plan.capacity_bytes));
     let baseline_bytes = baseline_for(curve, trials, workers);
+    // The estimator models candle's forward; PyTorch's curves start from a probe and follow
+    // their measured line.
     let hint = match (spec, baseline_bytes) {
-        (Some(spec), Some(base)) if plan.strategy == search::Strategy::Auto => Some(
-            crate::estimate::max_batch_over_baseline(
-                spec,
-                curve.seq,
-                curve.dtype,
-                plan.device.threads(),
-                base,
-                capacity_bytes,
-                plan.batch.max + 1,
+        (Some(spec), Some(base))
+            if plan.strategy == search::Strategy::Auto
+                && curve.runtime == crate::plan::Runtime::Candle =>
+        {
+            Some(
+                crate::estimate::max_batch_over_baseline(
+                    spec,
+                    curve.seq,
+                    curve.dtype,
+                    plan.device.threads(),
+                    base,
+                    capacity_bytes,
+                    plan.batch.max + 1,
+                )
+                .unwrap_or(0),
             )
-            .unwrap_or(0),
-        ),
+        }
         _ => None,
     };
     // The estimator models the CPU forward to the byte. On a GPU the pool's rounding and
@@ -258,7 +265,7 @@ fn host_limit(
         ceiling_bytes: workers
             .iter()
             .rev()
-            .find(|w| w.dtype == curve.dtype)
+            .find(|w| w.build() == curve.build())
             .and_then(|w| w.host_ceiling_bytes),
     })
 }
@@ -277,7 +284,7 @@ pub fn summarize(c: &JournalContents) -> Results {
             .load_failures
             .iter()
             .rev()
-            .find(|(d, _)| *d == curve.dtype)
+            .find(|(b, _)| *b == curve.build())
             .map(|(_, r)| r.as_str());
         let phase = curve_phase(plan, curve, &c.trials, &c.workers, load_failure, None);
         let trials_used = c
@@ -337,8 +344,10 @@ pub fn summarize(c: &JournalContents) -> Results {
             }
         }
         boundaries.push(BoundaryRecord {
+            runtime: curve.runtime,
             seq: curve.seq,
             dtype: curve.dtype,
+            checkpointing: curve.checkpointing,
             strategy: plan.strategy,
             max_batch: found.and_then(|f| f.max_batch),
             status,
@@ -354,8 +363,10 @@ pub fn summarize(c: &JournalContents) -> Results {
                 .and_then(|t| t.total_bytes)
         });
         curves.push(CurveRecommendation {
+            runtime: curve.runtime,
             seq: curve.seq,
             dtype: curve.dtype,
+            checkpointing: curve.checkpointing,
             batch: rec,
             total_bytes: total,
             computed: predicted_bytes.is_some(),
@@ -366,8 +377,10 @@ pub fn summarize(c: &JournalContents) -> Results {
         .iter()
         .filter_map(|c| {
             c.batch.map(|b| CurvePick {
+                runtime: c.runtime,
                 seq: c.seq,
                 dtype: c.dtype,
+                checkpointing: c.checkpointing,
                 batch: b,
                 total_bytes: c.total_bytes,
                 tokens_per_step: b * c.seq,
@@ -375,19 +388,31 @@ pub fn summarize(c: &JournalContents) -> Results {
                 predicted_bytes: c.predicted_bytes,
             })
         })
-        .max_by_key(|p| (p.tokens_per_step, p.dtype.width_rank(), p.seq));
+        .max_by_key(|p| {
+            (
+                p.tokens_per_step,
+                p.dtype.width_rank(),
+                !p.checkpointing,
+                p.seq,
+            )
+        });
     let mut weights_bytes = BTreeMap::new();
     let mut baseline_bytes = BTreeMap::new();
     let mut overhead_bytes = BTreeMap::new();
     let mut ballast_bytes = BTreeMap::new();
+    let mut torch_versions = BTreeMap::new();
     for w in &c.workers {
-        weights_bytes.insert(w.dtype, w.weights_bytes);
-        baseline_bytes.insert(w.dtype, w.baseline_bytes);
+        let key = w.build().label();
+        weights_bytes.insert(key.clone(), w.weights_bytes);
+        baseline_bytes.insert(key.clone(), w.baseline_bytes);
         if let Some(o) = w.overhead_bytes {
-            overhead_bytes.insert(w.dtype, o);
+            overhead_bytes.insert(key.clone(), o);
         }
         if let Some(b) = w.ballast_bytes {
-            ballast_bytes.insert(w.dtype, b);
+            ballast_bytes.insert(key.clone(), b);
+        }
+        if let Some(v) = &w.versions {
+            torch_versions.insert(key, v.clone());
         }
     }
     if c.torn_tail {
@@ -414,6 +439,7 @@ pub fn summarize(c: &JournalContents) -> Results {
         baseline_bytes,
         overhead_bytes,
         ballast_bytes,
+        torch_versions,
         trials: c.trials.clone(),
         boundaries,
         recommendation: Recommendation {

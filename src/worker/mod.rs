@@ -5,7 +5,8 @@ pub mod protocol;
 mod supervisor;
 
 pub use process::run as run_worker;
-pub use supervisor::{Death, Supervisor, TrialResult, WorkerConfig};
+pub mod python;
+pub use supervisor::{Death, Load, Supervisor, TrialResult, WorkerConfig};
 
 /// Faults a test asks the real worker for. Hidden command-line options of `oomlab worker` (and,
 /// to reach it, of `oomlab sweep`): never environment variables, which a user's shell could leak

@@ -76,11 +76,15 @@ pub fn run(faults: &WorkerFaults) -> i32 {
         let result = match request {
             Err(e) => Err(Failure::Other(format!("bad request: {e}"))),
             Ok(Request::Shutdown) => break,
+            Ok(Request::Load { torch: Some(_), .. }) => Err(Failure::Other(
+                "this is candle's worker; PyTorch loads go to the Python worker".into(),
+            )),
             Ok(Request::Load {
                 model,
                 dtype,
                 capacity_bytes,
                 device,
+                torch: None,
             }) => load(&model, dtype, capacity_bytes, device, faults).map(|(s, ready)| {
                 state = Some(s);
                 Response::Ready(ready)
@@ -94,7 +98,13 @@ pub fn run(faults: &WorkerFaults) -> i32 {
             Ok(r) => (r, false),
             Err(Failure::Other(message)) => (Response::Error { message }, false),
             // A clean context for the next trial: this worker ends after answering.
-            Err(Failure::Oom(message)) => (Response::Oom { message }, true),
+            Err(Failure::Oom(message)) => (
+                Response::Oom {
+                    message,
+                    requested_bytes: None,
+                },
+                true,
+            ),
         };
         let Ok(text) = serde_json::to_string(&response) else {
             break;
@@ -180,6 +190,7 @@ fn load_cpu(
         overhead_bytes: None,
         ballast_bytes: None,
         pool_capacity_bytes: None,
+        versions: None,
     };
     // From here on the capacity is enforced: a request beyond it aborts the process.
     alloc::set_budget(Some(capacity_bytes));
@@ -228,6 +239,7 @@ fn load_cuda(
         overhead_bytes: Some(ready_gpu.overhead_bytes),
         ballast_bytes: Some(ready_gpu.ballast_bytes),
         pool_capacity_bytes: Some(ready_gpu.pool_capacity_bytes),
+        versions: None,
     };
     let state = State {
         model: m,
@@ -294,7 +306,14 @@ fn trial(
         pool_reserved_bytes: None,
         device_used_bytes: None,
         process_bytes: None,
-        timeline: Some(crate::report::Timeline { events, live_bytes }),
+        timeline: Some(crate::report::Timeline {
+            events,
+            live_bytes,
+            marks: Vec::new(),
+            peak_op: None,
+            peak_scope: None,
+        }),
+        steps_bytes: None,
     })
 }
 
@@ -452,6 +471,7 @@ mod gpu {
             device_used_bytes: Some(total - free),
             process_bytes,
             timeline: None,
+            steps_bytes: None,
         })
     }
 }

@@ -2,8 +2,9 @@
 //! request is first acknowledged with `started`, written just before the measured forward).
 
 use crate::catalog::ModelRef;
-use crate::plan::{Device, Precision};
+use crate::plan::{Attn, Device, Optimizer, Precision, Task, Workload};
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -15,6 +16,9 @@ pub enum Request {
         dtype: Precision,
         capacity_bytes: u64,
         device: Device,
+        /// The PyTorch worker's part (absent for candle's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        torch: Option<TorchLoad>,
     },
     /// One measured forward.
     Trial {
@@ -35,10 +39,60 @@ pub enum Response {
     /// starts in a clean context.
     Oom {
         message: String,
+        /// The request that did not fit (PyTorch: its "tried to allocate"), when known.
+        #[serde(default)]
+        requested_bytes: Option<u64>,
     },
     Error {
         message: String,
     },
+}
+
+/// What the PyTorch worker builds and runs (see docs/torch-protocol.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TorchLoad {
+    /// The model's config.json, as transformers reads it (`model_type` filled in when the file
+    /// left it out).
+    pub config: serde_json::Value,
+    /// A folder with the checkpoint's safetensors, loaded with `from_pretrained`.
+    pub weights_dir: Option<PathBuf>,
+    pub workload: Workload,
+    pub task: Task,
+    pub attn: Attn,
+    pub optimizer: Optimizer,
+    pub checkpointing: bool,
+}
+
+/// What a PyTorch worker ran with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versions {
+    pub python: String,
+    pub torch: String,
+    /// `torch.version.cuda`: the CUDA the wheel was built for (null for a CPU build).
+    pub torch_cuda: Option<String>,
+    pub transformers: String,
+    pub accelerate: Option<String>,
+    /// `cpu`, or the GPU's name.
+    pub device_name: String,
+}
+
+impl Versions {
+    /// `PyTorch 2.15.0 (CUDA 13.0), transformers 5.25.0, Python 3.11.7`.
+    #[must_use]
+    pub fn text(&self) -> String {
+        format!(
+            "PyTorch {}{}, transformers {}{}, Python {}",
+            self.torch,
+            self.torch_cuda
+                .as_deref()
+                .map_or_else(|| " (CPU build)".into(), |c| format!(" (CUDA {c})")),
+            self.transformers,
+            self.accelerate
+                .as_deref()
+                .map_or_else(String::new, |a| format!(", accelerate {a}")),
+            self.python
+        )
+    }
 }
 
 /// The `started` line, written without allocating (the trial's bytes are being counted).
@@ -66,6 +120,9 @@ pub struct Ready {
     /// CUDA: the most the pool can reach on this worker (the capacity less the overhead).
     #[serde(default)]
     pub pool_capacity_bytes: Option<u64>,
+    /// PyTorch: the versions the worker runs with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versions: Option<Versions>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,6 +152,9 @@ pub struct TrialMeasure {
     /// CPU: live bytes over the forward, from the worker's allocator.
     #[serde(default)]
     pub timeline: Option<crate::report::Timeline>,
+    /// PyTorch training: the first and the second step's totals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps_bytes: Option<Vec<u64>>,
 }
 
 #[cfg(test)]
@@ -105,5 +165,46 @@ mod tests {
     fn the_started_line_is_the_started_response() {
         let r: Response = serde_json::from_str(STARTED_LINE.trim()).unwrap();
         assert_eq!(r, Response::Started);
+    }
+
+    /// Both ends of the PyTorch protocol read the same fixture lines (the Python worker's
+    /// `selftest` reads them too): every line parses, and writes back to the same JSON.
+    #[test]
+    fn the_protocol_fixtures_parse_on_the_rust_side() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/protocol");
+        let lines = |name: &str| -> Vec<serde_json::Value> {
+            std::fs::read_to_string(dir.join(name))
+                .unwrap()
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        };
+        let requests = lines("requests.jsonl");
+        let responses = lines("responses.jsonl");
+        assert!(requests.len() >= 3 && responses.len() >= 4);
+        for v in requests {
+            let r: Request =
+                serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("request {v}: {e}"));
+            if let Request::Load { torch, .. } = &r {
+                assert!(torch.is_some(), "a fixture load is PyTorch's: {v}");
+            }
+            let back = serde_json::to_value(&r).unwrap();
+            for (k, x) in v.as_object().unwrap() {
+                assert_eq!(back.get(k), Some(x), "{k} in {v}");
+            }
+        }
+        let mut kinds = std::collections::BTreeSet::new();
+        for v in responses {
+            let r: Response =
+                serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("response {v}: {e}"));
+            kinds.insert(v["reply"].as_str().unwrap().to_string());
+            if let Response::Trial(t) = &r {
+                assert!(t.total_bytes >= t.live_before_bytes, "{v}");
+            }
+        }
+        for k in ["ready", "started", "trial", "oom", "error"] {
+            assert!(kinds.contains(k), "no {k} line in responses.jsonl");
+        }
     }
 }

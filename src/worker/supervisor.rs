@@ -2,10 +2,10 @@
 //! turns every request into exactly one result.
 
 use super::WorkerFaults;
-use super::protocol::{Ready, Request, Response, TrialMeasure};
+use super::protocol::{Ready, Request, Response, TorchLoad, TrialMeasure};
 use crate::catalog::ModelRef;
 use crate::measure::alloc::{parse_host_marker, parse_oom_marker};
-use crate::plan::{Device, Precision};
+use crate::plan::{Device, Precision, Runtime};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -144,15 +144,59 @@ struct Running {
     stderr_thread: Option<JoinHandle<()>>,
 }
 
-/// What a worker was asked to load: a new request for anything else restarts it.
-type LoadKey = (ModelRef, Precision, u64, Device);
+/// What a worker is asked to build: a request for anything else restarts it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Load {
+    pub model: ModelRef,
+    pub dtype: Precision,
+    pub capacity_bytes: u64,
+    pub device: Device,
+    /// The PyTorch runtime: the interpreter and what it builds and runs (`None`: candle).
+    pub torch: Option<(PathBuf, TorchLoad)>,
+}
+
+impl Load {
+    /// A candle worker's build.
+    #[must_use]
+    pub fn candle(model: ModelRef, dtype: Precision, capacity_bytes: u64, device: Device) -> Self {
+        Self {
+            model,
+            dtype,
+            capacity_bytes,
+            device,
+            torch: None,
+        }
+    }
+
+    #[must_use]
+    pub fn runtime(&self) -> Runtime {
+        if self.torch.is_some() {
+            Runtime::Torch
+        } else {
+            Runtime::Candle
+        }
+    }
+
+    fn request(&self) -> Request {
+        Request::Load {
+            model: self.model.clone(),
+            dtype: self.dtype,
+            capacity_bytes: self.capacity_bytes,
+            device: self.device,
+            torch: self.torch.as_ref().map(|(_, t)| t.clone()),
+        }
+    }
+}
 
 /// Owns at most one worker process at a time.
 pub struct Supervisor {
     config: WorkerConfig,
     running: Option<Running>,
-    loaded: Option<LoadKey>,
+    loaded: Option<Load>,
     ready: Option<Ready>,
+    /// The PyTorch worker is watched from outside (its allocations are not oomlab's): resident
+    /// bytes above this end it as `host_memory` before the kernel's OOM killer would.
+    rss_ceiling_bytes: Option<u64>,
 }
 
 /// Result of one trial request.
@@ -172,6 +216,7 @@ impl Supervisor {
             running: None,
             loaded: None,
             ready: None,
+            rss_ceiling_bytes: None,
         }
     }
 
@@ -181,31 +226,57 @@ impl Supervisor {
         self.running.as_ref().map(|r| r.child.id())
     }
 
-    fn spawn(&mut self, device: Device) -> Result<(), Death> {
-        let mut cmd = Command::new(&self.config.exe);
-        cmd.arg("worker")
-            .args(self.config.faults.to_args())
-            .env("RAYON_NUM_THREADS", device.threads().to_string())
-            // candle's own barrier pool (CPU flash attention) sizes itself from this first.
-            .env("CANDLE_NUM_THREADS", device.threads().to_string())
-            .env_remove("RUST_BACKTRACE")
-            .env_remove("RUST_LIB_BACKTRACE")
-            .stdin(Stdio::piped())
+    fn spawn(&mut self, device: Device, python: Option<&PathBuf>) -> Result<(), Death> {
+        let threads = device.threads().to_string();
+        let mut cmd = match python {
+            None => {
+                let mut cmd = Command::new(&self.config.exe);
+                cmd.arg("worker")
+                    .args(self.config.faults.to_args())
+                    .env("RAYON_NUM_THREADS", &threads)
+                    // candle's own barrier pool (CPU flash attention) sizes itself from this first.
+                    .env("CANDLE_NUM_THREADS", &threads)
+                    .env_remove("RUST_BACKTRACE")
+                    .env_remove("RUST_LIB_BACKTRACE");
+                cmd
+            }
+            Some(python) => {
+                let mut cmd = Command::new(python);
+                cmd.arg("-c")
+                    .arg(super::python::SOURCE)
+                    .arg("worker")
+                    .env("OMP_NUM_THREADS", &threads)
+                    .env("MKL_NUM_THREADS", &threads)
+                    .env("PYTHONUNBUFFERED", "1")
+                    .env("HF_HUB_OFFLINE", "1")
+                    .env("TOKENIZERS_PARALLELISM", "false");
+                cmd
+            }
+        };
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // Own process group: a Ctrl-C in the terminal reaches the app, which cancels cleanly.
             .process_group(0);
         // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the worker
         // when the app dies, so no orphan keeps computing.
+        // The Python worker gets the candle worker's hygiene here: no core dumps, lower priority.
         unsafe {
             cmd.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                let zero = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::setrlimit(libc::RLIMIT_CORE, &raw const zero);
+                libc::nice(10);
                 Ok(())
             });
         }
+        let program = python.unwrap_or(&self.config.exe).display().to_string();
         let mut child = cmd
             .spawn()
-            .map_err(|e| Death::Spawn(format!("{}: {e}", self.config.exe.display())))?;
+            .map_err(|e| Death::Spawn(format!("{program}: {e}")))?;
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
@@ -304,6 +375,7 @@ impl Supervisor {
         {
             return Err(self.reap(false));
         }
+        let mut ticks = 0u32;
         loop {
             let Some(r) = self.running.as_ref() else {
                 return Err(Death::Spawn("no worker is running".into()));
@@ -324,25 +396,32 @@ impl Supervisor {
                     if cancel.load(Ordering::Relaxed) {
                         return Err(self.reap(true));
                     }
+                    ticks += 1;
+                    if ticks.is_multiple_of(4)
+                        && let Some(ceiling) = self.rss_ceiling_bytes
+                        && resident_bytes(r.child.id()).is_some_and(|rss| rss > ceiling)
+                    {
+                        let _ = self.reap(true);
+                        return Err(Death::HostMemory {
+                            requested_bytes: None,
+                        });
+                    }
                 }
                 Err(RecvTimeoutError::Disconnected) => return Err(self.reap(false)),
             }
         }
     }
 
-    /// Makes sure a worker for `device` has `model` built in `dtype` under `capacity_bytes`.
-    /// A worker killed during the build is restarted once.
+    /// Makes sure a worker has `load` built. A worker killed during the build is restarted
+    /// once. The PyTorch worker is watched against this machine's memory (`host`).
     pub fn ensure_loaded(
         &mut self,
-        model: &ModelRef,
-        dtype: Precision,
-        capacity_bytes: u64,
-        device: Device,
+        load: &Load,
+        host: Option<&crate::measure::host::HostMemory>,
         cancel: &AtomicBool,
     ) -> Result<Ready, String> {
-        let key = (model.clone(), dtype, capacity_bytes, device);
         if let (Some(loaded), Some(ready)) = (&self.loaded, &self.ready)
-            && *loaded == key
+            && loaded == load
             && self.running.is_some()
         {
             return Ok(ready.clone());
@@ -350,27 +429,27 @@ impl Supervisor {
         if self.running.is_some() {
             self.shutdown();
         }
-        let req = Request::Load {
-            model: model.clone(),
-            dtype,
-            capacity_bytes,
-            device,
+        self.rss_ceiling_bytes = match (&load.torch, host) {
+            (Some(_), Some(h)) => Some(h.usable_bytes().saturating_sub(h.margin_bytes())),
+            _ => None,
         };
+        let req = load.request();
+        let python = load.torch.as_ref().map(|(p, _)| p.clone());
         let mut last = String::new();
         for _attempt in 0..2 {
             if self.running.is_none()
-                && let Err(d) = self.spawn(device)
+                && let Err(d) = self.spawn(load.device, python.as_ref())
             {
                 return Err(d.describe());
             }
             match self.request(&req, cancel, &mut |_| {}) {
                 Ok(Response::Ready(ready)) => {
-                    self.loaded = Some(key);
+                    self.loaded = Some(load.clone());
                     self.ready = Some(ready.clone());
                     return Ok(ready);
                 }
                 Ok(Response::Error { message }) => return Err(message),
-                Ok(Response::Oom { message }) => {
+                Ok(Response::Oom { message, .. }) => {
                     // The worker ends after an out-of-memory; reap it.
                     let _ = self.reap(false);
                     return Err(format!(
@@ -380,6 +459,12 @@ impl Supervisor {
                 Ok(other) => return Err(format!("unexpected answer to load: {other:?}")),
                 Err(Death::Cancelled) => return Err("cancelled".into()),
                 Err(d @ Death::Spawn(_)) => return Err(d.describe()),
+                Err(d @ Death::HostMemory { .. }) => {
+                    return Err(format!(
+                        "building the model would take more memory than this machine can give the worker ({})",
+                        d.describe()
+                    ));
+                }
                 Err(d) => {
                     last = format!("the worker died while building the model: {}", d.describe());
                 }
@@ -405,6 +490,7 @@ impl Supervisor {
             };
             return (TrialResult::Died(death), 0.0);
         }
+        let one_trial = self.one_trial_per_worker();
         let r = match self.request(&Request::Trial { batch, seq }, cancel, on_started) {
             Ok(Response::Trial(m)) => {
                 if self.fresh_per_trial() {
@@ -412,14 +498,20 @@ impl Supervisor {
                 }
                 TrialResult::Measured(m)
             }
-            Ok(Response::Error { message }) => TrialResult::Error(message),
-            Ok(Response::Oom { .. }) => {
-                // The device said it: a real out-of-memory (sizes are not in CUDA's errors). The
-                // worker ends after answering, so the next trial starts in a clean context.
+            Ok(Response::Error { message }) => {
+                if one_trial {
+                    self.shutdown();
+                }
+                TrialResult::Error(message)
+            }
+            Ok(Response::Oom {
+                requested_bytes, ..
+            }) => {
+                // The worker said it: the device's out-of-memory (CUDA's errors carry no size;
+                // PyTorch's say what it tried to allocate), or on the CPU PyTorch's peak over
+                // the capacity. The worker ends after answering, so the next trial starts clean.
                 let _ = self.reap(false);
-                TrialResult::Died(Death::Oom {
-                    requested_bytes: None,
-                })
+                TrialResult::Died(Death::Oom { requested_bytes })
             }
             Ok(other) => TrialResult::Error(format!("unexpected answer to trial: {other:?}")),
             Err(d) => TrialResult::Died(d),
@@ -433,12 +525,20 @@ impl Supervisor {
     /// first forward, while 2016 fits after a ladder of smaller ones, as the memory pool and
     /// lazily loaded kernels are left by them). A fresh process is what a user's program meets
     /// on its first step, and it makes every trial independent of the search's order.
+    ///
+    /// A PyTorch worker runs one trial: on the CPU its count starts with the profiler, before
+    /// the model is built (the profiler cannot see frees of blocks older than itself).
     fn fresh_per_trial(&self) -> bool {
         self.config.fresh_per_trial
+            || self.one_trial_per_worker()
             || self
                 .loaded
                 .as_ref()
-                .is_some_and(|(_, _, _, device)| matches!(device, Device::Cuda { .. }))
+                .is_some_and(|l| matches!(l.device, Device::Cuda { .. }))
+    }
+
+    fn one_trial_per_worker(&self) -> bool {
+        self.loaded.as_ref().is_some_and(|l| l.torch.is_some())
     }
 
     /// Asks the worker to exit, or kills it if it does not within a second.
@@ -465,6 +565,14 @@ impl Supervisor {
         self.loaded = None;
         self.ready = None;
     }
+}
+
+/// A process's resident bytes (`VmRSS`), read from /proc; a safety watch, never a measurement.
+fn resident_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 impl Drop for Supervisor {

@@ -263,7 +263,7 @@ fn absurd_plans_are_refused_before_any_trial() {
     );
     refused(
         &["--model", "tiny-bert", "--dtype", "f64"],
-        &["f32, f16 or bf16"],
+        &["use f32, f16, bf16, amp-bf16 or amp-f16"],
     );
     refused(
         &["--model", "tiny-bert", "--headroom", "95%"],
@@ -478,6 +478,15 @@ fn sigkill_to_the_cli_then_resume_repeats_no_finished_trial() {
     refused(
         &["--resume", &jp, "--device", "cuda:0"],
         &["--device contradicts the journal", "cpu in", "cuda:0 given"],
+    );
+    // The journal names its runtime: resuming on another is refused.
+    refused(
+        &["--resume", &jp, "--runtime", "torch"],
+        &[
+            "--runtime contradicts the journal",
+            "candle in",
+            "torch given",
+        ],
     );
 }
 

@@ -115,6 +115,9 @@ pub fn plan(
         headroom: 0.1,
         strategy,
         device: Device::Cpu { threads: 1 },
+        runtimes: vec![oomlab::plan::Runtime::Candle],
+        workload: oomlab::plan::Workload::default(),
+        torch: oomlab::plan::TorchPlan::default(),
     }
 }
 

@@ -185,8 +185,8 @@ fn bert_f16_peak_is_half_of_f32_up_to_dtype_independent_metadata() {
             "batch {b}: f16 {f16} vs f32 {f32}"
         );
     }
-    assert_eq!(r.weights_bytes[&Precision::F32], 108_891_648 * 4);
-    assert_eq!(r.weights_bytes[&Precision::F16], 108_891_648 * 2);
+    assert_eq!(r.weights_bytes["f32"], 108_891_648 * 4);
+    assert_eq!(r.weights_bytes["f16"], 108_891_648 * 2);
 }
 
 /// Sum of the data sizes in a safetensors file's header.
@@ -236,8 +236,8 @@ fn real_checkpoints_count_their_bytes_and_peak_like_synthetic_weights() {
         );
         let (rr, ev) = run(real, &dir.join(&format!("{name}-real.jsonl")), &worker());
         let (rs, _) = run(synth, &dir.join(&format!("{name}-synth.jsonl")), &worker());
-        assert_eq!(rr.weights_bytes[&Precision::F32], file_bytes, "{name}");
-        assert_eq!(rs.weights_bytes[&Precision::F32], file_bytes, "{name}");
+        assert_eq!(rr.weights_bytes["f32"], file_bytes, "{name}");
+        assert_eq!(rs.weights_bytes["f32"], file_bytes, "{name}");
         assert!(
             ev.iter()
                 .any(|e| matches!(e, SweepEvent::WorkerReady(w) if w.from_checkpoint))

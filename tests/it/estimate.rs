@@ -13,6 +13,7 @@ fn tolerance(dtype: Precision) -> f64 {
     match dtype {
         Precision::F32 | Precision::F16 => 0.02,
         Precision::Bf16 => 0.05,
+        Precision::AmpBf16 | Precision::AmpF16 => unreachable!("candle has no mixed precision"),
     }
 }
 

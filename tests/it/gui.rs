@@ -589,6 +589,58 @@ fn invalid_input_disables_run_with_the_reason_in_the_windows_words() {
 }
 
 #[test]
+fn the_runtime_picker_shows_pytorch_settings_only_where_they_apply() {
+    let dir = TempDir::new("gui-runtime");
+    let mut h = harness(&dir, None);
+    h.state_mut().settings.model = "tiny-bert".into();
+    h.state_mut().settings.seqs = "32".into();
+    settle(&mut h);
+    assert!(!run_disabled(&h));
+    // candle alone: nothing of PyTorch's is drawn.
+    for l in [
+        "Workload",
+        "Python",
+        "Optimizer",
+        "Gradient checkpointing",
+        "amp-bf16",
+    ] {
+        assert!(h.query_by_label(l).is_none(), "{l} drawn without PyTorch");
+    }
+    h.get_by_role_and_label(Role::CheckBox, "PyTorch").click();
+    settle(&mut h);
+    h.get_by_label("Python");
+    h.get_by_label("amp-bf16");
+    h.get_by_role_and_label(Role::RadioButton, "grad");
+    assert!(
+        h.query_by_label("Optimizer").is_none(),
+        "the optimizer belongs to training"
+    );
+    h.get_by_role_and_label(Role::RadioButton, "train").click();
+    settle(&mut h);
+    h.get_by_label("Optimizer");
+    h.get_by_label("Gradient checkpointing");
+    // Both runtimes ticked and a training step: candle cannot, and Run says so in the window's words.
+    assert!(run_disabled(&h));
+    h.get_by_label_contains("the candle runtime runs inference forwards only");
+    h.get_by_label_contains("choose torch alone in the Runtime boxes");
+    h.get_by_role_and_label(Role::CheckBox, "candle").click();
+    settle(&mut h);
+    assert!(!run_disabled(&h));
+    // Checkpointing on and off: two curves in the plan Run would start.
+    // (Below the panel's fold at this size: set as a click would.)
+    h.state_mut().settings.checkpointing_on = true;
+    settle(&mut h);
+    let plan = h.state().checked_plan().expect("a plan");
+    assert_eq!(plan.curves().len(), 2);
+    assert!(
+        plan.curves()
+            .iter()
+            .all(|c| c.runtime == oomlab::plan::Runtime::Torch)
+    );
+    assert_eq!(plan.workload, oomlab::plan::Workload::Train);
+}
+
+#[test]
 fn without_a_checker_thread_a_path_gets_an_error_not_a_stuck_check() {
     let dir = TempDir::new("gui-nochecker");
     let mut h = harness_with(&dir, None, worker(), false);

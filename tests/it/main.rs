@@ -7,3 +7,4 @@ mod estimate;
 mod gui;
 mod hub;
 mod reference;
+mod torch;

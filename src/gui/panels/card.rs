@@ -2,7 +2,7 @@
 
 use super::{PanelState, View};
 use crate::gui::Command;
-use crate::plan::{Curve, human_bytes};
+use crate::plan::human_bytes;
 use crate::report::{Results, Stop};
 use crate::search::BoundaryStatus;
 use eframe::egui;
@@ -39,6 +39,23 @@ fn pick_ui(
                     .size(20.0)
                     .strong(),
             );
+            if r.plan.uses_torch() {
+                // What was sized: the runtime and the workload (a forward-only figure is not a
+                // training batch).
+                let workload = match p.runtime {
+                    crate::plan::Runtime::Torch => r.plan.workload.describe(),
+                    crate::plan::Runtime::Candle => crate::plan::Workload::Infer.describe(),
+                };
+                ui.label(format!(
+                    "{}{} · {workload}",
+                    p.runtime.label(),
+                    if p.checkpointing {
+                        " with gradient checkpointing"
+                    } else {
+                        ""
+                    }
+                ));
+            }
             let total = match (p.total_bytes, p.predicted_bytes) {
                 (Some(t), _) => format!("total {} measured", human_bytes(t)),
                 (None, Some(pr)) => format!("total {} computed, not confirmed", human_bytes(pr)),
@@ -58,10 +75,7 @@ fn pick_ui(
                     .on_hover_text("run one forward at this batch to measure it")
                     .clicked()
             {
-                cmds.push(Command::Confirm(Curve {
-                    seq: p.seq,
-                    dtype: p.dtype,
-                }));
+                cmds.push(Command::Confirm(p.curve()));
             }
         }
         None => {
@@ -107,7 +121,7 @@ fn boundaries_ui(
         }
         ui.end_row();
         for (b, c) in r.boundaries.iter().zip(&r.recommendation.curves) {
-            ui.label(format!("seq {} {}", b.seq, b.dtype));
+            ui.label(b.curve().to_string());
             ui.label(
                 RichText::new(b.max_batch.map_or_else(|| "–".into(), |m| m.to_string())).strong(),
             );
@@ -135,10 +149,7 @@ fn boundaries_ui(
                             .on_hover_text(format!("measure batch {m} with one forward"))
                             .clicked()
                     {
-                        cmds.push(Command::Confirm(Curve {
-                            seq: c.seq,
-                            dtype: c.dtype,
-                        }));
+                        cmds.push(Command::Confirm(c.curve()));
                     }
                 }
                 (Some(m), None) => {

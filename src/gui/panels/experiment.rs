@@ -5,7 +5,7 @@ use crate::catalog::{CatalogEntry, EntrySource};
 use crate::gui::Command;
 use crate::gui::form::{format_params, label};
 use crate::gui::settings::Settings;
-use crate::plan::Strategy;
+use crate::plan::{Attn, Optimizer, Strategy, Task, Workload};
 use eframe::egui;
 use egui::{Color32, RichText};
 
@@ -97,6 +97,7 @@ pub fn panel(
             ui.checkbox(&mut settings.f16, "f16");
             ui.checkbox(&mut settings.bf16, "bf16");
         });
+        runtime_ui(settings, ui, cmds);
         labelled_text(ui, label::HEADROOM, &mut settings.headroom, "e.g. 10%");
         ui.horizontal(|ui| {
             ui.label(label::STRATEGY);
@@ -114,11 +115,113 @@ pub fn panel(
                 .labelled_by(l.id);
         });
     });
-    ui.separator();
+}
+
+/// The foot of the experiment panel, always in view: Run / Cancel / Resume, progress, notices.
+pub fn run_ui(view: &View<'_>, ui: &mut egui::Ui, cmds: &mut Vec<Command>) {
+    ui.add_space(4.0);
     run_controls(view, ui, cmds);
     if let Some(n) = view.notice {
         ui.label(RichText::new(n).italics());
     }
+    ui.add_space(2.0);
+}
+
+/// The runtimes (candle, PyTorch) and, with PyTorch ticked, its settings in one group: the
+/// interpreter, the workload, the head, attention, and for training the optimizer and
+/// checkpointing. Only what applies to the chosen runtimes is drawn.
+fn runtime_ui(settings: &mut Settings, ui: &mut egui::Ui, cmds: &mut Vec<Command>) {
+    ui.horizontal(|ui| {
+        ui.label(label::RUNTIME);
+        ui.checkbox(&mut settings.candle, "candle")
+            .on_hover_text("candle-transformers inside oomlab: one binary, no Python; inference forwards");
+        ui.checkbox(&mut settings.torch, "PyTorch").on_hover_text(
+            "PyTorch + transformers in your Python: inference, a forward keeping the graph, or a training step",
+        );
+    });
+    if !settings.torch {
+        return;
+    }
+    egui::CollapsingHeader::new("PyTorch")
+        .id_salt("torch-settings")
+        .default_open(true)
+        .show(ui, |ui| {
+            ui.horizontal(|ui| {
+                let l = ui.label(label::PYTHON);
+                ui.add(
+                    egui::TextEdit::singleline(&mut settings.python)
+                        .hint_text("found: venv, conda, python3")
+                        .desired_width(150.0),
+                )
+                .labelled_by(l.id);
+                if ui.small_button("Browse…").clicked() {
+                    cmds.push(Command::PickPython);
+                }
+                if ui
+                    .small_button("Check")
+                    .on_hover_text("run the interpreter once: its Python, torch and transformers versions")
+                    .clicked()
+                {
+                    cmds.push(Command::CheckPython);
+                }
+            });
+            ui.horizontal(|ui| {
+                ui.label(label::WORKLOAD);
+                for (w, tip) in [
+                    (Workload::Infer, "a forward under torch.no_grad()"),
+                    (Workload::Grad, "a forward with autograd on, as a script without no_grad"),
+                    (Workload::Train, "forward, backward, optimizer step (the larger of steps 1 and 2)"),
+                ] {
+                    ui.radio_value(&mut settings.workload, w, w.name()).on_hover_text(tip);
+                }
+            });
+            ui.horizontal(|ui| {
+                let l = ui.label(label::TASK);
+                egui::ComboBox::from_id_salt("torch-task")
+                    .selected_text(settings.task.map_or("default", Task::name))
+                    .show_ui(ui, |ui| {
+                        ui.selectable_value(&mut settings.task, None, "default")
+                            .on_hover_text("inference: encoders base, decoders causal-lm; training: sequence-classification or causal-lm");
+                        for &t in Task::ALL {
+                            ui.selectable_value(&mut settings.task, Some(t), t.name());
+                        }
+                    })
+                    .response
+                    .labelled_by(l.id);
+            });
+            ui.horizontal(|ui| {
+                ui.label(label::ATTN);
+                for &a in Attn::ALL {
+                    ui.radio_value(&mut settings.attn, a, a.name());
+                }
+            });
+            ui.horizontal(|ui| {
+                ui.label("Mixed precision");
+                ui.checkbox(&mut settings.amp_bf16, "amp-bf16")
+                    .on_hover_text("f32 weights, the forward under torch.autocast(bfloat16)");
+                ui.checkbox(&mut settings.amp_f16, "amp-f16")
+                    .on_hover_text("f32 weights under torch.autocast(float16), a GradScaler in training");
+            });
+            if settings.workload == Workload::Train {
+                ui.horizontal(|ui| {
+                    ui.label(label::OPTIMIZER);
+                    for &o in Optimizer::ALL {
+                        ui.radio_value(&mut settings.optimizer, o, o.name());
+                    }
+                });
+                ui.horizontal(|ui| {
+                    ui.label(label::CHECKPOINTING);
+                    ui.checkbox(&mut settings.checkpointing_off, "off");
+                    ui.checkbox(&mut settings.checkpointing_on, "on")
+                        .on_hover_text("tick both for the two curves side by side");
+                });
+            }
+            ui.label(
+                RichText::new("PyTorch figures are PyTorch's own count (its profiler on the CPU; a CPU trial runs to its end and is then compared with the capacity).")
+                    .weak()
+                    .small(),
+            );
+        });
 }
 
 fn model_ui(

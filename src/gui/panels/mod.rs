@@ -119,6 +119,10 @@ pub fn draw(
         .default_size(320.0)
         .size_range(280.0..=460.0)
         .show(ui, |ui| {
+            // Run / Cancel / Resume stay in view however long the settings grow.
+            egui::Panel::bottom("experiment-run")
+                .resizable(false)
+                .show(ui, |ui| experiment::run_ui(view, ui, &mut cmds));
             egui::ScrollArea::vertical().show(ui, |ui| {
                 experiment::panel(view, settings, &mut state.model_filter, ui, &mut cmds);
             });

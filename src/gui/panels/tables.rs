@@ -130,7 +130,12 @@ fn trials_table(state: &mut PanelState, ui: &mut egui::Ui, r: &Results) {
                         state.teach.select(r, i);
                     }
                     cell(ui, COLS[1].2, t.seq.to_string());
-                    cell(ui, COLS[2].2, t.dtype.name());
+                    let dtype = match (t.runtime, t.checkpointing) {
+                        (crate::plan::Runtime::Candle, _) => t.dtype.name().to_string(),
+                        (crate::plan::Runtime::Torch, false) => format!("PT {}", t.dtype),
+                        (crate::plan::Runtime::Torch, true) => format!("PT {} ck", t.dtype),
+                    };
+                    cell(ui, COLS[2].2, dtype);
                     cell(ui, COLS[3].2, t.batch.to_string());
                     let (text, color) = match t.outcome {
                         Outcome::Fit => ("fit", None),

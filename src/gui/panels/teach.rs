@@ -10,7 +10,7 @@ use crate::presets::{self, PRESETS};
 use crate::report::{Outcome, Results, TrialRecord};
 use eframe::egui;
 use egui::{Color32, RichText};
-use egui_plot::{HLine, Line, Plot, PlotPoint, Points, Text};
+use egui_plot::{HLine, Line, Plot, PlotPoint, Points, Text, VLine};
 
 /// The window's own state.
 #[derive(Debug, Clone, Default)]
@@ -266,13 +266,19 @@ fn timeline(r: &Results, state: &TeachState, ui: &mut egui::Ui) {
     };
     let t: &TrialRecord = &r.trials[i];
     let Some(tl) = &t.timeline else { return };
+    let torch = t.runtime == crate::plan::Runtime::Torch;
     ui.label(
         RichText::new(format!(
-            "Timeline of trial {}: batch {} × seq {} in {}",
+            "Timeline of trial {}: batch {} × seq {} in {}{}",
             i + 1,
             t.batch,
             t.seq,
-            t.dtype
+            t.dtype,
+            if torch {
+                format!(" on PyTorch ({})", r.plan.workload.describe())
+            } else {
+                String::new()
+            }
         ))
         .strong(),
     );
@@ -290,16 +296,30 @@ fn timeline(r: &Results, state: &TeachState, ui: &mut egui::Ui) {
         .max_by_key(|(_, v)| **v)
         .map_or((0, 0), |(k, v)| (k, *v));
     let peak_pct = peak_at as f64 * 100.0 / n as f64;
+    let what = if torch { "the trial" } else { "the forward" };
     ui.label(format!(
-        "peak {} at {peak_pct:.0}% of the forward ({} allocations and frees)",
+        "peak {} at {peak_pct:.0}% of {what} ({} allocations and frees)",
         human_bytes(peak),
         tl.events
     ));
+    // PyTorch's profiler names the op and the module that made the peak allocation.
+    if let Some(label) = tl.peak_label() {
+        ui.label(RichText::new(format!("the peak: {label}")).strong());
+    }
+    let marks: Vec<(f64, String)> = tl
+        .marks
+        .iter()
+        .map(|m| (m.at as f64 * 100.0 / n as f64, m.label.clone()))
+        .collect();
     let cap = r.capacity_bytes as f64;
     Plot::new("teach-timeline")
         .height(220.0)
         .y_grid_spacer(crate::gui::plot::binary_grid_spacer)
-        .x_axis_label("progress through the forward (%)")
+        .x_axis_label(if torch {
+            "progress through the trial (%)"
+        } else {
+            "progress through the forward (%)"
+        })
         .y_axis_formatter(|m, _| crate::gui::plot::tick_label(m.value.max(0.0) as u64))
         .include_y(0.0)
         .show(ui, |pui| {
@@ -314,6 +334,18 @@ fn timeline(r: &Results, state: &TeachState, ui: &mut egui::Ui) {
                 PlotPoint::new(peak_pct, peak as f64),
                 format!("peak {}", human_bytes(peak)),
             ));
+            // Where the forward, the backward and the optimizer step begin.
+            for (x, label) in marks {
+                pui.vline(
+                    VLine::new(label.clone(), x)
+                        .color(Color32::GRAY)
+                        .style(egui_plot::LineStyle::dashed_dense()),
+                );
+                pui.text(
+                    Text::new(label.clone(), PlotPoint::new(x, 0.0), label)
+                        .anchor(egui::Align2::LEFT_BOTTOM),
+                );
+            }
             if cap <= peak as f64 * 1.5 {
                 pui.hline(HLine::new("capacity", cap).color(Color32::from_rgb(214, 39, 40)));
             }

@@ -13,6 +13,9 @@ fn plan(strategy: Strategy, range: (usize, usize), capacity_bytes: u64) -> Sweep
         headroom: 0.1,
         strategy,
         device: Device::Cpu { threads: 1 },
+        runtimes: vec![crate::plan::Runtime::Candle],
+        workload: crate::plan::Workload::default(),
+        torch: crate::plan::TorchPlan::default(),
     }
 }
 
@@ -25,9 +28,11 @@ fn record(
     failure: Option<Failure>,
 ) -> TrialRecord {
     TrialRecord {
+        runtime: crate::plan::Runtime::Candle,
         batch,
         seq: 16,
         dtype: Precision::F32,
+        checkpointing: false,
         strategy: plan.strategy,
         purpose,
         outcome,
@@ -45,12 +50,15 @@ fn record(
         device_used_bytes: None,
         process_bytes: None,
         timeline: None,
+        steps_bytes: None,
     }
 }
 
 const CURVE: Curve = Curve {
+    runtime: crate::plan::Runtime::Candle,
     seq: 16,
     dtype: Precision::F32,
+    checkpointing: false,
 };
 
 /// Drives `curve_phase` as the sweep does, against `total(b) = 100 + 10·b` under `capacity`,
@@ -235,7 +243,9 @@ fn a_confirmation_oom_below_the_boundary_makes_the_curve_non_monotone() {
 fn on_a_gpu_the_estimator_only_sizes_the_first_probe() {
     let spec = crate::catalog::ModelSpec::resolve(&ModelRef::Catalog("tiny-bert".into())).unwrap();
     let worker = WorkerInfo {
+        runtime: crate::plan::Runtime::Candle,
         dtype: Precision::F32,
+        checkpointing: false,
         weights_bytes: 1 << 20,
         baseline_bytes: 2 << 20,
         threads: 1,
@@ -245,6 +255,7 @@ fn on_a_gpu_the_estimator_only_sizes_the_first_probe() {
         overhead_bytes: None,
         ballast_bytes: None,
         pool_capacity_bytes: None,
+        versions: None,
     };
     let first = |device: Device, trials: &[TrialRecord]| {
         let p = SweepPlan {

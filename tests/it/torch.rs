@@ -1,0 +1,417 @@
+//! The PyTorch runtime, end to end through the binary, on tiny configs with the pinned venv
+//! (`scripts/torch-venv.sh`, which `.ci/run` runs first): an exact boundary on the CPU, infer <
+//! grad < train, checkpointing lowering a training peak, mixed precision against f32, the
+//! refusals, the export's Trainer keys, and both ends of the protocol on the same fixtures.
+//!
+//! Without the venv these tests say so and pass on a developer's machine; in CI (`CI` set) its
+//! absence fails them, so they cannot silently not run.
+
+use crate::common::{TempDir, bin, fixtures};
+use oomlab::plan::{Precision, Runtime};
+use oomlab::report::{Outcome, Results};
+use oomlab::search::BoundaryStatus;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// The venv `scripts/torch-venv.sh` makes.
+fn venv_python() -> Option<PathBuf> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    let p = cache.join("oomlab/torch-venv/bin/python");
+    p.is_file().then_some(p)
+}
+
+/// The venv's python, or `None` (with a note) where it is absent outside CI.
+fn torch_python() -> Option<PathBuf> {
+    let found = venv_python();
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the PyTorch tests: scripts/torch-venv.sh did not leave a venv"
+        );
+        eprintln!("skipped: no PyTorch venv (run scripts/torch-venv.sh to run these tests)");
+    }
+    found
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// `oomlab sweep --runtime torch --python P ARGS --json DIR/NAME.json`: the results.
+fn torch_sweep(python: &PathBuf, dir: &TempDir, name: &str, args: &[&str]) -> Results {
+    let json = dir.join(&format!("{name}.json"));
+    let journal = dir.join(&format!("{name}.jsonl"));
+    let mut cmd = Command::new(bin());
+    cmd.args(["sweep", "--runtime", "torch", "--python"])
+        .arg(python)
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .arg("--journal")
+        .arg(&journal);
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+}
+
+/// The one fit of a single-point sweep: (total, trial).
+fn only_fit(r: &Results) -> (u64, &oomlab::report::TrialRecord) {
+    let fits: Vec<_> = r
+        .trials
+        .iter()
+        .filter(|t| t.outcome == Outcome::Fit)
+        .collect();
+    assert_eq!(fits.len(), 1, "{:?}", r.trials);
+    (fits[0].total_bytes.unwrap(), fits[0])
+}
+
+#[test]
+fn the_boundary_is_exact_on_the_cpu_with_both_sides_measured() {
+    let Some(py) = torch_python() else { return };
+    let d = TempDir::new("torch-exact");
+    // One point first, to size a capacity a few batches up (no figure is assumed).
+    let one = torch_sweep(
+        &py,
+        &d,
+        "one",
+        &[
+            "--model",
+            "tiny-bert",
+            "--seq",
+            "32",
+            "--batch",
+            "1",
+            "--capacity",
+            "1GiB",
+        ],
+    );
+    let (total1, t1) = only_fit(&one);
+    let base = t1.baseline_bytes.unwrap();
+    assert!(
+        total1 > base && t1.live_before_bytes.unwrap() >= base,
+        "{t1:?}"
+    );
+    assert_eq!(t1.runtime, Runtime::Torch);
+    let capacity = base + 6 * (total1 - base) + (total1 - base) / 2;
+    let cap = capacity.to_string();
+    let r = torch_sweep(
+        &py,
+        &d,
+        "exact",
+        &[
+            "--model",
+            "tiny-bert",
+            "--seq",
+            "32",
+            "--batch",
+            "1..64",
+            "--capacity",
+            &cap,
+            "--confirm",
+            "none",
+        ],
+    );
+    let b = &r.boundaries[0];
+    assert_eq!(b.status, BoundaryStatus::Exact, "{r:#?}");
+    let b_star = b.max_batch.unwrap();
+    let fit = r
+        .trials
+        .iter()
+        .find(|t| t.batch == b_star && t.outcome == Outcome::Fit)
+        .expect("b* measured");
+    let oom = r
+        .trials
+        .iter()
+        .find(|t| t.batch == b_star + 1 && t.outcome == Outcome::Oom)
+        .expect("b*+1 measured");
+    assert!(fit.total_bytes.unwrap() <= capacity);
+    // The allocation that took PyTorch's count over the capacity.
+    assert!(oom.requested_bytes.is_some_and(|n| n > 0), "{oom:?}");
+    assert!((2..64).contains(&b_star), "{b_star}");
+    // Every figure is PyTorch's own count, recorded with the versions that made it.
+    let v = r.torch_versions.values().next().expect("versions recorded");
+    assert!(v.torch.starts_with("2.15.0"), "{v:?}");
+}
+
+#[test]
+fn inference_then_a_forward_keeping_the_graph_then_a_training_step() {
+    let Some(py) = torch_python() else { return };
+    let d = TempDir::new("torch-workloads");
+    let point = [
+        "--model",
+        "tiny-bert",
+        "--seq",
+        "32",
+        "--batch",
+        "4",
+        "--capacity",
+        "1GiB",
+    ];
+    let total = |workload: &str| {
+        let mut args = point.to_vec();
+        args.extend(["--workload", workload]);
+        let r = torch_sweep(&py, &d, workload, &args);
+        assert_eq!(r.plan.workload.name(), workload);
+        let (total, t) = only_fit(&r);
+        (total, t.steps_bytes.clone())
+    };
+    let (infer, none) = total("infer");
+    let (grad, _) = total("grad");
+    let (train, steps) = total("train");
+    assert!(none.is_none());
+    assert!(infer < grad && grad < train, "{infer} {grad} {train}");
+    // The measured figure is the larger of the first step and the second.
+    let steps = steps.expect("both steps recorded");
+    assert_eq!(steps.len(), 2);
+    assert_eq!(train, *steps.iter().max().unwrap());
+}
+
+#[test]
+fn checkpointing_lowers_a_training_peak_and_the_export_takes_trainer_keys() {
+    let Some(py) = torch_python() else { return };
+    let d = TempDir::new("torch-ckpt");
+    let export = d.join("recommended.toml");
+    let json = d.join("r.json");
+    // At seq 128 and batch 8 tiny-llama's activations dwarf its weights and AdamW's state.
+    let o = Command::new(bin())
+        .args(["sweep", "--runtime", "torch", "--python"])
+        .arg(&py)
+        .args([
+            "--model",
+            "tiny-llama",
+            "--seq",
+            "128",
+            "--batch",
+            "8",
+            "--capacity",
+            "1GiB",
+            "--workload",
+            "train",
+            "--gradient-checkpointing",
+            "off,on",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .arg("--export")
+        .arg(&export)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: Results = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let total = |ckpt: bool| {
+        r.trials
+            .iter()
+            .find(|t| t.checkpointing == ckpt && t.outcome == Outcome::Fit)
+            .and_then(|t| t.total_bytes)
+            .unwrap()
+    };
+    assert!(
+        total(true) < total(false),
+        "{} {}",
+        total(true),
+        total(false)
+    );
+    assert_eq!(r.boundaries.len(), 2);
+    let text = std::fs::read_to_string(&export).unwrap();
+    let doc: toml::Value = toml::from_str(&text).unwrap();
+    let hf = &doc["huggingface"];
+    assert_eq!(
+        hf["per_device_train_batch_size"].as_integer(),
+        Some(8),
+        "{text}"
+    );
+    assert!(hf.get("per_device_eval_batch_size").is_none(), "{text}");
+    assert_eq!(hf["optim"].as_str(), Some("adamw_torch"));
+    assert_eq!(hf["attn_implementation"].as_str(), Some("sdpa"));
+    // Batch 8 fits both ways: the pick takes the faster, without checkpointing.
+    assert_eq!(
+        hf["gradient_checkpointing"].as_bool(),
+        Some(false),
+        "{text}"
+    );
+    assert_eq!(doc["oomlab"]["runtime"].as_str(), Some("torch"));
+    assert!(
+        doc["oomlab"]["torch_version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("2.15.0")),
+        "{text}"
+    );
+    assert!(
+        doc["oomlab"]["workload"]
+            .as_str()
+            .unwrap()
+            .contains("training step")
+    );
+}
+
+#[test]
+fn mixed_precision_keeps_f32_weights_beside_its_casts() {
+    let Some(py) = torch_python() else { return };
+    let d = TempDir::new("torch-amp");
+    let r = torch_sweep(
+        &py,
+        &d,
+        "amp",
+        &[
+            "--model",
+            "tiny-bert",
+            "--seq",
+            "64",
+            "--batch",
+            "16",
+            "--capacity",
+            "1GiB",
+            "--dtype",
+            "f32,amp-bf16,bf16",
+        ],
+    );
+    let point = |p: Precision| {
+        r.trials
+            .iter()
+            .find(|t| t.dtype == p && t.outcome == Outcome::Fit)
+            .map(|t| (t.baseline_bytes.unwrap(), t.total_bytes.unwrap()))
+            .unwrap()
+    };
+    let (f32_base, f32_total) = point(Precision::F32);
+    let (amp_base, amp_total) = point(Precision::AmpBf16);
+    let (bf16_base, _) = point(Precision::Bf16);
+    // amp keeps the f32 weights (bf16 halves them) ...
+    assert_eq!(amp_base, f32_base);
+    assert!(bf16_base < f32_base);
+    // ... and its forward holds other bytes than f32's (bf16 activations, bf16 weight casts).
+    assert_ne!(amp_total, f32_total);
+}
+
+#[test]
+fn unusable_interpreters_and_runtime_mismatches_are_one_sentence_and_exit_2() {
+    let d = TempDir::new("torch-refusals");
+    let run = |args: &[&str]| {
+        let mut full = vec!["sweep", "--model", "tiny-bert"];
+        full.extend_from_slice(args);
+        Command::new(bin()).args(&full).output().unwrap()
+    };
+    let refused = |args: &[&str], needles: &[&str]| {
+        let o = run(args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{args:?}: missing '{n}' in {err}");
+        }
+        let lines = err.lines().filter(|l| !l.trim().is_empty()).count();
+        assert_eq!(lines, 1, "one sentence: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("Traceback"),
+            "{err}"
+        );
+    };
+    refused(
+        &["--runtime", "torch", "--python", "/no/such/python"],
+        &["/no/such/python does not exist", "--python"],
+    );
+    refused(
+        &["--workload", "train"],
+        &[
+            "candle runtime runs inference forwards only",
+            "--runtime",
+            "--workload",
+        ],
+    );
+    refused(
+        &["--dtype", "amp-bf16"],
+        &["no mixed precision", "--runtime"],
+    );
+    refused(
+        &["--runtime", "torch", "--gradient-checkpointing", "on"],
+        &[
+            "only changes a training step",
+            "--workload",
+            "--gradient-checkpointing",
+        ],
+    );
+    refused(
+        &[
+            "--runtime",
+            "torch",
+            "--workload",
+            "train",
+            "--task",
+            "base",
+        ],
+        &["needs a head with a loss", "--task"],
+    );
+    // An interpreter that is not Python at all, and one without torch.
+    let fake = d.join("python");
+    std::fs::write(&fake, "#!/bin/sh\necho not python >&2\nexit 3\n").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let fake_s = fake.display().to_string();
+    refused(
+        &["--runtime", "torch", "--python", &fake_s],
+        &[&fake_s, "cannot run the PyTorch worker", "not python"],
+    );
+    let bare = d.join("bare");
+    let made = Command::new("python3")
+        .args(["-m", "venv", "--without-pip"])
+        .arg(&bare)
+        .status();
+    if made.is_ok_and(|s| s.success()) {
+        let p = bare.join("bin/python").display().to_string();
+        refused(
+            &["--runtime", "torch", "--python", &p],
+            &[
+                &p,
+                "has no PyTorch (torch)",
+                "-m pip install torch transformers",
+            ],
+        );
+    }
+}
+
+#[test]
+fn both_ends_of_the_protocol_read_the_same_fixtures() {
+    let Some(py) = torch_python() else { return };
+    let o = Command::new(&py)
+        .arg("-c")
+        .arg(oomlab::worker::python::SOURCE)
+        .arg("selftest")
+        .arg(fixtures().join("protocol"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", stderr(&o));
+    assert!(out.contains(" passed, 0 failed"), "{out}");
+}
+
+#[test]
+fn a_worker_that_outgrows_this_machine_is_stopped_before_the_kernel_would() {
+    let Some(py) = torch_python() else { return };
+    let d = TempDir::new("torch-host");
+    // The machine taken to have 200 MiB available: importing torch alone takes more, so the
+    // supervisor, watching the worker's resident memory, ends it while it builds the model.
+    let o = Command::new(bin())
+        .args(["sweep", "--runtime", "torch", "--python"])
+        .arg(&py)
+        .args([
+            "--model",
+            "tiny-bert",
+            "--seq",
+            "32",
+            "--batch",
+            "1..4",
+            "--capacity",
+            "64MiB",
+            "--worker-host-available-bytes=200MiB",
+            "--journal",
+        ])
+        .arg(d.join("j.jsonl"))
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no trial ran")
+            && err.contains("more memory than this machine can give the worker"),
+        "{err}"
+    );
+}
