@@ -140,4 +140,23 @@ if [ "$torch" = 1 ]; then
   python3 scripts/gpu_check_torch.py "$out" "assets/models/$model.json" 2>&1 | tee "$out/torch.txt" \
     || echo "(PyTorch comparison failed: see $out/torch.txt)"
 fi
-echo "gpu-check: everything is in $out (table.txt, torch.txt, *.json, *.jsonl)"
+# oomlab's PyTorch runtime on the same GPU (bert-large at the capacity, infer and train, f32,
+# the first --seq), beside a plain PyTorch loop (double, then bisect; a fresh process per trial
+# holding the rest of the GPU in a ballast) under the same capacity: the same b* is expected.
+if [ "$torch" = 1 ] && python3 -c "import torch, transformers; assert torch.cuda.is_available()" 2>/dev/null; then
+  tseq=${seqs%%,*}
+  for workload in infer train; do
+    echo "== PyTorch runtime, $workload, seq $tseq"
+    "$bin" sweep --runtime torch --python "$(command -v python3)" --model "$model" --seq "$tseq" \
+      --dtype f32 --batch "$batch" --capacity "$capacity" --device "$device" --workload "$workload" \
+      --confirm none --force --journal "$out/torch-$workload.jsonl" --json "$out/torch-$workload.json" \
+      >"$out/torch-$workload.txt" 2>"$out/torch-$workload.err" \
+      || { echo "gpu-check: the PyTorch-runtime $workload sweep exited $?:"; tail -n 20 "$out/torch-$workload.err"; }
+    grep -E "^ *torch +[0-9]+ " "$out/torch-$workload.txt" | tail -n 1 | sed "s/^/oomlab --runtime torch: /" \
+      | tee -a "$out/torch-runtime.txt"
+    cap_bytes=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['capacity_bytes'])" "$out/torch-$workload.json")
+    python3 scripts/gpu_check_torch_loop.py "assets/models/$model.json" "$cap_bytes" "$workload" "$tseq" \
+      2>&1 | tail -n 1 | sed "s/^/plain PyTorch loop ($workload): /" | tee -a "$out/torch-runtime.txt"
+  done
+fi
+echo "gpu-check: everything is in $out (table.txt, torch.txt, torch-runtime.txt, *.json, *.jsonl)"

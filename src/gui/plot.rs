@@ -192,7 +192,11 @@ pub fn plot_ui(
     let resp = Plot::new("oomlab-memory-plot")
         .legend(Legend::default().position(Corner::RightBottom))
         .x_axis_label("batch size")
-        .y_axis_label("memory held during the forward")
+        .y_axis_label(if r.plan.uses_torch() {
+            "memory held during the trial"
+        } else {
+            "memory held during the forward"
+        })
         .y_grid_spacer(binary_grid_spacer)
         .y_axis_formatter(|m: GridMark, _| tick_label(m.value.max(0.0) as u64))
         .x_axis_formatter(|m: GridMark, _| format!("{:.0}", m.value))

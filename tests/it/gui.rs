@@ -973,7 +973,7 @@ fn teach_window_predicts_b_star_breaks_a_point_down_and_shows_a_trials_timeline(
     // The estimator's b* (before any trial) is the one the sweep measured.
     h.get_by_label_contains(&format!("predicted b* under {}: {star}", human_bytes(cap)));
     h.get_by_label_contains(&format!(
-        "Estimated for batch {} × seq 64 in f32",
+        "estimated for batch {} × seq 64 in f32",
         first["batch"]
     ));
     h.get_by_label_contains(&format!("measured in trial 1: {}", human_bytes(total)));
@@ -995,7 +995,7 @@ fn teach_window_predicts_b_star_breaks_a_point_down_and_shows_a_trials_timeline(
     h.get_by_label("Sequence length").set_value_accesskit(32.0);
     h.run_steps(3);
     h.get_by_label_contains(&format!(
-        "Estimated for batch {} × seq 32 in f32",
+        "estimated for batch {} × seq 32 in f32",
         first["batch"]
     ));
     assert!(h.query_by_label_contains("measured in trial").is_none());

@@ -140,8 +140,21 @@ pub fn draw(
     egui::CentralPanel::default_margins().show(ui, |ui| {
         if let Some(r) = &view.results {
             ui.heading(format!("{} — memory against batch", r.model));
-            ui.add(egui::Label::new(RichText::new(&r.forward).weak().small()).truncate())
-                .on_hover_text(&r.forward);
+            // What one trial runs, per runtime: candle's forward, PyTorch's workload.
+            let what = match (r.plan.uses_torch(), r.plan.runtimes.len()) {
+                (false, _) => r.forward.clone(),
+                (true, 1) => format!(
+                    "PyTorch: {} · PyTorch's own count of tensor bytes",
+                    r.plan.workload.describe()
+                ),
+                (true, _) => format!(
+                    "PyTorch: {} · candle: {}",
+                    r.plan.workload.describe(),
+                    r.forward
+                ),
+            };
+            ui.add(egui::Label::new(RichText::new(&what).weak().small()).truncate())
+                .on_hover_text(what);
             plot_rect = Some(plot::plot_ui(ui, r, view.teach));
         } else {
             ui.centered_and_justified(|ui| {

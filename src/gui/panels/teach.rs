@@ -157,7 +157,7 @@ fn body(view: &View<'_>, state: &mut TeachState, ui: &mut egui::Ui) {
     };
     ui.label(
         RichText::new(format!(
-            "Estimated for batch {} × seq {} in {}: total {}",
+            "candle's inference forward, estimated for batch {} × seq {} in {}: total {}",
             state.batch,
             state.seq,
             state.dtype,
@@ -179,12 +179,23 @@ fn body(view: &View<'_>, state: &mut TeachState, ui: &mut egui::Ui) {
             ui.label(format!("{name} {}", human_bytes(bytes)));
         });
     }
+    // The estimator models candle: only candle's measurements are compared with it.
     let measured = r.trials.iter().enumerate().rev().find(|(_, t)| {
-        t.batch == state.batch
+        t.runtime == crate::plan::Runtime::Candle
+            && t.batch == state.batch
             && t.seq == state.seq
             && t.dtype == state.dtype
             && t.outcome == Outcome::Fit
     });
+    if r.plan.uses_torch() {
+        ui.label(
+            RichText::new(
+                "The estimator models candle's forward; PyTorch's trials are measured only (their timelines are below).",
+            )
+            .weak()
+            .small(),
+        );
+    }
     if let Some((i, t)) = measured
         && let Some(total) = t.total_bytes
     {
