@@ -182,16 +182,6 @@ fn describe_scope(path: &str) -> String {
 }
 
 impl TrialRecord {
-    #[must_use]
-    pub fn curve(&self) -> Curve {
-        Curve {
-            runtime: self.runtime,
-            seq: self.seq,
-            dtype: self.dtype,
-            checkpointing: self.checkpointing,
-        }
-    }
-
     /// What happened, in words, for progress lines and logs: `fit, total 598.2 MiB (forward
     /// peak 175.8 MiB)`, `OOM, tried to allocate 20.2 MiB`, or `failed: <reason>`.
     #[must_use]
@@ -507,4 +497,4 @@ macro_rules! curve_of {
     )+};
 }
 
-curve_of!(BoundaryRecord, CurvePick, CurveRecommendation);
+curve_of!(TrialRecord, BoundaryRecord, CurvePick, CurveRecommendation);

@@ -415,3 +415,66 @@ fn a_worker_that_outgrows_this_machine_is_stopped_before_the_kernel_would() {
         "{err}"
     );
 }
+
+#[test]
+fn a_killed_torch_sweep_resumes_without_repeating_a_trial() {
+    let Some(py) = torch_python() else { return };
+    let d = TempDir::new("torch-resume");
+    let j = d.join("j.jsonl");
+    let jp = j.display().to_string();
+    let mut child = Command::new(bin())
+        .args(["sweep", "--runtime", "torch", "--python"])
+        .arg(&py)
+        .args([
+            "--model",
+            "tiny-bert",
+            "--seq",
+            "16",
+            "--batch",
+            "1..3",
+            "--strategy",
+            "grid",
+            "--capacity",
+            "1GiB",
+            "--journal",
+            &jp,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Bounded by journal lines, not time: one finished trial, then the CLI is killed.
+    let mut trials = 0;
+    for _ in 0..6000 {
+        trials = std::fs::read_to_string(&j).map_or(0, |t| t.matches("\"type\":\"trial\"").count());
+        if trials >= 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(trials >= 1, "journal did not grow");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = oomlab::report::read_journal(&j).unwrap();
+    assert_eq!(before.header.plan.runtimes, [Runtime::Torch]);
+    // The journal records the interpreter the sweep found.
+    assert_eq!(
+        before.header.plan.torch.python.as_deref(),
+        Some(py.as_path())
+    );
+    let o = Command::new(bin())
+        .args(["sweep", "--resume", &jp])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let after = oomlab::report::read_journal(&j).unwrap();
+    let mut batches: Vec<usize> = after
+        .trials
+        .iter()
+        .filter(|t| t.outcome != Outcome::Failed)
+        .map(|t| t.batch)
+        .collect();
+    batches.sort_unstable();
+    assert_eq!(batches, [1, 2, 3], "no finished trial repeated");
+    assert!(after.trials.iter().all(|t| t.runtime == Runtime::Torch));
+}
