@@ -437,11 +437,8 @@ impl SweepPlan {
         // PyTorch's settings matter only where PyTorch runs.
         if self.uses_torch() || other.uses_torch() {
             let (a, b) = (&self.torch, &other.torch);
-            let path = |p: &Option<PathBuf>| {
-                p.as_ref()
-                    .map_or_else(|| "(found)".into(), |p| p.display().to_string())
-            };
-            diff(PlanField::Python, path(&a.python), path(&b.python));
+            // The interpreter is not compared: a resume may name another one (a moved venv);
+            // each worker records the versions it ran with.
             let task = |t: Option<Task>| t.map_or_else(|| "default".into(), |t| t.to_string());
             diff(PlanField::Task, task(a.task), task(b.task));
             diff(PlanField::Attn, a.attn.to_string(), b.attn.to_string());

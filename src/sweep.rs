@@ -313,7 +313,17 @@ pub fn probe_python(plan: &mut SweepPlan, exe: &Path) -> Result<Option<Probed>, 
     };
     let found = python::find(plan.torch.python.as_deref(), exe).map_err(problem)?;
     let probed = python::probe(&found).map_err(problem)?;
-    plan.torch.python = Some(probed.python.clone());
+    if let Device::Cuda { index } = plan.device
+        && !probed.cuda_available
+    {
+        return Err(problem(python::PythonProblem::NoCuda {
+            python: probed.python,
+            version: probed.versions.torch,
+            index,
+        }));
+    }
+    // Recorded absolute, so a resume from another folder finds the same interpreter.
+    plan.torch.python = Some(std::path::absolute(&probed.python).unwrap_or(probed.python.clone()));
     Ok(Some(probed))
 }
 
@@ -371,6 +381,14 @@ pub fn check_seq(spec: &ModelSpec, seq: usize) -> Result<(), PlanError> {
 
 /// A precision candle can run the model's family in.
 pub fn check_dtype(spec: &ModelSpec, dtype: crate::plan::Precision) -> Result<(), PlanError> {
+    if dtype.is_amp() {
+        return Err(PlanError::invalid(
+            PlanField::Dtype,
+            PlanProblem::CandleCannot {
+                what: CandleLacks::Amp(dtype),
+            },
+        ));
+    }
     if spec.family.supports(dtype) {
         return Ok(());
     }
@@ -585,8 +603,12 @@ impl Sweep {
     /// must not change it.
     pub fn resume(journal_path: &Path, given: &PlanOverrides) -> Result<Self, PlanError> {
         let (journal, mut contents) = Journal::reopen(journal_path)?;
-        let plan = contents.header.plan.clone();
+        let mut plan = contents.header.plan.clone();
         let differences = plan.differences(&given.over(&plan));
+        // Another interpreter may continue the sweep (the journal's may have moved).
+        if let Some(python) = &given.python {
+            plan.torch.python = Some(python.clone());
+        }
         if !differences.is_empty() {
             return Err(PlanError::Contradicts {
                 journal: journal_path.to_path_buf(),

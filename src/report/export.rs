@@ -147,6 +147,9 @@ struct HfSection {
     fp16: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     optim: Option<&'static str>,
+    /// SGD was measured with momentum 0.9 (Trainer's `sgd` has none unless told).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    optim_args: Option<&'static str>,
     max_length: usize,
     torch_dtype: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -234,6 +237,8 @@ pub fn recommendation_text(results: &Results, ext: &str) -> Result<String, Expor
             bf16: (torch && pick.dtype == Precision::AmpBf16).then_some(true),
             fp16: (torch && pick.dtype == Precision::AmpF16).then_some(true),
             optim: train.then(|| results.plan.torch.optimizer.hf_optim()),
+            optim_args: (train && results.plan.torch.optimizer == crate::plan::Optimizer::Sgd)
+                .then_some("momentum=0.9"),
             max_length: pick.seq,
             torch_dtype: pick.dtype.torch_name(),
             attn_implementation: torch.then_some(results.plan.torch.attn.name()),

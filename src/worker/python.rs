@@ -77,6 +77,15 @@ pub enum PythonProblem {
     )]
     OldTransformers { python: PathBuf, version: String },
     #[error(
+        "{} has PyTorch {version} without a usable CUDA (a CPU build, or no GPU visible to it), so it cannot run on cuda:{index}; install a CUDA build (`{} -m pip install torch`) or choose cpu as the device",
+        python.display(), python.display()
+    )]
+    NoCuda {
+        python: PathBuf,
+        version: String,
+        index: usize,
+    },
+    #[error(
         "{} cannot import {package}: {detail}; reinstall it with `{} -m pip install --force-reinstall {package}`",
         python.display(), python.display()
     )]

@@ -260,16 +260,20 @@ impl Supervisor {
             .process_group(0);
         // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the worker
         // when the app dies, so no orphan keeps computing.
-        // The Python worker gets the candle worker's hygiene here: no core dumps, lower priority.
+        // The Python worker gets the candle worker's hygiene here (no core dumps, lower
+        // priority); candle's applies its own (nice values add up, so only once).
+        let hygiene = python.is_some();
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                let zero = libc::rlimit {
-                    rlim_cur: 0,
-                    rlim_max: 0,
-                };
-                libc::setrlimit(libc::RLIMIT_CORE, &raw const zero);
-                libc::nice(10);
+                if hygiene {
+                    let zero = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    libc::setrlimit(libc::RLIMIT_CORE, &raw const zero);
+                    libc::nice(10);
+                }
                 Ok(())
             });
         }

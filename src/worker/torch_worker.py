@@ -434,8 +434,14 @@ def protocol_stream() -> TextIO:
 
 
 def short_message(error: BaseException) -> str:
+    """The error's first line (and the next one where the first only introduces it), from the
+    innermost cause."""
+    while error.__cause__ is not None:
+        error = error.__cause__
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     text = lines[0] if lines else type(error).__name__
+    if text.endswith(":") and len(lines) > 1:
+        text = f"{text} {lines[1]}"
     return text if len(text) <= MESSAGE_CHARS else text[: MESSAGE_CHARS - 1] + "…"
 
 
@@ -543,9 +549,8 @@ def make_config(spec: TorchSpec) -> object:
 
     raw = dict(spec.config)
     model_type = cast(str, raw.pop("model_type"))
-    if spec.task == "sequence-classification":
-        raw.pop("id2label", None)
-        raw.pop("label2id", None)
+    if spec.task == "sequence-classification" and "id2label" not in raw and "num_labels" not in raw:
+        # A config that names no labels gets two; a fine-tuned classifier keeps its own.
         raw["num_labels"] = NUM_LABELS
     return AutoConfig.for_model(model_type, **raw)
 
@@ -990,7 +995,13 @@ def analyse_cpu(trace: Trace, baseline: int, capacity: int, train: bool) -> CpuF
         series.append(live)
     total = max(series, default=live_before)
     over = next((i for i, v in enumerate(series) if v > capacity), None)
-    over_capacity = trace.allocations[lo + over].nbytes if over is not None else None
+    # The allocation that crossed (a free can be the first event over it when the bytes live
+    # before the trial already exceed the capacity): the first positive one from there.
+    over_capacity = None
+    if over is not None:
+        over_capacity = next(
+            (a.nbytes for a in trace.allocations[lo + over : hi] if a.nbytes > 0), None
+        )
     steps = None
     if train:
         split = bisect_left(times, trace.ranges["step2"][0][0], lo, hi) - lo
@@ -1197,12 +1208,32 @@ def shrink_device(device: torch.device, capacity: int, held: int) -> int | None:
     import torch
 
     free, total = torch.cuda.mem_get_info(device)
+    if capacity - held > free:
+        index = device.index or 0
+        raise RuntimeError(
+            f"a capacity of {capacity} bytes is more than cuda:{index} can give this worker: "
+            f"{free} bytes free, {held} held by it already; lower the capacity"
+        )
     ballast = allocate_ballast(device, free - max(0, capacity - held))
     if ballast is None:
         log("no libcudart in this process; the pool is limited by a memory fraction instead")
         pool = max(0, capacity - (held - torch.cuda.memory_reserved(device)))
         torch.cuda.set_per_process_memory_fraction(min(1.0, pool / total), device)
     return ballast
+
+
+CUDA_OOM_TEXT = re.compile(r"out of memory|ALLOC_FAILED|ALLOCATION_FAILED", re.IGNORECASE)
+
+
+def host_memory_abort(message: str) -> None:
+    """The machine refused memory on the CPU: says so the way oomlab's own allocator does (a
+    marker line on stderr, then an abort), so the supervisor records `host_memory`, never a
+    boundary of the simulated capacity."""
+    match = re.search(r"allocate (\d+) bytes", message)
+    size = match.group(1) if match else "0"
+    sys.stderr.write(f"OOMLAB_HOST_MEMORY requested_bytes={size}\n")
+    sys.stderr.flush()
+    os.abort()
 
 
 def observe_oom(_device: int, alloc: int, _allocated: int, _free: int) -> None:
@@ -1244,9 +1275,20 @@ class Worker:
             if self.on_cuda(request):
                 self.replies.send(oom_reply(short_message(e), requested_bytes(str(e))))
             else:
-                # The host, not the simulated capacity: no boundary to learn from.
-                self.replies.send(error_reply(f"the host refused memory: {short_message(e)}"))
+                host_memory_abort(str(e))
             return True
+        except RuntimeError as e:
+            text = str(e)
+            if self.on_cuda(request) and CUDA_OOM_TEXT.search(text):
+                # cuBLAS/cuDNN's allocation failures and the driver's bare out-of-memory come as
+                # RuntimeError: the device's out-of-memory all the same.
+                traceback.print_exc(file=sys.stderr)
+                self.replies.send(oom_reply(short_message(e), requested_bytes(text)))
+                return True
+            if not self.on_cuda(request) and "can't allocate memory" in text:
+                # The host refused (not the simulated capacity): the supervisor's host_memory.
+                host_memory_abort(text)
+            raise
 
     def on_cuda(self, request: LoadRequest | TrialRequest) -> bool:
         if isinstance(request, LoadRequest):
@@ -1484,7 +1526,10 @@ def serve(replies: Replies, lines: TextIO) -> int:
             return 0
         try:
             if worker.handle(request):
-                return 0
+                # After an out-of-memory the worker ends at once (its `oom` line is flushed):
+                # interpreter shutdown with torch loaded takes seconds the supervisor waits for.
+                sys.stderr.flush()
+                os._exit(0)
         except Exception as e:
             traceback.print_exc(file=sys.stderr)
             replies.send(error_reply(short_message(e)))
@@ -1546,6 +1591,9 @@ def main(argv: list[str]) -> int:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    # `python -c` puts the current folder first on the path: a torch.py or types.py there must
+    # not stand in for the real modules.
+    sys.path[:] = [p for p in sys.path if p not in ("", os.getcwd())]
     mode = argv[1] if len(argv) > 1 else ""
     if mode == "selftest" and len(argv) == 3:
         return selftest(Path(argv[2]))

@@ -322,6 +322,13 @@ fn unusable_interpreters_and_runtime_mismatches_are_one_sentence_and_exit_2() {
         &["--dtype", "amp-bf16"],
         &["no mixed precision", "--runtime"],
     );
+    // The estimator models candle: it refuses mixed precision the same way.
+    let o = Command::new(bin())
+        .args(["estimate", "--model", "tiny-bert", "--dtype", "amp-bf16"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no mixed precision"), "{}", stderr(&o));
     refused(
         &["--runtime", "torch", "--gradient-checkpointing", "on"],
         &[
@@ -443,9 +450,13 @@ fn a_killed_torch_sweep_resumes_without_repeating_a_trial() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Bounded by journal lines, not time: one finished trial, then the CLI is killed.
+    // Bounded by journal lines, not time (the bound only guards a hang: importing torch on a
+    // loaded 2-core machine takes tens of seconds): one finished trial, then the CLI is killed.
     let mut trials = 0;
-    for _ in 0..6000 {
+    for _ in 0..60_000 {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
         trials = std::fs::read_to_string(&j).map_or(0, |t| t.matches("\"type\":\"trial\"").count());
         if trials >= 1 {
             break;
@@ -462,11 +473,21 @@ fn a_killed_torch_sweep_resumes_without_repeating_a_trial() {
         before.header.plan.torch.python.as_deref(),
         Some(py.as_path())
     );
+    // The venv moved: another interpreter path continues the sweep.
+    let moved = d.join("python");
+    std::fs::write(&moved, format!("#!/bin/sh\nexec {} \"$@\"\n", py.display())).unwrap();
+    std::fs::set_permissions(&moved, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let o = Command::new(bin())
-        .args(["sweep", "--resume", &jp])
+        .args(["sweep", "--resume", &jp, "--python"])
+        .arg(&moved)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("PyTorch runtime: {}", moved.display())),
+        "{}",
+        stderr(&o)
+    );
     let after = oomlab::report::read_journal(&j).unwrap();
     let mut batches: Vec<usize> = after
         .trials
