@@ -640,6 +640,49 @@ fn the_runtime_picker_shows_pytorch_settings_only_where_they_apply() {
     assert_eq!(plan.workload, oomlab::plan::Workload::Train);
 }
 
+/// A new user's PyTorch run: Runtime PyTorch, Workload train, checkpointing off and on; both
+/// curves drawn in the boundary table, the card says what was sized, the export is Trainer's.
+#[test]
+fn a_pytorch_training_sweep_in_the_window_draws_both_checkpointing_curves_and_exports() {
+    let Some(py) = crate::torch::torch_python() else {
+        return;
+    };
+    let dir = TempDir::new("gui-torch");
+    let mut h = harness(&dir, None);
+    {
+        let s = &mut h.state_mut().settings;
+        s.model = "tiny-llama".into();
+        s.candle = false;
+        s.torch = true;
+        s.python = py.display().to_string();
+        s.workload = oomlab::plan::Workload::Train;
+        s.checkpointing_on = true;
+        s.strategy = Strategy::Grid;
+    }
+    set_experiment(&mut h, "64", "1..2", "1GiB");
+    assert!(!run_disabled(&h));
+    h.get_by_role_and_label(Role::Button, "Run").click();
+    h.run_steps(1);
+    run_to_end(&mut h);
+    // Both curves, read from the drawn boundary table (grid up to the range's top: 2).
+    for curve in ["torch seq 64 f32", "torch seq 64 f32 ckpt"] {
+        let cells = row(&h, curve);
+        assert_eq!(cells[1], "2", "{curve}: {cells:?}");
+        assert_eq!(cells[2], "above_range", "{curve}: {cells:?}");
+    }
+    shown(&h, "PyTorch");
+    shown(&h, "one training step (forward, backward, optimizer step)");
+    let out = dir.join("rec.toml");
+    h.get_by_label("Export path")
+        .set_text_value_accesskit(&out.display().to_string());
+    h.run_steps(1);
+    write_export(&mut h);
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.contains("per_device_train_batch_size = 2"), "{text}");
+    assert!(text.contains("runtime = \"torch\""), "{text}");
+    assert!(!text.contains("per_device_eval_batch_size"), "{text}");
+}
+
 #[test]
 fn without_a_checker_thread_a_path_gets_an_error_not_a_stuck_check() {
     let dir = TempDir::new("gui-nochecker");

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 /// The venv `scripts/torch-venv.sh` makes.
-fn venv_python() -> Option<PathBuf> {
+pub fn venv_python() -> Option<PathBuf> {
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
@@ -23,7 +23,7 @@ fn venv_python() -> Option<PathBuf> {
 }
 
 /// The venv's python, or `None` (with a note) where it is absent outside CI.
-fn torch_python() -> Option<PathBuf> {
+pub fn torch_python() -> Option<PathBuf> {
     let found = venv_python();
     if found.is_none() {
         assert!(
