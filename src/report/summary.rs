@@ -87,6 +87,9 @@ fn baseline_for(curve: Curve, trials: &[TrialRecord], workers: &[WorkerInfo]) ->
         })
 }
 
+/// How far past its largest fit a PyTorch curve on the CPU may try while no OOM is known.
+pub const TORCH_CPU_JUMP: usize = 8;
+
 /// Most trials a curve may record (measured or killed) before the driver stops it: twice what
 /// the search and the recommendation can take (each batch may be killed once and retried).
 #[must_use]
@@ -165,6 +168,9 @@ pub fn curve_phase(
         baseline_bytes,
         hint,
         hint_exact: !on_gpu,
+        // PyTorch on the CPU runs every trial to its end: at most 8× the largest fit at a time.
+        max_jump: (curve.runtime == crate::plan::Runtime::Torch && !on_gpu)
+            .then_some(TORCH_CPU_JUMP),
     };
     let all = obs_of(mine.iter().copied());
     let step = search::next_step(plan.strategy, &ctx, &all);

@@ -46,6 +46,12 @@ pub struct SearchCtx {
     /// forward exactly). On a GPU it only sizes the first probe: no b*−1 / b*+1 steps around
     /// it, the measured line takes over from there.
     pub hint_exact: bool,
+    /// While no out-of-memory is known, no trial beyond this many times the largest fit (`None`:
+    /// no limit). A CPU PyTorch trial cannot be stopped at the capacity — it runs to its end, or
+    /// to this machine's memory — so a line that extrapolates far (a training step's flat
+    /// stretch, where the optimizer's temporaries make the peak) must not send it to the top of
+    /// the range.
+    pub max_jump: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -306,10 +312,14 @@ pub fn next_step(strategy: Strategy, ctx: &SearchCtx, obs: &[Obs]) -> Step {
                 } else {
                     None
                 };
-                match (guess, oom) {
+                let next = match (guess, oom) {
                     (Some(g), _) => g.clamp(low + 1, high - 1),
                     (None, None) => low.saturating_mul(2).clamp(low + 1, hi),
                     (None, Some(_)) => usize::midpoint(low, high),
+                };
+                match (fit, oom, ctx.max_jump) {
+                    (Some(f), None, Some(k)) => next.min(f.saturating_mul(k)).max(low + 1),
+                    _ => next,
                 }
             }
         }

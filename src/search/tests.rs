@@ -301,6 +301,12 @@ fn every_strategy_survives_thousands_of_random_curves_within_its_bound() {
             hint: None,
             // Exact to the batch (the CPU estimator) or a first probe only (a GPU).
             hint_exact: rng.chance(50),
+            // PyTorch on the CPU: no jump beyond 8× the largest fit (sometimes 2×).
+            max_jump: match rng.range(0, 3) {
+                0 => None,
+                1 => Some(2),
+                _ => Some(8),
+            },
         };
         // The estimator's b*: absent, right, a little off, anywhere, or "nothing fits".
         let star = last_true(range, &|b| world(b).0).unwrap_or(0);
@@ -409,6 +415,7 @@ fn arbitrary_observations_never_crash_or_repeat() {
                 .chance(50)
                 .then(|| rng.range(0, range.max as u64 + 3) as usize),
             hint_exact: rng.chance(50),
+            max_jump: None,
         };
         let fresh =
             |b: usize| b >= range.min && b <= range.max && !obs.iter().any(|o| o.batch == b);
@@ -436,6 +443,7 @@ fn a_fit_above_an_oom_is_non_monotone_naming_both_batches() {
         baseline_bytes: Some(100),
         hint: None,
         hint_exact: true,
+        max_jump: None,
     };
     let fit = |batch, t| Obs {
         batch,
@@ -491,6 +499,7 @@ fn auto_needs_three_trials_where_binsearch_needs_nine() {
         baseline_bytes: Some(BASE),
         hint: None,
         hint_exact: true,
+        max_jump: None,
     };
     let world = |b: usize| {
         let t = BASE + 1234 + K * b as u64;
@@ -532,6 +541,7 @@ fn recommendation_none_when_nothing_fits_under_headroom() {
         baseline_bytes: Some(900),
         hint: None,
         hint_exact: true,
+        max_jump: None,
     };
     let obs = [
         Obs {
@@ -568,6 +578,7 @@ fn pool_steps_do_not_flatten_the_measured_line() {
         baseline_bytes: Some(2_062_417_920),
         hint: Some(772),
         hint_exact: false,
+        max_jump: None,
     };
     let fit = |batch, total| Obs {
         batch,
@@ -597,6 +608,7 @@ fn a_confirmation_over_the_limit_is_a_point_of_the_line() {
         baseline_bytes: Some(1_205_887_908),
         hint: Some(52),
         hint_exact: true,
+        max_jump: None,
     };
     let fit = |batch, total| Obs {
         batch,
@@ -629,5 +641,42 @@ fn a_confirmation_over_the_limit_is_a_point_of_the_line() {
     assert_eq!(
         recommend(&ctx, &found, limit, &obs, true, 2),
         Rec::Done(Some(35))
+    );
+}
+
+/// A training step's flat stretch (the optimizer's temporaries make the peak at small batches):
+/// the measured line barely rises, and extrapolating it sends the next trial to the top of the
+/// range. A CPU PyTorch trial runs to its end there (measured: bert-base, batch 256, 97 s into
+/// this machine's memory), so with `max_jump` the next trial stays within 8× the largest fit.
+#[test]
+fn a_flat_line_does_not_send_a_pytorch_trial_to_the_top_of_the_range() {
+    let ctx = SearchCtx {
+        range: BatchRange::new(1, 256).unwrap(),
+        capacity_bytes: 4 << 30,
+        baseline_bytes: Some(438_000_000),
+        hint: None,
+        hint_exact: true,
+        max_jump: Some(8),
+    };
+    let obs = [
+        Obs {
+            batch: 1,
+            fits: true,
+            total_bytes: Some(1_939_000_000),
+        },
+        Obs {
+            batch: 2,
+            fits: true,
+            total_bytes: Some(1_939_004_096),
+        },
+    ];
+    assert_eq!(next_step(Strategy::Auto, &ctx, &obs), Step::Trial(16));
+    let unbounded = SearchCtx {
+        max_jump: None,
+        ..ctx
+    };
+    assert_eq!(
+        next_step(Strategy::Auto, &unbounded, &obs),
+        Step::Trial(256)
     );
 }
