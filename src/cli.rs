@@ -210,7 +210,9 @@ The recommendation:
 What is measured:
   Encoders: a forward over all positions. Decoders: the prefill with KV cache and logits for the
   last position only (what candle 0.11 computes); a Hugging Face evaluation forward computes
-  logits for every position and needs more.
+  logits for every position and needs more. With --runtime torch: the workload (--workload) in
+  PyTorch, counted by PyTorch's profiler on the CPU (a trial runs to its end, then is compared
+  with the capacity) and by torch.cuda's statistics on a GPU.
 
 Example:
   oomlab sweep --model bert-base-uncased --seq 128,256 --dtype f32,f16,bf16 \\
