@@ -944,10 +944,13 @@ pub struct Curve {
 }
 
 /// What one worker is built for: every curve with the same build shares its worker's baseline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// (In the journal's `load_failed` lines; those written before PyTorch read as candle's.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Build {
+    #[serde(default)]
     pub runtime: Runtime,
     pub dtype: Precision,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub checkpointing: bool,
 }
 
@@ -964,17 +967,6 @@ impl Build {
 }
 
 impl Curve {
-    /// A candle curve (the only runtime before PyTorch's).
-    #[must_use]
-    pub fn candle(seq: usize, dtype: Precision) -> Self {
-        Self {
-            runtime: Runtime::Candle,
-            seq,
-            dtype,
-            checkpointing: false,
-        }
-    }
-
     #[must_use]
     pub fn build(self) -> Build {
         Build {

@@ -27,14 +27,6 @@ pub enum Precision {
 impl Precision {
     /// The precisions candle runs (the weights and the forward in one dtype).
     pub const ALL: [Self; 3] = [Self::F32, Self::F16, Self::Bf16];
-    /// Every precision, mixed ones included (the PyTorch runtime).
-    pub const WITH_AMP: [Self; 5] = [
-        Self::F32,
-        Self::F16,
-        Self::Bf16,
-        Self::AmpBf16,
-        Self::AmpF16,
-    ];
 
     #[must_use]
     pub fn name(self) -> &'static str {

@@ -264,7 +264,7 @@ pub fn check(plan: &SweepPlan, spec: &ModelSpec) -> Result<(), PlanError> {
     Ok(())
 }
 
-/// What each runtime can run: candle runs inference forwards in one precision; PyTorch's
+/// What each runtime can run: candle runs inference forwards; PyTorch's
 /// checkpointing needs training, and training a head with a loss.
 fn check_runtimes(plan: &SweepPlan, spec: &ModelSpec) -> Result<(), PlanError> {
     use PlanProblem as P;
@@ -277,9 +277,7 @@ fn check_runtimes(plan: &SweepPlan, spec: &ModelSpec) -> Result<(), PlanError> {
         if plan.workload != Workload::Infer {
             return lacks(PlanField::Workload, CandleLacks::Workload(plan.workload));
         }
-        if let Some(&d) = plan.dtypes.iter().find(|d| d.is_amp()) {
-            return lacks(PlanField::Dtype, CandleLacks::Amp(d));
-        }
+        // Mixed precision: `check_dtype`, which the estimator shares.
         if checkpointing && !plan.uses_torch() {
             return lacks(PlanField::Checkpointing, CandleLacks::Checkpointing);
         }
@@ -638,20 +636,8 @@ impl Sweep {
         match line {
             JournalLine::Worker(w) => self.contents.workers.push(w),
             JournalLine::Trial(t) => self.contents.trials.push(t),
-            JournalLine::LoadFailed {
-                runtime,
-                dtype,
-                checkpointing,
-                reason,
-            } => {
-                self.contents.load_failures.push((
-                    Build {
-                        runtime,
-                        dtype,
-                        checkpointing,
-                    },
-                    reason,
-                ));
+            JournalLine::LoadFailed { build, reason } => {
+                self.contents.load_failures.push((build, reason));
             }
             JournalLine::Host(h) => self.contents.host = Some(h),
             JournalLine::End { .. } | JournalLine::Plan(_) => {}
@@ -796,9 +782,7 @@ impl Sweep {
                     return Ok(false);
                 }
                 self.record(JournalLine::LoadFailed {
-                    runtime: curve.runtime,
-                    dtype: curve.dtype,
-                    checkpointing: curve.checkpointing,
+                    build: curve.build(),
                     reason: reason.clone(),
                 })?;
                 sink(SweepEvent::LoadFailed {

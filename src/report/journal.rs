@@ -195,19 +195,7 @@ pub fn parse(path: &Path, text: &str) -> Result<JournalContents, JournalError> {
             }
             JournalLine::Worker(w) => workers.push(w),
             JournalLine::Trial(t) => trials.push(t),
-            JournalLine::LoadFailed {
-                runtime,
-                dtype,
-                checkpointing,
-                reason,
-            } => load_failures.push((
-                crate::plan::Build {
-                    runtime,
-                    dtype,
-                    checkpointing,
-                },
-                reason,
-            )),
+            JournalLine::LoadFailed { build, reason } => load_failures.push((build, reason)),
             JournalLine::Host(h) => host = Some(h),
             JournalLine::End { .. } => {}
         }

@@ -270,11 +270,8 @@ pub enum JournalLine {
     Host(HostMemory),
     /// A load that failed for a whole precision (e.g. weights above the capacity).
     LoadFailed {
-        #[serde(default)]
-        runtime: Runtime,
-        dtype: Precision,
-        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        checkpointing: bool,
+        #[serde(flatten)]
+        build: Build,
         reason: String,
     },
     End {
@@ -498,3 +495,42 @@ macro_rules! curve_of {
 }
 
 curve_of!(TrialRecord, BoundaryRecord, CurvePick, CurveRecommendation);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `load_failed` line names its build; lines written before the PyTorch runtime (no
+    /// runtime, no checkpointing) read as candle's, and candle's are written as before.
+    #[test]
+    fn load_failed_lines_read_old_and_new() {
+        let old = r#"{"type":"load_failed","dtype":"f16","reason":"no"}"#;
+        let JournalLine::LoadFailed { build, reason } = serde_json::from_str(old).unwrap() else {
+            panic!("not a load failure")
+        };
+        assert_eq!(
+            build,
+            Build {
+                runtime: Runtime::Candle,
+                dtype: Precision::F16,
+                checkpointing: false
+            }
+        );
+        assert_eq!(reason, "no");
+        let line = JournalLine::LoadFailed { build, reason };
+        assert_eq!(
+            serde_json::to_string(&line).unwrap(),
+            old.replace(r#""dtype""#, r#""runtime":"candle","dtype""#)
+        );
+        let torch = JournalLine::LoadFailed {
+            build: Build {
+                runtime: Runtime::Torch,
+                dtype: Precision::AmpBf16,
+                checkpointing: true,
+            },
+            reason: "x".into(),
+        };
+        let text = serde_json::to_string(&torch).unwrap();
+        assert_eq!(serde_json::from_str::<JournalLine>(&text).unwrap(), torch);
+    }
+}

@@ -5,7 +5,7 @@ use super::WorkerFaults;
 use super::protocol::{Ready, Request, Response, TorchLoad, TrialMeasure};
 use crate::catalog::ModelRef;
 use crate::measure::alloc::{parse_host_marker, parse_oom_marker};
-use crate::plan::{Device, Precision, Runtime};
+use crate::plan::{Device, Precision};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -165,15 +165,6 @@ impl Load {
             capacity_bytes,
             device,
             torch: None,
-        }
-    }
-
-    #[must_use]
-    pub fn runtime(&self) -> Runtime {
-        if self.torch.is_some() {
-            Runtime::Torch
-        } else {
-            Runtime::Candle
         }
     }
 
