@@ -1,8 +1,7 @@
 //! The command line: argument types (clap) and the headless face over the engine.
 
-use crate::catalog::{BUNDLED, ModelRef, ModelSpec};
+use crate::catalog::ModelRef;
 use crate::measure::host::HostMemory;
-use crate::models;
 use crate::plan::{
     Attn, BatchRange, Confirm, DeviceKind, Face, Optimizer, PlanField, PlanOverrides, Precision,
     Runtime, Strategy, SweepPlan, Task, Workload, human_bytes, parse_bytes, parse_headroom,
@@ -13,6 +12,8 @@ use crate::worker::{WorkerConfig, WorkerFaults};
 use clap::{Args, Parser, Subcommand};
 
 mod estimate;
+mod explain;
+mod models;
 pub use estimate::EstimateArgs;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -301,216 +302,9 @@ fn journal_error(e: &JournalError) -> String {
     }
 }
 
-/// `oomlab models`
-pub fn models() -> Result<(), CliError> {
-    println!(
-        "{:<24} {:<11} {:>15} {:>11} {:>11} {:>11} {:>8}",
-        "id", "family", "parameters", "f32", "f16", "bf16", "max seq"
-    );
-    for b in BUNDLED {
-        let spec =
-            ModelSpec::resolve(&ModelRef::Catalog(b.id.into())).map_err(CliError::runtime)?;
-        let w = |p: Precision| human_bytes(models::weights_bytes(&spec, p.candle()));
-        println!(
-            "{:<24} {:<11} {:>15} {:>11} {:>11} {:>11} {:>8}{}",
-            b.id,
-            spec.family.name(),
-            group(spec.dims.published_parameters(spec.family)),
-            w(Precision::F32),
-            w(Precision::F16),
-            w(Precision::Bf16),
-            spec.dims.max_positions,
-            if b.tiny { "  (tiny, for tests)" } else { "" }
-        );
-    }
-    let cache = crate::catalog::hub::cache_dir();
-    let cached = crate::catalog::CatalogEntry::cached(&cache);
-    if !cached.is_empty() {
-        println!("\nin the Hugging Face cache at {}:", cache.display());
-        for e in &cached {
-            let b = |v: Option<u64>| v.map_or_else(|| "-".into(), human_bytes);
-            println!(
-                "{:<40} {:<11} {:>15} {:>11} {:>11}{}",
-                e.name,
-                e.group,
-                e.params.map_or_else(|| "-".into(), group),
-                b(e.f32_bytes),
-                b(e.half_bytes),
-                e.problem
-                    .as_deref()
-                    .map(|p| format!("  ({p})"))
-                    .unwrap_or_default()
-            );
-        }
-    }
-    println!(
-        "\nparameters as published (BERT includes its pooler); weight bytes as candle holds them."
-    );
-    println!("{}", host_line(HostMemory::read().as_ref()));
-    println!(
-        "--model also takes a Hugging Face id (org/name[@revision], bundled ones by either name), a config.json, or a folder with config.json + *.safetensors."
-    );
-    Ok(())
-}
-
 /// A `--gpu` preset's memory.
 fn parse_gpu(text: &str) -> Result<u64, String> {
     crate::presets::find(text).map(|p| p.total_bytes)
-}
-
-/// `oomlab models --gpu G`: per bundled model and precision, whether the weights fit and the
-/// largest batch the estimator gives at seq 128 (a CPU estimate: the CUDA context is not in it).
-fn models_on_gpu(gpu: &str, worker: &WorkerConfig) -> Result<(), CliError> {
-    let preset = crate::presets::find(gpu).map_err(CliError::usage)?;
-    let threads = crate::plan::defaults::threads();
-    let cancel = AtomicBool::new(false);
-    println!(
-        "{}: {} as CUDA reports it\n  ({})",
-        preset.name,
-        crate::presets::capacity_label(preset.total_bytes, false),
-        preset.source
-    );
-    println!(
-        "{:<24} {:<5} {:>11} {:>9} {:>9}",
-        "id", "dtype", "weights", "fits", "max batch"
-    );
-    for b in BUNDLED.iter().filter(|b| !b.tiny) {
-        let spec =
-            ModelSpec::resolve(&ModelRef::Catalog(b.id.into())).map_err(CliError::runtime)?;
-        let seq = crate::plan::defaults::SEQ.min(spec.dims.max_positions);
-        for dtype in Precision::ALL {
-            if !spec.family.supports(dtype) {
-                continue;
-            }
-            let (rt, _) = crate::calibrate::runtime(threads, dtype, worker, None, &cancel)
-                .map_err(CliError::runtime)?;
-            let weights = models::weights_bytes(&spec, dtype.candle());
-            let max = crate::estimate::max_batch(
-                &spec,
-                seq,
-                dtype,
-                &rt,
-                preset.total_bytes,
-                crate::cli::estimate::MAX_BATCH,
-            );
-            println!(
-                "{:<24} {:<5} {:>11} {:>9} {:>9}",
-                b.id,
-                dtype.name(),
-                human_bytes(weights),
-                if max.is_some() { "yes" } else { "no" },
-                max.map_or_else(|| "-".into(), |m| m.to_string())
-            );
-        }
-    }
-    println!(
-        "\nmax batch: the estimator's largest batch at seq 128 (or the model's maximum), forward only; \n{}.",
-        crate::presets::CPU_NOTE
-    );
-    Ok(())
-}
-
-/// `oomlab explain`: exit 0 with the explanation, 1 for a text that is no OOM message, 2 when
-/// the text cannot be read.
-fn explain(
-    text: Option<String>,
-    file: Option<PathBuf>,
-    json: bool,
-    model: Option<&ModelAt>,
-) -> i32 {
-    use std::io::Read;
-    let text = match (text, file) {
-        (_, Some(path)) => std::fs::read_to_string(&path).map_err(|e| {
-            format!(
-                "cannot read {}: {e}; check the path given to --file",
-                path.display()
-            )
-        }),
-        (Some(t), None) if t != "-" => Ok(t),
-        _ => {
-            let mut s = String::new();
-            std::io::stdin()
-                .read_to_string(&mut s)
-                .map(|_| s)
-                .map_err(|e| format!("cannot read the message from stdin: {e}"))
-        }
-    };
-    let text = match text {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("oomlab: {e}");
-            return 2;
-        }
-    };
-    let explained = crate::explain::explain(&text).map(|mut e| {
-        if let Some(m) = model {
-            match largest_batch(m, e.total_capacity_bytes) {
-                Ok(lb) => e.set_largest_batch(lb),
-                Err(why) => return Err(why),
-            }
-        }
-        Ok(e)
-    });
-    let explained = match explained {
-        Ok(Ok(e)) => Ok(e),
-        Ok(Err(why)) => {
-            eprintln!("oomlab: {}", why.message);
-            return why.code;
-        }
-        Err(not) => Err(not),
-    };
-    match explained {
-        Ok(e) if json => {
-            println!("{}", serde_json::to_string_pretty(&e).unwrap_or_default());
-            0
-        }
-        Ok(e) => {
-            print!("{}", e.text());
-            0
-        }
-        Err(e) => {
-            eprintln!("oomlab: {e}");
-            1
-        }
-    }
-}
-
-/// `--model`, `--seq`, `--dtype`, `--gpu` of `oomlab explain`.
-type ModelAt = (String, Option<usize>, Option<Precision>, Option<u64>);
-
-/// The estimator's largest batch for `explain --model` under the message's total capacity.
-fn largest_batch(
-    (model, seq, dtype, gpu): &ModelAt,
-    total_capacity: Option<u64>,
-) -> Result<crate::explain::LargestBatch, CliError> {
-    let reference = ModelRef::parse(model).map_err(|e| CliError::from(PlanError::Model(e)))?;
-    let spec = ModelSpec::resolve(&reference).map_err(|e| CliError::from(PlanError::Model(e)))?;
-    let capacity = gpu.or(total_capacity).ok_or_else(|| {
-        CliError::usage(
-            "the message does not give the GPU's total capacity; name the GPU with --gpu (e.g. --gpu t4)",
-        )
-    })?;
-    let dtype = dtype.unwrap_or(crate::plan::defaults::DTYPES[0]);
-    let seq = seq.unwrap_or(crate::plan::defaults::SEQ.min(spec.dims.max_positions));
-    sweep::check_seq(&spec, seq)?;
-    sweep::check_dtype(&spec, dtype)?;
-    let worker = WorkerConfig::current()
-        .map_err(|e| CliError::runtime(format!("cannot locate the oomlab binary: {e}")))?;
-    let (rt, _) = crate::calibrate::runtime(
-        crate::plan::defaults::threads(),
-        dtype,
-        &worker,
-        None,
-        &AtomicBool::new(false),
-    )
-    .map_err(CliError::runtime)?;
-    Ok(crate::explain::LargestBatch {
-        model: spec.name.clone(),
-        seq,
-        dtype,
-        capacity_bytes: capacity,
-        batch: crate::estimate::max_batch(&spec, seq, dtype, &rt, capacity, estimate::MAX_BATCH),
-    })
 }
 
 /// `oomlab devices`: the GPUs NVML sees (exit 0 without a driver: the CPU is always there).
@@ -579,7 +373,7 @@ pub fn devices(json: bool) {
 }
 
 /// One line about this machine's memory and the largest capacity it can simulate.
-fn host_line(host: Option<&HostMemory>) -> String {
+pub(super) fn host_line(host: Option<&HostMemory>) -> String {
     host.map_or_else(
         || "this machine's memory could not be read; capacities are not checked against it".into(),
         |h| {
@@ -592,7 +386,7 @@ fn host_line(host: Option<&HostMemory>) -> String {
     )
 }
 
-fn group(n: u64) -> String {
+pub(super) fn group(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
@@ -1161,10 +955,10 @@ pub fn main_with(cli: Cli, gui: &dyn Fn(Option<PathBuf>) -> Result<(), String>) 
                 )))
             }
         }
-        Some(Command::Models { gpu: None }) => models(),
+        Some(Command::Models { gpu: None }) => models::models(),
         Some(Command::Models { gpu: Some(g) }) => WorkerConfig::current()
             .map_err(|e| CliError::runtime(format!("cannot locate the oomlab binary: {e}")))
-            .and_then(|w| models_on_gpu(&g, &w)),
+            .and_then(|w| models::models_on_gpu(&g, &w)),
         Some(Command::Explain {
             text,
             file,
@@ -1174,7 +968,7 @@ pub fn main_with(cli: Cli, gui: &dyn Fn(Option<PathBuf>) -> Result<(), String>) 
             dtype,
             gpu,
         }) => {
-            return explain(
+            return explain::explain(
                 text,
                 file,
                 json,
