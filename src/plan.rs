@@ -111,6 +111,11 @@ impl FromStr for BatchRange {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
+        if s.starts_with('-') {
+            return Err(format!(
+                "a batch size cannot be negative ('{s}'); batches start at 1, e.g. 1..256"
+            ));
+        }
         let num = |t: &str| {
             t.trim()
                 .parse::<usize>()
@@ -569,7 +574,8 @@ impl PlanOverrides {
     }
 }
 
-fn dedup<T: PartialEq + Copy>(v: &[T]) -> Vec<T> {
+/// `v` in its order, each value once (`--dtype float16,half` is one precision).
+pub fn dedup<T: PartialEq + Copy>(v: &[T]) -> Vec<T> {
     let mut out: Vec<T> = Vec::with_capacity(v.len());
     for x in v {
         if !out.contains(x) {
@@ -990,11 +996,30 @@ impl fmt::Display for Curve {
     }
 }
 
-/// Parses sizes such as `600MiB`, `1GiB`, `1.5 GB` or a plain byte count.
+/// Parses sizes such as `600MiB`, `1GiB`, `1.5 GB` or `1234B`. A number without a unit is
+/// refused (is `16` sixteen bytes or 16 GiB?), with the unit it most likely meant; a negative
+/// size gets a sentence of its own.
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    if let Ok(n) = t.parse::<u64>() {
-        return Ok(n);
+    if let Some(rest) = t.strip_prefix('-') {
+        return Err(format!(
+            "a size cannot be negative ('{t}'); write a positive size such as {}",
+            if rest.trim().is_empty() {
+                "11GiB".to_string()
+            } else {
+                rest.trim().to_string()
+            }
+        ));
+    }
+    if let Ok(n) = t.parse::<f64>() {
+        let guess = if n < 4096.0 {
+            format!("{t}GiB or {t}MiB")
+        } else {
+            human_bytes(n as u64).replace(".0 ", " ").replace(" ", "")
+        };
+        return Err(format!(
+            "'{t}' has no unit; write {guess} (or {t}B if you mean bytes)"
+        ));
     }
     t.parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
@@ -1004,12 +1029,22 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 /// Parses a headroom such as `10%` or `0.1` into a fraction in [0, 0.9].
 pub fn parse_headroom(s: &str) -> Result<f64, String> {
     let t = s.trim();
-    let v = if let Some(p) = t.strip_suffix('%') {
-        p.trim().parse::<f64>().map(|x| x / 100.0)
-    } else {
-        t.parse::<f64>()
+    let percent = t.strip_suffix('%');
+    let v = percent
+        .map_or(t, str::trim)
+        .parse::<f64>()
+        .map(|x| if percent.is_some() { x / 100.0 } else { x })
+        .map_err(|_| format!("'{s}' is not a headroom; write e.g. 10% or 0.1"))?;
+    if percent.is_none() && v > 1.0 && v <= 90.0 {
+        return Err(format!(
+            "headroom {t} is read as a fraction of the capacity (0 to 0.9); for {t} percent write {t}%"
+        ));
     }
-    .map_err(|_| format!("'{s}' is not a headroom; write e.g. 10% or 0.1"))?;
+    if v < 0.0 {
+        return Err(format!(
+            "a headroom cannot be negative ('{t}'); write e.g. 10% (0% keeps none)"
+        ));
+    }
     if !(0.0..=0.9).contains(&v) {
         return Err(format!(
             "headroom {s} is outside 0%..90%; 10% is a common choice"
@@ -1191,7 +1226,28 @@ mod tests {
     fn sizes_and_headroom_parse() {
         assert_eq!(parse_bytes("600MiB").unwrap(), 600 * 1024 * 1024);
         assert_eq!(parse_bytes("1GiB").unwrap(), 1 << 30);
-        assert_eq!(parse_bytes("1234").unwrap(), 1234);
+        assert_eq!(parse_bytes("1234B").unwrap(), 1234);
+        let bare = parse_bytes("16").unwrap_err();
+        assert!(
+            bare.contains("no unit") && bare.contains("16GiB") && bare.contains("16B"),
+            "{bare}"
+        );
+        let big = parse_bytes("1073741824").unwrap_err();
+        assert!(big.contains("1GiB") && big.contains("1073741824B"), "{big}");
+        let neg = parse_bytes("-1GiB").unwrap_err();
+        assert!(
+            neg.contains("cannot be negative") && neg.contains("1GiB"),
+            "{neg}"
+        );
+        let h = parse_headroom("10").unwrap_err();
+        assert!(h.contains("10%"), "{h}");
+        assert!(
+            parse_headroom("-5%")
+                .unwrap_err()
+                .contains("cannot be negative")
+        );
+        assert_eq!(parse_headroom("0.1").unwrap(), 0.1);
+        assert_eq!(parse_headroom("1").unwrap_err().contains("outside"), true);
         assert!(parse_bytes("lots").is_err());
         assert!((parse_headroom("10%").unwrap() - 0.1).abs() < 1e-12);
         assert!((parse_headroom("0.25").unwrap() - 0.25).abs() < 1e-12);

@@ -260,6 +260,10 @@ impl ModelRef {
             Ok(Self::Folder(path.to_path_buf()))
         } else if path.is_file() {
             Ok(Self::Config(path.to_path_buf()))
+        } else if looks_like_path(text) {
+            Err(CatalogError::NoSuchPath {
+                path: path.to_path_buf(),
+            })
         } else if let Some(id) = HubId::parse(text)
             && (id.repo.contains('/') || id.revision.is_some())
         {
@@ -273,6 +277,19 @@ impl ModelRef {
             })
         }
     }
+}
+
+/// A text meant as a file or folder, never a model id: absolute or relative to `.`/`..`/`~`,
+/// a Windows path, or a `.json` file name.
+fn looks_like_path(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    text.starts_with('/')
+        || text.starts_with("./")
+        || text.starts_with("../")
+        || text.starts_with('~')
+        || text.contains('\\')
+        || lower.ends_with(".json")
+        || lower.ends_with(".safetensors")
 }
 
 impl fmt::Display for ModelRef {
@@ -379,6 +396,11 @@ pub enum CatalogError {
         "unknown model '{name}': it is neither a bundled model id, an existing config.json file or model folder, nor a Hugging Face id such as org/name"
     )]
     Unknown { name: String },
+    #[error(
+        "no such file or folder: {}; give the path of a config.json or of a model folder (config.json + *.safetensors)",
+        path.display()
+    )]
+    NoSuchPath { path: PathBuf },
     #[error("cannot read {}: {source}; check the path and its permissions", path.display())]
     Read {
         path: PathBuf,
@@ -608,6 +630,27 @@ mod tests {
         let v =
             serde_json::json!({ "model_type": "custom", "architectures": ["LlamaForCausalLM"] });
         assert_eq!(Family::detect(v.as_object().unwrap()), Ok(Family::Llama));
+    }
+
+    #[test]
+    fn a_missing_path_says_no_such_file_and_ids_stay_ids() {
+        for path in [
+            "./models/my-config.json",
+            "/no/such/folder",
+            "my-config.json",
+            "~/m/config.json",
+        ] {
+            let e = ModelRef::parse(path).unwrap_err().to_string();
+            assert!(e.starts_with("no such file or folder"), "{path}: {e}");
+        }
+        assert!(matches!(
+            ModelRef::parse("org/name@main"),
+            Ok(ModelRef::Hub { .. })
+        ));
+        assert!(matches!(
+            ModelRef::parse("no-such-model"),
+            Err(CatalogError::Unknown { .. })
+        ));
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! `oomlab estimate`: the analytic estimate of a forward's memory, by part, for a list of points;
 //! `--check` measures the same points with the real worker beside it.
 
-use super::{CliError, group};
+use super::CliError;
 use crate::calibrate::{self, Source};
 use crate::catalog::{ModelRef, ModelSpec};
 use crate::estimate::{self, Breakdown, Runtime};
-use crate::plan::{Device, PlanField, PlanProblem, Precision, defaults, human_bytes, parse_bytes};
+use crate::plan::{
+    BatchRange, Device, PlanField, PlanProblem, Precision, defaults, human_bytes, parse_bytes,
+};
 use crate::sweep::PlanError;
 use crate::worker::{Supervisor, TrialResult, WorkerConfig};
 use clap::Args;
@@ -20,17 +22,20 @@ pub const MAX_BATCH: usize = 1 << 24;
 #[derive(Debug, Args)]
 #[command(after_long_help = AFTER_ESTIMATE)]
 pub struct EstimateArgs {
-    /// Bundled model id (see `oomlab models`), a config.json, or a model folder. Required unless
-    /// --check runs its own points.
+    /// The model: a bundled id (see `oomlab models`), a Hugging Face id (org/name or
+    /// org/name@revision, from the local HF cache or the Hub), a config.json, or a folder with
+    /// config.json (+ *.safetensors). Required unless --check runs its own points.
     #[arg(long, short)]
     pub model: Option<String>,
-    /// Batch sizes, comma-separated. Default: 1.
-    #[arg(long, value_delimiter = ',')]
-    pub batch: Vec<usize>,
+    /// Batch sizes, comma-separated; ranges as in `sweep` (1..64: every batch when 32 or fewer,
+    /// else the powers of two and both ends), e.g. 1,8,32 or 1..16. Default: 1.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    pub batch: Vec<BatchRange>,
     /// Sequence lengths, comma-separated. Default: 128 (or the model's maximum if shorter).
     #[arg(long, value_delimiter = ',')]
     pub seq: Vec<usize>,
-    /// Precisions, comma-separated: f32, f16, bf16. Default: f32.
+    /// Precisions, comma-separated: f32 (also fp32, float32), f16 (fp16, float16, half), bf16
+    /// (bfloat16). Aliases of one precision count once. Default: f32.
     #[arg(long, value_delimiter = ',')]
     pub dtype: Vec<Precision>,
     /// Threads the forward would run with (the runtime's own memory grows with them). Default:
@@ -39,7 +44,7 @@ pub struct EstimateArgs {
     pub threads: Option<usize>,
     /// A capacity, e.g. 11GiB: adds the largest batch whose estimate fits under it (`max_batch`)
     /// for each (seq, dtype).
-    #[arg(long, value_parser = parse_bytes)]
+    #[arg(long, value_parser = parse_bytes, allow_hyphen_values = true)]
     pub capacity: Option<u64>,
     /// A GPU preset's memory as the capacity (see `oomlab sweep --help`).
     #[arg(long, conflicts_with = "capacity", value_parser = super::parse_gpu)]
@@ -51,6 +56,10 @@ pub struct EstimateArgs {
     /// --model: a handful of points of the bundled models.
     #[arg(long)]
     pub check: bool,
+    /// Also say where the runtime's own memory came from (the per-machine cache); without it
+    /// that line appears only when the runtime was just measured.
+    #[arg(long, short)]
+    pub verbose: bool,
 }
 
 const AFTER_ESTIMATE: &str = "\
@@ -70,9 +79,16 @@ Example:
   oomlab estimate --model bert-base-uncased --seq 128,512 --batch 1,8,32 --dtype f32,bf16 \\
                   --capacity 11GiB";
 
+/// What every estimate sizes, said under the table.
+const SIZED: &str = "candle · one inference forward (no gradients, no optimizer state) · estimated by oomlab's estimator from the model's dims (not measured; --check measures), as candle counts it on the CPU: a GPU adds its CUDA context, kernels and cuBLAS workspace";
+
 /// One estimated point, as `--json` writes it.
 #[derive(Debug, Serialize)]
 struct Point {
+    /// What was sized: candle's inference forward, estimated.
+    runtime: &'static str,
+    workload: &'static str,
+    estimated: bool,
     model: String,
     batch: usize,
     seq: usize,
@@ -129,7 +145,7 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
         }
         let (rt, source) = calibrate::runtime(threads, *dtype, worker, None, &cancel)
             .map_err(CliError::runtime)?;
-        if !args.json {
+        if !args.json && (args.verbose || source == Source::Measured) {
             eprintln!(
                 "runtime's own memory for {threads} thread{} in {dtype}: {} ({})",
                 if threads == 1 { "" } else { "s" },
@@ -159,6 +175,9 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
             None => None,
         };
         out.push(Point {
+            runtime: "candle",
+            workload: "infer",
+            estimated: true,
             model: spec.name.clone(),
             batch: *batch,
             seq: *seq,
@@ -224,29 +243,20 @@ fn points(args: &EstimateArgs) -> Result<Vec<(ModelSpec, usize, usize, Precision
     let dtypes = if args.dtype.is_empty() {
         vec![defaults::DTYPES[0]]
     } else {
-        args.dtype.clone()
+        crate::plan::dedup(&args.dtype)
     };
+    let seqs = crate::plan::dedup(&seqs);
     let batches = if args.batch.is_empty() {
         vec![1]
     } else {
-        args.batch.clone()
+        let all: Vec<usize> = args.batch.iter().flat_map(|r| batches_in(*r)).collect();
+        crate::plan::dedup(&all)
     };
     for &seq in &seqs {
         crate::sweep::check_seq(&spec, seq)?;
     }
     for &dtype in &dtypes {
         crate::sweep::check_dtype(&spec, dtype)?;
-    }
-    for &b in &batches {
-        if b == 0 || b > MAX_BATCH {
-            return Err(invalid(
-                PlanField::Batch,
-                PlanProblem::Unparsable(format!(
-                    "batch {b} is out of range: give batch sizes from 1 to {}, e.g. --batch 1,8,32",
-                    group(MAX_BATCH as u64)
-                )),
-            ));
-        }
     }
     let mut out = Vec::new();
     for &dtype in &dtypes {
@@ -257,6 +267,23 @@ fn points(args: &EstimateArgs) -> Result<Vec<(ModelSpec, usize, usize, Precision
         }
     }
     Ok(out)
+}
+
+/// The batches `estimate` shows for a range: every one when 32 or fewer, else the powers of
+/// two inside it and both ends.
+fn batches_in(r: BatchRange) -> Vec<usize> {
+    if r.max - r.min < 32 {
+        return (r.min..=r.max).collect();
+    }
+    let mut out = vec![r.min];
+    out.extend(
+        (0..usize::BITS)
+            .map(|k| 1usize << k)
+            .take_while(|&b| b < r.max)
+            .filter(|&b| b > r.min),
+    );
+    out.push(r.max);
+    out
 }
 
 /// Runs one point on the real worker, under a capacity the estimate fits in with room to spare
@@ -325,6 +352,7 @@ fn print_table(points: &[Point], capacity: Option<u64>) {
         }
         println!();
     }
+    println!("\nwhat was sized: {SIZED}");
     if let Some(c) = capacity {
         println!();
         let mut seen = Vec::new();
@@ -335,7 +363,7 @@ fn print_table(points: &[Point], capacity: Option<u64>) {
             seen.push((p.seq, p.dtype));
             match p.max_batch {
                 Some(b) => println!(
-                    "largest batch under {} at seq {} in {}: {b} (estimated)",
+                    "largest inference batch under {} at seq {} in {}: {b} (estimated)",
                     human_bytes(c),
                     p.seq,
                     p.dtype
@@ -348,6 +376,9 @@ fn print_table(points: &[Point], capacity: Option<u64>) {
                 ),
             }
         }
+    }
+    if capacity.is_some() {
+        println!("({})", crate::report::TRAINING_NEEDS_MORE);
     }
     if check {
         let worst = points

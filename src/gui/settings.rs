@@ -147,7 +147,7 @@ impl Settings {
         self.batch = plan.batch.to_string();
         self.capacity = crate::plan::human_bytes(plan.capacity_bytes).replace(".0 ", " ");
         if crate::plan::parse_bytes(&self.capacity) != Ok(plan.capacity_bytes) {
-            self.capacity = plan.capacity_bytes.to_string();
+            self.capacity = format!("{}B", plan.capacity_bytes);
         }
         self.headroom = format!("{}%", (plan.headroom * 100.0 * 1000.0).round() / 1000.0);
         self.strategy = plan.strategy;

@@ -3,6 +3,7 @@
 
 use super::records::{Results, TrialRecord};
 use crate::plan::{Face, PlanField, Precision, Runtime, Workload};
+use crate::search::BoundaryStatus;
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -82,6 +83,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8], force: bool) -> Result<(), Export
 
 #[derive(Debug, Serialize)]
 struct ExportDoc<'a> {
+    /// What a reader must know before applying the values: an unfinished sweep (naming its
+    /// curves), a pick at the top of the range (the boundary lies above it). Empty: none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
     oomlab: OomlabSection<'a>,
     huggingface: HfSection,
     curves: Vec<CurveLine>,
@@ -96,6 +101,11 @@ struct OomlabSection<'a> {
     runtime: &'static str,
     /// What one trial ran: one inference forward, a forward keeping the graph, a training step.
     workload: &'static str,
+    /// The runtime, the workload and where it was measured, in words.
+    sized: String,
+    /// With an inference workload: that a training batch is smaller, and how to measure it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    training: Option<&'static str>,
     /// candle: what its forward computes.
     #[serde(skip_serializing_if = "Option::is_none")]
     forward: Option<&'a str>,
@@ -111,6 +121,11 @@ struct OomlabSection<'a> {
     seq_len: usize,
     dtype: &'a str,
     tokens_per_step: usize,
+    /// The pick's curve: its boundary b* (the largest batch that fits below the lowest OOM;
+    /// absent unless the boundary was found) and its status (exact, above_range, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    b_star: Option<usize>,
+    status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     total_bytes: Option<u64>,
     /// False when the batch is computed from the measured line and no trial measured it.
@@ -129,6 +144,8 @@ struct OomlabSection<'a> {
     strategy: &'a str,
     measured: &'static str,
     rule: &'a str,
+    /// Where each `[huggingface]` value goes.
+    huggingface_keys: &'static str,
 }
 
 /// Hugging Face names: `TrainingArguments` (batch size, checkpointing, bf16/fp16, optim), the
@@ -163,8 +180,21 @@ struct CurveLine {
     gradient_checkpointing: bool,
     seq_len: usize,
     dtype: &'static str,
-    /// 0 is never written: a curve with no safe batch is left out.
-    batch_size: usize,
+    /// exact, above_range, none_fits, non_monotone, host_limited or incomplete.
+    status: &'static str,
+    /// The boundary: the largest batch that fits below the lowest OOM (only when one was
+    /// found: never the top of the range).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    b_star: Option<usize>,
+    /// above_range: the largest batch tried, every one up to it fitting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    largest_tried: Option<usize>,
+    /// The largest batch under the headroom limit; absent when none is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    safe_batch_size: Option<usize>,
+    /// What the status means for this curve, when it is not exact.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     total_bytes: Option<u64>,
     confirmed: bool,
@@ -191,13 +221,19 @@ pub fn recommendation_text(results: &Results, ext: &str) -> Result<String, Expor
     };
     let versions = results.torch_versions.get(&pick.curve().build().label());
     let train = workload == Workload::Train;
+    let boundary =
+        |curve: crate::plan::Curve| results.boundaries.iter().find(|b| b.curve() == curve);
+    let pick_boundary = boundary(pick.curve());
     let doc = ExportDoc {
+        warnings: warnings(results),
         oomlab: OomlabSection {
             version: &results.oomlab_version,
             model: &results.model,
             family: results.family.name(),
             runtime: pick.runtime.name(),
             workload: workload.describe(),
+            sized: results.sized(pick.runtime),
+            training: (workload == Workload::Infer).then_some(super::records::TRAINING_NEEDS_MORE),
             forward: (!torch).then_some(results.forward.as_str()),
             torch_version: versions.map(|v| v.torch.as_str()),
             torch_cuda: versions.and_then(|v| v.torch_cuda.as_deref()),
@@ -207,6 +243,8 @@ pub fn recommendation_text(results: &Results, ext: &str) -> Result<String, Expor
             seq_len: pick.seq,
             dtype: pick.dtype.name(),
             tokens_per_step: pick.tokens_per_step,
+            b_star: pick_boundary.and_then(b_star),
+            status: pick_boundary.map_or("incomplete", |b| b.status.name()),
             total_bytes: pick.total_bytes,
             confirmed: !pick.computed,
             predicted_bytes: pick.predicted_bytes.filter(|_| pick.computed),
@@ -229,6 +267,7 @@ pub fn recommendation_text(results: &Results, ext: &str) -> Result<String, Expor
                 (true, true) => MEASURED_TORCH_CUDA,
             },
             rule: &results.recommendation.rule,
+            huggingface_keys: HF_KEYS,
         },
         huggingface: HfSection {
             per_device_train_batch_size: train.then_some(pick.batch),
@@ -247,25 +286,35 @@ pub fn recommendation_text(results: &Results, ext: &str) -> Result<String, Expor
             .recommendation
             .curves
             .iter()
-            .filter_map(|c| {
-                Some(CurveLine {
+            .map(|c| {
+                let b = boundary(c.curve());
+                let status = b.map_or(BoundaryStatus::Incomplete, |b| b.status);
+                CurveLine {
                     runtime: c.runtime.name(),
                     gradient_checkpointing: c.checkpointing,
                     seq_len: c.seq,
                     dtype: c.dtype.name(),
-                    batch_size: c.batch?,
+                    status: status.name(),
+                    b_star: b.and_then(b_star),
+                    largest_tried: b
+                        .filter(|b| b.status == BoundaryStatus::AboveRange)
+                        .and_then(|b| b.max_batch),
+                    safe_batch_size: c.batch,
+                    note: b.and_then(|b| curve_note(b, results)),
                     total_bytes: c.total_bytes,
                     confirmed: !c.computed,
                     predicted_bytes: c.predicted_bytes.filter(|_| c.computed),
-                })
+                }
             })
             .collect(),
     };
     match ext {
-        "toml" => toml::to_string_pretty(&doc).map_err(|e| ExportError::Encode {
-            what: "TOML",
-            message: e.to_string(),
-        }),
+        "toml" => toml::to_string_pretty(&doc)
+            .map(|t| toml_header(&doc.warnings) + &t)
+            .map_err(|e| ExportError::Encode {
+                what: "TOML",
+                message: e.to_string(),
+            }),
         "json" => serde_json::to_string_pretty(&doc)
             .map(|s| s + "\n")
             .map_err(|e| ExportError::Encode {
@@ -277,6 +326,81 @@ pub fn recommendation_text(results: &Results, ext: &str) -> Result<String, Expor
             ext: ext.into(),
         }),
     }
+}
+
+/// Where each `[huggingface]` value goes.
+const HF_KEYS: &str = "per_device_train_batch_size / per_device_eval_batch_size, gradient_checkpointing, bf16, fp16, optim, optim_args: TrainingArguments(...); max_length: the tokenizer (tokenizer(texts, truncation=True, max_length=...)); torch_dtype, attn_implementation: from_pretrained(..., dtype=..., attn_implementation=...)";
+
+/// A boundary's b*: only a boundary that was found (not the top of the range, not none).
+fn b_star(b: &super::records::BoundaryRecord) -> Option<usize> {
+    match b.status {
+        BoundaryStatus::Exact | BoundaryStatus::NonMonotone | BoundaryStatus::HostLimited => {
+            b.max_batch
+        }
+        BoundaryStatus::AboveRange | BoundaryStatus::NoneFits | BoundaryStatus::Incomplete => None,
+    }
+}
+
+/// What a curve's status means for a reader of the export, when it is not exact.
+fn curve_note(b: &super::records::BoundaryRecord, results: &Results) -> Option<String> {
+    match b.status {
+        BoundaryStatus::Exact => None,
+        BoundaryStatus::AboveRange => Some(format!(
+            "every batch tried fits, up to {} (the top of the batch range {}..{}): the boundary lies above it and was not found; widen --batch to find it",
+            b.max_batch.unwrap_or(results.batch_range[1]),
+            results.batch_range[0],
+            results.batch_range[1]
+        )),
+        BoundaryStatus::NoneFits => Some(format!(
+            "not even batch {} fits: use a smaller precision, shorter sequences or a larger capacity",
+            results.batch_range[0]
+        )),
+        BoundaryStatus::NonMonotone | BoundaryStatus::HostLimited | BoundaryStatus::Incomplete => b
+            .reason
+            .clone()
+            .or_else(|| Some(b.status.name().to_string())),
+    }
+}
+
+/// The export's warnings: an unfinished sweep, a pick whose boundary lies above the range.
+fn warnings(results: &Results) -> Vec<String> {
+    let mut out = Vec::new();
+    let unfinished = results.unfinished_curves();
+    if results.incomplete || !unfinished.is_empty() {
+        out.push(format!(
+            "INCOMPLETE SWEEP: {} not finished ({}); the recommendation is among the finished curves only. Resume it with `oomlab sweep --resume JOURNAL` and export again",
+            if unfinished.len() == 1 { "1 curve".to_string() } else { format!("{} curves", unfinished.len()) },
+            if unfinished.is_empty() { "the sweep stopped early".to_string() } else { unfinished.join(", ") }
+        ));
+    }
+    if let Some(pick) = &results.recommendation.pick
+        && results
+            .boundaries
+            .iter()
+            .any(|b| b.curve() == pick.curve() && b.status == BoundaryStatus::AboveRange)
+    {
+        out.push(format!(
+            "ABOVE RANGE: the picked curve ({}) fits every batch tried, up to {}: batch_size {} is the largest safe batch tried, not the boundary; larger batches may fit (widen --batch)",
+            pick.curve(),
+            results.batch_range[1],
+            pick.batch
+        ));
+    }
+    out
+}
+
+/// The TOML's opening comment: the warnings (also in `warnings`), then where the keys go.
+fn toml_header(warnings: &[String]) -> String {
+    let mut s = String::from("# oomlab recommendation\n");
+    for w in warnings {
+        s.push_str("# ");
+        s.push_str(w);
+        s.push('\n');
+    }
+    s.push_str("# [huggingface] values: ");
+    s.push_str(HF_KEYS);
+    s.push_str("\n\n");
+    s
 }
 
 /// Every trial as CSV rows (empty cells for unknown numbers).

@@ -2,7 +2,7 @@
 
 use crate::catalog::Family;
 use crate::measure::host::HostMemory;
-use crate::plan::{Build, Curve, Device, Precision, Runtime, Strategy, SweepPlan};
+use crate::plan::{Build, Curve, Device, Precision, Runtime, Strategy, SweepPlan, Workload};
 use crate::search::{BoundaryStatus, Contradiction};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -410,6 +410,54 @@ impl Results {
         stops.all(|s| s.is_some()).then_some(first)
     }
 
+    /// What a trial of `runtime` ran: candle runs only an inference forward.
+    #[must_use]
+    pub fn workload_of(&self, runtime: Runtime) -> Workload {
+        match runtime {
+            Runtime::Candle => Workload::Infer,
+            Runtime::Torch => self.plan.workload,
+        }
+    }
+
+    /// What the figures of `runtime` size, in one line: the runtime, the workload and where
+    /// it was measured (`candle · one inference forward (no_grad) · measured on this CPU
+    /// against a simulated capacity`).
+    #[must_use]
+    pub fn sized(&self, runtime: Runtime) -> String {
+        let place = match self.device {
+            Device::Cuda { .. } => format!("measured on the GPU ({})", self.device.name()),
+            Device::Cpu { .. } => match crate::presets::matching(self.capacity_bytes) {
+                Some(p) => format!("measured on this CPU against a {}'s capacity", p.name),
+                None => "measured on this CPU against a simulated capacity".into(),
+            },
+        };
+        format!(
+            "{} · {} · {place}",
+            runtime.label(),
+            self.workload_of(runtime).describe()
+        )
+    }
+
+    /// Whether every figure is an inference forward's (then a training batch needs its own
+    /// measurement, [`TRAINING_NEEDS_MORE`]).
+    #[must_use]
+    pub fn inference_only(&self) -> bool {
+        self.plan
+            .runtimes
+            .iter()
+            .all(|r| self.workload_of(*r) == Workload::Infer)
+    }
+
+    /// The curves that have no final answer yet (a killed or cancelled sweep), by name.
+    #[must_use]
+    pub fn unfinished_curves(&self) -> Vec<String> {
+        self.boundaries
+            .iter()
+            .filter(|b| b.status == BoundaryStatus::Incomplete)
+            .map(|b| b.curve().to_string())
+            .collect()
+    }
+
     /// Whether the overall pick comes from a curve that this machine's memory, not the
     /// capacity, limited (then it is a lower bound for the simulated device).
     #[must_use]
@@ -424,6 +472,9 @@ impl Results {
 
 /// How the CUDA figures relate, in one line (people compare with nvidia-smi).
 pub const CUDA_FIGURES: &str = "total = what the GPU gave the trial's worker, compared with the capacity: the memory pool's reserved high-water mark + the overhead outside the pool (CUDA context, kernel modules, cuBLAS workspace); pool peak = the most candle's tensors held at once (exact, the pool's used high-water mark); nvidia-smi shows the whole process, the ballast oomlab holds back to simulate the capacity included. Each trial runs in a fresh worker, as a program's first forward would";
+
+/// Said wherever an inference forward's batch is shown: it is no training batch.
+pub const TRAINING_NEEDS_MORE: &str = "this is an inference batch: a training step also holds gradients, optimizer state and the activations autograd keeps (an AdamW step about 4x an inference forward on bert-base), so its batch is smaller; measure it with `oomlab sweep --runtime torch --workload train`";
 
 /// Said under a pick that [`Results::pick_is_host_limited`].
 pub const HOST_LIMITED_PICK: &str = "a lower bound: this machine's memory, not the capacity, limited this curve; the simulated device fits at least this much";

@@ -46,7 +46,7 @@ impl WorkerFaults {
             out.push(format!("--worker-oom-at={}", list.join(",")));
         }
         if let Some(b) = self.host_available_bytes {
-            out.push(format!("--worker-host-available-bytes={b}"));
+            out.push(format!("--worker-host-available-bytes={b}B"));
         }
         if let Some(n) = self.timeline_points {
             out.push(format!("--worker-timeline-points={n}"));
