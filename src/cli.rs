@@ -65,7 +65,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         /// The model that ran out of memory (bundled id, config.json or folder): the advice then
-        /// names the largest batch that fits the message's total capacity (or --gpu), estimated.
+        /// names candle's estimated largest inference batch under the message's total capacity
+        /// (or --gpu's), and how to measure the training batch.
         #[arg(long, short)]
         model: Option<String>,
         /// Sequence length for --model. Default: 128 (or the model's maximum).
@@ -74,9 +75,11 @@ pub enum Command {
         /// Precision for --model: f32, f16 or bf16. Default: f32.
         #[arg(long, requires = "model")]
         dtype: Option<Precision>,
-        /// The GPU, when the message does not give its total capacity (see `oomlab sweep --help`).
-        #[arg(long, requires = "model", value_parser = parse_gpu)]
-        gpu: Option<u64>,
+        /// The GPU (a preset, see `oomlab sweep --help`): its compute capability decides between
+        /// bf16 and fp16 advice, and with --model its memory is the capacity. Default: the preset
+        /// whose total capacity is the message's.
+        #[arg(long, value_parser = explain::parse_gpu_preset)]
+        gpu: Option<&'static crate::presets::GpuPreset>,
     },
     /// Open a results file (.json) or a journal (.jsonl) in the desktop lab.
     Open {
@@ -91,23 +94,26 @@ pub enum Command {
 #[derive(Debug, Args)]
 #[command(after_long_help = AFTER_SWEEP)]
 pub struct SweepArgs {
-    /// Bundled model id (see `oomlab models`), a config.json, or a model folder
-    /// (config.json + *.safetensors; real weights are loaded and their bytes counted).
+    /// The model: a bundled id (see `oomlab models`), a Hugging Face id (org/name or
+    /// org/name@revision, from the local HF cache or the Hub; see --weights), a config.json, or
+    /// a folder with config.json + *.safetensors (real weights are loaded and their bytes counted).
     #[arg(long, short)]
     pub model: Option<String>,
     /// Sequence lengths, comma-separated (one curve each per precision). Default: 128 (or the
     /// model's maximum if shorter).
     #[arg(long, value_delimiter = ',')]
     pub seq: Vec<usize>,
-    /// Precisions, comma-separated: f32, f16, bf16; with the torch runtime also amp-bf16 and
-    /// amp-f16 (f32 weights under torch.autocast). Default: f32.
+    /// Precisions, comma-separated: f32 (also fp32, float32), f16 (fp16, float16, half), bf16
+    /// (bfloat16); with the torch runtime also amp-bf16 and amp-f16 (f32 weights under
+    /// torch.autocast). Aliases of one precision count once. Default: f32.
     #[arg(long, value_delimiter = ',')]
     pub dtype: Vec<Precision>,
     /// Batch range, both ends included, e.g. 1..256. Default: 1..256.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub batch: Option<BatchRange>,
-    /// Simulated device capacity, e.g. 600MiB, 11GiB, 24GB. Default: 1GiB.
-    #[arg(long, value_parser = parse_bytes)]
+    /// Simulated device capacity, e.g. 600MiB, 11GiB, 24GB (a unit is required: 1234B for
+    /// bytes). Default: 1GiB.
+    #[arg(long, value_parser = parse_bytes, allow_hyphen_values = true)]
     pub capacity: Option<u64>,
     /// A GPU's memory as the capacity: k80, gtx1080ti, t4, v100-16, rtx3090, rtx4090, l4, a10g,
     /// a100-40, a100-80, h100, h200. On the CPU the result is a CPU measurement against that
@@ -115,7 +121,7 @@ pub struct SweepArgs {
     #[arg(long, conflicts_with = "capacity", value_parser = parse_gpu)]
     pub gpu: Option<u64>,
     /// Memory kept free by the recommendation, e.g. 10% or 0.1. Default: 10%.
-    #[arg(long, value_parser = parse_headroom)]
+    #[arg(long, value_parser = parse_headroom, allow_hyphen_values = true)]
     pub headroom: Option<f64>,
     /// Search strategy: auto (start at the estimator's b*, measure b* and b*+1), grid (every batch up to the first OOM,
     /// for plots) or binsearch (Lightning's power-then-bisect, for comparison). Default: auto.
@@ -172,8 +178,9 @@ pub struct SweepArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Write the recommended configuration: .toml or .json (by extension), or .csv of all trials.
+    /// Repeat it to write several (`--export rec.toml --export rec.json --export trials.csv`).
     #[arg(long)]
-    pub export: Option<PathBuf>,
+    pub export: Vec<PathBuf>,
     /// Overwrite existing --json/--export files.
     #[arg(long)]
     pub force: bool,
@@ -515,8 +522,14 @@ pub fn sweep(args: &SweepArgs, worker: &WorkerConfig) -> Result<Results, CliErro
     if let Some(p) = &args.json {
         check_output_path(p, args.force, "--json")?;
     }
-    if let Some(p) = &args.export {
+    for (i, p) in args.export.iter().enumerate() {
         check_output_path(p, args.force, "--export")?;
+        if args.export[..i].contains(p) || args.json.as_ref() == Some(p) {
+            return Err(CliError::usage(format!(
+                "{} is named twice among --json and --export; give each output its own file",
+                p.display()
+            )));
+        }
     }
     let given = args.overrides()?;
     if args.weights {
@@ -547,6 +560,8 @@ pub fn sweep(args: &SweepArgs, worker: &WorkerConfig) -> Result<Results, CliErro
     crate::signals::on_terminate(move || on_signal.store(true, Ordering::Relaxed))
         .map_err(|e| CliError::runtime(format!("cannot watch for Ctrl-C: {e}")))?;
     let mut face = Progress::new(std::io::stderr().is_terminal());
+    face.pending_time = say_forecast(&sweep, worker, &cancel);
+    let (plan, spec) = (sweep.plan.clone(), sweep.spec.clone());
     let results = sweep
         .confirming(args.confirm.clone())
         .run(worker, &cancel, &mut |e| face.event(&e))
@@ -554,6 +569,8 @@ pub fn sweep(args: &SweepArgs, worker: &WorkerConfig) -> Result<Results, CliErro
             sweep::SweepError::Journal(j) => CliError::runtime(journal_error(&j)),
         })?;
     face.finish();
+    // This sweep's pace sizes the next one's forecast.
+    crate::forecast::record_pace(&plan, &spec, &results.trials);
     print_results(&results);
     let cancelled = cancel.load(Ordering::Relaxed);
     if let Some(p) = &args.json {
@@ -562,10 +579,12 @@ pub fn sweep(args: &SweepArgs, worker: &WorkerConfig) -> Result<Results, CliErro
         eprintln!("results written to {}", p.display());
     }
     // Nothing to export when no model was built: `main_with` says why instead of "nothing fits".
-    if let Some(p) = args.export.as_ref().filter(|_| results.unbuilt().is_none()) {
-        report::export(&results, p, args.force)
-            .map_err(|e| CliError::runtime(e.describe(&Flags)))?;
-        eprintln!("recommendation written to {}", p.display());
+    if results.unbuilt().is_none() {
+        for p in &args.export {
+            report::export(&results, p, args.force)
+                .map_err(|e| CliError::runtime(e.describe(&Flags)))?;
+            eprintln!("{} written to {}", export_what(p), p.display());
+        }
     }
     if cancelled {
         return Err(CliError {
@@ -579,6 +598,26 @@ pub fn sweep(args: &SweepArgs, worker: &WorkerConfig) -> Result<Results, CliErro
         });
     }
     Ok(results)
+}
+
+/// Says how many trials the sweep should take and about how long. Returns the forecast work
+/// when the time must wait for the first trial.
+fn say_forecast(
+    sweep: &Sweep,
+    worker: &WorkerConfig,
+    cancel: &AtomicBool,
+) -> Option<(f64, crate::catalog::ModelSpec)> {
+    let f = crate::forecast::of_sweep(&sweep.plan, &sweep.spec, worker, cancel)?;
+    eprintln!("{}", f.text());
+    (f.seconds.is_none() && f.work > 0.0).then(|| (f.work, sweep.spec.clone()))
+}
+
+/// What an export file holds, by its extension.
+fn export_what(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some(e) if e.eq_ignore_ascii_case("csv") => "trials",
+        _ => "recommendation",
+    }
 }
 
 /// The PyTorch runtime's interpreter and versions, before any trial.
@@ -598,6 +637,9 @@ struct Progress {
     bar: Option<indicatif::ProgressBar>,
     n: usize,
     journal: Option<PathBuf>,
+    /// Without a recorded pace: the work of every forecast trial, to time the sweep by its first
+    /// trial (and the model, to measure that trial's work). None once said.
+    pending_time: Option<(f64, crate::catalog::ModelSpec)>,
 }
 
 impl Progress {
@@ -611,6 +653,7 @@ impl Progress {
             bar,
             n: 0,
             journal: None,
+            pending_time: None,
         }
     }
 
@@ -724,6 +767,16 @@ impl Progress {
                     t.outcome_text(),
                     t.seconds
                 ));
+                if t.outcome == report::Outcome::Fit
+                    && t.seconds >= 0.05
+                    && let Some((total, spec)) = self.pending_time.take()
+                {
+                    let rate = t.seconds / crate::forecast::work(&spec, t.batch, t.seq);
+                    self.line(&format!(
+                        "at this trial's pace the forecast trials take about {} in all (other precisions may run slower on a CPU)",
+                        crate::forecast::duration(rate * total)
+                    ));
+                }
             }
             SweepEvent::CurveDone { .. } | SweepEvent::Finished { .. } => {}
         }
@@ -762,11 +815,13 @@ pub fn print_results(r: &Results) {
             }
         }
     }
+    for runtime in &r.plan.runtimes {
+        println!("what was sized: {}", r.sized(*runtime));
+    }
     let torch = r.plan.uses_torch();
     if torch {
         println!(
-            "workload: {}; PyTorch figures are PyTorch's own count (its profiler on the CPU, torch.cuda's statistics on a GPU)",
-            r.plan.workload.describe()
+            "PyTorch figures are PyTorch's own count (its profiler on the CPU, torch.cuda's statistics on a GPU)"
         );
         for (build, v) in &r.torch_versions {
             println!("{build}: {}", v.text());
@@ -931,6 +986,17 @@ pub fn print_results(r: &Results) {
     if r.pick_is_host_limited() {
         println!("({})", report::HOST_LIMITED_PICK);
     }
+    if r.recommendation.pick.is_some() && r.inference_only() {
+        println!("({})", report::TRAINING_NEEDS_MORE);
+    }
+    let unfinished = r.unfinished_curves();
+    if !unfinished.is_empty() {
+        println!(
+            "incomplete: {} not finished ({}); the pick is among the finished curves only",
+            unfinished.len(),
+            unfinished.join(", ")
+        );
+    }
     if r.floor_seconds > 0.0 {
         println!(
             "time in trials {:.1} s; the floor (b* and b*+1 of each curve) {:.1} s: {:.2}× the floor",
@@ -972,7 +1038,8 @@ pub fn main_with(cli: Cli, gui: &dyn Fn(Option<PathBuf>) -> Result<(), String>) 
                 text,
                 file,
                 json,
-                model.map(|m| (m, seq, dtype, gpu)).as_ref(),
+                model.map(|m| (m, seq, dtype)).as_ref(),
+                gpu,
             );
         }
         Some(Command::Devices { json }) => {

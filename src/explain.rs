@@ -2,7 +2,13 @@
 //! JAX's resource-exhausted forms, and the bare "CUDA error: out of memory". Extracts every
 //! figure (units as printed), says what each means, and lists fixes in order of effect for that
 //! case, each with the line of code or setting to change. Pure: no I/O.
+//!
+//! No figure is shown finer than the message's rounding: a figure read from the message is shown
+//! in its own unit with two decimals, one computed from others (held elsewhere, reserved less
+//! allocated, allocated plus unallocated) in the coarsest unit of those it comes from.
 
+use crate::presets::{self, GpuPreset};
+use crate::runtime::{Runtime, Workload};
 use regex::Regex;
 use serde::Serialize;
 use std::sync::LazyLock;
@@ -24,6 +30,7 @@ pub enum Form {
 }
 
 impl Form {
+    /// Who printed the message, as a label: `PyTorch (2.1 and later)`.
     #[must_use]
     pub fn name(self) -> &'static str {
         match self {
@@ -31,7 +38,29 @@ impl Form {
             Self::PytorchNew => "PyTorch (2.1 and later)",
             Self::Tensorflow => "TensorFlow",
             Self::Jax => "JAX / XLA",
-            Self::CudaBare => "CUDA, without figures",
+            Self::CudaBare => "CUDA (no figures)",
+        }
+    }
+
+    /// The explanation's first line: what kind of message it is, as a sentence.
+    #[must_use]
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::PytorchOld => {
+                "A PyTorch out-of-memory message in the format before 2.1 (\"CUDA out of memory. Tried to allocate … total capacity …\")."
+            }
+            Self::PytorchNew => {
+                "A PyTorch out-of-memory message in the format of 2.1 and later (\"CUDA out of memory. Tried to allocate … GPU 0 has a total capacity of …\")."
+            }
+            Self::Tensorflow => {
+                "A TensorFlow out-of-memory message (\"OOM when allocating tensor …\" or \"ran out of memory trying to allocate …\")."
+            }
+            Self::Jax => {
+                "A JAX / XLA out-of-memory message (\"RESOURCE_EXHAUSTED: Out of memory …\")."
+            }
+            Self::CudaBare => {
+                "A CUDA out-of-memory error with no figures (\"CUDA error: out of memory\"): the driver refused an allocation, often outside PyTorch's caching allocator."
+            }
         }
     }
 }
@@ -61,15 +90,24 @@ pub struct Explanation {
     pub processes: Vec<ProcessUse>,
     /// Memory held outside this process's allocator: other processes and CUDA contexts.
     pub held_elsewhere_bytes: Option<u64>,
+    /// The GPU preset (its id, e.g. `t4`): named with `--gpu`, or the one whose total capacity
+    /// is the message's figure ([`presets::from_total_capacity`]); null when unknown. Its
+    /// compute capability decides between bf16 and fp16 advice.
+    pub gpu: Option<&'static str>,
     /// What each figure means, in words.
     pub figures: Vec<String>,
     /// Fixes, most effective first for this case, each with the line to change.
     pub advice: Vec<String>,
     /// With a model named (`--model`): the estimator's largest batch under the capacity.
     pub largest_batch: Option<LargestBatch>,
+    /// How finely each figure was printed (not part of the JSON).
+    #[serde(skip)]
+    rounding: Roundings,
 }
 
-/// The estimator's answer to "which batch would have fitted?".
+/// The estimator's answer to "which batch would have fitted?": candle's estimate of one
+/// inference forward (no gradients, no optimizer state), not a measurement and not a training
+/// batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LargestBatch {
     pub model: String,
@@ -78,36 +116,92 @@ pub struct LargestBatch {
     pub capacity_bytes: u64,
     /// None: not even batch 1 fits.
     pub batch: Option<usize>,
+    /// The runtime whose memory is estimated: always candle.
+    pub runtime: Runtime,
+    /// What was sized: always one inference forward (`infer`).
+    pub workload: Workload,
+    /// Always true: the estimator's figure, not a measured trial.
+    pub estimated: bool,
+    /// `--model` for the command that measures the training batch: the bundled id, or what was
+    /// typed (not in the JSON).
+    #[serde(skip)]
+    pub model_given: String,
+}
+
+impl LargestBatch {
+    /// candle's estimated largest inference batch of `model` at (`seq`, `dtype`) under
+    /// `capacity_bytes`; `model_given` is what `--model` takes to name it again.
+    #[must_use]
+    pub fn inference(
+        model: String,
+        model_given: String,
+        seq: usize,
+        dtype: crate::precision::Precision,
+        capacity_bytes: u64,
+        batch: Option<usize>,
+    ) -> Self {
+        Self {
+            model,
+            seq,
+            dtype,
+            capacity_bytes,
+            batch,
+            runtime: Runtime::Candle,
+            workload: Workload::Infer,
+            estimated: true,
+            model_given,
+        }
+    }
+
+    /// The command that measures the training batch in PyTorch against the same capacity.
+    fn measure_training_command(&self) -> String {
+        let capacity = presets::matching(self.capacity_bytes).map_or_else(
+            || format!("--capacity {}", h(self.capacity_bytes).replace(' ', "")),
+            |p| format!("--gpu {}", p.id),
+        );
+        let model = if self.model_given.is_empty() {
+            &self.model
+        } else {
+            &self.model_given
+        };
+        format!(
+            "oomlab sweep --runtime torch --workload train --model {} --seq {} {capacity}",
+            shell_word(model),
+            self.seq
+        )
+    }
+}
+
+/// `word` as one shell word: quoted when it holds anything but plain path characters.
+fn shell_word(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./@:=+".contains(c))
+    {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
 }
 
 impl Explanation {
-    /// Names the largest batch in the "smaller batch" advice.
+    /// Adds the estimator's largest inference batch to the "smaller batch" advice, with what it
+    /// sized and how to measure the training batch.
     pub fn set_largest_batch(&mut self, lb: LargestBatch) {
-        let what = match lb.batch {
-            Some(b) => format!(
-                "the largest batch that fits is {b} for {} at seq {} in {} under {} (oomlab's estimate of one forward; the CUDA context, optimizer state and gradients are not in it)",
-                lb.model,
-                lb.seq,
-                lb.dtype,
-                h(lb.capacity_bytes)
-            ),
-            None => format!(
-                "not even batch 1 of {} at seq {} in {} fits under {}: use a smaller precision or shorter sequences",
-                lb.model,
-                lb.seq,
-                lb.dtype,
-                h(lb.capacity_bytes)
-            ),
-        };
-        for a in &mut self.advice {
-            if a.starts_with("use a smaller batch") {
-                *a = format!(
-                    "use a smaller batch — {what}; {}",
-                    &a["use a smaller batch: ".len()..]
-                );
-            }
-        }
         self.largest_batch = Some(lb);
+        self.advice = advice(self);
+    }
+
+    /// The GPU, named by the user: it wins over the one identified from the total capacity.
+    pub fn set_gpu(&mut self, preset: &'static GpuPreset) {
+        self.gpu = Some(preset.id);
+        self.advice = advice(self);
+    }
+
+    fn preset(&self) -> Option<&'static GpuPreset> {
+        self.gpu
+            .and_then(|id| presets::PRESETS.iter().find(|p| p.id == id))
     }
 }
 
@@ -124,28 +218,104 @@ fn re(pattern: &str) -> Regex {
     Regex::new(&pattern.replace("SIZE", SIZE)).expect("a valid pattern")
 }
 
-/// Bytes of a size as printed: binary units (KiB …) by 1024, decimal ones (KB …) by 1000.
-fn bytes(num: &str, unit: &str) -> Option<u64> {
-    let v: f64 = num.parse().ok()?;
-    let scale: f64 = match unit {
-        "B" | "bytes" => 1.0,
-        "KiB" => 1024.0,
-        "MiB" => 1024.0 * 1024.0,
-        "GiB" => 1024.0 * 1024.0 * 1024.0,
-        "TiB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        "KB" => 1e3,
-        "MB" => 1e6,
-        "GB" => 1e9,
-        "TB" => 1e12,
-        _ => return None,
-    };
-    Some((v * scale).round() as u64)
+/// A unit as the message printed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Unit {
+    name: &'static str,
+    bytes: u64,
 }
 
-/// The first size captured by `r` (its first two groups), in bytes.
-fn size(r: &Regex, text: &str) -> Option<u64> {
+/// Binary units (KiB …) by 1024, decimal ones (KB …) by 1000.
+fn unit(name: &str) -> Option<Unit> {
+    let (name, bytes) = match name {
+        "B" | "bytes" => ("B", 1),
+        "KiB" => ("KiB", 1 << 10),
+        "MiB" => ("MiB", 1 << 20),
+        "GiB" => ("GiB", 1 << 30),
+        "TiB" => ("TiB", 1 << 40),
+        "KB" => ("KB", 1_000),
+        "MB" => ("MB", 1_000_000),
+        "GB" => ("GB", 1_000_000_000),
+        "TB" => ("TB", 1_000_000_000_000),
+        _ => return None,
+    };
+    Some(Unit { name, bytes })
+}
+
+/// Bytes of a size as printed.
+#[cfg(test)]
+fn bytes(num: &str, unit_name: &str) -> Option<u64> {
+    sized(num, unit_name).map(|(b, _)| b)
+}
+
+/// Bytes of a size as printed, and how it was rounded.
+fn sized(num: &str, unit_name: &str) -> Option<(u64, Rounding)> {
+    let v: f64 = num.parse().ok()?;
+    let u = unit(unit_name)?;
+    Some((
+        (v * u.bytes as f64).round() as u64,
+        Rounding {
+            unit: u,
+            derived: false,
+        },
+    ))
+}
+
+/// The first size captured by `r` (its first two groups), in bytes, and its rounding.
+fn size(r: &Regex, text: &str) -> Option<(u64, Rounding)> {
     let c = r.captures(text)?;
-    bytes(c.get(1)?.as_str(), c.get(2)?.as_str())
+    sized(c.get(1)?.as_str(), c.get(2)?.as_str())
+}
+
+/// How finely a figure is known: the unit it is shown in (two decimals), and whether it was
+/// computed from other figures (then a result under 0.01 reads "under 0.01 …").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Rounding {
+    unit: Unit,
+    derived: bool,
+}
+
+impl Rounding {
+    /// A figure computed from figures rounded as `parts`: the coarsest of their units.
+    fn derived(parts: &[Option<Self>]) -> Option<Self> {
+        parts
+            .iter()
+            .flatten()
+            .max_by_key(|r| r.unit.bytes)
+            .map(|r| Self {
+                unit: r.unit,
+                derived: true,
+            })
+    }
+}
+
+/// The rounding of each figure (None: exact, e.g. computed from a tensor's shape).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Roundings {
+    tried: Option<Rounding>,
+    total: Option<Rounding>,
+    free: Option<Rounding>,
+    allocated: Option<Rounding>,
+    reserved: Option<Rounding>,
+    unallocated: Option<Rounding>,
+    in_use: Option<Rounding>,
+    processes: Vec<Option<Rounding>>,
+    held_elsewhere: Option<Rounding>,
+}
+
+/// A figure as shown: two decimals of its unit, never finer than the message printed it.
+fn shown(b: u64, rounding: Option<Rounding>) -> String {
+    match rounding {
+        Some(r) if r.unit.bytes > 1 => {
+            let v = format!("{:.2}", b as f64 / r.unit.bytes as f64);
+            if r.derived && v == "0.00" {
+                format!("under 0.01 {}", r.unit.name)
+            } else {
+                format!("{v} {}", r.unit.name)
+            }
+        }
+        _ => h(b),
+    }
 }
 
 struct Patterns {
@@ -202,6 +372,11 @@ fn tf_dtype_bytes(t: &str) -> Option<u64> {
     })
 }
 
+/// Splits an optional (bytes, rounding) into the figure and its rounding.
+fn split(v: Option<(u64, Rounding)>) -> (Option<u64>, Option<Rounding>) {
+    (v.map(|(b, _)| b), v.map(|(_, r)| r))
+}
+
 /// Reads the message and explains it.
 pub fn explain(text: &str) -> Result<Explanation, NotOom> {
     let p = &*P;
@@ -217,45 +392,59 @@ pub fn explain(text: &str) -> Result<Explanation, NotOom> {
         process_in_use_bytes: None,
         processes: Vec::new(),
         held_elsewhere_bytes: None,
+        gpu: None,
         figures: Vec::new(),
         advice: Vec::new(),
         largest_batch: None,
+        rounding: Roundings::default(),
     };
+    let r = &mut e.rounding;
     let pytorch = text.contains("CUDA out of memory") || text.contains("OutOfMemoryError");
     if pytorch && (p.total_new.is_match(text) || p.of_allocated.is_match(text)) {
         e.form = Form::PytorchNew;
-        e.total_capacity_bytes = size(&p.total_new, text);
-        e.free_bytes = size(&p.free_new, text);
+        (e.total_capacity_bytes, r.total) = split(size(&p.total_new, text));
+        (e.free_bytes, r.free) = split(size(&p.free_new, text));
         if let Some(c) = p.of_allocated.captures(text) {
-            e.allocated_by_pytorch_bytes = bytes(&c[1], &c[2]);
-            e.reserved_unallocated_bytes = bytes(&c[3], &c[4]);
+            (e.allocated_by_pytorch_bytes, r.allocated) = split(sized(&c[1], &c[2]));
+            (e.reserved_unallocated_bytes, r.unallocated) = split(sized(&c[3], &c[4]));
             e.reserved_by_pytorch_bytes = e
                 .allocated_by_pytorch_bytes
                 .zip(e.reserved_unallocated_bytes)
                 .map(|(a, r)| a + r);
+            r.reserved = Rounding::derived(&[r.allocated, r.unallocated]);
         }
-        e.processes = p
+        let processes: Vec<(ProcessUse, Rounding)> = p
             .process
             .captures_iter(text)
             .filter_map(|c| {
-                Some(ProcessUse {
-                    pid: c[1].parse().ok()?,
-                    bytes: bytes(&c[2], &c[3])?,
-                })
+                let (bytes, rounding) = sized(&c[2], &c[3])?;
+                Some((
+                    ProcessUse {
+                        pid: c[1].parse().ok()?,
+                        bytes,
+                    },
+                    rounding,
+                ))
             })
             .collect();
-        e.process_in_use_bytes = size(&p.non_pytorch, text)
-            .or_else(|| (e.processes.len() == 1).then(|| e.processes[0].bytes));
+        r.processes = processes.iter().map(|(_, r)| Some(*r)).collect();
+        e.processes = processes.into_iter().map(|(p, _)| p).collect();
+        let only_process = match (e.processes.as_slice(), r.processes.as_slice()) {
+            ([only], [Some(rounding)]) => Some((only.bytes, *rounding)),
+            _ => None,
+        };
+        (e.process_in_use_bytes, r.in_use) = split(size(&p.non_pytorch, text).or(only_process));
     } else if pytorch {
         e.form = Form::PytorchOld;
-        e.total_capacity_bytes = size(&p.total_old, text);
-        e.allocated_by_pytorch_bytes = size(&p.allocated_old, text);
-        e.free_bytes = size(&p.free_old, text);
-        e.reserved_by_pytorch_bytes = size(&p.reserved_old, text);
+        (e.total_capacity_bytes, r.total) = split(size(&p.total_old, text));
+        (e.allocated_by_pytorch_bytes, r.allocated) = split(size(&p.allocated_old, text));
+        (e.free_bytes, r.free) = split(size(&p.free_old, text));
+        (e.reserved_by_pytorch_bytes, r.reserved) = split(size(&p.reserved_old, text));
         e.reserved_unallocated_bytes = e
             .reserved_by_pytorch_bytes
             .zip(e.allocated_by_pytorch_bytes)
             .map(|(r, a)| r.saturating_sub(a));
+        r.unallocated = Rounding::derived(&[r.reserved, r.allocated]);
     } else if let Some(c) = p.tf_shape.captures(text) {
         e.form = Form::Tensorflow;
         let elems = c[1]
@@ -270,16 +459,18 @@ pub fn explain(text: &str) -> Result<Explanation, NotOom> {
     } else if let Some(c) = p.tf_allocator.captures(text) {
         e.form = Form::Tensorflow;
         e.gpu_index = c[1].parse().ok();
-        e.tried_to_allocate_bytes = bytes(&c[2], &c[3]);
+        (e.tried_to_allocate_bytes, r.tried) = split(sized(&c[2], &c[3]));
     } else if let Some(c) = p.jax_bytes.captures(text) {
         e.form = Form::Jax;
         e.tried_to_allocate_bytes = c[1].parse().ok();
     } else if let Some(c) = p.jax_request.captures(text) {
         e.form = Form::Jax;
-        e.tried_to_allocate_bytes = c
-            .get(3)
-            .and_then(|b| b.as_str().parse().ok())
-            .or_else(|| bytes(&c[1], &c[2]));
+        // The exact bytes when printed beside the rounded figure.
+        (e.tried_to_allocate_bytes, r.tried) = match c.get(3).and_then(|b| b.as_str().parse().ok())
+        {
+            Some(exact) => (Some(exact), None),
+            None => split(sized(&c[1], &c[2])),
+        };
         e.gpu_index = c[4].parse().ok();
     } else if text.contains("CUDA error: out of memory")
         || text.contains("CUDA_ERROR_OUT_OF_MEMORY")
@@ -294,22 +485,38 @@ pub fn explain(text: &str) -> Result<Explanation, NotOom> {
         return Err(NotOom);
     }
     if e.tried_to_allocate_bytes.is_none() {
-        e.tried_to_allocate_bytes = size(&p.tried, text);
+        (e.tried_to_allocate_bytes, r.tried) = split(size(&p.tried, text));
     }
     if e.gpu_index.is_none() {
         e.gpu_index = p.gpu.captures(text).and_then(|c| c[1].parse().ok());
     }
-    e.held_elsewhere_bytes = held_elsewhere(&e);
+    (e.held_elsewhere_bytes, e.rounding.held_elsewhere) = held_elsewhere(&e);
+    e.gpu = e
+        .total_capacity_bytes
+        .and_then(presets::from_total_capacity)
+        .map(|p| p.id);
     e.figures = figures(&e);
     e.advice = advice(&e);
     Ok(e)
 }
 
 /// Memory neither free nor this process's allocator's: other processes and CUDA contexts.
-fn held_elsewhere(e: &Explanation) -> Option<u64> {
-    let (total, free) = (e.total_capacity_bytes?, e.free_bytes?);
-    let mine = e.process_in_use_bytes.or(e.reserved_by_pytorch_bytes)?;
-    Some(total.saturating_sub(free).saturating_sub(mine))
+fn held_elsewhere(e: &Explanation) -> (Option<u64>, Option<Rounding>) {
+    let r = &e.rounding;
+    let (Some(total), Some(free)) = (e.total_capacity_bytes, e.free_bytes) else {
+        return (None, None);
+    };
+    let Some((mine, mine_rounding)) = e
+        .process_in_use_bytes
+        .map(|b| (b, r.in_use))
+        .or_else(|| e.reserved_by_pytorch_bytes.map(|b| (b, r.reserved)))
+    else {
+        return (None, None);
+    };
+    (
+        Some(total.saturating_sub(free).saturating_sub(mine)),
+        Rounding::derived(&[r.total, r.free, mine_rounding]),
+    )
 }
 
 /// Bytes with two decimals in the largest binary unit, as PyTorch prints them (`11.17 GiB`).
@@ -327,17 +534,25 @@ fn h(b: u64) -> String {
 }
 
 fn figures(e: &Explanation) -> Vec<String> {
+    let r = &e.rounding;
     let mut out = Vec::new();
     if let Some(b) = e.tried_to_allocate_bytes {
         out.push(format!(
             "tried to allocate {}: the one request that failed — often a single layer's activation, not the whole step",
-            h(b)
+            shown(b, r.tried)
         ));
     }
     if let Some(b) = e.total_capacity_bytes {
+        let gpu = presets::from_total_capacity(b).map_or_else(String::new, |p| {
+            format!(
+                "; a {}, compute capability {}, reports exactly this",
+                p.name,
+                p.compute_capability_label()
+            )
+        });
         out.push(format!(
-            "total capacity {}: the GPU's memory as the driver reports it{}",
-            h(b),
+            "total capacity {}: the GPU's memory as the driver reports it{}{gpu}",
+            shown(b, r.total),
             e.gpu_index
                 .map_or_else(String::new, |i| format!(" (GPU {i})"))
         ));
@@ -345,49 +560,90 @@ fn figures(e: &Explanation) -> Vec<String> {
     if let Some(b) = e.free_bytes {
         out.push(format!(
             "free {}: unused by any process when the request failed",
-            h(b)
+            shown(b, r.free)
         ));
     }
     if let Some(b) = e.allocated_by_pytorch_bytes {
         out.push(format!(
             "allocated by PyTorch {}: tensors alive at that moment (weights, activations, gradients, optimizer state)",
-            h(b)
+            shown(b, r.allocated)
         ));
     }
     if let Some(b) = e.reserved_by_pytorch_bytes {
         out.push(format!(
             "reserved by PyTorch {}: what its caching allocator holds from the driver, tensors and cached free blocks together",
-            h(b)
+            shown(b, r.reserved)
         ));
     }
     if let Some(b) = e.reserved_unallocated_bytes {
         out.push(format!(
             "reserved but unallocated {}: cached blocks no tensor uses; when large, free memory is there but split into pieces too small for the request (fragmentation)",
-            h(b)
+            shown(b, r.unallocated)
         ));
     }
-    for p in &e.processes {
+    for (i, p) in e.processes.iter().enumerate() {
         out.push(format!(
             "process {} holds {} on the GPU, CUDA context and non-PyTorch memory included",
             p.pid,
-            h(p.bytes)
+            shown(p.bytes, r.processes.get(i).copied().flatten())
         ));
     }
     if let Some(b) = e.held_elsewhere_bytes {
         out.push(format!(
             "held elsewhere {}: neither free nor this process's allocator's — other processes, and CUDA contexts",
-            h(b)
+            shown(b, r.held_elsewhere)
         ));
     }
     out
 }
 
+/// The share of the total capacity, in percent, that reserved-but-unallocated memory must
+/// reach for fragmentation to be the first fix.
+pub const FRAGMENTATION_FIRST_PERCENT: u64 = 5;
+
+/// Where the fragmentation fix goes in the list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fragmentation {
+    /// Reserved-but-unallocated is at least [`FRAGMENTATION_FIRST_PERCENT`] % of the total
+    /// capacity (total unknown: at least the failed request): reusing it is the first fix.
+    First,
+    /// Below that share but still at least the failed request: worth a try, after a smaller
+    /// batch and mixed precision.
+    Later,
+    /// Less than the request: defragmenting cannot make room for it.
+    No,
+}
+
+fn fragmentation(e: &Explanation) -> Fragmentation {
+    let Some(unallocated) = e.reserved_unallocated_bytes else {
+        return Fragmentation::No;
+    };
+    let need = e.tried_to_allocate_bytes.unwrap_or(0).max(1);
+    let share = e.total_capacity_bytes.map(|total| {
+        u128::from(unallocated) * 100 >= u128::from(total) * u128::from(FRAGMENTATION_FIRST_PERCENT)
+    });
+    match share {
+        Some(true) => Fragmentation::First,
+        None if unallocated >= need => Fragmentation::First,
+        _ if unallocated >= need => Fragmentation::Later,
+        _ => Fragmentation::No,
+    }
+}
+
+/// The fixes, most effective first for this message's figures:
+///
+/// 1. reduce fragmentation, when reserved-but-unallocated is at least 5% of the total capacity
+///    (total unknown: at least the failed request) — see [`Fragmentation`];
+/// 2. free the GPU, when others hold more than the request;
+/// 3. a smaller batch (with `--model`, candle's estimated largest inference batch, and how to
+///    measure the training one);
+/// 4. mixed precision: bf16 on compute capability 8.0+, fp16 with a `GradScaler` below, the rule
+///    itself when the GPU is unknown;
+/// 5. reduce fragmentation, when below 5% but still at least the request;
+/// 6. shorter sequences, gradient checkpointing, and a look at `nvidia-smi`.
 fn advice(e: &Explanation) -> Vec<String> {
     let need = e.tried_to_allocate_bytes.unwrap_or(0);
-    let total = e.total_capacity_bytes.unwrap_or(u64::MAX);
-    let fragmented = e
-        .reserved_unallocated_bytes
-        .is_some_and(|r| r >= need.max(1) || r.saturating_mul(10) >= total);
+    let fragmentation = fragmentation(e);
     // Freeing what others hold would satisfy the request. The older form counts this process's
     // own CUDA context there too (a few hundred MiB), so leave that out.
     let context = if e.form == Form::PytorchOld {
@@ -399,7 +655,7 @@ fn advice(e: &Explanation) -> Vec<String> {
         .held_elsewhere_bytes
         .is_some_and(|b| b.saturating_sub(context) >= need.max(1));
     let mut out = Vec::new();
-    if fragmented {
+    if fragmentation == Fragmentation::First {
         out.push(if e.form == Form::PytorchOld {
             "reduce fragmentation: run with PYTORCH_CUDA_ALLOC_CONF=max_split_size_mb:128 (or, on PyTorch 2.1 and later, `export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`); reserved memory is then reused instead of split into unusable pieces".into()
         } else {
@@ -411,24 +667,80 @@ fn advice(e: &Explanation) -> Vec<String> {
             "free the GPU: other processes hold memory you need — see them with `nvidia-smi` and stop them; `torch.cuda.empty_cache()` in *another* PyTorch process returns its cached blocks to the GPU (in the failing process it does not help)".into(),
         );
     }
-    out.push(
-        "use a smaller batch: activations grow linearly with batch — e.g. `per_device_train_batch_size=…` (Hugging Face Trainer) or `DataLoader(dataset, batch_size=…)`; gradient accumulation (`gradient_accumulation_steps=…`) keeps the effective batch".into(),
-    );
-    out.push(
-        "use mixed precision: halves activations and weights — `with torch.autocast(\"cuda\", dtype=torch.bfloat16):` around the forward, `bf16=True` (Trainer), or `model.half()` for inference".into(),
-    );
+    match &e.largest_batch {
+        None => out.push(
+            "use a smaller batch: activations grow linearly with batch — e.g. `per_device_train_batch_size=…` (Hugging Face Trainer) or `DataLoader(dataset, batch_size=…)`; gradient accumulation (`gradient_accumulation_steps=…`) keeps the effective batch".into(),
+        ),
+        Some(lb) => {
+            let sized = format!(
+                "{} at seq {} in {} under {}, by candle's estimate of one inference forward (estimated, not measured: no gradients, no optimizer state, no CUDA context)",
+                lb.model,
+                lb.seq,
+                lb.dtype,
+                h(lb.capacity_bytes)
+            );
+            out.push(match lb.batch {
+                Some(b) => format!(
+                    "use a smaller batch: activations grow linearly with batch — for inference, `per_device_eval_batch_size={b}` (or your inference batch size) is the largest that fits {sized}; for training, lower `per_device_train_batch_size=…` and keep the effective batch with `gradient_accumulation_steps=…`"
+                ),
+                None => format!(
+                    "use a smaller batch, though even that is not enough: not even an inference batch of 1 fits {sized}; use mixed precision or shorter sequences (below), or a GPU with more memory"
+                ),
+            });
+            out.push(format!(
+                "measure the training batch before choosing it: training holds more than that inference forward — gradients and AdamW state (the weights ×4 in f32) plus the activations autograd keeps, typically many times a no_grad forward — so run `{}`",
+                lb.measure_training_command()
+            ));
+        }
+    }
+    out.push(mixed_precision(e.preset()));
+    if fragmentation == Fragmentation::Later {
+        let share = e
+            .reserved_unallocated_bytes
+            .map_or_else(String::new, |b| {
+                format!(
+                    " ({} reserved but unallocated, under {FRAGMENTATION_FIRST_PERCENT}% of the total capacity)",
+                    shown(b, e.rounding.unallocated)
+                )
+            });
+        out.push(format!(
+            "reduce fragmentation too, though it frees little here{share}: run with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (PyTorch 2.1 and later; before: max_split_size_mb:128)"
+        ));
+    }
     out.push(
         "use shorter sequences: attention's memory grows with the square of the length — `tokenizer(..., truncation=True, max_length=…)`".into(),
     );
     out.push(
         "trade compute for memory in training: `model.gradient_checkpointing_enable()` keeps fewer activations for the backward pass".into(),
     );
-    if !others && e.held_elsewhere_bytes.is_some() {
+    if !others && (e.held_elsewhere_bytes.is_some() || e.total_capacity_bytes.is_none()) {
         out.push(
-            "check other processes anyway with `nvidia-smi`: memory they hold is never available to yours".into(),
+            "check other processes with `nvidia-smi`: memory they hold is never available to yours"
+                .into(),
         );
     }
     out
+}
+
+/// The mixed-precision fix for this GPU: bf16 needs compute capability 8.0 or newer (Ampere,
+/// Ada, Hopper); older GPUs use fp16 with a `GradScaler`; an unknown GPU gets the rule.
+fn mixed_precision(gpu: Option<&GpuPreset>) -> String {
+    const FP16: &str = "`fp16=True` (Trainer), or `with torch.autocast(\"cuda\", dtype=torch.float16):` around the forward with `scaler = torch.amp.GradScaler(\"cuda\")` scaling the loss (`scaler.scale(loss).backward()`)";
+    match gpu {
+        Some(p) if p.supports_bf16() => format!(
+            "use mixed precision in bf16, which the {} supports (compute capability {}): it halves activations and weights — `bf16=True` (Trainer) or `with torch.autocast(\"cuda\", dtype=torch.bfloat16):` around the forward; `model.to(torch.bfloat16)` for inference",
+            p.name,
+            p.compute_capability_label()
+        ),
+        Some(p) => format!(
+            "use mixed precision in fp16 with a GradScaler, since the {}, compute capability {}, has no bf16: it halves activations — {FP16}; `model.half()` for inference",
+            p.name,
+            p.compute_capability_label()
+        ),
+        None => format!(
+            "use mixed precision: it halves activations and weights — bf16 where `torch.cuda.is_bf16_supported()` is true (compute capability 8.0+: A100, A10G, L4, RTX 30xx/40xx, H100), with `bf16=True` (Trainer) or `torch.autocast(\"cuda\", dtype=torch.bfloat16)`; otherwise fp16 with a GradScaler: {FP16}"
+        ),
+    }
 }
 
 impl Explanation {
@@ -436,12 +748,9 @@ impl Explanation {
     #[must_use]
     pub fn text(&self) -> String {
         use std::fmt::Write as _;
-        let mut s = format!(
-            "{} out-of-memory message.\n\nWhat it says:\n",
-            self.form.name()
-        );
+        let mut s = format!("{}\n\nWhat it says:\n", self.form.title());
         if self.figures.is_empty() {
-            s.push_str("- no figures: the device ran out of memory (run with the framework's own allocator to see sizes)\n");
+            s.push_str("- no figures: the message says only that the device ran out of memory; `nvidia-smi` shows which processes hold the GPU's memory, and `torch.cuda.memory_summary()` what PyTorch holds\n");
         }
         for f in &self.figures {
             let _ = writeln!(s, "- {f}");
@@ -561,6 +870,266 @@ mod tests {
             e.advice[0].starts_with("use a smaller batch"),
             "{:?}",
             e.advice
+        );
+    }
+
+    /// A T4 whose memory is simply full: 42.21 MiB cached but unused is well under 5% of
+    /// 14.56 GiB.
+    const T4_FULL: &str = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total capacity of 14.56 GiB of which 3.81 MiB is free. Process 1234 has 14.55 GiB memory in use. Of the allocated memory 14.40 GiB is allocated by PyTorch, and 42.21 MiB is reserved by PyTorch but unallocated.";
+
+    fn position(e: &Explanation, prefix: &str) -> Option<usize> {
+        e.advice.iter().position(|a| a.starts_with(prefix))
+    }
+
+    /// The T4-like message with other figures for the request and the unallocated memory.
+    fn t4_with(tried: &str, unallocated: &str) -> Explanation {
+        explain(
+            &T4_FULL
+                .replace("20.00 MiB", tried)
+                .replace("42.21 MiB", unallocated),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn fragmentation_comes_first_only_when_a_real_share_of_the_capacity_is_cached_unused() {
+        // Full memory: a smaller batch, then mixed precision, then (the 42 MiB are more than
+        // the 20 MiB request) fragmentation.
+        let e = explain(T4_FULL).unwrap();
+        assert!(
+            e.advice[0].starts_with("use a smaller batch"),
+            "{:?}",
+            e.advice
+        );
+        let frag = position(&e, "reduce fragmentation").expect("still listed");
+        assert!(
+            frag > position(&e, "use mixed precision").unwrap(),
+            "{:?}",
+            e.advice
+        );
+        assert!(e.advice[frag].contains("42.21 MiB"), "{}", e.advice[frag]);
+        // 5% of 14.56 GiB is 0.728 GiB: 0.72 GiB is under it, 0.73 GiB over.
+        let below = t4_with("20.00 MiB", "0.72 GiB");
+        assert!(
+            position(&below, "reduce fragmentation").unwrap() > 1,
+            "{:?}",
+            below.advice
+        );
+        let above = t4_with("20.00 MiB", "0.73 GiB");
+        assert_eq!(
+            position(&above, "reduce fragmentation"),
+            Some(0),
+            "{:?}",
+            above.advice
+        );
+        // Less cached than the request: defragmenting cannot make room, so it is not advised.
+        let none = t4_with("100.00 MiB", "42.21 MiB");
+        assert_eq!(
+            position(&none, "reduce fragmentation"),
+            None,
+            "{:?}",
+            none.advice
+        );
+        // Total unknown: first when the cached memory covers the request.
+        let old = "RuntimeError: CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 9.00 GiB already allocated; 1.50 GiB free; 9.50 GiB reserved in total by PyTorch)";
+        assert_eq!(
+            position(&explain(old).unwrap(), "reduce fragmentation"),
+            Some(0)
+        );
+        let old = old.replace("20.00 MiB", "2.00 GiB");
+        assert_eq!(
+            position(&explain(&old).unwrap(), "reduce fragmentation"),
+            None
+        );
+    }
+
+    #[test]
+    fn mixed_precision_says_bf16_only_where_the_gpu_has_it() {
+        let mixed = |e: &Explanation| e.advice[position(e, "use mixed precision").unwrap()].clone();
+        // A T4 (compute capability 7.5), identified by its total capacity: fp16 and a scaler.
+        let t4 = explain(T4_FULL).unwrap();
+        assert_eq!(t4.gpu, Some("t4"));
+        let advice = mixed(&t4);
+        assert!(
+            advice.contains("Tesla T4")
+                && advice.contains("no bf16")
+                && advice.contains("fp16=True")
+                && advice.contains("torch.amp.GradScaler(\"cuda\")")
+                && !advice.contains("bf16=True")
+                && !advice.contains("torch.bfloat16"),
+            "{advice}"
+        );
+        // An A100 80 GB (8.0): bf16.
+        let a100 = explain(&T4_FULL.replace("14.56 GiB of which", "79.14 GiB of which")).unwrap();
+        assert_eq!(a100.gpu, Some("a100-80"));
+        let advice = mixed(&a100);
+        assert!(
+            advice.contains("bf16=True")
+                && advice.contains("A100 80 GB")
+                && !advice.contains("fp16"),
+            "{advice}"
+        );
+        // No preset reports 23.65 GiB: the rule, both ways.
+        let unknown =
+            explain(&T4_FULL.replace("14.56 GiB of which", "23.65 GiB of which")).unwrap();
+        assert_eq!(unknown.gpu, None);
+        let advice = mixed(&unknown);
+        assert!(
+            advice.contains("torch.cuda.is_bf16_supported()")
+                && advice.contains("compute capability 8.0+")
+                && advice.contains("bf16=True")
+                && advice.contains("fp16=True")
+                && advice.contains("GradScaler"),
+            "{advice}"
+        );
+        // The GPU named by the user wins over the one the figure suggests.
+        let mut named = explain(T4_FULL).unwrap();
+        named.set_gpu(crate::presets::find("h100").unwrap());
+        assert_eq!(named.gpu, Some("h100"));
+        assert!(mixed(&named).contains("bf16=True"), "{}", mixed(&named));
+        let json = serde_json::to_value(&named).unwrap();
+        assert_eq!(json["gpu"], "h100");
+        assert!(serde_json::to_value(&unknown).unwrap()["gpu"].is_null());
+    }
+
+    #[test]
+    fn no_figure_is_finer_than_the_messages_rounding() {
+        let e = explain(T4_FULL).unwrap();
+        let figure = |name: &str| {
+            e.figures
+                .iter()
+                .find(|f| f.starts_with(name))
+                .unwrap_or_else(|| panic!("{name} in {:?}", e.figures))
+                .clone()
+        };
+        // 14.56 GiB − 3.81 MiB − 14.55 GiB: a figure in GiB, to 0.01 GiB.
+        assert!(
+            figure("held elsewhere").starts_with("held elsewhere 0.01 GiB:"),
+            "{}",
+            figure("held elsewhere")
+        );
+        // 14.40 GiB + 42.21 MiB, in GiB; the figures read from the message as printed.
+        assert!(figure("reserved by PyTorch").starts_with("reserved by PyTorch 14.44 GiB:"));
+        assert!(figure("free").starts_with("free 3.81 MiB:"));
+        assert!(
+            figure("reserved but unallocated").starts_with("reserved but unallocated 42.21 MiB:")
+        );
+        assert!(figure("process 1234").starts_with("process 1234 holds 14.55 GiB"));
+        // Nothing left: under the message's rounding, not "0 B" or a few MiB.
+        let full =
+            explain(&T4_FULL.replace("Process 1234 has 14.55 GiB", "Process 1234 has 14.56 GiB"))
+                .unwrap();
+        assert!(
+            full.figures
+                .iter()
+                .any(|f| f.starts_with("held elsewhere under 0.01 GiB:")),
+            "{:?}",
+            full.figures
+        );
+        // The older form's reserved − allocated, in the coarser unit.
+        let old = explain("RuntimeError: CUDA out of memory. Tried to allocate 2.00 MiB (GPU 0; 11.17 GiB total capacity; 9.00 GiB already allocated; 1.50 GiB free; 9216.50 MiB reserved in total by PyTorch)").unwrap();
+        assert!(
+            old.figures
+                .iter()
+                .any(|f| f.starts_with("reserved but unallocated under 0.01 GiB:")),
+            "{:?}",
+            old.figures
+        );
+    }
+
+    #[test]
+    fn every_form_has_a_title_that_is_a_sentence() {
+        let bare = explain("CUDA error: out of memory").unwrap();
+        assert_eq!(bare.form, Form::CudaBare);
+        let text = bare.text();
+        assert!(
+            text.starts_with(
+                "A CUDA out-of-memory error with no figures (\"CUDA error: out of memory\")"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("without figures out-of-memory"), "{text}");
+        for form in [
+            Form::PytorchOld,
+            Form::PytorchNew,
+            Form::Tensorflow,
+            Form::Jax,
+            Form::CudaBare,
+        ] {
+            let t = form.title();
+            assert!(t.starts_with("A ") && t.ends_with('.'), "{t}");
+            assert!(!form.name().is_empty() && !form.name().contains("without"));
+        }
+        assert!(
+            explain(T4_FULL)
+                .unwrap()
+                .text()
+                .starts_with(Form::PytorchNew.title())
+        );
+    }
+
+    #[test]
+    fn the_largest_batch_is_an_inference_figure_with_the_way_to_measure_training() {
+        let mut e = explain(T4_FULL).unwrap();
+        e.set_largest_batch(LargestBatch::inference(
+            "bert-large-uncased".into(),
+            "bert-large-uncased".into(),
+            512,
+            crate::precision::Precision::F32,
+            e.total_capacity_bytes.unwrap(),
+            Some(141),
+        ));
+        let batch = &e.advice[position(&e, "use a smaller batch").unwrap()];
+        assert!(
+            batch.contains("`per_device_eval_batch_size=141`"),
+            "{batch}"
+        );
+        assert!(
+            !batch.contains("per_device_train_batch_size=141"),
+            "{batch}"
+        );
+        assert!(
+            batch.contains("candle's estimate of one inference forward")
+                && batch.contains("not measured")
+                && batch.contains("no gradients, no optimizer state"),
+            "{batch}"
+        );
+        let measure = &e.advice[position(&e, "measure the training batch").unwrap()];
+        assert!(
+            measure.contains("AdamW")
+                && measure.contains("`oomlab sweep --runtime torch --workload train --model bert-large-uncased --seq 512 --capacity 14.56GiB`"),
+            "{measure}"
+        );
+        let json = serde_json::to_value(&e).unwrap();
+        let lb = &json["largest_batch"];
+        assert_eq!(
+            (
+                &lb["runtime"],
+                &lb["workload"],
+                &lb["estimated"],
+                &lb["batch"]
+            ),
+            (&"candle".into(), &"infer".into(), &true.into(), &141.into())
+        );
+        assert!(lb.get("model_given").is_none());
+        // With a preset's exact memory (--gpu), the command names the preset.
+        e.set_largest_batch(LargestBatch::inference(
+            "bert-large-uncased".into(),
+            "my model".into(),
+            512,
+            crate::precision::Precision::F32,
+            crate::presets::find("t4").unwrap().total_bytes,
+            None,
+        ));
+        let measure = &e.advice[position(&e, "measure the training batch").unwrap()];
+        assert!(
+            measure.contains("--model 'my model' --seq 512 --gpu t4`"),
+            "{measure}"
+        );
+        let batch = &e.advice[position(&e, "use a smaller batch").unwrap()];
+        assert!(
+            batch.contains("not even an inference batch of 1 fits"),
+            "{batch}"
         );
     }
 

@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod cli;
 pub mod estimate;
 pub mod explain;
+pub mod forecast;
 pub mod gui;
 pub mod measure;
 pub mod models;

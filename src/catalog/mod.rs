@@ -288,8 +288,9 @@ fn looks_like_path(text: &str) -> bool {
         || text.starts_with("../")
         || text.starts_with('~')
         || text.contains('\\')
-        || lower.ends_with(".json")
-        || lower.ends_with(".safetensors")
+        || Path::new(&lower)
+            .extension()
+            .is_some_and(|e| e == "json" || e == "safetensors")
 }
 
 impl fmt::Display for ModelRef {

@@ -2,11 +2,30 @@
 
 use super::{CliError, estimate};
 use crate::catalog::{ModelRef, ModelSpec};
+use crate::explain::LargestBatch;
 use crate::plan::Precision;
+use crate::presets::GpuPreset;
 use crate::sweep::{self, PlanError};
 use crate::worker::WorkerConfig;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
+
+/// What a person at a terminal reads when `explain` waits for the message on stdin.
+pub const PASTE_PROMPT: &str = if cfg!(windows) {
+    "Paste the out-of-memory message, then press Ctrl-Z and Enter on an empty line (or pass it quoted, or --file PATH):"
+} else {
+    "Paste the out-of-memory message, then press Ctrl-D on an empty line (or pass it quoted, or --file PATH):"
+};
+
+/// `--gpu` of `oomlab explain`: the preset itself (its compute capability picks the precision
+/// advice; its memory is the capacity for `--model` when the message gives none).
+pub(super) fn parse_gpu_preset(text: &str) -> Result<&'static GpuPreset, String> {
+    crate::presets::find(text)
+}
+
+/// `--model`, `--seq`, `--dtype` of `oomlab explain`.
+pub(super) type ModelAt = (String, Option<usize>, Option<Precision>);
 
 /// `oomlab explain`: exit 0 with the explanation, 1 for a text that is no OOM message, 2 when
 /// the text cannot be read.
@@ -15,6 +34,7 @@ pub(super) fn explain(
     file: Option<PathBuf>,
     json: bool,
     model: Option<&ModelAt>,
+    gpu: Option<&'static GpuPreset>,
 ) -> i32 {
     use std::io::Read;
     let text = match (text, file) {
@@ -26,8 +46,13 @@ pub(super) fn explain(
         }),
         (Some(t), None) if t != "-" => Ok(t),
         _ => {
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                eprintln!("{PASTE_PROMPT}");
+            }
             let mut s = String::new();
-            std::io::stdin()
+            stdin
+                .lock()
                 .read_to_string(&mut s)
                 .map(|_| s)
                 .map_err(|e| format!("cannot read the message from stdin: {e}"))
@@ -40,50 +65,45 @@ pub(super) fn explain(
             return 2;
         }
     };
-    let explained = crate::explain::explain(&text).map(|mut e| {
-        if let Some(m) = model {
-            match largest_batch(m, e.total_capacity_bytes) {
-                Ok(lb) => e.set_largest_batch(lb),
-                Err(why) => return Err(why),
+    let mut e = match crate::explain::explain(&text) {
+        Ok(e) => e,
+        Err(not) => {
+            eprintln!("oomlab: {not}");
+            return 1;
+        }
+    };
+    if let Some(p) = gpu {
+        e.set_gpu(p);
+    }
+    if let Some(m) = model {
+        let capacity = gpu.map(|p| p.total_bytes).or(e.total_capacity_bytes);
+        match largest_batch(m, capacity) {
+            Ok(lb) => e.set_largest_batch(lb),
+            Err(why) => {
+                eprintln!("oomlab: {}", why.message);
+                return why.code;
             }
         }
-        Ok(e)
-    });
-    let explained = match explained {
-        Ok(Ok(e)) => Ok(e),
-        Ok(Err(why)) => {
-            eprintln!("oomlab: {}", why.message);
-            return why.code;
-        }
-        Err(not) => Err(not),
-    };
-    match explained {
-        Ok(e) if json => {
-            println!("{}", serde_json::to_string_pretty(&e).unwrap_or_default());
-            0
-        }
-        Ok(e) => {
-            print!("{}", e.text());
-            0
-        }
-        Err(e) => {
-            eprintln!("oomlab: {e}");
-            1
-        }
     }
+    let out = if json {
+        format!("{}\n", serde_json::to_string_pretty(&e).unwrap_or_default())
+    } else {
+        e.text()
+    };
+    // A closed pipe (`| head`) is the reader's choice, not an error.
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
+    0
 }
 
-/// `--model`, `--seq`, `--dtype`, `--gpu` of `oomlab explain`.
-pub(super) type ModelAt = (String, Option<usize>, Option<Precision>, Option<u64>);
-
-/// The estimator's largest batch for `explain --model` under the message's total capacity.
+/// The estimator's largest inference batch for `explain --model` under `capacity` (`--gpu`'s, or
+/// the message's total).
 fn largest_batch(
-    (model, seq, dtype, gpu): &ModelAt,
-    total_capacity: Option<u64>,
-) -> Result<crate::explain::LargestBatch, CliError> {
+    (model, seq, dtype): &ModelAt,
+    capacity: Option<u64>,
+) -> Result<LargestBatch, CliError> {
     let reference = ModelRef::parse(model).map_err(|e| CliError::from(PlanError::Model(e)))?;
     let spec = ModelSpec::resolve(&reference).map_err(|e| CliError::from(PlanError::Model(e)))?;
-    let capacity = gpu.or(total_capacity).ok_or_else(|| {
+    let capacity = capacity.ok_or_else(|| {
         CliError::usage(
             "the message does not give the GPU's total capacity; name the GPU with --gpu (e.g. --gpu t4)",
         )
@@ -94,7 +114,7 @@ fn largest_batch(
     sweep::check_dtype(&spec, dtype)?;
     let worker = WorkerConfig::current()
         .map_err(|e| CliError::runtime(format!("cannot locate the oomlab binary: {e}")))?;
-    let (rt, _) = crate::calibrate::runtime(
+    let (rt, source) = crate::calibrate::runtime(
         crate::plan::defaults::threads(),
         dtype,
         &worker,
@@ -102,11 +122,26 @@ fn largest_batch(
         &AtomicBool::new(false),
     )
     .map_err(CliError::runtime)?;
-    Ok(crate::explain::LargestBatch {
-        model: spec.name.clone(),
+    // Only news is worth a line: a cached figure says nothing.
+    if source == crate::calibrate::Source::Measured {
+        eprintln!(
+            "oomlab: measured candle's own memory on this CPU once for the estimate{}",
+            crate::calibrate::cache_path()
+                .map_or_else(String::new, |p| format!(" (cached in {})", p.display()))
+        );
+    }
+    // The command that measures training names a bundled model by its id (however it was
+    // typed), anything else as typed.
+    let model_given = match reference {
+        ModelRef::Catalog(_) => spec.name.clone(),
+        _ => model.clone(),
+    };
+    Ok(LargestBatch::inference(
+        spec.name.clone(),
+        model_given,
         seq,
         dtype,
-        capacity_bytes: capacity,
-        batch: crate::estimate::max_batch(&spec, seq, dtype, &rt, capacity, estimate::MAX_BATCH),
-    })
+        capacity,
+        crate::estimate::max_batch(&spec, seq, dtype, &rt, capacity, estimate::MAX_BATCH),
+    ))
 }

@@ -5,20 +5,41 @@ use crate::catalog::{BUNDLED, ModelRef, ModelSpec};
 use crate::measure::host::HostMemory;
 use crate::models;
 use crate::plan::{Precision, human_bytes};
+use crate::presets::GpuPreset;
 use crate::worker::WorkerConfig;
+use std::io::Write;
 use std::sync::atomic::AtomicBool;
+
+/// Lines on stdout; a closed pipe (`oomlab models | head`) ends the output quietly instead of
+/// failing the command.
+struct Out {
+    closed: bool,
+}
+
+impl Out {
+    fn new() -> Self {
+        Self { closed: false }
+    }
+
+    fn line(&mut self, text: impl std::fmt::Display) {
+        if !self.closed && writeln!(std::io::stdout().lock(), "{text}").is_err() {
+            self.closed = true;
+        }
+    }
+}
 
 /// `oomlab models`
 pub(super) fn models() -> Result<(), CliError> {
-    println!(
+    let mut out = Out::new();
+    out.line(format_args!(
         "{:<24} {:<11} {:>15} {:>11} {:>11} {:>11} {:>8}",
         "id", "family", "parameters", "f32", "f16", "bf16", "max seq"
-    );
+    ));
     for b in BUNDLED {
         let spec =
             ModelSpec::resolve(&ModelRef::Catalog(b.id.into())).map_err(CliError::runtime)?;
         let w = |p: Precision| human_bytes(models::weights_bytes(&spec, p.candle()));
-        println!(
+        out.line(format_args!(
             "{:<24} {:<11} {:>15} {:>11} {:>11} {:>11} {:>8}{}",
             b.id,
             spec.family.name(),
@@ -28,15 +49,18 @@ pub(super) fn models() -> Result<(), CliError> {
             w(Precision::Bf16),
             spec.dims.max_positions,
             if b.tiny { "  (tiny, for tests)" } else { "" }
-        );
+        ));
     }
     let cache = crate::catalog::hub::cache_dir();
     let cached = crate::catalog::CatalogEntry::cached(&cache);
     if !cached.is_empty() {
-        println!("\nin the Hugging Face cache at {}:", cache.display());
+        out.line(format_args!(
+            "\nin the Hugging Face cache at {}:",
+            cache.display()
+        ));
         for e in &cached {
             let b = |v: Option<u64>| v.map_or_else(|| "-".into(), human_bytes);
-            println!(
+            out.line(format_args!(
                 "{:<40} {:<11} {:>15} {:>11} {:>11}{}",
                 e.name,
                 e.group,
@@ -47,35 +71,67 @@ pub(super) fn models() -> Result<(), CliError> {
                     .as_deref()
                     .map(|p| format!("  ({p})"))
                     .unwrap_or_default()
-            );
+            ));
         }
     }
-    println!(
-        "\nparameters as published (BERT includes its pooler); weight bytes as candle holds them."
+    out.line(
+        "\nparameters as published (BERT includes its pooler); weight bytes as candle holds them.",
     );
-    println!("{}", host_line(HostMemory::read().as_ref()));
-    println!(
-        "--model also takes a Hugging Face id (org/name[@revision], bundled ones by either name), a config.json, or a folder with config.json + *.safetensors."
+    out.line(host_line(HostMemory::read().as_ref()));
+    out.line(
+        "--model also takes a Hugging Face id (org/name[@revision], bundled ones by either name), a config.json, or a folder with config.json + *.safetensors.",
     );
     Ok(())
 }
 
+/// The first line of `oomlab models --gpu G`: the preset's memory and compute capability.
+fn preset_line(preset: &GpuPreset) -> String {
+    format!(
+        "{}: {} as CUDA reports it (PyTorch's \"total capacity\"), compute capability {}{}",
+        preset.name,
+        preset.total_label(),
+        preset.compute_capability_label(),
+        if preset.supports_bf16() {
+            ""
+        } else {
+            " (no bf16)"
+        }
+    )
+}
+
+/// The lines after `oomlab models --gpu G`'s table: what the figures are, and are not.
+fn estimate_note(preset: &GpuPreset) -> String {
+    use std::fmt::Write as _;
+    let example = BUNDLED.iter().find(|b| !b.tiny).map_or("ID", |b| b.id);
+    let mut note = format!(
+        "max batch (est., infer): estimated by oomlab's estimator for candle's inference forward at seq {seq} (or the model's maximum) — no gradients, no optimizer state — against this GPU's capacity; the CUDA context, kernels and cuBLAS workspace a real GPU holds are not in it.\ntraining needs more: measure it with `oomlab sweep --runtime torch --workload train --gpu {gpu} --model {example} --seq {seq}`.",
+        seq = crate::plan::defaults::SEQ,
+        gpu = preset.id
+    );
+    if !preset.supports_bf16() {
+        let _ = write!(
+            note,
+            "\nthe {} has no bf16 (compute capability {}; bf16 needs 8.0): its bf16 rows are for comparison; train with fp16 autocast and a GradScaler.",
+            preset.name,
+            preset.compute_capability_label()
+        );
+    }
+    note
+}
+
 /// `oomlab models --gpu G`: per bundled model and precision, whether the weights fit and the
-/// largest batch the estimator gives at seq 128 (a CPU estimate: the CUDA context is not in it).
+/// largest batch the estimator gives for candle's inference forward at seq 128 (estimated, not
+/// measured; no CUDA context, no training state).
 pub(super) fn models_on_gpu(gpu: &str, worker: &WorkerConfig) -> Result<(), CliError> {
     let preset = crate::presets::find(gpu).map_err(CliError::usage)?;
     let threads = crate::plan::defaults::threads();
     let cancel = AtomicBool::new(false);
-    println!(
-        "{}: {} as CUDA reports it\n  ({})",
-        preset.name,
-        crate::presets::capacity_label(preset.total_bytes, false),
-        preset.source
-    );
-    println!(
-        "{:<24} {:<5} {:>11} {:>9} {:>9}",
-        "id", "dtype", "weights", "fits", "max batch"
-    );
+    let mut out = Out::new();
+    out.line(preset_line(preset));
+    out.line(format_args!(
+        "{:<24} {:<5} {:>11} {:>5} {:>23}",
+        "id", "dtype", "weights", "fits", "max batch (est., infer)"
+    ));
     for b in BUNDLED.iter().filter(|b| !b.tiny) {
         let spec =
             ModelSpec::resolve(&ModelRef::Catalog(b.id.into())).map_err(CliError::runtime)?;
@@ -95,19 +151,16 @@ pub(super) fn models_on_gpu(gpu: &str, worker: &WorkerConfig) -> Result<(), CliE
                 preset.total_bytes,
                 crate::cli::estimate::MAX_BATCH,
             );
-            println!(
-                "{:<24} {:<5} {:>11} {:>9} {:>9}",
+            out.line(format_args!(
+                "{:<24} {:<5} {:>11} {:>5} {:>23}",
                 b.id,
                 dtype.name(),
                 human_bytes(weights),
                 if max.is_some() { "yes" } else { "no" },
                 max.map_or_else(|| "-".into(), |m| m.to_string())
-            );
+            ));
         }
     }
-    println!(
-        "\nmax batch: the estimator's largest batch at seq 128 (or the model's maximum), forward only; \n{}.",
-        crate::presets::CPU_NOTE
-    );
+    out.line(format_args!("\n{}", estimate_note(preset)));
     Ok(())
 }

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub enum EngineMsg {
     Event(Box<SweepEvent>),
+    /// How many trials and about how long, before the first (see [`crate::forecast`]).
+    Forecast(String),
     /// The sweep could not start or its journal could not be written (in the window's words).
     Failed(String),
 }
@@ -180,10 +182,15 @@ fn engine_thread(
     match sweep {
         Err(e) => send(EngineMsg::Failed(e.describe(&super::form::Labels))),
         Ok(s) => {
-            if let Err(e) = s.run(worker, cancel, &mut |ev| {
+            if let Some(f) = crate::forecast::of_sweep(&s.plan, &s.spec, worker, cancel) {
+                send(EngineMsg::Forecast(f.text()));
+            }
+            let (plan, spec) = (s.plan.clone(), s.spec.clone());
+            match s.run(worker, cancel, &mut |ev| {
                 send(EngineMsg::Event(Box::new(ev)));
             }) {
-                send(EngineMsg::Failed(e.to_string()));
+                Ok(results) => crate::forecast::record_pace(&plan, &spec, &results.trials),
+                Err(e) => send(EngineMsg::Failed(e.to_string())),
             }
         }
     }
@@ -265,6 +272,7 @@ impl OomLabApp {
                 log.push(format!("error: {e}"));
                 self.notice = Some(e);
             }
+            EngineMsg::Forecast(text) => log.push(text),
             EngineMsg::Event(ev) => match *ev {
                 SweepEvent::Started {
                     journal,

@@ -122,7 +122,7 @@ struct OomlabSection<'a> {
     dtype: &'a str,
     tokens_per_step: usize,
     /// The pick's curve: its boundary b* (the largest batch that fits below the lowest OOM;
-    /// absent unless the boundary was found) and its status (exact, above_range, …).
+    /// absent unless the boundary was found) and its status (`exact`, `above_range`, …).
     #[serde(skip_serializing_if = "Option::is_none")]
     b_star: Option<usize>,
     status: &'static str,
@@ -180,13 +180,13 @@ struct CurveLine {
     gradient_checkpointing: bool,
     seq_len: usize,
     dtype: &'static str,
-    /// exact, above_range, none_fits, non_monotone, host_limited or incomplete.
+    /// `exact`, `above_range`, `none_fits`, `non_monotone`, `host_limited` or `incomplete`.
     status: &'static str,
     /// The boundary: the largest batch that fits below the lowest OOM (only when one was
     /// found: never the top of the range).
     #[serde(skip_serializing_if = "Option::is_none")]
     b_star: Option<usize>,
-    /// above_range: the largest batch tried, every one up to it fitting.
+    /// `above_range`: the largest batch tried, every one up to it fitting.
     #[serde(skip_serializing_if = "Option::is_none")]
     largest_tried: Option<usize>,
     /// The largest batch under the headroom limit; absent when none is.

@@ -504,7 +504,7 @@ fn an_injected_oom_below_b_star_ends_non_monotone_with_exit_0() {
         "--batch",
         "1..256",
         "--capacity",
-        &plan.capacity_bytes.to_string(),
+        &format!("{}B", plan.capacity_bytes),
         "--threads",
         "1",
         "--journal",

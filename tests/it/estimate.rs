@@ -728,17 +728,26 @@ fn explain_with_a_model_names_the_largest_batch_that_fits_the_messages_gpu() {
             "--seq",
             "512",
             "--capacity",
-            &capacity.to_string(),
+            &format!("{capacity}B"),
             "--json",
         ],
     );
     assert_eq!(json_lines(&est)[0]["max_batch"].as_u64(), Some(batch));
+    // candle's estimated inference forward: beside the inference key, never the training one.
     let first = e["advice"][0].as_str().unwrap();
     assert!(
-        first.contains(&format!(
-            "the largest batch that fits is {batch} for bert-base-uncased at seq 512"
-        )),
+        first.contains(&format!("`per_device_eval_batch_size={batch}`"))
+            && first.contains("fits bert-base-uncased at seq 512")
+            && first.contains("candle's estimate of one inference forward"),
         "{first}"
+    );
+    assert!(
+        !first.contains(&format!("per_device_train_batch_size={batch}")),
+        "{first}"
+    );
+    assert_eq!(
+        (&lb["runtime"], &lb["workload"], &lb["estimated"]),
+        (&"candle".into(), &"infer".into(), &true.into())
     );
     // A message without the total capacity needs the GPU named.
     let out = oomlab(

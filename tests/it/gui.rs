@@ -427,6 +427,8 @@ fn run_a_sweep_and_the_drawn_tables_match_the_journal_on_disk() {
     let want = assert_screen_matches_journal(&h);
     assert_eq!(want.rows.len(), 2);
     assert!(want.rows.iter().all(|r| r[2] == "exact"), "{:?}", want.rows);
+    // The event log said up front how many trials the search would take.
+    shown(&h, "forecast: 2 curves, 4 trials if the estimator is right");
     let f = h.state().frame_stats();
     eprintln!("{}", f.summary());
 }
@@ -539,6 +541,8 @@ fn cancel_mid_sweep_keeps_a_consistent_resumable_state() {
     let last = want.trials.last().unwrap();
     assert_eq!(last["failure"], "cancelled", "{last}");
     assert_eq!(row(&h, "seq 16 f32")[2], "incomplete");
+    // The card says the sweep is unfinished.
+    h.get_by_label_contains("Incomplete: 1 not finished (seq 16 f32)");
     // Resume from the window finishes the sweep without repeating finished trials.
     h.get_by_role_and_label(Role::Button, "Resume").click();
     h.run_steps(1);
@@ -552,6 +556,12 @@ fn cancel_mid_sweep_keeps_a_consistent_resumable_state() {
         .collect();
     assert_eq!(fits, (1..=6).collect::<Vec<_>>());
     assert_eq!(row(&h, "seq 16 f32")[2], "above_range");
+    // The pick is the top of the range, flagged so; the sweep is no longer incomplete. The card
+    // says what was sized, and that it is no training batch.
+    h.get_by_label_contains("Every batch tried fits, up to 6");
+    h.get_by_label_contains("candle · one inference forward (no_grad) · measured on this CPU");
+    h.get_by_label_contains("this is an inference batch");
+    assert!(h.query_by_label_contains("Incomplete:").is_none());
 }
 
 #[test]
@@ -966,7 +976,10 @@ fn a_pasted_oom_message_is_explained_in_the_window() {
         "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 3.00 GiB. GPU 0 has a total capacty of 23.65 GiB of which 1.66 GiB is free. Including non-PyTorch memory, this process has 20.81 GiB memory in use. Of the allocated memory 12.09 GiB is allocated by PyTorch, and 4.84 GiB is reserved by PyTorch but unallocated.",
     );
     h.run_steps(3);
-    shown(&h, "PyTorch (2.1 and later) out-of-memory message");
+    shown(
+        &h,
+        "A PyTorch out-of-memory message in the format of 2.1 and later",
+    );
     shown(&h, "reserved but unallocated 4.84 GiB");
     shown(
         &h,

@@ -400,3 +400,48 @@ fn a_cancelled_sweeps_export_says_at_the_top_that_it_is_incomplete_and_names_the
     assert_eq!(missing["status"].as_str(), Some("incomplete"));
     assert_eq!(doc["oomlab"]["seq_len"].as_integer(), Some(16));
 }
+
+#[test]
+fn a_sweep_says_up_front_how_many_trials_and_after_one_sweep_about_how_long() {
+    let cache = TempDir::new("papercut-forecast");
+    let args = [
+        "sweep",
+        "-m",
+        // bert-tiny's trials at these sizes take long enough to time (tens of milliseconds).
+        "bert-tiny",
+        "--seq",
+        "128,256",
+        "--batch",
+        "1..256",
+        "--capacity",
+        "44MiB",
+        "--confirm",
+        "none",
+    ];
+    let first = oomlab(&cache, &args);
+    let err = text(&first.stderr);
+    assert!(first.status.success(), "{err}");
+    // Two curves, b* and b*+1 each when the estimator is right (auto), then the time.
+    assert!(
+        err.contains("forecast: 2 curves, 4 trials if the estimator is right; the time follows the first trial"),
+        "{err}"
+    );
+    assert!(
+        err.contains("at this trial's pace the forecast trials take about"),
+        "{err}"
+    );
+    let searched = text(&first.stdout)
+        .lines()
+        .filter(|l| l.contains(" auto ") && l.contains(" search "))
+        .count();
+    assert_eq!(searched, 4, "the forecast count is what auto took");
+    // The pace of that sweep sizes the next forecast.
+    let second = oomlab(&cache, &args);
+    let err = text(&second.stderr);
+    assert!(
+        err.contains("4 trials if the estimator is right, about ")
+            && err.contains("at this machine's pace in earlier sweeps"),
+        "{err}"
+    );
+    assert!(!err.contains("at this trial's pace"), "{err}");
+}

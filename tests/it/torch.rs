@@ -244,6 +244,53 @@ fn checkpointing_lowers_a_training_peak_and_the_export_takes_trainer_keys() {
             .unwrap()
             .contains("training step")
     );
+    readme_snippet_applies(&py, &d, &export);
+}
+
+/// The README's Python lines that apply an export run as they stand on `export`: a model folder
+/// (the tiny-llama checkpoint, with a small tokenizer beside it) loads with its dtype and
+/// attention, the tokenizer truncates at `max_length`, and `TrainingArguments` takes the rest.
+fn readme_snippet_applies(py: &PathBuf, d: &TempDir, export: &std::path::Path) {
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    let snippet = readme
+        .split("```python\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("README.md has a ```python block");
+    assert!(snippet.lines().count() <= 6, "{snippet}");
+    let model = d.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in std::fs::read_dir(fixtures().join("checkpoints/tiny-llama")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(export, d.join("recommended.toml")).unwrap();
+    let script = format!(
+        "from transformers import BertTokenizer\n\
+         open('vocab.txt', 'w').write('\\n'.join(['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]'] + ['w%d' % i for i in range(40)]))\n\
+         BertTokenizer('vocab.txt').save_pretrained('model')\n\
+         name, texts = 'model', [' '.join('w%d' % (i % 40) for i in range(300))]\n\
+         {snippet}\n\
+         assert args.per_device_train_batch_size == 8, args.per_device_train_batch_size\n\
+         assert args.optim == 'adamw_torch', args.optim\n\
+         assert str(model.dtype) == 'torch.float32', model.dtype\n\
+         assert model.config._attn_implementation == 'sdpa', model.config._attn_implementation\n\
+         assert len(inputs['input_ids'][0]) == 128, len(inputs['input_ids'][0])\n\
+         print('applied')\n"
+    );
+    let o = Command::new(py)
+        .arg("-c")
+        .arg(&script)
+        .current_dir(&d.0)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("applied"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

@@ -39,23 +39,17 @@ fn pick_ui(
                     .size(20.0)
                     .strong(),
             );
-            if r.plan.uses_torch() {
-                // What was sized: the runtime and the workload (a forward-only figure is not a
-                // training batch).
-                let workload = match p.runtime {
-                    crate::plan::Runtime::Torch => r.plan.workload.describe(),
-                    crate::plan::Runtime::Candle => crate::plan::Workload::Infer.describe(),
-                };
-                ui.label(format!(
-                    "{}{} · {workload}",
-                    p.runtime.label(),
-                    if p.checkpointing {
-                        " with gradient checkpointing"
-                    } else {
-                        ""
-                    }
-                ));
-            }
+            // What was sized: the runtime, the workload and where (a forward-only figure is
+            // not a training batch).
+            ui.label(format!(
+                "{}{}",
+                r.sized(p.runtime),
+                if p.checkpointing {
+                    " · gradient checkpointing"
+                } else {
+                    ""
+                }
+            ));
             let total = match (p.total_bytes, p.predicted_bytes) {
                 (Some(t), _) => format!("total {} measured", human_bytes(t)),
                 (None, Some(pr)) => format!("total {} computed, not confirmed", human_bytes(pr)),
@@ -97,11 +91,42 @@ fn pick_ui(
             .small(),
         );
     }
-    if r.pick_is_host_limited() {
+    let warn = |ui: &mut egui::Ui, text: &str| {
         ui.label(
-            RichText::new(crate::report::HOST_LIMITED_PICK)
+            RichText::new(text)
                 .color(Color32::from_rgb(200, 120, 0))
                 .small(),
+        );
+    };
+    if r.pick_is_host_limited() {
+        warn(ui, crate::report::HOST_LIMITED_PICK);
+    }
+    if let Some(p) = &r.recommendation.pick {
+        if r.boundaries
+            .iter()
+            .any(|b| b.curve() == p.curve() && b.status == BoundaryStatus::AboveRange)
+        {
+            warn(
+                ui,
+                &format!(
+                    "Every batch tried fits, up to {}: the boundary lies above the batch range, so larger batches may fit; widen the range to find it.",
+                    r.batch_range[1]
+                ),
+            );
+        }
+        if r.inference_only() {
+            ui.label(RichText::new(crate::report::TRAINING_NEEDS_MORE).small());
+        }
+    }
+    let unfinished = r.unfinished_curves();
+    if !running && !unfinished.is_empty() {
+        warn(
+            ui,
+            &format!(
+                "Incomplete: {} not finished ({}); the pick is among the finished curves only, and an export says so.",
+                unfinished.len(),
+                unfinished.join(", ")
+            ),
         );
     }
     ui.label(RichText::new(&r.recommendation.rule).weak().small());

@@ -38,7 +38,7 @@ pub fn window(state: &mut PanelState, ctx: &egui::Context) {
             }
             match e.explained.as_ref().map(|(_, r)| r) {
                 Some(Ok(x)) => {
-                    ui.label(RichText::new(format!("{} out-of-memory message", x.form.name())).strong());
+                    ui.label(RichText::new(x.form.title()).strong());
                     ui.label(RichText::new("What it says").strong());
                     if x.figures.is_empty() {
                         ui.label("no figures: the device ran out of memory");
