@@ -560,7 +560,10 @@ pub fn sweep(args: &SweepArgs, worker: &WorkerConfig) -> Result<Results, CliErro
     crate::signals::on_terminate(move || on_signal.store(true, Ordering::Relaxed))
         .map_err(|e| CliError::runtime(format!("cannot watch for Ctrl-C: {e}")))?;
     let mut face = Progress::new(std::io::stderr().is_terminal());
-    face.pending_time = say_forecast(&sweep, worker, &cancel);
+    // A resumed sweep has done part of its work: the forecast is for a fresh one.
+    if args.resume.is_none() {
+        face.pending_time = say_forecast(args, &sweep, worker, &cancel);
+    }
     let (plan, spec) = (sweep.plan.clone(), sweep.spec.clone());
     let results = sweep
         .confirming(args.confirm.clone())
@@ -603,11 +606,12 @@ pub fn sweep(args: &SweepArgs, worker: &WorkerConfig) -> Result<Results, CliErro
 /// Says how many trials the sweep should take and about how long. Returns the forecast work
 /// when the time must wait for the first trial.
 fn say_forecast(
+    args: &SweepArgs,
     sweep: &Sweep,
     worker: &WorkerConfig,
     cancel: &AtomicBool,
 ) -> Option<(f64, crate::catalog::ModelSpec)> {
-    let f = crate::forecast::of_sweep(&sweep.plan, &sweep.spec, worker, cancel)?;
+    let f = crate::forecast::of_sweep(&sweep.plan, &sweep.spec, &args.confirm, worker, cancel)?;
     eprintln!("{}", f.text());
     (f.seconds.is_none() && f.work > 0.0).then(|| (f.work, sweep.spec.clone()))
 }

@@ -156,6 +156,8 @@ fn engine_thread(
         sweep::probe_python(&mut s.plan, &worker.exe)?;
         Ok(s)
     };
+    // Only a new sweep is forecast: a resumed one has done part of its work.
+    let fresh = matches!(job, EngineJob::New { .. });
     let sweep = match job {
         EngineJob::Resume(path) => {
             Sweep::resume(&path, &crate::plan::PlanOverrides::default()).and_then(probe)
@@ -182,7 +184,15 @@ fn engine_thread(
     match sweep {
         Err(e) => send(EngineMsg::Failed(e.describe(&super::form::Labels))),
         Ok(s) => {
-            if let Some(f) = crate::forecast::of_sweep(&s.plan, &s.spec, worker, cancel) {
+            if fresh
+                && let Some(f) = crate::forecast::of_sweep(
+                    &s.plan,
+                    &s.spec,
+                    &crate::plan::Confirm::Pick,
+                    worker,
+                    cancel,
+                )
+            {
                 send(EngineMsg::Forecast(f.text()));
             }
             let (plan, spec) = (s.plan.clone(), s.spec.clone());

@@ -364,8 +364,13 @@ fn the_runtime_is_measured_once_and_cached_and_a_broken_cache_is_measured_again(
     assert!(String::from_utf8_lossy(&first.stderr).contains("measured now"));
     let file = cache.join("oomlab/runtime.json");
     assert!(file.is_file());
+    // From the cache it is no news: nothing on stderr unless --verbose.
     let second = oomlab(&cache, &args);
-    assert!(String::from_utf8_lossy(&second.stderr).contains("cached in"));
+    assert_eq!(String::from_utf8_lossy(&second.stderr), "");
+    let mut verbose = args.to_vec();
+    verbose.push("--verbose");
+    let v = oomlab(&cache, &verbose);
+    assert!(String::from_utf8_lossy(&v.stderr).contains("cached in"));
     assert_eq!(
         first.stdout, second.stdout,
         "the same figures from the cache"

@@ -428,7 +428,7 @@ fn run_a_sweep_and_the_drawn_tables_match_the_journal_on_disk() {
     assert_eq!(want.rows.len(), 2);
     assert!(want.rows.iter().all(|r| r[2] == "exact"), "{:?}", want.rows);
     // The event log said up front how many trials the search would take.
-    shown(&h, "forecast: 2 curves, 4 trials if the estimator is right");
+    shown(&h, "forecast: 2 curves, 5 trials if the estimator is right");
     let f = h.state().frame_stats();
     eprintln!("{}", f.summary());
 }
@@ -481,7 +481,7 @@ fn an_oom_below_b_star_shows_non_monotone_in_the_window() {
     let dir = TempDir::new("gui-nonmono");
     let (p, star, confirmed) = contradiction_setup(&dir);
     let mut h = harness_with(&dir, None, faulty_worker(0, &[confirmed]), true);
-    let cap = p.capacity_bytes.to_string();
+    let cap = format!("{}B", p.capacity_bytes);
     start(&mut h, "tiny-bert", Strategy::Auto, ["64", "1..256", &cap]);
     run_to_end(&mut h);
     let want = assert_screen_matches_journal(&h);
@@ -593,6 +593,9 @@ fn invalid_input_disables_run_with_the_reason_in_the_windows_words() {
     set_text(&mut h, "Capacity", "1GiB");
     assert!(!run_disabled(&h));
     set_text(&mut h, "Model id or path", "/no/such/folder");
+    h.get_by_label_contains("no such file or folder: /no/such/folder");
+    assert!(run_disabled(&h));
+    set_text(&mut h, "Model id or path", "no-such-model");
     h.get_by_label_contains("unknown model");
     h.get_by_label_contains("the Bundled model list");
     assert!(run_disabled(&h));
@@ -688,9 +691,15 @@ fn a_pytorch_training_sweep_in_the_window_draws_both_checkpointing_curves_and_ex
     h.run_steps(1);
     write_export(&mut h);
     let text = std::fs::read_to_string(&out).unwrap();
-    assert!(text.contains("per_device_train_batch_size = 2"), "{text}");
-    assert!(text.contains("runtime = \"torch\""), "{text}");
-    assert!(!text.contains("per_device_eval_batch_size"), "{text}");
+    let doc: toml::Value = toml::from_str(&text).unwrap();
+    let hf = &doc["huggingface"];
+    assert_eq!(
+        hf["per_device_train_batch_size"].as_integer(),
+        Some(2),
+        "{text}"
+    );
+    assert_eq!(doc["oomlab"]["runtime"].as_str(), Some("torch"), "{text}");
+    assert!(hf.get("per_device_eval_batch_size").is_none(), "{text}");
 }
 
 #[test]
@@ -1014,7 +1023,7 @@ fn teach_window_predicts_b_star_breaks_a_point_down_and_shows_a_trials_timeline(
         &mut h,
         "tiny-bert",
         Strategy::Auto,
-        ["64", "1..256", &cap.to_string()],
+        ["64", "1..256", &format!("{cap}B")],
     );
     run_to_end(&mut h);
     wait_for_estimator(&mut h);

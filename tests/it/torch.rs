@@ -95,7 +95,7 @@ fn the_boundary_is_exact_on_the_cpu_with_both_sides_measured() {
     );
     assert_eq!(t1.runtime, Runtime::Torch);
     let capacity = base + 6 * (total1 - base) + (total1 - base) / 2;
-    let cap = capacity.to_string();
+    let cap = format!("{capacity}B");
     let r = torch_sweep(
         &py,
         &d,
@@ -266,7 +266,9 @@ fn readme_snippet_applies(py: &PathBuf, d: &TempDir, export: &std::path::Path) {
         let f = f.unwrap().path();
         std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
     }
-    std::fs::copy(export, d.join("recommended.toml")).unwrap();
+    if export != d.join("recommended.toml") {
+        std::fs::copy(export, d.join("recommended.toml")).unwrap();
+    }
     let script = format!(
         "from transformers import BertTokenizer\n\
          open('vocab.txt', 'w').write('\\n'.join(['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]'] + ['w%d' % i for i in range(40)]))\n\
