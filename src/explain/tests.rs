@@ -1,0 +1,373 @@
+//! `explain` on real and constructed messages.
+
+use super::*;
+
+/// Real messages from public issue trackers (each with its source in the fixture).
+#[test]
+fn real_messages_from_public_trackers_are_read() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/oom_messages.json"
+    );
+    let fixtures: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    for m in fixtures.as_array().unwrap() {
+        let (id, text) = (m["id"].as_str().unwrap(), m["text"].as_str().unwrap());
+        assert!(
+            m["source"].as_str().unwrap().starts_with("https://"),
+            "{id}"
+        );
+        let want = match m["form"].as_str().unwrap() {
+            "pytorch-old" => Form::PytorchOld,
+            "pytorch-new" => Form::PytorchNew,
+            "tensorflow" => Form::Tensorflow,
+            "jax" => Form::Jax,
+            "cuda-bare" => Form::CudaBare,
+            _ => {
+                assert!(explain(text).is_err(), "{id} is no OOM message");
+                continue;
+            }
+        };
+        let e = explain(text).unwrap_or_else(|_| panic!("{id} not read"));
+        assert_eq!(e.form, want, "{id}");
+        // Every figure the text states is extracted.
+        let says = |phrase: &str| text.contains(phrase);
+        assert_eq!(
+            e.tried_to_allocate_bytes.is_some(),
+            says("llocat") && !says("CUDA error"),
+            "{id}"
+        );
+        assert_eq!(
+            e.total_capacity_bytes.is_some(),
+            says("total capac"),
+            "{id}"
+        );
+        let pytorch = matches!(want, Form::PytorchOld | Form::PytorchNew);
+        assert_eq!(e.free_bytes.is_some(), pytorch && says(" free"), "{id}");
+        assert_eq!(
+            e.reserved_unallocated_bytes.is_some(),
+            says("reserved") || says("cached"),
+            "{id}"
+        );
+        assert_eq!(
+            e.process_in_use_bytes.is_some(),
+            says("memory in use"),
+            "{id}"
+        );
+        assert!(!e.advice.is_empty(), "{id}");
+    }
+}
+
+#[test]
+fn figures_in_each_form_come_out_in_bytes() {
+    let new = explain("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 572.00 MiB. GPU 0 has a total capacity of 39.49 GiB of which 321.31 MiB is free. Process 3721648 has 414.00 MiB memory in use. Including non-PyTorch memory, this process has 37.46 GiB memory in use. Process 1374765 has 414.00 MiB memory in use. Of the allocated memory 36.04 GiB is allocated by PyTorch, and 321.37 MiB is reserved by PyTorch but unallocated.").unwrap();
+    assert_eq!(new.tried_to_allocate_bytes, Some(572 << 20));
+    assert_eq!(new.process_in_use_bytes, bytes("37.46", "GiB"));
+    assert_eq!(new.processes.len(), 2);
+    assert_eq!(new.reserved_unallocated_bytes, bytes("321.37", "MiB"));
+    // Other processes hold more than the request: freeing them comes first.
+    assert!(
+        new.advice[0].starts_with("free the GPU"),
+        "{:?}",
+        new.advice
+    );
+    let tf = explain("ResourceExhaustedError: OOM when allocating tensor with shape[8,64,256,256] and type float on /job:localhost/replica:0/task:0/device:GPU:0 by allocator GPU_0_bfc").unwrap();
+    assert_eq!(tf.tried_to_allocate_bytes, Some(8 * 64 * 256 * 256 * 4));
+    assert_eq!(tf.gpu_index, Some(0));
+    let jax = explain("Resource exhausted: Failed to allocate request for 32.00MiB (33554432B) on device ordinal 0").unwrap();
+    assert_eq!(jax.tried_to_allocate_bytes, Some(33_554_432));
+    let frag = explain("torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 3.00 GiB. GPU 0 has a total capacty of 23.65 GiB of which 1.66 GiB is free. Including non-PyTorch memory, this process has 20.81 GiB memory in use. Of the allocated memory 12.09 GiB is allocated by PyTorch, and 4.84 GiB is reserved by PyTorch but unallocated.").unwrap();
+    assert!(
+        frag.advice[0].contains("expandable_segments:True"),
+        "{:?}",
+        frag.advice
+    );
+}
+
+#[test]
+fn the_classic_report_is_read_figure_by_figure() {
+    let e = explain("RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 11.17 GiB total capacity; 9.00 GiB already allocated; 1.50 GiB free; 9.50 GiB reserved in total by PyTorch)").unwrap();
+    assert_eq!(e.form, Form::PytorchOld);
+    assert_eq!(e.gpu_index, Some(0));
+    assert_eq!(e.tried_to_allocate_bytes, Some(2 << 30));
+    assert_eq!(
+        e.total_capacity_bytes,
+        Some((11.17 * f64::from(1u32 << 30)).round() as u64)
+    );
+    assert_eq!(e.allocated_by_pytorch_bytes, Some(9 << 30));
+    assert_eq!(e.free_bytes, Some(3 << 29));
+    assert_eq!(e.reserved_by_pytorch_bytes, Some(19 << 29));
+    assert_eq!(e.reserved_unallocated_bytes, Some(1 << 29));
+    assert!(e.process_in_use_bytes.is_none());
+    // 11.17 − 1.5 free − 9.5 reserved ≈ 0.17 GiB held elsewhere (contexts, other processes).
+    assert!(e.held_elsewhere_bytes.unwrap() < 200 << 20);
+    assert!(
+        e.advice[0].starts_with("use a smaller batch"),
+        "{:?}",
+        e.advice
+    );
+}
+
+/// A T4 whose memory is simply full: 42.21 MiB cached but unused is well under 5% of
+/// 14.56 GiB.
+const T4_FULL: &str = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total capacity of 14.56 GiB of which 3.81 MiB is free. Process 1234 has 14.55 GiB memory in use. Of the allocated memory 14.40 GiB is allocated by PyTorch, and 42.21 MiB is reserved by PyTorch but unallocated.";
+
+fn position(e: &Explanation, prefix: &str) -> Option<usize> {
+    e.advice.iter().position(|a| a.starts_with(prefix))
+}
+
+/// The T4-like message with other figures for the request and the unallocated memory.
+fn t4_with(tried: &str, unallocated: &str) -> Explanation {
+    explain(
+        &T4_FULL
+            .replace("20.00 MiB", tried)
+            .replace("42.21 MiB", unallocated),
+    )
+    .unwrap()
+}
+
+#[test]
+fn fragmentation_comes_first_only_when_a_real_share_of_the_capacity_is_cached_unused() {
+    // Full memory: a smaller batch, then mixed precision, then (the 42 MiB are more than
+    // the 20 MiB request) fragmentation.
+    let e = explain(T4_FULL).unwrap();
+    assert!(
+        e.advice[0].starts_with("use a smaller batch"),
+        "{:?}",
+        e.advice
+    );
+    let frag = position(&e, "reduce fragmentation").expect("still listed");
+    assert!(
+        frag > position(&e, "use mixed precision").unwrap(),
+        "{:?}",
+        e.advice
+    );
+    assert!(e.advice[frag].contains("42.21 MiB"), "{}", e.advice[frag]);
+    // 5% of 14.56 GiB is 0.728 GiB: 0.72 GiB is under it, 0.73 GiB over.
+    let below = t4_with("20.00 MiB", "0.72 GiB");
+    assert!(
+        position(&below, "reduce fragmentation").unwrap() > 1,
+        "{:?}",
+        below.advice
+    );
+    let above = t4_with("20.00 MiB", "0.73 GiB");
+    assert_eq!(
+        position(&above, "reduce fragmentation"),
+        Some(0),
+        "{:?}",
+        above.advice
+    );
+    // Less cached than the request: defragmenting cannot make room, so it is not advised.
+    let none = t4_with("100.00 MiB", "42.21 MiB");
+    assert_eq!(
+        position(&none, "reduce fragmentation"),
+        None,
+        "{:?}",
+        none.advice
+    );
+    // Total unknown: first when the cached memory covers the request.
+    let old = "RuntimeError: CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 9.00 GiB already allocated; 1.50 GiB free; 9.50 GiB reserved in total by PyTorch)";
+    assert_eq!(
+        position(&explain(old).unwrap(), "reduce fragmentation"),
+        Some(0)
+    );
+    let old = old.replace("20.00 MiB", "2.00 GiB");
+    assert_eq!(
+        position(&explain(&old).unwrap(), "reduce fragmentation"),
+        None
+    );
+}
+
+#[test]
+fn mixed_precision_says_bf16_only_where_the_gpu_has_it() {
+    let mixed = |e: &Explanation| e.advice[position(e, "use mixed precision").unwrap()].clone();
+    // A T4 (compute capability 7.5), identified by its total capacity: fp16 and a scaler.
+    let t4 = explain(T4_FULL).unwrap();
+    assert_eq!(t4.gpu, Some("t4"));
+    let advice = mixed(&t4);
+    assert!(
+        advice.contains("Tesla T4")
+            && advice.contains("no bf16")
+            && advice.contains("fp16=True")
+            && advice.contains("torch.amp.GradScaler(\"cuda\")")
+            && !advice.contains("bf16=True")
+            && !advice.contains("torch.bfloat16"),
+        "{advice}"
+    );
+    // An A100 80 GB (8.0): bf16.
+    let a100 = explain(&T4_FULL.replace("14.56 GiB of which", "79.14 GiB of which")).unwrap();
+    assert_eq!(a100.gpu, Some("a100-80"));
+    let advice = mixed(&a100);
+    assert!(
+        advice.contains("bf16=True") && advice.contains("A100 80 GB") && !advice.contains("fp16"),
+        "{advice}"
+    );
+    // No preset reports 23.65 GiB: the rule, both ways.
+    let unknown = explain(&T4_FULL.replace("14.56 GiB of which", "23.65 GiB of which")).unwrap();
+    assert_eq!(unknown.gpu, None);
+    let advice = mixed(&unknown);
+    assert!(
+        advice.contains("torch.cuda.is_bf16_supported()")
+            && advice.contains("compute capability 8.0+")
+            && advice.contains("bf16=True")
+            && advice.contains("fp16=True")
+            && advice.contains("GradScaler"),
+        "{advice}"
+    );
+    // The GPU named by the user wins over the one the figure suggests.
+    let mut named = explain(T4_FULL).unwrap();
+    named.set_gpu(crate::presets::find("h100").unwrap());
+    assert_eq!(named.gpu, Some("h100"));
+    assert!(mixed(&named).contains("bf16=True"), "{}", mixed(&named));
+    let json = serde_json::to_value(&named).unwrap();
+    assert_eq!(json["gpu"], "h100");
+    assert!(serde_json::to_value(&unknown).unwrap()["gpu"].is_null());
+}
+
+#[test]
+fn no_figure_is_finer_than_the_messages_rounding() {
+    let e = explain(T4_FULL).unwrap();
+    let figure = |name: &str| {
+        e.figures
+            .iter()
+            .find(|f| f.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} in {:?}", e.figures))
+            .clone()
+    };
+    // 14.56 GiB − 3.81 MiB − 14.55 GiB: a figure in GiB, to 0.01 GiB.
+    assert!(
+        figure("held elsewhere").starts_with("held elsewhere 0.01 GiB:"),
+        "{}",
+        figure("held elsewhere")
+    );
+    // 14.40 GiB + 42.21 MiB, in GiB; the figures read from the message as printed.
+    assert!(figure("reserved by PyTorch").starts_with("reserved by PyTorch 14.44 GiB:"));
+    assert!(figure("free").starts_with("free 3.81 MiB:"));
+    assert!(figure("reserved but unallocated").starts_with("reserved but unallocated 42.21 MiB:"));
+    assert!(figure("process 1234").starts_with("process 1234 holds 14.55 GiB"));
+    // Nothing left: under the message's rounding, not "0 B" or a few MiB.
+    let full =
+        explain(&T4_FULL.replace("Process 1234 has 14.55 GiB", "Process 1234 has 14.56 GiB"))
+            .unwrap();
+    assert!(
+        full.figures
+            .iter()
+            .any(|f| f.starts_with("held elsewhere under 0.01 GiB:")),
+        "{:?}",
+        full.figures
+    );
+    // The older form's reserved − allocated, in the coarser unit.
+    let old = explain("RuntimeError: CUDA out of memory. Tried to allocate 2.00 MiB (GPU 0; 11.17 GiB total capacity; 9.00 GiB already allocated; 1.50 GiB free; 9216.50 MiB reserved in total by PyTorch)").unwrap();
+    assert!(
+        old.figures
+            .iter()
+            .any(|f| f.starts_with("reserved but unallocated under 0.01 GiB:")),
+        "{:?}",
+        old.figures
+    );
+}
+
+#[test]
+fn every_form_has_a_title_that_is_a_sentence() {
+    let bare = explain("CUDA error: out of memory").unwrap();
+    assert_eq!(bare.form, Form::CudaBare);
+    let text = bare.text();
+    assert!(
+        text.starts_with(
+            "A CUDA out-of-memory error with no figures (\"CUDA error: out of memory\")"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("without figures out-of-memory"), "{text}");
+    for form in [
+        Form::PytorchOld,
+        Form::PytorchNew,
+        Form::Tensorflow,
+        Form::Jax,
+        Form::CudaBare,
+    ] {
+        let t = form.title();
+        assert!(t.starts_with("A ") && t.ends_with('.'), "{t}");
+        assert!(!form.name().is_empty() && !form.name().contains("without"));
+    }
+    assert!(
+        explain(T4_FULL)
+            .unwrap()
+            .text()
+            .starts_with(Form::PytorchNew.title())
+    );
+}
+
+#[test]
+fn the_largest_batch_is_an_inference_figure_with_the_way_to_measure_training() {
+    let mut e = explain(T4_FULL).unwrap();
+    e.set_largest_batch(LargestBatch::inference(
+        "bert-large-uncased".into(),
+        "bert-large-uncased".into(),
+        512,
+        crate::precision::Precision::F32,
+        e.total_capacity_bytes.unwrap(),
+        Some(141),
+    ));
+    let batch = &e.advice[position(&e, "use a smaller batch").unwrap()];
+    assert!(
+        batch.contains("`per_device_eval_batch_size=141`"),
+        "{batch}"
+    );
+    assert!(
+        !batch.contains("per_device_train_batch_size=141"),
+        "{batch}"
+    );
+    assert!(
+        batch.contains("candle's estimate of one inference forward")
+            && batch.contains("not measured")
+            && batch.contains("no gradients, no optimizer state"),
+        "{batch}"
+    );
+    let measure = &e.advice[position(&e, "measure the training batch").unwrap()];
+    assert!(
+        measure.contains("AdamW")
+            && measure.contains("`oomlab sweep --runtime torch --workload train --model bert-large-uncased --seq 512 --capacity 14.56GiB`"),
+        "{measure}"
+    );
+    let json = serde_json::to_value(&e).unwrap();
+    let lb = &json["largest_batch"];
+    assert_eq!(
+        (
+            &lb["runtime"],
+            &lb["workload"],
+            &lb["estimated"],
+            &lb["batch"]
+        ),
+        (&"candle".into(), &"infer".into(), &true.into(), &141.into())
+    );
+    assert!(lb.get("model_given").is_none());
+    // With a preset's exact memory (--gpu), the command names the preset.
+    e.set_largest_batch(LargestBatch::inference(
+        "bert-large-uncased".into(),
+        "my model".into(),
+        512,
+        crate::precision::Precision::F32,
+        crate::presets::find("t4").unwrap().total_bytes,
+        None,
+    ));
+    let measure = &e.advice[position(&e, "measure the training batch").unwrap()];
+    assert!(
+        measure.contains("--model 'my model' --seq 512 --gpu t4`"),
+        "{measure}"
+    );
+    let batch = &e.advice[position(&e, "use a smaller batch").unwrap()];
+    assert!(
+        batch.contains("not even an inference batch of 1 fits"),
+        "{batch}"
+    );
+}
+
+#[test]
+fn text_that_is_not_an_oom_message_is_refused() {
+    let e = explain("RuntimeError: CUDA error: device-side assert triggered").unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("not an out-of-memory message I recognise")
+    );
+}
