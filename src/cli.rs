@@ -23,8 +23,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// oomlab — find the exact out-of-memory boundary of a transformer with real forward passes.
 ///
 /// With no command, opens the desktop lab. `oomlab sweep` runs the same engine headless.
-/// Memory is the peak counted by oomlab's allocator during real candle forward passes on the
-/// CPU, against a simulated capacity (the GPU you are sizing for).
+/// Memory is the peak of real runs — candle's forward (built in, counted by oomlab's allocator)
+/// or, with `--runtime torch`, your PyTorch's inference, forward-with-graph or training step
+/// (PyTorch's own count) — on the CPU against a simulated capacity (the GPU you are sizing
+/// for), or on an NVIDIA GPU.
 #[derive(Debug, Parser)]
 #[command(name = "oomlab", version, about, long_about)]
 pub struct Cli {
@@ -64,7 +66,8 @@ pub enum Command {
         /// Write the figures and advice as JSON on stdout.
         #[arg(long)]
         json: bool,
-        /// The model that ran out of memory (bundled id, config.json or folder): the advice then
+        /// The model that ran out of memory (bundled id, Hugging Face id org/name[@revision],
+        /// config.json or folder): the advice then
         /// names candle's estimated largest inference batch under the message's total capacity
         /// (or --gpu's), and how to measure the training batch.
         #[arg(long, short)]
