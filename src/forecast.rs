@@ -35,7 +35,7 @@ pub fn work(spec: &ModelSpec, batch: usize, seq: usize) -> f64 {
         3.0 * (d.experts_per_token * width) as f64
     } else {
         // Gated MLPs (the decoders', ModernBERT's GeGLU) have three matrices; BERT's two.
-        let gated = spec.family.is_decoder() || spec.family == crate::catalog::Family::ModernBert;
+        let gated = spec.family.room().gated_mlp();
         (if gated { 3.0 } else { 2.0 }) * d.intermediate as f64
     };
     let per_token = l * (2.0 * h * h + 2.0 * h * kv + mlp * h);

@@ -4,11 +4,10 @@
 //! Nothing here touches a device: this module parses, validates and describes shapes.
 
 mod checkpoint;
-mod dims;
 pub mod hub;
 
+pub use crate::families::{Dims, Family, TensorShape};
 pub use checkpoint::{Checkpoint, CheckpointError};
-pub use dims::{Dims, Family, TensorShape};
 pub use hub::{HubError, HubId};
 
 use serde::{Deserialize, Serialize};
@@ -106,6 +105,12 @@ pub const BUNDLED: &[Bundled] = &[
         tiny: false,
     },
     Bundled {
+        id: "gemma-3-1b",
+        config_json: include_str!("../../assets/models/gemma-3-1b.json"),
+        hub_ids: &["google/gemma-3-1b-pt", "google/gemma-3-1b-it"],
+        tiny: false,
+    },
+    Bundled {
         id: "Mixtral-8x7B-v0.1",
         config_json: include_str!("../../assets/models/Mixtral-8x7B-v0.1.json"),
         hub_ids: &["mistralai/Mixtral-8x7B-v0.1"],
@@ -192,6 +197,12 @@ pub const BUNDLED: &[Bundled] = &[
     Bundled {
         id: "tiny-gemma2",
         config_json: include_str!("../../assets/models/tiny-gemma2.json"),
+        hub_ids: &[],
+        tiny: true,
+    },
+    Bundled {
+        id: "tiny-gemma3",
+        config_json: include_str!("../../assets/models/tiny-gemma3.json"),
         hub_ids: &[],
         tiny: true,
     },
@@ -337,8 +348,8 @@ impl CatalogEntry {
                 group: s.family.to_string(),
                 source,
                 params: Some(s.dims.published_parameters(s.family)),
-                f32_bytes: Some(crate::models::weights_bytes(&s, candle_core::DType::F32)),
-                half_bytes: Some(crate::models::weights_bytes(&s, candle_core::DType::F16)),
+                f32_bytes: Some(s.weights_bytes(candle_core::DType::F32)),
+                half_bytes: Some(s.weights_bytes(candle_core::DType::F16)),
                 problem: None,
             },
             Err(e) => Self {
@@ -518,7 +529,15 @@ impl ModelSpec {
             dims,
             checkpoint,
         };
-        crate::models::check_config(&spec)?;
+        // Whether candle's own config type for the family reads this config (every field it
+        // requires, of the type it wants), before any worker starts.
+        spec.family
+            .room()
+            .check_candle(&spec.config_json, &spec.dims)
+            .map_err(|e| CatalogError::Field {
+                origin: spec.origin.clone(),
+                message: e.0,
+            })?;
         Ok(spec)
     }
 
@@ -537,6 +556,12 @@ impl ModelSpec {
     #[must_use]
     pub fn candle_parameters(&self) -> u64 {
         self.dims.candle_parameters(self.family)
+    }
+
+    /// Bytes the weights take in `dtype`, computed from the config alone (no allocation).
+    #[must_use]
+    pub fn weights_bytes(&self, dtype: candle_core::DType) -> u64 {
+        self.candle_parameters() * dtype.size_in_bytes() as u64
     }
 
     /// What the forward computes, said plainly for results and exports.
@@ -588,159 +613,12 @@ pub fn parse_config(origin: &str, text: &str) -> Result<(Family, Dims), CatalogE
         origin: origin.to_string(),
         found,
     })?;
-    let dims = Dims::from_config(family, &value).map_err(|message| CatalogError::Field {
+    let dims = Dims::from_config(family, &value).map_err(|e| CatalogError::Field {
         origin: origin.to_string(),
-        message,
+        message: e.0,
     })?;
     Ok((family, dims))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// An architecture is read by the family's whole name and then its task: `Qwen3NextFor…` or
-    /// `Qwen2MoeFor…` are not the dense models their names start like.
-    #[test]
-    fn architecture_names_are_read_whole() {
-        let arch = |a: &str| {
-            let v = serde_json::json!({ "architectures": [a] });
-            Family::detect(v.as_object().unwrap())
-        };
-        for (a, f) in [
-            ("Qwen3ForCausalLM", Family::Qwen3),
-            ("Qwen3MoeForCausalLM", Family::Qwen3Moe),
-            ("Qwen2ForCausalLM", Family::Qwen2),
-            ("BertModel", Family::Bert),
-            ("DistilBertForMaskedLM", Family::DistilBert),
-            ("XLMRobertaForMaskedLM", Family::Roberta),
-            ("ModernBertForMaskedLM", Family::ModernBert),
-            ("MixtralForCausalLM", Family::Mixtral),
-        ] {
-            assert_eq!(arch(a), Ok(f), "{a}");
-        }
-        for a in [
-            "Qwen3NextForCausalLM",
-            "Qwen2MoeForCausalLM",
-            "Phi3SmallForCausalLM",
-            "Gemma3ForCausalLM",
-        ] {
-            assert!(arch(a).is_err(), "{a}");
-        }
-        // A model_type oomlab does not know does not stop the architecture being read.
-        let v =
-            serde_json::json!({ "model_type": "custom", "architectures": ["LlamaForCausalLM"] });
-        assert_eq!(Family::detect(v.as_object().unwrap()), Ok(Family::Llama));
-    }
-
-    #[test]
-    fn a_missing_path_says_no_such_file_and_ids_stay_ids() {
-        for path in [
-            "./models/my-config.json",
-            "/no/such/folder",
-            "my-config.json",
-            "~/m/config.json",
-        ] {
-            let e = ModelRef::parse(path).unwrap_err().to_string();
-            assert!(e.starts_with("no such file or folder"), "{path}: {e}");
-        }
-        assert!(matches!(
-            ModelRef::parse("org/name@main"),
-            Ok(ModelRef::Hub { .. })
-        ));
-        assert!(matches!(
-            ModelRef::parse("no-such-model"),
-            Err(CatalogError::Unknown { .. })
-        ));
-    }
-
-    #[test]
-    fn bundled_parameter_counts_match_published_models() {
-        let expected: &[(&str, u64)] = &[
-            ("bert-base-uncased", 109_482_240),
-            ("bert-large-uncased", 335_141_888),
-            ("distilbert-base-uncased", 66_362_880),
-            ("TinyLlama-1.1B", 1_100_048_384),
-            ("Llama-3.2-1B", 1_235_814_400),
-            ("Qwen2-0.5B", 494_032_768),
-            // The small published checkpoints for live demos ("4.39M", "11.2M", "28.8M",
-            // "41.4M", "135M" on their model cards; BERT with its pooler, SmolLM2 tied).
-            ("bert-tiny", 4_385_920),
-            ("bert-mini", 11_170_560),
-            ("bert-small", 28_763_648),
-            ("bert-medium", 41_373_184),
-            ("SmolLM2-135M", 134_515_008),
-            // "7.24B" on its model card.
-            ("Mistral-7B-v0.1", 7_241_732_096),
-            // "3.82B" on its model card.
-            ("Phi-3-mini-4k", 3_821_079_552),
-            // "125M" and "278M" on their model cards (with the pooler).
-            ("roberta-base", 124_645_632),
-            ("xlm-roberta-base", 278_043_648),
-            // "2.61B" on its model card.
-            ("gemma-2-2b", 2_614_341_888),
-            // "46.7B" on its model card: all eight experts of every layer.
-            ("Mixtral-8x7B-v0.1", 46_702_792_704),
-            // "149M" on its model card (the encoder; its masked-LM head adds 0.6M).
-            ("ModernBERT-base", 149_014_272),
-            // "0.6B" on its model card, "0.44B" without the embeddings (440,467,456 here);
-            // the head is tied to the embeddings.
-            ("Qwen3-0.6B", 596_049_920),
-            // "30.5B in total and 3.3B activated" on its card: all 128 experts of each of the 48
-            // layers resident, 8 per token.
-            ("Qwen3-30B-A3B", 30_532_122_624),
-        ];
-        for (id, params) in expected {
-            let spec = ModelSpec::resolve(&ModelRef::Catalog((*id).into())).unwrap();
-            assert_eq!(spec.dims.published_parameters(spec.family), *params, "{id}");
-        }
-        let bert = ModelSpec::resolve(&ModelRef::Catalog("bert-base-uncased".into())).unwrap();
-        assert_eq!(bert.candle_parameters(), 108_891_648);
-    }
-
-    #[test]
-    fn every_bundled_config_parses() {
-        for b in BUNDLED {
-            let spec = ModelSpec::resolve(&ModelRef::Catalog(b.id.into())).unwrap();
-            assert!(spec.candle_parameters() > 0);
-        }
-    }
-
-    #[test]
-    fn bad_configs_name_the_problem() {
-        let e = parse_config("x.json", "").unwrap_err().to_string();
-        assert!(e.contains("x.json is empty"), "{e}");
-        let e = parse_config("x.json", "{nope").unwrap_err().to_string();
-        assert!(e.contains("not valid JSON"), "{e}");
-        let e = parse_config("x.json", "[1]").unwrap_err().to_string();
-        assert!(e.contains("not a JSON object"), "{e}");
-        let e = parse_config(
-            "x.json",
-            r#"{"model_type":"gpt2","architectures":["GPT2LMHeadModel"]}"#,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("GPT2LMHeadModel") && e.contains("bert, distilbert, llama, qwen2"),
-            "{e}"
-        );
-        let e = parse_config("x.json", r#"{"model_type":"bert","hidden_size":32}"#)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("x.json") && e.contains("num_hidden_layers"),
-            "{e}"
-        );
-        let e = ModelRef::parse("no-such-model").unwrap_err().to_string();
-        assert!(e.contains("neither a bundled model id"), "{e}");
-    }
-
-    #[test]
-    fn config_hash_is_stable_and_content_based() {
-        let a = ModelSpec::resolve(&ModelRef::Catalog("tiny-bert".into())).unwrap();
-        let b = ModelSpec::resolve(&ModelRef::Catalog("tiny-llama".into())).unwrap();
-        assert_eq!(a.config_hash().len(), 64);
-        assert_eq!(a.config_hash(), a.clone().config_hash());
-        assert_ne!(a.config_hash(), b.config_hash());
-    }
-}
+mod tests;

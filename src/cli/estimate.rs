@@ -5,9 +5,7 @@ use super::CliError;
 use crate::calibrate::{self, Source};
 use crate::catalog::{ModelRef, ModelSpec};
 use crate::estimate::{self, Breakdown, Runtime};
-use crate::plan::{
-    BatchRange, Device, PlanField, PlanProblem, Precision, defaults, human_bytes, parse_bytes,
-};
+use crate::plan::{BatchRange, Device, PlanField, PlanProblem, Precision, defaults, human_bytes};
 use crate::sweep::PlanError;
 use crate::worker::{Supervisor, TrialResult, WorkerConfig};
 use clap::Args;
@@ -22,33 +20,12 @@ pub const MAX_BATCH: usize = 1 << 24;
 #[derive(Debug, Args)]
 #[command(after_long_help = AFTER_ESTIMATE)]
 pub struct EstimateArgs {
-    /// The model: a bundled id (see `oomlab models`), a Hugging Face id (org/name or
-    /// org/name@revision, from the local HF cache or the Hub), a config.json, or a folder with
-    /// config.json (+ *.safetensors). Required unless --check runs its own points.
-    #[arg(long, short)]
-    pub model: Option<String>,
+    #[command(flatten)]
+    pub what: super::ModelArgs,
     /// Batch sizes, comma-separated; ranges as in `sweep` (1..64: every batch when 32 or fewer,
     /// else the powers of two and both ends), e.g. 1,8,32 or 1..16. Default: 1.
     #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
     pub batch: Vec<BatchRange>,
-    /// Sequence lengths, comma-separated. Default: 128 (or the model's maximum if shorter).
-    #[arg(long, value_delimiter = ',')]
-    pub seq: Vec<usize>,
-    /// Precisions, comma-separated: f32 (also fp32, float32), f16 (fp16, float16, half), bf16
-    /// (bfloat16). Aliases of one precision count once. Default: f32.
-    #[arg(long, value_delimiter = ',')]
-    pub dtype: Vec<Precision>,
-    /// Threads the forward would run with (the runtime's own memory grows with them). Default:
-    /// every core, as a sweep.
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// A capacity, e.g. 11GiB: adds the largest batch whose estimate fits under it (`max_batch`)
-    /// for each (seq, dtype).
-    #[arg(long, value_parser = parse_bytes, allow_hyphen_values = true)]
-    pub capacity: Option<u64>,
-    /// A GPU preset's memory as the capacity (see `oomlab sweep --help`).
-    #[arg(long, conflicts_with = "capacity", value_parser = super::parse_gpu)]
-    pub gpu: Option<u64>,
     /// Write one JSON object per point on stdout (one per line).
     #[arg(long)]
     pub json: bool,
@@ -128,12 +105,12 @@ const CHECK_POINTS: &[(&str, usize, usize, Precision)] = &[
 
 /// `oomlab estimate`
 pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
-    let threads = args.threads.unwrap_or_else(defaults::threads);
+    let threads = args.what.threads.unwrap_or_else(defaults::threads);
     if threads == 0 {
         return Err(invalid(PlanField::Threads, PlanProblem::ZeroThreads));
     }
     let points = points(args)?;
-    let capacity = args.capacity.or(args.gpu);
+    let capacity = args.what.capacity.or(args.what.gpu);
     let cancel = Arc::new(AtomicBool::new(false));
     let on_signal = Arc::clone(&cancel);
     let _ = crate::signals::on_terminate(move || on_signal.store(true, Ordering::Relaxed));
@@ -216,7 +193,7 @@ fn invalid(field: PlanField, problem: PlanProblem) -> CliError {
 
 /// Every (model, batch, seq, dtype) to estimate, checked.
 fn points(args: &EstimateArgs) -> Result<Vec<(ModelSpec, usize, usize, Precision)>, CliError> {
-    let Some(model) = &args.model else {
+    let Some(model) = &args.what.model else {
         if args.check {
             return CHECK_POINTS
                 .iter()
@@ -235,15 +212,15 @@ fn points(args: &EstimateArgs) -> Result<Vec<(ModelSpec, usize, usize, Precision
     };
     let model = ModelRef::parse(model).map_err(|e| CliError::from(PlanError::Model(e)))?;
     let spec = ModelSpec::resolve(&model).map_err(|e| CliError::from(PlanError::Model(e)))?;
-    let seqs = if args.seq.is_empty() {
+    let seqs = if args.what.seq.is_empty() {
         vec![defaults::SEQ.min(spec.dims.max_positions)]
     } else {
-        args.seq.clone()
+        args.what.seq.clone()
     };
-    let dtypes = if args.dtype.is_empty() {
+    let dtypes = if args.what.dtype.is_empty() {
         vec![defaults::DTYPES[0]]
     } else {
-        crate::plan::dedup(&args.dtype)
+        crate::plan::dedup(&args.what.dtype)
     };
     let seqs = crate::plan::dedup(&seqs);
     let batches = if args.batch.is_empty() {

@@ -112,8 +112,7 @@ fn largest_batch(
     let seq = seq.unwrap_or(crate::plan::defaults::SEQ.min(spec.dims.max_positions));
     sweep::check_seq(&spec, seq)?;
     sweep::check_dtype(&spec, dtype)?;
-    let worker = WorkerConfig::current()
-        .map_err(|e| CliError::runtime(format!("cannot locate the oomlab binary: {e}")))?;
+    let worker = WorkerConfig::current().map_err(CliError::from)?;
     let (rt, source) = crate::calibrate::runtime(
         crate::plan::defaults::threads(),
         dtype,

@@ -3,7 +3,6 @@
 use super::{CliError, group, host_line};
 use crate::catalog::{BUNDLED, ModelRef, ModelSpec};
 use crate::measure::host::HostMemory;
-use crate::models;
 use crate::plan::{Precision, human_bytes};
 use crate::presets::GpuPreset;
 use crate::worker::WorkerConfig;
@@ -38,7 +37,7 @@ pub(super) fn models() -> Result<(), CliError> {
     for b in BUNDLED {
         let spec =
             ModelSpec::resolve(&ModelRef::Catalog(b.id.into())).map_err(CliError::runtime)?;
-        let w = |p: Precision| human_bytes(models::weights_bytes(&spec, p.candle()));
+        let w = |p: Precision| human_bytes(spec.weights_bytes(p.candle()));
         out.line(format_args!(
             "{:<24} {:<11} {:>15} {:>11} {:>11} {:>11} {:>8}{}",
             b.id,
@@ -142,7 +141,7 @@ pub(super) fn models_on_gpu(gpu: &str, worker: &WorkerConfig) -> Result<(), CliE
             }
             let (rt, _) = crate::calibrate::runtime(threads, dtype, worker, None, &cancel)
                 .map_err(CliError::runtime)?;
-            let weights = models::weights_bytes(&spec, dtype.candle());
+            let weights = spec.weights_bytes(dtype.candle());
             let max = crate::estimate::max_batch(
                 &spec,
                 seq,

@@ -2,20 +2,18 @@
 //! trial — weights, the activations alive at the forward's peak, the KV cache, and the overhead
 //! the worker holds beside the weights. Pure: no I/O, no threads.
 //!
-//! Activations come from a liveness simulation of the forward candle runs (`models.rs` writes
-//! each family's forward again over shape-only tensors; `sim.rs` counts what is alive when), not
+//! Activations come from a liveness simulation of the forward candle runs (each family's room
+//! writes its forward again over shape-only tensors; `families::sim` counts what is alive when), not
 //! from constants fitted to measurements. The overhead has two parts: what the model's build
 //! leaves beside the weights (tensor metadata, rotary tables), derived from the dims; and the
 //! runtime's own buffers (per-thread matmul scratch, allocator and thread-pool state), which
 //! depend on the machine and the thread count and are measured once (see [`Runtime`]).
 
-mod models;
-mod sim;
-
-use crate::catalog::{Family, ModelSpec};
+use crate::catalog::ModelSpec;
+use crate::families::ops::Run;
+use crate::families::sim::{self, Dt, Sim, tensor_metadata_bytes};
 use crate::plan::Precision;
 use serde::{Deserialize, Serialize};
-use sim::{Dt, Sim};
 
 /// The runtime's bytes beside the model: measured once per machine, thread count and precision
 /// (the worker's baseline for a tiny model, less that model's weights and build metadata).
@@ -34,7 +32,7 @@ impl Runtime {
         threads: usize,
         baseline: u64,
     ) -> Self {
-        let model = crate::models::weights_bytes(spec, dtype.candle()) + build_bytes(spec, dtype);
+        let model = spec.weights_bytes(dtype.candle()) + build_bytes(spec, dtype);
         Self {
             threads,
             bytes: baseline.saturating_sub(model),
@@ -56,12 +54,6 @@ pub struct Breakdown {
     pub total_bytes: u64,
 }
 
-/// Heap bytes a weight tensor's handle takes (see `sim.rs`): `Arc<Tensor_>`, shape and stride
-/// vectors, and the storage's `Arc<RwLock<Storage>>`.
-fn tensor_metadata_bytes(rank: usize) -> u64 {
-    152 + 8 * rank as u64 + 8 * rank.max(4) as u64 + 56
-}
-
 /// What building the model leaves alive beside the weights: each weight tensor's metadata, and
 /// the rotary tables decoders keep (llama's `Cache` and qwen2's `RotaryEmbedding`: cos and sin
 /// for every position, half a head wide, in the run precision; llama keeps an f32 copy's worth
@@ -74,31 +66,7 @@ pub fn build_bytes(spec: &ModelSpec, dtype: Precision) -> u64 {
         .iter()
         .map(|t| tensor_metadata_bytes(t.shape.len()))
         .sum();
-    let rotary = match spec.family {
-        // Two tables (global and local theta), half a head wide, in the run precision.
-        Family::ModernBert => {
-            let half = d.head_dim() / 2;
-            4 * (d.max_positions * half) as u64 * Dt::from(dtype).size()
-                + 4 * tensor_metadata_bytes(2)
-        }
-        // Mixtral keeps the tables full width: `Tensor::cat(&[&freqs, &freqs], D::Minus1)`.
-        Family::Mixtral => {
-            2 * (d.max_positions * d.head_dim()) as u64 * Dt::from(dtype).size()
-                + 2 * tensor_metadata_bytes(2)
-        }
-        Family::Llama
-        | Family::Qwen2
-        | Family::Qwen3
-        | Family::Qwen3Moe
-        | Family::Mistral
-        | Family::Phi3
-        | Family::Gemma2 => {
-            let half = d.head_dim() / 2;
-            2 * (d.max_positions * half) as u64 * Dt::from(dtype).size()
-                + 2 * tensor_metadata_bytes(2)
-        }
-        Family::Bert | Family::DistilBert | Family::Roberta => 0,
-    };
+    let rotary = spec.family.room().table_bytes(d, Dt::from(dtype));
     meta + rotary
 }
 
@@ -113,7 +81,7 @@ fn forward_peak(
     threads: usize,
 ) -> sim::Peak {
     let sim = Sim::new();
-    let r = models::Run {
+    let r = Run {
         sim: &sim,
         d: &spec.dims,
         b: batch,
@@ -121,8 +89,9 @@ fn forward_peak(
         dt: dtype.into(),
         threads: threads.max(1),
     };
-    let inputs = models::inputs(&r, spec.family);
-    let out = models::forward(&r, spec.family, &inputs);
+    let room = spec.family.room();
+    let inputs = room.sim_inputs(&r, sim.alloc(&[batch, seq], Dt::U32));
+    let out = room.simulate(&r, &inputs);
     drop(out);
     drop(inputs);
     sim.peak()
@@ -151,7 +120,7 @@ pub fn estimate(
     runtime: &Runtime,
 ) -> Breakdown {
     let peak = forward_peak(spec, batch, seq, dtype, runtime.threads);
-    let weights_bytes = crate::models::weights_bytes(spec, dtype.candle());
+    let weights_bytes = spec.weights_bytes(dtype.candle());
     let overhead_bytes = build_bytes(spec, dtype) + runtime.bytes;
     let activation_bytes = peak.bytes - peak.kv_cache_bytes;
     Breakdown {

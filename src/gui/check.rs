@@ -4,12 +4,12 @@
 //! Run says so instead of "checking" for ever.
 
 use super::form::{self, Checked};
-use super::jobs::BgMsg;
+use super::msg::BgMsg;
 use super::panels::PlanStatus;
 use super::settings::Settings;
 use eframe::egui;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Condvar, Mutex};
 
 /// Where the check of the settings stands.
@@ -100,7 +100,7 @@ struct Slot {
 
 impl Checker {
     /// Starts the checker thread.
-    pub fn start(tx: Sender<BgMsg>, ctx: egui::Context) -> std::io::Result<Self> {
+    pub fn start(tx: SyncSender<BgMsg>, ctx: egui::Context) -> std::io::Result<Self> {
         let slot = Arc::new(Slot {
             next: Mutex::new(None),
             wake: Condvar::new(),

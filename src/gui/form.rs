@@ -129,9 +129,11 @@ fn overrides(s: &Settings, model: ModelRef) -> Result<PlanOverrides, PlanError> 
                 .map_err(|e| invalid(PlanField::Batch, e))?,
         ),
         capacity_bytes: Some(
-            parse_bytes(&s.capacity).map_err(|e| invalid(PlanField::Capacity, e))?,
+            parse_bytes(&s.capacity).map_err(|e| invalid(PlanField::Capacity, e.to_string()))?,
         ),
-        headroom: Some(parse_headroom(&s.headroom).map_err(|e| invalid(PlanField::Headroom, e))?),
+        headroom: Some(
+            parse_headroom(&s.headroom).map_err(|e| invalid(PlanField::Headroom, e.to_string()))?,
+        ),
         strategy: Some(s.strategy),
         device: Some(device),
         threads: Some(s.threads),

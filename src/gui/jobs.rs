@@ -3,67 +3,15 @@
 //! named thread, reports one [`BgMsg`] and wakes the UI; the UI thread touches no file.
 
 use super::check::Checker;
-use super::form::{Checked, Labels};
-use super::settings::Settings;
+use super::form::Labels;
+pub use super::msg::{BgMsg, Dropped};
 use super::{HostState, OomLabApp, Shown};
-use crate::measure::host::HostMemory;
-use crate::measure::nvml::GpuReport;
-use crate::report::{self, ExportError, JournalContents, Results};
+use crate::report::{self, ExportError, Results};
 use eframe::egui;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::Duration;
-
-/// What a background job reports.
-#[derive(Debug)]
-pub enum BgMsg {
-    ModelPicked(PathBuf),
-    PythonPicked(PathBuf),
-    ResultsPicked(PathBuf),
-    ExportPicked(PathBuf),
-    PngPicked(PathBuf),
-    Opened(
-        PathBuf,
-        Result<Box<(Option<JournalContents>, Results)>, String>,
-    ),
-    Exported(Result<PathBuf, ExportError>),
-    PngSaved(Result<PathBuf, ExportError>),
-    /// A dialog closed without a choice; `service` tells whether a dialog could appear at all.
-    DialogEmpty {
-        what: &'static str,
-        service: bool,
-    },
-    Dropped(Vec<Dropped>),
-    /// Settings checked off the UI thread.
-    Checked {
-        key: Box<Settings>,
-        checked: Box<Checked>,
-    },
-    /// This machine's memory, sampled (None: it cannot be read).
-    Host(Option<HostMemory>),
-    /// The models found in the local Hugging Face cache.
-    CachedModels(Vec<crate::catalog::CatalogEntry>),
-    /// The GPUs the NVIDIA driver reports, or why there are none.
-    Gpus(Result<GpuReport, String>),
-    /// The PyTorch runtime's interpreter: where it was found and its versions, or why not.
-    PythonProbed(Result<String, String>),
-    /// The estimator for a shown sweep.
-    Teach(
-        Box<super::teach::TeachKey>,
-        Result<Box<super::teach::TeachModel>, String>,
-    ),
-}
-
-/// A file dropped onto the window, once looked at.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Dropped {
-    /// A model folder or a config.json.
-    Model(PathBuf),
-    /// A results .json or journal .jsonl.
-    Results(PathBuf),
-    Unknown(PathBuf),
-}
 
 #[derive(Debug, Clone, Copy)]
 pub enum Dialog {
@@ -95,8 +43,9 @@ pub struct Jobs {
 impl Jobs {
     #[must_use]
     pub fn new(ctx: egui::Context) -> Self {
-        // Unbounded: each job sends once, started by a person's action.
-        let (tx, rx) = channel();
+        // Bounded: a job sends once, the monitor once a second, the check once per change; the
+        // UI drains it every frame, and only background threads ever wait on it.
+        let (tx, rx) = sync_channel(64);
         Self {
             start: Spawner { tx, ctx },
             rx,
@@ -117,7 +66,7 @@ impl Jobs {
 /// Starts one-shot jobs (cheap to clone into a callback).
 #[derive(Clone)]
 pub struct Spawner {
-    tx: Sender<BgMsg>,
+    tx: SyncSender<BgMsg>,
     ctx: egui::Context,
 }
 

@@ -13,6 +13,7 @@ mod form;
 mod frame_stats;
 mod jobs;
 mod monitor;
+mod msg;
 mod panels;
 pub(crate) mod plot;
 mod settings;
@@ -489,8 +490,7 @@ impl eframe::App for OomLabApp {
 
 /// Opens the window. `open` is a results/journal file to show at start.
 pub fn run(open: Option<PathBuf>) -> Result<(), String> {
-    let worker =
-        WorkerConfig::current().map_err(|e| format!("cannot locate the oomlab binary: {e}"))?;
+    let worker = WorkerConfig::current().map_err(|e| e.to_string())?;
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("oomlab — GPU out-of-memory lab")

@@ -2,15 +2,15 @@
 //! capacity must fit in it) and its NVIDIA GPUs (what `nvidia-smi` shows) about once a second,
 //! and wakes the UI only when something it shows changed, so an idle window stays idle.
 
-use super::jobs::BgMsg;
+use super::msg::BgMsg;
 use crate::measure::host::HostMemory;
 use crate::measure::nvml;
 use eframe::egui;
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 
 /// Starts the sampling thread; it ends when the window stops listening.
-pub fn start(tx: Sender<BgMsg>, ctx: egui::Context, sample_gpus: bool) -> std::io::Result<()> {
+pub fn start(tx: SyncSender<BgMsg>, ctx: egui::Context, sample_gpus: bool) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("oomlab-monitor".into())
         .spawn(move || {

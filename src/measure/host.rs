@@ -87,7 +87,7 @@ impl HostMemory {
     /// `23.4 GiB, 21.0 GiB available` (+ `, cgroup limit 3.0 GiB with 2.5 GiB free`).
     #[must_use]
     pub fn describe(&self) -> String {
-        use crate::plan::human_bytes as h;
+        use crate::units::human_bytes as h;
         let cgroup = match (self.cgroup_limit_bytes, self.cgroup_free_bytes) {
             (Some(limit), Some(free)) => {
                 format!(", cgroup limit {} with {} free", h(limit), h(free))

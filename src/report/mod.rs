@@ -12,7 +12,7 @@ pub use journal::{
 pub use records::{
     BoundaryRecord, CUDA_FIGURES, CurvePick, CurveRecommendation, Failure, HOST_LIMITED_PICK,
     Header, JournalLine, Outcome, PICK_RULE, Purpose, Recommendation, Results, Stop,
-    TRAINING_NEEDS_MORE, Timeline, TimelineMark, TrialRecord, WorkerInfo,
+    TRAINING_NEEDS_MORE, Timeline, TimelineMark, TrialRecord, Versions, WorkerInfo,
 };
 pub use summary::{CurvePhase, curve_phase, summarize, trial_cap};
 

@@ -234,7 +234,7 @@ pub struct WorkerInfo {
     pub pool_capacity_bytes: Option<u64>,
     /// PyTorch: the versions the worker ran with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub versions: Option<crate::worker::protocol::Versions>,
+    pub versions: Option<Versions>,
 }
 
 impl WorkerInfo {
@@ -513,7 +513,7 @@ pub struct Results {
     pub ballast_bytes: BTreeMap<String, u64>,
     /// PyTorch's versions per build label, as its workers reported them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub torch_versions: BTreeMap<String, crate::worker::protocol::Versions>,
+    pub torch_versions: BTreeMap<String, Versions>,
     pub trials: Vec<TrialRecord>,
     pub boundaries: Vec<BoundaryRecord>,
     pub recommendation: Recommendation,
@@ -583,5 +583,37 @@ mod tests {
         };
         let text = serde_json::to_string(&torch).unwrap();
         assert_eq!(serde_json::from_str::<JournalLine>(&text).unwrap(), torch);
+    }
+}
+
+/// What a PyTorch worker ran with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versions {
+    pub python: String,
+    pub torch: String,
+    /// `torch.version.cuda`: the CUDA the wheel was built for (null for a CPU build).
+    pub torch_cuda: Option<String>,
+    pub transformers: String,
+    pub accelerate: Option<String>,
+    /// `cpu`, or the GPU's name.
+    pub device_name: String,
+}
+
+impl Versions {
+    /// `PyTorch 2.15.0 (CUDA 13.0), transformers 5.25.0, Python 3.11.7`.
+    #[must_use]
+    pub fn text(&self) -> String {
+        format!(
+            "PyTorch {}{}, transformers {}{}, Python {}",
+            self.torch,
+            self.torch_cuda
+                .as_deref()
+                .map_or_else(|| " (CPU build)".into(), |c| format!(" (CUDA {c})")),
+            self.transformers,
+            self.accelerate
+                .as_deref()
+                .map_or_else(String::new, |a| format!(", accelerate {a}")),
+            self.python
+        )
     }
 }

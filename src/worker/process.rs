@@ -130,7 +130,7 @@ fn load(
     let t0 = Instant::now();
     alloc::set_budget(None);
     let spec = ModelSpec::resolve(model).map_err(|e| e.to_string())?;
-    let need = models::weights_bytes(&spec, dtype.candle());
+    let need = spec.weights_bytes(dtype.candle());
     if need > capacity_bytes {
         // The plan is checked before any worker starts; this guards a request made otherwise.
         return Err(Failure::Other(format!(

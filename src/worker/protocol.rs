@@ -63,37 +63,7 @@ pub struct TorchLoad {
     pub checkpointing: bool,
 }
 
-/// What a PyTorch worker ran with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Versions {
-    pub python: String,
-    pub torch: String,
-    /// `torch.version.cuda`: the CUDA the wheel was built for (null for a CPU build).
-    pub torch_cuda: Option<String>,
-    pub transformers: String,
-    pub accelerate: Option<String>,
-    /// `cpu`, or the GPU's name.
-    pub device_name: String,
-}
-
-impl Versions {
-    /// `PyTorch 2.15.0 (CUDA 13.0), transformers 5.25.0, Python 3.11.7`.
-    #[must_use]
-    pub fn text(&self) -> String {
-        format!(
-            "PyTorch {}{}, transformers {}{}, Python {}",
-            self.torch,
-            self.torch_cuda
-                .as_deref()
-                .map_or_else(|| " (CPU build)".into(), |c| format!(" (CUDA {c})")),
-            self.transformers,
-            self.accelerate
-                .as_deref()
-                .map_or_else(String::new, |a| format!(", accelerate {a}")),
-            self.python
-        )
-    }
-}
+pub use crate::report::Versions;
 
 /// The `started` line, written without allocating (the trial's bytes are being counted).
 pub const STARTED_LINE: &str = "{\"reply\":\"started\"}\n";

@@ -29,9 +29,14 @@ pub struct WorkerConfig {
     pub fresh_per_trial: bool,
 }
 
+/// The running binary could not be found (to start it again as a worker).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot locate the oomlab binary: {0}")]
+pub struct LocateError(#[from] std::io::Error);
+
 impl WorkerConfig {
     /// The running binary as worker.
-    pub fn current() -> std::io::Result<Self> {
+    pub fn current() -> Result<Self, LocateError> {
         Ok(Self {
             exe: std::env::current_exe()?,
             faults: WorkerFaults::default(),

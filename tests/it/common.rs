@@ -23,6 +23,7 @@ pub const TINY_MODELS: &[&str] = &[
     "tiny-modernbert",
     "tiny-qwen3",
     "tiny-qwen3-moe",
+    "tiny-gemma3",
 ];
 
 pub fn bin() -> PathBuf {

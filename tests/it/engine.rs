@@ -263,7 +263,7 @@ fn every_family_runs_real_forwards() {
                 .family
         })
         .collect();
-    assert_eq!(families, oomlab::catalog::Family::ALL.to_vec());
+    assert_eq!(families, oomlab::catalog::Family::all().collect::<Vec<_>>());
     let dir = TempDir::new("families");
     for &name in crate::common::TINY_MODELS {
         let dtypes: &[Precision] =

@@ -250,9 +250,9 @@ fn replay(journal: &Path) -> Replay {
                 .map(|t| t["batch"].as_u64().unwrap())
                 .filter(|&b| over.is_none_or(|o| b < o))
                 .max();
-            // Unless a confirmation fell over the limit, the line through the two largest fits
-            // below the lowest OOM (or through the worker's baseline and one fit) may put a
-            // larger batch under the limit: shown as computed.
+            // Unless a confirmation fell over the limit, the line through the smallest and the
+            // largest fit below the lowest OOM (the widest secant; or through the worker's
+            // baseline and one fit) may put a larger batch under the limit: shown as computed.
             let confirm_failed = mine.iter().any(|t| {
                 t["purpose"] == "recommend"
                     && !(t["outcome"] == "fit" && total(t).is_some_and(|x| x <= limit))
@@ -281,7 +281,7 @@ fn replay(journal: &Path) -> Replay {
                 line.insert(0, (0, i128::from(base)));
             }
             let computed = match line[..] {
-                [.., (b0, t0), (b1, t1)] if !confirm_failed && t1 > t0 => {
+                [(b0, t0), .., (b1, t1)] if !confirm_failed && t1 > t0 => {
                     // The largest b with t1 + (b − b1)·(t1 − t0)/(b1 − b0) ≤ limit.
                     let (k, d) = (t1 - t0, b1 - b0);
                     let room = i128::from(limit) - t1;
@@ -763,6 +763,25 @@ fn reopened_results_export_and_bad_paths_get_clear_messages() {
     shown(&h, "is not an oomlab journal or results file");
 }
 
+/// On a GPU, totals move in the allocator pool's steps: two neighbouring batches can take the
+/// same bytes. In this journal batches 33 and 34 do, so only the widest secant (from batch 1)
+/// has a slope and computes a batch; the line through the two largest fits would compute none.
+/// The replay follows the code's rule, and the drawn table must agree with it.
+#[test]
+fn a_journal_with_pool_steps_is_drawn_as_the_widest_secant_replays_it() {
+    let dir = TempDir::new("gui-steps");
+    let mut h = harness(&dir, Some(fixtures().join("gui/pool-steps.jsonl")));
+    wait_for_results(&mut h);
+    let want = assert_screen_matches_journal(&h);
+    assert!(
+        want.rows
+            .iter()
+            .any(|r| r[0] == "seq 32 f32" && r[4] == "30 computed"),
+        "{:?}",
+        want.rows
+    );
+}
+
 /// Masks the frame-time readout (it changes from run to run, and so does its width: the mask
 /// covers the widest it gets, from its right-aligned end).
 fn mask_frame_time(h: &mut Harness<'static, OomLabApp>) {
@@ -846,13 +865,16 @@ fn closing_during_a_sweep_returns_even_when_the_engine_waits_on_a_full_channel()
     }
     eprintln!("engine blocked after {seen} trials");
     // Closing must come back: a watchdog fails the run if it does not within two minutes.
-    let (done, watch) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if watch.recv_timeout(Duration::from_mins(2)).is_err() {
-            eprintln!("closing the window hung on the engine");
-            std::process::exit(1);
-        }
-    });
+    let (done, watch) = std::sync::mpsc::sync_channel::<()>(1);
+    std::thread::Builder::new()
+        .name("close-watchdog".into())
+        .spawn(move || {
+            if watch.recv_timeout(Duration::from_mins(2)).is_err() {
+                eprintln!("closing the window hung on the engine");
+                std::process::exit(1);
+            }
+        })
+        .unwrap();
     h.state_mut().on_exit();
     done.send(()).unwrap();
     // The engine stopped on its own (at most the trial it was announcing is added) and left a

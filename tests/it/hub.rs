@@ -226,94 +226,99 @@ fn not_cached_and_offline_is_one_sentence() {
 fn fake_hub(files: Vec<(String, Vec<u8>)>) -> (String, std::thread::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
-    let handle = std::thread::spawn(move || {
-        listener.set_nonblocking(false).unwrap();
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { break };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut first = String::new();
-            if reader.read_line(&mut first).unwrap_or(0) == 0 {
-                continue;
-            }
-            let mut range = None;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
+    let handle = std::thread::Builder::new()
+        .name("hub-stand-in".into())
+        .spawn(move || {
+            listener.set_nonblocking(false).unwrap();
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut first = String::new();
+                if reader.read_line(&mut first).unwrap_or(0) == 0 {
+                    continue;
                 }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                    range = Some(v.trim().to_string());
-                }
-            }
-            let path = first.split_whitespace().nth(1).unwrap_or("").to_string();
-            if path == "/quit" {
-                break;
-            }
-            let reply = |status: &str, headers: &[(&str, String)], body: &[u8]| {
-                let mut head = format!(
-                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
-                    body.len()
-                );
-                for (k, v) in headers {
-                    use std::fmt::Write as _;
-                    let _ = write!(head, "{k}: {v}\r\n");
-                }
-                head.push_str("\r\n");
-                let mut out = head.into_bytes();
-                out.extend_from_slice(body);
-                out
-            };
-            let out = if path.starts_with("/acme/gated/") {
-                reply(
-                    "401 Unauthorized",
-                    &[("X-Error-Code", "GatedRepo".into())],
-                    b"",
-                )
-            } else if path.starts_with("/acme/served/resolve/nope/") {
-                reply(
-                    "404 Not Found",
-                    &[("X-Error-Code", "RevisionNotFound".into())],
-                    b"",
-                )
-            } else if let Some(file) = path.strip_prefix("/acme/served/resolve/main/") {
-                match files.iter().find(|(n, _)| n == file) {
-                    None => reply(
-                        "404 Not Found",
-                        &[("X-Error-Code", "EntryNotFound".into())],
-                        b"",
-                    ),
-                    Some((_, bytes)) => {
-                        let etag = hex(bytes);
-                        let total = bytes.len();
-                        let (start, end) = match range.as_deref() {
-                            Some("0-0") => (0, 0),
-                            Some(r) => (r.trim_end_matches('-').parse().unwrap_or(0), total - 1),
-                            None => (0, total - 1),
-                        };
-                        reply(
-                            "206 Partial Content",
-                            &[
-                                ("ETag", format!("\"{etag}\"")),
-                                ("X-Repo-Commit", COMMIT.into()),
-                                ("Content-Range", format!("bytes {start}-{end}/{total}")),
-                            ],
-                            &bytes[start..=end],
-                        )
+                let mut range = None;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                        range = Some(v.trim().to_string());
                     }
                 }
-            } else {
-                reply(
-                    "404 Not Found",
-                    &[("X-Error-Code", "RepoNotFound".into())],
-                    b"",
-                )
-            };
-            let _ = stream.write_all(&out);
-            let _ = stream.flush();
-            let mut rest = Vec::new();
-            let _ = reader.read_to_end(&mut rest);
-        }
-    });
+                let path = first.split_whitespace().nth(1).unwrap_or("").to_string();
+                if path == "/quit" {
+                    break;
+                }
+                let reply = |status: &str, headers: &[(&str, String)], body: &[u8]| {
+                    let mut head = format!(
+                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+                        body.len()
+                    );
+                    for (k, v) in headers {
+                        use std::fmt::Write as _;
+                        let _ = write!(head, "{k}: {v}\r\n");
+                    }
+                    head.push_str("\r\n");
+                    let mut out = head.into_bytes();
+                    out.extend_from_slice(body);
+                    out
+                };
+                let out = if path.starts_with("/acme/gated/") {
+                    reply(
+                        "401 Unauthorized",
+                        &[("X-Error-Code", "GatedRepo".into())],
+                        b"",
+                    )
+                } else if path.starts_with("/acme/served/resolve/nope/") {
+                    reply(
+                        "404 Not Found",
+                        &[("X-Error-Code", "RevisionNotFound".into())],
+                        b"",
+                    )
+                } else if let Some(file) = path.strip_prefix("/acme/served/resolve/main/") {
+                    match files.iter().find(|(n, _)| n == file) {
+                        None => reply(
+                            "404 Not Found",
+                            &[("X-Error-Code", "EntryNotFound".into())],
+                            b"",
+                        ),
+                        Some((_, bytes)) => {
+                            let etag = hex(bytes);
+                            let total = bytes.len();
+                            let (start, end) = match range.as_deref() {
+                                Some("0-0") => (0, 0),
+                                Some(r) => {
+                                    (r.trim_end_matches('-').parse().unwrap_or(0), total - 1)
+                                }
+                                None => (0, total - 1),
+                            };
+                            reply(
+                                "206 Partial Content",
+                                &[
+                                    ("ETag", format!("\"{etag}\"")),
+                                    ("X-Repo-Commit", COMMIT.into()),
+                                    ("Content-Range", format!("bytes {start}-{end}/{total}")),
+                                ],
+                                &bytes[start..=end],
+                            )
+                        }
+                    }
+                } else {
+                    reply(
+                        "404 Not Found",
+                        &[("X-Error-Code", "RepoNotFound".into())],
+                        b"",
+                    )
+                };
+                let _ = stream.write_all(&out);
+                let _ = stream.flush();
+                let mut rest = Vec::new();
+                let _ = reader.read_to_end(&mut rest);
+            }
+        })
+        .unwrap();
     (addr, handle)
 }
 

@@ -147,9 +147,8 @@ fn qwen3_forward_matches_numpy_reference_on_both_attention_paths() {
     let dev = candle_core::Device::Cpu;
     let mut m = models::build(&spec, candle_core::DType::F32, &dev).unwrap();
     let ids = models::token_ids(1, seq, spec.dims.vocab);
-    let out = m
-        .forward(m.inputs_from_ids(&ids, 1, seq, &dev).unwrap())
-        .unwrap();
+    let inputs = m.inputs_from_ids(&ids, 1, seq, &dev).unwrap();
+    let out = m.forward(inputs).unwrap();
     let got: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(got.len(), vocab);
     let worst = got
@@ -164,6 +163,34 @@ fn qwen3_forward_matches_numpy_reference_on_both_attention_paths() {
 /// which each token's top two run, their weights renormalized (`norm_topk_prob`); real router
 /// weights, so the tokens spread over the experts.
 #[test]
+fn gemma3_forward_matches_numpy_reference() {
+    // Local and global layers (with their own rotary thetas), the per-head query and key norms.
+    check("tiny-gemma3");
+}
+
+#[test]
 fn qwen3_moe_forward_matches_numpy_reference() {
     check("tiny-qwen3-moe");
+}
+
+/// Why Gemma 3 configs with more than one key/value head are refused: candle 0.11's global
+/// layers copy the values into their cache without making them contiguous, and the forward fails.
+/// (With one head, as in every config oomlab reads, the same forward runs.)
+#[test]
+fn candle_gemma3_fails_with_two_key_value_heads_as_the_refusal_says() {
+    use candle_core::{DType, Device, Tensor};
+    use candle_transformers::models::gemma3;
+    let run = |kv: usize| {
+        let mut v: serde_json::Value =
+            serde_json::from_str(include_str!("../../assets/models/tiny-gemma3.json")).unwrap();
+        v["num_key_value_heads"] = kv.into();
+        let cfg: gemma3::Config = serde_json::from_value(v).unwrap();
+        let vb = candle_nn::VarBuilder::zeros(DType::F32, &Device::Cpu);
+        let mut m = gemma3::Model::new(false, &cfg, vb).unwrap();
+        let ids = Tensor::zeros((2, 4), DType::U32, &Device::Cpu).unwrap();
+        m.forward(&ids, 0).map(drop)
+    };
+    run(1).unwrap();
+    let e = run(2).unwrap_err().to_string();
+    assert!(e.contains("contiguous"), "{e}");
 }

@@ -207,7 +207,7 @@ fn a_confirmation_oom_below_the_boundary_makes_the_curve_non_monotone() {
         oomlab_version: "test".into(),
         plan: p.clone(),
         model_name: "tiny-bert".into(),
-        family: crate::catalog::Family::Bert,
+        family: crate::catalog::Family::named("bert").unwrap(),
         config_hash: String::new(),
         forward: String::new(),
         started_unix: 0,

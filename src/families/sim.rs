@@ -29,15 +29,15 @@ impl Dt {
     }
 }
 
-impl From<crate::plan::Precision> for Dt {
-    fn from(p: crate::plan::Precision) -> Self {
+impl From<crate::precision::Precision> for Dt {
+    fn from(p: crate::precision::Precision) -> Self {
         match p {
             // candle refuses mixed precision at plan time; its weights would be f32.
-            crate::plan::Precision::F32
-            | crate::plan::Precision::AmpBf16
-            | crate::plan::Precision::AmpF16 => Self::F32,
-            crate::plan::Precision::F16 => Self::F16,
-            crate::plan::Precision::Bf16 => Self::Bf16,
+            crate::precision::Precision::F32
+            | crate::precision::Precision::AmpBf16
+            | crate::precision::Precision::AmpF16 => Self::F32,
+            crate::precision::Precision::F16 => Self::F16,
+            crate::precision::Precision::Bf16 => Self::Bf16,
         }
     }
 }
@@ -453,4 +453,11 @@ pub fn cat(ts: &[&T], dim: usize) -> T {
         swapped.swap(0, dim);
         ts[0].new_like(&swapped, ts[0].dt).transpose(0, dim)
     }
+}
+
+/// Heap bytes a weight tensor's handle takes: `Arc<Tensor_>`, shape and stride vectors, and the
+/// storage's `Arc<RwLock<Storage>>`.
+#[must_use]
+pub fn tensor_metadata_bytes(rank: usize) -> u64 {
+    152 + 8 * rank as u64 + 8 * rank.max(4) as u64 + 56
 }

@@ -1,0 +1,269 @@
+//! What an explained message means for the person holding it: its figures in words, and the
+//! fixes in order of effect (fragmentation first only when it is large, bf16 only where the GPU
+//! has it).
+
+use super::{Explanation, Form, Rounding, shown};
+use crate::presets::{self, GpuPreset};
+
+/// Memory neither free nor this process's allocator's: other processes and CUDA contexts.
+pub(super) fn held_elsewhere(e: &Explanation) -> (Option<u64>, Option<Rounding>) {
+    let r = &e.rounding;
+    let (Some(total), Some(free)) = (e.total_capacity_bytes, e.free_bytes) else {
+        return (None, None);
+    };
+    let Some((mine, mine_rounding)) = e
+        .process_in_use_bytes
+        .map(|b| (b, r.in_use))
+        .or_else(|| e.reserved_by_pytorch_bytes.map(|b| (b, r.reserved)))
+    else {
+        return (None, None);
+    };
+    (
+        Some(total.saturating_sub(free).saturating_sub(mine)),
+        Rounding::derived(&[r.total, r.free, mine_rounding]),
+    )
+}
+
+/// Bytes with two decimals in the largest binary unit, as PyTorch prints them (`11.17 GiB`).
+pub(super) fn h(b: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (1 << 40, "TiB"),
+        (1 << 30, "GiB"),
+        (1 << 20, "MiB"),
+        (1 << 10, "KiB"),
+    ];
+    UNITS.iter().find(|(size, _)| b >= *size).map_or_else(
+        || format!("{b} B"),
+        |(size, unit)| format!("{:.2} {unit}", b as f64 / *size as f64),
+    )
+}
+
+pub(super) fn figures(e: &Explanation) -> Vec<String> {
+    let r = &e.rounding;
+    let mut out = Vec::new();
+    if let Some(b) = e.tried_to_allocate_bytes {
+        out.push(format!(
+            "tried to allocate {}: the one request that failed — often a single layer's activation, not the whole step",
+            shown(b, r.tried)
+        ));
+    }
+    if let Some(b) = e.total_capacity_bytes {
+        let gpu = presets::from_total_capacity(b).map_or_else(String::new, |p| {
+            format!(
+                "; a {}, compute capability {}, reports exactly this",
+                p.name,
+                p.compute_capability_label()
+            )
+        });
+        out.push(format!(
+            "total capacity {}: the GPU's memory as the driver reports it{}{gpu}",
+            shown(b, r.total),
+            e.gpu_index
+                .map_or_else(String::new, |i| format!(" (GPU {i})"))
+        ));
+    }
+    if let Some(b) = e.free_bytes {
+        out.push(format!(
+            "free {}: unused by any process when the request failed",
+            shown(b, r.free)
+        ));
+    }
+    if let Some(b) = e.allocated_by_pytorch_bytes {
+        out.push(format!(
+            "allocated by PyTorch {}: tensors alive at that moment (weights, activations, gradients, optimizer state)",
+            shown(b, r.allocated)
+        ));
+    }
+    if let Some(b) = e.reserved_by_pytorch_bytes {
+        out.push(format!(
+            "reserved by PyTorch {}: what its caching allocator holds from the driver, tensors and cached free blocks together",
+            shown(b, r.reserved)
+        ));
+    }
+    if let Some(b) = e.reserved_unallocated_bytes {
+        out.push(format!(
+            "reserved but unallocated {}: cached blocks no tensor uses; when large, free memory is there but split into pieces too small for the request (fragmentation)",
+            shown(b, r.unallocated)
+        ));
+    }
+    for (i, p) in e.processes.iter().enumerate() {
+        out.push(format!(
+            "process {} holds {} on the GPU, CUDA context and non-PyTorch memory included",
+            p.pid,
+            shown(p.bytes, r.processes.get(i).copied().flatten())
+        ));
+    }
+    if let Some(b) = e.held_elsewhere_bytes {
+        out.push(format!(
+            "held elsewhere {}: neither free nor this process's allocator's — other processes, and CUDA contexts",
+            shown(b, r.held_elsewhere)
+        ));
+    }
+    out
+}
+
+/// The share of the total capacity, in percent, that reserved-but-unallocated memory must
+/// reach for fragmentation to be the first fix.
+pub const FRAGMENTATION_FIRST_PERCENT: u64 = 5;
+
+/// Where the fragmentation fix goes in the list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fragmentation {
+    /// Reserved-but-unallocated is at least [`FRAGMENTATION_FIRST_PERCENT`] % of the total
+    /// capacity (total unknown: at least the failed request): reusing it is the first fix.
+    First,
+    /// Below that share but still at least the failed request: worth a try, after a smaller
+    /// batch and mixed precision.
+    Later,
+    /// Less than the request: defragmenting cannot make room for it.
+    No,
+}
+
+fn fragmentation(e: &Explanation) -> Fragmentation {
+    let Some(unallocated) = e.reserved_unallocated_bytes else {
+        return Fragmentation::No;
+    };
+    let need = e.tried_to_allocate_bytes.unwrap_or(0).max(1);
+    let share = e.total_capacity_bytes.map(|total| {
+        u128::from(unallocated) * 100 >= u128::from(total) * u128::from(FRAGMENTATION_FIRST_PERCENT)
+    });
+    match share {
+        Some(true) => Fragmentation::First,
+        None if unallocated >= need => Fragmentation::First,
+        _ if unallocated >= need => Fragmentation::Later,
+        _ => Fragmentation::No,
+    }
+}
+
+/// The fixes, most effective first for this message's figures:
+///
+/// 1. reduce fragmentation, when reserved-but-unallocated is at least 5% of the total capacity
+///    (total unknown: at least the failed request) — see [`Fragmentation`];
+/// 2. free the GPU, when others hold more than the request;
+/// 3. a smaller batch (with `--model`, candle's estimated largest inference batch, and how to
+///    measure the training one);
+/// 4. mixed precision: bf16 on compute capability 8.0+, fp16 with a `GradScaler` below, the rule
+///    itself when the GPU is unknown;
+/// 5. reduce fragmentation, when below 5% but still at least the request;
+/// 6. shorter sequences, gradient checkpointing, and a look at `nvidia-smi`.
+pub(super) fn advice(e: &Explanation) -> Vec<String> {
+    let need = e.tried_to_allocate_bytes.unwrap_or(0);
+    let fragmentation = fragmentation(e);
+    // Freeing what others hold would satisfy the request. The older form counts this process's
+    // own CUDA context there too (a few hundred MiB), so leave that out.
+    let context = if e.form == Form::PytorchOld {
+        512 << 20
+    } else {
+        0
+    };
+    let others = e
+        .held_elsewhere_bytes
+        .is_some_and(|b| b.saturating_sub(context) >= need.max(1));
+    let mut out = Vec::new();
+    if fragmentation == Fragmentation::First {
+        out.push(if e.form == Form::PytorchOld {
+            "reduce fragmentation: run with PYTORCH_CUDA_ALLOC_CONF=max_split_size_mb:128 (or, on PyTorch 2.1 and later, `export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`); reserved memory is then reused instead of split into unusable pieces".into()
+        } else {
+            "reduce fragmentation: run with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (e.g. `export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True` before starting Python); the cached blocks then grow in place instead of splitting".into()
+        });
+    }
+    if others {
+        out.push(
+            "free the GPU: other processes hold memory you need — see them with `nvidia-smi` and stop them; `torch.cuda.empty_cache()` in *another* PyTorch process returns its cached blocks to the GPU (in the failing process it does not help)".into(),
+        );
+    }
+    match &e.largest_batch {
+        None => out.push(
+            "use a smaller batch: activations grow linearly with batch — e.g. `per_device_train_batch_size=…` (Hugging Face Trainer) or `DataLoader(dataset, batch_size=…)`; gradient accumulation (`gradient_accumulation_steps=…`) keeps the effective batch".into(),
+        ),
+        Some(lb) => {
+            let sized = format!(
+                "{} at seq {} in {} under {}, by candle's estimate of one inference forward (estimated, not measured: no gradients, no optimizer state, no CUDA context)",
+                lb.model,
+                lb.seq,
+                lb.dtype,
+                h(lb.capacity_bytes)
+            );
+            out.push(match lb.batch {
+                Some(b) => format!(
+                    "use a smaller batch: activations grow linearly with batch — for inference, `per_device_eval_batch_size={b}` (or your inference batch size) is the largest that fits {sized}; for training, lower `per_device_train_batch_size=…` and keep the effective batch with `gradient_accumulation_steps=…`"
+                ),
+                None => format!(
+                    "use a smaller batch, though even that is not enough: not even an inference batch of 1 fits {sized}; use mixed precision or shorter sequences (below), or a GPU with more memory"
+                ),
+            });
+            out.push(format!(
+                "measure the training batch before choosing it: training holds more than that inference forward — gradients and AdamW state (the weights ×4 in f32) plus the activations autograd keeps, typically many times a no_grad forward — so run `{}`",
+                lb.measure_training_command()
+            ));
+        }
+    }
+    out.push(mixed_precision(e.preset()));
+    if fragmentation == Fragmentation::Later {
+        let share = e
+            .reserved_unallocated_bytes
+            .map_or_else(String::new, |b| {
+                format!(
+                    " ({} reserved but unallocated, under {FRAGMENTATION_FIRST_PERCENT}% of the total capacity)",
+                    shown(b, e.rounding.unallocated)
+                )
+            });
+        out.push(format!(
+            "reduce fragmentation too, though it frees little here{share}: run with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (PyTorch 2.1 and later; before: max_split_size_mb:128)"
+        ));
+    }
+    out.push(
+        "use shorter sequences: attention's memory grows with the square of the length — `tokenizer(..., truncation=True, max_length=…)`".into(),
+    );
+    out.push(
+        "trade compute for memory in training: `model.gradient_checkpointing_enable()` keeps fewer activations for the backward pass".into(),
+    );
+    if !others && (e.held_elsewhere_bytes.is_some() || e.total_capacity_bytes.is_none()) {
+        out.push(
+            "check other processes with `nvidia-smi`: memory they hold is never available to yours"
+                .into(),
+        );
+    }
+    out
+}
+
+/// The mixed-precision fix for this GPU: bf16 needs compute capability 8.0 or newer (Ampere,
+/// Ada, Hopper); older GPUs use fp16 with a `GradScaler`; an unknown GPU gets the rule.
+fn mixed_precision(gpu: Option<&GpuPreset>) -> String {
+    const FP16: &str = "`fp16=True` (Trainer), or `with torch.autocast(\"cuda\", dtype=torch.float16):` around the forward with `scaler = torch.amp.GradScaler(\"cuda\")` scaling the loss (`scaler.scale(loss).backward()`)";
+    match gpu {
+        Some(p) if p.supports_bf16() => format!(
+            "use mixed precision in bf16, which the {} supports (compute capability {}): it halves activations and weights — `bf16=True` (Trainer) or `with torch.autocast(\"cuda\", dtype=torch.bfloat16):` around the forward; `model.to(torch.bfloat16)` for inference",
+            p.name,
+            p.compute_capability_label()
+        ),
+        Some(p) => format!(
+            "use mixed precision in fp16 with a GradScaler, since the {}, compute capability {}, has no bf16: it halves activations — {FP16}; `model.half()` for inference",
+            p.name,
+            p.compute_capability_label()
+        ),
+        None => format!(
+            "use mixed precision: it halves activations and weights — bf16 where `torch.cuda.is_bf16_supported()` is true (compute capability 8.0+: A100, A10G, L4, RTX 30xx/40xx, H100), with `bf16=True` (Trainer) or `torch.autocast(\"cuda\", dtype=torch.bfloat16)`; otherwise fp16 with a GradScaler: {FP16}"
+        ),
+    }
+}
+
+impl Explanation {
+    /// The explanation for a person: the form, the figures and the fixes.
+    #[must_use]
+    pub fn text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = format!("{}\n\nWhat it says:\n", self.form.title());
+        if self.figures.is_empty() {
+            s.push_str("- no figures: the message says only that the device ran out of memory; `nvidia-smi` shows which processes hold the GPU's memory, and `torch.cuda.memory_summary()` what PyTorch holds\n");
+        }
+        for f in &self.figures {
+            let _ = writeln!(s, "- {f}");
+        }
+        s.push_str("\nWhat to do, most effective first:\n");
+        for (i, a) in self.advice.iter().enumerate() {
+            let _ = writeln!(s, "{}. {a}", i + 1);
+        }
+        s
+    }
+}

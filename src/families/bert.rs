@@ -1,0 +1,208 @@
+//! BERT (`bert`): an encoder with learned positions and token types; candle's `bert`.
+
+// The simulated forward's names follow candle-transformers (b, s, h for batch, seq, hidden; q,
+// k, v), so the two read side by side.
+#![allow(clippy::many_single_char_names)]
+
+use super::candle::{Inputs, candle_config};
+use super::config::{named_alike, opt_field};
+use super::ops::{Run, embedding, linear, norm, softmax};
+use super::sim::{Dt, T};
+use super::{AnyModel, BuildError, CandleModel, ConfigError, Dims, Room, TensorShape, tensor_list};
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert;
+use serde_json::Value;
+
+pub struct Bert;
+
+impl Room for Bert {
+    fn name(&self) -> &'static str {
+        "bert"
+    }
+    fn is_decoder(&self) -> bool {
+        false
+    }
+    fn has_pooler(&self) -> bool {
+        true
+    }
+    fn dims(&self, v: &Value) -> std::result::Result<Dims, ConfigError> {
+        let base = named_alike(v)?;
+        Ok(Dims {
+            type_vocab: opt_field(v, "type_vocab_size")?.unwrap_or(2),
+            ..base
+        })
+    }
+    fn tensors(&self, d: &Dims) -> Vec<TensorShape> {
+        encoder_tensors(d)
+    }
+    fn check_candle(&self, config: &str, _d: &Dims) -> std::result::Result<(), ConfigError> {
+        candle_config::<bert::Config>(config).map(drop)
+    }
+    fn build(
+        &self,
+        config: &str,
+        _d: &Dims,
+        vb: VarBuilder<'_>,
+        _dtype: DType,
+        _device: &Device,
+    ) -> std::result::Result<AnyModel, BuildError> {
+        let cfg: bert::Config = candle_config(config).map_err(BuildError::Config)?;
+        Ok(bert::BertModel::load(vb, &cfg)?.into())
+    }
+    // token type ids (`zeros_like`) and the attention mask (`ones_like`)
+    fn sim_inputs(&self, r: &Run<'_>, ids: T) -> Vec<T> {
+        vec![
+            ids,
+            r.sim.alloc(&[r.b, r.s], Dt::U32),
+            r.sim.alloc(&[r.b, r.s], Dt::U32),
+        ]
+    }
+    fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
+        simulated(r, &inputs[0], &inputs[1], &inputs[2])
+    }
+}
+
+impl CandleModel for bert::BertModel {
+    fn inputs(&mut self, ids: Tensor) -> Result<Inputs> {
+        Ok(Inputs {
+            aux: Some(ids.zeros_like()?),
+            mask: Some(ids.ones_like()?),
+            ids,
+        })
+    }
+    fn forward(&mut self, inputs: Inputs) -> Result<Tensor> {
+        let Inputs { ids, aux, mask } = inputs;
+        let tt = aux.ok_or_else(|| super::candle::missing("token type ids"))?;
+        bert::BertModel::forward(self, &ids, &tt, mask.as_ref())
+    }
+}
+
+/// The tensors candle's `bert` and `xlm_roberta` load (no pooler).
+pub(super) fn encoder_tensors(d: &Dims) -> Vec<TensorShape> {
+    let (h, i) = (d.hidden, d.intermediate);
+    tensor_list(|t| {
+        t("embeddings.word_embeddings.weight".into(), &[d.vocab, h]);
+        t(
+            "embeddings.position_embeddings.weight".into(),
+            &[d.max_positions + d.position_offset, h],
+        );
+        t(
+            "embeddings.token_type_embeddings.weight".into(),
+            &[d.type_vocab, h],
+        );
+        t("embeddings.LayerNorm.weight".into(), &[h]);
+        t("embeddings.LayerNorm.bias".into(), &[h]);
+        for l in 0..d.layers {
+            let p = format!("encoder.layer.{l}");
+            for lin in [
+                "attention.self.query",
+                "attention.self.key",
+                "attention.self.value",
+                "attention.output.dense",
+            ] {
+                t(format!("{p}.{lin}.weight"), &[h, h]);
+                t(format!("{p}.{lin}.bias"), &[h]);
+            }
+            t(format!("{p}.attention.output.LayerNorm.weight"), &[h]);
+            t(format!("{p}.attention.output.LayerNorm.bias"), &[h]);
+            t(format!("{p}.intermediate.dense.weight"), &[i, h]);
+            t(format!("{p}.intermediate.dense.bias"), &[i]);
+            t(format!("{p}.output.dense.weight"), &[h, i]);
+            t(format!("{p}.output.dense.bias"), &[h]);
+            t(format!("{p}.output.LayerNorm.weight"), &[h]);
+            t(format!("{p}.output.LayerNorm.bias"), &[h]);
+        }
+    })
+}
+
+/// candle's `bert::BertModel::forward`, simulated.
+fn simulated(r: &Run<'_>, ids: &T, tt: &T, mask: &T) -> T {
+    let (b, s, h, heads) = (r.b, r.s, r.d.hidden, r.d.heads);
+    let hd = h / heads;
+    // BertModel::forward: `let embedding_output = self.embeddings.forward(..)?;`
+    let embedding_output = {
+        let input_embeddings = embedding(r, r.d.vocab, ids);
+        // `(&input_embeddings + token_type_embeddings)?` consumes the token type embeddings.
+        let mut embeddings = {
+            let token_type_embeddings = embedding(r, r.d.type_vocab.max(1), tt);
+            input_embeddings.binary(&token_type_embeddings)
+        };
+        {
+            let _position_ids_vec = r.sim.raw(s as u64 * 4);
+            let position_ids = r.sim.alloc(&[s], Dt::U32);
+            let pos = embedding(r, r.d.max_positions, &position_ids);
+            embeddings = embeddings.binary(&pos);
+        }
+        let normed = norm(&embeddings);
+        normed.clone() // dropout
+    };
+    // `let attention_mask = get_extended_attention_mask(&attention_mask, dtype)?;`
+    let attention_mask = {
+        let m = mask.unsqueeze(1).unsqueeze(1);
+        let m = m.to_dtype(r.dt);
+        // `(attention_mask.ones_like()? - &attention_mask)?.broadcast_mul(&min)`
+        let diff = {
+            let ones = m.unary();
+            ones.binary(&m)
+        };
+        let min = r.sim.alloc(&[], Dt::F32).to_dtype(r.dt);
+        diff.binary(&min)
+    };
+    // BertEncoder::forward: `let mut hidden_states = hidden_states.clone(); for layer { hidden_states = layer.forward(&hidden_states, mask)? }`
+    let mut hidden_states = embedding_output.clone();
+    for _ in 0..r.d.layers {
+        hidden_states = {
+            let x = &hidden_states;
+            // BertAttention::forward
+            let self_outputs = {
+                // BertSelfAttention::forward
+                let query_layer = linear(r, x, h, true);
+                let key_layer = linear(r, x, h, true);
+                let value_layer = linear(r, x, h, true);
+                // transpose_for_scores: `xs.reshape(..)?.transpose(1, 2)?; xs.contiguous()`
+                let split = |t: &T| t.reshape(&[b, s, heads, hd]).transpose(1, 2).contiguous();
+                let query_layer2 = split(&query_layer);
+                let key_layer2 = split(&key_layer);
+                let value_layer2 = split(&value_layer);
+                // `(attention_scores / sqrt)` consumes the matmul's output
+                let scores = r.mm(&query_layer2, &key_layer2.t()).unary();
+                let scores2 = scores.binary(&attention_mask);
+                let probs = softmax(&scores2).clone();
+                let context = r.mm(&probs, &value_layer2);
+                let context2 = context.transpose(1, 2).contiguous();
+                let out = context2.reshape(&[b, s, h]);
+                drop((query_layer, key_layer, value_layer));
+                drop((query_layer2, key_layer2, value_layer2));
+                drop((scores, scores2, probs, context, context2));
+                out
+            };
+            // BertSelfOutput::forward: `let hidden_states = dense(..)?; … layer_norm(&(hidden_states + input_tensor)?)`
+            let attention_output = {
+                let dense = linear(r, &self_outputs, h, true);
+                let sum = dense.clone().binary(x);
+                let out = norm(&sum);
+                drop((sum, dense));
+                out
+            };
+            drop(self_outputs);
+            // BertIntermediate::forward: `let hidden_states = dense(..)?; let ys = act(&hidden_states)?;`
+            let intermediate_output = {
+                let dense = linear(r, &attention_output, r.d.intermediate, true);
+                dense.unary()
+            };
+            // BertOutput::forward
+            let layer_output = {
+                let dense = linear(r, &intermediate_output, h, true);
+                let sum = dense.clone().binary(&attention_output);
+                let out = norm(&sum);
+                drop((sum, dense));
+                out
+            };
+            drop((intermediate_output, attention_output));
+            layer_output
+        };
+    }
+    drop(embedding_output);
+    hidden_states
+}

@@ -1,0 +1,118 @@
+//! Reading a config.json's fields: the readers every family uses, the fields most configs name
+//! alike, and the checks every family's dims pass.
+
+use super::Dims;
+use serde_json::Value;
+
+/// What is wrong with a config's fields, in words naming the field (the catalog adds the file).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl From<String> for ConfigError {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl From<&str> for ConfigError {
+    fn from(s: &str) -> Self {
+        Self(s.to_string())
+    }
+}
+
+/// A required non-negative integer.
+pub fn field(v: &Value, name: &str) -> Result<usize, ConfigError> {
+    match v.get(name) {
+        None | Some(Value::Null) => Err(format!("missing field \"{name}\"").into()),
+        Some(x) => x
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| {
+                format!("field \"{name}\" must be a non-negative integer, found {x}").into()
+            }),
+    }
+}
+
+/// An optional non-negative integer (absent or null: None).
+pub fn opt_field(v: &Value, name: &str) -> Result<Option<usize>, ConfigError> {
+    match v.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => field(v, name).map(Some),
+    }
+}
+
+/// A boolean candle's config requires.
+pub fn bool_field(v: &Value, name: &str) -> Result<bool, ConfigError> {
+    match v.get(name) {
+        None | Some(Value::Null) => Err(format!("missing field \"{name}\"").into()),
+        Some(x) => x
+            .as_bool()
+            .ok_or_else(|| format!("field \"{name}\" must be true or false, found {x}").into()),
+    }
+}
+
+/// The fields most configs name alike (`num_hidden_layers`, `hidden_size`,
+/// `num_attention_heads`, `intermediate_size`, `vocab_size`, `max_position_embeddings`), one
+/// key/value head per query head; a family sets what differs.
+pub fn named_alike(v: &Value) -> Result<Dims, ConfigError> {
+    // Read in this order, so a config missing several names the first of them.
+    let layers = field(v, "num_hidden_layers")?;
+    let hidden = field(v, "hidden_size")?;
+    let heads = field(v, "num_attention_heads")?;
+    Ok(Dims {
+        layers,
+        hidden,
+        heads,
+        kv_heads: heads,
+        intermediate: field(v, "intermediate_size")?,
+        vocab: field(v, "vocab_size")?,
+        max_positions: field(v, "max_position_embeddings")?,
+        ..Dims::default()
+    })
+}
+
+/// What every family's dims must satisfy; `names` are the config's names for layers, hidden
+/// size, heads and MLP width.
+pub fn check(d: &Dims, names: [&str; 4]) -> Result<(), ConfigError> {
+    for (value, name) in [
+        (d.layers, names[0]),
+        (d.hidden, names[1]),
+        (d.heads, names[2]),
+        (d.intermediate, names[3]),
+        (d.vocab, "vocab_size"),
+        (d.max_positions, "max_position_embeddings"),
+        (d.kv_heads, "num_key_value_heads"),
+    ] {
+        if value == 0 {
+            return Err(format!("field \"{name}\" must be at least 1, found 0").into());
+        }
+    }
+    if d.head_dim_override == Some(0) {
+        return Err("field \"head_dim\" must be at least 1, found 0".into());
+    }
+    if d.head_dim_override.is_none() && !d.hidden.is_multiple_of(d.heads) {
+        return Err(format!(
+            "field \"{}\" = {} is not divisible by \"{}\" = {}",
+            names[1], d.hidden, names[2], d.heads
+        )
+        .into());
+    }
+    if !d.heads.is_multiple_of(d.kv_heads) {
+        return Err(format!(
+            "field \"num_attention_heads\" = {} is not a multiple of \"num_key_value_heads\" = {}",
+            d.heads, d.kv_heads
+        )
+        .into());
+    }
+    // Absurd sizes would overflow shape arithmetic long before they fit anywhere.
+    let biggest = (d.vocab as u128) * (d.hidden as u128);
+    if biggest > 1 << 40 || d.layers > 10_000 {
+        return Err(format!(
+            "sizes are implausible (vocab_size × hidden_size = {biggest}, layers = {})",
+            d.layers
+        )
+        .into());
+    }
+    Ok(())
+}

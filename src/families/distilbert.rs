@@ -1,0 +1,181 @@
+//! `DistilBERT` (`distilbert`): BERT's encoder halved, its own field names; candle's `distilbert`.
+
+// The simulated forward's names follow candle-transformers (b, s, h for batch, seq, hidden; q,
+// k, v), so the two read side by side.
+#![allow(clippy::many_single_char_names)]
+
+use super::candle::{Inputs, candle_config};
+use super::config::field;
+use super::ops::{Run, embedding, linear, masked_fill, norm, softmax};
+use super::sim::{Dt, T};
+use super::{AnyModel, BuildError, CandleModel, ConfigError, Dims, Room, TensorShape, tensor_list};
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::distilbert;
+use serde_json::Value;
+
+pub struct DistilBert;
+
+impl Room for DistilBert {
+    fn name(&self) -> &'static str {
+        "distilbert"
+    }
+    fn is_decoder(&self) -> bool {
+        false
+    }
+    /// Its attention upcasts its scores to f32 and then multiplies them with values in the run
+    /// dtype, which fails for f16/bf16.
+    fn f32_only(&self) -> Option<&'static str> {
+        Some("its attention mixes f32 scores with values in the run precision")
+    }
+    fn dims(&self, v: &Value) -> std::result::Result<Dims, ConfigError> {
+        Ok(Dims {
+            layers: field(v, "n_layers")?,
+            hidden: field(v, "dim")?,
+            heads: field(v, "n_heads")?,
+            kv_heads: field(v, "n_heads")?,
+            intermediate: field(v, "hidden_dim")?,
+            vocab: field(v, "vocab_size")?,
+            max_positions: field(v, "max_position_embeddings")?,
+            ..Dims::default()
+        })
+    }
+    fn dim_names(&self) -> [&'static str; 4] {
+        ["n_layers", "dim", "n_heads", "hidden_dim"]
+    }
+    fn tensors(&self, d: &Dims) -> Vec<TensorShape> {
+        let (h, i) = (d.hidden, d.intermediate);
+        tensor_list(|t| {
+            t("embeddings.word_embeddings.weight".into(), &[d.vocab, h]);
+            t(
+                "embeddings.position_embeddings.weight".into(),
+                &[d.max_positions, h],
+            );
+            t("embeddings.LayerNorm.weight".into(), &[h]);
+            t("embeddings.LayerNorm.bias".into(), &[h]);
+            for l in 0..d.layers {
+                let p = format!("transformer.layer.{l}");
+                for lin in ["q_lin", "k_lin", "v_lin", "out_lin"] {
+                    t(format!("{p}.attention.{lin}.weight"), &[h, h]);
+                    t(format!("{p}.attention.{lin}.bias"), &[h]);
+                }
+                t(format!("{p}.sa_layer_norm.weight"), &[h]);
+                t(format!("{p}.sa_layer_norm.bias"), &[h]);
+                t(format!("{p}.ffn.lin1.weight"), &[i, h]);
+                t(format!("{p}.ffn.lin1.bias"), &[i]);
+                t(format!("{p}.ffn.lin2.weight"), &[h, i]);
+                t(format!("{p}.ffn.lin2.bias"), &[h]);
+                t(format!("{p}.output_layer_norm.weight"), &[h]);
+                t(format!("{p}.output_layer_norm.bias"), &[h]);
+            }
+        })
+    }
+    fn check_candle(&self, config: &str, _d: &Dims) -> std::result::Result<(), ConfigError> {
+        candle_config::<distilbert::Config>(config).map(drop)
+    }
+    fn build(
+        &self,
+        config: &str,
+        _d: &Dims,
+        vb: VarBuilder<'_>,
+        _dtype: DType,
+        _device: &Device,
+    ) -> std::result::Result<AnyModel, BuildError> {
+        let cfg: distilbert::Config = candle_config(config).map_err(BuildError::Config)?;
+        Ok(distilbert::DistilBertModel::load(vb, &cfg)?.into())
+    }
+    // `Tensor::zeros((b, 1, 1, s), U8)`
+    fn sim_inputs(&self, r: &Run<'_>, ids: T) -> Vec<T> {
+        vec![ids, r.sim.alloc(&[r.b, 1, 1, r.s], Dt::U8)]
+    }
+    fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
+        simulated(r, &inputs[0], &inputs[1])
+    }
+}
+
+impl CandleModel for distilbert::DistilBertModel {
+    // candle's DistilBERT masks where the mask is 1: nothing is padding here.
+    fn inputs(&mut self, ids: Tensor) -> Result<Inputs> {
+        let (batch, seq) = ids.dims2()?;
+        Ok(Inputs {
+            mask: Some(Tensor::zeros((batch, 1, 1, seq), DType::U8, ids.device())?),
+            aux: None,
+            ids,
+        })
+    }
+    fn forward(&mut self, inputs: Inputs) -> Result<Tensor> {
+        let mask = inputs.mask.ok_or_else(|| super::candle::missing("mask"))?;
+        distilbert::DistilBertModel::forward(self, &inputs.ids, &mask)
+    }
+}
+
+/// candle's `distilbert::DistilBertModel::forward`, simulated.
+fn simulated(r: &Run<'_>, ids: &T, mask_in: &T) -> T {
+    let (b, s, h, heads) = (r.b, r.s, r.d.hidden, r.d.heads);
+    let hd = h / heads;
+    // Embeddings::forward
+    let embedding_output = {
+        let input_embeddings = embedding(r, r.d.vocab, ids);
+        let _position_ids_vec = r.sim.raw(s as u64 * 4);
+        let position_ids = r.sim.alloc(&[s], Dt::U32);
+        let embeddings = {
+            let pos = embedding(r, r.d.max_positions, &position_ids);
+            input_embeddings.binary(&pos)
+        };
+        norm(&embeddings)
+    };
+    let mut hidden_states = embedding_output.clone();
+    for _ in 0..r.d.layers {
+        hidden_states = {
+            let x = &hidden_states;
+            // MultiHeadSelfAttention::forward
+            let sa_output = {
+                let q = linear(r, x, h, true);
+                let k = linear(r, x, h, true);
+                let v = linear(r, x, h, true);
+                let split = |t: &T| t.reshape(&[b, s, heads, hd]).transpose(1, 2);
+                let (q1, k1, v1) = (split(&q), split(&k), split(&v));
+                // `let q: Tensor = (q / sqrt)?;` consumes the view, the linear's output stays
+                let q2 = q1.unary();
+                drop(q1);
+                let scores = {
+                    let kt = k1.transpose(2, 3).contiguous();
+                    r.mm(&q2, &kt)
+                };
+                let mask = mask_in.broadcast_as(scores.dims());
+                let scores2 = {
+                    let f = scores.to_dtype(Dt::F32);
+                    masked_fill(r, &f, &mask)
+                };
+                let weights = softmax(&scores2);
+                let context = {
+                    let vc = v1.contiguous();
+                    r.mm(&weights, &vc)
+                };
+                let context2 = context.transpose(1, 2).reshape(&[b, s, h]).contiguous();
+                let out = linear(r, &context2, h, true);
+                drop((
+                    q, k, v, k1, v1, q2, scores, mask, scores2, weights, context, context2,
+                ));
+                out
+            };
+            // TransformerBlock::forward
+            let sa_output2 = sa_output.binary(x);
+            let sa_output3 = norm(&sa_output2);
+            // FFN: `hidden_states.apply(&lin1)?.apply(&act)?.apply(&lin2)` (temporaries to the end)
+            let ffn_output = {
+                let l1 = linear(r, &sa_output3, r.d.intermediate, true);
+                let act = l1.unary();
+                linear(r, &act, h, true)
+            };
+            // `(&ffn_output + sa_output)?` consumes the normed attention output
+            let ffn_output2 = ffn_output.binary(&sa_output3);
+            drop(sa_output3);
+            let output = norm(&ffn_output2);
+            drop((sa_output, sa_output2, ffn_output, ffn_output2));
+            output
+        };
+    }
+    drop(embedding_output);
+    hidden_states
+}

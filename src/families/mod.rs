@@ -1,0 +1,454 @@
+//! The model families, one room each: a family's file holds everything oomlab knows about it —
+//! how its config.json reads into [`Dims`], the exact tensors candle's model loads, the check
+//! and patches candle's own config type needs, the build and forward over candle-transformers,
+//! and the estimator's simulated forward. A new family is one new file and one line in the
+//! `rooms!` list.
+//!
+//! Shared pieces stay shared: `config` (the field readers most configs name alike), `candle`
+//! (the build helpers and the decoders' prefill), `sim` (the liveness simulator) and `ops` (the
+//! simulated ops: linear, norms, softmax, the decoders' mask, attention core and gated MLP).
+//!
+//! This module depends on no other oomlab module but `precision`: the catalog, the candle
+//! runtime and the estimator call into it, never the other way round.
+
+mod candle;
+mod config;
+pub mod ops;
+pub mod sim;
+
+mod bert;
+mod distilbert;
+mod gemma2;
+mod gemma3;
+mod llama;
+mod mistral;
+mod mixtral;
+mod modernbert;
+mod phi3;
+mod qwen2;
+mod qwen3;
+mod qwen3_moe;
+mod roberta;
+
+pub use candle::{BuildError, CandleModel, Inputs};
+pub use config::ConfigError;
+
+use ::candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use ops::Run;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+use sim::{Dt, T};
+use std::fmt;
+
+/// Lists the rooms (each with the candle model its build makes) once, for [`ROOMS`] and
+/// [`AnyModel`].
+macro_rules! rooms {
+    ($($module:ident :: $room:ident => $model:ty),* $(,)?) => {
+        /// Every family, in the order `oomlab models` groups them.
+        static ROOMS: &[&dyn Room] = &[$(&$module::$room),*];
+
+        /// A built candle model of any family. Held inline (an enum, not a box), so a build
+        /// allocates nothing of oomlab's own beside candle's tensors: the worker's baseline is
+        /// candle's alone.
+        #[allow(clippy::large_enum_variant)]
+        pub enum AnyModel {
+            $($room($model)),*
+        }
+
+        $(impl From<$model> for AnyModel {
+            fn from(m: $model) -> Self {
+                Self::$room(m)
+            }
+        })*
+
+        impl AnyModel {
+            /// [`CandleModel::inputs`] of the model inside.
+            pub fn inputs(&mut self, ids: ::candle_core::Tensor) -> ::candle_core::Result<Inputs> {
+                match self {
+                    $(Self::$room(m) => CandleModel::inputs(m, ids)),*
+                }
+            }
+
+            /// [`CandleModel::forward`] of the model inside.
+            pub fn forward(&mut self, inputs: Inputs) -> ::candle_core::Result<::candle_core::Tensor> {
+                match self {
+                    $(Self::$room(m) => CandleModel::forward(m, inputs)),*
+                }
+            }
+        }
+    };
+}
+
+// A new family is a line here.
+rooms! {
+    bert::Bert => candle_transformers::models::bert::BertModel,
+    distilbert::DistilBert => candle_transformers::models::distilbert::DistilBertModel,
+    llama::Llama => llama::LlamaModel,
+    qwen2::Qwen2 => candle_transformers::models::qwen2::ModelForCausalLM,
+    mistral::Mistral => candle_transformers::models::mistral::Model,
+    phi3::Phi3 => candle_transformers::models::phi3::Model,
+    roberta::Roberta => candle_transformers::models::xlm_roberta::XLMRobertaModel,
+    gemma2::Gemma2 => candle_transformers::models::gemma2::Model,
+    mixtral::Mixtral => mixtral::MixtralModel,
+    modernbert::ModernBert => candle_transformers::models::modernbert::ModernBert,
+    qwen3::Qwen3 => candle_transformers::models::qwen3::ModelForCausalLM,
+    qwen3_moe::Qwen3Moe => candle_transformers::models::qwen3_moe::ModelForCausalLM,
+    gemma3::Gemma3 => candle_transformers::models::gemma3::Model,
+}
+
+/// What a family provides. Defaults cover the common case (an f32/f16/bf16 model, no tables
+/// beside the weights, the input ids alone).
+pub trait Room: Sync {
+    /// The family's name everywhere (journals, exports), and the config's `model_type` unless
+    /// [`Room::model_type`] says otherwise.
+    fn name(&self) -> &'static str;
+    /// The `model_type` transformers reads, for a config that leaves it out.
+    fn model_type(&self) -> &'static str {
+        self.name()
+    }
+    /// Other `model_type` values, and architecture names without their task, read as this family.
+    fn aliases(&self) -> &'static [&'static str] {
+        &[]
+    }
+    fn is_decoder(&self) -> bool;
+    /// Why candle 0.11's model runs only in f32, when it does.
+    fn f32_only(&self) -> Option<&'static str> {
+        None
+    }
+    /// Why this build cannot measure the family, when it cannot.
+    fn not_in_this_build(&self) -> Option<&'static str> {
+        None
+    }
+    /// Whether published parameter counts include a pooler (hidden² + hidden) candle does not
+    /// load.
+    fn has_pooler(&self) -> bool {
+        false
+    }
+    /// Whether the MLP is gated (three matrices per layer rather than two).
+    fn gated_mlp(&self) -> bool {
+        self.is_decoder()
+    }
+    /// The dims, read with the family's field names (checked by [`Dims::check`] after).
+    fn dims(&self, v: &Value) -> Result<Dims, ConfigError>;
+    /// The config's names for layers, hidden size, heads and MLP width (in error messages).
+    fn dim_names(&self) -> [&'static str; 4] {
+        [
+            "num_hidden_layers",
+            "hidden_size",
+            "num_attention_heads",
+            "intermediate_size",
+        ]
+    }
+    /// The tensors candle's model loads, in candle's names.
+    fn tensors(&self, d: &Dims) -> Vec<TensorShape>;
+    /// Whether candle's own config type reads `config` (every field it requires, of its type).
+    fn check_candle(&self, config: &str, d: &Dims) -> Result<(), ConfigError>;
+    /// candle's model over the weights in `vb`.
+    fn build(
+        &self,
+        config: &str,
+        d: &Dims,
+        vb: VarBuilder<'_>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<AnyModel, BuildError>;
+    /// Bytes of the tables the build keeps beside the weights (rotary cos/sin), tensor metadata
+    /// included.
+    fn table_bytes(&self, _d: &Dims, _dt: Dt) -> u64 {
+        0
+    }
+    /// The simulated inputs oomlab builds before the measured region, `ids` first.
+    fn sim_inputs(&self, _r: &Run<'_>, ids: T) -> Vec<T> {
+        vec![ids]
+    }
+    /// One simulated forward; returns its output (alive until the worker has read the peak).
+    fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T;
+}
+
+/// A model family: a handle on its room.
+#[derive(Clone, Copy)]
+pub struct Family(&'static dyn Room);
+
+impl Family {
+    /// Every family, in [`ROOMS`] order.
+    pub fn all() -> impl Iterator<Item = Self> {
+        ROOMS.iter().map(|r| Self(*r))
+    }
+
+    /// The family called `name` (its `model_type`).
+    #[must_use]
+    pub fn named(name: &str) -> Option<Self> {
+        Self::all().find(|f| f.name() == name)
+    }
+
+    #[must_use]
+    pub fn room(self) -> &'static dyn Room {
+        self.0
+    }
+
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        self.0.name()
+    }
+
+    #[must_use]
+    pub fn is_decoder(self) -> bool {
+        self.0.is_decoder()
+    }
+
+    /// Whether candle 0.11's model for this family runs in `p`.
+    #[must_use]
+    pub fn supports(self, p: crate::precision::Precision) -> bool {
+        self.f32_only().is_none() || p == crate::precision::Precision::F32
+    }
+
+    /// Why candle 0.11's model for this family runs only in f32, when it does.
+    #[must_use]
+    pub fn f32_only(self) -> Option<&'static str> {
+        self.0.f32_only()
+    }
+
+    /// Why this build cannot measure the family, when it cannot.
+    #[must_use]
+    pub fn not_in_this_build(self) -> Option<&'static str> {
+        self.0.not_in_this_build()
+    }
+
+    /// What one measured forward computes.
+    #[must_use]
+    pub fn forward_label(self) -> &'static str {
+        if self.is_decoder() {
+            "decoder prefill with KV cache, logits for the last position only (candle 0.11); a Hugging Face evaluation forward computes logits for every position and needs more"
+        } else {
+            "encoder forward over all positions (hidden states, no task head)"
+        }
+    }
+
+    /// Reads `model_type`, then `architectures`. Returns what was found when unsupported.
+    pub fn detect(obj: &Map<String, Value>) -> Result<Self, String> {
+        let model_type = obj.get("model_type").and_then(Value::as_str);
+        let archs: Vec<&str> = obj
+            .get("architectures")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if let Some(mt) = model_type {
+            let mt = mt.to_ascii_lowercase();
+            if let Some(f) = Self::all().find(|f| f.name() == mt || f.0.aliases().contains(&&*mt)) {
+                return Ok(f);
+            }
+        }
+        for arch in &archs {
+            let lower = arch.to_ascii_lowercase();
+            // The family's name, then the task ("ForCausalLM", "Model") or nothing: a prefix
+            // alone would read Qwen3-Next or Qwen2-MoE as the dense model it is not.
+            let named = |key: &str| {
+                lower.strip_prefix(key).is_some_and(|rest| {
+                    rest.is_empty() || rest.starts_with("for") || rest.starts_with("model")
+                })
+            };
+            if let Some(f) = Self::all().find(|f| {
+                named(&f.name().replace('_', "")) || f.0.aliases().iter().any(|a| named(a))
+            }) {
+                return Ok(f);
+            }
+        }
+        let found = match (model_type, archs.first()) {
+            (Some(mt), Some(a)) => format!("'{a}' (model_type '{mt}')"),
+            (Some(mt), None) => format!("model_type '{mt}'"),
+            (None, Some(a)) => format!("'{a}'"),
+            (None, None) => "(no \"model_type\" or \"architectures\" field)".to_string(),
+        };
+        Err(found)
+    }
+}
+
+impl PartialEq for Family {
+    fn eq(&self, other: &Self) -> bool {
+        self.name() == other.name()
+    }
+}
+
+impl Eq for Family {}
+
+impl fmt::Debug for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for Family {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Family {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Self::named(&name).ok_or_else(|| {
+            let known: Vec<&str> = Self::all().map(Self::name).collect();
+            serde::de::Error::custom(format!(
+                "unknown family '{name}' (known: {})",
+                known.join(", ")
+            ))
+        })
+    }
+}
+
+/// The dimensions oomlab needs, read from the config with each family's field names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dims {
+    pub layers: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub intermediate: usize,
+    pub vocab: usize,
+    pub max_positions: usize,
+    /// BERT token type vocabulary (0 elsewhere).
+    pub type_vocab: usize,
+    /// Decoders: `lm_head` shares the embedding matrix.
+    pub tied_embeddings: bool,
+    /// `RoBERTa`: position ids start after the padding id, so the position table has this many
+    /// rows more than the longest sequence (`pad_token_id + 1`; 0 elsewhere).
+    #[serde(default)]
+    pub position_offset: usize,
+    /// Gemma 2: the config's `head_dim`, which need not be hidden / heads.
+    #[serde(default)]
+    pub head_dim_override: Option<usize>,
+    /// Mixtral: experts per layer and experts per token (0 for dense models).
+    #[serde(default)]
+    pub experts: usize,
+    #[serde(default)]
+    pub experts_per_token: usize,
+    /// `ModernBERT` and Gemma 3: every this many layers one attends globally (the others
+    /// locally).
+    #[serde(default)]
+    pub global_every: usize,
+    /// Gemma 3: the local layers' window (`sliding_window`), the length of their rotating KV
+    /// cache.
+    #[serde(default)]
+    pub sliding_window: usize,
+    /// Qwen3: q, k, v and o projections carry biases (`attention_bias`).
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// Qwen3-MoE: each expert's MLP width (`moe_intermediate_size`; `intermediate` is the dense
+    /// layers').
+    #[serde(default)]
+    pub moe_intermediate: usize,
+    /// Qwen3-MoE: every this many layers one is a mixture of experts (`decoder_sparse_step`; 0:
+    /// none, as candle reads it).
+    #[serde(default)]
+    pub sparse_step: usize,
+}
+
+/// One tensor candle's model loads: name (without any `bert.`-style prefix) and shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorShape {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+impl Dims {
+    /// The family's dims from a parsed config.json, checked.
+    pub fn from_config(family: Family, v: &Value) -> Result<Self, ConfigError> {
+        let dims = family.0.dims(v)?;
+        config::check(&dims, family.0.dim_names())?;
+        Ok(dims)
+    }
+
+    /// Qwen3-MoE: whether layer `l` (from 0) is a mixture of experts (candle:
+    /// `num_experts > 0 && (l + 1) % decoder_sparse_step == 0`).
+    #[must_use]
+    pub fn is_moe_layer(&self, l: usize) -> bool {
+        self.experts > 0 && self.sparse_step > 0 && (l + 1).is_multiple_of(self.sparse_step)
+    }
+
+    #[must_use]
+    pub fn head_dim(&self) -> usize {
+        self.head_dim_override.unwrap_or(self.hidden / self.heads)
+    }
+
+    /// The tensors candle's model for this family loads, in candle's names.
+    #[must_use]
+    pub fn tensors(&self, family: Family) -> Vec<TensorShape> {
+        family.0.tensors(self)
+    }
+
+    /// Parameters candle's model holds (tied embeddings once; BERT has no pooler in candle).
+    #[must_use]
+    pub fn candle_parameters(&self, family: Family) -> u64 {
+        self.tensors(family)
+            .iter()
+            .map(|t| t.shape.iter().product::<usize>() as u64)
+            .sum()
+    }
+
+    /// Parameters as published (BERT checkpoints include the pooler: hidden² + hidden).
+    #[must_use]
+    pub fn published_parameters(&self, family: Family) -> u64 {
+        let pooler = if family.0.has_pooler() {
+            (self.hidden * self.hidden + self.hidden) as u64
+        } else {
+            0
+        };
+        self.candle_parameters(family) + pooler
+    }
+}
+
+/// A collector for [`Room::tensors`]: `t(name, shape)` pushes one.
+fn tensor_list(fill: impl FnOnce(&mut dyn FnMut(String, &[usize]))) -> Vec<TensorShape> {
+    let mut out = Vec::new();
+    fill(&mut |name, shape| {
+        out.push(TensorShape {
+            name,
+            shape: shape.to_vec(),
+        });
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Family, ROOMS};
+    use serde_json::json;
+
+    /// Each room answers to its own name, its aliases and its architectures, and a family
+    /// travels through a journal by name.
+    #[test]
+    fn every_room_is_found_by_name_alias_and_architecture_and_round_trips() {
+        let mut names: Vec<&str> = ROOMS.iter().map(|r| r.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ROOMS.len(), "room names are unique");
+        for f in Family::all() {
+            let v = json!({ "model_type": f.name() });
+            assert_eq!(Family::detect(v.as_object().unwrap()), Ok(f));
+            for a in f.room().aliases() {
+                let by_type = json!({ "model_type": a });
+                let by_arch =
+                    json!({ "architectures": [format!("{}ForCausalLM", a.replace('-', ""))] });
+                assert_eq!(Family::detect(by_type.as_object().unwrap()), Ok(f), "{a}");
+                assert_eq!(Family::detect(by_arch.as_object().unwrap()), Ok(f), "{a}");
+            }
+            let text = serde_json::to_string(&f).unwrap();
+            assert_eq!(text, format!("\"{}\"", f.name()));
+            assert_eq!(serde_json::from_str::<Family>(&text).unwrap(), f);
+        }
+        let e = serde_json::from_str::<Family>("\"gpt2\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown family 'gpt2'") && e.contains("bert"),
+            "{e}"
+        );
+    }
+}
