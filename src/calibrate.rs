@@ -123,7 +123,7 @@ pub fn measure(
     Ok(Runtime::from_baseline(
         &spec,
         dtype,
-        ready.threads,
-        ready.baseline_bytes,
+        ready.built.threads,
+        ready.built.baseline_bytes,
     ))
 }

@@ -474,9 +474,9 @@ impl Progress {
             SweepEvent::WorkerReady(w) => self.line(&format!(
                 "worker ready ({}): weights {}, baseline {}, built in {:.1}s",
                 w.build().label(),
-                human_bytes(w.weights_bytes),
-                human_bytes(w.baseline_bytes),
-                w.build_seconds
+                human_bytes(w.built.weights_bytes),
+                human_bytes(w.built.baseline_bytes),
+                w.built.build_seconds
             )),
             SweepEvent::LoadFailed { build, reason } => {
                 self.line(&format!(

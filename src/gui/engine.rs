@@ -310,11 +310,12 @@ impl OomLabApp {
                     log.push(format!(
                         "worker ready ({}): weights {}, baseline {}, {} threads, built in {:.1}s{}",
                         w.build().label(),
-                        crate::plan::human_bytes(w.weights_bytes),
-                        crate::plan::human_bytes(w.baseline_bytes),
-                        w.threads,
-                        w.build_seconds,
-                        w.versions
+                        crate::plan::human_bytes(w.built.weights_bytes),
+                        crate::plan::human_bytes(w.built.baseline_bytes),
+                        w.built.threads,
+                        w.built.build_seconds,
+                        w.built
+                            .versions
                             .as_ref()
                             .map_or_else(String::new, |v| format!("; {}", v.text()))
                     ));

@@ -96,10 +96,7 @@ fn invalid(field: PlanField, message: String) -> PlanError {
 
 /// The plan fields the settings give, parsed (every field: the window has a control for each).
 fn overrides(s: &Settings, model: ModelRef) -> Result<PlanOverrides, PlanError> {
-    let device: DeviceKind = s
-        .device
-        .parse()
-        .map_err(|e| invalid(PlanField::Device, e))?;
+    let device: DeviceKind = s.device;
     let dtypes: Vec<Precision> = [
         (s.f32, Precision::F32),
         (s.f16, Precision::F16),

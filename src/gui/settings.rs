@@ -1,7 +1,7 @@
 //! The small persisted settings struct (eframe storage). Runtime handles live beside it.
 
 use crate::plan::{
-    Attn, Optimizer, Precision, Runtime, Strategy, SweepPlan, Task, Workload, defaults,
+    Attn, DeviceKind, Optimizer, Precision, Runtime, Strategy, SweepPlan, Task, Workload, defaults,
 };
 use eframe::egui;
 use serde::{Deserialize, Serialize};
@@ -57,8 +57,8 @@ pub struct Settings {
     pub headroom: String,
     pub strategy: Strategy,
     pub theme: ThemeChoice,
-    /// `cpu` or `cuda:N`.
-    pub device: String,
+    /// The CPU or a GPU (stored as `cpu` or `cuda:N`).
+    pub device: DeviceKind,
     pub threads: usize,
     /// Run with a capacity above what this machine can hold (never persisted).
     #[serde(skip)]
@@ -107,7 +107,7 @@ impl Default for Settings {
             headroom: String::new(),
             strategy: Strategy::default(),
             theme: ThemeChoice::System,
-            device: "cpu".into(),
+            device: DeviceKind::Cpu,
             threads: 1,
             allow_overcommit: false,
             recent_models: Vec::new(),
@@ -151,7 +151,7 @@ impl Settings {
         }
         self.headroom = format!("{}%", (plan.headroom * 100.0 * 1000.0).round() / 1000.0);
         self.strategy = plan.strategy;
-        self.device = plan.device.name();
+        self.device = plan.device.kind();
         self.threads = plan.device.threads();
     }
 }

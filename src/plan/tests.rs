@@ -199,3 +199,25 @@ fn sizes_and_headroom_parse() {
     assert!("f64".parse::<Precision>().is_err());
     assert_eq!("bfloat16".parse::<Precision>().unwrap(), Precision::Bf16);
 }
+
+/// The window stores its device as text, as it always did (`cpu`, `cuda:N`): settings saved
+/// before the device was typed still load.
+#[test]
+fn a_device_kind_is_stored_as_its_name() {
+    assert_eq!(
+        serde_json::to_string(&DeviceKind::Cuda { index: 1 }).unwrap(),
+        "\"cuda:1\""
+    );
+    assert_eq!(
+        serde_json::from_str::<DeviceKind>("\"CPU\"").unwrap(),
+        DeviceKind::Cpu
+    );
+    assert_eq!(
+        serde_json::from_str::<DeviceKind>("\"gpu:2\"").unwrap(),
+        DeviceKind::Cuda { index: 2 }
+    );
+    let e = serde_json::from_str::<DeviceKind>("\"tpu\"")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown device 'tpu'"), "{e}");
+}

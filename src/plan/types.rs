@@ -156,9 +156,15 @@ impl Device {
     /// `cpu` or `cuda:N`, as `--device` takes it.
     #[must_use]
     pub fn name(self) -> String {
+        self.kind().to_string()
+    }
+
+    /// The kind of device, without the CPU's thread count.
+    #[must_use]
+    pub fn kind(self) -> DeviceKind {
         match self {
-            Self::Cpu { .. } => "cpu".into(),
-            Self::Cuda { index } => format!("cuda:{index}"),
+            Self::Cpu { .. } => DeviceKind::Cpu,
+            Self::Cuda { index } => DeviceKind::Cuda { index },
         }
     }
 
@@ -185,11 +191,38 @@ impl fmt::Display for Device {
     }
 }
 
-/// What `--device` names: the kind of device, without the CPU's thread count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What `--device` names: the kind of device, without the CPU's thread count. Stored as its
+/// name (`cpu`, `cuda:N`), as the window's settings always were.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub enum DeviceKind {
+    #[default]
     Cpu,
-    Cuda { index: usize },
+    Cuda {
+        index: usize,
+    },
+}
+
+impl fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda { index } => write!(f, "cuda:{index}"),
+        }
+    }
+}
+
+impl From<DeviceKind> for String {
+    fn from(d: DeviceKind) -> Self {
+        d.to_string()
+    }
+}
+
+impl TryFrom<String> for DeviceKind {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
 }
 
 impl DeviceKind {

@@ -10,9 +10,9 @@ pub use journal::{
     Journal, JournalContents, JournalError, parse as parse_journal, read as read_journal,
 };
 pub use records::{
-    BoundaryRecord, CUDA_FIGURES, CurvePick, CurveRecommendation, Failure, HOST_LIMITED_PICK,
-    Header, JournalLine, Outcome, PICK_RULE, Purpose, Recommendation, Results, Stop,
-    TRAINING_NEEDS_MORE, Timeline, TimelineMark, TrialRecord, Versions, WorkerInfo,
+    BoundaryRecord, Built, CUDA_FIGURES, CurvePick, CurveRecommendation, Failure,
+    HOST_LIMITED_PICK, Header, JournalLine, Outcome, PICK_RULE, Purpose, Recommendation, Results,
+    Stop, TRAINING_NEEDS_MORE, Timeline, TimelineMark, TrialRecord, Versions, WorkerInfo,
 };
 pub use summary::{CurvePhase, curve_phase, summarize, trial_cap};
 

@@ -209,7 +209,37 @@ impl TrialRecord {
     }
 }
 
-/// What a worker reported once its model was built.
+/// What a worker reports once its model is built: the same facts on the wire
+/// (`protocol::Ready`, beside the worker's pid) and in the journal ([`WorkerInfo`], beside the
+/// curve it was built for). Flattened into both, so neither's JSON changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Built {
+    pub weights_bytes: u64,
+    pub baseline_bytes: u64,
+    pub threads: usize,
+    pub from_checkpoint: bool,
+    pub build_seconds: f64,
+    /// The most live bytes this machine can hold for the worker (its memory, less a margin, over
+    /// the allocator's overhead); a request beyond it ends the trial as `host_memory` (null in
+    /// old journals).
+    #[serde(default)]
+    pub host_ceiling_bytes: Option<u64>,
+    /// CUDA: what the process holds outside the memory pool after warm-up (context, kernel
+    /// modules, cuBLAS workspace), measured once.
+    #[serde(default)]
+    pub overhead_bytes: Option<u64>,
+    /// CUDA: device memory held back so that only the capacity being simulated remains.
+    #[serde(default)]
+    pub ballast_bytes: Option<u64>,
+    /// CUDA: the most the pool can reach on this worker (the capacity less the overhead).
+    #[serde(default)]
+    pub pool_capacity_bytes: Option<u64>,
+    /// PyTorch: the versions the worker runs with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versions: Option<Versions>,
+}
+
+/// A worker, as the journal records it: what was built, for which curve.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerInfo {
     #[serde(default)]
@@ -217,24 +247,8 @@ pub struct WorkerInfo {
     pub dtype: Precision,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub checkpointing: bool,
-    pub weights_bytes: u64,
-    pub baseline_bytes: u64,
-    pub threads: usize,
-    pub from_checkpoint: bool,
-    pub build_seconds: f64,
-    /// The most live bytes the machine could hold for this worker (null in old journals).
-    #[serde(default)]
-    pub host_ceiling_bytes: Option<u64>,
-    /// CUDA only: overhead outside the pool, the ballast, and the most the pool can reach.
-    #[serde(default)]
-    pub overhead_bytes: Option<u64>,
-    #[serde(default)]
-    pub ballast_bytes: Option<u64>,
-    #[serde(default)]
-    pub pool_capacity_bytes: Option<u64>,
-    /// PyTorch: the versions the worker ran with.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub versions: Option<Versions>,
+    #[serde(flatten)]
+    pub built: Built,
 }
 
 impl WorkerInfo {

@@ -83,7 +83,7 @@ fn baseline_for(curve: Curve, trials: &[TrialRecord], workers: &[WorkerInfo]) ->
                 .iter()
                 .rev()
                 .find(|w| w.build() == curve.build())
-                .map(|w| w.baseline_bytes)
+                .map(|w| w.built.baseline_bytes)
         })
 }
 
@@ -129,7 +129,7 @@ pub fn curve_phase(
     // capacity overcommits it (CPU). On CUDA a trial's total holds the overhead outside the
     // pool already, so the capacity itself is the ceiling.
     let worker = workers.iter().rev().find(|w| w.build() == curve.build());
-    let ceiling = worker.and_then(|w| w.host_ceiling_bytes);
+    let ceiling = worker.and_then(|w| w.built.host_ceiling_bytes);
     let capacity_bytes = ceiling.map_or(plan.capacity_bytes, |c| c.min(plan.capacity_bytes));
     let baseline_bytes = baseline_for(curve, trials, workers);
     // The estimator models candle's forward; PyTorch's curves start from a probe and follow
@@ -272,7 +272,7 @@ fn host_limit(
             .iter()
             .rev()
             .find(|w| w.build() == curve.build())
-            .and_then(|w| w.host_ceiling_bytes),
+            .and_then(|w| w.built.host_ceiling_bytes),
     })
 }
 
@@ -409,15 +409,15 @@ pub fn summarize(c: &JournalContents) -> Results {
     let mut torch_versions = BTreeMap::new();
     for w in &c.workers {
         let key = w.build().label();
-        weights_bytes.insert(key.clone(), w.weights_bytes);
-        baseline_bytes.insert(key.clone(), w.baseline_bytes);
-        if let Some(o) = w.overhead_bytes {
+        weights_bytes.insert(key.clone(), w.built.weights_bytes);
+        baseline_bytes.insert(key.clone(), w.built.baseline_bytes);
+        if let Some(o) = w.built.overhead_bytes {
             overhead_bytes.insert(key.clone(), o);
         }
-        if let Some(b) = w.ballast_bytes {
+        if let Some(b) = w.built.ballast_bytes {
             ballast_bytes.insert(key.clone(), b);
         }
-        if let Some(v) = &w.versions {
+        if let Some(v) = &w.built.versions {
             torch_versions.insert(key, v.clone());
         }
     }
@@ -433,7 +433,7 @@ pub fn summarize(c: &JournalContents) -> Results {
         forward: c.header.forward.clone(),
         config_hash: c.header.config_hash.clone(),
         device: plan.device,
-        threads: c.workers.last().map(|w| w.threads),
+        threads: c.workers.last().map(|w| w.built.threads),
         host_memory_bytes: c.host.map(|h| h.physical_bytes),
         host_available_bytes: c.host.map(|h| h.available_bytes),
         host_cgroup_limit_bytes: c.host.and_then(|h| h.cgroup_limit_bytes),

@@ -355,16 +355,7 @@ impl Sweep {
                 runtime: curve.runtime,
                 dtype: curve.dtype,
                 checkpointing: curve.checkpointing,
-                weights_bytes: ready.weights_bytes,
-                baseline_bytes: ready.baseline_bytes,
-                threads: ready.threads,
-                from_checkpoint: ready.from_checkpoint,
-                build_seconds: ready.build_seconds,
-                host_ceiling_bytes: ready.host_ceiling_bytes,
-                overhead_bytes: ready.overhead_bytes,
-                ballast_bytes: ready.ballast_bytes,
-                pool_capacity_bytes: ready.pool_capacity_bytes,
-                versions: ready.versions,
+                built: ready.built,
             };
             self.record(JournalLine::Worker(info.clone()))?;
             sink(SweepEvent::WorkerReady(info));

@@ -12,6 +12,7 @@ use crate::catalog::{ModelRef, ModelSpec};
 use crate::measure::alloc;
 use crate::models::{self, LoadedModel, ModelError};
 use crate::plan::{self, Precision, human_bytes};
+use crate::report::Built;
 use candle_core::Device;
 use std::io::{BufRead, Write};
 use std::time::Instant;
@@ -180,17 +181,19 @@ fn load_cpu(
     let m = build_warm(spec, dtype, &device)?;
     let baseline_bytes = alloc::live_bytes();
     let ready = Ready {
-        weights_bytes: m.weights_bytes,
-        baseline_bytes,
-        threads: rayon::current_num_threads(),
-        build_seconds: t0.elapsed().as_secs_f64(),
-        from_checkpoint: m.from_checkpoint,
         pid: std::process::id(),
-        host_ceiling_bytes,
-        overhead_bytes: None,
-        ballast_bytes: None,
-        pool_capacity_bytes: None,
-        versions: None,
+        built: Built {
+            weights_bytes: m.weights_bytes,
+            baseline_bytes,
+            threads: rayon::current_num_threads(),
+            build_seconds: t0.elapsed().as_secs_f64(),
+            from_checkpoint: m.from_checkpoint,
+            host_ceiling_bytes,
+            overhead_bytes: None,
+            ballast_bytes: None,
+            pool_capacity_bytes: None,
+            versions: None,
+        },
     };
     // From here on the capacity is enforced: a request beyond it aborts the process.
     alloc::set_budget(Some(capacity_bytes));
@@ -229,17 +232,19 @@ fn load_cuda(
     let m = build_warm(spec, dtype, &device)?;
     let (meter, ready_gpu) = meter.settle(prepared)?;
     let ready = Ready {
-        weights_bytes: m.weights_bytes,
-        baseline_bytes: ready_gpu.baseline_bytes,
-        threads: 1,
-        build_seconds: t0.elapsed().as_secs_f64(),
-        from_checkpoint: m.from_checkpoint,
         pid: std::process::id(),
-        host_ceiling_bytes: None,
-        overhead_bytes: Some(ready_gpu.overhead_bytes),
-        ballast_bytes: Some(ready_gpu.ballast_bytes),
-        pool_capacity_bytes: Some(ready_gpu.pool_capacity_bytes),
-        versions: None,
+        built: Built {
+            weights_bytes: m.weights_bytes,
+            baseline_bytes: ready_gpu.baseline_bytes,
+            threads: 1,
+            build_seconds: t0.elapsed().as_secs_f64(),
+            from_checkpoint: m.from_checkpoint,
+            host_ceiling_bytes: None,
+            overhead_bytes: Some(ready_gpu.overhead_bytes),
+            ballast_bytes: Some(ready_gpu.ballast_bytes),
+            pool_capacity_bytes: Some(ready_gpu.pool_capacity_bytes),
+            versions: None,
+        },
     };
     let state = State {
         model: m,

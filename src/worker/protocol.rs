@@ -70,29 +70,9 @@ pub const STARTED_LINE: &str = "{\"reply\":\"started\"}\n";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ready {
-    pub weights_bytes: u64,
-    /// Live bytes after build and warm-up: the intercept of memory against batch.
-    pub baseline_bytes: u64,
-    pub threads: usize,
-    pub build_seconds: f64,
-    pub from_checkpoint: bool,
     pub pid: u32,
-    /// The most live bytes this machine can hold for the worker (its memory, less a margin, over
-    /// the allocator's overhead); a request beyond it ends the trial as `host_memory`.
-    pub host_ceiling_bytes: Option<u64>,
-    /// CUDA: what the process holds outside the memory pool after warm-up (context, kernel
-    /// modules, cuBLAS workspace), measured once.
-    #[serde(default)]
-    pub overhead_bytes: Option<u64>,
-    /// CUDA: device memory held back so that only the capacity being simulated remains.
-    #[serde(default)]
-    pub ballast_bytes: Option<u64>,
-    /// CUDA: the most the pool can reach on this worker (the capacity less the overhead).
-    #[serde(default)]
-    pub pool_capacity_bytes: Option<u64>,
-    /// PyTorch: the versions the worker runs with.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub versions: Option<Versions>,
+    #[serde(flatten)]
+    pub built: crate::report::Built,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -240,7 +240,7 @@ fn real_checkpoints_count_their_bytes_and_peak_like_synthetic_weights() {
         assert_eq!(rs.weights_bytes["f32"], file_bytes, "{name}");
         assert!(
             ev.iter()
-                .any(|e| matches!(e, SweepEvent::WorkerReady(w) if w.from_checkpoint))
+                .any(|e| matches!(e, SweepEvent::WorkerReady(w) if w.built.from_checkpoint))
         );
         let peaks = |r: &report::Results| {
             r.trials

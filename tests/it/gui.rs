@@ -971,7 +971,10 @@ fn the_gpus_the_driver_reports_are_listed_with_live_gauges_and_their_processes()
     h.get_by_label_contains("cuda:1 · NVIDIA H200 · 138.0 GiB free (needs a CUDA build)")
         .click();
     settle(&mut h);
-    assert_eq!(h.state().settings.device, "cuda:1");
+    assert_eq!(
+        h.state().settings.device,
+        oomlab::plan::DeviceKind::Cuda { index: 1 }
+    );
     assert!(run_disabled(&h));
     shown(
         &h,

@@ -5,7 +5,7 @@ use crate::catalog::{CatalogEntry, EntrySource};
 use crate::gui::Command;
 use crate::gui::form::{format_params, label};
 use crate::gui::settings::Settings;
-use crate::plan::{Attn, Optimizer, Strategy, Task, Workload};
+use crate::plan::{Attn, DeviceKind, Optimizer, Strategy, Task, Workload};
 use eframe::egui;
 use egui::{Color32, RichText};
 
@@ -23,7 +23,7 @@ pub fn panel(
         model_ui(view, settings, filter, ui, cmds);
         ui.separator();
         device_ui(view, settings, ui);
-        let on_gpu = settings.device != "cpu";
+        let on_gpu = settings.device != DeviceKind::Cpu;
         labelled_text(
             ui,
             label::CAPACITY,
@@ -250,7 +250,7 @@ fn model_ui(
             settings.batch = d.batch.into();
             settings.capacity = d.capacity.into();
             settings.strategy = Strategy::Grid;
-            settings.device = "cpu".into();
+            settings.device = DeviceKind::Cpu;
         }
     });
     picker(view, settings, filter, ui);
@@ -299,13 +299,17 @@ fn device_ui(view: &View<'_>, settings: &mut Settings, ui: &mut egui::Ui) {
     };
     let selected = gpus
         .iter()
-        .find(|g| format!("cuda:{}", g.index) == settings.device)
+        .find(|g| {
+            DeviceKind::Cuda {
+                index: g.index as usize,
+            } == settings.device
+        })
         .map_or_else(
             || {
-                if settings.device == "cpu" {
+                if settings.device == DeviceKind::Cpu {
                     "CPU (simulated capacity)".to_string()
                 } else {
-                    settings.device.clone()
+                    settings.device.to_string()
                 }
             },
             name_of,
@@ -316,13 +320,15 @@ fn device_ui(view: &View<'_>, settings: &mut Settings, ui: &mut egui::Ui) {
         .show_ui(ui, |ui| {
             ui.selectable_value(
                 &mut settings.device,
-                "cpu".into(),
+                DeviceKind::Cpu,
                 "CPU (simulated capacity)",
             );
             for g in gpus {
                 ui.selectable_value(
                     &mut settings.device,
-                    format!("cuda:{}", g.index),
+                    DeviceKind::Cuda {
+                        index: g.index as usize,
+                    },
                     name_of(g),
                 );
             }

@@ -246,16 +246,18 @@ fn on_a_gpu_the_estimator_only_sizes_the_first_probe() {
         runtime: crate::plan::Runtime::Candle,
         dtype: Precision::F32,
         checkpointing: false,
-        weights_bytes: 1 << 20,
-        baseline_bytes: 2 << 20,
-        threads: 1,
-        from_checkpoint: false,
-        build_seconds: 0.0,
-        host_ceiling_bytes: None,
-        overhead_bytes: None,
-        ballast_bytes: None,
-        pool_capacity_bytes: None,
-        versions: None,
+        built: crate::report::Built {
+            weights_bytes: 1 << 20,
+            baseline_bytes: 2 << 20,
+            threads: 1,
+            from_checkpoint: false,
+            build_seconds: 0.0,
+            host_ceiling_bytes: None,
+            overhead_bytes: None,
+            ballast_bytes: None,
+            pool_capacity_bytes: None,
+            versions: None,
+        },
     };
     let first = |device: Device, trials: &[TrialRecord]| {
         let p = SweepPlan {
