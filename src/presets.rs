@@ -141,9 +141,14 @@ pub const PRESETS: &[GpuPreset] = &[
 /// What a CPU sweep against a preset is, said wherever its results are shown.
 pub const CPU_NOTE: &str = "a CPU measurement against this GPU's capacity: the CUDA context, kernels and cuBLAS workspace a real GPU holds are not in it";
 
+/// A GPU name no preset answers to, in words that list the presets.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UnknownGpu(String);
+
 /// The preset `text` names (its id, case and `-`/`_`/spaces ignored; `a100` alone is refused
 /// as ambiguous).
-pub fn find(text: &str) -> Result<&'static GpuPreset, String> {
+pub fn find(text: &str) -> Result<&'static GpuPreset, UnknownGpu> {
     let norm = |s: &str| {
         s.chars()
             .filter(|c| !matches!(c, '-' | '_' | ' '))
@@ -155,11 +160,11 @@ pub fn find(text: &str) -> Result<&'static GpuPreset, String> {
         .iter()
         .find(|p| norm(p.id) == want || norm(p.name) == want)
         .ok_or_else(|| {
-            format!(
+            UnknownGpu(format!(
                 "unknown GPU '{}'; choose one of {}",
                 text.trim(),
                 PRESETS.iter().map(|p| p.id).collect::<Vec<_>>().join(", ")
-            )
+            ))
         })
 }
 
@@ -233,7 +238,7 @@ mod tests {
         assert_eq!(find("T4").unwrap().id, "t4");
         assert_eq!(find("a100_80").unwrap().id, "a100-80");
         assert_eq!(find("GeForce RTX 4090").unwrap().id, "rtx4090");
-        let e = find("a100").unwrap_err();
+        let e = find("a100").unwrap_err().to_string();
         assert!(e.contains("a100-40") && e.contains("a100-80"), "{e}");
         for p in PRESETS {
             assert_eq!(find(p.id).unwrap(), p);

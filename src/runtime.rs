@@ -181,12 +181,17 @@ impl Optimizer {
     }
 }
 
+/// A word that is neither on nor off.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not on or off; write e.g. off,on")]
+pub struct NotOnOff(String);
+
 /// Parses `off`/`on` (and the usual spellings) for `--gradient-checkpointing`.
-pub fn parse_on_off(s: &str) -> Result<bool, String> {
+pub fn parse_on_off(s: &str) -> Result<bool, NotOnOff> {
     match s.trim().to_ascii_lowercase().as_str() {
         "on" | "true" | "yes" | "1" => Ok(true),
         "off" | "false" | "no" | "0" => Ok(false),
-        other => Err(format!("'{other}' is not on or off; write e.g. off,on")),
+        other => Err(NotOnOff(other.to_string())),
     }
 }
 

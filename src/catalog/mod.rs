@@ -609,9 +609,9 @@ pub fn parse_config(origin: &str, text: &str) -> Result<(Family, Dims), CatalogE
             origin: origin.to_string(),
         });
     };
-    let family = Family::detect(obj).map_err(|found| CatalogError::UnknownArchitecture {
+    let family = Family::detect(obj).map_err(|e| CatalogError::UnknownArchitecture {
         origin: origin.to_string(),
-        found,
+        found: e.found,
     })?;
     let dims = Dims::from_config(family, &value).map_err(|e| CatalogError::Field {
         origin: origin.to_string(),

@@ -20,7 +20,9 @@ pub const PASTE_PROMPT: &str = if cfg!(windows) {
 
 /// `--gpu` of `oomlab explain`: the preset itself (its compute capability picks the precision
 /// advice; its memory is the capacity for `--model` when the message gives none).
-pub(super) fn parse_gpu_preset(text: &str) -> Result<&'static GpuPreset, String> {
+pub(super) fn parse_gpu_preset(
+    text: &str,
+) -> Result<&'static GpuPreset, crate::presets::UnknownGpu> {
     crate::presets::find(text)
 }
 

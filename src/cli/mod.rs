@@ -199,7 +199,7 @@ impl From<PlanError> for CliError {
 }
 
 /// A `--gpu` preset's memory.
-fn parse_gpu(text: &str) -> Result<u64, String> {
+fn parse_gpu(text: &str) -> Result<u64, crate::presets::UnknownGpu> {
     crate::presets::find(text).map(|p| p.total_bytes)
 }
 

@@ -122,7 +122,7 @@ fn estimate_note(preset: &GpuPreset) -> String {
 /// largest batch the estimator gives for candle's inference forward at seq 128 (estimated, not
 /// measured; no CUDA context, no training state).
 pub(super) fn models_on_gpu(gpu: &str, worker: &WorkerConfig) -> Result<(), CliError> {
-    let preset = crate::presets::find(gpu).map_err(CliError::usage)?;
+    let preset = crate::presets::find(gpu).map_err(|e| CliError::usage(e.to_string()))?;
     let threads = crate::plan::defaults::threads();
     let cancel = AtomicBool::new(false);
     let mut out = Out::new();

@@ -225,8 +225,8 @@ impl Family {
         }
     }
 
-    /// Reads `model_type`, then `architectures`. Returns what was found when unsupported.
-    pub fn detect(obj: &Map<String, Value>) -> Result<Self, String> {
+    /// Reads `model_type`, then `architectures`. Says what was found when unsupported.
+    pub fn detect(obj: &Map<String, Value>) -> Result<Self, UnknownFamily> {
         let model_type = obj.get("model_type").and_then(Value::as_str);
         let archs: Vec<&str> = obj
             .get("architectures")
@@ -260,8 +260,15 @@ impl Family {
             (None, Some(a)) => format!("'{a}'"),
             (None, None) => "(no \"model_type\" or \"architectures\" field)".to_string(),
         };
-        Err(found)
+        Err(UnknownFamily { found })
     }
+}
+
+/// A config whose family oomlab does not read: what its `architectures` / `model_type` say.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no family reads {found}")]
+pub struct UnknownFamily {
+    pub found: String,
 }
 
 impl PartialEq for Family {
