@@ -47,7 +47,7 @@ impl Room for Bert {
         _dtype: DType,
         _device: &Device,
     ) -> std::result::Result<AnyModel, BuildError> {
-        let cfg: bert::Config = candle_config(config).map_err(BuildError::Config)?;
+        let cfg: bert::Config = candle_config(config)?;
         Ok(bert::BertModel::load(vb, &cfg)?.into())
     }
     // token type ids (`zeros_like`) and the attention mask (`ones_like`)

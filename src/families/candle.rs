@@ -46,7 +46,7 @@ pub fn missing(what: &str) -> candle_core::Error {
 pub enum BuildError {
     /// candle's config type refused the config.
     #[error("{0}")]
-    Config(ConfigError),
+    Config(#[from] ConfigError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

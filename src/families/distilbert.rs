@@ -81,7 +81,7 @@ impl Room for DistilBert {
         _dtype: DType,
         _device: &Device,
     ) -> std::result::Result<AnyModel, BuildError> {
-        let cfg: distilbert::Config = candle_config(config).map_err(BuildError::Config)?;
+        let cfg: distilbert::Config = candle_config(config)?;
         Ok(distilbert::DistilBertModel::load(vb, &cfg)?.into())
     }
     // `Tensor::zeros((b, 1, 1, s), U8)`

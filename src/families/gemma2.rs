@@ -44,30 +44,7 @@ impl Room for Gemma2 {
         })
     }
     fn tensors(&self, d: &Dims) -> Vec<TensorShape> {
-        let (h, i) = (d.hidden, d.intermediate);
-        let (qd, kv) = (d.heads * d.head_dim(), d.kv_heads * d.head_dim());
-        tensor_list(|t| {
-            t("model.embed_tokens.weight".into(), &[d.vocab, h]);
-            for l in 0..d.layers {
-                let p = format!("model.layers.{l}");
-                t(format!("{p}.self_attn.q_proj.weight"), &[qd, h]);
-                t(format!("{p}.self_attn.k_proj.weight"), &[kv, h]);
-                t(format!("{p}.self_attn.v_proj.weight"), &[kv, h]);
-                t(format!("{p}.self_attn.o_proj.weight"), &[h, qd]);
-                t(format!("{p}.mlp.gate_proj.weight"), &[i, h]);
-                t(format!("{p}.mlp.up_proj.weight"), &[i, h]);
-                t(format!("{p}.mlp.down_proj.weight"), &[h, i]);
-                for n in [
-                    "input_layernorm",
-                    "post_attention_layernorm",
-                    "pre_feedforward_layernorm",
-                    "post_feedforward_layernorm",
-                ] {
-                    t(format!("{p}.{n}.weight"), &[h]);
-                }
-            }
-            t("model.norm.weight".into(), &[h]);
-        })
+        gemma_tensors(d, false)
     }
     fn check_candle(&self, config: &str, _d: &Dims) -> std::result::Result<(), ConfigError> {
         candle_config::<gemma2::Config>(config).map(drop)
@@ -80,7 +57,7 @@ impl Room for Gemma2 {
         _dtype: DType,
         _device: &Device,
     ) -> std::result::Result<AnyModel, BuildError> {
-        let cfg: gemma2::Config = candle_config(config).map_err(BuildError::Config)?;
+        let cfg: gemma2::Config = candle_config(config)?;
         Ok(gemma2::Model::new(false, &cfg, vb)?.into())
     }
     fn table_bytes(&self, d: &Dims, dt: Dt) -> u64 {
@@ -92,6 +69,68 @@ impl Room for Gemma2 {
 }
 
 prefill_decoder!(gemma2::Model);
+
+/// The tensors of candle's Gemma 2 and Gemma 3: `qk_norm` for Gemma 3's per-head query and key
+/// norms; biases on the projections where `attention_bias` says so (never in Gemma 2's dims);
+/// four norms per layer; the head tied to the embeddings.
+pub(super) fn gemma_tensors(d: &Dims, qk_norm: bool) -> Vec<TensorShape> {
+    let (h, i) = (d.hidden, d.intermediate);
+    let hd = d.head_dim();
+    let (qd, kv) = (d.heads * hd, d.kv_heads * hd);
+    tensor_list(|t| {
+        t("model.embed_tokens.weight".into(), &[d.vocab, h]);
+        for l in 0..d.layers {
+            let p = format!("model.layers.{l}");
+            for (name, rows) in [("q_proj", qd), ("k_proj", kv), ("v_proj", kv)] {
+                t(format!("{p}.self_attn.{name}.weight"), &[rows, h]);
+                if d.attention_bias {
+                    t(format!("{p}.self_attn.{name}.bias"), &[rows]);
+                }
+            }
+            t(format!("{p}.self_attn.o_proj.weight"), &[h, qd]);
+            if d.attention_bias {
+                t(format!("{p}.self_attn.o_proj.bias"), &[h]);
+            }
+            if qk_norm {
+                t(format!("{p}.self_attn.q_norm.weight"), &[hd]);
+                t(format!("{p}.self_attn.k_norm.weight"), &[hd]);
+            }
+            t(format!("{p}.mlp.gate_proj.weight"), &[i, h]);
+            t(format!("{p}.mlp.up_proj.weight"), &[i, h]);
+            t(format!("{p}.mlp.down_proj.weight"), &[h, i]);
+            for n in [
+                "input_layernorm",
+                "post_attention_layernorm",
+                "pre_feedforward_layernorm",
+                "post_feedforward_layernorm",
+            ] {
+                t(format!("{p}.{n}.weight"), &[h]);
+            }
+        }
+        t("model.norm.weight".into(), &[h]);
+    })
+}
+
+/// A Gemma decoder layer after its attention (Gemma 2 and 3): `let xs =
+/// xs.apply(&post_attention_layernorm)?; let xs = (xs + residual)?;`, then the pre-feedforward
+/// norm, the MLP, the post-feedforward norm and `residual + xs`. Every shadowed binding (the
+/// normed input `xn`, the attention output, the sum, the pre-feedforward norm, the MLP output)
+/// stays alive to the end.
+pub(super) fn after_attention(r: &Run<'_>, residual: &T, xn: T, attn: T) -> T {
+    let sum = {
+        let pan = gemma_norm(r, &attn);
+        let sum = pan.binary(residual);
+        drop(pan);
+        sum
+    };
+    let pre = gemma_norm(r, &sum);
+    let mlp_out = gated_mlp(r, &pre);
+    let post = gemma_norm(r, &mlp_out);
+    let out = sum.binary(&post);
+    drop(post);
+    drop((xn, attn, sum, pre, mlp_out));
+    out
+}
 
 /// candle's `gemma2::Model::forward`: embeddings scaled by √hidden, Gemma's f32 norms before and
 /// after attention and the MLP, logit soft-capping in attention and at the head (tied to the
@@ -162,21 +201,7 @@ fn simulated(r: &Run<'_>, ids: &T) -> T {
                 drop((q, k, v, q1, q2, k3, v3, attn_output));
                 y
             };
-            // `let xs = xs.apply(&post_attention_layernorm)?; let xs = (xs + residual)?;`
-            let sum = {
-                let pan = gemma_norm(r, &attn);
-                let sum = pan.binary(residual);
-                drop(pan);
-                sum
-            };
-            // pre-feedforward norm, the MLP, post-feedforward norm, `residual + xs`
-            let pre = gemma_norm(r, &sum);
-            let mlp_out = gated_mlp(r, &pre);
-            let post = gemma_norm(r, &mlp_out);
-            let out = sum.binary(&post);
-            drop(post);
-            drop((xn, attn, sum, pre, mlp_out));
-            out
+            after_attention(r, residual, xn, attn)
         };
     }
     // `xs.narrow(1, seq_len - 1, 1)?.apply(&self.norm)?.apply(&self.lm_head)?`, then the

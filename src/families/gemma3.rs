@@ -16,11 +16,12 @@
 
 use super::candle::{patched_config, prefill_decoder};
 use super::config::{ConfigError, bool_field, field, named_alike};
+use super::gemma2::{after_attention, gemma_tensors};
 use super::ops::{
-    Run, attend, causal_mask, embedding, gated_mlp, gemma_norm, linear, repeat_kv, rotary_tables,
+    Run, attend, causal_mask, embedding, gemma_norm, linear, repeat_kv, rotary_tables,
 };
 use super::sim::{Dt, T};
-use super::{AnyModel, BuildError, Dims, Room, TensorShape, tensor_list};
+use super::{AnyModel, BuildError, Dims, Room, TensorShape};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use candle_transformers::models::gemma3;
@@ -75,39 +76,7 @@ impl Room for Gemma3 {
         })
     }
     fn tensors(&self, d: &Dims) -> Vec<TensorShape> {
-        let (h, i) = (d.hidden, d.intermediate);
-        let hd = d.head_dim();
-        let (qd, kv) = (d.heads * hd, d.kv_heads * hd);
-        tensor_list(|t| {
-            t("model.embed_tokens.weight".into(), &[d.vocab, h]);
-            for l in 0..d.layers {
-                let p = format!("model.layers.{l}");
-                for (name, rows) in [("q_proj", qd), ("k_proj", kv), ("v_proj", kv)] {
-                    t(format!("{p}.self_attn.{name}.weight"), &[rows, h]);
-                    if d.attention_bias {
-                        t(format!("{p}.self_attn.{name}.bias"), &[rows]);
-                    }
-                }
-                t(format!("{p}.self_attn.o_proj.weight"), &[h, qd]);
-                if d.attention_bias {
-                    t(format!("{p}.self_attn.o_proj.bias"), &[h]);
-                }
-                t(format!("{p}.self_attn.q_norm.weight"), &[hd]);
-                t(format!("{p}.self_attn.k_norm.weight"), &[hd]);
-                t(format!("{p}.mlp.gate_proj.weight"), &[i, h]);
-                t(format!("{p}.mlp.up_proj.weight"), &[i, h]);
-                t(format!("{p}.mlp.down_proj.weight"), &[h, i]);
-                for n in [
-                    "input_layernorm",
-                    "post_attention_layernorm",
-                    "pre_feedforward_layernorm",
-                    "post_feedforward_layernorm",
-                ] {
-                    t(format!("{p}.{n}.weight"), &[h]);
-                }
-            }
-            t("model.norm.weight".into(), &[h]);
-        })
+        gemma_tensors(d, true)
     }
     fn check_candle(&self, config: &str, d: &Dims) -> std::result::Result<(), ConfigError> {
         gemma3_config(config, d).map(drop)
@@ -120,7 +89,7 @@ impl Room for Gemma3 {
         _dtype: DType,
         _device: &Device,
     ) -> std::result::Result<AnyModel, BuildError> {
-        let cfg = gemma3_config(config, d).map_err(BuildError::Config)?;
+        let cfg = gemma3_config(config, d)?;
         Ok(gemma3::Model::new(false, &cfg, vb)?.into())
     }
     // Each layer's own `RotaryEmbedding` (cos and sin for every position, half a head wide, in
@@ -206,25 +175,11 @@ fn simulated(r: &Run<'_>, ids: &T) -> T {
     logits
 }
 
-/// `DecoderLayer::forward`: every shadowed binding (the normed input, the attention output,
-/// the sum, the pre-feedforward norm, the MLP output) stays alive to the end.
+/// `DecoderLayer::forward`: Gemma 2's layer around Gemma 3's attention.
 fn layer(r: &Run<'_>, xs: &T, sliding: bool, mask: Option<&T>, kvs: &mut Vec<(T, T)>) -> T {
     let xn = gemma_norm(r, xs);
     let attn = attention(r, &xn, sliding, mask, kvs);
-    // `let xs = xs.apply(&self.post_attention_layernorm)?; let xs = (xs + residual)?;`
-    let sum = {
-        let pan = gemma_norm(r, &attn);
-        let sum = pan.binary(xs);
-        drop(pan);
-        sum
-    };
-    let pre = gemma_norm(r, &sum);
-    let mlp_out = gated_mlp(r, &pre);
-    let post = gemma_norm(r, &mlp_out);
-    let out = sum.binary(&post);
-    drop(post);
-    drop((xn, attn, sum, pre, mlp_out));
-    out
+    after_attention(r, xs, xn, attn)
 }
 
 /// `Attention::forward` without flash attention, `x` the normed input.

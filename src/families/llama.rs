@@ -43,7 +43,7 @@ impl Room for Llama {
         dtype: DType,
         device: &Device,
     ) -> std::result::Result<AnyModel, BuildError> {
-        let cfg: llama::LlamaConfig = candle_config(config).map_err(BuildError::Config)?;
+        let cfg: llama::LlamaConfig = candle_config(config)?;
         let cfg = cfg.into_config(false);
         let model = llama::Llama::load(vb, &cfg)?;
         let cache = llama::Cache::new(true, dtype, &cfg, device)?;

@@ -58,7 +58,7 @@ impl Room for Mistral {
         _dtype: DType,
         _device: &Device,
     ) -> std::result::Result<AnyModel, BuildError> {
-        let cfg: mistral::Config = candle_config(config).map_err(BuildError::Config)?;
+        let cfg: mistral::Config = candle_config(config)?;
         Ok(mistral::Model::new(&cfg, vb)?.into())
     }
     fn table_bytes(&self, d: &Dims, dt: Dt) -> u64 {

@@ -84,7 +84,7 @@ impl Room for Mixtral {
         _dtype: DType,
         _device: &Device,
     ) -> std::result::Result<AnyModel, BuildError> {
-        let cfg = mixtral_config(config, d).map_err(BuildError::Config)?;
+        let cfg = mixtral_config(config, d)?;
         Ok(MixtralModel {
             pristine: mixtral::Model::new(&cfg, vb)?,
             fresh: None,

@@ -71,7 +71,7 @@ impl Room for ModernBert {
         _dtype: DType,
         _device: &Device,
     ) -> std::result::Result<AnyModel, BuildError> {
-        let cfg: modernbert::Config = candle_config(config).map_err(BuildError::Config)?;
+        let cfg: modernbert::Config = candle_config(config)?;
         Ok(modernbert::ModernBert::load(vb, &cfg)?.into())
     }
     // Two tables (global and local theta) of cos and sin, half a head wide, in the run precision.

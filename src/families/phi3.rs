@@ -69,7 +69,7 @@ impl Room for Phi3 {
         _dtype: DType,
         _device: &Device,
     ) -> std::result::Result<AnyModel, BuildError> {
-        let cfg: phi3::Config = candle_config(config).map_err(BuildError::Config)?;
+        let cfg: phi3::Config = candle_config(config)?;
         Ok(phi3::Model::new(&cfg, vb)?.into())
     }
     fn table_bytes(&self, d: &Dims, dt: Dt) -> u64 {

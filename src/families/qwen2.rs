@@ -46,7 +46,7 @@ impl Room for Qwen2 {
         _dtype: DType,
         _device: &Device,
     ) -> std::result::Result<AnyModel, BuildError> {
-        let cfg: qwen2::Config = candle_config(config).map_err(BuildError::Config)?;
+        let cfg: qwen2::Config = candle_config(config)?;
         Ok(qwen2::ModelForCausalLM::new(&cfg, vb)?.into())
     }
     fn table_bytes(&self, d: &Dims, dt: Dt) -> u64 {

@@ -43,7 +43,7 @@ impl Room for Qwen3 {
         _dtype: DType,
         _device: &Device,
     ) -> std::result::Result<AnyModel, BuildError> {
-        let cfg: qwen3::Config = candle_config(config).map_err(BuildError::Config)?;
+        let cfg: qwen3::Config = candle_config(config)?;
         Ok(qwen3::ModelForCausalLM::new(&cfg, vb)?.into())
     }
     fn table_bytes(&self, d: &Dims, dt: Dt) -> u64 {

@@ -53,7 +53,7 @@ impl Room for Qwen3Moe {
         _dtype: DType,
         _device: &Device,
     ) -> std::result::Result<AnyModel, BuildError> {
-        let cfg: qwen3_moe::Config = candle_config(config).map_err(BuildError::Config)?;
+        let cfg: qwen3_moe::Config = candle_config(config)?;
         Ok(qwen3_moe::ModelForCausalLM::new(&cfg, vb)?.into())
     }
     fn table_bytes(&self, d: &Dims, dt: Dt) -> u64 {

@@ -62,7 +62,7 @@ impl Room for Roberta {
         _dtype: DType,
         _device: &Device,
     ) -> std::result::Result<AnyModel, BuildError> {
-        let cfg = roberta_config(config).map_err(BuildError::Config)?;
+        let cfg = roberta_config(config)?;
         Ok(xlm_roberta::XLMRobertaModel::new(&cfg, vb)?.into())
     }
     // token type ids (`zeros_like`) and the attention mask (`ones_like`)
