@@ -1,9 +1,11 @@
 //! The PyTorch runtime's interpreter: which Python runs the worker, and whether it can.
 //!
-//! The worker is `torch_worker.py`, embedded in the binary and run as `python -c <source>`, so
-//! the oomlab binary alone is enough. Before any trial the interpreter is probed (the same
-//! program, `probe`): its versions of Python, torch (with its CUDA build), transformers and
-//! accelerate, or one sentence saying what is missing and the `pip install` that fixes it.
+//! The worker is the Python package `oomlab_torch`, its modules in `torch/`, embedded in the
+//! binary and run by `torch/loader.py` as `python -c <loader> <modules> <command>`
+//! ([`worker_command`]), so the oomlab binary alone is enough. Before any trial the interpreter is
+//! probed (the same program, `probe`): its versions of Python, torch (with its CUDA build),
+//! transformers and accelerate, or one sentence saying what is missing and the `pip install` that
+//! fixes it.
 
 use super::protocol::Versions;
 use serde::Deserialize;
@@ -12,8 +14,33 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The PyTorch worker's source (see docs/torch-protocol.md).
-pub const SOURCE: &str = include_str!("torch_worker.py");
+/// The PyTorch worker's modules (see docs/torch-protocol.md), in the order the loader runs them:
+/// each imports only those before it; the last is the entry point, with `main(argv)`.
+const MODULES: [(&str, &str); 7] = [
+    ("oomlab_torch.protocol", include_str!("torch/protocol.py")),
+    ("oomlab_torch.probe", include_str!("torch/probe.py")),
+    ("oomlab_torch.measure", include_str!("torch/measure.py")),
+    ("oomlab_torch.build", include_str!("torch/build.py")),
+    ("oomlab_torch.workload", include_str!("torch/workload.py")),
+    ("oomlab_torch.cuda", include_str!("torch/cuda.py")),
+    ("oomlab_torch.worker", include_str!("torch/worker.py")),
+];
+
+/// Runs [`MODULES`] given on its command line: `python -c LOADER N NAME SOURCE … COMMAND ARGS`.
+const LOADER: &str = include_str!("torch/loader.py");
+
+/// `python` running the PyTorch worker's `command` (`probe`, `worker` or `selftest`), the modules
+/// on the command line; the caller adds the command's arguments, environment and pipes.
+#[must_use]
+pub fn worker_command(python: &Path, command: &str) -> Command {
+    let mut cmd = Command::new(python);
+    cmd.arg("-c").arg(LOADER).arg(MODULES.len().to_string());
+    for (name, source) in MODULES {
+        cmd.arg(name).arg(source);
+    }
+    cmd.arg(command);
+    cmd
+}
 
 /// What to install where nothing usable is found (the versions oomlab is tested with).
 pub const PIP_PACKAGES: &str = "torch transformers";
@@ -162,10 +189,7 @@ pub fn probe(found: &Found) -> Result<Probed, PythonProblem> {
         python: python.clone(),
         detail,
     };
-    let mut child = Command::new(&python)
-        .arg("-c")
-        .arg(SOURCE)
-        .arg("probe")
+    let mut child = worker_command(&python, "probe")
         .env("HF_HUB_OFFLINE", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -303,6 +327,15 @@ mod tests {
         let ok = interpret(&found(), reply(None)).unwrap();
         assert_eq!(ok.versions.torch, "2.1.0");
         assert!(ok.versions.text().contains("(CPU build)"));
+    }
+
+    #[test]
+    fn each_module_fits_in_one_command_line_argument() {
+        // Linux refuses an argument over 128 KiB (MAX_ARG_STRLEN) with E2BIG.
+        for (name, source) in MODULES.into_iter().chain([("loader", LOADER)]) {
+            let bytes = source.len();
+            assert!(bytes < 100 * 1024, "{name} is {bytes} bytes");
+        }
     }
 
     #[test]

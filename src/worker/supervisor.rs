@@ -237,11 +237,8 @@ impl Supervisor {
                 cmd
             }
             Some(python) => {
-                let mut cmd = Command::new(python);
-                cmd.arg("-c")
-                    .arg(super::python::SOURCE)
-                    .arg("worker")
-                    .env("OMP_NUM_THREADS", &threads)
+                let mut cmd = super::python::worker_command(python, "worker");
+                cmd.env("OMP_NUM_THREADS", &threads)
                     .env("MKL_NUM_THREADS", &threads)
                     .env("PYTHONUNBUFFERED", "1")
                     .env("HF_HUB_OFFLINE", "1")

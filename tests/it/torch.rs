@@ -427,10 +427,7 @@ fn unusable_interpreters_and_runtime_mismatches_are_one_sentence_and_exit_2() {
 #[test]
 fn both_ends_of_the_protocol_read_the_same_fixtures() {
     let Some(py) = torch_python() else { return };
-    let o = Command::new(&py)
-        .arg("-c")
-        .arg(oomlab::worker::python::SOURCE)
-        .arg("selftest")
+    let o = oomlab::worker::python::worker_command(&py, "selftest")
         .arg(fixtures().join("protocol"))
         .output()
         .unwrap();
