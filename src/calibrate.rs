@@ -7,7 +7,7 @@
 //! much as on the thread count. A tiny model's baseline less its weights and build metadata is
 //! that figure alone (bert-base at 2 threads carries the same bytes as the tiny BERT).
 
-use crate::catalog::{ModelRef, ModelSpec};
+use crate::catalog::{CatalogError, ModelRef, ModelSpec};
 use crate::estimate::Runtime;
 use crate::plan::{Device, Precision};
 use crate::worker::{Supervisor, WorkerConfig};
@@ -18,6 +18,16 @@ use std::sync::atomic::AtomicBool;
 
 /// The model whose worker baseline gives the runtime's bytes.
 const PROBE_MODEL: &str = "tiny-bert";
+
+/// Why the runtime's own bytes could not be measured.
+#[derive(Debug, thiserror::Error)]
+pub enum CalibrateError {
+    /// The probe model does not resolve (a broken build of oomlab).
+    #[error(transparent)]
+    Model(#[from] CatalogError),
+    #[error("measuring the runtime's own memory failed: {0}")]
+    Worker(#[from] crate::worker::LoadError),
+}
 
 /// Where a runtime figure came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +91,7 @@ pub fn runtime(
     worker: &WorkerConfig,
     cache: Option<PathBuf>,
     cancel: &AtomicBool,
-) -> Result<(Runtime, Source), String> {
+) -> Result<(Runtime, Source), CalibrateError> {
     let path = cache.or_else(cache_path);
     let k = key(threads, dtype);
     if let Some(p) = &path
@@ -112,14 +122,14 @@ pub fn measure(
     dtype: Precision,
     worker: &WorkerConfig,
     cancel: &AtomicBool,
-) -> Result<Runtime, String> {
+) -> Result<Runtime, CalibrateError> {
     let model = ModelRef::Catalog(PROBE_MODEL.into());
-    let spec = ModelSpec::resolve(&model).map_err(|e| e.to_string())?;
+    let spec = ModelSpec::resolve(&model)?;
     let mut sup = Supervisor::new(worker.clone());
     let load = crate::worker::Load::candle(model, dtype, 1 << 30, Device::Cpu { threads });
     let ready = sup.ensure_loaded(&load, None, cancel);
     sup.shutdown();
-    let ready = ready.map_err(|e| format!("measuring the runtime's own memory failed: {e}"))?;
+    let ready = ready?;
     Ok(Runtime::from_baseline(
         &spec,
         dtype,

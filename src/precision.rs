@@ -96,17 +96,19 @@ impl fmt::Display for Precision {
 }
 
 impl FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = crate::runtime::UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
             "f32" | "float32" | "fp32" => Ok(Self::F32),
             "f16" | "float16" | "fp16" | "half" => Ok(Self::F16),
             "bf16" | "bfloat16" => Ok(Self::Bf16),
             "amp-bf16" | "amp_bf16" => Ok(Self::AmpBf16),
             "amp-f16" | "amp_f16" | "amp-fp16" => Ok(Self::AmpF16),
-            other => Err(format!(
-                "unknown precision '{other}'; use f32, f16, bf16, amp-bf16 or amp-f16"
-            )),
+            other => Err(crate::runtime::UnknownName {
+                what: "precision",
+                given: other.to_string(),
+                choices: "f32, f16, bf16, amp-bf16 or amp-f16".into(),
+            }),
         }
     }
 }

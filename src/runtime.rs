@@ -6,17 +6,31 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
+/// A name that is none of a small set: what was being named, what was given, and the names
+/// there are.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} '{given}'; use {choices}")]
+pub struct UnknownName {
+    pub what: &'static str,
+    pub given: String,
+    pub choices: String,
+}
+
 /// Parses one of a small set of names, or says which ones there are.
 fn named<T: Copy>(
     all: &[T],
     name: fn(T) -> &'static str,
-    what: &str,
+    what: &'static str,
     s: &str,
-) -> Result<T, String> {
+) -> Result<T, UnknownName> {
     let t = s.trim().to_ascii_lowercase();
     all.iter().copied().find(|x| name(*x) == t).ok_or_else(|| {
         let names: Vec<&str> = all.iter().map(|x| name(*x)).collect();
-        format!("unknown {what} '{}'; use {}", s.trim(), names.join(", "))
+        UnknownName {
+            what,
+            given: s.trim().to_string(),
+            choices: names.join(", "),
+        }
     })
 }
 
@@ -40,8 +54,8 @@ macro_rules! words {
         }
 
         impl FromStr for $ty {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
+            type Err = UnknownName;
+            fn from_str(s: &str) -> Result<Self, UnknownName> {
                 named(Self::ALL, Self::name, $what, s)
             }
         }
@@ -218,11 +232,15 @@ mod tests {
             );
         }
         let e = "tensorflow".parse::<Runtime>().unwrap_err();
-        assert_eq!(e, "unknown runtime 'tensorflow'; use candle, torch");
+        assert_eq!(
+            e.to_string(),
+            "unknown runtime 'tensorflow'; use candle, torch"
+        );
         assert!(
             "adam"
                 .parse::<Optimizer>()
                 .unwrap_err()
+                .to_string()
                 .contains("adamw, sgd")
         );
         assert!(parse_on_off(" On ").unwrap());

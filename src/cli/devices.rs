@@ -17,7 +17,7 @@ pub fn devices(json: bool) {
                 "driver_version": null,
                 "cuda_version": null,
                 "gpus": [],
-                "note": why,
+                "note": why.to_string(),
             }),
         };
         println!("{doc:#}");

@@ -230,7 +230,10 @@ pub(super) fn group(n: u64) -> String {
 }
 
 /// Entry point for the binary: parses arguments and dispatches. Returns the exit code.
-pub fn main_with(cli: Cli, gui: &dyn Fn(Option<PathBuf>) -> Result<(), String>) -> i32 {
+pub fn main_with(
+    cli: Cli,
+    gui: &dyn Fn(Option<PathBuf>) -> Result<(), crate::gui::GuiError>,
+) -> i32 {
     let result = match cli.command {
         None => gui(None).map_err(CliError::runtime),
         Some(Command::Open { path }) => {

@@ -3,7 +3,7 @@
 //! replaces one still queued, so typing a path never piles up jobs). If the thread cannot start,
 //! Run says so instead of "checking" for ever.
 
-use super::form::{self, Checked};
+use super::form::{self, Checked, Refusal};
 use super::msg::BgMsg;
 use super::panels::PlanStatus;
 use super::settings::Settings;
@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex};
 /// Where the check of the settings stands.
 pub struct SettingsCheck {
     /// The checker thread, or why it could not start (then paths cannot be checked).
-    checker: Result<Checker, String>,
+    checker: Result<Checker, Refusal>,
     /// The last check and the settings it was for.
     checked: Option<(Settings, Checked)>,
     /// Settings handed to the checker and not yet answered.
@@ -24,7 +24,7 @@ pub struct SettingsCheck {
 
 impl SettingsCheck {
     #[must_use]
-    pub fn new(checker: Result<Checker, String>) -> Self {
+    pub fn new(checker: Result<Checker, Refusal>) -> Self {
         Self {
             checker,
             checked: None,
@@ -69,9 +69,9 @@ impl SettingsCheck {
         match (self.current(settings), &self.checker) {
             (Some(c), _) => match &c.plan {
                 Ok(_) => PlanStatus::Ready,
-                Err(e) => PlanStatus::Invalid(e),
+                Err(e) => PlanStatus::Invalid(e.as_str()),
             },
-            (None, Err(e)) => PlanStatus::Invalid(e),
+            (None, Err(e)) => PlanStatus::Invalid(e.as_str()),
             (None, Ok(_)) => PlanStatus::Checking,
         }
     }

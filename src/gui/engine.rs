@@ -208,55 +208,44 @@ fn engine_thread(
 
 /// The app's side of the engine: starting and cancelling sweeps, and taking in their events.
 impl OomLabApp {
-    #[must_use]
-    pub fn is_running(&self) -> bool {
-        self.run.as_ref().is_some_and(|r| !r.done)
-    }
-
-    /// The worker's pid and the batch of the trial whose forward is running now.
-    #[must_use]
-    pub fn trial_in_flight(&self) -> Option<(u32, usize)> {
-        let t = self.run.as_ref()?.current.as_ref()?;
-        Some((t.worker_pid, t.batch))
-    }
-
     pub(super) fn start(&mut self, job: EngineJob) {
-        if self.is_running() {
+        if self.sweeps.is_running() {
             return;
         }
-        match Run::start(job, self.options.worker.clone(), self.ctx.clone()) {
+        match Run::start(job, self.options.worker.clone(), self.window.ctx.clone()) {
             Ok(run) => {
-                self.log.push("sweep started".into());
-                self.notice = None;
-                self.run = Some(run);
-                self.frame = FrameStats::default();
+                self.messages.log.push("sweep started".into());
+                self.messages.notice = None;
+                self.sweeps.run = Some(run);
+                self.window.frame = FrameStats::default();
             }
-            Err(e) => self.notice = Some(format!("cannot start the sweep thread: {e}")),
+            Err(e) => self.messages.notice = Some(format!("cannot start the sweep thread: {e}")),
         }
     }
 
     pub(super) fn cancel(&mut self) {
-        if let Some(r) = &self.run {
+        if let Some(r) = &self.sweeps.run {
             r.cancel();
-            self.log
+            self.messages
+                .log
                 .push("cancelling: the trial in flight is stopped and recorded".into());
         }
     }
 
     /// Handles every message the engine has sent, then joins it once it has finished.
     pub(super) fn drain_engine(&mut self) {
-        while let Some(msg) = self.run.as_mut().and_then(Run::try_recv) {
+        while let Some(msg) = self.sweeps.run.as_mut().and_then(Run::try_recv) {
             self.on_engine(msg);
         }
-        if let Some(run) = self.run.as_mut() {
+        if let Some(run) = self.sweeps.run.as_mut() {
             run.reap();
         }
     }
 
-    /// Test hook: blocks until the engine sends its next message (or `timeout`), then handles
-    /// it as a frame would. Returns false when no sweep is running or nothing arrived.
-    pub fn wait_for_engine(&mut self, timeout: Duration) -> bool {
-        let Some(run) = self.run.as_mut() else {
+    /// Blocks until the engine sends its next message (or `timeout`), then handles it as a
+    /// frame would. Returns false when no sweep is running or nothing arrived (tests).
+    pub(super) fn wait_for_engine(&mut self, timeout: Duration) -> bool {
+        let Some(run) = self.sweeps.run.as_mut() else {
             return false;
         };
         if run.done {
@@ -274,13 +263,15 @@ impl OomLabApp {
     /// Applies one engine message to what the window shows: the live results (re-summarized from
     /// the journal's contents as they grow), the trial in flight, and the event log.
     fn on_engine(&mut self, msg: EngineMsg) {
-        let Some(run) = self.run.as_mut() else { return };
-        let (shown, log) = (&mut self.shown, &mut self.log);
+        let Some(run) = self.sweeps.run.as_mut() else {
+            return;
+        };
+        let (shown, log) = (&mut self.sweeps.shown, &mut self.messages.log);
         match msg {
             EngineMsg::Failed(e) => {
                 run.done = true;
                 log.push(format!("error: {e}"));
-                self.notice = Some(e);
+                self.messages.notice = Some(e);
             }
             EngineMsg::Forecast(text) => log.push(text),
             EngineMsg::Event(ev) => match *ev {
@@ -365,7 +356,7 @@ impl OomLabApp {
                         "sweep {} in {:.1}s; {}",
                         if cancelled { "cancelled" } else { "finished" },
                         run.started.elapsed().as_secs_f64(),
-                        self.frame.summary()
+                        self.window.frame.summary()
                     );
                     // Also on stderr, so a run under Xvfb or a terminal leaves the figure behind.
                     eprintln!("oomlab: {line}");

@@ -76,21 +76,34 @@ pub fn in_memory(s: &Settings) -> bool {
         .any(|b| b.id.eq_ignore_ascii_case(s.model.trim()))
 }
 
+/// Why Run is disabled, in the window's words: a [`PlanError`] described with the window's
+/// labels once, when the settings are checked, or why they cannot be checked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
+impl Refusal {
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// What checking the settings found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checked {
     /// The plan Run would start, or why Run is disabled (one sentence in the window's words).
-    pub plan: Result<SweepPlan, String>,
+    pub plan: Result<SweepPlan, Refusal>,
     /// One line about the model (family, size, positions), when it could be read.
     pub summary: Option<String>,
     /// The model's name and its weights per precision, for the check against this machine.
     pub weights: Option<(String, Vec<(crate::plan::Precision, u64)>)>,
 }
 
-fn invalid(field: PlanField, message: String) -> PlanError {
+fn invalid(field: PlanField, message: impl std::fmt::Display) -> PlanError {
     PlanError::Invalid {
         field,
-        problem: PlanProblem::Unparsable(message),
+        problem: PlanProblem::Unparsable(message.to_string()),
     }
 }
 
@@ -164,7 +177,7 @@ pub fn check(s: &Settings) -> Checked {
             let given = overrides(s, spec.reference.clone())?;
             sweep::plan_for(&given, &spec)
         })
-        .map_err(|e| e.describe(&Labels));
+        .map_err(|e| Refusal(e.describe(&Labels)));
     Checked {
         plan,
         summary,
@@ -200,7 +213,7 @@ pub fn format_params(n: u64) -> String {
 }
 
 /// Parses `128, 512` into sequence lengths.
-pub fn parse_seqs(s: &str) -> Result<Vec<usize>, String> {
+fn parse_seqs(s: &str) -> Result<Vec<usize>, String> {
     let mut out = Vec::new();
     for part in s
         .split(|c: char| c == ',' || c.is_whitespace())
@@ -247,19 +260,19 @@ mod tests {
             capacity: "10KiB".into(),
             ..Settings::default()
         };
-        let e = check(&s).plan.unwrap_err();
+        let e = check(&s).plan.unwrap_err().0;
         assert!(e.contains("raise the Capacity field above"), "{e}");
         assert!(!e.contains("--"), "{e}");
         s.capacity = "1GiB".into();
         s.batch = "0..3".into();
-        let e = check(&s).plan.unwrap_err();
+        let e = check(&s).plan.unwrap_err().0;
         assert!(
             e.starts_with("the Batch range field: batch sizes start at 1"),
             "{e}"
         );
         s.batch = "1..3".into();
         s.model = "no-such-model".into();
-        let e = check(&s).plan.unwrap_err();
+        let e = check(&s).plan.unwrap_err().0;
         assert!(e.contains("the Bundled model list"), "{e}");
     }
 }

@@ -5,7 +5,7 @@
 use super::check::Checker;
 use super::form::Labels;
 pub use super::msg::{BgMsg, Dropped};
-use super::{HostState, OomLabApp, Shown};
+use super::{OomLabApp, Shown};
 use crate::report::{self, ExportError, Results};
 use eframe::egui;
 use std::path::{Path, PathBuf};
@@ -63,6 +63,14 @@ impl Jobs {
     }
 }
 
+/// A background job whose thread could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the {name} job: {source}")]
+pub struct JobError {
+    name: String,
+    source: std::io::Error,
+}
+
 /// Starts one-shot jobs (cheap to clone into a callback).
 #[derive(Clone)]
 pub struct Spawner {
@@ -76,7 +84,7 @@ impl Spawner {
         &self,
         name: &str,
         job: impl FnOnce() -> BgMsg + Send + 'static,
-    ) -> Result<(), String> {
+    ) -> Result<(), JobError> {
         let tx = self.tx.clone();
         let ctx = self.ctx.clone();
         std::thread::Builder::new()
@@ -86,7 +94,10 @@ impl Spawner {
                 ctx.request_repaint();
             })
             .map(drop)
-            .map_err(|e| format!("cannot start the {name} job: {e}"))
+            .map_err(|source| JobError {
+                name: name.to_string(),
+                source,
+            })
     }
 
     /// Builds the estimator for a shown sweep (resolves its model, calibrates the runtime).
@@ -95,7 +106,7 @@ impl Spawner {
         key: super::teach::TeachKey,
         worker: crate::worker::WorkerConfig,
         cache: Option<PathBuf>,
-    ) -> Result<(), String> {
+    ) -> Result<(), JobError> {
         self.spawn("estimator", move || {
             let result = super::teach::load(&key, &worker, cache.as_ref()).map(Box::new);
             BgMsg::Teach(Box::new(key), result)
@@ -108,7 +119,7 @@ impl Spawner {
     }
 
     /// Lists the models of the Hugging Face cache at `cache` (reads their config.json files).
-    pub fn scan_models(&self, cache: PathBuf) -> Result<(), String> {
+    pub fn scan_models(&self, cache: PathBuf) -> Result<(), JobError> {
         self.spawn("hf-cache", move || {
             BgMsg::CachedModels(crate::catalog::CatalogEntry::cached(&cache))
         })
@@ -121,7 +132,7 @@ impl Spawner {
 
     /// Shows a blocking rfd dialog on its own thread and reports the chosen path.
     /// Finds and probes the PyTorch runtime's interpreter (seconds: it imports torch).
-    pub fn probe_python(&self, given: Option<PathBuf>, exe: PathBuf) -> Result<(), String> {
+    pub fn probe_python(&self, given: Option<PathBuf>, exe: PathBuf) -> Result<(), JobError> {
         self.spawn("python-probe", move || {
             use crate::worker::python;
             let r = python::find(given.as_deref(), &exe)
@@ -133,13 +144,12 @@ impl Spawner {
                         p.how,
                         p.versions.text()
                     )
-                })
-                .map_err(|e| e.to_string());
+                });
             BgMsg::PythonProbed(r)
         })
     }
 
-    pub fn dialog(&self, kind: Dialog) -> Result<(), String> {
+    pub fn dialog(&self, kind: Dialog) -> Result<(), JobError> {
         self.spawn("dialog", move || {
             let empty = |what| BgMsg::DialogEmpty {
                 what,
@@ -183,17 +193,20 @@ impl Spawner {
     }
 
     /// Reads a results or journal file.
-    pub fn open(&self, path: PathBuf) -> Result<(), String> {
+    pub fn open(&self, path: PathBuf) -> Result<(), JobError> {
         self.spawn("open", move || {
-            let r = report::read_results(&path)
-                .map(Box::new)
-                .map_err(|e| e.to_string());
+            let r = report::read_results(&path).map(Box::new);
             BgMsg::Opened(path, r)
         })
     }
 
     /// Writes the export that `path`'s extension names.
-    pub fn export(&self, results: Arc<Results>, path: PathBuf, force: bool) -> Result<(), String> {
+    pub fn export(
+        &self,
+        results: Arc<Results>,
+        path: PathBuf,
+        force: bool,
+    ) -> Result<(), JobError> {
         self.spawn("export", move || {
             BgMsg::Exported(report::export(&results, &path, force).map(|()| path))
         })
@@ -207,7 +220,7 @@ impl Spawner {
         pixels_per_point: f32,
         path: PathBuf,
         force: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), JobError> {
         self.spawn("png", move || {
             BgMsg::PngSaved(
                 write_png_region(&image, rect, pixels_per_point, &path, force).map(|()| path),
@@ -216,7 +229,7 @@ impl Spawner {
     }
 
     /// Looks at dropped files (is it a folder?) off the UI thread.
-    pub fn classify_dropped(&self, paths: Vec<PathBuf>) -> Result<(), String> {
+    pub fn classify_dropped(&self, paths: Vec<PathBuf>) -> Result<(), JobError> {
         self.spawn("drop", move || {
             BgMsg::Dropped(paths.into_iter().map(classify).collect())
         })
@@ -275,21 +288,22 @@ fn write_png_region(
 /// The app's side of the jobs: starting them, and taking in what they report.
 impl OomLabApp {
     /// Reports a job that could not start.
-    pub(super) fn started(&mut self, r: Result<(), String>) {
+    pub(super) fn started(&mut self, r: Result<(), JobError>) {
         if let Err(e) = r {
-            self.notice = Some(e);
+            self.messages.notice = Some(e.to_string());
         }
     }
 
     /// Reads a results or journal file on a background thread.
-    pub fn open_results(&mut self, path: PathBuf) {
+    pub(super) fn open_results(&mut self, path: PathBuf) {
         let r = self.jobs.start.open(path);
         self.started(r);
     }
 
     pub(super) fn export_to(&mut self, path: PathBuf, force: bool) {
-        let Some(v) = &self.shown else {
-            self.notice = Some("nothing to export yet: run a sweep or open results first".into());
+        let Some(v) = &self.sweeps.shown else {
+            self.messages.notice =
+                Some("nothing to export yet: run a sweep or open results first".into());
             return;
         };
         let r = self.jobs.start.export(Arc::clone(&v.results), path, force);
@@ -298,16 +312,17 @@ impl OomLabApp {
 
     /// Asks the renderer for a screenshot and writes the plot's region as PNG (background job).
     pub(super) fn save_plot_png(&mut self, path: PathBuf, force: bool) {
-        let Some(rect) = self.plot_rect else {
-            self.notice = Some("no plot on screen to save".into());
+        let Some(rect) = self.window.plot_rect else {
+            self.messages.notice = Some("no plot on screen to save".into());
             return;
         };
         let start = self.jobs.start.clone();
-        let ppp = self.ctx.pixels_per_point();
+        let ppp = self.window.ctx.pixels_per_point();
         let cb = egui::ScreenshotCallback::new(move |image: Arc<egui::ColorImage>| {
             let _ = start.save_png(image, rect, ppp, path.clone(), force);
         });
-        self.ctx
+        self.window
+            .ctx
             .send_viewport_cmd(egui::ViewportCommand::Screenshot(cb));
     }
 
@@ -320,55 +335,41 @@ impl OomLabApp {
         match msg {
             BgMsg::ModelPicked(p) => self.settings.model = p.display().to_string(),
             BgMsg::PythonPicked(p) => self.settings.python = p.display().to_string(),
-            BgMsg::PythonProbed(Ok(text)) => self.inform(text),
+            BgMsg::PythonProbed(Ok(text)) => self.messages.inform(text),
             BgMsg::ResultsPicked(p) => self.open_results(p),
             // The save dialog has already asked before replacing an existing file.
             BgMsg::ExportPicked(p) => self.export_to(p, true),
             BgMsg::PngPicked(p) => self.save_plot_png(p, true),
             BgMsg::Checked { key, checked } => self.check.receive(*key, *checked),
-            BgMsg::Host(host) => {
-                if self.options.host.is_none() {
-                    self.host = host.map_or(HostState::Unreadable, HostState::Known);
-                }
-            }
-            BgMsg::Gpus(gpus) => self.gpus = Some(gpus),
-            BgMsg::CachedModels(found) => {
-                self.models
-                    .retain(|m| m.source == crate::catalog::EntrySource::Bundled);
-                self.models.extend(found);
-            }
-            BgMsg::Teach(key, result) => {
-                // Only the answer for what is shown now counts.
-                if self.teach.requested.as_ref() == Some(&*key) {
-                    match result {
-                        Ok(m) => {
-                            self.teach.model = Some(Arc::from(m));
-                            self.teach.error = None;
-                        }
-                        Err(e) => self.teach.error = Some(e),
-                    }
-                }
-            }
+            BgMsg::Host(host) => self.machine.on_host(host),
+            BgMsg::Gpus(gpus) => self.machine.on_gpus(gpus),
+            BgMsg::CachedModels(found) => self.machine.on_cached_models(found),
+            BgMsg::Teach(key, result) => self.sweeps.on_teach(&key, result),
             BgMsg::Opened(path, Ok(opened)) => {
                 let (contents, results) = *opened;
-                self.log.push(format!("opened {}", path.display()));
+                self.messages.log.push(format!("opened {}", path.display()));
                 let journal = contents.as_ref().map(|_| path);
-                if !self.is_running() {
+                if !self.sweeps.is_running() {
                     self.settings.apply_plan(&results.plan);
                 }
-                self.shown = Some(Shown {
+                self.sweeps.shown = Some(Shown {
                     contents,
                     results: Arc::new(results),
                     journal,
                 });
-                self.notice = None;
+                self.messages.notice = None;
             }
-            BgMsg::Opened(_, Err(e)) | BgMsg::PythonProbed(Err(e)) => self.error(e),
-            BgMsg::Exported(Err(e)) | BgMsg::PngSaved(Err(e)) => self.error(e.describe(&Labels)),
-            BgMsg::Exported(Ok(p)) => self.inform(format!("exported {}", p.display())),
-            BgMsg::PngSaved(Ok(p)) => self.inform(format!("plot saved to {}", p.display())),
+            BgMsg::Opened(_, Err(e)) => self.messages.error(e.to_string()),
+            BgMsg::PythonProbed(Err(e)) => self.messages.error(e.to_string()),
+            BgMsg::Exported(Err(e)) | BgMsg::PngSaved(Err(e)) => {
+                self.messages.error(e.describe(&Labels));
+            }
+            BgMsg::Exported(Ok(p)) => self.messages.inform(format!("exported {}", p.display())),
+            BgMsg::PngSaved(Ok(p)) => self
+                .messages
+                .inform(format!("plot saved to {}", p.display())),
             BgMsg::DialogEmpty { what, service } => {
-                self.notice = Some(if service {
+                self.messages.notice = Some(if service {
                     format!("no {what} chosen")
                 } else {
                     format!(
@@ -380,12 +381,14 @@ impl OomLabApp {
                 for d in list {
                     match d {
                         Dropped::Model(p) => {
-                            self.log.push(format!("model set to {}", p.display()));
+                            self.messages
+                                .log
+                                .push(format!("model set to {}", p.display()));
                             self.settings.model = p.display().to_string();
                         }
                         Dropped::Results(p) => self.open_results(p),
                         Dropped::Unknown(p) => {
-                            self.notice = Some(format!(
+                            self.messages.notice = Some(format!(
                                 "{} is neither a model folder, a config.json, nor oomlab results (.json/.jsonl)",
                                 p.display()
                             ));
@@ -394,16 +397,6 @@ impl OomLabApp {
                 }
             }
         }
-    }
-
-    pub(super) fn error(&mut self, e: String) {
-        self.log.push(format!("error: {e}"));
-        self.notice = Some(e);
-    }
-
-    pub(super) fn inform(&mut self, m: String) {
-        self.log.push(m.clone());
-        self.notice = Some(m);
     }
 
     /// Hands dropped files to a background job (looking at them is file-system work).

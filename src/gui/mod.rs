@@ -17,24 +17,28 @@ mod msg;
 mod panels;
 pub(crate) mod plot;
 mod settings;
+mod state;
 pub mod teach;
+mod testing;
 
 use frame_stats::FRAME_BUDGET_MS;
 pub use frame_stats::FrameStats;
 pub use settings::{Settings, ThemeChoice};
+pub use state::Shown;
+pub use testing::{Seen, TestHooks};
 
 use crate::measure::host::HostMemory;
-use crate::measure::nvml::GpuReport;
-use crate::report::{JournalContents, Results};
+use crate::measure::nvml::{GpuQueryError, GpuReport};
 use crate::worker::WorkerConfig;
 use check::SettingsCheck;
 use eframe::egui;
-use engine::{EngineJob, Run};
+use engine::EngineJob;
 use jobs::{Dialog, Jobs};
-use panels::{PanelState, PlanStatus, Progress, View};
+use panels::{PlanStatus, Progress, View};
+use state::{HostState, Machine, Messages, Sweeps, WindowState};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// How the app is started.
@@ -52,7 +56,7 @@ pub struct AppOptions {
     /// This machine's memory as given (tests); `None`: sample it on a monitor thread.
     pub host: Option<HostMemory>,
     /// The GPUs as given (tests); `None`: ask the NVIDIA driver on the monitor thread.
-    pub gpus: Option<Result<GpuReport, String>>,
+    pub gpus: Option<Result<GpuReport, GpuQueryError>>,
     /// The estimator's runtime cache (tests); `None`: `~/.cache/oomlab/runtime.json`.
     pub runtime_cache: Option<PathBuf>,
     /// Build the estimator for shown sweeps (predicted curves, the teaching window). Snapshot
@@ -61,33 +65,6 @@ pub struct AppOptions {
     /// The Hugging Face cache the model picker lists (tests); `None`: the one the HF libraries
     /// use (`HF_HUB_CACHE`, `HF_HOME/hub`, `~/.cache/huggingface/hub`).
     pub hf_cache: Option<PathBuf>,
-}
-
-/// The estimator for the shown sweep (the teaching views), built in the background.
-#[derive(Default)]
-struct TeachState {
-    /// What was last asked for.
-    requested: Option<teach::TeachKey>,
-    model: Option<Arc<teach::TeachModel>>,
-    error: Option<String>,
-}
-
-/// What the centre, table and card show: a live sweep, or a reopened one.
-pub struct Shown {
-    /// The journal's contents when the results come from one (live, or a reopened .jsonl).
-    pub contents: Option<JournalContents>,
-    pub results: Arc<Results>,
-    pub journal: Option<PathBuf>,
-}
-
-/// What the window knows of this machine's memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum HostState {
-    /// The monitor has not reported yet.
-    Unknown,
-    /// It cannot be read here: capacities are not checked against it.
-    Unreadable,
-    Known(HostMemory),
 }
 
 /// What panels ask for; applied after drawing so no panel mutates state mid-frame.
@@ -114,29 +91,18 @@ pub enum Command {
     Quit,
 }
 
+/// The window's state, in groups: what it knows of this machine, the sweeps (running and
+/// shown), the messages it shows, and the window's own bookkeeping. Tests reach it only through
+/// [`TestHooks`].
 pub struct OomLabApp {
-    pub settings: Settings,
+    settings: Settings,
     options: AppOptions,
     jobs: Jobs,
     check: SettingsCheck,
-    host: HostState,
-    /// The GPUs the driver reports (`None` until the monitor has looked).
-    gpus: Option<Result<GpuReport, String>>,
-    /// Why this machine cannot hold the capacity of the checked plan (Run is then disabled).
-    host_problem: Option<String>,
-    run: Option<Run>,
-    shown: Option<Shown>,
-    log: Vec<String>,
-    notice: Option<String>,
-    frame: FrameStats,
-    frame_log: bool,
-    panel: PanelState,
-    /// The model picker's list: the bundled models, then those found in the HF cache.
-    models: Vec<crate::catalog::CatalogEntry>,
-    plot_rect: Option<egui::Rect>,
-    teach: TeachState,
-    terminate: Arc<AtomicBool>,
-    ctx: egui::Context,
+    machine: Machine,
+    sweeps: Sweeps,
+    messages: Messages,
+    window: WindowState,
 }
 
 impl OomLabApp {
@@ -152,43 +118,33 @@ impl OomLabApp {
         let jobs = Jobs::new(cc.egui_ctx.clone());
         let checker = if options.checker {
             jobs.start.checker().map_err(|e| {
-                format!("cannot check the model: the checker thread did not start ({e})")
+                form::Refusal(format!(
+                    "cannot check the model: the checker thread did not start ({e})"
+                ))
             })
         } else {
-            Err("cannot check the model: the checker thread is not running".into())
+            Err(form::Refusal(
+                "cannot check the model: the checker thread is not running".into(),
+            ))
         };
         let mut app = Self {
             settings,
             jobs,
             check: SettingsCheck::new(checker),
-            host: options.host.map_or(HostState::Unknown, HostState::Known),
-            gpus: options.gpus.clone(),
-            host_problem: None,
-            run: None,
-            shown: None,
-            log: Vec::new(),
-            notice: None,
-            frame: FrameStats::default(),
-            frame_log: frame_stats::frame_log_enabled(),
-            panel: PanelState::default(),
-            models: crate::catalog::CatalogEntry::bundled(),
-            plot_rect: None,
-            teach: TeachState::default(),
-            terminate: Arc::new(AtomicBool::new(false)),
-            ctx: cc.egui_ctx.clone(),
+            machine: Machine::new(options.host, options.gpus.clone()),
+            sweeps: Sweeps::default(),
+            messages: Messages::default(),
+            window: WindowState::new(cc.egui_ctx.clone()),
             options,
         };
         app.settings.theme.apply(&cc.egui_ctx);
-        let sample_gpus = app.gpus.is_none();
-        if (app.host == HostState::Unknown || sample_gpus)
+        let sample_gpus = app.machine.gpus.is_none();
+        if (app.machine.host == HostState::Unknown || sample_gpus)
             && let Err(e) = app.jobs.start.monitor(sample_gpus)
         {
             // Without the monitor nothing is refused on the machine's account; say so.
-            if app.host == HostState::Unknown {
-                app.host = HostState::Unreadable;
-            }
-            app.gpus = Some(Err(format!("cannot watch the GPUs: {e}")));
-            app.notice = Some(format!("cannot watch this machine's memory: {e}"));
+            app.machine.unwatched(&e);
+            app.messages.notice = Some(format!("cannot watch this machine's memory: {e}"));
         }
         if let Some(p) = app.options.open.clone() {
             app.open_results(p);
@@ -199,7 +155,7 @@ impl OomLabApp {
             .clone()
             .unwrap_or_else(crate::catalog::hub::cache_dir);
         if let Err(e) = app.jobs.start.scan_models(cache) {
-            app.log.push(e);
+            app.messages.log.push(e.to_string());
         }
         app.check.refresh(&app.settings);
         app
@@ -207,66 +163,20 @@ impl OomLabApp {
 
     /// SIGTERM and Ctrl-C close the window cleanly (the trial in flight is recorded).
     pub fn watch_signals(&self) -> std::io::Result<()> {
-        let flag = Arc::clone(&self.terminate);
-        let ctx = self.ctx.clone();
+        let flag = Arc::clone(&self.window.terminate);
+        let ctx = self.window.ctx.clone();
         crate::signals::on_terminate(move || {
             flag.store(true, Ordering::Relaxed);
             ctx.request_repaint();
         })
     }
 
-    // ---- read access for tests ----
-
-    #[must_use]
-    pub fn results(&self) -> Option<&Results> {
-        self.shown.as_ref().map(|v| &*v.results)
-    }
-
-    #[must_use]
-    pub fn journal_path(&self) -> Option<&Path> {
-        self.shown.as_ref().and_then(|v| v.journal.as_deref())
-    }
-
-    #[must_use]
-    pub fn notice(&self) -> Option<&str> {
-        self.notice.as_deref()
-    }
-
-    #[must_use]
-    pub fn frame_stats(&self) -> FrameStats {
-        self.frame
-    }
-
-    #[must_use]
-    pub fn log(&self) -> &[String] {
-        &self.log
-    }
-
-    /// Whether the settings are being checked off the UI thread.
-    #[must_use]
-    pub fn estimator_ready(&self) -> bool {
-        self.teach.model.is_some()
-            && self.teach.model.as_ref().map(|m| &m.key) == self.teach.requested.as_ref()
-    }
-
-    /// The plan Run would start now, when the settings check found one.
-    #[must_use]
-    pub fn checked_plan(&self) -> Option<crate::plan::SweepPlan> {
-        self.check
-            .current(&self.settings)
-            .and_then(|c| c.plan.as_ref().ok().cloned())
-    }
-
-    #[must_use]
-    pub fn checking(&self) -> bool {
-        matches!(self.plan_status(), PlanStatus::Checking)
-    }
-
     /// Whether Run can start: the settings' check, then whether this machine holds the capacity.
     fn plan_status(&self) -> PlanStatus<'_> {
         match self.check.status(&self.settings) {
-            PlanStatus::Ready if self.host == HostState::Unknown => PlanStatus::Checking,
+            PlanStatus::Ready if self.machine.host == HostState::Unknown => PlanStatus::Checking,
             PlanStatus::Ready => self
+                .machine
                 .host_problem
                 .as_deref()
                 .map_or(PlanStatus::Ready, PlanStatus::Invalid),
@@ -276,7 +186,7 @@ impl OomLabApp {
 
     /// Recomputes whether the checked plan's capacity fits this machine (pure arithmetic).
     fn refresh_host_problem(&mut self) {
-        self.host_problem = match (self.check.current(&self.settings), self.host) {
+        self.machine.host_problem = match (self.check.current(&self.settings), self.machine.host) {
             (Some(c), HostState::Known(host)) => c
                 .plan
                 .as_ref()
@@ -296,47 +206,41 @@ impl OomLabApp {
         };
     }
 
-    /// Test hook: blocks until a background job reports, then handles it.
-    pub fn wait_for_background(&mut self, timeout: Duration) -> bool {
-        match self.jobs.recv_timeout(timeout) {
-            Some(m) => {
-                self.handle_bg(m);
-                true
-            }
-            None => false,
-        }
-    }
-
     /// What the panels may read this frame.
     fn view(&self) -> View<'_> {
-        let resumable = self.shown.as_ref().and_then(|v| {
+        let resumable = self.sweeps.shown.as_ref().and_then(|v| {
             (v.results.incomplete && v.contents.is_some())
                 .then_some(v.journal.as_deref())
                 .flatten()
         });
         View {
-            results: self.shown.as_ref().map(|v| Arc::clone(&v.results)),
-            journal: self.journal_path(),
+            results: self.sweeps.shown.as_ref().map(|v| Arc::clone(&v.results)),
+            journal: self.sweeps.journal_path(),
             resumable,
-            running: self.run.as_ref().filter(|r| !r.done).map(|r| Progress {
-                current: r.current.as_ref(),
-                started: r.started,
-            }),
+            running: self
+                .sweeps
+                .run
+                .as_ref()
+                .filter(|r| !r.done)
+                .map(|r| Progress {
+                    current: r.current.as_ref(),
+                    started: r.started,
+                }),
             plan: self.plan_status(),
-            host: match self.host {
+            host: match self.machine.host {
                 HostState::Known(h) => Some(h),
                 HostState::Unknown | HostState::Unreadable => None,
             },
-            gpus: self.gpus.as_ref(),
-            worker_pid: self.trial_in_flight().map(|(pid, _)| pid),
+            gpus: self.machine.gpus.as_ref(),
+            worker_pid: self.sweeps.trial_in_flight().map(|(pid, _)| pid),
             model_summary: self.check.model_summary(&self.settings),
-            models: &self.models,
-            notice: self.notice.as_deref(),
-            log: &self.log,
-            frame: self.frame,
+            models: &self.machine.models,
+            notice: self.messages.notice.as_deref(),
+            log: &self.messages.log,
+            frame: self.window.frame,
             theme: self.settings.theme,
-            teach: self.teach.model.as_deref(),
-            teach_error: self.teach.error.as_deref(),
+            teach: self.sweeps.teach.model.as_deref(),
+            teach_error: self.sweeps.teach.error.as_deref(),
         }
     }
 
@@ -345,19 +249,24 @@ impl OomLabApp {
         if !self.options.estimator {
             return;
         }
-        let Some(key) = self.shown.as_ref().map(|s| teach::TeachKey::of(&s.results)) else {
+        let Some(key) = self
+            .sweeps
+            .shown
+            .as_ref()
+            .map(|s| teach::TeachKey::of(&s.results))
+        else {
             return;
         };
-        if self.teach.requested.as_ref() == Some(&key) {
+        if self.sweeps.teach.requested.as_ref() == Some(&key) {
             return;
         }
-        self.teach.requested = Some(key.clone());
+        self.sweeps.teach.requested = Some(key.clone());
         if let Err(e) = self.jobs.start.teach(
             key,
             self.options.worker.clone(),
             self.options.runtime_cache.clone(),
         ) {
-            self.teach.error = Some(e);
+            self.sweeps.teach.error = Some(e.to_string());
         }
     }
 
@@ -379,7 +288,7 @@ impl OomLabApp {
             Command::Cancel => self.cancel(),
             Command::Resume(p) => self.start(EngineJob::Resume(p)),
             Command::Confirm(curve) => {
-                if let Some(journal) = self.journal_path().map(Path::to_path_buf) {
+                if let Some(journal) = self.sweeps.journal_path().map(Path::to_path_buf) {
                     self.start(EngineJob::Confirm { journal, curve });
                 }
             }
@@ -391,7 +300,7 @@ impl OomLabApp {
                 let given = (!given.is_empty()).then(|| PathBuf::from(given));
                 let exe = self.options.worker.exe.clone();
                 if let Err(e) = self.jobs.start.probe_python(given, exe) {
-                    self.error(e);
+                    self.messages.error(e.to_string());
                 }
             }
             Command::OpenResultsDialog => self.dialog(Dialog::Results),
@@ -425,14 +334,14 @@ impl eframe::App for OomLabApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         let timer = frame_stats::FrameTimer::start();
         let ctx = ui.ctx().clone();
-        if self.terminate.load(Ordering::Relaxed) {
+        if self.window.terminate.load(Ordering::Relaxed) {
             self.cancel();
             ctx.send_viewport_cmd(egui::ViewportCommand::Close);
         }
-        let log_before = self.log.len();
+        let log_before = self.messages.log.len();
         self.drain();
         let (drained_ms, _) = timer.elapsed_ms();
-        let new_log_lines = self.log.len() - log_before;
+        let new_log_lines = self.messages.log.len() - log_before;
         self.take_dropped_files(&ctx);
         if ctx.input_mut(|i| i.consume_key(egui::Modifiers::COMMAND, egui::Key::Q)) {
             ctx.send_viewport_cmd(egui::ViewportCommand::Close);
@@ -442,11 +351,11 @@ impl eframe::App for OomLabApp {
         self.refresh_teach();
         // The panels edit copies of the settings and their own state, reading a narrow view.
         let mut settings = self.settings.clone();
-        let mut panel = std::mem::take(&mut self.panel);
+        let mut panel = std::mem::take(&mut self.window.panel);
         let drawn = panels::draw(&self.view(), &mut settings, &mut panel, ui);
         self.settings = settings;
-        self.panel = panel;
-        self.plot_rect = drawn.plot_rect;
+        self.window.panel = panel;
+        self.window.plot_rect = drawn.plot_rect;
         for c in drawn.commands {
             self.apply(c, &ctx);
         }
@@ -455,22 +364,22 @@ impl eframe::App for OomLabApp {
             self.check.refresh(&self.settings);
             ctx.request_repaint();
         }
-        let running = self.is_running();
+        let running = self.sweeps.is_running();
         if running {
             // Keep the elapsed-time display moving, once a second: every frame costs a core on
             // a software-rendered display, and engine events repaint at once anyway.
             ctx.request_repaint_after(Duration::from_secs(1));
         }
         let (wall, cpu) = timer.elapsed_ms();
-        if self.frame_log && (wall > FRAME_BUDGET_MS || cpu > FRAME_BUDGET_MS) {
+        if self.window.frame_log && (wall > FRAME_BUDGET_MS || cpu > FRAME_BUDGET_MS) {
             eprintln!(
                 "slow frame {}: wall {wall:.2} ms cpu {cpu:.2} ms (drain {drained_ms:.2} ms, {new_log_lines} new log lines), trials {}, log {}",
-                self.frame.frames_during_sweep,
-                self.results().map_or(0, |r| r.trials.len()),
-                self.log.len()
+                self.window.frame.frames_during_sweep,
+                self.sweeps.results().map_or(0, |r| r.trials.len()),
+                self.messages.log.len()
             );
         }
-        self.frame.record(wall, cpu, running);
+        self.window.frame.record(wall, cpu, running);
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
@@ -482,15 +391,26 @@ impl eframe::App for OomLabApp {
     fn on_exit(&mut self) {
         // Stop listening, then wait: the engine cancels the trial in flight (recorded in the
         // journal) and ends at its next send, which fails now — exit cannot hang on a full channel.
-        if let Some(r) = &mut self.run {
+        if let Some(r) = &mut self.sweeps.run {
             r.shut_down();
         }
     }
 }
 
+/// Why the window could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum GuiError {
+    #[error(transparent)]
+    Worker(#[from] crate::worker::LocateError),
+    #[error(
+        "cannot open a window: {0}; on a machine without a display use the headless commands (`oomlab sweep --help`)"
+    )]
+    Window(#[from] eframe::Error),
+}
+
 /// Opens the window. `open` is a results/journal file to show at start.
-pub fn run(open: Option<PathBuf>) -> Result<(), String> {
-    let worker = WorkerConfig::current().map_err(|e| e.to_string())?;
+pub fn run(open: Option<PathBuf>) -> Result<(), GuiError> {
+    let worker = WorkerConfig::current()?;
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("oomlab — GPU out-of-memory lab")
@@ -519,10 +439,6 @@ pub fn run(open: Option<PathBuf>) -> Result<(), String> {
             app.watch_signals()?;
             Ok(Box::new(app))
         }),
-    )
-    .map_err(|e| {
-        format!(
-            "cannot open a window: {e}; on a machine without a display use the headless commands (`oomlab sweep --help`)"
-        )
-    })
+    )?;
+    Ok(())
 }

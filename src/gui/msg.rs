@@ -4,8 +4,9 @@
 use super::form::Checked;
 use super::settings::Settings;
 use crate::measure::host::HostMemory;
-use crate::measure::nvml::GpuReport;
-use crate::report::{ExportError, JournalContents, Results};
+use crate::measure::nvml::{GpuQueryError, GpuReport};
+use crate::report::{ExportError, JournalContents, JournalError, Results};
+use crate::worker::python::PythonProblem;
 use std::path::PathBuf;
 
 /// What a background job reports.
@@ -18,7 +19,7 @@ pub enum BgMsg {
     PngPicked(PathBuf),
     Opened(
         PathBuf,
-        Result<Box<(Option<JournalContents>, Results)>, String>,
+        Result<Box<(Option<JournalContents>, Results)>, JournalError>,
     ),
     Exported(Result<PathBuf, ExportError>),
     PngSaved(Result<PathBuf, ExportError>),
@@ -38,13 +39,13 @@ pub enum BgMsg {
     /// The models found in the local Hugging Face cache.
     CachedModels(Vec<crate::catalog::CatalogEntry>),
     /// The GPUs the NVIDIA driver reports, or why there are none.
-    Gpus(Result<GpuReport, String>),
+    Gpus(Result<GpuReport, GpuQueryError>),
     /// The PyTorch runtime's interpreter: where it was found and its versions, or why not.
-    PythonProbed(Result<String, String>),
+    PythonProbed(Result<String, PythonProblem>),
     /// The estimator for a shown sweep.
     Teach(
         Box<super::teach::TeachKey>,
-        Result<Box<super::teach::TeachModel>, String>,
+        Result<Box<super::teach::TeachModel>, super::teach::TeachError>,
     ),
 }
 

@@ -91,13 +91,22 @@ fn sample_batches(lo: usize, hi: usize) -> Vec<usize> {
     v
 }
 
+/// Why the estimator for a shown sweep could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TeachError {
+    #[error(transparent)]
+    Model(#[from] crate::catalog::CatalogError),
+    #[error(transparent)]
+    Calibrate(#[from] calibrate::CalibrateError),
+}
+
 /// Builds the estimator for `key` (background thread). `cache` overrides the runtime cache file.
 pub fn load(
     key: &TeachKey,
     worker: &WorkerConfig,
     cache: Option<&PathBuf>,
-) -> Result<TeachModel, String> {
-    let spec = ModelSpec::resolve(&key.model).map_err(|e| e.to_string())?;
+) -> Result<TeachModel, TeachError> {
+    let spec = ModelSpec::resolve(&key.model)?;
     let cancel = AtomicBool::new(false);
     let mut runtimes = BTreeMap::new();
     for dtype in Precision::ALL {

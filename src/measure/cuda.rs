@@ -15,13 +15,24 @@ pub struct CudaMeter {
     ballast: Option<(sys::CUdeviceptr, u64)>,
 }
 
-fn err(what: &str, e: impl std::fmt::Debug) -> String {
-    format!("{what}: {e:?}")
+/// A CUDA driver call that failed: what oomlab was doing, and the driver's error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: {detail}")]
+pub struct CudaError {
+    pub what: &'static str,
+    pub detail: String,
+}
+
+fn err(what: &'static str, e: impl std::fmt::Debug) -> CudaError {
+    CudaError {
+        what,
+        detail: format!("{e:?}"),
+    }
 }
 
 impl CudaMeter {
     /// The meter of a candle CUDA device.
-    pub fn new(device: &candle_core::Device) -> Result<Self, String> {
+    pub fn new(device: &candle_core::Device) -> Result<Self, CudaError> {
         let dev = device
             .as_cuda_device()
             .map_err(|e| err("not a CUDA device", e))?;
@@ -41,7 +52,7 @@ impl CudaMeter {
     }
 
     /// `(free, total)` bytes of the device now, as `cuMemGetInfo` reports them.
-    pub fn mem_info(&self) -> Result<(u64, u64), String> {
+    pub fn mem_info(&self) -> Result<(u64, u64), CudaError> {
         self.ctx
             .mem_get_info()
             .map(|(free, total)| (free as u64, total as u64))
@@ -50,7 +61,7 @@ impl CudaMeter {
 
     /// Allocates `bytes` outside the pool and keeps them until the worker exits, so that what
     /// remains free is the capacity being simulated.
-    pub fn reserve_ballast(&mut self, bytes: u64) -> Result<(), String> {
+    pub fn reserve_ballast(&mut self, bytes: u64) -> Result<(), CudaError> {
         if bytes == 0 {
             return Ok(());
         }
@@ -69,7 +80,7 @@ impl CudaMeter {
         self.ballast.map_or(0, |(_, b)| b)
     }
 
-    fn attribute(&self, attr: sys::CUmemPool_attribute) -> Result<u64, String> {
+    fn attribute(&self, attr: sys::CUmemPool_attribute) -> Result<u64, CudaError> {
         let mut v: u64 = 0;
         // SAFETY: these pool attributes are 64-bit values; `v` outlives the call.
         unsafe { result::mem_pool::get_attribute(self.pool, attr, (&raw mut v).cast()) }
@@ -78,7 +89,7 @@ impl CudaMeter {
     }
 
     /// Bytes in use and reserved by the pool now.
-    pub fn pool_current(&self) -> Result<(u64, u64), String> {
+    pub fn pool_current(&self) -> Result<(u64, u64), CudaError> {
         Ok((
             self.attribute(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?,
             self.attribute(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)?,
@@ -86,7 +97,7 @@ impl CudaMeter {
     }
 
     /// Starts new high-water marks at the current usage.
-    pub fn reset_high(&self) -> Result<(), String> {
+    pub fn reset_high(&self) -> Result<(), CudaError> {
         for attr in [
             sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
             sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH,
@@ -100,21 +111,21 @@ impl CudaMeter {
     }
 
     /// The pool's `(used, reserved)` high-water marks since the last reset.
-    pub fn high(&self) -> Result<(u64, u64), String> {
+    pub fn high(&self) -> Result<(u64, u64), CudaError> {
         Ok((
             self.attribute(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)?,
             self.attribute(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH)?,
         ))
     }
 
-    pub fn synchronize(&self) -> Result<(), String> {
+    pub fn synchronize(&self) -> Result<(), CudaError> {
         self.stream
             .synchronize()
             .map_err(|e| err("synchronizing the stream", e))
     }
 
     /// Returns the pool's unused memory to the device.
-    pub fn trim(&self) -> Result<(), String> {
+    pub fn trim(&self) -> Result<(), CudaError> {
         self.synchronize()?;
         // SAFETY: the pool belongs to this context; keeping 0 bytes only releases free blocks.
         unsafe { result::mem_pool::trim_to(self.pool, 0) }.map_err(|e| err("trimming the pool", e))

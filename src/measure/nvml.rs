@@ -30,7 +30,7 @@ pub struct GpuInfo {
     /// Percent of time a kernel ran over the last sample period; null where not supported.
     pub utilization_percent: Option<u32>,
     /// The processes holding memory, or why they cannot be listed (e.g. no permission).
-    pub processes: Result<Vec<GpuProcess>, String>,
+    pub processes: Result<Vec<GpuProcess>, GpuQueryError>,
 }
 
 impl GpuInfo {
@@ -55,10 +55,18 @@ pub struct GpuReport {
     pub gpus: Vec<GpuInfo>,
 }
 
-fn nvml() -> Result<&'static nvml_wrapper::Nvml, String> {
-    static NVML: OnceLock<Result<nvml_wrapper::Nvml, String>> = OnceLock::new();
+/// Why the GPUs cannot be read: no driver, NVML failing, or one GPU unreadable (stored as its
+/// sentence in the JSON of `oomlab devices`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(transparent)]
+#[error("{0}")]
+pub struct GpuQueryError(pub String);
+
+fn nvml() -> Result<&'static nvml_wrapper::Nvml, GpuQueryError> {
+    static NVML: OnceLock<Result<nvml_wrapper::Nvml, GpuQueryError>> = OnceLock::new();
     NVML.get_or_init(|| {
-        nvml_wrapper::Nvml::init().map_err(|e| match e {
+        nvml_wrapper::Nvml::init().map_err(|e| {
+            GpuQueryError(match e {
             nvml_wrapper::error::NvmlError::LibloadingError(_)
             | nvml_wrapper::error::NvmlError::LibraryNotFound => NO_DRIVER.to_string(),
             nvml_wrapper::error::NvmlError::DriverNotLoaded => format!(
@@ -66,23 +74,26 @@ fn nvml() -> Result<&'static nvml_wrapper::Nvml, String> {
             ),
             other => format!("NVML could not start ({other}); the CPU device is available"),
         })
+        })
     })
     .as_ref()
     .map_err(Clone::clone)
 }
 
 /// Reads every GPU now, or says why there are none to read.
-pub fn query() -> Result<GpuReport, String> {
+pub fn query() -> Result<GpuReport, GpuQueryError> {
     let nvml = nvml()?;
-    let count = nvml.device_count().map_err(|e| format!("NVML: {e}"))?;
+    let count = nvml
+        .device_count()
+        .map_err(|e| GpuQueryError(format!("NVML: {e}")))?;
     let mut gpus = Vec::new();
     for index in 0..count {
         let d = nvml
             .device_by_index(index)
-            .map_err(|e| format!("NVML cannot open GPU {index}: {e}"))?;
+            .map_err(|e| GpuQueryError(format!("NVML cannot open GPU {index}: {e}")))?;
         let mem = d
             .memory_info()
-            .map_err(|e| format!("NVML cannot read GPU {index}'s memory: {e}"))?;
+            .map_err(|e| GpuQueryError(format!("NVML cannot read GPU {index}'s memory: {e}")))?;
         let processes = d
             .running_compute_processes()
             .map(|list| {
@@ -97,10 +108,12 @@ pub fn query() -> Result<GpuReport, String> {
                     .collect()
             })
             .map_err(|e| match e {
-                nvml_wrapper::error::NvmlError::NoPermission => {
-                    "not allowed to list the processes using this GPU (run as the processes' owner or root)".to_string()
-                }
-                other => format!("cannot list the processes using this GPU ({other})"),
+                nvml_wrapper::error::NvmlError::NoPermission => GpuQueryError(
+                    "not allowed to list the processes using this GPU (run as the processes' owner or root)".to_string(),
+                ),
+                other => GpuQueryError(format!(
+                    "cannot list the processes using this GPU ({other})"
+                )),
             });
         gpus.push(GpuInfo {
             index,
@@ -134,7 +147,7 @@ mod tests {
     fn a_machine_without_a_driver_says_so_in_one_line() {
         // This test machine has no NVIDIA driver; on one with a driver the report lists its GPUs.
         match query() {
-            Err(e) => assert_eq!(e, NO_DRIVER),
+            Err(e) => assert_eq!(e.to_string(), NO_DRIVER),
             Ok(r) => assert!(r.gpus.iter().all(|g| g.total_bytes >= g.free_bytes)),
         }
     }

@@ -14,24 +14,28 @@ fn ranges_include_both_ends_and_reject_nonsense() {
         "0..4"
             .parse::<BatchRange>()
             .unwrap_err()
+            .to_string()
             .contains("start at 1")
     );
     assert!(
         "9..3"
             .parse::<BatchRange>()
             .unwrap_err()
+            .to_string()
             .contains("reversed")
     );
     assert!(
         "1..x"
             .parse::<BatchRange>()
             .unwrap_err()
+            .to_string()
             .contains("not a batch size")
     );
     assert!(
         "1..1000000"
             .parse::<BatchRange>()
             .unwrap_err()
+            .to_string()
             .contains("limit")
     );
 }

@@ -1,6 +1,7 @@
 //! The plan's small value types: strategies, confirmations, batch ranges, devices.
 
 use super::{Curve, MAX_BATCH};
+use crate::runtime::UnknownName;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -37,12 +38,16 @@ impl fmt::Display for Strategy {
 }
 
 impl FromStr for Strategy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
         Self::ALL
             .into_iter()
             .find(|x| x.name() == s.trim().to_ascii_lowercase())
-            .ok_or_else(|| format!("unknown strategy '{s}'; use auto, grid or binsearch"))
+            .ok_or_else(|| UnknownName {
+                what: "strategy",
+                given: s.to_string(),
+                choices: "auto, grid or binsearch".into(),
+            })
     }
 }
 
@@ -62,13 +67,17 @@ pub enum Confirm {
 }
 
 impl FromStr for Confirm {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
         match s.trim().to_ascii_lowercase().as_str() {
             "pick" => Ok(Self::Pick),
             "all" => Ok(Self::All),
             "none" => Ok(Self::None),
-            _ => Err(format!("unknown confirm '{s}'; use pick, all or none")),
+            _ => Err(UnknownName {
+                what: "confirm",
+                given: s.to_string(),
+                choices: "pick, all or none".into(),
+            }),
         }
     }
 }
@@ -80,38 +89,47 @@ pub struct BatchRange {
     pub max: usize,
 }
 
+/// A batch range that does not read or cannot be, in words that say what to write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BatchRangeError(String);
+
 impl BatchRange {
-    pub fn new(min: usize, max: usize) -> Result<Self, String> {
+    pub fn new(min: usize, max: usize) -> Result<Self, BatchRangeError> {
         if min == 0 {
-            return Err("batch sizes start at 1; use a range such as 1..256".into());
+            return Err(BatchRangeError(
+                "batch sizes start at 1; use a range such as 1..256".into(),
+            ));
         }
         if min > max {
-            return Err(format!(
+            return Err(BatchRangeError(format!(
                 "the batch range {min}..{max} is reversed; write the smaller size first, e.g. {max}..{min}"
-            ));
+            )));
         }
         if max > MAX_BATCH {
-            return Err(format!(
+            return Err(BatchRangeError(format!(
                 "batch {max} is beyond oomlab's limit of {MAX_BATCH}; choose a smaller maximum"
-            ));
+            )));
         }
         Ok(Self { min, max })
     }
 }
 
 impl FromStr for BatchRange {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BatchRangeError;
+    fn from_str(s: &str) -> Result<Self, BatchRangeError> {
         let s = s.trim();
         if s.starts_with('-') {
-            return Err(format!(
+            return Err(BatchRangeError(format!(
                 "a batch size cannot be negative ('{s}'); batches start at 1, e.g. 1..256"
-            ));
+            )));
         }
         let num = |t: &str| {
-            t.trim()
-                .parse::<usize>()
-                .map_err(|_| format!("'{t}' is not a batch size; write a range such as 1..256"))
+            t.trim().parse::<usize>().map_err(|_| {
+                BatchRangeError(format!(
+                    "'{t}' is not a batch size; write a range such as 1..256"
+                ))
+            })
         };
         if let Some((a, b)) = s.split_once("..") {
             let b = b.strip_prefix('=').unwrap_or(b);
@@ -219,8 +237,8 @@ impl From<DeviceKind> for String {
 }
 
 impl TryFrom<String> for DeviceKind {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = UnknownName;
+    fn try_from(s: String) -> Result<Self, UnknownName> {
         s.parse()
     }
 }
@@ -237,8 +255,8 @@ impl DeviceKind {
 }
 
 impl FromStr for DeviceKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
         let t = s.trim().to_ascii_lowercase();
         if t == "cpu" {
             return Ok(Self::Cpu);
@@ -252,6 +270,10 @@ impl FromStr for DeviceKind {
         };
         index
             .map(|index| Self::Cuda { index })
-            .ok_or_else(|| format!("unknown device '{s}'; use cpu or cuda:N (e.g. cuda:0)"))
+            .ok_or_else(|| UnknownName {
+                what: "device",
+                given: s.to_string(),
+                choices: "cpu or cuda:N (e.g. cuda:0)".into(),
+            })
     }
 }

@@ -423,12 +423,19 @@ pub fn plan_for(given: &PlanOverrides, spec: &ModelSpec) -> Result<SweepPlan, Pl
                     .iter()
                     .find(|g| g.index as usize == index)
                     .map(|g| g.free_bytes)
-                    .ok_or_else(|| format!("the driver lists no cuda:{index}"))
+                    .ok_or_else(|| {
+                        crate::measure::nvml::GpuQueryError(format!(
+                            "the driver lists no cuda:{index}"
+                        ))
+                    })
             })
             .map_err(|why| {
                 PlanError::invalid(
                     PlanField::Capacity,
-                    PlanProblem::GpuFreeUnknown { index, why },
+                    PlanProblem::GpuFreeUnknown {
+                        index,
+                        why: why.to_string(),
+                    },
                 )
             })?;
     }

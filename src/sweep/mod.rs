@@ -333,11 +333,12 @@ impl Sweep {
         let load = self.load_for(curve);
         let ready = match sup.ensure_loaded(&load, run.host.as_ref(), cancel) {
             Ok(r) => r,
-            Err(reason) => {
+            Err(e) => {
                 if cancel.load(Ordering::Relaxed) {
                     run.cancelled = true;
                     return Ok(false);
                 }
+                let reason = e.to_string();
                 self.record(JournalLine::LoadFailed {
                     build: curve.build(),
                     reason: reason.clone(),

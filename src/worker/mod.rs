@@ -6,7 +6,7 @@ mod supervisor;
 
 pub use process::run as run_worker;
 pub mod python;
-pub use supervisor::{Death, Load, LocateError, Supervisor, TrialResult, WorkerConfig};
+pub use supervisor::{Death, Load, LoadError, LocateError, Supervisor, TrialResult, WorkerConfig};
 
 /// Faults a test asks the real worker for. Hidden command-line options of `oomlab worker` (and,
 /// to reach it, of `oomlab sweep`): never environment variables, which a user's shell could leak

@@ -53,6 +53,13 @@ impl From<ModelError> for Failure {
     }
 }
 
+#[cfg(feature = "cuda")]
+impl From<crate::measure::cuda::CudaError> for Failure {
+    fn from(e: crate::measure::cuda::CudaError) -> Self {
+        Self::Other(e.to_string())
+    }
+}
+
 impl From<String> for Failure {
     fn from(e: String) -> Self {
         Self::Other(e)

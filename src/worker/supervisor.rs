@@ -184,6 +184,32 @@ impl Load {
     }
 }
 
+/// Why a worker could not build a model; each says what happened in the worker's words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadError {
+    /// The worker did not start.
+    #[error("{0}")]
+    Start(String),
+    /// The worker refused the model (its own message).
+    #[error("{0}")]
+    Refused(String),
+    #[error(
+        "the device ran out of memory while building the model ({0}); raise the capacity above the weights and the context"
+    )]
+    Oom(String),
+    #[error("unexpected answer to load: {0}")]
+    Unexpected(String),
+    #[error("cancelled")]
+    Cancelled,
+    #[error(
+        "building the model would take more memory than this machine can give the worker ({0})"
+    )]
+    HostMemory(String),
+    /// The worker died while building, twice.
+    #[error("the worker died while building the model: {0}")]
+    Died(String),
+}
+
 /// Owns at most one worker process at a time.
 pub struct Supervisor {
     config: WorkerConfig,
@@ -416,7 +442,7 @@ impl Supervisor {
         load: &Load,
         host: Option<&crate::measure::host::HostMemory>,
         cancel: &AtomicBool,
-    ) -> Result<Ready, String> {
+    ) -> Result<Ready, LoadError> {
         if let (Some(loaded), Some(ready)) = (&self.loaded, &self.ready)
             && loaded == load
             && self.running.is_some()
@@ -432,12 +458,12 @@ impl Supervisor {
         };
         let req = load.request();
         let python = load.torch.as_ref().map(|(p, _)| p.clone());
-        let mut last = String::new();
+        let mut last = LoadError::Died(String::new());
         for _attempt in 0..2 {
             if self.running.is_none()
                 && let Err(d) = self.spawn(load.device, python.as_ref())
             {
-                return Err(d.describe());
+                return Err(LoadError::Start(d.describe()));
             }
             match self.request(&req, cancel, &mut |_| {}) {
                 Ok(Response::Ready(ready)) => {
@@ -445,26 +471,19 @@ impl Supervisor {
                     self.ready = Some(ready.clone());
                     return Ok(ready);
                 }
-                Ok(Response::Error { message }) => return Err(message),
+                Ok(Response::Error { message }) => return Err(LoadError::Refused(message)),
                 Ok(Response::Oom { message, .. }) => {
                     // The worker ends after an out-of-memory; reap it.
                     let _ = self.reap(false);
-                    return Err(format!(
-                        "the device ran out of memory while building the model ({message}); raise the capacity above the weights and the context"
-                    ));
+                    return Err(LoadError::Oom(message));
                 }
-                Ok(other) => return Err(format!("unexpected answer to load: {other:?}")),
-                Err(Death::Cancelled) => return Err("cancelled".into()),
-                Err(d @ Death::Spawn(_)) => return Err(d.describe()),
+                Ok(other) => return Err(LoadError::Unexpected(format!("{other:?}"))),
+                Err(Death::Cancelled) => return Err(LoadError::Cancelled),
+                Err(d @ Death::Spawn(_)) => return Err(LoadError::Start(d.describe())),
                 Err(d @ Death::HostMemory { .. }) => {
-                    return Err(format!(
-                        "building the model would take more memory than this machine can give the worker ({})",
-                        d.describe()
-                    ));
+                    return Err(LoadError::HostMemory(d.describe()));
                 }
-                Err(d) => {
-                    last = format!("the worker died while building the model: {}", d.describe());
-                }
+                Err(d) => last = LoadError::Died(d.describe()),
             }
         }
         Err(last)

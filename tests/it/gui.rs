@@ -10,7 +10,7 @@ use eframe::egui;
 use egui::accesskit::Role;
 use egui_kittest::Harness;
 use egui_kittest::kittest::{NodeT, Queryable};
-use oomlab::gui::{AppOptions, OomLabApp};
+use oomlab::gui::{AppOptions, OomLabApp, TestHooks};
 use oomlab::measure::host::HostMemory;
 use oomlab::measure::nvml::{GpuInfo, GpuProcess, GpuReport, NO_DRIVER};
 use oomlab::plan::{Strategy, human_bytes};
@@ -71,7 +71,7 @@ fn harness_full(
         persist: false,
         checker,
         host,
-        gpus: Some(gpus),
+        gpus: Some(gpus.map_err(oomlab::measure::nvml::GpuQueryError)),
         runtime_cache: Some(dir.join("runtime.json")),
         estimator,
         hf_cache: Some(dir.join("hub")),
@@ -88,7 +88,7 @@ fn harness(dir: &TempDir, open: Option<PathBuf>) -> Harness<'static, OomLabApp> 
 /// Lets the settings checker (a background thread, for model paths) answer, then redraws.
 fn settle(h: &mut Harness<'static, OomLabApp>) {
     h.run_steps(2);
-    while h.state().checking() {
+    while h.state().seen().checking {
         assert!(h.state_mut().wait_for_background(Duration::from_secs(30)));
         h.run_steps(1);
     }
@@ -118,10 +118,14 @@ fn run_disabled(h: &Harness<'static, OomLabApp>) -> bool {
 
 /// Steps the harness until opened results are shown (blocking on the background reader).
 fn wait_for_results(h: &mut Harness<'static, OomLabApp>) {
-    while h.state().results().is_none() {
+    while h.state().seen().results.is_none() {
         h.state_mut().wait_for_background(Duration::from_secs(30));
         h.step();
-        assert!(h.state().notice().is_none(), "{:?}", h.state().notice());
+        assert!(
+            h.state().seen().notice.is_none(),
+            "{:?}",
+            h.state().seen().notice
+        );
     }
     h.run_steps(2);
 }
@@ -129,7 +133,7 @@ fn wait_for_results(h: &mut Harness<'static, OomLabApp>) {
 /// Steps the harness until the sweep ends, blocking on each engine event between frames.
 fn run_to_end(h: &mut Harness<'static, OomLabApp>) {
     let mut events = 0;
-    while h.state().is_running() {
+    while h.state().seen().running {
         assert!(
             h.state_mut().wait_for_engine(Duration::from_mins(2)),
             "the engine went silent"
@@ -326,7 +330,7 @@ fn replay(journal: &Path) -> Replay {
 
 /// Asserts that the boundary table, the card and the trials table show what the journal holds.
 fn assert_screen_matches_journal(h: &Harness<'static, OomLabApp>) -> Replay {
-    let journal = h.state().journal_path().expect("a journal").to_path_buf();
+    let journal = h.state().seen().journal.expect("a journal").to_path_buf();
     let want = replay(&journal);
     for r in &want.rows {
         let drawn = row(h, &r[0]);
@@ -385,8 +389,8 @@ fn set_experiment(h: &mut Harness<'static, OomLabApp>, seq: &str, batch: &str, c
     set_text(h, "Sequence lengths", seq);
     set_text(h, "Batch range", batch);
     set_text(h, "Capacity", capacity);
-    h.state_mut().settings.f16 = false;
-    h.state_mut().settings.threads = 1;
+    h.state_mut().settings_mut().f16 = false;
+    h.state_mut().settings_mut().threads = 1;
     settle(h);
 }
 
@@ -397,12 +401,12 @@ fn start(
     strategy: Strategy,
     [seq, batch, capacity]: [&str; 3],
 ) {
-    h.state_mut().settings.model = model.into();
-    h.state_mut().settings.strategy = strategy;
+    h.state_mut().settings_mut().model = model.into();
+    h.state_mut().settings_mut().strategy = strategy;
     set_experiment(h, seq, batch, capacity);
     h.get_by_role_and_label(Role::Button, "Run").click();
     h.run_steps(1);
-    assert!(h.state().is_running());
+    assert!(h.state().seen().running);
 }
 
 #[test]
@@ -418,18 +422,18 @@ fn run_a_sweep_and_the_drawn_tables_match_the_journal_on_disk() {
     h.run_steps(2);
     h.get_by_label_contains("tiny-bert  ").click();
     h.run_steps(2);
-    assert_eq!(h.state().settings.model, "tiny-bert");
+    assert_eq!(h.state().seen().settings.model, "tiny-bert");
     set_experiment(&mut h, "32, 64", "1..64", "6MiB");
     h.get_by_role_and_label(Role::Button, "Run").click();
     h.run_steps(1);
-    assert!(h.state().is_running());
+    assert!(h.state().seen().running);
     run_to_end(&mut h);
     let want = assert_screen_matches_journal(&h);
     assert_eq!(want.rows.len(), 2);
     assert!(want.rows.iter().all(|r| r[2] == "exact"), "{:?}", want.rows);
     // The event log said up front how many trials the search would take.
     shown(&h, "forecast: 2 curves, 5 trials if the estimator is right");
-    let f = h.state().frame_stats();
+    let f = h.state().seen().frame_stats;
     eprintln!("{}", f.summary());
 }
 
@@ -440,10 +444,10 @@ fn killing_the_worker_inside_the_forward_shows_the_failed_trial_and_its_retry() 
     start(&mut h, "tiny-bert", Strategy::Grid, ["16", "1..3", "1GiB"]);
     // The window learns the worker's pid when it announces the forward of batch 2; kill it then.
     let mut killed = false;
-    while h.state().is_running() {
+    while h.state().seen().running {
         assert!(h.state_mut().wait_for_engine(Duration::from_mins(1)));
         h.step();
-        if !killed && let Some((pid, 2)) = h.state().trial_in_flight() {
+        if !killed && let Some((pid, 2)) = h.state().seen().trial_in_flight {
             // Inside the trial (the stall sits between announcing the forward and running it),
             // not waiting for a request on stdin.
             let at_kill = main_thread_syscall(pid);
@@ -530,7 +534,7 @@ fn cancel_mid_sweep_keeps_a_consistent_resumable_state() {
         ["16", "1..6", "64MiB"],
     );
     // Wait for the first finished trial, then cancel while the next is in flight.
-    while h.state().results().is_none_or(|r| r.trials.is_empty()) {
+    while h.state().seen().results.is_none_or(|r| r.trials.is_empty()) {
         assert!(h.state_mut().wait_for_engine(Duration::from_mins(1)));
         h.step();
     }
@@ -568,8 +572,8 @@ fn cancel_mid_sweep_keeps_a_consistent_resumable_state() {
 fn invalid_input_disables_run_with_the_reason_in_the_windows_words() {
     let dir = TempDir::new("gui-invalid");
     let mut h = harness(&dir, None);
-    h.state_mut().settings.model = "tiny-bert".into();
-    h.state_mut().settings.seqs = "32".into();
+    h.state_mut().settings_mut().model = "tiny-bert".into();
+    h.state_mut().settings_mut().seqs = "32".into();
     settle(&mut h);
     assert!(!run_disabled(&h));
     set_text(&mut h, "Batch range", "0..4");
@@ -605,8 +609,8 @@ fn invalid_input_disables_run_with_the_reason_in_the_windows_words() {
 fn the_runtime_picker_shows_pytorch_settings_only_where_they_apply() {
     let dir = TempDir::new("gui-runtime");
     let mut h = harness(&dir, None);
-    h.state_mut().settings.model = "tiny-bert".into();
-    h.state_mut().settings.seqs = "32".into();
+    h.state_mut().settings_mut().model = "tiny-bert".into();
+    h.state_mut().settings_mut().seqs = "32".into();
     settle(&mut h);
     assert!(!run_disabled(&h));
     // candle alone: nothing of PyTorch's is drawn.
@@ -641,9 +645,9 @@ fn the_runtime_picker_shows_pytorch_settings_only_where_they_apply() {
     assert!(!run_disabled(&h));
     // Checkpointing on and off: two curves in the plan Run would start.
     // (Below the panel's fold at this size: set as a click would.)
-    h.state_mut().settings.checkpointing_on = true;
+    h.state_mut().settings_mut().checkpointing_on = true;
     settle(&mut h);
-    let plan = h.state().checked_plan().expect("a plan");
+    let plan = h.state().seen().checked_plan.expect("a plan");
     assert_eq!(plan.curves().len(), 2);
     assert!(
         plan.curves()
@@ -663,7 +667,7 @@ fn a_pytorch_training_sweep_in_the_window_draws_both_checkpointing_curves_and_ex
     let dir = TempDir::new("gui-torch");
     let mut h = harness(&dir, None);
     {
-        let s = &mut h.state_mut().settings;
+        let s = h.state_mut().settings_mut();
         s.model = "tiny-llama".into();
         s.candle = false;
         s.torch = true;
@@ -706,18 +710,18 @@ fn a_pytorch_training_sweep_in_the_window_draws_both_checkpointing_curves_and_ex
 fn without_a_checker_thread_a_path_gets_an_error_not_a_stuck_check() {
     let dir = TempDir::new("gui-nochecker");
     let mut h = harness_with(&dir, None, worker(), false);
-    h.state_mut().settings.model = fixtures()
+    h.state_mut().settings_mut().model = fixtures()
         .join("checkpoints/tiny-bert")
         .display()
         .to_string();
     h.run_steps(3);
-    assert!(!h.state().checking());
+    assert!(!h.state().seen().checking);
     assert!(run_disabled(&h));
     h.get_by_label_contains("cannot check the model");
     assert!(h.query_by_label_contains("checking the model").is_none());
     // A bundled model needs no thread: it is checked at once.
-    h.state_mut().settings.model = "tiny-bert".into();
-    h.state_mut().settings.seqs = "32".into();
+    h.state_mut().settings_mut().model = "tiny-bert".into();
+    h.state_mut().settings_mut().seqs = "32".into();
     h.run_steps(3);
     assert!(!run_disabled(&h));
 }
@@ -727,11 +731,11 @@ fn reopened_results_export_and_bad_paths_get_clear_messages() {
     let dir = TempDir::new("gui-open");
     let mut h = harness(&dir, Some(fixtures().join("gui/tiny-llama-grid.jsonl")));
     wait_for_results(&mut h);
-    let r = h.state().results().unwrap().clone();
+    let r = h.state().seen().results.unwrap().clone();
     assert_eq!(r.model, "tiny-llama");
     h.get_by_label("batch 39 × seq 64 in f16");
     // The reopened plan is what Run would repeat.
-    assert_eq!(h.state().settings.model, "tiny-llama");
+    assert_eq!(h.state().seen().settings.model, "tiny-llama");
     assert_eq!(row(&h, "seq 64 f16")[2], "exact");
     // Export through the typed path (works without a dialog service).
     let out = dir.join("rec.toml");
@@ -749,7 +753,7 @@ fn reopened_results_export_and_bad_paths_get_clear_messages() {
     field.set_text_value_accesskit("/proc/oomlab/nope.toml");
     h.run_steps(1);
     write_export(&mut h);
-    let n = h.state().notice().unwrap().to_string();
+    let n = h.state().seen().notice.unwrap().to_string();
     assert!(
         n.contains("/proc/oomlab/nope.toml") && n.contains("choose a folder"),
         "{n}"
@@ -894,8 +898,8 @@ fn a_capacity_this_machine_cannot_hold_disables_run_until_overcommit_is_ticked()
     let mut w = worker();
     w.faults.host_available_bytes = Some(64 << 20);
     let mut h = harness_with(&dir, None, w, true);
-    h.state_mut().settings.model = "tiny-bert".into();
-    h.state_mut().settings.strategy = Strategy::Auto;
+    h.state_mut().settings_mut().model = "tiny-bert".into();
+    h.state_mut().settings_mut().strategy = Strategy::Auto;
     set_experiment(&mut h, "64", "1..1024", "1GiB");
     assert!(run_disabled(&h));
     shown(
@@ -949,13 +953,15 @@ fn the_gpus_the_driver_reports_are_listed_with_live_gauges_and_their_processes()
             ),
             gpu(
                 1,
-                Err("not allowed to list the processes using this GPU".into()),
+                Err(oomlab::measure::nvml::GpuQueryError(
+                    "not allowed to list the processes using this GPU".into(),
+                )),
             ),
         ],
     };
     let mut h = harness_gpus(&dir, None, worker(), true, Ok(report));
-    h.state_mut().settings.model = "tiny-bert".into();
-    h.state_mut().settings.seqs = "32".into();
+    h.state_mut().settings_mut().model = "tiny-bert".into();
+    h.state_mut().settings_mut().seqs = "32".into();
     settle(&mut h);
     shown(&h, "cuda:0 NVIDIA H200: 2.0 GiB of 140.0 GiB used, 3% busy");
     shown(&h, "pid 4242 holds 512.0 MiB");
@@ -972,7 +978,7 @@ fn the_gpus_the_driver_reports_are_listed_with_live_gauges_and_their_processes()
         .click();
     settle(&mut h);
     assert_eq!(
-        h.state().settings.device,
+        h.state().seen().settings.device,
         oomlab::plan::DeviceKind::Cuda { index: 1 }
     );
     assert!(run_disabled(&h));
@@ -987,8 +993,8 @@ fn the_gpus_the_driver_reports_are_listed_with_live_gauges_and_their_processes()
 fn without_a_driver_the_window_carries_on_with_the_cpu() {
     let dir = TempDir::new("gui-nodriver");
     let mut h = harness(&dir, None);
-    h.state_mut().settings.model = "tiny-bert".into();
-    h.state_mut().settings.seqs = "32".into();
+    h.state_mut().settings_mut().model = "tiny-bert".into();
+    h.state_mut().settings_mut().seqs = "32".into();
     settle(&mut h);
     shown(&h, NO_DRIVER);
     assert!(!run_disabled(&h));
@@ -1028,7 +1034,7 @@ fn a_pasted_oom_message_is_explained_in_the_window() {
 /// Steps until the estimator for the shown sweep is built (a background job).
 fn wait_for_estimator(h: &mut Harness<'static, OomLabApp>) {
     for _ in 0..100 {
-        if h.state().estimator_ready() {
+        if h.state().seen().estimator_ready {
             h.run_steps(2);
             return;
         }
@@ -1140,7 +1146,7 @@ fn a_computed_recommendation_is_confirmed_by_its_button() {
     // The Confirm button on that row (the only one in the card).
     h.get_by_role_and_label(Role::Button, "Confirm").click();
     h.run_steps(1);
-    assert!(h.state().is_running());
+    assert!(h.state().seen().running);
     run_to_end(&mut h);
     let after = assert_screen_matches_journal(&h);
     let confirms: Vec<&Value> = after

@@ -381,7 +381,7 @@ fn device_ui(view: &View<'_>, settings: &mut Settings, ui: &mut egui::Ui) {
             );
         }
         Some(Err(why)) => {
-            ui.label(RichText::new(why).small().weak());
+            ui.label(RichText::new(why.to_string()).small().weak());
         }
         None => {}
     }

@@ -51,7 +51,7 @@ pub struct View<'a> {
     /// This machine's memory, when known.
     pub host: Option<HostMemory>,
     /// The GPUs the NVIDIA driver reports, or why there are none (`None` until known).
-    pub gpus: Option<&'a Result<GpuReport, String>>,
+    pub gpus: Option<&'a Result<GpuReport, crate::measure::nvml::GpuQueryError>>,
     /// The worker computing a trial now (its process is marked in the GPU monitor).
     pub worker_pid: Option<u32>,
     pub model_summary: Option<&'a str>,
