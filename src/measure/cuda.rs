@@ -18,13 +18,13 @@ pub struct CudaMeter {
 /// A CUDA driver call that failed: what oomlab was doing, and the driver's error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{what}: {detail}")]
-pub struct CudaError {
+pub struct CudaCallError {
     pub what: &'static str,
     pub detail: String,
 }
 
-fn err(what: &'static str, e: impl std::fmt::Debug) -> CudaError {
-    CudaError {
+fn err(what: &'static str, e: impl std::fmt::Debug) -> CudaCallError {
+    CudaCallError {
         what,
         detail: format!("{e:?}"),
     }
@@ -32,7 +32,7 @@ fn err(what: &'static str, e: impl std::fmt::Debug) -> CudaError {
 
 impl CudaMeter {
     /// The meter of a candle CUDA device.
-    pub fn new(device: &candle_core::Device) -> Result<Self, CudaError> {
+    pub fn new(device: &candle_core::Device) -> Result<Self, CudaCallError> {
         let dev = device
             .as_cuda_device()
             .map_err(|e| err("not a CUDA device", e))?;
@@ -52,7 +52,7 @@ impl CudaMeter {
     }
 
     /// `(free, total)` bytes of the device now, as `cuMemGetInfo` reports them.
-    pub fn mem_info(&self) -> Result<(u64, u64), CudaError> {
+    pub fn mem_info(&self) -> Result<(u64, u64), CudaCallError> {
         self.ctx
             .mem_get_info()
             .map(|(free, total)| (free as u64, total as u64))
@@ -61,7 +61,7 @@ impl CudaMeter {
 
     /// Allocates `bytes` outside the pool and keeps them until the worker exits, so that what
     /// remains free is the capacity being simulated.
-    pub fn reserve_ballast(&mut self, bytes: u64) -> Result<(), CudaError> {
+    pub fn reserve_ballast(&mut self, bytes: u64) -> Result<(), CudaCallError> {
         if bytes == 0 {
             return Ok(());
         }
@@ -80,7 +80,7 @@ impl CudaMeter {
         self.ballast.map_or(0, |(_, b)| b)
     }
 
-    fn attribute(&self, attr: sys::CUmemPool_attribute) -> Result<u64, CudaError> {
+    fn attribute(&self, attr: sys::CUmemPool_attribute) -> Result<u64, CudaCallError> {
         let mut v: u64 = 0;
         // SAFETY: these pool attributes are 64-bit values; `v` outlives the call.
         unsafe { result::mem_pool::get_attribute(self.pool, attr, (&raw mut v).cast()) }
@@ -89,7 +89,7 @@ impl CudaMeter {
     }
 
     /// Bytes in use and reserved by the pool now.
-    pub fn pool_current(&self) -> Result<(u64, u64), CudaError> {
+    pub fn pool_current(&self) -> Result<(u64, u64), CudaCallError> {
         Ok((
             self.attribute(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?,
             self.attribute(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)?,
@@ -97,7 +97,7 @@ impl CudaMeter {
     }
 
     /// Starts new high-water marks at the current usage.
-    pub fn reset_high(&self) -> Result<(), CudaError> {
+    pub fn reset_high(&self) -> Result<(), CudaCallError> {
         for attr in [
             sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
             sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH,
@@ -111,21 +111,21 @@ impl CudaMeter {
     }
 
     /// The pool's `(used, reserved)` high-water marks since the last reset.
-    pub fn high(&self) -> Result<(u64, u64), CudaError> {
+    pub fn high(&self) -> Result<(u64, u64), CudaCallError> {
         Ok((
             self.attribute(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)?,
             self.attribute(sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH)?,
         ))
     }
 
-    pub fn synchronize(&self) -> Result<(), CudaError> {
+    pub fn synchronize(&self) -> Result<(), CudaCallError> {
         self.stream
             .synchronize()
             .map_err(|e| err("synchronizing the stream", e))
     }
 
     /// Returns the pool's unused memory to the device.
-    pub fn trim(&self) -> Result<(), CudaError> {
+    pub fn trim(&self) -> Result<(), CudaCallError> {
         self.synchronize()?;
         // SAFETY: the pool belongs to this context; keeping 0 bytes only releases free blocks.
         unsafe { result::mem_pool::trim_to(self.pool, 0) }.map_err(|e| err("trimming the pool", e))

@@ -54,8 +54,8 @@ impl From<ModelError> for Failure {
 }
 
 #[cfg(feature = "cuda")]
-impl From<crate::measure::cuda::CudaError> for Failure {
-    fn from(e: crate::measure::cuda::CudaError) -> Self {
+impl From<crate::measure::cuda::CudaCallError> for Failure {
+    fn from(e: crate::measure::cuda::CudaCallError) -> Self {
         Self::Other(e.to_string())
     }
 }
