@@ -185,7 +185,15 @@ pub fn from_total_capacity(capacity_bytes: u64) -> Option<&'static GpuPreset> {
     })
 }
 
-/// The preset whose memory is exactly `capacity_bytes` (a sweep planned with `--gpu`).
+/// A preset is written as its id (`"t4"`; a plan's `gpu`).
+impl serde::Serialize for GpuPreset {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.id)
+    }
+}
+
+/// The preset whose memory is exactly `capacity_bytes`: what a plan written before plans named
+/// their preset was planned with (`--gpu` wrote only its bytes then).
 #[must_use]
 pub fn matching(capacity_bytes: u64) -> Option<&'static GpuPreset> {
     PRESETS.iter().find(|p| p.total_bytes == capacity_bytes)
@@ -193,8 +201,8 @@ pub fn matching(capacity_bytes: u64) -> Option<&'static GpuPreset> {
 
 /// How a capacity reads in titles: `14.56 GiB (Tesla T4, CPU measurement)`.
 #[must_use]
-pub fn capacity_label(capacity_bytes: u64, on_cpu: bool) -> String {
-    match matching(capacity_bytes) {
+pub fn capacity_label(capacity_bytes: u64, preset: Option<&GpuPreset>, on_cpu: bool) -> String {
+    match preset {
         Some(p) => format!(
             "{:.2} GiB ({}{})",
             capacity_bytes as f64 / f64::from(1u32 << 30),

@@ -110,7 +110,7 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
         return Err(invalid(PlanField::Threads, PlanProblem::ZeroThreads));
     }
     let points = points(args)?;
-    let capacity = args.what.capacity.or(args.what.gpu);
+    let capacity = args.what.capacity.or(args.what.gpu.map(|g| g.total_bytes));
     let cancel = Arc::new(AtomicBool::new(false));
     let on_signal = Arc::clone(&cancel);
     let _ = crate::signals::on_terminate(move || on_signal.store(true, Ordering::Relaxed));

@@ -118,8 +118,8 @@ pub struct ModelArgs {
     /// A GPU's memory as the capacity: k80, gtx1080ti, t4, v100-16, rtx3090, rtx4090, l4, a10g,
     /// a100-40, a100-80, h100, h200. On the CPU a sweep's result is a CPU measurement against
     /// that capacity (no CUDA context or kernels in it), and is labelled so.
-    #[arg(long, conflicts_with = "capacity", value_parser = parse_gpu)]
-    pub gpu: Option<u64>,
+    #[arg(long, conflicts_with = "capacity", value_parser = crate::presets::find)]
+    pub gpu: Option<&'static crate::presets::GpuPreset>,
     /// Threads for forward passes (the runtime's own memory grows with them). Default: every
     /// core (the worker runs niced).
     #[arg(long)]
@@ -196,11 +196,6 @@ impl From<PlanError> for CliError {
             other => Self::usage(other.describe(&Flags)),
         }
     }
-}
-
-/// A `--gpu` preset's memory.
-fn parse_gpu(text: &str) -> Result<u64, crate::presets::UnknownGpu> {
-    crate::presets::find(text).map(|p| p.total_bytes)
 }
 
 /// One line about this machine's memory and the largest capacity it can simulate.

@@ -141,7 +141,8 @@ impl SweepArgs {
             seqs: (!self.what.seq.is_empty()).then(|| self.what.seq.clone()),
             dtypes: (!self.what.dtype.is_empty()).then(|| self.what.dtype.clone()),
             batch: self.batch,
-            capacity_bytes: self.what.capacity.or(self.what.gpu),
+            capacity_bytes: self.what.capacity,
+            gpu: self.what.gpu,
             headroom: self.headroom,
             strategy: self.strategy,
             device: self.device,
@@ -453,14 +454,13 @@ impl Progress {
                     plan.batch,
                     crate::presets::capacity_label(
                         plan.capacity_bytes,
+                        plan.gpu,
                         matches!(plan.device, crate::plan::Device::Cpu { .. })
                     ),
                     plan.strategy,
                     plan.device
                 ));
-                if matches!(plan.device, crate::plan::Device::Cpu { .. })
-                    && crate::presets::matching(plan.capacity_bytes).is_some()
-                {
+                if matches!(plan.device, crate::plan::Device::Cpu { .. }) && plan.gpu.is_some() {
                     self.line(&format!("({})", crate::presets::CPU_NOTE));
                 }
                 self.line(&format!("journal: {}", journal.display()));

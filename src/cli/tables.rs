@@ -16,11 +16,11 @@ pub fn print_results(r: &Results) {
         r.model,
         r.family,
         r.device,
-        crate::presets::capacity_label(r.capacity_bytes, !r.on_gpu()),
+        crate::presets::capacity_label(r.capacity_bytes, r.plan.gpu, !r.on_gpu()),
         r.capacity_bytes,
         r.headroom * 100.0
     );
-    if !r.on_gpu() && crate::presets::matching(r.capacity_bytes).is_some() {
+    if !r.on_gpu() && r.plan.gpu.is_some() {
         println!("({})", crate::presets::CPU_NOTE);
         for (d, base) in &r.baseline_bytes {
             if let Some(w) = r.weights_bytes.get(d) {
@@ -159,9 +159,7 @@ pub fn print_results(r: &Results) {
                     m.to_string()
                 }
             ),
-            b.reason
-                .as_ref()
-                .map_or_else(String::new, |r| format!("  ({r})"))
+            b.reason().map_or_else(String::new, |r| format!("  ({r})"))
         );
     }
     if r.recommendation.curves.iter().any(|c| c.computed) {

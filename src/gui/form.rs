@@ -138,6 +138,7 @@ fn overrides(s: &Settings, model: ModelRef) -> Result<PlanOverrides, PlanError> 
                 .parse::<BatchRange>()
                 .map_err(|e| invalid(PlanField::Batch, e))?,
         ),
+        gpu: s.preset(),
         capacity_bytes: Some(
             parse_bytes(&s.capacity).map_err(|e| invalid(PlanField::Capacity, e.to_string()))?,
         ),
@@ -235,6 +236,22 @@ fn parse_seqs(s: &str) -> Result<Vec<usize>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The GPU preset list sets a capacity that reads back (a size with its unit) and names the
+    /// GPU in the plan; typing another capacity leaves no GPU named.
+    #[test]
+    fn a_gpu_preset_sets_a_capacity_that_checks_and_names_the_gpu() {
+        let t4 = crate::presets::find("t4").unwrap();
+        let mut s = Settings::default();
+        s.set_capacity(t4.total_bytes, Some(t4));
+        assert_eq!(s.preset(), Some(t4));
+        let plan = check(&s).plan.unwrap();
+        assert_eq!(plan.capacity_bytes, t4.total_bytes);
+        assert_eq!(plan.gpu, Some(t4));
+        s.capacity = "1GiB".into();
+        assert_eq!(s.preset(), None);
+        assert_eq!(check(&s).plan.unwrap().gpu, None);
+    }
 
     #[test]
     fn default_settings_are_the_plan_defaults_and_check_clean() {

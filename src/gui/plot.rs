@@ -173,7 +173,7 @@ pub fn plot_ui(
     let host_pts: Vec<[f64; 2]> = host_stops.iter().map(|t| [t.batch as f64, cap]).collect();
     lookup.insert(host_name.clone(), host_stops);
     let headroom_pct = r.headroom * 100.0;
-    let cap_label = crate::presets::capacity_label(r.capacity_bytes, !r.on_gpu());
+    let cap_label = crate::presets::capacity_label(r.capacity_bytes, r.plan.gpu, !r.on_gpu());
     let formatter = move |pos: &HoverPosition<'_>| -> Option<String> {
         match pos {
             HoverPosition::NearDataPoint {

@@ -3,6 +3,7 @@
 use crate::plan::{
     Attn, DeviceKind, Optimizer, Precision, Runtime, Strategy, SweepPlan, Task, Workload, defaults,
 };
+use crate::presets::GpuPreset;
 use eframe::egui;
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +55,9 @@ pub struct Settings {
     pub checkpointing_on: bool,
     pub batch: String,
     pub capacity: String,
+    /// The GPU preset chosen for the capacity (its id); it holds while the capacity is its
+    /// memory ([`Self::preset`]).
+    pub gpu: Option<String>,
     pub headroom: String,
     pub strategy: Strategy,
     pub theme: ThemeChoice,
@@ -69,6 +73,25 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The capacity field shows `bytes` as a size that reads back exactly; `preset` is the GPU
+    /// whose memory it is.
+    pub fn set_capacity(&mut self, bytes: u64, preset: Option<&'static GpuPreset>) {
+        self.capacity = crate::plan::human_bytes(bytes).replace(".0 ", " ");
+        if crate::plan::parse_bytes(&self.capacity) != Ok(bytes) {
+            self.capacity = format!("{bytes}B");
+        }
+        self.gpu = preset.map(|p| p.id.to_string());
+    }
+
+    /// The GPU preset the capacity is, while the capacity field still reads as its memory.
+    #[must_use]
+    pub fn preset(&self) -> Option<&'static GpuPreset> {
+        self.gpu
+            .as_deref()
+            .and_then(|id| crate::presets::find(id).ok())
+            .filter(|p| crate::plan::parse_bytes(&self.capacity) == Ok(p.total_bytes))
+    }
+
     /// Puts the current model at the head of the recent ones (six kept).
     pub fn remember_model(&mut self) {
         let m = self.model.trim().to_string();
@@ -104,6 +127,7 @@ impl Default for Settings {
             checkpointing_on: false,
             batch: String::new(),
             capacity: String::new(),
+            gpu: None,
             headroom: String::new(),
             strategy: Strategy::default(),
             theme: ThemeChoice::System,
@@ -145,10 +169,7 @@ impl Settings {
         self.checkpointing_off = ckpt.contains(&false);
         self.checkpointing_on = ckpt.contains(&true);
         self.batch = plan.batch.to_string();
-        self.capacity = crate::plan::human_bytes(plan.capacity_bytes).replace(".0 ", " ");
-        if crate::plan::parse_bytes(&self.capacity) != Ok(plan.capacity_bytes) {
-            self.capacity = format!("{}B", plan.capacity_bytes);
-        }
+        self.set_capacity(plan.capacity_bytes, plan.gpu);
         self.headroom = format!("{}%", (plan.headroom * 100.0 * 1000.0).round() / 1000.0);
         self.strategy = plan.strategy;
         self.device = plan.device.kind();

@@ -7,6 +7,7 @@ use std::fmt;
 
 use crate::catalog::ModelRef;
 pub use crate::precision::Precision;
+use crate::presets::GpuPreset;
 pub use crate::runtime::{Attn, Optimizer, Runtime, Task, Workload};
 use std::path::PathBuf;
 
@@ -40,6 +41,9 @@ pub struct SweepPlan {
     pub workload: Workload,
     /// The PyTorch runtime's settings (ignored by candle).
     pub torch: TorchPlan,
+    /// The GPU whose memory `capacity_bytes` is (`--gpu`, the window's GPU preset); null when
+    /// the capacity was given as a size or is a real device's.
+    pub gpu: Option<&'static GpuPreset>,
 }
 
 /// What the PyTorch runtime runs, beside the fields every runtime shares.
@@ -113,6 +117,7 @@ impl SweepPlan {
             runtimes: defaults::RUNTIMES.to_vec(),
             workload: Workload::default(),
             torch: TorchPlan::default(),
+            gpu: None,
         }
     }
 
@@ -262,7 +267,7 @@ mod legacy {
     use super::{
         BatchRange, Device, ModelRef, Precision, Runtime, Strategy, SweepPlan, TorchPlan, Workload,
     };
-    use serde::Deserialize;
+    use serde::{Deserialize, Deserializer};
 
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -288,10 +293,28 @@ mod legacy {
         workload: Workload,
         #[serde(default)]
         torch: TorchPlan,
+        /// Absent before plans named their preset (then the capacity's bytes name it, as
+        /// `--gpu` wrote them); present and null when there is none.
+        #[serde(default)]
+        gpu: GpuField,
     }
 
     fn candle_only() -> Vec<Runtime> {
         vec![Runtime::Candle]
+    }
+
+    /// A plan's `gpu` as written: absent, or given (a preset's id, or null).
+    #[derive(Default)]
+    enum GpuField {
+        #[default]
+        Absent,
+        Given(Option<String>),
+    }
+
+    impl<'de> Deserialize<'de> for GpuField {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            Option::<String>::deserialize(d).map(Self::Given)
+        }
     }
 
     impl TryFrom<PlanRepr> for SweepPlan {
@@ -303,6 +326,13 @@ mod legacy {
                     threads: p.threads.unwrap_or(1),
                 },
                 DeviceRepr::Name(n) => return Err(format!("unknown device '{n}'")),
+            };
+            let gpu = match p.gpu {
+                GpuField::Absent => crate::presets::matching(p.capacity_bytes),
+                GpuField::Given(None) => None,
+                GpuField::Given(Some(id)) => {
+                    Some(crate::presets::find(&id).map_err(|e| e.to_string())?)
+                }
             };
             Ok(Self {
                 model: p.model,
@@ -316,6 +346,7 @@ mod legacy {
                 runtimes: p.runtimes,
                 workload: p.workload,
                 torch: p.torch,
+                gpu,
             })
         }
     }

@@ -48,6 +48,8 @@ pub struct PlanOverrides {
     pub dtypes: Option<Vec<Precision>>,
     pub batch: Option<BatchRange>,
     pub capacity_bytes: Option<u64>,
+    /// A GPU preset: its memory is the capacity unless a capacity is given beside it.
+    pub gpu: Option<&'static crate::presets::GpuPreset>,
     pub headroom: Option<f64>,
     pub strategy: Option<Strategy>,
     pub device: Option<DeviceKind>,
@@ -90,7 +92,16 @@ impl PlanOverrides {
                 .as_deref()
                 .map_or_else(|| base.dtypes.clone(), dedup),
             batch: self.batch.unwrap_or(base.batch),
-            capacity_bytes: self.capacity_bytes.unwrap_or(base.capacity_bytes),
+            capacity_bytes: self
+                .capacity_bytes
+                .or(self.gpu.map(|g| g.total_bytes))
+                .unwrap_or(base.capacity_bytes),
+            // A capacity given as a size replaces the base's preset with none.
+            gpu: match (self.gpu, self.capacity_bytes) {
+                (Some(g), _) => Some(g),
+                (None, Some(_)) => None,
+                (None, None) => base.gpu,
+            },
             headroom: self.headroom.unwrap_or(base.headroom),
             strategy: self.strategy.unwrap_or(base.strategy),
             device,

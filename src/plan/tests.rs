@@ -44,6 +44,46 @@ fn tiny_plan() -> SweepPlan {
     SweepPlan::defaults(ModelRef::Catalog("tiny-bert".into()), 64)
 }
 
+/// A plan names its GPU preset; plans written before it named one read it from their bytes
+/// (only `--gpu` wrote a preset's exact bytes then), while a new plan's null stays null.
+#[test]
+fn a_plan_names_its_gpu_preset_and_old_plans_read_it_from_their_bytes() {
+    let t4 = crate::presets::find("t4").unwrap();
+    let mut p = tiny_plan();
+    p.capacity_bytes = t4.total_bytes;
+    p.gpu = Some(t4);
+    let mut json = serde_json::to_value(&p).unwrap();
+    assert_eq!(json["gpu"], "t4");
+    assert_eq!(
+        serde_json::from_value::<SweepPlan>(json.clone()).unwrap(),
+        p
+    );
+    // Null: the capacity was given as a size that happens to be a T4's.
+    json["gpu"] = serde_json::Value::Null;
+    let sized: SweepPlan = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(sized.gpu, None);
+    // Absent: written before plans named their preset.
+    json.as_object_mut().unwrap().remove("gpu");
+    let old: SweepPlan = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(old.gpu, Some(t4));
+    json["gpu"] = "t5".into();
+    let e = serde_json::from_value::<SweepPlan>(json).unwrap_err();
+    assert!(e.to_string().contains("unknown GPU 't5'"), "{e}");
+    // A capacity given as a size drops the base's preset; a preset sets both.
+    let given = PlanOverrides {
+        capacity_bytes: Some(1 << 30),
+        ..PlanOverrides::default()
+    };
+    assert_eq!(given.over(&p).gpu, None);
+    let given = PlanOverrides {
+        gpu: crate::presets::find("k80").ok(),
+        ..PlanOverrides::default()
+    };
+    let k80 = given.over(&tiny_plan());
+    assert_eq!(k80.capacity_bytes, 11_441 << 20);
+    assert_eq!(k80.gpu.map(|g| g.id), Some("k80"));
+}
+
 #[test]
 fn defaults_shorten_the_sequence_to_the_model() {
     let p = tiny_plan();

@@ -249,7 +249,7 @@ pub fn recommendation_text(results: &Results, ext: &str) -> Result<String, Expor
             confirmed: !pick.computed,
             predicted_bytes: pick.predicted_bytes.filter(|_| pick.computed),
             capacity_bytes: results.capacity_bytes,
-            capacity_preset: crate::presets::matching(results.capacity_bytes).map(|p| {
+            capacity_preset: results.plan.gpu.map(|p| {
                 if results.on_gpu() {
                     p.name.to_string()
                 } else {
@@ -355,10 +355,9 @@ fn curve_note(b: &super::records::BoundaryRecord, results: &Results) -> Option<S
             "not even batch {} fits: use a smaller precision, shorter sequences or a larger capacity",
             results.batch_range[0]
         )),
-        BoundaryStatus::NonMonotone | BoundaryStatus::HostLimited | BoundaryStatus::Incomplete => b
-            .reason
-            .clone()
-            .or_else(|| Some(b.status.name().to_string())),
+        BoundaryStatus::NonMonotone | BoundaryStatus::HostLimited | BoundaryStatus::Incomplete => {
+            b.reason().or_else(|| Some(b.status.name().to_string()))
+        }
     }
 }
 

@@ -329,7 +329,33 @@ impl Stop {
     }
 }
 
+/// The machine's memory stopping a curve: the lowest batch that did not fit was refused for the
+/// host's sake, not the capacity's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostLimit {
+    pub batch: usize,
+    pub ceiling_bytes: Option<u64>,
+}
+
+impl HostLimit {
+    #[must_use]
+    pub fn text(&self) -> String {
+        format!(
+            "batch {} would need more memory than this machine can give the worker{}; b* is this machine's boundary, not the simulated device's (a lower bound of it)",
+            self.batch,
+            self.ceiling_bytes.map_or_else(String::new, |c| format!(
+                " (ceiling {})",
+                crate::plan::human_bytes(c)
+            ))
+        )
+    }
+}
+
+/// A curve's boundary. Each fact is stored once: why the curve stopped ([`Stop`]), the
+/// contradiction, the machine's limit; [`Self::reason`] words them, and the JSON carries those
+/// words as `reason` for its readers (ignored when read back).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "BoundaryRepr", into = "BoundaryRepr")]
 pub struct BoundaryRecord {
     #[serde(default)]
     pub runtime: Runtime,
@@ -346,8 +372,81 @@ pub struct BoundaryRecord {
     pub contradiction: Option<Contradiction>,
     /// Why the curve is incomplete, as data.
     pub stop: Option<Stop>,
-    /// Why the curve is incomplete (or not monotone), in words.
-    pub reason: Option<String>,
+    /// With status `host_limited`: the batch this machine's memory refused.
+    pub host_limit: Option<HostLimit>,
+}
+
+impl BoundaryRecord {
+    /// Why the curve is incomplete, not monotone or limited by this machine, in words.
+    #[must_use]
+    pub fn reason(&self) -> Option<String> {
+        self.stop
+            .as_ref()
+            .map(Stop::text)
+            .or_else(|| self.contradiction.map(|c| c.text()))
+            .or_else(|| {
+                (self.status == BoundaryStatus::HostLimited)
+                    .then(|| self.host_limit.as_ref().map(HostLimit::text))
+                    .flatten()
+            })
+    }
+}
+
+/// [`BoundaryRecord`] as stored: its fields and the words of its reason.
+#[derive(Serialize, Deserialize)]
+struct BoundaryRepr {
+    #[serde(default)]
+    runtime: Runtime,
+    seq: usize,
+    dtype: Precision,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    checkpointing: bool,
+    strategy: Strategy,
+    max_batch: Option<usize>,
+    status: BoundaryStatus,
+    trials_used: usize,
+    contradiction: Option<Contradiction>,
+    stop: Option<Stop>,
+    reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    host_limit: Option<HostLimit>,
+}
+
+impl From<BoundaryRecord> for BoundaryRepr {
+    fn from(b: BoundaryRecord) -> Self {
+        Self {
+            reason: b.reason(),
+            runtime: b.runtime,
+            seq: b.seq,
+            dtype: b.dtype,
+            checkpointing: b.checkpointing,
+            strategy: b.strategy,
+            max_batch: b.max_batch,
+            status: b.status,
+            trials_used: b.trials_used,
+            contradiction: b.contradiction,
+            stop: b.stop,
+            host_limit: b.host_limit,
+        }
+    }
+}
+
+impl From<BoundaryRepr> for BoundaryRecord {
+    fn from(r: BoundaryRepr) -> Self {
+        Self {
+            runtime: r.runtime,
+            seq: r.seq,
+            dtype: r.dtype,
+            checkpointing: r.checkpointing,
+            strategy: r.strategy,
+            max_batch: r.max_batch,
+            status: r.status,
+            trials_used: r.trials_used,
+            contradiction: r.contradiction,
+            stop: r.stop,
+            host_limit: r.host_limit,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -440,7 +539,7 @@ impl Results {
     pub fn sized(&self, runtime: Runtime) -> String {
         let place = match self.device {
             Device::Cuda { .. } => format!("measured on the GPU ({})", self.device.name()),
-            Device::Cpu { .. } => match crate::presets::matching(self.capacity_bytes) {
+            Device::Cpu { .. } => match self.plan.gpu {
                 Some(p) => format!("measured on this CPU against a {}'s capacity", p.name),
                 None => "measured on this CPU against a simulated capacity".into(),
             },
@@ -597,6 +696,51 @@ mod tests {
         };
         let text = serde_json::to_string(&torch).unwrap();
         assert_eq!(serde_json::from_str::<JournalLine>(&text).unwrap(), torch);
+    }
+
+    /// A boundary stores why it stopped once; its JSON carries the words as `reason` (as results
+    /// files always have), and reads back to the same record, the words ignored.
+    #[test]
+    fn a_boundary_stores_its_stop_once_and_writes_its_reason() {
+        let mut b = BoundaryRecord {
+            runtime: Runtime::Candle,
+            seq: 128,
+            dtype: Precision::F32,
+            checkpointing: false,
+            strategy: crate::plan::Strategy::Binsearch,
+            max_batch: Some(7),
+            status: BoundaryStatus::HostLimited,
+            trials_used: 4,
+            contradiction: None,
+            stop: None,
+            host_limit: Some(HostLimit {
+                batch: 8,
+                ceiling_bytes: Some(1 << 30),
+            }),
+        };
+        let json: serde_json::Value = serde_json::to_value(&b).unwrap();
+        assert_eq!(json["host_limit"]["batch"], 8);
+        assert!(
+            json["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("batch 8 would need more memory than this machine can give the worker (ceiling 1.0 GiB)"),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_value::<BoundaryRecord>(json).unwrap(), b);
+        // A stop's words come from the stop; words in the file do not override it.
+        b.status = BoundaryStatus::Incomplete;
+        b.host_limit = None;
+        b.stop = Some(Stop::TrialCap { trials: 40 });
+        let mut json = serde_json::to_value(&b).unwrap();
+        assert_eq!(json["reason"], Stop::TrialCap { trials: 40 }.text());
+        json["reason"] = "edited".into();
+        let back: BoundaryRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(back.reason(), Some(Stop::TrialCap { trials: 40 }.text()));
+        // A complete, exact curve has no reason, and writes null as before.
+        b.status = BoundaryStatus::Exact;
+        b.stop = None;
+        assert!(serde_json::to_value(&b).unwrap()["reason"].is_null());
     }
 }
 

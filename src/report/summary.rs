@@ -4,8 +4,8 @@
 
 use super::journal::JournalContents;
 use super::records::{
-    BoundaryRecord, CurvePick, CurveRecommendation, Failure, Outcome, PICK_RULE, Purpose,
-    Recommendation, Results, Stop, TrialRecord, WorkerInfo,
+    BoundaryRecord, CurvePick, CurveRecommendation, Failure, HostLimit, Outcome, PICK_RULE,
+    Purpose, Recommendation, Results, Stop, TrialRecord, WorkerInfo,
 };
 use crate::catalog::ModelSpec;
 use crate::plan::{Curve, SweepPlan};
@@ -235,26 +235,6 @@ pub fn curve_phase(
     phase
 }
 
-/// The machine's memory stopping a curve: the lowest batch that did not fit was refused for the
-/// host's sake, not the capacity's.
-struct HostLimit {
-    batch: usize,
-    ceiling_bytes: Option<u64>,
-}
-
-impl HostLimit {
-    fn text(&self) -> String {
-        format!(
-            "batch {} would need more memory than this machine can give the worker{}; b* is this machine's boundary, not the simulated device's (a lower bound of it)",
-            self.batch,
-            self.ceiling_bytes.map_or_else(String::new, |c| format!(
-                " (ceiling {})",
-                crate::plan::human_bytes(c)
-            ))
-        )
-    }
-}
-
 fn host_limit(
     curve: Curve,
     plan: &SweepPlan,
@@ -323,17 +303,22 @@ pub fn summarize(c: &JournalContents) -> Results {
             status = BoundaryStatus::HostLimited;
             notes.push(format!("{curve}: {}", limit.text()));
         }
-        let reason = stop
-            .as_ref()
-            .map(Stop::text)
-            .or_else(|| contradiction.map(|c| c.text()))
-            .or_else(|| {
-                (status == BoundaryStatus::HostLimited)
-                    .then(|| host_limit.as_ref().map(HostLimit::text))
-                    .flatten()
-            });
-        if let Some(r) = reason
-            .as_ref()
+        let host_limit = host_limit.filter(|_| status == BoundaryStatus::HostLimited);
+        let record = BoundaryRecord {
+            runtime: curve.runtime,
+            seq: curve.seq,
+            dtype: curve.dtype,
+            checkpointing: curve.checkpointing,
+            strategy: plan.strategy,
+            max_batch: found.and_then(|f| f.max_batch),
+            status,
+            trials_used,
+            contradiction,
+            stop,
+            host_limit,
+        };
+        if let Some(r) = record
+            .reason()
             .filter(|_| status != BoundaryStatus::HostLimited)
         {
             notes.push(format!("{curve}: {r}"));
@@ -349,19 +334,7 @@ pub fn summarize(c: &JournalContents) -> Results {
                 }
             }
         }
-        boundaries.push(BoundaryRecord {
-            runtime: curve.runtime,
-            seq: curve.seq,
-            dtype: curve.dtype,
-            checkpointing: curve.checkpointing,
-            strategy: plan.strategy,
-            max_batch: found.and_then(|f| f.max_batch),
-            status,
-            trials_used,
-            contradiction,
-            stop,
-            reason,
-        });
+        boundaries.push(record);
         let total = rec.and_then(|b| {
             c.trials
                 .iter()

@@ -108,6 +108,7 @@ pub fn plan(
     strategy: Strategy,
 ) -> SweepPlan {
     SweepPlan {
+        gpu: None,
         model,
         seqs: seqs.to_vec(),
         dtypes: dtypes.to_vec(),

@@ -395,13 +395,7 @@ fn a_second_kill_marks_the_curve_incomplete() {
         .unwrap();
     assert_eq!(r.trials.len(), 2);
     assert_eq!(r.boundaries[0].status, BoundaryStatus::Incomplete);
-    assert!(
-        r.boundaries[0]
-            .reason
-            .as_deref()
-            .unwrap()
-            .contains("killed twice")
-    );
+    assert!(r.boundaries[0].reason().unwrap().contains("killed twice"));
     assert!(r.incomplete);
     assert!(r.recommendation.pick.is_none());
 }

@@ -849,11 +849,47 @@ fn a_sweep_against_a_gpu_preset_is_labelled_a_cpu_measurement_everywhere() {
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(r["capacity_bytes"].as_u64(), Some(11_441 << 20));
+    // The plan names its preset; the labels read it from there.
+    assert_eq!(r["plan"]["gpu"], "k80");
     let rec = std::fs::read_to_string(&export).unwrap();
     assert!(
         rec.contains("capacity_preset") && rec.contains("CPU measurement against this GPU"),
         "{rec}"
     );
+    // The same bytes given as a size are a size: no GPU is named, none is labelled.
+    let sized = dir.join("sized.json");
+    let out = oomlab(
+        &dir,
+        &[
+            "sweep",
+            "--model",
+            "tiny-bert",
+            "--seq",
+            "16",
+            "--batch",
+            "1..2",
+            "--capacity",
+            &format!("{}B", 11_441u64 << 20),
+            "--threads",
+            "1",
+            "--allow-overcommit",
+            "--journal",
+            dir.join("sized.jsonl").to_str().unwrap(),
+            "--json",
+            sized.to_str().unwrap(),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains("Tesla K80"), "{stdout}");
+    assert!(!stdout.contains(oomlab::presets::CPU_NOTE), "{stdout}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&sized).unwrap()).unwrap();
+    assert!(r["plan"]["gpu"].is_null(), "{}", r["plan"]);
     // The flag names the presets when it does not know one.
     let out = oomlab(&dir, &["sweep", "--model", "tiny-bert", "--gpu", "a100"]);
     assert_eq!(out.status.code(), Some(2));

@@ -59,7 +59,7 @@ fn pick_ui(
                 "{} tokens per step · {total} <= {} (capacity {} - {:.0}% headroom)",
                 p.tokens_per_step,
                 human_bytes(r.recommendation.limit_bytes),
-                crate::presets::capacity_label(r.capacity_bytes, !r.on_gpu()),
+                crate::presets::capacity_label(r.capacity_bytes, r.plan.gpu, !r.on_gpu()),
                 r.headroom * 100.0
             ));
             if p.computed
@@ -80,11 +80,11 @@ fn pick_ui(
             });
         }
     }
-    if !r.on_gpu() && crate::presets::matching(r.capacity_bytes).is_some() {
+    if !r.on_gpu() && r.plan.gpu.is_some() {
         ui.label(
             RichText::new(format!(
                 "{}: {}. The estimator's overhead beside the weights is shown in Teach > Why memory grows.",
-                crate::presets::capacity_label(r.capacity_bytes, true),
+                crate::presets::capacity_label(r.capacity_bytes, r.plan.gpu, true),
                 crate::presets::CPU_NOTE
             ))
             .color(Color32::from_rgb(200, 120, 0))
@@ -158,7 +158,7 @@ fn boundaries_ui(
             } else {
                 ui.label(status)
             };
-            if let Some(reason) = &b.reason {
+            if let Some(reason) = b.reason() {
                 status.on_hover_text(reason);
             }
             ui.label(b.trials_used.to_string());
@@ -195,7 +195,7 @@ fn boundaries_ui(
                 c.text(),
                 c.oom_batch
             ),
-            (None, BoundaryStatus::HostLimited) => b.reason.clone().unwrap_or_default(),
+            (None, BoundaryStatus::HostLimited) => b.reason().unwrap_or_default(),
             _ => continue,
         };
         ui.label(

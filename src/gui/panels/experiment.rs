@@ -31,9 +31,7 @@ pub fn panel(
             if on_gpu { "empty: the GPU's free memory" } else { "e.g. 1GiB, 11GiB" },
         );
         // A GPU one does not have: its memory as the capacity.
-        let preset = crate::plan::parse_bytes(&settings.capacity)
-            .ok()
-            .and_then(crate::presets::matching);
+        let preset = settings.preset();
         ui.horizontal(|ui| {
             let l = ui.label("GPU preset");
             egui::ComboBox::from_id_salt("gpu-preset")
@@ -45,7 +43,7 @@ pub fn panel(
                             .on_hover_text(p.source)
                             .clicked()
                         {
-                            settings.capacity = p.total_bytes.to_string();
+                            settings.set_capacity(p.total_bytes, Some(p));
                         }
                     }
                 })
@@ -57,7 +55,7 @@ pub fn panel(
                 RichText::new(format!(
                     "{}: {}; {}.",
                     p.name,
-                    crate::presets::capacity_label(p.total_bytes, false),
+                    crate::presets::capacity_label(p.total_bytes, Some(p), false),
                     crate::presets::CPU_NOTE
                 ))
                 .small()

@@ -109,6 +109,11 @@ fn body(view: &View<'_>, state: &mut TeachState, ui: &mut egui::Ui) {
         }
     });
     let sweep_capacity = format!("this sweep's: {}", human_bytes(r.capacity_bytes));
+    // The what-if preset, else the sweep's own capacity (and its preset).
+    let preset = state
+        .gpu
+        .and_then(|id| presets::find(id).ok())
+        .or(r.plan.gpu);
     let capacity = state
         .gpu
         .and_then(|id| presets::find(id).ok())
@@ -122,7 +127,7 @@ fn body(view: &View<'_>, state: &mut TeachState, ui: &mut egui::Ui) {
                     format!(
                         "{} ({})",
                         p.name,
-                        presets::capacity_label(p.total_bytes, false)
+                        presets::capacity_label(p.total_bytes, Some(p), false)
                     )
                 },
             ))
@@ -210,14 +215,14 @@ fn body(view: &View<'_>, state: &mut TeachState, ui: &mut egui::Ui) {
     match b_star {
         Some(b) => ui.label(format!(
             "predicted b* under {}: {b}",
-            presets::capacity_label(capacity, on_cpu)
+            presets::capacity_label(capacity, preset, on_cpu)
         )),
         None => ui.label(format!(
             "not even batch 1 fits under {}",
-            presets::capacity_label(capacity, on_cpu)
+            presets::capacity_label(capacity, preset, on_cpu)
         )),
     };
-    if state.gpu.is_some() || presets::matching(capacity).is_some() {
+    if preset.is_some() {
         ui.label(
             RichText::new(format!(
                 "{}. Overhead estimated beside the weights on this CPU: {}; a GPU adds its CUDA context and workspace on top.",

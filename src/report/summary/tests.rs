@@ -5,6 +5,7 @@ use crate::report::records::Header;
 
 fn plan(strategy: Strategy, range: (usize, usize), capacity_bytes: u64) -> SweepPlan {
     SweepPlan {
+        gpu: None,
         model: ModelRef::Catalog("tiny-bert".into()),
         seqs: vec![16],
         dtypes: vec![Precision::F32],
@@ -225,8 +226,7 @@ fn a_confirmation_oom_below_the_boundary_makes_the_curve_non_monotone() {
     let c = b.contradiction.unwrap();
     assert_eq!((c.fit_batch, c.oom_batch), (26, r));
     assert!(
-        b.reason
-            .as_deref()
+        b.reason()
             .unwrap()
             .contains(&format!("batch 26 fitted but batch {r}")),
         "{b:?}"
