@@ -209,7 +209,7 @@ pub fn capacity_label(capacity_bytes: u64, preset: Option<&GpuPreset>, on_cpu: b
             p.name,
             if on_cpu { ", CPU measurement" } else { "" }
         ),
-        None => crate::plan::human_bytes(capacity_bytes),
+        None => crate::units::human_bytes(capacity_bytes),
     }
 }
 

@@ -5,8 +5,8 @@ use super::CliError;
 use crate::calibrate::{self, Source};
 use crate::catalog::{ModelRef, ModelSpec};
 use crate::estimate::{self, Breakdown, Runtime};
+use crate::plan::PlanError;
 use crate::plan::{BatchRange, Device, PlanField, PlanProblem, Precision, defaults, human_bytes};
-use crate::sweep::PlanError;
 use crate::worker::{Supervisor, TrialResult, WorkerConfig};
 use clap::Args;
 use serde::Serialize;
@@ -230,10 +230,10 @@ fn points(args: &EstimateArgs) -> Result<Vec<(ModelSpec, usize, usize, Precision
         crate::plan::dedup(&all)
     };
     for &seq in &seqs {
-        crate::sweep::check_seq(&spec, seq)?;
+        crate::plan::check_seq(&spec, seq)?;
     }
     for &dtype in &dtypes {
-        crate::sweep::check_dtype(&spec, dtype)?;
+        crate::plan::check_dtype(&spec, dtype)?;
     }
     let mut out = Vec::new();
     for &dtype in &dtypes {

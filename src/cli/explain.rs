@@ -3,9 +3,9 @@
 use super::{CliError, estimate};
 use crate::catalog::{ModelRef, ModelSpec};
 use crate::explain::LargestBatch;
+use crate::plan::PlanError;
 use crate::plan::Precision;
 use crate::presets::GpuPreset;
-use crate::sweep::{self, PlanError};
 use crate::worker::WorkerConfig;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -112,8 +112,8 @@ fn largest_batch(
     })?;
     let dtype = dtype.unwrap_or(crate::plan::defaults::DTYPES[0]);
     let seq = seq.unwrap_or(crate::plan::defaults::SEQ.min(spec.dims.max_positions));
-    sweep::check_seq(&spec, seq)?;
-    sweep::check_dtype(&spec, dtype)?;
+    crate::plan::check_seq(&spec, seq)?;
+    crate::plan::check_dtype(&spec, dtype)?;
     let worker = WorkerConfig::current().map_err(CliError::from)?;
     let (rt, source) = crate::calibrate::runtime(
         crate::plan::defaults::threads(),

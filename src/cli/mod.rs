@@ -1,8 +1,8 @@
 //! The command line: argument types (clap) and the headless face over the engine.
 
 use crate::measure::host::HostMemory;
+use crate::plan::PlanError;
 use crate::plan::{Face, PlanField, Precision, human_bytes, parse_bytes};
-use crate::sweep::PlanError;
 use crate::worker::{WorkerConfig, WorkerFaults};
 use clap::{Args, Parser, Subcommand};
 
@@ -191,9 +191,15 @@ impl From<crate::worker::LocateError> for CliError {
 
 impl From<PlanError> for CliError {
     fn from(e: PlanError) -> Self {
+        Self::usage(e.describe(&Flags))
+    }
+}
+
+impl From<crate::sweep::StartError> for CliError {
+    fn from(e: crate::sweep::StartError) -> Self {
         match e {
-            PlanError::Journal(j) => Self::runtime(sweep::journal_error(&j)),
-            other => Self::usage(other.describe(&Flags)),
+            crate::sweep::StartError::Plan(p) => p.into(),
+            crate::sweep::StartError::Journal(j) => Self::runtime(sweep::journal_error(&j)),
         }
     }
 }

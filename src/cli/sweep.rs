@@ -4,12 +4,13 @@
 use super::tables::print_results;
 use super::{CliError, Flags, ModelArgs, host_line};
 use crate::catalog::ModelRef;
+use crate::plan::PlanError;
 use crate::plan::{
     Attn, BatchRange, Confirm, DeviceKind, Optimizer, PlanOverrides, Runtime, Strategy, SweepPlan,
     Task, Workload, human_bytes, parse_headroom,
 };
 use crate::report::{self, JournalError, Results};
-use crate::sweep::{self, PlanError, Sweep, SweepEvent};
+use crate::sweep::{self, Sweep, SweepEvent};
 use crate::worker::{WorkerConfig, WorkerFaults};
 use clap::Args;
 use std::io::IsTerminal;
@@ -246,16 +247,16 @@ fn check_host(
 ) -> Result<(), CliError> {
     let host = worker.faults.host_memory();
     // Weights that cannot fit this machine are refused even with --allow-overcommit.
-    sweep::check_weights_host(
+    crate::plan::check_weights_host(
         plan,
         &spec.name,
-        &sweep::weights_per_dtype(spec),
+        &crate::plan::weights_per_dtype(spec),
         host.as_ref(),
     )?;
     if args.allow_overcommit {
         return Ok(());
     }
-    sweep::check_host(plan, host.as_ref()).map_err(CliError::from)
+    crate::plan::check_host(plan, host.as_ref()).map_err(CliError::from)
 }
 
 /// `oomlab sweep`
@@ -287,7 +288,7 @@ pub fn sweep(args: &SweepArgs, worker: &WorkerConfig) -> Result<Results, CliErro
         say_python(sweep::probe_python(&mut sweep.plan, &worker.exe)?);
         sweep
     } else {
-        let (mut plan, spec) = sweep::plan_from(&given)?;
+        let (mut plan, spec) = crate::plan::plan_from(&given)?;
         check_host(&plan, &spec, args, worker)?;
         say_python(sweep::probe_python(&mut plan, &worker.exe)?);
         let journal = args

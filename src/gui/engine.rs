@@ -152,7 +152,7 @@ fn engine_thread(
         ctx.request_repaint();
     };
     // The PyTorch runtime's interpreter is probed here, off the UI thread, before any trial.
-    let probe = |mut s: Sweep| -> Result<Sweep, sweep::PlanError> {
+    let probe = |mut s: Sweep| -> Result<Sweep, sweep::StartError> {
         sweep::probe_python(&mut s.plan, &worker.exe)?;
         Ok(s)
     };
@@ -170,16 +170,18 @@ fn engine_thread(
         EngineJob::New {
             mut plan,
             journal_dir,
-        } => sweep::validate(&plan).and_then(|spec| {
-            sweep::probe_python(&mut plan, &worker.exe)?;
-            let plan = *plan;
-            let path = sweep::default_journal_path(&spec.name);
-            let path = match journal_dir {
-                Some(d) => d.join(path.file_name().unwrap_or_default()),
-                None => path,
-            };
-            Sweep::with_spec(plan, spec, &path)
-        }),
+        } => crate::plan::validate(&plan)
+            .map_err(sweep::StartError::from)
+            .and_then(|spec| {
+                sweep::probe_python(&mut plan, &worker.exe)?;
+                let plan = *plan;
+                let path = sweep::default_journal_path(&spec.name);
+                let path = match journal_dir {
+                    Some(d) => d.join(path.file_name().unwrap_or_default()),
+                    None => path,
+                };
+                Sweep::with_spec(plan, spec, &path)
+            }),
     };
     match sweep {
         Err(e) => send(EngineMsg::Failed(e.describe(&super::form::Labels))),

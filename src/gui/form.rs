@@ -3,11 +3,11 @@
 
 use super::settings::Settings;
 use crate::catalog::{BUNDLED, ModelRef, ModelSpec};
+use crate::plan::PlanError;
 use crate::plan::{
     BatchRange, DeviceKind, Face, PlanField, PlanOverrides, PlanProblem, Precision, Runtime,
     SweepPlan, Workload, parse_bytes, parse_headroom,
 };
-use crate::sweep::{self, PlanError};
 
 /// The labels of the experiment panel's controls (drawn, and named by error messages).
 pub mod label {
@@ -172,11 +172,11 @@ pub fn check(s: &Settings) -> Checked {
     let weights = spec
         .as_ref()
         .ok()
-        .map(|s| (s.name.clone(), sweep::weights_per_dtype(s)));
+        .map(|s| (s.name.clone(), crate::plan::weights_per_dtype(s)));
     let plan = spec
         .and_then(|spec| {
             let given = overrides(s, spec.reference.clone())?;
-            sweep::plan_for(&given, &spec)
+            crate::plan::plan_for(&given, &spec)
         })
         .map_err(|e| Refusal(e.describe(&Labels)));
     Checked {

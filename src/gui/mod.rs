@@ -193,11 +193,11 @@ impl OomLabApp {
                 .ok()
                 .and_then(|plan| {
                     let weights = c.weights.as_ref().and_then(|(name, w)| {
-                        crate::sweep::check_weights_host(plan, name, w, Some(&host)).err()
+                        crate::plan::check_weights_host(plan, name, w, Some(&host)).err()
                     });
                     weights.or_else(|| {
                         (!self.settings.allow_overcommit)
-                            .then(|| crate::sweep::check_host(plan, Some(&host)).err())
+                            .then(|| crate::plan::check_host(plan, Some(&host)).err())
                             .flatten()
                     })
                 })

@@ -1,4 +1,5 @@
-//! The sweep plan and its small value types: precisions, strategies, ranges.
+//! The sweep plan and its small value types (precisions, strategies, ranges), the overrides a
+//! face lays over the defaults, the checks before any trial, and their words.
 //! Pure data shared by the engine, the journal and both faces.
 
 pub use crate::units::{UnitError, human_bytes, parse_bytes, parse_headroom};
@@ -11,9 +12,14 @@ use crate::presets::GpuPreset;
 pub use crate::runtime::{Attn, Optimizer, Runtime, Task, Workload};
 use std::path::PathBuf;
 
+mod checks;
 mod overrides;
 mod types;
 mod words;
+pub use checks::{
+    PlanError, check, check_dtype, check_host, check_seq, check_weights_host, plan_for, plan_from,
+    validate, weights_per_dtype,
+};
 pub use overrides::{FieldDifference, PlanField, PlanOverrides, dedup};
 pub use types::{BatchRange, Confirm, Device, DeviceKind, Strategy};
 pub use words::{CandleLacks, Face, PlainWords, PlanProblem};

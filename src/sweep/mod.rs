@@ -16,11 +16,31 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-mod checks;
-pub use checks::{
-    PlanError, check, check_dtype, check_host, check_seq, check_weights_host, plan_for, plan_from,
-    probe_python, torch_config, validate, weights_per_dtype,
-};
+use crate::plan::{PlanError, check, validate};
+use crate::worker::python::{self, Probed};
+
+mod python_probe;
+pub use python_probe::{probe_python, torch_config};
+
+/// Why a sweep could not start: its plan, or its journal.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+impl StartError {
+    /// One sentence, in `face`'s words for a plan's problem.
+    #[must_use]
+    pub fn describe(&self, face: &dyn crate::plan::Face) -> String {
+        match self {
+            Self::Plan(e) => e.describe(face),
+            Self::Journal(e) => e.to_string(),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub enum SweepEvent {
@@ -123,7 +143,7 @@ struct RunState {
 
 impl Sweep {
     /// Validates the plan (resolving its model) and creates its journal.
-    pub fn new(plan: SweepPlan, journal_path: &Path) -> Result<Self, PlanError> {
+    pub fn new(plan: SweepPlan, journal_path: &Path) -> Result<Self, StartError> {
         let spec = validate(&plan)?;
         Self::with_spec(plan, spec, journal_path)
     }
@@ -134,7 +154,7 @@ impl Sweep {
         plan: SweepPlan,
         spec: ModelSpec,
         journal_path: &Path,
-    ) -> Result<Self, PlanError> {
+    ) -> Result<Self, StartError> {
         check(&plan, &spec)?;
         let header = header_for(&plan, &spec);
         let journal = Journal::create(journal_path, &header)?;
@@ -156,7 +176,7 @@ impl Sweep {
 
     /// Reopens a journal to continue it. Fields `given` now are laid over the journal's plan and
     /// must not change it.
-    pub fn resume(journal_path: &Path, given: &PlanOverrides) -> Result<Self, PlanError> {
+    pub fn resume(journal_path: &Path, given: &PlanOverrides) -> Result<Self, StartError> {
         let (journal, mut contents) = Journal::reopen(journal_path)?;
         let mut plan = contents.header.plan.clone();
         let differences = plan.differences(&given.over(&plan));
@@ -168,14 +188,16 @@ impl Sweep {
             return Err(PlanError::Contradicts {
                 journal: journal_path.to_path_buf(),
                 differences,
-            });
+            }
+            .into());
         }
         let spec = validate(&plan)?;
         if spec.config_hash() != contents.header.config_hash {
             return Err(PlanError::ConfigChanged {
                 origin: spec.origin,
                 journal: journal_path.to_path_buf(),
-            });
+            }
+            .into());
         }
         // Load failures are retried on resume; trials stay.
         contents.load_failures.clear();

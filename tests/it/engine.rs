@@ -6,10 +6,11 @@ use crate::common::{
     kill, main_thread_syscall, plan, run, worker,
 };
 use oomlab::catalog::ModelRef;
+use oomlab::plan::PlanError;
 use oomlab::plan::{DeviceKind, PlanField, PlanOverrides, Precision, Strategy};
 use oomlab::report::{self, Failure, Outcome, Purpose};
 use oomlab::search::{BoundaryStatus, Contradiction};
-use oomlab::sweep::{PlanError, Sweep, SweepEvent};
+use oomlab::sweep::{StartError, Sweep, SweepEvent};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -436,7 +437,7 @@ fn cancel_records_the_trial_in_flight_and_resume_finishes_without_repeats() {
     assert!(!ends_with_end_line(&path));
     // Resume: fields that contradict the journal are refused, named as data...
     let contradiction = |given: PlanOverrides| match Sweep::resume(&path, &given) {
-        Err(PlanError::Contradicts { differences, .. }) => {
+        Err(StartError::Plan(PlanError::Contradicts { differences, .. })) => {
             differences.iter().map(|d| d.field).collect::<Vec<_>>()
         }
         Err(e) => panic!("unexpected error {e}"),

@@ -1,16 +1,15 @@
 //! Every check before a trial runs: the plan against its model, this machine and the runtimes
 //! it names, and the plan built from a face's fields over the defaults. Problems are data
-//! ([`PlanError`]); each face words them for its own controls.
+//! ([`PlanError`]); each face words them for its own controls. Probing the PyTorch runtime's
+//! interpreter runs a program, and lives with the driver (`sweep::probe_python`).
 
-use crate::catalog::{CatalogError, ModelSpec};
-use crate::measure::host::HostMemory;
-use crate::plan::{
+use super::{
     CandleLacks, Device, Face, FieldDifference, PlainWords, PlanField, PlanOverrides, PlanProblem,
     Runtime, SweepPlan, Workload,
 };
-use crate::report::JournalError;
-use crate::worker::python::{self, Probed};
-use std::path::{Path, PathBuf};
+use crate::catalog::{CatalogError, ModelSpec};
+use crate::measure::host::HostMemory;
+use std::path::PathBuf;
 
 /// Problems found before any trial runs: usage errors (exit code 2 on the command line). Data,
 /// not text: each face words the fix for its own controls with [`PlanError::describe`].
@@ -26,8 +25,6 @@ pub enum PlanError {
         field: PlanField,
         problem: PlanProblem,
     },
-    #[error(transparent)]
-    Journal(#[from] JournalError),
     /// Fields given with a resume contradict the journal's plan.
     #[error("{}", self.describe(&PlainWords))]
     Contradicts {
@@ -52,7 +49,6 @@ impl PlanError {
             Self::Model(_) | Self::ConfigChanged { .. } => Some(PlanField::Model),
             Self::Invalid { field, .. } => Some(*field),
             Self::Contradicts { differences, .. } => differences.first().map(|d| d.field),
-            Self::Journal(_) => None,
         }
     }
 
@@ -70,7 +66,6 @@ impl PlanError {
             }
             Self::Model(e) => e.to_string(),
             Self::Invalid { field, problem } => problem.describe(*field, face),
-            Self::Journal(e) => e.to_string(),
             Self::Contradicts {
                 journal,
                 differences,
@@ -249,45 +244,6 @@ fn check_runtimes(plan: &SweepPlan, spec: &ModelSpec) -> Result<(), PlanError> {
         }
     }
     Ok(())
-}
-
-/// Finds and probes the PyTorch runtime's interpreter when the plan uses it (`exe`: the oomlab
-/// binary, beside which a `python` is looked for), and records the one found in the plan. Runs
-/// the interpreter (seconds: it imports torch): call it off the UI thread.
-pub fn probe_python(plan: &mut SweepPlan, exe: &Path) -> Result<Option<Probed>, PlanError> {
-    if !plan.uses_torch() {
-        return Ok(None);
-    }
-    let problem = |p: python::PythonProblem| {
-        PlanError::invalid(PlanField::Python, PlanProblem::Python(p.to_string()))
-    };
-    let found = python::find(plan.torch.python.as_deref(), exe).map_err(problem)?;
-    let probed = python::probe(&found).map_err(problem)?;
-    if let Device::Cuda { index } = plan.device
-        && !probed.cuda_available
-    {
-        return Err(problem(python::PythonProblem::NoCuda {
-            python: probed.python,
-            version: probed.versions.torch,
-            index,
-        }));
-    }
-    // Recorded absolute, so a resume from another folder finds the same interpreter.
-    plan.torch.python = Some(std::path::absolute(&probed.python).unwrap_or(probed.python.clone()));
-    Ok(Some(probed))
-}
-
-/// The config transformers builds the model from: the file's, with `model_type` filled in.
-#[must_use]
-pub fn torch_config(spec: &ModelSpec) -> serde_json::Value {
-    let mut v: serde_json::Value =
-        serde_json::from_str(&spec.config_json).unwrap_or_else(|_| serde_json::json!({}));
-    if let Some(obj) = v.as_object_mut()
-        && !obj.contains_key("model_type")
-    {
-        obj.insert("model_type".into(), spec.family.room().model_type().into());
-    }
-    v
 }
 
 /// A sequence length the model can take (1 to its maximum positions).
