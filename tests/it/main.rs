@@ -1,6 +1,8 @@
 //! Integration tests: one binary, modules inside (keeps link time down).
 
+mod auto;
 mod cli_errors;
+mod cli_machine;
 mod common;
 mod engine;
 mod estimate;

@@ -445,3 +445,31 @@ fn a_sweep_says_up_front_how_many_trials_and_after_one_sweep_about_how_long() {
     );
     assert!(!err.contains("at this trial's pace"), "{err}");
 }
+
+/// Output piped into `head` ends the command quietly, as it ends `cat`: no "internal error".
+#[test]
+fn output_piped_into_head_ends_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    let cache = TempDir::new("papercut-pipe");
+    // About a megabyte of JSON lines: far more than a pipe holds, so writes meet the closed end.
+    let mut child = Command::new(bin())
+        .args([
+            "estimate", "--model", "tiny-bert", "--seq", "16", "--batch", "1..4096", "--json",
+        ])
+        .env("XDG_CACHE_HOME", &cache.0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with('{'), "{first}");
+    // The reader is dropped here: the pipe's read end closes, as when `head -1` exits.
+    let o = child.wait_with_output().unwrap();
+    let err = text(&o.stderr);
+    assert_eq!(o.status.signal(), Some(libc::SIGPIPE), "{:?}: {err}", o.status);
+    assert!(!err.contains("internal error") && !err.contains("panicked"), "{err}");
+}
