@@ -455,7 +455,14 @@ fn output_piped_into_head_ends_quietly() {
     // About a megabyte of JSON lines: far more than a pipe holds, so writes meet the closed end.
     let mut child = Command::new(bin())
         .args([
-            "estimate", "--model", "tiny-bert", "--seq", "16", "--batch", "1..4096", "--json",
+            "estimate",
+            "--model",
+            "tiny-bert",
+            "--seq",
+            "16",
+            "--batch",
+            "1..4096",
+            "--json",
         ])
         .env("XDG_CACHE_HOME", &cache.0)
         .stdout(std::process::Stdio::piped())
@@ -470,6 +477,14 @@ fn output_piped_into_head_ends_quietly() {
     // The reader is dropped here: the pipe's read end closes, as when `head -1` exits.
     let o = child.wait_with_output().unwrap();
     let err = text(&o.stderr);
-    assert_eq!(o.status.signal(), Some(libc::SIGPIPE), "{:?}: {err}", o.status);
-    assert!(!err.contains("internal error") && !err.contains("panicked"), "{err}");
+    assert_eq!(
+        o.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {err}",
+        o.status
+    );
+    assert!(
+        !err.contains("internal error") && !err.contains("panicked"),
+        "{err}"
+    );
 }
