@@ -8,16 +8,6 @@ static ALLOC: oomlab::measure::alloc::CountingAlloc = oomlab::measure::alloc::Co
 
 fn main() {
     let cli = oomlab::cli::Cli::parse();
-    if matches!(&cli.command, Some(c) if !matches!(c, oomlab::cli::Command::Worker(_))) {
-        // A command's output piped into `head` ends it quietly, as it ends `cat`, instead of a
-        // failed write read as a bug. A sweep cut short this way keeps its journal (each line is
-        // written before it is printed): `--resume` continues it. (Rust ignores SIGPIPE, so a
-        // write to a closed pipe would fail; the worker and the window keep that.)
-        // SAFETY: setting a signal's disposition to the default, before any thread starts.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
-    }
     if !matches!(cli.command, Some(oomlab::cli::Command::Worker(_))) {
         // A bug must still read as one sentence, not a Rust panic dump. (The worker keeps the
         // default hook: its stderr goes to the supervisor, which records it.)

@@ -20,17 +20,17 @@ pub fn devices(json: bool) {
                 "note": why.to_string(),
             }),
         };
-        println!("{doc:#}");
+        out!("{doc:#}");
         return;
     }
     let r = match report {
         Ok(r) => r,
         Err(why) => {
-            println!("{why}");
+            out!("{why}");
             return;
         }
     };
-    println!(
+    out!(
         "driver {}, CUDA {}; {} GPU{}",
         r.driver_version.as_deref().unwrap_or("?"),
         r.cuda_version.as_deref().unwrap_or("?"),
@@ -38,7 +38,7 @@ pub fn devices(json: bool) {
         if r.gpus.len() == 1 { "" } else { "s" }
     );
     for g in &r.gpus {
-        println!(
+        out!(
             "cuda:{} {} ({})
   memory: {} total, {} used, {} free; utilization {}",
             g.index,
@@ -51,10 +51,10 @@ pub fn devices(json: bool) {
                 .map_or_else(|| "unknown".into(), |u| format!("{u}%"))
         );
         match &g.processes {
-            Ok(list) if list.is_empty() => println!("  no process holds memory"),
+            Ok(list) if list.is_empty() => out!("  no process holds memory"),
             Ok(list) => {
                 for p in list {
-                    println!(
+                    out!(
                         "  pid {:>7} holds {}",
                         p.pid,
                         p.used_bytes
@@ -62,7 +62,7 @@ pub fn devices(json: bool) {
                     );
                 }
             }
-            Err(why) => println!("  processes: {why}"),
+            Err(why) => out!("  processes: {why}"),
         }
     }
 }

@@ -175,7 +175,7 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
         if args.json {
             // One line per point as soon as it is known (a --check can take minutes).
             let p = out.last().expect("just pushed");
-            println!("{}", serde_json::to_string(p).unwrap_or_default());
+            out!("{}", serde_json::to_string(p).unwrap_or_default());
         }
     }
     if let Some(mut s) = sup {
@@ -310,7 +310,7 @@ fn print_table(points: &[Point], capacity: Option<u64>) {
     if check {
         print!(" {:>11} {:>9}", "measured", "error");
     }
-    println!();
+    out!();
     for p in points {
         print!(
             "{:<24} {:>6} {:<5} {:>6} {:>11} {:>11} {:>11} {:>11} {:>11}",
@@ -327,41 +327,42 @@ fn print_table(points: &[Point], capacity: Option<u64>) {
         if let (Some(m), Some(err)) = (p.measured_total_bytes, p.relative_error) {
             print!(" {:>11} {:>+8.3}%", human_bytes(m), err * 100.0);
         }
-        println!();
+        out!();
     }
-    println!("\nwhat was sized: {SIZED}");
+    out!("\nwhat was sized: {SIZED}");
     if let Some(c) = capacity {
-        println!();
+        out!();
         let mut seen = Vec::new();
         for p in points {
             if seen.contains(&(p.seq, p.dtype)) {
                 continue;
             }
             seen.push((p.seq, p.dtype));
-            match p.max_batch {
-                Some(b) => println!(
+            if let Some(b) = p.max_batch {
+                out!(
                     "largest inference batch under {} at seq {} in {}: {b} (estimated)",
                     human_bytes(c),
                     p.seq,
                     p.dtype
-                ),
-                None => println!(
+                );
+            } else {
+                out!(
                     "at seq {} in {} not even batch 1 fits under {}",
                     p.seq,
                     p.dtype,
                     human_bytes(c)
-                ),
+                );
             }
         }
     }
     if capacity.is_some() {
-        println!("({})", crate::report::TRAINING_NEEDS_MORE);
+        out!("({})", crate::report::TRAINING_NEEDS_MORE);
     }
     if check {
         let worst = points
             .iter()
             .filter_map(|p| p.relative_error)
             .fold(0.0_f64, |a, e| a.max(e.abs()));
-        println!("\nlargest relative error: {:.3}%", worst * 100.0);
+        out!("\nlargest relative error: {:.3}%", worst * 100.0);
     }
 }

@@ -1,5 +1,15 @@
 //! The command line: argument types (clap) and the headless face over the engine.
 
+/// `println!` for the command line's answers: a reader that has gone (`oomlab sweep … | head`)
+/// ends the output quietly, never the command, so a sweep still finishes and writes its results.
+/// (Rust ignores SIGPIPE, and `println!` panics on the failed write.)
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 use crate::measure::host::HostMemory;
 use crate::plan::PlanError;
 use crate::plan::{Face, PlanField, Precision, human_bytes, parse_bytes};

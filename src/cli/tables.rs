@@ -11,7 +11,7 @@ fn opt_bytes(v: Option<u64>) -> String {
 
 /// The tables on stdout.
 pub fn print_results(r: &Results) {
-    println!(
+    out!(
         "model {} ({}), device {}, capacity {} ({} bytes), headroom {:.0}%",
         r.model,
         r.family,
@@ -21,10 +21,10 @@ pub fn print_results(r: &Results) {
         r.headroom * 100.0
     );
     if !r.on_gpu() && r.plan.gpu.is_some() {
-        println!("({})", crate::presets::CPU_NOTE);
+        out!("({})", crate::presets::CPU_NOTE);
         for (d, base) in &r.baseline_bytes {
             if let Some(w) = r.weights_bytes.get(d) {
-                println!(
+                out!(
                     "overhead beside the weights on this CPU ({d}): {} measured; on the GPU, add its CUDA context and workspace",
                     human_bytes(base.saturating_sub(*w))
                 );
@@ -32,25 +32,25 @@ pub fn print_results(r: &Results) {
         }
     }
     for runtime in &r.plan.runtimes {
-        println!("what was sized: {}", r.sized(*runtime));
+        out!("what was sized: {}", r.sized(*runtime));
     }
     let torch = r.plan.uses_torch();
     if torch {
-        println!(
+        out!(
             "PyTorch figures are PyTorch's own count (its profiler on the CPU, torch.cuda's statistics on a GPU)"
         );
         for (build, v) in &r.torch_versions {
-            println!("{build}: {}", v.text());
+            out!("{build}: {}", v.text());
         }
     }
     if r.plan.runtimes.contains(&Runtime::Candle) {
-        println!("forward: {}", r.forward);
+        out!("forward: {}", r.forward);
     }
     for (d, w) in &r.weights_bytes {
-        println!("weights {d}: {w} bytes ({})", human_bytes(*w));
+        out!("weights {d}: {w} bytes ({})", human_bytes(*w));
     }
     for (d, o) in &r.overhead_bytes {
-        println!(
+        out!(
             "outside the pool {d}: overhead {} (context, kernels, cuBLAS workspace), ballast {}",
             human_bytes(*o),
             r.ballast_bytes
@@ -60,9 +60,9 @@ pub fn print_results(r: &Results) {
         );
     }
     if r.on_gpu() {
-        println!("{}", report::CUDA_FIGURES);
+        out!("{}", report::CUDA_FIGURES);
     }
-    println!();
+    out!();
     // With PyTorch in the plan each row names its runtime (and checkpointing).
     let rt = |runtime: Runtime, checkpointing: bool| -> String {
         if !torch {
@@ -77,7 +77,7 @@ pub fn print_results(r: &Results) {
         String::new()
     };
     let w = if torch { 8 } else { 5 };
-    println!(
+    out!(
         "{:>4} {rt_head}{:>6} {:<w$} {:>6} {:<9} {:<9} {:<7} {:>13} {:>13} {:>13} {:>8}",
         "#",
         "seq",
@@ -93,7 +93,7 @@ pub fn print_results(r: &Results) {
     );
     let gpu = r.on_gpu();
     if gpu {
-        println!(
+        out!(
             "{:>4} {:>6} {:<5} {:>6} {:>15} {:>15} {:>15} {:>15}",
             "#",
             "seq",
@@ -105,7 +105,7 @@ pub fn print_results(r: &Results) {
             "nvml_process"
         );
         for (i, t) in r.trials.iter().enumerate() {
-            println!(
+            out!(
                 "{:>4} {:>6} {:<5} {:>6} {:>15} {:>15} {:>15} {:>15}",
                 i + 1,
                 t.seq,
@@ -117,10 +117,10 @@ pub fn print_results(r: &Results) {
                 opt_bytes(t.process_bytes)
             );
         }
-        println!();
+        out!();
     }
     for (i, t) in r.trials.iter().enumerate() {
-        println!(
+        out!(
             "{:>4} {}{:>6} {:<w$} {:>6} {:<9} {:<9} {:<7} {:>13} {:>13} {:>13} {:>8.3}",
             i + 1,
             rt(t.runtime, t.checkpointing),
@@ -136,13 +136,19 @@ pub fn print_results(r: &Results) {
             t.seconds
         );
     }
-    println!();
-    println!(
+    out!();
+    out!(
         "{rt_head}{:>6} {:<w$} {:<9} {:>9} {:<12} {:>11} {:>11}",
-        "seq", "dtype", "strategy", "max_batch", "status", "trials_used", "recommended"
+        "seq",
+        "dtype",
+        "strategy",
+        "max_batch",
+        "status",
+        "trials_used",
+        "recommended"
     );
     for (b, c) in r.boundaries.iter().zip(&r.recommendation.curves) {
-        println!(
+        out!(
             "{}{:>6} {:<w$} {:<9} {:>9} {:<12} {:>11} {:>11}{}",
             rt(b.runtime, b.checkpointing),
             b.seq,
@@ -163,13 +169,13 @@ pub fn print_results(r: &Results) {
         );
     }
     if r.recommendation.curves.iter().any(|c| c.computed) {
-        println!(
+        out!(
             "* computed from the measured line, not confirmed by a trial (--confirm all measures each)"
         );
     }
-    println!();
+    out!();
     match &r.recommendation.pick {
-        Some(p) => println!(
+        Some(p) => out!(
             "recommended: batch {} × seq {} in {}{} = {} tokens/step, {} ≤ limit {} (capacity − {:.0}% headroom)",
             p.batch,
             p.seq,
@@ -190,29 +196,29 @@ pub fn print_results(r: &Results) {
         ),
         // Nothing measured (every model build failed): saying that nothing fits would mislead.
         None if r.unbuilt().is_some() => {
-            println!("no recommendation: no trial ran (the reason is above)");
+            out!("no recommendation: no trial ran (the reason is above)");
         }
-        None => println!(
+        None => out!(
             "no configuration fits under the headroom limit of {}",
             human_bytes(r.recommendation.limit_bytes)
         ),
     }
     if r.pick_is_host_limited() {
-        println!("({})", report::HOST_LIMITED_PICK);
+        out!("({})", report::HOST_LIMITED_PICK);
     }
     if r.recommendation.pick.is_some() && r.inference_only() {
-        println!("({})", report::TRAINING_NEEDS_MORE);
+        out!("({})", report::TRAINING_NEEDS_MORE);
     }
     let unfinished = r.unfinished_curves();
     if !unfinished.is_empty() {
-        println!(
+        out!(
             "incomplete: {} not finished ({}); the pick is among the finished curves only",
             unfinished.len(),
             unfinished.join(", ")
         );
     }
     if r.floor_seconds > 0.0 {
-        println!(
+        out!(
             "time in trials {:.1} s; the floor (b* and b*+1 of each curve) {:.1} s: {:.2}× the floor",
             r.trial_seconds,
             r.floor_seconds,
