@@ -237,6 +237,28 @@ fn parse_seqs(s: &str) -> Result<Vec<usize>, String> {
 mod tests {
     use super::*;
 
+    /// The zoom and the panels are saved with the settings (eframe serialises them), and
+    /// settings saved before they existed load at normal size with the panels.
+    #[test]
+    #[allow(clippy::float_cmp)] // the zoom is stored and read back exactly
+    fn the_zoom_is_remembered_with_the_settings() {
+        let s = Settings {
+            zoom: 1.5,
+            panels: false,
+            ..Settings::default()
+        };
+        let mut saved = serde_json::to_value(&s).unwrap();
+        let back: Settings = serde_json::from_value(saved.clone()).unwrap();
+        assert_eq!((back.zoom, back.panels), (1.5, false));
+        let fields = saved.as_object_mut().unwrap();
+        fields.remove("zoom");
+        fields.remove("panels");
+        let back: Settings = serde_json::from_value(saved).unwrap();
+        assert_eq!((back.zoom, back.panels), (1.0, true));
+        assert_eq!(crate::gui::settings::clamp_zoom(f32::NAN), 1.0);
+        assert_eq!(crate::gui::settings::clamp_zoom(9.0), 3.0);
+    }
+
     /// The GPU preset list sets a capacity that reads back (a size with its unit) and names the
     /// GPU in the plan; typing another capacity leaves no GPU named.
     #[test]

@@ -12,6 +12,7 @@ mod engine;
 mod form;
 mod frame_stats;
 mod jobs;
+pub mod labels;
 mod monitor;
 mod msg;
 mod panels;
@@ -88,6 +89,10 @@ pub enum Command {
     ExportTo(PathBuf, bool),
     SavePngDialog,
     SetTheme(ThemeChoice),
+    /// Scale text and lines (1.0 = normal).
+    SetZoom(f32),
+    /// Presentation zoom with the plot alone (true), or back to normal size with the panels.
+    Present(bool),
     Quit,
 }
 
@@ -138,6 +143,8 @@ impl OomLabApp {
             options,
         };
         app.settings.theme.apply(&cc.egui_ctx);
+        cc.egui_ctx
+            .set_zoom_factor(settings::clamp_zoom(app.settings.zoom));
         let sample_gpus = app.machine.gpus.is_none();
         if (app.machine.host == HostState::Unknown || sample_gpus)
             && let Err(e) = app.jobs.start.monitor(sample_gpus)
@@ -239,6 +246,7 @@ impl OomLabApp {
             log: &self.messages.log,
             frame: self.window.frame,
             theme: self.settings.theme,
+            zoom: self.settings.zoom,
             teach: self.sweeps.teach.model.as_deref(),
             teach_error: self.sweeps.teach.error.as_deref(),
         }
@@ -314,6 +322,17 @@ impl OomLabApp {
                 }
             }
             Command::SavePngDialog => self.dialog(Dialog::Png),
+            Command::SetZoom(z) => {
+                let z = settings::clamp_zoom(z);
+                self.settings.zoom = z;
+                ctx.set_zoom_factor(z);
+            }
+            Command::Present(on) => {
+                let z = if on { settings::PRESENTATION_ZOOM } else { 1.0 };
+                self.settings.zoom = z;
+                self.settings.panels = !on;
+                ctx.set_zoom_factor(z);
+            }
             Command::SetTheme(t) => {
                 self.settings.theme = t;
                 t.apply(ctx);
@@ -341,6 +360,11 @@ impl eframe::App for OomLabApp {
         let log_before = self.messages.log.len();
         self.drain();
         let (drained_ms, _) = timer.elapsed_ms();
+        // Ctrl +/- (egui's own keys) zoom too; the zoom is remembered with the settings.
+        let zoom = ctx.zoom_factor();
+        if (zoom - self.settings.zoom).abs() > 1e-3 {
+            self.settings.zoom = zoom;
+        }
         let new_log_lines = self.messages.log.len() - log_before;
         self.take_dropped_files(&ctx);
         if ctx.input_mut(|i| i.consume_key(egui::Modifiers::COMMAND, egui::Key::Q)) {

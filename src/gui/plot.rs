@@ -6,8 +6,8 @@ use crate::report::{BoundaryRecord, Outcome, Results, TrialRecord};
 use eframe::egui;
 use egui::Color32;
 use egui_plot::{
-    Corner, GridInput, GridMark, HLine, HoverPosition, Legend, Line, LineStyle, MarkerShape, Plot,
-    PlotPoint, Points, Text, VLine,
+    GridInput, GridMark, HLine, HoverPosition, Line, LineStyle, MarkerShape, Plot, PlotPoint,
+    Points, VLine,
 };
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -27,6 +27,7 @@ const PALETTE: [Color32; 8] = [
 ];
 const OOM_RED: Color32 = Color32::from_rgb(214, 39, 40);
 const HOST_ORANGE: Color32 = Color32::from_rgb(200, 120, 0);
+const HEADROOM_AMBER: Color32 = Color32::from_rgb(230, 150, 30);
 
 /// A curve's legend name: `seq 128 · f32` for candle, `PyTorch · seq 128 · f32` (`· ckpt`).
 #[must_use]
@@ -53,7 +54,28 @@ fn curves(r: &Results) -> Vec<Curve> {
     r.boundaries.iter().map(BoundaryRecord::curve).collect()
 }
 
-fn hover_text(t: &TrialRecord) -> String {
+/// What a point says when hovered. An OOM cross leads with the request that failed, as
+/// PyTorch's message does ("Tried to allocate …"), and the capacity it crossed.
+fn hover_text(t: &TrialRecord, capacity_bytes: u64) -> String {
+    if t.outcome == Outcome::Oom {
+        let request = t.requested_bytes.map_or_else(
+            || "the request that failed was not recorded".to_string(),
+            |b| format!("tried to allocate {} ({b} B)", human_bytes(b)),
+        );
+        return format!(
+            "OUT OF MEMORY: {request}\nthe capacity is {}\n{}batch {} · seq {} · {}{}\n{:.3} s",
+            human_bytes(capacity_bytes),
+            match t.runtime {
+                Runtime::Candle => "",
+                Runtime::Torch => "PyTorch · ",
+            },
+            t.batch,
+            t.seq,
+            t.dtype,
+            if t.checkpointing { " · ckpt" } else { "" },
+            t.seconds
+        );
+    }
     let mut s = format!(
         "{}batch {} · seq {} · {}{}\n{}",
         match t.runtime {
@@ -95,9 +117,24 @@ fn hover_text(t: &TrialRecord) -> String {
     s
 }
 
-/// Draws the plot and returns the screen rectangle it occupies (for "Save plot as PNG").
-/// `predicted`: the estimator's curves, drawn dashed under the measured points (and before
-/// any trial), each with its predicted b*.
+/// Width of the legend column beside the plot (points).
+const LEGEND_WIDTH: f32 = 230.0;
+/// Below this width (points) the legend goes under the plot, which keeps the whole width.
+const NARROW: f32 = 700.0;
+
+/// One curve's entry in the legend and its labels on the plot.
+struct Entry {
+    name: String,
+    color: Color32,
+    runtime: Runtime,
+    b_star: Option<usize>,
+    predicted_b_star: Option<usize>,
+}
+
+/// Draws the plot, with its legend in a column beside it (never over the data) and the labels
+/// of the capacity, the headroom limit and each b* placed by [`super::labels::place`], and
+/// returns the screen rectangle both occupy (for "Save plot as PNG"). `predicted`: the
+/// estimator's curves, drawn dashed under the measured points (and before any trial).
 pub fn plot_ui(
     ui: &mut egui::Ui,
     r: &Results,
@@ -133,8 +170,7 @@ pub fn plot_ui(
         }
     }
     let mut items: Vec<CurveItem> = Vec::new();
-    let styles: Vec<(LineStyle, MarkerShape)> =
-        curves.iter().map(|c| runtime_style(c.runtime)).collect();
+    let mut entries: Vec<Entry> = Vec::new();
     for (i, c) in curves.iter().enumerate() {
         let mut fits: Vec<&TrialRecord> = r
             .trials
@@ -154,7 +190,18 @@ pub fn plot_ui(
             .iter()
             .find(|b| b.curve() == *c)
             .and_then(|b| b.max_batch);
-        items.push((name, pts, PALETTE[i % PALETTE.len()], boundary));
+        let color = PALETTE[i % PALETTE.len()];
+        entries.push(Entry {
+            name: name.clone(),
+            color,
+            runtime: c.runtime,
+            b_star: boundary,
+            predicted_b_star: predicted_items
+                .iter()
+                .find(|p| p.0 == format!("{name} predicted"))
+                .and_then(|p| p.3),
+        });
+        items.push((name, pts, color, boundary));
     }
     let ooms: Vec<&TrialRecord> = r
         .trials
@@ -174,6 +221,7 @@ pub fn plot_ui(
     lookup.insert(host_name.clone(), host_stops);
     let headroom_pct = r.headroom * 100.0;
     let cap_label = crate::presets::capacity_label(r.capacity_bytes, r.plan.gpu, !r.on_gpu());
+    let capacity_bytes = r.capacity_bytes;
     let formatter = move |pos: &HoverPosition<'_>| -> Option<String> {
         match pos {
             HoverPosition::NearDataPoint {
@@ -181,7 +229,7 @@ pub fn plot_ui(
             } => lookup
                 .get(*plot_name)
                 .and_then(|v| v.get(*index))
-                .map(|t| hover_text(t)),
+                .map(|t| hover_text(t, capacity_bytes)),
             HoverPosition::Elsewhere { position } => Some(format!(
                 "batch {:.0}\n{}",
                 position.x,
@@ -189,111 +237,320 @@ pub fn plot_ui(
             )),
         }
     };
-    let resp = Plot::new("oomlab-memory-plot")
-        .legend(Legend::default().position(Corner::RightBottom))
-        .x_axis_label("batch size")
-        .y_axis_label(if r.plan.uses_torch() {
-            "memory held during the trial"
-        } else {
-            "memory held during the forward"
-        })
-        .y_grid_spacer(binary_grid_spacer)
-        .y_axis_formatter(|m: GridMark, _| tick_label(m.value.max(0.0) as u64))
-        .x_axis_formatter(|m: GridMark, _| format!("{:.0}", m.value))
-        .label_formatter(formatter)
-        .include_x(0.0)
-        // Room on the right for the last "b* = N" label.
-        .include_x(max_batch as f64 * 1.1 + 2.0)
-        .include_y(0.0)
-        .include_y(cap * (1.04 + 0.03 * curves.len() as f64))
-        .show(ui, move |pui| {
-            pui.hline(
-                HLine::new(format!("capacity {cap_label}"), cap)
-                    .color(OOM_RED)
-                    .width(2.0),
-            );
-            pui.hline(
-                HLine::new(format!("capacity - {headroom_pct:.0}% headroom"), limit)
-                    .color(Color32::from_rgb(230, 150, 30))
-                    .style(LineStyle::dashed_loose())
-                    .width(1.5),
-            );
-            // The prediction first, dashed and lighter: the measured points land on it.
-            for (name, pts, color, b_star) in predicted_items {
-                let faint = color.gamma_multiply(0.55);
-                pui.line(
-                    Line::new(name.clone(), pts)
-                        .color(faint)
+    let any_predicted = !predicted_items.is_empty();
+    let full = ui.available_rect_before_wrap();
+    // The legend beside the plot where there is room for both, else under it, never over it.
+    let beside = full.width() >= NARROW;
+    let spacing = ui.spacing().item_spacing;
+    let plot_size = if beside {
+        egui::vec2(
+            (full.width() - LEGEND_WIDTH - spacing.x).max(100.0),
+            full.height().max(100.0),
+        )
+    } else {
+        let rows = entries.len().div_ceil(2) as f32 + 3.0;
+        egui::vec2(
+            full.width(),
+            (full.height() - rows * (ui.text_style_height(&egui::TextStyle::Body) + spacing.y))
+                .max(100.0),
+        )
+    };
+    let mut plot_rect = full;
+    let layout = if beside {
+        egui::Layout::left_to_right(egui::Align::Min)
+    } else {
+        egui::Layout::top_down(egui::Align::Min)
+    };
+    ui.with_layout(layout, |ui| {
+        let resp = Plot::new("oomlab-memory-plot")
+            .width(plot_size.x)
+            .height(plot_size.y)
+            .x_axis_label("batch size")
+            .y_axis_label(if r.plan.uses_torch() {
+                "memory held during the trial"
+            } else {
+                "memory held during the forward"
+            })
+            .y_grid_spacer(binary_grid_spacer)
+            .y_axis_formatter(|m: GridMark, _| tick_label(m.value.max(0.0) as u64))
+            .x_axis_formatter(|m: GridMark, _| format!("{:.0}", m.value))
+            .label_formatter(formatter)
+            .include_x(0.0)
+            .include_x(max_batch as f64 * 1.1 + 2.0)
+            .include_y(0.0)
+            // Room above the capacity line for the labels that stack there.
+            .include_y(cap * 1.25)
+            .show(ui, move |pui| {
+                pui.hline(HLine::new("capacity", cap).color(OOM_RED).width(2.0));
+                pui.hline(
+                    HLine::new("headroom limit", limit)
+                        .color(HEADROOM_AMBER)
                         .style(LineStyle::dashed_loose())
                         .width(1.5),
                 );
-                if let Some(b) = b_star {
-                    pui.text(
-                        Text::new(
-                            name,
-                            PlotPoint::new(b as f64 + 0.5, cap * 0.97),
-                            egui::RichText::new(format!("predicted b* = {b}")).color(faint),
-                        )
-                        .color(faint)
-                        .anchor(egui::Align2::RIGHT_TOP),
-                    );
-                }
-            }
-            for (i, ((name, pts, color, boundary), (style, marker))) in
-                items.into_iter().zip(styles).enumerate()
-            {
-                if let Some(b) = boundary {
-                    pui.vline(
-                        VLine::new(name.clone(), b as f64 + 0.5)
-                            .color(color)
-                            .style(LineStyle::dashed_dense())
+                // The prediction first, dashed and lighter: the measured points land on it.
+                for (name, pts, color, _) in predicted_items {
+                    pui.line(
+                        Line::new(name, pts)
+                            .color(color.gamma_multiply(0.55))
+                            .style(LineStyle::dashed_loose())
                             .width(1.5),
                     );
-                    // Staggered so neighbouring boundaries stay readable.
-                    pui.text(
-                        Text::new(
-                            name.clone(),
-                            PlotPoint::new(b as f64 + 0.5, cap * (1.015 + 0.03 * i as f64)),
-                            egui::RichText::new(format!("b* = {b}"))
-                                .strong()
-                                .color(color),
-                        )
-                        .color(color)
-                        .anchor(egui::Align2::LEFT_BOTTOM),
+                }
+                for ((name, pts, color, boundary), c) in items.into_iter().zip(curves) {
+                    let (style, marker) = runtime_style(c.runtime);
+                    if let Some(b) = boundary {
+                        pui.vline(
+                            VLine::new(name.clone(), b as f64 + 0.5)
+                                .color(color)
+                                .style(LineStyle::dashed_dense())
+                                .width(1.5),
+                        );
+                    }
+                    pui.line(
+                        Line::new(name.clone(), pts.clone())
+                            .color(color)
+                            .style(style)
+                            .width(2.0),
+                    );
+                    pui.points(
+                        Points::new(name, pts)
+                            .color(color)
+                            .radius(3.5)
+                            .shape(marker)
+                            .filled(true),
                     );
                 }
-                pui.line(
-                    Line::new(name.clone(), pts.clone())
-                        .color(color)
-                        .style(style)
-                        .width(2.0),
-                );
-                pui.points(
-                    Points::new(name, pts)
-                        .color(color)
-                        .radius(3.5)
-                        .shape(marker)
-                        .filled(true),
-                );
+                if !oom_pts.is_empty() {
+                    pui.points(
+                        Points::new(oom_name, oom_pts)
+                            .color(OOM_RED)
+                            .radius(7.0)
+                            .shape(MarkerShape::Cross),
+                    );
+                }
+                if !host_pts.is_empty() {
+                    pui.points(
+                        Points::new(host_name, host_pts)
+                            .color(HOST_ORANGE)
+                            .radius(7.0)
+                            .shape(MarkerShape::Diamond),
+                    );
+                }
+            });
+        ui.vertical(|ui| {
+            if beside {
+                ui.set_width(LEGEND_WIDTH);
             }
-            if !oom_pts.is_empty() {
-                pui.points(
-                    Points::new(oom_name, oom_pts)
-                        .color(OOM_RED)
-                        .radius(7.0)
-                        .shape(MarkerShape::Cross),
-                );
-            }
-            if !host_pts.is_empty() {
-                pui.points(
-                    Points::new(host_name, host_pts)
-                        .color(HOST_ORANGE)
-                        .radius(7.0)
-                        .shape(MarkerShape::Diamond),
-                );
-            }
+            legend(ui, &entries, !beside, any_predicted, !host_pts_empty(r), r);
         });
-    resp.response.rect
+        plot_rect = resp.response.rect.union(ui.min_rect());
+        // Last: placing a label moves the layout's cursor past it.
+        let t = resp.transform;
+        let labels = plot_labels(
+            &entries,
+            &format!("capacity {cap_label}"),
+            &format!("capacity − {headroom_pct:.0}% headroom"),
+            cap,
+            limit,
+        );
+        draw_labels(
+            ui,
+            &labels,
+            |x, y| t.position_from_point(&PlotPoint::new(x, y)),
+            *t.frame(),
+        );
+    });
+    plot_rect
+}
+
+fn host_pts_empty(r: &Results) -> bool {
+    !r.trials.iter().any(|t| t.outcome == Outcome::HostMemory)
+}
+
+/// A label on the plot: its text, colour, and the plot point it names.
+struct PlotLabel {
+    text: String,
+    color: Color32,
+    strong: bool,
+    at: (f64, f64),
+}
+
+/// The labels in the order they are placed: the two reference lines at their left end, then
+/// each curve's measured b*, then each predicted b* (so a measured one keeps the nearer place).
+fn plot_labels(
+    entries: &[Entry],
+    capacity: &str,
+    headroom: &str,
+    cap: f64,
+    limit: f64,
+) -> Vec<PlotLabel> {
+    let mut out = vec![
+        PlotLabel {
+            text: capacity.to_string(),
+            color: OOM_RED,
+            strong: false,
+            at: (f64::NEG_INFINITY, cap),
+        },
+        PlotLabel {
+            text: headroom.to_string(),
+            color: HEADROOM_AMBER,
+            strong: false,
+            at: (f64::NEG_INFINITY, limit),
+        },
+    ];
+    for e in entries {
+        if let Some(b) = e.b_star {
+            out.push(PlotLabel {
+                text: format!("b* = {b}"),
+                color: e.color,
+                strong: true,
+                at: (b as f64 + 0.5, cap),
+            });
+        }
+    }
+    for e in entries {
+        if let Some(b) = e.predicted_b_star {
+            out.push(PlotLabel {
+                text: format!("predicted b* = {b}"),
+                color: e.color.gamma_multiply(0.7),
+                strong: false,
+                at: (b as f64 + 0.5, cap),
+            });
+        }
+    }
+    out
+}
+
+/// Places the labels inside the plot's frame by the rule in [`super::labels::place`] and draws
+/// each as a label widget (so it can be read back, by tests and screen readers, where it is).
+fn draw_labels(
+    ui: &mut egui::Ui,
+    labels: &[PlotLabel],
+    to_screen: impl Fn(f64, f64) -> egui::Pos2,
+    frame: egui::Rect,
+) {
+    let gap = 2.0;
+    let bounds = frame.shrink(gap);
+    let galleys: Vec<_> = labels
+        .iter()
+        .map(|l| {
+            let mut text = egui::RichText::new(&l.text).color(l.color);
+            if l.strong {
+                text = text.strong();
+            }
+            egui::WidgetText::from(text).into_galley(
+                ui,
+                Some(egui::TextWrapMode::Extend),
+                f32::INFINITY,
+                egui::FontSelection::Default,
+            )
+        })
+        .collect();
+    let wanted: Vec<super::labels::Wanted> = labels
+        .iter()
+        .zip(&galleys)
+        .map(|(l, g)| {
+            let p = to_screen(l.at.0.max(0.0), l.at.1);
+            let x = if l.at.0.is_finite() {
+                p.x
+            } else {
+                bounds.left()
+            };
+            super::labels::Wanted {
+                size: g.size(),
+                anchor: egui::pos2(x, p.y),
+            }
+        })
+        .collect();
+    for (rect, galley) in super::labels::place(&wanted, bounds, gap)
+        .into_iter()
+        .zip(galleys)
+    {
+        if let Some(rect) = rect {
+            ui.put(rect, egui::Label::new(galley).selectable(false));
+        }
+    }
+}
+
+/// The legend, beside the plot: one entry per curve (its line and marker, its name, its b* and
+/// the estimator's), then one line for what the dashes and markers mean.
+fn legend(
+    ui: &mut egui::Ui,
+    entries: &[Entry],
+    wrapped: bool,
+    predicted: bool,
+    host: bool,
+    results: &Results,
+) {
+    ui.label(egui::RichText::new("Curves").strong());
+    let entry = |ui: &mut egui::Ui, e: &Entry| {
+        ui.horizontal(|ui| {
+            let (rect, _) = ui.allocate_exact_size(egui::vec2(28.0, 14.0), egui::Sense::hover());
+            let mid = rect.center().y;
+            let stroke = egui::Stroke::new(2.0, e.color);
+            let (a, b) = (egui::pos2(rect.left(), mid), egui::pos2(rect.right(), mid));
+            match e.runtime {
+                Runtime::Candle => {
+                    ui.painter().line_segment([a, b], stroke);
+                    ui.painter().circle_filled(rect.center(), 3.5, e.color);
+                }
+                Runtime::Torch => {
+                    ui.painter()
+                        .extend(egui::Shape::dotted_line(&[a, b], e.color, 4.0, 1.2));
+                    ui.painter().rect_filled(
+                        egui::Rect::from_center_size(rect.center(), egui::vec2(7.0, 7.0)),
+                        0.0,
+                        e.color,
+                    );
+                }
+            }
+            let boundaries = match (e.b_star, e.predicted_b_star) {
+                (Some(b), Some(p)) => format!(": b* {b} (predicted {p})"),
+                (Some(b), None) => format!(": b* {b}"),
+                (None, Some(p)) => format!(": predicted b* {p}"),
+                (None, None) => String::new(),
+            };
+            let text = format!("{}{boundaries}", e.name);
+            let label = egui::Label::new(egui::RichText::new(text).color(e.color));
+            // In a row of entries each keeps its line; in the column it wraps.
+            ui.add(if wrapped {
+                label.extend()
+            } else {
+                label.wrap()
+            });
+        });
+    };
+    if wrapped {
+        // Under the plot: two entries a row.
+        egui::Grid::new("legend-rows")
+            .spacing(egui::vec2(24.0, 2.0))
+            .show(ui, |ui| {
+                for (i, e) in entries.iter().enumerate() {
+                    entry(ui, e);
+                    if i % 2 == 1 {
+                        ui.end_row();
+                    }
+                }
+            });
+    } else {
+        for e in entries {
+            entry(ui, e);
+        }
+    }
+    ui.add_space(4.0);
+    let mut key = String::from("solid: candle");
+    if results.plan.runtimes.contains(&Runtime::Torch) {
+        key.push_str(" · dotted: PyTorch");
+    }
+    if predicted {
+        key.push_str(" · dashed = predicted by the estimator");
+    }
+    key.push_str(" · red × on the capacity line: an OOM (hover it for the request that failed)");
+    if host {
+        key.push_str(" · orange diamond: stopped by this machine's memory");
+    }
+    ui.add(egui::Label::new(egui::RichText::new(key).small().weak()).wrap());
 }
 
 /// Grid marks on the memory axis at multiples of powers of two (64 MiB, 128 MiB, 1 GiB …), in
@@ -341,6 +598,29 @@ pub fn tick_label(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An OOM cross names the request that failed first, as PyTorch's message does, then the
+    /// capacity it crossed and the trial; one whose request was not recorded says so.
+    #[test]
+    fn an_oom_cross_names_the_request_that_failed() {
+        let line = r#"{"type":"trial","batch":44,"seq":64,"dtype":"f32","strategy":"grid","purpose":"search","outcome":"oom","peak_bytes":null,"total_bytes":null,"requested_bytes":360448,"live_before_bytes":null,"baseline_bytes":null,"failure":null,"reason":null,"seconds":0.042,"worker_pid":16100}"#;
+        let crate::report::JournalLine::Trial(mut t) = serde_json::from_str(line).unwrap() else {
+            panic!("not a trial")
+        };
+        let text = hover_text(&t, 16 << 20);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "OUT OF MEMORY: tried to allocate 352.0 KiB (360448 B)"
+        );
+        assert_eq!(lines[1], "the capacity is 16.0 MiB");
+        assert_eq!(lines[2], "batch 44 · seq 64 · f32");
+        t.requested_bytes = None;
+        assert!(
+            hover_text(&t, 16 << 20)
+                .starts_with("OUT OF MEMORY: the request that failed was not recorded")
+        );
+    }
 
     #[test]
     fn memory_ticks_are_round_binary_sizes() {

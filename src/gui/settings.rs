@@ -25,6 +25,19 @@ impl ThemeChoice {
     }
 }
 
+/// The zoom View → Presentation sets: text and lines half again as large, for a projector.
+pub const PRESENTATION_ZOOM: f32 = 1.5;
+
+/// A zoom the window can use (a stored one may have been edited by hand).
+#[must_use]
+pub fn clamp_zoom(z: f32) -> f32 {
+    if z.is_finite() {
+        z.clamp(0.5, 3.0)
+    } else {
+        1.0
+    }
+}
+
 /// What the experiment panel edits, as typed (text fields keep what the person wrote).
 #[allow(clippy::struct_excessive_bools)] // one per checkbox the panel draws
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +74,11 @@ pub struct Settings {
     pub headroom: String,
     pub strategy: Strategy,
     pub theme: ThemeChoice,
+    /// Text and lines scale (View → Zoom, Ctrl +/-): 1.0, or 1.5 for a projector.
+    pub zoom: f32,
+    /// The experiment, recommendation and trials panels beside the plot (presentation zoom
+    /// hides them, so the plot fills the screen).
+    pub panels: bool,
     /// The CPU or a GPU (stored as `cpu` or `cuda:N`).
     pub device: DeviceKind,
     pub threads: usize,
@@ -131,6 +149,8 @@ impl Default for Settings {
             headroom: String::new(),
             strategy: Strategy::default(),
             theme: ThemeChoice::System,
+            zoom: 1.0,
+            panels: true,
             device: DeviceKind::Cpu,
             threads: 1,
             allow_overcommit: false,

@@ -13,7 +13,7 @@ use super::Command;
 use super::engine::InFlight;
 use super::frame_stats::{FRAME_BUDGET_MS, FrameStats};
 use super::plot;
-use super::settings::{Settings, ThemeChoice};
+use super::settings::{PRESENTATION_ZOOM, Settings, ThemeChoice};
 use crate::measure::host::HostMemory;
 use crate::measure::nvml::GpuReport;
 use crate::report::Results;
@@ -61,6 +61,7 @@ pub struct View<'a> {
     pub log: &'a [String],
     pub frame: FrameStats,
     pub theme: ThemeChoice,
+    pub zoom: f32,
     /// The estimator for the shown sweep, once built (or why it could not be).
     pub teach: Option<&'a crate::gui::teach::TeachModel>,
     pub teach_error: Option<&'a str>,
@@ -107,7 +108,37 @@ pub fn draw(
     ui: &mut egui::Ui,
 ) -> Drawn {
     let mut cmds = Vec::new();
-    menu_bar(view, state, ui, &mut cmds);
+    menu_bar(view, settings, state, ui, &mut cmds);
+    if settings.panels {
+        side_panels(view, settings, state, ui, &mut cmds);
+    }
+    explain::window(state, ui.ctx());
+    teach::window(view, &mut state.teach, ui.ctx());
+    let mut plot_rect = None;
+    egui::CentralPanel::default_margins().show(ui, |ui| {
+        if !settings.panels {
+            ui.label(
+                RichText::new("the plot alone: View > Normal size (or the panels' checkbox there) brings the controls back")
+                    .weak()
+                    .small(),
+            );
+        }
+        plot_rect = centre(view, ui);
+    });
+    Drawn {
+        commands: cmds,
+        plot_rect,
+    }
+}
+
+/// The experiment (left), the recommendation (right), the trials and the log (bottom).
+fn side_panels(
+    view: &View<'_>,
+    settings: &mut Settings,
+    state: &mut PanelState,
+    ui: &mut egui::Ui,
+    cmds: &mut Vec<Command>,
+) {
     // Full width under the side panels: the trials table needs the room.
     egui::Panel::bottom("results")
         .resizable(true)
@@ -122,9 +153,9 @@ pub fn draw(
             // Run / Cancel / Resume stay in view however long the settings grow.
             egui::Panel::bottom("experiment-run")
                 .resizable(false)
-                .show(ui, |ui| experiment::run_ui(view, ui, &mut cmds));
+                .show(ui, |ui| experiment::run_ui(view, ui, cmds));
             egui::ScrollArea::vertical().show(ui, |ui| {
-                experiment::panel(view, settings, &mut state.model_filter, ui, &mut cmds);
+                experiment::panel(view, settings, &mut state.model_filter, ui, cmds);
             });
         });
     egui::Panel::right("recommendation")
@@ -132,12 +163,14 @@ pub fn draw(
         .default_size(300.0)
         .size_range(240.0..=460.0)
         .show(ui, |ui| {
-            egui::ScrollArea::vertical().show(ui, |ui| card::card(view, state, ui, &mut cmds));
+            egui::ScrollArea::vertical().show(ui, |ui| card::card(view, state, ui, cmds));
         });
-    explain::window(state, ui.ctx());
-    teach::window(view, &mut state.teach, ui.ctx());
+}
+
+/// The plot of the shown results, or what to do first; where the plot is.
+fn centre(view: &View<'_>, ui: &mut egui::Ui) -> Option<egui::Rect> {
     let mut plot_rect = None;
-    egui::CentralPanel::default_margins().show(ui, |ui| {
+    {
         if let Some(r) = &view.results {
             ui.heading(format!("{} — memory against batch", r.model));
             // What one trial runs, per runtime: candle's forward, PyTorch's workload.
@@ -168,14 +201,17 @@ pub fn draw(
                 );
             });
         }
-    });
-    Drawn {
-        commands: cmds,
-        plot_rect,
     }
+    plot_rect
 }
 
-fn menu_bar(view: &View<'_>, state: &mut PanelState, ui: &mut egui::Ui, cmds: &mut Vec<Command>) {
+fn menu_bar(
+    view: &View<'_>,
+    settings: &mut Settings,
+    state: &mut PanelState,
+    ui: &mut egui::Ui,
+    cmds: &mut Vec<Command>,
+) {
     egui::Panel::top("menu").show(ui, |ui| {
         egui::MenuBar::new().ui(ui, |ui| {
             ui.menu_button("File", |ui| {
@@ -238,6 +274,40 @@ fn menu_bar(view: &View<'_>, state: &mut PanelState, ui: &mut egui::Ui, cmds: &m
                         cmds.push(Command::SetTheme(t));
                     }
                 }
+                ui.separator();
+                let presenting = (view.zoom - PRESENTATION_ZOOM).abs() < 1e-3;
+                if ui
+                    .radio(
+                        presenting,
+                        format!("Presentation ({:.0}%, the plot alone)", PRESENTATION_ZOOM * 100.0),
+                    )
+                    .on_hover_text(
+                        "bigger text and lines, and only the plot, to read from the back of a room",
+                    )
+                    .clicked()
+                {
+                    cmds.push(Command::Present(true));
+                }
+                if ui
+                    .radio((view.zoom - 1.0).abs() < 1e-3, "Normal size (100%)")
+                    .clicked()
+                {
+                    cmds.push(Command::Present(false));
+                }
+                ui.checkbox(&mut settings.panels, "Experiment, recommendation and trials panels");
+                if ui
+                    .add(egui::Button::new("Zoom in").shortcut_text("Ctrl +"))
+                    .clicked()
+                {
+                    cmds.push(Command::SetZoom(view.zoom + 0.1));
+                }
+                if ui
+                    .add(egui::Button::new("Zoom out").shortcut_text("Ctrl -"))
+                    .clicked()
+                {
+                    cmds.push(Command::SetZoom(view.zoom - 0.1));
+                }
+                ui.label(RichText::new(format!("now {:.0}%", view.zoom * 100.0)).weak());
             });
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
                 let f = view.frame;

@@ -81,6 +81,25 @@ fn harness_full(
         .build_eframe(move |cc| OomLabApp::new(cc, options))
 }
 
+/// A window of `size` showing `open`, with the estimator (its predicted curves and labels).
+fn harness_sized(dir: &TempDir, open: PathBuf, size: egui::Vec2) -> Harness<'static, OomLabApp> {
+    let options = AppOptions {
+        worker: worker(),
+        open: Some(open),
+        journal_dir: Some(dir.0.clone()),
+        persist: false,
+        checker: true,
+        host: Some(HostMemory::faked(16 << 30)),
+        gpus: Some(Err(oomlab::measure::nvml::GpuQueryError(NO_DRIVER.into()))),
+        runtime_cache: Some(dir.join("runtime.json")),
+        estimator: true,
+        hf_cache: Some(dir.join("hub")),
+    };
+    Harness::builder()
+        .with_size(size)
+        .build_eframe(move |cc| OomLabApp::new(cc, options))
+}
+
 fn harness(dir: &TempDir, open: Option<PathBuf>) -> Harness<'static, OomLabApp> {
     harness_with(dir, open, worker(), true)
 }

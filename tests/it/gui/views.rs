@@ -463,3 +463,89 @@ fn the_model_picker_groups_by_family_filters_as_you_type_and_lists_the_hf_cache(
     h.run_steps(2);
     shown(&h, "no model matches");
 }
+
+/// The labels drawn on the plot (b*, predicted b*, the two reference lines) and the legend's
+/// entries, with where they are drawn.
+fn plot_labels(h: &Harness<'static, OomLabApp>) -> (Vec<(String, egui::Rect)>, Vec<egui::Rect>) {
+    let mut labels = Vec::new();
+    let mut legend = Vec::new();
+    for n in h.query_all_by_role(Role::Label) {
+        let Some(v) = n.value() else { continue };
+        if v.starts_with("b* = ") || v.starts_with("predicted b* = ") || v.starts_with("capacity ")
+        {
+            labels.push((v, n.rect()));
+        } else if v.contains(": b* ") {
+            legend.push(n.rect());
+        }
+    }
+    (labels, legend)
+}
+
+/// The six-curve demo at 1600×1000, then at presentation zoom: every curve's b* and predicted
+/// b* is labelled, no two labels overlap (read from where they are drawn), and the legend stands
+/// beside the plot, right of every label on it.
+#[test]
+#[allow(clippy::float_cmp)] // the zoom is set to exactly 1.5
+fn six_curves_label_every_boundary_without_overlap_and_keep_the_legend_off_the_data() {
+    let dir = TempDir::new("gui-labels");
+    let mut h = harness_sized(
+        &dir,
+        fixtures().join("gui/teaching-demo.jsonl"),
+        egui::vec2(1600.0, 1000.0),
+    );
+    wait_for_results(&mut h);
+    wait_for_estimator(&mut h);
+    let r = h.state().seen().results.unwrap().clone();
+    assert_eq!(r.boundaries.len(), 6);
+    for zoom in [1.0, 1.5] {
+        let (labels, legend) = plot_labels(&h);
+        let texts: Vec<&str> = labels.iter().map(|(t, _)| t.as_str()).collect();
+        for b in &r.boundaries {
+            let b_star = b.max_batch.unwrap();
+            assert!(
+                texts.contains(&format!("b* = {b_star}").as_str()),
+                "{zoom}: {texts:?}"
+            );
+        }
+        assert_eq!(
+            texts
+                .iter()
+                .filter(|t| t.starts_with("predicted b* = "))
+                .count(),
+            6,
+            "{zoom}: {texts:?}"
+        );
+        assert_eq!(
+            texts.iter().filter(|t| t.starts_with("capacity ")).count(),
+            2
+        );
+        let rects: Vec<egui::Rect> = labels.iter().map(|(_, r)| *r).collect();
+        for (i, (ta, a)) in labels.iter().enumerate() {
+            for (tb, b) in &labels[i + 1..] {
+                assert!(
+                    !oomlab::gui::labels::overlap(*a, *b),
+                    "{zoom}: '{ta}' {a:?} overlaps '{tb}' {b:?}"
+                );
+            }
+        }
+        assert!(oomlab::gui::labels::disjoint(&rects));
+        let right_of_labels = rects.iter().map(egui::Rect::right).fold(0.0, f32::max);
+        assert_eq!(legend.len(), 6, "{zoom}");
+        assert!(
+            legend.iter().all(|l| l.left() >= right_of_labels),
+            "{zoom}: legend {legend:?} not right of the plot's labels (up to x {right_of_labels})"
+        );
+        if zoom == 1.0 {
+            // View → Presentation: bigger text, the plot alone; the settings keep the zoom.
+            h.get_by_label("View").click();
+            h.run_steps(2);
+            h.get_by_label_contains("Presentation (150%").click();
+            h.run_steps(4);
+            let s = h.state().seen().settings.clone();
+            assert_eq!((s.zoom, s.panels), (1.5, false));
+            assert!(h.query_by_label("Experiment").is_none());
+            // Text and lines are drawn half again as large (the rectangles are in points).
+            assert_eq!(h.ctx.zoom_factor(), 1.5);
+        }
+    }
+}
