@@ -97,6 +97,47 @@ fn forward_peak(
     sim.peak()
 }
 
+/// Where a simulated forward peaks and where its layers begin: what a candle trial's timeline
+/// is labelled with, as the estimator's (the worker's allocator sees bytes, not ops).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardShape {
+    /// The op and place of the allocation that made the peak: `MLP › linear in layer 1`.
+    pub peak_at: String,
+    /// Where each layer begins, as a fraction (0 to 1) of the forward's allocations and frees.
+    pub layer_starts: Vec<f64>,
+}
+
+/// The simulated forward's [`ForwardShape`] for one point.
+#[must_use]
+pub fn forward_shape(
+    spec: &ModelSpec,
+    batch: usize,
+    seq: usize,
+    dtype: Precision,
+    threads: usize,
+) -> ForwardShape {
+    let sim = Sim::new();
+    let r = Run {
+        sim: &sim,
+        d: &spec.dims,
+        b: batch,
+        s: seq,
+        dt: dtype.into(),
+        threads: threads.max(1),
+    };
+    let room = spec.family.room();
+    let inputs = room.sim_inputs(&r, sim.alloc(&[batch, seq], Dt::U32));
+    let out = room.simulate(&r, &inputs);
+    drop(out);
+    drop(inputs);
+    let (events, starts) = sim.layer_starts();
+    let n = events.max(1) as f64;
+    ForwardShape {
+        peak_at: sim.peak().scope.to_string(),
+        layer_starts: starts.into_iter().map(|e| e as f64 / n).collect(),
+    }
+}
+
 /// What one forward adds to the live bytes at its peak (inputs, activations and KV cache): on
 /// top of a worker's measured baseline, its `total_bytes`.
 #[must_use]
@@ -181,4 +222,50 @@ pub fn max_batch(
     last_fitting(limit, |b| {
         estimate(spec, b, seq, dtype, runtime).total_bytes <= capacity_bytes
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::ModelRef;
+
+    fn spec(id: &str) -> ModelSpec {
+        ModelSpec::resolve(&ModelRef::Catalog(id.into())).unwrap()
+    }
+
+    /// Every layer begins once, in order, inside the forward; the peak is named by its op and
+    /// where it is (a layer, or before or after them).
+    #[test]
+    fn a_simulated_forward_names_its_peak_and_where_its_layers_begin() {
+        for (id, seq) in [
+            ("tiny-bert", 64),
+            ("tiny-llama", 64),
+            ("bert-base-uncased", 128),
+        ] {
+            let s = spec(id);
+            let shape = forward_shape(&s, 4, seq, Precision::F32, 1);
+            assert_eq!(shape.layer_starts.len(), s.dims.layers, "{id}");
+            assert!(
+                shape.layer_starts.windows(2).all(|w| w[0] < w[1])
+                    && shape.layer_starts.iter().all(|f| *f > 0.0 && *f < 1.0),
+                "{id}: {:?}",
+                shape.layer_starts
+            );
+            assert!(
+                shape.peak_at.contains(" in layer ")
+                    || shape.peak_at.ends_with("before the first layer")
+                    || shape.peak_at.ends_with("after the last layer"),
+                "{id}: {}",
+                shape.peak_at
+            );
+            assert!(
+                !shape.peak_at.starts_with("an op"),
+                "{id}: {}",
+                shape.peak_at
+            );
+        }
+        // bert-base at seq 128: the attention probabilities (softmax's last step) make the peak.
+        let shape = forward_shape(&spec("bert-base-uncased"), 8, 128, Precision::F32, 1);
+        assert!(shape.peak_at.starts_with("softmax › "), "{}", shape.peak_at);
+    }
 }

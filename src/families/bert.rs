@@ -151,7 +151,8 @@ fn simulated(r: &Run<'_>, ids: &T, tt: &T, mask: &T) -> T {
     };
     // BertEncoder::forward: `let mut hidden_states = hidden_states.clone(); for layer { hidden_states = layer.forward(&hidden_states, mask)? }`
     let mut hidden_states = embedding_output.clone();
-    for _ in 0..r.d.layers {
+    for layer in 0..r.d.layers {
+        r.sim.layer(layer);
         hidden_states = {
             let x = &hidden_states;
             // BertAttention::forward
@@ -203,6 +204,7 @@ fn simulated(r: &Run<'_>, ids: &T, tt: &T, mask: &T) -> T {
             layer_output
         };
     }
+    r.sim.after_layers();
     drop(embedding_output);
     hidden_states
 }

@@ -125,7 +125,8 @@ fn simulated(r: &Run<'_>, ids: &T, mask_in: &T) -> T {
         norm(&embeddings)
     };
     let mut hidden_states = embedding_output.clone();
-    for _ in 0..r.d.layers {
+    for layer in 0..r.d.layers {
+        r.sim.layer(layer);
         hidden_states = {
             let x = &hidden_states;
             // MultiHeadSelfAttention::forward
@@ -176,6 +177,7 @@ fn simulated(r: &Run<'_>, ids: &T, mask_in: &T) -> T {
             output
         };
     }
+    r.sim.after_layers();
     drop(embedding_output);
     hidden_states
 }

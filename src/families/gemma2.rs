@@ -149,7 +149,8 @@ fn simulated(r: &Run<'_>, ids: &T) -> T {
         drop(e);
         scaled
     };
-    for _ in 0..r.d.layers {
+    for layer in 0..r.d.layers {
+        r.sim.layer(layer);
         xs = {
             let residual = &xs;
             let xn = gemma_norm(r, &xs);
@@ -204,6 +205,7 @@ fn simulated(r: &Run<'_>, ids: &T) -> T {
             after_attention(r, residual, xn, attn)
         };
     }
+    r.sim.after_layers();
     // `xs.narrow(1, seq_len - 1, 1)?.apply(&self.norm)?.apply(&self.lm_head)?`, then the
     // final soft-capping
     let logits = {

@@ -159,10 +159,12 @@ fn simulated(r: &Run<'_>, ids: &T) -> T {
     let masks = (r.s > 1).then(|| (causal_mask(r, r.b), causal_mask(r, r.b)));
     let every = r.d.global_every.max(1);
     for l in 0..r.d.layers {
+        r.sim.layer(l);
         let sliding = !(l + 1).is_multiple_of(every);
         let mask = masks.as_ref().map(|(g, s)| if sliding { s } else { g });
         xs = layer(r, &xs, sliding, mask, &mut kvs);
     }
+    r.sim.after_layers();
     // `xs.narrow(1, seq_len - 1, 1)?.apply(&self.norm)?.apply(&self.lm_head)?`
     let logits = {
         let last = xs.narrow(1, 1);

@@ -163,7 +163,8 @@ fn simulated(r: &Run<'_>, ids: &T) -> T {
     let mut mask: Option<T> = None;
     // Llama::forward: `let mut x = self.wte.forward(x)?; for block { x = block.forward(&x, ..)? }`
     let mut x = embedding(r, r.d.vocab, ids);
-    for _ in 0..r.d.layers {
+    for layer in 0..r.d.layers {
+        r.sim.layer(layer);
         x = {
             // Block::forward: `let residual = x; let x = self.rms_1.forward(x)?;`
             let residual = &x;
@@ -240,6 +241,7 @@ fn simulated(r: &Run<'_>, ids: &T) -> T {
             x3
         };
     }
+    r.sim.after_layers();
     // `let x = self.ln_f.forward(&x)?; let x = x.i((.., seq_len - 1, ..))?.contiguous()?;`
     let xn = norm(&x);
     let last = xn.narrow(1, 1).squeeze(1).contiguous();

@@ -82,7 +82,8 @@ fn simulated(r: &Run<'_>, ids: &T) -> T {
     // `mask.expand((1, 1, s, s))?.to_dtype(self.dtype)`
     let attention_mask = causal_mask(r, 1);
     let mut xs = embedding(r, r.d.vocab, ids);
-    for _ in 0..r.d.layers {
+    for layer in 0..r.d.layers {
+        r.sim.layer(layer);
         xs = {
             let residual = &xs;
             let xn = norm(&xs);
@@ -122,5 +123,6 @@ fn simulated(r: &Run<'_>, ids: &T) -> T {
             out
         };
     }
+    r.sim.after_layers();
     norm_head_on_last(r, xs, (attention_mask, kvs))
 }

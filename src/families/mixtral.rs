@@ -145,7 +145,8 @@ fn simulated(r: &Run<'_>, ids: &T) -> T {
     let mut kvs: Vec<(T, T)> = Vec::with_capacity(r.d.layers);
     let attention_mask = causal_mask(r, b);
     let mut xs = embedding(r, r.d.vocab, ids);
-    for _ in 0..r.d.layers {
+    for layer in 0..r.d.layers {
+        r.sim.layer(layer);
         xs = {
             let residual = &xs;
             let xn = norm(&xs);
@@ -214,5 +215,6 @@ fn simulated(r: &Run<'_>, ids: &T) -> T {
             out
         };
     }
+    r.sim.after_layers();
     norm_head_on_last(r, xs, (attention_mask, kvs))
 }

@@ -175,6 +175,7 @@ fn simulated(r: &Run<'_>, ids: &T, mask: &T) -> T {
     };
     let every = r.d.global_every.max(1);
     for l in 0..r.d.layers {
+        r.sim.layer(l);
         xs = {
             let xn = if l > 0 {
                 layer_norm_no_bias(r, &xs)
@@ -231,6 +232,7 @@ fn simulated(r: &Run<'_>, ids: &T, mask: &T) -> T {
             out
         };
     }
+    r.sim.after_layers();
     let out = layer_norm_no_bias(r, &xs);
     drop((xs, global_mask, local_mask));
     out

@@ -52,6 +52,7 @@ impl Run<'_> {
 /// then `x.broadcast_add(bias)` while `x` is still bound.
 #[must_use]
 pub fn linear(r: &Run<'_>, x: &T, out: usize, bias: bool) -> T {
+    let _op = r.sim.op("linear");
     let w = r.w(&[out, x.dims()[x.dims().len() - 1]]);
     let y = match *x.dims() {
         [bsz, m, k] if x.is_contiguous() => {
@@ -71,6 +72,7 @@ pub fn linear(r: &Run<'_>, x: &T, out: usize, bias: bool) -> T {
 /// `RmsNorm::forward` on a contiguous input (`ops::rms_norm`): one fused op, one output.
 #[must_use]
 pub fn norm(x: &T) -> T {
+    let _op = x.sim().op("norm");
     x.unary()
 }
 
@@ -79,6 +81,7 @@ pub fn norm(x: &T) -> T {
 ///  let den = num.sum_keepdim(dim)?; num.broadcast_div(&den)`
 #[must_use]
 pub fn softmax(x: &T) -> T {
+    let _op = x.sim().op("softmax");
     let max = x.reduce_last();
     let diff = x.binary(&max);
     let num = diff.unary();
@@ -90,6 +93,7 @@ pub fn softmax(x: &T) -> T {
 /// mask.where_cond(&on_true, on_false)`.
 #[must_use]
 pub fn masked_fill(r: &Run<'_>, on_false: &T, mask: &T) -> T {
+    let _op = r.sim.op("mask");
     let on_true = r.sim.alloc(&[], Dt::F32).broadcast_as(mask.dims());
     let out = on_false.new_like(mask.dims(), on_false.dt());
     drop(on_true);
@@ -111,6 +115,7 @@ pub fn repeat_kv(x: T, n_rep: usize) -> T {
 /// `Embedding::forward`: `ids.flatten_all()` (a view), `index_select`, reshape (a view).
 #[must_use]
 pub fn embedding(r: &Run<'_>, rows: usize, ids: &T) -> T {
+    let _op = r.sim.op("embedding");
     let table = r.w(&[rows, r.d.hidden]);
     let mut dims = ids.dims().to_vec();
     dims.push(r.d.hidden);
@@ -122,6 +127,7 @@ pub fn embedding(r: &Run<'_>, rows: usize, ids: &T) -> T {
 /// forward `held` are released after it, in that order.
 #[must_use]
 pub fn norm_head_on_last<H>(r: &Run<'_>, xs: T, held: H) -> T {
+    let _op = r.sim.op("head");
     let last = xs.narrow(1, 1);
     let normed = norm_strided(r, &last);
     let logits = linear(r, &normed, r.d.vocab, false);
@@ -133,6 +139,7 @@ pub fn norm_head_on_last<H>(r: &Run<'_>, xs: T, held: H) -> T {
 /// hidden states (qwen2, qwen3); the KV cache goes after it.
 #[must_use]
 pub fn head_on_last(r: &Run<'_>, normed: T, kvs: Vec<(T, T)>) -> T {
+    let _op = r.sim.op("head");
     let last = normed.narrow(1, 1);
     let logits = linear(r, &last, r.d.vocab, false);
     drop((last, normed, kvs));
@@ -145,6 +152,7 @@ pub fn head_on_last(r: &Run<'_>, normed: T, kvs: Vec<(T, T)>) -> T {
 /// x_normed.to_dtype(x_dtype)?.broadcast_mul(&self.weight)`.
 #[must_use]
 pub fn norm_strided(r: &Run<'_>, x: &T) -> T {
+    let _op = r.sim.op("norm");
     if x.is_contiguous() {
         return norm(x);
     }
@@ -167,6 +175,7 @@ pub fn norm_strided(r: &Run<'_>, x: &T) -> T {
 /// (s, s))`, `mask.expand((rows, 1, s, s))?.to_dtype(self.dtype)` (rows: the batch, or 1).
 #[must_use]
 pub fn causal_mask(r: &Run<'_>, rows: usize) -> T {
+    let _op = r.sim.op("causal mask");
     let s = r.s;
     let _vec = r.sim.raw((s * s * 4) as u64);
     let m = r.sim.alloc(&[s, s], Dt::F32);
@@ -178,6 +187,7 @@ pub fn causal_mask(r: &Run<'_>, rows: usize) -> T {
 /// `softmax_last_dim`, `.matmul(&v)`.
 #[must_use]
 pub fn attend(r: &Run<'_>, q: &T, k: &T, v: &T, mask: &T) -> T {
+    let _op = r.sim.op("attention");
     let w = r.mm(q, &k.transpose(2, 3)).unary();
     let w2 = w.binary(mask);
     let w3 = w2.unary();
@@ -196,6 +206,7 @@ pub fn gated_mlp(r: &Run<'_>, x: &T) -> T {
 /// [`gated_mlp`] `width` wide (an expert's).
 #[must_use]
 pub fn gated_mlp_width(r: &Run<'_>, x: &T, width: usize) -> T {
+    let _op = r.sim.op("MLP");
     let lhs = linear(r, x, width, false).unary();
     let rhs = linear(r, x, width, false);
     let p = lhs.binary(&rhs);
@@ -218,6 +229,7 @@ pub type ExpertLists = ((Raw, Raw), Vec<(Option<Raw>, Option<Raw>)>);
 /// first `k` experts take every one of the `n` tokens. Alive while the result is.
 #[must_use]
 pub fn expert_lists(r: &Run<'_>, n: usize, experts: usize, k: usize) -> ExpertLists {
+    let _op = r.sim.op("expert routing");
     let outer = (
         r.sim.raw((experts * 24) as u64),
         r.sim.raw((experts * 24) as u64),
@@ -232,6 +244,7 @@ pub fn expert_lists(r: &Run<'_>, n: usize, experts: usize, k: usize) -> ExpertLi
 /// rotate_half(x)?.broadcast_mul(&sin))?`, `rotate_half` = `cat(&[&x2.neg()?, &x1], -1)`.
 #[must_use]
 pub fn rope_unfused(x: &T) -> T {
+    let _op = x.sim().op("rotary embedding");
     let mut half = x.dims().to_vec();
     let last = half.len() - 1;
     half[last] /= 2;
@@ -255,6 +268,7 @@ pub fn rope_unfused(x: &T) -> T {
 /// x_normed.to_dtype(x_dtype)?.broadcast_mul(&(&self.weight + 1.0)?)`
 #[must_use]
 pub fn gemma_norm(r: &Run<'_>, x: &T) -> T {
+    let _op = r.sim.op("norm");
     let wide = x.to_dtype(Dt::F32);
     let norm_x = {
         let sq = wide.unary();
@@ -285,6 +299,7 @@ pub fn gemma_norm(r: &Run<'_>, x: &T) -> T {
 /// `((xs / cap)?.tanh()? * cap)?`: the quotient is a temporary, the tanh consumed by the product.
 #[must_use]
 pub fn softcap(xs: T) -> T {
+    let _op = xs.sim().op("soft-capping");
     let quotient = xs.unary();
     drop(xs);
     let tanh = quotient.unary();

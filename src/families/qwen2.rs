@@ -71,7 +71,8 @@ fn simulated(r: &Run<'_>, ids: &T) -> T {
         // `mask.expand((b, 1, s, s))?.to_dtype(self.dtype)`
         let attention_mask = causal_mask(r, b);
         let mut xs = embedding(r, r.d.vocab, ids);
-        for _ in 0..r.d.layers {
+        for layer in 0..r.d.layers {
+            r.sim.layer(layer);
             xs = {
                 // DecoderLayer::forward
                 let residual = &xs;
@@ -113,6 +114,7 @@ fn simulated(r: &Run<'_>, ids: &T) -> T {
                 out
             };
         }
+        r.sim.after_layers();
         // `xs.apply(&self.norm)`
         let normed = norm(&xs);
         drop((xs, attention_mask));

@@ -97,6 +97,7 @@ pub(super) fn simulated(r: &Run<'_>, ids: &T, sparse: Option<SparseMlp<'_>>) -> 
     let normed = {
         let mut xs = embedding(r, r.d.vocab, ids);
         for l in 0..r.d.layers {
+            r.sim.layer(l);
             xs = {
                 // DecoderLayer::forward: `let h = self.ln1.forward(x)?;
                 // let h = self.self_attn.forward(&h, mask, offset)?; let x = (x + h)?;`
@@ -116,6 +117,7 @@ pub(super) fn simulated(r: &Run<'_>, ids: &T, sparse: Option<SparseMlp<'_>>) -> 
                 out
             };
         }
+        r.sim.after_layers();
         // `self.norm.forward(&h)`
         let normed = norm(&xs);
         drop((xs, mask));

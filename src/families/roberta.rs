@@ -182,7 +182,8 @@ fn simulated(r: &Run<'_>, ids: &T, tt: &T, mask: &T) -> T {
     // XLMRobertaEncoder::forward: `let mut hidden_states = hidden_states.clone();` and each
     // layer's `(layer_output, self_outputs)`, the second dropped at the end of the iteration.
     let mut xs = hidden_states.clone();
-    for _ in 0..r.d.layers {
+    for layer in 0..r.d.layers {
+        r.sim.layer(layer);
         let (layer_output, self_outputs) = {
             let x = &xs;
             // XLMRobertaSelfAttention::forward
@@ -252,6 +253,7 @@ fn simulated(r: &Run<'_>, ids: &T, tt: &T, mask: &T) -> T {
         xs = layer_output;
         drop(self_outputs);
     }
+    r.sim.after_layers();
     drop((hidden_states, attention_mask));
     xs
 }

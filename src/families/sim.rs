@@ -5,7 +5,7 @@
 //! cat and reductions allocate), and every tensor handle carries candle's small metadata
 //! allocations. The simulator keeps the high-water mark and what was alive at it.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 /// Element types the models run in (and the internal ones: u8 masks, u32 ids, f32 upcasts).
@@ -56,16 +56,65 @@ pub enum Kind {
     KvCache,
 }
 
+/// Where in the forward the simulator is: before the layers, in one, or after them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Place {
+    /// The embeddings and masks.
+    #[default]
+    Before,
+    Layer(usize),
+    /// The final norm and the head.
+    After,
+}
+
+/// How deep named ops nest (`attention › softmax`); deeper names are not kept.
+const OP_DEPTH: usize = 3;
+
+/// The ops and the place an allocation is made in, outermost op first (`MLP › linear`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Scope {
+    pub place: Place,
+    ops: [&'static str; OP_DEPTH],
+    depth: usize,
+}
+
+impl Scope {
+    /// The ops, outermost first.
+    #[must_use]
+    pub fn ops(&self) -> &[&'static str] {
+        &self.ops[..self.depth.min(OP_DEPTH)]
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let joined = self.ops().join(" › ");
+        let op = if joined.is_empty() { "an op" } else { &joined };
+        match self.place {
+            Place::Before => write!(f, "{op} before the first layer"),
+            Place::Layer(l) => write!(f, "{op} in layer {l}"),
+            Place::After => write!(f, "{op} after the last layer"),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Counters {
     live: Cell<u64>,
     kv: Cell<u64>,
     peak: Cell<u64>,
     kv_at_peak: Cell<u64>,
+    /// Allocations and frees so far.
+    events: Cell<usize>,
+    scope: Cell<Scope>,
+    scope_at_peak: Cell<Scope>,
+    /// The event count where each layer began.
+    layer_starts: RefCell<Vec<usize>>,
 }
 
 impl Counters {
     fn add(&self, bytes: u64, kind: Kind) {
+        self.events.set(self.events.get() + 1);
         self.live.set(self.live.get() + bytes);
         if kind == Kind::KvCache {
             self.kv.set(self.kv.get() + bytes);
@@ -73,10 +122,12 @@ impl Counters {
         if self.live.get() > self.peak.get() {
             self.peak.set(self.live.get());
             self.kv_at_peak.set(self.kv.get());
+            self.scope_at_peak.set(self.scope.get());
         }
     }
 
     fn sub(&self, bytes: u64, kind: Kind) {
+        self.events.set(self.events.get() + 1);
         self.live.set(self.live.get() - bytes);
         if kind == Kind::KvCache {
             self.kv.set(self.kv.get() - bytes);
@@ -97,6 +148,21 @@ pub struct Peak {
     pub bytes: u64,
     /// Of which the KV cache.
     pub kv_cache_bytes: u64,
+    /// The op and place of the allocation that made the peak.
+    pub scope: Scope,
+}
+
+/// An op named while it is alive (see [`Sim::op`]); the enclosing one comes back on drop.
+pub struct OpScope {
+    c: Rc<Counters>,
+}
+
+impl Drop for OpScope {
+    fn drop(&mut self) {
+        let mut s = self.c.scope.get();
+        s.depth = s.depth.saturating_sub(1);
+        self.c.scope.set(s);
+    }
 }
 
 struct Storage {
@@ -228,12 +294,52 @@ impl Sim {
         Peak {
             bytes: self.c.peak.get(),
             kv_cache_bytes: self.c.kv_at_peak.get(),
+            scope: self.c.scope_at_peak.get(),
         }
+    }
+
+    /// Layer `l` begins (the families' layer loops call it).
+    pub fn layer(&self, l: usize) {
+        self.c.layer_starts.borrow_mut().push(self.c.events.get());
+        self.set_place(Place::Layer(l));
+    }
+
+    /// The layers are done: the final norm and the head follow.
+    pub fn after_layers(&self) {
+        self.set_place(Place::After);
+    }
+
+    fn set_place(&self, place: Place) {
+        let mut s = self.c.scope.get();
+        s.place = place;
+        self.c.scope.set(s);
+    }
+
+    /// Names the op allocations are made in until the guard drops (inside any op named
+    /// before it).
+    #[must_use]
+    pub fn op(&self, name: &'static str) -> OpScope {
+        let mut s = self.c.scope.get();
+        if s.depth < OP_DEPTH {
+            s.ops[s.depth] = name;
+        }
+        s.depth += 1;
+        self.c.scope.set(s);
+        OpScope {
+            c: Rc::clone(&self.c),
+        }
+    }
+
+    /// Allocations and frees so far, and the count at which each layer began: where the layers
+    /// fall along a timeline of the forward.
+    #[must_use]
+    pub fn layer_starts(&self) -> (usize, Vec<usize>) {
+        (self.c.events.get(), self.c.layer_starts.borrow().clone())
     }
 }
 
 impl T {
-    fn sim(&self) -> Sim {
+    pub(super) fn sim(&self) -> Sim {
         Sim {
             c: Rc::clone(&self.storage.c),
         }
@@ -304,6 +410,7 @@ impl T {
     /// `reshape`: a view when contiguous, else a copy.
     #[must_use]
     pub fn reshape(&self, dims: &[usize]) -> T {
+        let _op = self.sim().op("copy");
         if self.is_contiguous() {
             self.view(dims.to_vec(), contiguous_strides(dims))
         } else {
@@ -330,6 +437,7 @@ impl T {
     /// `contiguous`: the same tensor when it already is, else a copy.
     #[must_use]
     pub fn contiguous(&self) -> T {
+        let _op = self.sim().op("copy");
         if self.is_contiguous() {
             self.clone()
         } else {
@@ -384,6 +492,7 @@ impl T {
     /// `to_dtype`: the same tensor for the same dtype, else a new contiguous one.
     #[must_use]
     pub fn to_dtype(&self, dt: Dt) -> T {
+        let _op = self.sim().op("cast");
         if dt == self.dt {
             self.clone()
         } else {
@@ -394,12 +503,14 @@ impl T {
     /// A unary op (exp, gelu, silu, sqr, affine, …): a new tensor of the same dims.
     #[must_use]
     pub fn unary(&self) -> T {
+        let _op = self.sim().op("elementwise");
         self.new_like(&self.dims, self.dt)
     }
 
     /// A binary op, broadcasting: a new tensor of the broadcast dims.
     #[must_use]
     pub fn binary(&self, rhs: &T) -> T {
+        let _op = self.sim().op("elementwise");
         let n = self.dims.len().max(rhs.dims.len());
         let pad = |d: &[usize]| {
             let mut v = vec![1; n - d.len()];
@@ -414,6 +525,7 @@ impl T {
     /// `matmul` (batch dims from `self`): a new tensor `(…, m, n)`.
     #[must_use]
     pub fn matmul(&self, rhs: &T) -> T {
+        let _op = self.sim().op("matmul");
         let mut dims = self.dims.clone();
         let n = rhs.dims[rhs.dims.len() - 1];
         let last = dims.len() - 1;
@@ -424,6 +536,7 @@ impl T {
     /// `max_keepdim` / `sum_keepdim` over the last dimension.
     #[must_use]
     pub fn reduce_last(&self) -> T {
+        let _op = self.sim().op("reduction");
         let mut dims = self.dims.clone();
         let last = dims.len() - 1;
         dims[last] = 1;
@@ -433,6 +546,7 @@ impl T {
     /// Indexes the rows of an embedding table: a new `(ids…, hidden)` tensor.
     #[must_use]
     pub fn embedding(&self, ids: &T) -> T {
+        let _op = self.sim().op("gather");
         let mut dims = ids.dims.clone();
         dims.push(self.dims[1]);
         self.new_like(&dims, self.dt)
@@ -444,6 +558,7 @@ impl T {
 /// view of that buffer.
 #[must_use]
 pub fn cat(ts: &[&T], dim: usize) -> T {
+    let _op = ts[0].sim().op("cat");
     let mut dims = ts[0].dims.clone();
     dims[dim] = ts.iter().map(|t| t.dims[dim]).sum();
     if dim == 0 || ts.iter().all(|t| t.is_contiguous()) {

@@ -132,6 +132,10 @@ pub struct Timeline {
     /// indices.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub marks: Vec<TimelineMark>,
+    /// PyTorch: where each of the model's layers begins in the first forward (sample indices,
+    /// from the profiler's module ranges).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<usize>,
     /// PyTorch: the op that made the peak allocation — the outermost op below oomlab's named
     /// ranges (`aten::gelu`, `SoftmaxBackward0`, `aten::div` in the optimizer step).
     #[serde(default, skip_serializing_if = "Option::is_none")]

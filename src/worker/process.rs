@@ -322,6 +322,8 @@ fn trial(
             events,
             live_bytes,
             marks: Vec::new(),
+            // candle's allocator sees bytes, not layers (the window takes the estimator's).
+            layers: Vec::new(),
             peak_op: None,
             peak_scope: None,
         }),

@@ -224,7 +224,8 @@ pub struct Supervisor {
 /// Result of one trial request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrialResult {
-    Measured(TrialMeasure),
+    /// Boxed: a measure carries its timeline, far larger than the other answers.
+    Measured(Box<TrialMeasure>),
     /// The worker answered with an error (bad shapes, a candle error).
     Error(String),
     Died(Death),
@@ -512,7 +513,7 @@ impl Supervisor {
                 if self.fresh_per_trial() {
                     self.shutdown();
                 }
-                TrialResult::Measured(m)
+                TrialResult::Measured(Box::new(m))
             }
             Ok(Response::Error { message }) => {
                 if one_trial {

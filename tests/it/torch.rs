@@ -160,6 +160,18 @@ fn inference_then_a_forward_keeping_the_graph_then_a_training_step() {
     let (infer, none) = total("infer");
     let (grad, _) = total("grad");
     let (train, steps) = total("train");
+    // Each trial's timeline marks where tiny-bert's two layers begin in its first forward
+    // (the profiler's module ranges), in order, inside the forward phase.
+    let r = oomlab::report::read_results(&d.join("train.json")).unwrap().1;
+    let tl = only_fit(&r).1.timeline.clone().expect("a timeline");
+    assert_eq!(tl.layers.len(), 2, "{:?}", tl.layers);
+    let forward = tl.marks.iter().find(|m| m.label == "forward").unwrap().at;
+    let backward = tl.marks.iter().find(|m| m.label == "backward").unwrap().at;
+    assert!(
+        forward <= tl.layers[0] && tl.layers[0] < tl.layers[1] && tl.layers[1] < backward,
+        "forward {forward}, layers {:?}, backward {backward}",
+        tl.layers
+    );
     assert!(none.is_none());
     assert!(infer < grad && grad < train, "{infer} {grad} {train}");
     // The measured figure is the larger of the first step and the second.

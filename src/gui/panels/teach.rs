@@ -26,7 +26,12 @@ pub struct TeachState {
     /// The last estimate and predicted b*, and what they were for (recomputed on a change only:
     /// a bisection simulates the forward a few dozen times).
     cached: Option<(WhatIf, Option<Breakdown>, Option<usize>)>,
+    /// The simulated forward's peak and layer starts for the shown candle trial, and its point.
+    shape: Option<(ShapeKey, crate::estimate::ForwardShape)>,
 }
+
+/// What a candle trial's [`crate::estimate::ForwardShape`] was simulated for.
+type ShapeKey = (crate::catalog::ModelRef, usize, usize, Precision, usize);
 
 /// The inputs of one what-if estimate.
 #[derive(Debug, Clone, PartialEq)]
@@ -233,7 +238,7 @@ fn body(view: &View<'_>, state: &mut TeachState, ui: &mut egui::Ui) {
         );
     }
     ui.separator();
-    timeline(r, state, ui);
+    timeline(r, state, m, ui);
 }
 
 /// The parts side by side in one bar, scaled to the capacity (or the total, when larger).
@@ -271,7 +276,12 @@ fn stacked_bar(ui: &mut egui::Ui, parts: &[u64; 4], capacity: u64) {
 }
 
 /// The selected trial's timeline (or the latest trial that has one).
-fn timeline(r: &Results, state: &TeachState, ui: &mut egui::Ui) {
+fn timeline(
+    r: &Results,
+    state: &mut TeachState,
+    model: &crate::gui::teach::TeachModel,
+    ui: &mut egui::Ui,
+) {
     let chosen = state
         .selected
         .filter(|&i| r.trials.get(i).is_some_and(|t| t.timeline.is_some()))
@@ -318,15 +328,72 @@ fn timeline(r: &Results, state: &TeachState, ui: &mut egui::Ui) {
         human_bytes(peak),
         tl.events
     ));
-    // PyTorch's profiler names the op and the module that made the peak allocation.
+    // PyTorch's profiler names the op and the module that made the peak allocation; candle's
+    // allocator sees only bytes, so its trials are named from the estimator's simulated forward
+    // at the same point, and say so.
+    // Where the layers begin: PyTorch's profiler saw the modules run; candle's, the estimator's.
+    let mut layers: Vec<f64> = tl
+        .layers
+        .iter()
+        .map(|&at| at as f64 * 100.0 / n as f64)
+        .collect();
+    let mut layers_from = "the first forward, from PyTorch's profiler";
     if let Some(label) = tl.peak_label() {
         ui.label(RichText::new(format!("the peak: {label}")).strong());
+    } else if !torch && model.key.model == r.plan.model {
+        let key: ShapeKey = (
+            model.key.model.clone(),
+            t.batch,
+            t.seq,
+            t.dtype,
+            model.key.threads,
+        );
+        if state.shape.as_ref().map(|(k, _)| k) != Some(&key) {
+            let shape = crate::estimate::forward_shape(
+                &model.spec,
+                t.batch,
+                t.seq,
+                t.dtype,
+                model.key.threads,
+            );
+            state.shape = Some((key, shape));
+        }
+        if let Some((_, shape)) = &state.shape {
+            ui.label(
+                RichText::new(format!(
+                    "the peak, by the estimator's simulated forward: {}",
+                    shape.peak_at
+                ))
+                .strong(),
+            );
+            layers = shape.layer_starts.iter().map(|f| f * 100.0).collect();
+            layers_from = "the estimator's simulated forward";
+        }
     }
-    let marks: Vec<(f64, String)> = tl
+    let mut marks: Vec<(f64, String)> = tl
         .marks
         .iter()
         .map(|m| (m.at as f64 * 100.0 / n as f64, m.label.clone()))
         .collect();
+    // Layer boundaries (the estimator's, for candle), a label on at most eight of them.
+    let every = layers.len().div_ceil(8).max(1);
+    for (l, x) in layers.iter().enumerate() {
+        let label = if l % every == 0 {
+            format!("layer {l}")
+        } else {
+            String::new()
+        };
+        marks.push((*x, label));
+    }
+    if !layers.is_empty() {
+        ui.label(
+            RichText::new(format!(
+                "dashed lines: where each layer begins in {layers_from} (layers counted from 0, as Hugging Face names them)"
+            ))
+            .small()
+            .weak(),
+        );
+    }
     let cap = r.capacity_bytes as f64;
     Plot::new("teach-timeline")
         .height(220.0)
@@ -357,10 +424,12 @@ fn timeline(r: &Results, state: &TeachState, ui: &mut egui::Ui) {
                         .color(Color32::GRAY)
                         .style(egui_plot::LineStyle::dashed_dense()),
                 );
-                pui.text(
-                    Text::new(label.clone(), PlotPoint::new(x, 0.0), label)
-                        .anchor(egui::Align2::LEFT_BOTTOM),
-                );
+                if !label.is_empty() {
+                    pui.text(
+                        Text::new(label.clone(), PlotPoint::new(x, 0.0), label)
+                            .anchor(egui::Align2::LEFT_BOTTOM),
+                    );
+                }
             }
             if cap <= peak as f64 * 1.5 {
                 pui.hline(HLine::new("capacity", cap).color(Color32::from_rgb(214, 39, 40)));

@@ -3,6 +3,7 @@ ranges that mark the trial's phases, and the op and module around the peak (the 
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -18,6 +19,8 @@ TIMELINE_POINTS = 400
 RANGE = "oomlab::"
 MODULE_RANGE = "module::"
 BACKWARD_WRAPPER = "autograd::engine::evaluate_function: "
+# A model's layer among its modules: `bert.encoder.layer.3`, `model.layers.3`, `transformer.h.3`.
+LAYER_MODULE = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)$")
 
 
 def start_profiler() -> profile:
@@ -57,6 +60,9 @@ class Trace:
     allocations: list[Allocation] = field(default_factory=list)
     ranges: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     seq_scopes: dict[int, str] = field(default_factory=dict)
+    # When each of the model's layers (a module named like `encoder.layer.3` or `layers.3`)
+    # began, every time it ran.
+    layer_starts: dict[int, list[int]] = field(default_factory=dict)
 
 
 def read_trace(profiler: profile) -> Trace:
@@ -91,7 +97,11 @@ def visit(
             order.append((alloc.time_ns, len(order), alloc))
     elif isinstance(fields, _ExtraFields_TorchOp):
         if name.startswith(MODULE_RANGE):
-            return name[len(MODULE_RANGE) :]
+            module = name[len(MODULE_RANGE) :]
+            layer = LAYER_MODULE.search(module)
+            if layer is not None:
+                trace.layer_starts.setdefault(int(layer.group(1)), []).append(node.start_time_ns)
+            return module
         if name.startswith(RANGE):
             span = (node.start_time_ns, node.end_time_ns)
             trace.ranges.setdefault(name[len(RANGE) :], []).append(span)
@@ -214,6 +224,13 @@ def timeline(trace: Trace, series: list[int], lo: int, hi: int) -> Timeline:
     marks: list[Mark] = [
         {"at": _sample_at(times, start, lo, hi, starts), "label": label} for start, label in phases
     ]
+    # Each layer's first start in the trial: the first forward's layer boundaries.
+    trial_start = trace.ranges["trial"][0][0] if "trial" in trace.ranges else 0
+    firsts = [
+        min((t for t in runs if t >= trial_start), default=None)
+        for _index, runs in sorted(trace.layer_starts.items())
+    ]
+    layers = [_sample_at(times, t, lo, hi, starts) for t in firsts if t is not None]
     peak_op = peak_scope = None
     if series:
         peak = lo + series.index(max(series))
@@ -222,6 +239,7 @@ def timeline(trace: Trace, series: list[int], lo: int, hi: int) -> Timeline:
         "events": len(series),
         "live_bytes": samples,
         "marks": marks,
+        "layers": layers,
         "peak_op": peak_op,
         "peak_scope": peak_scope,
     }

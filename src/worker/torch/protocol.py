@@ -146,6 +146,7 @@ class Timeline(TypedDict):
     events: int
     live_bytes: list[int]
     marks: list[Mark]
+    layers: list[int]
     peak_op: str | None
     peak_scope: str | None
 

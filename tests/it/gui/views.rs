@@ -291,6 +291,19 @@ fn teach_window_predicts_b_star_breaks_a_point_down_and_shows_a_trials_timeline(
     ));
     h.get_by_label_contains(&format!("measured in trial 1: {}", human_bytes(total)));
     h.get_by_label_contains(&format!("peak {} at", human_bytes(total)));
+    // candle's allocator sees bytes only: the op and layer at the peak are the estimator's,
+    // and so are the layer boundaries drawn on the timeline; both say so.
+    let named = h
+        .get_by_label_contains("the peak, by the estimator's simulated forward: ")
+        .value()
+        .unwrap();
+    assert!(
+        named.contains(" in layer ")
+            || named.contains(" the last layer")
+            || named.contains(" the first layer"),
+        "{named}"
+    );
+    h.get_by_label_contains("where each layer begins in the estimator's simulated forward");
     // The breakdown: each part once, and an encoder keeps no KV cache.
     let labels: Vec<String> = h
         .query_all_by_role(Role::Label)
