@@ -303,16 +303,24 @@ fn measure(
 
 fn print_table(points: &[Point], capacity: Option<u64>) {
     let check = points.iter().any(|p| p.measured_total_bytes.is_some());
-    print!(
+    out_part!(
         "{:<24} {:>6} {:<5} {:>6} {:>11} {:>11} {:>11} {:>11} {:>11}",
-        "model", "seq", "dtype", "batch", "weights", "activations", "kv_cache", "overhead", "total"
+        "model",
+        "seq",
+        "dtype",
+        "batch",
+        "weights",
+        "activations",
+        "kv_cache",
+        "overhead",
+        "total"
     );
     if check {
-        print!(" {:>11} {:>9}", "measured", "error");
+        out_part!(" {:>11} {:>9}", "measured", "error");
     }
     out!();
     for p in points {
-        print!(
+        out_part!(
             "{:<24} {:>6} {:<5} {:>6} {:>11} {:>11} {:>11} {:>11} {:>11}",
             p.model,
             p.seq,
@@ -325,7 +333,7 @@ fn print_table(points: &[Point], capacity: Option<u64>) {
             human_bytes(p.total_bytes)
         );
         if let (Some(m), Some(err)) = (p.measured_total_bytes, p.relative_error) {
-            print!(" {:>11} {:>+8.3}%", human_bytes(m), err * 100.0);
+            out_part!(" {:>11} {:>+8.3}%", human_bytes(m), err * 100.0);
         }
         out!();
     }

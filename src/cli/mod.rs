@@ -10,6 +10,14 @@ macro_rules! out {
     }};
 }
 
+/// `print!` the same way: part of a line.
+macro_rules! out_part {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 use crate::measure::host::HostMemory;
 use crate::plan::PlanError;
 use crate::plan::{Face, PlanField, Precision, human_bytes, parse_bytes};

@@ -1,6 +1,6 @@
 //! Where the plot's labels go ("b* = 12", "predicted b* = 14", the capacity line's name): each
 //! beside the point it names, and never over another. Pure geometry, so the rule is tested on
-//! its own and the window test replays it on what is drawn.
+//! its own; the window test reads every drawn label back and checks that none overlaps another.
 
 use eframe::egui::{Pos2, Rect, Vec2, pos2};
 

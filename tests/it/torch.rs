@@ -162,7 +162,9 @@ fn inference_then_a_forward_keeping_the_graph_then_a_training_step() {
     let (train, steps) = total("train");
     // Each trial's timeline marks where tiny-bert's two layers begin in its first forward
     // (the profiler's module ranges), in order, inside the forward phase.
-    let r = oomlab::report::read_results(&d.join("train.json")).unwrap().1;
+    let r = oomlab::report::read_results(&d.join("train.json"))
+        .unwrap()
+        .1;
     let tl = only_fit(&r).1.timeline.clone().expect("a timeline");
     assert_eq!(tl.layers.len(), 2, "{:?}", tl.layers);
     let forward = tl.marks.iter().find(|m| m.label == "forward").unwrap().at;

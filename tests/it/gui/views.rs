@@ -494,6 +494,30 @@ fn plot_labels(h: &Harness<'static, OomLabApp>) -> (Vec<(String, egui::Rect)>, V
     (labels, legend)
 }
 
+/// In a narrower window the legend goes under the plot, below every label on it, and still no
+/// two labels overlap.
+#[test]
+fn in_a_narrow_window_the_legend_goes_under_the_plot() {
+    let dir = TempDir::new("gui-labels-narrow");
+    let mut h = harness_sized(
+        &dir,
+        fixtures().join("gui/teaching-demo.jsonl"),
+        egui::vec2(1280.0, 800.0),
+    );
+    wait_for_results(&mut h);
+    wait_for_estimator(&mut h);
+    let (labels, legend) = plot_labels(&h);
+    let rects: Vec<egui::Rect> = labels.iter().map(|(_, r)| *r).collect();
+    assert!(rects.len() >= 8, "{labels:?}");
+    assert!(oomlab::gui::labels::disjoint(&rects), "{labels:?}");
+    let below_labels = rects.iter().map(egui::Rect::bottom).fold(0.0, f32::max);
+    assert_eq!(legend.len(), 6);
+    assert!(
+        legend.iter().all(|l| l.top() >= below_labels),
+        "legend {legend:?} not under the plot's labels (down to y {below_labels})"
+    );
+}
+
 /// The six-curve demo at 1600×1000, then at presentation zoom: every curve's b* and predicted
 /// b* is labelled, no two labels overlap (read from where they are drawn), and the legend stands
 /// beside the plot, right of every label on it.
