@@ -147,6 +147,13 @@ fn fragmentation(e: &Explanation) -> Fragmentation {
 /// 5. reduce fragmentation, when below 5% but still at least the request;
 /// 6. shorter sequences, gradient checkpointing, and a look at `nvidia-smi`.
 pub(super) fn advice(e: &Explanation) -> Vec<String> {
+    // Each framework's own fixes: PyTorch's allocator settings mean nothing to XLA or to
+    // TensorFlow's allocator.
+    match e.form {
+        Form::Jax => return jax_advice(e),
+        Form::Tensorflow => return tensorflow_advice(e),
+        Form::PytorchOld | Form::PytorchNew | Form::CudaBare => {}
+    }
     let need = e.tried_to_allocate_bytes.unwrap_or(0);
     let fragmentation = fragmentation(e);
     // Freeing what others hold would satisfy the request. The older form counts this process's
@@ -225,6 +232,77 @@ pub(super) fn advice(e: &Explanation) -> Vec<String> {
         );
     }
     out
+}
+
+/// The batch line for a framework other than PyTorch: the largest batch by candle's estimate
+/// when a model was named (framework-neutral), else the rule.
+fn smaller_batch(e: &Explanation, how: &str) -> String {
+    match &e.largest_batch {
+        Some(lb) => {
+            let sized = format!(
+                "{} at seq {} in {} under {}, by candle's estimate of one inference forward (estimated, not measured: no gradients, no optimizer state)",
+                lb.model,
+                lb.seq,
+                lb.dtype,
+                h(lb.capacity_bytes)
+            );
+            match lb.batch {
+                Some(b) => format!(
+                    "use a smaller batch ({how}): {b} is the largest inference batch that fits {sized}; training needs a smaller one"
+                ),
+                None => format!(
+                    "use a smaller batch ({how}), though even that is not enough: not even an inference batch of 1 fits {sized}"
+                ),
+            }
+        }
+        None => format!("use a smaller batch ({how}): activations grow linearly with batch"),
+    }
+}
+
+/// JAX (XLA) fixes, in order of effect.
+fn jax_advice(e: &Explanation) -> Vec<String> {
+    let bf16 = e.preset().is_none_or(GpuPreset::supports_bf16);
+    let mut out = vec![
+        "stop JAX taking 75% of the GPU up front: set `XLA_PYTHON_CLIENT_PREALLOCATE=false` before starting Python (memory is then taken as needed), or give it a share with `XLA_PYTHON_CLIENT_MEM_FRACTION=.90`; another process on the same GPU (a second JAX program, PyTorch) needs this to fit at all".into(),
+        smaller_batch(e, "the leading axis of the arrays your jitted step takes"),
+        "trade compute for memory in training: wrap the layer or the loss in `jax.checkpoint` (`jax.remat`) so the backward pass recomputes activations instead of keeping them".into(),
+    ];
+    out.push(if bf16 {
+        "keep parameters and activations in bf16: `params = jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), params)` and bf16 inputs (keep an f32 copy of the parameters in the optimizer if training needs it)".into()
+    } else {
+        "compute in float16 where the model tolerates it (this GPU has no fast bf16: compute capability below 8.0), keeping an f32 copy of the parameters for the optimizer".into()
+    });
+    out.push(
+        "use shorter sequences: attention's memory grows with the square of the length".into(),
+    );
+    out.push(
+        "check other processes with `nvidia-smi`: memory they hold is never available to yours (JAX's preallocation counts as held)".into(),
+    );
+    out
+}
+
+/// TensorFlow (Keras) fixes, in order of effect.
+fn tensorflow_advice(e: &Explanation) -> Vec<String> {
+    let policy = if e.preset().is_some_and(GpuPreset::supports_bf16) {
+        "mixed_bfloat16"
+    } else {
+        "mixed_float16"
+    };
+    vec![
+        smaller_batch(e, "`model.fit(..., batch_size=…)` or `dataset.batch(…)`"),
+        format!(
+            "use mixed precision: `tf.keras.mixed_precision.set_global_policy('{policy}')` before building the model (activations in 16 bits, variables in f32){}",
+            if policy == "mixed_float16" {
+                "; Keras scales the loss for you in `model.fit`"
+            } else {
+                ""
+            }
+        ),
+        "let TensorFlow grow its memory instead of taking the whole GPU: `tf.config.experimental.set_memory_growth(gpu, True)` for each GPU before the first op (or `TF_FORCE_GPU_ALLOW_GROWTH=true`); without it other programs on the GPU find none free".into(),
+        "trade compute for memory in training: `tf.recompute_grad` around a block recomputes its activations in the backward pass instead of keeping them".into(),
+        "use shorter sequences: attention's memory grows with the square of the length".into(),
+        "check other processes with `nvidia-smi`: memory they hold is never available to yours".into(),
+    ]
 }
 
 /// The mixed-precision fix for this GPU: bf16 needs compute capability 8.0 or newer (Ampere,

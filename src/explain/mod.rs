@@ -338,6 +338,8 @@ struct Patterns {
     tf_allocator: Regex,
     jax_bytes: Regex,
     jax_request: Regex,
+    xla_async: Regex,
+    xla_free_total: Regex,
 }
 
 static P: LazyLock<Patterns> = LazyLock::new(|| Patterns {
@@ -364,6 +366,9 @@ static P: LazyLock<Patterns> = LazyLock::new(|| Patterns {
     jax_request: re(
         r"Failed to allocate request for SIZE(?:\s*\((\d+)B\))? on device ordinal (\d+)",
     ),
+    // XLA's asynchronous allocator (JAX, and TensorFlow with TF_GPU_ALLOCATOR=cuda_malloc_async).
+    xla_async: re(r"cuMemAllocAsync failed to allocate (\d+) bytes"),
+    xla_free_total: re(r"Free memory/Total memory:\s*(\d+)\s*/\s*(\d+)"),
 });
 
 fn tf_dtype_bytes(t: &str) -> Option<u64> {
@@ -464,6 +469,18 @@ pub fn explain(text: &str) -> Result<Explanation, NotOom> {
         e.form = Form::Tensorflow;
         e.gpu_index = c[1].parse().ok();
         (e.tried_to_allocate_bytes, r.tried) = split(sized(&c[2], &c[3]));
+    } else if let Some(c) = p.xla_async.captures(text) {
+        // The same allocator serves JAX and TensorFlow; the message's paths tell them apart.
+        e.form = if text.to_ascii_lowercase().contains("tensorflow") {
+            Form::Tensorflow
+        } else {
+            Form::Jax
+        };
+        e.tried_to_allocate_bytes = c[1].parse().ok();
+        if let Some(ft) = p.xla_free_total.captures(text) {
+            e.free_bytes = ft[1].parse().ok();
+            e.total_capacity_bytes = ft[2].parse().ok();
+        }
     } else if let Some(c) = p.jax_bytes.captures(text) {
         e.form = Form::Jax;
         e.tried_to_allocate_bytes = c[1].parse().ok();

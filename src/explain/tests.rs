@@ -371,3 +371,76 @@ fn text_that_is_not_an_oom_message_is_refused() {
             .contains("not an out-of-memory message I recognise")
     );
 }
+
+/// TensorFlow's and JAX's messages get their own framework's fixes, never PyTorch's; XLA's
+/// asynchronous allocator's form gives its request, free and total.
+#[test]
+fn tensorflow_and_jax_get_their_own_frameworks_advice() {
+    let pytorch_only = [
+        "PYTORCH_CUDA_ALLOC_CONF",
+        "torch",
+        "per_device_",
+        "empty_cache",
+    ];
+    let clean = |advice: &[String]| {
+        for a in advice {
+            for word in pytorch_only {
+                assert!(!a.contains(word), "'{word}' in {a}");
+            }
+        }
+    };
+    let tf = explain("ResourceExhaustedError: OOM when allocating tensor with shape[8,64,256,256] and type float on /job:localhost/replica:0/task:0/device:GPU:0 by allocator GPU_0_bfc").unwrap();
+    clean(&tf.advice);
+    assert!(
+        tf.advice[0].starts_with("use a smaller batch (`model.fit"),
+        "{:?}",
+        tf.advice
+    );
+    assert!(
+        tf.advice
+            .iter()
+            .any(|a| a.contains("set_memory_growth(gpu, True)"))
+    );
+    assert!(
+        tf.advice
+            .iter()
+            .any(|a| a.contains("set_global_policy('mixed_float16')"))
+    );
+    assert!(tf.advice.iter().any(|a| a.contains("tf.recompute_grad")));
+    let jax = explain("jaxlib.xla_extension.XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory while trying to allocate 4294967296 bytes.").unwrap();
+    clean(&jax.advice);
+    assert!(
+        jax.advice[0].contains("XLA_PYTHON_CLIENT_PREALLOCATE=false"),
+        "{:?}",
+        jax.advice
+    );
+    assert!(
+        jax.advice
+            .iter()
+            .any(|a| a.contains("XLA_PYTHON_CLIENT_MEM_FRACTION"))
+    );
+    assert!(jax.advice.iter().any(|a| a.contains("jax.checkpoint")));
+    assert!(jax.advice.iter().any(|a| a.contains("jnp.bfloat16")));
+    // XLA's asynchronous allocator, as JAX prints it, then as TensorFlow does.
+    let xla = "2024-05-01 12:00:00.000000: W external/xla/xla/stream_executor/gpu/gpu_cudamallocasync_allocator.cc:461] cuMemAllocAsync failed to allocate 2147483648 bytes: CUDA error: out of memory (CUDA_ERROR_OUT_OF_MEMORY)\n Reported by CUDA: Free memory/Total memory: 1073741824/15843721216";
+    let e = explain(xla).unwrap();
+    assert_eq!(e.form, Form::Jax);
+    assert_eq!(e.tried_to_allocate_bytes, Some(2 << 30));
+    assert_eq!(e.free_bytes, Some(1 << 30));
+    assert_eq!(e.total_capacity_bytes, Some(15_843_721_216));
+    assert!(
+        e.figures.iter().any(|f| f.starts_with("free 1.00 GiB")),
+        "{:?}",
+        e.figures
+    );
+    clean(&e.advice);
+    assert!(e.advice[0].contains("XLA_PYTHON_CLIENT_PREALLOCATE"));
+    let tf_async = xla.replace(
+        "external/xla/xla/stream_executor/gpu/",
+        "tensorflow/core/common_runtime/gpu/",
+    );
+    let e = explain(&tf_async).unwrap();
+    assert_eq!(e.form, Form::Tensorflow);
+    assert_eq!(e.tried_to_allocate_bytes, Some(2 << 30));
+    clean(&e.advice);
+}
