@@ -80,6 +80,18 @@ fn forward_peak(
     dtype: Precision,
     threads: usize,
 ) -> sim::Peak {
+    simulated_forward(spec, batch, seq, dtype, threads).peak()
+}
+
+/// One simulated forward at this point, run to its end (its output and inputs released); the
+/// simulator keeps its peak, the scope of the peak and where the layers began.
+fn simulated_forward(
+    spec: &ModelSpec,
+    batch: usize,
+    seq: usize,
+    dtype: Precision,
+    threads: usize,
+) -> Sim {
     let sim = Sim::new();
     let r = Run {
         sim: &sim,
@@ -94,7 +106,7 @@ fn forward_peak(
     let out = room.simulate(&r, &inputs);
     drop(out);
     drop(inputs);
-    sim.peak()
+    sim
 }
 
 /// Where a simulated forward peaks and where its layers begin: what a candle trial's timeline
@@ -116,20 +128,7 @@ pub fn forward_shape(
     dtype: Precision,
     threads: usize,
 ) -> ForwardShape {
-    let sim = Sim::new();
-    let r = Run {
-        sim: &sim,
-        d: &spec.dims,
-        b: batch,
-        s: seq,
-        dt: dtype.into(),
-        threads: threads.max(1),
-    };
-    let room = spec.family.room();
-    let inputs = room.sim_inputs(&r, sim.alloc(&[batch, seq], Dt::U32));
-    let out = room.simulate(&r, &inputs);
-    drop(out);
-    drop(inputs);
+    let sim = simulated_forward(spec, batch, seq, dtype, threads);
     let (events, starts) = sim.layer_starts();
     let n = events.max(1) as f64;
     ForwardShape {

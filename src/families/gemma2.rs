@@ -7,6 +7,7 @@
 
 use super::candle::{candle_config, prefill_decoder};
 use super::config::{field, opt_field};
+use super::llama::self_attn_tensors;
 use super::ops::{
     Run, causal_mask, embedding, gated_mlp, gemma_norm, linear, repeat_kv, rotary_tables, softcap,
 };
@@ -75,26 +76,11 @@ prefill_decoder!(gemma2::Model);
 /// four norms per layer; the head tied to the embeddings.
 pub(super) fn gemma_tensors(d: &Dims, qk_norm: bool) -> Vec<TensorShape> {
     let (h, i) = (d.hidden, d.intermediate);
-    let hd = d.head_dim();
-    let (qd, kv) = (d.heads * hd, d.kv_heads * hd);
     tensor_list(|t| {
         t("model.embed_tokens.weight".into(), &[d.vocab, h]);
         for l in 0..d.layers {
             let p = format!("model.layers.{l}");
-            for (name, rows) in [("q_proj", qd), ("k_proj", kv), ("v_proj", kv)] {
-                t(format!("{p}.self_attn.{name}.weight"), &[rows, h]);
-                if d.attention_bias {
-                    t(format!("{p}.self_attn.{name}.bias"), &[rows]);
-                }
-            }
-            t(format!("{p}.self_attn.o_proj.weight"), &[h, qd]);
-            if d.attention_bias {
-                t(format!("{p}.self_attn.o_proj.bias"), &[h]);
-            }
-            if qk_norm {
-                t(format!("{p}.self_attn.q_norm.weight"), &[hd]);
-                t(format!("{p}.self_attn.k_norm.weight"), &[hd]);
-            }
+            self_attn_tensors(t, &p, d, d.attention_bias, qk_norm);
             t(format!("{p}.mlp.gate_proj.weight"), &[i, h]);
             t(format!("{p}.mlp.up_proj.weight"), &[i, h]);
             t(format!("{p}.mlp.down_proj.weight"), &[h, i]);

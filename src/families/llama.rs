@@ -105,31 +105,44 @@ pub(super) fn like_llama(
     })
 }
 
+/// A decoder layer's `self_attn` tensors (`p`: the layer's prefix, `model.layers.N`): q, k and
+/// v (with biases where `qkv_bias`), o (a bias where `attention_bias` says so), and the per-head
+/// q and k norms where `qk_norm` (Qwen3, Gemma 3).
+pub(super) fn self_attn_tensors(
+    t: &mut dyn FnMut(String, &[usize]),
+    p: &str,
+    d: &Dims,
+    qkv_bias: bool,
+    qk_norm: bool,
+) {
+    let (h, hd) = (d.hidden, d.head_dim());
+    let (qd, kv) = (d.heads * hd, d.kv_heads * hd);
+    for (name, rows) in [("q_proj", qd), ("k_proj", kv), ("v_proj", kv)] {
+        t(format!("{p}.self_attn.{name}.weight"), &[rows, h]);
+        if qkv_bias {
+            t(format!("{p}.self_attn.{name}.bias"), &[rows]);
+        }
+    }
+    t(format!("{p}.self_attn.o_proj.weight"), &[h, qd]);
+    if d.attention_bias {
+        t(format!("{p}.self_attn.o_proj.bias"), &[h]);
+    }
+    if qk_norm {
+        t(format!("{p}.self_attn.q_norm.weight"), &[hd]);
+        t(format!("{p}.self_attn.k_norm.weight"), &[hd]);
+    }
+}
+
 /// The tensors of candle's Llama-shaped decoders (Llama, Qwen2, Qwen3, Qwen3-MoE, Mistral):
 /// `qkv_bias` for biases on q, k and v; `qk_norm` for Qwen3's per-head norms; o carries a bias
 /// when `attention_bias` says so; a layer whose [`Dims::is_moe_layer`] holds experts.
 pub(super) fn tensors_like_llama(d: &Dims, qkv_bias: bool, qk_norm: bool) -> Vec<TensorShape> {
     let (h, i) = (d.hidden, d.intermediate);
-    let hd = d.head_dim();
-    let (qd, kv) = (d.heads * hd, d.kv_heads * hd);
     tensor_list(|t| {
         t("model.embed_tokens.weight".into(), &[d.vocab, h]);
         for l in 0..d.layers {
             let p = format!("model.layers.{l}");
-            for (name, rows) in [("q_proj", qd), ("k_proj", kv), ("v_proj", kv)] {
-                t(format!("{p}.self_attn.{name}.weight"), &[rows, h]);
-                if qkv_bias {
-                    t(format!("{p}.self_attn.{name}.bias"), &[rows]);
-                }
-            }
-            t(format!("{p}.self_attn.o_proj.weight"), &[h, qd]);
-            if d.attention_bias {
-                t(format!("{p}.self_attn.o_proj.bias"), &[h]);
-            }
-            if qk_norm {
-                t(format!("{p}.self_attn.q_norm.weight"), &[hd]);
-                t(format!("{p}.self_attn.k_norm.weight"), &[hd]);
-            }
+            self_attn_tensors(t, &p, d, qkv_bias, qk_norm);
             if d.is_moe_layer(l) {
                 let mi = d.moe_intermediate;
                 t(format!("{p}.mlp.gate.weight"), &[d.experts, h]);
