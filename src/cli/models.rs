@@ -6,78 +6,69 @@ use crate::measure::host::HostMemory;
 use crate::plan::{Precision, human_bytes};
 use crate::presets::GpuPreset;
 use crate::worker::WorkerConfig;
-use std::io::Write;
 use std::sync::atomic::AtomicBool;
-
-/// Lines on stdout; a closed pipe (`oomlab models | head`) ends the output quietly instead of
-/// failing the command.
-struct Out {
-    closed: bool,
-}
-
-impl Out {
-    fn new() -> Self {
-        Self { closed: false }
-    }
-
-    fn line(&mut self, text: impl std::fmt::Display) {
-        if !self.closed && writeln!(std::io::stdout().lock(), "{text}").is_err() {
-            self.closed = true;
-        }
-    }
-}
 
 /// `oomlab models`
 pub(super) fn models() -> Result<(), CliError> {
-    let mut out = Out::new();
-    out.line(format_args!(
-        "{:<24} {:<11} {:>15} {:>11} {:>11} {:>11} {:>8}",
-        "id", "family", "parameters", "f32", "f16", "bf16", "max seq"
-    ));
+    out!(
+        "{}",
+        format_args!(
+            "{:<24} {:<11} {:>15} {:>11} {:>11} {:>11} {:>8}",
+            "id", "family", "parameters", "f32", "f16", "bf16", "max seq"
+        )
+    );
     for b in BUNDLED {
         let spec =
             ModelSpec::resolve(&ModelRef::Catalog(b.id.into())).map_err(CliError::runtime)?;
         let w = |p: Precision| human_bytes(spec.weights_bytes(p.candle()));
-        out.line(format_args!(
-            "{:<24} {:<11} {:>15} {:>11} {:>11} {:>11} {:>8}{}",
-            b.id,
-            spec.family.name(),
-            group(spec.dims.published_parameters(spec.family)),
-            w(Precision::F32),
-            w(Precision::F16),
-            w(Precision::Bf16),
-            spec.dims.max_positions,
-            if b.tiny { "  (tiny, for tests)" } else { "" }
-        ));
+        out!(
+            "{}",
+            format_args!(
+                "{:<24} {:<11} {:>15} {:>11} {:>11} {:>11} {:>8}{}",
+                b.id,
+                spec.family.name(),
+                group(spec.dims.published_parameters(spec.family)),
+                w(Precision::F32),
+                w(Precision::F16),
+                w(Precision::Bf16),
+                spec.dims.max_positions,
+                if b.tiny { "  (tiny, for tests)" } else { "" }
+            )
+        );
     }
     let cache = crate::catalog::hub::cache_dir();
     let cached = crate::catalog::CatalogEntry::cached(&cache);
     if !cached.is_empty() {
-        out.line(format_args!(
-            "\nin the Hugging Face cache at {}:",
-            cache.display()
-        ));
+        out!(
+            "{}",
+            format_args!("\nin the Hugging Face cache at {}:", cache.display())
+        );
         for e in &cached {
             let b = |v: Option<u64>| v.map_or_else(|| "-".into(), human_bytes);
-            out.line(format_args!(
-                "{:<40} {:<11} {:>15} {:>11} {:>11}{}",
-                e.name,
-                e.group,
-                e.params.map_or_else(|| "-".into(), group),
-                b(e.f32_bytes),
-                b(e.half_bytes),
-                e.problem
-                    .as_deref()
-                    .map(|p| format!("  ({p})"))
-                    .unwrap_or_default()
-            ));
+            out!(
+                "{}",
+                format_args!(
+                    "{:<40} {:<11} {:>15} {:>11} {:>11}{}",
+                    e.name,
+                    e.group,
+                    e.params.map_or_else(|| "-".into(), group),
+                    b(e.f32_bytes),
+                    b(e.half_bytes),
+                    e.problem
+                        .as_deref()
+                        .map(|p| format!("  ({p})"))
+                        .unwrap_or_default()
+                )
+            );
         }
     }
-    out.line(
+    out!(
+        "{}",
         "\nparameters as published (BERT includes its pooler); weight bytes as candle holds them.",
     );
-    out.line(host_line(HostMemory::read().as_ref()));
-    out.line(
+    out!("{}", host_line(HostMemory::read().as_ref()));
+    out!(
+        "{}",
         "--model also takes a Hugging Face id (org/name[@revision], bundled ones by either name), a config.json, or a folder with config.json + *.safetensors.",
     );
     Ok(())
@@ -125,12 +116,14 @@ pub(super) fn models_on_gpu(gpu: &str, worker: &WorkerConfig) -> Result<(), CliE
     let preset = crate::presets::find(gpu).map_err(|e| CliError::usage(e.to_string()))?;
     let threads = crate::plan::defaults::threads();
     let cancel = AtomicBool::new(false);
-    let mut out = Out::new();
-    out.line(preset_line(preset));
-    out.line(format_args!(
-        "{:<24} {:<5} {:>11} {:>5} {:>23}",
-        "id", "dtype", "weights", "fits", "max batch (est., infer)"
-    ));
+    out!("{}", preset_line(preset));
+    out!(
+        "{}",
+        format_args!(
+            "{:<24} {:<5} {:>11} {:>5} {:>23}",
+            "id", "dtype", "weights", "fits", "max batch (est., infer)"
+        )
+    );
     for b in BUNDLED.iter().filter(|b| !b.tiny) {
         let spec =
             ModelSpec::resolve(&ModelRef::Catalog(b.id.into())).map_err(CliError::runtime)?;
@@ -150,16 +143,19 @@ pub(super) fn models_on_gpu(gpu: &str, worker: &WorkerConfig) -> Result<(), CliE
                 preset.total_bytes,
                 crate::cli::estimate::MAX_BATCH,
             );
-            out.line(format_args!(
-                "{:<24} {:<5} {:>11} {:>5} {:>23}",
-                b.id,
-                dtype.name(),
-                human_bytes(weights),
-                if max.is_some() { "yes" } else { "no" },
-                max.map_or_else(|| "-".into(), |m| m.to_string())
-            ));
+            out!(
+                "{}",
+                format_args!(
+                    "{:<24} {:<5} {:>11} {:>5} {:>23}",
+                    b.id,
+                    dtype.name(),
+                    human_bytes(weights),
+                    if max.is_some() { "yes" } else { "no" },
+                    max.map_or_else(|| "-".into(), |m| m.to_string())
+                )
+            );
         }
     }
-    out.line(format_args!("\n{}", estimate_note(preset)));
+    out!("\n{}", estimate_note(preset));
     Ok(())
 }

@@ -57,27 +57,8 @@ fn curves(r: &Results) -> Vec<Curve> {
 /// What a point says when hovered. An OOM cross leads with the request that failed, as
 /// PyTorch's message does ("Tried to allocate …"), and the capacity it crossed.
 fn hover_text(t: &TrialRecord, capacity_bytes: u64) -> String {
-    if t.outcome == Outcome::Oom {
-        let request = t.requested_bytes.map_or_else(
-            || "the request that failed was not recorded".to_string(),
-            |b| format!("tried to allocate {} ({b} B)", human_bytes(b)),
-        );
-        return format!(
-            "OUT OF MEMORY: {request}\nthe capacity is {}\n{}batch {} · seq {} · {}{}\n{:.3} s",
-            human_bytes(capacity_bytes),
-            match t.runtime {
-                Runtime::Candle => "",
-                Runtime::Torch => "PyTorch · ",
-            },
-            t.batch,
-            t.seq,
-            t.dtype,
-            if t.checkpointing { " · ckpt" } else { "" },
-            t.seconds
-        );
-    }
-    let mut s = format!(
-        "{}batch {} · seq {} · {}{}\n{}",
+    let point = format!(
+        "{}batch {} · seq {} · {}{}",
         match t.runtime {
             Runtime::Candle => "",
             Runtime::Torch => "PyTorch · ",
@@ -86,13 +67,24 @@ fn hover_text(t: &TrialRecord, capacity_bytes: u64) -> String {
         t.seq,
         t.dtype,
         if t.checkpointing { " · ckpt" } else { "" },
-        match t.outcome {
-            Outcome::Fit => "fits".to_string(),
-            Outcome::Oom => "OUT OF MEMORY".to_string(),
-            Outcome::HostMemory => "STOPPED: this machine's memory, not the capacity".to_string(),
-            Outcome::Failed => format!("failed: {}", t.reason.as_deref().unwrap_or("?")),
-        }
     );
+    let status = match t.outcome {
+        Outcome::Oom => {
+            let request = t.requested_bytes.map_or_else(
+                || "the request that failed was not recorded".to_string(),
+                |b| format!("tried to allocate {} ({b} B)", human_bytes(b)),
+            );
+            return format!(
+                "OUT OF MEMORY: {request}\nthe capacity is {}\n{point}\n{:.3} s",
+                human_bytes(capacity_bytes),
+                t.seconds
+            );
+        }
+        Outcome::Fit => "fits".to_string(),
+        Outcome::HostMemory => "STOPPED: this machine's memory, not the capacity".to_string(),
+        Outcome::Failed => format!("failed: {}", t.reason.as_deref().unwrap_or("?")),
+    };
+    let mut s = format!("{point}\n{status}");
     if let Some(total) = t.total_bytes {
         let _ = write!(s, "\ntotal {} ({total} B)", human_bytes(total));
     }
@@ -196,10 +188,9 @@ pub fn plot_ui(
             color,
             runtime: c.runtime,
             b_star: boundary,
-            predicted_b_star: predicted_items
-                .iter()
-                .find(|p| p.0 == format!("{name} predicted"))
-                .and_then(|p| p.3),
+            predicted_b_star: predicted
+                .and_then(|m| m.curves.iter().find(|p| p.curve == *c))
+                .and_then(|p| p.b_star),
         });
         items.push((name, pts, color, boundary));
     }
@@ -238,6 +229,7 @@ pub fn plot_ui(
         }
     };
     let any_predicted = !predicted_items.is_empty();
+    let any_host = !host_pts.is_empty();
     let full = ui.available_rect_before_wrap();
     // The legend beside the plot where there is room for both, else under it, never over it.
     let beside = full.width() >= NARROW;
@@ -342,7 +334,7 @@ pub fn plot_ui(
             if beside {
                 ui.set_width(LEGEND_WIDTH);
             }
-            legend(ui, &entries, !beside, any_predicted, !host_pts_empty(r), r);
+            legend(ui, &entries, !beside, any_predicted, any_host, r);
         });
         plot_rect = resp.response.rect.union(ui.min_rect());
         // Last: placing a label moves the layout's cursor past it.
@@ -362,10 +354,6 @@ pub fn plot_ui(
         );
     });
     plot_rect
-}
-
-fn host_pts_empty(r: &Results) -> bool {
-    !r.trials.iter().any(|t| t.outcome == Outcome::HostMemory)
 }
 
 /// A label on the plot: its text, colour, and the plot point it names.

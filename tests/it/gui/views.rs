@@ -494,18 +494,20 @@ fn plot_labels(h: &Harness<'static, OomLabApp>) -> (Vec<(String, egui::Rect)>, V
     (labels, legend)
 }
 
+/// The six-curve teaching demo's journal shown in a window of `size`, its estimator built.
+fn teaching_demo(dir: &TempDir, size: egui::Vec2) -> Harness<'static, OomLabApp> {
+    let mut h = harness_sized(dir, fixtures().join("gui/teaching-demo.jsonl"), size);
+    wait_for_results(&mut h);
+    wait_for_estimator(&mut h);
+    h
+}
+
 /// In a narrower window the legend goes under the plot, below every label on it, and still no
 /// two labels overlap.
 #[test]
 fn in_a_narrow_window_the_legend_goes_under_the_plot() {
     let dir = TempDir::new("gui-labels-narrow");
-    let mut h = harness_sized(
-        &dir,
-        fixtures().join("gui/teaching-demo.jsonl"),
-        egui::vec2(1280.0, 800.0),
-    );
-    wait_for_results(&mut h);
-    wait_for_estimator(&mut h);
+    let h = teaching_demo(&dir, egui::vec2(1280.0, 800.0));
     let (labels, legend) = plot_labels(&h);
     let rects: Vec<egui::Rect> = labels.iter().map(|(_, r)| *r).collect();
     assert!(rects.len() >= 8, "{labels:?}");
@@ -525,13 +527,7 @@ fn in_a_narrow_window_the_legend_goes_under_the_plot() {
 #[allow(clippy::float_cmp)] // the zoom is set to exactly 1.5
 fn six_curves_label_every_boundary_without_overlap_and_keep_the_legend_off_the_data() {
     let dir = TempDir::new("gui-labels");
-    let mut h = harness_sized(
-        &dir,
-        fixtures().join("gui/teaching-demo.jsonl"),
-        egui::vec2(1600.0, 1000.0),
-    );
-    wait_for_results(&mut h);
-    wait_for_estimator(&mut h);
+    let mut h = teaching_demo(&dir, egui::vec2(1600.0, 1000.0));
     let r = h.state().seen().results.unwrap().clone();
     assert_eq!(r.boundaries.len(), 6);
     for zoom in [1.0, 1.5] {
