@@ -12,6 +12,7 @@ pub mod explain;
 pub mod families;
 pub mod forecast;
 pub mod gui;
+pub mod lesson;
 pub mod measure;
 pub mod models;
 pub mod plan;

@@ -19,14 +19,16 @@ macro_rules! out_part {
 }
 
 use crate::measure::host::HostMemory;
+pub use crate::plan::Flags;
 use crate::plan::PlanError;
-use crate::plan::{Face, PlanField, Precision, human_bytes, parse_bytes};
+use crate::plan::{Precision, human_bytes, parse_bytes};
 use crate::worker::{WorkerConfig, WorkerFaults};
 use clap::{Args, Parser, Subcommand};
 
 mod devices;
 mod estimate;
 mod explain;
+mod lesson;
 mod models;
 mod sweep;
 mod tables;
@@ -100,6 +102,9 @@ pub enum Command {
         #[arg(long, value_parser = explain::parse_gpu_preset)]
         gpu: Option<&'static crate::presets::GpuPreset>,
     },
+    /// Give a lesson headless: each step's small sweeps, a caption with the measured numbers,
+    /// and a question for the class. Without a name, the bundled lessons.
+    Lesson(Box<lesson::LessonArgs>),
     /// Open a results file (.json) or a journal (.jsonl) in the desktop lab.
     Open {
         /// The file written by `--json` or `--journal`.
@@ -163,41 +168,6 @@ impl CliError {
             code: 1,
             message: message.to_string(),
         }
-    }
-}
-
-/// The command line's words for the plan's fields: its flags.
-pub struct Flags;
-
-impl Face for Flags {
-    fn control(&self, field: PlanField) -> &'static str {
-        match field {
-            PlanField::Model => "--model",
-            PlanField::Seq => "--seq",
-            PlanField::Dtype => "--dtype",
-            PlanField::Batch => "--batch",
-            PlanField::Capacity => "--capacity",
-            PlanField::Headroom => "--headroom",
-            PlanField::Strategy => "--strategy",
-            PlanField::Device => "--device",
-            PlanField::Threads => "--threads",
-            PlanField::Runtime => "--runtime",
-            PlanField::Workload => "--workload",
-            PlanField::Python => "--python",
-            PlanField::Task => "--task",
-            PlanField::Attn => "--attn",
-            PlanField::Optimizer => "--optimizer",
-            PlanField::Checkpointing => "--gradient-checkpointing",
-        }
-    }
-    fn model_list(&self) -> &'static str {
-        "`oomlab models`"
-    }
-    fn overwrite(&self) -> &'static str {
-        "pass --force to overwrite it"
-    }
-    fn allow_overcommit(&self) -> &'static str {
-        "pass --allow-overcommit"
     }
 }
 
@@ -265,6 +235,7 @@ pub fn main_with(
                 )))
             }
         }
+        Some(Command::Lesson(args)) => lesson::lesson(&args),
         Some(Command::Models { gpu: None }) => models::models(),
         Some(Command::Models { gpu: Some(g) }) => WorkerConfig::current()
             .map_err(CliError::from)

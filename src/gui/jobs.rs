@@ -15,6 +15,8 @@ use std::time::Duration;
 
 #[derive(Debug, Clone, Copy)]
 pub enum Dialog {
+    /// A lesson file.
+    Lesson,
     ModelFolder,
     Config,
     Python,
@@ -156,6 +158,11 @@ impl Spawner {
                 service: dialog_service_available(),
             };
             match kind {
+                Dialog::Lesson => rfd::FileDialog::new()
+                    .set_title("Open a lesson")
+                    .add_filter("oomlab lesson", &["lesson", "txt"])
+                    .pick_file()
+                    .map_or_else(|| empty("lesson file"), BgMsg::LessonPicked),
                 Dialog::ModelFolder => rfd::FileDialog::new()
                     .set_title("Open model folder (config.json + *.safetensors)")
                     .pick_folder()
@@ -337,6 +344,10 @@ impl OomLabApp {
             BgMsg::PythonPicked(p) => self.settings.python = p.display().to_string(),
             BgMsg::PythonProbed(Ok(text)) => self.messages.inform(text),
             BgMsg::ResultsPicked(p) => self.open_results(p),
+            BgMsg::LessonPicked(p) => {
+                let ctx = self.window.ctx.clone();
+                self.open_lesson(&p.display().to_string(), &ctx);
+            }
             // The save dialog has already asked before replacing an existing file.
             BgMsg::ExportPicked(p) => self.export_to(p, true),
             BgMsg::PngPicked(p) => self.save_plot_png(p, true),

@@ -13,6 +13,7 @@ mod form;
 mod frame_stats;
 mod jobs;
 pub mod labels;
+pub mod lesson;
 mod monitor;
 mod msg;
 mod panels;
@@ -93,6 +94,12 @@ pub enum Command {
     SetZoom(f32),
     /// Presentation zoom with the plot alone (true), or back to normal size with the panels.
     Present(bool),
+    /// Start a lesson: a bundled name or a lesson file's path.
+    OpenLesson(String),
+    OpenLessonDialog,
+    /// Show this step of the open lesson.
+    LessonStep(usize),
+    CloseLesson,
     Quit,
 }
 
@@ -108,6 +115,8 @@ pub struct OomLabApp {
     sweeps: Sweeps,
     messages: Messages,
     window: WindowState,
+    /// The lesson being given, when one is open (it takes the centre).
+    lesson: Option<lesson::LessonView>,
 }
 
 impl OomLabApp {
@@ -141,6 +150,7 @@ impl OomLabApp {
             messages: Messages::default(),
             window: WindowState::new(cc.egui_ctx.clone()),
             options,
+            lesson: None,
         };
         app.settings.theme.apply(&cc.egui_ctx);
         cc.egui_ctx
@@ -249,6 +259,7 @@ impl OomLabApp {
             zoom: self.settings.zoom,
             teach: self.sweeps.teach.model.as_deref(),
             teach_error: self.sweeps.teach.error.as_deref(),
+            lesson: self.lesson.as_ref(),
         }
     }
 
@@ -337,11 +348,63 @@ impl OomLabApp {
                 self.settings.theme = t;
                 t.apply(ctx);
             }
+            Command::OpenLesson(name) => self.open_lesson(&name, ctx),
+            Command::OpenLessonDialog => self.dialog(Dialog::Lesson),
+            Command::LessonStep(i) => {
+                if let Some(l) = &mut self.lesson {
+                    l.current = i.min(l.lesson.steps.len().saturating_sub(1));
+                }
+            }
+            Command::CloseLesson => self.lesson = None,
             Command::Quit => ctx.send_viewport_cmd(egui::ViewportCommand::Close),
         }
     }
 
+    /// Starts a lesson (bundled name or file) with the Python field's interpreter; its journals
+    /// go to a new folder beside the sweeps'.
+    fn open_lesson(&mut self, name: &str, ctx: &egui::Context) {
+        let lesson = match crate::lesson::Lesson::find(name) {
+            Ok(l) => l,
+            Err(e) => return self.messages.error(e.to_string()),
+        };
+        let dir = match &self.options.journal_dir {
+            Some(d) => d.join(format!(
+                "lesson-{}-{}",
+                lesson.name,
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |t| t.as_millis())
+            )),
+            None => crate::lesson::runner::LessonRunner::default_dir(&lesson.name),
+        };
+        self.open_lesson_in(lesson, dir, ctx);
+    }
+
+    fn open_lesson_in(&mut self, lesson: crate::lesson::Lesson, dir: PathBuf, ctx: &egui::Context) {
+        let python = self.settings.python.trim();
+        let python = (!python.is_empty()).then(|| PathBuf::from(python));
+        let title = lesson.title.clone();
+        match lesson::LessonView::start(
+            lesson,
+            self.options.worker.clone(),
+            python,
+            dir,
+            ctx.clone(),
+        ) {
+            Ok(v) => {
+                self.messages.inform(format!("lesson: {title}"));
+                self.lesson = Some(v);
+            }
+            Err(e) => self
+                .messages
+                .error(format!("cannot start the lesson's thread: {e}")),
+        }
+    }
+
     fn drain(&mut self) {
+        if let Some(l) = &mut self.lesson {
+            l.drain();
+        }
         self.drain_engine();
         while let Some(m) = self.jobs.try_recv() {
             self.handle_bg(m);

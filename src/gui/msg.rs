@@ -15,6 +15,7 @@ pub enum BgMsg {
     ModelPicked(PathBuf),
     PythonPicked(PathBuf),
     ResultsPicked(PathBuf),
+    LessonPicked(PathBuf),
     ExportPicked(PathBuf),
     PngPicked(PathBuf),
     Opened(

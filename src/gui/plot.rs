@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 /// One curve to draw: legend name, (batch, total bytes) points, colour, boundary b*.
 type CurveItem = (String, Vec<[f64; 2]>, Color32, Option<usize>);
 
-const PALETTE: [Color32; 8] = [
+pub(crate) const PALETTE: [Color32; 8] = [
     Color32::from_rgb(31, 119, 180),
     Color32::from_rgb(44, 160, 44),
     Color32::from_rgb(148, 103, 189),
@@ -25,7 +25,7 @@ const PALETTE: [Color32; 8] = [
     Color32::from_rgb(188, 189, 34),
     Color32::from_rgb(227, 119, 194),
 ];
-const OOM_RED: Color32 = Color32::from_rgb(214, 39, 40);
+pub(crate) const OOM_RED: Color32 = Color32::from_rgb(214, 39, 40);
 const HOST_ORANGE: Color32 = Color32::from_rgb(200, 120, 0);
 const HEADROOM_AMBER: Color32 = Color32::from_rgb(230, 150, 30);
 

@@ -28,6 +28,8 @@ pub struct Seen<'a> {
     pub trial_in_flight: Option<(u32, usize)>,
     /// The estimator for the shown sweep is built.
     pub estimator_ready: bool,
+    /// The open lesson: the step shown, and its results once measured.
+    pub lesson: Option<(usize, Option<&'a crate::lesson::runner::StepResult>)>,
 }
 
 /// Test hooks (never used by the app itself).
@@ -41,6 +43,11 @@ pub trait TestHooks {
     fn wait_for_background(&mut self, timeout: Duration) -> bool;
     /// Blocks until the sweep engine sends its next message (or `timeout`), then handles it.
     fn wait_for_engine(&mut self, timeout: Duration) -> bool;
+    /// Starts a lesson (bundled name or file) with its journals in `dir`, as the Lessons menu
+    /// does (a folder holding its finished journals is read back).
+    fn open_lesson_in(&mut self, name: &str, dir: PathBuf);
+    /// Blocks until the lesson's thread says something (or `timeout`), then takes it.
+    fn wait_for_lesson(&mut self, timeout: Duration) -> bool;
 }
 
 impl TestHooks for OomLabApp {
@@ -59,6 +66,7 @@ impl TestHooks for OomLabApp {
             running: self.sweeps.is_running(),
             trial_in_flight: self.sweeps.trial_in_flight(),
             estimator_ready: self.sweeps.estimator_ready(),
+            lesson: self.lesson.as_ref().map(|l| (l.current, l.shown())),
         }
     }
 
@@ -82,5 +90,19 @@ impl TestHooks for OomLabApp {
 
     fn wait_for_engine(&mut self, timeout: Duration) -> bool {
         OomLabApp::wait_for_engine(self, timeout)
+    }
+
+    fn open_lesson_in(&mut self, name: &str, dir: PathBuf) {
+        match crate::lesson::Lesson::find(name) {
+            Ok(l) => {
+                let ctx = self.window.ctx.clone();
+                OomLabApp::open_lesson_in(self, l, dir, &ctx);
+            }
+            Err(e) => self.messages.error(e.to_string()),
+        }
+    }
+
+    fn wait_for_lesson(&mut self, timeout: Duration) -> bool {
+        self.lesson.as_mut().is_some_and(|l| l.wait(timeout))
     }
 }

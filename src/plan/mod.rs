@@ -22,7 +22,7 @@ pub use checks::{
 };
 pub use overrides::{FieldDifference, PlanField, PlanOverrides, dedup};
 pub use types::{BatchRange, Confirm, Device, DeviceKind, Strategy};
-pub use words::{CandleLacks, Face, PlainWords, PlanProblem};
+pub use words::{CandleLacks, Face, Flags, PlainWords, PlanProblem};
 
 /// Largest batch a plan may name: far beyond any device, small enough for shape arithmetic.
 pub const MAX_BATCH: usize = 65_536;

@@ -16,6 +16,41 @@ pub trait Face {
     fn allow_overcommit(&self) -> &'static str;
 }
 
+/// The command line's words for the plan's fields: its flags.
+pub struct Flags;
+
+impl Face for Flags {
+    fn control(&self, field: PlanField) -> &'static str {
+        match field {
+            PlanField::Model => "--model",
+            PlanField::Seq => "--seq",
+            PlanField::Dtype => "--dtype",
+            PlanField::Batch => "--batch",
+            PlanField::Capacity => "--capacity",
+            PlanField::Headroom => "--headroom",
+            PlanField::Strategy => "--strategy",
+            PlanField::Device => "--device",
+            PlanField::Threads => "--threads",
+            PlanField::Runtime => "--runtime",
+            PlanField::Workload => "--workload",
+            PlanField::Python => "--python",
+            PlanField::Task => "--task",
+            PlanField::Attn => "--attn",
+            PlanField::Optimizer => "--optimizer",
+            PlanField::Checkpointing => "--gradient-checkpointing",
+        }
+    }
+    fn model_list(&self) -> &'static str {
+        "`oomlab models`"
+    }
+    fn overwrite(&self) -> &'static str {
+        "pass --force to overwrite it"
+    }
+    fn allow_overcommit(&self) -> &'static str {
+        "pass --allow-overcommit"
+    }
+}
+
 /// Plain nouns, for messages that no face has worded (logs, `Display`).
 pub struct PlainWords;
 

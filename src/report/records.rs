@@ -152,6 +152,10 @@ pub struct TimelineMark {
     /// Index into `live_bytes`.
     pub at: usize,
     pub label: String,
+    /// PyTorch: the exact live bytes just before the phase's first memory event (absent in
+    /// timelines recorded before it was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_bytes: Option<u64>,
 }
 
 impl Timeline {

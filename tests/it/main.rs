@@ -9,6 +9,7 @@ mod estimate;
 mod explain_cli;
 mod gui;
 mod hub;
+mod lesson;
 mod papercuts;
 mod reference;
 mod torch;

@@ -4,6 +4,7 @@
 mod card;
 mod experiment;
 mod explain;
+mod lesson;
 mod tables;
 pub mod teach;
 
@@ -65,6 +66,8 @@ pub struct View<'a> {
     /// The estimator for the shown sweep, once built (or why it could not be).
     pub teach: Option<&'a crate::gui::teach::TeachModel>,
     pub teach_error: Option<&'a str>,
+    /// The lesson being given (it takes the centre).
+    pub lesson: Option<&'a super::lesson::LessonView>,
 }
 
 /// Text being typed and table state: the panels' own, kept between frames.
@@ -123,7 +126,11 @@ pub fn draw(
                     .small(),
             );
         }
-        plot_rect = centre(view, ui);
+        if let Some(l) = view.lesson {
+            lesson::draw(l, ui, &mut cmds);
+        } else {
+            plot_rect = centre(view, ui);
+        }
     });
     Drawn {
         commands: cmds,
@@ -262,6 +269,19 @@ fn menu_bar(
             ui.menu_button("Teach", |ui| {
                 if ui.button("Why memory grows…").clicked() {
                     state.teach.open = true;
+                }
+            });
+            ui.menu_button("Lessons", |ui| {
+                for (name, text) in crate::lesson::BUNDLED {
+                    let title = crate::lesson::Lesson::parse(text, name, name)
+                        .map_or_else(|_| (*name).to_string(), |l| l.title);
+                    if ui.button(title).clicked() {
+                        cmds.push(Command::OpenLesson((*name).to_string()));
+                    }
+                }
+                ui.separator();
+                if ui.button("Open lesson file…").clicked() {
+                    cmds.push(Command::OpenLessonDialog);
                 }
             });
             ui.menu_button("View", |ui| {

@@ -183,7 +183,8 @@ def analyse_cpu(trace: Trace, baseline: int, capacity: int, train: bool) -> CpuF
     if train:
         split = bisect_left(times, trace.ranges["step2"][0][0], lo, hi) - lo
         steps = (max(series[:split], default=live_before), max(series[split:], default=live))
-    return CpuFigures(live_before, total, steps, over_capacity, timeline(trace, series, lo, hi))
+    figures = timeline(trace, series, lo, hi, live_before)
+    return CpuFigures(live_before, total, steps, over_capacity, figures)
 
 
 def check_totals(trace: Trace, ledger: int) -> int:
@@ -207,7 +208,7 @@ def check_totals(trace: Trace, ledger: int) -> int:
     return ledger
 
 
-def timeline(trace: Trace, series: list[int], lo: int, hi: int) -> Timeline:
+def timeline(trace: Trace, series: list[int], lo: int, hi: int, live_before: int) -> Timeline:
     times = [a.time_ns for a in trace.allocations]
     samples, starts = reduce_max(series, TIMELINE_POINTS) if series else ([], [])
     phases: list[tuple[int, MarkLabel]] = []
@@ -222,7 +223,12 @@ def timeline(trace: Trace, series: list[int], lo: int, hi: int) -> Timeline:
             phases.append((start, "step 2" if phase == "forward" and i == 1 else label))
     phases.sort(key=lambda p: p[0])
     marks: list[Mark] = [
-        {"at": _sample_at(times, start, lo, hi, starts), "label": label} for start, label in phases
+        {
+            "at": _sample_at(times, start, lo, hi, starts),
+            "label": label,
+            "live_bytes": _live_before(times, start, lo, hi, series, live_before),
+        }
+        for start, label in phases
     ]
     # Each layer's first start in the trial: the first forward's layer boundaries.
     trial_start = trace.ranges["trial"][0][0] if "trial" in trace.ranges else 0
@@ -243,6 +249,14 @@ def timeline(trace: Trace, series: list[int], lo: int, hi: int) -> Timeline:
         "peak_op": peak_op,
         "peak_scope": peak_scope,
     }
+
+
+def _live_before(
+    times: list[int], t: int, lo: int, hi: int, series: list[int], live_before: int
+) -> int:
+    """The live bytes just before the first event at or after time `t`."""
+    index = bisect_left(times, t, lo, hi) - lo
+    return series[index - 1] if index > 0 else live_before
 
 
 def _sample_at(times: list[int], t: int, lo: int, hi: int, starts: list[int]) -> int:

@@ -140,6 +140,8 @@ class StartedReply(TypedDict):
 class Mark(TypedDict):
     at: int
     label: MarkLabel
+    # PyTorch's live bytes just before the phase's first memory event (exact, not sampled).
+    live_bytes: int
 
 
 class Timeline(TypedDict):

@@ -428,5 +428,6 @@ fn start(
     assert!(h.state().seen().running);
 }
 
+mod lessons;
 mod sweeps;
 mod views;

@@ -5,7 +5,7 @@ use super::*;
 
 /// Masks the frame-time readout (it changes from run to run, and so does its width: the mask
 /// covers the widest it gets, from its right-aligned end).
-fn mask_frame_time(h: &mut Harness<'static, OomLabApp>) {
+pub(super) fn mask_frame_time(h: &mut Harness<'static, OomLabApp>) {
     let r = h.get_by_label_contains("ms/frame").rect();
     h.mask(egui::Rect::from_min_max(
         egui::pos2(r.max.x - 480.0, r.min.y),
