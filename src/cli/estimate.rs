@@ -33,6 +33,22 @@ pub struct EstimateArgs {
     /// --model: a handful of points of the bundled models.
     #[arg(long)]
     pub check: bool,
+    /// The runtime to estimate: candle (the default) or torch (PyTorch + transformers: the
+    /// PyTorch estimator, modelled so far for inference of the families it names).
+    #[arg(long, help_heading = "PyTorch runtime")]
+    pub runtime: Option<crate::plan::Runtime>,
+    /// With --runtime torch: the workload (infer is modelled so far).
+    #[arg(long, help_heading = "PyTorch runtime")]
+    pub workload: Option<crate::plan::Workload>,
+    /// With --runtime torch: the model's head (default as the torch runtime's sweep picks it).
+    #[arg(long, help_heading = "PyTorch runtime")]
+    pub task: Option<crate::plan::Task>,
+    /// With --runtime torch: sdpa (default) or eager attention.
+    #[arg(long, help_heading = "PyTorch runtime")]
+    pub attn: Option<crate::plan::Attn>,
+    /// With --runtime torch --check: the Python with torch and transformers.
+    #[arg(long, help_heading = "PyTorch runtime")]
+    pub python: Option<std::path::PathBuf>,
     /// Also say where the runtime's own memory came from (the per-machine cache); without it
     /// that line appears only when the runtime was just measured.
     #[arg(long, short)]
@@ -105,6 +121,14 @@ const CHECK_POINTS: &[(&str, usize, usize, Precision)] = &[
 
 /// `oomlab estimate`
 pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
+    if args.runtime == Some(crate::plan::Runtime::Torch) {
+        return super::estimate_torch::run(args, worker);
+    }
+    if args.workload.is_some() || args.task.is_some() || args.attn.is_some() || args.python.is_some() {
+        return Err(CliError::usage(
+            "--workload, --task, --attn and --python belong to the PyTorch estimator: add --runtime torch",
+        ));
+    }
     let threads = args.what.threads.unwrap_or_else(defaults::threads);
     if threads == 0 {
         return Err(invalid(PlanField::Threads, PlanProblem::ZeroThreads));
@@ -192,7 +216,7 @@ fn invalid(field: PlanField, problem: PlanProblem) -> CliError {
 }
 
 /// Every (model, batch, seq, dtype) to estimate, checked.
-fn points(args: &EstimateArgs) -> Result<Vec<(ModelSpec, usize, usize, Precision)>, CliError> {
+pub(super) fn points(args: &EstimateArgs) -> Result<Vec<(ModelSpec, usize, usize, Precision)>, CliError> {
     let Some(model) = &args.what.model else {
         if args.check {
             return CHECK_POINTS

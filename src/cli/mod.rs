@@ -27,6 +27,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod devices;
 mod estimate;
+mod estimate_torch;
 mod explain;
 mod lesson;
 mod models;

@@ -9,6 +9,8 @@
 //! runtime's own buffers (per-thread matmul scratch, allocator and thread-pool state), which
 //! depend on the machine and the thread count and are measured once (see [`Runtime`]).
 
+pub mod torch;
+
 use crate::catalog::ModelSpec;
 use crate::families::ops::Run;
 use crate::families::sim::{self, Dt, Sim, tensor_metadata_bytes};

@@ -8,6 +8,7 @@ use super::candle::{Inputs, candle_config};
 use super::config::{named_alike, opt_field};
 use super::ops::{Run, embedding, linear, norm, softmax};
 use super::sim::{Dt, T};
+use super::torch_sim::{Head, Pt, TDt, TorchRun, flash_attention, layer_norm};
 use super::{AnyModel, BuildError, CandleModel, ConfigError, Dims, Room, TensorShape, tensor_list};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -60,6 +61,12 @@ impl Room for Bert {
     }
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0], &inputs[1], &inputs[2])
+    }
+    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<u64> {
+        torch_bert_weights(d, head, dt)
+    }
+    fn torch_forward(&self, r: &TorchRun<'_>, ids: &Pt) -> std::result::Result<Vec<Pt>, &'static str> {
+        torch_bert_forward(r, ids)
     }
 }
 
@@ -207,4 +214,132 @@ fn simulated(r: &Run<'_>, ids: &T, tt: &T, mask: &T) -> T {
     r.sim.after_layers();
     drop(embedding_output);
     hidden_states
+}
+
+/// PyTorch: the parameters and buffers of transformers' `BertModel` (with its pooler) and the
+/// head on it; the buffers are `position_ids` and `token_type_ids` (int64, one per position).
+pub(super) fn torch_bert_weights(d: &Dims, head: Head, dt: TDt) -> Option<u64> {
+    let (h, i) = (d.hidden as u64, d.intermediate as u64);
+    let embeddings = (d.vocab as u64 + (d.max_positions + d.position_offset) as u64 + d.type_vocab.max(1) as u64) * h + 2 * h;
+    let layer = 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h;
+    let pooler = h * h + h;
+    let params = embeddings + d.layers as u64 * layer;
+    let params = match head {
+        Head::Base => params + pooler,
+        Head::SequenceClassification => params + pooler + h * NUM_LABELS + NUM_LABELS,
+        Head::CausalLm | Head::MaskedLm => return None,
+    };
+    let buffers = 2 * (d.max_positions + d.position_offset) as u64 * TDt::I64.size();
+    Some(params * dt.size() + buffers)
+}
+
+/// The labels a classification head gets when the config names none (the torch worker's).
+const NUM_LABELS: u64 = 2;
+
+/// PyTorch: `BertModel.forward` under `no_grad` on the CPU (transformers 5): the embeddings, the
+/// all-ones mask read and dropped (sdpa and eager both skip a mask with nothing masked), each
+/// layer, the pooler; the embedding output is held by the model's forward to its end. Returns
+/// the outputs.
+pub(super) fn torch_bert_forward(r: &TorchRun<'_>, ids: &Pt) -> std::result::Result<Vec<Pt>, &'static str> {
+    let (b, s, h, n) = (r.b, r.s, r.d.hidden, r.d.heads);
+    let hd = h / n;
+    let sim = r.sim;
+    let embedding_output = {
+        // token_type_ids from the buffer: gather over position_ids, expanded to (b, s).
+        let _buffered = sim.alloc(&[1, s], TDt::I64);
+        let inputs_embeds = ids.new(&[b, s, h], r.dt);
+        let token_type_embeddings = {
+            // nn.Embedding reshapes the expanded (strided) ids: a copy.
+            let _flat_ids = sim.alloc(&[b, s], TDt::I64);
+            sim.alloc(&[b, s, h], r.dt)
+        };
+        let embeddings = inputs_embeds.like();
+        let _position_embeddings = sim.alloc(&[1, s, h], r.dt);
+        let embeddings = {
+            let sum = embeddings.like();
+            drop(embeddings);
+            sum
+        };
+        let normed = layer_norm(&embeddings);
+        drop(token_type_embeddings);
+        normed
+    };
+    // The mask: `attention_mask.bool()` and `.all()`, then dropped (nothing is masked).
+    {
+        let _as_bool = sim.alloc(&[b, s], TDt::Bool);
+        let _all = sim.alloc(&[], TDt::Bool);
+    }
+    let mut hidden = embedding_output.clone();
+    for _ in 0..r.d.layers {
+        let layer_output = {
+            // BertAttention: self-attention, then BertSelfOutput; `_` keeps the weights.
+            let (attention_output, _weights) = {
+                let (context, weights) = {
+                    let q = hidden.linear(h);
+                    let k = hidden.linear(h);
+                    let v = hidden.linear(h);
+                    if r.eager {
+                        let scores = {
+                            let _q = q.copy();
+                            let _k = k.copy();
+                            sim.alloc(&[b, n, s, s], r.dt)
+                        };
+                        let scaled = scores.like();
+                        drop(scores);
+                        let probs = scaled.like();
+                        drop(scaled);
+                        let out = {
+                            let _v = v.copy();
+                            sim.alloc(&[b, n, s, hd], r.dt)
+                        };
+                        // `attn_output.transpose(1, 2).contiguous()`
+                        let context = out.copy();
+                        drop(out);
+                        (context, Some(probs))
+                    } else {
+                        (flash_attention(&q, n, s, s, hd, r.threads), None)
+                    }
+                };
+                // `attn_output.reshape(*input_shape, -1)`: a view.
+                let context = context.view(&[b, s, h]);
+                let attention_output = {
+                    let dense = context.linear(h);
+                    let sum = dense.like();
+                    layer_norm(&sum)
+                };
+                drop(context);
+                (attention_output, weights)
+            };
+            let intermediate = {
+                let dense = attention_output.linear(r.d.intermediate);
+                dense.like()
+            };
+            let out = {
+                let dense = intermediate.linear(h);
+                let sum = dense.like();
+                layer_norm(&sum)
+            };
+            drop(intermediate);
+            drop(attention_output);
+            out
+        };
+        hidden = layer_output;
+    }
+    // BertPooler: the first token, dense, tanh.
+    let pooled = {
+        let dense = sim.alloc(&[b, h], r.dt);
+        dense.like()
+    };
+    let mut outputs = vec![hidden];
+    match r.head {
+        Head::Base => outputs.push(pooled),
+        Head::SequenceClassification => {
+            let logits = pooled.linear(NUM_LABELS as usize);
+            drop(pooled);
+            outputs.push(logits);
+        }
+        Head::CausalLm | Head::MaskedLm => return Err("only the base and sequence-classification heads are modelled for BERT"),
+    }
+    drop(embedding_output);
+    Ok(outputs)
 }

@@ -5,6 +5,8 @@
 // k, v), so the two read side by side.
 #![allow(clippy::many_single_char_names)]
 
+use super::torch_llama::{self, Shape};
+use super::torch_sim::{Head, Pt, TDt, TorchRun};
 use super::candle::{candle_config, prefill_decoder};
 use super::config::{named_alike, opt_field};
 use super::llama::{like_llama, tensors_like_llama};
@@ -42,7 +44,10 @@ impl Room for Mistral {
             .into());
         }
         // candle's Mistral always holds its own lm_head.
-        like_llama(v, &base, false)
+        let mut d = like_llama(v, &base, false)?;
+        // Only PyTorch's estimator reads it (candle 0.11's Mistral masks the same way).
+        d.sliding_window = opt_field(v, "sliding_window")?.unwrap_or(0);
+        Ok(d)
     }
     fn tensors(&self, d: &Dims) -> Vec<TensorShape> {
         tensors_like_llama(d, false, false)
@@ -66,6 +71,16 @@ impl Room for Mistral {
     }
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0])
+    }    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<u64> {
+        torch_llama::weights(d, head, dt, Shape { qkv_bias: false, o_bias: false, qk_norm: false })
+    }
+    fn torch_forward(&self, r: &TorchRun<'_>, ids: &Pt) -> std::result::Result<Vec<Pt>, &'static str> {
+        // From the window on, transformers builds a sliding-window mask (not modelled yet);
+        // below it sdpa runs causal with no mask, as Llama's.
+        if r.d.sliding_window > 0 && r.s >= r.d.sliding_window {
+            return Err("from its sliding window (sliding_window) on, transformers masks each layer's attention, which is not modelled yet");
+        }
+        torch_llama::forward(r, ids, Shape { qkv_bias: false, o_bias: false, qk_norm: false })
     }
 }
 

@@ -15,6 +15,8 @@ mod candle;
 mod config;
 pub mod ops;
 pub mod sim;
+mod torch_llama;
+pub mod torch_sim;
 
 mod bert;
 mod distilbert;
@@ -164,6 +166,17 @@ pub trait Room: Sync {
     }
     /// One simulated forward; returns its output (alive until the worker has read the peak).
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T;
+    /// PyTorch: the bytes of the parameters and buffers transformers' model holds for `head`
+    /// (None: the family's PyTorch memory is not modelled).
+    fn torch_weights(&self, _d: &Dims, _head: torch_sim::Head, _dt: torch_sim::TDt) -> Option<u64> {
+        None
+    }
+    /// PyTorch: one forward under `no_grad` as transformers runs it on the CPU, over the
+    /// inputs `ids` and `mask`; returns what the model returns, or why this point is not
+    /// modelled.
+    fn torch_forward(&self, _r: &torch_sim::TorchRun<'_>, _ids: &torch_sim::Pt) -> Result<Vec<torch_sim::Pt>, &'static str> {
+        Err("its PyTorch forward is not modelled yet")
+    }
 }
 
 /// A model family: a handle on its room.

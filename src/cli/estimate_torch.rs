@@ -1,0 +1,203 @@
+//! `oomlab estimate --runtime torch`: the PyTorch estimator's breakdown for a list of points,
+//! `max_batch` under a capacity, and `--check` against the torch runtime's own trials.
+
+use super::estimate::{EstimateArgs, points};
+use super::{CliError, Flags};
+use crate::catalog::ModelSpec;
+use crate::estimate::torch::{self, TorchBreakdown};
+use crate::plan::{Attn, PlanOverrides, Precision, Runtime, Strategy, Task, Workload, defaults, human_bytes};
+use crate::sweep::Sweep;
+use crate::worker::WorkerConfig;
+use serde::Serialize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// One point, as `--json` writes it.
+#[derive(Debug, Serialize)]
+struct Point {
+    runtime: &'static str,
+    workload: Workload,
+    task: Task,
+    attn: Attn,
+    estimated: bool,
+    model: String,
+    batch: usize,
+    seq: usize,
+    dtype: Precision,
+    threads: usize,
+    #[serde(flatten)]
+    breakdown: TorchBreakdown,
+    capacity_bytes: Option<u64>,
+    max_batch: Option<usize>,
+    measured_total_bytes: Option<u64>,
+    relative_error: Option<f64>,
+}
+
+/// The largest batch whose estimate fits `capacity` (None: not even batch 1).
+fn max_batch(
+    spec: &ModelSpec,
+    seq: usize,
+    dtype: Precision,
+    how: (Workload, Task, Attn),
+    threads: usize,
+    capacity: u64,
+) -> Option<usize> {
+    let fits = |b: usize| {
+        torch::estimate(spec, b, seq, dtype, how.0, how.1, how.2, threads)
+            .is_ok_and(|e| e.total_bytes <= capacity)
+    };
+    if !fits(1) {
+        return None;
+    }
+    let (mut lo, mut hi) = (1usize, 2usize);
+    while hi <= super::estimate::MAX_BATCH && fits(hi) {
+        lo = hi;
+        hi *= 2;
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Some(lo)
+}
+
+/// A torch trial at one point: its measured total.
+fn measure(
+    spec: &ModelSpec,
+    (batch, seq, dtype): (usize, usize, Precision),
+    how: (Workload, Task, Attn),
+    threads: usize,
+    args: &EstimateArgs,
+    worker: &WorkerConfig,
+    cancel: &Arc<AtomicBool>,
+) -> Result<Option<u64>, CliError> {
+    let given = PlanOverrides {
+        model: Some(spec.reference.clone()),
+        seqs: Some(vec![seq]),
+        dtypes: Some(vec![dtype]),
+        batch: Some(crate::plan::BatchRange::new(batch, batch).map_err(|e| CliError::usage(e.to_string()))?),
+        // Far above the point: the trial runs to its end and reports its total.
+        capacity_bytes: Some(1 << 46),
+        strategy: Some(Strategy::Grid),
+        threads: Some(threads),
+        runtimes: Some(vec![Runtime::Torch]),
+        workload: Some(how.0),
+        task: Some(how.1),
+        attn: Some(how.2),
+        python: args.python.clone(),
+        ..PlanOverrides::default()
+    };
+    let (mut plan, spec) = crate::plan::plan_from(&given).map_err(|e| CliError::usage(e.describe(&Flags)))?;
+    crate::sweep::probe_python(&mut plan, &worker.exe).map_err(|e| CliError::usage(e.describe(&Flags)))?;
+    let dir = std::env::temp_dir().join(format!("oomlab-estimate-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| CliError::runtime(format!("cannot make {}: {e}", dir.display())))?;
+    let journal = dir.join(format!("{}-{batch}-{seq}-{}.jsonl", spec.name, dtype.name()));
+    let _ = std::fs::remove_file(&journal);
+    let results = Sweep::with_spec(plan, spec, &journal)
+        .map_err(|e| CliError::runtime(e.describe(&Flags)))?
+        .run(worker, cancel, &mut |_| {})
+        .map_err(|e| CliError::runtime(e.to_string()))?;
+    let _ = std::fs::remove_file(&journal);
+    if let Some(why) = results.unbuilt() {
+        return Err(CliError::runtime(why));
+    }
+    Ok(results.trials.iter().find_map(|t| t.total_bytes))
+}
+
+/// `oomlab estimate --runtime torch`
+pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
+    let threads = args.what.threads.unwrap_or_else(defaults::threads).max(1);
+    let workload = args.workload.unwrap_or(Workload::Infer);
+    let attn = args.attn.unwrap_or(Attn::Sdpa);
+    let points = points(args)?;
+    let capacity = args.what.capacity.or(args.what.gpu.map(|g| g.total_bytes));
+    let cancel = Arc::new(AtomicBool::new(false));
+    let on_signal = Arc::clone(&cancel);
+    let _ = crate::signals::on_terminate(move || on_signal.store(true, Ordering::Relaxed));
+    let mut rows = Vec::new();
+    for (spec, batch, seq, dtype) in &points {
+        let task = args
+            .task
+            .unwrap_or_else(|| Task::default_for(workload, spec.family.room().is_decoder()));
+        let how = (workload, task, attn);
+        let breakdown = torch::estimate(spec, *batch, *seq, *dtype, workload, task, attn, threads)
+            .map_err(|e| CliError::usage(format!("{}: {e}", spec.name)))?;
+        let measured = if args.check {
+            if cancel.load(Ordering::Relaxed) {
+                break;
+            }
+            measure(spec, (*batch, *seq, *dtype), how, threads, args, worker, &cancel)?
+        } else {
+            None
+        };
+        rows.push(Point {
+            runtime: "torch",
+            workload,
+            task,
+            attn,
+            estimated: true,
+            model: spec.name.clone(),
+            batch: *batch,
+            seq: *seq,
+            dtype: *dtype,
+            threads,
+            breakdown,
+            capacity_bytes: capacity,
+            max_batch: capacity.and_then(|c| max_batch(spec, *seq, *dtype, how, threads, c)),
+            relative_error: measured
+                .map(|m| (breakdown.total_bytes as f64 - m as f64) / m as f64),
+            measured_total_bytes: measured,
+        });
+    }
+    if args.json {
+        for p in &rows {
+            out!("{}", serde_json::to_string(p).unwrap_or_default());
+        }
+        return Ok(());
+    }
+    out!(
+        "{:<24} {:>6} {:<5} {:>6} {:>11} {:>11} {:>11} {:>11}{}{}",
+        "model",
+        "batch",
+        "dtype",
+        "seq",
+        "weights",
+        "inputs",
+        "activations",
+        "total",
+        if capacity.is_some() { "   max_batch" } else { "" },
+        if args.check { "    measured    error" } else { "" }
+    );
+    for p in &rows {
+        let b = &p.breakdown;
+        out_part!(
+            "{:<24} {:>6} {:<5} {:>6} {:>11} {:>11} {:>11} {:>11}",
+            p.model,
+            p.batch,
+            p.dtype.name(),
+            p.seq,
+            human_bytes(b.weights_bytes),
+            human_bytes(b.input_bytes),
+            human_bytes(b.activation_bytes),
+            human_bytes(b.total_bytes)
+        );
+        if capacity.is_some() {
+            out_part!(" {:>11}", p.max_batch.map_or_else(|| "none".into(), |m| m.to_string()));
+        }
+        if let (Some(m), Some(e)) = (p.measured_total_bytes, p.relative_error) {
+            out_part!(" {:>11} {:>+7.3}%", human_bytes(m), e * 100.0);
+        }
+        out!("");
+    }
+    out!(
+        "PyTorch · {} · task {}, attention {} · estimated by oomlab's PyTorch estimator from the model's dims (a simulation of transformers' forward as PyTorch runs it on the CPU; --check measures with the torch runtime)",
+        workload.describe(),
+        rows.first().map_or(Task::Base, |p| p.task),
+        attn
+    );
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! The PyTorch estimator: what the torch runtime's trial holds, predicted from the model's dims
+//! by a liveness simulation of the family's Hugging Face forward as PyTorch runs it on the CPU
+//! (`families::torch_sim`), never a formula fitted to measurements. Modelled so far: inference
+//! under `no_grad` (`--workload infer`) in f32, bf16 and f16, sdpa and eager attention, for the
+//! families whose room writes the forward (BERT; the others say "not modelled").
+
+use crate::catalog::ModelSpec;
+use crate::families::torch_sim::{Head, TDt, TSim, TorchRun};
+use crate::plan::{Attn, Precision, Task, Workload};
+use serde::Serialize;
+
+/// What a PyTorch trial holds at its peak, by part, as PyTorch's profiler counts it on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TorchBreakdown {
+    /// Parameters and buffers (the worker's baseline).
+    pub weights_bytes: u64,
+    /// The inputs a tokenizer hands the model: ids and attention mask (int64).
+    pub input_bytes: u64,
+    /// What the forward holds at the trial's peak besides the weights and inputs.
+    pub activation_bytes: u64,
+    /// Comparable with a torch trial's `total_bytes`.
+    pub total_bytes: u64,
+}
+
+/// Why a point cannot be estimated for PyTorch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotModelled {
+    #[error("the PyTorch estimator does not model {family} yet (modelled: {modelled}); measure it with `oomlab sweep --runtime torch`")]
+    Family { family: String, modelled: String },
+    #[error("the PyTorch estimator models --workload infer so far, not {0}; measure it with `oomlab sweep --runtime torch --workload {0}`")]
+    Workload(Workload),
+    #[error("the PyTorch estimator does not model {0} yet (f32, f16 and bf16 are); measure it with `oomlab sweep --runtime torch`")]
+    Precision(Precision),
+    #[error("the PyTorch estimator does not model the {task} head of {family} yet; measure it with `oomlab sweep --runtime torch`")]
+    Head { family: String, task: Task },
+    #[error("{family}: {why}; measure it with `oomlab sweep --runtime torch`")]
+    Point { family: String, why: &'static str },
+}
+
+/// The families whose PyTorch forward is modelled.
+#[must_use]
+pub fn modelled_families() -> Vec<&'static str> {
+    // Any small dims do: a room either models its PyTorch weights or does not.
+    let probe = crate::families::Dims {
+        layers: 1,
+        hidden: 8,
+        heads: 2,
+        kv_heads: 2,
+        intermediate: 8,
+        vocab: 8,
+        max_positions: 8,
+        type_vocab: 2,
+        ..crate::families::Dims::default()
+    };
+    crate::families::Family::all()
+        .filter(|f| {
+            [Head::Base, Head::CausalLm]
+                .iter()
+                .any(|h| f.room().torch_weights(&probe, *h, TDt::F32).is_some())
+        })
+        .map(|f| f.room().name())
+        .collect()
+}
+
+fn head(task: Task) -> Head {
+    match task {
+        Task::Base => Head::Base,
+        Task::SequenceClassification => Head::SequenceClassification,
+        Task::CausalLm => Head::CausalLm,
+        Task::MaskedLm => Head::MaskedLm,
+    }
+}
+
+/// The estimate for one (batch, seq, precision) of a torch trial running `workload` with
+/// `task`'s head and `attn`, on `threads` CPU threads.
+pub fn estimate(
+    spec: &ModelSpec,
+    batch: usize,
+    seq: usize,
+    dtype: Precision,
+    workload: Workload,
+    task: Task,
+    attn: Attn,
+    threads: usize,
+) -> Result<TorchBreakdown, NotModelled> {
+    if workload != Workload::Infer {
+        return Err(NotModelled::Workload(workload));
+    }
+    let dt = match dtype {
+        Precision::F32 => TDt::F32,
+        Precision::F16 => TDt::F16,
+        Precision::Bf16 => TDt::Bf16,
+        other => return Err(NotModelled::Precision(other)),
+    };
+    let room = spec.family.room();
+    let not_family = || NotModelled::Family {
+        family: room.name().to_string(),
+        modelled: modelled_families().join(", "),
+    };
+    let h = head(task);
+    let weights = room.torch_weights(&spec.dims, h, dt).ok_or_else(|| {
+        if room.torch_weights(&spec.dims, Head::Base, dt).is_some()
+            || room.torch_weights(&spec.dims, Head::CausalLm, dt).is_some()
+        {
+            NotModelled::Head {
+                family: room.name().to_string(),
+                task,
+            }
+        } else {
+            not_family()
+        }
+    })?;
+    let sim = TSim::new();
+    let r = TorchRun {
+        sim: &sim,
+        d: &spec.dims,
+        b: batch,
+        s: seq,
+        dt,
+        threads: threads.max(1),
+        eager: attn == Attn::Eager,
+        head: h,
+    };
+    let ids = sim.alloc(&[batch, seq], TDt::I64);
+    let mask = sim.alloc(&[batch, seq], TDt::I64);
+    let input_bytes = sim.live();
+    let outputs = room.torch_forward(&r, &ids).map_err(|why| NotModelled::Point {
+        family: room.name().to_string(),
+        why,
+    })?;
+    drop(outputs);
+    drop((ids, mask));
+    let peak = sim.peak();
+    Ok(TorchBreakdown {
+        weights_bytes: weights,
+        input_bytes,
+        activation_bytes: peak - input_bytes,
+        total_bytes: weights + peak,
+    })
+}

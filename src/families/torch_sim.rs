@@ -1,0 +1,258 @@
+//! A liveness simulator of PyTorch's CPU tensors, for the PyTorch estimator: a family's forward
+//! is written again as Hugging Face's modeling code runs it, over shape-only tensors whose
+//! storage is shared by views and freed when the last reference goes (Rust's `Rc` and drop order
+//! stand for Python's reference counts and the end of a function's locals). Bytes are what c10's
+//! CPU allocator hands out: the tensor's elements, nothing more (PyTorch's profiler counts
+//! exactly these).
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+/// The model's head (`AutoModel`, …ForSequenceClassification, …ForCausalLM, …ForMaskedLM).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    Base,
+    SequenceClassification,
+    CausalLm,
+    MaskedLm,
+}
+
+/// One simulated PyTorch forward's setting.
+pub struct TorchRun<'a> {
+    pub sim: &'a TSim,
+    pub d: &'a super::Dims,
+    pub b: usize,
+    pub s: usize,
+    pub dt: TDt,
+    pub threads: usize,
+    /// Eager attention (else sdpa).
+    pub eager: bool,
+    pub head: Head,
+}
+
+/// Element types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TDt {
+    Bool,
+    I64,
+    F16,
+    Bf16,
+    F32,
+}
+
+impl TDt {
+    #[must_use]
+    pub fn size(self) -> u64 {
+        match self {
+            Self::Bool => 1,
+            Self::F16 | Self::Bf16 => 2,
+            Self::F32 => 4,
+            Self::I64 => 8,
+        }
+    }
+
+    /// Whether a kernel accumulates this type in f32 with a reduced-precision copy (bf16, f16).
+    #[must_use]
+    pub fn reduced(self) -> bool {
+        matches!(self, Self::F16 | Self::Bf16)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counter {
+    live: Cell<u64>,
+    peak: Cell<u64>,
+}
+
+impl Counter {
+    fn add(&self, bytes: u64) {
+        let live = self.live.get() + bytes;
+        self.live.set(live);
+        if live > self.peak.get() {
+            self.peak.set(live);
+        }
+    }
+}
+
+/// Storage: its bytes are live while any tensor that views it is.
+#[derive(Debug)]
+struct Storage {
+    bytes: u64,
+    c: Rc<Counter>,
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        self.c.live.set(self.c.live.get() - self.bytes);
+    }
+}
+
+/// The simulator: live bytes and their high-water mark.
+#[derive(Debug, Default)]
+pub struct TSim {
+    c: Rc<Counter>,
+}
+
+/// A tensor: its shape, its type, and the storage it views.
+#[derive(Debug, Clone)]
+pub struct Pt {
+    pub dims: Vec<usize>,
+    pub dt: TDt,
+    storage: Rc<Storage>,
+}
+
+/// A buffer a kernel holds while it runs (scratch), freed when dropped.
+#[derive(Debug)]
+pub struct Scratch {
+    _s: Storage,
+}
+
+impl TSim {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A new tensor.
+    #[must_use]
+    pub fn alloc(&self, dims: &[usize], dt: TDt) -> Pt {
+        let bytes = dims.iter().product::<usize>() as u64 * dt.size();
+        self.c.add(bytes);
+        Pt {
+            dims: dims.to_vec(),
+            dt,
+            storage: Rc::new(Storage {
+                bytes,
+                c: Rc::clone(&self.c),
+            }),
+        }
+    }
+
+    /// A kernel's scratch of `bytes`.
+    #[must_use]
+    pub fn scratch(&self, bytes: u64) -> Scratch {
+        self.c.add(bytes);
+        Scratch {
+            _s: Storage {
+                bytes,
+                c: Rc::clone(&self.c),
+            },
+        }
+    }
+
+    /// The high-water mark so far.
+    #[must_use]
+    pub fn peak(&self) -> u64 {
+        self.c.peak.get()
+    }
+
+    /// What is live now.
+    #[must_use]
+    pub fn live(&self) -> u64 {
+        self.c.live.get()
+    }
+}
+
+impl Pt {
+    fn sim(&self) -> TSim {
+        TSim {
+            c: Rc::clone(&self.storage.c),
+        }
+    }
+
+    /// A new tensor from the same simulator (an op's output).
+    #[must_use]
+    pub fn new(&self, dims: &[usize], dt: TDt) -> Pt {
+        self.sim().alloc(dims, dt)
+    }
+
+    /// A view of the same storage with other dims (view, transpose, expand, slicing).
+    #[must_use]
+    pub fn view(&self, dims: &[usize]) -> Pt {
+        Pt {
+            dims: dims.to_vec(),
+            dt: self.dt,
+            storage: Rc::clone(&self.storage),
+        }
+    }
+
+    /// An elementwise op's output: the same dims and type.
+    #[must_use]
+    pub fn like(&self) -> Pt {
+        self.new(&self.dims, self.dt)
+    }
+
+    /// The same dims in another type (`.to(dtype)`: the same tensor when the type is its own).
+    #[must_use]
+    pub fn to(&self, dt: TDt) -> Pt {
+        if dt == self.dt {
+            self.clone()
+        } else {
+            self.new(&self.dims, dt)
+        }
+    }
+
+    /// A copy (`contiguous()` on a strided view, `clone()`).
+    #[must_use]
+    pub fn copy(&self) -> Pt {
+        self.like()
+    }
+
+    /// `nn.Linear` on `(…, in)`: a new `(…, out)` tensor (addmm or mm writes it directly).
+    #[must_use]
+    pub fn linear(&self, out: usize) -> Pt {
+        let mut dims = self.dims.clone();
+        let last = dims.len() - 1;
+        dims[last] = out;
+        self.new(&dims, self.dt)
+    }
+
+    /// The elements.
+    #[must_use]
+    pub fn elems(&self) -> usize {
+        self.dims.iter().product()
+    }
+}
+
+/// PyTorch's CPU flash attention (`_scaled_dot_product_flash_attention_for_cpu`): the output
+/// (like the query), the log-sum-exp (f32, one per query row and head), and while it runs a
+/// scratch row per thread: the q×kv block, its row max and sum, and the output block, in the
+/// accumulation type (f32), plus for bf16/f16 the q×kv block in the input type. The block sizes
+/// are the kernel's: 32 query rows (64 from 192 rows, 256 from 768), 512 keys.
+#[must_use]
+pub fn flash_attention(q: &Pt, heads: usize, q_len: usize, kv_len: usize, head_v: usize, threads: usize) -> Pt {
+    let b = q.dims[0];
+    let out = q.new(&[b, q_len, heads, head_v], q.dt);
+    let lse = q.new(&[b, heads, q_len], TDt::F32);
+    let q_split = if q_len >= 768 {
+        256
+    } else if q_len >= 192 {
+        64
+    } else {
+        32
+    }
+    .min(q_len);
+    let kv_split = 512.min(kv_len);
+    let per_thread = q_split * kv_split + 2 * q_split + q_split * head_v;
+    let sim = q.sim();
+    {
+        let _buf = sim.scratch((threads * per_thread) as u64 * TDt::F32.size());
+        let _reduced = q
+            .dt
+            .reduced()
+            .then(|| sim.scratch((threads * q_split * kv_split) as u64 * q.dt.size()));
+    }
+    drop(lse);
+    out
+}
+
+/// `nn.LayerNorm` on the CPU: the output, and the mean and reciprocal deviation per row (in the
+/// input's type), which no_grad frees at once.
+#[must_use]
+pub fn layer_norm(x: &Pt) -> Pt {
+    let rows: Vec<usize> = x.dims[..x.dims.len() - 1].to_vec();
+    let out = x.like();
+    let _mean = x.new(&rows, x.dt);
+    let _rstd = x.new(&rows, x.dt);
+    out
+}
