@@ -121,10 +121,11 @@ const CHECK_POINTS: &[(&str, usize, usize, Precision)] = &[
 
 /// `oomlab estimate`
 pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
-    if args.runtime == Some(crate::plan::Runtime::Torch) {
-        return super::estimate_torch::run(args, worker);
-    }
-    if args.workload.is_some() || args.task.is_some() || args.attn.is_some() || args.python.is_some() {
+    if args.workload.is_some()
+        || args.task.is_some()
+        || args.attn.is_some()
+        || args.python.is_some()
+    {
         return Err(CliError::usage(
             "--workload, --task, --attn and --python belong to the PyTorch estimator: add --runtime torch",
         ));
@@ -216,7 +217,9 @@ fn invalid(field: PlanField, problem: PlanProblem) -> CliError {
 }
 
 /// Every (model, batch, seq, dtype) to estimate, checked.
-pub(super) fn points(args: &EstimateArgs) -> Result<Vec<(ModelSpec, usize, usize, Precision)>, CliError> {
+pub(super) fn points(
+    args: &EstimateArgs,
+) -> Result<Vec<(ModelSpec, usize, usize, Precision)>, CliError> {
     let Some(model) = &args.what.model else {
         if args.check {
             return CHECK_POINTS

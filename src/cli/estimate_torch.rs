@@ -5,7 +5,9 @@ use super::estimate::{EstimateArgs, points};
 use super::{CliError, Flags};
 use crate::catalog::ModelSpec;
 use crate::estimate::torch::{self, TorchBreakdown};
-use crate::plan::{Attn, PlanOverrides, Precision, Runtime, Strategy, Task, Workload, defaults, human_bytes};
+use crate::plan::{
+    Attn, PlanOverrides, Precision, Runtime, Strategy, Task, Workload, defaults, human_bytes,
+};
 use crate::sweep::Sweep;
 use crate::worker::WorkerConfig;
 use serde::Serialize;
@@ -66,12 +68,14 @@ fn max_batch(
 }
 
 /// A torch trial at one point: its measured total.
+#[allow(clippy::too_many_arguments)]
 fn measure(
     spec: &ModelSpec,
     (batch, seq, dtype): (usize, usize, Precision),
     how: (Workload, Task, Attn),
     threads: usize,
-    args: &EstimateArgs,
+    python: &mut Option<std::path::PathBuf>,
+    probed: &mut bool,
     worker: &WorkerConfig,
     cancel: &Arc<AtomicBool>,
 ) -> Result<Option<u64>, CliError> {
@@ -79,7 +83,10 @@ fn measure(
         model: Some(spec.reference.clone()),
         seqs: Some(vec![seq]),
         dtypes: Some(vec![dtype]),
-        batch: Some(crate::plan::BatchRange::new(batch, batch).map_err(|e| CliError::usage(e.to_string()))?),
+        batch: Some(
+            crate::plan::BatchRange::new(batch, batch)
+                .map_err(|e| CliError::usage(e.to_string()))?,
+        ),
         // Far above the point: the trial runs to its end and reports its total.
         capacity_bytes: Some(1 << 46),
         strategy: Some(Strategy::Grid),
@@ -88,14 +95,26 @@ fn measure(
         workload: Some(how.0),
         task: Some(how.1),
         attn: Some(how.2),
-        python: args.python.clone(),
+        python: python.clone(),
         ..PlanOverrides::default()
     };
-    let (mut plan, spec) = crate::plan::plan_from(&given).map_err(|e| CliError::usage(e.describe(&Flags)))?;
-    crate::sweep::probe_python(&mut plan, &worker.exe).map_err(|e| CliError::usage(e.describe(&Flags)))?;
+    let (mut plan, spec) =
+        crate::plan::plan_from(&given).map_err(|e| CliError::usage(e.describe(&Flags)))?;
+    // The interpreter is probed once; later points use the one found.
+    if !*probed {
+        crate::sweep::probe_python(&mut plan, &worker.exe)
+            .map_err(|e| CliError::usage(e.describe(&Flags)))?;
+        python.clone_from(&plan.torch.python);
+        *probed = true;
+    }
     let dir = std::env::temp_dir().join(format!("oomlab-estimate-check-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| CliError::runtime(format!("cannot make {}: {e}", dir.display())))?;
-    let journal = dir.join(format!("{}-{batch}-{seq}-{}.jsonl", spec.name, dtype.name()));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| CliError::runtime(format!("cannot make {}: {e}", dir.display())))?;
+    let journal = dir.join(format!(
+        "{}-{batch}-{seq}-{}.jsonl",
+        spec.name,
+        dtype.name()
+    ));
     let _ = std::fs::remove_file(&journal);
     let results = Sweep::with_spec(plan, spec, &journal)
         .map_err(|e| CliError::runtime(e.describe(&Flags)))?
@@ -119,6 +138,7 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
     let on_signal = Arc::clone(&cancel);
     let _ = crate::signals::on_terminate(move || on_signal.store(true, Ordering::Relaxed));
     let mut rows = Vec::new();
+    let (mut python, mut probed) = (args.python.clone(), false);
     for (spec, batch, seq, dtype) in &points {
         let task = args
             .task
@@ -130,7 +150,16 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
             if cancel.load(Ordering::Relaxed) {
                 break;
             }
-            measure(spec, (*batch, *seq, *dtype), how, threads, args, worker, &cancel)?
+            measure(
+                spec,
+                (*batch, *seq, *dtype),
+                how,
+                threads,
+                &mut python,
+                &mut probed,
+                worker,
+                &cancel,
+            )?
         } else {
             None
         };
@@ -148,8 +177,7 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
             breakdown,
             capacity_bytes: capacity,
             max_batch: capacity.and_then(|c| max_batch(spec, *seq, *dtype, how, threads, c)),
-            relative_error: measured
-                .map(|m| (breakdown.total_bytes as f64 - m as f64) / m as f64),
+            relative_error: measured.map(|m| (breakdown.total_bytes as f64 - m as f64) / m as f64),
             measured_total_bytes: measured,
         });
     }
@@ -169,8 +197,16 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
         "inputs",
         "activations",
         "total",
-        if capacity.is_some() { "   max_batch" } else { "" },
-        if args.check { "    measured    error" } else { "" }
+        if capacity.is_some() {
+            "   max_batch"
+        } else {
+            ""
+        },
+        if args.check {
+            "    measured    error"
+        } else {
+            ""
+        }
     );
     for p in &rows {
         let b = &p.breakdown;
@@ -186,7 +222,10 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
             human_bytes(b.total_bytes)
         );
         if capacity.is_some() {
-            out_part!(" {:>11}", p.max_batch.map_or_else(|| "none".into(), |m| m.to_string()));
+            out_part!(
+                " {:>11}",
+                p.max_batch.map_or_else(|| "none".into(), |m| m.to_string())
+            );
         }
         if let (Some(m), Some(e)) = (p.measured_total_bytes, p.relative_error) {
             out_part!(" {:>11} {:>+7.3}%", human_bytes(m), e * 100.0);

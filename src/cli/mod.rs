@@ -224,64 +224,71 @@ pub fn main_with(
     cli: Cli,
     gui: &dyn Fn(Option<PathBuf>) -> Result<(), crate::gui::GuiError>,
 ) -> i32 {
-    let result = match cli.command {
-        None => gui(None).map_err(CliError::runtime),
-        Some(Command::Open { path }) => {
-            if path.is_file() {
-                gui(Some(path)).map_err(CliError::runtime)
-            } else {
-                Err(CliError::usage(format!(
-                    "{} does not exist; give the results .json or journal .jsonl of a sweep",
-                    path.display()
-                )))
+    let result =
+        match cli.command {
+            None => gui(None).map_err(CliError::runtime),
+            Some(Command::Open { path }) => {
+                if path.is_file() {
+                    gui(Some(path)).map_err(CliError::runtime)
+                } else {
+                    Err(CliError::usage(format!(
+                        "{} does not exist; give the results .json or journal .jsonl of a sweep",
+                        path.display()
+                    )))
+                }
             }
-        }
-        Some(Command::Lesson(args)) => lesson::lesson(&args),
-        Some(Command::Models { gpu: None }) => models::models(),
-        Some(Command::Models { gpu: Some(g) }) => WorkerConfig::current()
-            .map_err(CliError::from)
-            .and_then(|w| models::models_on_gpu(&g, &w)),
-        Some(Command::Explain {
-            text,
-            file,
-            json,
-            model,
-            seq,
-            dtype,
-            gpu,
-        }) => {
-            return explain::explain(
+            Some(Command::Lesson(args)) => lesson::lesson(&args),
+            Some(Command::Models { gpu: None }) => models::models(),
+            Some(Command::Models { gpu: Some(g) }) => WorkerConfig::current()
+                .map_err(CliError::from)
+                .and_then(|w| models::models_on_gpu(&g, &w)),
+            Some(Command::Explain {
                 text,
                 file,
                 json,
-                model.map(|m| (m, seq, dtype)).as_ref(),
+                model,
+                seq,
+                dtype,
                 gpu,
-            );
-        }
-        Some(Command::Devices { json }) => {
-            devices(json);
-            Ok(())
-        }
-        Some(Command::Worker(faults)) => return crate::worker::run_worker(&faults),
-        Some(Command::Estimate(args)) => WorkerConfig::current()
-            .map_err(CliError::from)
-            .and_then(|w| estimate::run(&args, &w)),
-        Some(Command::Sweep(args)) => {
-            WorkerConfig::current()
+            }) => {
+                return explain::explain(
+                    text,
+                    file,
+                    json,
+                    model.map(|m| (m, seq, dtype)).as_ref(),
+                    gpu,
+                );
+            }
+            Some(Command::Devices { json }) => {
+                devices(json);
+                Ok(())
+            }
+            Some(Command::Worker(faults)) => return crate::worker::run_worker(&faults),
+            Some(Command::Estimate(args)) => WorkerConfig::current()
                 .map_err(CliError::from)
                 .and_then(|w| {
-                    let w = WorkerConfig {
-                        faults: args.faults.clone(),
-                        ..w
-                    };
-                    // A sweep whose model could not be built failed, for a script as for a person.
-                    sweep(&args, &w).and_then(|r| match r.unbuilt() {
-                        Some(why) => Err(CliError::runtime(format!("no trial ran: {why}"))),
-                        None => Ok(()),
+                    if args.runtime == Some(crate::plan::Runtime::Torch) {
+                        estimate_torch::run(&args, &w)
+                    } else {
+                        estimate::run(&args, &w)
+                    }
+                }),
+            Some(Command::Sweep(args)) => {
+                WorkerConfig::current()
+                    .map_err(CliError::from)
+                    .and_then(|w| {
+                        let w = WorkerConfig {
+                            faults: args.faults.clone(),
+                            ..w
+                        };
+                        // A sweep whose model could not be built failed, for a script as for a person.
+                        sweep(&args, &w).and_then(|r| match r.unbuilt() {
+                            Some(why) => Err(CliError::runtime(format!("no trial ran: {why}"))),
+                            None => Ok(()),
+                        })
                     })
-                })
-        }
-    };
+            }
+        };
     match result {
         Ok(()) => 0,
         Err(e) => {

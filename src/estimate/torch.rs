@@ -25,13 +25,21 @@ pub struct TorchBreakdown {
 /// Why a point cannot be estimated for PyTorch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotModelled {
-    #[error("the PyTorch estimator does not model {family} yet (modelled: {modelled}); measure it with `oomlab sweep --runtime torch`")]
+    #[error(
+        "the PyTorch estimator does not model {family} yet (modelled: {modelled}); measure it with `oomlab sweep --runtime torch`"
+    )]
     Family { family: String, modelled: String },
-    #[error("the PyTorch estimator models --workload infer so far, not {0}; measure it with `oomlab sweep --runtime torch --workload {0}`")]
+    #[error(
+        "the PyTorch estimator models --workload infer so far, not {0}; measure it with `oomlab sweep --runtime torch --workload {0}`"
+    )]
     Workload(Workload),
-    #[error("the PyTorch estimator does not model {0} yet (f32, f16 and bf16 are); measure it with `oomlab sweep --runtime torch`")]
+    #[error(
+        "the PyTorch estimator does not model {0} yet (f32, f16 and bf16 are); measure it with `oomlab sweep --runtime torch`"
+    )]
     Precision(Precision),
-    #[error("the PyTorch estimator does not model the {task} head of {family} yet; measure it with `oomlab sweep --runtime torch`")]
+    #[error(
+        "the PyTorch estimator does not model the {task} head of {family} yet; measure it with `oomlab sweep --runtime torch`"
+    )]
     Head { family: String, task: Task },
     #[error("{family}: {why}; measure it with `oomlab sweep --runtime torch`")]
     Point { family: String, why: &'static str },
@@ -73,6 +81,7 @@ fn head(task: Task) -> Head {
 
 /// The estimate for one (batch, seq, precision) of a torch trial running `workload` with
 /// `task`'s head and `attn`, on `threads` CPU threads.
+#[allow(clippy::too_many_arguments)]
 pub fn estimate(
     spec: &ModelSpec,
     batch: usize,
@@ -124,10 +133,12 @@ pub fn estimate(
     let ids = sim.alloc(&[batch, seq], TDt::I64);
     let mask = sim.alloc(&[batch, seq], TDt::I64);
     let input_bytes = sim.live();
-    let outputs = room.torch_forward(&r, &ids).map_err(|why| NotModelled::Point {
-        family: room.name().to_string(),
-        why,
-    })?;
+    let outputs = room
+        .torch_forward(&r, &ids)
+        .map_err(|why| NotModelled::Point {
+            family: room.name().to_string(),
+            why,
+        })?;
     drop(outputs);
     drop((ids, mask));
     let peak = sim.peak();
@@ -137,4 +148,126 @@ pub fn estimate(
         activation_bytes: peak - input_bytes,
         total_bytes: weights + peak,
     })
+}
+
+/// The largest batch in `1..=limit` whose estimate fits `capacity_bytes` on top of a worker's
+/// measured baseline (what `auto` starts from on the CPU); None when the point is not modelled.
+#[allow(clippy::too_many_arguments)]
+#[must_use]
+pub fn max_batch_over_baseline(
+    spec: &ModelSpec,
+    seq: usize,
+    dtype: Precision,
+    how: (Workload, Task, Attn),
+    threads: usize,
+    baseline_bytes: u64,
+    capacity_bytes: u64,
+    limit: usize,
+) -> Option<Option<usize>> {
+    let at = |b: usize| estimate(spec, b, seq, dtype, how.0, how.1, how.2, threads);
+    let weights = at(1).ok()?.weights_bytes;
+    Some(super::last_fitting(limit, |b| {
+        at(b).is_ok_and(|e| baseline_bytes + (e.total_bytes - weights) <= capacity_bytes)
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{ModelRef, ModelSpec};
+
+    fn spec(name: &str) -> ModelSpec {
+        ModelSpec::resolve(&ModelRef::Catalog(name.into())).unwrap()
+    }
+
+    fn at(
+        name: &str,
+        b: usize,
+        dtype: Precision,
+        workload: Workload,
+        task: Task,
+        attn: Attn,
+    ) -> Result<TorchBreakdown, NotModelled> {
+        estimate(&spec(name), b, 64, dtype, workload, task, attn, 2)
+    }
+
+    #[test]
+    fn what_is_not_modelled_says_so_and_how_to_measure_it() {
+        let cases = [
+            at(
+                "bert-tiny",
+                1,
+                Precision::F32,
+                Workload::Train,
+                Task::SequenceClassification,
+                Attn::Sdpa,
+            ),
+            at(
+                "bert-tiny",
+                1,
+                Precision::AmpBf16,
+                Workload::Infer,
+                Task::Base,
+                Attn::Sdpa,
+            ),
+            at(
+                "tiny-gemma2",
+                1,
+                Precision::F32,
+                Workload::Infer,
+                Task::CausalLm,
+                Attn::Sdpa,
+            ),
+            at(
+                "bert-tiny",
+                1,
+                Precision::F32,
+                Workload::Infer,
+                Task::MaskedLm,
+                Attn::Sdpa,
+            ),
+            at(
+                "tiny-llama",
+                1,
+                Precision::F32,
+                Workload::Infer,
+                Task::CausalLm,
+                Attn::Eager,
+            ),
+        ];
+        for c in cases {
+            let e = c.unwrap_err().to_string();
+            assert!(e.contains("oomlab sweep --runtime torch"), "{e}");
+        }
+        let e = at(
+            "tiny-gemma2",
+            1,
+            Precision::F32,
+            Workload::Infer,
+            Task::CausalLm,
+            Attn::Sdpa,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("bert, llama"), "{e}");
+    }
+
+    /// The parts add up, the inputs are the two int64 tensors, and the activations grow with
+    /// the batch while the weights do not.
+    #[test]
+    fn a_breakdown_adds_up_and_grows_with_the_batch() {
+        for (name, task) in [("bert-mini", Task::Base), ("SmolLM2-135M", Task::CausalLm)] {
+            let one = at(name, 1, Precision::F32, Workload::Infer, task, Attn::Sdpa).unwrap();
+            let four = at(name, 4, Precision::F32, Workload::Infer, task, Attn::Sdpa).unwrap();
+            for e in [one, four] {
+                assert_eq!(
+                    e.weights_bytes + e.input_bytes + e.activation_bytes,
+                    e.total_bytes
+                );
+            }
+            assert_eq!(one.input_bytes, 2 * 64 * 8);
+            assert_eq!(four.weights_bytes, one.weights_bytes);
+            assert!(four.activation_bytes > 3 * one.activation_bytes, "{name}");
+        }
+    }
 }

@@ -65,7 +65,11 @@ impl Room for Bert {
     fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<u64> {
         torch_bert_weights(d, head, dt)
     }
-    fn torch_forward(&self, r: &TorchRun<'_>, ids: &Pt) -> std::result::Result<Vec<Pt>, &'static str> {
+    fn torch_forward(
+        &self,
+        r: &TorchRun<'_>,
+        ids: &Pt,
+    ) -> std::result::Result<Vec<Pt>, &'static str> {
         torch_bert_forward(r, ids)
     }
 }
@@ -220,7 +224,11 @@ fn simulated(r: &Run<'_>, ids: &T, tt: &T, mask: &T) -> T {
 /// head on it; the buffers are `position_ids` and `token_type_ids` (int64, one per position).
 pub(super) fn torch_bert_weights(d: &Dims, head: Head, dt: TDt) -> Option<u64> {
     let (h, i) = (d.hidden as u64, d.intermediate as u64);
-    let embeddings = (d.vocab as u64 + (d.max_positions + d.position_offset) as u64 + d.type_vocab.max(1) as u64) * h + 2 * h;
+    let embeddings = (d.vocab as u64
+        + (d.max_positions + d.position_offset) as u64
+        + d.type_vocab.max(1) as u64)
+        * h
+        + 2 * h;
     let layer = 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h;
     let pooler = h * h + h;
     let params = embeddings + d.layers as u64 * layer;
@@ -240,7 +248,10 @@ const NUM_LABELS: u64 = 2;
 /// all-ones mask read and dropped (sdpa and eager both skip a mask with nothing masked), each
 /// layer, the pooler; the embedding output is held by the model's forward to its end. Returns
 /// the outputs.
-pub(super) fn torch_bert_forward(r: &TorchRun<'_>, ids: &Pt) -> std::result::Result<Vec<Pt>, &'static str> {
+pub(super) fn torch_bert_forward(
+    r: &TorchRun<'_>,
+    ids: &Pt,
+) -> std::result::Result<Vec<Pt>, &'static str> {
     let (b, s, h, n) = (r.b, r.s, r.d.hidden, r.d.heads);
     let hd = h / n;
     let sim = r.sim;
@@ -338,7 +349,9 @@ pub(super) fn torch_bert_forward(r: &TorchRun<'_>, ids: &Pt) -> std::result::Res
             drop(pooled);
             outputs.push(logits);
         }
-        Head::CausalLm | Head::MaskedLm => return Err("only the base and sequence-classification heads are modelled for BERT"),
+        Head::CausalLm | Head::MaskedLm => {
+            return Err("only the base and sequence-classification heads are modelled for BERT");
+        }
     }
     drop(embedding_output);
     Ok(outputs)

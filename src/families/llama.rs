@@ -6,12 +6,12 @@
 // k, v), so the two read side by side.
 #![allow(clippy::many_single_char_names)]
 
-use super::torch_llama::{self, Shape};
-use super::torch_sim::{Head, Pt, TDt, TorchRun};
 use super::candle::{Inputs, candle_config};
 use super::config::{named_alike, opt_field};
 use super::ops::{Run, embedding, linear, masked_fill, norm, repeat_kv, rotary_tables};
 use super::sim::{Dt, T};
+use super::torch_llama::{self, Shape};
+use super::torch_sim::{Head, Pt, TDt, TorchRun};
 use super::{AnyModel, BuildError, CandleModel, ConfigError, Dims, Room, TensorShape, tensor_list};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -62,11 +62,33 @@ impl Room for Llama {
     }
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0])
-    }    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<u64> {
-        torch_llama::weights(d, head, dt, Shape { qkv_bias: false, o_bias: false, qk_norm: false })
     }
-    fn torch_forward(&self, r: &TorchRun<'_>, ids: &Pt) -> std::result::Result<Vec<Pt>, &'static str> {
-        torch_llama::forward(r, ids, Shape { qkv_bias: false, o_bias: false, qk_norm: false })
+    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<u64> {
+        torch_llama::weights(
+            d,
+            head,
+            dt,
+            Shape {
+                qkv_bias: false,
+                o_bias: false,
+                qk_norm: false,
+            },
+        )
+    }
+    fn torch_forward(
+        &self,
+        r: &TorchRun<'_>,
+        ids: &Pt,
+    ) -> std::result::Result<Vec<Pt>, &'static str> {
+        torch_llama::forward(
+            r,
+            ids,
+            Shape {
+                qkv_bias: false,
+                o_bias: false,
+                qk_norm: false,
+            },
+        )
     }
 }
 

@@ -5,8 +5,6 @@
 // k, v), so the two read side by side.
 #![allow(clippy::many_single_char_names)]
 
-use super::torch_llama::{self, Shape};
-use super::torch_sim::{Head, Pt, TDt, TorchRun};
 use super::candle::{candle_config, prefill_decoder};
 use super::config::{named_alike, opt_field};
 use super::llama::{like_llama, tensors_like_llama};
@@ -15,6 +13,8 @@ use super::ops::{
     rotary_tables,
 };
 use super::sim::{Dt, T};
+use super::torch_llama::{self, Shape};
+use super::torch_sim::{Head, Pt, TDt, TorchRun};
 use super::{AnyModel, BuildError, ConfigError, Dims, Room, TensorShape};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
@@ -71,16 +71,40 @@ impl Room for Mistral {
     }
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0])
-    }    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<u64> {
-        torch_llama::weights(d, head, dt, Shape { qkv_bias: false, o_bias: false, qk_norm: false })
     }
-    fn torch_forward(&self, r: &TorchRun<'_>, ids: &Pt) -> std::result::Result<Vec<Pt>, &'static str> {
+    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<u64> {
+        torch_llama::weights(
+            d,
+            head,
+            dt,
+            Shape {
+                qkv_bias: false,
+                o_bias: false,
+                qk_norm: false,
+            },
+        )
+    }
+    fn torch_forward(
+        &self,
+        r: &TorchRun<'_>,
+        ids: &Pt,
+    ) -> std::result::Result<Vec<Pt>, &'static str> {
         // From the window on, transformers builds a sliding-window mask (not modelled yet);
         // below it sdpa runs causal with no mask, as Llama's.
         if r.d.sliding_window > 0 && r.s >= r.d.sliding_window {
-            return Err("from its sliding window (sliding_window) on, transformers masks each layer's attention, which is not modelled yet");
+            return Err(
+                "from its sliding window (sliding_window) on, transformers masks each layer's attention, which is not modelled yet",
+            );
         }
-        torch_llama::forward(r, ids, Shape { qkv_bias: false, o_bias: false, qk_norm: false })
+        torch_llama::forward(
+            r,
+            ids,
+            Shape {
+                qkv_bias: false,
+                o_bias: false,
+                qk_norm: false,
+            },
+        )
     }
 }
 

@@ -174,7 +174,11 @@ pub trait Room: Sync {
     /// PyTorch: one forward under `no_grad` as transformers runs it on the CPU, over the
     /// inputs `ids` and `mask`; returns what the model returns, or why this point is not
     /// modelled.
-    fn torch_forward(&self, _r: &torch_sim::TorchRun<'_>, _ids: &torch_sim::Pt) -> Result<Vec<torch_sim::Pt>, &'static str> {
+    fn torch_forward(
+        &self,
+        _r: &torch_sim::TorchRun<'_>,
+        _ids: &torch_sim::Pt,
+    ) -> Result<Vec<torch_sim::Pt>, &'static str> {
         Err("its PyTorch forward is not modelled yet")
     }
 }

@@ -4,8 +4,6 @@
 // k, v), so the two read side by side.
 #![allow(clippy::many_single_char_names)]
 
-use super::torch_llama::{self, Shape};
-use super::torch_sim::{Head, Pt, TDt, TorchRun};
 use super::candle::{candle_config, prefill_decoder};
 use super::config::named_alike;
 use super::llama::{like_llama, tensors_like_llama};
@@ -14,6 +12,8 @@ use super::ops::{
     rotary_tables,
 };
 use super::sim::{Dt, T};
+use super::torch_llama::{self, Shape};
+use super::torch_sim::{Head, Pt, TDt, TorchRun};
 use super::{AnyModel, BuildError, ConfigError, Dims, Room, TensorShape};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
@@ -56,11 +56,33 @@ impl Room for Qwen2 {
     }
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0])
-    }    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<u64> {
-        torch_llama::weights(d, head, dt, Shape { qkv_bias: true, o_bias: false, qk_norm: false })
     }
-    fn torch_forward(&self, r: &TorchRun<'_>, ids: &Pt) -> std::result::Result<Vec<Pt>, &'static str> {
-        torch_llama::forward(r, ids, Shape { qkv_bias: true, o_bias: false, qk_norm: false })
+    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<u64> {
+        torch_llama::weights(
+            d,
+            head,
+            dt,
+            Shape {
+                qkv_bias: true,
+                o_bias: false,
+                qk_norm: false,
+            },
+        )
+    }
+    fn torch_forward(
+        &self,
+        r: &TorchRun<'_>,
+        ids: &Pt,
+    ) -> std::result::Result<Vec<Pt>, &'static str> {
+        torch_llama::forward(
+            r,
+            ids,
+            Shape {
+                qkv_bias: true,
+                o_bias: false,
+                qk_norm: false,
+            },
+        )
     }
 }
 

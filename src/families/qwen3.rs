@@ -6,13 +6,13 @@
 // k, v), so the two read side by side.
 #![allow(clippy::many_single_char_names)]
 
-use super::torch_llama::{self, Shape};
-use super::torch_sim::{Head, Pt, TDt, TorchRun};
 use super::candle::{candle_config, prefill_decoder};
 use super::config::{bool_field, field, named_alike};
 use super::llama::tensors_like_llama;
 use super::ops::{Run, embedding, gated_mlp, head_on_last, linear, norm, rotary_tables};
 use super::sim::{Dt, T};
+use super::torch_llama::{self, Shape};
+use super::torch_sim::{Head, Pt, TDt, TorchRun};
 use super::{AnyModel, BuildError, ConfigError, Dims, Room, TensorShape};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
@@ -53,11 +53,33 @@ impl Room for Qwen3 {
     }
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0], None)
-    }    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<u64> {
-        torch_llama::weights(d, head, dt, Shape { qkv_bias: d.attention_bias, o_bias: d.attention_bias, qk_norm: true })
     }
-    fn torch_forward(&self, r: &TorchRun<'_>, ids: &Pt) -> std::result::Result<Vec<Pt>, &'static str> {
-        torch_llama::forward(r, ids, Shape { qkv_bias: r.d.attention_bias, o_bias: r.d.attention_bias, qk_norm: true })
+    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<u64> {
+        torch_llama::weights(
+            d,
+            head,
+            dt,
+            Shape {
+                qkv_bias: d.attention_bias,
+                o_bias: d.attention_bias,
+                qk_norm: true,
+            },
+        )
+    }
+    fn torch_forward(
+        &self,
+        r: &TorchRun<'_>,
+        ids: &Pt,
+    ) -> std::result::Result<Vec<Pt>, &'static str> {
+        torch_llama::forward(
+            r,
+            ids,
+            Shape {
+                qkv_bias: r.d.attention_bias,
+                o_bias: r.d.attention_bias,
+                qk_norm: true,
+            },
+        )
     }
 }
 

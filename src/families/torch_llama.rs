@@ -12,7 +12,7 @@ pub(super) struct Shape {
     pub qkv_bias: bool,
     /// Bias on o as well (Qwen3 with `attention_bias`).
     pub o_bias: bool,
-    /// RMSNorm over each head of q and k (Qwen3).
+    /// `RMSNorm` over each head of q and k (Qwen3).
     pub qk_norm: bool,
 }
 
@@ -22,21 +22,21 @@ pub(super) fn weights(d: &Dims, head: Head, dt: TDt, shape: Shape) -> Option<u64
     if head != Head::CausalLm {
         return None;
     }
-    let (h, i, v) = (d.hidden as u64, d.intermediate as u64, d.vocab as u64);
+    let (width, inter, vocab) = (d.hidden as u64, d.intermediate as u64, d.vocab as u64);
     let hd = d.head_dim() as u64;
-    let (q, kv) = (d.heads as u64 * hd, d.kv_heads as u64 * hd);
-    let mut layer = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h;
+    let (qw, kv) = (d.heads as u64 * hd, d.kv_heads as u64 * hd);
+    let mut layer = width * qw + 2 * width * kv + qw * width + 3 * width * inter + 2 * width;
     if shape.qkv_bias {
-        layer += q + 2 * kv;
+        layer += qw + 2 * kv;
     }
     if shape.o_bias {
-        layer += h;
+        layer += width;
     }
     if shape.qk_norm {
         layer += 2 * hd;
     }
-    let head_params = if d.tied_embeddings { 0 } else { v * h };
-    let params = v * h + d.layers as u64 * layer + h + head_params;
+    let head_params = if d.tied_embeddings { 0 } else { vocab * width };
+    let params = vocab * width + d.layers as u64 * layer + width + head_params;
     Some(params * dt.size() + hd / 2 * TDt::F32.size())
 }
 
@@ -113,17 +113,19 @@ fn rotary(r: &TorchRun<'_>, hd: usize) -> (Pt, Pt) {
 /// every position. Returns the logits and the cache.
 pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt>, &'static str> {
     if r.eager {
-        return Err("eager attention with its causal mask is not modelled yet for decoders (sdpa is)");
+        return Err(
+            "eager attention with its causal mask is not modelled yet for decoders (sdpa is)",
+        );
     }
     if r.head != Head::CausalLm {
         return Err("only the causal-lm head is modelled for decoders");
     }
-    let (b, s, h) = (r.b, r.s, r.d.hidden);
-    let (n, kvh, hd) = (r.d.heads, r.d.kv_heads, r.d.head_dim());
+    let (b, s, width) = (r.b, r.s, r.d.hidden);
+    let (heads, kvh, hd) = (r.d.heads, r.d.kv_heads, r.d.head_dim());
     let sim = r.sim;
     let mut cache: Vec<Pt> = Vec::new();
     let normed = {
-        let inputs_embeds = ids.new(&[b, s, h], r.dt);
+        let inputs_embeds = ids.new(&[b, s, width], r.dt);
         // `torch.arange(s) + past_seen_tokens`
         let _position_ids = {
             let _arange = sim.alloc(&[s], TDt::I64);
@@ -143,40 +145,40 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
                 let residual = hidden.clone();
                 let normed = rms_norm(&hidden);
                 let attn = {
-                    let project = |width: usize, heads: usize| {
-                        let p = normed.linear(width);
+                    let project = |out: usize, count: usize| {
+                        let projected = normed.linear(out);
                         if shape.qk_norm {
-                            rms_norm(&p.view(&[b, s, heads, hd]))
+                            rms_norm(&projected.view(&[b, s, count, hd]))
                         } else {
-                            p
+                            projected
                         }
                     };
-                    let q = project(n * hd, n);
-                    let k = project(kvh * hd, kvh);
-                    let v = normed.linear(kvh * hd);
-                    let q = {
-                        let rotated = rotate(&q.view(&[b, n, s, hd]));
-                        drop(q);
+                    let query = project(heads * hd, heads);
+                    let key = project(kvh * hd, kvh);
+                    let value = normed.linear(kvh * hd);
+                    let query = {
+                        let rotated = rotate(&query.view(&[b, heads, s, hd]));
+                        drop(query);
                         rotated
                     };
-                    let k = {
-                        let rotated = rotate(&k.view(&[b, kvh, s, hd]));
-                        drop(k);
+                    let key = {
+                        let rotated = rotate(&key.view(&[b, kvh, s, hd]));
+                        drop(key);
                         rotated
                     };
                     // DynamicCache.update: the new keys and values concatenated after the
                     // (empty) past; the cache keeps them.
-                    let keys = k.like();
+                    let keys = key.like();
                     let values = sim.alloc(&[b, kvh, s, hd], r.dt);
-                    drop(k);
-                    drop(v);
+                    drop(key);
+                    drop(value);
                     cache.push(keys);
                     cache.push(values);
-                    let context = flash_attention(&q, n, s, s, hd, r.threads);
-                    let o = context.view(&[b, s, n * hd]).linear(h);
+                    let context = flash_attention(&query, heads, s, s, hd, r.threads);
+                    let projected = context.view(&[b, s, heads * hd]).linear(width);
                     drop(context);
-                    drop(q);
-                    o
+                    drop(query);
+                    projected
                 };
                 drop(normed);
                 let hidden = {
@@ -196,7 +198,7 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
                         gated.like()
                     };
                     drop(gated);
-                    let down = product.linear(h);
+                    let down = product.linear(width);
                     drop(product);
                     down
                 };

@@ -8,7 +8,7 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-/// The model's head (`AutoModel`, …ForSequenceClassification, …ForCausalLM, …ForMaskedLM).
+/// The model's head (`AutoModel`, `…ForSequenceClassification`, `…ForCausalLM`, `…ForMaskedLM`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Head {
     Base,
@@ -220,7 +220,14 @@ impl Pt {
 /// accumulation type (f32), plus for bf16/f16 the q×kv block in the input type. The block sizes
 /// are the kernel's: 32 query rows (64 from 192 rows, 256 from 768), 512 keys.
 #[must_use]
-pub fn flash_attention(q: &Pt, heads: usize, q_len: usize, kv_len: usize, head_v: usize, threads: usize) -> Pt {
+pub fn flash_attention(
+    q: &Pt,
+    heads: usize,
+    q_len: usize,
+    kv_len: usize,
+    head_v: usize,
+    threads: usize,
+) -> Pt {
     let b = q.dims[0];
     let out = q.new(&[b, q_len, heads, head_v], q.dt);
     let lse = q.new(&[b, heads, q_len], TDt::F32);
@@ -237,17 +244,16 @@ pub fn flash_attention(q: &Pt, heads: usize, q_len: usize, kv_len: usize, head_v
     let sim = q.sim();
     {
         let _buf = sim.scratch((threads * per_thread) as u64 * TDt::F32.size());
-        let _reduced = q
-            .dt
-            .reduced()
-            .then(|| sim.scratch((threads * q_split * kv_split) as u64 * q.dt.size()));
+        let _reduced =
+            q.dt.reduced()
+                .then(|| sim.scratch((threads * q_split * kv_split) as u64 * q.dt.size()));
     }
     drop(lse);
     out
 }
 
 /// `nn.LayerNorm` on the CPU: the output, and the mean and reciprocal deviation per row (in the
-/// input's type), which no_grad frees at once.
+/// input's type), which `no_grad` frees at once.
 #[must_use]
 pub fn layer_norm(x: &Pt) -> Pt {
     let rows: Vec<usize> = x.dims[..x.dims.len() - 1].to_vec();

@@ -132,9 +132,31 @@ pub fn curve_phase(
     let ceiling = worker.and_then(|w| w.built.host_ceiling_bytes);
     let capacity_bytes = ceiling.map_or(plan.capacity_bytes, |c| c.min(plan.capacity_bytes));
     let baseline_bytes = baseline_for(curve, trials, workers);
-    // The estimator models candle's forward; PyTorch's curves start from a probe and follow
-    // their measured line.
+    // candle's curves start from the estimator's b*; PyTorch's from the PyTorch estimator's
+    // where it models the point on the CPU, else from a probe, following their measured line.
     let hint = match (spec, baseline_bytes) {
+        (Some(spec), Some(base))
+            if plan.strategy == search::Strategy::Auto
+                && curve.runtime == crate::plan::Runtime::Torch
+                && !curve.checkpointing
+                && matches!(plan.device, crate::plan::Device::Cpu { .. }) =>
+        {
+            crate::estimate::torch::max_batch_over_baseline(
+                spec,
+                curve.seq,
+                curve.dtype,
+                (
+                    plan.workload,
+                    plan.torch_task(spec.family.room().is_decoder()),
+                    plan.torch.attn,
+                ),
+                plan.device.threads(),
+                base,
+                capacity_bytes,
+                plan.batch.max + 1,
+            )
+            .map(|b| b.unwrap_or(0))
+        }
         (Some(spec), Some(base))
             if plan.strategy == search::Strategy::Auto
                 && curve.runtime == crate::plan::Runtime::Candle =>

@@ -559,3 +559,102 @@ fn a_killed_torch_sweep_resumes_without_repeating_a_trial() {
     assert_eq!(batches, [1, 2, 3], "no finished trial repeated");
     assert!(after.trials.iter().all(|t| t.runtime == Runtime::Torch));
 }
+
+/// `oomlab estimate --runtime torch --check --json` at `batches`: (estimated, measured) totals.
+fn estimate_checked(
+    python: &PathBuf,
+    model: &str,
+    seq: &str,
+    dtype: &str,
+    batches: &str,
+    attn: &str,
+) -> Vec<(u64, u64)> {
+    let out = Command::new(bin())
+        .args([
+            "estimate",
+            "--runtime",
+            "torch",
+            "--check",
+            "--json",
+            "--threads",
+            "2",
+            "--model",
+            model,
+        ])
+        .args([
+            "--seq", seq, "--dtype", dtype, "--batch", batches, "--attn", attn, "--python",
+        ])
+        .arg(python)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["total_bytes"].as_u64().unwrap(),
+                v["measured_total_bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The PyTorch estimator against the torch runtime on tiny configs: the batch slope to the byte
+/// and the total within 1%, for every modelled family, f32 and bf16, sdpa (and eager for BERT).
+#[test]
+fn the_pytorch_estimator_pins_the_batch_slope_to_the_byte() {
+    let Some(python) = torch_python() else { return };
+    let cases = [
+        ("tiny-bert", "24", "f32", "sdpa"),
+        ("tiny-bert", "40", "bf16", "eager"),
+        ("tiny-llama", "24", "f32", "sdpa"),
+        ("tiny-qwen2", "20", "bf16", "sdpa"),
+        ("tiny-qwen3", "24", "f32", "sdpa"),
+        ("tiny-mistral", "3", "bf16", "sdpa"),
+    ];
+    for (model, seq, dtype, attn) in cases {
+        let points = estimate_checked(&python, model, seq, dtype, "1,3", attn);
+        let [(e1, m1), (e3, m3)] = points[..] else {
+            panic!("{model}: {points:?}")
+        };
+        assert_eq!(e3 - e1, m3 - m1, "{model} {seq} {dtype} {attn}: slope");
+        for (e, m) in [(e1, m1), (e3, m3)] {
+            let err = (e as f64 - m as f64).abs() / m as f64;
+            assert!(err < 0.01, "{model} {seq} {dtype} {attn}: {e} against {m}");
+        }
+    }
+}
+
+/// `auto` on the torch runtime starts from the PyTorch estimator's b* on top of the measured
+/// baseline: two trials per curve (b* fits, b*+1 does not) when the estimate is right.
+#[test]
+fn auto_on_the_torch_runtime_finds_the_boundary_in_two_trials() {
+    let Some(py) = torch_python() else { return };
+    let d = TempDir::new("torch-auto");
+    for (model, seq, capacity) in [("tiny-bert", "64", "3MiB"), ("tiny-llama", "32", "2MiB")] {
+        let r = torch_sweep(
+            &py,
+            &d,
+            model,
+            &[
+                "--model",
+                model,
+                "--seq",
+                seq,
+                "--batch",
+                "1..256",
+                "--capacity",
+                capacity,
+                "--threads",
+                "2",
+                "--confirm",
+                "none",
+            ],
+        );
+        let b = &r.boundaries[0];
+        assert_eq!(b.status, BoundaryStatus::Exact, "{model}: {:?}", r.trials);
+        assert_eq!(b.trials_used, 2, "{model}: {:?}", r.trials);
+        assert!(b.max_batch.is_some_and(|m| m > 1), "{model}");
+    }
+}
