@@ -30,7 +30,7 @@ pub enum NotModelled {
     )]
     Family { family: String, modelled: String },
     #[error(
-        "the PyTorch estimator models --workload infer so far, not {0}; measure it with `oomlab sweep --runtime torch --workload {0}`"
+        "the PyTorch estimator models --workload infer and grad so far, not {0}; measure it with `oomlab sweep --runtime torch --workload {0}`"
     )]
     Workload(Workload),
     #[error(
@@ -92,7 +92,7 @@ pub fn estimate(
     attn: Attn,
     threads: usize,
 ) -> Result<TorchBreakdown, NotModelled> {
-    if workload != Workload::Infer {
+    if workload == Workload::Train {
         return Err(NotModelled::Workload(workload));
     }
     let dt = match dtype {
@@ -120,6 +120,7 @@ pub fn estimate(
         }
     })?;
     let sim = TSim::new();
+    let graph = std::cell::RefCell::new(Vec::new());
     let r = TorchRun {
         sim: &sim,
         d: &spec.dims,
@@ -129,6 +130,7 @@ pub fn estimate(
         threads: threads.max(1),
         eager: attn == Attn::Eager,
         head: h,
+        graph: (workload == Workload::Grad).then_some(&graph),
     };
     let ids = sim.alloc(&[batch, seq], TDt::I64);
     let mask = sim.alloc(&[batch, seq], TDt::I64);
@@ -139,7 +141,9 @@ pub fn estimate(
             family: room.name().to_string(),
             why,
         })?;
+    // The trial drops the output, and with it the graph.
     drop(outputs);
+    graph.borrow_mut().clear();
     drop((ids, mask));
     let peak = sim.peak();
     Ok(TorchBreakdown {

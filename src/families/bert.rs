@@ -256,8 +256,10 @@ pub(super) fn torch_bert_forward(
     let hd = h / n;
     let sim = r.sim;
     let embedding_output = {
-        // token_type_ids from the buffer: gather over position_ids, expanded to (b, s).
-        let _buffered = sim.alloc(&[1, s], TDt::I64);
+        // token_type_ids from the buffer: gather over position_ids, expanded to (b, s); the
+        // embedding saves them as its indices.
+        let buffered = sim.alloc(&[1, s], TDt::I64);
+        r.keep(&buffered);
         let inputs_embeds = ids.new(&[b, s, h], r.dt);
         let token_type_embeddings = {
             // nn.Embedding reshapes the expanded (strided) ids: a copy.
@@ -271,7 +273,7 @@ pub(super) fn torch_bert_forward(
             drop(embeddings);
             sum
         };
-        let normed = layer_norm(&embeddings);
+        let normed = layer_norm(r, &embeddings);
         drop(token_type_embeddings);
         normed
     };
@@ -286,21 +288,30 @@ pub(super) fn torch_bert_forward(
             // BertAttention: self-attention, then BertSelfOutput; `_` keeps the weights.
             let (attention_output, _weights) = {
                 let (context, weights) = {
+                    // q, k and v save their input, the layer's.
+                    r.keep(&hidden);
                     let q = hidden.linear(h);
                     let k = hidden.linear(h);
                     let v = hidden.linear(h);
                     if r.eager {
+                        // matmul copies the strided q and kᵀ for bmm, which saves the copies.
                         let scores = {
-                            let _q = q.copy();
-                            let _k = k.copy();
+                            let q_copy = q.copy();
+                            let k_copy = k.copy();
+                            r.keep(&q_copy);
+                            r.keep(&k_copy);
                             sim.alloc(&[b, n, s, s], r.dt)
                         };
                         let scaled = scores.like();
                         drop(scores);
+                        // softmax saves its output.
                         let probs = scaled.like();
+                        r.keep(&probs);
                         drop(scaled);
                         let out = {
-                            let _v = v.copy();
+                            let v_copy = v.copy();
+                            r.keep(&v_copy);
+                            r.keep(&probs);
                             sim.alloc(&[b, n, s, hd], r.dt)
                         };
                         // `attn_output.transpose(1, 2).contiguous()`
@@ -308,27 +319,33 @@ pub(super) fn torch_bert_forward(
                         drop(out);
                         (context, Some(probs))
                     } else {
-                        (flash_attention(&q, n, s, s, hd, r.threads), None)
+                        (flash_attention(r, (&q, &k, &v), n, s, s, hd), None)
                     }
                 };
                 // `attn_output.reshape(*input_shape, -1)`: a view.
                 let context = context.view(&[b, s, h]);
+                // The dense layer saves its input; the sum, LayerNorm's.
+                r.keep(&context);
                 let attention_output = {
                     let dense = context.linear(h);
                     let sum = dense.like();
-                    layer_norm(&sum)
+                    layer_norm(r, &sum)
                 };
                 drop(context);
                 (attention_output, weights)
             };
+            r.keep(&attention_output);
             let intermediate = {
+                // gelu saves its input.
                 let dense = attention_output.linear(r.d.intermediate);
+                r.keep(&dense);
                 dense.like()
             };
+            r.keep(&intermediate);
             let out = {
                 let dense = intermediate.linear(h);
                 let sum = dense.like();
-                layer_norm(&sum)
+                layer_norm(r, &sum)
             };
             drop(intermediate);
             drop(attention_output);
@@ -336,15 +353,18 @@ pub(super) fn torch_bert_forward(
         };
         hidden = layer_output;
     }
-    // BertPooler: the first token, dense, tanh.
+    // BertPooler: the first token, dense (saving its input), tanh (saving its output).
+    r.keep(&hidden);
     let pooled = {
         let dense = sim.alloc(&[b, h], r.dt);
         dense.like()
     };
+    r.keep(&pooled);
     let mut outputs = vec![hidden];
     match r.head {
         Head::Base => outputs.push(pooled),
         Head::SequenceClassification => {
+            r.keep(&pooled);
             let logits = pooled.linear(NUM_LABELS as usize);
             drop(pooled);
             outputs.push(logits);

@@ -117,6 +117,11 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
             "eager attention with its causal mask is not modelled yet for decoders (sdpa is)",
         );
     }
+    if r.graph.is_some() {
+        return Err(
+            "a forward keeping the autograd graph is not modelled yet for decoders (inference is)",
+        );
+    }
     if r.head != Head::CausalLm {
         return Err("only the causal-lm head is modelled for decoders");
     }
@@ -172,9 +177,9 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
                     let values = sim.alloc(&[b, kvh, s, hd], r.dt);
                     drop(key);
                     drop(value);
-                    cache.push(keys);
-                    cache.push(values);
-                    let context = flash_attention(&query, heads, s, s, hd, r.threads);
+                    cache.push(keys.clone());
+                    cache.push(values.clone());
+                    let context = flash_attention(r, (&query, &keys, &values), heads, s, s, hd);
                     let projected = context.view(&[b, s, heads * hd]).linear(width);
                     drop(context);
                     drop(query);

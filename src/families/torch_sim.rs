@@ -5,7 +5,7 @@
 //! CPU allocator hands out: the tensor's elements, nothing more (PyTorch's profiler counts
 //! exactly these).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 /// The model's head (`AutoModel`, `…ForSequenceClassification`, `…ForCausalLM`, `…ForMaskedLM`).
@@ -28,6 +28,18 @@ pub struct TorchRun<'a> {
     /// Eager attention (else sdpa).
     pub eager: bool,
     pub head: Head,
+    /// With autograd on (a forward without `no_grad`): the tensors autograd saves for the
+    /// backward, alive until the output is dropped. None under `no_grad`.
+    pub graph: Option<&'a RefCell<Vec<Pt>>>,
+}
+
+impl TorchRun<'_> {
+    /// Autograd saves `t` for the backward (nothing under `no_grad`).
+    pub fn keep(&self, t: &Pt) {
+        if let Some(g) = self.graph {
+            g.borrow_mut().push(t.clone());
+        }
+    }
 }
 
 /// Element types.
@@ -219,15 +231,17 @@ impl Pt {
 /// scratch row per thread: the q×kv block, its row max and sum, and the output block, in the
 /// accumulation type (f32), plus for bf16/f16 the q×kv block in the input type. The block sizes
 /// are the kernel's: 32 query rows (64 from 192 rows, 256 from 768), 512 keys.
+/// With autograd on it saves the query, key, value, output and log-sum-exp.
 #[must_use]
 pub fn flash_attention(
-    q: &Pt,
+    r: &TorchRun<'_>,
+    (q, k, v): (&Pt, &Pt, &Pt),
     heads: usize,
     q_len: usize,
     kv_len: usize,
     head_v: usize,
-    threads: usize,
 ) -> Pt {
+    let threads = r.threads;
     let b = q.dims[0];
     let out = q.new(&[b, q_len, heads, head_v], q.dt);
     let lse = q.new(&[b, heads, q_len], TDt::F32);
@@ -248,17 +262,23 @@ pub fn flash_attention(
             q.dt.reduced()
                 .then(|| sim.scratch((threads * q_split * kv_split) as u64 * q.dt.size()));
     }
+    for t in [q, k, v, &out, &lse] {
+        r.keep(t);
+    }
     drop(lse);
     out
 }
 
 /// `nn.LayerNorm` on the CPU: the output, and the mean and reciprocal deviation per row (in the
-/// input's type), which `no_grad` frees at once.
+/// input's type), which `no_grad` frees at once; autograd saves them with the input.
 #[must_use]
-pub fn layer_norm(x: &Pt) -> Pt {
+pub fn layer_norm(r: &TorchRun<'_>, x: &Pt) -> Pt {
     let rows: Vec<usize> = x.dims[..x.dims.len() - 1].to_vec();
     let out = x.like();
-    let _mean = x.new(&rows, x.dt);
-    let _rstd = x.new(&rows, x.dt);
+    let mean = x.new(&rows, x.dt);
+    let rstd = x.new(&rows, x.dt);
+    r.keep(x);
+    r.keep(&mean);
+    r.keep(&rstd);
     out
 }
