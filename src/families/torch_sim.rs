@@ -235,16 +235,16 @@ impl Pt {
 #[must_use]
 pub fn flash_attention(
     r: &TorchRun<'_>,
-    (q, k, v): (&Pt, &Pt, &Pt),
+    (query, key, value): (&Pt, &Pt, &Pt),
     heads: usize,
     q_len: usize,
     kv_len: usize,
     head_v: usize,
 ) -> Pt {
     let threads = r.threads;
-    let b = q.dims[0];
-    let out = q.new(&[b, q_len, heads, head_v], q.dt);
-    let lse = q.new(&[b, heads, q_len], TDt::F32);
+    let batch = query.dims[0];
+    let out = query.new(&[batch, q_len, heads, head_v], query.dt);
+    let lse = query.new(&[batch, heads, q_len], TDt::F32);
     let q_split = if q_len >= 768 {
         256
     } else if q_len >= 192 {
@@ -255,14 +255,15 @@ pub fn flash_attention(
     .min(q_len);
     let kv_split = 512.min(kv_len);
     let per_thread = q_split * kv_split + 2 * q_split + q_split * head_v;
-    let sim = q.sim();
+    let sim = query.sim();
     {
         let _buf = sim.scratch((threads * per_thread) as u64 * TDt::F32.size());
-        let _reduced =
-            q.dt.reduced()
-                .then(|| sim.scratch((threads * q_split * kv_split) as u64 * q.dt.size()));
+        let _reduced = query
+            .dt
+            .reduced()
+            .then(|| sim.scratch((threads * q_split * kv_split) as u64 * query.dt.size()));
     }
-    for t in [q, k, v, &out, &lse] {
+    for t in [query, key, value, &out, &lse] {
         r.keep(t);
     }
     drop(lse);

@@ -563,11 +563,8 @@ fn a_killed_torch_sweep_resumes_without_repeating_a_trial() {
 /// `oomlab estimate --runtime torch --check --json` at `batches`: (estimated, measured) totals.
 fn estimate_checked(
     python: &PathBuf,
-    model: &str,
-    seq: &str,
-    dtype: &str,
+    (model, seq, dtype, attn, workload): (&str, &str, &str, &str, &str),
     batches: &str,
-    attn: &str,
 ) -> Vec<(u64, u64)> {
     let out = Command::new(bin())
         .args([
@@ -582,7 +579,17 @@ fn estimate_checked(
             model,
         ])
         .args([
-            "--seq", seq, "--dtype", dtype, "--batch", batches, "--attn", attn, "--python",
+            "--seq",
+            seq,
+            "--dtype",
+            dtype,
+            "--batch",
+            batches,
+            "--attn",
+            attn,
+            "--workload",
+            workload,
+            "--python",
         ])
         .arg(python)
         .output()
@@ -606,22 +613,32 @@ fn estimate_checked(
 fn the_pytorch_estimator_pins_the_batch_slope_to_the_byte() {
     let Some(python) = torch_python() else { return };
     let cases = [
-        ("tiny-bert", "24", "f32", "sdpa"),
-        ("tiny-bert", "40", "bf16", "eager"),
-        ("tiny-llama", "24", "f32", "sdpa"),
-        ("tiny-qwen2", "20", "bf16", "sdpa"),
-        ("tiny-qwen3", "24", "f32", "sdpa"),
-        ("tiny-mistral", "3", "bf16", "sdpa"),
+        ("tiny-bert", "24", "f32", "sdpa", "infer"),
+        ("tiny-bert", "40", "bf16", "eager", "infer"),
+        ("bert-mini", "24", "f32", "sdpa", "grad"),
+        ("bert-mini", "40", "bf16", "eager", "grad"),
+        ("tiny-llama", "24", "f32", "sdpa", "infer"),
+        ("tiny-qwen2", "20", "bf16", "sdpa", "infer"),
+        ("tiny-qwen3", "24", "f32", "sdpa", "infer"),
+        ("tiny-mistral", "3", "bf16", "sdpa", "infer"),
     ];
-    for (model, seq, dtype, attn) in cases {
-        let points = estimate_checked(&python, model, seq, dtype, "1,3", attn);
+    for case in cases {
+        let (model, seq, dtype, attn, workload) = case;
+        let points = estimate_checked(&python, case, "1,3");
         let [(e1, m1), (e3, m3)] = points[..] else {
             panic!("{model}: {points:?}")
         };
-        assert_eq!(e3 - e1, m3 - m1, "{model} {seq} {dtype} {attn}: slope");
+        assert_eq!(
+            e3 - e1,
+            m3 - m1,
+            "{model} {seq} {dtype} {attn} {workload}: slope"
+        );
         for (e, m) in [(e1, m1), (e3, m3)] {
             let err = (e as f64 - m as f64).abs() / m as f64;
-            assert!(err < 0.01, "{model} {seq} {dtype} {attn}: {e} against {m}");
+            assert!(
+                err < 0.01,
+                "{model} {seq} {dtype} {attn} {workload}: {e} against {m}"
+            );
         }
     }
 }
