@@ -37,6 +37,7 @@ pub(super) fn explain(
     json: bool,
     model: Option<&ModelAt>,
     gpu: Option<&'static GpuPreset>,
+    runtime: Option<crate::plan::Runtime>,
 ) -> i32 {
     use std::io::Read;
     let text = match (text, file) {
@@ -79,7 +80,12 @@ pub(super) fn explain(
     }
     if let Some(m) = model {
         let capacity = gpu.map(|p| p.total_bytes).or(e.total_capacity_bytes);
-        match largest_batch(m, capacity) {
+        let pytorch = matches!(
+            e.form,
+            crate::explain::Form::PytorchOld | crate::explain::Form::PytorchNew
+        );
+        let torch = runtime.map_or(pytorch, |r| r == crate::plan::Runtime::Torch);
+        match largest_batch(m, capacity, torch) {
             Ok(lb) => e.set_largest_batch(lb),
             Err(why) => {
                 eprintln!("oomlab: {}", why.message);
@@ -102,6 +108,7 @@ pub(super) fn explain(
 fn largest_batch(
     (model, seq, dtype): &ModelAt,
     capacity: Option<u64>,
+    torch: bool,
 ) -> Result<LargestBatch, CliError> {
     let reference = ModelRef::parse(model).map_err(|e| CliError::from(PlanError::Model(e)))?;
     let spec = ModelSpec::resolve(&reference).map_err(|e| CliError::from(PlanError::Model(e)))?;
@@ -137,12 +144,63 @@ fn largest_batch(
         ModelRef::Catalog(_) => spec.name.clone(),
         _ => model.clone(),
     };
-    Ok(LargestBatch::inference(
+    let lb = LargestBatch::inference(
         spec.name.clone(),
         model_given,
         seq,
         dtype,
         capacity,
         crate::estimate::max_batch(&spec, seq, dtype, &rt, capacity, estimate::MAX_BATCH),
-    ))
+    );
+    if !torch {
+        return Ok(lb);
+    }
+    match torch_batches(&spec, seq, dtype, capacity) {
+        Ok(t) => Ok(lb.with_torch(t)),
+        Err(why) => {
+            eprintln!("oomlab: {why}; the batch below is candle's estimate");
+            Ok(lb)
+        }
+    }
+}
+
+/// The PyTorch estimator's largest batches under `capacity`: under `no_grad`, and without it.
+fn torch_batches(
+    spec: &ModelSpec,
+    seq: usize,
+    dtype: Precision,
+    capacity: u64,
+) -> Result<crate::explain::TorchBatches, crate::estimate::torch::NotModelled> {
+    use crate::plan::{Attn, Task, Workload};
+    let threads = crate::plan::defaults::threads();
+    let task = Task::default_for(Workload::Infer, spec.family.room().is_decoder());
+    let attn = Attn::Sdpa;
+    let one = |w| crate::estimate::torch::estimate(spec, 1, seq, dtype, w, task, attn, threads);
+    let largest = |w, weights| {
+        crate::estimate::torch::max_batch_over_baseline(
+            spec,
+            seq,
+            dtype,
+            (w, task, attn),
+            threads,
+            weights,
+            capacity,
+            estimate::MAX_BATCH,
+        )
+        .flatten()
+    };
+    let infer = one(Workload::Infer)?;
+    let grad = one(Workload::Grad);
+    Ok(crate::explain::TorchBatches {
+        task,
+        attn,
+        infer: largest(Workload::Infer, infer.weights_bytes),
+        grad: grad
+            .as_ref()
+            .ok()
+            .map(|g| largest(Workload::Grad, g.weights_bytes)),
+        infer_activation_bytes: infer.activation_bytes,
+        grad_activation_bytes: grad.as_ref().ok().map(|g| g.activation_bytes),
+        grad_not_modelled: grad.err().map(|e| e.to_string()),
+    })
 }

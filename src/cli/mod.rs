@@ -102,6 +102,11 @@ pub enum Command {
         /// whose total capacity is the message's.
         #[arg(long, value_parser = explain::parse_gpu_preset)]
         gpu: Option<&'static crate::presets::GpuPreset>,
+        /// Whose memory --model's batches are: torch (the PyTorch estimator, the default for a
+        /// PyTorch message where it models the model) or candle (candle's estimate of one
+        /// inference forward).
+        #[arg(long, requires = "model")]
+        runtime: Option<crate::plan::Runtime>,
     },
     /// Give a lesson headless: each step's small sweeps, a caption with the measured numbers,
     /// and a question for the class. Without a name, the bundled lessons.
@@ -250,6 +255,7 @@ pub fn main_with(
                 seq,
                 dtype,
                 gpu,
+                runtime,
             }) => {
                 return explain::explain(
                     text,
@@ -257,6 +263,7 @@ pub fn main_with(
                     json,
                     model.map(|m| (m, seq, dtype)).as_ref(),
                     gpu,
+                    runtime,
                 );
             }
             Some(Command::Devices { json }) => {

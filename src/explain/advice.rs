@@ -2,7 +2,7 @@
 //! fixes in order of effect (fragmentation first only when it is large, bf16 only where the GPU
 //! has it).
 
-use super::{Explanation, Form, Rounding, shown};
+use super::{Explanation, Form, LargestBatch, Rounding, TorchBatches, shown};
 use crate::presets::{self, GpuPreset};
 
 /// Memory neither free nor this process's allocator's: other processes and CUDA contexts.
@@ -179,31 +179,15 @@ pub(super) fn advice(e: &Explanation) -> Vec<String> {
             "free the GPU: other processes hold memory you need — see them with `nvidia-smi` and stop them; `torch.cuda.empty_cache()` in *another* PyTorch process returns its cached blocks to the GPU (in the failing process it does not help)".into(),
         );
     }
-    match &e.largest_batch {
-        None => out.push(
-            "use a smaller batch: activations grow linearly with batch — e.g. `per_device_train_batch_size=…` (Hugging Face Trainer) or `DataLoader(dataset, batch_size=…)`; gradient accumulation (`gradient_accumulation_steps=…`) keeps the effective batch".into(),
-        ),
-        Some(lb) => {
-            let sized = format!(
-                "{} at seq {} in {} under {}, by candle's estimate of one inference forward (estimated, not measured: no gradients, no optimizer state, no CUDA context)",
-                lb.model,
-                lb.seq,
-                lb.dtype,
-                h(lb.capacity_bytes)
-            );
-            out.push(match lb.batch {
-                Some(b) => format!(
-                    "use a smaller batch: activations grow linearly with batch — for inference, `per_device_eval_batch_size={b}` (or your inference batch size) is the largest that fits {sized}; for training, lower `per_device_train_batch_size=…` and keep the effective batch with `gradient_accumulation_steps=…`"
-                ),
-                None => format!(
-                    "use a smaller batch, though even that is not enough: not even an inference batch of 1 fits {sized}; use mixed precision or shorter sequences (below), or a GPU with more memory"
-                ),
-            });
-            out.push(format!(
-                "measure the training batch before choosing it: training holds more than that inference forward — gradients and AdamW state (the weights ×4 in f32) plus the activations autograd keeps, typically many times a no_grad forward — so run `{}`",
-                lb.measure_training_command()
-            ));
-        }
+    if let Some((lb, t)) = e
+        .largest_batch
+        .as_ref()
+        .and_then(|lb| Some((lb, lb.torch.as_ref()?)))
+    {
+        out.insert(0, no_grad_check(lb, t));
+        torch_batches(&mut out, lb, t);
+    } else {
+        candle_batches(&mut out, e);
     }
     out.push(mixed_precision(e.preset()));
     if fragmentation == Fragmentation::Later {
@@ -344,4 +328,94 @@ impl Explanation {
         }
         s
     }
+}
+
+/// The batch lines by candle's estimate (or the rule, without `--model`).
+fn candle_batches(out: &mut Vec<String>, e: &Explanation) {
+    match &e.largest_batch {
+        None => out.push(
+            "use a smaller batch: activations grow linearly with batch — e.g. `per_device_train_batch_size=…` (Hugging Face Trainer) or `DataLoader(dataset, batch_size=…)`; gradient accumulation (`gradient_accumulation_steps=…`) keeps the effective batch".into(),
+        ),
+        Some(lb) => {
+            let sized = format!(
+                "{} at seq {} in {} under {}, by candle's estimate of one inference forward (estimated, not measured: no gradients, no optimizer state, no CUDA context)",
+                lb.model,
+                lb.seq,
+                lb.dtype,
+                h(lb.capacity_bytes)
+            );
+            out.push(match lb.batch {
+                Some(b) => format!(
+                    "use a smaller batch: activations grow linearly with batch — for inference, `per_device_eval_batch_size={b}` (or your inference batch size) is the largest that fits {sized}; for training, lower `per_device_train_batch_size=…` and keep the effective batch with `gradient_accumulation_steps=…`"
+                ),
+                None => format!(
+                    "use a smaller batch, though even that is not enough: not even an inference batch of 1 fits {sized}; use mixed precision or shorter sequences (below), or a GPU with more memory"
+                ),
+            });
+            out.push(format!(
+                "measure the training batch before choosing it: training holds more than that inference forward — gradients and AdamW state (the weights ×4 in f32) plus the activations autograd keeps, typically many times a no_grad forward — so run `{}`",
+                lb.measure_training_command()
+            ));
+        }
+    }
+}
+
+/// What the PyTorch estimate assumes, said on each of its lines.
+fn torch_sized(lb: &LargestBatch, t: &TorchBatches) -> String {
+    format!(
+        "{} ({} head, {} attention) at seq {} in {} under {}, by oomlab's PyTorch estimate (estimated, not measured: PyTorch's CPU allocations, without the CUDA context and the caching allocator's rounding)",
+        lb.model,
+        t.task,
+        t.attn,
+        lb.seq,
+        lb.dtype,
+        h(lb.capacity_bytes)
+    )
+}
+
+fn batch_words(b: Option<usize>) -> String {
+    b.map_or_else(|| "none (not even 1)".to_string(), |b| b.to_string())
+}
+
+/// The first line for a PyTorch message with `--model`: the message cannot tell inference from
+/// training, and a forward without `no_grad` keeps every activation for a backward that never
+/// comes.
+fn no_grad_check(lb: &LargestBatch, t: &TorchBatches) -> String {
+    let ratio = t
+        .grad_activation_bytes
+        .map(|g| g as f64 / t.infer_activation_bytes.max(1) as f64);
+    let figures = match (t.grad, ratio) {
+        (Some(grad), Some(ratio)) => format!(
+            ": a forward without it keeps {ratio:.1}× the activations, and the largest batch goes from {} without it to {} with it — {}",
+            batch_words(grad),
+            batch_words(t.infer),
+            torch_sized(lb, t)
+        ),
+        _ => format!(
+            " (how much it saves for {} is not modelled yet: {})",
+            lb.model,
+            t.grad_not_modelled.as_deref().unwrap_or("not modelled")
+        ),
+    };
+    format!(
+        "if this is inference, wrap it in `torch.no_grad()` (or `torch.inference_mode()`){figures}"
+    )
+}
+
+/// The batch lines by the PyTorch estimate: inference, then training (measured, not modelled).
+fn torch_batches(out: &mut Vec<String>, lb: &LargestBatch, t: &TorchBatches) {
+    out.push(match t.infer {
+        Some(b) => format!(
+            "use a smaller batch: activations grow linearly with batch — for inference under no_grad, `per_device_eval_batch_size={b}` (or your inference batch size) is the largest that fits {}",
+            torch_sized(lb, t)
+        ),
+        None => format!(
+            "use a smaller batch, though even that is not enough: not even an inference batch of 1 fits {}; use mixed precision or shorter sequences (below), or a GPU with more memory",
+            torch_sized(lb, t)
+        ),
+    });
+    out.push(format!(
+        "measure the training batch before choosing it: a training step with AdamW (f32 or amp-bf16, with or without gradient checkpointing) holds gradients, AdamW's state and the saved activations, which the PyTorch estimator does not model yet — run `{}` (add `--dtype amp-bf16` or `--gradient-checkpointing off,on` to compare)",
+        lb.measure_training_command()
+    ));
 }

@@ -130,6 +130,28 @@ pub struct LargestBatch {
     /// typed (not in the JSON).
     #[serde(skip)]
     pub model_given: String,
+    /// For a PyTorch message: the PyTorch estimator's batches (then `batch` is its `no_grad` one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub torch: Option<TorchBatches>,
+}
+
+/// The PyTorch estimator's largest batches for a PyTorch message, by workload: CPU allocations
+/// as PyTorch makes them, without the CUDA context or the caching allocator's rounding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TorchBatches {
+    pub task: crate::runtime::Task,
+    pub attn: crate::runtime::Attn,
+    /// Under `torch.no_grad()` (None: not even 1).
+    pub infer: Option<usize>,
+    /// A forward without it (None: not even 1), when modelled.
+    pub grad: Option<Option<usize>>,
+    /// What one forward holds above the weights and inputs at batch 1, under `no_grad` and
+    /// without it (when modelled).
+    pub infer_activation_bytes: u64,
+    pub grad_activation_bytes: Option<u64>,
+    /// Why the forward without `no_grad` is not modelled, when it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grad_not_modelled: Option<String>,
 }
 
 impl LargestBatch {
@@ -154,7 +176,17 @@ impl LargestBatch {
             workload: Workload::Infer,
             estimated: true,
             model_given,
+            torch: None,
         }
+    }
+
+    /// The PyTorch estimator's answer: its `no_grad` batch is the batch.
+    #[must_use]
+    pub fn with_torch(mut self, t: TorchBatches) -> Self {
+        self.batch = t.infer;
+        self.runtime = Runtime::Torch;
+        self.torch = Some(t);
+        self
     }
 
     /// The command that measures the training batch in PyTorch against the same capacity.

@@ -514,6 +514,8 @@ fn explain_with_a_model_names_the_largest_batch_that_fits_the_messages_gpu() {
             "--seq",
             "512",
             "--json",
+            "--runtime",
+            "candle",
         ],
     );
     let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -693,4 +695,90 @@ fn a_sweep_against_a_gpu_preset_is_labelled_a_cpu_measurement_everywhere() {
     assert_eq!(out.status.code(), Some(2));
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("a100-40") && e.contains("a100-80"), "{e}");
+}
+
+/// A PyTorch message with `--model`: PyTorch's figures by default. The advice starts with the
+/// `no_grad` check and its figures, then the `no_grad` batch; both batches are the ones
+/// `oomlab estimate --runtime torch` gives at the message's capacity.
+#[test]
+fn explain_with_a_model_answers_a_pytorch_message_with_pytorchs_figures() {
+    let cache = TempDir::new("explain-torch");
+    let classic = "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 11.17 GiB total capacity; 9.00 GiB already allocated; 1.50 GiB free; 9.50 GiB reserved in total by PyTorch)";
+    let out = oomlab(
+        &cache,
+        &["explain", classic, "--model", "bert-base-uncased", "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let lb = &e["largest_batch"];
+    let capacity = e["total_capacity_bytes"].as_u64().unwrap();
+    assert_eq!(lb["runtime"], "torch");
+    let torch_max = |workload: &str| {
+        let est = oomlab(
+            &cache,
+            &[
+                "estimate",
+                "--runtime",
+                "torch",
+                "--workload",
+                workload,
+                "-m",
+                "bert-base-uncased",
+                "--seq",
+                "128",
+                "--capacity",
+                &format!("{capacity}B"),
+                "--json",
+            ],
+        );
+        json_lines(&est)[0]["max_batch"].as_u64().unwrap()
+    };
+    let (infer, grad) = (torch_max("infer"), torch_max("grad"));
+    assert!(grad < infer, "{grad} {infer}");
+    assert_eq!(lb["torch"]["infer"].as_u64(), Some(infer));
+    assert_eq!(lb["torch"]["grad"].as_u64(), Some(grad));
+    let advice: Vec<&str> = e["advice"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        advice[0].starts_with("if this is inference, wrap it in `torch.no_grad()`")
+            && advice[0].contains(&format!("goes from {grad} without it to {infer} with it"))
+            && advice[0].contains("× the activations"),
+        "{}",
+        advice[0]
+    );
+    assert!(
+        advice[1].contains(&format!("`per_device_eval_batch_size={infer}`")),
+        "{}",
+        advice[1]
+    );
+    assert!(
+        advice[2].starts_with("measure the training batch"),
+        "{}",
+        advice[2]
+    );
+    // A TensorFlow message never gets PyTorch's lines.
+    let tf = "ResourceExhaustedError: OOM when allocating tensor with shape[32,512,1024] and type float on /job:localhost/replica:0/task:0/device:GPU:0 by allocator GPU_0_bfc";
+    let out = oomlab(
+        &cache,
+        &[
+            "explain",
+            tf,
+            "--model",
+            "bert-base-uncased",
+            "--gpu",
+            "t4",
+            "--json",
+        ],
+    );
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["largest_batch"]["runtime"], "candle");
+    assert!(!out.stdout.windows(8).any(|w| w == b"no_grad("));
 }

@@ -37,6 +37,8 @@ fn explain_with_a_model_says_it_sized_one_inference_forward_and_how_to_measure_t
         "bert-large-uncased",
         "--seq",
         "512",
+        "--runtime",
+        "candle",
     ];
     let text = stdout(&oomlab(&cache, &args));
     // The memory is full, not fragmented: a smaller batch first, fp16 on a T4.
