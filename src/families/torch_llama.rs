@@ -41,8 +41,9 @@ pub(super) fn weights(d: &Dims, head: Head, dt: TDt, shape: Shape) -> Option<u64
 }
 
 /// `LlamaRMSNorm`: upcast to f32 (a copy unless f32), variance, scale, back to the input type,
-/// times the weight.
-fn rms_norm(x: &Pt) -> Pt {
+/// times the weight. Autograd saves the f32 input (pow and the scaling multiply), the
+/// reciprocal deviation (rsqrt's output) and what the weight multiplies.
+fn rms_norm(r: &TorchRun<'_>, x: &Pt) -> Pt {
     let mut rows = x.dims.clone();
     *rows.last_mut().unwrap_or(&mut 0) = 1;
     let x32 = x.to(TDt::F32);
@@ -51,15 +52,18 @@ fn rms_norm(x: &Pt) -> Pt {
         x32.new(&rows, TDt::F32)
     };
     let scaled = {
-        let _inv = {
+        let inv = {
             let shifted = variance.like();
             shifted.like()
         };
+        r.keep(&inv);
         x32.like()
     };
+    r.keep(&x32);
     drop(x32);
     let out = {
         let back = scaled.to(x.dt);
+        r.keep(&back);
         back.like()
     };
     drop(scaled);
@@ -67,7 +71,8 @@ fn rms_norm(x: &Pt) -> Pt {
     out
 }
 
-/// `q * cos + rotate_half(q) * sin`.
+/// `q * cos + rotate_half(q) * sin`. Autograd saves only cos and sin (tables that need no
+/// gradient): multiplying by them needs neither q nor its rotation for the backward.
 fn rotate(x: &Pt) -> Pt {
     let with_cos = x.like();
     let with_sin = {
@@ -117,11 +122,6 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
             "eager attention with its causal mask is not modelled yet for decoders (sdpa is)",
         );
     }
-    if r.graph.is_some() {
-        return Err(
-            "a forward keeping the autograd graph is not modelled yet for decoders (inference is)",
-        );
-    }
     if r.head != Head::CausalLm {
         return Err("only the causal-lm head is modelled for decoders");
     }
@@ -143,17 +143,21 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
             let _as_long = sim.alloc(&[b, s], TDt::I64);
         }
         let (cos, sin) = rotary(r, hd);
-        let _ = (&cos, &sin);
+        // Each layer's rotation multiplies by them: autograd saves them.
+        r.keep(&cos);
+        r.keep(&sin);
         let mut hidden = inputs_embeds.clone();
         for _ in 0..r.d.layers {
             let out = {
                 let residual = hidden.clone();
-                let normed = rms_norm(&hidden);
+                let normed = rms_norm(r, &hidden);
+                // q, k and v save their input.
+                r.keep(&normed);
                 let attn = {
                     let project = |out: usize, count: usize| {
                         let projected = normed.linear(out);
                         if shape.qk_norm {
-                            rms_norm(&projected.view(&[b, s, count, hd]))
+                            rms_norm(r, &projected.view(&[b, s, count, hd]))
                         } else {
                             projected
                         }
@@ -192,16 +196,22 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
                     sum
                 };
                 drop(residual);
-                let normed = rms_norm(&hidden);
+                let normed = rms_norm(r, &hidden);
+                r.keep(&normed);
                 let mlp = {
+                    // silu saves its input; the product both factors; down its input.
                     let gated = {
                         let gate = normed.linear(r.d.intermediate);
+                        r.keep(&gate);
                         gate.like()
                     };
                     let product = {
-                        let _up = normed.linear(r.d.intermediate);
+                        let up = normed.linear(r.d.intermediate);
+                        r.keep(&gated);
+                        r.keep(&up);
                         gated.like()
                     };
+                    r.keep(&product);
                     drop(gated);
                     let down = product.linear(width);
                     drop(product);
@@ -214,11 +224,13 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
             };
             hidden = out;
         }
-        let normed = rms_norm(&hidden);
+        let normed = rms_norm(r, &hidden);
         drop(hidden);
         drop(inputs_embeds);
         normed
     };
+    // lm_head saves its input.
+    r.keep(&normed);
     let logits = normed.linear(r.d.vocab);
     drop(normed);
     let mut outputs = vec![logits];
