@@ -2,8 +2,8 @@
 //!
 //! Trials: the search itself ([`crate::search::next_step`]) run against the estimator as the
 //! oracle (a batch fits when its estimated total is under the capacity), so the count is the
-//! one the sweep takes when the estimate is right. PyTorch's curves are not modelled by the
-//! estimator: only their bound is known.
+//! one the sweep takes when the estimate is right; PyTorch's curves against the PyTorch
+//! estimator where it models them (CPU, no checkpointing), else only their bound is known.
 //!
 //! Time: each trial's work in units of its forward's multiply-adds (weights × tokens plus
 //! attention's tokens², [`work`]), times this machine's pace for that runtime, workload,
@@ -74,24 +74,81 @@ pub fn curve_trials(
     curve: Curve,
     runtime_bytes: u64,
 ) -> Option<Vec<Expected>> {
-    if curve.runtime != Runtime::Candle {
-        return None;
-    }
+    let threads = plan.device.threads();
     let rt = crate::estimate::Runtime {
-        threads: plan.device.threads(),
+        threads,
         bytes: runtime_bytes,
     };
-    let total =
-        |b: usize| crate::estimate::estimate(spec, b, curve.seq, curve.dtype, &rt).total_bytes;
-    let hint = (plan.strategy == Strategy::Auto).then(|| {
-        crate::estimate::max_batch(
+    // PyTorch's curves on the CPU where the PyTorch estimator models the point; the search then
+    // jumps as it does for them (a CPU trial runs to its end).
+    let torch = match curve.runtime {
+        Runtime::Candle => None,
+        Runtime::Torch if curve.checkpointing || !matches!(plan.device, Device::Cpu { .. }) => {
+            return None;
+        }
+        Runtime::Torch => Some((
+            plan.workload,
+            plan.torch_task(spec.family.room().is_decoder()),
+            plan.torch.attn,
+        )),
+    };
+    let torch_total = |b: usize, how: (_, _, _)| {
+        crate::estimate::torch::estimate(
             spec,
+            b,
             curve.seq,
             curve.dtype,
-            &rt,
-            plan.capacity_bytes,
-            plan.batch.max + 1,
+            how.0,
+            how.1,
+            how.2,
+            threads,
         )
+        .map(|e| e.total_bytes)
+    };
+    // The torch worker's baseline is the model's parameters and buffers.
+    let torch_weights = match torch {
+        Some(how) => Some(
+            crate::estimate::torch::estimate(
+                spec,
+                1,
+                curve.seq,
+                curve.dtype,
+                how.0,
+                how.1,
+                how.2,
+                threads,
+            )
+            .ok()?
+            .weights_bytes,
+        ),
+        None => None,
+    };
+    let total = |b: usize| match torch {
+        Some(how) => torch_total(b, how).unwrap_or(u64::MAX),
+        None => crate::estimate::estimate(spec, b, curve.seq, curve.dtype, &rt).total_bytes,
+    };
+    let hint = (plan.strategy == Strategy::Auto).then(|| {
+        match torch {
+            Some(how) => crate::estimate::torch::max_batch_over_baseline(
+                spec,
+                curve.seq,
+                curve.dtype,
+                how,
+                threads,
+                torch_weights.unwrap_or(0),
+                plan.capacity_bytes,
+                plan.batch.max + 1,
+            )
+            .flatten(),
+            None => crate::estimate::max_batch(
+                spec,
+                curve.seq,
+                curve.dtype,
+                &rt,
+                plan.capacity_bytes,
+                plan.batch.max + 1,
+            ),
+        }
         .unwrap_or(0)
     });
     let ctx = SearchCtx {
@@ -100,7 +157,7 @@ pub fn curve_trials(
         baseline_bytes: None,
         hint,
         hint_exact: true,
-        max_jump: None,
+        max_jump: torch.map(|_| crate::report::TORCH_CPU_JUMP),
     };
     let mut obs: Vec<Obs> = Vec::new();
     let bound = search::trial_bound(plan.strategy, plan.batch);
@@ -164,7 +221,7 @@ impl Forecast {
         if self.unmodelled > 0 {
             let _ = write!(
                 s,
-                "; {} PyTorch curve{} of up to {} trials each (the estimator models candle only)",
+                "; {} PyTorch curve{} of up to {} trials each (the PyTorch estimator does not model it)",
                 self.unmodelled,
                 if self.unmodelled == 1 { "" } else { "s" },
                 self.bound_per_curve
@@ -436,11 +493,16 @@ mod tests {
         let grid = batches(&plan);
         let want: Vec<(usize, bool)> = (1..=auto[1].0).map(|b| (b, b < auto[1].0)).collect();
         assert_eq!(grid, want);
-        // PyTorch's curves are not modelled.
+        // PyTorch's curves: modelled for inference (two trials, auto), not for training.
         let torch = Curve {
             runtime: Runtime::Torch,
             ..curve
         };
+        plan.strategy = Strategy::Auto;
+        let torch_auto = curve_trials(&plan, &s, torch, rt).unwrap();
+        assert_eq!(torch_auto.len(), 2, "{torch_auto:?}");
+        assert!(torch_auto[0].fits && !torch_auto[1].fits);
+        plan.workload = crate::plan::Workload::Train;
         assert!(curve_trials(&plan, &s, torch, rt).is_none());
     }
 

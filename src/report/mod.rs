@@ -14,7 +14,7 @@ pub use records::{
     HOST_LIMITED_PICK, Header, JournalLine, Outcome, PICK_RULE, Purpose, Recommendation, Results,
     Stop, TRAINING_NEEDS_MORE, Timeline, TimelineMark, TrialRecord, Versions, WorkerInfo,
 };
-pub use summary::{CurvePhase, curve_phase, summarize, trial_cap};
+pub use summary::{CurvePhase, TORCH_CPU_JUMP, curve_phase, summarize, trial_cap};
 
 /// Reads back a results file (`--json`) or a journal, whichever `path` is; for a journal, its
 /// contents too (a sweep shown from them can be resumed).
