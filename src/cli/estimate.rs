@@ -134,7 +134,7 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
     if threads == 0 {
         return Err(invalid(PlanField::Threads, PlanProblem::ZeroThreads));
     }
-    let points = points(args)?;
+    let points = points(args, true)?;
     let capacity = args.what.capacity.or(args.what.gpu.map(|g| g.total_bytes));
     let cancel = Arc::new(AtomicBool::new(false));
     let on_signal = Arc::clone(&cancel);
@@ -216,9 +216,10 @@ fn invalid(field: PlanField, problem: PlanProblem) -> CliError {
     CliError::from(PlanError::invalid(field, problem))
 }
 
-/// Every (model, batch, seq, dtype) to estimate, checked.
+/// Every (model, batch, seq, dtype) to estimate, checked (`candle`: its precisions too).
 pub(super) fn points(
     args: &EstimateArgs,
+    candle: bool,
 ) -> Result<Vec<(ModelSpec, usize, usize, Precision)>, CliError> {
     let Some(model) = &args.what.model else {
         if args.check {
@@ -259,7 +260,8 @@ pub(super) fn points(
     for &seq in &seqs {
         crate::plan::check_seq(&spec, seq)?;
     }
-    for &dtype in &dtypes {
+    // candle's precisions; the PyTorch estimator says itself what it does not model.
+    for &dtype in dtypes.iter().filter(|_| candle) {
         crate::plan::check_dtype(&spec, dtype)?;
     }
     let mut out = Vec::new();

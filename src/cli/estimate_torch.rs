@@ -132,7 +132,7 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
     let threads = args.what.threads.unwrap_or_else(defaults::threads).max(1);
     let workload = args.workload.unwrap_or(Workload::Infer);
     let attn = args.attn.unwrap_or(Attn::Sdpa);
-    let points = points(args)?;
+    let points = points(args, false)?;
     let capacity = args.what.capacity.or(args.what.gpu.map(|g| g.total_bytes));
     let cancel = Arc::new(AtomicBool::new(false));
     let on_signal = Arc::clone(&cancel);

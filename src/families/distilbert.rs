@@ -8,6 +8,7 @@ use super::candle::{Inputs, candle_config};
 use super::config::field;
 use super::ops::{Run, embedding, linear, masked_fill, norm, softmax};
 use super::sim::{Dt, T};
+use super::torch_sim::{Head, Pt, TDt, TorchRun, flash_attention, layer_norm};
 use super::{AnyModel, BuildError, CandleModel, ConfigError, Dims, Room, TensorShape, tensor_list};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -90,6 +91,16 @@ impl Room for DistilBert {
     }
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0], &inputs[1])
+    }
+    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<u64> {
+        torch_weights(d, head, dt)
+    }
+    fn torch_forward(
+        &self,
+        r: &TorchRun<'_>,
+        ids: &Pt,
+    ) -> std::result::Result<Vec<Pt>, &'static str> {
+        torch_forward(r, ids)
     }
 }
 
@@ -180,4 +191,113 @@ fn simulated(r: &Run<'_>, ids: &T, mask_in: &T) -> T {
     r.sim.after_layers();
     drop(embedding_output);
     hidden_states
+}
+
+/// The labels a classification head gets when the config names none (the torch worker's).
+const NUM_LABELS: u64 = 2;
+
+/// PyTorch: `DistilBertModel`'s parameters and its `position_ids` buffer (int64), and the
+/// classification head (`pre_classifier`, `classifier`).
+fn torch_weights(d: &Dims, head: Head, dt: TDt) -> Option<u64> {
+    let (width, inner) = (d.hidden as u64, d.intermediate as u64);
+    let embeddings = (d.vocab + d.max_positions) as u64 * width + 2 * width;
+    let layer = 4 * (width * width + width)
+        + 2 * width
+        + (width * inner + inner)
+        + (inner * width + width)
+        + 2 * width;
+    let params = embeddings + d.layers as u64 * layer;
+    let params = match head {
+        Head::Base => params,
+        Head::SequenceClassification => {
+            params + width * width + width + width * NUM_LABELS + NUM_LABELS
+        }
+        Head::CausalLm | Head::MaskedLm => return None,
+    };
+    Some(params * dt.size() + d.max_positions as u64 * TDt::I64.size())
+}
+
+/// PyTorch: `DistilBertModel.forward` as transformers 5 runs it on the CPU (sdpa): embeddings,
+/// the all-ones mask read and dropped, each `TransformerBlock` (attention, its `LayerNorm` over the
+/// sum, the FFN, the output `LayerNorm`); the embeddings' output is held to the end. With autograd
+/// on, what it saves.
+fn torch_forward(r: &TorchRun<'_>, ids: &Pt) -> std::result::Result<Vec<Pt>, &'static str> {
+    if r.eager {
+        return Err("eager attention is not modelled yet for DistilBERT (sdpa is)");
+    }
+    let (b, s, width, heads) = (r.b, r.s, r.d.hidden, r.d.heads);
+    let hd = width / heads;
+    let sim = r.sim;
+    let embeddings = {
+        let word = ids.new(&[b, s, width], r.dt);
+        let position = sim.alloc(&[1, s, width], r.dt);
+        let sum = word.like();
+        drop((word, position));
+        layer_norm(r, &sum)
+    };
+    {
+        let _as_bool = sim.alloc(&[b, s], TDt::Bool);
+        let _all = sim.alloc(&[], TDt::Bool);
+    }
+    let mut hidden = embeddings.clone();
+    for _ in 0..r.d.layers {
+        let out = {
+            let sa_output = {
+                let attention = {
+                    r.keep(&hidden);
+                    let q = hidden.linear(width);
+                    let k = hidden.linear(width);
+                    let v = hidden.linear(width);
+                    let context =
+                        flash_attention(r, (&q, &k, &v), heads, s, s, hd).view(&[b, s, width]);
+                    r.keep(&context);
+                    context.linear(width)
+                };
+                // `sa_output = self.sa_layer_norm(sa_output + x)`: the attention's output is
+                // freed when the name is bound again, after the norm.
+                let sum = attention.like();
+                let normed = layer_norm(r, &sum);
+                drop(attention);
+                normed
+            };
+            r.keep(&sa_output);
+            let ffn = {
+                let inner = {
+                    let lin1 = sa_output.linear(r.d.intermediate);
+                    r.keep(&lin1);
+                    lin1.like()
+                };
+                r.keep(&inner);
+                inner.linear(width)
+            };
+            let sum = sa_output.like();
+            let normed = layer_norm(r, &sum);
+            drop(ffn);
+            drop(sa_output);
+            normed
+        };
+        hidden = out;
+    }
+    let mut outputs = vec![];
+    match r.head {
+        Head::Base => {}
+        Head::SequenceClassification => {
+            // The first token: pre_classifier, ReLU (saving its output), classifier.
+            r.keep(&hidden);
+            let relu = {
+                let pre = sim.alloc(&[b, width], r.dt);
+                pre.like()
+            };
+            r.keep(&relu);
+            outputs.push(relu.linear(NUM_LABELS as usize));
+        }
+        Head::CausalLm | Head::MaskedLm => {
+            return Err(
+                "only the base and sequence-classification heads are modelled for DistilBERT",
+            );
+        }
+    }
+    outputs.insert(0, hidden);
+    drop(embeddings);
+    Ok(outputs)
 }

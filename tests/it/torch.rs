@@ -623,6 +623,8 @@ fn the_pytorch_estimator_pins_the_batch_slope_to_the_byte() {
         ("tiny-mistral", "3", "bf16", "sdpa", "infer"),
         ("tiny-llama", "24", "f32", "sdpa", "grad"),
         ("tiny-qwen3", "20", "bf16", "sdpa", "grad"),
+        ("tiny-distilbert", "24", "bf16", "sdpa", "infer"),
+        ("tiny-distilbert", "24", "f32", "sdpa", "grad"),
     ];
     for case in cases {
         let (model, seq, dtype, attn, workload) = case;
