@@ -105,37 +105,21 @@ pub fn curve_trials(
         )
         .map(|e| e.total_bytes)
     };
-    // The torch worker's baseline is the model's parameters and buffers.
-    let torch_weights = match torch {
-        Some(how) => Some(
-            crate::estimate::torch::estimate(
-                spec,
-                1,
-                curve.seq,
-                curve.dtype,
-                how.0,
-                how.1,
-                how.2,
-                threads,
-            )
-            .ok()?
-            .weights_bytes,
-        ),
-        None => None,
-    };
+    if let Some(how) = torch {
+        torch_total(1, how).ok()?;
+    }
     let total = |b: usize| match torch {
         Some(how) => torch_total(b, how).unwrap_or(u64::MAX),
         None => crate::estimate::estimate(spec, b, curve.seq, curve.dtype, &rt).total_bytes,
     };
     let hint = (plan.strategy == Strategy::Auto).then(|| {
         match torch {
-            Some(how) => crate::estimate::torch::max_batch_over_baseline(
+            Some(how) => crate::estimate::torch::max_batch(
                 spec,
                 curve.seq,
                 curve.dtype,
                 how,
                 threads,
-                torch_weights.unwrap_or(0),
                 plan.capacity_bytes,
                 plan.batch.max + 1,
             )

@@ -35,38 +35,6 @@ struct Point {
     relative_error: Option<f64>,
 }
 
-/// The largest batch whose estimate fits `capacity` (None: not even batch 1).
-fn max_batch(
-    spec: &ModelSpec,
-    seq: usize,
-    dtype: Precision,
-    how: (Workload, Task, Attn),
-    threads: usize,
-    capacity: u64,
-) -> Option<usize> {
-    let fits = |b: usize| {
-        torch::estimate(spec, b, seq, dtype, how.0, how.1, how.2, threads)
-            .is_ok_and(|e| e.total_bytes <= capacity)
-    };
-    if !fits(1) {
-        return None;
-    }
-    let (mut lo, mut hi) = (1usize, 2usize);
-    while hi <= super::estimate::MAX_BATCH && fits(hi) {
-        lo = hi;
-        hi *= 2;
-    }
-    while hi - lo > 1 {
-        let mid = lo + (hi - lo) / 2;
-        if fits(mid) {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    Some(lo)
-}
-
 /// A torch trial at one point: its measured total.
 #[allow(clippy::too_many_arguments)]
 fn measure(
@@ -176,7 +144,18 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
             threads,
             breakdown,
             capacity_bytes: capacity,
-            max_batch: capacity.and_then(|c| max_batch(spec, *seq, *dtype, how, threads, c)),
+            max_batch: capacity.and_then(|c| {
+                torch::max_batch(
+                    spec,
+                    *seq,
+                    *dtype,
+                    how,
+                    threads,
+                    c,
+                    super::estimate::MAX_BATCH,
+                )
+                .flatten()
+            }),
             relative_error: measured.map(|m| (breakdown.total_bytes as f64 - m as f64) / m as f64),
             measured_total_bytes: measured,
         });

@@ -176,14 +176,13 @@ fn torch_batches(
     let task = Task::default_for(Workload::Infer, spec.family.room().is_decoder());
     let attn = Attn::Sdpa;
     let one = |w| crate::estimate::torch::estimate(spec, 1, seq, dtype, w, task, attn, threads);
-    let largest = |w, weights| {
-        crate::estimate::torch::max_batch_over_baseline(
+    let largest = |w| {
+        crate::estimate::torch::max_batch(
             spec,
             seq,
             dtype,
             (w, task, attn),
             threads,
-            weights,
             capacity,
             estimate::MAX_BATCH,
         )
@@ -194,11 +193,8 @@ fn torch_batches(
     Ok(crate::explain::TorchBatches {
         task,
         attn,
-        infer: largest(Workload::Infer, infer.weights_bytes),
-        grad: grad
-            .as_ref()
-            .ok()
-            .map(|g| largest(Workload::Grad, g.weights_bytes)),
+        infer: largest(Workload::Infer),
+        grad: grad.as_ref().ok().map(|_| largest(Workload::Grad)),
         infer_activation_bytes: infer.activation_bytes,
         grad_activation_bytes: grad.as_ref().ok().map(|g| g.activation_bytes),
         grad_not_modelled: grad.err().map(|e| e.to_string()),

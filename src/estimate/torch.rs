@@ -154,6 +154,26 @@ pub fn estimate(
     })
 }
 
+/// The largest batch in `1..=limit` whose estimated total fits `capacity_bytes` (`oomlab
+/// estimate`'s `max_batch`, explain's batches, the forecast); None when the point is not
+/// modelled.
+#[must_use]
+pub fn max_batch(
+    spec: &ModelSpec,
+    seq: usize,
+    dtype: Precision,
+    how: (Workload, Task, Attn),
+    threads: usize,
+    capacity_bytes: u64,
+    limit: usize,
+) -> Option<Option<usize>> {
+    let at = |b: usize| estimate(spec, b, seq, dtype, how.0, how.1, how.2, threads);
+    at(1).ok()?;
+    Some(super::last_fitting(limit, |b| {
+        at(b).is_ok_and(|e| e.total_bytes <= capacity_bytes)
+    }))
+}
+
 /// The largest batch in `1..=limit` whose estimate fits `capacity_bytes` on top of a worker's
 /// measured baseline (what `auto` starts from on the CPU); None when the point is not modelled.
 #[allow(clippy::too_many_arguments)]
