@@ -139,3 +139,25 @@ fn without_pytorch_the_lesson_says_which_steps_need_it_and_runs_the_rest() {
         }
     }
 }
+
+#[test]
+fn a_step_outside_the_lesson_is_refused_naming_its_steps() {
+    let (code, out, err) = lesson(&["classic-oom", "--step", "9"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("--step 9: classic-oom has steps 1 to 6"),
+        "{err}"
+    );
+}
+
+#[test]
+fn pytorch_estimator_flags_without_the_torch_runtime_are_refused() {
+    let out = Command::new(bin())
+        .args(["estimate", "-m", "bert-tiny", "--workload", "grad"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("add --runtime torch"), "{err}");
+}
