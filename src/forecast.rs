@@ -86,24 +86,18 @@ pub fn curve_trials(
         Runtime::Torch if curve.checkpointing || !matches!(plan.device, Device::Cpu { .. }) => {
             return None;
         }
-        Runtime::Torch => Some((
-            plan.workload,
-            plan.torch_task(spec.family.room().is_decoder()),
-            plan.torch.attn,
-        )),
+        Runtime::Torch => Some(crate::estimate::torch::How {
+            optimizer: plan.torch.optimizer,
+            ..crate::estimate::torch::How::new(
+                plan.workload,
+                plan.torch_task(spec.family.room().is_decoder()),
+                plan.torch.attn,
+            )
+        }),
     };
-    let torch_total = |b: usize, how: (_, _, _)| {
-        crate::estimate::torch::estimate(
-            spec,
-            b,
-            curve.seq,
-            curve.dtype,
-            how.0,
-            how.1,
-            how.2,
-            threads,
-        )
-        .map(|e| e.total_bytes)
+    let torch_total = |b: usize, how| {
+        crate::estimate::torch::estimate(spec, b, curve.seq, curve.dtype, how, threads)
+            .map(|e| e.total_bytes)
     };
     if let Some(how) = torch {
         torch_total(1, how).ok()?;

@@ -37,7 +37,8 @@ pub struct EstimateArgs {
     /// PyTorch estimator, modelled so far for inference of the families it names).
     #[arg(long, help_heading = "PyTorch runtime")]
     pub runtime: Option<crate::plan::Runtime>,
-    /// With --runtime torch: the workload (infer is modelled so far).
+    /// With --runtime torch: infer (a forward under `no_grad`, the default), grad (a forward
+    /// keeping the autograd graph) or train (two training steps as the torch runtime takes them).
     #[arg(long, help_heading = "PyTorch runtime")]
     pub workload: Option<crate::plan::Workload>,
     /// With --runtime torch: the model's head (default as the torch runtime's sweep picks it).
@@ -46,6 +47,9 @@ pub struct EstimateArgs {
     /// With --runtime torch: sdpa (default) or eager attention.
     #[arg(long, help_heading = "PyTorch runtime")]
     pub attn: Option<crate::plan::Attn>,
+    /// With --runtime torch --workload train: adamw (the default) or sgd (momentum 0.9).
+    #[arg(long, help_heading = "PyTorch runtime")]
+    pub optimizer: Option<crate::runtime::Optimizer>,
     /// With --runtime torch --check: the Python with torch and transformers.
     #[arg(long, help_heading = "PyTorch runtime")]
     pub python: Option<std::path::PathBuf>,
@@ -124,10 +128,11 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
     if args.workload.is_some()
         || args.task.is_some()
         || args.attn.is_some()
+        || args.optimizer.is_some()
         || args.python.is_some()
     {
         return Err(CliError::usage(
-            "--workload, --task, --attn and --python belong to the PyTorch estimator: add --runtime torch",
+            "--workload, --task, --attn, --optimizer and --python belong to the PyTorch estimator: add --runtime torch",
         ));
     }
     let threads = args.what.threads.unwrap_or_else(defaults::threads);

@@ -4,7 +4,7 @@
 use super::estimate::{EstimateArgs, points};
 use super::{CliError, Flags};
 use crate::catalog::ModelSpec;
-use crate::estimate::torch::{self, TorchBreakdown};
+use crate::estimate::torch::{self, How, TorchBreakdown};
 use crate::plan::{
     Attn, PlanOverrides, Precision, Runtime, Strategy, Task, Workload, defaults, human_bytes,
 };
@@ -40,7 +40,7 @@ struct Point {
 fn measure(
     spec: &ModelSpec,
     (batch, seq, dtype): (usize, usize, Precision),
-    how: (Workload, Task, Attn),
+    how: How,
     threads: usize,
     python: &mut Option<std::path::PathBuf>,
     probed: &mut bool,
@@ -60,9 +60,10 @@ fn measure(
         strategy: Some(Strategy::Grid),
         threads: Some(threads),
         runtimes: Some(vec![Runtime::Torch]),
-        workload: Some(how.0),
-        task: Some(how.1),
-        attn: Some(how.2),
+        workload: Some(how.workload),
+        task: Some(how.task),
+        attn: Some(how.attn),
+        optimizer: Some(how.optimizer),
         python: python.clone(),
         ..PlanOverrides::default()
     };
@@ -111,8 +112,11 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
         let task = args
             .task
             .unwrap_or_else(|| Task::default_for(workload, spec.family.room().is_decoder()));
-        let how = (workload, task, attn);
-        let breakdown = torch::estimate(spec, *batch, *seq, *dtype, workload, task, attn, threads)
+        let how = How {
+            optimizer: args.optimizer.unwrap_or_default(),
+            ..How::new(workload, task, attn)
+        };
+        let breakdown = torch::estimate(spec, *batch, *seq, *dtype, how, threads)
             .map_err(|e| CliError::usage(format!("{}: {e}", spec.name)))?;
         let measured = if args.check {
             if cancel.load(Ordering::Relaxed) {

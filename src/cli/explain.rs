@@ -175,13 +175,14 @@ fn torch_batches(
     let threads = crate::plan::defaults::threads();
     let task = Task::default_for(Workload::Infer, spec.family.room().is_decoder());
     let attn = Attn::Sdpa;
-    let one = |w| crate::estimate::torch::estimate(spec, 1, seq, dtype, w, task, attn, threads);
+    let how = |w| crate::estimate::torch::How::new(w, task, attn);
+    let one = |w| crate::estimate::torch::estimate(spec, 1, seq, dtype, how(w), threads);
     let largest = |w| {
         crate::estimate::torch::max_batch(
             spec,
             seq,
             dtype,
-            (w, task, attn),
+            how(w),
             threads,
             capacity,
             estimate::MAX_BATCH,

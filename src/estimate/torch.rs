@@ -6,7 +6,9 @@
 
 use crate::catalog::ModelSpec;
 use crate::families::torch_sim::{Head, TDt, TSim, TorchRun};
+use crate::families::torch_tape::{Optim, Tape, optimizer_step};
 use crate::plan::{Attn, Precision, Task, Workload};
+use crate::runtime::Optimizer;
 use serde::Serialize;
 
 /// What a PyTorch trial holds at its peak, by part, as PyTorch's profiler counts it on the CPU.
@@ -30,9 +32,9 @@ pub enum NotModelled {
     )]
     Family { family: String, modelled: String },
     #[error(
-        "the PyTorch estimator models --workload infer and grad so far, not {0}; measure it with `oomlab sweep --runtime torch --workload {0}`"
+        "the PyTorch estimator does not model gradient checkpointing yet; measure it with `oomlab sweep --runtime torch --workload train --gradient-checkpointing on`"
     )]
-    Workload(Workload),
+    Checkpointing,
     #[error(
         "the PyTorch estimator does not model {0} yet (f32, f16 and bf16 are); measure it with `oomlab sweep --runtime torch`"
     )]
@@ -79,21 +81,49 @@ fn head(task: Task) -> Head {
     }
 }
 
-/// The estimate for one (batch, seq, precision) of a torch trial running `workload` with
-/// `task`'s head and `attn`, on `threads` CPU threads.
-#[allow(clippy::too_many_arguments)]
+/// What a torch trial runs, beside its point: the torch runtime's `--workload`, `--task`,
+/// `--attn`, `--optimizer` and `--gradient-checkpointing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct How {
+    pub workload: Workload,
+    pub task: Task,
+    pub attn: Attn,
+    pub optimizer: Optimizer,
+    pub checkpointing: bool,
+}
+
+impl How {
+    /// `workload` with `task` and `attn`, the default optimizer, no checkpointing.
+    #[must_use]
+    pub fn new(workload: Workload, task: Task, attn: Attn) -> Self {
+        Self {
+            workload,
+            task,
+            attn,
+            optimizer: Optimizer::default(),
+            checkpointing: false,
+        }
+    }
+}
+
+/// The estimate for one (batch, seq, precision) of a torch trial running `how`, on `threads`
+/// CPU threads.
 pub fn estimate(
     spec: &ModelSpec,
     batch: usize,
     seq: usize,
     dtype: Precision,
-    workload: Workload,
-    task: Task,
-    attn: Attn,
+    how: How,
     threads: usize,
 ) -> Result<TorchBreakdown, NotModelled> {
-    if workload == Workload::Train {
-        return Err(NotModelled::Workload(workload));
+    let How {
+        workload,
+        task,
+        attn,
+        ..
+    } = how;
+    if how.checkpointing {
+        return Err(NotModelled::Checkpointing);
     }
     let dt = match dtype {
         Precision::F32 => TDt::F32,
@@ -120,6 +150,15 @@ pub fn estimate(
         }
     })?;
     let sim = TSim::new();
+    if workload == Workload::Train {
+        let peak = train_peak(room, &sim, &spec.dims, (batch, seq, dt), how, h, threads)?;
+        return Ok(TorchBreakdown {
+            weights_bytes: weights,
+            input_bytes: 2 * (batch * seq) as u64 * TDt::I64.size(),
+            activation_bytes: peak - 2 * (batch * seq) as u64 * TDt::I64.size(),
+            total_bytes: weights + peak,
+        });
+    }
     let graph = std::cell::RefCell::new(Vec::new());
     let r = TorchRun {
         sim: &sim,
@@ -154,6 +193,60 @@ pub fn estimate(
     })
 }
 
+/// A training step as the torch worker takes it: two steps of forward with labels (the loss
+/// kept), backward, `optimizer.step()`, `zero_grad(set_to_none=True)`; the optimizer's state
+/// is made in the first and kept. Returns the peak above the weights, inputs and labels
+/// included.
+fn train_peak(
+    room: &dyn crate::families::Room,
+    sim: &TSim,
+    dims: &crate::families::Dims,
+    (batch, seq, dt): (usize, usize, TDt),
+    how: How,
+    head: Head,
+    threads: usize,
+) -> Result<u64, NotModelled> {
+    let r = TorchRun {
+        sim,
+        d: dims,
+        b: batch,
+        s: seq,
+        dt,
+        threads: threads.max(1),
+        eager: how.attn == Attn::Eager,
+        head,
+        graph: None,
+    };
+    let ids = sim.alloc(&[batch, seq], TDt::I64);
+    let mask = sim.alloc(&[batch, seq], TDt::I64);
+    // The labels: one class per row, or the ids again for a language model.
+    let labels = match head {
+        Head::SequenceClassification => sim.alloc(&[batch], TDt::I64),
+        _ => sim.alloc(&[batch, seq], TDt::I64),
+    };
+    let optim = match how.optimizer {
+        Optimizer::Adamw => Optim::AdamW,
+        Optimizer::Sgd => Optim::Sgd,
+    };
+    let mut state = Vec::new();
+    for _ in 0..2 {
+        let tape = Tape::new();
+        let loss = room
+            .torch_train_forward(&r, &ids, &labels, &tape)
+            .map_err(|why| NotModelled::Point {
+                family: room.name().to_string(),
+                why,
+            })?;
+        let grads = tape.backward(sim, &loss);
+        drop(loss);
+        let params: Vec<_> = grads.iter().map(|g| (g.dims.clone(), g.dt)).collect();
+        state = optimizer_step(sim, optim, &params, state);
+        drop(grads);
+    }
+    drop((ids, mask, labels, state));
+    Ok(sim.peak())
+}
+
 /// The largest batch in `1..=limit` whose estimated total fits `capacity_bytes` (`oomlab
 /// estimate`'s `max_batch`, explain's batches, the forecast); None when the point is not
 /// modelled.
@@ -162,12 +255,12 @@ pub fn max_batch(
     spec: &ModelSpec,
     seq: usize,
     dtype: Precision,
-    how: (Workload, Task, Attn),
+    how: How,
     threads: usize,
     capacity_bytes: u64,
     limit: usize,
 ) -> Option<Option<usize>> {
-    let at = |b: usize| estimate(spec, b, seq, dtype, how.0, how.1, how.2, threads);
+    let at = |b: usize| estimate(spec, b, seq, dtype, how, threads);
     at(1).ok()?;
     Some(super::last_fitting(limit, |b| {
         at(b).is_ok_and(|e| e.total_bytes <= capacity_bytes)
@@ -182,13 +275,13 @@ pub fn max_batch_over_baseline(
     spec: &ModelSpec,
     seq: usize,
     dtype: Precision,
-    how: (Workload, Task, Attn),
+    how: How,
     threads: usize,
     baseline_bytes: u64,
     capacity_bytes: u64,
     limit: usize,
 ) -> Option<Option<usize>> {
-    let at = |b: usize| estimate(spec, b, seq, dtype, how.0, how.1, how.2, threads);
+    let at = |b: usize| estimate(spec, b, seq, dtype, how, threads);
     let weights = at(1).ok()?.weights_bytes;
     Some(super::last_fitting(limit, |b| {
         at(b).is_ok_and(|e| baseline_bytes + (e.total_bytes - weights) <= capacity_bytes)
@@ -212,19 +305,27 @@ mod tests {
         task: Task,
         attn: Attn,
     ) -> Result<TorchBreakdown, NotModelled> {
-        estimate(&spec(name), b, 64, dtype, workload, task, attn, 2)
+        estimate(&spec(name), b, 64, dtype, How::new(workload, task, attn), 2)
     }
 
     #[test]
     fn what_is_not_modelled_says_so_and_how_to_measure_it() {
         let cases = [
             at(
+                "tiny-llama",
+                1,
+                Precision::F32,
+                Workload::Train,
+                Task::CausalLm,
+                Attn::Sdpa,
+            ),
+            at(
                 "bert-tiny",
                 1,
                 Precision::F32,
                 Workload::Train,
                 Task::SequenceClassification,
-                Attn::Sdpa,
+                Attn::Eager,
             ),
             at(
                 "bert-tiny",

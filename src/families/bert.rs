@@ -5,11 +5,14 @@
 #![allow(clippy::many_single_char_names)]
 
 use super::candle::{Inputs, candle_config};
-use super::config::{named_alike, opt_field};
+use super::config::{dropout_field, named_alike, opt_field};
 use super::ops::{Run, embedding, linear, norm, softmax};
 use super::sim::{Dt, T};
 use super::torch_sim::{Head, Pt, TDt, TorchRun, flash_attention, layer_norm};
-use super::{AnyModel, BuildError, CandleModel, ConfigError, Dims, Room, TensorShape, tensor_list};
+use super::torch_tape::{self as tt, Edge, Tape};
+use super::{
+    AnyModel, BuildError, CandleModel, ConfigError, Dims, Dropout, Room, TensorShape, tensor_list,
+};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert;
@@ -29,8 +32,15 @@ impl Room for Bert {
     }
     fn dims(&self, v: &Value) -> std::result::Result<Dims, ConfigError> {
         let base = named_alike(v)?;
+        // BertConfig's defaults: 0.1 each; the classifier's falls back to the hidden one.
+        let hidden = dropout_field(v, "hidden_dropout_prob", true)?;
         Ok(Dims {
             type_vocab: opt_field(v, "type_vocab_size")?.unwrap_or(2),
+            dropout: Dropout {
+                hidden,
+                attention: dropout_field(v, "attention_probs_dropout_prob", true)?,
+                classifier: dropout_field(v, "classifier_dropout", hidden)?,
+            },
             ..base
         })
     }
@@ -71,6 +81,15 @@ impl Room for Bert {
         ids: &Pt,
     ) -> std::result::Result<Vec<Pt>, &'static str> {
         torch_bert_forward(r, ids)
+    }
+    fn torch_train_forward(
+        &self,
+        r: &TorchRun<'_>,
+        ids: &Pt,
+        labels: &Pt,
+        tape: &Tape,
+    ) -> std::result::Result<Pt, &'static str> {
+        torch_bert_train_forward(r, ids, labels, tape)
     }
 }
 
@@ -375,4 +394,144 @@ pub(super) fn torch_bert_forward(
     }
     drop(embedding_output);
     Ok(outputs)
+}
+
+/// PyTorch: the forward of a training step, `BertForSequenceClassification` in train mode with
+/// autograd on the CPU (transformers 5), recording each op's node on `tape`; returns the loss
+/// (what the step keeps of the output). Dropout is on where the config's probability is above
+/// 0, and attention dropout sends sdpa to PyTorch's math kernel.
+pub(super) fn torch_bert_train_forward(
+    r: &TorchRun<'_>,
+    ids: &Pt,
+    labels: &Pt,
+    tape: &Tape,
+) -> std::result::Result<Pt, &'static str> {
+    let (b, s, h, n) = (r.b, r.s, r.d.hidden, r.d.heads);
+    let drop_on = r.d.dropout;
+    if r.head != Head::SequenceClassification {
+        return Err("a BERT training step is modelled with the sequence-classification head");
+    }
+    if r.eager || !drop_on.attention {
+        return Err(
+            "a BERT training step is modelled with sdpa and attention dropout on (the config's default)",
+        );
+    }
+    let sim = r.sim;
+    let embedding_output = {
+        // token_type_ids: the buffer's first s, expanded; the embedding saves them and its
+        // backward makes them contiguous.
+        let buffered = sim.alloc(&[1, s], TDt::I64);
+        let inputs_embeds = ids.new(&[b, s, h], r.dt);
+        tape.node(
+            &inputs_embeds,
+            vec![Edge::Param(vec![r.d.vocab, h], r.dt)],
+            &[ids],
+        );
+        let token_type_embeddings = {
+            let _flat_ids = sim.alloc(&[b, s], TDt::I64);
+            sim.alloc(&[b, s, h], r.dt)
+        };
+        tape.node(
+            &token_type_embeddings,
+            vec![
+                Edge::Param(vec![r.d.type_vocab.max(1), h], r.dt),
+                Edge::Temp((b * s) as u64 * TDt::I64.size()),
+            ],
+            &[&buffered],
+        );
+        drop(buffered);
+        let sum = tt::add(tape, &inputs_embeds, &token_type_embeddings);
+        let positions = sim.alloc(&[1, s, h], r.dt);
+        let positions_rows = r.d.max_positions + r.d.position_offset;
+        tape.node(
+            &positions,
+            vec![Edge::Param(vec![positions_rows, h], r.dt)],
+            &[],
+        );
+        let sum = {
+            let total = tt::add(tape, &sum, &positions);
+            drop(sum);
+            total
+        };
+        let normed = tt::layer_norm(tape, &sum, r.threads);
+        drop(sum);
+        tt::dropout(tape, &normed, drop_on.hidden)
+    };
+    // The mask: `attention_mask.bool()` and `.all()`, then dropped (nothing is masked).
+    {
+        let _as_bool = sim.alloc(&[b, s], TDt::Bool);
+        let _all = sim.alloc(&[], TDt::Bool);
+    }
+    let mut hidden = embedding_output;
+    for _ in 0..r.d.layers {
+        let attention_output = {
+            let context = {
+                let q = tt::linear(tape, &hidden, h, true);
+                let k = tt::linear(tape, &hidden, h, true);
+                let v = tt::linear(tape, &hidden, h, true);
+                let out = tt::math_attention(tape, (&q, &k, &v), n);
+                // `(b·heads, s, d)` viewed as `(b, heads, s, d)`: a gradient arriving strided
+                // is copied; then `transpose(1, 2).contiguous()`.
+                let out4 = out.view_node(&[b, n, s, h / n]);
+                tape.node(&out4, vec![Edge::Copy(out.gid())], &[]);
+                let context = out4.new(&[b, s, h], r.dt);
+                tape.node(&context, vec![Edge::Pass(out4.gid())], &[]);
+                context
+            };
+            let dense = tt::linear(tape, &context, h, true);
+            drop(context);
+            let dropped = tt::dropout(tape, &dense, drop_on.hidden);
+            drop(dense);
+            let sum = tt::add(tape, &dropped, &hidden);
+            let out = tt::layer_norm(tape, &sum, r.threads);
+            drop((sum, dropped));
+            out
+        };
+        let intermediate = {
+            let dense = tt::linear(tape, &attention_output, r.d.intermediate, true);
+            tt::unary(tape, &dense, false)
+        };
+        let layer_output = {
+            let dense = tt::linear(tape, &intermediate, h, true);
+            drop(intermediate);
+            let dropped = tt::dropout(tape, &dense, drop_on.hidden);
+            drop(dense);
+            let sum = tt::add(tape, &dropped, &attention_output);
+            let out = tt::layer_norm(tape, &sum, r.threads);
+            drop((sum, dropped));
+            out
+        };
+        drop(attention_output);
+        hidden = layer_output;
+    }
+    // BertPooler: the first token (its backward scatters into zeros like the hidden states),
+    // dense, tanh (saving its output).
+    let pooled = {
+        let first = hidden.view_node(&[b, h]);
+        tape.node(&first, vec![Tape::grad_of(&hidden)], &[]);
+        drop(hidden);
+        let dense = tt::linear(tape, &first, h, true);
+        tt::unary(tape, &dense, true)
+    };
+    let logits = {
+        let dropped = tt::dropout(tape, &pooled, drop_on.classifier);
+        drop(pooled);
+        tt::linear(tape, &dropped, NUM_LABELS as usize, true)
+    };
+    Ok(cross_entropy(tape, &logits, labels))
+}
+
+/// `CrossEntropyLoss` on `(rows, classes)` logits: `log_softmax` (saving its output), then
+/// `nll_loss` (a scalar, and its total weight, saved).
+fn cross_entropy(tape: &Tape, logits: &Pt, labels: &Pt) -> Pt {
+    let log_probs = logits.like();
+    tape.node(&log_probs, vec![Tape::grad_of(logits)], &[&log_probs]);
+    let loss = logits.new(&[], logits.dt);
+    let total_weight = logits.new(&[], logits.dt);
+    tape.node(
+        &loss,
+        vec![Tape::grad_of(&log_probs)],
+        &[&total_weight, labels],
+    );
+    loss
 }

@@ -52,6 +52,17 @@ pub fn bool_field(v: &Value, name: &str) -> Result<bool, ConfigError> {
     }
 }
 
+/// Whether a dropout probability is on (above 0); absent or null: `default`.
+pub fn dropout_field(v: &Value, name: &str, default: bool) -> Result<bool, ConfigError> {
+    match v.get(name) {
+        None | Some(Value::Null) => Ok(default),
+        Some(x) => match x.as_f64() {
+            Some(p) if (0.0..1.0).contains(&p) => Ok(p > 0.0),
+            _ => Err(format!("field \"{name}\" must be a probability in [0, 1), found {x}").into()),
+        },
+    }
+}
+
 /// The fields most configs name alike (`num_hidden_layers`, `hidden_size`,
 /// `num_attention_heads`, `intermediate_size`, `vocab_size`, `max_position_embeddings`), one
 /// key/value head per query head; a family sets what differs.

@@ -17,6 +17,7 @@ pub mod ops;
 pub mod sim;
 mod torch_llama;
 pub mod torch_sim;
+pub mod torch_tape;
 
 mod bert;
 mod distilbert;
@@ -180,6 +181,18 @@ pub trait Room: Sync {
         _ids: &torch_sim::Pt,
     ) -> Result<Vec<torch_sim::Pt>, &'static str> {
         Err("its PyTorch forward is not modelled yet")
+    }
+    /// PyTorch: the forward of a training step in train mode (dropout on), recording autograd's
+    /// nodes on `tape`, with the loss from `labels`; returns the loss, or why this point is not
+    /// modelled.
+    fn torch_train_forward(
+        &self,
+        _r: &torch_sim::TorchRun<'_>,
+        _ids: &torch_sim::Pt,
+        _labels: &torch_sim::Pt,
+        _tape: &torch_tape::Tape,
+    ) -> Result<torch_sim::Pt, &'static str> {
+        Err("its PyTorch training step is not modelled yet")
     }
 }
 
@@ -372,6 +385,19 @@ pub struct Dims {
     /// none, as candle reads it).
     #[serde(default)]
     pub sparse_step: usize,
+    /// Train mode: the dropouts that are on (p > 0) on the hidden states (BERT:
+    /// `hidden_dropout_prob`), the attention probabilities (`attention_probs_dropout_prob`) and
+    /// before a classification head (`classifier_dropout`, else the hidden one).
+    #[serde(default)]
+    pub dropout: Dropout,
+}
+
+/// Which of a model's dropouts are on in train mode (probability above 0).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dropout {
+    pub hidden: bool,
+    pub attention: bool,
+    pub classifier: bool,
 }
 
 /// One tensor candle's model loads: name (without any `bert.`-style prefix) and shape.

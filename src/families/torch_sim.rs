@@ -74,6 +74,8 @@ impl TDt {
 struct Counter {
     live: Cell<u64>,
     peak: Cell<u64>,
+    /// The last gradient id handed out.
+    gids: Cell<usize>,
 }
 
 impl Counter {
@@ -105,12 +107,17 @@ pub struct TSim {
     c: Rc<Counter>,
 }
 
-/// A tensor: its shape, its type, and the storage it views.
+/// A tensor: its shape, its type, and the storage it views. A clone is another Python
+/// reference to the same tensor; a view is a new tensor over the same storage. `gid` names the
+/// gradient autograd would route to it (views share their base's: their backward passes the
+/// gradient on).
 #[derive(Debug, Clone)]
 pub struct Pt {
     pub dims: Vec<usize>,
     pub dt: TDt,
     storage: Rc<Storage>,
+    imp: Rc<()>,
+    gid: usize,
 }
 
 /// A buffer a kernel holds while it runs (scratch), freed when dropped.
@@ -130,6 +137,8 @@ impl TSim {
     pub fn alloc(&self, dims: &[usize], dt: TDt) -> Pt {
         let bytes = dims.iter().product::<usize>() as u64 * dt.size();
         self.c.add(bytes);
+        let gid = self.c.gids.get() + 1;
+        self.c.gids.set(gid);
         Pt {
             dims: dims.to_vec(),
             dt,
@@ -137,6 +146,8 @@ impl TSim {
                 bytes,
                 c: Rc::clone(&self.c),
             }),
+            imp: Rc::new(()),
+            gid,
         }
     }
 
@@ -185,7 +196,33 @@ impl Pt {
             dims: dims.to_vec(),
             dt: self.dt,
             storage: Rc::clone(&self.storage),
+            imp: Rc::new(()),
+            gid: self.gid,
         }
+    }
+
+    /// A view that is its own autograd node (its backward copies or reduces the gradient):
+    /// the same storage under a new gradient id.
+    #[must_use]
+    pub fn view_node(&self, dims: &[usize]) -> Pt {
+        let gid = self.storage.c.gids.get() + 1;
+        self.storage.c.gids.set(gid);
+        Pt {
+            gid,
+            ..self.view(dims)
+        }
+    }
+
+    /// The id of the gradient autograd routes to this tensor.
+    #[must_use]
+    pub fn gid(&self) -> usize {
+        self.gid
+    }
+
+    /// Whether this is the only reference to the tensor (autograd may add into it in place).
+    #[must_use]
+    pub fn unique(&self) -> bool {
+        Rc::strong_count(&self.imp) == 1
     }
 
     /// An elementwise op's output: the same dims and type.

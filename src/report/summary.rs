@@ -145,11 +145,14 @@ pub fn curve_phase(
                 spec,
                 curve.seq,
                 curve.dtype,
-                (
-                    plan.workload,
-                    plan.torch_task(spec.family.room().is_decoder()),
-                    plan.torch.attn,
-                ),
+                crate::estimate::torch::How {
+                    optimizer: plan.torch.optimizer,
+                    ..crate::estimate::torch::How::new(
+                        plan.workload,
+                        plan.torch_task(spec.family.room().is_decoder()),
+                        plan.torch.attn,
+                    )
+                },
                 plan.device.threads(),
                 base,
                 capacity_bytes,

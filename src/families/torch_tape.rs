@@ -1,0 +1,332 @@
+//! Autograd's backward over the liveness simulator, for the PyTorch estimator's training step:
+//! a family's train-mode forward records a node per op as PyTorch's autograd does (what it
+//! saves, and what its backward allocates for each input), and `Tape::backward` runs them the way
+//! the CPU engine does:
+//! - nodes in reverse creation order (the ready queue orders by sequence number, and every node
+//!   is ready by the time its turn comes);
+//! - a node allocates its outputs while its incoming gradient and saved tensors are live, then
+//!   frees the incoming gradient and releases what it saved;
+//! - a gradient reaching a tensor that already has one is added in place when either side is
+//!   referenced once (autograd's `InputBuffer::accumulate`), else into a new tensor;
+//! - a parameter's gradient is the tensor its node allocated (`AccumulateGrad` steals it) and
+//!   stays until the optimizer's `zero_grad(set_to_none=True)`.
+
+// The attention follows PyTorch's names (q, k, v; b, s, h, d for batch, seq, hidden, head dim).
+#![allow(clippy::many_single_char_names)]
+
+use super::torch_sim::{Pt, TDt, TSim};
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+/// What a node's backward produces for one of its inputs, in the order it allocates them.
+#[derive(Debug, Clone)]
+pub enum Edge {
+    /// A new gradient for the tensor whose grad id is given, of `dims` and `dt`.
+    New(usize, Vec<usize>, TDt),
+    /// The incoming gradient itself, passed on (add, views, `contiguous`).
+    Pass(usize),
+    /// A copy of the incoming gradient (a reshape of a strided gradient).
+    Copy(usize),
+    /// A parameter's gradient, kept until the optimizer step.
+    Param(Vec<usize>, TDt),
+    /// A buffer the backward holds while it runs, of so many bytes.
+    Temp(u64),
+}
+
+struct Node {
+    out: usize,
+    edges: Vec<Edge>,
+    _saved: Vec<Pt>,
+}
+
+/// The recorded graph of one forward with autograd on.
+#[derive(Default)]
+pub struct Tape {
+    nodes: RefCell<Vec<Node>>,
+}
+
+impl Tape {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records the node that made `out`: its backward's edges, and the tensors it saves.
+    pub fn node(&self, out: &Pt, edges: Vec<Edge>, saved: &[&Pt]) {
+        self.nodes.borrow_mut().push(Node {
+            out: out.gid(),
+            edges,
+            _saved: saved.iter().map(|t| (*t).clone()).collect(),
+        });
+    }
+
+    /// A new gradient for `t`, like it.
+    #[must_use]
+    pub fn grad_of(t: &Pt) -> Edge {
+        Edge::New(t.gid(), t.dims.clone(), t.dt)
+    }
+
+    /// Drops the graph without running it (the forward's output dropped before backward).
+    pub fn clear(&self) {
+        self.nodes.borrow_mut().clear();
+    }
+
+    /// `loss.backward()`: the seed (`ones_like(loss)`) and every node from the last; returns
+    /// the parameters' gradients.
+    #[must_use]
+    pub fn backward(&self, sim: &TSim, loss: &Pt) -> Vec<Pt> {
+        let mut grads: HashMap<usize, Pt> = HashMap::new();
+        grads.insert(loss.gid(), loss.like());
+        let mut params = Vec::new();
+        loop {
+            let Some(node) = self.nodes.borrow_mut().pop() else {
+                break;
+            };
+            let Some(incoming) = grads.remove(&node.out) else {
+                continue;
+            };
+            let mut outs = Vec::new();
+            for edge in &node.edges {
+                match edge {
+                    Edge::New(of, dims, dt) => outs.push((*of, sim.alloc(dims, *dt))),
+                    Edge::Pass(of) => outs.push((*of, incoming.clone())),
+                    Edge::Copy(of) => outs.push((*of, incoming.like())),
+                    Edge::Param(dims, dt) => params.push(sim.alloc(dims, *dt)),
+                    Edge::Temp(bytes) => drop(sim.scratch(*bytes)),
+                }
+            }
+            drop(incoming);
+            drop(node);
+            for (of, grad) in outs {
+                let merged = match grads.remove(&of) {
+                    None => grad,
+                    Some(old) if old.unique() => old,
+                    Some(_) if grad.unique() => grad,
+                    Some(old) => {
+                        let sum = old.like();
+                        drop((old, grad));
+                        sum
+                    }
+                };
+                grads.insert(of, merged);
+            }
+        }
+        params
+    }
+}
+
+/// The optimizer the training step runs (the torch runtime's `--optimizer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Optim {
+    /// `torch.optim.AdamW` with its defaults.
+    AdamW,
+    /// `torch.optim.SGD` with momentum 0.9.
+    Sgd,
+}
+
+/// `optimizer.step()` on the CPU, where PyTorch's default is the single-tensor loop (foreach
+/// is the default only when every parameter is on CUDA). The state is created on the first
+/// step and kept: `AdamW`'s `step` (a float32 scalar), `exp_avg` and `exp_avg_sq` (like each parameter), SGD's momentum
+/// buffer (a clone of the gradient). `AdamW`'s denominator `(exp_avg_sq.sqrt() / c).add_(eps)`
+/// holds two tensors like the parameter while one parameter is updated; SGD updates in place.
+/// `params` are the parameters' dims and type, in the model's order; returns the state.
+#[must_use]
+pub fn optimizer_step(
+    sim: &TSim,
+    optim: Optim,
+    params: &[(Vec<usize>, TDt)],
+    state: Vec<Pt>,
+) -> Vec<Pt> {
+    let mut state = state;
+    if state.is_empty() {
+        for (dims, dt) in params {
+            if optim == Optim::AdamW {
+                // `state["step"]`: a float32 scalar tensor per parameter.
+                state.push(sim.alloc(&[], TDt::F32));
+                state.push(sim.alloc(dims, *dt));
+            }
+            state.push(sim.alloc(dims, *dt));
+        }
+    }
+    if optim == Optim::AdamW {
+        for (dims, dt) in params {
+            let sqrt = sim.alloc(dims, *dt);
+            let denom = sim.alloc(dims, *dt);
+            drop(sqrt);
+            drop(denom);
+        }
+    }
+    state
+}
+
+/// `nn.Linear` with autograd: `addmm` over the input viewed as rows, saving the input; its
+/// backward allocates the input's gradient, then the weight's and the bias's.
+#[must_use]
+pub fn linear(tape: &Tape, x: &Pt, out: usize, bias: bool) -> Pt {
+    let y = x.linear(out);
+    let inp = x.dims[x.dims.len() - 1];
+    let mut edges = vec![Tape::grad_of(x), Edge::Param(vec![out, inp], x.dt)];
+    if bias {
+        edges.push(Edge::Param(vec![out], x.dt));
+    }
+    tape.node(&y, edges, &[x]);
+    y
+}
+
+/// `F.dropout` in train mode on the CPU (`p > 0`; `on` false returns the input): the mask is
+/// `empty_like(x).bernoulli_()` in the input's type (the fused kernel is CUDA's), the output
+/// `x * mask`, which saves the mask.
+#[must_use]
+pub fn dropout(tape: &Tape, x: &Pt, on: bool) -> Pt {
+    if !on {
+        return x.clone();
+    }
+    let mask = x.like();
+    let y = x.like();
+    tape.node(&y, vec![Tape::grad_of(x)], &[&mask]);
+    y
+}
+
+/// `nn.LayerNorm` with autograd on the CPU: the output, the mean and reciprocal deviation per
+/// row (saved with the input); the backward allocates the input's gradient, the weight's and
+/// the bias's, and a per-thread buffer (in the input's type) for the latter two.
+#[must_use]
+pub fn layer_norm(tape: &Tape, x: &Pt, threads: usize) -> Pt {
+    let rows: Vec<usize> = x.dims[..x.dims.len() - 1].to_vec();
+    let h = x.dims[x.dims.len() - 1];
+    let out = x.like();
+    let mean = x.new(&rows, x.dt);
+    let rstd = x.new(&rows, x.dt);
+    tape.node(
+        &out,
+        vec![
+            Tape::grad_of(x),
+            Edge::Param(vec![h], x.dt),
+            Edge::Param(vec![h], x.dt),
+            Edge::Temp((2 * threads * h) as u64 * x.dt.size()),
+        ],
+        &[x, &mean, &rstd],
+    );
+    out
+}
+
+/// An elementwise op whose backward needs one saved tensor (gelu its input, tanh its output):
+/// a new tensor like `x`, the backward a new gradient like `x`.
+#[must_use]
+pub fn unary(tape: &Tape, x: &Pt, saves_output: bool) -> Pt {
+    let y = x.like();
+    let saved = if saves_output { &y } else { x };
+    tape.node(&y, vec![Tape::grad_of(x)], &[saved]);
+    y
+}
+
+/// `a + b` (b may broadcast): the gradient passes on to `a`, and to `b` as is or reduced to its
+/// shape (`sum_to`, a new tensor).
+#[must_use]
+pub fn add(tape: &Tape, a: &Pt, b: &Pt) -> Pt {
+    let y = a.like();
+    let to_b = if b.dims == a.dims {
+        Edge::Pass(b.gid())
+    } else {
+        Tape::grad_of(b)
+    };
+    tape.node(&y, vec![Edge::Pass(a.gid()), to_b], &[]);
+    y
+}
+
+/// `F.scaled_dot_product_attention` with dropout on the CPU: PyTorch's math fallback
+/// (`_scaled_dot_product_attention_math`), since the CPU flash kernel takes no dropout. On
+/// `(b, heads, s, d)` views of the projections (`q`, `k`, `v` are the projections' outputs,
+/// `(b, s, heads·d)`, whose gradients come back as copies of the heads-major gradients):
+/// - `q·√scale` and `kᵀ·√scale` (new tensors; the latter dropped after the product);
+/// - `matmul` copies both for `bmm`, which saves the copies, then the scores;
+/// - `_safe_softmax` (saving its output; a bool mask of the scores and one per row while it
+///   runs), dropout (mask and output), `matmul` with a copy of v, saving both;
+/// - returns the `(b·heads, s, d)` output; `q·√scale` dies at the function's end.
+///
+/// In bf16 and f16 the kernel works in f32: q, k and v are cast first (and v copied once more
+/// before its product), and the output is cast back; the f32 copies die at the end.
+#[must_use]
+pub fn math_attention(tape: &Tape, (q, k, v): (&Pt, &Pt, &Pt), heads: usize) -> Pt {
+    let (b, s, h) = (q.dims[0], q.dims[1], q.dims[2]);
+    let d = h / heads;
+    let heads_major = |t: &Pt| {
+        let view = t.view_node(&[b, heads, s, d]);
+        tape.node(&view, vec![Edge::Copy(t.gid())], &[]);
+        view
+    };
+    let (q4, k4, v4) = (heads_major(q), heads_major(k), heads_major(v));
+    let reduced = q.dt.reduced();
+    let acc = |t: &Pt| {
+        if reduced {
+            let c = t.new(&t.dims, TDt::F32);
+            tape.node(&c, vec![Tape::grad_of(t)], &[]);
+            c
+        } else {
+            t.clone()
+        }
+    };
+    let (qa, ka, va) = (acc(&q4), acc(&k4), acc(&v4));
+    let scaled = |t: &Pt| {
+        let y = t.like();
+        tape.node(&y, vec![Tape::grad_of(t)], &[]);
+        y
+    };
+    // `matmul` on a strided operand: `reshape` copies it; the copy's gradient passes back.
+    let bmm_copy = |t: &Pt, dims: &[usize]| {
+        let c = t.new(dims, t.dt);
+        tape.node(&c, vec![Edge::Pass(t.gid())], &[]);
+        c
+    };
+    let qs = scaled(&qa);
+    let scores = {
+        let kts = scaled(&ka);
+        let qc = bmm_copy(&qs, &[b * heads, s, d]);
+        let kc = bmm_copy(&kts, &[b * heads, d, s]);
+        let scores = qa.new(&[b * heads, s, s], qa.dt);
+        tape.node(
+            &scores,
+            vec![Tape::grad_of(&qc), Tape::grad_of(&kc)],
+            &[&qc, &kc],
+        );
+        scores
+    };
+    let probs = {
+        let probs = scores.like();
+        {
+            let sim_bytes = (b * heads * s * s + b * heads * s) as u64 * TDt::Bool.size();
+            let _masks = q.new(&[sim_bytes as usize], TDt::Bool);
+        }
+        tape.node(&probs, vec![Tape::grad_of(&scores)], &[&probs]);
+        drop(scores);
+        probs
+    };
+    let dropped = dropout(tape, &probs, true);
+    drop(probs);
+    let vx = if reduced {
+        let x = va.like();
+        tape.node(&x, vec![Edge::Pass(va.gid())], &[]);
+        x
+    } else {
+        va.clone()
+    };
+    let out = {
+        let vc = bmm_copy(&vx, &[b * heads, s, d]);
+        let out = qa.new(&[b * heads, s, d], qa.dt);
+        tape.node(
+            &out,
+            vec![Tape::grad_of(&vc), Tape::grad_of(&dropped)],
+            &[&dropped, &vc],
+        );
+        out
+    };
+    let cast = if reduced {
+        let o = out.new(&out.dims, q.dt);
+        tape.node(&o, vec![Tape::grad_of(&out)], &[]);
+        o
+    } else {
+        out.clone()
+    };
+    drop((qs, qa, ka, va, vx, out));
+    cast
+}
