@@ -214,9 +214,27 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
             out_part!(" {:>11} {:>+7.3}%", human_bytes(m), e * 100.0);
         }
         out!("");
+        if let (Some(state), Some(grads), Some(saved)) = (
+            b.optimizer_bytes,
+            b.gradient_bytes,
+            b.saved_activation_bytes,
+        ) {
+            out!(
+                "{:<24} optimizer state {}, gradients {}, saved activations {} (step 2's phases, as the torch trial's timeline splits them)",
+                "",
+                human_bytes(state),
+                human_bytes(grads),
+                human_bytes(saved)
+            );
+        }
     }
+    let optimizer = if workload == Workload::Train {
+        format!(", optimizer {}", args.optimizer.unwrap_or_default())
+    } else {
+        String::new()
+    };
     out!(
-        "PyTorch · {} · task {}, attention {} · estimated by oomlab's PyTorch estimator from the model's dims (a simulation of transformers' forward as PyTorch runs it on the CPU; --check measures with the torch runtime)",
+        "PyTorch · {} · task {}, attention {}{optimizer} · estimated by oomlab's PyTorch estimator from the model's dims (a simulation of transformers' forward as PyTorch runs it on the CPU; --check measures with the torch runtime)",
         workload.describe(),
         rows.first().map_or(Task::Base, |p| p.task),
         attn

@@ -191,6 +191,21 @@ fn torch_batches(
     };
     let infer = one(Workload::Infer)?;
     let grad = one(Workload::Grad);
+    let train_task = Task::default_for(Workload::Train, spec.family.room().is_decoder());
+    let train_how = crate::estimate::torch::How::new(Workload::Train, train_task, attn);
+    let train = crate::estimate::torch::estimate(spec, 1, seq, Precision::F32, train_how, threads)
+        .map(|_| {
+            crate::estimate::torch::max_batch(
+                spec,
+                seq,
+                Precision::F32,
+                train_how,
+                threads,
+                capacity,
+                estimate::MAX_BATCH,
+            )
+            .flatten()
+        });
     Ok(crate::explain::TorchBatches {
         task,
         attn,
@@ -199,5 +214,8 @@ fn torch_batches(
         infer_activation_bytes: infer.activation_bytes,
         grad_activation_bytes: grad.as_ref().ok().map(|g| g.activation_bytes),
         grad_not_modelled: grad.err().map(|e| e.to_string()),
+        train_task,
+        train_not_modelled: train.as_ref().err().map(ToString::to_string),
+        train_adamw_f32: train.ok(),
     })
 }

@@ -22,6 +22,22 @@ pub struct TorchBreakdown {
     pub activation_bytes: u64,
     /// Comparable with a torch trial's `total_bytes`.
     pub total_bytes: u64,
+    /// Training only, by the same differences the torch trial's timeline gives (its phases'
+    /// live bytes): the optimizer state (step 2's forward less step 1's), the gradients (step
+    /// 2's optimizer step less its forward), the saved activations with the loss (step 2's
+    /// backward less its forward). Null for infer and grad.
+    pub optimizer_bytes: Option<u64>,
+    pub gradient_bytes: Option<u64>,
+    pub saved_activation_bytes: Option<u64>,
+}
+
+/// The live bytes where a training step's phases begin, as the torch worker marks them.
+#[derive(Debug, Clone, Copy, Default)]
+struct Marks {
+    forward1: u64,
+    forward2: u64,
+    backward2: u64,
+    optimizer2: u64,
 }
 
 /// Why a point cannot be estimated for PyTorch.
@@ -151,12 +167,16 @@ pub fn estimate(
     })?;
     let sim = TSim::new();
     if workload == Workload::Train {
-        let peak = train_peak(room, &sim, &spec.dims, (batch, seq, dt), how, h, threads)?;
+        let (peak, m) = train_peak(room, &sim, &spec.dims, (batch, seq, dt), how, h, threads)?;
+        let input_bytes = 2 * (batch * seq) as u64 * TDt::I64.size();
         return Ok(TorchBreakdown {
             weights_bytes: weights,
-            input_bytes: 2 * (batch * seq) as u64 * TDt::I64.size(),
-            activation_bytes: peak - 2 * (batch * seq) as u64 * TDt::I64.size(),
+            input_bytes,
+            activation_bytes: peak - input_bytes,
             total_bytes: weights + peak,
+            optimizer_bytes: Some(m.forward2 - m.forward1),
+            gradient_bytes: Some(m.optimizer2 - m.forward2),
+            saved_activation_bytes: Some(m.backward2 - m.forward2),
         });
     }
     let graph = std::cell::RefCell::new(Vec::new());
@@ -190,13 +210,16 @@ pub fn estimate(
         input_bytes,
         activation_bytes: peak - input_bytes,
         total_bytes: weights + peak,
+        optimizer_bytes: None,
+        gradient_bytes: None,
+        saved_activation_bytes: None,
     })
 }
 
 /// A training step as the torch worker takes it: two steps of forward with labels (the loss
 /// kept), backward, `optimizer.step()`, `zero_grad(set_to_none=True)`; the optimizer's state
 /// is made in the first and kept. Returns the peak above the weights, inputs and labels
-/// included.
+/// included, and the live bytes where the phases begin.
 fn train_peak(
     room: &dyn crate::families::Room,
     sim: &TSim,
@@ -205,7 +228,7 @@ fn train_peak(
     how: How,
     head: Head,
     threads: usize,
-) -> Result<u64, NotModelled> {
+) -> Result<(u64, Marks), NotModelled> {
     let r = TorchRun {
         sim,
         d: dims,
@@ -229,7 +252,13 @@ fn train_peak(
         Optimizer::Sgd => Optim::Sgd,
     };
     let mut state = Vec::new();
-    for _ in 0..2 {
+    let mut m = Marks::default();
+    for step in 1..=2 {
+        if step == 1 {
+            m.forward1 = sim.live();
+        } else {
+            m.forward2 = sim.live();
+        }
         let tape = Tape::new();
         let loss = room
             .torch_train_forward(&r, &ids, &labels, &tape)
@@ -237,14 +266,16 @@ fn train_peak(
                 family: room.name().to_string(),
                 why,
             })?;
+        m.backward2 = sim.live();
         let grads = tape.backward(sim, &loss);
         drop(loss);
+        m.optimizer2 = sim.live();
         let params: Vec<_> = grads.iter().map(|g| (g.dims.clone(), g.dt)).collect();
         state = optimizer_step(sim, optim, &params, state);
         drop(grads);
     }
     drop((ids, mask, labels, state));
-    Ok(sim.peak())
+    Ok((sim.peak(), m))
 }
 
 /// The largest batch in `1..=limit` whose estimated total fits `capacity_bytes` (`oomlab
@@ -375,6 +406,93 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("bert, llama"), "{e}");
+    }
+
+    /// A training step's parts: the gradients are the parameters (weights less the two int64
+    /// buffers), AdamW keeps two tensors like them and a float32 step per parameter where SGD
+    /// keeps one, and the saved activations grow with the batch while the others do not.
+    #[test]
+    fn a_training_step_is_split_into_state_gradients_and_saved_activations() {
+        let step = |b: usize, optimizer: Optimizer| {
+            estimate(
+                &spec("bert-mini"),
+                b,
+                64,
+                Precision::F32,
+                How {
+                    optimizer,
+                    ..How::new(Workload::Train, Task::SequenceClassification, Attn::Sdpa)
+                },
+                2,
+            )
+            .unwrap()
+        };
+        let (adamw, sgd, adamw4) = (
+            step(2, Optimizer::Adamw),
+            step(2, Optimizer::Sgd),
+            step(4, Optimizer::Adamw),
+        );
+        let d = spec("bert-mini").dims;
+        let params = adamw.weights_bytes - 2 * d.max_positions as u64 * 8;
+        assert_eq!(adamw.gradient_bytes, Some(params));
+        assert_eq!(sgd.optimizer_bytes, Some(params));
+        let tensors = 5 + 16 * d.layers as u64 + 2 + 2;
+        assert_eq!(adamw.optimizer_bytes, Some(2 * params + 4 * tensors));
+        let (s2, s4) = (
+            adamw.saved_activation_bytes.unwrap(),
+            adamw4.saved_activation_bytes.unwrap(),
+        );
+        assert!(s4 > s2 && s4 - s2 > s2 / 2, "{s2} {s4}");
+        assert_eq!(adamw4.optimizer_bytes, adamw.optimizer_bytes);
+    }
+
+    /// Korthikanti et al.'s activation memory per transformer layer, `s·b·h·(34 + 5·a·s/h)`
+    /// bytes for f16 training with dropout, against this model's saved activations per layer
+    /// for BERT-base trained in f16 on the CPU (one layer more, less one layer fewer). They
+    /// differ by design, and the test prints by how much rather than asserting equality:
+    /// - the formula assumes Megatron's kernels: one-byte dropout masks, the softmax output
+    ///   and the dropout output in f16 (5 bytes per attention score);
+    /// - PyTorch's CPU math attention (sdpa with dropout) works in f32 in reduced precision:
+    ///   the softmax output, the dropout mask and the dropped scores are saved in f32 (12 bytes
+    ///   per score), with f32 copies of q, k and v for its products;
+    /// - dropout masks elsewhere are in the input's type (2 bytes, not 1), and LayerNorm keeps
+    ///   its input with its statistics.
+    ///
+    /// What it asserts: both grow linearly in the batch, and the quadratic term (per score)
+    /// is the f32 kernel's 12 bytes against the formula's 5.
+    #[test]
+    fn per_layer_saved_activations_against_korthikanti() {
+        let saved = |layers: usize, b: usize, s: usize| {
+            let mut spec = spec("bert-base-uncased");
+            spec.dims.layers = layers;
+            let how = How::new(Workload::Train, Task::SequenceClassification, Attn::Sdpa);
+            estimate(&spec, b, s, Precision::F16, how, 2)
+                .unwrap()
+                .saved_activation_bytes
+                .unwrap()
+        };
+        let per_layer = |b: usize, s: usize| saved(2, b, s) - saved(1, b, s);
+        let d = spec("bert-base-uncased").dims;
+        let (h, a) = (d.hidden as f64, d.heads as f64);
+        let formula = |b: usize, s: usize| {
+            let (b, s) = (b as f64, s as f64);
+            s * b * h * (34.0 + 5.0 * a * s / h)
+        };
+        for (b, s) in [(1, 128), (4, 512)] {
+            let ours = per_layer(b, s) as f64;
+            let theirs = formula(b, s);
+            println!(
+                "BERT-base f16 training, b{b} s{s}: {ours:.0} bytes per layer saved, Korthikanti {theirs:.0} ({:+.1}%)",
+                (ours - theirs) / theirs * 100.0
+            );
+        }
+        // Linear in the batch.
+        assert_eq!(per_layer(4, 128), 4 * per_layer(1, 128));
+        // The score term: per layer, per score (b·a·s²), from two seqs at the same tokens the
+        // linear term cancels: bytes(s) − 2·bytes(s/2) at batch b and 2b.
+        let quad = (per_layer(1, 256) - 2 * per_layer(1, 128)) as f64;
+        let scores = a * (256.0 * 256.0 - 2.0 * 128.0 * 128.0);
+        assert_eq!(quad / scores, 12.0, "bytes per attention score");
     }
 
     /// The parts add up, the inputs are the two int64 tensors, and the activations grow with

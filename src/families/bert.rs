@@ -471,9 +471,15 @@ pub(super) fn torch_bert_train_forward(
                 let v = tt::linear(tape, &hidden, h, true);
                 let out = tt::math_attention(tape, (&q, &k, &v), n);
                 // `(b·heads, s, d)` viewed as `(b, heads, s, d)`: a gradient arriving strided
-                // is copied; then `transpose(1, 2).contiguous()`.
+                // is copied (at batch 1 the reshape is a view); then
+                // `transpose(1, 2).contiguous()`.
                 let out4 = out.view_node(&[b, n, s, h / n]);
-                tape.node(&out4, vec![Edge::Copy(out.gid())], &[]);
+                let back = if b > 1 {
+                    Edge::Copy(out.gid())
+                } else {
+                    Edge::Pass(out.gid())
+                };
+                tape.node(&out4, vec![back], &[]);
                 let context = out4.new(&[b, s, h], r.dt);
                 tape.node(&context, vec![Edge::Pass(out4.gid())], &[]);
                 context
@@ -522,16 +528,13 @@ pub(super) fn torch_bert_train_forward(
 }
 
 /// `CrossEntropyLoss` on `(rows, classes)` logits: `log_softmax` (saving its output), then
-/// `nll_loss` (a scalar, and its total weight, saved).
+/// `nll_loss` (a scalar, and its total weight, which lives as long as the graph).
 fn cross_entropy(tape: &Tape, logits: &Pt, labels: &Pt) -> Pt {
     let log_probs = logits.like();
     tape.node(&log_probs, vec![Tape::grad_of(logits)], &[&log_probs]);
     let loss = logits.new(&[], logits.dt);
     let total_weight = logits.new(&[], logits.dt);
-    tape.node(
-        &loss,
-        vec![Tape::grad_of(&log_probs)],
-        &[&total_weight, labels],
-    );
+    tape.node(&loss, vec![Tape::grad_of(&log_probs)], &[labels]);
+    tape.hold(&total_weight);
     loss
 }

@@ -43,6 +43,9 @@ struct Node {
 #[derive(Default)]
 pub struct Tape {
     nodes: RefCell<Vec<Node>>,
+    /// Tensors that live as long as the graph (a forward's extra outputs a node keeps, such as
+    /// `nll_loss`'s total weight), freed when the backward ends.
+    held: RefCell<Vec<Pt>>,
 }
 
 impl Tape {
@@ -60,6 +63,11 @@ impl Tape {
         });
     }
 
+    /// Keeps `t` until the graph is freed (the end of the backward).
+    pub fn hold(&self, t: &Pt) {
+        self.held.borrow_mut().push(t.clone());
+    }
+
     /// A new gradient for `t`, like it.
     #[must_use]
     pub fn grad_of(t: &Pt) -> Edge {
@@ -69,6 +77,7 @@ impl Tape {
     /// Drops the graph without running it (the forward's output dropped before backward).
     pub fn clear(&self) {
         self.nodes.borrow_mut().clear();
+        self.held.borrow_mut().clear();
     }
 
     /// `loss.backward()`: the seed (`ones_like(loss)`) and every node from the last; returns
@@ -111,6 +120,7 @@ impl Tape {
                 grads.insert(of, merged);
             }
         }
+        self.held.borrow_mut().clear();
         params
     }
 }
@@ -244,8 +254,8 @@ pub fn add(tape: &Tape, a: &Pt, b: &Pt) -> Pt {
 ///   runs), dropout (mask and output), `matmul` with a copy of v, saving both;
 /// - returns the `(b·heads, s, d)` output; `q·√scale` dies at the function's end.
 ///
-/// In bf16 and f16 the kernel works in f32: q, k and v are cast first (and v copied once more
-/// before its product), and the output is cast back; the f32 copies die at the end.
+/// In bf16 and f16 the kernel works in f32: q, k and v are cast first, and the output and the
+/// weights it also returns are cast back; the f32 copies die at the end, then the weights.
 #[must_use]
 pub fn math_attention(tape: &Tape, (q, k, v): (&Pt, &Pt, &Pt), heads: usize) -> Pt {
     let (b, s, h) = (q.dims[0], q.dims[1], q.dims[2]);
@@ -303,15 +313,10 @@ pub fn math_attention(tape: &Tape, (q, k, v): (&Pt, &Pt, &Pt), heads: usize) -> 
     };
     let dropped = dropout(tape, &probs, true);
     drop(probs);
-    let vx = if reduced {
-        let x = va.like();
-        tape.node(&x, vec![Edge::Pass(va.gid())], &[]);
-        x
-    } else {
-        va.clone()
-    };
+    // The kernel also returns the attention weights, cast back (the caller drops them).
+    let returned = reduced.then(|| dropped.new(&dropped.dims, q.dt));
     let out = {
-        let vc = bmm_copy(&vx, &[b * heads, s, d]);
+        let vc = bmm_copy(&va, &[b * heads, s, d]);
         let out = qa.new(&[b * heads, s, d], qa.dt);
         tape.node(
             &out,
@@ -327,6 +332,7 @@ pub fn math_attention(tape: &Tape, (q, k, v): (&Pt, &Pt, &Pt), heads: usize) -> 
     } else {
         out.clone()
     };
-    drop((qs, qa, ka, va, vx, out));
+    drop((qs, qa, ka, va, out));
+    drop(returned);
     cast
 }

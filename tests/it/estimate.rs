@@ -739,6 +739,9 @@ fn explain_with_a_model_answers_a_pytorch_message_with_pytorchs_figures() {
     };
     let (infer, grad) = (torch_max("infer"), torch_max("grad"));
     assert!(grad < infer, "{grad} {infer}");
+    let train = torch_max("train");
+    assert!(train < grad, "{train} {grad}");
+    assert_eq!(lb["torch"]["train_adamw_f32"].as_u64(), Some(train));
     assert_eq!(lb["torch"]["infer"].as_u64(), Some(infer));
     assert_eq!(lb["torch"]["grad"].as_u64(), Some(grad));
     let advice: Vec<&str> = e["advice"]
@@ -759,8 +762,11 @@ fn explain_with_a_model_answers_a_pytorch_message_with_pytorchs_figures() {
         "{}",
         advice[1]
     );
+    // Training: AdamW in f32 by the estimate, amp-bf16 and checkpointing to be measured.
     assert!(
-        advice[2].starts_with("measure the training batch"),
+        advice[2].starts_with("for training with AdamW in f32 without gradient checkpointing")
+            && advice[2].contains(&format!("`per_device_train_batch_size={train}`"))
+            && advice[2].contains("--dtype f32,amp-bf16 --gradient-checkpointing off,on"),
         "{}",
         advice[2]
     );

@@ -647,6 +647,44 @@ fn the_pytorch_estimator_pins_the_batch_slope_to_the_byte() {
     }
 }
 
+/// The PyTorch estimator's training step (forward in train mode, backward, AdamW) against the
+/// torch runtime: the batch slope to the byte and the total within 1%, where the backward sets
+/// the peak (tiny BERT with its dropouts on, f32 and bf16) and where the backward or the
+/// optimizer step may (bert-mini at seq 128).
+#[test]
+fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
+    let Some(python) = torch_python() else { return };
+    let d = TempDir::new("torch-train-estimate");
+    let config = d.join("tiny-bert-dropout.json");
+    let mut tiny: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/models/tiny-bert.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    tiny["hidden_dropout_prob"] = 0.1.into();
+    tiny["attention_probs_dropout_prob"] = 0.1.into();
+    std::fs::write(&config, tiny.to_string()).unwrap();
+    let config = config.to_string_lossy().into_owned();
+    let cases = [
+        ((config.as_str(), "40", "f32", "sdpa", "train"), "1,3"),
+        ((config.as_str(), "24", "bf16", "sdpa", "train"), "1,3"),
+        (("bert-mini", "128", "f32", "sdpa", "train"), "8,16"),
+    ];
+    for (case, batches) in cases {
+        let points = estimate_checked(&python, case, batches);
+        let [(e1, m1), (e2, m2)] = points[..] else {
+            panic!("{case:?}: {points:?}")
+        };
+        assert_eq!(e2 - e1, m2 - m1, "{case:?}: slope");
+        for (e, m) in [(e1, m1), (e2, m2)] {
+            let err = (e as f64 - m as f64).abs() / m as f64;
+            assert!(err < 0.01, "{case:?}: {e} against {m}");
+        }
+    }
+}
+
 /// `auto` on the torch runtime starts from the PyTorch estimator's b* on top of the measured
 /// baseline: two trials per curve (b* fits, b*+1 does not) when the estimate is right.
 #[test]
