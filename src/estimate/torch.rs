@@ -472,11 +472,11 @@ mod tests {
                 .unwrap()
         };
         let per_layer = |b: usize, s: usize| saved(2, b, s) - saved(1, b, s);
-        let d = spec("bert-base-uncased").dims;
-        let (h, a) = (d.hidden as f64, d.heads as f64);
+        let dims = spec("bert-base-uncased").dims;
+        let (hidden, heads) = (dims.hidden as f64, dims.heads as f64);
         let formula = |b: usize, s: usize| {
             let (b, s) = (b as f64, s as f64);
-            s * b * h * (34.0 + 5.0 * a * s / h)
+            s * b * hidden * (34.0 + 5.0 * heads * s / hidden)
         };
         for (b, s) in [(1, 128), (4, 512)] {
             let ours = per_layer(b, s) as f64;
@@ -491,7 +491,7 @@ mod tests {
         // The score term: per layer, per score (b·a·s²), from two seqs at the same tokens the
         // linear term cancels: bytes(s) − 2·bytes(s/2) at batch b and 2b.
         let quad = (per_layer(1, 256) - 2 * per_layer(1, 128)) as f64;
-        let scores = a * (256.0 * 256.0 - 2.0 * 128.0 * 128.0);
+        let scores = heads * (256.0 * 256.0 - 2.0 * 128.0 * 128.0);
         assert_eq!(quad / scores, 12.0, "bytes per attention score");
     }
 

@@ -152,7 +152,7 @@ pub struct TorchBatches {
     /// Why the forward without `no_grad` is not modelled, when it is not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grad_not_modelled: Option<String>,
-    /// A training step (two, as the torch runtime takes them) with AdamW in f32, without
+    /// A training step (two, as the torch runtime takes them) with `AdamW` in f32, without
     /// checkpointing, with the training head (`train_task`): the largest batch (None: not even
     /// 1), when modelled; else why not.
     pub train_task: crate::runtime::Task,
