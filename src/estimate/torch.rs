@@ -409,7 +409,7 @@ mod tests {
     }
 
     /// A training step's parts: the gradients are the parameters (weights less the two int64
-    /// buffers), AdamW keeps two tensors like them and a float32 step per parameter where SGD
+    /// buffers), `AdamW` keeps two tensors like them and a float32 step per parameter where SGD
     /// keeps one, and the saved activations grow with the batch while the others do not.
     #[test]
     fn a_training_step_is_split_into_state_gradients_and_saved_activations() {
@@ -455,7 +455,7 @@ mod tests {
     /// - PyTorch's CPU math attention (sdpa with dropout) works in f32 in reduced precision:
     ///   the softmax output, the dropout mask and the dropped scores are saved in f32 (12 bytes
     ///   per score), with f32 copies of q, k and v for its products;
-    /// - dropout masks elsewhere are in the input's type (2 bytes, not 1), and LayerNorm keeps
+    /// - dropout masks elsewhere are in the input's type (2 bytes, not 1), and `LayerNorm` keeps
     ///   its input with its statistics.
     ///
     /// What it asserts: both grow linearly in the batch, and the quadratic term (per score)
@@ -490,9 +490,9 @@ mod tests {
         assert_eq!(per_layer(4, 128), 4 * per_layer(1, 128));
         // The score term: per layer, per score (b·a·s²), from two seqs at the same tokens the
         // linear term cancels: bytes(s) − 2·bytes(s/2) at batch b and 2b.
-        let quad = (per_layer(1, 256) - 2 * per_layer(1, 128)) as f64;
-        let scores = heads * (256.0 * 256.0 - 2.0 * 128.0 * 128.0);
-        assert_eq!(quad / scores, 12.0, "bytes per attention score");
+        let quad = per_layer(1, 256) - 2 * per_layer(1, 128);
+        let scores = dims.heads as u64 * (256 * 256 - 2 * 128 * 128);
+        assert_eq!(quad, 12 * scores, "12 bytes per attention score");
     }
 
     /// The parts add up, the inputs are the two int64 tensors, and the activations grow with

@@ -647,7 +647,7 @@ fn the_pytorch_estimator_pins_the_batch_slope_to_the_byte() {
     }
 }
 
-/// The PyTorch estimator's training step (forward in train mode, backward, AdamW) against the
+/// The PyTorch estimator's training step (forward in train mode, backward, `AdamW`) against the
 /// torch runtime: the batch slope to the byte and the total within 1%, where the backward sets
 /// the peak (tiny BERT with its dropouts on, f32 and bf16) and where the backward or the
 /// optimizer step may (bert-mini at seq 128).
