@@ -52,7 +52,7 @@ pub enum NotModelled {
     )]
     Checkpointing,
     #[error(
-        "the PyTorch estimator does not model {0} yet (f32, f16 and bf16 are); measure it with `oomlab sweep --runtime torch`"
+        "the PyTorch estimator does not model {0} yet (f32, f16 and bf16 are, and amp-bf16 for training); measure it with `oomlab sweep --runtime torch`"
     )]
     Precision(Precision),
     #[error(
@@ -141,10 +141,13 @@ pub fn estimate(
     if how.checkpointing {
         return Err(NotModelled::Checkpointing);
     }
-    let dt = match dtype {
-        Precision::F32 => TDt::F32,
-        Precision::F16 => TDt::F16,
-        Precision::Bf16 => TDt::Bf16,
+    // The weights' type, and autocast's (amp-bf16: f32 weights, bf16 where autocast casts;
+    // modelled for training, where the torch runtime's users run it).
+    let (dt, autocast) = match dtype {
+        Precision::F32 => (TDt::F32, None),
+        Precision::F16 => (TDt::F16, None),
+        Precision::Bf16 => (TDt::Bf16, None),
+        Precision::AmpBf16 if workload == Workload::Train => (TDt::F32, Some(TDt::Bf16)),
         other => return Err(NotModelled::Precision(other)),
     };
     let room = spec.family.room();
@@ -167,7 +170,15 @@ pub fn estimate(
     })?;
     let sim = TSim::new();
     if workload == Workload::Train {
-        let (peak, m) = train_peak(room, &sim, &spec.dims, (batch, seq, dt), how, h, threads)?;
+        let (peak, m) = train_peak(
+            room,
+            &sim,
+            &spec.dims,
+            (batch, seq, dt, autocast),
+            how,
+            h,
+            threads,
+        )?;
         let input_bytes = 2 * (batch * seq) as u64 * TDt::I64.size();
         return Ok(TorchBreakdown {
             weights_bytes: weights,
@@ -224,7 +235,7 @@ fn train_peak(
     room: &dyn crate::families::Room,
     sim: &TSim,
     dims: &crate::families::Dims,
-    (batch, seq, dt): (usize, usize, TDt),
+    (batch, seq, dt, autocast): (usize, usize, TDt, Option<TDt>),
     how: How,
     head: Head,
     threads: usize,
@@ -259,13 +270,14 @@ fn train_peak(
         } else {
             m.forward2 = sim.live();
         }
-        let tape = Tape::new();
+        let tape = autocast.map_or_else(Tape::new, Tape::autocast);
         let loss = room
             .torch_train_forward(&r, &ids, &labels, &tape)
             .map_err(|why| NotModelled::Point {
                 family: room.name().to_string(),
                 why,
             })?;
+        tape.end_autocast();
         m.backward2 = sim.live();
         let grads = tape.backward(sim, &loss);
         drop(loss);

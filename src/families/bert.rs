@@ -462,7 +462,9 @@ pub(super) fn torch_bert_train_forward(
         let _as_bool = sim.alloc(&[b, s], TDt::Bool);
         let _all = sim.alloc(&[], TDt::Bool);
     }
-    let mut hidden = embedding_output;
+    // BertModel's forward holds the embedding output to its end (what keeps it alive under
+    // autocast, where the projections save casts of it instead).
+    let mut hidden = embedding_output.clone();
     for _ in 0..r.d.layers {
         let attention_output = {
             let context = {
@@ -519,6 +521,7 @@ pub(super) fn torch_bert_train_forward(
         let dense = tt::linear(tape, &first, h, true);
         tt::unary(tape, &dense, true)
     };
+    drop(embedding_output);
     let logits = {
         let dropped = tt::dropout(tape, &pooled, drop_on.classifier);
         drop(pooled);
@@ -530,6 +533,15 @@ pub(super) fn torch_bert_train_forward(
 /// `CrossEntropyLoss` on `(rows, classes)` logits: `log_softmax` (saving its output), then
 /// `nll_loss` (a scalar, and its total weight, which lives as long as the graph).
 fn cross_entropy(tape: &Tape, logits: &Pt, labels: &Pt) -> Pt {
+    // Under autocast the loss runs in f32: the logits are cast first.
+    let logits = &tape.cast(
+        logits,
+        if tape.autocast_on() {
+            TDt::F32
+        } else {
+            logits.dt
+        },
+    );
     let log_probs = logits.like();
     tape.node(&log_probs, vec![Tape::grad_of(logits)], &[&log_probs]);
     let loss = logits.new(&[], logits.dt);

@@ -46,12 +46,52 @@ pub struct Tape {
     /// Tensors that live as long as the graph (a forward's extra outputs a node keeps, such as
     /// `nll_loss`'s total weight), freed when the backward ends.
     held: RefCell<Vec<Pt>>,
+    /// Under `torch.autocast`: the low-precision type its lists cast to (the parameters stay
+    /// f32), and its cache of parameter casts, kept until the context exits.
+    autocast: Option<TDt>,
+    cast_cache: RefCell<Vec<Pt>>,
 }
 
 impl Tape {
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A tape for a forward under `torch.autocast(dtype=low)`.
+    #[must_use]
+    pub fn autocast(low: TDt) -> Self {
+        Self {
+            autocast: Some(low),
+            ..Self::default()
+        }
+    }
+
+    /// The autocast context exits: its cache of parameter casts is dropped (a cast a node saved
+    /// lives on until that node runs).
+    pub fn end_autocast(&self) {
+        self.cast_cache.borrow_mut().clear();
+    }
+
+    /// A cast of `x` to `dt` with autograd (`ToCopyBackward`: the gradient cast back, a new
+    /// tensor in `x`'s type); `x` itself when it has the type.
+    #[must_use]
+    pub fn cast(&self, x: &Pt, dt: TDt) -> Pt {
+        if x.dt == dt {
+            return x.clone();
+        }
+        let y = x.new(&x.dims, dt);
+        self.node(&y, vec![Tape::grad_of(x)], &[]);
+        y
+    }
+
+    /// Autocast's cast of an f32 parameter of `dims` to `low`: its backward allocates the
+    /// parameter's f32 gradient; the cast stays in the cache until the context exits.
+    fn cast_param(&self, dims: &[usize], low: TDt, sim: &Pt) -> Pt {
+        let c = sim.new(dims, low);
+        self.node(&c, vec![Edge::Param(dims.to_vec(), TDt::F32)], &[]);
+        self.cast_cache.borrow_mut().push(c.clone());
+        c
     }
 
     /// Records the node that made `out`: its backward's edges, and the tensors it saves.
@@ -61,6 +101,12 @@ impl Tape {
             edges,
             _saved: saved.iter().map(|t| (*t).clone()).collect(),
         });
+    }
+
+    /// Whether the forward runs under autocast.
+    #[must_use]
+    pub fn autocast_on(&self) -> bool {
+        self.autocast.is_some()
     }
 
     /// Keeps `t` until the graph is freed (the end of the backward).
@@ -173,13 +219,32 @@ pub fn optimizer_step(
 /// backward allocates the input's gradient, then the weight's and the bias's.
 #[must_use]
 pub fn linear(tape: &Tape, x: &Pt, out: usize, bias: bool) -> Pt {
-    let y = x.linear(out);
     let inp = x.dims[x.dims.len() - 1];
+    if let Some(low) = tape.autocast {
+        return linear_autocast(tape, x, (inp, out), bias, low);
+    }
+    let y = x.linear(out);
     let mut edges = vec![Tape::grad_of(x), Edge::Param(vec![out, inp], x.dt)];
     if bias {
         edges.push(Edge::Param(vec![out], x.dt));
     }
     tape.node(&y, edges, &[x]);
+    y
+}
+
+/// `nn.Linear` under autocast: the bias, the weight and the input cast to `low` (in that
+/// order; the parameters' casts cached, the input's made again at each call), then `addmm` in
+/// `low`, saving the input's and the weight's casts.
+fn linear_autocast(tape: &Tape, x: &Pt, (inp, out): (usize, usize), bias: bool, low: TDt) -> Pt {
+    let b = bias.then(|| tape.cast_param(&[out], low, x));
+    let w = tape.cast_param(&[out, inp], low, x);
+    let xl = tape.cast(x, low);
+    let y = xl.linear(out);
+    let mut edges = vec![Tape::grad_of(&xl), Tape::grad_of(&w)];
+    if let Some(b) = &b {
+        edges.push(Tape::grad_of(b));
+    }
+    tape.node(&y, edges, &[&xl, &w]);
     y
 }
 
@@ -234,6 +299,9 @@ pub fn unary(tape: &Tape, x: &Pt, saves_output: bool) -> Pt {
 /// shape (`sum_to`, a new tensor).
 #[must_use]
 pub fn add(tape: &Tape, a: &Pt, b: &Pt) -> Pt {
+    if a.dt != b.dt {
+        return add_promoted(tape, a, b);
+    }
     let y = a.like();
     let to_b = if b.dims == a.dims {
         Edge::Pass(b.gid())
@@ -241,6 +309,18 @@ pub fn add(tape: &Tape, a: &Pt, b: &Pt) -> Pt {
         Tape::grad_of(b)
     };
     tape.node(&y, vec![Edge::Pass(a.gid()), to_b], &[]);
+    y
+}
+
+/// `a + b` of the same dims in two types (autocast's low-precision output and an f32
+/// residual): the lower one is cast to f32 while the sum is made; the backward casts the
+/// gradient back for it (a new tensor) and passes it on to the other.
+fn add_promoted(tape: &Tape, a: &Pt, b: &Pt) -> Pt {
+    let (low, high) = if a.dt.reduced() { (a, b) } else { (b, a) };
+    let widened = low.new(&low.dims, high.dt);
+    let y = high.like();
+    drop(widened);
+    tape.node(&y, vec![Tape::grad_of(low), Edge::Pass(high.gid())], &[]);
     y
 }
 

@@ -649,7 +649,7 @@ fn the_pytorch_estimator_pins_the_batch_slope_to_the_byte() {
 
 /// The PyTorch estimator's training step (forward in train mode, backward, `AdamW`) against the
 /// torch runtime: the batch slope to the byte and the total within 1%, where the backward sets
-/// the peak (tiny BERT with its dropouts on, f32 and bf16) and where the backward or the
+/// the peak (tiny BERT with its dropouts on, f32, bf16 and amp-bf16) and where the backward or the
 /// optimizer step may (bert-mini at seq 128).
 #[test]
 fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
@@ -670,6 +670,7 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
     let cases = [
         ((config.as_str(), "40", "f32", "sdpa", "train"), "1,3"),
         ((config.as_str(), "24", "bf16", "sdpa", "train"), "1,3"),
+        ((config.as_str(), "24", "amp-bf16", "sdpa", "train"), "1,3"),
         (("bert-mini", "128", "f32", "sdpa", "train"), "8,16"),
     ];
     for (case, batches) in cases {
