@@ -50,6 +50,9 @@ pub struct EstimateArgs {
     /// With --runtime torch --workload train: adamw (the default) or sgd (momentum 0.9).
     #[arg(long, help_heading = "PyTorch runtime")]
     pub optimizer: Option<crate::runtime::Optimizer>,
+    /// With --runtime torch --workload train: gradient checkpointing, off (the default) or on.
+    #[arg(long, value_parser = crate::runtime::parse_on_off, help_heading = "PyTorch runtime")]
+    pub gradient_checkpointing: Option<bool>,
     /// With --runtime torch --check: the Python with torch and transformers.
     #[arg(long, help_heading = "PyTorch runtime")]
     pub python: Option<std::path::PathBuf>,
@@ -129,10 +132,11 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
         || args.task.is_some()
         || args.attn.is_some()
         || args.optimizer.is_some()
+        || args.gradient_checkpointing.is_some()
         || args.python.is_some()
     {
         return Err(CliError::usage(
-            "--workload, --task, --attn, --optimizer and --python belong to the PyTorch estimator: add --runtime torch",
+            "--workload, --task, --attn, --optimizer, --gradient-checkpointing and --python belong to the PyTorch estimator: add --runtime torch",
         ));
     }
     let threads = args.what.threads.unwrap_or_else(defaults::threads);

@@ -64,6 +64,7 @@ fn measure(
         task: Some(how.task),
         attn: Some(how.attn),
         optimizer: Some(how.optimizer),
+        checkpointing: Some(vec![how.checkpointing]),
         python: python.clone(),
         ..PlanOverrides::default()
     };
@@ -114,6 +115,7 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
             .unwrap_or_else(|| Task::default_for(workload, spec.family.room().is_decoder()));
         let how = How {
             optimizer: args.optimizer.unwrap_or_default(),
+            checkpointing: args.gradient_checkpointing.unwrap_or(false),
             ..How::new(workload, task, attn)
         };
         let breakdown = torch::estimate(spec, *batch, *seq, *dtype, how, threads)

@@ -138,7 +138,7 @@ pub fn estimate(
         attn,
         ..
     } = how;
-    if how.checkpointing {
+    if how.checkpointing && workload != Workload::Train {
         return Err(NotModelled::Checkpointing);
     }
     // The weights' type, and autocast's (amp-bf16: f32 weights, bf16 where autocast casts;
@@ -270,7 +270,9 @@ fn train_peak(
         } else {
             m.forward2 = sim.live();
         }
-        let tape = autocast.map_or_else(Tape::new, Tape::autocast);
+        let tape = autocast
+            .map_or_else(Tape::new, Tape::autocast)
+            .with_checkpointing(how.checkpointing);
         let loss = room
             .torch_train_forward(&r, &ids, &labels, &tape)
             .map_err(|why| NotModelled::Point {

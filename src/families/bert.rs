@@ -82,12 +82,12 @@ impl Room for Bert {
     ) -> std::result::Result<Vec<Pt>, &'static str> {
         torch_bert_forward(r, ids)
     }
-    fn torch_train_forward(
+    fn torch_train_forward<'a>(
         &self,
-        r: &TorchRun<'_>,
+        r: &'a TorchRun<'a>,
         ids: &Pt,
         labels: &Pt,
-        tape: &Tape,
+        tape: &Tape<'a>,
     ) -> std::result::Result<Pt, &'static str> {
         torch_bert_train_forward(r, ids, labels, tape)
     }
@@ -400,13 +400,13 @@ pub(super) fn torch_bert_forward(
 /// autograd on the CPU (transformers 5), recording each op's node on `tape`; returns the loss
 /// (what the step keeps of the output). Dropout is on where the config's probability is above
 /// 0, and attention dropout sends sdpa to PyTorch's math kernel.
-pub(super) fn torch_bert_train_forward(
-    r: &TorchRun<'_>,
+pub(super) fn torch_bert_train_forward<'a>(
+    r: &'a TorchRun<'a>,
     ids: &Pt,
     labels: &Pt,
-    tape: &Tape,
+    tape: &Tape<'a>,
 ) -> std::result::Result<Pt, &'static str> {
-    let (b, s, h, n) = (r.b, r.s, r.d.hidden, r.d.heads);
+    let (b, s, h) = (r.b, r.s, r.d.hidden);
     let drop_on = r.d.dropout;
     if r.head != Head::SequenceClassification {
         return Err("a BERT training step is modelled with the sequence-classification head");
@@ -466,51 +466,12 @@ pub(super) fn torch_bert_train_forward(
     // autocast, where the projections save casts of it instead).
     let mut hidden = embedding_output.clone();
     for _ in 0..r.d.layers {
-        let attention_output = {
-            let context = {
-                let q = tt::linear(tape, &hidden, h, true);
-                let k = tt::linear(tape, &hidden, h, true);
-                let v = tt::linear(tape, &hidden, h, true);
-                let out = tt::math_attention(tape, (&q, &k, &v), n);
-                // `(b·heads, s, d)` viewed as `(b, heads, s, d)`: a gradient arriving strided
-                // is copied (at batch 1 the reshape is a view); then
-                // `transpose(1, 2).contiguous()`.
-                let out4 = out.view_node(&[b, n, s, h / n]);
-                let back = if b > 1 {
-                    Edge::Copy(out.gid())
-                } else {
-                    Edge::Pass(out.gid())
-                };
-                tape.node(&out4, vec![back], &[]);
-                let context = out4.new(&[b, s, h], r.dt);
-                tape.node(&context, vec![Edge::Pass(out4.gid())], &[]);
-                context
-            };
-            let dense = tt::linear(tape, &context, h, true);
-            drop(context);
-            let dropped = tt::dropout(tape, &dense, drop_on.hidden);
-            drop(dense);
-            let sum = tt::add(tape, &dropped, &hidden);
-            let out = tt::layer_norm(tape, &sum, r.threads);
-            drop((sum, dropped));
-            out
+        hidden = if tape.checkpointing() {
+            let input = hidden.clone();
+            tape.checkpoint(&hidden, Box::new(move |t| bert_train_layer(r, t, &input)))
+        } else {
+            bert_train_layer(r, tape, &hidden)
         };
-        let intermediate = {
-            let dense = tt::linear(tape, &attention_output, r.d.intermediate, true);
-            tt::unary(tape, &dense, false)
-        };
-        let layer_output = {
-            let dense = tt::linear(tape, &intermediate, h, true);
-            drop(intermediate);
-            let dropped = tt::dropout(tape, &dense, drop_on.hidden);
-            drop(dense);
-            let sum = tt::add(tape, &dropped, &attention_output);
-            let out = tt::layer_norm(tape, &sum, r.threads);
-            drop((sum, dropped));
-            out
-        };
-        drop(attention_output);
-        hidden = layer_output;
     }
     // BertPooler: the first token (its backward scatters into zeros like the hidden states),
     // dense, tanh (saving its output).
@@ -528,6 +489,57 @@ pub(super) fn torch_bert_train_forward(
         tt::linear(tape, &dropped, NUM_LABELS as usize, true)
     };
     Ok(cross_entropy(tape, &logits, labels))
+}
+
+/// One `BertLayer` in train mode with autograd (sdpa's math kernel with dropout), on `hidden`.
+fn bert_train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, hidden: &Pt) -> Pt {
+    let (b, s, h, n) = (r.b, r.s, r.d.hidden, r.d.heads);
+    let drop_on = r.d.dropout;
+    let attention_output = {
+        let context = {
+            let q = tt::linear(tape, hidden, h, true);
+            let k = tt::linear(tape, hidden, h, true);
+            let v = tt::linear(tape, hidden, h, true);
+            let out = tt::math_attention(tape, (&q, &k, &v), n);
+            // `(b·heads, s, d)` viewed as `(b, heads, s, d)`: a gradient arriving strided
+            // is copied (at batch 1 the reshape is a view); then
+            // `transpose(1, 2).contiguous()`.
+            let out4 = out.view_node(&[b, n, s, h / n]);
+            let back = if b > 1 {
+                Edge::Copy(out.gid())
+            } else {
+                Edge::Pass(out.gid())
+            };
+            tape.node(&out4, vec![back], &[]);
+            let context = out4.new(&[b, s, h], r.dt);
+            tape.node(&context, vec![Edge::Pass(out4.gid())], &[]);
+            context
+        };
+        let dense = tt::linear(tape, &context, h, true);
+        drop(context);
+        let dropped = tt::dropout(tape, &dense, drop_on.hidden);
+        drop(dense);
+        let sum = tt::add(tape, &dropped, hidden);
+        let out = tt::layer_norm(tape, &sum, r.threads);
+        drop((sum, dropped));
+        out
+    };
+    let intermediate = {
+        let dense = tt::linear(tape, &attention_output, r.d.intermediate, true);
+        tt::unary(tape, &dense, false)
+    };
+    let layer_output = {
+        let dense = tt::linear(tape, &intermediate, h, true);
+        drop(intermediate);
+        let dropped = tt::dropout(tape, &dense, drop_on.hidden);
+        drop(dense);
+        let sum = tt::add(tape, &dropped, &attention_output);
+        let out = tt::layer_norm(tape, &sum, r.threads);
+        drop((sum, dropped));
+        out
+    };
+    drop(attention_output);
+    layer_output
 }
 
 /// `CrossEntropyLoss` on `(rows, classes)` logits: `log_softmax` (saving its output), then

@@ -185,12 +185,12 @@ pub trait Room: Sync {
     /// PyTorch: the forward of a training step in train mode (dropout on), recording autograd's
     /// nodes on `tape`, with the loss from `labels`; returns the loss, or why this point is not
     /// modelled.
-    fn torch_train_forward(
+    fn torch_train_forward<'a>(
         &self,
-        _r: &torch_sim::TorchRun<'_>,
+        _r: &'a torch_sim::TorchRun<'a>,
         _ids: &torch_sim::Pt,
         _labels: &torch_sim::Pt,
-        _tape: &torch_tape::Tape,
+        _tape: &torch_tape::Tape<'a>,
     ) -> Result<torch_sim::Pt, &'static str> {
         Err("its PyTorch training step is not modelled yet")
     }

@@ -31,18 +31,52 @@ pub enum Edge {
     Param(Vec<usize>, TDt),
     /// A buffer the backward holds while it runs, of so many bytes.
     Temp(u64),
+    /// A gradient the engine reduces to a broadcast input's shape (`sum_to`, a bias) after the
+    /// node's function returns: after a recomputed node has let go of its saved tensors.
+    Reduced(Box<Edge>),
 }
 
 struct Node {
     out: usize,
     edges: Vec<Edge>,
-    _saved: Vec<Pt>,
+    saved: Vec<Pt>,
+    /// Its saved tensors came from a checkpoint's recomputation: the node holds them only
+    /// while its function runs.
+    recomputed: bool,
+}
+
+/// How nodes are recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Mode {
+    #[default]
+    Record,
+    /// Inside a checkpointed region's forward: nodes without their saved tensors (the
+    /// checkpoint's saved-tensor hooks keep none).
+    Discard,
+    /// A checkpointed region recomputed in the backward: the nodes' saved tensors are collected
+    /// for the region's recorded nodes, in order.
+    Recompute,
+}
+
+/// A recomputation, given the tape to record on.
+pub type Recompute<'a> = Box<dyn Fn(&Tape<'a>) -> Pt + 'a>;
+
+/// A checkpointed region: its nodes, and what recomputes them (holding the region's input) with
+/// the RNG state it restores, until the region's backward has run.
+struct Region<'a> {
+    start: usize,
+    end: usize,
+    recompute: Option<(Recompute<'a>, Pt)>,
+    recomputed: bool,
 }
 
 /// The recorded graph of one forward with autograd on.
 #[derive(Default)]
-pub struct Tape {
+pub struct Tape<'a> {
     nodes: RefCell<Vec<Node>>,
+    mode: std::cell::Cell<Mode>,
+    recomputed: RefCell<Vec<Vec<Pt>>>,
+    regions: RefCell<Vec<Region<'a>>>,
     /// Tensors that live as long as the graph (a forward's extra outputs a node keeps, such as
     /// `nll_loss`'s total weight), freed when the backward ends.
     held: RefCell<Vec<Pt>>,
@@ -50,9 +84,11 @@ pub struct Tape {
     /// f32), and its cache of parameter casts, kept until the context exits.
     autocast: Option<TDt>,
     cast_cache: RefCell<Vec<Pt>>,
+    /// transformers' gradient checkpointing: each layer a checkpointed region.
+    checkpointing: bool,
 }
 
-impl Tape {
+impl<'a> Tape<'a> {
     #[must_use]
     pub fn new() -> Self {
         Self::default()
@@ -65,6 +101,21 @@ impl Tape {
             autocast: Some(low),
             ..Self::default()
         }
+    }
+
+    /// The same tape with gradient checkpointing on or off.
+    #[must_use]
+    pub fn with_checkpointing(self, on: bool) -> Self {
+        Self {
+            checkpointing: on,
+            ..self
+        }
+    }
+
+    /// Whether the model's layers are checkpointed.
+    #[must_use]
+    pub fn checkpointing(&self) -> bool {
+        self.checkpointing
     }
 
     /// The autocast context exits: its cache of parameter casts is dropped (a cast a node saved
@@ -96,11 +147,95 @@ impl Tape {
 
     /// Records the node that made `out`: its backward's edges, and the tensors it saves.
     pub fn node(&self, out: &Pt, edges: Vec<Edge>, saved: &[&Pt]) {
-        self.nodes.borrow_mut().push(Node {
-            out: out.gid(),
-            edges,
-            _saved: saved.iter().map(|t| (*t).clone()).collect(),
+        let saved = saved.iter().map(|t| (*t).clone()).collect();
+        match self.mode.get() {
+            Mode::Record => self.nodes.borrow_mut().push(Node {
+                out: out.gid(),
+                edges,
+                saved,
+                recomputed: false,
+            }),
+            Mode::Discard => self.nodes.borrow_mut().push(Node {
+                out: out.gid(),
+                edges,
+                saved: Vec::new(),
+                recomputed: true,
+            }),
+            Mode::Recompute => self.recomputed.borrow_mut().push(saved),
+        }
+    }
+
+    /// `torch.utils.checkpoint` (non-reentrant, as transformers enables it) around `f` on
+    /// `input`: `f` runs keeping no saved tensors; the input and the CPU RNG state (5056 bytes)
+    /// are kept, and the backward, on reaching the region's last node, runs `f` again to
+    /// recreate what its nodes save. Returns `f`'s output.
+    pub fn checkpoint(&self, input: &Pt, f: Recompute<'a>) -> Pt {
+        let rng_state = input.new(&[5056], TDt::Bool);
+        let start = self.nodes.borrow().len();
+        self.mode.set(Mode::Discard);
+        let out = f(self);
+        self.mode.set(Mode::Record);
+        let end = self.nodes.borrow().len();
+        self.regions.borrow_mut().push(Region {
+            start,
+            end,
+            recompute: Some((f, rng_state)),
+            recomputed: false,
         });
+        out
+    }
+
+    /// Recomputes the region ending at node `end` (exclusive) if it has one not yet run: the
+    /// saved tensors go to the region's nodes still on the tape.
+    fn recompute_before(&self, end: usize) {
+        let mut regions = self.regions.borrow_mut();
+        let Some(region) = regions
+            .iter_mut()
+            .find(|r| r.end == end && !r.recomputed && r.start < r.end)
+        else {
+            return;
+        };
+        region.recomputed = true;
+        let start = region.start;
+        // Taken out while it runs (it records on this tape), then put back: it holds the
+        // region's input until the region's backward is done.
+        let Some(taken) = region.recompute.take() else {
+            return;
+        };
+        drop(regions);
+        // `fork_rng` keeps the RNG state while the region runs again.
+        let forked = taken.1.new(&[5056], TDt::Bool);
+        self.mode.set(Mode::Recompute);
+        let out = (taken.0)(self);
+        self.mode.set(Mode::Record);
+        drop(forked);
+        drop(out);
+        self.end_autocast();
+        if let Some(region) = self
+            .regions
+            .borrow_mut()
+            .iter_mut()
+            .find(|r| r.start == start)
+        {
+            region.recompute = Some(taken);
+        }
+        let saved = std::mem::take(&mut *self.recomputed.borrow_mut());
+        let mut nodes = self.nodes.borrow_mut();
+        for (node, saved) in nodes[start..].iter_mut().zip(saved) {
+            node.saved = saved;
+        }
+    }
+
+    /// The region starting at node `start` has run its backward: its input and RNG state go.
+    fn release_region(&self, start: usize) {
+        let done = {
+            let mut regions = self.regions.borrow_mut();
+            regions
+                .iter_mut()
+                .find(|r| r.start == start && r.recomputed)
+                .and_then(|r| r.recompute.take())
+        };
+        drop(done);
     }
 
     /// Whether the forward runs under autocast.
@@ -124,6 +259,7 @@ impl Tape {
     pub fn clear(&self) {
         self.nodes.borrow_mut().clear();
         self.held.borrow_mut().clear();
+        self.regions.borrow_mut().clear();
     }
 
     /// `loss.backward()`: the seed (`ones_like(loss)`) and every node from the last; returns
@@ -134,24 +270,41 @@ impl Tape {
         grads.insert(loss.gid(), loss.like());
         let mut params = Vec::new();
         loop {
-            let Some(node) = self.nodes.borrow_mut().pop() else {
+            let index = self.nodes.borrow().len();
+            if index == 0 {
+                break;
+            }
+            self.recompute_before(index);
+            let Some(mut node) = self.nodes.borrow_mut().pop() else {
                 break;
             };
             let Some(incoming) = grads.remove(&node.out) else {
+                self.release_region(index - 1);
                 continue;
             };
             let mut outs = Vec::new();
+            let mut run = |edge: &Edge, outs: &mut Vec<(usize, Pt)>| match edge {
+                Edge::New(of, dims, dt) => outs.push((*of, sim.alloc(dims, *dt))),
+                Edge::Pass(of) => outs.push((*of, incoming.clone())),
+                Edge::Copy(of) => outs.push((*of, incoming.like())),
+                Edge::Param(dims, dt) => params.push(sim.alloc(dims, *dt)),
+                Edge::Temp(bytes) => drop(sim.scratch(*bytes)),
+                Edge::Reduced(_) => {}
+            };
             for edge in &node.edges {
-                match edge {
-                    Edge::New(of, dims, dt) => outs.push((*of, sim.alloc(dims, *dt))),
-                    Edge::Pass(of) => outs.push((*of, incoming.clone())),
-                    Edge::Copy(of) => outs.push((*of, incoming.like())),
-                    Edge::Param(dims, dt) => params.push(sim.alloc(dims, *dt)),
-                    Edge::Temp(bytes) => drop(sim.scratch(*bytes)),
+                run(edge, &mut outs);
+            }
+            if node.recomputed {
+                node.saved.clear();
+            }
+            for edge in &node.edges {
+                if let Edge::Reduced(edge) = edge {
+                    run(edge, &mut outs);
                 }
             }
             drop(incoming);
             drop(node);
+            self.release_region(index - 1);
             for (of, grad) in outs {
                 let merged = match grads.remove(&of) {
                     None => grad,
@@ -167,6 +320,7 @@ impl Tape {
             }
         }
         self.held.borrow_mut().clear();
+        self.regions.borrow_mut().clear();
         params
     }
 }
@@ -226,7 +380,7 @@ pub fn linear(tape: &Tape, x: &Pt, out: usize, bias: bool) -> Pt {
     let y = x.linear(out);
     let mut edges = vec![Tape::grad_of(x), Edge::Param(vec![out, inp], x.dt)];
     if bias {
-        edges.push(Edge::Param(vec![out], x.dt));
+        edges.push(Edge::Reduced(Box::new(Edge::Param(vec![out], x.dt))));
     }
     tape.node(&y, edges, &[x]);
     y
@@ -242,7 +396,7 @@ fn linear_autocast(tape: &Tape, x: &Pt, (inp, out): (usize, usize), bias: bool, 
     let y = xl.linear(out);
     let mut edges = vec![Tape::grad_of(&xl), Tape::grad_of(&w)];
     if let Some(b) = &b {
-        edges.push(Tape::grad_of(b));
+        edges.push(Edge::Reduced(Box::new(Tape::grad_of(b))));
     }
     tape.node(&y, edges, &[&xl, &w]);
     y
@@ -306,7 +460,7 @@ pub fn add(tape: &Tape, a: &Pt, b: &Pt) -> Pt {
     let to_b = if b.dims == a.dims {
         Edge::Pass(b.gid())
     } else {
-        Tape::grad_of(b)
+        Edge::Reduced(Box::new(Tape::grad_of(b)))
     };
     tape.node(&y, vec![Edge::Pass(a.gid()), to_b], &[]);
     y
