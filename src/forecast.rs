@@ -3,7 +3,7 @@
 //! Trials: the search itself ([`crate::search::next_step`]) run against the estimator as the
 //! oracle (a batch fits when its estimated total is under the capacity), so the count is the
 //! one the sweep takes when the estimate is right; PyTorch's curves against the PyTorch
-//! estimator where it models them (CPU, no checkpointing), else only their bound is known.
+//! estimator where it models them (CPU), else only their bound is known.
 //!
 //! Time: each trial's work in units of its forward's multiply-adds (weights × tokens plus
 //! attention's tokens², [`work`]), times this machine's pace for that runtime, workload,
@@ -83,17 +83,12 @@ pub fn curve_trials(
     // jumps as it does for them (a CPU trial runs to its end).
     let torch = match curve.runtime {
         Runtime::Candle => None,
-        Runtime::Torch if curve.checkpointing || !matches!(plan.device, Device::Cpu { .. }) => {
-            return None;
-        }
-        Runtime::Torch => Some(crate::estimate::torch::How {
-            optimizer: plan.torch.optimizer,
-            ..crate::estimate::torch::How::new(
-                plan.workload,
-                plan.torch_task(spec.family.room().is_decoder()),
-                plan.torch.attn,
-            )
-        }),
+        Runtime::Torch if !matches!(plan.device, Device::Cpu { .. }) => return None,
+        Runtime::Torch => Some(crate::estimate::torch::How::of_curve(
+            plan,
+            spec.family.room().is_decoder(),
+            curve.checkpointing,
+        )),
     };
     let torch_total = |b: usize, how| {
         crate::estimate::torch::estimate(spec, b, curve.seq, curve.dtype, how, threads)

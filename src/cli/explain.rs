@@ -192,20 +192,35 @@ fn torch_batches(
     let infer = one(Workload::Infer)?;
     let grad = one(Workload::Grad);
     let train_task = Task::default_for(Workload::Train, spec.family.room().is_decoder());
-    let train_how = crate::estimate::torch::How::new(Workload::Train, train_task, attn);
-    let train = crate::estimate::torch::estimate(spec, 1, seq, Precision::F32, train_how, threads)
-        .map(|_| {
-            crate::estimate::torch::max_batch(
+    let train = [
+        (Precision::F32, false),
+        (Precision::F32, true),
+        (Precision::AmpBf16, false),
+        (Precision::AmpBf16, true),
+    ]
+    .into_iter()
+    .map(|(dtype, checkpointing)| {
+        let how = crate::estimate::torch::How {
+            checkpointing,
+            ..crate::estimate::torch::How::new(Workload::Train, train_task, attn)
+        };
+        crate::estimate::torch::estimate(spec, 1, seq, dtype, how, threads)?;
+        Ok(crate::explain::TrainBatch {
+            dtype,
+            checkpointing,
+            batch: crate::estimate::torch::max_batch(
                 spec,
                 seq,
-                Precision::F32,
-                train_how,
+                dtype,
+                how,
                 threads,
                 capacity,
                 estimate::MAX_BATCH,
             )
-            .flatten()
-        });
+            .flatten(),
+        })
+    })
+    .collect::<Result<Vec<_>, crate::estimate::torch::NotModelled>>();
     Ok(crate::explain::TorchBatches {
         task,
         attn,
@@ -216,6 +231,6 @@ fn torch_batches(
         grad_not_modelled: grad.err().map(|e| e.to_string()),
         train_task,
         train_not_modelled: train.as_ref().err().map(ToString::to_string),
-        train_adamw_f32: train.ok(),
+        train: train.unwrap_or_default(),
     })
 }

@@ -109,6 +109,16 @@ pub struct How {
 }
 
 impl How {
+    /// What a sweep plan's torch curve runs (its checkpointing is the curve's).
+    #[must_use]
+    pub fn of_curve(plan: &crate::plan::SweepPlan, decoder: bool, checkpointing: bool) -> Self {
+        Self {
+            optimizer: plan.torch.optimizer,
+            checkpointing,
+            ..Self::new(plan.workload, plan.torch_task(decoder), plan.torch.attn)
+        }
+    }
+
     /// `workload` with `task` and `attn`, the default optimizer, no checkpointing.
     #[must_use]
     pub fn new(workload: Workload, task: Task, attn: Attn) -> Self {

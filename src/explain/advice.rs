@@ -415,26 +415,44 @@ fn torch_batches(out: &mut Vec<String>, lb: &LargestBatch, t: &TorchBatches) {
         ),
     });
     let train_sized = format!(
-        "{} ({} head, {} attention, dropout as its config has it) at seq {} in f32 under {}, two steps as the torch runtime takes them, by oomlab's PyTorch estimate (estimated, not measured: PyTorch's CPU allocations and its CPU default, the single-tensor AdamW; on CUDA the default is foreach, whose step makes temporaries the size of all the parameters at once)",
+        "{} ({} head, {} attention, dropout as its config has it) at seq {} under {}, two steps as the torch runtime takes them, by oomlab's PyTorch estimate (estimated, not measured: PyTorch's CPU allocations and its CPU default, the single-tensor AdamW; on CUDA the default is foreach, whose step makes temporaries the size of all the parameters at once)",
         lb.model,
         t.train_task,
         t.attn,
         lb.seq,
         h(lb.capacity_bytes)
     );
-    out.push(match t.train_adamw_f32 {
-        Some(Some(b)) => format!(
-            "for training with AdamW in f32 without gradient checkpointing, `per_device_train_batch_size={b}` is the largest that fits (gradients, AdamW's two state tensors per parameter and the activations autograd saves) — {train_sized}; amp-bf16 and gradient checkpointing are not modelled yet: measure them with `{} --dtype f32,amp-bf16 --gradient-checkpointing off,on`",
-            lb.measure_training_command()
-        ),
-        Some(None) => format!(
-            "training with AdamW in f32 does not fit even a batch of 1 (gradients and AdamW's state alone are three times the weights) — {train_sized}; try amp-bf16 and gradient checkpointing, which are not modelled yet: measure them with `{} --dtype amp-bf16 --gradient-checkpointing off,on`",
-            lb.measure_training_command()
-        ),
-        None => format!(
+    out.push(if t.train.is_empty() {
+        format!(
             "measure the training batch before choosing it: a training step with AdamW (f32 or amp-bf16, with or without gradient checkpointing) holds gradients, AdamW's state and the saved activations ({}) — run `{}` (add `--dtype amp-bf16` or `--gradient-checkpointing off,on` to compare)",
             t.train_not_modelled.as_deref().unwrap_or("not modelled"),
             lb.measure_training_command()
-        ),
+        )
+    } else {
+        let settings: Vec<String> = t
+            .train
+            .iter()
+            .map(|tb| {
+                format!(
+                    "{}{} {}",
+                    if tb.dtype == crate::precision::Precision::AmpBf16 {
+                        "amp-bf16 (`bf16=True`)"
+                    } else {
+                        "f32"
+                    },
+                    if tb.checkpointing {
+                        " with gradient checkpointing"
+                    } else {
+                        ""
+                    },
+                    batch_words(tb.batch)
+                )
+            })
+            .collect();
+        format!(
+            "for training with AdamW, the largest `per_device_train_batch_size` that fits (gradients, AdamW's two state tensors per parameter and the activations autograd saves): {} — {train_sized}; measure the one you pick with `{} --dtype f32,amp-bf16 --gradient-checkpointing off,on`",
+            settings.join(", "),
+            lb.measure_training_command()
+        )
     });
 }

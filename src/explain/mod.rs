@@ -152,13 +152,22 @@ pub struct TorchBatches {
     /// Why the forward without `no_grad` is not modelled, when it is not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grad_not_modelled: Option<String>,
-    /// A training step (two, as the torch runtime takes them) with `AdamW` in f32, without
-    /// checkpointing, with the training head (`train_task`): the largest batch (None: not even
-    /// 1), when modelled; else why not.
+    /// A training step (two, as the torch runtime takes them) with `AdamW` and the training
+    /// head (`train_task`): the largest batch in f32 and amp-bf16, without and with gradient
+    /// checkpointing, in that order (empty when not modelled; then why not).
     pub train_task: crate::runtime::Task,
-    pub train_adamw_f32: Option<Option<usize>>,
+    pub train: Vec<TrainBatch>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub train_not_modelled: Option<String>,
+}
+
+/// One training setting's largest batch by the PyTorch estimate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TrainBatch {
+    pub dtype: crate::precision::Precision,
+    pub checkpointing: bool,
+    /// None: not even 1.
+    pub batch: Option<usize>,
 }
 
 impl LargestBatch {

@@ -138,21 +138,17 @@ pub fn curve_phase(
         (Some(spec), Some(base))
             if plan.strategy == search::Strategy::Auto
                 && curve.runtime == crate::plan::Runtime::Torch
-                && !curve.checkpointing
                 && matches!(plan.device, crate::plan::Device::Cpu { .. }) =>
         {
             crate::estimate::torch::max_batch_over_baseline(
                 spec,
                 curve.seq,
                 curve.dtype,
-                crate::estimate::torch::How {
-                    optimizer: plan.torch.optimizer,
-                    ..crate::estimate::torch::How::new(
-                        plan.workload,
-                        plan.torch_task(spec.family.room().is_decoder()),
-                        plan.torch.attn,
-                    )
-                },
+                crate::estimate::torch::How::of_curve(
+                    plan,
+                    spec.family.room().is_decoder(),
+                    curve.checkpointing,
+                ),
                 plan.device.threads(),
                 base,
                 capacity_bytes,

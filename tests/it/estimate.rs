@@ -741,7 +741,13 @@ fn explain_with_a_model_answers_a_pytorch_message_with_pytorchs_figures() {
     assert!(grad < infer, "{grad} {infer}");
     let train = torch_max("train");
     assert!(train < grad, "{train} {grad}");
-    assert_eq!(lb["torch"]["train_adamw_f32"].as_u64(), Some(train));
+    let trains = lb["torch"]["train"].as_array().unwrap();
+    assert_eq!(trains.len(), 4);
+    assert_eq!(trains[0]["dtype"], "f32");
+    assert_eq!(trains[0]["checkpointing"], false);
+    assert_eq!(trains[0]["batch"].as_u64(), Some(train));
+    // Checkpointing keeps fewer activations: a larger batch.
+    assert!(trains[1]["batch"].as_u64().unwrap() > train);
     assert_eq!(lb["torch"]["infer"].as_u64(), Some(infer));
     assert_eq!(lb["torch"]["grad"].as_u64(), Some(grad));
     let advice: Vec<&str> = e["advice"]
@@ -764,8 +770,9 @@ fn explain_with_a_model_answers_a_pytorch_message_with_pytorchs_figures() {
     );
     // Training: AdamW in f32 by the estimate, amp-bf16 and checkpointing to be measured.
     assert!(
-        advice[2].starts_with("for training with AdamW in f32 without gradient checkpointing")
-            && advice[2].contains(&format!("`per_device_train_batch_size={train}`"))
+        advice[2].starts_with("for training with AdamW, the largest `per_device_train_batch_size`")
+            && advice[2].contains(&format!(": f32 {train}, f32 with gradient checkpointing "))
+            && advice[2].contains("amp-bf16 (`bf16=True`) with gradient checkpointing")
             && advice[2].contains("--dtype f32,amp-bf16 --gradient-checkpointing off,on"),
         "{}",
         advice[2]

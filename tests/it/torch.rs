@@ -563,8 +563,18 @@ fn a_killed_torch_sweep_resumes_without_repeating_a_trial() {
 /// `oomlab estimate --runtime torch --check --json` at `batches`: (estimated, measured) totals.
 fn estimate_checked(
     python: &PathBuf,
+    case: (&str, &str, &str, &str, &str),
+    batches: &str,
+) -> Vec<(u64, u64)> {
+    estimate_checked_with(python, case, batches, &[])
+}
+
+/// As [`estimate_checked`], with more of `estimate`'s options.
+fn estimate_checked_with(
+    python: &PathBuf,
     (model, seq, dtype, attn, workload): (&str, &str, &str, &str, &str),
     batches: &str,
+    extra: &[&str],
 ) -> Vec<(u64, u64)> {
     let out = Command::new(bin())
         .args([
@@ -592,6 +602,7 @@ fn estimate_checked(
             "--python",
         ])
         .arg(python)
+        .args(extra)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -649,7 +660,8 @@ fn the_pytorch_estimator_pins_the_batch_slope_to_the_byte() {
 
 /// The PyTorch estimator's training step (forward in train mode, backward, `AdamW`) against the
 /// torch runtime: the batch slope to the byte and the total within 1%, where the backward sets
-/// the peak (tiny BERT with its dropouts on, f32, bf16 and amp-bf16) and where the backward or the
+/// the peak (tiny BERT with its dropouts on: f32, bf16 with SGD, amp-bf16, and with gradient
+/// checkpointing) and where the backward or the
 /// optimizer step may (bert-mini at seq 128).
 #[test]
 fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
@@ -667,14 +679,30 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
     tiny["attention_probs_dropout_prob"] = 0.1.into();
     std::fs::write(&config, tiny.to_string()).unwrap();
     let config = config.to_string_lossy().into_owned();
+    let ckpt: &[&str] = &["--gradient-checkpointing", "on"];
+    let sgd: &[&str] = &["--optimizer", "sgd"];
     let cases = [
-        ((config.as_str(), "40", "f32", "sdpa", "train"), "1,3"),
-        ((config.as_str(), "24", "bf16", "sdpa", "train"), "1,3"),
-        ((config.as_str(), "24", "amp-bf16", "sdpa", "train"), "1,3"),
-        (("bert-mini", "128", "f32", "sdpa", "train"), "8,16"),
+        (
+            (config.as_str(), "40", "f32", "sdpa", "train"),
+            "1,3",
+            &[][..],
+        ),
+        ((config.as_str(), "24", "bf16", "sdpa", "train"), "1,3", sgd),
+        (
+            (config.as_str(), "24", "amp-bf16", "sdpa", "train"),
+            "1,3",
+            &[],
+        ),
+        (
+            (config.as_str(), "24", "amp-bf16", "sdpa", "train"),
+            "1,3",
+            ckpt,
+        ),
+        ((config.as_str(), "40", "f32", "sdpa", "train"), "2,3", ckpt),
+        (("bert-mini", "128", "f32", "sdpa", "train"), "8,16", &[]),
     ];
-    for (case, batches) in cases {
-        let points = estimate_checked(&python, case, batches);
+    for (case, batches, extra) in cases {
+        let points = estimate_checked_with(&python, case, batches, extra);
         let [(e1, m1), (e2, m2)] = points[..] else {
             panic!("{case:?}: {points:?}")
         };
