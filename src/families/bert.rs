@@ -488,32 +488,19 @@ pub(super) fn torch_bert_train_forward<'a>(
         drop(pooled);
         tt::linear(tape, &dropped, NUM_LABELS as usize, true)
     };
-    Ok(cross_entropy(tape, &logits, labels))
+    Ok(tt::cross_entropy(tape, &logits, labels))
 }
 
 /// One `BertLayer` in train mode with autograd (sdpa's math kernel with dropout), on `hidden`.
 fn bert_train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, hidden: &Pt) -> Pt {
-    let (b, s, h, n) = (r.b, r.s, r.d.hidden, r.d.heads);
+    let (h, n) = (r.d.hidden, r.d.heads);
     let drop_on = r.d.dropout;
     let attention_output = {
         let context = {
             let q = tt::linear(tape, hidden, h, true);
             let k = tt::linear(tape, hidden, h, true);
             let v = tt::linear(tape, hidden, h, true);
-            let out = tt::math_attention(tape, (&q, &k, &v), n);
-            // `(b·heads, s, d)` viewed as `(b, heads, s, d)`: a gradient arriving strided
-            // is copied (at batch 1 the reshape is a view); then
-            // `transpose(1, 2).contiguous()`.
-            let out4 = out.view_node(&[b, n, s, h / n]);
-            let back = if b > 1 {
-                Edge::Copy(out.gid())
-            } else {
-                Edge::Pass(out.gid())
-            };
-            tape.node(&out4, vec![back], &[]);
-            let context = out4.new(&[b, s, h], r.dt);
-            tape.node(&context, vec![Edge::Pass(out4.gid())], &[]);
-            context
+            tt::attention_context(tape, (&q, &k, &v), n)
         };
         let dense = tt::linear(tape, &context, h, true);
         drop(context);
@@ -540,25 +527,4 @@ fn bert_train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, hidden: &Pt) -> Pt {
     };
     drop(attention_output);
     layer_output
-}
-
-/// `CrossEntropyLoss` on `(rows, classes)` logits: `log_softmax` (saving its output), then
-/// `nll_loss` (a scalar, and its total weight, which lives as long as the graph).
-fn cross_entropy(tape: &Tape, logits: &Pt, labels: &Pt) -> Pt {
-    // Under autocast the loss runs in f32: the logits are cast first.
-    let logits = &tape.cast(
-        logits,
-        if tape.autocast_on() {
-            TDt::F32
-        } else {
-            logits.dt
-        },
-    );
-    let log_probs = logits.like();
-    tape.node(&log_probs, vec![Tape::grad_of(logits)], &[&log_probs]);
-    let loss = logits.new(&[], logits.dt);
-    let total_weight = logits.new(&[], logits.dt);
-    tape.node(&loss, vec![Tape::grad_of(&log_probs)], &[labels]);
-    tape.hold(&total_weight);
-    loss
 }

@@ -5,11 +5,14 @@
 #![allow(clippy::many_single_char_names)]
 
 use super::candle::{Inputs, candle_config};
-use super::config::field;
+use super::config::{dropout_field, field};
 use super::ops::{Run, embedding, linear, masked_fill, norm, softmax};
 use super::sim::{Dt, T};
 use super::torch_sim::{Head, Pt, TDt, TorchRun, flash_attention, layer_norm};
-use super::{AnyModel, BuildError, CandleModel, ConfigError, Dims, Room, TensorShape, tensor_list};
+use super::torch_tape::{self as tt, Edge, Tape};
+use super::{
+    AnyModel, BuildError, CandleModel, ConfigError, Dims, Dropout, Room, TensorShape, tensor_list,
+};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::distilbert;
@@ -38,6 +41,12 @@ impl Room for DistilBert {
             intermediate: field(v, "hidden_dim")?,
             vocab: field(v, "vocab_size")?,
             max_positions: field(v, "max_position_embeddings")?,
+            // DistilBertConfig's defaults: 0.1, 0.1 and the classifier's 0.2.
+            dropout: Dropout {
+                hidden: dropout_field(v, "dropout", true)?,
+                attention: dropout_field(v, "attention_dropout", true)?,
+                classifier: dropout_field(v, "seq_classif_dropout", true)?,
+            },
             ..Dims::default()
         })
     }
@@ -101,6 +110,15 @@ impl Room for DistilBert {
         ids: &Pt,
     ) -> std::result::Result<Vec<Pt>, &'static str> {
         torch_forward(r, ids)
+    }
+    fn torch_train_forward<'a>(
+        &self,
+        r: &'a TorchRun<'a>,
+        ids: &Pt,
+        labels: &Pt,
+        tape: &Tape<'a>,
+    ) -> std::result::Result<Pt, &'static str> {
+        torch_train_forward(r, ids, labels, tape)
     }
 }
 
@@ -300,4 +318,105 @@ fn torch_forward(r: &TorchRun<'_>, ids: &Pt) -> std::result::Result<Vec<Pt>, &'s
     outputs.insert(0, hidden);
     drop(embeddings);
     Ok(outputs)
+}
+
+/// PyTorch: the forward of a training step, `DistilBertForSequenceClassification` in train mode
+/// with autograd on the CPU (transformers 5), recording each op's node on `tape`; returns the
+/// loss. The embeddings (word and position, `LayerNorm`, dropout); each `TransformerBlock`
+/// (q, k, v, sdpa's math kernel with attention dropout, `out_lin`, `sa_layer_norm` of the sum,
+/// the FFN with its dropout, `output_layer_norm`); the first token through `pre_classifier`,
+/// ReLU (saving its output), dropout and the classifier; cross-entropy.
+fn torch_train_forward<'a>(
+    r: &'a TorchRun<'a>,
+    ids: &Pt,
+    labels: &Pt,
+    tape: &Tape<'a>,
+) -> std::result::Result<Pt, &'static str> {
+    if r.head != Head::SequenceClassification {
+        return Err("a DistilBERT training step is modelled with the sequence-classification head");
+    }
+    if r.eager || !r.d.dropout.attention {
+        return Err(
+            "a DistilBERT training step is modelled with sdpa and attention dropout on (the config's default)",
+        );
+    }
+    let (b, s, width) = (r.b, r.s, r.d.hidden);
+    let sim = r.sim;
+    let embeddings = {
+        let word = ids.new(&[b, s, width], r.dt);
+        tape.node(
+            &word,
+            vec![Edge::Param(vec![r.d.vocab, width], r.dt)],
+            &[ids],
+        );
+        let position = sim.alloc(&[1, s, width], r.dt);
+        tape.node(
+            &position,
+            vec![Edge::Param(vec![r.d.max_positions, width], r.dt)],
+            &[],
+        );
+        let sum = tt::add(tape, &word, &position);
+        let normed = tt::layer_norm(tape, &sum, r.threads);
+        drop(sum);
+        tt::dropout(tape, &normed, r.d.dropout.hidden)
+    };
+    {
+        let _as_bool = sim.alloc(&[b, s], TDt::Bool);
+        let _all = sim.alloc(&[], TDt::Bool);
+    }
+    // DistilBertModel's forward holds the embeddings' output to its end.
+    let mut hidden = embeddings.clone();
+    for _ in 0..r.d.layers {
+        hidden = if tape.checkpointing() {
+            let input = hidden.clone();
+            tape.checkpoint(&hidden, Box::new(move |t| train_block(r, t, &input)))
+        } else {
+            train_block(r, tape, &hidden)
+        };
+    }
+    let logits = {
+        let first = hidden.view_node(&[b, width]);
+        tape.node(&first, vec![Tape::grad_of(&hidden)], &[]);
+        drop(hidden);
+        let relu = {
+            let pre = tt::linear(tape, &first, width, true);
+            tt::unary(tape, &pre, true)
+        };
+        drop(embeddings);
+        let dropped = tt::dropout(tape, &relu, r.d.dropout.classifier);
+        drop(relu);
+        tt::linear(tape, &dropped, NUM_LABELS as usize, true)
+    };
+    Ok(tt::cross_entropy(tape, &logits, labels))
+}
+
+/// One `TransformerBlock` in train mode with autograd, on `x`.
+fn train_block(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt) -> Pt {
+    let (width, heads) = (r.d.hidden, r.d.heads);
+    let sa_output = {
+        let attention = {
+            let q = tt::linear(tape, x, width, true);
+            let k = tt::linear(tape, x, width, true);
+            let v = tt::linear(tape, x, width, true);
+            let context = tt::attention_context(tape, (&q, &k, &v), heads);
+            tt::linear(tape, &context, width, true)
+        };
+        let sum = tt::add(tape, &attention, x);
+        let normed = tt::layer_norm(tape, &sum, r.threads);
+        drop((sum, attention));
+        normed
+    };
+    let ffn = {
+        let inner = {
+            let lin1 = tt::linear(tape, &sa_output, r.d.intermediate, true);
+            tt::unary(tape, &lin1, false)
+        };
+        let lin2 = tt::linear(tape, &inner, width, true);
+        drop(inner);
+        tt::dropout(tape, &lin2, r.d.dropout.hidden)
+    };
+    let sum = tt::add(tape, &ffn, &sa_output);
+    let normed = tt::layer_norm(tape, &sum, r.threads);
+    drop((sum, ffn, sa_output));
+    normed
 }

@@ -570,3 +570,44 @@ pub fn math_attention(tape: &Tape, (q, k, v): (&Pt, &Pt, &Pt), heads: usize) -> 
     drop(returned);
     cast
 }
+
+/// `CrossEntropyLoss` on `(rows, classes)` logits: `log_softmax` (saving its output), then
+/// `nll_loss` (a scalar, and its total weight, which lives as long as the graph).
+pub fn cross_entropy(tape: &Tape<'_>, logits: &Pt, labels: &Pt) -> Pt {
+    // Under autocast the loss runs in f32: the logits are cast first.
+    let logits = &tape.cast(
+        logits,
+        if tape.autocast_on() {
+            TDt::F32
+        } else {
+            logits.dt
+        },
+    );
+    let log_probs = logits.like();
+    tape.node(&log_probs, vec![Tape::grad_of(logits)], &[&log_probs]);
+    let loss = logits.new(&[], logits.dt);
+    let total_weight = logits.new(&[], logits.dt);
+    tape.node(&loss, vec![Tape::grad_of(&log_probs)], &[labels]);
+    tape.hold(&total_weight);
+    loss
+}
+
+/// Attention over the projections `q`, `k`, `v` (`(b, s, heads·d)`) in train mode with
+/// dropout: the math kernel, its `(b·heads, s, d)` output viewed as `(b, heads, s, d)` (a
+/// gradient arriving strided is copied, except at batch 1 where the reshape is a view), then
+/// `transpose(1, 2).contiguous()`: the `(b, s, heads·d)` context.
+#[must_use]
+pub fn attention_context(tape: &Tape<'_>, (q, k, v): (&Pt, &Pt, &Pt), heads: usize) -> Pt {
+    let (b, s, h) = (q.dims[0], q.dims[1], q.dims[2]);
+    let out = math_attention(tape, (q, k, v), heads);
+    let out4 = out.view_node(&[b, heads, s, h / heads]);
+    let back = if b > 1 {
+        Edge::Copy(out.gid())
+    } else {
+        Edge::Pass(out.gid())
+    };
+    tape.node(&out4, vec![back], &[]);
+    let context = out4.new(&[b, s, h], q.dt);
+    tape.node(&context, vec![Edge::Pass(out4.gid())], &[]);
+    context
+}
