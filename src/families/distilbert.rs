@@ -325,7 +325,7 @@ fn torch_forward(r: &TorchRun<'_>, ids: &Pt) -> std::result::Result<Vec<Pt>, &'s
 /// loss. The embeddings (word and position, `LayerNorm`, dropout); each `TransformerBlock`
 /// (q, k, v, sdpa's math kernel with attention dropout, `out_lin`, `sa_layer_norm` of the sum,
 /// the FFN with its dropout, `output_layer_norm`); the first token through `pre_classifier`,
-/// ReLU (saving its output), dropout and the classifier; cross-entropy.
+/// `ReLU` (saving its output), dropout and the classifier; cross-entropy.
 fn torch_train_forward<'a>(
     r: &'a TorchRun<'a>,
     ids: &Pt,
