@@ -367,9 +367,17 @@ mod tests {
     fn what_is_not_modelled_says_so_and_how_to_measure_it() {
         let cases = [
             at(
-                "tiny-llama",
+                "tiny-qwen3",
                 1,
                 Precision::F32,
+                Workload::Train,
+                Task::CausalLm,
+                Attn::Sdpa,
+            ),
+            at(
+                "tiny-llama",
+                1,
+                Precision::AmpBf16,
                 Workload::Train,
                 Task::CausalLm,
                 Attn::Sdpa,

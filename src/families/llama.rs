@@ -12,6 +12,7 @@ use super::ops::{Run, embedding, linear, masked_fill, norm, repeat_kv, rotary_ta
 use super::sim::{Dt, T};
 use super::torch_llama::{self, Shape};
 use super::torch_sim::{Head, Pt, TDt, TorchRun};
+use super::torch_tape::Tape;
 use super::{AnyModel, BuildError, CandleModel, ConfigError, Dims, Room, TensorShape, tensor_list};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -83,6 +84,25 @@ impl Room for Llama {
         torch_llama::forward(
             r,
             ids,
+            Shape {
+                qkv_bias: false,
+                o_bias: false,
+                qk_norm: false,
+            },
+        )
+    }
+    fn torch_train_forward<'a>(
+        &self,
+        r: &'a TorchRun<'a>,
+        ids: &Pt,
+        labels: &Pt,
+        tape: &Tape<'a>,
+    ) -> std::result::Result<Pt, &'static str> {
+        torch_llama::train_forward(
+            r,
+            ids,
+            labels,
+            tape,
             Shape {
                 qkv_bias: false,
                 o_bias: false,

@@ -15,6 +15,7 @@ use super::ops::{
 use super::sim::{Dt, T};
 use super::torch_llama::{self, Shape};
 use super::torch_sim::{Head, Pt, TDt, TorchRun};
+use super::torch_tape::Tape;
 use super::{AnyModel, BuildError, ConfigError, Dims, Room, TensorShape};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
@@ -99,6 +100,32 @@ impl Room for Mistral {
         torch_llama::forward(
             r,
             ids,
+            Shape {
+                qkv_bias: false,
+                o_bias: false,
+                qk_norm: false,
+            },
+        )
+    }
+    fn torch_train_forward<'a>(
+        &self,
+        r: &'a TorchRun<'a>,
+        ids: &Pt,
+        labels: &Pt,
+        tape: &Tape<'a>,
+    ) -> std::result::Result<Pt, &'static str> {
+        // From the window on, transformers builds a sliding-window mask (not modelled yet);
+        // below it sdpa runs causal with no mask, as Llama's.
+        if r.d.sliding_window > 0 && r.s >= r.d.sliding_window {
+            return Err(
+                "from its sliding window (sliding_window) on, transformers masks each layer's attention, which is not modelled yet",
+            );
+        }
+        torch_llama::train_forward(
+            r,
+            ids,
+            labels,
+            tape,
             Shape {
                 qkv_bias: false,
                 o_bias: false,

@@ -14,6 +14,7 @@ use super::ops::{
 use super::sim::{Dt, T};
 use super::torch_llama::{self, Shape};
 use super::torch_sim::{Head, Pt, TDt, TorchRun};
+use super::torch_tape::Tape;
 use super::{AnyModel, BuildError, ConfigError, Dims, Room, TensorShape};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
@@ -77,6 +78,25 @@ impl Room for Qwen2 {
         torch_llama::forward(
             r,
             ids,
+            Shape {
+                qkv_bias: true,
+                o_bias: false,
+                qk_norm: false,
+            },
+        )
+    }
+    fn torch_train_forward<'a>(
+        &self,
+        r: &'a TorchRun<'a>,
+        ids: &Pt,
+        labels: &Pt,
+        tape: &Tape<'a>,
+    ) -> std::result::Result<Pt, &'static str> {
+        torch_llama::train_forward(
+            r,
+            ids,
+            labels,
+            tape,
             Shape {
                 qkv_bias: true,
                 o_bias: false,

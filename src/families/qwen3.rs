@@ -13,6 +13,7 @@ use super::ops::{Run, embedding, gated_mlp, head_on_last, linear, norm, rotary_t
 use super::sim::{Dt, T};
 use super::torch_llama::{self, Shape};
 use super::torch_sim::{Head, Pt, TDt, TorchRun};
+use super::torch_tape::Tape;
 use super::{AnyModel, BuildError, ConfigError, Dims, Room, TensorShape};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
@@ -74,6 +75,25 @@ impl Room for Qwen3 {
         torch_llama::forward(
             r,
             ids,
+            Shape {
+                qkv_bias: r.d.attention_bias,
+                o_bias: r.d.attention_bias,
+                qk_norm: true,
+            },
+        )
+    }
+    fn torch_train_forward<'a>(
+        &self,
+        r: &'a TorchRun<'a>,
+        ids: &Pt,
+        labels: &Pt,
+        tape: &Tape<'a>,
+    ) -> std::result::Result<Pt, &'static str> {
+        torch_llama::train_forward(
+            r,
+            ids,
+            labels,
+            tape,
             Shape {
                 qkv_bias: r.d.attention_bias,
                 o_bias: r.d.attention_bias,

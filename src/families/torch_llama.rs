@@ -4,6 +4,7 @@
 
 use super::Dims;
 use super::torch_sim::{Head, Pt, TDt, TorchRun, flash_attention};
+use super::torch_tape::{self as tt, Edge, Tape};
 
 /// What differs between the Llama-shaped families.
 #[derive(Debug, Clone, Copy)]
@@ -236,4 +237,168 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
     let mut outputs = vec![logits];
     outputs.extend(cache);
     Ok(outputs)
+}
+
+/// PyTorch: the forward of a training step for `…ForCausalLM` in train mode with autograd on the
+/// CPU (transformers 5), recording each op's node on `tape`; returns the loss. As `forward` (the
+/// `DynamicCache` unless checkpointing turns it off, logits for every position), then
+/// `ForCausalLMLoss`: the logits in f32, the labels padded and shifted (a copy), cross-entropy
+/// over every position. Attention dropout is 0 in these configs: sdpa runs the flash kernel.
+pub(super) fn train_forward<'a>(
+    r: &'a TorchRun<'a>,
+    ids: &Pt,
+    labels: &Pt,
+    tape: &Tape<'a>,
+    shape: Shape,
+) -> Result<Pt, &'static str> {
+    if r.eager {
+        return Err(
+            "eager attention with its causal mask is not modelled yet for decoders (sdpa is)",
+        );
+    }
+    if r.head != Head::CausalLm {
+        return Err("only the causal-lm head is modelled for decoders");
+    }
+    if shape.qk_norm {
+        return Err("Qwen3's training step (its q and k norms) is not modelled yet");
+    }
+    if tape.autocast_on() {
+        return Err(
+            "amp for the decoders' training step is not modelled yet (f32, bf16 and f16 are)",
+        );
+    }
+    let (b, s, width) = (r.b, r.s, r.d.hidden);
+    let hd = r.d.head_dim();
+    let sim = r.sim;
+    let embedding = if r.d.tied_embeddings {
+        Edge::ParamAdd(vec![r.d.vocab, width], r.dt)
+    } else {
+        Edge::Param(vec![r.d.vocab, width], r.dt)
+    };
+    let normed = {
+        let inputs_embeds = ids.new(&[b, s, width], r.dt);
+        tape.node(&inputs_embeds, vec![embedding], &[ids]);
+        let _position_ids = {
+            let _arange = sim.alloc(&[s], TDt::I64);
+            sim.alloc(&[s], TDt::I64)
+        };
+        {
+            let _as_bool = sim.alloc(&[b, s], TDt::Bool);
+            let _sum = sim.alloc(&[], TDt::I64);
+            let _as_long = sim.alloc(&[b, s], TDt::I64);
+        }
+        let (cos, sin) = rotary(r, hd);
+        let mut hidden = inputs_embeds.clone();
+        for _ in 0..r.d.layers {
+            hidden = if tape.checkpointing() {
+                let (input, cos, sin) = (hidden.clone(), cos.clone(), sin.clone());
+                tape.checkpoint(
+                    &hidden,
+                    Box::new(move |t| train_layer(r, t, &input, (&cos, &sin), shape)),
+                )
+            } else {
+                train_layer(r, tape, &hidden, (&cos, &sin), shape)
+            };
+        }
+        drop((cos, sin));
+        let normed = tt::rms_norm(tape, &hidden);
+        drop(hidden);
+        drop(inputs_embeds);
+        normed
+    };
+    let logits = tt::linear_mm(tape, &normed, r.d.vocab);
+    drop(normed);
+    // ForCausalLMLoss: `logits.float()`, labels padded by one and shifted (`contiguous`).
+    let logits32 = tape.cast(&logits, TDt::F32);
+    let padded = labels.new(&[b, s + 1], TDt::I64);
+    let shifted = labels.new(&[b, s], TDt::I64);
+    let loss = tt::cross_entropy(tape, &logits32.view(&[b * s, r.d.vocab]), &shifted);
+    drop((shifted, padded, logits32, logits));
+    Ok(loss)
+}
+
+/// One decoder layer in train mode with autograd, on `x`, with the rotary tables.
+fn train_layer(
+    r: &TorchRun<'_>,
+    tape: &Tape<'_>,
+    x: &Pt,
+    (cos, sin): (&Pt, &Pt),
+    shape: Shape,
+) -> Pt {
+    let (b, s, width) = (r.b, r.s, r.d.hidden);
+    let (heads, kvh, hd) = (r.d.heads, r.d.kv_heads, r.d.head_dim());
+    let attn = {
+        let normed = tt::rms_norm(tape, x);
+        let project = |out: usize, bias: bool| {
+            if bias {
+                tt::linear(tape, &normed, out, true)
+            } else {
+                tt::linear_mm(tape, &normed, out)
+            }
+        };
+        let query = project(heads * hd, shape.qkv_bias);
+        let key = project(kvh * hd, shape.qkv_bias);
+        let value = project(kvh * hd, shape.qkv_bias);
+        drop(normed);
+        // `view(…).transpose(1, 2)`: q's and k's gradients come back heads-major from the
+        // rotation and are copied; v's from the kernel in v's own layout.
+        let heads_major = |t: &Pt, count: usize| {
+            let view = t.view_node(&[b, count, s, hd]);
+            tape.node(&view, vec![Edge::Copy(t.gid())], &[]);
+            view
+        };
+        let query = {
+            let q4 = heads_major(&query, heads);
+            drop(query);
+            let rotated = tt::rotate(tape, &q4, cos, sin);
+            drop(q4);
+            rotated
+        };
+        let key = {
+            let k4 = heads_major(&key, kvh);
+            drop(key);
+            let rotated = tt::rotate(tape, &k4, cos, sin);
+            drop(k4);
+            rotated
+        };
+        let value = value.view(&[b, kvh, s, hd]);
+        // DynamicCache.update concatenates onto the empty past (copies); without the cache
+        // (checkpointing turns it off) the kernel takes them as they are.
+        let (keys, values) = if tape.checkpointing() {
+            (key.clone(), value.clone())
+        } else {
+            let keys = key.like();
+            tape.node(&keys, vec![Edge::Pass(key.gid())], &[]);
+            let values = value.like();
+            tape.node(&values, vec![Edge::Pass(value.gid())], &[]);
+            (keys, values)
+        };
+        drop((key, value));
+        let context = tt::flash_attention(tape, (&query, &keys, &values), r.threads);
+        drop((keys, values));
+        let context = context.view(&[b, s, heads * hd]);
+        let projected = if shape.o_bias {
+            tt::linear(tape, &context, width, true)
+        } else {
+            tt::linear_mm(tape, &context, width)
+        };
+        drop((context, query));
+        projected
+    };
+    let hidden = tt::add(tape, x, &attn);
+    drop(attn);
+    let mlp = {
+        let normed = tt::rms_norm(tape, &hidden);
+        let gate = tt::linear_mm(tape, &normed, r.d.intermediate);
+        let act = tt::unary(tape, &gate, false);
+        drop(gate);
+        let up = tt::linear_mm(tape, &normed, r.d.intermediate);
+        drop(normed);
+        let product = tt::mul(tape, &act, &up);
+        drop((act, up));
+        tt::linear_mm(tape, &product, width)
+    };
+    let out = tt::add(tape, &hidden, &mlp);
+    drop((hidden, mlp));
+    out
 }

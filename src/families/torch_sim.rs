@@ -118,6 +118,9 @@ pub struct Pt {
     storage: Rc<Storage>,
     imp: Rc<()>,
     gid: usize,
+    /// A view kept by autograd of a base that lives on (the gradient a reshape hands back):
+    /// never added into in place.
+    pub(super) viewed: bool,
 }
 
 /// A buffer a kernel holds while it runs (scratch), freed when dropped.
@@ -148,6 +151,7 @@ impl TSim {
             }),
             imp: Rc::new(()),
             gid,
+            viewed: false,
         }
     }
 
@@ -198,6 +202,7 @@ impl Pt {
             storage: Rc::clone(&self.storage),
             imp: Rc::new(()),
             gid: self.gid,
+            viewed: self.viewed,
         }
     }
 
@@ -222,7 +227,7 @@ impl Pt {
     /// Whether this is the only reference to the tensor (autograd may add into it in place).
     #[must_use]
     pub fn unique(&self) -> bool {
-        Rc::strong_count(&self.imp) == 1
+        !self.viewed && Rc::strong_count(&self.imp) == 1
     }
 
     /// An elementwise op's output: the same dims and type.
@@ -263,6 +268,39 @@ impl Pt {
     }
 }
 
+/// The CPU flash kernel's blocks (forward and backward): 32 query rows (64 from 192 rows, 256
+/// from 768), 512 keys, each at most the length.
+#[must_use]
+pub fn flash_blocks(q_len: usize, kv_len: usize) -> (usize, usize) {
+    let q_split = if q_len >= 768 {
+        256
+    } else if q_len >= 192 {
+        64
+    } else {
+        32
+    };
+    (q_split.min(q_len), 512.min(kv_len))
+}
+
+/// The per-thread scratch of the CPU flash kernel's forward: f32 bytes (the q×kv block, its row
+/// max and sum, the output block) and, for bf16/f16, the q×kv block in the input type.
+#[must_use]
+pub fn flash_forward_scratch(
+    threads: usize,
+    (q_len, kv_len): (usize, usize),
+    head_v: usize,
+    dt: TDt,
+) -> (u64, u64) {
+    let (q_split, kv_split) = flash_blocks(q_len, kv_len);
+    let per_thread = q_split * kv_split + 2 * q_split + q_split * head_v;
+    let reduced = if dt.reduced() {
+        (threads * q_split * kv_split) as u64 * dt.size()
+    } else {
+        0
+    };
+    ((threads * per_thread) as u64 * TDt::F32.size(), reduced)
+}
+
 /// PyTorch's CPU flash attention (`_scaled_dot_product_flash_attention_for_cpu`): the output
 /// (like the query), the log-sum-exp (f32, one per query row and head), and while it runs a
 /// scratch row per thread: the q×kv block, its row max and sum, and the output block, in the
@@ -282,15 +320,7 @@ pub fn flash_attention(
     let batch = query.dims[0];
     let out = query.new(&[batch, q_len, heads, head_v], query.dt);
     let lse = query.new(&[batch, heads, q_len], TDt::F32);
-    let q_split = if q_len >= 768 {
-        256
-    } else if q_len >= 192 {
-        64
-    } else {
-        32
-    }
-    .min(q_len);
-    let kv_split = 512.min(kv_len);
+    let (q_split, kv_split) = flash_blocks(q_len, kv_len);
     let per_thread = q_split * kv_split + 2 * q_split + q_split * head_v;
     let sim = query.sim();
     {

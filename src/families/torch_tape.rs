@@ -31,6 +31,14 @@ pub enum Edge {
     Param(Vec<usize>, TDt),
     /// A buffer the backward holds while it runs, of so many bytes.
     Temp(u64),
+    /// A new gradient that is a view of the tensor its function made (a reshape back to the
+    /// input's dims): the engine never adds into it in place.
+    NewView(usize, Vec<usize>, TDt),
+    /// A buffer held from its allocation to the node's end, of so many bytes.
+    Work(u64),
+    /// A gradient for a parameter that already has one (tied embeddings): made, added into the
+    /// existing gradient in place, freed.
+    ParamAdd(Vec<usize>, TDt),
     /// A gradient the engine reduces to a broadcast input's shape (`sum_to`, a bias) after the
     /// node's function returns: after a recomputed node has let go of its saved tensors.
     Reduced(Box<Edge>),
@@ -283,8 +291,16 @@ impl<'a> Tape<'a> {
                 continue;
             };
             let mut outs = Vec::new();
+            let mut work = Vec::new();
             let mut run = |edge: &Edge, outs: &mut Vec<(usize, Pt)>| match edge {
                 Edge::New(of, dims, dt) => outs.push((*of, sim.alloc(dims, *dt))),
+                Edge::NewView(of, dims, dt) => {
+                    let mut grad = sim.alloc(dims, *dt);
+                    grad.viewed = true;
+                    outs.push((*of, grad));
+                }
+                Edge::Work(bytes) => work.push(sim.scratch(*bytes)),
+                Edge::ParamAdd(dims, dt) => drop(sim.alloc(dims, *dt)),
                 Edge::Pass(of) => outs.push((*of, incoming.clone())),
                 Edge::Copy(of) => outs.push((*of, incoming.like())),
                 Edge::Param(dims, dt) => params.push(sim.alloc(dims, *dt)),
@@ -302,6 +318,7 @@ impl<'a> Tape<'a> {
                     run(edge, &mut outs);
                 }
             }
+            drop(work);
             drop(incoming);
             drop(node);
             self.release_region(index - 1);
@@ -610,4 +627,172 @@ pub fn attention_context(tape: &Tape<'_>, (q, k, v): (&Pt, &Pt, &Pt), heads: usi
     let context = out4.new(&[b, s, h], q.dt);
     tape.node(&context, vec![Edge::Pass(out4.gid())], &[]);
     context
+}
+
+/// `nn.Linear` without a bias on a `(…, in)` input: `matmul` folds the rows for `mm`, saving
+/// the input; the backward makes the weight's gradient, then the input's, a view of the rows'
+/// gradient.
+#[must_use]
+pub fn linear_mm(tape: &Tape<'_>, x: &Pt, out: usize) -> Pt {
+    let inp = x.dims[x.dims.len() - 1];
+    let y = x.linear(out);
+    tape.node(
+        &y,
+        vec![
+            Edge::Param(vec![out, inp], x.dt),
+            Edge::NewView(x.gid(), x.dims.clone(), x.dt),
+        ],
+        &[x],
+    );
+    y
+}
+
+/// `a * b` of the same dims, both needing gradients (the gated MLP's product): saves both; the
+/// backward makes a gradient for each.
+#[must_use]
+pub fn mul(tape: &Tape<'_>, a: &Pt, b: &Pt) -> Pt {
+    let y = a.like();
+    tape.node(&y, vec![Tape::grad_of(a), Tape::grad_of(b)], &[a, b]);
+    y
+}
+
+/// `LlamaRMSNorm` with autograd: upcast to f32 (a cast unless f32), `pow(2)` (saving its input),
+/// `mean`, `+ eps`, `rsqrt` (saving its output), the scaling multiply (saving both), the cast
+/// back, the weight's multiply (saving the scaled input). Each backward as PyTorch's formulas
+/// run: `pow` and `rsqrt` hold two temporaries; a broadcast operand's gradient is made full,
+/// then reduced (`sum_to`).
+#[must_use]
+pub fn rms_norm(tape: &Tape<'_>, x: &Pt) -> Pt {
+    let h = x.dims[x.dims.len() - 1];
+    let mut rows = x.dims.clone();
+    *rows.last_mut().unwrap_or(&mut 0) = 1;
+    let full = |t: &Pt| t.elems() as u64 * t.dt.size();
+    let x32 = tape.cast(x, TDt::F32);
+    let variance = {
+        let squared = x32.like();
+        tape.node(
+            &squared,
+            vec![
+                Edge::Work(full(&x32)),
+                Edge::Work(full(&x32)),
+                Tape::grad_of(&x32),
+            ],
+            &[&x32],
+        );
+        let mean = x32.new(&rows, TDt::F32);
+        tape.node(&mean, vec![Tape::grad_of(&squared)], &[]);
+        mean
+    };
+    let inv = {
+        let shifted = variance.like();
+        tape.node(&shifted, vec![Edge::Pass(variance.gid())], &[]);
+        let inv = shifted.like();
+        let row_bytes = full(&shifted);
+        tape.node(
+            &inv,
+            vec![
+                Edge::Work(row_bytes),
+                Edge::Work(row_bytes),
+                Tape::grad_of(&shifted),
+            ],
+            &[&inv],
+        );
+        inv
+    };
+    let scaled = x32.like();
+    tape.node(
+        &scaled,
+        vec![
+            Tape::grad_of(&x32),
+            Edge::Work(full(&x32)),
+            Edge::Reduced(Box::new(Tape::grad_of(&inv))),
+        ],
+        &[&x32, &inv],
+    );
+    drop((x32, inv));
+    let back = tape.cast(&scaled, x.dt);
+    drop(scaled);
+    let out = back.like();
+    tape.node(
+        &out,
+        vec![
+            Edge::Work(full(&back)),
+            Tape::grad_of(&back),
+            Edge::Reduced(Box::new(Edge::Param(vec![h], x.dt))),
+        ],
+        &[&back],
+    );
+    drop((back, variance));
+    out
+}
+
+/// `q * cos + rotate_half(q) * sin` with autograd on `(b, heads, s, d)`: each product saves
+/// its table; `rotate_half` slices the halves (their backward: zeros like q, the slice copied
+/// in), negates the second, concatenates (its backward: slices of the gradient).
+#[must_use]
+pub fn rotate(tape: &Tape<'_>, x: &Pt, cos: &Pt, sin: &Pt) -> Pt {
+    let with_cos = x.like();
+    tape.node(&with_cos, vec![Tape::grad_of(x)], &[cos]);
+    let with_sin = {
+        let rotated = {
+            let mut half = x.dims.clone();
+            *half.last_mut().unwrap_or(&mut 0) /= 2;
+            let first = x.view_node(&half);
+            tape.node(&first, vec![Tape::grad_of(x)], &[]);
+            let second = x.view_node(&half);
+            tape.node(&second, vec![Tape::grad_of(x)], &[]);
+            let neg = second.like();
+            tape.node(&neg, vec![Tape::grad_of(&second)], &[]);
+            let cat = x.like();
+            tape.node(
+                &cat,
+                vec![Edge::Pass(neg.gid()), Edge::Pass(first.gid())],
+                &[],
+            );
+            cat
+        };
+        let product = rotated.like();
+        tape.node(&product, vec![Tape::grad_of(&rotated)], &[sin]);
+        product
+    };
+    let out = with_cos.like();
+    tape.node(
+        &out,
+        vec![Edge::Pass(with_cos.gid()), Edge::Pass(with_sin.gid())],
+        &[],
+    );
+    out
+}
+
+/// The CPU flash kernel with autograd on `(b, heads, s, d)` query and `(b, kv_heads, s, d)`
+/// keys and values (causal): the output `(b, s, heads, d)` and log-sum-exp (both saved with q, k
+/// and v) and the forward's per-thread scratch; the backward makes q's, k's and v's gradients,
+/// then holds its per-thread blocks (attention and its gradient, in f32, and in the input type
+/// for bf16/f16) and a row sum.
+#[must_use]
+pub fn flash_attention(tape: &Tape<'_>, (q, k, v): (&Pt, &Pt, &Pt), threads: usize) -> Pt {
+    let (b, heads, s, d) = (q.dims[0], q.dims[1], q.dims[2], q.dims[3]);
+    let kv_len = k.dims[2];
+    let out = q.new(&[b, s, heads, d], q.dt);
+    let lse = q.new(&[b, heads, s], TDt::F32);
+    {
+        let (f32_bytes, reduced) =
+            super::torch_sim::flash_forward_scratch(threads, (s, kv_len), d, q.dt);
+        let _buf = q.new(&[f32_bytes as usize], TDt::Bool);
+        let _reduced = (reduced > 0).then(|| q.new(&[reduced as usize], TDt::Bool));
+    }
+    let (q_split, kv_split) = super::torch_sim::flash_blocks(s, kv_len);
+    let block = (threads * 2 * q_split * kv_split) as u64;
+    let mut edges = vec![
+        Tape::grad_of(q),
+        Tape::grad_of(k),
+        Tape::grad_of(v),
+        Edge::Work(block * TDt::F32.size()),
+    ];
+    if q.dt.reduced() {
+        edges.push(Edge::Work(block * q.dt.size()));
+    }
+    edges.push(Edge::Work(q_split as u64 * TDt::F32.size()));
+    tape.node(&out, edges, &[q, k, v, &out, &lse]);
+    out
 }

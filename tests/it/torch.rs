@@ -661,24 +661,34 @@ fn the_pytorch_estimator_pins_the_batch_slope_to_the_byte() {
 /// The PyTorch estimator's training step (forward in train mode, backward, `AdamW`) against the
 /// torch runtime: the batch slope to the byte and the total within 1%, where the backward sets
 /// the peak (tiny BERT with its dropouts on: f32, bf16 with SGD, amp-bf16, and with gradient
-/// checkpointing) and where the backward or the
-/// optimizer step may (bert-mini at seq 128).
+/// checkpointing; tiny `DistilBERT` with its dropouts on; the tiny Llama and Qwen2 configs) and
+/// where the backward or the optimizer step may (bert-mini at seq 128).
 #[test]
 fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
     let Some(python) = torch_python() else { return };
     let d = TempDir::new("torch-train-estimate");
-    let config = d.join("tiny-bert-dropout.json");
-    let mut tiny: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/models/tiny-bert.json"),
+    // The tiny encoders with their dropouts on (the bundled ones have them off).
+    let with_dropout = |name: &str, fields: [&str; 2]| {
+        let path = d.join(&format!("{name}-dropout.json"));
+        let mut tiny: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join(format!("assets/models/{name}.json")),
+            )
+            .unwrap(),
         )
-        .unwrap(),
-    )
-    .unwrap();
-    tiny["hidden_dropout_prob"] = 0.1.into();
-    tiny["attention_probs_dropout_prob"] = 0.1.into();
-    std::fs::write(&config, tiny.to_string()).unwrap();
-    let config = config.to_string_lossy().into_owned();
+        .unwrap();
+        for field in fields {
+            tiny[field] = 0.1.into();
+        }
+        std::fs::write(&path, tiny.to_string()).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let config = with_dropout(
+        "tiny-bert",
+        ["hidden_dropout_prob", "attention_probs_dropout_prob"],
+    );
+    let distil = with_dropout("tiny-distilbert", ["dropout", "attention_dropout"]);
     let ckpt: &[&str] = &["--gradient-checkpointing", "on"];
     let sgd: &[&str] = &["--optimizer", "sgd"];
     let cases = [
@@ -700,6 +710,10 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
         ),
         ((config.as_str(), "40", "f32", "sdpa", "train"), "2,3", ckpt),
         (("bert-mini", "128", "f32", "sdpa", "train"), "8,16", &[]),
+        ((distil.as_str(), "24", "f32", "sdpa", "train"), "1,3", &[]),
+        (("tiny-llama", "24", "f32", "sdpa", "train"), "1,3", &[]),
+        (("tiny-qwen2", "20", "bf16", "sdpa", "train"), "2,4", sgd),
+        (("tiny-llama", "24", "f32", "sdpa", "train"), "2,3", ckpt),
     ];
     for (case, batches, extra) in cases {
         let points = estimate_checked_with(&python, case, batches, extra);
