@@ -1,7 +1,8 @@
-//! The "Why memory grows" window: what-if controls over the estimator (batch, sequence length,
-//! precision, GPU preset) with the breakdown of one forward's memory stacked by part, the
-//! predicted b*, the measurement at that point when there is one, and the memory timeline of a
-//! measured trial (live bytes over its forward, from the worker's allocator).
+//! The "Why memory grows" window: what-if controls over the estimator (runtime, and for PyTorch
+//! the workload, optimizer and checkpointing; batch, sequence length, precision, GPU preset) with
+//! the breakdown of the point's memory stacked by part, the predicted b*, the measurement at that
+//! point when there is one, and the memory timeline of a measured trial (live bytes over its
+//! forward, from the worker's allocator).
 
 use super::View;
 use crate::estimate::Breakdown;
@@ -28,7 +29,23 @@ pub struct TeachState {
     cached: Option<(WhatIf, Option<Breakdown>, Option<usize>)>,
     /// The simulated forward's peak and layer starts for the shown candle trial, and its point.
     shape: Option<(ShapeKey, crate::estimate::ForwardShape)>,
+    /// Which estimator answers: candle's, or PyTorch's for `how` (set from the shown sweep when
+    /// the window first opens on it).
+    pub runtime: crate::plan::Runtime,
+    pub how: Option<crate::estimate::torch::How>,
+    /// The last PyTorch estimate and predicted b*, and what they were for.
+    torch_cached: Option<(TorchWhatIf, TorchAnswer)>,
 }
+
+/// The inputs of one PyTorch what-if estimate.
+#[derive(Debug, Clone, PartialEq)]
+struct TorchWhatIf {
+    point: WhatIf,
+    how: crate::estimate::torch::How,
+}
+
+/// A PyTorch estimate and its predicted b*, or why the point is not modelled.
+type TorchAnswer = Result<(crate::estimate::torch::TorchBreakdown, Option<usize>), String>;
 
 /// What a candle trial's [`crate::estimate::ForwardShape`] was simulated for.
 type ShapeKey = (crate::catalog::ModelRef, usize, usize, Precision, usize);
@@ -86,6 +103,25 @@ fn body(view: &View<'_>, state: &mut TeachState, ui: &mut egui::Ui) {
         };
         return;
     };
+    if state.how.is_none() {
+        // The runtime and workload of the shown sweep.
+        let decoder = m.spec.family.room().is_decoder();
+        state.runtime = *r
+            .plan
+            .runtimes
+            .first()
+            .unwrap_or(&crate::plan::Runtime::Candle);
+        state.how = Some(crate::estimate::torch::How::of_curve(
+            &r.plan,
+            decoder,
+            r.plan
+                .torch
+                .checkpointing_list()
+                .first()
+                .copied()
+                .unwrap_or(false),
+        ));
+    }
     if state.batch == 0 {
         // Start where the sweep's recommendation is.
         if let Some(p) = &r.recommendation.pick {
@@ -97,6 +133,7 @@ fn body(view: &View<'_>, state: &mut TeachState, ui: &mut egui::Ui) {
         }
     }
     ui.label(RichText::new("What if").strong());
+    runtime_controls(state, m, ui);
     ui.horizontal(|ui| {
         let l = ui.label("Batch");
         ui.add(egui::DragValue::new(&mut state.batch).range(1..=crate::plan::MAX_BATCH))
@@ -105,10 +142,21 @@ fn body(view: &View<'_>, state: &mut TeachState, ui: &mut egui::Ui) {
         ui.add(egui::DragValue::new(&mut state.seq).range(1..=m.spec.dims.max_positions))
             .labelled_by(l.id);
     });
+    let torch = state.runtime == crate::plan::Runtime::Torch;
+    let train = state
+        .how
+        .is_some_and(|h| h.workload == crate::plan::Workload::Train);
     ui.horizontal(|ui| {
         ui.label("Precision");
         for d in Precision::ALL {
-            if m.runtimes.contains_key(&d) {
+            // PyTorch's estimate models f32, bf16 and f16, and amp-bf16 in training.
+            let offered = if torch {
+                matches!(d, Precision::F32 | Precision::Bf16 | Precision::F16)
+                    || (train && d == Precision::AmpBf16)
+            } else {
+                m.runtimes.contains_key(&d)
+            };
+            if offered {
                 ui.radio_value(&mut state.dtype, d, d.name());
             }
         }
@@ -153,6 +201,12 @@ fn body(view: &View<'_>, state: &mut TeachState, ui: &mut egui::Ui) {
         dtype: state.dtype,
         capacity,
     };
+    if torch && let Some(how) = state.how {
+        torch_body(r, state, m, (key, how, preset), ui);
+        ui.separator();
+        timeline(r, state, m, ui);
+        return;
+    }
     if state.cached.as_ref().is_none_or(|(k, _, _)| *k != key) {
         let e = m.estimate(state.batch, state.seq, state.dtype);
         let b = m.b_star(state.seq, state.dtype, capacity);
@@ -200,7 +254,7 @@ fn body(view: &View<'_>, state: &mut TeachState, ui: &mut egui::Ui) {
     if r.plan.uses_torch() {
         ui.label(
             RichText::new(
-                "The estimator models candle's forward; PyTorch's trials are measured only (their timelines are below).",
+                "This is candle's estimate; choose Runtime: PyTorch for PyTorch's (its trials' timelines are below).",
             )
             .weak()
             .small(),
@@ -239,6 +293,222 @@ fn body(view: &View<'_>, state: &mut TeachState, ui: &mut egui::Ui) {
     }
     ui.separator();
     timeline(r, state, m, ui);
+}
+
+/// The runtime radio, and for PyTorch the workload, and for training the optimizer and
+/// checkpointing.
+fn runtime_controls(state: &mut TeachState, m: &crate::gui::teach::TeachModel, ui: &mut egui::Ui) {
+    use crate::plan::{Runtime, Workload};
+    use crate::runtime::Optimizer;
+    ui.horizontal(|ui| {
+        ui.label("Runtime");
+        ui.radio_value(&mut state.runtime, Runtime::Candle, "candle");
+        ui.radio_value(&mut state.runtime, Runtime::Torch, "PyTorch");
+    });
+    if state.runtime != Runtime::Torch {
+        return;
+    }
+    let decoder = m.spec.family.room().is_decoder();
+    let Some(how) = state.how.as_mut() else {
+        return;
+    };
+    let before = how.workload;
+    ui.horizontal(|ui| {
+        ui.label("Workload");
+        ui.radio_value(&mut how.workload, Workload::Infer, "inference (no_grad)");
+        ui.radio_value(&mut how.workload, Workload::Grad, "forward without no_grad");
+        ui.radio_value(&mut how.workload, Workload::Train, "training step");
+    });
+    if how.workload != before {
+        how.task = crate::plan::Task::default_for(how.workload, decoder);
+        if how.workload != Workload::Train {
+            how.checkpointing = false;
+        }
+    }
+    if how.workload == Workload::Train {
+        ui.horizontal(|ui| {
+            ui.label("Optimizer");
+            ui.radio_value(&mut how.optimizer, Optimizer::Adamw, "AdamW");
+            ui.radio_value(&mut how.optimizer, Optimizer::Sgd, "SGD (momentum)");
+            ui.checkbox(&mut how.checkpointing, "Gradient checkpointing");
+        });
+    } else if state.dtype == Precision::AmpBf16 {
+        state.dtype = Precision::F32;
+    }
+}
+
+/// PyTorch's parts, in stacking order, with their colours: for a training step what each of
+/// step 2's phases keeps (they need not all be live at the peak), else the forward's.
+const TORCH_PARTS: [(&str, Color32); 5] = [
+    ("weights", Color32::from_rgb(31, 119, 180)),
+    ("optimizer state", Color32::from_rgb(148, 103, 189)),
+    ("gradients", Color32::from_rgb(214, 39, 40)),
+    ("saved activations", Color32::from_rgb(255, 127, 14)),
+    ("activations", Color32::from_rgb(44, 160, 44)),
+];
+
+/// The PyTorch estimate at the what-if point: its parts, the peak, the predicted b*, and the
+/// measurement at the point when the shown sweep has one.
+fn torch_body(
+    r: &Results,
+    state: &mut TeachState,
+    m: &crate::gui::teach::TeachModel,
+    (point, how, preset): (
+        WhatIf,
+        crate::estimate::torch::How,
+        Option<&'static presets::GpuPreset>,
+    ),
+    ui: &mut egui::Ui,
+) {
+    use crate::estimate::torch;
+    let capacity = point.capacity;
+    let key = TorchWhatIf { point, how };
+    if state.torch_cached.as_ref().is_none_or(|(k, _)| *k != key) {
+        let threads = m.key.threads;
+        let answer = torch::estimate(&m.spec, state.batch, state.seq, state.dtype, how, threads)
+            .map(|e| {
+                let b = torch::max_batch(
+                    &m.spec,
+                    state.seq,
+                    state.dtype,
+                    how,
+                    threads,
+                    capacity,
+                    crate::plan::MAX_BATCH,
+                )
+                .flatten();
+                (e, b)
+            })
+            .map_err(|e| e.to_string());
+        state.torch_cached = Some((key, answer));
+    }
+    let Some((_, answer)) = &state.torch_cached else {
+        return;
+    };
+    let (e, b_star) = match answer {
+        Ok(a) => *a,
+        Err(why) => {
+            ui.label(format!("Not modelled: {why}"));
+            return;
+        }
+    };
+    ui.label(
+        RichText::new(format!(
+            "PyTorch's {}, estimated for batch {} × seq {} in {}: peak {}",
+            how.workload.describe(),
+            state.batch,
+            state.seq,
+            state.dtype,
+            human_bytes(e.total_bytes)
+        ))
+        .strong(),
+    );
+    let parts: [u64; 5] = match (
+        e.optimizer_bytes,
+        e.gradient_bytes,
+        e.saved_activation_bytes,
+    ) {
+        (Some(state_bytes), Some(grads), Some(saved)) => {
+            [e.weights_bytes, state_bytes, grads, saved, 0]
+        }
+        _ => [e.weights_bytes, 0, 0, 0, e.activation_bytes + e.input_bytes],
+    };
+    parts_bar(ui, &parts, e.total_bytes, capacity);
+    for ((name, color), bytes) in TORCH_PARTS.iter().zip(parts) {
+        if bytes == 0 && *name != "weights" {
+            continue;
+        }
+        ui.horizontal(|ui| {
+            let (rect, _) = ui.allocate_exact_size(egui::vec2(10.0, 10.0), egui::Sense::hover());
+            ui.painter().rect_filled(rect, 2.0, *color);
+            ui.label(format!("{name} {}", human_bytes(bytes)));
+        });
+    }
+    if e.optimizer_bytes.is_some() {
+        ui.label(
+            RichText::new(
+                "Each part is what a phase of the second step keeps (the optimizer state, the gradients, the activations autograd saves); they need not all be live at the peak, which the black tick marks.",
+            )
+            .weak()
+            .small(),
+        );
+    }
+    let measured = r.trials.iter().enumerate().rev().find(|(_, t)| {
+        t.runtime == crate::plan::Runtime::Torch
+            && r.plan.workload == how.workload
+            && r.plan.torch.optimizer == how.optimizer
+            && t.checkpointing == how.checkpointing
+            && t.batch == state.batch
+            && t.seq == state.seq
+            && t.dtype == state.dtype
+            && t.outcome == Outcome::Fit
+    });
+    if let Some((i, t)) = measured
+        && let Some(total) = t.total_bytes
+    {
+        ui.label(format!(
+            "measured in trial {}: {} ({:+.2}% from the estimate)",
+            i + 1,
+            human_bytes(total),
+            (e.total_bytes as f64 - total as f64) * 100.0 / total as f64
+        ));
+    }
+    let on_cpu = !r.on_gpu();
+    match b_star {
+        Some(b) => ui.label(format!(
+            "predicted b* under {}: {b}",
+            presets::capacity_label(capacity, preset, on_cpu)
+        )),
+        None => ui.label(format!(
+            "not even batch 1 fits under {}",
+            presets::capacity_label(capacity, preset, on_cpu)
+        )),
+    };
+    ui.label(
+        RichText::new(
+            "PyTorch's estimate follows transformers' code as PyTorch runs it on the CPU (its allocations, its default optimizers); a GPU adds its CUDA context and the caching allocator's rounding, and CUDA's kernels differ.",
+        )
+        .small(),
+    );
+}
+
+/// PyTorch's parts side by side in one bar, the peak as a black tick and the capacity as a red
+/// one, scaled to the largest of the three.
+fn parts_bar(ui: &mut egui::Ui, parts: &[u64; 5], peak: u64, capacity: u64) {
+    let total: u64 = parts.iter().sum();
+    let scale = total.max(capacity).max(peak).max(1) as f32;
+    let width = ui.available_width().min(560.0);
+    let (rect, _) = ui.allocate_exact_size(egui::vec2(width, 22.0), egui::Sense::hover());
+    let painter = ui.painter();
+    painter.rect_stroke(
+        rect,
+        2.0,
+        egui::Stroke::new(1.0, Color32::GRAY),
+        egui::StrokeKind::Inside,
+    );
+    let mut x = rect.left();
+    for ((_, color), bytes) in TORCH_PARTS.iter().zip(parts) {
+        let w = width * (*bytes as f32 / scale);
+        painter.rect_filled(
+            egui::Rect::from_min_size(egui::pos2(x, rect.top()), egui::vec2(w, rect.height())),
+            0.0,
+            *color,
+        );
+        x += w;
+    }
+    for (bytes, color) in [
+        (peak, Color32::BLACK),
+        (capacity, Color32::from_rgb(214, 39, 40)),
+    ] {
+        let cx = rect.left() + width * (bytes as f32 / scale);
+        painter.line_segment(
+            [
+                egui::pos2(cx, rect.top() - 3.0),
+                egui::pos2(cx, rect.bottom() + 3.0),
+            ],
+            egui::Stroke::new(2.0, color),
+        );
+    }
 }
 
 /// The parts side by side in one bar, scaled to the capacity (or the total, when larger).

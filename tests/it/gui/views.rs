@@ -582,3 +582,125 @@ fn six_curves_label_every_boundary_without_overlap_and_keep_the_legend_off_the_d
         }
     }
 }
+
+/// The teaching window answers for PyTorch too: with Runtime PyTorch and a training step, it
+/// draws the PyTorch estimate's peak, its parts (optimizer state, gradients, saved activations)
+/// and its b* under a T4's capacity, each what `oomlab estimate --runtime torch` prints
+/// for the same point; the what-ifs (checkpointing, SGD) change them as that command does.
+#[test]
+fn teach_window_answers_for_a_pytorch_training_step_with_its_parts() {
+    let dir = TempDir::new("gui-teach-torch");
+    let mut h = teaching_demo(&dir, egui::vec2(1600.0, 1000.0));
+    let r = h.state().seen().results.unwrap().clone();
+    h.get_by_label("Teach").click();
+    h.run_steps(2);
+    h.get_by_label("Why memory grows…").click();
+    h.run_steps(3);
+    h.get_by_role_and_label(Role::RadioButton, "PyTorch")
+        .click();
+    h.run_steps(2);
+    h.get_by_role_and_label(Role::RadioButton, "training step")
+        .click();
+    h.run_steps(3);
+    // On a T4 (the sweep's 44 MiB holds no training step of bert-tiny).
+    h.get_by_label("What-if capacity").click();
+    h.run_steps(2);
+    h.get_by_label("Tesla T4").click();
+    h.run_steps(3);
+    let drawn = |h: &Harness<'_, OomLabApp>, prefix: &str| -> String {
+        h.query_all_by_role(Role::Label)
+            .filter_map(|n| n.value())
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| {
+                let all: Vec<String> = h
+                    .query_all_by_role(Role::Label)
+                    .filter_map(|n| n.value())
+                    .collect();
+                panic!("no label starting {prefix:?}: {all:?}")
+            })
+    };
+    // The point the window shows, read from what it drew.
+    let head = drawn(&h, "PyTorch's one training step");
+    let point = head
+        .split(", estimated for batch ")
+        .nth(1)
+        .and_then(|p| p.split(": peak ").next())
+        .unwrap()
+        .to_string();
+    let (batch, rest) = point.split_once(" × seq ").unwrap();
+    let (seq, dtype) = rest.split_once(" in ").unwrap();
+    let estimate = |extra: &[&str]| -> Value {
+        let out = std::process::Command::new(crate::common::bin())
+            .args([
+                "estimate",
+                "--runtime",
+                "torch",
+                "--workload",
+                "train",
+                "--model",
+                "bert-tiny",
+                "--batch",
+                batch,
+                "--seq",
+                seq,
+                "--dtype",
+                dtype,
+                "--threads",
+                &r.plan.device.threads().to_string(),
+                "--gpu",
+                "t4",
+                "--json",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let check = |h: &Harness<'_, OomLabApp>, e: &Value| {
+        let bytes = |k: &str| human_bytes(e[k].as_u64().unwrap());
+        assert!(
+            drawn(h, "PyTorch's one training step")
+                .ends_with(&format!(": peak {}", bytes("total_bytes")))
+        );
+        assert_eq!(
+            drawn(h, "optimizer state "),
+            format!("optimizer state {}", bytes("optimizer_bytes"))
+        );
+        assert_eq!(
+            drawn(h, "gradients "),
+            format!("gradients {}", bytes("gradient_bytes"))
+        );
+        assert_eq!(
+            drawn(h, "saved activations "),
+            format!("saved activations {}", bytes("saved_activation_bytes"))
+        );
+        let b_star = drawn(h, "predicted b* under ");
+        assert!(
+            b_star.ends_with(&format!(": {}", e["max_batch"].as_u64().unwrap())),
+            "{b_star} against {e}"
+        );
+    };
+    let adamw = estimate(&[]);
+    check(&h, &adamw);
+    // Checkpointing keeps fewer activations: a larger b*, as the command says.
+    h.get_by_label("Gradient checkpointing").click();
+    h.run_steps(3);
+    let ckpt = estimate(&["--gradient-checkpointing", "on"]);
+    assert!(ckpt["max_batch"].as_u64() > adamw["max_batch"].as_u64());
+    check(&h, &ckpt);
+    // SGD keeps one state tensor per parameter where AdamW keeps two (and a step each).
+    h.get_by_role_and_label(Role::RadioButton, "SGD (momentum)")
+        .click();
+    h.run_steps(3);
+    let sgd = estimate(&["--gradient-checkpointing", "on", "--optimizer", "sgd"]);
+    assert!(
+        sgd["optimizer_bytes"].as_u64().unwrap() * 2
+            < adamw["optimizer_bytes"].as_u64().unwrap() + 1024
+    );
+    check(&h, &sgd);
+}
