@@ -148,7 +148,7 @@ fn body(view: &View<'_>, state: &mut TeachState, ui: &mut egui::Ui) {
         .is_some_and(|h| h.workload == crate::plan::Workload::Train);
     ui.horizontal(|ui| {
         ui.label("Precision");
-        for d in Precision::ALL {
+        for d in Precision::ALL.into_iter().chain([Precision::AmpBf16]) {
             // PyTorch's estimate models f32, bf16 and f16, and amp-bf16 in training.
             let offered = if torch {
                 matches!(d, Precision::F32 | Precision::Bf16 | Precision::F16)
@@ -427,7 +427,7 @@ fn torch_body(
     if e.optimizer_bytes.is_some() {
         ui.label(
             RichText::new(
-                "Each part is what a phase of the second step keeps (the optimizer state, the gradients, the activations autograd saves); they need not all be live at the peak, which the black tick marks.",
+                "Each part is what a phase of the second step keeps (the optimizer state, the gradients, the activations autograd saves); they need not all be live at the peak, which the light tick marks (the red one is the capacity).",
             )
             .weak()
             .small(),
@@ -472,8 +472,8 @@ fn torch_body(
     );
 }
 
-/// PyTorch's parts side by side in one bar, the peak as a black tick and the capacity as a red
-/// one, scaled to the largest of the three.
+/// PyTorch's parts side by side in one bar, the peak as a tick in the text colour and the
+/// capacity as a red one, scaled to the largest of the three.
 fn parts_bar(ui: &mut egui::Ui, parts: &[u64; 5], peak: u64, capacity: u64) {
     let total: u64 = parts.iter().sum();
     let scale = total.max(capacity).max(peak).max(1) as f32;
@@ -497,7 +497,7 @@ fn parts_bar(ui: &mut egui::Ui, parts: &[u64; 5], peak: u64, capacity: u64) {
         x += w;
     }
     for (bytes, color) in [
-        (peak, Color32::BLACK),
+        (peak, ui.visuals().strong_text_color()),
         (capacity, Color32::from_rgb(214, 39, 40)),
     ] {
         let cx = rect.left() + width * (bytes as f32 / scale);
