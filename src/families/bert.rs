@@ -411,9 +411,9 @@ pub(super) fn torch_bert_train_forward<'a>(
     if r.head != Head::SequenceClassification {
         return Err("a BERT training step is modelled with the sequence-classification head");
     }
-    if r.eager || !drop_on.attention {
+    if !r.eager && !drop_on.attention {
         return Err(
-            "a BERT training step is modelled with sdpa and attention dropout on (the config's default)",
+            "a BERT training step with sdpa is modelled with attention dropout on (the config's default; eager attention is modelled either way)",
         );
     }
     let sim = r.sim;
@@ -495,12 +495,21 @@ pub(super) fn torch_bert_train_forward<'a>(
 fn bert_train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, hidden: &Pt) -> Pt {
     let (h, n) = (r.d.hidden, r.d.heads);
     let drop_on = r.d.dropout;
+    let mut held_weights = None;
     let attention_output = {
         let context = {
             let q = tt::linear(tape, hidden, h, true);
             let k = tt::linear(tape, hidden, h, true);
             let v = tt::linear(tape, hidden, h, true);
-            tt::attention_context(tape, (&q, &k, &v), n)
+            if r.eager {
+                // The weights it returns are held to the layer's end.
+                let (context, weights) =
+                    tt::eager_attention(tape, (&q, &k, &v), n, drop_on.attention);
+                held_weights = Some(weights);
+                context
+            } else {
+                tt::attention_context(tape, (&q, &k, &v), n)
+            }
         };
         let dense = tt::linear(tape, &context, h, true);
         drop(context);
@@ -525,6 +534,6 @@ fn bert_train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, hidden: &Pt) -> Pt {
         drop((sum, dropped));
         out
     };
-    drop(attention_output);
+    drop((attention_output, held_weights));
     layer_output
 }

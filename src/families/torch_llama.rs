@@ -259,9 +259,6 @@ pub(super) fn train_forward<'a>(
     if r.head != Head::CausalLm {
         return Err("only the causal-lm head is modelled for decoders");
     }
-    if shape.qk_norm {
-        return Err("Qwen3's training step (its q and k norms) is not modelled yet");
-    }
     if tape.autocast_on() {
         return Err(
             "amp for the decoders' training step is not modelled yet (f32, bf16 and f16 are)",
@@ -347,15 +344,29 @@ fn train_layer(
             tape.node(&view, vec![Edge::Copy(t.gid())], &[]);
             view
         };
+        // Qwen3: `q_norm(q.view(b, s, heads, d)).transpose(1, 2)` (and k's): the norm over
+        // each head, then a plain view.
+        let normed_heads = |t: &Pt, count: usize| {
+            let n = tt::rms_norm(tape, &t.view(&[b, s, count, hd]));
+            n.view(&[b, count, s, hd])
+        };
         let query = {
-            let q4 = heads_major(&query, heads);
+            let q4 = if shape.qk_norm {
+                normed_heads(&query, heads)
+            } else {
+                heads_major(&query, heads)
+            };
             drop(query);
             let rotated = tt::rotate(tape, &q4, cos, sin);
             drop(q4);
             rotated
         };
         let key = {
-            let k4 = heads_major(&key, kvh);
+            let k4 = if shape.qk_norm {
+                normed_heads(&key, kvh)
+            } else {
+                heads_major(&key, kvh)
+            };
             drop(key);
             let rotated = tt::rotate(tape, &k4, cos, sin);
             drop(k4);

@@ -796,3 +796,71 @@ pub fn flash_attention(tape: &Tape<'_>, (q, k, v): (&Pt, &Pt, &Pt), threads: usi
     tape.node(&out, edges, &[q, k, v, &out, &lse]);
     out
 }
+
+/// transformers' eager attention in train mode on the projections `q`, `k`, `v`
+/// (`(b, s, heads·d)`): `matmul(q, kᵀ)` (copies of both for `bmm`, which saves them), times the
+/// scale (a new tensor), softmax (saving its output), dropout, `matmul` with a copy of v, then
+/// `transpose(1, 2).contiguous()`. The weights it returns (dropout's output) are held by the
+/// layer to its end: the second value.
+#[must_use]
+pub fn eager_attention(
+    tape: &Tape<'_>,
+    (q, k, v): (&Pt, &Pt, &Pt),
+    heads: usize,
+    dropout_on: bool,
+) -> (Pt, Pt) {
+    let (b, s, h) = (q.dims[0], q.dims[1], q.dims[2]);
+    let d = h / heads;
+    let heads_major = |t: &Pt| {
+        let view = t.view_node(&[b, heads, s, d]);
+        tape.node(&view, vec![Edge::Copy(t.gid())], &[]);
+        view
+    };
+    let (q4, k4, v4) = (heads_major(q), heads_major(k), heads_major(v));
+    let bmm_copy = |t: &Pt, dims: &[usize]| {
+        let c = t.new(dims, t.dt);
+        tape.node(&c, vec![Edge::Pass(t.gid())], &[]);
+        c
+    };
+    let scores = {
+        let qc = bmm_copy(&q4, &[b * heads, s, d]);
+        let kc = bmm_copy(&k4, &[b * heads, d, s]);
+        let scores = q.new(&[b * heads, s, s], q.dt);
+        tape.node(
+            &scores,
+            vec![Tape::grad_of(&qc), Tape::grad_of(&kc)],
+            &[&qc, &kc],
+        );
+        scores
+    };
+    // `* scaling`: a Python float, wrapped in an 8-byte scalar tensor the node saves.
+    let scaled = scores.like();
+    let scaling = q.new(&[], TDt::I64);
+    tape.node(&scaled, vec![Tape::grad_of(&scores)], &[&scaling]);
+    drop((scores, scaling));
+    let probs = scaled.like();
+    tape.node(&probs, vec![Tape::grad_of(&scaled)], &[&probs]);
+    drop(scaled);
+    let dropped = dropout(tape, &probs, dropout_on);
+    drop(probs);
+    let out = {
+        let vc = bmm_copy(&v4, &[b * heads, s, d]);
+        let out = q.new(&[b * heads, s, d], q.dt);
+        tape.node(
+            &out,
+            vec![Tape::grad_of(&vc), Tape::grad_of(&dropped)],
+            &[&dropped, &vc],
+        );
+        out
+    };
+    let out4 = out.view_node(&[b, heads, s, d]);
+    let back = if b > 1 {
+        Edge::Copy(out.gid())
+    } else {
+        Edge::Pass(out.gid())
+    };
+    tape.node(&out4, vec![back], &[]);
+    let context = out4.new(&[b, s, h], q.dt);
+    tape.node(&context, vec![Edge::Pass(out4.gid())], &[]);
+    (context, dropped)
+}
