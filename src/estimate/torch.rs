@@ -367,7 +367,7 @@ mod tests {
     fn what_is_not_modelled_says_so_and_how_to_measure_it() {
         let cases = [
             at(
-                "tiny-qwen3",
+                "tiny-gemma2",
                 1,
                 Precision::F32,
                 Workload::Train,
@@ -383,12 +383,12 @@ mod tests {
                 Attn::Sdpa,
             ),
             at(
-                "bert-tiny",
+                "tiny-bert",
                 1,
                 Precision::F32,
                 Workload::Train,
                 Task::SequenceClassification,
-                Attn::Eager,
+                Attn::Sdpa,
             ),
             at(
                 "bert-tiny",

@@ -36,8 +36,8 @@ pub enum Edge {
     NewView(usize, Vec<usize>, TDt),
     /// A buffer held from its allocation to the node's end, of so many bytes.
     Work(u64),
-    /// A gradient for a parameter that already has one (tied embeddings): made, added into the
-    /// existing gradient in place, freed.
+    /// A gradient for a parameter that already has one (tied embeddings): made, added to the
+    /// existing gradient into a new tensor that replaces it, freed.
     ParamAdd(Vec<usize>, TDt),
     /// A gradient the engine reduces to a broadcast input's shape (`sum_to`, a bias) after the
     /// node's function returns: after a recomputed node has let go of its saved tensors.
@@ -300,7 +300,13 @@ impl<'a> Tape<'a> {
                     outs.push((*of, grad));
                 }
                 Edge::Work(bytes) => work.push(sim.scratch(*bytes)),
-                Edge::ParamAdd(dims, dt) => drop(sim.alloc(dims, *dt)),
+                Edge::ParamAdd(dims, dt) => {
+                    // `AccumulateGrad`: `grad + new` into a new tensor, which replaces the
+                    // old gradient.
+                    let new = sim.alloc(dims, *dt);
+                    let sum = sim.alloc(dims, *dt);
+                    drop((new, sum));
+                }
                 Edge::Pass(of) => outs.push((*of, incoming.clone())),
                 Edge::Copy(of) => outs.push((*of, incoming.like())),
                 Edge::Param(dims, dt) => params.push(sim.alloc(dims, *dt)),

@@ -661,7 +661,8 @@ fn the_pytorch_estimator_pins_the_batch_slope_to_the_byte() {
 /// The PyTorch estimator's training step (forward in train mode, backward, `AdamW`) against the
 /// torch runtime: the batch slope to the byte and the total within 1%, where the backward sets
 /// the peak (tiny BERT with its dropouts on: f32, bf16 with SGD, amp-bf16, and with gradient
-/// checkpointing; tiny `DistilBERT` with its dropouts on; the tiny Llama and Qwen2 configs) and
+/// checkpointing, and eager attention; tiny `DistilBERT` with its dropouts on; the tiny Llama,
+/// Qwen2 and Qwen3 configs) and
 /// where the backward or the optimizer step may (bert-mini at seq 128).
 #[test]
 fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
@@ -709,11 +710,17 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
             ckpt,
         ),
         ((config.as_str(), "40", "f32", "sdpa", "train"), "2,3", ckpt),
+        (
+            (config.as_str(), "24", "bf16", "eager", "train"),
+            "1,3",
+            &[],
+        ),
         (("bert-mini", "128", "f32", "sdpa", "train"), "8,16", &[]),
         ((distil.as_str(), "24", "f32", "sdpa", "train"), "1,3", &[]),
         (("tiny-llama", "24", "f32", "sdpa", "train"), "1,3", &[]),
         (("tiny-qwen2", "20", "bf16", "sdpa", "train"), "2,4", sgd),
         (("tiny-llama", "24", "f32", "sdpa", "train"), "2,3", ckpt),
+        (("tiny-qwen3", "24", "f32", "sdpa", "train"), "1,3", &[]),
     ];
     for (case, batches, extra) in cases {
         let points = estimate_checked_with(&python, case, batches, extra);
