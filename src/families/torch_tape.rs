@@ -36,8 +36,8 @@ pub enum Edge {
     NewView(usize, Vec<usize>, TDt),
     /// A buffer held from its allocation to the node's end, of so many bytes.
     Work(u64),
-    /// A gradient for a parameter that already has one (tied embeddings): made, added to the
-    /// existing gradient into a new tensor that replaces it, freed.
+    /// A gradient for a parameter that already has one (tied embeddings): made, then, once the
+    /// node is done, added to the existing gradient into a new tensor that replaces both.
     ParamAdd(Vec<usize>, TDt),
     /// A gradient the engine reduces to a broadcast input's shape (`sum_to`, a bias) after the
     /// node's function returns: after a recomputed node has let go of its saved tensors.
@@ -292,6 +292,7 @@ impl<'a> Tape<'a> {
             };
             let mut outs = Vec::new();
             let mut work = Vec::new();
+            let mut added = Vec::new();
             let mut run = |edge: &Edge, outs: &mut Vec<(usize, Pt)>| match edge {
                 Edge::New(of, dims, dt) => outs.push((*of, sim.alloc(dims, *dt))),
                 Edge::NewView(of, dims, dt) => {
@@ -300,13 +301,7 @@ impl<'a> Tape<'a> {
                     outs.push((*of, grad));
                 }
                 Edge::Work(bytes) => work.push(sim.scratch(*bytes)),
-                Edge::ParamAdd(dims, dt) => {
-                    // `AccumulateGrad`: `grad + new` into a new tensor, which replaces the
-                    // old gradient.
-                    let new = sim.alloc(dims, *dt);
-                    let sum = sim.alloc(dims, *dt);
-                    drop((new, sum));
-                }
+                Edge::ParamAdd(dims, dt) => added.push(sim.alloc(dims, *dt)),
                 Edge::Pass(of) => outs.push((*of, incoming.clone())),
                 Edge::Copy(of) => outs.push((*of, incoming.like())),
                 Edge::Param(dims, dt) => params.push(sim.alloc(dims, *dt)),
@@ -328,6 +323,13 @@ impl<'a> Tape<'a> {
             drop(incoming);
             drop(node);
             self.release_region(index - 1);
+            // A second gradient for a parameter meets the first in the engine's input buffer
+            // once the node is done: the first (a view of its product) cannot take it in place,
+            // so `old + new` is a new tensor, which replaces both.
+            for new in added {
+                let sum = new.like();
+                drop((new, sum));
+            }
             for (of, grad) in outs {
                 let merged = match grads.remove(&of) {
                     None => grad,
