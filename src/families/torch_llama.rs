@@ -347,8 +347,8 @@ fn train_layer(
         // Qwen3: `q_norm(q.view(b, s, heads, d)).transpose(1, 2)` (and k's): the norm over
         // each head, then a plain view.
         let normed_heads = |t: &Pt, count: usize| {
-            let n = tt::rms_norm(tape, &t.view(&[b, s, count, hd]));
-            n.view(&[b, count, s, hd])
+            let per_head = tt::rms_norm(tape, &t.view(&[b, s, count, hd]));
+            per_head.view(&[b, count, s, hd])
         };
         let query = {
             let q4 = if shape.qk_norm {
