@@ -204,23 +204,31 @@ fn torch_batches(
             checkpointing,
             ..crate::estimate::torch::How::new(Workload::Train, train_task, attn)
         };
-        crate::estimate::torch::estimate(spec, 1, seq, dtype, how, threads)?;
-        Ok(crate::explain::TrainBatch {
+        let modelled = crate::estimate::torch::estimate(spec, 1, seq, dtype, how, threads);
+        crate::explain::TrainBatch {
             dtype,
             checkpointing,
-            batch: crate::estimate::torch::max_batch(
-                spec,
-                seq,
-                dtype,
-                how,
-                threads,
-                capacity,
-                estimate::MAX_BATCH,
-            )
-            .flatten(),
-        })
+            batch: modelled
+                .is_ok()
+                .then(|| {
+                    crate::estimate::torch::max_batch(
+                        spec,
+                        seq,
+                        dtype,
+                        how,
+                        threads,
+                        capacity,
+                        estimate::MAX_BATCH,
+                    )
+                    .flatten()
+                })
+                .flatten(),
+            not_modelled: modelled.err().map(|e| e.to_string()),
+        }
     })
-    .collect::<Result<Vec<_>, crate::estimate::torch::NotModelled>>();
+    .collect::<Vec<_>>();
+    // When not even f32 without checkpointing is modelled, the line says why and measures.
+    let train_not_modelled = train[0].not_modelled.clone();
     Ok(crate::explain::TorchBatches {
         task,
         attn,
@@ -230,7 +238,11 @@ fn torch_batches(
         grad_activation_bytes: grad.as_ref().ok().map(|g| g.activation_bytes),
         grad_not_modelled: grad.err().map(|e| e.to_string()),
         train_task,
-        train_not_modelled: train.as_ref().err().map(ToString::to_string),
-        train: train.unwrap_or_default(),
+        train: if train_not_modelled.is_some() {
+            Vec::new()
+        } else {
+            train
+        },
+        train_not_modelled,
     })
 }

@@ -445,7 +445,11 @@ fn torch_batches(out: &mut Vec<String>, lb: &LargestBatch, t: &TorchBatches) {
                     } else {
                         ""
                     },
-                    batch_words(tb.batch)
+                    if tb.not_modelled.is_some() {
+                        "not modelled yet".to_string()
+                    } else {
+                        batch_words(tb.batch)
+                    }
                 )
             })
             .collect();

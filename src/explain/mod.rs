@@ -166,8 +166,11 @@ pub struct TorchBatches {
 pub struct TrainBatch {
     pub dtype: crate::precision::Precision,
     pub checkpointing: bool,
-    /// None: not even 1.
+    /// None: not even 1 (or not modelled).
     pub batch: Option<usize>,
+    /// Why this setting is not modelled, when it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_modelled: Option<String>,
 }
 
 impl LargestBatch {

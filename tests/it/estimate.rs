@@ -795,3 +795,46 @@ fn explain_with_a_model_answers_a_pytorch_message_with_pytorchs_figures() {
     assert_eq!(e["largest_batch"]["runtime"], "candle");
     assert!(!out.stdout.windows(8).any(|w| w == b"no_grad("));
 }
+
+/// A decoder's training line names each setting: the modelled ones with their batch, the ones
+/// not modelled yet (amp for the decoders) as such, never a blank or a guess.
+#[test]
+fn explain_names_the_training_settings_it_does_not_model() {
+    let cache = TempDir::new("explain-torch-decoder");
+    let classic = "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 23.58 GiB total capacity; 9.00 GiB already allocated; 1.50 GiB free; 9.50 GiB reserved in total by PyTorch)";
+    let out = oomlab(
+        &cache,
+        &[
+            "explain",
+            classic,
+            "--model",
+            "SmolLM2-135M",
+            "--seq",
+            "1024",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let trains = e["largest_batch"]["torch"]["train"].as_array().unwrap();
+    assert_eq!(trains.len(), 4);
+    let f32_batch = trains[0]["batch"].as_u64().unwrap();
+    assert!(trains[0]["not_modelled"].is_null());
+    assert!(trains[2]["not_modelled"].as_str().unwrap().contains("amp"));
+    let line = e["advice"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .find(|a| a.starts_with("for training with AdamW"))
+        .unwrap();
+    assert!(line.contains(&format!(": f32 {f32_batch}, ")), "{line}");
+    assert!(
+        line.contains("amp-bf16 (`bf16=True`) not modelled yet"),
+        "{line}"
+    );
+}
