@@ -466,7 +466,8 @@ mod tests {
         let grid = batches(&plan);
         let want: Vec<(usize, bool)> = (1..=auto[1].0).map(|b| (b, b < auto[1].0)).collect();
         assert_eq!(grid, want);
-        // PyTorch's curves: modelled for inference (two trials, auto), not for training.
+        // PyTorch's curves: modelled for inference and training, with and without
+        // checkpointing (two trials each, auto); checkpointing fits a larger batch.
         let torch = Curve {
             runtime: Runtime::Torch,
             ..curve
@@ -476,7 +477,19 @@ mod tests {
         assert_eq!(torch_auto.len(), 2, "{torch_auto:?}");
         assert!(torch_auto[0].fits && !torch_auto[1].fits);
         plan.workload = crate::plan::Workload::Train;
-        assert!(curve_trials(&plan, &s, torch, rt).is_none());
+        plan.capacity_bytes = 400 << 20;
+        let mut b_star = Vec::new();
+        for checkpointing in [false, true] {
+            let curve = Curve {
+                checkpointing,
+                ..torch
+            };
+            let train = curve_trials(&plan, &s, curve, rt).unwrap();
+            assert_eq!(train.len(), 2, "{train:?}");
+            assert!(train[0].fits && !train[1].fits);
+            b_star.push(train[0].batch);
+        }
+        assert!(b_star[1] > b_star[0], "{b_star:?}");
     }
 
     #[test]

@@ -80,7 +80,7 @@ impl Room for Bert {
         r: &TorchRun<'_>,
         ids: &Pt,
     ) -> std::result::Result<Vec<Pt>, &'static str> {
-        torch_bert_forward(r, ids)
+        torch_bert_forward(r, ids, Positions::Absolute)
     }
     fn torch_train_forward<'a>(
         &self,
@@ -89,7 +89,7 @@ impl Room for Bert {
         labels: &Pt,
         tape: &Tape<'a>,
     ) -> std::result::Result<Pt, &'static str> {
-        torch_bert_train_forward(r, ids, labels, tape)
+        torch_bert_train_forward(r, ids, labels, tape, Positions::Absolute)
     }
 }
 
@@ -242,6 +242,17 @@ fn simulated(r: &Run<'_>, ids: &T, tt: &T, mask: &T) -> T {
 /// PyTorch: the parameters and buffers of transformers' `BertModel` (with its pooler) and the
 /// head on it; the buffers are `position_ids` and `token_type_ids` (int64, one per position).
 pub(super) fn torch_bert_weights(d: &Dims, head: Head, dt: TDt) -> Option<u64> {
+    torch_encoder_weights(d, head, dt, Positions::Absolute)
+}
+
+/// BERT's or `RoBERTa`'s parameters and buffers: `RoBERTa`'s classification model has no pooler
+/// but a head of its own (dense and `out_proj`), and its token-type buffer is the same.
+pub(super) fn torch_encoder_weights(
+    d: &Dims,
+    head: Head,
+    dt: TDt,
+    positions: Positions,
+) -> Option<u64> {
     let (h, i) = (d.hidden as u64, d.intermediate as u64);
     let embeddings = (d.vocab as u64
         + (d.max_positions + d.position_offset) as u64
@@ -253,11 +264,53 @@ pub(super) fn torch_bert_weights(d: &Dims, head: Head, dt: TDt) -> Option<u64> {
     let params = embeddings + d.layers as u64 * layer;
     let params = match head {
         Head::Base => params + pooler,
+        Head::SequenceClassification if positions == Positions::FromIds => {
+            params + (h * h + h) + h * NUM_LABELS + NUM_LABELS
+        }
         Head::SequenceClassification => params + pooler + h * NUM_LABELS + NUM_LABELS,
         Head::CausalLm | Head::MaskedLm => return None,
     };
     let buffers = 2 * (d.max_positions + d.position_offset) as u64 * TDt::I64.size();
     Some(params * dt.size() + buffers)
+}
+
+/// How an encoder's position ids are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Positions {
+    /// BERT: the `position_ids` buffer's first s (one row, broadcast).
+    Absolute,
+    /// `RoBERTa`: `create_position_ids_from_input_ids`, one row per sequence.
+    FromIds,
+}
+
+/// `RoBERTa`'s `create_position_ids_from_input_ids`: `ne(pad)` (bool), `.int()`, `cumsum`
+/// (int64), back to int32, `* mask`, `.long() + pad`: a `(b, s)` int64 tensor, the steps'
+/// tensors freed as it goes.
+fn position_ids_from(r: &TorchRun<'_>, ids: &Pt) -> Pt {
+    let (b, s) = (r.b, r.s);
+    let mask = {
+        let ne = ids.new(&[b, s], TDt::Bool);
+        let mask = ids.new(&[b, s], TDt::I32);
+        drop(ne);
+        mask
+    };
+    let counted = {
+        let cumsum = ids.new(&[b, s], TDt::I64);
+        let wide = ids.new(&[b, s], TDt::I64);
+        drop(cumsum);
+        let narrow = ids.new(&[b, s], TDt::I32);
+        drop(wide);
+        let shifted = narrow.like();
+        drop(narrow);
+        let masked = shifted.like();
+        drop(shifted);
+        masked
+    };
+    let long = ids.new(&[b, s], TDt::I64);
+    drop(counted);
+    let ids_out = long.like();
+    drop((long, mask));
+    ids_out
 }
 
 /// The labels a classification head gets when the config names none (the torch worker's).
@@ -270,11 +323,32 @@ const NUM_LABELS: u64 = 2;
 pub(super) fn torch_bert_forward(
     r: &TorchRun<'_>,
     ids: &Pt,
+    positions: Positions,
 ) -> std::result::Result<Vec<Pt>, &'static str> {
     let (b, s, h, n) = (r.b, r.s, r.d.hidden, r.d.heads);
     let hd = h / n;
     let sim = r.sim;
-    let embedding_output = {
+    let embedding_output = if positions == Positions::FromIds {
+        // RoBERTa: position ids counted from the ids, token types gathered at them (both
+        // `(b, s)`, saved by their embeddings), position embeddings for every row.
+        let position_ids = position_ids_from(r, ids);
+        let buffered = sim.alloc(&[b, s], TDt::I64);
+        r.keep(&buffered);
+        r.keep(&position_ids);
+        let inputs_embeds = ids.new(&[b, s, h], r.dt);
+        let token_type_embeddings = sim.alloc(&[b, s, h], r.dt);
+        let sum = inputs_embeds.like();
+        let position_embeddings = sim.alloc(&[b, s, h], r.dt);
+        let sum = {
+            let total = sum.like();
+            drop(sum);
+            total
+        };
+        let normed = layer_norm(r, &sum);
+        drop((sum, buffered, token_type_embeddings, inputs_embeds));
+        drop((position_embeddings, position_ids));
+        normed
+    } else {
         // token_type_ids from the buffer: gather over position_ids, expanded to (b, s); the
         // embedding saves them as its indices.
         let buffered = sim.alloc(&[1, s], TDt::I64);
@@ -382,6 +456,11 @@ pub(super) fn torch_bert_forward(
     let mut outputs = vec![hidden];
     match r.head {
         Head::Base => outputs.push(pooled),
+        Head::SequenceClassification if positions == Positions::FromIds => {
+            return Err(
+                "RoBERTa's classification head is modelled in training (--workload train), not for infer or grad yet",
+            );
+        }
         Head::SequenceClassification => {
             r.keep(&pooled);
             let logits = pooled.linear(NUM_LABELS as usize);
@@ -405,6 +484,7 @@ pub(super) fn torch_bert_train_forward<'a>(
     ids: &Pt,
     labels: &Pt,
     tape: &Tape<'a>,
+    positions: Positions,
 ) -> std::result::Result<Pt, &'static str> {
     let (b, s, h) = (r.b, r.s, r.d.hidden);
     let drop_on = r.d.dropout;
@@ -417,7 +497,41 @@ pub(super) fn torch_bert_train_forward<'a>(
         );
     }
     let sim = r.sim;
-    let embedding_output = {
+    let embedding_output = if positions == Positions::FromIds {
+        let position_ids = position_ids_from(r, ids);
+        let buffered = sim.alloc(&[b, s], TDt::I64);
+        let inputs_embeds = ids.new(&[b, s, h], r.dt);
+        tape.node(
+            &inputs_embeds,
+            vec![Edge::Param(vec![r.d.vocab, h], r.dt)],
+            &[ids],
+        );
+        let token_type_embeddings = sim.alloc(&[b, s, h], r.dt);
+        tape.node(
+            &token_type_embeddings,
+            vec![Edge::Param(vec![r.d.type_vocab.max(1), h], r.dt)],
+            &[&buffered],
+        );
+        let sum = tt::add(tape, &inputs_embeds, &token_type_embeddings);
+        let position_embeddings = sim.alloc(&[b, s, h], r.dt);
+        tape.node(
+            &position_embeddings,
+            vec![Edge::Param(
+                vec![r.d.max_positions + r.d.position_offset, h],
+                r.dt,
+            )],
+            &[&position_ids],
+        );
+        let sum = {
+            let total = tt::add(tape, &sum, &position_embeddings);
+            drop(sum);
+            total
+        };
+        let normed = tt::layer_norm(tape, &sum, r.threads);
+        drop((sum, buffered, token_type_embeddings, inputs_embeds));
+        drop((position_embeddings, position_ids));
+        tt::dropout(tape, &normed, drop_on.hidden)
+    } else {
         // token_type_ids: the buffer's first s, expanded; the embedding saves them and its
         // backward makes them contiguous.
         let buffered = sim.alloc(&[1, s], TDt::I64);
@@ -472,6 +586,26 @@ pub(super) fn torch_bert_train_forward<'a>(
         } else {
             bert_train_layer(r, tape, &hidden)
         };
+    }
+    if positions == Positions::FromIds {
+        // RobertaClassificationHead (the model has no pooler): the first token, dropout,
+        // dense, tanh, dropout, out_proj.
+        let logits = {
+            let first = hidden.view_node(&[b, h]);
+            tape.node(&first, vec![Tape::grad_of(&hidden)], &[]);
+            drop(hidden);
+            let x = tt::dropout(tape, &first, drop_on.classifier);
+            drop(first);
+            let dense = tt::linear(tape, &x, h, true);
+            drop(x);
+            let act = tt::unary(tape, &dense, true);
+            drop(dense);
+            let x = tt::dropout(tape, &act, drop_on.classifier);
+            drop(act);
+            tt::linear(tape, &x, NUM_LABELS as usize, true)
+        };
+        drop(embedding_output);
+        return Ok(tt::cross_entropy(tape, &logits, labels));
     }
     // BertPooler: the first token (its backward scatters into zeros like the hidden states),
     // dense, tanh (saving its output).

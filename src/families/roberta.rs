@@ -5,12 +5,16 @@
 // k, v), so the two read side by side.
 #![allow(clippy::many_single_char_names)]
 
-use super::bert::encoder_tensors;
+use super::bert::{
+    Positions, encoder_tensors, torch_bert_forward, torch_bert_train_forward, torch_encoder_weights,
+};
 use super::candle::{Inputs, patched_config};
-use super::config::{ConfigError, field, named_alike, opt_field};
+use super::config::{ConfigError, dropout_field, field, named_alike, opt_field};
 use super::ops::{Run, embedding, linear, norm};
 use super::sim::{Dt, T};
-use super::{AnyModel, BuildError, CandleModel, Dims, Room, TensorShape};
+use super::torch_sim::{Head, Pt, TDt, TorchRun};
+use super::torch_tape::Tape;
+use super::{AnyModel, BuildError, CandleModel, Dims, Dropout, Room, TensorShape};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::xlm_roberta;
@@ -41,10 +45,17 @@ impl Room for Roberta {
             .into());
         }
         let base = named_alike(v)?;
+        // RobertaConfig's defaults: 0.1 each; the classifier's falls back to the hidden one.
+        let hidden = dropout_field(v, "hidden_dropout_prob", true)?;
         Ok(Dims {
             max_positions: table - pad - 1,
             type_vocab: opt_field(v, "type_vocab_size")?.unwrap_or(1),
             position_offset: pad + 1,
+            dropout: Dropout {
+                hidden,
+                attention: dropout_field(v, "attention_probs_dropout_prob", true)?,
+                classifier: dropout_field(v, "classifier_dropout", hidden)?,
+            },
             ..base
         })
     }
@@ -75,6 +86,25 @@ impl Room for Roberta {
     }
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0], &inputs[1], &inputs[2])
+    }
+    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<u64> {
+        torch_encoder_weights(d, head, dt, Positions::FromIds)
+    }
+    fn torch_forward(
+        &self,
+        r: &TorchRun<'_>,
+        ids: &Pt,
+    ) -> std::result::Result<Vec<Pt>, &'static str> {
+        torch_bert_forward(r, ids, Positions::FromIds)
+    }
+    fn torch_train_forward<'a>(
+        &self,
+        r: &'a TorchRun<'a>,
+        ids: &Pt,
+        labels: &Pt,
+        tape: &Tape<'a>,
+    ) -> std::result::Result<Pt, &'static str> {
+        torch_bert_train_forward(r, ids, labels, tape, Positions::FromIds)
     }
 }
 

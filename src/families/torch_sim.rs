@@ -46,6 +46,7 @@ impl TorchRun<'_> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TDt {
     Bool,
+    I32,
     I64,
     F16,
     Bf16,
@@ -58,7 +59,7 @@ impl TDt {
         match self {
             Self::Bool => 1,
             Self::F16 | Self::Bf16 => 2,
-            Self::F32 => 4,
+            Self::F32 | Self::I32 => 4,
             Self::I64 => 8,
         }
     }

@@ -636,6 +636,8 @@ fn the_pytorch_estimator_pins_the_batch_slope_to_the_byte() {
         ("tiny-qwen3", "20", "bf16", "sdpa", "grad"),
         ("tiny-distilbert", "24", "bf16", "sdpa", "infer"),
         ("tiny-distilbert", "24", "f32", "sdpa", "grad"),
+        ("tiny-roberta", "24", "bf16", "sdpa", "infer"),
+        ("tiny-roberta", "24", "f32", "eager", "grad"),
     ];
     for case in cases {
         let (model, seq, dtype, attn, workload) = case;
@@ -721,6 +723,7 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
         (("tiny-qwen2", "20", "bf16", "sdpa", "train"), "2,4", sgd),
         (("tiny-llama", "24", "f32", "sdpa", "train"), "2,3", ckpt),
         (("tiny-qwen3", "24", "f32", "sdpa", "train"), "1,3", &[]),
+        (("tiny-roberta", "24", "f32", "sdpa", "train"), "1,3", &[]),
     ];
     for (case, batches, extra) in cases {
         let points = estimate_checked_with(&python, case, batches, extra);
