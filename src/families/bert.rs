@@ -580,12 +580,8 @@ pub(super) fn torch_bert_train_forward<'a>(
     // autocast, where the projections save casts of it instead).
     let mut hidden = embedding_output.clone();
     for _ in 0..r.d.layers {
-        hidden = if tape.checkpointing() {
-            let input = hidden.clone();
-            tape.checkpoint(&hidden, Box::new(move |t| bert_train_layer(r, t, &input)))
-        } else {
-            bert_train_layer(r, tape, &hidden)
-        };
+        let input = hidden.clone();
+        hidden = tape.layer(&hidden, Box::new(move |t| bert_train_layer(r, t, &input)));
     }
     if positions == Positions::FromIds {
         // RobertaClassificationHead (the model has no pooler): the first token, dropout,

@@ -367,12 +367,8 @@ fn torch_train_forward<'a>(
     // DistilBertModel's forward holds the embeddings' output to its end.
     let mut hidden = embeddings.clone();
     for _ in 0..r.d.layers {
-        hidden = if tape.checkpointing() {
-            let input = hidden.clone();
-            tape.checkpoint(&hidden, Box::new(move |t| train_block(r, t, &input)))
-        } else {
-            train_block(r, tape, &hidden)
-        };
+        let input = hidden.clone();
+        hidden = tape.layer(&hidden, Box::new(move |t| train_block(r, t, &input)));
     }
     let logits = {
         let first = hidden.view_node(&[b, width]);

@@ -19,6 +19,13 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::llama;
 use serde_json::Value;
 
+/// Llama's forward as transformers writes it: no biases, no q/k norms.
+const SHAPE: Shape = Shape {
+    qkv_bias: false,
+    o_bias: false,
+    qk_norm: false,
+};
+
 pub struct Llama;
 
 impl Room for Llama {
@@ -65,31 +72,14 @@ impl Room for Llama {
         simulated(r, &inputs[0])
     }
     fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<u64> {
-        torch_llama::weights(
-            d,
-            head,
-            dt,
-            Shape {
-                qkv_bias: false,
-                o_bias: false,
-                qk_norm: false,
-            },
-        )
+        torch_llama::weights(d, head, dt, SHAPE)
     }
     fn torch_forward(
         &self,
         r: &TorchRun<'_>,
         ids: &Pt,
     ) -> std::result::Result<Vec<Pt>, &'static str> {
-        torch_llama::forward(
-            r,
-            ids,
-            Shape {
-                qkv_bias: false,
-                o_bias: false,
-                qk_norm: false,
-            },
-        )
+        torch_llama::forward(r, ids, SHAPE)
     }
     fn torch_train_forward<'a>(
         &self,
@@ -98,17 +88,7 @@ impl Room for Llama {
         labels: &Pt,
         tape: &Tape<'a>,
     ) -> std::result::Result<Pt, &'static str> {
-        torch_llama::train_forward(
-            r,
-            ids,
-            labels,
-            tape,
-            Shape {
-                qkv_bias: false,
-                o_bias: false,
-                qk_norm: false,
-            },
-        )
+        torch_llama::train_forward(r, ids, labels, tape, SHAPE)
     }
 }
 

@@ -22,6 +22,13 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::mistral;
 use serde_json::Value;
 
+/// Mistral's forward is Llama's (below its sliding window).
+const SHAPE: Shape = Shape {
+    qkv_bias: false,
+    o_bias: false,
+    qk_norm: false,
+};
+
 pub struct Mistral;
 
 impl Room for Mistral {
@@ -74,38 +81,15 @@ impl Room for Mistral {
         simulated(r, &inputs[0])
     }
     fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<u64> {
-        torch_llama::weights(
-            d,
-            head,
-            dt,
-            Shape {
-                qkv_bias: false,
-                o_bias: false,
-                qk_norm: false,
-            },
-        )
+        torch_llama::weights(d, head, dt, SHAPE)
     }
     fn torch_forward(
         &self,
         r: &TorchRun<'_>,
         ids: &Pt,
     ) -> std::result::Result<Vec<Pt>, &'static str> {
-        // From the window on, transformers builds a sliding-window mask (not modelled yet);
-        // below it sdpa runs causal with no mask, as Llama's.
-        if r.d.sliding_window > 0 && r.s >= r.d.sliding_window {
-            return Err(
-                "from its sliding window (sliding_window) on, transformers masks each layer's attention, which is not modelled yet",
-            );
-        }
-        torch_llama::forward(
-            r,
-            ids,
-            Shape {
-                qkv_bias: false,
-                o_bias: false,
-                qk_norm: false,
-            },
-        )
+        below_window(r)?;
+        torch_llama::forward(r, ids, SHAPE)
     }
     fn torch_train_forward<'a>(
         &self,
@@ -114,25 +98,20 @@ impl Room for Mistral {
         labels: &Pt,
         tape: &Tape<'a>,
     ) -> std::result::Result<Pt, &'static str> {
-        // From the window on, transformers builds a sliding-window mask (not modelled yet);
-        // below it sdpa runs causal with no mask, as Llama's.
-        if r.d.sliding_window > 0 && r.s >= r.d.sliding_window {
-            return Err(
-                "from its sliding window (sliding_window) on, transformers masks each layer's attention, which is not modelled yet",
-            );
-        }
-        torch_llama::train_forward(
-            r,
-            ids,
-            labels,
-            tape,
-            Shape {
-                qkv_bias: false,
-                o_bias: false,
-                qk_norm: false,
-            },
-        )
+        below_window(r)?;
+        torch_llama::train_forward(r, ids, labels, tape, SHAPE)
     }
+}
+
+/// PyTorch: from the window on, transformers builds a sliding-window mask (not modelled yet);
+/// below it sdpa runs causal with no mask, as Llama's.
+fn below_window(r: &TorchRun<'_>) -> std::result::Result<(), &'static str> {
+    if r.d.sliding_window > 0 && r.s >= r.d.sliding_window {
+        return Err(
+            "from its sliding window (sliding_window) on, transformers masks each layer's attention, which is not modelled yet",
+        );
+    }
+    Ok(())
 }
 
 prefill_decoder!(mistral::Model);

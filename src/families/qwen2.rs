@@ -21,6 +21,13 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::qwen2;
 use serde_json::Value;
 
+/// Qwen2's difference from Llama's forward: biases on q, k and v.
+const SHAPE: Shape = Shape {
+    qkv_bias: true,
+    o_bias: false,
+    qk_norm: false,
+};
+
 pub struct Qwen2;
 
 impl Room for Qwen2 {
@@ -59,31 +66,14 @@ impl Room for Qwen2 {
         simulated(r, &inputs[0])
     }
     fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<u64> {
-        torch_llama::weights(
-            d,
-            head,
-            dt,
-            Shape {
-                qkv_bias: true,
-                o_bias: false,
-                qk_norm: false,
-            },
-        )
+        torch_llama::weights(d, head, dt, SHAPE)
     }
     fn torch_forward(
         &self,
         r: &TorchRun<'_>,
         ids: &Pt,
     ) -> std::result::Result<Vec<Pt>, &'static str> {
-        torch_llama::forward(
-            r,
-            ids,
-            Shape {
-                qkv_bias: true,
-                o_bias: false,
-                qk_norm: false,
-            },
-        )
+        torch_llama::forward(r, ids, SHAPE)
     }
     fn torch_train_forward<'a>(
         &self,
@@ -92,17 +82,7 @@ impl Room for Qwen2 {
         labels: &Pt,
         tape: &Tape<'a>,
     ) -> std::result::Result<Pt, &'static str> {
-        torch_llama::train_forward(
-            r,
-            ids,
-            labels,
-            tape,
-            Shape {
-                qkv_bias: true,
-                o_bias: false,
-                qk_norm: false,
-            },
-        )
+        torch_llama::train_forward(r, ids, labels, tape, SHAPE)
     }
 }
 

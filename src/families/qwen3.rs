@@ -20,6 +20,16 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::qwen3;
 use serde_json::Value;
 
+/// Qwen3's differences from Llama's forward: the q and k norms, and biases where the config
+/// asks for them.
+fn shape(d: &Dims) -> Shape {
+    Shape {
+        qkv_bias: d.attention_bias,
+        o_bias: d.attention_bias,
+        qk_norm: true,
+    }
+}
+
 pub struct Qwen3;
 
 impl Room for Qwen3 {
@@ -56,31 +66,14 @@ impl Room for Qwen3 {
         simulated(r, &inputs[0], None)
     }
     fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<u64> {
-        torch_llama::weights(
-            d,
-            head,
-            dt,
-            Shape {
-                qkv_bias: d.attention_bias,
-                o_bias: d.attention_bias,
-                qk_norm: true,
-            },
-        )
+        torch_llama::weights(d, head, dt, shape(d))
     }
     fn torch_forward(
         &self,
         r: &TorchRun<'_>,
         ids: &Pt,
     ) -> std::result::Result<Vec<Pt>, &'static str> {
-        torch_llama::forward(
-            r,
-            ids,
-            Shape {
-                qkv_bias: r.d.attention_bias,
-                o_bias: r.d.attention_bias,
-                qk_norm: true,
-            },
-        )
+        torch_llama::forward(r, ids, shape(r.d))
     }
     fn torch_train_forward<'a>(
         &self,
@@ -89,17 +82,7 @@ impl Room for Qwen3 {
         labels: &Pt,
         tape: &Tape<'a>,
     ) -> std::result::Result<Pt, &'static str> {
-        torch_llama::train_forward(
-            r,
-            ids,
-            labels,
-            tape,
-            Shape {
-                qkv_bias: r.d.attention_bias,
-                o_bias: r.d.attention_bias,
-                qk_norm: true,
-            },
-        )
+        torch_llama::train_forward(r, ids, labels, tape, shape(r.d))
     }
 }
 

@@ -287,15 +287,11 @@ pub(super) fn train_forward<'a>(
         let (cos, sin) = rotary(r, hd);
         let mut hidden = inputs_embeds.clone();
         for _ in 0..r.d.layers {
-            hidden = if tape.checkpointing() {
-                let (input, cos, sin) = (hidden.clone(), cos.clone(), sin.clone());
-                tape.checkpoint(
-                    &hidden,
-                    Box::new(move |t| train_layer(r, t, &input, (&cos, &sin), shape)),
-                )
-            } else {
-                train_layer(r, tape, &hidden, (&cos, &sin), shape)
-            };
+            let (input, cos, sin) = (hidden.clone(), cos.clone(), sin.clone());
+            hidden = tape.layer(
+                &hidden,
+                Box::new(move |t| train_layer(r, t, &input, (&cos, &sin), shape)),
+            );
         }
         drop((cos, sin));
         let normed = tt::rms_norm(tape, &hidden);
@@ -339,11 +335,6 @@ fn train_layer(
         drop(normed);
         // `view(…).transpose(1, 2)`: q's and k's gradients come back heads-major from the
         // rotation and are copied; v's from the kernel in v's own layout.
-        let heads_major = |t: &Pt, count: usize| {
-            let view = t.view_node(&[b, count, s, hd]);
-            tape.node(&view, vec![Edge::Copy(t.gid())], &[]);
-            view
-        };
         // Qwen3: `q_norm(q.view(b, s, heads, d)).transpose(1, 2)` (and k's): the norm over
         // each head, then a plain view.
         let normed_heads = |t: &Pt, count: usize| {
@@ -354,7 +345,7 @@ fn train_layer(
             let q4 = if shape.qk_norm {
                 normed_heads(&query, heads)
             } else {
-                heads_major(&query, heads)
+                tt::heads_major(tape, &query, heads, hd)
             };
             drop(query);
             let rotated = tt::rotate(tape, &q4, cos, sin);
@@ -365,7 +356,7 @@ fn train_layer(
             let k4 = if shape.qk_norm {
                 normed_heads(&key, kvh)
             } else {
-                heads_major(&key, kvh)
+                tt::heads_major(tape, &key, kvh, hd)
             };
             drop(key);
             let rotated = tt::rotate(tape, &k4, cos, sin);

@@ -283,23 +283,25 @@ pub fn flash_blocks(q_len: usize, kv_len: usize) -> (usize, usize) {
     (q_split.min(q_len), 512.min(kv_len))
 }
 
-/// The per-thread scratch of the CPU flash kernel's forward: f32 bytes (the q×kv block, its row
-/// max and sum, the output block) and, for bf16/f16, the q×kv block in the input type.
+/// The per-thread scratch the CPU flash kernel's forward holds while it runs, for `query`'s
+/// type: in f32 the q×kv block, its row max and sum, and the output block; for bf16/f16 also the
+/// q×kv block in the input type. Dropped, it is freed.
 #[must_use]
 pub fn flash_forward_scratch(
+    query: &Pt,
     threads: usize,
     (q_len, kv_len): (usize, usize),
     head_v: usize,
-    dt: TDt,
-) -> (u64, u64) {
+) -> (Scratch, Option<Scratch>) {
     let (q_split, kv_split) = flash_blocks(q_len, kv_len);
     let per_thread = q_split * kv_split + 2 * q_split + q_split * head_v;
-    let reduced = if dt.reduced() {
-        (threads * q_split * kv_split) as u64 * dt.size()
-    } else {
-        0
-    };
-    ((threads * per_thread) as u64 * TDt::F32.size(), reduced)
+    let sim = query.sim();
+    let buf = sim.scratch((threads * per_thread) as u64 * TDt::F32.size());
+    let reduced = query
+        .dt
+        .reduced()
+        .then(|| sim.scratch((threads * q_split * kv_split) as u64 * query.dt.size()));
+    (buf, reduced)
 }
 
 /// PyTorch's CPU flash attention (`_scaled_dot_product_flash_attention_for_cpu`): the output
@@ -321,16 +323,12 @@ pub fn flash_attention(
     let batch = query.dims[0];
     let out = query.new(&[batch, q_len, heads, head_v], query.dt);
     let lse = query.new(&[batch, heads, q_len], TDt::F32);
-    let (q_split, kv_split) = flash_blocks(q_len, kv_len);
-    let per_thread = q_split * kv_split + 2 * q_split + q_split * head_v;
-    let sim = query.sim();
-    {
-        let _buf = sim.scratch((threads * per_thread) as u64 * TDt::F32.size());
-        let _reduced = query
-            .dt
-            .reduced()
-            .then(|| sim.scratch((threads * q_split * kv_split) as u64 * query.dt.size()));
-    }
+    drop(flash_forward_scratch(
+        query,
+        threads,
+        (q_len, kv_len),
+        head_v,
+    ));
     for t in [query, key, value, &out, &lse] {
         r.keep(t);
     }

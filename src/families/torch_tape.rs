@@ -193,6 +193,16 @@ impl<'a> Tape<'a> {
         out
     }
 
+    /// One of the model's layers on `input`: checkpointed when the tape checkpoints layers,
+    /// else run as it is.
+    pub fn layer(&self, input: &Pt, f: Recompute<'a>) -> Pt {
+        if self.checkpointing {
+            self.checkpoint(input, f)
+        } else {
+            f(self)
+        }
+    }
+
     /// Recomputes the region ending at node `end` (exclusive) if it has one not yet run: the
     /// saved tensors go to the region's nodes still on the tape.
     fn recompute_before(&self, end: usize) {
@@ -261,13 +271,6 @@ impl<'a> Tape<'a> {
     #[must_use]
     pub fn grad_of(t: &Pt) -> Edge {
         Edge::New(t.gid(), t.dims.clone(), t.dt)
-    }
-
-    /// Drops the graph without running it (the forward's output dropped before backward).
-    pub fn clear(&self) {
-        self.nodes.borrow_mut().clear();
-        self.held.borrow_mut().clear();
-        self.regions.borrow_mut().clear();
     }
 
     /// `loss.backward()`: the seed (`ones_like(loss)`) and every node from the last; returns
@@ -519,12 +522,11 @@ fn add_promoted(tape: &Tape, a: &Pt, b: &Pt) -> Pt {
 pub fn math_attention(tape: &Tape, (q, k, v): (&Pt, &Pt, &Pt), heads: usize) -> Pt {
     let (b, s, h) = (q.dims[0], q.dims[1], q.dims[2]);
     let d = h / heads;
-    let heads_major = |t: &Pt| {
-        let view = t.view_node(&[b, heads, s, d]);
-        tape.node(&view, vec![Edge::Copy(t.gid())], &[]);
-        view
-    };
-    let (q4, k4, v4) = (heads_major(q), heads_major(k), heads_major(v));
+    let (q4, k4, v4) = (
+        heads_major(tape, q, heads, d),
+        heads_major(tape, k, heads, d),
+        heads_major(tape, v, heads, d),
+    );
     let reduced = q.dt.reduced();
     let acc = |t: &Pt| {
         if reduced {
@@ -541,24 +543,12 @@ pub fn math_attention(tape: &Tape, (q, k, v): (&Pt, &Pt, &Pt), heads: usize) -> 
         tape.node(&y, vec![Tape::grad_of(t)], &[]);
         y
     };
-    // `matmul` on a strided operand: `reshape` copies it; the copy's gradient passes back.
-    let bmm_copy = |t: &Pt, dims: &[usize]| {
-        let c = t.new(dims, t.dt);
-        tape.node(&c, vec![Edge::Pass(t.gid())], &[]);
-        c
-    };
     let qs = scaled(&qa);
     let scores = {
         let kts = scaled(&ka);
-        let qc = bmm_copy(&qs, &[b * heads, s, d]);
-        let kc = bmm_copy(&kts, &[b * heads, d, s]);
-        let scores = qa.new(&[b * heads, s, s], qa.dt);
-        tape.node(
-            &scores,
-            vec![Tape::grad_of(&qc), Tape::grad_of(&kc)],
-            &[&qc, &kc],
-        );
-        scores
+        let qc = bmm_copy(tape, &qs, &[b * heads, s, d]);
+        let kc = bmm_copy(tape, &kts, &[b * heads, d, s]);
+        bmm(tape, &qc, &kc, &[b * heads, s, s])
     };
     let probs = {
         let probs = scores.like();
@@ -575,14 +565,8 @@ pub fn math_attention(tape: &Tape, (q, k, v): (&Pt, &Pt, &Pt), heads: usize) -> 
     // The kernel also returns the attention weights, cast back (the caller drops them).
     let returned = reduced.then(|| dropped.new(&dropped.dims, q.dt));
     let out = {
-        let vc = bmm_copy(&va, &[b * heads, s, d]);
-        let out = qa.new(&[b * heads, s, d], qa.dt);
-        tape.node(
-            &out,
-            vec![Tape::grad_of(&vc), Tape::grad_of(&dropped)],
-            &[&dropped, &vc],
-        );
-        out
+        let vc = bmm_copy(tape, &va, &[b * heads, s, d]);
+        bmm(tape, &dropped, &vc, &[b * heads, s, d])
     };
     let cast = if reduced {
         let o = out.new(&out.dims, q.dt);
@@ -623,16 +607,48 @@ pub fn cross_entropy(tape: &Tape<'_>, logits: &Pt, labels: &Pt) -> Pt {
 /// `transpose(1, 2).contiguous()`: the `(b, s, heads·d)` context.
 #[must_use]
 pub fn attention_context(tape: &Tape<'_>, (q, k, v): (&Pt, &Pt, &Pt), heads: usize) -> Pt {
-    let (b, s, h) = (q.dims[0], q.dims[1], q.dims[2]);
+    let (b, s) = (q.dims[0], q.dims[1]);
     let out = math_attention(tape, (q, k, v), heads);
-    let out4 = out.view_node(&[b, heads, s, h / heads]);
+    heads_merged(tape, &out, (b, heads, s))
+}
+
+/// `view(b, s, heads, d).transpose(1, 2)` of a projection `t` (`(b, s, heads·d)`): a view
+/// whose gradient, arriving heads-major, is copied back to `t`'s layout.
+#[must_use]
+pub fn heads_major(tape: &Tape<'_>, t: &Pt, heads: usize, d: usize) -> Pt {
+    let view = t.view_node(&[t.dims[0], heads, t.dims[1], d]);
+    tape.node(&view, vec![Edge::Copy(t.gid())], &[]);
+    view
+}
+
+/// `matmul` on a strided operand: `reshape` copies it for `bmm`; the copy's gradient passes
+/// back.
+fn bmm_copy(tape: &Tape<'_>, t: &Pt, dims: &[usize]) -> Pt {
+    let c = t.new(dims, t.dt);
+    tape.node(&c, vec![Edge::Pass(t.gid())], &[]);
+    c
+}
+
+/// `bmm(a, b)` into `dims`: saves both; the backward makes b's gradient, then a's.
+fn bmm(tape: &Tape<'_>, a: &Pt, b: &Pt, dims: &[usize]) -> Pt {
+    let y = a.new(dims, a.dt);
+    tape.node(&y, vec![Tape::grad_of(b), Tape::grad_of(a)], &[a, b]);
+    y
+}
+
+/// The attention's `(b·heads, s, d)` output viewed as `(b, heads, s, d)` (a gradient arriving
+/// strided is copied, except at batch 1 where the reshape is a view), then
+/// `transpose(1, 2).contiguous()`: the `(b, s, heads·d)` context.
+fn heads_merged(tape: &Tape<'_>, out: &Pt, (b, heads, s): (usize, usize, usize)) -> Pt {
+    let d = out.dims[out.dims.len() - 1];
+    let out4 = out.view_node(&[b, heads, s, d]);
     let back = if b > 1 {
         Edge::Copy(out.gid())
     } else {
         Edge::Pass(out.gid())
     };
     tape.node(&out4, vec![back], &[]);
-    let context = out4.new(&[b, s, h], q.dt);
+    let context = out4.new(&[b, s, heads * d], out.dt);
     tape.node(&context, vec![Edge::Pass(out4.gid())], &[]);
     context
 }
@@ -783,12 +799,12 @@ pub fn flash_attention(tape: &Tape<'_>, (q, k, v): (&Pt, &Pt, &Pt), threads: usi
     let kv_len = k.dims[2];
     let out = q.new(&[b, s, heads, d], q.dt);
     let lse = q.new(&[b, heads, s], TDt::F32);
-    {
-        let (f32_bytes, reduced) =
-            super::torch_sim::flash_forward_scratch(threads, (s, kv_len), d, q.dt);
-        let _buf = q.new(&[f32_bytes as usize], TDt::Bool);
-        let _reduced = (reduced > 0).then(|| q.new(&[reduced as usize], TDt::Bool));
-    }
+    drop(super::torch_sim::flash_forward_scratch(
+        q,
+        threads,
+        (s, kv_len),
+        d,
+    ));
     let (q_split, kv_split) = super::torch_sim::flash_blocks(s, kv_len);
     let block = (threads * 2 * q_split * kv_split) as u64;
     let mut edges = vec![
@@ -819,27 +835,15 @@ pub fn eager_attention(
 ) -> (Pt, Pt) {
     let (b, s, h) = (q.dims[0], q.dims[1], q.dims[2]);
     let d = h / heads;
-    let heads_major = |t: &Pt| {
-        let view = t.view_node(&[b, heads, s, d]);
-        tape.node(&view, vec![Edge::Copy(t.gid())], &[]);
-        view
-    };
-    let (q4, k4, v4) = (heads_major(q), heads_major(k), heads_major(v));
-    let bmm_copy = |t: &Pt, dims: &[usize]| {
-        let c = t.new(dims, t.dt);
-        tape.node(&c, vec![Edge::Pass(t.gid())], &[]);
-        c
-    };
+    let (q4, k4, v4) = (
+        heads_major(tape, q, heads, d),
+        heads_major(tape, k, heads, d),
+        heads_major(tape, v, heads, d),
+    );
     let scores = {
-        let qc = bmm_copy(&q4, &[b * heads, s, d]);
-        let kc = bmm_copy(&k4, &[b * heads, d, s]);
-        let scores = q.new(&[b * heads, s, s], q.dt);
-        tape.node(
-            &scores,
-            vec![Tape::grad_of(&qc), Tape::grad_of(&kc)],
-            &[&qc, &kc],
-        );
-        scores
+        let qc = bmm_copy(tape, &q4, &[b * heads, s, d]);
+        let kc = bmm_copy(tape, &k4, &[b * heads, d, s]);
+        bmm(tape, &qc, &kc, &[b * heads, s, s])
     };
     // `* scaling`: a Python float, wrapped in an 8-byte scalar tensor the node saves.
     let scaled = scores.like();
@@ -852,23 +856,8 @@ pub fn eager_attention(
     let dropped = dropout(tape, &probs, dropout_on);
     drop(probs);
     let out = {
-        let vc = bmm_copy(&v4, &[b * heads, s, d]);
-        let out = q.new(&[b * heads, s, d], q.dt);
-        tape.node(
-            &out,
-            vec![Tape::grad_of(&vc), Tape::grad_of(&dropped)],
-            &[&dropped, &vc],
-        );
-        out
+        let vc = bmm_copy(tape, &v4, &[b * heads, s, d]);
+        bmm(tape, &dropped, &vc, &[b * heads, s, d])
     };
-    let out4 = out.view_node(&[b, heads, s, d]);
-    let back = if b > 1 {
-        Edge::Copy(out.gid())
-    } else {
-        Edge::Pass(out.gid())
-    };
-    tape.node(&out4, vec![back], &[]);
-    let context = out4.new(&[b, s, h], q.dt);
-    tape.node(&context, vec![Edge::Pass(out4.gid())], &[]);
-    (context, dropped)
+    (heads_merged(tape, &out, (b, heads, s)), dropped)
 }

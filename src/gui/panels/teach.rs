@@ -260,27 +260,13 @@ fn body(view: &View<'_>, state: &mut TeachState, ui: &mut egui::Ui) {
             .small(),
         );
     }
-    if let Some((i, t)) = measured
-        && let Some(total) = t.total_bytes
-    {
-        ui.label(format!(
-            "measured in trial {}: {} ({:+.2}% from the estimate)",
-            i + 1,
-            human_bytes(total),
-            (e.total_bytes as f64 - total as f64) * 100.0 / total as f64
-        ));
-    }
-    let on_cpu = !r.on_gpu();
-    match b_star {
-        Some(b) => ui.label(format!(
-            "predicted b* under {}: {b}",
-            presets::capacity_label(capacity, preset, on_cpu)
-        )),
-        None => ui.label(format!(
-            "not even batch 1 fits under {}",
-            presets::capacity_label(capacity, preset, on_cpu)
-        )),
-    };
+    measured_and_b_star(
+        ui,
+        measured.and_then(|(i, t)| Some((i, t.total_bytes?))),
+        e.total_bytes,
+        b_star,
+        &presets::capacity_label(capacity, preset, !r.on_gpu()),
+    );
     if preset.is_some() {
         ui.label(
             RichText::new(format!(
@@ -293,6 +279,29 @@ fn body(view: &View<'_>, state: &mut TeachState, ui: &mut egui::Ui) {
     }
     ui.separator();
     timeline(r, state, m, ui);
+}
+
+/// The measurement at the what-if point when a trial of the shown sweep has one (its index and
+/// total) against the estimate's total, then the predicted b* under the capacity so labelled.
+fn measured_and_b_star(
+    ui: &mut egui::Ui,
+    measured: Option<(usize, u64)>,
+    estimate: u64,
+    b_star: Option<usize>,
+    capacity: &str,
+) {
+    if let Some((i, total)) = measured {
+        ui.label(format!(
+            "measured in trial {}: {} ({:+.2}% from the estimate)",
+            i + 1,
+            human_bytes(total),
+            (estimate as f64 - total as f64) * 100.0 / total as f64
+        ));
+    }
+    match b_star {
+        Some(b) => ui.label(format!("predicted b* under {capacity}: {b}")),
+        None => ui.label(format!("not even batch 1 fits under {capacity}")),
+    };
 }
 
 /// The runtime radio, and for PyTorch the workload, and for training the optimizer and
@@ -443,27 +452,13 @@ fn torch_body(
             && t.dtype == state.dtype
             && t.outcome == Outcome::Fit
     });
-    if let Some((i, t)) = measured
-        && let Some(total) = t.total_bytes
-    {
-        ui.label(format!(
-            "measured in trial {}: {} ({:+.2}% from the estimate)",
-            i + 1,
-            human_bytes(total),
-            (e.total_bytes as f64 - total as f64) * 100.0 / total as f64
-        ));
-    }
-    let on_cpu = !r.on_gpu();
-    match b_star {
-        Some(b) => ui.label(format!(
-            "predicted b* under {}: {b}",
-            presets::capacity_label(capacity, preset, on_cpu)
-        )),
-        None => ui.label(format!(
-            "not even batch 1 fits under {}",
-            presets::capacity_label(capacity, preset, on_cpu)
-        )),
-    };
+    measured_and_b_star(
+        ui,
+        measured.and_then(|(i, t)| Some((i, t.total_bytes?))),
+        e.total_bytes,
+        b_star,
+        &presets::capacity_label(capacity, preset, !r.on_gpu()),
+    );
     ui.label(
         RichText::new(
             "PyTorch's estimate follows transformers' code as PyTorch runs it on the CPU (its allocations, its default optimizers); a GPU adds its CUDA context and the caching allocator's rounding, and CUDA's kernels differ.",
