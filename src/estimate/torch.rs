@@ -440,6 +440,25 @@ mod tests {
         assert!(e.contains("bert, llama"), "{e}");
     }
 
+    /// Gradient checkpointing belongs to training: with any other workload it is refused, and
+    /// the refusal names the training sweep that measures it.
+    #[test]
+    fn checkpointing_outside_training_is_refused_with_the_sweep_to_run() {
+        for workload in [Workload::Infer, Workload::Grad] {
+            let how = How {
+                checkpointing: true,
+                ..How::new(workload, Task::Base, Attn::Sdpa)
+            };
+            let e = estimate(&spec("bert-mini"), 1, 64, Precision::F32, how, 2).unwrap_err();
+            assert_eq!(e, NotModelled::Checkpointing);
+            assert!(
+                e.to_string()
+                    .contains("--workload train --gradient-checkpointing on"),
+                "{e}"
+            );
+        }
+    }
+
     /// A training step's parts: the gradients are the parameters (weights less the two int64
     /// buffers), `AdamW` keeps two tensors like them and a float32 step per parameter where SGD
     /// keeps one, and the saved activations grow with the batch while the others do not.
