@@ -377,7 +377,7 @@ mod tests {
             at(
                 "tiny-llama",
                 1,
-                Precision::AmpBf16,
+                Precision::AmpF16,
                 Workload::Train,
                 Task::CausalLm,
                 Attn::Sdpa,

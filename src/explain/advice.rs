@@ -460,3 +460,56 @@ fn torch_batches(out: &mut Vec<String>, lb: &LargestBatch, t: &TorchBatches) {
         )
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::explain::TrainBatch;
+    use crate::precision::Precision;
+    use crate::runtime::{Attn, Task};
+
+    /// A training setting the estimate does not model is named as such beside the others'
+    /// batches, never left blank or guessed.
+    #[test]
+    fn a_training_setting_not_modelled_is_named_beside_the_batches() {
+        let setting = |dtype, checkpointing, batch, why: Option<&str>| TrainBatch {
+            dtype,
+            checkpointing,
+            batch,
+            not_modelled: why.map(str::to_string),
+        };
+        let t = TorchBatches {
+            task: Task::CausalLm,
+            attn: Attn::Sdpa,
+            infer: Some(40),
+            grad: Some(Some(7)),
+            infer_activation_bytes: 1,
+            grad_activation_bytes: Some(6),
+            grad_not_modelled: None,
+            train_task: Task::CausalLm,
+            train: vec![
+                setting(Precision::F32, false, Some(5), None),
+                setting(Precision::F32, true, Some(9), None),
+                setting(Precision::AmpBf16, false, None, Some("amp-f16 is not")),
+                setting(Precision::AmpBf16, true, Some(12), None),
+            ],
+            train_not_modelled: None,
+        };
+        let lb = LargestBatch::inference(
+            "m".into(),
+            "m".into(),
+            512,
+            Precision::F32,
+            1 << 30,
+            Some(40),
+        )
+        .with_torch(t.clone());
+        let mut out = Vec::new();
+        torch_batches(&mut out, &lb, &t);
+        let line = &out[1];
+        assert!(
+            line.contains(": f32 5, f32 with gradient checkpointing 9, amp-bf16 (`bf16=True`) not modelled yet, amp-bf16 (`bf16=True`) with gradient checkpointing 12 — "),
+            "{line}"
+        );
+    }
+}

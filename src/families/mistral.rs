@@ -88,7 +88,6 @@ impl Room for Mistral {
         r: &TorchRun<'_>,
         ids: &Pt,
     ) -> std::result::Result<Vec<Pt>, &'static str> {
-        below_window(r)?;
         torch_llama::forward(r, ids, SHAPE)
     }
     fn torch_train_forward<'a>(
@@ -98,20 +97,8 @@ impl Room for Mistral {
         labels: &Pt,
         tape: &Tape<'a>,
     ) -> std::result::Result<Pt, &'static str> {
-        below_window(r)?;
         torch_llama::train_forward(r, ids, labels, tape, SHAPE)
     }
-}
-
-/// PyTorch: from the window on, transformers builds a sliding-window mask (not modelled yet);
-/// below it sdpa runs causal with no mask, as Llama's.
-fn below_window(r: &TorchRun<'_>) -> std::result::Result<(), &'static str> {
-    if r.d.sliding_window > 0 && r.s >= r.d.sliding_window {
-        return Err(
-            "from its sliding window (sliding_window) on, transformers masks each layer's attention, which is not modelled yet",
-        );
-    }
-    Ok(())
 }
 
 prefill_decoder!(mistral::Model);

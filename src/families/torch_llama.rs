@@ -18,7 +18,8 @@ pub(super) struct Shape {
 }
 
 /// Parameters and buffers of `…ForCausalLM`: embeddings, layers, the final norm, the head
-/// (unless tied), and the rotary `inv_freq` buffer (f32, half a head).
+/// (unless tied), and the rotary buffers `inv_freq` and `original_inv_freq` (f32, half a head
+/// each).
 pub(super) fn weights(d: &Dims, head: Head, dt: TDt, shape: Shape) -> Option<u64> {
     if head != Head::CausalLm {
         return None;
@@ -38,7 +39,7 @@ pub(super) fn weights(d: &Dims, head: Head, dt: TDt, shape: Shape) -> Option<u64
     }
     let head_params = if d.tied_embeddings { 0 } else { vocab * width };
     let params = vocab * width + d.layers as u64 * layer + width + head_params;
-    Some(params * dt.size() + hd / 2 * TDt::F32.size())
+    Some(params * dt.size() + 2 * (hd / 2) * TDt::F32.size())
 }
 
 /// `LlamaRMSNorm`: upcast to f32 (a copy unless f32), variance, scale, back to the input type,
@@ -115,6 +116,65 @@ fn rotary(r: &TorchRun<'_>, hd: usize) -> (Pt, Pt) {
     (cos.to(r.dt), sin.to(r.dt))
 }
 
+/// A sliding-window model's `DynamicCache` (Mistral's): each layer a
+/// `DynamicSlidingWindowLayer`, holding its window as a one-element i64 tensor.
+fn window_tensors(r: &TorchRun<'_>) -> Vec<Pt> {
+    if r.d.sliding_window == 0 {
+        return Vec::new();
+    }
+    (0..r.d.layers)
+        .map(|_| r.sim.alloc(&[], TDt::I64))
+        .collect()
+}
+
+/// transformers' `create_causal_mask` (or `create_sliding_window_causal_mask`) for sdpa with the
+/// all-ones attention mask: below the window (or without one) it reads the mask
+/// (`fast_all`) and builds none, sdpa then runs causal; from Mistral's `sliding_window` on, it
+/// builds the `(b, 1, s, s)` bool mask by broadcasting (`sdpa_mask`: the aranges, the window
+/// and causal conditions over `(s, s)`, each `&` a new tensor, then the padding gathered per
+/// batch row), which the model keeps to its end.
+fn causal_mask(r: &TorchRun<'_>) -> Option<Pt> {
+    let (b, s, sim) = (r.b, r.s, r.sim);
+    let window = r.d.sliding_window;
+    let padding = sim.alloc(&[b, s], TDt::Bool);
+    if window == 0 || s < window {
+        let _sum = sim.alloc(&[], TDt::I64);
+        let _as_long = sim.alloc(&[b, s], TDt::I64);
+        return None;
+    }
+    let batch_arange = sim.alloc(&[b], TDt::I64);
+    let head_arange = sim.alloc(&[1], TDt::I64);
+    // `torch.arange(length) + offset`
+    let index = || {
+        let _arange = sim.alloc(&[s], TDt::I64);
+        sim.alloc(&[s], TDt::I64)
+    };
+    let (q_index, kv_index) = (index(), index());
+    let square = || sim.alloc(&[1, 1, s, s], TDt::Bool);
+    // and_masks(and_masks(window, causal), padding): each starts from a one-element `True`.
+    let all = sim.alloc(&[], TDt::Bool);
+    let sliding = {
+        let start = sim.alloc(&[], TDt::Bool);
+        let within = {
+            let _shifted = sim.alloc(&[1, 1, s, 1], TDt::I64);
+            square()
+        };
+        let windowed = square();
+        drop((within, start));
+        let causal = square();
+        let both = square();
+        drop((windowed, causal));
+        both
+    };
+    let combined = square();
+    drop((sliding, all));
+    let padded = sim.alloc(&[b, 1, 1, s], TDt::Bool);
+    let mask = sim.alloc(&[b, 1, s, s], TDt::Bool);
+    drop((padded, combined));
+    drop((batch_arange, head_arange, q_index, kv_index, padding));
+    Some(mask)
+}
+
 /// One forward of `…ForCausalLM` with a `DynamicCache` (`use_cache` is on by default), logits for
 /// every position. Returns the logits and the cache.
 pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt>, &'static str> {
@@ -132,17 +192,13 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
     let mut cache: Vec<Pt> = Vec::new();
     let normed = {
         let inputs_embeds = ids.new(&[b, s, width], r.dt);
+        cache.extend(window_tensors(r));
         // `torch.arange(s) + past_seen_tokens`
         let _position_ids = {
             let _arange = sim.alloc(&[s], TDt::I64);
             sim.alloc(&[s], TDt::I64)
         };
-        // create_causal_mask reads the all-ones mask (sdpa then uses is_causal, no mask).
-        {
-            let _as_bool = sim.alloc(&[b, s], TDt::Bool);
-            let _sum = sim.alloc(&[], TDt::I64);
-            let _as_long = sim.alloc(&[b, s], TDt::I64);
-        }
+        let mask = causal_mask(r);
         let (cos, sin) = rotary(r, hd);
         // Each layer's rotation multiplies by them: autograd saves them.
         r.keep(&cos);
@@ -184,7 +240,23 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
                     drop(value);
                     cache.push(keys.clone());
                     cache.push(values.clone());
-                    let context = flash_attention(r, (&query, &keys, &values), heads, s, s, hd);
+                    // With a mask, sdpa takes no `enable_gqa`: `repeat_kv` copies the keys and
+                    // values out to every head; the kernel gets the mask as an additive one in
+                    // the query's type (`where`), which autograd saves with the rest.
+                    let (keys_in, values_in) = match &mask {
+                        Some(_) if kvh < heads => (
+                            keys.new(&[b, heads, s, hd], keys.dt),
+                            values.new(&[b, heads, s, hd], values.dt),
+                        ),
+                        _ => (keys.clone(), values.clone()),
+                    };
+                    let additive = mask.as_ref().map(|m| m.new(&m.dims, query.dt));
+                    let context =
+                        flash_attention(r, (&query, &keys_in, &values_in), heads, s, s, hd);
+                    if let Some(additive) = &additive {
+                        r.keep(additive);
+                    }
+                    drop((additive, keys_in, values_in));
                     let projected = context.view(&[b, s, heads * hd]).linear(width);
                     drop(context);
                     drop(query);
@@ -259,65 +331,88 @@ pub(super) fn train_forward<'a>(
     if r.head != Head::CausalLm {
         return Err("only the causal-lm head is modelled for decoders");
     }
-    if tape.autocast_on() {
-        return Err(
-            "amp for the decoders' training step is not modelled yet (f32, bf16 and f16 are)",
-        );
-    }
     let (b, s, width) = (r.b, r.s, r.d.hidden);
     let hd = r.d.head_dim();
     let sim = r.sim;
     let embedding = if r.d.tied_embeddings {
-        Edge::ParamAdd(vec![r.d.vocab, width], r.dt)
+        // The head's gradient comes first: a view of its product, or under autocast the f32
+        // tensor the weight's cast hands back.
+        Edge::ParamAdd(vec![r.d.vocab, width], r.dt, tape.autocast_on())
     } else {
         Edge::Param(vec![r.d.vocab, width], r.dt)
     };
+    // The `DynamicCache`: each layer's keys and values, kept until the model's output goes
+    // (the end of the forward); the kernel saves them too, except autocast's f32 keys, which
+    // it casts.
+    let cache = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
     let normed = {
         let inputs_embeds = ids.new(&[b, s, width], r.dt);
         tape.node(&inputs_embeds, vec![embedding], &[ids]);
-        let _position_ids = {
+        if !tape.checkpointing() {
+            cache.borrow_mut().extend(window_tensors(r));
+        }
+        let position_ids = {
             let _arange = sim.alloc(&[s], TDt::I64);
             sim.alloc(&[s], TDt::I64)
         };
-        {
-            let _as_bool = sim.alloc(&[b, s], TDt::Bool);
-            let _sum = sim.alloc(&[], TDt::I64);
-            let _as_long = sim.alloc(&[b, s], TDt::I64);
-        }
+        let mask = causal_mask(r);
         let (cos, sin) = rotary(r, hd);
         let mut hidden = inputs_embeds.clone();
         for _ in 0..r.d.layers {
             let (input, cos, sin) = (hidden.clone(), cos.clone(), sin.clone());
+            let cache = std::rc::Rc::clone(&cache);
+            // A checkpoint keeps the layer's arguments for the recomputation, the position ids
+            // among them.
+            let (ids, mask) = (position_ids.clone(), mask.clone());
             hidden = tape.layer(
                 &hidden,
-                Box::new(move |t| train_layer(r, t, &input, (&cos, &sin), shape)),
+                Box::new(move |t| {
+                    let _kept = &ids;
+                    let layer = Layer {
+                        rotary: (&cos, &sin),
+                        mask: mask.as_ref(),
+                        cache: &cache,
+                    };
+                    train_layer(r, t, &input, &layer, shape)
+                }),
             );
         }
-        drop((cos, sin));
+        drop((cos, sin, position_ids, mask));
         let normed = tt::rms_norm(tape, &hidden);
         drop(hidden);
         drop(inputs_embeds);
         normed
     };
     let logits = tt::linear_mm(tape, &normed, r.d.vocab);
-    drop(normed);
     // ForCausalLMLoss: `logits.float()`, labels padded by one and shifted (`contiguous`).
     let logits32 = tape.cast(&logits, TDt::F32);
     let padded = labels.new(&[b, s + 1], TDt::I64);
-    let shifted = labels.new(&[b, s], TDt::I64);
+    // `labels[..., 1:].contiguous()`: a copy, except at batch 1, where the slice is contiguous
+    // and stays a view of the padded labels.
+    let shifted = if b == 1 {
+        padded.view(&[b, s])
+    } else {
+        labels.new(&[b, s], TDt::I64)
+    };
     let loss = tt::cross_entropy(tape, &logits32.view(&[b * s, r.d.vocab]), &shifted);
-    drop((shifted, padded, logits32, logits));
+    // The model's output (and with it the cache and the last hidden state) goes after the loss.
+    drop((shifted, padded, logits32, logits, normed, cache));
     Ok(loss)
 }
 
-/// One decoder layer in train mode with autograd, on `x`, with the rotary tables.
-fn train_layer(
-    r: &TorchRun<'_>,
-    tape: &Tape<'_>,
-    x: &Pt,
-    (cos, sin): (&Pt, &Pt),
-    shape: Shape,
-) -> Pt {
+/// What each decoder layer is given beside its input.
+struct Layer<'l> {
+    /// The rotary tables, cos and sin.
+    rotary: (&'l Pt, &'l Pt),
+    /// The attention mask, when one is built (Mistral from its window on).
+    mask: Option<&'l Pt>,
+    /// The `DynamicCache` (unused under checkpointing, which turns it off).
+    cache: &'l std::cell::RefCell<Vec<Pt>>,
+}
+
+/// One decoder layer in train mode with autograd, on `x`.
+fn train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt, layer: &Layer<'_>, shape: Shape) -> Pt {
+    let (cos, sin) = layer.rotary;
     let (b, s, width) = (r.b, r.s, r.d.hidden);
     let (heads, kvh, hd) = (r.d.heads, r.d.kv_heads, r.d.head_dim());
     let attn = {
@@ -329,41 +424,39 @@ fn train_layer(
                 tt::linear_mm(tape, &normed, out)
             }
         };
-        let query = project(heads * hd, shape.qkv_bias);
-        let key = project(kvh * hd, shape.qkv_bias);
-        let value = project(kvh * hd, shape.qkv_bias);
-        drop(normed);
-        // `view(…).transpose(1, 2)`: q's and k's gradients come back heads-major from the
-        // rotation and are copied; v's from the kernel in v's own layout.
-        // Qwen3: `q_norm(q.view(b, s, heads, d)).transpose(1, 2)` (and k's): the norm over
-        // each head, then a plain view.
-        let normed_heads = |t: &Pt, count: usize| {
-            let per_head = tt::rms_norm(tape, &t.view(&[b, s, count, hd]));
-            per_head.view(&[b, count, s, hd])
-        };
-        let query = {
-            let q4 = if shape.qk_norm {
-                normed_heads(&query, heads)
+        // Each projection is viewed heads-major as it is made, `view(…).transpose(1, 2)` (q's
+        // and k's gradients come back heads-major from the rotation and are copied; v's from
+        // the kernel in v's own layout). Qwen3: `q_norm(q.view(b, s, heads, d)).transpose(1,
+        // 2)` (and k's): the norm over each head, then a plain view.
+        let heads_of = |out: usize, count: usize| {
+            let t = project(out, shape.qkv_bias);
+            if shape.qk_norm {
+                // The norm's gradients keep the heads-major layout the rotation's arrive in:
+                // the view's backward copies.
+                let rows = t.view_node(&[b, s, count, hd]);
+                tape.node(&rows, vec![Edge::Copy(t.gid())], &[]);
+                drop(t);
+                let per_head = tt::rms_norm(tape, &rows);
+                drop(rows);
+                per_head.view(&[b, count, s, hd])
             } else {
-                tt::heads_major(tape, &query, heads, hd)
-            };
-            drop(query);
-            let rotated = tt::rotate(tape, &q4, cos, sin);
-            drop(q4);
-            rotated
+                tt::heads_major(tape, &t, count, hd)
+            }
         };
-        let key = {
-            let k4 = if shape.qk_norm {
-                normed_heads(&key, kvh)
-            } else {
-                tt::heads_major(tape, &key, kvh, hd)
-            };
-            drop(key);
-            let rotated = tt::rotate(tape, &k4, cos, sin);
-            drop(k4);
-            rotated
+        let q4 = heads_of(heads * hd, heads);
+        let k4 = heads_of(kvh * hd, kvh);
+        let value = {
+            let v = project(kvh * hd, shape.qkv_bias);
+            v.view(&[b, kvh, s, hd])
         };
-        let value = value.view(&[b, kvh, s, hd]);
+        // `apply_rotary_pos_emb(q, k, cos, sin)`: the caller's q and k live until both are
+        // rotated.
+        let (query, key) = {
+            let rotated_q = tt::rotate(tape, &q4, cos, sin);
+            let rotated_k = tt::rotate(tape, &k4, cos, sin);
+            drop((q4, k4));
+            (rotated_q, rotated_k)
+        };
         // DynamicCache.update concatenates onto the empty past (copies); without the cache
         // (checkpointing turns it off) the kernel takes them as they are.
         let (keys, values) = if tape.checkpointing() {
@@ -373,18 +466,38 @@ fn train_layer(
             tape.node(&keys, vec![Edge::Pass(key.gid())], &[]);
             let values = value.like();
             tape.node(&values, vec![Edge::Pass(value.gid())], &[]);
+            layer
+                .cache
+                .borrow_mut()
+                .extend([keys.clone(), values.clone()]);
             (keys, values)
         };
         drop((key, value));
-        let context = tt::flash_attention(tape, (&query, &keys, &values), r.threads);
-        drop((keys, values));
+        let context = {
+            // With a mask, sdpa takes no `enable_gqa`: `repeat_kv` copies the keys and values
+            // out to every head (the backward sums the copies' gradients back).
+            let repeat = |t: &Pt| {
+                let copy = t.new(&[b, heads, s, hd], t.dt);
+                tape.node(&copy, vec![Tape::grad_of(t)], &[]);
+                copy
+            };
+            let (keys, values) = match layer.mask {
+                Some(_) if kvh < heads => (repeat(&keys), repeat(&values)),
+                _ => (keys.clone(), values.clone()),
+            };
+            // Under autocast sdpa casts its inputs (the arguments right to left: v, k, q).
+            let (v, k) = (tape.lower(&values), tape.lower(&keys));
+            let q = tape.lower(&query);
+            tt::flash_attention(tape, (&q, &k, &v), layer.mask, r.threads)
+        };
         let context = context.view(&[b, s, heads * hd]);
         let projected = if shape.o_bias {
             tt::linear(tape, &context, width, true)
         } else {
             tt::linear_mm(tape, &context, width)
         };
-        drop((context, query));
+        // The attention's locals go as it returns; the layer's normed input as it is rebound.
+        drop((context, query, keys, values, normed));
         projected
     };
     let hidden = tt::add(tape, x, &attn);
@@ -395,10 +508,11 @@ fn train_layer(
         let act = tt::unary(tape, &gate, false);
         drop(gate);
         let up = tt::linear_mm(tape, &normed, r.d.intermediate);
-        drop(normed);
         let product = tt::mul(tape, &act, &up);
         drop((act, up));
-        tt::linear_mm(tape, &product, width)
+        let down = tt::linear_mm(tape, &product, width);
+        drop((product, normed));
+        down
     };
     let out = tt::add(tape, &hidden, &mlp);
     drop((hidden, mlp));

@@ -77,28 +77,38 @@ struct Counter {
     peak: Cell<u64>,
     /// The last gradient id handed out.
     gids: Cell<usize>,
+    /// A checkpoint's recomputation has stopped: what the rest of its function makes is
+    /// never made (it costs nothing).
+    halted: Cell<bool>,
+    /// The last allocation's gradient id, and the high-water mark before it.
+    last: Cell<(usize, u64)>,
 }
 
 impl Counter {
-    fn add(&self, bytes: u64) {
+    /// Adds `bytes` (none while halted); returns what was added.
+    fn add(&self, bytes: u64) -> u64 {
+        if self.halted.get() {
+            return 0;
+        }
         let live = self.live.get() + bytes;
         self.live.set(live);
         if live > self.peak.get() {
             self.peak.set(live);
         }
+        bytes
     }
 }
 
 /// Storage: its bytes are live while any tensor that views it is.
 #[derive(Debug)]
 struct Storage {
-    bytes: u64,
+    bytes: Cell<u64>,
     c: Rc<Counter>,
 }
 
 impl Drop for Storage {
     fn drop(&mut self) {
-        self.c.live.set(self.c.live.get() - self.bytes);
+        self.c.live.set(self.c.live.get() - self.bytes.get());
     }
 }
 
@@ -140,14 +150,16 @@ impl TSim {
     #[must_use]
     pub fn alloc(&self, dims: &[usize], dt: TDt) -> Pt {
         let bytes = dims.iter().product::<usize>() as u64 * dt.size();
-        self.c.add(bytes);
+        let before = self.c.peak.get();
+        let bytes = self.c.add(bytes);
         let gid = self.c.gids.get() + 1;
         self.c.gids.set(gid);
+        self.c.last.set((gid, before));
         Pt {
             dims: dims.to_vec(),
             dt,
             storage: Rc::new(Storage {
-                bytes,
+                bytes: Cell::new(bytes),
                 c: Rc::clone(&self.c),
             }),
             imp: Rc::new(()),
@@ -159,10 +171,10 @@ impl TSim {
     /// A kernel's scratch of `bytes`.
     #[must_use]
     pub fn scratch(&self, bytes: u64) -> Scratch {
-        self.c.add(bytes);
+        let bytes = self.c.add(bytes);
         Scratch {
             _s: Storage {
-                bytes,
+                bytes: Cell::new(bytes),
                 c: Rc::clone(&self.c),
             },
         }
@@ -217,6 +229,24 @@ impl Pt {
             gid,
             ..self.view(dims)
         }
+    }
+
+    /// The kernel that made this tensor never ran (a checkpoint's recomputation stopped before
+    /// it): its bytes go, and when it was the last allocation, the high-water mark it raised.
+    pub(super) fn unmake(&self) {
+        let c = &self.storage.c;
+        let bytes = self.storage.bytes.replace(0);
+        c.live.set(c.live.get() - bytes);
+        let (gid, before) = c.last.get();
+        if gid == self.gid {
+            c.peak.set(before.max(c.live.get()));
+        }
+    }
+
+    /// From now on, until resumed, nothing this simulator makes costs anything (a
+    /// checkpoint's recomputation has what it needs and stops).
+    pub(super) fn halt(&self, on: bool) {
+        self.storage.c.halted.set(on);
     }
 
     /// The id of the gradient autograd routes to this tensor.

@@ -37,8 +37,10 @@ pub enum Edge {
     /// A buffer held from its allocation to the node's end, of so many bytes.
     Work(u64),
     /// A gradient for a parameter that already has one (tied embeddings): made, then, once the
-    /// node is done, added to the existing gradient into a new tensor that replaces both.
-    ParamAdd(Vec<usize>, TDt),
+    /// node is done, added to the existing gradient. The flag says the existing one is a tensor
+    /// of its own (the f32 gradient autocast's cast hands back), which takes the sum in place;
+    /// else it is a view of its product, and the sum is a new tensor that replaces both.
+    ParamAdd(Vec<usize>, TDt, bool),
     /// A gradient the engine reduces to a broadcast input's shape (`sum_to`, a bias) after the
     /// node's function returns: after a recomputed node has let go of its saved tensors.
     Reduced(Box<Edge>),
@@ -51,6 +53,9 @@ struct Node {
     /// Its saved tensors came from a checkpoint's recomputation: the node holds them only
     /// while its function runs.
     recomputed: bool,
+    /// It saves tensors: in a checkpointed region, the first such node to run has the region
+    /// recomputed (the checkpoint's unpack hook).
+    saves: bool,
 }
 
 /// How nodes are recorded.
@@ -74,6 +79,8 @@ pub type Recompute<'a> = Box<dyn Fn(&Tape<'a>) -> Pt + 'a>;
 struct Region<'a> {
     start: usize,
     end: usize,
+    /// Its nodes that save tensors: the recomputation stops once the last has saved.
+    saving: usize,
     recompute: Option<(Recompute<'a>, Pt)>,
     recomputed: bool,
 }
@@ -94,6 +101,8 @@ pub struct Tape<'a> {
     cast_cache: RefCell<Vec<Pt>>,
     /// transformers' gradient checkpointing: each layer a checkpointed region.
     checkpointing: bool,
+    /// While a region is recomputed: its nodes still to save.
+    to_save: std::cell::Cell<usize>,
 }
 
 impl<'a> Tape<'a> {
@@ -155,6 +164,7 @@ impl<'a> Tape<'a> {
 
     /// Records the node that made `out`: its backward's edges, and the tensors it saves.
     pub fn node(&self, out: &Pt, edges: Vec<Edge>, saved: &[&Pt]) {
+        let saves = !saved.is_empty();
         let saved = saved.iter().map(|t| (*t).clone()).collect();
         match self.mode.get() {
             Mode::Record => self.nodes.borrow_mut().push(Node {
@@ -162,15 +172,42 @@ impl<'a> Tape<'a> {
                 edges,
                 saved,
                 recomputed: false,
+                saves,
             }),
             Mode::Discard => self.nodes.borrow_mut().push(Node {
                 out: out.gid(),
                 edges,
                 saved: Vec::new(),
                 recomputed: true,
+                saves,
             }),
-            Mode::Recompute => self.recomputed.borrow_mut().push(saved),
+            Mode::Recompute => {
+                self.recomputed.borrow_mut().push(saved);
+                if saves {
+                    self.stop_after_last_save(out);
+                }
+            }
         }
+    }
+
+    /// In a recomputation, a node that saves has just been recorded: when it is the region's
+    /// last, the checkpoint's pack hook stops the recomputation there. A node saving only its
+    /// inputs is recorded before its kernel runs, so its output is never made.
+    fn stop_after_last_save(&self, out: &Pt) {
+        let left = self.to_save.get().saturating_sub(1);
+        self.to_save.set(left);
+        if left > 0 {
+            return;
+        }
+        let inputs_only = self
+            .recomputed
+            .borrow()
+            .last()
+            .is_some_and(|saved| saved.iter().all(|t| t.gid() < out.gid()));
+        if inputs_only {
+            out.unmake();
+        }
+        out.halt(true);
     }
 
     /// `torch.utils.checkpoint` (non-reentrant, as transformers enables it) around `f` on
@@ -184,9 +221,14 @@ impl<'a> Tape<'a> {
         let out = f(self);
         self.mode.set(Mode::Record);
         let end = self.nodes.borrow().len();
+        let saving = self.nodes.borrow()[start..]
+            .iter()
+            .filter(|n| n.saves)
+            .count();
         self.regions.borrow_mut().push(Region {
             start,
             end,
+            saving,
             recompute: Some((f, rng_state)),
             recomputed: false,
         });
@@ -203,18 +245,23 @@ impl<'a> Tape<'a> {
         }
     }
 
-    /// Recomputes the region ending at node `end` (exclusive) if it has one not yet run: the
-    /// saved tensors go to the region's nodes still on the tape.
-    fn recompute_before(&self, end: usize) {
+    /// Before node `at` runs: when it is the first node of its checkpointed region to unpack a
+    /// saved tensor, the region is recomputed, and the saved tensors go to the region's nodes
+    /// still on the tape (a node that saves nothing, such as a residual add, runs before).
+    fn recompute_before(&self, at: usize) {
+        if !self.nodes.borrow().get(at).is_some_and(|n| n.saves) {
+            return;
+        }
         let mut regions = self.regions.borrow_mut();
         let Some(region) = regions
             .iter_mut()
-            .find(|r| r.end == end && !r.recomputed && r.start < r.end)
+            .find(|r| r.start <= at && at < r.end && !r.recomputed)
         else {
             return;
         };
         region.recomputed = true;
         let start = region.start;
+        self.to_save.set(region.saving);
         // Taken out while it runs (it records on this tape), then put back: it holds the
         // region's input until the region's backward is done.
         let Some(taken) = region.recompute.take() else {
@@ -226,6 +273,7 @@ impl<'a> Tape<'a> {
         self.mode.set(Mode::Recompute);
         let out = (taken.0)(self);
         self.mode.set(Mode::Record);
+        forked.halt(false);
         drop(forked);
         drop(out);
         self.end_autocast();
@@ -256,6 +304,16 @@ impl<'a> Tape<'a> {
         drop(done);
     }
 
+    /// An input of an op on autocast's lower-precision list (sdpa, the linears): cast to the
+    /// low type under autocast (a node like any cast), else itself.
+    #[must_use]
+    pub fn lower(&self, x: &Pt) -> Pt {
+        match self.autocast {
+            Some(low) => self.cast(x, low),
+            None => x.clone(),
+        }
+    }
+
     /// Whether the forward runs under autocast.
     #[must_use]
     pub fn autocast_on(&self) -> bool {
@@ -274,7 +332,7 @@ impl<'a> Tape<'a> {
     }
 
     /// `loss.backward()`: the seed (`ones_like(loss)`) and every node from the last; returns
-    /// the parameters' gradients.
+    /// the parameters' gradients, in the order the forward first used the parameters.
     #[must_use]
     pub fn backward(&self, sim: &TSim, loss: &Pt) -> Vec<Pt> {
         let mut grads: HashMap<usize, Pt> = HashMap::new();
@@ -285,7 +343,7 @@ impl<'a> Tape<'a> {
             if index == 0 {
                 break;
             }
-            self.recompute_before(index);
+            self.recompute_before(index - 1);
             let Some(mut node) = self.nodes.borrow_mut().pop() else {
                 break;
             };
@@ -304,10 +362,12 @@ impl<'a> Tape<'a> {
                     outs.push((*of, grad));
                 }
                 Edge::Work(bytes) => work.push(sim.scratch(*bytes)),
-                Edge::ParamAdd(dims, dt) => added.push(sim.alloc(dims, *dt)),
+                Edge::ParamAdd(dims, dt, in_place) => {
+                    added.push((sim.alloc(dims, *dt), *in_place));
+                }
                 Edge::Pass(of) => outs.push((*of, incoming.clone())),
                 Edge::Copy(of) => outs.push((*of, incoming.like())),
-                Edge::Param(dims, dt) => params.push(sim.alloc(dims, *dt)),
+                Edge::Param(dims, dt) => params.push(((index, params.len()), sim.alloc(dims, *dt))),
                 Edge::Temp(bytes) => drop(sim.scratch(*bytes)),
                 Edge::Reduced(_) => {}
             };
@@ -326,12 +386,15 @@ impl<'a> Tape<'a> {
             drop(incoming);
             drop(node);
             self.release_region(index - 1);
-            // A second gradient for a parameter meets the first in the engine's input buffer
-            // once the node is done: the first (a view of its product) cannot take it in place,
-            // so `old + new` is a new tensor, which replaces both.
-            for new in added {
-                let sum = new.like();
-                drop((new, sum));
+            // A second gradient for a parameter meets the first once the node is done: a view
+            // of its product cannot take it in place, so `old + new` is a new tensor, which
+            // replaces both.
+            for (new, in_place) in added {
+                if !in_place {
+                    let sum = new.like();
+                    drop(sum);
+                }
+                drop(new);
             }
             for (of, grad) in outs {
                 let merged = match grads.remove(&of) {
@@ -349,7 +412,10 @@ impl<'a> Tape<'a> {
         }
         self.held.borrow_mut().clear();
         self.regions.borrow_mut().clear();
-        params
+        // The optimizer walks `model.parameters()`: their order in the forward (each node's,
+        // then within it).
+        params.sort_by_key(|(at, _)| *at);
+        params.into_iter().map(|(_, grad)| grad).collect()
     }
 }
 
@@ -366,8 +432,10 @@ pub enum Optim {
 /// is the default only when every parameter is on CUDA). The state is created on the first
 /// step and kept: `AdamW`'s `step` (a float32 scalar), `exp_avg` and `exp_avg_sq` (like each parameter), SGD's momentum
 /// buffer (a clone of the gradient). `AdamW`'s denominator `(exp_avg_sq.sqrt() / c).add_(eps)`
-/// holds two tensors like the parameter while one parameter is updated; SGD updates in place.
-/// `params` are the parameters' dims and type, in the model's order; returns the state.
+/// holds two tensors like the parameter while one parameter is updated, beside the previous
+/// parameter's; SGD updates in place. `params` are the parameters' dims and type, in the order
+/// the forward uses them (`model.parameters()`'s but for where a module registers a parameter
+/// before one its forward uses first, such as a decoder layer's norms); returns the state.
 #[must_use]
 pub fn optimizer_step(
     sim: &TSim,
@@ -387,12 +455,20 @@ pub fn optimizer_step(
         }
     }
     if optim == Optim::AdamW {
+        // `denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)`: the square root,
+        // the division (its divisor wrapped in an 8-byte scalar and cast to a 4-byte one while
+        // it runs), then the root goes; the previous parameter's `denom` goes only when the
+        // name is bound again.
+        let mut denom = None;
         for (dims, dt) in params {
             let sqrt = sim.alloc(dims, *dt);
-            let denom = sim.alloc(dims, *dt);
-            drop(sqrt);
-            drop(denom);
+            let wrapped = sim.alloc(&[], TDt::I64);
+            let divisor = sim.alloc(&[], TDt::F32);
+            let quotient = sim.alloc(dims, *dt);
+            drop((divisor, wrapped, sqrt));
+            denom = Some(quotient);
         }
+        drop(denom);
     }
     state
 }
@@ -659,6 +735,22 @@ fn heads_merged(tape: &Tape<'_>, out: &Pt, (b, heads, s): (usize, usize, usize))
 #[must_use]
 pub fn linear_mm(tape: &Tape<'_>, x: &Pt, out: usize) -> Pt {
     let inp = x.dims[x.dims.len() - 1];
+    if let Some(low) = tape.autocast {
+        // Under autocast: the weight cast (cached), then the input (unless already `low`);
+        // `mm` saves both casts, and the gradients go back through them.
+        let w = tape.cast_param(&[out, inp], low, x);
+        let xl = tape.cast(x, low);
+        let y = xl.linear(out);
+        tape.node(
+            &y,
+            vec![
+                Tape::grad_of(&w),
+                Edge::NewView(xl.gid(), xl.dims.clone(), low),
+            ],
+            &[&xl, &w],
+        );
+        return y;
+    }
     let y = x.linear(out);
     tape.node(
         &y,
@@ -734,19 +826,44 @@ pub fn rms_norm(tape: &Tape<'_>, x: &Pt) -> Pt {
         &[&x32, &inv],
     );
     drop((x32, inv));
+    // `weight * hidden.to(input_dtype)`: the f32 `hidden` lives until the norm returns.
     let back = tape.cast(&scaled, x.dt);
-    drop(scaled);
-    let out = back.like();
-    tape.node(
-        &out,
-        vec![
-            Edge::Work(full(&back)),
-            Tape::grad_of(&back),
-            Edge::Reduced(Box::new(Edge::Param(vec![h], x.dt))),
-        ],
-        &[&back],
-    );
-    drop((back, variance));
+    // The weight is f32 under autocast: a low-precision input meets it in f32 (a widened copy
+    // while the product is made, the product f32). The backward then makes the input's f32
+    // gradient (grad · weight), the weight's full one over a widened copy of the input, reduces
+    // the latter, and the engine casts the former back to the input's type.
+    let weight_dt = if tape.autocast_on() { TDt::F32 } else { x.dt };
+    let out = if back.dt == weight_dt {
+        let out = back.like();
+        tape.node(
+            &out,
+            vec![
+                Edge::Work(full(&back)),
+                Tape::grad_of(&back),
+                Edge::Reduced(Box::new(Edge::Param(vec![h], weight_dt))),
+            ],
+            &[&back],
+        );
+        out
+    } else {
+        let widened = back.new(&back.dims, weight_dt);
+        let out = back.new(&back.dims, weight_dt);
+        drop(widened);
+        let wide = full(&out);
+        tape.node(
+            &out,
+            vec![
+                Edge::Work(wide),
+                Edge::Work(wide),
+                Edge::Temp(wide),
+                Edge::Reduced(Box::new(Edge::Param(vec![h], weight_dt))),
+                Edge::Reduced(Box::new(Tape::grad_of(&back))),
+            ],
+            &[&back],
+        );
+        out
+    };
+    drop((back, scaled, variance));
     out
 }
 
@@ -755,8 +872,24 @@ pub fn rms_norm(tape: &Tape<'_>, x: &Pt) -> Pt {
 /// in), negates the second, concatenates (its backward: slices of the gradient).
 #[must_use]
 pub fn rotate(tape: &Tape<'_>, x: &Pt, cos: &Pt, sin: &Pt) -> Pt {
-    let with_cos = x.like();
-    tape.node(&with_cos, vec![Tape::grad_of(x)], &[cos]);
+    // `t * table`, saving the table. Under autocast a low-precision `t` meets the f32 tables:
+    // the CPU's TensorIterator casts `t` to f32 for the product (a copy while it runs), the
+    // product is f32, and the backward's f32 gradient is cast back to `t`'s type (the engine
+    // makes the cast, and the f32 one goes when the node ends).
+    let product = |t: &Pt, table: &Pt| {
+        if t.dt == table.dt {
+            let y = t.like();
+            tape.node(&y, vec![Tape::grad_of(t)], &[table]);
+            return y;
+        }
+        let widened = t.new(&t.dims, table.dt);
+        let y = t.new(&t.dims, table.dt);
+        drop(widened);
+        let wide_grad = t.elems() as u64 * table.dt.size();
+        tape.node(&y, vec![Edge::Work(wide_grad), Tape::grad_of(t)], &[table]);
+        y
+    };
+    let with_cos = product(x, cos);
     let with_sin = {
         let rotated = {
             let mut half = x.dims.clone();
@@ -775,9 +908,7 @@ pub fn rotate(tape: &Tape<'_>, x: &Pt, cos: &Pt, sin: &Pt) -> Pt {
             );
             cat
         };
-        let product = rotated.like();
-        tape.node(&product, vec![Tape::grad_of(&rotated)], &[sin]);
-        product
+        product(&rotated, sin)
     };
     let out = with_cos.like();
     tape.node(
@@ -789,14 +920,21 @@ pub fn rotate(tape: &Tape<'_>, x: &Pt, cos: &Pt, sin: &Pt) -> Pt {
 }
 
 /// The CPU flash kernel with autograd on `(b, heads, s, d)` query and `(b, kv_heads, s, d)`
-/// keys and values (causal): the output `(b, s, heads, d)` and log-sum-exp (both saved with q, k
+/// keys and values (causal, or under `mask`): the output `(b, s, heads, d)` and log-sum-exp (both saved with q, k
 /// and v) and the forward's per-thread scratch; the backward makes q's, k's and v's gradients,
 /// then holds its per-thread blocks (attention and its gradient, in f32, and in the input type
 /// for bf16/f16) and a row sum.
 #[must_use]
-pub fn flash_attention(tape: &Tape<'_>, (q, k, v): (&Pt, &Pt, &Pt), threads: usize) -> Pt {
+pub fn flash_attention(
+    tape: &Tape<'_>,
+    (q, k, v): (&Pt, &Pt, &Pt),
+    mask: Option<&Pt>,
+    threads: usize,
+) -> Pt {
     let (b, heads, s, d) = (q.dims[0], q.dims[1], q.dims[2], q.dims[3]);
     let kv_len = k.dims[2];
+    // A bool mask becomes an additive one in q's type (`where`), saved with the rest.
+    let additive = mask.map(|m| q.new(&m.dims, q.dt));
     let out = q.new(&[b, s, heads, d], q.dt);
     let lse = q.new(&[b, heads, s], TDt::F32);
     drop(super::torch_sim::flash_forward_scratch(
@@ -817,7 +955,9 @@ pub fn flash_attention(tape: &Tape<'_>, (q, k, v): (&Pt, &Pt, &Pt), threads: usi
         edges.push(Edge::Work(block * q.dt.size()));
     }
     edges.push(Edge::Work(q_split as u64 * TDt::F32.size()));
-    tape.node(&out, edges, &[q, k, v, &out, &lse]);
+    let mut saved = vec![q, k, v, &out, &lse];
+    saved.extend(additive.as_ref());
+    tape.node(&out, edges, &saved);
     out
 }
 

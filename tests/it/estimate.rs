@@ -796,10 +796,10 @@ fn explain_with_a_model_answers_a_pytorch_message_with_pytorchs_figures() {
     assert!(!out.stdout.windows(8).any(|w| w == b"no_grad("));
 }
 
-/// A decoder's training line names each setting: the modelled ones with their batch, the ones
-/// not modelled yet (amp for the decoders) as such, never a blank or a guess.
+/// A decoder's training line gives each setting its batch (amp-bf16 and checkpointing
+/// included), each by the estimate of that setting.
 #[test]
-fn explain_names_the_training_settings_it_does_not_model() {
+fn explain_gives_a_decoder_every_training_setting() {
     let cache = TempDir::new("explain-torch-decoder");
     let classic = "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 23.58 GiB total capacity; 9.00 GiB already allocated; 1.50 GiB free; 9.50 GiB reserved in total by PyTorch)";
     let out = oomlab(
@@ -822,9 +822,18 @@ fn explain_names_the_training_settings_it_does_not_model() {
     let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let trains = e["largest_batch"]["torch"]["train"].as_array().unwrap();
     assert_eq!(trains.len(), 4);
-    let f32_batch = trains[0]["batch"].as_u64().unwrap();
-    assert!(trains[0]["not_modelled"].is_null());
-    assert!(trains[2]["not_modelled"].as_str().unwrap().contains("amp"));
+    let batches: Vec<u64> = trains
+        .iter()
+        .map(|t| {
+            assert!(t["not_modelled"].is_null(), "{t}");
+            t["batch"].as_u64().unwrap()
+        })
+        .collect();
+    // Checkpointing keeps fewer activations: never a smaller batch.
+    assert!(
+        batches[1] >= batches[0] && batches[3] >= batches[2],
+        "{batches:?}"
+    );
     let line = e["advice"]
         .as_array()
         .unwrap()
@@ -832,9 +841,39 @@ fn explain_names_the_training_settings_it_does_not_model() {
         .filter_map(|a| a.as_str())
         .find(|a| a.starts_with("for training with AdamW"))
         .unwrap();
-    assert!(line.contains(&format!(": f32 {f32_batch}, ")), "{line}");
     assert!(
-        line.contains("amp-bf16 (`bf16=True`) not modelled yet"),
+        line.contains(&format!(
+            ": f32 {}, f32 with gradient checkpointing {}, amp-bf16 (`bf16=True`) {}, amp-bf16 (`bf16=True`) with gradient checkpointing {} — ",
+            batches[0], batches[1], batches[2], batches[3]
+        )),
         "{line}"
     );
+    // Each is the estimate's own: `oomlab estimate` agrees on amp-bf16's.
+    let est = oomlab(
+        &cache,
+        &[
+            "estimate",
+            "--runtime",
+            "torch",
+            "--workload",
+            "train",
+            "--model",
+            "SmolLM2-135M",
+            "--seq",
+            "1024",
+            "--dtype",
+            "amp-bf16",
+            "--capacity",
+            "23.58GiB",
+            "--json",
+        ],
+    );
+    let row: serde_json::Value = serde_json::from_slice(
+        est.stdout
+            .split(|c| *c == b'\n')
+            .find(|l| !l.is_empty())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(row["max_batch"].as_u64(), Some(batches[2]), "{row}");
 }

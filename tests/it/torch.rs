@@ -632,6 +632,9 @@ fn the_pytorch_estimator_pins_the_batch_slope_to_the_byte() {
         ("tiny-qwen2", "20", "bf16", "sdpa", "infer"),
         ("tiny-qwen3", "24", "f32", "sdpa", "infer"),
         ("tiny-mistral", "3", "bf16", "sdpa", "infer"),
+        // Past its window (4): the sliding-window mask, and `repeat_kv` for the masked kernel.
+        ("tiny-mistral", "16", "bf16", "sdpa", "infer"),
+        ("tiny-mistral", "12", "f32", "sdpa", "grad"),
         ("tiny-llama", "24", "f32", "sdpa", "grad"),
         ("tiny-qwen3", "20", "bf16", "sdpa", "grad"),
         ("tiny-distilbert", "24", "bf16", "sdpa", "infer"),
@@ -664,7 +667,7 @@ fn the_pytorch_estimator_pins_the_batch_slope_to_the_byte() {
 /// torch runtime: the batch slope to the byte and the total within 1%, where the backward sets
 /// the peak (tiny BERT with its dropouts on: f32, bf16 with SGD, amp-bf16, and with gradient
 /// checkpointing, and eager attention; tiny `DistilBERT` with its dropouts on; the tiny Llama,
-/// Qwen2 and Qwen3 configs) and
+/// Qwen2 and Qwen3 configs, amp-bf16 and checkpointed; tiny Mistral past its window) and
 /// where the backward or the optimizer step may (bert-mini at seq 128).
 #[test]
 fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
@@ -720,6 +723,22 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
         (("bert-mini", "128", "f32", "sdpa", "train"), "8,16", &[]),
         ((distil.as_str(), "24", "f32", "sdpa", "train"), "1,3", &[]),
         (("tiny-llama", "24", "f32", "sdpa", "train"), "1,3", &[]),
+        (
+            ("tiny-llama", "24", "amp-bf16", "sdpa", "train"),
+            "1,3",
+            &[],
+        ),
+        (
+            ("tiny-qwen3", "24", "amp-bf16", "sdpa", "train"),
+            "1,3",
+            ckpt,
+        ),
+        (("tiny-mistral", "12", "f32", "sdpa", "train"), "2,3", &[]),
+        (
+            ("tiny-mistral", "16", "amp-bf16", "sdpa", "train"),
+            "1,2",
+            ckpt,
+        ),
         (("tiny-qwen2", "20", "bf16", "sdpa", "train"), "2,4", sgd),
         (("tiny-llama", "24", "f32", "sdpa", "train"), "2,3", ckpt),
         (("tiny-qwen3", "24", "f32", "sdpa", "train"), "1,3", &[]),
