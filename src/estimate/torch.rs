@@ -383,12 +383,12 @@ mod tests {
                 Attn::Sdpa,
             ),
             at(
-                "tiny-bert",
+                "tiny-distilbert",
                 1,
                 Precision::F32,
                 Workload::Train,
                 Task::SequenceClassification,
-                Attn::Sdpa,
+                Attn::Eager,
             ),
             at(
                 "bert-tiny",
@@ -415,11 +415,11 @@ mod tests {
                 Attn::Sdpa,
             ),
             at(
-                "tiny-llama",
+                "tiny-distilbert",
                 1,
                 Precision::F32,
                 Workload::Infer,
-                Task::CausalLm,
+                Task::Base,
                 Attn::Eager,
             ),
         ];

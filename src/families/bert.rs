@@ -478,7 +478,8 @@ pub(super) fn torch_bert_forward(
 /// PyTorch: the forward of a training step, `BertForSequenceClassification` in train mode with
 /// autograd on the CPU (transformers 5), recording each op's node on `tape`; returns the loss
 /// (what the step keeps of the output). Dropout is on where the config's probability is above
-/// 0, and attention dropout sends sdpa to PyTorch's math kernel.
+/// 0; attention dropout sends sdpa to PyTorch's math kernel, and without it sdpa runs the CPU
+/// flash kernel.
 pub(super) fn torch_bert_train_forward<'a>(
     r: &'a TorchRun<'a>,
     ids: &Pt,
@@ -490,11 +491,6 @@ pub(super) fn torch_bert_train_forward<'a>(
     let drop_on = r.d.dropout;
     if r.head != Head::SequenceClassification {
         return Err("a BERT training step is modelled with the sequence-classification head");
-    }
-    if !r.eager && !drop_on.attention {
-        return Err(
-            "a BERT training step with sdpa is modelled with attention dropout on (the config's default; eager attention is modelled either way)",
-        );
     }
     let sim = r.sim;
     let embedding_output = if positions == Positions::FromIds {
@@ -621,7 +617,8 @@ pub(super) fn torch_bert_train_forward<'a>(
     Ok(tt::cross_entropy(tape, &logits, labels))
 }
 
-/// One `BertLayer` in train mode with autograd (sdpa's math kernel with dropout), on `hidden`.
+/// One `BertLayer` in train mode with autograd (sdpa's math kernel with attention dropout, its
+/// flash kernel without), on `hidden`.
 fn bert_train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, hidden: &Pt) -> Pt {
     let (h, n) = (r.d.hidden, r.d.heads);
     let drop_on = r.d.dropout;
@@ -637,8 +634,10 @@ fn bert_train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, hidden: &Pt) -> Pt {
                     tt::eager_attention(tape, (&q, &k, &v), n, drop_on.attention);
                 held_weights = Some(weights);
                 context
-            } else {
+            } else if drop_on.attention {
                 tt::attention_context(tape, (&q, &k, &v), n)
+            } else {
+                tt::flash_context(tape, (&q, &k, &v), n, r.threads)
             }
         };
         let dense = tt::linear(tape, &context, h, true);

@@ -323,7 +323,8 @@ fn torch_forward(r: &TorchRun<'_>, ids: &Pt) -> std::result::Result<Vec<Pt>, &'s
 /// PyTorch: the forward of a training step, `DistilBertForSequenceClassification` in train mode
 /// with autograd on the CPU (transformers 5), recording each op's node on `tape`; returns the
 /// loss. The embeddings (word and position, `LayerNorm`, dropout); each `TransformerBlock`
-/// (q, k, v, sdpa's math kernel with attention dropout, `out_lin`, `sa_layer_norm` of the sum,
+/// (q, k, v, sdpa's math kernel with attention dropout or its flash kernel without, `out_lin`,
+/// `sa_layer_norm` of the sum,
 /// the FFN with its dropout, `output_layer_norm`); the first token through `pre_classifier`,
 /// `ReLU` (saving its output), dropout and the classifier; cross-entropy.
 fn torch_train_forward<'a>(
@@ -335,10 +336,8 @@ fn torch_train_forward<'a>(
     if r.head != Head::SequenceClassification {
         return Err("a DistilBERT training step is modelled with the sequence-classification head");
     }
-    if r.eager || !r.d.dropout.attention {
-        return Err(
-            "a DistilBERT training step is modelled with sdpa and attention dropout on (the config's default)",
-        );
+    if r.eager {
+        return Err("eager attention is not modelled yet for DistilBERT (sdpa is)");
     }
     let (b, s, width) = (r.b, r.s, r.d.hidden);
     let sim = r.sim;
@@ -394,7 +393,11 @@ fn train_block(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt) -> Pt {
             let q = tt::linear(tape, x, width, true);
             let k = tt::linear(tape, x, width, true);
             let v = tt::linear(tape, x, width, true);
-            let context = tt::attention_context(tape, (&q, &k, &v), heads);
+            let context = if r.d.dropout.attention {
+                tt::attention_context(tape, (&q, &k, &v), heads)
+            } else {
+                tt::flash_context(tape, (&q, &k, &v), heads, r.threads)
+            };
             tt::linear(tape, &context, width, true)
         };
         let sum = tt::add(tape, &attention, x);

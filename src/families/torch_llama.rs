@@ -127,62 +127,151 @@ fn window_tensors(r: &TorchRun<'_>) -> Vec<Pt> {
         .collect()
 }
 
-/// transformers' `create_causal_mask` (or `create_sliding_window_causal_mask`) for sdpa with the
-/// all-ones attention mask: below the window (or without one) it reads the mask
-/// (`fast_all`) and builds none, sdpa then runs causal; from Mistral's `sliding_window` on, it
-/// builds the `(b, 1, s, s)` bool mask by broadcasting (`sdpa_mask`: the aranges, the window
-/// and causal conditions over `(s, s)`, each `&` a new tensor, then the padding gathered per
-/// batch row), which the model keeps to its end.
+/// transformers' `create_causal_mask` (or `create_sliding_window_causal_mask`) with the all-ones
+/// attention mask. For sdpa below the window (or without one) it reads the mask (`fast_all`)
+/// and builds none: sdpa runs causal. From Mistral's `sliding_window` on, and always for eager
+/// attention, `sdpa_mask` builds the `(b, 1, s, s)` bool mask by broadcasting (the aranges; the
+/// window and causal conditions over `(s, s)`, each `&` a new tensor; the padding gathered per
+/// batch row). Eager's `eager_mask` turns it into an additive mask in the model's type
+/// (`where`). The model keeps the mask to its end.
 fn causal_mask(r: &TorchRun<'_>) -> Option<Pt> {
     let (b, s, sim) = (r.b, r.s, r.sim);
     let window = r.d.sliding_window;
+    let windowed = window > 0 && s >= window;
     let padding = sim.alloc(&[b, s], TDt::Bool);
-    if window == 0 || s < window {
+    if !windowed && !r.eager {
         let _sum = sim.alloc(&[], TDt::I64);
         let _as_long = sim.alloc(&[b, s], TDt::I64);
         return None;
     }
-    let batch_arange = sim.alloc(&[b], TDt::I64);
-    let head_arange = sim.alloc(&[1], TDt::I64);
-    // `torch.arange(length) + offset`
-    let index = || {
-        let _arange = sim.alloc(&[s], TDt::I64);
-        sim.alloc(&[s], TDt::I64)
-    };
-    let (q_index, kv_index) = (index(), index());
-    let square = || sim.alloc(&[1, 1, s, s], TDt::Bool);
-    // and_masks(and_masks(window, causal), padding): each starts from a one-element `True`.
-    let all = sim.alloc(&[], TDt::Bool);
-    let sliding = {
-        let start = sim.alloc(&[], TDt::Bool);
-        let within = {
-            let _shifted = sim.alloc(&[1, 1, s, 1], TDt::I64);
+    let mask = {
+        let batch_arange = sim.alloc(&[b], TDt::I64);
+        let head_arange = sim.alloc(&[1], TDt::I64);
+        // `torch.arange(length) + offset`
+        let index = || {
+            let _arange = sim.alloc(&[s], TDt::I64);
+            sim.alloc(&[s], TDt::I64)
+        };
+        let (q_index, kv_index) = (index(), index());
+        let square = || sim.alloc(&[1, 1, s, s], TDt::Bool);
+        // and_masks(pattern, padding) starts from a one-element `True`; the window's pattern is
+        // and_masks(window, causal), which starts from its own.
+        let all = sim.alloc(&[], TDt::Bool);
+        let pattern = if windowed {
+            let start = sim.alloc(&[], TDt::Bool);
+            let within = {
+                let _shifted = sim.alloc(&[1, 1, s, 1], TDt::I64);
+                square()
+            };
+            let windowed = square();
+            drop((within, start));
+            let causal = square();
+            let both = square();
+            drop((windowed, causal));
+            both
+        } else {
             square()
         };
-        let windowed = square();
-        drop((within, start));
-        let causal = square();
-        let both = square();
-        drop((windowed, causal));
-        both
+        let combined = square();
+        drop((pattern, all));
+        let padded = sim.alloc(&[b, 1, 1, s], TDt::Bool);
+        let mask = sim.alloc(&[b, 1, s, s], TDt::Bool);
+        drop((padded, combined));
+        drop((batch_arange, head_arange, q_index, kv_index));
+        mask
     };
-    let combined = square();
-    drop((sliding, all));
-    let padded = sim.alloc(&[b, 1, 1, s], TDt::Bool);
-    let mask = sim.alloc(&[b, 1, s, s], TDt::Bool);
-    drop((padded, combined));
-    drop((batch_arange, head_arange, q_index, kv_index, padding));
+    if r.eager {
+        let additive = mask.new(&mask.dims, r.dt);
+        drop((mask, padding));
+        return Some(additive);
+    }
+    drop(padding);
     Some(mask)
+}
+
+/// sdpa for the decoders (infer and grad): the flash kernel, causal, or under a mask (Mistral
+/// past its window), where sdpa takes no `enable_gqa`: `repeat_kv` copies the keys and values
+/// out to every head, and the kernel gets the mask as an additive one in the query's type
+/// (`where`), which autograd saves with the rest. Returns the `(b, s, heads, d)` context.
+fn sdpa(r: &TorchRun<'_>, (query, keys, values): (&Pt, &Pt, &Pt), mask: Option<&Pt>) -> Pt {
+    let (b, s, heads, hd) = (r.b, r.s, r.d.heads, r.d.head_dim());
+    let (keys, values) = match mask {
+        Some(_) if r.d.kv_heads < heads => (
+            keys.new(&[b, heads, s, hd], keys.dt),
+            values.new(&[b, heads, s, hd], values.dt),
+        ),
+        _ => (keys.clone(), values.clone()),
+    };
+    let additive = mask.map(|m| m.new(&m.dims, query.dt));
+    let context = flash_attention(r, (query, &keys, &values), heads, s, s, hd);
+    if let Some(additive) = &additive {
+        r.keep(additive);
+    }
+    drop((additive, keys, values));
+    context
+}
+
+/// transformers' `eager_attention_forward` for the decoders (infer and grad) on the rotated
+/// `query` (heads-major over the projection's layout) and the cache's keys and values, under
+/// the additive `mask`: `repeat_kv` copies the keys and values out to every head; `matmul`
+/// copies the query for `bmm` (saving the copy and the keys), times the scale, plus the mask,
+/// softmax in f32 (saving its output) cast back to the query's type, `matmul` with the values
+/// (saving both), then `transpose(1, 2).contiguous()`, which `o_proj` saves. Returns the
+/// `(b, s, heads, d)` context and the weights, which the layer holds (`_`) to its end.
+fn eager_attention(
+    r: &TorchRun<'_>,
+    (query, keys, values): (&Pt, &Pt, &Pt),
+    mask: &Pt,
+) -> (Pt, Pt) {
+    let (b, s, heads, hd) = (r.b, r.s, r.d.heads, r.d.head_dim());
+    let repeat = |t: &Pt| {
+        if r.d.kv_heads < heads {
+            t.new(&[b, heads, s, hd], t.dt)
+        } else {
+            t.clone()
+        }
+    };
+    let (keys, values) = (repeat(keys), repeat(values));
+    let scores = {
+        // Folding (b, heads) of the query's layout takes a copy, except at batch 1.
+        let q_rows = if b > 1 { query.copy() } else { query.clone() };
+        r.keep(&q_rows);
+        r.keep(&keys);
+        query.new(&[b, heads, s, s], query.dt)
+    };
+    // `* scaling`: the Python float wrapped in an 8-byte scalar the product saves.
+    let scaled = {
+        let scaling = query.new(&[], TDt::I64);
+        r.keep(&scaling);
+        scores.like()
+    };
+    drop(scores);
+    let masked = scaled.like();
+    drop((scaled, mask.clone()));
+    // `softmax(dtype=float32)` casts a bf16/f16 input to f32 first.
+    let probs = {
+        let widened = (masked.dt != TDt::F32).then(|| masked.new(&masked.dims, TDt::F32));
+        let probs32 = masked.new(&masked.dims, TDt::F32);
+        drop(widened);
+        r.keep(&probs32);
+        probs32.to(query.dt)
+    };
+    drop(masked);
+    let out = {
+        r.keep(&probs);
+        r.keep(&values);
+        query.new(&[b, heads, s, hd], query.dt)
+    };
+    let context = query.new(&[b, s, heads, hd], query.dt);
+    // `o_proj` saves it (the flash kernel's output is saved by the kernel itself).
+    r.keep(&context);
+    drop((out, keys, values));
+    (context, probs)
 }
 
 /// One forward of `…ForCausalLM` with a `DynamicCache` (`use_cache` is on by default), logits for
 /// every position. Returns the logits and the cache.
 pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt>, &'static str> {
-    if r.eager {
-        return Err(
-            "eager attention with its causal mask is not modelled yet for decoders (sdpa is)",
-        );
-    }
     if r.head != Head::CausalLm {
         return Err("only the causal-lm head is modelled for decoders");
     }
@@ -210,7 +299,7 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
                 let normed = rms_norm(r, &hidden);
                 // q, k and v save their input.
                 r.keep(&normed);
-                let attn = {
+                let (attn, _weights) = {
                     let project = |out: usize, count: usize| {
                         let projected = normed.linear(out);
                         if shape.qk_norm {
@@ -240,27 +329,18 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
                     drop(value);
                     cache.push(keys.clone());
                     cache.push(values.clone());
-                    // With a mask, sdpa takes no `enable_gqa`: `repeat_kv` copies the keys and
-                    // values out to every head; the kernel gets the mask as an additive one in
-                    // the query's type (`where`), which autograd saves with the rest.
-                    let (keys_in, values_in) = match &mask {
-                        Some(_) if kvh < heads => (
-                            keys.new(&[b, heads, s, hd], keys.dt),
-                            values.new(&[b, heads, s, hd], values.dt),
-                        ),
-                        _ => (keys.clone(), values.clone()),
+                    let (context, weights) = match &mask {
+                        Some(mask) if r.eager => {
+                            let (context, weights) =
+                                eager_attention(r, (&query, &keys, &values), mask);
+                            (context, Some(weights))
+                        }
+                        _ => (sdpa(r, (&query, &keys, &values), mask.as_ref()), None),
                     };
-                    let additive = mask.as_ref().map(|m| m.new(&m.dims, query.dt));
-                    let context =
-                        flash_attention(r, (&query, &keys_in, &values_in), heads, s, s, hd);
-                    if let Some(additive) = &additive {
-                        r.keep(additive);
-                    }
-                    drop((additive, keys_in, values_in));
                     let projected = context.view(&[b, s, heads * hd]).linear(width);
                     drop(context);
                     drop(query);
-                    projected
+                    (projected, weights)
                 };
                 drop(normed);
                 let hidden = {
@@ -323,11 +403,6 @@ pub(super) fn train_forward<'a>(
     tape: &Tape<'a>,
     shape: Shape,
 ) -> Result<Pt, &'static str> {
-    if r.eager {
-        return Err(
-            "eager attention with its causal mask is not modelled yet for decoders (sdpa is)",
-        );
-    }
     if r.head != Head::CausalLm {
         return Err("only the causal-lm head is modelled for decoders");
     }
@@ -377,10 +452,9 @@ pub(super) fn train_forward<'a>(
                 }),
             );
         }
-        drop((cos, sin, position_ids, mask));
         let normed = tt::rms_norm(tape, &hidden);
-        drop(hidden);
-        drop(inputs_embeds);
+        // The model's locals go as its forward returns.
+        drop((hidden, inputs_embeds, cos, sin, position_ids, mask));
         normed
     };
     let logits = tt::linear_mm(tape, &normed, r.d.vocab);
@@ -400,6 +474,65 @@ pub(super) fn train_forward<'a>(
     Ok(loss)
 }
 
+/// transformers' `eager_attention_forward` in train mode on the rotated query and the
+/// (repeated) keys and values, under the additive `mask`: `matmul(q, kᵀ)` (autocast casts kᵀ,
+/// then q; folding (b, heads) of the query's layout copies it, except at batch 1; `bmm` saves
+/// both), times the scale (saving its 8-byte scalar), plus the mask (in the mask's type: a
+/// low-precision product is widened), `softmax(dtype=float32)` (a cast first unless f32; saving
+/// its output), cast back to the query's type, dropout (p = 0: the input itself), `matmul` with
+/// the values (autocast casts both; saving both), then `transpose(1, 2).contiguous()`. Returns
+/// the `(b, s, heads·d)` context and the weights.
+fn train_eager(tape: &Tape<'_>, (query, keys, values): (&Pt, &Pt, &Pt), mask: &Pt) -> (Pt, Pt) {
+    let (b, heads, s, hd) = (query.dims[0], query.dims[1], query.dims[2], query.dims[3]);
+    let rows = b * heads;
+    let scores = {
+        let k = tape.lower(keys);
+        let q = tape.lower(query);
+        let q_rows = if b > 1 {
+            tt::bmm_copy(tape, &q, &[rows, s, hd])
+        } else {
+            q.view(&[rows, s, hd])
+        };
+        tt::bmm(tape, &q_rows, &k.view(&[rows, hd, s]), &[rows, s, s])
+    };
+    let scaled = {
+        let y = scores.like();
+        let scaling = scores.new(&[], TDt::I64);
+        tape.node(&y, vec![Tape::grad_of(&scores)], &[&scaling]);
+        y
+    };
+    drop(scores);
+    let masked = if scaled.dt == mask.dt {
+        let y = scaled.like();
+        tape.node(&y, vec![Edge::Pass(scaled.gid())], &[]);
+        y
+    } else {
+        let widened = scaled.new(&scaled.dims, mask.dt);
+        let y = scaled.new(&scaled.dims, mask.dt);
+        drop(widened);
+        tape.node(&y, vec![Tape::grad_of(&scaled)], &[]);
+        y
+    };
+    drop(scaled);
+    let probs = {
+        let probs32 = {
+            let x32 = tape.cast(&masked, TDt::F32);
+            let p = x32.like();
+            tape.node(&p, vec![Tape::grad_of(&x32)], &[&p]);
+            p
+        };
+        tape.cast(&probs32, query.dt)
+    };
+    drop(masked);
+    let out = {
+        let v = tape.lower(values);
+        let p = tape.lower(&probs);
+        tt::bmm(tape, &p, &v, &[rows, s, hd])
+    };
+    let context = tt::heads_merged(tape, &out, (b, heads, s));
+    (context, probs)
+}
+
 /// What each decoder layer is given beside its input.
 struct Layer<'l> {
     /// The rotary tables, cos and sin.
@@ -415,7 +548,8 @@ fn train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt, layer: &Layer<'_>, sha
     let (cos, sin) = layer.rotary;
     let (b, s, width) = (r.b, r.s, r.d.hidden);
     let (heads, kvh, hd) = (r.d.heads, r.d.kv_heads, r.d.head_dim());
-    let attn = {
+    // `hidden_states, _ = self.self_attn(…)`: eager's weights are held to the layer's end.
+    let (attn, _weights) = {
         let normed = tt::rms_norm(tape, x);
         let project = |out: usize, bias: bool| {
             if bias {
@@ -445,9 +579,15 @@ fn train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt, layer: &Layer<'_>, sha
         };
         let q4 = heads_of(heads * hd, heads);
         let k4 = heads_of(kvh * hd, kvh);
+        // v's gradient comes back in v's own layout from the flash kernel; from `repeat_kv`'s
+        // sum or eager's `bmm` it is heads-major, and the view's backward copies it.
         let value = {
             let v = project(kvh * hd, shape.qkv_bias);
-            v.view(&[b, kvh, s, hd])
+            if r.eager || (layer.mask.is_some() && kvh < heads) {
+                tt::heads_major(tape, &v, kvh, hd)
+            } else {
+                v.view(&[b, kvh, s, hd])
+            }
         };
         // `apply_rotary_pos_emb(q, k, cos, sin)`: the caller's q and k live until both are
         // rotated.
@@ -473,22 +613,34 @@ fn train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt, layer: &Layer<'_>, sha
             (keys, values)
         };
         drop((key, value));
-        let context = {
-            // With a mask, sdpa takes no `enable_gqa`: `repeat_kv` copies the keys and values
-            // out to every head (the backward sums the copies' gradients back).
-            let repeat = |t: &Pt| {
-                let copy = t.new(&[b, heads, s, hd], t.dt);
-                tape.node(&copy, vec![Tape::grad_of(t)], &[]);
-                copy
-            };
-            let (keys, values) = match layer.mask {
-                Some(_) if kvh < heads => (repeat(&keys), repeat(&values)),
-                _ => (keys.clone(), values.clone()),
-            };
-            // Under autocast sdpa casts its inputs (the arguments right to left: v, k, q).
-            let (v, k) = (tape.lower(&values), tape.lower(&keys));
-            let q = tape.lower(&query);
-            tt::flash_attention(tape, (&q, &k, &v), layer.mask, r.threads)
+        // `repeat_kv` (eager always, sdpa under a mask, which takes no `enable_gqa`) copies the
+        // keys and values out to every head (the backward sums the copies' gradients back).
+        let repeat = |t: &Pt| {
+            let copy = t.new(&[b, heads, s, hd], t.dt);
+            tape.node(&copy, vec![Tape::grad_of(t)], &[]);
+            copy
+        };
+        let (context, weights) = match layer.mask {
+            Some(mask) if r.eager => {
+                let (keys, values) = if kvh < heads {
+                    (repeat(&keys), repeat(&values))
+                } else {
+                    (keys.clone(), values.clone())
+                };
+                let (context, weights) = train_eager(tape, (&query, &keys, &values), mask);
+                (context, Some(weights))
+            }
+            _ => {
+                let (keys, values) = match layer.mask {
+                    Some(_) if kvh < heads => (repeat(&keys), repeat(&values)),
+                    _ => (keys.clone(), values.clone()),
+                };
+                // Under autocast sdpa casts its inputs (the arguments right to left: v, k, q).
+                let (v, k) = (tape.lower(&values), tape.lower(&keys));
+                let q = tape.lower(&query);
+                let out = tt::flash_attention(tape, (&q, &k, &v), layer.mask, r.threads);
+                (out, None)
+            }
         };
         let context = context.view(&[b, s, heads * hd]);
         let projected = if shape.o_bias {
@@ -498,7 +650,7 @@ fn train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt, layer: &Layer<'_>, sha
         };
         // The attention's locals go as it returns; the layer's normed input as it is rebound.
         drop((context, query, keys, values, normed));
-        projected
+        (projected, weights)
     };
     let hidden = tt::add(tape, x, &attn);
     drop(attn);

@@ -337,7 +337,7 @@ impl<'a> Tape<'a> {
     pub fn backward(&self, sim: &TSim, loss: &Pt) -> Vec<Pt> {
         let mut grads: HashMap<usize, Pt> = HashMap::new();
         grads.insert(loss.gid(), loss.like());
-        let mut params = Vec::new();
+        let mut params: Vec<((usize, usize), Pt)> = Vec::new();
         loop {
             let index = self.nodes.borrow().len();
             if index == 0 {
@@ -364,6 +364,14 @@ impl<'a> Tape<'a> {
                 Edge::Work(bytes) => work.push(sim.scratch(*bytes)),
                 Edge::ParamAdd(dims, dt, in_place) => {
                     added.push((sim.alloc(dims, *dt), *in_place));
+                    // The parameter is the one whose gradient came first (a tied head's); the
+                    // model registers it here (the embedding), earlier in the forward.
+                    if let Some(first) = params
+                        .iter_mut()
+                        .find(|(_, g)| g.dims == *dims && g.dt == *dt)
+                    {
+                        first.0 = (index, 0);
+                    }
                 }
                 Edge::Pass(of) => outs.push((*of, incoming.clone())),
                 Edge::Copy(of) => outs.push((*of, incoming.like())),
@@ -688,6 +696,24 @@ pub fn attention_context(tape: &Tape<'_>, (q, k, v): (&Pt, &Pt, &Pt), heads: usi
     heads_merged(tape, &out, (b, heads, s))
 }
 
+/// sdpa without dropout (or a mask) on the CPU: the flash kernel on `(b, heads, s, d)` views
+/// of the projections `q`, `k`, `v` (`(b, s, heads·d)`); its gradients are made in the
+/// projections' own layout, so the views hand them back as they are. The output
+/// `(b, s, heads, d)`, viewed back (`transpose(1, 2).reshape`), is the `(b, s, heads·d)` context.
+#[must_use]
+pub fn flash_context(
+    tape: &Tape<'_>,
+    (q, k, v): (&Pt, &Pt, &Pt),
+    heads: usize,
+    threads: usize,
+) -> Pt {
+    let (b, s, h) = (q.dims[0], q.dims[1], q.dims[2]);
+    let d = h / heads;
+    let four = |t: &Pt| t.view(&[b, heads, t.dims[1], d]);
+    let out = flash_attention(tape, (&four(q), &four(k), &four(v)), None, threads);
+    out.view(&[b, s, h])
+}
+
 /// `view(b, s, heads, d).transpose(1, 2)` of a projection `t` (`(b, s, heads·d)`): a view
 /// whose gradient, arriving heads-major, is copied back to `t`'s layout.
 #[must_use]
@@ -699,14 +725,14 @@ pub fn heads_major(tape: &Tape<'_>, t: &Pt, heads: usize, d: usize) -> Pt {
 
 /// `matmul` on a strided operand: `reshape` copies it for `bmm`; the copy's gradient passes
 /// back.
-fn bmm_copy(tape: &Tape<'_>, t: &Pt, dims: &[usize]) -> Pt {
+pub fn bmm_copy(tape: &Tape<'_>, t: &Pt, dims: &[usize]) -> Pt {
     let c = t.new(dims, t.dt);
     tape.node(&c, vec![Edge::Pass(t.gid())], &[]);
     c
 }
 
 /// `bmm(a, b)` into `dims`: saves both; the backward makes b's gradient, then a's.
-fn bmm(tape: &Tape<'_>, a: &Pt, b: &Pt, dims: &[usize]) -> Pt {
+pub fn bmm(tape: &Tape<'_>, a: &Pt, b: &Pt, dims: &[usize]) -> Pt {
     let y = a.new(dims, a.dt);
     tape.node(&y, vec![Tape::grad_of(b), Tape::grad_of(a)], &[a, b]);
     y
@@ -715,7 +741,7 @@ fn bmm(tape: &Tape<'_>, a: &Pt, b: &Pt, dims: &[usize]) -> Pt {
 /// The attention's `(b·heads, s, d)` output viewed as `(b, heads, s, d)` (a gradient arriving
 /// strided is copied, except at batch 1 where the reshape is a view), then
 /// `transpose(1, 2).contiguous()`: the `(b, s, heads·d)` context.
-fn heads_merged(tape: &Tape<'_>, out: &Pt, (b, heads, s): (usize, usize, usize)) -> Pt {
+pub fn heads_merged(tape: &Tape<'_>, out: &Pt, (b, heads, s): (usize, usize, usize)) -> Pt {
     let d = out.dims[out.dims.len() - 1];
     let out4 = out.view_node(&[b, heads, s, d]);
     let back = if b > 1 {

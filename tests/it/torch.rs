@@ -619,7 +619,8 @@ fn estimate_checked_with(
 }
 
 /// The PyTorch estimator against the torch runtime on tiny configs: the batch slope to the byte
-/// and the total within 1%, for every modelled family, f32 and bf16, sdpa (and eager for BERT).
+/// and the total within 1%, for every modelled family, f32 and bf16, sdpa and eager (but
+/// `DistilBERT`'s); Mistral below and past its window.
 #[test]
 fn the_pytorch_estimator_pins_the_batch_slope_to_the_byte() {
     let Some(python) = torch_python() else { return };
@@ -667,7 +668,8 @@ fn the_pytorch_estimator_pins_the_batch_slope_to_the_byte() {
 /// torch runtime: the batch slope to the byte and the total within 1%, where the backward sets
 /// the peak (tiny BERT with its dropouts on: f32, bf16 with SGD, amp-bf16, and with gradient
 /// checkpointing, and eager attention; tiny `DistilBERT` with its dropouts on; the tiny Llama,
-/// Qwen2 and Qwen3 configs, amp-bf16 and checkpointed; tiny Mistral past its window) and
+/// Qwen2 and Qwen3 configs, amp-bf16 and checkpointed, sdpa and eager; tiny Mistral past its
+/// window; the bundled tiny BERT and `DistilBERT`, dropouts off: the flash kernel) and
 /// where the backward or the optimizer step may (bert-mini at seq 128).
 #[test]
 fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
@@ -743,6 +745,19 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
         (("tiny-llama", "24", "f32", "sdpa", "train"), "2,3", ckpt),
         (("tiny-qwen3", "24", "f32", "sdpa", "train"), "1,3", &[]),
         (("tiny-roberta", "24", "f32", "sdpa", "train"), "1,3", &[]),
+        // Eager decoders, the peak in the attention's backward; the bundled encoders, whose
+        // dropouts are off: sdpa's flash kernel in training.
+        (
+            ("tiny-llama", "64", "amp-bf16", "eager", "train"),
+            "2,3",
+            ckpt,
+        ),
+        (("tiny-bert", "24", "f32", "sdpa", "train"), "1,3", &[]),
+        (
+            ("tiny-distilbert", "24", "amp-bf16", "sdpa", "train"),
+            "1,2",
+            ckpt,
+        ),
     ];
     for (case, batches, extra) in cases {
         let points = estimate_checked_with(&python, case, batches, extra);
