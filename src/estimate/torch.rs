@@ -383,12 +383,12 @@ mod tests {
                 Attn::Sdpa,
             ),
             at(
-                "tiny-distilbert",
+                "tiny-llama",
                 1,
                 Precision::F32,
                 Workload::Train,
-                Task::SequenceClassification,
-                Attn::Eager,
+                Task::Base,
+                Attn::Sdpa,
             ),
             at(
                 "bert-tiny",
@@ -415,12 +415,12 @@ mod tests {
                 Attn::Sdpa,
             ),
             at(
-                "tiny-distilbert",
+                "tiny-roberta",
                 1,
                 Precision::F32,
                 Workload::Infer,
-                Task::Base,
-                Attn::Eager,
+                Task::SequenceClassification,
+                Attn::Sdpa,
             ),
         ];
         for c in cases {

@@ -8,7 +8,7 @@ use super::candle::{Inputs, candle_config};
 use super::config::{dropout_field, named_alike, opt_field};
 use super::ops::{Run, embedding, linear, norm, softmax};
 use super::sim::{Dt, T};
-use super::torch_sim::{Head, Pt, TDt, TorchRun, flash_attention, layer_norm};
+use super::torch_sim::{Head, Pt, TDt, TorchRun, eager_attention, flash_attention, layer_norm};
 use super::torch_tape::{self as tt, Edge, Tape};
 use super::{
     AnyModel, BuildError, CandleModel, ConfigError, Dims, Dropout, Room, TensorShape, tensor_list,
@@ -387,30 +387,8 @@ pub(super) fn torch_bert_forward(
                     let k = hidden.linear(h);
                     let v = hidden.linear(h);
                     if r.eager {
-                        // matmul copies the strided q and kᵀ for bmm, which saves the copies.
-                        let scores = {
-                            let q_copy = q.copy();
-                            let k_copy = k.copy();
-                            r.keep(&q_copy);
-                            r.keep(&k_copy);
-                            sim.alloc(&[b, n, s, s], r.dt)
-                        };
-                        let scaled = scores.like();
-                        drop(scores);
-                        // softmax saves its output.
-                        let probs = scaled.like();
-                        r.keep(&probs);
-                        drop(scaled);
-                        let out = {
-                            let v_copy = v.copy();
-                            r.keep(&v_copy);
-                            r.keep(&probs);
-                            sim.alloc(&[b, n, s, hd], r.dt)
-                        };
-                        // `attn_output.transpose(1, 2).contiguous()`
-                        let context = out.copy();
-                        drop(out);
-                        (context, Some(probs))
+                        let (context, weights) = eager_attention(r, (&q, &k, &v), n);
+                        (context, Some(weights))
                     } else {
                         (flash_attention(r, (&q, &k, &v), n, s, s, hd), None)
                     }

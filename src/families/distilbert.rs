@@ -8,7 +8,7 @@ use super::candle::{Inputs, candle_config};
 use super::config::{dropout_field, field};
 use super::ops::{Run, embedding, linear, masked_fill, norm, softmax};
 use super::sim::{Dt, T};
-use super::torch_sim::{Head, Pt, TDt, TorchRun, flash_attention, layer_norm};
+use super::torch_sim::{Head, Pt, TDt, TorchRun, eager_attention, flash_attention, layer_norm};
 use super::torch_tape::{self as tt, Edge, Tape};
 use super::{
     AnyModel, BuildError, CandleModel, ConfigError, Dims, Dropout, Room, TensorShape, tensor_list,
@@ -240,9 +240,6 @@ fn torch_weights(d: &Dims, head: Head, dt: TDt) -> Option<u64> {
 /// sum, the FFN, the output `LayerNorm`); the embeddings' output is held to the end. With autograd
 /// on, what it saves.
 fn torch_forward(r: &TorchRun<'_>, ids: &Pt) -> std::result::Result<Vec<Pt>, &'static str> {
-    if r.eager {
-        return Err("eager attention is not modelled yet for DistilBERT (sdpa is)");
-    }
     let (b, s, width, heads) = (r.b, r.s, r.d.hidden, r.d.heads);
     let hd = width / heads;
     let sim = r.sim;
@@ -260,23 +257,30 @@ fn torch_forward(r: &TorchRun<'_>, ids: &Pt) -> std::result::Result<Vec<Pt>, &'s
     let mut hidden = embeddings.clone();
     for _ in 0..r.d.layers {
         let out = {
-            let sa_output = {
-                let attention = {
+            // `attention_output, _ = self.attention(…)`: eager's weights are held to the
+            // block's end.
+            let (sa_output, _weights) = {
+                let (attention, weights) = {
                     r.keep(&hidden);
                     let q = hidden.linear(width);
                     let k = hidden.linear(width);
                     let v = hidden.linear(width);
-                    let context =
-                        flash_attention(r, (&q, &k, &v), heads, s, s, hd).view(&[b, s, width]);
+                    let (context, weights) = if r.eager {
+                        let (context, weights) = eager_attention(r, (&q, &k, &v), heads);
+                        (context, Some(weights))
+                    } else {
+                        (flash_attention(r, (&q, &k, &v), heads, s, s, hd), None)
+                    };
+                    let context = context.view(&[b, s, width]);
                     r.keep(&context);
-                    context.linear(width)
+                    (context.linear(width), weights)
                 };
                 // `sa_output = self.sa_layer_norm(sa_output + x)`: the attention's output is
                 // freed when the name is bound again, after the norm.
                 let sum = attention.like();
                 let normed = layer_norm(r, &sum);
                 drop(attention);
-                normed
+                (normed, weights)
             };
             r.keep(&sa_output);
             let ffn = {
@@ -323,7 +327,8 @@ fn torch_forward(r: &TorchRun<'_>, ids: &Pt) -> std::result::Result<Vec<Pt>, &'s
 /// PyTorch: the forward of a training step, `DistilBertForSequenceClassification` in train mode
 /// with autograd on the CPU (transformers 5), recording each op's node on `tape`; returns the
 /// loss. The embeddings (word and position, `LayerNorm`, dropout); each `TransformerBlock`
-/// (q, k, v, sdpa's math kernel with attention dropout or its flash kernel without, `out_lin`,
+/// (q, k, v; eager attention, or sdpa's math kernel with attention dropout or its flash kernel
+/// without; `out_lin`,
 /// `sa_layer_norm` of the sum,
 /// the FFN with its dropout, `output_layer_norm`); the first token through `pre_classifier`,
 /// `ReLU` (saving its output), dropout and the classifier; cross-entropy.
@@ -335,9 +340,6 @@ fn torch_train_forward<'a>(
 ) -> std::result::Result<Pt, &'static str> {
     if r.head != Head::SequenceClassification {
         return Err("a DistilBERT training step is modelled with the sequence-classification head");
-    }
-    if r.eager {
-        return Err("eager attention is not modelled yet for DistilBERT (sdpa is)");
     }
     let (b, s, width) = (r.b, r.s, r.d.hidden);
     let sim = r.sim;
@@ -388,12 +390,19 @@ fn torch_train_forward<'a>(
 /// One `TransformerBlock` in train mode with autograd, on `x`.
 fn train_block(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt) -> Pt {
     let (width, heads) = (r.d.hidden, r.d.heads);
+    // `attention_output, _ = self.attention(…)`: eager's weights are held to the block's end.
+    let mut held_weights = None;
     let sa_output = {
         let attention = {
             let q = tt::linear(tape, x, width, true);
             let k = tt::linear(tape, x, width, true);
             let v = tt::linear(tape, x, width, true);
-            let context = if r.d.dropout.attention {
+            let context = if r.eager {
+                let (context, weights) =
+                    tt::eager_attention(tape, (&q, &k, &v), heads, r.d.dropout.attention);
+                held_weights = Some(weights);
+                context
+            } else if r.d.dropout.attention {
                 tt::attention_context(tape, (&q, &k, &v), heads)
             } else {
                 tt::flash_context(tape, (&q, &k, &v), heads, r.threads)
@@ -416,6 +425,6 @@ fn train_block(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt) -> Pt {
     };
     let sum = tt::add(tape, &ffn, &sa_output);
     let normed = tt::layer_norm(tape, &sum, r.threads);
-    drop((sum, ffn, sa_output));
+    drop((sum, ffn, sa_output, held_weights));
     normed
 }

@@ -239,12 +239,7 @@ fn eager_attention(
         r.keep(&keys);
         query.new(&[b, heads, s, s], query.dt)
     };
-    // `* scaling`: the Python float wrapped in an 8-byte scalar the product saves.
-    let scaled = {
-        let scaling = query.new(&[], TDt::I64);
-        r.keep(&scaling);
-        scores.like()
-    };
+    let scaled = super::torch_sim::scale(r, &scores);
     drop(scores);
     let masked = scaled.like();
     drop((scaled, mask.clone()));

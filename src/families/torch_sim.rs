@@ -366,6 +366,51 @@ pub fn flash_attention(
     out
 }
 
+/// `scores * scaling` (a Python float): the float wrapped in an 8-byte scalar, which the product
+/// saves, and cast to the scores' type while the product is made.
+#[must_use]
+pub fn scale(r: &TorchRun<'_>, scores: &Pt) -> Pt {
+    let wrapped = scores.new(&[], TDt::I64);
+    let cast = scores.new(&[], scores.dt);
+    let scaled = scores.like();
+    drop(cast);
+    r.keep(&wrapped);
+    scaled
+}
+
+/// transformers' eager attention for the encoders (BERT, `DistilBERT`) on the projections `q`,
+/// `k`, `v` (`(b, s, heads·d)`), with no mask (the all-ones mask is skipped): `matmul` copies the
+/// strided q and kᵀ for `bmm` (which saves the copies), times the scale ([`scale`]), softmax (saving its
+/// output), `matmul` with a copy of v (saving both), then `transpose(1, 2).contiguous()`.
+/// Returns the `(b, s, heads, d)` context and the weights, which the layer holds (`_`) to its
+/// end.
+#[must_use]
+pub fn eager_attention(r: &TorchRun<'_>, (q, k, v): (&Pt, &Pt, &Pt), heads: usize) -> (Pt, Pt) {
+    let (b, s, h) = (q.dims[0], q.dims[1], q.dims[2]);
+    let hd = h / heads;
+    let scores = {
+        let q_copy = q.copy();
+        let k_copy = k.copy();
+        r.keep(&q_copy);
+        r.keep(&k_copy);
+        q.new(&[b, heads, s, s], q.dt)
+    };
+    let scaled = scale(r, &scores);
+    drop(scores);
+    let probs = scaled.like();
+    r.keep(&probs);
+    drop(scaled);
+    let out = {
+        let v_copy = v.copy();
+        r.keep(&v_copy);
+        r.keep(&probs);
+        q.new(&[b, heads, s, hd], q.dt)
+    };
+    let context = out.copy();
+    drop(out);
+    (context, probs)
+}
+
 /// `nn.LayerNorm` on the CPU: the output, and the mean and reciprocal deviation per row (in the
 /// input's type), which `no_grad` frees at once; autograd saves them with the input.
 #[must_use]

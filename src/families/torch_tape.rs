@@ -103,6 +103,9 @@ pub struct Tape<'a> {
     checkpointing: bool,
     /// While a region is recomputed: its nodes still to save.
     to_save: std::cell::Cell<usize>,
+    /// While a region is recomputed: what its throwaway graph holds beside what the checkpoint
+    /// keeps (the wrapped numbers its nodes save).
+    recompute_graph: RefCell<Vec<Pt>>,
 }
 
 impl<'a> Tape<'a> {
@@ -164,7 +167,7 @@ impl<'a> Tape<'a> {
 
     /// Records the node that made `out`: its backward's edges, and the tensors it saves.
     pub fn node(&self, out: &Pt, edges: Vec<Edge>, saved: &[&Pt]) {
-        let saves = !saved.is_empty();
+        let saves = saved.iter().any(|t| !wrapped_number(t));
         let saved = saved.iter().map(|t| (*t).clone()).collect();
         match self.mode.get() {
             Mode::Record => self.nodes.borrow_mut().push(Node {
@@ -174,14 +177,21 @@ impl<'a> Tape<'a> {
                 recomputed: false,
                 saves,
             }),
+            // A wrapped Python number (an 8-byte 0-dim scalar) is saved as it is: autograd
+            // passes no wrapped number to the saved-tensor hooks a checkpoint discards through.
+            // The recomputation's own lives with the recomputed graph, until the recomputation
+            // returns (the checkpoint keeps detached tensors).
             Mode::Discard => self.nodes.borrow_mut().push(Node {
                 out: out.gid(),
                 edges,
-                saved: Vec::new(),
+                saved: saved.into_iter().filter(wrapped_number).collect(),
                 recomputed: true,
                 saves,
             }),
             Mode::Recompute => {
+                let (numbers, saved): (Vec<Pt>, Vec<Pt>) =
+                    saved.into_iter().partition(wrapped_number);
+                self.recompute_graph.borrow_mut().extend(numbers);
                 self.recomputed.borrow_mut().push(saved);
                 if saves {
                     self.stop_after_last_save(out);
@@ -276,6 +286,7 @@ impl<'a> Tape<'a> {
         forked.halt(false);
         drop(forked);
         drop(out);
+        self.recompute_graph.borrow_mut().clear();
         self.end_autocast();
         if let Some(region) = self
             .regions
@@ -288,7 +299,7 @@ impl<'a> Tape<'a> {
         let saved = std::mem::take(&mut *self.recomputed.borrow_mut());
         let mut nodes = self.nodes.borrow_mut();
         for (node, saved) in nodes[start..].iter_mut().zip(saved) {
-            node.saved = saved;
+            node.saved.extend(saved);
         }
     }
 
@@ -425,6 +436,12 @@ impl<'a> Tape<'a> {
         params.sort_by_key(|(at, _)| *at);
         params.into_iter().map(|(_, grad)| grad).collect()
     }
+}
+
+/// Whether `t` stands for a wrapped Python number (a float an op takes, as `* scaling`): an
+/// 8-byte 0-dim scalar.
+fn wrapped_number(t: &Pt) -> bool {
+    t.dims.is_empty() && t.dt == TDt::I64
 }
 
 /// The optimizer the training step runs (the torch runtime's `--optimizer`).

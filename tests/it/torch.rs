@@ -619,8 +619,8 @@ fn estimate_checked_with(
 }
 
 /// The PyTorch estimator against the torch runtime on tiny configs: the batch slope to the byte
-/// and the total within 1%, for every modelled family, f32 and bf16, sdpa and eager (but
-/// `DistilBERT`'s); Mistral below and past its window.
+/// and the total within 1%, for every modelled family, f32 and bf16, sdpa and eager; Mistral
+/// below and past its window.
 #[test]
 fn the_pytorch_estimator_pins_the_batch_slope_to_the_byte() {
     let Some(python) = torch_python() else { return };
@@ -636,6 +636,10 @@ fn the_pytorch_estimator_pins_the_batch_slope_to_the_byte() {
         // Past its window (4): the sliding-window mask, and `repeat_kv` for the masked kernel.
         ("tiny-mistral", "16", "bf16", "sdpa", "infer"),
         ("tiny-mistral", "12", "f32", "sdpa", "grad"),
+        // The decoders' eager attention (its additive causal mask, repeat_kv, f32 softmax).
+        ("tiny-qwen3", "12", "bf16", "eager", "grad"),
+        ("tiny-mistral", "12", "f32", "eager", "infer"),
+        ("tiny-distilbert", "24", "f32", "eager", "grad"),
         ("tiny-llama", "24", "f32", "sdpa", "grad"),
         ("tiny-qwen3", "20", "bf16", "sdpa", "grad"),
         ("tiny-distilbert", "24", "bf16", "sdpa", "infer"),
@@ -669,7 +673,8 @@ fn the_pytorch_estimator_pins_the_batch_slope_to_the_byte() {
 /// the peak (tiny BERT with its dropouts on: f32, bf16 with SGD, amp-bf16, and with gradient
 /// checkpointing, and eager attention; tiny `DistilBERT` with its dropouts on; the tiny Llama,
 /// Qwen2 and Qwen3 configs, amp-bf16 and checkpointed, sdpa and eager; tiny Mistral past its
-/// window; the bundled tiny BERT and `DistilBERT`, dropouts off: the flash kernel) and
+/// window; the bundled tiny BERT and `DistilBERT`, dropouts off: the flash kernel; eager
+/// `DistilBERT`) and
 /// where the backward or the optimizer step may (bert-mini at seq 128).
 #[test]
 fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
@@ -753,6 +758,11 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
             ckpt,
         ),
         (("tiny-bert", "24", "f32", "sdpa", "train"), "1,3", &[]),
+        (
+            (distil.as_str(), "24", "bf16", "eager", "train"),
+            "1,3",
+            &[],
+        ),
         (
             ("tiny-distilbert", "24", "amp-bf16", "sdpa", "train"),
             "1,2",
