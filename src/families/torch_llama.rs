@@ -1,6 +1,10 @@
 //! PyTorch: the Llama-shaped decoders' forward as transformers 5 runs it under `no_grad` on the
 //! CPU (`LlamaForCausalLM`, and Mistral, Qwen2 and Qwen3, which write the same forward; Qwen3
-//! adds a norm over each head of q and k, Qwen2 biases on q, k and v), sdpa attention.
+//! adds a norm over each head of q and k, Qwen2 biases on q, k and v), sdpa or eager attention,
+//! and their training step on the autograd tape.
+
+// The attention follows PyTorch's names (q, k, v; b, s for batch and seq).
+#![allow(clippy::many_single_char_names)]
 
 use super::Dims;
 use super::torch_sim::{Head, Pt, TDt, TorchRun, flash_attention};

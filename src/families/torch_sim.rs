@@ -386,14 +386,14 @@ pub fn scale(r: &TorchRun<'_>, scores: &Pt) -> Pt {
 /// end.
 #[must_use]
 pub fn eager_attention(r: &TorchRun<'_>, (q, k, v): (&Pt, &Pt, &Pt), heads: usize) -> (Pt, Pt) {
-    let (b, s, h) = (q.dims[0], q.dims[1], q.dims[2]);
-    let hd = h / heads;
+    let (batch, seq, width) = (q.dims[0], q.dims[1], q.dims[2]);
+    let hd = width / heads;
     let scores = {
         let q_copy = q.copy();
         let k_copy = k.copy();
         r.keep(&q_copy);
         r.keep(&k_copy);
-        q.new(&[b, heads, s, s], q.dt)
+        q.new(&[batch, heads, seq, seq], q.dt)
     };
     let scaled = scale(r, &scores);
     drop(scores);
@@ -404,7 +404,7 @@ pub fn eager_attention(r: &TorchRun<'_>, (q, k, v): (&Pt, &Pt, &Pt), heads: usiz
         let v_copy = v.copy();
         r.keep(&v_copy);
         r.keep(&probs);
-        q.new(&[b, heads, s, hd], q.dt)
+        q.new(&[batch, heads, seq, hd], q.dt)
     };
     let context = out.copy();
     drop(out);

@@ -167,7 +167,7 @@ impl<'a> Tape<'a> {
 
     /// Records the node that made `out`: its backward's edges, and the tensors it saves.
     pub fn node(&self, out: &Pt, edges: Vec<Edge>, saved: &[&Pt]) {
-        let saves = saved.iter().any(|t| !wrapped_number(t));
+        let unpacked = saved.iter().any(|t| !wrapped_number(t));
         let saved = saved.iter().map(|t| (*t).clone()).collect();
         match self.mode.get() {
             Mode::Record => self.nodes.borrow_mut().push(Node {
@@ -175,7 +175,7 @@ impl<'a> Tape<'a> {
                 edges,
                 saved,
                 recomputed: false,
-                saves,
+                saves: unpacked,
             }),
             // A wrapped Python number (an 8-byte 0-dim scalar) is saved as it is: autograd
             // passes no wrapped number to the saved-tensor hooks a checkpoint discards through.
@@ -186,14 +186,14 @@ impl<'a> Tape<'a> {
                 edges,
                 saved: saved.into_iter().filter(wrapped_number).collect(),
                 recomputed: true,
-                saves,
+                saves: unpacked,
             }),
             Mode::Recompute => {
                 let (numbers, saved): (Vec<Pt>, Vec<Pt>) =
                     saved.into_iter().partition(wrapped_number);
                 self.recompute_graph.borrow_mut().extend(numbers);
                 self.recomputed.borrow_mut().push(saved);
-                if saves {
+                if unpacked {
                     self.stop_after_last_save(out);
                 }
             }
