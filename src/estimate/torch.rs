@@ -52,7 +52,7 @@ pub enum NotModelled {
     )]
     Checkpointing,
     #[error(
-        "the PyTorch estimator does not model {0} yet (f32, f16 and bf16 are, and amp-bf16 for training); measure it with `oomlab sweep --runtime torch`"
+        "the PyTorch estimator does not model {0} yet (f32, f16 and bf16 are, and amp-bf16 and amp-f16 for training); measure it with `oomlab sweep --runtime torch`"
     )]
     Precision(Precision),
     #[error(
@@ -158,6 +158,7 @@ pub fn estimate(
         Precision::F16 => (TDt::F16, None),
         Precision::Bf16 => (TDt::Bf16, None),
         Precision::AmpBf16 if workload == Workload::Train => (TDt::F32, Some(TDt::Bf16)),
+        Precision::AmpF16 if workload == Workload::Train => (TDt::F32, Some(TDt::F16)),
         other => return Err(NotModelled::Precision(other)),
     };
     let room = spec.family.room();
@@ -273,6 +274,9 @@ fn train_peak(
         Optimizer::Sgd => Optim::Sgd,
     };
     let mut state = Vec::new();
+    // amp-f16's `GradScaler`: its scale (f32) and growth tracker (i32), made at the first
+    // `scale()` and kept.
+    let mut scaler = Vec::new();
     let mut m = Marks::default();
     for step in 1..=2 {
         if step == 1 {
@@ -291,14 +295,27 @@ fn train_peak(
             })?;
         tape.end_autocast();
         m.backward2 = sim.live();
-        let grads = tape.backward(sim, &loss);
-        drop(loss);
+        let scaled = (autocast == Some(TDt::F16)).then(|| {
+            if scaler.is_empty() {
+                scaler = vec![sim.alloc(&[], TDt::F32), sim.alloc(&[], TDt::I32)];
+            }
+            // `scaler.scale(loss)`: `loss * scale`, whose backward makes the loss's gradient.
+            let scaled = loss.like();
+            tape.node(&scaled, vec![Tape::grad_of(&loss)], &[]);
+            scaled
+        });
+        let grads = tape.backward(sim, scaled.as_ref().unwrap_or(&loss));
+        drop((loss, scaled));
         m.optimizer2 = sim.live();
         let params: Vec<_> = grads.iter().map(|g| (g.dims.clone(), g.dt)).collect();
+        // `scaler.step(optimizer)`: the gradients unscaled in place; the step runs while the
+        // found-inf flag (an f32 scalar) is held.
+        let found_inf = (!scaler.is_empty()).then(|| sim.alloc(&[], TDt::F32));
         state = optimizer_step(sim, optim, &params, state);
+        drop(found_inf);
         drop(grads);
     }
-    drop((ids, mask, labels, state));
+    drop((ids, mask, labels, state, scaler));
     Ok((sim.peak(), m))
 }
 
@@ -378,7 +395,7 @@ mod tests {
                 "tiny-llama",
                 1,
                 Precision::AmpF16,
-                Workload::Train,
+                Workload::Infer,
                 Task::CausalLm,
                 Attn::Sdpa,
             ),

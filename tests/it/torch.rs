@@ -758,6 +758,17 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
             ckpt,
         ),
         (("tiny-bert", "24", "f32", "sdpa", "train"), "1,3", &[]),
+        // amp-f16: autocast to float16 and the GradScaler's scalars.
+        (
+            (config.as_str(), "24", "amp-f16", "sdpa", "train"),
+            "1,3",
+            &[],
+        ),
+        (
+            ("tiny-qwen3", "24", "amp-f16", "sdpa", "train"),
+            "2,3",
+            ckpt,
+        ),
         (
             (distil.as_str(), "24", "bf16", "eager", "train"),
             "1,3",
