@@ -669,7 +669,7 @@ fn the_pytorch_estimator_pins_the_batch_slope_to_the_byte() {
 }
 
 /// The PyTorch estimator's training step (forward in train mode, backward, `AdamW`) against the
-/// torch runtime: the batch slope to the byte and the total within 1%, where the backward sets
+/// torch runtime: the batch slope and the totals to the byte, where the backward sets
 /// the peak (tiny BERT with its dropouts on: f32, bf16 with SGD, amp-bf16, and with gradient
 /// checkpointing, and eager attention; tiny `DistilBERT` with its dropouts on; the tiny Llama,
 /// Qwen2 and Qwen3 configs, amp-bf16 and checkpointed, sdpa and eager; tiny Mistral past its
@@ -786,10 +786,9 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
             panic!("{case:?}: {points:?}")
         };
         assert_eq!(e2 - e1, m2 - m1, "{case:?}: slope");
-        for (e, m) in [(e1, m1), (e2, m2)] {
-            let err = (e as f64 - m as f64).abs() / m as f64;
-            assert!(err < 0.01, "{case:?}: {e} against {m}");
-        }
+        // The totals too: every modelled allocation, the scalars included (the issue asks
+        // for 1%; what the estimator models it matches exactly).
+        assert_eq!((e1, e2), (m1, m2), "{case:?}: totals");
     }
 }
 
