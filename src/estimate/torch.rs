@@ -276,7 +276,7 @@ fn train_peak(
     let mut state = Vec::new();
     // amp-f16's `GradScaler`: its scale (f32) and growth tracker (i32), made at the first
     // `scale()` and kept.
-    let mut scaler = Vec::new();
+    let mut grad_scaler = Vec::new();
     let mut m = Marks::default();
     for step in 1..=2 {
         if step == 1 {
@@ -296,8 +296,8 @@ fn train_peak(
         tape.end_autocast();
         m.backward2 = sim.live();
         let scaled = (autocast == Some(TDt::F16)).then(|| {
-            if scaler.is_empty() {
-                scaler = vec![sim.alloc(&[], TDt::F32), sim.alloc(&[], TDt::I32)];
+            if grad_scaler.is_empty() {
+                grad_scaler = vec![sim.alloc(&[], TDt::F32), sim.alloc(&[], TDt::I32)];
             }
             // `scaler.scale(loss)`: `loss * scale`, whose backward makes the loss's gradient.
             let scaled = loss.like();
@@ -310,12 +310,12 @@ fn train_peak(
         let params: Vec<_> = grads.iter().map(|g| (g.dims.clone(), g.dt)).collect();
         // `scaler.step(optimizer)`: the gradients unscaled in place; the step runs while the
         // found-inf flag (an f32 scalar) is held.
-        let found_inf = (!scaler.is_empty()).then(|| sim.alloc(&[], TDt::F32));
+        let found_inf = (!grad_scaler.is_empty()).then(|| sim.alloc(&[], TDt::F32));
         state = optimizer_step(sim, optim, &params, state);
         drop(found_inf);
         drop(grads);
     }
-    drop((ids, mask, labels, state, scaler));
+    drop((ids, mask, labels, state, grad_scaler));
     Ok((sim.peak(), m))
 }
 
