@@ -8,7 +8,7 @@ use super::candle::{Inputs, candle_config};
 use super::config::{dropout_field, named_alike, opt_field};
 use super::ops::{Run, embedding, linear, norm, softmax};
 use super::sim::{Dt, T};
-use super::torch_sim::{Head, Pt, TDt, TorchRun, eager_attention, flash_attention, layer_norm};
+use super::torch_sim::{Head, Pt, TDt, TorchRun, encoder_attention, layer_norm};
 use super::torch_tape::{self as tt, Edge, Tape};
 use super::{
     AnyModel, BuildError, CandleModel, ConfigError, Dims, Dropout, Room, TensorShape, tensor_list,
@@ -326,7 +326,6 @@ pub(super) fn torch_bert_forward(
     positions: Positions,
 ) -> std::result::Result<Vec<Pt>, &'static str> {
     let (b, s, h, n) = (r.b, r.s, r.d.hidden, r.d.heads);
-    let hd = h / n;
     let sim = r.sim;
     let embedding_output = if positions == Positions::FromIds {
         // RoBERTa: position ids counted from the ids, token types gathered at them (both
@@ -386,12 +385,7 @@ pub(super) fn torch_bert_forward(
                     let q = hidden.linear(h);
                     let k = hidden.linear(h);
                     let v = hidden.linear(h);
-                    if r.eager {
-                        let (context, weights) = eager_attention(r, (&q, &k, &v), n);
-                        (context, Some(weights))
-                    } else {
-                        (flash_attention(r, (&q, &k, &v), n, s, s, hd), None)
-                    }
+                    encoder_attention(r, (&q, &k, &v), n)
                 };
                 // `attn_output.reshape(*input_shape, -1)`: a view.
                 let context = context.view(&[b, s, h]);

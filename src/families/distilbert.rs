@@ -8,7 +8,7 @@ use super::candle::{Inputs, candle_config};
 use super::config::{dropout_field, field};
 use super::ops::{Run, embedding, linear, masked_fill, norm, softmax};
 use super::sim::{Dt, T};
-use super::torch_sim::{Head, Pt, TDt, TorchRun, eager_attention, flash_attention, layer_norm};
+use super::torch_sim::{Head, Pt, TDt, TorchRun, encoder_attention, layer_norm};
 use super::torch_tape::{self as tt, Edge, Tape};
 use super::{
     AnyModel, BuildError, CandleModel, ConfigError, Dims, Dropout, Room, TensorShape, tensor_list,
@@ -241,7 +241,6 @@ fn torch_weights(d: &Dims, head: Head, dt: TDt) -> Option<u64> {
 /// on, what it saves.
 fn torch_forward(r: &TorchRun<'_>, ids: &Pt) -> std::result::Result<Vec<Pt>, &'static str> {
     let (b, s, width, heads) = (r.b, r.s, r.d.hidden, r.d.heads);
-    let hd = width / heads;
     let sim = r.sim;
     let embeddings = {
         let word = ids.new(&[b, s, width], r.dt);
@@ -265,12 +264,7 @@ fn torch_forward(r: &TorchRun<'_>, ids: &Pt) -> std::result::Result<Vec<Pt>, &'s
                     let q = hidden.linear(width);
                     let k = hidden.linear(width);
                     let v = hidden.linear(width);
-                    let (context, weights) = if r.eager {
-                        let (context, weights) = eager_attention(r, (&q, &k, &v), heads);
-                        (context, Some(weights))
-                    } else {
-                        (flash_attention(r, (&q, &k, &v), heads, s, s, hd), None)
-                    };
+                    let (context, weights) = encoder_attention(r, (&q, &k, &v), heads);
                     let context = context.view(&[b, s, width]);
                     r.keep(&context);
                     (context.linear(width), weights)

@@ -193,19 +193,30 @@ fn causal_mask(r: &TorchRun<'_>) -> Option<Pt> {
     Some(mask)
 }
 
+/// Whether transformers' `repeat_kv` copies the keys and values out to every head: with fewer
+/// key/value heads, always under eager attention, and under sdpa when a mask keeps it from
+/// taking `enable_gqa`.
+fn repeats_kv(r: &TorchRun<'_>, masked: bool) -> bool {
+    r.d.kv_heads < r.d.heads && (r.eager || masked)
+}
+
+/// `repeat_kv` on the keys and values (infer and grad): copies `(b, heads, s, d)` where
+/// [`repeats_kv`], else themselves.
+fn repeat_kv(r: &TorchRun<'_>, (keys, values): (&Pt, &Pt), masked: bool) -> (Pt, Pt) {
+    if !repeats_kv(r, masked) {
+        return (keys.clone(), values.clone());
+    }
+    let dims = [r.b, r.d.heads, r.s, r.d.head_dim()];
+    (keys.new(&dims, keys.dt), values.new(&dims, values.dt))
+}
+
 /// sdpa for the decoders (infer and grad): the flash kernel, causal, or under a mask (Mistral
 /// past its window), where sdpa takes no `enable_gqa`: `repeat_kv` copies the keys and values
 /// out to every head, and the kernel gets the mask as an additive one in the query's type
 /// (`where`), which autograd saves with the rest. Returns the `(b, s, heads, d)` context.
 fn sdpa(r: &TorchRun<'_>, (query, keys, values): (&Pt, &Pt, &Pt), mask: Option<&Pt>) -> Pt {
-    let (b, s, heads, hd) = (r.b, r.s, r.d.heads, r.d.head_dim());
-    let (keys, values) = match mask {
-        Some(_) if r.d.kv_heads < heads => (
-            keys.new(&[b, heads, s, hd], keys.dt),
-            values.new(&[b, heads, s, hd], values.dt),
-        ),
-        _ => (keys.clone(), values.clone()),
-    };
+    let (s, heads, hd) = (r.s, r.d.heads, r.d.head_dim());
+    let (keys, values) = repeat_kv(r, (keys, values), mask.is_some());
     let additive = mask.map(|m| m.new(&m.dims, query.dt));
     let context = flash_attention(r, (query, &keys, &values), heads, s, s, hd);
     if let Some(additive) = &additive {
@@ -228,14 +239,7 @@ fn eager_attention(
     mask: &Pt,
 ) -> (Pt, Pt) {
     let (b, s, heads, hd) = (r.b, r.s, r.d.heads, r.d.head_dim());
-    let repeat = |t: &Pt| {
-        if r.d.kv_heads < heads {
-            t.new(&[b, heads, s, hd], t.dt)
-        } else {
-            t.clone()
-        }
-    };
-    let (keys, values) = (repeat(keys), repeat(values));
+    let (keys, values) = repeat_kv(r, (keys, values), true);
     let scores = {
         // Folding (b, heads) of the query's layout takes a copy, except at batch 1.
         let q_rows = if b > 1 { query.copy() } else { query.clone() };
@@ -249,9 +253,7 @@ fn eager_attention(
     drop((scaled, mask.clone()));
     // `softmax(dtype=float32)` casts a bf16/f16 input to f32 first.
     let probs = {
-        let widened = (masked.dt != TDt::F32).then(|| masked.new(&masked.dims, TDt::F32));
-        let probs32 = masked.new(&masked.dims, TDt::F32);
-        drop(widened);
+        let probs32 = masked.widened(TDt::F32);
         r.keep(&probs32);
         probs32.to(query.dt)
     };
@@ -506,9 +508,7 @@ fn train_eager(tape: &Tape<'_>, (query, keys, values): (&Pt, &Pt, &Pt), mask: &P
         tape.node(&y, vec![Edge::Pass(scaled.gid())], &[]);
         y
     } else {
-        let widened = scaled.new(&scaled.dims, mask.dt);
-        let y = scaled.new(&scaled.dims, mask.dt);
-        drop(widened);
+        let y = scaled.widened(mask.dt);
         tape.node(&y, vec![Tape::grad_of(&scaled)], &[]);
         y
     };
@@ -582,7 +582,7 @@ fn train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt, layer: &Layer<'_>, sha
         // sum or eager's `bmm` it is heads-major, and the view's backward copies it.
         let value = {
             let v = project(kvh * hd, shape.qkv_bias);
-            if r.eager || (layer.mask.is_some() && kvh < heads) {
+            if r.eager || repeats_kv(r, layer.mask.is_some()) {
                 tt::heads_major(tape, &v, kvh, hd)
             } else {
                 v.view(&[b, kvh, s, hd])
@@ -612,33 +612,33 @@ fn train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt, layer: &Layer<'_>, sha
             (keys, values)
         };
         drop((key, value));
-        // `repeat_kv` (eager always, sdpa under a mask, which takes no `enable_gqa`) copies the
-        // keys and values out to every head (the backward sums the copies' gradients back).
-        let repeat = |t: &Pt| {
-            let copy = t.new(&[b, heads, s, hd], t.dt);
-            tape.node(&copy, vec![Tape::grad_of(t)], &[]);
-            copy
-        };
-        let (context, weights) = match layer.mask {
-            Some(mask) if r.eager => {
-                let (keys, values) = if kvh < heads {
-                    (repeat(&keys), repeat(&values))
-                } else {
-                    (keys.clone(), values.clone())
+        // `repeat_kv` ([`repeats_kv`]) copies the keys and values out to every head (the
+        // backward sums the copies' gradients back); the copies go as the attention function
+        // returns.
+        let (context, weights) = {
+            let (keys, values) = if repeats_kv(r, layer.mask.is_some()) {
+                let repeat = |t: &Pt| {
+                    let copy = t.new(&[b, heads, s, hd], t.dt);
+                    tape.node(&copy, vec![Tape::grad_of(t)], &[]);
+                    copy
                 };
-                let (context, weights) = train_eager(tape, (&query, &keys, &values), mask);
-                (context, Some(weights))
-            }
-            _ => {
-                let (keys, values) = match layer.mask {
-                    Some(_) if kvh < heads => (repeat(&keys), repeat(&values)),
-                    _ => (keys.clone(), values.clone()),
-                };
-                // Under autocast sdpa casts its inputs (the arguments right to left: v, k, q).
-                let (v, k) = (tape.lower(&values), tape.lower(&keys));
-                let q = tape.lower(&query);
-                let out = tt::flash_attention(tape, (&q, &k, &v), layer.mask, r.threads);
-                (out, None)
+                (repeat(&keys), repeat(&values))
+            } else {
+                (keys.clone(), values.clone())
+            };
+            match layer.mask {
+                Some(mask) if r.eager => {
+                    let (context, weights) = train_eager(tape, (&query, &keys, &values), mask);
+                    (context, Some(weights))
+                }
+                _ => {
+                    // Under autocast sdpa casts its inputs (the arguments right to left: v, k,
+                    // q).
+                    let (v, k) = (tape.lower(&values), tape.lower(&keys));
+                    let q = tape.lower(&query);
+                    let out = tt::flash_attention(tape, (&q, &k, &v), layer.mask, r.threads);
+                    (out, None)
+                }
             }
         };
         let context = context.view(&[b, s, heads * hd]);

@@ -277,6 +277,17 @@ impl Pt {
         }
     }
 
+    /// The output, in `dt`, of an elementwise op the CPU computes in that wider type (a
+    /// low-precision tensor meeting an f32 one): `TensorIterator` widens this input in a copy,
+    /// freed once the output is made. Without a change of type, just the output.
+    #[must_use]
+    pub fn widened(&self, dt: TDt) -> Pt {
+        let copy = (dt != self.dt).then(|| self.new(&self.dims, dt));
+        let out = self.new(&self.dims, dt);
+        drop(copy);
+        out
+    }
+
     /// A copy (`contiguous()` on a strided view, `clone()`).
     #[must_use]
     pub fn copy(&self) -> Pt {
@@ -409,6 +420,23 @@ pub fn eager_attention(r: &TorchRun<'_>, (q, k, v): (&Pt, &Pt, &Pt), heads: usiz
     let context = out.copy();
     drop(out);
     (context, probs)
+}
+
+/// The encoders' attention (BERT, `DistilBERT`) on the projections `q`, `k`, `v`
+/// (`(b, s, heads·d)`): eager's, with the weights the layer holds, or sdpa's flash kernel.
+#[must_use]
+pub fn encoder_attention(
+    r: &TorchRun<'_>,
+    (q, k, v): (&Pt, &Pt, &Pt),
+    heads: usize,
+) -> (Pt, Option<Pt>) {
+    if r.eager {
+        let (context, weights) = eager_attention(r, (q, k, v), heads);
+        return (context, Some(weights));
+    }
+    let seq = q.dims[1];
+    let context = flash_attention(r, (q, k, v), heads, seq, seq, q.dims[2] / heads);
+    (context, None)
 }
 
 /// `nn.LayerNorm` on the CPU: the output, and the mean and reciprocal deviation per row (in the

@@ -600,9 +600,7 @@ pub fn add(tape: &Tape, a: &Pt, b: &Pt) -> Pt {
 /// gradient back for it (a new tensor) and passes it on to the other.
 fn add_promoted(tape: &Tape, a: &Pt, b: &Pt) -> Pt {
     let (low, high) = if a.dt.reduced() { (a, b) } else { (b, a) };
-    let widened = low.new(&low.dims, high.dt);
-    let y = high.like();
-    drop(widened);
+    let y = low.widened(high.dt);
     tape.node(&y, vec![Tape::grad_of(low), Edge::Pass(high.gid())], &[]);
     y
 }
@@ -889,9 +887,7 @@ pub fn rms_norm(tape: &Tape<'_>, x: &Pt) -> Pt {
         );
         out
     } else {
-        let widened = back.new(&back.dims, weight_dt);
-        let out = back.new(&back.dims, weight_dt);
-        drop(widened);
+        let out = back.widened(weight_dt);
         let wide = full(&out);
         tape.node(
             &out,
@@ -925,9 +921,7 @@ pub fn rotate(tape: &Tape<'_>, x: &Pt, cos: &Pt, sin: &Pt) -> Pt {
             tape.node(&y, vec![Tape::grad_of(t)], &[table]);
             return y;
         }
-        let widened = t.new(&t.dims, table.dt);
-        let y = t.new(&t.dims, table.dt);
-        drop(widened);
+        let y = t.widened(table.dt);
         let wide_grad = t.elems() as u64 * table.dt.size();
         tape.node(&y, vec![Edge::Work(wide_grad), Tape::grad_of(t)], &[table]);
         y
