@@ -53,6 +53,16 @@ pub struct EstimateArgs {
     /// With --runtime torch --workload train: gradient checkpointing, off (the default) or on.
     #[arg(long, value_parser = crate::runtime::parse_on_off, help_heading = "PyTorch runtime")]
     pub gradient_checkpointing: Option<bool>,
+    /// With --runtime torch: the kernels and allocator to follow, cpu (the torch runtime's CPU
+    /// trials, exact) or cuda (CUDA's kernels, the caching allocator's 512-byte blocks and
+    /// segments, and the context outside it). Default: cuda with --gpu, else cpu.
+    #[arg(long, value_enum, help_heading = "PyTorch runtime")]
+    pub device: Option<TorchDeviceArg>,
+    /// With --device cuda: the device memory the process holds outside PyTorch's pool (CUDA
+    /// context, kernel modules), e.g. 600MiB, as `oomlab sweep --runtime torch` measured it on
+    /// your GPU (its overhead). Default: 512 MiB, assumed.
+    #[arg(long, value_parser = crate::plan::parse_bytes, help_heading = "PyTorch runtime")]
+    pub cuda_context: Option<u64>,
     /// With --runtime torch --check: the Python with torch and transformers.
     #[arg(long, help_heading = "PyTorch runtime")]
     pub python: Option<std::path::PathBuf>,
@@ -60,6 +70,13 @@ pub struct EstimateArgs {
     /// that line appears only when the runtime was just measured.
     #[arg(long, short)]
     pub verbose: bool,
+}
+
+/// `--device` of `estimate --runtime torch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TorchDeviceArg {
+    Cpu,
+    Cuda,
 }
 
 const AFTER_ESTIMATE: &str = "\

@@ -4,7 +4,7 @@
 use super::estimate::{EstimateArgs, points};
 use super::{CliError, Flags};
 use crate::catalog::ModelSpec;
-use crate::estimate::torch::{self, How, TorchBreakdown};
+use crate::estimate::torch::{self, CudaArm, How, TorchBreakdown, TorchDevice};
 use crate::plan::{
     Attn, PlanOverrides, Precision, Runtime, Strategy, Task, Workload, defaults, human_bytes,
 };
@@ -33,6 +33,23 @@ struct Point {
     max_batch: Option<usize>,
     measured_total_bytes: Option<u64>,
     relative_error: Option<f64>,
+    /// `--check` on CUDA: the trial's pool high-water marks (`max_memory_allocated`,
+    /// `max_memory_reserved`) and the device memory outside the pool, beside the estimate's
+    /// (its allocated mark is weights + inputs + activations + workspace).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    measured_pool_peak_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    measured_pool_reserved_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    measured_context_bytes: Option<u64>,
+}
+
+/// What a torch trial measured at one point.
+#[derive(Debug, Clone, Copy, Default)]
+struct Measured {
+    total: Option<u64>,
+    pool_peak: Option<u64>,
+    pool_reserved: Option<u64>,
 }
 
 /// A torch trial at one point: its measured total.
@@ -41,12 +58,13 @@ fn measure(
     spec: &ModelSpec,
     (batch, seq, dtype): (usize, usize, Precision),
     how: How,
+    capacity: Option<u64>,
     threads: usize,
     python: &mut Option<std::path::PathBuf>,
     probed: &mut bool,
     worker: &WorkerConfig,
     cancel: &Arc<AtomicBool>,
-) -> Result<Option<u64>, CliError> {
+) -> Result<Measured, CliError> {
     let given = PlanOverrides {
         model: Some(spec.reference.clone()),
         seqs: Some(vec![seq]),
@@ -55,8 +73,18 @@ fn measure(
             crate::plan::BatchRange::new(batch, batch)
                 .map_err(|e| CliError::usage(e.to_string()))?,
         ),
-        // Far above the point: the trial runs to its end and reports its total.
-        capacity_bytes: Some(1 << 46),
+        // On the CPU far above the point: the trial runs to its end and reports its total. On
+        // CUDA the capacity asked for (a GPU holds back the rest).
+        capacity_bytes: Some(match how.device {
+            TorchDevice::Cpu => 1 << 46,
+            TorchDevice::Cuda(_) => capacity.ok_or_else(|| {
+                CliError::usage(
+                    "--check with --device cuda measures on cuda:0 under a capacity: give --capacity (at most the GPU's free memory) or --gpu",
+                )
+            })?,
+        }),
+        device: matches!(how.device, TorchDevice::Cuda(_))
+            .then_some(crate::plan::DeviceKind::Cuda { index: 0 }),
         strategy: Some(Strategy::Grid),
         threads: Some(threads),
         runtimes: Some(vec![Runtime::Torch]),
@@ -94,7 +122,41 @@ fn measure(
     if let Some(why) = results.unbuilt() {
         return Err(CliError::runtime(why));
     }
-    Ok(results.trials.iter().find_map(|t| t.total_bytes))
+    Ok(results
+        .trials
+        .iter()
+        .find(|t| t.total_bytes.is_some())
+        .map_or_else(Measured::default, |t| Measured {
+            total: t.total_bytes,
+            pool_peak: t.pool_peak_bytes,
+            pool_reserved: t.pool_reserved_bytes,
+        }))
+}
+
+/// The arm `--device` picks: cuda with `--gpu` unless told otherwise; its cuBLAS workspace
+/// from the preset's compute capability (Ampere's when none is named), its context given or
+/// assumed.
+fn device(args: &EstimateArgs) -> Result<TorchDevice, CliError> {
+    use super::estimate::TorchDeviceArg;
+    let cuda = match args.device {
+        Some(TorchDeviceArg::Cuda) => true,
+        Some(TorchDeviceArg::Cpu) => false,
+        None => args.what.gpu.is_some(),
+    };
+    if !cuda {
+        if args.cuda_context.is_some() {
+            return Err(CliError::usage(
+                "--cuda-context belongs to the CUDA arm: add --device cuda (or --gpu)",
+            ));
+        }
+        return Ok(TorchDevice::Cpu);
+    }
+    let mut arm = CudaArm::assumed(args.what.gpu.map_or((8, 0), |g| g.compute_capability));
+    if let Some(context) = args.cuda_context {
+        arm.context_bytes = context;
+        arm.context_measured = true;
+    }
+    Ok(TorchDevice::Cuda(arm))
 }
 
 /// `oomlab estimate --runtime torch`
@@ -104,6 +166,7 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
     let attn = args.attn.unwrap_or(Attn::Sdpa);
     let points = points(args, false)?;
     let capacity = args.what.capacity.or(args.what.gpu.map(|g| g.total_bytes));
+    let device = device(args)?;
     let cancel = Arc::new(AtomicBool::new(false));
     let on_signal = Arc::clone(&cancel);
     let _ = crate::signals::on_terminate(move || on_signal.store(true, Ordering::Relaxed));
@@ -116,6 +179,7 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
         let how = How {
             optimizer: args.optimizer.unwrap_or_default(),
             checkpointing: args.gradient_checkpointing.unwrap_or(false),
+            device,
             ..How::new(workload, task, attn)
         };
         let breakdown = torch::estimate(spec, *batch, *seq, *dtype, how, threads)
@@ -128,6 +192,7 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
                 spec,
                 (*batch, *seq, *dtype),
                 how,
+                capacity,
                 threads,
                 &mut python,
                 &mut probed,
@@ -135,7 +200,7 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
                 &cancel,
             )?
         } else {
-            None
+            Measured::default()
         };
         rows.push(Point {
             runtime: "torch",
@@ -162,8 +227,16 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
                 )
                 .flatten()
             }),
-            relative_error: measured.map(|m| (breakdown.total_bytes as f64 - m as f64) / m as f64),
-            measured_total_bytes: measured,
+            relative_error: measured
+                .total
+                .map(|m| (breakdown.total_bytes as f64 - m as f64) / m as f64),
+            measured_total_bytes: measured.total,
+            measured_pool_peak_bytes: measured.pool_peak,
+            measured_pool_reserved_bytes: measured.pool_reserved,
+            measured_context_bytes: measured
+                .total
+                .zip(measured.pool_reserved)
+                .map(|(t, r)| t.saturating_sub(r)),
         });
     }
     if args.json {
@@ -229,14 +302,58 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
                 human_bytes(saved)
             );
         }
+        if let (Some(workspace), Some(cached), Some(context)) =
+            (b.workspace_bytes, b.pool_cached_bytes, b.context_bytes)
+        {
+            out!(
+                "{:<24} CUDA: cuBLAS workspace {}, pool cached above its blocks {}, context {} ({})",
+                "",
+                human_bytes(workspace),
+                human_bytes(cached),
+                human_bytes(context),
+                if b.context_measured == Some(true) {
+                    "given with --cuda-context"
+                } else {
+                    "assumed: --cuda-context gives yours"
+                }
+            );
+        }
+        if let (Some(peak), Some(reserved), Some(context)) = (
+            p.measured_pool_peak_bytes,
+            p.measured_pool_reserved_bytes,
+            p.measured_context_bytes,
+        ) {
+            let allocated = b.weights_bytes
+                + b.input_bytes
+                + b.activation_bytes
+                + b.workspace_bytes.unwrap_or(0);
+            let reserved_est = b.total_bytes - b.context_bytes.unwrap_or(0);
+            let err = |e: u64, m: u64| (e as f64 - m as f64) / m.max(1) as f64 * 100.0;
+            out!(
+                "{:<24} measured on the GPU: pool allocated {} (estimate {:+.3}%), reserved {} ({:+.3}%), outside the pool {}",
+                "",
+                human_bytes(peak),
+                err(allocated, peak),
+                human_bytes(reserved),
+                err(reserved_est, reserved),
+                human_bytes(context)
+            );
+        }
     }
     let optimizer = if workload == Workload::Train {
         format!(", optimizer {}", args.optimizer.unwrap_or_default())
     } else {
         String::new()
     };
+    let arm = match device {
+        TorchDevice::Cpu => "a simulation of transformers' forward as PyTorch runs it on the CPU; --check measures with the torch runtime".to_string(),
+        TorchDevice::Cuda(arm) => format!(
+            "CUDA arm: transformers' forward with CUDA's kernels, the caching allocator's 512-byte blocks and segments (total = its reserved high-water mark + the context), a cuBLAS workspace of {}; followed from PyTorch's source and not yet checked on a GPU (--check on a GPU measures)",
+            human_bytes(arm.cublas_workspace_bytes)
+        ),
+    };
     out!(
-        "PyTorch · {} · task {}, attention {}{optimizer} · estimated by oomlab's PyTorch estimator from the model's dims (a simulation of transformers' forward as PyTorch runs it on the CPU; --check measures with the torch runtime)",
+        "PyTorch · {} · task {}, attention {}{optimizer} · estimated by oomlab's PyTorch estimator from the model's dims ({arm})",
         workload.describe(),
         rows.first().map_or(Task::Base, |p| p.task),
         attn

@@ -29,6 +29,77 @@ pub struct TorchBreakdown {
     pub optimizer_bytes: Option<u64>,
     pub gradient_bytes: Option<u64>,
     pub saved_activation_bytes: Option<u64>,
+    /// `cpu` or `cuda`: the arm that sized it.
+    pub device: &'static str,
+    /// CUDA only: cuBLAS's workspace, a block of the pool taken at the first matmul and kept
+    /// (not in `activation_bytes`).
+    pub workspace_bytes: Option<u64>,
+    /// CUDA only: what the caching allocator holds above its blocks at the high-water marks
+    /// (`max_memory_reserved` less `max_memory_allocated`: segments cut into blocks, cached
+    /// free blocks).
+    pub pool_cached_bytes: Option<u64>,
+    /// CUDA only: the device memory outside the pool (context, kernel modules), and whether
+    /// that figure was measured on this GPU (else assumed).
+    pub context_bytes: Option<u64>,
+    pub context_measured: Option<bool>,
+    /// CUDA under a capacity: whether the allocator ran out of memory on the way (a new
+    /// segment did not fit even after the cached ones were released).
+    #[serde(skip)]
+    pub out_of_memory: bool,
+}
+
+/// Which kernels and allocator the estimate follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TorchDevice {
+    /// PyTorch's CPU kernels and c10's CPU allocator (as the profiler counts it).
+    #[default]
+    Cpu,
+    /// CUDA's kernels and the caching allocator, with the device memory outside it.
+    Cuda(CudaArm),
+}
+
+/// The CUDA arm's setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CudaArm {
+    /// Device memory the process holds outside the caching allocator (CUDA context, kernel
+    /// modules loaded by the forward).
+    pub context_bytes: u64,
+    /// Whether `context_bytes` was measured on this GPU.
+    pub context_measured: bool,
+    /// The cuBLAS workspace the first matmul takes from the pool.
+    pub cublas_workspace_bytes: u64,
+    /// The device memory the process may use in all (the capacity): the pool may grow to it
+    /// less the context; None: unlimited.
+    pub capacity_bytes: Option<u64>,
+}
+
+/// The CUDA context and kernel modules PyTorch holds outside its pool when no GPU run has
+/// measured them: 512 MiB, assumed (a CUDA 12/13 context with lazy module loading is 0.3 to
+/// 0.7 GiB; oomlab's own candle worker measured 0.67 GiB on an H200).
+pub const ASSUMED_CONTEXT_BYTES: u64 = 512 << 20;
+
+/// cuBLAS's workspace as PyTorch sizes it (`CUBLAS_WORKSPACE_CONFIG` unset): 4096 KiB × 8 on
+/// Hopper and newer (compute capability 9.0+), else 4096 KiB × 2 + 16 KiB × 8.
+#[must_use]
+pub fn cublas_workspace_bytes(compute_capability: (u32, u32)) -> u64 {
+    if compute_capability.0 >= 9 {
+        4096 * 1024 * 8
+    } else {
+        4096 * 1024 * 2 + 16 * 1024 * 8
+    }
+}
+
+impl CudaArm {
+    /// The arm for a GPU of `compute_capability`, its context assumed.
+    #[must_use]
+    pub fn assumed(compute_capability: (u32, u32)) -> Self {
+        Self {
+            context_bytes: ASSUMED_CONTEXT_BYTES,
+            context_measured: false,
+            cublas_workspace_bytes: cublas_workspace_bytes(compute_capability),
+            capacity_bytes: None,
+        }
+    }
 }
 
 /// The live bytes where a training step's phases begin, as the torch worker marks them.
@@ -106,6 +177,8 @@ pub struct How {
     pub attn: Attn,
     pub optimizer: Optimizer,
     pub checkpointing: bool,
+    /// The CPU's kernels (the torch runtime's CPU trials) or CUDA's.
+    pub device: TorchDevice,
 }
 
 impl How {
@@ -128,6 +201,7 @@ impl How {
             attn,
             optimizer: Optimizer::default(),
             checkpointing: false,
+            device: TorchDevice::Cpu,
         }
     }
 }
@@ -167,7 +241,7 @@ pub fn estimate(
         modelled: modelled_families().join(", "),
     };
     let h = head(task);
-    let weights = room.torch_weights(&spec.dims, h, dt).ok_or_else(|| {
+    let tensors = room.torch_weights(&spec.dims, h, dt).ok_or_else(|| {
         if room.torch_weights(&spec.dims, Head::Base, dt).is_some()
             || room.torch_weights(&spec.dims, Head::CausalLm, dt).is_some()
         {
@@ -179,7 +253,79 @@ pub fn estimate(
             not_family()
         }
     })?;
-    let sim = TSim::new();
+    let weights = tensors.bytes();
+    let grouped = spec.dims.kv_heads < spec.dims.heads && room.is_decoder();
+    if matches!(how.device, TorchDevice::Cuda(_))
+        && attn == Attn::Sdpa
+        && grouped
+        && dt == TDt::F32
+        && autocast.is_none()
+    {
+        return Err(NotModelled::Point {
+            family: room.name().to_string(),
+            why: "on CUDA, sdpa runs float32 grouped-query attention in its math kernel, which the CUDA arm does not model yet (bf16, f16, amp and eager attention are)",
+        });
+    }
+    let (sim, cuda) = match how.device {
+        TorchDevice::Cpu => (TSim::new(), None),
+        TorchDevice::Cuda(arm) => (
+            TSim::cuda(
+                arm.capacity_bytes
+                    .map(|c| c.saturating_sub(arm.context_bytes)),
+            ),
+            Some(arm),
+        ),
+    };
+    // On CUDA the weights are the pool's first blocks, made as the constructor makes them
+    // under `torch.device("cuda")`; the first matmul then takes cuBLAS's workspace. (On the
+    // CPU they are the worker's baseline, outside the simulation.)
+    let kept = if let Some(arm) = cuda {
+        let kept = tensors.make(&sim);
+        sim.workspace_at_first_matmul(arm.cublas_workspace_bytes);
+        kept
+    } else {
+        Vec::new()
+    };
+    let pool_weights = sim.pool().map_or(0, |p| p.allocated());
+    let input_bytes = 2 * (batch * seq) as u64 * TDt::I64.size();
+    let cpu = |peak: u64, m: Option<Marks>| TorchBreakdown {
+        weights_bytes: weights,
+        input_bytes,
+        activation_bytes: peak - input_bytes,
+        total_bytes: weights + peak,
+        optimizer_bytes: m.map(|m| m.forward2 - m.forward1),
+        gradient_bytes: m.map(|m| m.optimizer2 - m.forward2),
+        saved_activation_bytes: m.map(|m| m.backward2 - m.forward2),
+        device: "cpu",
+        workspace_bytes: None,
+        pool_cached_bytes: None,
+        context_bytes: None,
+        context_measured: None,
+        out_of_memory: false,
+    };
+    // On CUDA the parts are the pool's: the weights' blocks, the inputs' (two int64 tensors,
+    // rounded), the rest of the allocated high-water mark, what the segments hold above it,
+    // and the context outside the pool.
+    let on_cuda = |arm: CudaArm, m: Option<Marks>| {
+        let pool = sim.pool().expect("a CUDA simulator has a pool");
+        let inputs = 2 * crate::families::torch_cuda::round_size(input_bytes / 2);
+        let workspace = crate::families::torch_cuda::round_size(arm.cublas_workspace_bytes);
+        TorchBreakdown {
+            weights_bytes: pool_weights,
+            input_bytes: inputs,
+            activation_bytes: pool.peak_allocated() - pool_weights - inputs - workspace,
+            total_bytes: pool.peak_reserved() + arm.context_bytes,
+            optimizer_bytes: m.map(|m| m.forward2 - m.forward1),
+            gradient_bytes: m.map(|m| m.optimizer2 - m.forward2),
+            saved_activation_bytes: m.map(|m| m.backward2 - m.forward2),
+            device: "cuda",
+            workspace_bytes: Some(workspace),
+            pool_cached_bytes: Some(pool.peak_reserved() - pool.peak_allocated()),
+            context_bytes: Some(arm.context_bytes),
+            context_measured: Some(arm.context_measured),
+            out_of_memory: pool.out_of_memory().is_some(),
+        }
+    };
     if workload == Workload::Train {
         let (peak, m) = train_peak(
             room,
@@ -190,15 +336,10 @@ pub fn estimate(
             h,
             threads,
         )?;
-        let input_bytes = 2 * (batch * seq) as u64 * TDt::I64.size();
-        return Ok(TorchBreakdown {
-            weights_bytes: weights,
-            input_bytes,
-            activation_bytes: peak - input_bytes,
-            total_bytes: weights + peak,
-            optimizer_bytes: Some(m.forward2 - m.forward1),
-            gradient_bytes: Some(m.optimizer2 - m.forward2),
-            saved_activation_bytes: Some(m.backward2 - m.forward2),
+        drop(kept);
+        return Ok(match cuda {
+            Some(arm) => on_cuda(arm, Some(m)),
+            None => cpu(peak, Some(m)),
         });
     }
     let graph = std::cell::RefCell::new(Vec::new());
@@ -215,7 +356,6 @@ pub fn estimate(
     };
     let ids = sim.alloc(&[batch, seq], TDt::I64);
     let mask = sim.alloc(&[batch, seq], TDt::I64);
-    let input_bytes = sim.live();
     let outputs = room
         .torch_forward(&r, &ids)
         .map_err(|why| NotModelled::Point {
@@ -225,16 +365,10 @@ pub fn estimate(
     // The trial drops the output, and with it the graph.
     drop(outputs);
     graph.borrow_mut().clear();
-    drop((ids, mask));
-    let peak = sim.peak();
-    Ok(TorchBreakdown {
-        weights_bytes: weights,
-        input_bytes,
-        activation_bytes: peak - input_bytes,
-        total_bytes: weights + peak,
-        optimizer_bytes: None,
-        gradient_bytes: None,
-        saved_activation_bytes: None,
+    drop((ids, mask, kept));
+    Ok(match cuda {
+        Some(arm) => on_cuda(arm, None),
+        None => cpu(sim.peak(), None),
     })
 }
 
@@ -332,10 +466,22 @@ pub fn max_batch(
     capacity_bytes: u64,
     limit: usize,
 ) -> Option<Option<usize>> {
+    // On CUDA a batch fits when the allocator, limited to the capacity less the context,
+    // never runs out (it releases its cached segments first, as PyTorch's does).
+    let how = match how.device {
+        TorchDevice::Cuda(arm) => How {
+            device: TorchDevice::Cuda(CudaArm {
+                capacity_bytes: Some(capacity_bytes),
+                ..arm
+            }),
+            ..how
+        },
+        TorchDevice::Cpu => how,
+    };
     let at = |b: usize| estimate(spec, b, seq, dtype, how, threads);
     at(1).ok()?;
     Some(super::last_fitting(limit, |b| {
-        at(b).is_ok_and(|e| e.total_bytes <= capacity_bytes)
+        at(b).is_ok_and(|e| e.total_bytes <= capacity_bytes && !e.out_of_memory)
     }))
 }
 
@@ -561,6 +707,169 @@ mod tests {
         let quad = per_layer(1, 256) - 2 * per_layer(1, 128);
         let scores = dims.heads as u64 * (256 * 256 - 2 * 128 * 128);
         assert_eq!(quad, 12 * scores, "12 bytes per attention score");
+        // On CUDA the flash kernel takes the dropout itself and keeps no scores: nothing per
+        // score; the dropout masks are bool (1 byte) and `LayerNorm`'s statistics f32.
+        let on_cuda = |layers: usize, b: usize, s: usize| {
+            let mut spec = spec("bert-base-uncased");
+            spec.dims.layers = layers;
+            let how = How {
+                device: TorchDevice::Cuda(CudaArm::assumed((8, 0))),
+                ..How::new(Workload::Train, Task::SequenceClassification, Attn::Sdpa)
+            };
+            estimate(&spec, b, s, Precision::F16, how, 2)
+                .unwrap()
+                .saved_activation_bytes
+                .unwrap()
+        };
+        let cuda_layer = |b: usize, s: usize| on_cuda(2, b, s) - on_cuda(1, b, s);
+        for (b, s) in [(1, 128), (4, 512)] {
+            let ours = cuda_layer(b, s) as f64;
+            let theirs = formula(b, s);
+            let linear = s as f64 * b as f64 * hidden * 34.0;
+            println!(
+                "BERT-base f16 training on CUDA, b{b} s{s}: {ours:.0} bytes per layer saved, Korthikanti {theirs:.0} ({:+.1}%), its linear term alone {linear:.0} ({:+.1}%)",
+                (ours - theirs) / theirs * 100.0,
+                (ours - linear) / linear * 100.0
+            );
+        }
+        // Linear in the tokens but for the flash kernel's RNG state (16 bytes) and empty
+        // scalar (8), per layer.
+        assert_eq!(2 * cuda_layer(1, 128) - cuda_layer(1, 256), 16 + 8);
+    }
+
+    fn cuda(context: u64) -> TorchDevice {
+        TorchDevice::Cuda(CudaArm {
+            context_bytes: context,
+            ..CudaArm::assumed((8, 0))
+        })
+    }
+
+    /// The CUDA arm's total is the caching allocator's reserved high-water mark (whole
+    /// segments, multiples of 2 MiB) plus the context; its parts add up to it; the weights are
+    /// the pool's blocks, each tensor rounded up to 512 bytes.
+    #[test]
+    fn the_cuda_arm_is_the_pools_reserved_mark_and_the_context() {
+        use crate::families::torch_cuda::round_size;
+        let mini = spec("bert-mini");
+        for (workload, dtype) in [
+            (Workload::Infer, Precision::F32),
+            (Workload::Grad, Precision::Bf16),
+            (Workload::Train, Precision::AmpBf16),
+        ] {
+            let task = Task::default_for(workload, false);
+            let at = |context: u64| {
+                let how = How {
+                    device: cuda(context),
+                    ..How::new(workload, task, Attn::Sdpa)
+                };
+                estimate(&mini, 4, 64, dtype, how, 2).unwrap()
+            };
+            let e = at(300 << 20);
+            assert_eq!(e.device, "cuda");
+            let (workspace, cached) = (e.workspace_bytes.unwrap(), e.pool_cached_bytes.unwrap());
+            assert_eq!(
+                e.weights_bytes
+                    + e.input_bytes
+                    + e.activation_bytes
+                    + workspace
+                    + cached
+                    + (300 << 20),
+                e.total_bytes,
+                "{workload:?}"
+            );
+            assert_eq!((e.total_bytes - (300 << 20)) % (2 << 20), 0, "{workload:?}");
+            assert_eq!(at(301 << 20).total_bytes, e.total_bytes + (1 << 20));
+            let dt = match dtype {
+                Precision::Bf16 => TDt::Bf16,
+                _ => TDt::F32,
+            };
+            let head = if workload == Workload::Train {
+                Head::SequenceClassification
+            } else {
+                Head::Base
+            };
+            let kept = mini
+                .family
+                .room()
+                .torch_weights(&mini.dims, head, dt)
+                .unwrap();
+            // Each kept tensor rounded; a large one whose segment leaves 1 MiB or less over
+            // takes the whole segment.
+            let kept: Vec<u64> = kept.tensors.iter().filter(|t| t.1).map(|t| t.0).collect();
+            let rounded: u64 = kept.iter().map(|&t| round_size(t)).sum();
+            let large = kept.iter().filter(|&&t| t > 1 << 20).count() as u64;
+            assert!(
+                e.weights_bytes >= rounded && e.weights_bytes - rounded <= large << 20,
+                "{workload:?}: {} {rounded}",
+                e.weights_bytes
+            );
+            assert_eq!(e.input_bytes, 2 * round_size(4 * 64 * 8));
+        }
+    }
+
+    /// On CUDA `AdamW` is foreach: its state is `exp_avg` and `exp_avg_sq` per parameter (the
+    /// `step` counters are CPU scalars), where the CPU's loop keeps a float32 step each too.
+    #[test]
+    fn adamw_on_cuda_keeps_its_steps_on_the_cpu() {
+        let step = |device: TorchDevice| {
+            let how = How {
+                device,
+                ..How::new(Workload::Train, Task::SequenceClassification, Attn::Sdpa)
+            };
+            estimate(&spec("bert-mini"), 2, 64, Precision::F32, how, 2).unwrap()
+        };
+        let (gpu, cpu) = (step(cuda(0)), step(TorchDevice::Cpu));
+        let params = cpu.gradient_bytes.unwrap();
+        assert_eq!(gpu.gradient_bytes, Some(params));
+        assert_eq!(gpu.optimizer_bytes, Some(2 * params));
+        assert!(cpu.optimizer_bytes.unwrap() > 2 * params);
+    }
+
+    /// `max_batch` on CUDA is where the allocator, limited to the capacity less the context,
+    /// first runs out: the batch above it does, after releasing its cached segments; run
+    /// without a limit, that batch's total is over the capacity.
+    #[test]
+    fn max_batch_on_cuda_is_where_the_allocator_runs_out() {
+        let mini = spec("bert-mini");
+        let how = How {
+            device: cuda(200 << 20),
+            ..How::new(Workload::Train, Task::SequenceClassification, Attn::Sdpa)
+        };
+        let capacity = 600 << 20;
+        let m = max_batch(&mini, 128, Precision::F32, how, 2, capacity, 1 << 12)
+            .unwrap()
+            .unwrap();
+        assert!(m > 1, "{m}");
+        let limited = |b: usize| {
+            let TorchDevice::Cuda(arm) = how.device else {
+                unreachable!()
+            };
+            let how = How {
+                device: TorchDevice::Cuda(CudaArm {
+                    capacity_bytes: Some(capacity),
+                    ..arm
+                }),
+                ..how
+            };
+            estimate(&mini, b, 128, Precision::F32, how, 2).unwrap()
+        };
+        assert!(!limited(m).out_of_memory);
+        assert!(limited(m + 1).out_of_memory);
+        let free = estimate(&mini, m + 1, 128, Precision::F32, how, 2).unwrap();
+        assert!(free.total_bytes > capacity, "{}", free.total_bytes);
+    }
+
+    /// CUDA's sdpa runs f32 grouped-query attention in its math kernel, not modelled: refused,
+    /// naming what is; bf16 on the same model is estimated.
+    #[test]
+    fn the_cuda_arm_refuses_f32_grouped_query_sdpa() {
+        let how = How {
+            device: cuda(0),
+            ..How::new(Workload::Infer, Task::CausalLm, Attn::Sdpa)
+        };
+        let e = estimate(&spec("TinyLlama-1.1B"), 1, 64, Precision::F32, how, 2).unwrap_err();
+        assert!(e.to_string().contains("math kernel"), "{e}");
+        assert!(estimate(&spec("TinyLlama-1.1B"), 1, 64, Precision::Bf16, how, 2).is_ok());
     }
 
     /// The parts add up, the inputs are the two int64 tensors, and the activations grow with

@@ -8,7 +8,7 @@ use super::candle::{Inputs, candle_config};
 use super::config::{dropout_field, named_alike, opt_field};
 use super::ops::{Run, embedding, linear, norm, softmax};
 use super::sim::{Dt, T};
-use super::torch_sim::{Head, Pt, TDt, TorchRun, encoder_attention, layer_norm};
+use super::torch_sim::{Head, Pt, TDt, TorchRun, Weights, encoder_attention, layer_norm};
 use super::torch_tape::{self as tt, Edge, Tape};
 use super::{
     AnyModel, BuildError, CandleModel, ConfigError, Dims, Dropout, Room, TensorShape, tensor_list,
@@ -72,7 +72,7 @@ impl Room for Bert {
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0], &inputs[1], &inputs[2])
     }
-    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<u64> {
+    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<Weights> {
         torch_bert_weights(d, head, dt)
     }
     fn torch_forward(
@@ -241,37 +241,44 @@ fn simulated(r: &Run<'_>, ids: &T, tt: &T, mask: &T) -> T {
 
 /// PyTorch: the parameters and buffers of transformers' `BertModel` (with its pooler) and the
 /// head on it; the buffers are `position_ids` and `token_type_ids` (int64, one per position).
-pub(super) fn torch_bert_weights(d: &Dims, head: Head, dt: TDt) -> Option<u64> {
-    torch_encoder_weights(d, head, dt, Positions::Absolute)
+pub(super) fn torch_bert_weights(d: &Dims, head: Head, dt: TDt) -> Option<Weights> {
+    torch_encoder_weights(d, head, dt)
 }
 
-/// BERT's or `RoBERTa`'s parameters and buffers: `RoBERTa`'s classification model has no pooler
-/// but a head of its own (dense and `out_proj`), and its token-type buffer is the same.
-pub(super) fn torch_encoder_weights(
-    d: &Dims,
-    head: Head,
-    dt: TDt,
-    positions: Positions,
-) -> Option<u64> {
-    let (h, i) = (d.hidden as u64, d.intermediate as u64);
-    let embeddings = (d.vocab as u64
-        + (d.max_positions + d.position_offset) as u64
-        + d.type_vocab.max(1) as u64)
-        * h
-        + 2 * h;
-    let layer = 4 * (h * h + h) + 2 * h + (h * i + i) + (i * h + h) + 2 * h;
-    let pooler = h * h + h;
-    let params = embeddings + d.layers as u64 * layer;
-    let params = match head {
-        Head::Base => params + pooler,
-        Head::SequenceClassification if positions == Positions::FromIds => {
-            params + (h * h + h) + h * NUM_LABELS + NUM_LABELS
+/// BERT's or `RoBERTa`'s parameters and buffers as the constructor makes them: the embeddings
+/// (word, position, token type, `LayerNorm`, then the `position_ids` and `token_type_ids`
+/// buffers), each layer (q, k, v, the attention's output and norm, the intermediate, the
+/// output and norm), then the head. `RoBERTa`'s classification model has no pooler but a head
+/// of its own (dense and `out_proj`).
+pub(super) fn torch_encoder_weights(d: &Dims, head: Head, dt: TDt) -> Option<Weights> {
+    let (h, i) = (d.hidden, d.intermediate);
+    let places = d.max_positions + d.position_offset;
+    let mut w = Weights::default();
+    for rows in [d.vocab, places, d.type_vocab.max(1)] {
+        w.push(rows * h, dt);
+    }
+    w.linear((1, h), true, dt);
+    w.push(places, TDt::I64);
+    w.push(places, TDt::I64);
+    for _ in 0..d.layers {
+        for _ in 0..4 {
+            w.linear((h, h), true, dt);
         }
-        Head::SequenceClassification => params + pooler + h * NUM_LABELS + NUM_LABELS,
+        w.linear((1, h), true, dt);
+        w.linear((h, i), true, dt);
+        w.linear((i, h), true, dt);
+        w.linear((1, h), true, dt);
+    }
+    match head {
+        Head::Base => w.linear((h, h), true, dt),
+        // BERT's pooler and classifier; `RoBERTa`'s dense and `out_proj`: the same shapes.
+        Head::SequenceClassification => {
+            w.linear((h, h), true, dt);
+            w.linear((h, NUM_LABELS as usize), true, dt);
+        }
         Head::CausalLm | Head::MaskedLm => return None,
-    };
-    let buffers = 2 * (d.max_positions + d.position_offset) as u64 * TDt::I64.size();
-    Some(params * dt.size() + buffers)
+    }
+    Some(w)
 }
 
 /// How an encoder's position ids are made.
@@ -606,7 +613,7 @@ fn bert_train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, hidden: &Pt) -> Pt {
                     tt::eager_attention(tape, (&q, &k, &v), n, drop_on.attention);
                 held_weights = Some(weights);
                 context
-            } else if drop_on.attention {
+            } else if drop_on.attention && !q.on_cuda() {
                 tt::attention_context(tape, (&q, &k, &v), n)
             } else {
                 tt::flash_context(tape, (&q, &k, &v), n, r.threads)

@@ -8,7 +8,7 @@ use super::candle::{Inputs, candle_config};
 use super::config::{dropout_field, field};
 use super::ops::{Run, embedding, linear, masked_fill, norm, softmax};
 use super::sim::{Dt, T};
-use super::torch_sim::{Head, Pt, TDt, TorchRun, encoder_attention, layer_norm};
+use super::torch_sim::{Head, Pt, TDt, TorchRun, Weights, encoder_attention, layer_norm};
 use super::torch_tape::{self as tt, Edge, Tape};
 use super::{
     AnyModel, BuildError, CandleModel, ConfigError, Dims, Dropout, Room, TensorShape, tensor_list,
@@ -101,7 +101,7 @@ impl Room for DistilBert {
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0], &inputs[1])
     }
-    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<u64> {
+    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<Weights> {
         torch_weights(d, head, dt)
     }
     fn torch_forward(
@@ -216,23 +216,31 @@ const NUM_LABELS: u64 = 2;
 
 /// PyTorch: `DistilBertModel`'s parameters and its `position_ids` buffer (int64), and the
 /// classification head (`pre_classifier`, `classifier`).
-fn torch_weights(d: &Dims, head: Head, dt: TDt) -> Option<u64> {
-    let (width, inner) = (d.hidden as u64, d.intermediate as u64);
-    let embeddings = (d.vocab + d.max_positions) as u64 * width + 2 * width;
-    let layer = 4 * (width * width + width)
-        + 2 * width
-        + (width * inner + inner)
-        + (inner * width + width)
-        + 2 * width;
-    let params = embeddings + d.layers as u64 * layer;
-    let params = match head {
-        Head::Base => params,
+fn torch_weights(d: &Dims, head: Head, dt: TDt) -> Option<Weights> {
+    let (width, inner) = (d.hidden, d.intermediate);
+    let mut w = Weights::default();
+    w.push(d.vocab * width, dt);
+    w.push(d.max_positions * width, dt);
+    w.linear((1, width), true, dt);
+    w.push(d.max_positions, TDt::I64);
+    for _ in 0..d.layers {
+        for _ in 0..4 {
+            w.linear((width, width), true, dt);
+        }
+        w.linear((1, width), true, dt);
+        w.linear((width, inner), true, dt);
+        w.linear((inner, width), true, dt);
+        w.linear((1, width), true, dt);
+    }
+    match head {
+        Head::Base => {}
         Head::SequenceClassification => {
-            params + width * width + width + width * NUM_LABELS + NUM_LABELS
+            w.linear((width, width), true, dt);
+            w.linear((width, NUM_LABELS as usize), true, dt);
         }
         Head::CausalLm | Head::MaskedLm => return None,
-    };
-    Some(params * dt.size() + d.max_positions as u64 * TDt::I64.size())
+    }
+    Some(w)
 }
 
 /// PyTorch: `DistilBertModel.forward` as transformers 5 runs it on the CPU (sdpa): embeddings,
@@ -396,7 +404,7 @@ fn train_block(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt) -> Pt {
                     tt::eager_attention(tape, (&q, &k, &v), heads, r.d.dropout.attention);
                 held_weights = Some(weights);
                 context
-            } else if r.d.dropout.attention {
+            } else if r.d.dropout.attention && !q.on_cuda() {
                 tt::attention_context(tape, (&q, &k, &v), heads)
             } else {
                 tt::flash_context(tape, (&q, &k, &v), heads, r.threads)

@@ -15,6 +15,7 @@ mod candle;
 mod config;
 pub mod ops;
 pub mod sim;
+pub mod torch_cuda;
 mod torch_llama;
 pub mod torch_sim;
 pub mod torch_tape;
@@ -167,9 +168,14 @@ pub trait Room: Sync {
     }
     /// One simulated forward; returns its output (alive until the worker has read the peak).
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T;
-    /// PyTorch: the bytes of the parameters and buffers transformers' model holds for `head`
+    /// PyTorch: the parameters and buffers transformers' model makes for `head`, in order
     /// (None: the family's PyTorch memory is not modelled).
-    fn torch_weights(&self, _d: &Dims, _head: torch_sim::Head, _dt: torch_sim::TDt) -> Option<u64> {
+    fn torch_weights(
+        &self,
+        _d: &Dims,
+        _head: torch_sim::Head,
+        _dt: torch_sim::TDt,
+    ) -> Option<torch_sim::Weights> {
         None
     }
     /// PyTorch: one forward under `no_grad` as transformers runs it on the CPU, over the

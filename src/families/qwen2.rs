@@ -13,7 +13,7 @@ use super::ops::{
 };
 use super::sim::{Dt, T};
 use super::torch_llama::{self, Shape};
-use super::torch_sim::{Head, Pt, TDt, TorchRun};
+use super::torch_sim::{Head, Pt, TDt, TorchRun, Weights};
 use super::torch_tape::Tape;
 use super::{AnyModel, BuildError, ConfigError, Dims, Room, TensorShape};
 use candle_core::{DType, Device};
@@ -65,7 +65,7 @@ impl Room for Qwen2 {
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0])
     }
-    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<u64> {
+    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<Weights> {
         torch_llama::weights(d, head, dt, SHAPE)
     }
     fn torch_forward(

@@ -12,7 +12,7 @@ use super::llama::tensors_like_llama;
 use super::ops::{Run, embedding, gated_mlp, head_on_last, linear, norm, rotary_tables};
 use super::sim::{Dt, T};
 use super::torch_llama::{self, Shape};
-use super::torch_sim::{Head, Pt, TDt, TorchRun};
+use super::torch_sim::{Head, Pt, TDt, TorchRun, Weights};
 use super::torch_tape::Tape;
 use super::{AnyModel, BuildError, ConfigError, Dims, Room, TensorShape};
 use candle_core::{DType, Device};
@@ -65,7 +65,7 @@ impl Room for Qwen3 {
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0], None)
     }
-    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<u64> {
+    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<Weights> {
         torch_llama::weights(d, head, dt, shape(d))
     }
     fn torch_forward(

@@ -12,7 +12,7 @@ use super::candle::{Inputs, patched_config};
 use super::config::{ConfigError, dropout_field, field, named_alike, opt_field};
 use super::ops::{Run, embedding, linear, norm};
 use super::sim::{Dt, T};
-use super::torch_sim::{Head, Pt, TDt, TorchRun};
+use super::torch_sim::{Head, Pt, TDt, TorchRun, Weights};
 use super::torch_tape::Tape;
 use super::{AnyModel, BuildError, CandleModel, Dims, Dropout, Room, TensorShape};
 use candle_core::{DType, Device, Result, Tensor};
@@ -87,8 +87,8 @@ impl Room for Roberta {
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0], &inputs[1], &inputs[2])
     }
-    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<u64> {
-        torch_encoder_weights(d, head, dt, Positions::FromIds)
+    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<Weights> {
+        torch_encoder_weights(d, head, dt)
     }
     fn torch_forward(
         &self,

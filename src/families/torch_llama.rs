@@ -7,7 +7,7 @@
 #![allow(clippy::many_single_char_names)]
 
 use super::Dims;
-use super::torch_sim::{Head, Pt, TDt, TorchRun, flash_attention};
+use super::torch_sim::{Head, Pt, TDt, TorchRun, Weights, flash_attention};
 use super::torch_tape::{self as tt, Edge, Tape};
 
 /// What differs between the Llama-shaped families.
@@ -21,29 +21,43 @@ pub(super) struct Shape {
     pub qk_norm: bool,
 }
 
-/// Parameters and buffers of `…ForCausalLM`: embeddings, layers, the final norm, the head
-/// (unless tied), and the rotary buffers `inv_freq` and `original_inv_freq` (f32, half a head
-/// each).
-pub(super) fn weights(d: &Dims, head: Head, dt: TDt, shape: Shape) -> Option<u64> {
+/// Parameters and buffers of `…ForCausalLM` as its constructor makes them: the embeddings,
+/// each layer (q, k, v, o, Qwen3's q/k norms, the gated MLP, the two norms), the final norm,
+/// the rotary buffers `inv_freq` and `original_inv_freq` (f32, half a head each), then the head
+/// (made and dropped when tied to the embeddings).
+pub(super) fn weights(d: &Dims, head: Head, dt: TDt, shape: Shape) -> Option<Weights> {
     if head != Head::CausalLm {
         return None;
     }
-    let (width, inter, vocab) = (d.hidden as u64, d.intermediate as u64, d.vocab as u64);
-    let hd = d.head_dim() as u64;
-    let (qw, kv) = (d.heads as u64 * hd, d.kv_heads as u64 * hd);
-    let mut layer = width * qw + 2 * width * kv + qw * width + 3 * width * inter + 2 * width;
-    if shape.qkv_bias {
-        layer += qw + 2 * kv;
+    let (width, inter, vocab) = (d.hidden, d.intermediate, d.vocab);
+    let hd = d.head_dim();
+    let (qw, kv) = (d.heads * hd, d.kv_heads * hd);
+    let mut w = Weights::default();
+    w.push(vocab * width, dt);
+    for _ in 0..d.layers {
+        w.linear((width, qw), shape.qkv_bias, dt);
+        w.linear((width, kv), shape.qkv_bias, dt);
+        w.linear((width, kv), shape.qkv_bias, dt);
+        w.linear((qw, width), shape.o_bias, dt);
+        if shape.qk_norm {
+            w.push(hd, dt);
+            w.push(hd, dt);
+        }
+        w.linear((width, inter), false, dt);
+        w.linear((width, inter), false, dt);
+        w.linear((inter, width), false, dt);
+        w.push(width, dt);
+        w.push(width, dt);
     }
-    if shape.o_bias {
-        layer += width;
+    w.push(width, dt);
+    w.push(hd / 2, TDt::F32);
+    w.push(hd / 2, TDt::F32);
+    if d.tied_embeddings {
+        w.dropped(vocab * width, dt);
+    } else {
+        w.push(vocab * width, dt);
     }
-    if shape.qk_norm {
-        layer += 2 * hd;
-    }
-    let head_params = if d.tied_embeddings { 0 } else { vocab * width };
-    let params = vocab * width + d.layers as u64 * layer + width + head_params;
-    Some(params * dt.size() + 2 * (hd / 2) * TDt::F32.size())
+    Some(w)
 }
 
 /// `LlamaRMSNorm`: upcast to f32 (a copy unless f32), variance, scale, back to the input type,
@@ -218,7 +232,7 @@ fn sdpa(r: &TorchRun<'_>, (query, keys, values): (&Pt, &Pt, &Pt), mask: Option<&
     let (s, heads, hd) = (r.s, r.d.heads, r.d.head_dim());
     let (keys, values) = repeat_kv(r, (keys, values), mask.is_some());
     let additive = mask.map(|m| m.new(&m.dims, query.dt));
-    let context = flash_attention(r, (query, &keys, &values), heads, s, s, hd);
+    let context = flash_attention(r, (query, &keys, &values), heads, s, s, hd, mask.is_some());
     if let Some(additive) = &additive {
         r.keep(additive);
     }
@@ -498,7 +512,7 @@ fn train_eager(tape: &Tape<'_>, (query, keys, values): (&Pt, &Pt, &Pt), mask: &P
     };
     let scaled = {
         let y = scores.like();
-        let scaling = scores.new(&[], TDt::I64);
+        let scaling = scores.wrapped_number(TDt::I64);
         tape.node(&y, vec![Tape::grad_of(&scores)], &[&scaling]);
         y
     };

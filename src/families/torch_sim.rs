@@ -8,6 +8,8 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+use super::torch_cuda::CudaAllocator;
+
 /// The model's head (`AutoModel`, `…ForSequenceClassification`, `…ForCausalLM`, `…ForMaskedLM`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Head {
@@ -71,6 +73,51 @@ impl TDt {
     }
 }
 
+/// A model's parameters and buffers as its constructor makes them under `torch.device(…)`:
+/// each storage's bytes in order, and whether the model keeps it (a head tied to the
+/// embeddings is made, then dropped when the weights are tied).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Weights {
+    pub tensors: Vec<(u64, bool)>,
+}
+
+impl Weights {
+    /// A kept tensor of `elems` elements of `dt`.
+    pub fn push(&mut self, elems: usize, dt: TDt) {
+        self.tensors.push((elems as u64 * dt.size(), true));
+    }
+
+    /// A weight and, with `bias`, its bias (`nn.Linear(inp, out)`).
+    pub fn linear(&mut self, (inp, out): (usize, usize), bias: bool, dt: TDt) {
+        self.push(inp * out, dt);
+        if bias {
+            self.push(out, dt);
+        }
+    }
+
+    /// A tensor made and then dropped (a tied head's own weight).
+    pub fn dropped(&mut self, elems: usize, dt: TDt) {
+        self.tensors.push((elems as u64 * dt.size(), false));
+    }
+
+    /// The bytes the model keeps.
+    #[must_use]
+    pub fn bytes(&self) -> u64 {
+        self.tensors.iter().filter(|t| t.1).map(|t| t.0).sum()
+    }
+
+    /// Makes them in `sim` as the constructor does; returns the kept ones.
+    #[must_use]
+    pub fn make(&self, sim: &TSim) -> Vec<Pt> {
+        let made: Vec<_> = self
+            .tensors
+            .iter()
+            .map(|&(bytes, keep)| (sim.alloc(&[bytes as usize], TDt::Bool), keep))
+            .collect();
+        made.into_iter().filter(|t| t.1).map(|t| t.0).collect()
+    }
+}
+
 #[derive(Debug, Default)]
 struct Counter {
     live: Cell<u64>,
@@ -82,6 +129,11 @@ struct Counter {
     halted: Cell<bool>,
     /// The last allocation's gradient id, and the high-water mark before it.
     last: Cell<(usize, u64)>,
+    /// On CUDA: the caching allocator every tensor's storage goes through.
+    cuda: Option<RefCell<CudaAllocator>>,
+    /// On CUDA: the bytes cuBLAS's workspace takes at the first matmul (its block is then
+    /// never freed, as PyTorch's handle pool holds it).
+    workspace: Cell<u64>,
 }
 
 impl Counter {
@@ -97,18 +149,44 @@ impl Counter {
         }
         bytes
     }
+
+    /// The block a storage of `bytes` takes on CUDA (a zero-byte storage takes none).
+    fn malloc(&self, bytes: u64) -> Option<u64> {
+        let pool = self.cuda.as_ref()?;
+        (bytes > 0).then(|| pool.borrow_mut().malloc(bytes))
+    }
+
+    fn free(&self, block: Option<u64>) {
+        if let (Some(pool), Some(addr)) = (self.cuda.as_ref(), block) {
+            pool.borrow_mut().free(addr);
+        }
+    }
 }
 
 /// Storage: its bytes are live while any tensor that views it is.
 #[derive(Debug)]
 struct Storage {
     bytes: Cell<u64>,
+    /// Its block in the CUDA allocator (None on the CPU).
+    block: Cell<Option<u64>>,
     c: Rc<Counter>,
+}
+
+impl Storage {
+    fn new(c: &Rc<Counter>, bytes: u64) -> Self {
+        let bytes = c.add(bytes);
+        Self {
+            bytes: Cell::new(bytes),
+            block: Cell::new(c.malloc(bytes)),
+            c: Rc::clone(c),
+        }
+    }
 }
 
 impl Drop for Storage {
     fn drop(&mut self) {
         self.c.live.set(self.c.live.get() - self.bytes.get());
+        self.c.free(self.block.take());
     }
 }
 
@@ -146,22 +224,54 @@ impl TSim {
         Self::default()
     }
 
+    /// A simulator of PyTorch's CUDA tensors: each storage is also a block of the caching
+    /// allocator, whose segments may take `limit` bytes of the device (None: unlimited).
+    #[must_use]
+    pub fn cuda(limit: Option<u64>) -> Self {
+        Self {
+            c: Rc::new(Counter {
+                cuda: Some(RefCell::new(CudaAllocator::new(limit))),
+                ..Counter::default()
+            }),
+        }
+    }
+
+    /// The CUDA allocator's state, on CUDA.
+    #[must_use]
+    pub fn pool(&self) -> Option<std::cell::Ref<'_, CudaAllocator>> {
+        self.c.cuda.as_ref().map(RefCell::borrow)
+    }
+
+    /// On CUDA: the first matmul from now takes cuBLAS's workspace of `bytes` from the pool.
+    pub fn workspace_at_first_matmul(&self, bytes: u64) {
+        self.c.workspace.set(bytes);
+    }
+
+    /// A matmul runs: on CUDA the first takes cuBLAS's workspace.
+    fn matmul(&self) {
+        let bytes = self.c.workspace.replace(0);
+        // A block of the pool's, outside the simulated tensors (`live`).
+        let _held = self.c.malloc(bytes);
+    }
+
+    /// Whether this simulates CUDA (else the CPU).
+    #[must_use]
+    pub fn on_cuda(&self) -> bool {
+        self.c.cuda.is_some()
+    }
+
     /// A new tensor.
     #[must_use]
     pub fn alloc(&self, dims: &[usize], dt: TDt) -> Pt {
         let bytes = dims.iter().product::<usize>() as u64 * dt.size();
         let before = self.c.peak.get();
-        let bytes = self.c.add(bytes);
         let gid = self.c.gids.get() + 1;
         self.c.gids.set(gid);
         self.c.last.set((gid, before));
         Pt {
             dims: dims.to_vec(),
             dt,
-            storage: Rc::new(Storage {
-                bytes: Cell::new(bytes),
-                c: Rc::clone(&self.c),
-            }),
+            storage: Rc::new(Storage::new(&self.c, bytes)),
             imp: Rc::new(()),
             gid,
             viewed: false,
@@ -171,12 +281,8 @@ impl TSim {
     /// A kernel's scratch of `bytes`.
     #[must_use]
     pub fn scratch(&self, bytes: u64) -> Scratch {
-        let bytes = self.c.add(bytes);
         Scratch {
-            _s: Storage {
-                bytes: Cell::new(bytes),
-                c: Rc::clone(&self.c),
-            },
+            _s: Storage::new(&self.c, bytes),
         }
     }
 
@@ -194,6 +300,12 @@ impl TSim {
 }
 
 impl Pt {
+    /// Whether this tensor lives on CUDA (else the CPU).
+    #[must_use]
+    pub fn on_cuda(&self) -> bool {
+        self.storage.c.cuda.is_some()
+    }
+
     fn sim(&self) -> TSim {
         TSim {
             c: Rc::clone(&self.storage.c),
@@ -237,6 +349,7 @@ impl Pt {
         let c = &self.storage.c;
         let bytes = self.storage.bytes.replace(0);
         c.live.set(c.live.get() - bytes);
+        c.free(self.storage.block.take());
         let (gid, before) = c.last.get();
         if gid == self.gid {
             c.peak.set(before.max(c.live.get()));
@@ -282,10 +395,32 @@ impl Pt {
     /// freed once the output is made. Without a change of type, just the output.
     #[must_use]
     pub fn widened(&self, dt: TDt) -> Pt {
-        let copy = (dt != self.dt).then(|| self.new(&self.dims, dt));
+        // CUDA's kernels cast as they load: no copy.
+        let copy = (dt != self.dt && !self.on_cuda()).then(|| self.new(&self.dims, dt));
         let out = self.new(&self.dims, dt);
         drop(copy);
         out
+    }
+
+    /// A Python number wrapped in a 0-dim tensor (`scores * 0.125`), or its cast: on the CPU
+    /// an allocation like any; beside CUDA tensors a CPU scalar the kernel reads as an
+    /// argument (none of the device's memory).
+    #[must_use]
+    pub fn wrapped_number(&self, dt: TDt) -> Pt {
+        if self.on_cuda() {
+            let sim = self.sim();
+            let gid = sim.c.gids.get() + 1;
+            sim.c.gids.set(gid);
+            return Pt {
+                dims: Vec::new(),
+                dt,
+                storage: Rc::new(Storage::new(&sim.c, 0)),
+                imp: Rc::new(()),
+                gid,
+                viewed: false,
+            };
+        }
+        self.new(&[], dt)
     }
 
     /// A copy (`contiguous()` on a strided view, `clone()`).
@@ -297,6 +432,7 @@ impl Pt {
     /// `nn.Linear` on `(…, in)`: a new `(…, out)` tensor (addmm or mm writes it directly).
     #[must_use]
     pub fn linear(&self, out: usize) -> Pt {
+        self.sim().matmul();
         let mut dims = self.dims.clone();
         let last = dims.len() - 1;
         dims[last] = out;
@@ -351,7 +487,10 @@ pub fn flash_forward_scratch(
 /// accumulation type (f32), plus for bf16/f16 the q×kv block in the input type. The block sizes
 /// are the kernel's: 32 query rows (64 from 192 rows, 256 from 768), 512 keys.
 /// With autograd on it saves the query, key, value, output and log-sum-exp.
+///
+/// On CUDA, CUDA's kernel instead ([`cuda_sdpa`]); `masked`: the kernel gets a mask.
 #[must_use]
+#[allow(clippy::too_many_arguments)]
 pub fn flash_attention(
     r: &TorchRun<'_>,
     (query, key, value): (&Pt, &Pt, &Pt),
@@ -359,9 +498,22 @@ pub fn flash_attention(
     q_len: usize,
     kv_len: usize,
     head_v: usize,
+    masked: bool,
 ) -> Pt {
-    let threads = r.threads;
     let batch = query.dims[0];
+    if query.on_cuda() {
+        let (out, extra) = cuda_sdpa(
+            query,
+            (batch, heads, q_len, head_v),
+            masked,
+            r.graph.is_some(),
+        );
+        for t in [query, key, value, &out].into_iter().chain(&extra) {
+            r.keep(t);
+        }
+        return out;
+    }
+    let threads = r.threads;
     let out = query.new(&[batch, q_len, heads, head_v], query.dt);
     let lse = query.new(&[batch, heads, q_len], TDt::F32);
     drop(flash_forward_scratch(
@@ -377,12 +529,50 @@ pub fn flash_attention(
     out
 }
 
+/// CUDA's sdpa kernel (the forward) for a `(b, heads, q_len, head_v)` output: flash for
+/// f16/bf16 without a mask, the memory-efficient kernel for f32 or under a mask. Returns the
+/// output (`(b, q_len, heads, head_v)`, like the query's layout) and what the kernel makes
+/// beside it, which autograd saves:
+/// - flash (`mha_fwd`): the log-sum-exp `(b, heads, q_len)` f32, and the RNG state (two
+///   uint64) and an empty uint64 scalar, made on the device even without dropout;
+/// - memory-efficient: the log-sum-exp `(b, heads, ⌈q_len/32⌉·32)` f32, none (`(b, heads, 0)`)
+///   when nothing needs a gradient; its seed and offset are CPU scalars.
+///
+/// Not modelled: flash's split-KV accumulators (temporaries when batch × heads is small for the
+/// GPU's SMs), and the memory-efficient kernel's f32 accumulator for large heads.
+#[must_use]
+pub fn cuda_sdpa(
+    query: &Pt,
+    (batch, heads, q_len, head_v): (usize, usize, usize, usize),
+    masked: bool,
+    grad: bool,
+) -> (Pt, Vec<Pt>) {
+    let out = query.new(&[batch, q_len, heads, head_v], query.dt);
+    if cuda_flash(query.dt, masked) {
+        let lse = query.new(&[batch, heads, q_len], TDt::F32);
+        let rng = query.new(&[2], TDt::I64);
+        let unused = query.new(&[], TDt::I64);
+        (out, vec![lse, rng, unused])
+    } else {
+        let rows = if grad { q_len.div_ceil(32) * 32 } else { 0 };
+        let lse = query.new(&[batch, heads, rows], TDt::F32);
+        (out, vec![lse])
+    }
+}
+
+/// Whether CUDA's sdpa takes the flash kernel (f16/bf16, no mask) rather than the
+/// memory-efficient one.
+#[must_use]
+pub fn cuda_flash(dt: TDt, masked: bool) -> bool {
+    dt.reduced() && !masked
+}
+
 /// `scores * scaling` (a Python float): the float wrapped in an 8-byte scalar, which the product
 /// saves, and cast to the scores' type while the product is made.
 #[must_use]
 pub fn scale(r: &TorchRun<'_>, scores: &Pt) -> Pt {
-    let wrapped = scores.new(&[], TDt::I64);
-    let cast = scores.new(&[], scores.dt);
+    let wrapped = scores.wrapped_number(TDt::I64);
+    let cast = scores.wrapped_number(scores.dt);
     let scaled = scores.like();
     drop(cast);
     r.keep(&wrapped);
@@ -435,8 +625,15 @@ pub fn encoder_attention(
         return (context, Some(weights));
     }
     let seq = q.dims[1];
-    let context = flash_attention(r, (q, k, v), heads, seq, seq, q.dims[2] / heads);
+    let context = flash_attention(r, (q, k, v), heads, seq, seq, q.dims[2] / heads, false);
     (context, None)
+}
+
+/// The type of `LayerNorm`'s saved mean and reciprocal deviation: the input's on the CPU,
+/// the accumulation type (f32) on CUDA.
+#[must_use]
+pub fn layer_norm_stats(x: &Pt) -> TDt {
+    if x.on_cuda() { TDt::F32 } else { x.dt }
 }
 
 /// `nn.LayerNorm` on the CPU: the output, and the mean and reciprocal deviation per row (in the
@@ -445,8 +642,9 @@ pub fn encoder_attention(
 pub fn layer_norm(r: &TorchRun<'_>, x: &Pt) -> Pt {
     let rows: Vec<usize> = x.dims[..x.dims.len() - 1].to_vec();
     let out = x.like();
-    let mean = x.new(&rows, x.dt);
-    let rstd = x.new(&rows, x.dt);
+    let stats = layer_norm_stats(x);
+    let mean = x.new(&rows, stats);
+    let rstd = x.new(&rows, stats);
     r.keep(x);
     r.keep(&mean);
     r.keep(&rstd);

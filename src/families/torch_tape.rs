@@ -468,6 +468,9 @@ pub fn optimizer_step(
     params: &[(Vec<usize>, TDt)],
     state: Vec<Pt>,
 ) -> Vec<Pt> {
+    if sim.on_cuda() {
+        return optimizer_step_foreach(sim, optim, params, state);
+    }
     let mut state = state;
     if state.is_empty() {
         for (dims, dt) in params {
@@ -494,6 +497,35 @@ pub fn optimizer_step(
             denom = Some(quotient);
         }
         drop(denom);
+    }
+    state
+}
+
+/// `optimizer.step()` when every parameter is on CUDA, where PyTorch's default is foreach
+/// (`_multi_tensor_adamw`, `_multi_tensor_sgd`). The state is made on the first step: `AdamW`'s
+/// `exp_avg` and `exp_avg_sq` per parameter (its `step` is a CPU scalar), SGD's momentum buffer
+/// (a clone of the gradient). `AdamW` updates in place but for `_foreach_sqrt(exp_avg_sqs)`: a
+/// tensor like every parameter, all held until the step returns; SGD updates in place.
+fn optimizer_step_foreach(
+    sim: &TSim,
+    optim: Optim,
+    params: &[(Vec<usize>, TDt)],
+    mut state: Vec<Pt>,
+) -> Vec<Pt> {
+    if state.is_empty() {
+        for (dims, dt) in params {
+            state.push(sim.alloc(dims, *dt));
+            if optim == Optim::AdamW {
+                state.push(sim.alloc(dims, *dt));
+            }
+        }
+    }
+    if optim == Optim::AdamW {
+        let roots: Vec<_> = params
+            .iter()
+            .map(|(dims, dt)| sim.alloc(dims, *dt))
+            .collect();
+        drop(roots);
     }
     state
 }
@@ -532,12 +564,18 @@ fn linear_autocast(tape: &Tape, x: &Pt, (inp, out): (usize, usize), bias: bool, 
 }
 
 /// `F.dropout` in train mode on the CPU (`p > 0`; `on` false returns the input): the mask is
-/// `empty_like(x).bernoulli_()` in the input's type (the fused kernel is CUDA's), the output
-/// `x * mask`, which saves the mask.
+/// `empty_like(x).bernoulli_()` in the input's type, the output `x * mask`, which saves the
+/// mask. On CUDA the fused kernel (`native_dropout`): the output, then a bool mask.
 #[must_use]
 pub fn dropout(tape: &Tape, x: &Pt, on: bool) -> Pt {
     if !on {
         return x.clone();
+    }
+    if x.on_cuda() {
+        let y = x.like();
+        let mask = x.new(&x.dims, TDt::Bool);
+        tape.node(&y, vec![Tape::grad_of(x)], &[&mask]);
+        return y;
     }
     let mask = x.like();
     let y = x.like();
@@ -553,18 +591,19 @@ pub fn layer_norm(tape: &Tape, x: &Pt, threads: usize) -> Pt {
     let rows: Vec<usize> = x.dims[..x.dims.len() - 1].to_vec();
     let h = x.dims[x.dims.len() - 1];
     let out = x.like();
-    let mean = x.new(&rows, x.dt);
-    let rstd = x.new(&rows, x.dt);
-    tape.node(
-        &out,
-        vec![
-            Tape::grad_of(x),
-            Edge::Param(vec![h], x.dt),
-            Edge::Param(vec![h], x.dt),
-            Edge::Temp((2 * threads * h) as u64 * x.dt.size()),
-        ],
-        &[x, &mean, &rstd],
-    );
+    let stats = super::torch_sim::layer_norm_stats(x);
+    let mean = x.new(&rows, stats);
+    let rstd = x.new(&rows, stats);
+    let mut edges = vec![
+        Tape::grad_of(x),
+        Edge::Param(vec![h], x.dt),
+        Edge::Param(vec![h], x.dt),
+    ];
+    // The CPU's per-thread partial sums for the weight's and bias's gradients.
+    if !x.on_cuda() {
+        edges.push(Edge::Temp((2 * threads * h) as u64 * x.dt.size()));
+    }
+    tape.node(&out, edges, &[x, &mean, &rstd]);
     out
 }
 
@@ -972,6 +1011,9 @@ pub fn flash_attention(
     let kv_len = k.dims[2];
     // A bool mask becomes an additive one in q's type (`where`), saved with the rest.
     let additive = mask.map(|m| q.new(&m.dims, q.dt));
+    if q.on_cuda() {
+        return cuda_attention(tape, (q, k, v), additive.as_ref());
+    }
     let out = q.new(&[b, s, heads, d], q.dt);
     let lse = q.new(&[b, heads, s], TDt::F32);
     drop(super::torch_sim::flash_forward_scratch(
@@ -994,6 +1036,51 @@ pub fn flash_attention(
     edges.push(Edge::Work(q_split as u64 * TDt::F32.size()));
     let mut saved = vec![q, k, v, &out, &lse];
     saved.extend(additive.as_ref());
+    tape.node(&out, edges, &saved);
+    out
+}
+
+/// CUDA's sdpa kernel with autograd on `(b, heads, s, d)` q and `(b, kv_heads, s, d)` k, v
+/// ([`super::torch_sim::cuda_sdpa`]'s forward; it saves q, k, v, the output, what the kernel
+/// made beside it, and the additive mask). The backward makes q's, k's and v's gradients, then
+/// holds while it runs:
+/// - flash (`mha_bwd`): `softmax_d` `(b, heads, s₁₂₈)` and `dq_accum` `(b, s₁₂₈, heads, d₃₂)`
+///   in f32 (s rounded up to 128, d to 32, to 64 above 128); with fewer key/value heads, k's and
+///   v's gradients expanded to every head, then summed;
+/// - memory-efficient: `delta` `(b, heads, s)` in f32, for f32 made from `grad · out` (an f32
+///   product and its row sums while it is made).
+///
+/// Not modelled: the memory-efficient backward's split-key workspace.
+fn cuda_attention(tape: &Tape<'_>, (q, k, v): (&Pt, &Pt, &Pt), additive: Option<&Pt>) -> Pt {
+    let (b, heads, s, d) = (q.dims[0], q.dims[1], q.dims[2], q.dims[3]);
+    let (out, extra) = super::torch_sim::cuda_sdpa(q, (b, heads, s, d), additive.is_some(), true);
+    let f32 = TDt::F32.size();
+    let mut edges = vec![Tape::grad_of(q), Tape::grad_of(k), Tape::grad_of(v)];
+    if super::torch_sim::cuda_flash(q.dt, additive.is_some()) {
+        let s128 = s.div_ceil(128) * 128;
+        let d_rounded = if d <= 128 {
+            d.div_ceil(32) * 32
+        } else {
+            d.div_ceil(64) * 64
+        };
+        edges.push(Edge::Work((b * heads * s128) as u64 * f32));
+        edges.push(Edge::Work((b * s128 * heads * d_rounded) as u64 * f32));
+        if k.dims[1] < heads {
+            let expanded = (b * s * heads * d) as u64 * q.dt.size();
+            edges.push(Edge::Work(expanded));
+            edges.push(Edge::Work(expanded));
+        }
+    } else {
+        let rows = (b * heads * s) as u64 * f32;
+        if q.dt == TDt::F32 {
+            edges.push(Edge::Work((b * s * heads * d) as u64 * f32));
+            edges.push(Edge::Work(rows));
+        }
+        edges.push(Edge::Work(rows));
+    }
+    let mut saved = vec![q, k, v, &out];
+    saved.extend(&extra);
+    saved.extend(additive);
     tape.node(&out, edges, &saved);
     out
 }
@@ -1024,7 +1111,7 @@ pub fn eager_attention(
     };
     // `* scaling`: a Python float, wrapped in an 8-byte scalar tensor the node saves.
     let scaled = scores.like();
-    let scaling = q.new(&[], TDt::I64);
+    let scaling = q.wrapped_number(TDt::I64);
     tape.node(&scaled, vec![Tape::grad_of(&scores)], &[&scaling]);
     drop((scores, scaling));
     let probs = scaled.like();

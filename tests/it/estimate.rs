@@ -877,3 +877,76 @@ fn explain_gives_a_decoder_every_training_setting() {
     .unwrap();
     assert_eq!(row["max_batch"].as_u64(), Some(batches[2]), "{row}");
 }
+
+/// `estimate --runtime torch --device cuda`: the CUDA arm's parts in `--json` (its context
+/// assumed, or given with `--cuda-context`, which moves the total by exactly the difference);
+/// `--gpu` picks the arm and the preset's cuBLAS workspace (Hopper's is 32 MiB), `--device cpu`
+/// keeps the CPU's; the CUDA-only option without the arm, and `--check` on CUDA without a
+/// capacity, are one sentence and exit 2.
+#[test]
+fn the_torch_estimate_has_a_cuda_arm() {
+    let cache = TempDir::new("estimate-cuda");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "estimate",
+            "--runtime",
+            "torch",
+            "-m",
+            "bert-mini",
+            "--seq",
+            "128",
+            "--batch",
+            "4",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        json_lines(&oomlab(&cache, &args)).remove(0)
+    };
+    let assumed = run(&["--device", "cuda"]);
+    assert_eq!(assumed["device"], "cuda");
+    assert_eq!(assumed["context_bytes"].as_u64(), Some(512 << 20));
+    assert_eq!(assumed["context_measured"], false);
+    assert_eq!(assumed["workspace_bytes"].as_u64(), Some(8_519_680));
+    let parts: u64 = [
+        "weights_bytes",
+        "input_bytes",
+        "activation_bytes",
+        "workspace_bytes",
+        "pool_cached_bytes",
+        "context_bytes",
+    ]
+    .iter()
+    .map(|k| assumed[k].as_u64().unwrap())
+    .sum();
+    assert_eq!(parts, assumed["total_bytes"].as_u64().unwrap());
+    let given = run(&["--device", "cuda", "--cuda-context", "700MiB"]);
+    assert_eq!(given["context_measured"], true);
+    assert_eq!(
+        given["total_bytes"].as_u64().unwrap(),
+        assumed["total_bytes"].as_u64().unwrap() + (188 << 20)
+    );
+    let hopper = run(&["--gpu", "h100"]);
+    assert_eq!(hopper["device"], "cuda");
+    assert_eq!(hopper["workspace_bytes"].as_u64(), Some(32 << 20));
+    assert!(hopper["max_batch"].as_u64().unwrap() > 4);
+    let cpu = run(&["--gpu", "h100", "--device", "cpu"]);
+    assert_eq!(cpu["device"], "cpu");
+    assert!(cpu["context_bytes"].is_null());
+    for (extra, says) in [
+        (
+            &["--cuda-context", "1GiB"][..],
+            "--cuda-context belongs to the CUDA arm",
+        ),
+        (
+            &["--device", "cuda", "--check"][..],
+            "give --capacity (at most the GPU's free memory) or --gpu",
+        ),
+    ] {
+        let mut args = vec!["estimate", "--runtime", "torch", "-m", "bert-mini"];
+        args.extend_from_slice(extra);
+        let out = oomlab(&cache, &args);
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says) && err.lines().count() == 1, "{err}");
+    }
+}
