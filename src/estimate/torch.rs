@@ -570,7 +570,7 @@ mod tests {
                 Attn::Sdpa,
             ),
             at(
-                "bert-tiny",
+                "tiny-distilbert",
                 1,
                 Precision::F32,
                 Workload::Infer,

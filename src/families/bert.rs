@@ -276,7 +276,16 @@ pub(super) fn torch_encoder_weights(d: &Dims, head: Head, dt: TDt) -> Option<Wei
             w.linear((h, h), true, dt);
             w.linear((h, NUM_LABELS as usize), true, dt);
         }
-        Head::CausalLm | Head::MaskedLm => return None,
+        // The masked-LM head (no pooler): the transform's dense and `LayerNorm`, the decoder
+        // (its weight tied to the word embeddings, its bias to the head's own), the bias.
+        Head::MaskedLm => {
+            w.linear((h, h), true, dt);
+            w.linear((1, h), true, dt);
+            w.dropped(d.vocab * h, dt);
+            w.dropped(d.vocab, dt);
+            w.push(d.vocab, dt);
+        }
+        Head::CausalLm => return None,
     }
     Some(w)
 }
@@ -425,6 +434,25 @@ pub(super) fn torch_bert_forward(
         };
         hidden = layer_output;
     }
+    if r.head == Head::MaskedLm {
+        // The model has no pooler; its embedding output goes as it returns. The head: dense
+        // (saving its input), gelu (saving its input), `LayerNorm`, the decoder (saving its
+        // input) into the logits over the vocabulary; the last hidden state lives until the
+        // head's model returns.
+        drop(embedding_output);
+        let logits = {
+            r.keep(&hidden);
+            let dense = hidden.linear(h);
+            r.keep(&dense);
+            let act = dense.like();
+            drop(dense);
+            let normed = layer_norm(r, &act);
+            drop(act);
+            r.keep(&normed);
+            normed.linear(r.d.vocab)
+        };
+        return Ok(vec![logits, hidden]);
+    }
     // BertPooler: the first token, dense (saving its input), tanh (saving its output).
     r.keep(&hidden);
     let pooled = {
@@ -447,7 +475,9 @@ pub(super) fn torch_bert_forward(
             outputs.push(logits);
         }
         Head::CausalLm | Head::MaskedLm => {
-            return Err("only the base and sequence-classification heads are modelled for BERT");
+            return Err(
+                "only the base, sequence-classification and masked-LM heads are modelled for BERT",
+            );
         }
     }
     drop(embedding_output);
@@ -468,19 +498,24 @@ pub(super) fn torch_bert_train_forward<'a>(
 ) -> std::result::Result<Pt, &'static str> {
     let (b, s, h) = (r.b, r.s, r.d.hidden);
     let drop_on = r.d.dropout;
-    if r.head != Head::SequenceClassification {
-        return Err("a BERT training step is modelled with the sequence-classification head");
+    if !matches!(r.head, Head::SequenceClassification | Head::MaskedLm) {
+        return Err(
+            "a BERT training step is modelled with the sequence-classification and masked-LM heads",
+        );
     }
+    // A masked-LM head's decoder is tied to the word embeddings: its gradient comes first,
+    // the embedding's is added to it.
+    let word_embeddings = if r.head == Head::MaskedLm {
+        Edge::ParamAdd(vec![r.d.vocab, h], r.dt, tape.autocast_on())
+    } else {
+        Edge::Param(vec![r.d.vocab, h], r.dt)
+    };
     let sim = r.sim;
     let embedding_output = if positions == Positions::FromIds {
         let position_ids = position_ids_from(r, ids);
         let buffered = sim.alloc(&[b, s], TDt::I64);
         let inputs_embeds = ids.new(&[b, s, h], r.dt);
-        tape.node(
-            &inputs_embeds,
-            vec![Edge::Param(vec![r.d.vocab, h], r.dt)],
-            &[ids],
-        );
+        tape.node(&inputs_embeds, vec![word_embeddings.clone()], &[ids]);
         let token_type_embeddings = sim.alloc(&[b, s, h], r.dt);
         tape.node(
             &token_type_embeddings,
@@ -511,11 +546,7 @@ pub(super) fn torch_bert_train_forward<'a>(
         // backward makes them contiguous.
         let buffered = sim.alloc(&[1, s], TDt::I64);
         let inputs_embeds = ids.new(&[b, s, h], r.dt);
-        tape.node(
-            &inputs_embeds,
-            vec![Edge::Param(vec![r.d.vocab, h], r.dt)],
-            &[ids],
-        );
+        tape.node(&inputs_embeds, vec![word_embeddings.clone()], &[ids]);
         let token_type_embeddings = {
             let _flat_ids = sim.alloc(&[b, s], TDt::I64);
             sim.alloc(&[b, s, h], r.dt)
@@ -557,6 +588,27 @@ pub(super) fn torch_bert_train_forward<'a>(
     for _ in 0..r.d.layers {
         let input = hidden.clone();
         hidden = tape.layer(&hidden, Box::new(move |t| bert_train_layer(r, t, &input)));
+    }
+    if r.head == Head::MaskedLm {
+        // The model (no pooler) returns, its embedding output with it; the head as in
+        // inference, then `CrossEntropyLoss` over every position in the logits' type; the last
+        // hidden state lives until the head's model returns.
+        drop(embedding_output);
+        let logits = {
+            let dense = tt::linear(tape, &hidden, h, true);
+            let act = tt::unary(tape, &dense, false);
+            drop(dense);
+            let normed = tt::layer_norm(tape, &act, r.threads);
+            drop(act);
+            tt::linear(tape, &normed, r.d.vocab, true)
+        };
+        let loss = tt::cross_entropy(
+            tape,
+            &logits.view(&[b * s, r.d.vocab]),
+            &labels.view(&[b * s]),
+        );
+        drop((logits, hidden));
+        return Ok(loss);
     }
     if positions == Positions::FromIds {
         // RobertaClassificationHead (the model has no pooler): the first token, dropout,

@@ -484,14 +484,14 @@ pub fn optimizer_step(
     }
     if optim == Optim::AdamW {
         // `denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)`: the square root,
-        // the division (its divisor wrapped in an 8-byte scalar and cast to a 4-byte one while
-        // it runs), then the root goes; the previous parameter's `denom` goes only when the
-        // name is bound again.
+        // the division (its divisor wrapped in an 8-byte scalar and cast to the parameter's
+        // type while it runs), then the root goes; the previous parameter's `denom` goes only
+        // when the name is bound again.
         let mut denom = None;
         for (dims, dt) in params {
             let sqrt = sim.alloc(dims, *dt);
             let wrapped = sim.alloc(&[], TDt::I64);
-            let divisor = sim.alloc(&[], TDt::F32);
+            let divisor = sim.alloc(&[], *dt);
             let quotient = sim.alloc(dims, *dt);
             drop((divisor, wrapped, sqrt));
             denom = Some(quotient);
@@ -585,19 +585,34 @@ pub fn dropout(tape: &Tape, x: &Pt, on: bool) -> Pt {
 
 /// `nn.LayerNorm` with autograd on the CPU: the output, the mean and reciprocal deviation per
 /// row (saved with the input); the backward allocates the input's gradient, the weight's and
-/// the bias's, and a per-thread buffer (in the input's type) for the latter two.
+/// the bias's, and a per-thread buffer (in the input's type) for the latter two. Under
+/// autocast the weights are f32: on the CPU a low-precision input is normalised as it is
+/// (PyTorch's mixed-type kernel: output in the input's type, statistics in f32); CUDA's
+/// autocast runs `layer_norm` in f32, the input cast first (the cast is what it saves).
 #[must_use]
 pub fn layer_norm(tape: &Tape, x: &Pt, threads: usize) -> Pt {
+    let wide;
+    let x = if tape.autocast_on() && x.dt != TDt::F32 && x.on_cuda() {
+        wide = tape.cast(x, TDt::F32);
+        &wide
+    } else {
+        x
+    };
     let rows: Vec<usize> = x.dims[..x.dims.len() - 1].to_vec();
     let h = x.dims[x.dims.len() - 1];
+    let weight_dt = if tape.autocast_on() { TDt::F32 } else { x.dt };
     let out = x.like();
-    let stats = super::torch_sim::layer_norm_stats(x);
+    let stats = if weight_dt == x.dt {
+        super::torch_sim::layer_norm_stats(x)
+    } else {
+        TDt::F32
+    };
     let mean = x.new(&rows, stats);
     let rstd = x.new(&rows, stats);
     let mut edges = vec![
         Tape::grad_of(x),
-        Edge::Param(vec![h], x.dt),
-        Edge::Param(vec![h], x.dt),
+        Edge::Param(vec![h], weight_dt),
+        Edge::Param(vec![h], weight_dt),
     ];
     // The CPU's per-thread partial sums for the weight's and bias's gradients.
     if !x.on_cuda() {

@@ -560,16 +560,8 @@ fn a_killed_torch_sweep_resumes_without_repeating_a_trial() {
     assert!(after.trials.iter().all(|t| t.runtime == Runtime::Torch));
 }
 
-/// `oomlab estimate --runtime torch --check --json` at `batches`: (estimated, measured) totals.
-fn estimate_checked(
-    python: &PathBuf,
-    case: (&str, &str, &str, &str, &str),
-    batches: &str,
-) -> Vec<(u64, u64)> {
-    estimate_checked_with(python, case, batches, &[])
-}
-
-/// As [`estimate_checked`], with more of `estimate`'s options.
+/// `oomlab estimate --runtime torch --check --json` at `batches`, with `extra` of `estimate`'s
+/// options: (estimated, measured) totals.
 fn estimate_checked_with(
     python: &PathBuf,
     (model, seq, dtype, attn, workload): (&str, &str, &str, &str, &str),
@@ -647,9 +639,15 @@ fn the_pytorch_estimator_pins_the_batch_slope_to_the_byte() {
         ("tiny-roberta", "24", "bf16", "sdpa", "infer"),
         ("tiny-roberta", "24", "f32", "eager", "grad"),
     ];
-    for case in cases {
+    let masked_lm: &[&str] = &["--task", "masked-lm"];
+    let heads = cases.iter().map(|c| (*c, &[][..])).chain([
+        // The masked-LM head: transform, `LayerNorm`, the decoder over the vocabulary.
+        (("tiny-bert", "24", "f32", "sdpa", "infer"), masked_lm),
+        (("tiny-roberta", "24", "bf16", "eager", "grad"), masked_lm),
+    ]);
+    for (case, extra) in heads {
         let (model, seq, dtype, attn, workload) = case;
-        let points = estimate_checked(&python, case, "1,3");
+        let points = estimate_checked_with(&python, case, "1,3", extra);
         let [(e1, m1), (e3, m3)] = points[..] else {
             panic!("{model}: {points:?}")
         };
@@ -776,6 +774,26 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
         ),
         (
             ("tiny-distilbert", "24", "amp-bf16", "sdpa", "train"),
+            "1,2",
+            ckpt,
+        ),
+        // Peaks in the optimizer step: AdamW's divisor cast to the parameters' bf16, and
+        // amp-f16's found-inf flag held through the step.
+        (("bert-mini", "64", "bf16", "sdpa", "train"), "2,4", &[]),
+        // The masked-LM head: its decoder tied to the word embeddings, its `LayerNorm` on a
+        // bf16 input with f32 weights under autocast (the CPU's mixed-type kernel).
+        (
+            ("bert-mini", "64", "amp-bf16", "sdpa", "train"),
+            "2,4",
+            &["--task", "masked-lm"],
+        ),
+        (
+            ("tiny-roberta", "24", "f32", "sdpa", "train"),
+            "1,3",
+            &["--task", "masked-lm"],
+        ),
+        (
+            ("tiny-mistral", "16", "amp-f16", "sdpa", "train"),
             "1,2",
             ckpt,
         ),
