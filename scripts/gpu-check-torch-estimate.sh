@@ -15,22 +15,26 @@
 #                 the CPU torch runtime (--bin target/release/oomlab)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=target/cuda/release/oomlab
+bin=""
 out=""
 capacity=60GiB
 dry=0
 while [ $# -gt 0 ]; do
   case "$1" in
-    --bin) bin=$2; shift 2;;
-    --out) out=$2; shift 2;;
-    --capacity) capacity=$2; shift 2;;
+    --bin) bin=${2:?--bin needs a path}; shift 2;;
+    --out) out=${2:?--out needs a folder}; shift 2;;
+    --capacity) capacity=${2:?--capacity needs a size}; shift 2;;
     --dry-run) dry=1; shift;;
     *) echo "gpu-check-torch-estimate: unknown argument $1 (see the header of this script)" >&2; exit 2;;
   esac
 done
 out=${out:-$(mktemp -d)}
 mkdir -p "$out"
-python=${PYTHON:-$(command -v python3)}
+if [ -z "$bin" ]; then
+  if [ "$dry" = 1 ]; then bin=target/release/oomlab; else bin=target/cuda/release/oomlab; fi
+fi
+python=${PYTHON:-$(command -v python3 || true)}
+[ -n "$python" ] || { echo "gpu-check-torch-estimate: no python3 (set PYTHON)" >&2; exit 2; }
 [ -x "$bin" ] || { echo "gpu-check-torch-estimate: no oomlab at $bin (--bin)" >&2; exit 2; }
 export XDG_DATA_HOME=$out/data XDG_CACHE_HOME=$out/cache
 
@@ -44,6 +48,9 @@ if [ "$dry" = 1 ]; then
   )
 else
   device=cuda
+  # cuBLAS's workspace as PyTorch sizes it for this GPU (32 MiB from Hopper on).
+  major=$("$python" -c "import torch; print(torch.cuda.get_device_capability()[0])")
+  if [ "$major" -ge 9 ]; then workspace=32MiB; else workspace=8519680B; fi
   points=(
     "bert-base-uncased 128 32 f32 infer"
     "bert-base-uncased 512 8 bf16 infer"
@@ -62,7 +69,9 @@ for p in "${points[@]}"; do
   read -r model seq batch dtype workload extra <<<"$p"
   echo "== $p"
   # shellcheck disable=SC2086
-  if "$bin" estimate --runtime torch --device "$device" --check --python "$python" \
+  ws=()
+  [ "$device" = cuda ] && ws=(--cuda-workspace "$workspace")
+  if "$bin" estimate --runtime torch --device "$device" "${ws[@]}" --check --python "$python" \
       --capacity "$capacity" --model "$model" --seq "$seq" --batch "$batch" --dtype "$dtype" \
       --workload "$workload" $extra --json >>"$out/points.jsonl" 2>"$out/last.err"; then
     tail -n 1 "$out/points.jsonl"
@@ -71,7 +80,7 @@ for p in "${points[@]}"; do
   fi
 done
 
-python3 - "$out/points.jsonl" <<'PY' | tee "$out/table.txt"
+"$python" - "$out/points.jsonl" <<'PY' | tee "$out/table.txt"
 import json, sys
 
 def pct(e, m):

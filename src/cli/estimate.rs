@@ -63,6 +63,11 @@ pub struct EstimateArgs {
     /// your GPU (its overhead). Default: 512 MiB, assumed.
     #[arg(long, value_parser = crate::plan::parse_bytes, help_heading = "PyTorch runtime")]
     pub cuda_context: Option<u64>,
+    /// With --device cuda: cuBLAS's workspace, e.g. 32MiB (default: PyTorch's for the --gpu
+    /// preset's compute capability, 32 MiB from Hopper on, else 8.125 MiB; set it when
+    /// `CUBLAS_WORKSPACE_CONFIG` is set).
+    #[arg(long, value_parser = crate::plan::parse_bytes, help_heading = "PyTorch runtime")]
+    pub cuda_workspace: Option<u64>,
     /// With --runtime torch --check: the Python with torch and transformers.
     #[arg(long, help_heading = "PyTorch runtime")]
     pub python: Option<std::path::PathBuf>,
@@ -151,9 +156,12 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
         || args.optimizer.is_some()
         || args.gradient_checkpointing.is_some()
         || args.python.is_some()
+        || args.device.is_some()
+        || args.cuda_context.is_some()
+        || args.cuda_workspace.is_some()
     {
         return Err(CliError::usage(
-            "--workload, --task, --attn, --optimizer, --gradient-checkpointing and --python belong to the PyTorch estimator: add --runtime torch",
+            "--workload, --task, --attn, --optimizer, --gradient-checkpointing, --device, --cuda-context, --cuda-workspace and --python belong to the PyTorch estimator: add --runtime torch",
         ));
     }
     let threads = args.what.threads.unwrap_or_else(defaults::threads);

@@ -79,7 +79,7 @@ fn measure(
             TorchDevice::Cpu => 1 << 46,
             TorchDevice::Cuda(_) => capacity.ok_or_else(|| {
                 CliError::usage(
-                    "--check with --device cuda measures on cuda:0 under a capacity: give --capacity (at most the GPU's free memory) or --gpu",
+                    "--check with --device cuda measures on cuda:0 under a capacity: give --capacity (at most the GPU's free memory)",
                 )
             })?,
         }),
@@ -144,9 +144,9 @@ fn device(args: &EstimateArgs) -> Result<TorchDevice, CliError> {
         None => args.what.gpu.is_some(),
     };
     if !cuda {
-        if args.cuda_context.is_some() {
+        if args.cuda_context.is_some() || args.cuda_workspace.is_some() {
             return Err(CliError::usage(
-                "--cuda-context belongs to the CUDA arm: add --device cuda (or --gpu)",
+                "--cuda-context and --cuda-workspace belong to the CUDA arm: add --device cuda (or --gpu)",
             ));
         }
         return Ok(TorchDevice::Cpu);
@@ -155,6 +155,9 @@ fn device(args: &EstimateArgs) -> Result<TorchDevice, CliError> {
     if let Some(context) = args.cuda_context {
         arm.context_bytes = context;
         arm.context_measured = true;
+    }
+    if let Some(workspace) = args.cuda_workspace {
+        arm.cublas_workspace_bytes = workspace;
     }
     Ok(TorchDevice::Cuda(arm))
 }
@@ -348,7 +351,7 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
     let arm = match device {
         TorchDevice::Cpu => "a simulation of transformers' forward as PyTorch runs it on the CPU; --check measures with the torch runtime".to_string(),
         TorchDevice::Cuda(arm) => format!(
-            "CUDA arm: transformers' forward with CUDA's kernels, the caching allocator's 512-byte blocks and segments (total = its reserved high-water mark + the context), a cuBLAS workspace of {}; followed from PyTorch's source and not yet checked on a GPU (--check on a GPU measures)",
+            "CUDA arm: transformers' forward with CUDA's kernels, the caching allocator's 512-byte blocks and segments (total = its reserved high-water mark + the context), a cuBLAS workspace of {} per thread that runs a matmul (the forward's, and in training the autograd engine's); followed from PyTorch's source and not yet checked on a GPU (--check on a GPU measures)",
             human_bytes(arm.cublas_workspace_bytes)
         ),
     };

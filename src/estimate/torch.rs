@@ -123,15 +123,15 @@ pub enum NotModelled {
     )]
     Checkpointing,
     #[error(
-        "the PyTorch estimator does not model {0} yet (f32, f16 and bf16 are, and amp-bf16 and amp-f16 for training); measure it with `oomlab sweep --runtime torch`"
-    )]
-    Precision(Precision),
-    #[error(
         "the PyTorch estimator does not model the {task} head of {family} yet; measure it with `oomlab sweep --runtime torch`"
     )]
     Head { family: String, task: Task },
     #[error("{family}: {why}; measure it with `oomlab sweep --runtime torch`")]
     Point { family: String, why: &'static str },
+    #[error(
+        "a training step needs a head with a loss, and the base model has none; choose sequence-classification, causal-lm or masked-lm in --task"
+    )]
+    NoLoss,
 }
 
 /// The families whose PyTorch forward is modelled.
@@ -225,15 +225,16 @@ pub fn estimate(
     if how.checkpointing && workload != Workload::Train {
         return Err(NotModelled::Checkpointing);
     }
-    // The weights' type, and autocast's (amp-bf16: f32 weights, bf16 where autocast casts;
-    // modelled for training, where the torch runtime's users run it).
+    if workload == Workload::Train && task == Task::Base {
+        return Err(NotModelled::NoLoss);
+    }
+    // The weights' type, and autocast's (amp-bf16: f32 weights, bf16 where autocast casts).
     let (dt, autocast) = match dtype {
         Precision::F32 => (TDt::F32, None),
         Precision::F16 => (TDt::F16, None),
         Precision::Bf16 => (TDt::Bf16, None),
-        Precision::AmpBf16 if workload == Workload::Train => (TDt::F32, Some(TDt::Bf16)),
-        Precision::AmpF16 if workload == Workload::Train => (TDt::F32, Some(TDt::F16)),
-        other => return Err(NotModelled::Precision(other)),
+        Precision::AmpBf16 => (TDt::F32, Some(TDt::Bf16)),
+        Precision::AmpF16 => (TDt::F32, Some(TDt::F16)),
     };
     let room = spec.family.room();
     let not_family = || NotModelled::Family {
@@ -281,6 +282,9 @@ pub fn estimate(
     // CPU they are the worker's baseline, outside the simulation.)
     let kept = if let Some(arm) = cuda {
         let kept = tensors.make(&sim);
+        // The trial's high-water marks start after the build (a tied head made and dropped
+        // stays reserved, but is no longer allocated).
+        sim.reset_peaks();
         sim.workspace_at_first_matmul(arm.cublas_workspace_bytes);
         kept
     } else {
@@ -309,11 +313,13 @@ pub fn estimate(
     let on_cuda = |arm: CudaArm, m: Option<Marks>| {
         let pool = sim.pool().expect("a CUDA simulator has a pool");
         let inputs = 2 * crate::families::torch_cuda::round_size(input_bytes / 2);
-        let workspace = crate::families::torch_cuda::round_size(arm.cublas_workspace_bytes);
+        let workspace = sim.workspace_bytes();
         TorchBreakdown {
             weights_bytes: pool_weights,
             input_bytes: inputs,
-            activation_bytes: pool.peak_allocated() - pool_weights - inputs - workspace,
+            activation_bytes: pool
+                .peak_allocated()
+                .saturating_sub(pool_weights + inputs + workspace),
             total_bytes: pool.peak_reserved() + arm.context_bytes,
             optimizer_bytes: m.map(|m| m.forward2 - m.forward1),
             gradient_bytes: m.map(|m| m.optimizer2 - m.forward2),
@@ -353,9 +359,38 @@ pub fn estimate(
         eager: attn == Attn::Eager,
         head: h,
         graph: (workload == Workload::Grad).then_some(&graph),
+        eval: false,
     };
     let ids = sim.alloc(&[batch, seq], TDt::I64);
     let mask = sim.alloc(&[batch, seq], TDt::I64);
+    if let Some(low) = autocast {
+        // Under autocast the forward runs on the tape (its casts, cached for the parameters
+        // until the context exits), in eval mode (no dropout), returning the head's output;
+        // under `no_grad` nothing is saved.
+        let dims = crate::families::Dims {
+            dropout: crate::families::Dropout::default(),
+            ..spec.dims.clone()
+        };
+        let r = TorchRun {
+            d: &dims,
+            graph: None,
+            eval: true,
+            ..r
+        };
+        let tape = Tape::autocast(low).with_no_grad(workload == Workload::Infer);
+        let output = room
+            .torch_train_forward(&r, &ids, &ids, &tape)
+            .map_err(|why| NotModelled::Point {
+                family: room.name().to_string(),
+                why,
+            })?;
+        tape.end_autocast();
+        drop((output, tape, ids, mask, kept));
+        return Ok(match cuda {
+            Some(arm) => on_cuda(arm, None),
+            None => cpu(sim.peak(), None),
+        });
+    }
     let outputs = room
         .torch_forward(&r, &ids)
         .map_err(|why| NotModelled::Point {
@@ -395,6 +430,7 @@ fn train_peak(
         eager: how.attn == Attn::Eager,
         head,
         graph: None,
+        eval: false,
     };
     let ids = sim.alloc(&[batch, seq], TDt::I64);
     let mask = sim.alloc(&[batch, seq], TDt::I64);
@@ -438,6 +474,12 @@ fn train_peak(
             tape.node(&scaled, vec![Tape::grad_of(&loss)], &[]);
             scaled
         });
+        // On CUDA the backward runs on the autograd engine's device thread, whose cuBLAS
+        // handle takes a workspace of its own at its first matmul (taken here, as the
+        // backward starts, and kept).
+        if let (1, TorchDevice::Cuda(arm)) = (step, how.device) {
+            sim.another_workspace(arm.cublas_workspace_bytes);
+        }
         let grads = tape.backward(sim, scaled.as_ref().unwrap_or(&loss));
         drop((loss, scaled));
         m.optimizer2 = sim.live();
@@ -538,27 +580,27 @@ mod tests {
                 Attn::Sdpa,
             ),
             at(
-                "tiny-llama",
+                "tiny-qwen2",
                 1,
-                Precision::AmpF16,
-                Workload::Infer,
-                Task::CausalLm,
+                Precision::F32,
+                Workload::Grad,
+                Task::MaskedLm,
                 Attn::Sdpa,
             ),
             at(
                 "tiny-llama",
                 1,
                 Precision::F32,
-                Workload::Train,
-                Task::Base,
+                Workload::Infer,
+                Task::SequenceClassification,
                 Attn::Sdpa,
             ),
             at(
-                "bert-tiny",
+                "tiny-distilbert",
                 1,
                 Precision::AmpBf16,
                 Workload::Infer,
-                Task::Base,
+                Task::MaskedLm,
                 Attn::Sdpa,
             ),
             at(
@@ -578,11 +620,11 @@ mod tests {
                 Attn::Sdpa,
             ),
             at(
-                "tiny-roberta",
+                "tiny-distilbert",
                 1,
                 Precision::F32,
-                Workload::Infer,
-                Task::SequenceClassification,
+                Workload::Train,
+                Task::MaskedLm,
                 Attn::Sdpa,
             ),
         ];
@@ -590,6 +632,21 @@ mod tests {
             let e = c.unwrap_err().to_string();
             assert!(e.contains("oomlab sweep --runtime torch"), "{e}");
         }
+        // A base head has no loss to train: the runtime refuses it too, so no sweep is named.
+        let e = at(
+            "tiny-llama",
+            1,
+            Precision::F32,
+            Workload::Train,
+            Task::Base,
+            Attn::Sdpa,
+        )
+        .unwrap_err();
+        assert_eq!(e, NotModelled::NoLoss);
+        assert!(
+            e.to_string()
+                .contains("choose sequence-classification, causal-lm or masked-lm in --task")
+        );
         let e = at(
             "tiny-gemma2",
             1,

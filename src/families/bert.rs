@@ -453,6 +453,23 @@ pub(super) fn torch_bert_forward(
         };
         return Ok(vec![logits, hidden]);
     }
+    if r.head == Head::SequenceClassification && positions == Positions::FromIds {
+        // `RobertaClassificationHead` (the model has no pooler; its embedding output goes as
+        // it returns): the first token (a view), dropout (none in eval), dense (saving its
+        // input), tanh (saving its output), `out_proj` (saving its input); the last hidden
+        // state lives until the head's model returns.
+        drop(embedding_output);
+        let logits = {
+            let first = hidden.view(&[b, h]);
+            r.keep(&first);
+            let dense = first.linear(h);
+            let act = dense.like();
+            drop(dense);
+            r.keep(&act);
+            act.linear(NUM_LABELS as usize)
+        };
+        return Ok(vec![logits, hidden]);
+    }
     // BertPooler: the first token, dense (saving its input), tanh (saving its output).
     r.keep(&hidden);
     let pooled = {
@@ -463,11 +480,6 @@ pub(super) fn torch_bert_forward(
     let mut outputs = vec![hidden];
     match r.head {
         Head::Base => outputs.push(pooled),
-        Head::SequenceClassification if positions == Positions::FromIds => {
-            return Err(
-                "RoBERTa's classification head is modelled in training (--workload train), not for infer or grad yet",
-            );
-        }
         Head::SequenceClassification => {
             r.keep(&pooled);
             let logits = pooled.linear(NUM_LABELS as usize);
@@ -498,7 +510,7 @@ pub(super) fn torch_bert_train_forward<'a>(
 ) -> std::result::Result<Pt, &'static str> {
     let (b, s, h) = (r.b, r.s, r.d.hidden);
     let drop_on = r.d.dropout;
-    if !matches!(r.head, Head::SequenceClassification | Head::MaskedLm) {
+    if !matches!(r.head, Head::SequenceClassification | Head::MaskedLm) && !r.eval {
         return Err(
             "a BERT training step is modelled with the sequence-classification and masked-LM heads",
         );
@@ -602,6 +614,9 @@ pub(super) fn torch_bert_train_forward<'a>(
             drop(act);
             tt::linear(tape, &normed, r.d.vocab, true)
         };
+        if r.eval {
+            return Ok(logits);
+        }
         let loss = tt::cross_entropy(
             tape,
             &logits.view(&[b * s, r.d.vocab]),
@@ -628,6 +643,9 @@ pub(super) fn torch_bert_train_forward<'a>(
             tt::linear(tape, &x, NUM_LABELS as usize, true)
         };
         drop(embedding_output);
+        if r.eval {
+            return Ok(logits);
+        }
         return Ok(tt::cross_entropy(tape, &logits, labels));
     }
     // BertPooler: the first token (its backward scatters into zeros like the hidden states),
@@ -640,11 +658,18 @@ pub(super) fn torch_bert_train_forward<'a>(
         tt::unary(tape, &dense, true)
     };
     drop(embedding_output);
+    // The base head's output is the pooled one (beside the last hidden state).
+    if r.head == Head::Base {
+        return Ok(pooled);
+    }
     let logits = {
         let dropped = tt::dropout(tape, &pooled, drop_on.classifier);
         drop(pooled);
         tt::linear(tape, &dropped, NUM_LABELS as usize, true)
     };
+    if r.eval {
+        return Ok(logits);
+    }
     Ok(tt::cross_entropy(tape, &logits, labels))
 }
 
@@ -671,27 +696,27 @@ fn bert_train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, hidden: &Pt) -> Pt {
                 tt::flash_context(tape, (&q, &k, &v), n, r.threads)
             }
         };
+        // The context lives until `BertAttention` returns (its tuple holds it), after the norm.
         let dense = tt::linear(tape, &context, h, true);
-        drop(context);
         let dropped = tt::dropout(tape, &dense, drop_on.hidden);
         drop(dense);
         let sum = tt::add(tape, &dropped, hidden);
         let out = tt::layer_norm(tape, &sum, r.threads);
-        drop((sum, dropped));
+        drop((sum, dropped, context));
         out
     };
     let intermediate = {
         let dense = tt::linear(tape, &attention_output, r.d.intermediate, true);
         tt::unary(tape, &dense, false)
     };
+    // The intermediate output lives until `feed_forward_chunk` returns, after the norm.
     let layer_output = {
         let dense = tt::linear(tape, &intermediate, h, true);
-        drop(intermediate);
         let dropped = tt::dropout(tape, &dense, drop_on.hidden);
         drop(dense);
         let sum = tt::add(tape, &dropped, &attention_output);
         let out = tt::layer_norm(tape, &sum, r.threads);
-        drop((sum, dropped));
+        drop((sum, dropped, intermediate));
         out
     };
     drop((attention_output, held_weights));

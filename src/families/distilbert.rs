@@ -340,7 +340,7 @@ fn torch_train_forward<'a>(
     labels: &Pt,
     tape: &Tape<'a>,
 ) -> std::result::Result<Pt, &'static str> {
-    if r.head != Head::SequenceClassification {
+    if r.head != Head::SequenceClassification && !(r.eval && r.head == Head::Base) {
         return Err("a DistilBERT training step is modelled with the sequence-classification head");
     }
     let (b, s, width) = (r.b, r.s, r.d.hidden);
@@ -373,6 +373,11 @@ fn torch_train_forward<'a>(
         let input = hidden.clone();
         hidden = tape.layer(&hidden, Box::new(move |t| train_block(r, t, &input)));
     }
+    // The base head's output is the last hidden state.
+    if r.head == Head::Base {
+        drop(embeddings);
+        return Ok(hidden);
+    }
     let logits = {
         let first = hidden.view_node(&[b, width]);
         tape.node(&first, vec![Tape::grad_of(&hidden)], &[]);
@@ -386,6 +391,9 @@ fn torch_train_forward<'a>(
         drop(relu);
         tt::linear(tape, &dropped, NUM_LABELS as usize, true)
     };
+    if r.eval {
+        return Ok(logits);
+    }
     Ok(tt::cross_entropy(tape, &logits, labels))
 }
 

@@ -127,6 +127,12 @@ impl CudaAllocator {
         self.peak_reserved
     }
 
+    /// `torch.cuda.reset_peak_memory_stats`: the high-water marks start again from now.
+    pub fn reset_peaks(&mut self) {
+        self.peak_allocated = self.allocated;
+        self.peak_reserved = self.reserved;
+    }
+
     /// The first request that ran out of memory, if one did.
     #[must_use]
     pub fn out_of_memory(&self) -> Option<OutOfMemory> {

@@ -26,7 +26,7 @@ pub(super) struct Shape {
 /// the rotary buffers `inv_freq` and `original_inv_freq` (f32, half a head each), then the head
 /// (made and dropped when tied to the embeddings).
 pub(super) fn weights(d: &Dims, head: Head, dt: TDt, shape: Shape) -> Option<Weights> {
-    if head != Head::CausalLm {
+    if !matches!(head, Head::CausalLm | Head::Base) {
         return None;
     }
     let (width, inter, vocab) = (d.hidden, d.intermediate, d.vocab);
@@ -52,10 +52,11 @@ pub(super) fn weights(d: &Dims, head: Head, dt: TDt, shape: Shape) -> Option<Wei
     w.push(width, dt);
     w.push(hd / 2, TDt::F32);
     w.push(hd / 2, TDt::F32);
-    if d.tied_embeddings {
-        w.dropped(vocab * width, dt);
-    } else {
-        w.push(vocab * width, dt);
+    // `AutoModel` (the base head) has no head at all.
+    match (head, d.tied_embeddings) {
+        (Head::Base, _) => {}
+        (_, true) => w.dropped(vocab * width, dt),
+        (_, false) => w.push(vocab * width, dt),
     }
     Some(w)
 }
@@ -287,8 +288,8 @@ fn eager_attention(
 /// One forward of `…ForCausalLM` with a `DynamicCache` (`use_cache` is on by default), logits for
 /// every position. Returns the logits and the cache.
 pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt>, &'static str> {
-    if r.head != Head::CausalLm {
-        return Err("only the causal-lm head is modelled for decoders");
+    if !matches!(r.head, Head::CausalLm | Head::Base) {
+        return Err("only the causal-lm and base heads are modelled for decoders");
     }
     let (b, s, width) = (r.b, r.s, r.d.hidden);
     let (heads, kvh, hd) = (r.d.heads, r.d.kv_heads, r.d.head_dim());
@@ -397,6 +398,12 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
         drop(inputs_embeds);
         normed
     };
+    // `AutoModel` returns the last hidden state with the cache.
+    if r.head == Head::Base {
+        let mut outputs = vec![normed];
+        outputs.extend(cache);
+        return Ok(outputs);
+    }
     // lm_head saves its input.
     r.keep(&normed);
     let logits = normed.linear(r.d.vocab);
@@ -418,8 +425,10 @@ pub(super) fn train_forward<'a>(
     tape: &Tape<'a>,
     shape: Shape,
 ) -> Result<Pt, &'static str> {
-    if r.head != Head::CausalLm {
-        return Err("only the causal-lm head is modelled for decoders");
+    if r.head != Head::CausalLm && !(r.eval && r.head == Head::Base) {
+        return Err(
+            "a decoder's training step is modelled with the causal-lm head (the base head computes no loss)",
+        );
     }
     let (b, s, width) = (r.b, r.s, r.d.hidden);
     let hd = r.d.head_dim();
@@ -472,7 +481,17 @@ pub(super) fn train_forward<'a>(
         drop((hidden, inputs_embeds, cos, sin, position_ids, mask));
         normed
     };
+    // Without labels the model returns the last hidden state (the base head) or the logits,
+    // with the cache.
+    if r.head == Head::Base {
+        drop(cache);
+        return Ok(normed);
+    }
     let logits = tt::linear_mm(tape, &normed, r.d.vocab);
+    if r.eval {
+        drop((normed, cache));
+        return Ok(logits);
+    }
     // ForCausalLMLoss: `logits.float()`, labels padded by one and shifted (`contiguous`).
     let logits32 = tape.cast(&logits, TDt::F32);
     let padded = labels.new(&[b, s + 1], TDt::I64);

@@ -33,6 +33,9 @@ pub struct TorchRun<'a> {
     /// With autograd on (a forward without `no_grad`): the tensors autograd saves for the
     /// backward, alive until the output is dropped. None under `no_grad`.
     pub graph: Option<&'a RefCell<Vec<Pt>>>,
+    /// A forward in eval mode with no labels, on the tape (inference or grad under autocast):
+    /// the training forward returns its head's output instead of the loss.
+    pub eval: bool,
 }
 
 impl TorchRun<'_> {
@@ -132,8 +135,9 @@ struct Counter {
     /// On CUDA: the caching allocator every tensor's storage goes through.
     cuda: Option<RefCell<CudaAllocator>>,
     /// On CUDA: the bytes cuBLAS's workspace takes at the first matmul (its block is then
-    /// never freed, as PyTorch's handle pool holds it).
+    /// never freed, as PyTorch's handle pool holds it), and the blocks taken so far.
     workspace: Cell<u64>,
+    workspaces: Cell<u64>,
 }
 
 impl Counter {
@@ -242,6 +246,14 @@ impl TSim {
         self.c.cuda.as_ref().map(RefCell::borrow)
     }
 
+    /// On CUDA: `torch.cuda.reset_peak_memory_stats()` (what the torch trial does after the
+    /// model is built).
+    pub fn reset_peaks(&self) {
+        if let Some(pool) = self.c.cuda.as_ref() {
+            pool.borrow_mut().reset_peaks();
+        }
+    }
+
     /// On CUDA: the first matmul from now takes cuBLAS's workspace of `bytes` from the pool.
     pub fn workspace_at_first_matmul(&self, bytes: u64) {
         self.c.workspace.set(bytes);
@@ -250,8 +262,28 @@ impl TSim {
     /// A matmul runs: on CUDA the first takes cuBLAS's workspace.
     fn matmul(&self) {
         let bytes = self.c.workspace.replace(0);
-        // A block of the pool's, outside the simulated tensors (`live`).
-        let _held = self.c.malloc(bytes);
+        if let Some(pool) = self.c.cuda.as_ref()
+            && bytes > 0
+        {
+            // A block of the pool's, outside the simulated tensors (`live`), never freed.
+            let before = pool.borrow().allocated();
+            pool.borrow_mut().malloc(bytes);
+            let taken = pool.borrow().allocated() - before;
+            self.c.workspaces.set(self.c.workspaces.get() + taken);
+        }
+    }
+
+    /// On CUDA: a cuBLAS workspace for another thread's handle (the autograd engine's), taken
+    /// at once and kept.
+    pub fn another_workspace(&self, bytes: u64) {
+        self.c.workspace.set(bytes);
+        self.matmul();
+    }
+
+    /// On CUDA: the bytes of the pool's blocks cuBLAS's workspaces took.
+    #[must_use]
+    pub fn workspace_bytes(&self) -> u64 {
+        self.c.workspaces.get()
     }
 
     /// Whether this simulates CUDA (else the CPU).
@@ -407,12 +439,20 @@ impl Pt {
     /// argument (none of the device's memory).
     #[must_use]
     pub fn wrapped_number(&self, dt: TDt) -> Pt {
+        self.host(&[], dt)
+    }
+
+    /// A tensor PyTorch keeps on the CPU whatever the model's device (a wrapped number, the
+    /// RNG states a checkpoint saves): on the CPU an allocation like any, beside CUDA tensors
+    /// none of the device's memory.
+    #[must_use]
+    pub fn host(&self, dims: &[usize], dt: TDt) -> Pt {
         if self.on_cuda() {
             let sim = self.sim();
             let gid = sim.c.gids.get() + 1;
             sim.c.gids.set(gid);
             return Pt {
-                dims: Vec::new(),
+                dims: dims.to_vec(),
                 dt,
                 storage: Rc::new(Storage::new(&sim.c, 0)),
                 imp: Rc::new(()),
@@ -420,7 +460,7 @@ impl Pt {
                 viewed: false,
             };
         }
-        self.new(&[], dt)
+        self.new(dims, dt)
     }
 
     /// A copy (`contiguous()` on a strided view, `clone()`).
@@ -551,7 +591,9 @@ pub fn cuda_sdpa(
     if cuda_flash(query.dt, masked) {
         let lse = query.new(&[batch, heads, q_len], TDt::F32);
         let rng = query.new(&[2], TDt::I64);
-        let unused = query.new(&[], TDt::I64);
+        // A uint64 scalar; one element, but not the 0-dim int64 the tape takes for a wrapped
+        // Python number (which a checkpoint keeps).
+        let unused = query.new(&[1], TDt::I64);
         (out, vec![lse, rng, unused])
     } else {
         let rows = if grad { q_len.div_ceil(32) * 32 } else { 0 };

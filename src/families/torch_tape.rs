@@ -101,6 +101,8 @@ pub struct Tape<'a> {
     cast_cache: RefCell<Vec<Pt>>,
     /// transformers' gradient checkpointing: each layer a checkpointed region.
     checkpointing: bool,
+    /// Under `torch.no_grad()`: nothing is recorded (no node saves anything).
+    no_grad: bool,
     /// While a region is recomputed: its nodes still to save.
     to_save: std::cell::Cell<usize>,
     /// While a region is recomputed: what its throwaway graph holds beside what the checkpoint
@@ -120,6 +122,15 @@ impl<'a> Tape<'a> {
         Self {
             autocast: Some(low),
             ..Self::default()
+        }
+    }
+
+    /// The same tape under `torch.no_grad()` when `on`.
+    #[must_use]
+    pub fn with_no_grad(self, on: bool) -> Self {
+        Self {
+            no_grad: on,
+            ..self
         }
     }
 
@@ -167,6 +178,9 @@ impl<'a> Tape<'a> {
 
     /// Records the node that made `out`: its backward's edges, and the tensors it saves.
     pub fn node(&self, out: &Pt, edges: Vec<Edge>, saved: &[&Pt]) {
+        if self.no_grad {
+            return;
+        }
         let unpacked = saved.iter().any(|t| !wrapped_number(t));
         let saved = saved.iter().map(|t| (*t).clone()).collect();
         match self.mode.get() {
@@ -225,7 +239,7 @@ impl<'a> Tape<'a> {
     /// are kept, and the backward, on reaching the region's last node, runs `f` again to
     /// recreate what its nodes save. Returns `f`'s output.
     pub fn checkpoint(&self, input: &Pt, f: Recompute<'a>) -> Pt {
-        let rng_state = input.new(&[5056], TDt::Bool);
+        let rng_state = input.host(&[5056], TDt::Bool);
         let start = self.nodes.borrow().len();
         self.mode.set(Mode::Discard);
         let out = f(self);
@@ -279,7 +293,7 @@ impl<'a> Tape<'a> {
         };
         drop(regions);
         // `fork_rng` keeps the RNG state while the region runs again.
-        let forked = taken.1.new(&[5056], TDt::Bool);
+        let forked = taken.1.host(&[5056], TDt::Bool);
         self.mode.set(Mode::Recompute);
         let out = (taken.0)(self);
         self.mode.set(Mode::Record);
@@ -943,17 +957,14 @@ pub fn rms_norm(tape: &Tape<'_>, x: &Pt) -> Pt {
     } else {
         let out = back.widened(weight_dt);
         let wide = full(&out);
-        tape.node(
-            &out,
-            vec![
-                Edge::Work(wide),
-                Edge::Work(wide),
-                Edge::Temp(wide),
-                Edge::Reduced(Box::new(Edge::Param(vec![h], weight_dt))),
-                Edge::Reduced(Box::new(Tape::grad_of(&back))),
-            ],
-            &[&back],
-        );
+        let mut edges = vec![Edge::Work(wide), Edge::Work(wide)];
+        // The CPU's widened copy of the input (CUDA casts as it loads).
+        if !out.on_cuda() {
+            edges.push(Edge::Temp(wide));
+        }
+        edges.push(Edge::Reduced(Box::new(Edge::Param(vec![h], weight_dt))));
+        edges.push(Edge::Reduced(Box::new(Tape::grad_of(&back))));
+        tape.node(&out, edges, &[&back]);
         out
     };
     drop((back, scaled, variance));

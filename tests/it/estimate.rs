@@ -925,6 +925,12 @@ fn the_torch_estimate_has_a_cuda_arm() {
         given["total_bytes"].as_u64().unwrap(),
         assumed["total_bytes"].as_u64().unwrap() + (188 << 20)
     );
+    let given = run(&["--device", "cuda", "--cuda-workspace", "32MiB"]);
+    assert_eq!(given["workspace_bytes"].as_u64(), Some(32 << 20));
+    // Without --runtime torch the CUDA arm's options are refused.
+    let out = oomlab(&cache, &["estimate", "-m", "bert-mini", "--device", "cuda"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("add --runtime torch"));
     let hopper = run(&["--gpu", "h100"]);
     assert_eq!(hopper["device"], "cuda");
     assert_eq!(hopper["workspace_bytes"].as_u64(), Some(32 << 20));
@@ -935,11 +941,11 @@ fn the_torch_estimate_has_a_cuda_arm() {
     for (extra, says) in [
         (
             &["--cuda-context", "1GiB"][..],
-            "--cuda-context belongs to the CUDA arm",
+            "--cuda-context and --cuda-workspace belong to the CUDA arm",
         ),
         (
             &["--device", "cuda", "--check"][..],
-            "give --capacity (at most the GPU's free memory) or --gpu",
+            "give --capacity (at most the GPU's free memory)",
         ),
     ] {
         let mut args = vec!["estimate", "--runtime", "torch", "-m", "bert-mini"];

@@ -644,6 +644,29 @@ fn the_pytorch_estimator_pins_the_batch_slope_to_the_byte() {
         // The masked-LM head: transform, `LayerNorm`, the decoder over the vocabulary.
         (("tiny-bert", "24", "f32", "sdpa", "infer"), masked_lm),
         (("tiny-roberta", "24", "bf16", "eager", "grad"), masked_lm),
+        // RoBERTa's own classification head (no pooler) outside training; a decoder's base
+        // head (the last hidden state and the cache, no logits).
+        (
+            ("tiny-roberta", "24", "f32", "sdpa", "grad"),
+            &["--task", "sequence-classification"][..],
+        ),
+        (
+            ("tiny-qwen3", "20", "bf16", "sdpa", "grad"),
+            &["--task", "base"][..],
+        ),
+        (
+            ("tiny-mistral", "16", "f32", "sdpa", "infer"),
+            &["--task", "base"][..],
+        ),
+        // Autocast outside training: the forward in eval mode on the tape, the parameters'
+        // casts cached through it.
+        (("bert-mini", "64", "amp-bf16", "sdpa", "infer"), &[][..]),
+        (
+            ("tiny-distilbert", "24", "amp-bf16", "eager", "grad"),
+            &[][..],
+        ),
+        (("tiny-qwen3", "24", "amp-bf16", "sdpa", "infer"), &[][..]),
+        (("tiny-mistral", "16", "amp-f16", "sdpa", "grad"), &[][..]),
     ]);
     for (case, extra) in heads {
         let (model, seq, dtype, attn, workload) = case;
