@@ -596,7 +596,7 @@ mod tests {
                 Attn::Sdpa,
             ),
             at(
-                "tiny-distilbert",
+                "tiny-mistral",
                 1,
                 Precision::AmpBf16,
                 Workload::Infer,
@@ -612,20 +612,20 @@ mod tests {
                 Attn::Sdpa,
             ),
             at(
-                "tiny-distilbert",
-                1,
-                Precision::F32,
-                Workload::Infer,
-                Task::MaskedLm,
-                Attn::Sdpa,
-            ),
-            at(
-                "tiny-distilbert",
+                "tiny-qwen3",
                 1,
                 Precision::F32,
                 Workload::Train,
-                Task::MaskedLm,
+                Task::SequenceClassification,
                 Attn::Sdpa,
+            ),
+            at(
+                "tiny-llama",
+                1,
+                Precision::Bf16,
+                Workload::Grad,
+                Task::SequenceClassification,
+                Attn::Eager,
             ),
         ];
         for c in cases {

@@ -238,7 +238,15 @@ fn torch_weights(d: &Dims, head: Head, dt: TDt) -> Option<Weights> {
             w.linear((width, width), true, dt);
             w.linear((width, NUM_LABELS as usize), true, dt);
         }
-        Head::CausalLm | Head::MaskedLm => return None,
+        // The masked-LM head: `vocab_transform`, `vocab_layer_norm`, `vocab_projector` (its
+        // weight tied to the word embeddings, its bias its own).
+        Head::MaskedLm => {
+            w.linear((width, width), true, dt);
+            w.linear((1, width), true, dt);
+            w.dropped(d.vocab * width, dt);
+            w.push(d.vocab, dt);
+        }
+        Head::CausalLm => return None,
     }
     Some(w)
 }
@@ -302,6 +310,25 @@ fn torch_forward(r: &TorchRun<'_>, ids: &Pt) -> std::result::Result<Vec<Pt>, &'s
         };
         hidden = out;
     }
+    if r.head == Head::MaskedLm {
+        // The model returns (its embeddings' output with it); the head: `vocab_transform`
+        // (saving its input), gelu (saving its input), `vocab_layer_norm`, `vocab_projector`
+        // (saving its input) into the logits; the last hidden state lives until the head's
+        // model returns.
+        drop(embeddings);
+        let logits = {
+            r.keep(&hidden);
+            let dense = hidden.linear(width);
+            r.keep(&dense);
+            let act = dense.like();
+            drop(dense);
+            let normed = layer_norm(r, &act);
+            drop(act);
+            r.keep(&normed);
+            normed.linear(r.d.vocab)
+        };
+        return Ok(vec![logits, hidden]);
+    }
     let mut outputs = vec![];
     match r.head {
         Head::Base => {}
@@ -317,7 +344,7 @@ fn torch_forward(r: &TorchRun<'_>, ids: &Pt) -> std::result::Result<Vec<Pt>, &'s
         }
         Head::CausalLm | Head::MaskedLm => {
             return Err(
-                "only the base and sequence-classification heads are modelled for DistilBERT",
+                "only the base, sequence-classification and masked-LM heads are modelled for DistilBERT",
             );
         }
     }
@@ -340,18 +367,24 @@ fn torch_train_forward<'a>(
     labels: &Pt,
     tape: &Tape<'a>,
 ) -> std::result::Result<Pt, &'static str> {
-    if r.head != Head::SequenceClassification && !(r.eval && r.head == Head::Base) {
-        return Err("a DistilBERT training step is modelled with the sequence-classification head");
+    let modelled = matches!(r.head, Head::SequenceClassification | Head::MaskedLm)
+        || (r.eval && r.head == Head::Base);
+    if !modelled {
+        return Err(
+            "a DistilBERT training step is modelled with the sequence-classification and masked-LM heads",
+        );
     }
     let (b, s, width) = (r.b, r.s, r.d.hidden);
     let sim = r.sim;
+    // A masked-LM head's projector is tied to the word embeddings: its gradient comes first.
+    let word_embeddings = if r.head == Head::MaskedLm {
+        Edge::ParamAdd(vec![r.d.vocab, width], r.dt, tape.autocast_on())
+    } else {
+        Edge::Param(vec![r.d.vocab, width], r.dt)
+    };
     let embeddings = {
         let word = ids.new(&[b, s, width], r.dt);
-        tape.node(
-            &word,
-            vec![Edge::Param(vec![r.d.vocab, width], r.dt)],
-            &[ids],
-        );
+        tape.node(&word, vec![word_embeddings], &[ids]);
         let position = sim.alloc(&[1, s, width], r.dt);
         tape.node(
             &position,
@@ -377,6 +410,28 @@ fn torch_train_forward<'a>(
     if r.head == Head::Base {
         drop(embeddings);
         return Ok(hidden);
+    }
+    if r.head == Head::MaskedLm {
+        // As in inference, then `CrossEntropyLoss` over every position.
+        drop(embeddings);
+        let logits = {
+            let dense = tt::linear(tape, &hidden, width, true);
+            let act = tt::unary(tape, &dense, false);
+            drop(dense);
+            let normed = tt::layer_norm(tape, &act, r.threads);
+            drop(act);
+            tt::linear(tape, &normed, r.d.vocab, true)
+        };
+        if r.eval {
+            return Ok(logits);
+        }
+        let loss = tt::cross_entropy(
+            tape,
+            &logits.view(&[b * s, r.d.vocab]),
+            &labels.view(&[b * s]),
+        );
+        drop((logits, hidden));
+        return Ok(loss);
     }
     let logits = {
         let first = hidden.view_node(&[b, width]);

@@ -644,6 +644,7 @@ fn the_pytorch_estimator_pins_the_batch_slope_to_the_byte() {
         // The masked-LM head: transform, `LayerNorm`, the decoder over the vocabulary.
         (("tiny-bert", "24", "f32", "sdpa", "infer"), masked_lm),
         (("tiny-roberta", "24", "bf16", "eager", "grad"), masked_lm),
+        (("tiny-distilbert", "24", "f32", "eager", "grad"), masked_lm),
         // RoBERTa's own classification head (no pooler) outside training; a decoder's base
         // head (the last hidden state and the cache, no logits).
         (
