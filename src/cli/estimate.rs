@@ -34,7 +34,8 @@ pub struct EstimateArgs {
     #[arg(long)]
     pub check: bool,
     /// The runtime to estimate: candle (the default) or torch (PyTorch + transformers: the
-    /// PyTorch estimator, modelled so far for inference of the families it names).
+    /// PyTorch estimator, for inference, a forward keeping its graph and a training step, with
+    /// the CPU's kernels or CUDA's (--device), for the families it names).
     #[arg(long, help_heading = "PyTorch runtime")]
     pub runtime: Option<crate::plan::Runtime>,
     /// With --runtime torch: infer (a forward under `no_grad`, the default), grad (a forward
