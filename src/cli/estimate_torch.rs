@@ -195,7 +195,9 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
                 spec,
                 (*batch, *seq, *dtype),
                 how,
-                capacity,
+                // On CUDA only a capacity given as such (a preset's is the card's total, more
+                // than is free).
+                args.what.capacity,
                 threads,
                 &mut python,
                 &mut probed,

@@ -225,7 +225,7 @@ pub fn estimate(
     if how.checkpointing && workload != Workload::Train {
         return Err(NotModelled::Checkpointing);
     }
-    if workload == Workload::Train && task == Task::Base {
+    if workload == Workload::Train && !task.has_loss() {
         return Err(NotModelled::NoLoss);
     }
     // The weights' type, and autocast's (amp-bf16: f32 weights, bf16 where autocast casts).

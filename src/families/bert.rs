@@ -496,11 +496,13 @@ pub(super) fn torch_bert_forward(
     Ok(outputs)
 }
 
-/// PyTorch: the forward of a training step, `BertForSequenceClassification` in train mode with
-/// autograd on the CPU (transformers 5), recording each op's node on `tape`; returns the loss
-/// (what the step keeps of the output). Dropout is on where the config's probability is above
-/// 0; attention dropout sends sdpa to PyTorch's math kernel, and without it sdpa runs the CPU
-/// flash kernel.
+/// PyTorch: the forward of a training step, `BertForSequenceClassification` or
+/// `…ForMaskedLM` (`RoBERTa`'s with `Positions::FromIds`) in train mode with autograd on the CPU
+/// (transformers 5), recording each op's node on `tape`; returns the loss (what the step keeps
+/// of the output). Dropout is on where the config's probability is above 0; attention dropout
+/// sends sdpa to PyTorch's math kernel on the CPU, and without it sdpa runs the CPU flash
+/// kernel. With `r.eval` (autocast outside training) the same forward in eval mode, any head,
+/// returning the head's output (the base head's pooled output) instead of a loss.
 pub(super) fn torch_bert_train_forward<'a>(
     r: &'a TorchRun<'a>,
     ids: &Pt,
@@ -510,9 +512,11 @@ pub(super) fn torch_bert_train_forward<'a>(
 ) -> std::result::Result<Pt, &'static str> {
     let (b, s, h) = (r.b, r.s, r.d.hidden);
     let drop_on = r.d.dropout;
-    if !matches!(r.head, Head::SequenceClassification | Head::MaskedLm) && !r.eval {
+    let modelled = matches!(r.head, Head::SequenceClassification | Head::MaskedLm)
+        || (r.eval && r.head == Head::Base);
+    if !modelled {
         return Err(
-            "a BERT training step is modelled with the sequence-classification and masked-LM heads",
+            "a BERT or RoBERTa training step is modelled with the sequence-classification and masked-LM heads",
         );
     }
     // A masked-LM head's decoder is tied to the word embeddings: its gradient comes first,
@@ -625,7 +629,7 @@ pub(super) fn torch_bert_train_forward<'a>(
         drop((logits, hidden));
         return Ok(loss);
     }
-    if positions == Positions::FromIds {
+    if positions == Positions::FromIds && r.head == Head::SequenceClassification {
         // RobertaClassificationHead (the model has no pooler): the first token, dropout,
         // dense, tanh, dropout, out_proj.
         let logits = {

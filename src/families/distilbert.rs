@@ -353,9 +353,9 @@ fn torch_forward(r: &TorchRun<'_>, ids: &Pt) -> std::result::Result<Vec<Pt>, &'s
     Ok(outputs)
 }
 
-/// PyTorch: the forward of a training step, `DistilBertForSequenceClassification` in train mode
-/// with autograd on the CPU (transformers 5), recording each op's node on `tape`; returns the
-/// loss. The embeddings (word and position, `LayerNorm`, dropout); each `TransformerBlock`
+/// PyTorch: the forward of a training step, `DistilBertForSequenceClassification` or
+/// `…ForMaskedLM` in train mode with autograd on the CPU (transformers 5), recording each op's
+/// node on `tape`; returns the loss (with `r.eval`, the head's output instead). The embeddings (word and position, `LayerNorm`, dropout); each `TransformerBlock`
 /// (q, k, v; eager attention, or sdpa's math kernel with attention dropout or its flash kernel
 /// without; `out_lin`,
 /// `sa_layer_norm` of the sum,

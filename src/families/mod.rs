@@ -190,7 +190,8 @@ pub trait Room: Sync {
     }
     /// PyTorch: the forward of a training step in train mode (dropout on), recording autograd's
     /// nodes on `tape`, with the loss from `labels`; returns the loss, or why this point is not
-    /// modelled.
+    /// modelled. With `r.eval` the same forward in eval mode without labels, returning the
+    /// head's output (autocast outside training).
     fn torch_train_forward<'a>(
         &self,
         _r: &'a torch_sim::TorchRun<'a>,

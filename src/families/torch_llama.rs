@@ -286,7 +286,8 @@ fn eager_attention(
 }
 
 /// One forward of `…ForCausalLM` with a `DynamicCache` (`use_cache` is on by default), logits for
-/// every position. Returns the logits and the cache.
+/// every position (the causal-lm head; the base head stops at the final norm). Returns the
+/// logits (or the last hidden state) and the cache.
 pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt>, &'static str> {
     if !matches!(r.head, Head::CausalLm | Head::Base) {
         return Err("only the causal-lm and base heads are modelled for decoders");
@@ -418,6 +419,7 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
 /// `DynamicCache` unless checkpointing turns it off, logits for every position), then
 /// `ForCausalLMLoss`: the logits in f32, the labels padded and shifted (a copy), cross-entropy
 /// over every position. Attention dropout is 0 in these configs: sdpa runs the flash kernel.
+/// With `r.eval`: the logits (or, for the base head, the last hidden state) instead of a loss.
 pub(super) fn train_forward<'a>(
     r: &'a TorchRun<'a>,
     ids: &Pt,

@@ -947,6 +947,11 @@ fn the_torch_estimate_has_a_cuda_arm() {
             &["--device", "cuda", "--check"][..],
             "give --capacity (at most the GPU's free memory)",
         ),
+        // A preset's capacity is the card's total, more than is free: not taken for --check.
+        (
+            &["--gpu", "h100", "--check"][..],
+            "give --capacity (at most the GPU's free memory)",
+        ),
     ] {
         let mut args = vec!["estimate", "--runtime", "torch", "-m", "bert-mini"];
         args.extend_from_slice(extra);

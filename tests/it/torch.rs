@@ -645,6 +645,10 @@ fn the_pytorch_estimator_pins_the_batch_slope_to_the_byte() {
         (("tiny-bert", "24", "f32", "sdpa", "infer"), masked_lm),
         (("tiny-roberta", "24", "bf16", "eager", "grad"), masked_lm),
         (("tiny-distilbert", "24", "f32", "eager", "grad"), masked_lm),
+        (
+            ("tiny-distilbert", "24", "amp-bf16", "sdpa", "infer"),
+            masked_lm,
+        ),
         // RoBERTa's own classification head (no pooler) outside training; a decoder's base
         // head (the last hidden state and the cache, no logits).
         (
@@ -668,6 +672,8 @@ fn the_pytorch_estimator_pins_the_batch_slope_to_the_byte() {
         ),
         (("tiny-qwen3", "24", "amp-bf16", "sdpa", "infer"), &[][..]),
         (("tiny-mistral", "16", "amp-f16", "sdpa", "grad"), &[][..]),
+        // RoBERTa's base head under autocast: the pooler, not the classification head.
+        (("tiny-roberta", "4", "amp-bf16", "sdpa", "grad"), &[][..]),
     ]);
     for (case, extra) in heads {
         let (model, seq, dtype, attn, workload) = case;
@@ -813,6 +819,11 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
         ),
         (
             ("tiny-roberta", "24", "f32", "sdpa", "train"),
+            "1,3",
+            &["--task", "masked-lm"],
+        ),
+        (
+            ("tiny-distilbert", "24", "amp-bf16", "sdpa", "train"),
             "1,3",
             &["--task", "masked-lm"],
         ),
