@@ -649,6 +649,10 @@ fn teach_window_answers_for_a_pytorch_training_step_with_its_parts() {
                 &r.plan.device.threads().to_string(),
                 "--gpu",
                 "t4",
+                // The window's teaching view answers with the CPU arm (its caption says so);
+                // `--gpu` alone would pick the CUDA arm.
+                "--device",
+                "cpu",
                 "--json",
             ])
             .args(extra)
