@@ -12,7 +12,7 @@ use crate::runtime::Optimizer;
 use serde::Serialize;
 
 /// What a PyTorch trial holds at its peak, by part, as PyTorch's profiler counts it on the CPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct TorchBreakdown {
     /// Parameters and buffers (the worker's baseline).
     pub weights_bytes: u64,
@@ -255,6 +255,10 @@ pub fn estimate(
         }
     })?;
     let weights = tensors.bytes();
+    let point = |why| NotModelled::Point {
+        family: room.name().to_string(),
+        why,
+    };
     let grouped = spec.dims.kv_heads < spec.dims.heads && room.is_decoder();
     if matches!(how.device, TorchDevice::Cuda(_))
         && attn == Attn::Sdpa
@@ -262,10 +266,9 @@ pub fn estimate(
         && dt == TDt::F32
         && autocast.is_none()
     {
-        return Err(NotModelled::Point {
-            family: room.name().to_string(),
-            why: "on CUDA, sdpa runs float32 grouped-query attention in its math kernel, which the CUDA arm does not model yet (bf16, f16, amp and eager attention are)",
-        });
+        return Err(point(
+            "on CUDA, sdpa runs float32 grouped-query attention in its math kernel, which the CUDA arm does not model yet (bf16, f16, amp and eager attention are)",
+        ));
     }
     let (sim, cuda) = match how.device {
         TorchDevice::Cpu => (TSim::new(), None),
@@ -292,26 +295,29 @@ pub fn estimate(
     };
     let pool_weights = sim.pool().map_or(0, |p| p.allocated());
     let input_bytes = 2 * (batch * seq) as u64 * TDt::I64.size();
-    let cpu = |peak: u64, m: Option<Marks>| TorchBreakdown {
-        weights_bytes: weights,
-        input_bytes,
-        activation_bytes: peak - input_bytes,
-        total_bytes: weights + peak,
-        optimizer_bytes: m.map(|m| m.forward2 - m.forward1),
-        gradient_bytes: m.map(|m| m.optimizer2 - m.forward2),
-        saved_activation_bytes: m.map(|m| m.backward2 - m.forward2),
-        device: "cpu",
-        workspace_bytes: None,
-        pool_cached_bytes: None,
-        context_bytes: None,
-        context_measured: None,
-        out_of_memory: false,
-    };
-    // On CUDA the parts are the pool's: the weights' blocks, the inputs' (two int64 tensors,
-    // rounded), the rest of the allocated high-water mark, what the segments hold above it,
-    // and the context outside the pool.
-    let on_cuda = |arm: CudaArm, m: Option<Marks>| {
-        let pool = sim.pool().expect("a CUDA simulator has a pool");
+    // The breakdown once the run is over (a training step's phases with it). On the CPU the
+    // simulator's high-water mark is above the weights (the worker's baseline); on CUDA the
+    // parts are the pool's: the weights' blocks, the inputs' (two int64 tensors, rounded), the
+    // rest of the allocated high-water mark, what the segments hold above it, and the context
+    // outside the pool.
+    let breakdown = |m: Option<Marks>| {
+        let phases = TorchBreakdown {
+            optimizer_bytes: m.map(|m| m.forward2 - m.forward1),
+            gradient_bytes: m.map(|m| m.optimizer2 - m.forward2),
+            saved_activation_bytes: m.map(|m| m.backward2 - m.forward2),
+            ..TorchBreakdown::default()
+        };
+        let (Some(arm), Some(pool)) = (cuda, sim.pool()) else {
+            let peak = sim.peak();
+            return TorchBreakdown {
+                weights_bytes: weights,
+                input_bytes,
+                activation_bytes: peak - input_bytes,
+                total_bytes: weights + peak,
+                device: "cpu",
+                ..phases
+            };
+        };
         let inputs = 2 * crate::families::torch_cuda::round_size(input_bytes / 2);
         let workspace = sim.workspace_bytes();
         TorchBreakdown {
@@ -321,19 +327,17 @@ pub fn estimate(
                 .peak_allocated()
                 .saturating_sub(pool_weights + inputs + workspace),
             total_bytes: pool.peak_reserved() + arm.context_bytes,
-            optimizer_bytes: m.map(|m| m.forward2 - m.forward1),
-            gradient_bytes: m.map(|m| m.optimizer2 - m.forward2),
-            saved_activation_bytes: m.map(|m| m.backward2 - m.forward2),
             device: "cuda",
             workspace_bytes: Some(workspace),
             pool_cached_bytes: Some(pool.peak_reserved() - pool.peak_allocated()),
             context_bytes: Some(arm.context_bytes),
             context_measured: Some(arm.context_measured),
             out_of_memory: pool.out_of_memory().is_some(),
+            ..phases
         }
     };
     if workload == Workload::Train {
-        let (peak, m) = train_peak(
+        let m = train_marks(
             room,
             &sim,
             &spec.dims,
@@ -343,10 +347,7 @@ pub fn estimate(
             threads,
         )?;
         drop(kept);
-        return Ok(match cuda {
-            Some(arm) => on_cuda(arm, Some(m)),
-            None => cpu(peak, Some(m)),
-        });
+        return Ok(breakdown(Some(m)));
     }
     let graph = std::cell::RefCell::new(Vec::new());
     let r = TorchRun {
@@ -380,38 +381,24 @@ pub fn estimate(
         let tape = Tape::autocast(low).with_no_grad(workload == Workload::Infer);
         let output = room
             .torch_train_forward(&r, &ids, &ids, &tape)
-            .map_err(|why| NotModelled::Point {
-                family: room.name().to_string(),
-                why,
-            })?;
+            .map_err(point)?;
         tape.end_autocast();
         drop((output, tape, ids, mask, kept));
-        return Ok(match cuda {
-            Some(arm) => on_cuda(arm, None),
-            None => cpu(sim.peak(), None),
-        });
+        return Ok(breakdown(None));
     }
-    let outputs = room
-        .torch_forward(&r, &ids)
-        .map_err(|why| NotModelled::Point {
-            family: room.name().to_string(),
-            why,
-        })?;
+    let outputs = room.torch_forward(&r, &ids).map_err(point)?;
     // The trial drops the output, and with it the graph.
     drop(outputs);
     graph.borrow_mut().clear();
     drop((ids, mask, kept));
-    Ok(match cuda {
-        Some(arm) => on_cuda(arm, None),
-        None => cpu(sim.peak(), None),
-    })
+    Ok(breakdown(None))
 }
 
 /// A training step as the torch worker takes it: two steps of forward with labels (the loss
 /// kept), backward, `optimizer.step()`, `zero_grad(set_to_none=True)`; the optimizer's state
-/// is made in the first and kept. Returns the peak above the weights, inputs and labels
-/// included, and the live bytes where the phases begin.
-fn train_peak(
+/// is made in the first and kept. Returns the live bytes where the phases begin (the peak is
+/// the simulator's).
+fn train_marks(
     room: &dyn crate::families::Room,
     sim: &TSim,
     dims: &crate::families::Dims,
@@ -419,7 +406,7 @@ fn train_peak(
     how: How,
     head: Head,
     threads: usize,
-) -> Result<(u64, Marks), NotModelled> {
+) -> Result<Marks, NotModelled> {
     let r = TorchRun {
         sim,
         d: dims,
@@ -492,7 +479,7 @@ fn train_peak(
         drop(grads);
     }
     drop((ids, mask, labels, state, grad_scaler));
-    Ok((sim.peak(), m))
+    Ok(m)
 }
 
 /// The largest batch in `1..=limit` whose estimated total fits `capacity_bytes` (`oomlab

@@ -8,7 +8,9 @@ use super::candle::{Inputs, candle_config};
 use super::config::{dropout_field, named_alike, opt_field};
 use super::ops::{Run, embedding, linear, norm, softmax};
 use super::sim::{Dt, T};
-use super::torch_sim::{Head, Pt, TDt, TorchRun, Weights, encoder_attention, layer_norm};
+use super::torch_sim::{
+    Head, Pt, TDt, TorchRun, Weights, encoder_attention, layer_norm, masked_lm_head,
+};
 use super::torch_tape::{self as tt, Edge, Tape};
 use super::{
     AnyModel, BuildError, CandleModel, ConfigError, Dims, Dropout, Room, TensorShape, tensor_list,
@@ -435,22 +437,10 @@ pub(super) fn torch_bert_forward(
         hidden = layer_output;
     }
     if r.head == Head::MaskedLm {
-        // The model has no pooler; its embedding output goes as it returns. The head: dense
-        // (saving its input), gelu (saving its input), `LayerNorm`, the decoder (saving its
-        // input) into the logits over the vocabulary; the last hidden state lives until the
-        // head's model returns.
+        // The model has no pooler; its embedding output goes as it returns. The last hidden
+        // state lives until the head's model returns.
         drop(embedding_output);
-        let logits = {
-            r.keep(&hidden);
-            let dense = hidden.linear(h);
-            r.keep(&dense);
-            let act = dense.like();
-            drop(dense);
-            let normed = layer_norm(r, &act);
-            drop(act);
-            r.keep(&normed);
-            normed.linear(r.d.vocab)
-        };
+        let logits = masked_lm_head(r, &hidden);
         return Ok(vec![logits, hidden]);
     }
     if r.head == Head::SequenceClassification && positions == Positions::FromIds {
@@ -519,13 +509,8 @@ pub(super) fn torch_bert_train_forward<'a>(
             "a BERT or RoBERTa training step is modelled with the sequence-classification and masked-LM heads",
         );
     }
-    // A masked-LM head's decoder is tied to the word embeddings: its gradient comes first,
-    // the embedding's is added to it.
-    let word_embeddings = if r.head == Head::MaskedLm {
-        Edge::ParamAdd(vec![r.d.vocab, h], r.dt, tape.autocast_on())
-    } else {
-        Edge::Param(vec![r.d.vocab, h], r.dt)
-    };
+    // A masked-LM head's decoder is tied to the word embeddings.
+    let word_embeddings = tape.embedding_grad(vec![r.d.vocab, h], r.dt, r.head == Head::MaskedLm);
     let sim = r.sim;
     let embedding_output = if positions == Positions::FromIds {
         let position_ids = position_ids_from(r, ids);
@@ -606,28 +591,9 @@ pub(super) fn torch_bert_train_forward<'a>(
         hidden = tape.layer(&hidden, Box::new(move |t| bert_train_layer(r, t, &input)));
     }
     if r.head == Head::MaskedLm {
-        // The model (no pooler) returns, its embedding output with it; the head as in
-        // inference, then `CrossEntropyLoss` over every position in the logits' type; the last
-        // hidden state lives until the head's model returns.
+        // The model (no pooler) returns, its embedding output with it.
         drop(embedding_output);
-        let logits = {
-            let dense = tt::linear(tape, &hidden, h, true);
-            let act = tt::unary(tape, &dense, false);
-            drop(dense);
-            let normed = tt::layer_norm(tape, &act, r.threads);
-            drop(act);
-            tt::linear(tape, &normed, r.d.vocab, true)
-        };
-        if r.eval {
-            return Ok(logits);
-        }
-        let loss = tt::cross_entropy(
-            tape,
-            &logits.view(&[b * s, r.d.vocab]),
-            &labels.view(&[b * s]),
-        );
-        drop((logits, hidden));
-        return Ok(loss);
+        return Ok(tt::masked_lm(r, tape, hidden, labels));
     }
     if positions == Positions::FromIds && r.head == Head::SequenceClassification {
         // RobertaClassificationHead (the model has no pooler): the first token, dropout,

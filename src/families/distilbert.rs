@@ -8,7 +8,9 @@ use super::candle::{Inputs, candle_config};
 use super::config::{dropout_field, field};
 use super::ops::{Run, embedding, linear, masked_fill, norm, softmax};
 use super::sim::{Dt, T};
-use super::torch_sim::{Head, Pt, TDt, TorchRun, Weights, encoder_attention, layer_norm};
+use super::torch_sim::{
+    Head, Pt, TDt, TorchRun, Weights, encoder_attention, layer_norm, masked_lm_head,
+};
 use super::torch_tape::{self as tt, Edge, Tape};
 use super::{
     AnyModel, BuildError, CandleModel, ConfigError, Dims, Dropout, Room, TensorShape, tensor_list,
@@ -311,22 +313,10 @@ fn torch_forward(r: &TorchRun<'_>, ids: &Pt) -> std::result::Result<Vec<Pt>, &'s
         hidden = out;
     }
     if r.head == Head::MaskedLm {
-        // The model returns (its embeddings' output with it); the head: `vocab_transform`
-        // (saving its input), gelu (saving its input), `vocab_layer_norm`, `vocab_projector`
-        // (saving its input) into the logits; the last hidden state lives until the head's
-        // model returns.
+        // The model returns (its embeddings' output with it); the last hidden state lives until
+        // the head's model returns.
         drop(embeddings);
-        let logits = {
-            r.keep(&hidden);
-            let dense = hidden.linear(width);
-            r.keep(&dense);
-            let act = dense.like();
-            drop(dense);
-            let normed = layer_norm(r, &act);
-            drop(act);
-            r.keep(&normed);
-            normed.linear(r.d.vocab)
-        };
+        let logits = masked_lm_head(r, &hidden);
         return Ok(vec![logits, hidden]);
     }
     let mut outputs = vec![];
@@ -376,12 +366,9 @@ fn torch_train_forward<'a>(
     }
     let (b, s, width) = (r.b, r.s, r.d.hidden);
     let sim = r.sim;
-    // A masked-LM head's projector is tied to the word embeddings: its gradient comes first.
-    let word_embeddings = if r.head == Head::MaskedLm {
-        Edge::ParamAdd(vec![r.d.vocab, width], r.dt, tape.autocast_on())
-    } else {
-        Edge::Param(vec![r.d.vocab, width], r.dt)
-    };
+    // A masked-LM head's projector is tied to the word embeddings.
+    let word_embeddings =
+        tape.embedding_grad(vec![r.d.vocab, width], r.dt, r.head == Head::MaskedLm);
     let embeddings = {
         let word = ids.new(&[b, s, width], r.dt);
         tape.node(&word, vec![word_embeddings], &[ids]);
@@ -412,26 +399,8 @@ fn torch_train_forward<'a>(
         return Ok(hidden);
     }
     if r.head == Head::MaskedLm {
-        // As in inference, then `CrossEntropyLoss` over every position.
         drop(embeddings);
-        let logits = {
-            let dense = tt::linear(tape, &hidden, width, true);
-            let act = tt::unary(tape, &dense, false);
-            drop(dense);
-            let normed = tt::layer_norm(tape, &act, r.threads);
-            drop(act);
-            tt::linear(tape, &normed, r.d.vocab, true)
-        };
-        if r.eval {
-            return Ok(logits);
-        }
-        let loss = tt::cross_entropy(
-            tape,
-            &logits.view(&[b * s, r.d.vocab]),
-            &labels.view(&[b * s]),
-        );
-        drop((logits, hidden));
-        return Ok(loss);
+        return Ok(tt::masked_lm(r, tape, hidden, labels));
     }
     let logits = {
         let first = hidden.view_node(&[b, width]);

@@ -435,13 +435,7 @@ pub(super) fn train_forward<'a>(
     let (b, s, width) = (r.b, r.s, r.d.hidden);
     let hd = r.d.head_dim();
     let sim = r.sim;
-    let embedding = if r.d.tied_embeddings {
-        // The head's gradient comes first: a view of its product, or under autocast the f32
-        // tensor the weight's cast hands back.
-        Edge::ParamAdd(vec![r.d.vocab, width], r.dt, tape.autocast_on())
-    } else {
-        Edge::Param(vec![r.d.vocab, width], r.dt)
-    };
+    let embedding = tape.embedding_grad(vec![r.d.vocab, width], r.dt, r.d.tied_embeddings);
     // The `DynamicCache`: each layer's keys and values, kept until the model's output goes
     // (the end of the forward); the kernel saves them too, except autocast's f32 keys, which
     // it casts.

@@ -296,6 +296,11 @@ impl TSim {
     #[must_use]
     pub fn alloc(&self, dims: &[usize], dt: TDt) -> Pt {
         let bytes = dims.iter().product::<usize>() as u64 * dt.size();
+        self.alloc_bytes(dims, dt, bytes)
+    }
+
+    /// A new tensor of `dims` holding `bytes` of this simulator's memory.
+    fn alloc_bytes(&self, dims: &[usize], dt: TDt, bytes: u64) -> Pt {
         let before = self.c.peak.get();
         let gid = self.c.gids.get() + 1;
         self.c.gids.set(gid);
@@ -448,17 +453,7 @@ impl Pt {
     #[must_use]
     pub fn host(&self, dims: &[usize], dt: TDt) -> Pt {
         if self.on_cuda() {
-            let sim = self.sim();
-            let gid = sim.c.gids.get() + 1;
-            sim.c.gids.set(gid);
-            return Pt {
-                dims: dims.to_vec(),
-                dt,
-                storage: Rc::new(Storage::new(&sim.c, 0)),
-                imp: Rc::new(()),
-                gid,
-                viewed: false,
-            };
+            return self.sim().alloc_bytes(dims, dt, 0);
         }
         self.new(dims, dt)
     }
@@ -669,6 +664,23 @@ pub fn encoder_attention(
     let seq = q.dims[1];
     let context = flash_attention(r, (q, k, v), heads, seq, seq, q.dims[2] / heads, false);
     (context, None)
+}
+
+/// The encoders' masked-LM head on the last hidden state (BERT's `BertOnlyMLMHead`, `RoBERTa`'s
+/// `RobertaLMHead`, `DistilBERT`'s `vocab_*` layers: the same ops): dense (saving its input),
+/// gelu (saving its input), `LayerNorm`, the decoder (saving its input) into the logits over
+/// the vocabulary.
+#[must_use]
+pub fn masked_lm_head(r: &TorchRun<'_>, hidden: &Pt) -> Pt {
+    r.keep(hidden);
+    let dense = hidden.linear(hidden.dims[hidden.dims.len() - 1]);
+    r.keep(&dense);
+    let act = dense.like();
+    drop(dense);
+    let normed = layer_norm(r, &act);
+    drop(act);
+    r.keep(&normed);
+    normed.linear(r.d.vocab)
 }
 
 /// The type of `LayerNorm`'s saved mean and reciprocal deviation: the input's on the CPU,

@@ -14,7 +14,7 @@
 // The attention follows PyTorch's names (q, k, v; b, s, h, d for batch, seq, hidden, head dim).
 #![allow(clippy::many_single_char_names)]
 
-use super::torch_sim::{Pt, TDt, TSim};
+use super::torch_sim::{Pt, TDt, TSim, TorchRun};
 use std::cell::RefCell;
 use std::collections::HashMap;
 
@@ -343,6 +343,18 @@ impl<'a> Tape<'a> {
     #[must_use]
     pub fn autocast_on(&self) -> bool {
         self.autocast.is_some()
+    }
+
+    /// The word embeddings' gradient edge: the parameter's own, or, when a head is tied to them,
+    /// added to the head's, which comes first (a view of its product, or under autocast the f32
+    /// tensor the weight's cast hands back, added in place).
+    #[must_use]
+    pub fn embedding_grad(&self, dims: Vec<usize>, dt: TDt, tied: bool) -> Edge {
+        if tied {
+            Edge::ParamAdd(dims, dt, self.autocast_on())
+        } else {
+            Edge::Param(dims, dt)
+        }
     }
 
     /// Keeps `t` until the graph is freed (the end of the backward).
@@ -765,6 +777,32 @@ pub fn cross_entropy(tape: &Tape<'_>, logits: &Pt, labels: &Pt) -> Pt {
     let total_weight = logits.new(&[], logits.dt);
     tape.node(&loss, vec![Tape::grad_of(&log_probs)], &[labels]);
     tape.hold(&total_weight);
+    loss
+}
+
+/// The encoders' masked-LM head with autograd on the last hidden state, as in inference
+/// ([`super::torch_sim::masked_lm_head`]): dense, gelu (saving its input), `LayerNorm`, the
+/// decoder; then `CrossEntropyLoss` over every position in the logits' type (returned), or with
+/// `r.eval` the logits. The last hidden state lives until the head's model returns.
+pub fn masked_lm(r: &TorchRun<'_>, tape: &Tape<'_>, hidden: Pt, labels: &Pt) -> Pt {
+    let logits = {
+        let dense = linear(tape, &hidden, r.d.hidden, true);
+        let act = unary(tape, &dense, false);
+        drop(dense);
+        let normed = layer_norm(tape, &act, r.threads);
+        drop(act);
+        linear(tape, &normed, r.d.vocab, true)
+    };
+    if r.eval {
+        return logits;
+    }
+    let rows = r.b * r.s;
+    let loss = cross_entropy(
+        tape,
+        &logits.view(&[rows, r.d.vocab]),
+        &labels.view(&[rows]),
+    );
+    drop((logits, hidden));
     loss
 }
 
