@@ -345,6 +345,12 @@ impl<'a> Tape<'a> {
         self.autocast.is_some()
     }
 
+    /// Whether this forward runs under `torch.no_grad()` (nothing recorded).
+    #[must_use]
+    pub fn no_grad(&self) -> bool {
+        self.no_grad
+    }
+
     /// The word embeddings' gradient edge: the parameter's own, or, when a head is tied to them,
     /// added to the head's, which comes first (a view of its product, or under autocast the f32
     /// tensor the weight's cast hands back, added in place).
@@ -1117,7 +1123,8 @@ pub fn flash_attention(
 /// Not modelled: the memory-efficient backward's split-key workspace.
 fn cuda_attention(tape: &Tape<'_>, (q, k, v): (&Pt, &Pt, &Pt), additive: Option<&Pt>) -> Pt {
     let (b, heads, s, d) = (q.dims[0], q.dims[1], q.dims[2], q.dims[3]);
-    let (out, extra) = super::torch_sim::cuda_sdpa(q, (b, heads, s, d), additive.is_some(), true);
+    let (out, extra) =
+        super::torch_sim::cuda_sdpa(q, (b, heads, s, d), additive.is_some(), !tape.no_grad());
     let f32 = TDt::F32.size();
     let mut edges = vec![Tape::grad_of(q), Tape::grad_of(k), Tape::grad_of(v)];
     if super::torch_sim::cuda_flash(q.dt, additive.is_some()) {
@@ -1188,4 +1195,36 @@ pub fn eager_attention(
         bmm(tape, &dropped, &vc, &[b * heads, s, d])
     };
     (heads_merged(tape, &out, (b, heads, s)), dropped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::families::torch_cuda::round_size;
+
+    /// On CUDA under `no_grad` the memory-efficient kernel (taken under a mask) makes no
+    /// log-sum-exp: the pool's high-water mark is the inputs, the additive mask and the output;
+    /// with autograd on, the kernel's 32-row log-sum-exp comes beside them.
+    #[test]
+    fn cuda_no_grad_attention_makes_no_log_sum_exp() {
+        let (b, heads, s, d) = (2, 4, 16, 8);
+        let peak = |no_grad: bool| {
+            let sim = TSim::cuda(None);
+            let q = sim.alloc(&[b, heads, s, d], TDt::Bf16);
+            let k = sim.alloc(&[b, heads, s, d], TDt::Bf16);
+            let v = sim.alloc(&[b, heads, s, d], TDt::Bf16);
+            let mask = sim.alloc(&[b, 1, s, s], TDt::Bool);
+            let tape = Tape::new().with_no_grad(no_grad);
+            let out = flash_attention(&tape, (&q, &k, &v), Some(&mask), 1);
+            drop(out);
+            let pool = sim.pool().unwrap();
+            pool.peak_allocated()
+        };
+        let qkv = 3 * round_size((b * heads * s * d * 2) as u64);
+        let masks = round_size((b * s * s) as u64) + round_size((b * s * s * 2) as u64);
+        let out = round_size((b * s * heads * d * 2) as u64);
+        assert_eq!(peak(true), qkv + masks + out);
+        let lse = round_size((b * heads * s.div_ceil(32) * 32 * 4) as u64);
+        assert_eq!(peak(false), qkv + masks + out + lse);
+    }
 }
