@@ -132,6 +132,10 @@ pub enum NotModelled {
         "a training step needs a head with a loss, and the base model has none; choose sequence-classification, causal-lm or masked-lm in --task"
     )]
     NoLoss,
+    #[error(
+        "transformers has no masked-LM head for {family} (a decoder: the torch runtime cannot load one either); choose causal-lm, sequence-classification or base in --task"
+    )]
+    NoMaskedLm { family: String },
 }
 
 /// The families whose PyTorch forward is modelled.
@@ -237,6 +241,11 @@ pub fn estimate(
         Precision::AmpF16 => (TDt::F32, Some(TDt::F16)),
     };
     let room = spec.family.room();
+    if room.is_decoder() && task == Task::MaskedLm {
+        return Err(NotModelled::NoMaskedLm {
+            family: room.name().to_string(),
+        });
+    }
     let not_family = || NotModelled::Family {
         family: room.name().to_string(),
         modelled: modelled_families().join(", "),
@@ -467,7 +476,8 @@ fn train_marks(
         if let (1, TorchDevice::Cuda(arm)) = (step, how.device) {
             sim.another_workspace(arm.cublas_workspace_bytes);
         }
-        let grads = tape.backward(sim, scaled.as_ref().unwrap_or(&loss));
+        let mut grads = tape.backward(sim, scaled.as_ref().unwrap_or(&loss));
+        room.torch_parameter_order(dims, &mut grads);
         drop((loss, scaled));
         m.optimizer2 = sim.live();
         let params: Vec<_> = grads.iter().map(|g| (g.dims.clone(), g.dt)).collect();
@@ -567,30 +577,6 @@ mod tests {
                 Attn::Sdpa,
             ),
             at(
-                "tiny-qwen2",
-                1,
-                Precision::F32,
-                Workload::Grad,
-                Task::MaskedLm,
-                Attn::Sdpa,
-            ),
-            at(
-                "tiny-llama",
-                1,
-                Precision::F32,
-                Workload::Infer,
-                Task::SequenceClassification,
-                Attn::Sdpa,
-            ),
-            at(
-                "tiny-mistral",
-                1,
-                Precision::AmpBf16,
-                Workload::Infer,
-                Task::MaskedLm,
-                Attn::Sdpa,
-            ),
-            at(
                 "tiny-gemma2",
                 1,
                 Precision::F32,
@@ -599,15 +585,7 @@ mod tests {
                 Attn::Sdpa,
             ),
             at(
-                "tiny-qwen3",
-                1,
-                Precision::F32,
-                Workload::Train,
-                Task::SequenceClassification,
-                Attn::Sdpa,
-            ),
-            at(
-                "tiny-llama",
+                "tiny-gemma3",
                 1,
                 Precision::Bf16,
                 Workload::Grad,
@@ -645,6 +623,74 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("bert, llama"), "{e}");
+        // A decoder has no masked-LM head in transformers (the runtime cannot load one): the
+        // refusal says so and names the heads it has, not a sweep that would fail.
+        for (model, workload, dtype) in [
+            ("tiny-qwen2", Workload::Grad, Precision::F32),
+            ("tiny-mistral", Workload::Infer, Precision::AmpBf16),
+        ] {
+            let e = at(model, 1, dtype, workload, Task::MaskedLm, Attn::Sdpa).unwrap_err();
+            assert!(matches!(e, NotModelled::NoMaskedLm { .. }), "{e}");
+            let e = e.to_string();
+            assert!(
+                e.contains("no masked-LM head") && e.contains("choose causal-lm"),
+                "{e}"
+            );
+        }
+    }
+
+    /// Phi-3 is modelled as its config allows: a `rope_scaling` (longrope) is refused at every
+    /// workload, dropouts above 0 only in training (eval mode has none), each naming the field
+    /// and the sweep; the decoders' classification head is modelled for every decoder family.
+    #[test]
+    fn phi3_refuses_what_it_does_not_model_and_decoders_classify() {
+        let with = |field: &str, value: serde_json::Value| {
+            let mut spec = spec("tiny-phi3");
+            let mut v: serde_json::Value = serde_json::from_str(&spec.config_json).unwrap();
+            v[field] = value;
+            spec.dims = crate::families::Dims::from_config(spec.family, &v).unwrap();
+            spec
+        };
+        let how = |workload| How::new(workload, Task::CausalLm, Attn::Sdpa);
+        let longrope = with(
+            "rope_scaling",
+            serde_json::json!({"rope_type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}),
+        );
+        for workload in [Workload::Infer, Workload::Grad, Workload::Train] {
+            let e = estimate(&longrope, 1, 16, Precision::F32, how(workload), 2)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("rope_scaling") && e.contains("oomlab sweep --runtime torch"),
+                "{e}"
+            );
+        }
+        let dropout = with("resid_pdrop", 0.1.into());
+        let e = estimate(&dropout, 1, 16, Precision::F32, how(Workload::Train), 2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("resid_pdrop"), "{e}");
+        assert!(estimate(&dropout, 1, 16, Precision::F32, how(Workload::Infer), 2).is_ok());
+        assert!(estimate(&dropout, 1, 16, Precision::AmpBf16, how(Workload::Grad), 2).is_ok());
+        for name in [
+            "tiny-llama",
+            "tiny-qwen2",
+            "tiny-qwen3",
+            "tiny-mistral",
+            "tiny-phi3",
+        ] {
+            for workload in [Workload::Infer, Workload::Grad, Workload::Train] {
+                let e = at(
+                    name,
+                    2,
+                    Precision::Bf16,
+                    workload,
+                    Task::SequenceClassification,
+                    Attn::Sdpa,
+                );
+                assert!(e.is_ok(), "{name} {workload:?}: {e:?}");
+            }
+        }
     }
 
     /// Gradient checkpointing belongs to training: with any other workload it is refused, and

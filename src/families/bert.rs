@@ -9,7 +9,7 @@ use super::config::{dropout_field, named_alike, opt_field};
 use super::ops::{Run, embedding, linear, norm, softmax};
 use super::sim::{Dt, T};
 use super::torch_sim::{
-    Head, Pt, TDt, TorchRun, Weights, encoder_attention, layer_norm, masked_lm_head,
+    Head, NUM_LABELS, Pt, TDt, TorchRun, Weights, encoder_attention, layer_norm, masked_lm_head,
 };
 use super::torch_tape::{self as tt, Edge, Tape};
 use super::{
@@ -276,7 +276,7 @@ pub(super) fn torch_encoder_weights(d: &Dims, head: Head, dt: TDt) -> Option<Wei
         // BERT's pooler and classifier; `RoBERTa`'s dense and `out_proj`: the same shapes.
         Head::SequenceClassification => {
             w.linear((h, h), true, dt);
-            w.linear((h, NUM_LABELS as usize), true, dt);
+            w.linear((h, NUM_LABELS), true, dt);
         }
         // The masked-LM head (no pooler): the transform's dense and `LayerNorm`, the decoder
         // (its weight tied to the word embeddings, its bias to the head's own), the bias.
@@ -330,9 +330,6 @@ fn position_ids_from(r: &TorchRun<'_>, ids: &Pt) -> Pt {
     drop((long, mask));
     ids_out
 }
-
-/// The labels a classification head gets when the config names none (the torch worker's).
-const NUM_LABELS: u64 = 2;
 
 /// PyTorch: `BertModel.forward` under `no_grad` on the CPU (transformers 5): the embeddings, the
 /// all-ones mask read and dropped (sdpa and eager both skip a mask with nothing masked), each
@@ -456,7 +453,7 @@ pub(super) fn torch_bert_forward(
             let act = dense.like();
             drop(dense);
             r.keep(&act);
-            act.linear(NUM_LABELS as usize)
+            act.linear(NUM_LABELS)
         };
         return Ok(vec![logits, hidden]);
     }
@@ -472,7 +469,7 @@ pub(super) fn torch_bert_forward(
         Head::Base => outputs.push(pooled),
         Head::SequenceClassification => {
             r.keep(&pooled);
-            let logits = pooled.linear(NUM_LABELS as usize);
+            let logits = pooled.linear(NUM_LABELS);
             drop(pooled);
             outputs.push(logits);
         }
@@ -610,7 +607,7 @@ pub(super) fn torch_bert_train_forward<'a>(
             drop(dense);
             let x = tt::dropout(tape, &act, drop_on.classifier);
             drop(act);
-            tt::linear(tape, &x, NUM_LABELS as usize, true)
+            tt::linear(tape, &x, NUM_LABELS, true)
         };
         drop(embedding_output);
         if r.eval {
@@ -635,7 +632,7 @@ pub(super) fn torch_bert_train_forward<'a>(
     let logits = {
         let dropped = tt::dropout(tape, &pooled, drop_on.classifier);
         drop(pooled);
-        tt::linear(tape, &dropped, NUM_LABELS as usize, true)
+        tt::linear(tape, &dropped, NUM_LABELS, true)
     };
     if r.eval {
         return Ok(logits);

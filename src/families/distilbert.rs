@@ -9,7 +9,7 @@ use super::config::{dropout_field, field};
 use super::ops::{Run, embedding, linear, masked_fill, norm, softmax};
 use super::sim::{Dt, T};
 use super::torch_sim::{
-    Head, Pt, TDt, TorchRun, Weights, encoder_attention, layer_norm, masked_lm_head,
+    Head, NUM_LABELS, Pt, TDt, TorchRun, Weights, encoder_attention, layer_norm, masked_lm_head,
 };
 use super::torch_tape::{self as tt, Edge, Tape};
 use super::{
@@ -213,9 +213,6 @@ fn simulated(r: &Run<'_>, ids: &T, mask_in: &T) -> T {
     hidden_states
 }
 
-/// The labels a classification head gets when the config names none (the torch worker's).
-const NUM_LABELS: u64 = 2;
-
 /// PyTorch: `DistilBertModel`'s parameters and its `position_ids` buffer (int64), and the
 /// classification head (`pre_classifier`, `classifier`).
 fn torch_weights(d: &Dims, head: Head, dt: TDt) -> Option<Weights> {
@@ -238,7 +235,7 @@ fn torch_weights(d: &Dims, head: Head, dt: TDt) -> Option<Weights> {
         Head::Base => {}
         Head::SequenceClassification => {
             w.linear((width, width), true, dt);
-            w.linear((width, NUM_LABELS as usize), true, dt);
+            w.linear((width, NUM_LABELS), true, dt);
         }
         // The masked-LM head: `vocab_transform`, `vocab_layer_norm`, `vocab_projector` (its
         // weight tied to the word embeddings, its bias its own).
@@ -330,7 +327,7 @@ fn torch_forward(r: &TorchRun<'_>, ids: &Pt) -> std::result::Result<Vec<Pt>, &'s
                 pre.like()
             };
             r.keep(&relu);
-            outputs.push(relu.linear(NUM_LABELS as usize));
+            outputs.push(relu.linear(NUM_LABELS));
         }
         Head::CausalLm | Head::MaskedLm => {
             return Err(
@@ -413,7 +410,7 @@ fn torch_train_forward<'a>(
         drop(embeddings);
         let dropped = tt::dropout(tape, &relu, r.d.dropout.classifier);
         drop(relu);
-        tt::linear(tape, &dropped, NUM_LABELS as usize, true)
+        tt::linear(tape, &dropped, NUM_LABELS, true)
     };
     if r.eval {
         return Ok(logits);

@@ -10,7 +10,7 @@ use super::candle::{Inputs, candle_config};
 use super::config::{named_alike, opt_field};
 use super::ops::{Run, embedding, linear, masked_fill, norm, repeat_kv, rotary_tables};
 use super::sim::{Dt, T};
-use super::torch_llama::{self, Shape};
+use super::torch_llama::{self, Projections, Shape};
 use super::torch_sim::{Head, Pt, TDt, TorchRun, Weights};
 use super::torch_tape::Tape;
 use super::{AnyModel, BuildError, CandleModel, ConfigError, Dims, Room, TensorShape, tensor_list};
@@ -24,6 +24,7 @@ const SHAPE: Shape = Shape {
     qkv_bias: false,
     o_bias: false,
     qk_norm: false,
+    projections: Projections::Separate,
 };
 
 pub struct Llama;

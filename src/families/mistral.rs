@@ -13,7 +13,7 @@ use super::ops::{
     rotary_tables,
 };
 use super::sim::{Dt, T};
-use super::torch_llama::{self, Shape};
+use super::torch_llama::{self, Projections, Shape};
 use super::torch_sim::{Head, Pt, TDt, TorchRun, Weights};
 use super::torch_tape::Tape;
 use super::{AnyModel, BuildError, ConfigError, Dims, Room, TensorShape};
@@ -27,6 +27,7 @@ const SHAPE: Shape = Shape {
     qkv_bias: false,
     o_bias: false,
     qk_norm: false,
+    projections: Projections::Separate,
 };
 
 pub struct Mistral;

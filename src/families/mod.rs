@@ -188,6 +188,10 @@ pub trait Room: Sync {
     ) -> Result<Vec<torch_sim::Pt>, &'static str> {
         Err("its PyTorch forward is not modelled yet")
     }
+    /// PyTorch: puts a training step's parameter gradients, found in the order the forward
+    /// first uses each parameter, in `model.parameters()`'s order, which the optimizer walks,
+    /// where the two differ in a way that moves the step's peak (by default they are left).
+    fn torch_parameter_order(&self, _d: &Dims, _grads: &mut [torch_sim::Pt]) {}
     /// PyTorch: the forward of a training step in train mode (dropout on), recording autograd's
     /// nodes on `tape`, with the loss from `labels`; returns the loss, or why this point is not
     /// modelled. With `r.eval` the same forward in eval mode without labels, returning the
@@ -397,6 +401,10 @@ pub struct Dims {
     /// before a classification head (`classifier_dropout`, else the hidden one).
     #[serde(default)]
     pub dropout: Dropout,
+    /// Phi-3: a `rope_scaling` (longrope, in the 128k variants) whose frequencies change per
+    /// forward; the PyTorch estimator does not model it.
+    #[serde(default)]
+    pub rope_scaled: bool,
 }
 
 /// Which of a model's dropouts are on in train mode (probability above 0).

@@ -5,17 +5,28 @@
 #![allow(clippy::many_single_char_names)]
 
 use super::candle::{candle_config, prefill_decoder};
-use super::config::named_alike;
+use super::config::{dropout_field, named_alike, opt_field};
 use super::llama::like_llama;
 use super::ops::{
     Run, attend, causal_mask, embedding, linear, norm, norm_head_on_last, repeat_kv, rotary_tables,
 };
 use super::sim::{Dt, T};
+use super::torch_llama::{self, Projections, Shape};
+use super::torch_sim::{Head, Pt, TDt, TorchRun, Weights};
+use super::torch_tape::Tape;
 use super::{AnyModel, BuildError, ConfigError, Dims, Room, TensorShape, tensor_list};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use candle_transformers::models::phi3;
 use serde_json::Value;
+
+/// Phi-3's PyTorch forward is Llama's with fused projections.
+const SHAPE: Shape = Shape {
+    qkv_bias: false,
+    o_bias: false,
+    qk_norm: false,
+    projections: Projections::Fused,
+};
 
 pub struct Phi3;
 
@@ -36,7 +47,16 @@ impl Room for Phi3 {
                 "field \"partial_rotary_factor\" (rotary embedding on part of each head, as in Phi-4-mini) is not modelled yet; oomlab reads Phi-3 configs without it".into(),
             );
         }
-        like_llama(v, &base, true)
+        let mut d = like_llama(v, &base, true)?;
+        // Only PyTorch's estimator reads these (candle 0.11's Phi-3 runs inference, unmasked by
+        // a window).
+        d.sliding_window = opt_field(v, "sliding_window")?.unwrap_or(0);
+        d.dropout.hidden = dropout_field(v, "resid_pdrop", false)?;
+        d.dropout.attention = dropout_field(v, "attention_dropout", false)?;
+        d.rope_scaled = v.get("rope_scaling").is_some_and(|r| {
+            !r.is_null() && r.get("rope_type").and_then(Value::as_str) != Some("default")
+        });
+        Ok(d)
     }
     fn tensors(&self, d: &Dims) -> Vec<TensorShape> {
         let (h, i) = (d.hidden, d.intermediate);
@@ -78,9 +98,62 @@ impl Room for Phi3 {
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0])
     }
+    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<Weights> {
+        torch_llama::weights(d, head, dt, SHAPE)
+    }
+    fn torch_forward(
+        &self,
+        r: &TorchRun<'_>,
+        ids: &Pt,
+    ) -> std::result::Result<Vec<Pt>, &'static str> {
+        modelled(r.d)?;
+        torch_llama::forward(r, ids, SHAPE)
+    }
+    fn torch_parameter_order(&self, d: &Dims, grads: &mut [Pt]) {
+        // Each layer's forward uses input_layernorm, qkv_proj, o_proj, post_attention_layernorm,
+        // gate_up_proj, down_proj; its constructor registers o_proj, qkv_proj, gate_up_proj,
+        // down_proj, then the norms. (AdamW's peak is a parameter's update beside the previous
+        // parameter's: gate_up_proj follows qkv_proj, not a norm.)
+        const REGISTERED: [usize; 6] = [2, 1, 4, 5, 0, 3];
+        let Some(layers) = grads.get_mut(1..=6 * d.layers) else {
+            return;
+        };
+        for layer in layers.chunks_mut(6) {
+            let used = layer.to_vec();
+            for (slot, &from) in layer.iter_mut().zip(&REGISTERED) {
+                *slot = used[from].clone();
+            }
+        }
+    }
+    fn torch_train_forward<'a>(
+        &self,
+        r: &'a TorchRun<'a>,
+        ids: &Pt,
+        labels: &Pt,
+        tape: &Tape<'a>,
+    ) -> std::result::Result<Pt, &'static str> {
+        modelled(r.d)?;
+        if !r.eval && (r.d.dropout.hidden || r.d.dropout.attention) {
+            return Err(
+                "Phi-3's dropouts in training (resid_pdrop, attention_dropout above 0) are not modelled yet",
+            );
+        }
+        torch_llama::train_forward(r, ids, labels, tape, SHAPE)
+    }
 }
 
 prefill_decoder!(phi3::Model);
+
+/// What the PyTorch estimator does not follow in Phi-3: a `rope_scaling` whose frequencies
+/// change per forward.
+fn modelled(d: &Dims) -> std::result::Result<(), &'static str> {
+    if d.rope_scaled {
+        return Err(
+            "Phi-3's rope_scaling (longrope, as in the 128k variants) is not modelled yet; configs with \"rope_scaling\": null are",
+        );
+    }
+    Ok(())
+}
 
 /// candle's `phi3::Model::forward`: one fused `qkv_proj` whose q, k, v are narrowed views (so
 /// each reshape copies), rotary on contiguous copies, one fused `gate_up_proj` whose halves are

@@ -12,7 +12,7 @@ use super::ops::{
     rotary_tables,
 };
 use super::sim::{Dt, T};
-use super::torch_llama::{self, Shape};
+use super::torch_llama::{self, Projections, Shape};
 use super::torch_sim::{Head, Pt, TDt, TorchRun, Weights};
 use super::torch_tape::Tape;
 use super::{AnyModel, BuildError, ConfigError, Dims, Room, TensorShape};
@@ -26,6 +26,7 @@ const SHAPE: Shape = Shape {
     qkv_bias: true,
     o_bias: false,
     qk_norm: false,
+    projections: Projections::Separate,
 };
 
 pub struct Qwen2;

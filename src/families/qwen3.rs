@@ -11,7 +11,7 @@ use super::config::{bool_field, field, named_alike};
 use super::llama::tensors_like_llama;
 use super::ops::{Run, embedding, gated_mlp, head_on_last, linear, norm, rotary_tables};
 use super::sim::{Dt, T};
-use super::torch_llama::{self, Shape};
+use super::torch_llama::{self, Projections, Shape};
 use super::torch_sim::{Head, Pt, TDt, TorchRun, Weights};
 use super::torch_tape::Tape;
 use super::{AnyModel, BuildError, ConfigError, Dims, Room, TensorShape};
@@ -27,6 +27,7 @@ fn shape(d: &Dims) -> Shape {
         qkv_bias: d.attention_bias,
         o_bias: d.attention_bias,
         qk_norm: true,
+        projections: Projections::Separate,
     }
 }
 

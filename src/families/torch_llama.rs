@@ -1,13 +1,16 @@
 //! PyTorch: the Llama-shaped decoders' forward as transformers 5 runs it under `no_grad` on the
-//! CPU (`LlamaForCausalLM`, and Mistral, Qwen2 and Qwen3, which write the same forward; Qwen3
-//! adds a norm over each head of q and k, Qwen2 biases on q, k and v), sdpa or eager attention,
-//! and their training step on the autograd tape.
+//! CPU (`LlamaForCausalLM`, and Mistral, Qwen2, Qwen3 and Phi-3, which write the same forward;
+//! Qwen3 adds a norm over each head of q and k, Qwen2 biases on q, k and v, Phi-3 fuses q, k, v
+//! and gate, up into one projection each), sdpa or eager attention, with the causal-lm,
+//! sequence-classification or base head, and their training step on the autograd tape.
 
 // The attention follows PyTorch's names (q, k, v; b, s for batch and seq).
 #![allow(clippy::many_single_char_names)]
 
 use super::Dims;
-use super::torch_sim::{Head, Pt, TDt, TorchRun, Weights, flash_attention};
+use super::torch_sim::{
+    Head, NUM_LABELS, Pt, TDt, TorchRun, Weights, cuda_flash, flash_attention, last_token,
+};
 use super::torch_tape::{self as tt, Edge, Tape};
 
 /// What differs between the Llama-shaped families.
@@ -19,14 +22,32 @@ pub(super) struct Shape {
     pub o_bias: bool,
     /// `RMSNorm` over each head of q and k (Qwen3).
     pub qk_norm: bool,
+    pub projections: Projections,
+}
+
+/// How a layer's projections are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Projections {
+    /// q, k, v, gate and up each a linear of its own.
+    Separate,
+    /// Phi-3: one `qkv_proj` whose q, k and v are slices, one `gate_up_proj` chunked in two,
+    /// and the rotation concatenated with the (empty) part of each head it does not rotate.
+    Fused,
+}
+
+impl Shape {
+    fn fused(self) -> bool {
+        self.projections == Projections::Fused
+    }
 }
 
 /// Parameters and buffers of `…ForCausalLM` as its constructor makes them: the embeddings,
 /// each layer (q, k, v, o, Qwen3's q/k norms, the gated MLP, the two norms), the final norm,
 /// the rotary buffers `inv_freq` and `original_inv_freq` (f32, half a head each), then the head
-/// (made and dropped when tied to the embeddings).
+/// (made and dropped when tied to the embeddings; `…ForSequenceClassification`'s `score`, a
+/// linear to the labels without a bias, is never tied).
 pub(super) fn weights(d: &Dims, head: Head, dt: TDt, shape: Shape) -> Option<Weights> {
-    if !matches!(head, Head::CausalLm | Head::Base) {
+    if head == Head::MaskedLm {
         return None;
     }
     let (width, inter, vocab) = (d.hidden, d.intermediate, d.vocab);
@@ -35,6 +56,16 @@ pub(super) fn weights(d: &Dims, head: Head, dt: TDt, shape: Shape) -> Option<Wei
     let mut w = Weights::default();
     w.push(vocab * width, dt);
     for _ in 0..d.layers {
+        if shape.fused() {
+            // `Phi3Attention` makes o_proj first; no biases.
+            w.linear((qw, width), false, dt);
+            w.linear((width, qw + 2 * kv), false, dt);
+            w.linear((width, 2 * inter), false, dt);
+            w.linear((inter, width), false, dt);
+            w.push(width, dt);
+            w.push(width, dt);
+            continue;
+        }
         w.linear((width, qw), shape.qkv_bias, dt);
         w.linear((width, kv), shape.qkv_bias, dt);
         w.linear((width, kv), shape.qkv_bias, dt);
@@ -54,7 +85,8 @@ pub(super) fn weights(d: &Dims, head: Head, dt: TDt, shape: Shape) -> Option<Wei
     w.push(hd / 2, TDt::F32);
     // `AutoModel` (the base head) has no head at all.
     match (head, d.tied_embeddings) {
-        (Head::Base, _) => {}
+        (Head::Base | Head::MaskedLm, _) => {}
+        (Head::SequenceClassification, _) => w.linear((width, NUM_LABELS), false, dt),
         (_, true) => w.dropped(vocab * width, dt),
         (_, false) => w.push(vocab * width, dt),
     }
@@ -252,12 +284,17 @@ fn eager_attention(
     r: &TorchRun<'_>,
     (query, keys, values): (&Pt, &Pt, &Pt),
     mask: &Pt,
+    heads_major: bool,
 ) -> (Pt, Pt) {
     let (b, s, heads, hd) = (r.b, r.s, r.d.heads, r.d.head_dim());
     let (keys, values) = repeat_kv(r, (keys, values), true);
     let scores = {
         // Folding (b, heads) of the query's layout takes a copy, except at batch 1.
-        let q_rows = if b > 1 { query.copy() } else { query.clone() };
+        let q_rows = if b > 1 && !heads_major {
+            query.copy()
+        } else {
+            query.clone()
+        };
         r.keep(&q_rows);
         r.keep(&keys);
         query.new(&[b, heads, s, s], query.dt)
@@ -286,11 +323,12 @@ fn eager_attention(
 }
 
 /// One forward of `…ForCausalLM` with a `DynamicCache` (`use_cache` is on by default), logits for
-/// every position (the causal-lm head; the base head stops at the final norm). Returns the
-/// logits (or the last hidden state) and the cache.
+/// every position (the causal-lm head; the base head stops at the final norm; the
+/// classification head scores every position, then pools each row's last token that is not
+/// padding). Returns the logits (or the last hidden state) and the cache.
 pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt>, &'static str> {
-    if !matches!(r.head, Head::CausalLm | Head::Base) {
-        return Err("only the causal-lm and base heads are modelled for decoders");
+    if r.head == Head::MaskedLm {
+        return Err("decoders have no masked-LM head");
     }
     let (b, s, width) = (r.b, r.s, r.d.hidden);
     let (heads, kvh, hd) = (r.d.heads, r.d.kv_heads, r.d.head_dim());
@@ -317,7 +355,13 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
                 // q, k and v save their input.
                 r.keep(&normed);
                 let (attn, _weights) = {
+                    // Phi-3's fused projection: q, k and v are its slices, and it lives until
+                    // the attention returns.
+                    let qkv = shape.fused().then(|| normed.linear((heads + 2 * kvh) * hd));
                     let project = |out: usize, count: usize| {
+                        if let Some(qkv) = &qkv {
+                            return qkv.view(&[b, s, out]);
+                        }
                         let projected = normed.linear(out);
                         if shape.qk_norm {
                             rms_norm(r, &projected.view(&[b, s, count, hd]))
@@ -327,16 +371,29 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
                     };
                     let query = project(heads * hd, heads);
                     let key = project(kvh * hd, kvh);
-                    let value = normed.linear(kvh * hd);
+                    let value = match &qkv {
+                        Some(qkv) => qkv.view(&[b, s, kvh * hd]),
+                        None => normed.linear(kvh * hd),
+                    };
+                    // Phi-3 concatenates the rotation with the part of each head it leaves as
+                    // it is (none here): a copy.
+                    let pass = |rotated: Pt| {
+                        if !shape.fused() {
+                            return rotated;
+                        }
+                        let cat = rotated.like();
+                        drop(rotated);
+                        cat
+                    };
                     let query = {
                         let rotated = rotate(&query.view(&[b, heads, s, hd]));
                         drop(query);
-                        rotated
+                        pass(rotated)
                     };
                     let key = {
                         let rotated = rotate(&key.view(&[b, kvh, s, hd]));
                         drop(key);
-                        rotated
+                        pass(rotated)
                     };
                     // DynamicCache.update: the new keys and values concatenated after the
                     // (empty) past; the cache keeps them.
@@ -349,14 +406,26 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
                     let (context, weights) = match &mask {
                         Some(mask) if r.eager => {
                             let (context, weights) =
-                                eager_attention(r, (&query, &keys, &values), mask);
+                                eager_attention(r, (&query, &keys, &values), mask, shape.fused());
                             (context, Some(weights))
                         }
-                        _ => (sdpa(r, (&query, &keys, &values), mask.as_ref()), None),
+                        _ => {
+                            let context = sdpa(r, (&query, &keys, &values), mask.as_ref());
+                            let context = if copies_context(shape, &context, mask.is_some()) {
+                                // `o_proj` saves the copy.
+                                let copy = context.like();
+                                r.keep(&copy);
+                                copy
+                            } else {
+                                context
+                            };
+                            (context, None)
+                        }
                     };
                     let projected = context.view(&[b, s, heads * hd]).linear(width);
                     drop(context);
                     drop(query);
+                    drop(qkv);
                     (projected, weights)
                 };
                 drop(normed);
@@ -368,7 +437,21 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
                 drop(residual);
                 let normed = rms_norm(r, &hidden);
                 r.keep(&normed);
-                let mlp = {
+                let mlp = if shape.fused() {
+                    // Phi-3: `gate_up_proj`, chunked (views); silu saves the gate (a view: the
+                    // whole projection is kept), the product both factors; the gate lives
+                    // until the MLP returns.
+                    let gate_up = normed.linear(2 * r.d.intermediate);
+                    r.keep(&gate_up);
+                    let act = gate_up.new(&[b, s, r.d.intermediate], gate_up.dt);
+                    let product = act.like();
+                    r.keep(&act);
+                    drop(act);
+                    r.keep(&product);
+                    let down = product.linear(width);
+                    drop((product, gate_up));
+                    down
+                } else {
                     // silu saves its input; the product both factors; down its input.
                     let gated = {
                         let gate = normed.linear(r.d.intermediate);
@@ -405,8 +488,22 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
         outputs.extend(cache);
         return Ok(outputs);
     }
-    // lm_head saves its input.
+    // lm_head (or score) saves its input.
     r.keep(&normed);
+    if r.head == Head::SequenceClassification {
+        let logits = normed.linear(NUM_LABELS);
+        let pooled = last_token(ids, &logits);
+        for index in &pooled.indices {
+            r.keep(index);
+        }
+        let [rows, last] = pooled.indices;
+        drop(rows);
+        // The model's locals go as it returns: the last hidden state, the logits, the pooling's.
+        drop((normed, logits, last, pooled.locals));
+        let mut outputs = vec![pooled.pooled];
+        outputs.extend(cache);
+        return Ok(outputs);
+    }
     let logits = normed.linear(r.d.vocab);
     drop(normed);
     let mut outputs = vec![logits];
@@ -419,7 +516,10 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
 /// `DynamicCache` unless checkpointing turns it off, logits for every position), then
 /// `ForCausalLMLoss`: the logits in f32, the labels padded and shifted (a copy), cross-entropy
 /// over every position. Attention dropout is 0 in these configs: sdpa runs the flash kernel.
-/// With `r.eval`: the logits (or, for the base head, the last hidden state) instead of a loss.
+/// The classification head: `score` on every position, the last token that is not padding
+/// pooled (indexing, whose backward scatters into zeros like the logits), cross-entropy on the
+/// pooled logits in their type. With `r.eval`: the logits (or, for the base head, the last
+/// hidden state) instead of a loss.
 pub(super) fn train_forward<'a>(
     r: &'a TorchRun<'a>,
     ids: &Pt,
@@ -427,15 +527,21 @@ pub(super) fn train_forward<'a>(
     tape: &Tape<'a>,
     shape: Shape,
 ) -> Result<Pt, &'static str> {
-    if r.head != Head::CausalLm && !(r.eval && r.head == Head::Base) {
-        return Err(
-            "a decoder's training step is modelled with the causal-lm head (the base head computes no loss)",
-        );
+    if r.head == Head::MaskedLm {
+        return Err("decoders have no masked-LM head");
+    }
+    if r.head == Head::Base && !r.eval {
+        return Err("the base head computes no loss");
     }
     let (b, s, width) = (r.b, r.s, r.d.hidden);
     let hd = r.d.head_dim();
     let sim = r.sim;
-    let embedding = tape.embedding_grad(vec![r.d.vocab, width], r.dt, r.d.tied_embeddings);
+    // Only the causal-lm head is tied to the embeddings (`score` never is).
+    let embedding = tape.embedding_grad(
+        vec![r.d.vocab, width],
+        r.dt,
+        r.d.tied_embeddings && r.head == Head::CausalLm,
+    );
     // The `DynamicCache`: each layer's keys and values, kept until the model's output goes
     // (the end of the forward); the kernel saves them too, except autocast's f32 keys, which
     // it casts.
@@ -483,6 +589,19 @@ pub(super) fn train_forward<'a>(
         drop(cache);
         return Ok(normed);
     }
+    if r.head == Head::SequenceClassification {
+        let logits = tt::linear_mm(tape, &normed, NUM_LABELS);
+        let pooled = last_token(ids, &logits);
+        let [rows, last] = &pooled.indices;
+        tape.node(&pooled.pooled, vec![Tape::grad_of(&logits)], &[rows, last]);
+        let out = if r.eval {
+            pooled.pooled
+        } else {
+            tt::cross_entropy(tape, &pooled.pooled, labels)
+        };
+        drop((normed, logits, pooled.indices, pooled.locals, cache));
+        return Ok(out);
+    }
     let logits = tt::linear_mm(tape, &normed, r.d.vocab);
     if r.eval {
         drop((normed, cache));
@@ -512,13 +631,18 @@ pub(super) fn train_forward<'a>(
 /// its output), cast back to the query's type, dropout (p = 0: the input itself), `matmul` with
 /// the values (autocast casts both; saving both), then `transpose(1, 2).contiguous()`. Returns
 /// the `(b, s, heads·d)` context and the weights.
-fn train_eager(tape: &Tape<'_>, (query, keys, values): (&Pt, &Pt, &Pt), mask: &Pt) -> (Pt, Pt) {
+fn train_eager(
+    tape: &Tape<'_>,
+    (query, keys, values): (&Pt, &Pt, &Pt),
+    mask: &Pt,
+    heads_major: bool,
+) -> (Pt, Pt) {
     let (b, heads, s, hd) = (query.dims[0], query.dims[1], query.dims[2], query.dims[3]);
     let rows = b * heads;
     let scores = {
         let k = tape.lower(keys);
         let q = tape.lower(query);
-        let q_rows = if b > 1 {
+        let q_rows = if b > 1 && !heads_major {
             tt::bmm_copy(tape, &q, &[rows, s, hd])
         } else {
             q.view(&[rows, s, hd])
@@ -561,6 +685,14 @@ fn train_eager(tape: &Tape<'_>, (query, keys, values): (&Pt, &Pt, &Pt), mask: &P
     (context, probs)
 }
 
+/// Whether transformers' `attn_output.transpose(1, 2).contiguous()` after sdpa copies: when
+/// the query is heads-major in memory (Phi-3's concatenation), so is the output the kernel
+/// makes like it (the CPU's flash kernel, CUDA's flash); CUDA's memory-efficient kernel makes
+/// `(b, s, heads, d)` whatever the query.
+fn copies_context(shape: Shape, out: &Pt, masked: bool) -> bool {
+    shape.fused() && (!out.on_cuda() || cuda_flash(out.dt, masked))
+}
+
 /// What each decoder layer is given beside its input.
 struct Layer<'l> {
     /// The rotary tables, cos and sin.
@@ -579,6 +711,20 @@ fn train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt, layer: &Layer<'_>, sha
     // `hidden_states, _ = self.self_attn(…)`: eager's weights are held to the layer's end.
     let (attn, _weights) = {
         let normed = tt::rms_norm(tape, x);
+        // Phi-3's fused projection; q, k and v are its slices (each slice's backward: zeros
+        // like it, the gradient copied in). It lives until the attention returns.
+        let qkv = shape
+            .fused()
+            .then(|| tt::linear_mm(tape, &normed, (heads + 2 * kvh) * hd));
+        let slice = |out: usize| {
+            qkv.as_ref().map(|qkv| {
+                let t = qkv.view_node(&[b, s, out]);
+                tape.node(&t, vec![Tape::grad_of(qkv)], &[]);
+                t
+            })
+        };
+        let slices = [slice(heads * hd), slice(kvh * hd), slice(kvh * hd)];
+        let [q_slice, k_slice, v_slice] = slices;
         let project = |out: usize, bias: bool| {
             if bias {
                 tt::linear(tape, &normed, out, true)
@@ -590,8 +736,8 @@ fn train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt, layer: &Layer<'_>, sha
         // and k's gradients come back heads-major from the rotation and are copied; v's from
         // the kernel in v's own layout). Qwen3: `q_norm(q.view(b, s, heads, d)).transpose(1,
         // 2)` (and k's): the norm over each head, then a plain view.
-        let heads_of = |out: usize, count: usize| {
-            let t = project(out, shape.qkv_bias);
+        let heads_of = |out: usize, count: usize, sliced: Option<Pt>| {
+            let t = sliced.unwrap_or_else(|| project(out, shape.qkv_bias));
             if shape.qk_norm {
                 // The norm's gradients keep the heads-major layout the rotation's arrive in:
                 // the view's backward copies.
@@ -605,12 +751,12 @@ fn train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt, layer: &Layer<'_>, sha
                 tt::heads_major(tape, &t, count, hd)
             }
         };
-        let q4 = heads_of(heads * hd, heads);
-        let k4 = heads_of(kvh * hd, kvh);
+        let q4 = heads_of(heads * hd, heads, q_slice);
+        let k4 = heads_of(kvh * hd, kvh, k_slice);
         // v's gradient comes back in v's own layout from the flash kernel; from `repeat_kv`'s
         // sum or eager's `bmm` it is heads-major, and the view's backward copies it.
         let value = {
-            let v = project(kvh * hd, shape.qkv_bias);
+            let v = v_slice.unwrap_or_else(|| project(kvh * hd, shape.qkv_bias));
             if r.eager || repeats_kv(r, layer.mask.is_some()) {
                 tt::heads_major(tape, &v, kvh, hd)
             } else {
@@ -619,7 +765,31 @@ fn train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt, layer: &Layer<'_>, sha
         };
         // `apply_rotary_pos_emb(q, k, cos, sin)`: the caller's q and k live until both are
         // rotated.
-        let (query, key) = {
+        let (query, key) = if shape.fused() {
+            // Phi-3: the part each head does not rotate, `q[..., d:]`, is an empty slice (its
+            // backward still makes zeros like q); the rotation is concatenated with it (its
+            // backward hands each part a slice of the gradient).
+            let pass = |t: &Pt| {
+                let p = t.view_node(&[b, t.dims[1], s, 0]);
+                tape.node(&p, vec![Tape::grad_of(t)], &[]);
+                p
+            };
+            let (q_pass, k_pass) = (pass(&q4), pass(&k4));
+            let embed = |t: &Pt, kept: &Pt| {
+                let rotated = tt::rotate(tape, t, cos, sin);
+                let cat = rotated.like();
+                tape.node(
+                    &cat,
+                    vec![Edge::Pass(rotated.gid()), Edge::Pass(kept.gid())],
+                    &[],
+                );
+                cat
+            };
+            let rotated_q = embed(&q4, &q_pass);
+            let rotated_k = embed(&k4, &k_pass);
+            drop((q4, k4, q_pass, k_pass));
+            (rotated_q, rotated_k)
+        } else {
             let rotated_q = tt::rotate(tape, &q4, cos, sin);
             let rotated_k = tt::rotate(tape, &k4, cos, sin);
             drop((q4, k4));
@@ -657,7 +827,8 @@ fn train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt, layer: &Layer<'_>, sha
             };
             match layer.mask {
                 Some(mask) if r.eager => {
-                    let (context, weights) = train_eager(tape, (&query, &keys, &values), mask);
+                    let (context, weights) =
+                        train_eager(tape, (&query, &keys, &values), mask, shape.fused());
                     (context, Some(weights))
                 }
                 _ => {
@@ -666,7 +837,13 @@ fn train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt, layer: &Layer<'_>, sha
                     let (v, k) = (tape.lower(&values), tape.lower(&keys));
                     let q = tape.lower(&query);
                     let out = tt::flash_attention(tape, (&q, &k, &v), layer.mask, r.threads);
-                    (out, None)
+                    if copies_context(shape, &out, layer.mask.is_some()) {
+                        let copy = out.like();
+                        tape.node(&copy, vec![Edge::Pass(out.gid())], &[]);
+                        (copy, None)
+                    } else {
+                        (out, None)
+                    }
                 }
             }
         };
@@ -677,13 +854,41 @@ fn train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt, layer: &Layer<'_>, sha
             tt::linear_mm(tape, &context, width)
         };
         // The attention's locals go as it returns; the layer's normed input as it is rebound.
-        drop((context, query, keys, values, normed));
+        drop((context, query, keys, values, qkv, normed));
         (projected, weights)
     };
     let hidden = tt::add(tape, x, &attn);
     drop(attn);
     let mlp = {
         let normed = tt::rms_norm(tape, &hidden);
+        if shape.fused() {
+            // Phi-3: `gate_up_proj`, chunked (one split node for both halves), `up * silu(gate)`
+            // (silu saves the gate, the product both factors); the gate lives until the MLP
+            // returns.
+            let inter = r.d.intermediate;
+            let gate_up = tt::linear_mm(tape, &normed, 2 * inter);
+            let gate = gate_up.view_node(&[b, s, inter]);
+            let up = gate_up.view_node(&[b, s, inter]);
+            tape.node(
+                &gate,
+                vec![Edge::Join(
+                    gate_up.gid(),
+                    up.gid(),
+                    vec![b, s, 2 * inter],
+                    gate_up.dt,
+                )],
+                &[],
+            );
+            drop(gate_up);
+            let act = tt::unary(tape, &gate, false);
+            let product = tt::mul(tape, &up, &act);
+            drop((act, up));
+            let down = tt::linear_mm(tape, &product, width);
+            drop((product, gate, normed));
+            let out = tt::add(tape, &hidden, &down);
+            drop((hidden, down));
+            return out;
+        }
         let gate = tt::linear_mm(tape, &normed, r.d.intermediate);
         let act = tt::unary(tape, &gate, false);
         drop(gate);

@@ -19,6 +19,10 @@ pub enum Head {
     MaskedLm,
 }
 
+/// The labels a classification head gets when the config names none (the torch worker's
+/// `NUM_LABELS`).
+pub const NUM_LABELS: usize = 2;
+
 /// One simulated PyTorch forward's setting.
 pub struct TorchRun<'a> {
     pub sim: &'a TSim,
@@ -681,6 +685,46 @@ pub fn masked_lm_head(r: &TorchRun<'_>, hidden: &Pt) -> Pt {
     drop(act);
     r.keep(&normed);
     normed.linear(r.d.vocab)
+}
+
+/// What the decoders' classification head pools, beside the pooled logits.
+pub struct LastToken {
+    /// `logits[arange(b), last]`: `(b, labels)`, in the logits' type.
+    pub pooled: Pt,
+    /// The two index tensors (int64, `(b,)`): indexing's backward saves them.
+    pub indices: [Pt; 2],
+    /// The int32 non-pad mask and the int32 positions, the forward's locals until it returns.
+    pub locals: [Pt; 2],
+}
+
+/// `GenericForSequenceClassification`'s pooling of the `(b, s, labels)` logits at each row's
+/// rightmost token that is not the pad token: `input_ids != pad` (a wrapped number, then a bool
+/// mask), `.to(int32)`, `arange(s)` in int32, their product, `argmax(-1)` (int64); then
+/// `arange(b)` (int64) and the indexing, after which that `arange` is the indexing's alone.
+/// (On CUDA, indexing's backward, `index_put_` with accumulation, also sorts the indices in a
+/// few batch-long int64 buffers, which are not modelled: small-pool blocks.)
+#[must_use]
+pub fn last_token(ids: &Pt, logits: &Pt) -> LastToken {
+    let (b, s) = (ids.dims[0], ids.dims[1]);
+    let mask = {
+        let not_pad = {
+            let _pad = ids.wrapped_number(TDt::I64);
+            ids.new(&[b, s], TDt::Bool)
+        };
+        not_pad.to(TDt::I32)
+    };
+    let positions = ids.new(&[s], TDt::I32);
+    let last = {
+        let product = mask.like();
+        product.new(&[b], TDt::I64)
+    };
+    let rows = ids.new(&[b], TDt::I64);
+    let pooled = logits.new(&[b, logits.dims[logits.dims.len() - 1]], logits.dt);
+    LastToken {
+        pooled,
+        indices: [rows, last],
+        locals: [mask, positions],
+    }
 }
 
 /// The type of `LayerNorm`'s saved mean and reciprocal deviation: the input's on the CPU,

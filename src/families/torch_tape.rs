@@ -44,6 +44,11 @@ pub enum Edge {
     /// A gradient the engine reduces to a broadcast input's shape (`sum_to`, a bias) after the
     /// node's function returns: after a recomputed node has let go of its saved tensors.
     Reduced(Box<Edge>),
+    /// A split's backward (`chunk` in two): the node runs once both outputs' gradients are in,
+    /// this node's and the partner's (whose grad id is the second field), and concatenates them
+    /// into a new gradient for the split tensor (the first), of `dims` and `dt`; both go when
+    /// the node ends.
+    Join(usize, usize, Vec<usize>, TDt),
 }
 
 struct Node {
@@ -397,6 +402,7 @@ impl<'a> Tape<'a> {
             let mut outs = Vec::new();
             let mut work = Vec::new();
             let mut added = Vec::new();
+            let mut joined = Vec::new();
             let mut run = |edge: &Edge, outs: &mut Vec<(usize, Pt)>| match edge {
                 Edge::New(of, dims, dt) => outs.push((*of, sim.alloc(dims, *dt))),
                 Edge::NewView(of, dims, dt) => {
@@ -421,6 +427,10 @@ impl<'a> Tape<'a> {
                 Edge::Param(dims, dt) => params.push(((index, params.len()), sim.alloc(dims, *dt))),
                 Edge::Temp(bytes) => drop(sim.scratch(*bytes)),
                 Edge::Reduced(_) => {}
+                Edge::Join(of, partner, dims, dt) => {
+                    joined.extend(grads.remove(partner));
+                    outs.push((*of, sim.alloc(dims, *dt)));
+                }
             };
             for edge in &node.edges {
                 run(edge, &mut outs);
@@ -434,6 +444,7 @@ impl<'a> Tape<'a> {
                 }
             }
             drop(work);
+            drop(joined);
             drop(incoming);
             drop(node);
             self.release_region(index - 1);

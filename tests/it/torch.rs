@@ -674,6 +674,20 @@ fn the_pytorch_estimator_pins_the_batch_slope_to_the_byte() {
         (("tiny-mistral", "16", "amp-f16", "sdpa", "grad"), &[][..]),
         // RoBERTa's base head under autocast: the pooler, not the classification head.
         (("tiny-roberta", "4", "amp-bf16", "sdpa", "grad"), &[][..]),
+        // The decoders' classification head: `score` on every position, the last token that
+        // is not padding pooled (the indices saved with the graph).
+        (
+            ("tiny-qwen2", "20", "bf16", "eager", "grad"),
+            &["--task", "sequence-classification"][..],
+        ),
+        (
+            ("tiny-mistral", "16", "amp-bf16", "sdpa", "infer"),
+            &["--task", "sequence-classification"][..],
+        ),
+        // Phi-3: the fused projections' slices, the rotation's concatenation (sdpa's output
+        // heads-major, copied by `contiguous`; eager's query folded as a view).
+        (("tiny-phi3", "16", "f32", "sdpa", "grad"), &[][..]),
+        (("tiny-phi3", "16", "bf16", "eager", "infer"), &[][..]),
     ]);
     for (case, extra) in heads {
         let (model, seq, dtype, attn, workload) = case;
@@ -830,6 +844,31 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
         (
             ("tiny-mistral", "16", "amp-f16", "sdpa", "train"),
             "1,2",
+            ckpt,
+        ),
+        // The decoders' classification head; Qwen3's embeddings are tied only to a causal-lm
+        // head (this was three embedding-sized tensors short while the tie was assumed).
+        (
+            ("tiny-qwen3", "24", "f32", "sdpa", "train"),
+            "1,3",
+            &["--task", "sequence-classification"],
+        ),
+        (
+            ("tiny-llama", "24", "amp-f16", "sdpa", "train"),
+            "2,3",
+            &[
+                "--task",
+                "sequence-classification",
+                "--gradient-checkpointing",
+                "on",
+            ],
+        ),
+        // Phi-3: the split's backward concatenating both halves' gradients; at batch 1 the
+        // peak is AdamW's update of gate_up_proj beside qkv_proj's (the constructor's order).
+        (("tiny-phi3", "16", "f32", "sdpa", "train"), "1,3", &[]),
+        (
+            ("tiny-phi3", "16", "amp-bf16", "eager", "train"),
+            "1,3",
             ckpt,
         ),
     ];
