@@ -198,6 +198,14 @@ pub fn print_results(r: &Results) {
         None if r.unbuilt().is_some() => {
             out!("no recommendation: no trial ran (the reason is above)");
         }
+        // Every curve stopped on an error: nothing was found not to fit either.
+        None if !r.boundaries.is_empty()
+            && r.boundaries
+                .iter()
+                .all(|b| b.status == crate::search::BoundaryStatus::Incomplete) =>
+        {
+            out!("no recommendation: no curve finished (the reasons are above)");
+        }
         None => out!(
             "no configuration fits under the headroom limit of {}",
             human_bytes(r.recommendation.limit_bytes)

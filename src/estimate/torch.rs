@@ -585,7 +585,7 @@ mod tests {
                 Attn::Sdpa,
             ),
             at(
-                "tiny-gemma3",
+                "tiny-modernbert",
                 1,
                 Precision::Bf16,
                 Workload::Grad,

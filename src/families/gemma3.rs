@@ -21,6 +21,9 @@ use super::ops::{
     Run, attend, causal_mask, embedding, gemma_norm, linear, repeat_kv, rotary_tables,
 };
 use super::sim::{Dt, T};
+use super::torch_gemma;
+use super::torch_sim::{Head, Pt, TDt, TorchRun, Weights};
+use super::torch_tape::Tape;
 use super::{AnyModel, BuildError, Dims, Room, TensorShape};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
@@ -100,6 +103,28 @@ impl Room for Gemma3 {
     }
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0])
+    }
+    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<Weights> {
+        torch_gemma::weights(d, head, dt)
+    }
+    fn torch_forward(
+        &self,
+        r: &TorchRun<'_>,
+        ids: &Pt,
+    ) -> std::result::Result<Vec<Pt>, &'static str> {
+        torch_gemma::forward(r, ids)
+    }
+    fn torch_parameter_order(&self, d: &Dims, grads: &mut [Pt]) {
+        torch_gemma::parameter_order(d, grads);
+    }
+    fn torch_train_forward<'a>(
+        &self,
+        r: &'a TorchRun<'a>,
+        ids: &Pt,
+        labels: &Pt,
+        tape: &Tape<'a>,
+    ) -> std::result::Result<Pt, &'static str> {
+        torch_gemma::train_forward(r, ids, labels, tape)
     }
 }
 

@@ -16,6 +16,7 @@ mod config;
 pub mod ops;
 pub mod sim;
 pub mod torch_cuda;
+mod torch_gemma;
 mod torch_llama;
 pub mod torch_sim;
 pub mod torch_tape;

@@ -126,7 +126,7 @@ fn rms_norm(r: &TorchRun<'_>, x: &Pt) -> Pt {
 
 /// `q * cos + rotate_half(q) * sin`. Autograd saves only cos and sin (tables that need no
 /// gradient): multiplying by them needs neither q nor its rotation for the backward.
-fn rotate(x: &Pt) -> Pt {
+pub(super) fn rotate(x: &Pt) -> Pt {
     let with_cos = x.like();
     let with_sin = {
         let rotated = {
@@ -145,7 +145,7 @@ fn rotate(x: &Pt) -> Pt {
 
 /// `LlamaRotaryEmbedding.forward`: cos and sin for the positions, `(1, s, head_dim)`, in the
 /// model's type.
-fn rotary(r: &TorchRun<'_>, hd: usize) -> (Pt, Pt) {
+pub(super) fn rotary(r: &TorchRun<'_>, hd: usize) -> (Pt, Pt) {
     let s = r.s;
     let (cos, sin) = {
         let freqs = {
@@ -178,16 +178,16 @@ fn window_tensors(r: &TorchRun<'_>) -> Vec<Pt> {
         .collect()
 }
 
-/// transformers' `create_causal_mask` (or `create_sliding_window_causal_mask`) with the all-ones
-/// attention mask. For sdpa below the window (or without one) it reads the mask (`fast_all`)
+/// transformers' `create_causal_mask` (or, with a `window` above 0, its
+/// `create_sliding_window_causal_mask`) with the all-ones attention mask. For sdpa below the
+/// window (or without one) it reads the mask (`fast_all`)
 /// and builds none: sdpa runs causal. From Mistral's `sliding_window` on, and always for eager
 /// attention, `sdpa_mask` builds the `(b, 1, s, s)` bool mask by broadcasting (the aranges; the
 /// window and causal conditions over `(s, s)`, each `&` a new tensor; the padding gathered per
 /// batch row). Eager's `eager_mask` turns it into an additive mask in the model's type
 /// (`where`). The model keeps the mask to its end.
-fn causal_mask(r: &TorchRun<'_>) -> Option<Pt> {
+pub(super) fn causal_mask(r: &TorchRun<'_>, window: usize) -> Option<Pt> {
     let (b, s, sim) = (r.b, r.s, r.sim);
-    let window = r.d.sliding_window;
     let windowed = window > 0 && s >= window;
     let padding = sim.alloc(&[b, s], TDt::Bool);
     if !windowed && !r.eager {
@@ -208,7 +208,9 @@ fn causal_mask(r: &TorchRun<'_>) -> Option<Pt> {
         // and_masks(pattern, padding) starts from a one-element `True`; the window's pattern is
         // and_masks(window, causal), which starts from its own.
         let all = sim.alloc(&[], TDt::Bool);
-        let pattern = if windowed {
+        // The window's pattern whenever there is a window (eager builds it below the window
+        // too).
+        let pattern = if window > 0 {
             let start = sim.alloc(&[], TDt::Bool);
             let within = {
                 let _shifted = sim.alloc(&[1, 1, s, 1], TDt::I64);
@@ -240,28 +242,56 @@ fn causal_mask(r: &TorchRun<'_>) -> Option<Pt> {
     Some(mask)
 }
 
+/// Whether the keys and values `repeat_kv` hands the attention are one key/value head's
+/// expansion to every head (a view with stride 0).
+pub(super) fn expanded(r: &TorchRun<'_>) -> bool {
+    r.d.kv_heads == 1 && r.d.heads > 1
+}
+
 /// Whether transformers' `repeat_kv` copies the keys and values out to every head: with fewer
 /// key/value heads, always under eager attention, and under sdpa when a mask keeps it from
 /// taking `enable_gqa`.
-fn repeats_kv(r: &TorchRun<'_>, masked: bool) -> bool {
+pub(super) fn repeats_kv(r: &TorchRun<'_>, masked: bool) -> bool {
     r.d.kv_heads < r.d.heads && (r.eager || masked)
 }
 
 /// `repeat_kv` on the keys and values (infer and grad): copies `(b, heads, s, d)` where
-/// [`repeats_kv`], else themselves.
+/// [`repeats_kv`], else themselves. With one key/value head the expansion reshapes as a view
+/// (stride 0 over the heads): no copy.
 fn repeat_kv(r: &TorchRun<'_>, (keys, values): (&Pt, &Pt), masked: bool) -> (Pt, Pt) {
+    let dims = [r.b, r.d.heads, r.s, r.d.head_dim()];
     if !repeats_kv(r, masked) {
         return (keys.clone(), values.clone());
     }
-    let dims = [r.b, r.d.heads, r.s, r.d.head_dim()];
+    if r.d.kv_heads == 1 {
+        return (keys.view(&dims), values.view(&dims));
+    }
     (keys.new(&dims, keys.dt), values.new(&dims, values.dt))
+}
+
+/// `repeat_kv` on `t` with autograd (train), where [`repeats_kv`]: a copy out to every head,
+/// or with one key/value head a view (stride 0); either way the backward sums the gradient
+/// back to `t`'s heads.
+pub(super) fn train_repeat_kv(r: &TorchRun<'_>, tape: &Tape<'_>, t: &Pt) -> Pt {
+    let dims = [r.b, r.d.heads, r.s, r.d.head_dim()];
+    let repeated = if r.d.kv_heads == 1 {
+        t.view_node(&dims)
+    } else {
+        t.new(&dims, t.dt)
+    };
+    tape.node(&repeated, vec![Tape::grad_of(t)], &[]);
+    repeated
 }
 
 /// sdpa for the decoders (infer and grad): the flash kernel, causal, or under a mask (Mistral
 /// past its window), where sdpa takes no `enable_gqa`: `repeat_kv` copies the keys and values
 /// out to every head, and the kernel gets the mask as an additive one in the query's type
 /// (`where`), which autograd saves with the rest. Returns the `(b, s, heads, d)` context.
-fn sdpa(r: &TorchRun<'_>, (query, keys, values): (&Pt, &Pt, &Pt), mask: Option<&Pt>) -> Pt {
+pub(super) fn sdpa(
+    r: &TorchRun<'_>,
+    (query, keys, values): (&Pt, &Pt, &Pt),
+    mask: Option<&Pt>,
+) -> Pt {
     let (s, heads, hd) = (r.s, r.d.heads, r.d.head_dim());
     let (keys, values) = repeat_kv(r, (keys, values), mask.is_some());
     let additive = mask.map(|m| m.new(&m.dims, query.dt));
@@ -280,7 +310,7 @@ fn sdpa(r: &TorchRun<'_>, (query, keys, values): (&Pt, &Pt, &Pt), mask: Option<&
 /// softmax in f32 (saving its output) cast back to the query's type, `matmul` with the values
 /// (saving both), then `transpose(1, 2).contiguous()`, which `o_proj` saves. Returns the
 /// `(b, s, heads, d)` context and the weights, which the layer holds (`_`) to its end.
-fn eager_attention(
+pub(super) fn eager_attention(
     r: &TorchRun<'_>,
     (query, keys, values): (&Pt, &Pt, &Pt),
     mask: &Pt,
@@ -288,6 +318,15 @@ fn eager_attention(
 ) -> (Pt, Pt) {
     let (b, s, heads, hd) = (r.b, r.s, r.d.heads, r.d.head_dim());
     let (keys, values) = repeat_kv(r, (keys, values), true);
+    // Folding (b, heads) for `bmm` copies the keys and values when they are one head's
+    // expansion (stride 0), except at batch 1.
+    let fold = |t: &Pt| {
+        if b > 1 && expanded(r) {
+            t.copy()
+        } else {
+            t.clone()
+        }
+    };
     let scores = {
         // Folding (b, heads) of the query's layout takes a copy, except at batch 1.
         let q_rows = if b > 1 && !heads_major {
@@ -295,8 +334,9 @@ fn eager_attention(
         } else {
             query.clone()
         };
+        let k_rows = fold(&keys);
         r.keep(&q_rows);
-        r.keep(&keys);
+        r.keep(&k_rows);
         query.new(&[b, heads, s, s], query.dt)
     };
     let scaled = super::torch_sim::scale(r, &scores);
@@ -311,8 +351,9 @@ fn eager_attention(
     };
     drop(masked);
     let out = {
+        let v_rows = fold(&values);
         r.keep(&probs);
-        r.keep(&values);
+        r.keep(&v_rows);
         query.new(&[b, heads, s, hd], query.dt)
     };
     let context = query.new(&[b, s, heads, hd], query.dt);
@@ -342,7 +383,7 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
             let _arange = sim.alloc(&[s], TDt::I64);
             sim.alloc(&[s], TDt::I64)
         };
-        let mask = causal_mask(r);
+        let mask = causal_mask(r, r.d.sliding_window);
         let (cos, sin) = rotary(r, hd);
         // Each layer's rotation multiplies by them: autograd saves them.
         r.keep(&cos);
@@ -482,11 +523,18 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
         drop(inputs_embeds);
         normed
     };
+    Ok(head_outputs(r, ids, normed, cache))
+}
+
+/// The head on the final norm's output (infer and grad), then the model's outputs with the
+/// cache: `AutoModel`'s last hidden state, or the logits for every position, or the pooled
+/// logits of the classification head (its locals go as the model returns).
+pub(super) fn head_outputs(r: &TorchRun<'_>, ids: &Pt, normed: Pt, cache: Vec<Pt>) -> Vec<Pt> {
     // `AutoModel` returns the last hidden state with the cache.
     if r.head == Head::Base {
         let mut outputs = vec![normed];
         outputs.extend(cache);
-        return Ok(outputs);
+        return outputs;
     }
     // lm_head (or score) saves its input.
     r.keep(&normed);
@@ -502,13 +550,13 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
         drop((normed, logits, last, pooled.locals));
         let mut outputs = vec![pooled.pooled];
         outputs.extend(cache);
-        return Ok(outputs);
+        return outputs;
     }
     let logits = normed.linear(r.d.vocab);
     drop(normed);
     let mut outputs = vec![logits];
     outputs.extend(cache);
-    Ok(outputs)
+    outputs
 }
 
 /// PyTorch: the forward of a training step for `…ForCausalLM` in train mode with autograd on the
@@ -556,7 +604,7 @@ pub(super) fn train_forward<'a>(
             let _arange = sim.alloc(&[s], TDt::I64);
             sim.alloc(&[s], TDt::I64)
         };
-        let mask = causal_mask(r);
+        let mask = causal_mask(r, r.d.sliding_window);
         let (cos, sin) = rotary(r, hd);
         let mut hidden = inputs_embeds.clone();
         for _ in 0..r.d.layers {
@@ -583,11 +631,24 @@ pub(super) fn train_forward<'a>(
         drop((hidden, inputs_embeds, cos, sin, position_ids, mask));
         normed
     };
+    Ok(train_head(r, tape, (ids, labels), normed, cache))
+}
+
+/// The head of a training step on the final norm's output, `cache` (the model's `DynamicCache`)
+/// living until the model's output goes: the loss, or with `r.eval` the head's output.
+pub(super) fn train_head<C>(
+    r: &TorchRun<'_>,
+    tape: &Tape<'_>,
+    (ids, labels): (&Pt, &Pt),
+    normed: Pt,
+    cache: C,
+) -> Pt {
+    let (b, s) = (r.b, r.s);
     // Without labels the model returns the last hidden state (the base head) or the logits,
     // with the cache.
     if r.head == Head::Base {
         drop(cache);
-        return Ok(normed);
+        return normed;
     }
     if r.head == Head::SequenceClassification {
         let logits = tt::linear_mm(tape, &normed, NUM_LABELS);
@@ -600,12 +661,12 @@ pub(super) fn train_forward<'a>(
             tt::cross_entropy(tape, &pooled.pooled, labels)
         };
         drop((normed, logits, pooled.indices, pooled.locals, cache));
-        return Ok(out);
+        return out;
     }
     let logits = tt::linear_mm(tape, &normed, r.d.vocab);
     if r.eval {
         drop((normed, cache));
-        return Ok(logits);
+        return logits;
     }
     // ForCausalLMLoss: `logits.float()`, labels padded by one and shifted (`contiguous`).
     let logits32 = tape.cast(&logits, TDt::F32);
@@ -620,7 +681,7 @@ pub(super) fn train_forward<'a>(
     let loss = tt::cross_entropy(tape, &logits32.view(&[b * s, r.d.vocab]), &shifted);
     // The model's output (and with it the cache and the last hidden state) goes after the loss.
     drop((shifted, padded, logits32, logits, normed, cache));
-    Ok(loss)
+    loss
 }
 
 /// transformers' `eager_attention_forward` in train mode on the rotated query and the
@@ -631,14 +692,23 @@ pub(super) fn train_forward<'a>(
 /// its output), cast back to the query's type, dropout (p = 0: the input itself), `matmul` with
 /// the values (autocast casts both; saving both), then `transpose(1, 2).contiguous()`. Returns
 /// the `(b, s, heads·d)` context and the weights.
-fn train_eager(
+pub(super) fn train_eager(
     tape: &Tape<'_>,
     (query, keys, values): (&Pt, &Pt, &Pt),
     mask: &Pt,
-    heads_major: bool,
+    (heads_major, expanded): (bool, bool),
 ) -> (Pt, Pt) {
     let (b, heads, s, hd) = (query.dims[0], query.dims[1], query.dims[2], query.dims[3]);
     let rows = b * heads;
+    // Keys and values that are one head's expansion (stride 0) are copied for `bmm` at batch
+    // above 1, unless autocast's cast has made them whole already.
+    let fold = |t: &Pt, lowered: &Pt, dims: &[usize]| {
+        if b > 1 && expanded && lowered.dt == t.dt {
+            tt::bmm_copy(tape, lowered, dims)
+        } else {
+            lowered.view(dims)
+        }
+    };
     let scores = {
         let k = tape.lower(keys);
         let q = tape.lower(query);
@@ -647,7 +717,8 @@ fn train_eager(
         } else {
             q.view(&[rows, s, hd])
         };
-        tt::bmm(tape, &q_rows, &k.view(&[rows, hd, s]), &[rows, s, s])
+        let k_rows = fold(keys, &k, &[rows, hd, s]);
+        tt::bmm(tape, &q_rows, &k_rows, &[rows, s, s])
     };
     let scaled = {
         let y = scores.like();
@@ -679,7 +750,8 @@ fn train_eager(
     let out = {
         let v = tape.lower(values);
         let p = tape.lower(&probs);
-        tt::bmm(tape, &p, &v, &[rows, s, hd])
+        let v_rows = fold(values, &v, &[rows, s, hd]);
+        tt::bmm(tape, &p, &v_rows, &[rows, s, hd])
     };
     let context = tt::heads_merged(tape, &out, (b, heads, s));
     (context, probs)
@@ -816,19 +888,21 @@ fn train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt, layer: &Layer<'_>, sha
         // returns.
         let (context, weights) = {
             let (keys, values) = if repeats_kv(r, layer.mask.is_some()) {
-                let repeat = |t: &Pt| {
-                    let copy = t.new(&[b, heads, s, hd], t.dt);
-                    tape.node(&copy, vec![Tape::grad_of(t)], &[]);
-                    copy
-                };
-                (repeat(&keys), repeat(&values))
+                (
+                    train_repeat_kv(r, tape, &keys),
+                    train_repeat_kv(r, tape, &values),
+                )
             } else {
                 (keys.clone(), values.clone())
             };
             match layer.mask {
                 Some(mask) if r.eager => {
-                    let (context, weights) =
-                        train_eager(tape, (&query, &keys, &values), mask, shape.fused());
+                    let (context, weights) = train_eager(
+                        tape,
+                        (&query, &keys, &values),
+                        mask,
+                        (shape.fused(), expanded(r)),
+                    );
                     (context, Some(weights))
                 }
                 _ => {

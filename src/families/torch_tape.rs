@@ -853,11 +853,18 @@ pub fn flash_context(
 }
 
 /// `view(b, s, heads, d).transpose(1, 2)` of a projection `t` (`(b, s, heads·d)`): a view
-/// whose gradient, arriving heads-major, is copied back to `t`'s layout.
+/// whose gradient, arriving heads-major, is copied back to `t`'s layout (with one head the
+/// layouts are the same).
 #[must_use]
 pub fn heads_major(tape: &Tape<'_>, t: &Pt, heads: usize, d: usize) -> Pt {
     let view = t.view_node(&[t.dims[0], heads, t.dims[1], d]);
-    tape.node(&view, vec![Edge::Copy(t.gid())], &[]);
+    // With one head, heads-major is the projection's own layout: the view hands it back.
+    let back = if heads == 1 {
+        Edge::Pass(t.gid())
+    } else {
+        Edge::Copy(t.gid())
+    };
+    tape.node(&view, vec![back], &[]);
     view
 }
 

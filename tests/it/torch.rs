@@ -347,6 +347,44 @@ fn mixed_precision_keeps_f32_weights_beside_its_casts() {
     assert_ne!(amp_total, f32_total);
 }
 
+/// amp-f16 training whose float16 gradients overflow at the `GradScaler`'s initial scale in both
+/// of the trial's steps (tiny Gemma 3: its scaled embeddings) never makes the optimizer's state:
+/// the trial says so and is not counted, rather than reporting a training step without it; and
+/// with no curve finished the sweep does not claim that nothing fits.
+#[test]
+fn a_training_trial_whose_steps_the_grad_scaler_skipped_is_not_counted() {
+    let Some(py) = torch_python() else { return };
+    let o = Command::new(bin())
+        .args(["sweep", "--runtime", "torch", "--python"])
+        .arg(&py)
+        .args([
+            "--model",
+            "tiny-gemma3",
+            "--workload",
+            "train",
+            "--dtype",
+            "amp-f16",
+            "--batch",
+            "1",
+            "--seq",
+            "8",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("the GradScaler skipped both training steps")
+            && out.contains("measure amp-bf16 instead"),
+        "{out}"
+    );
+    assert!(
+        out.contains("no recommendation: no curve finished"),
+        "{out}"
+    );
+    assert!(!out.contains("no configuration fits"), "{out}");
+}
+
 #[test]
 fn unusable_interpreters_and_runtime_mismatches_are_one_sentence_and_exit_2() {
     let d = TempDir::new("torch-refusals");
@@ -688,6 +726,10 @@ fn the_pytorch_estimator_pins_the_batch_slope_to_the_byte() {
         // heads-major, copied by `contiguous`; eager's query folded as a view).
         (("tiny-phi3", "16", "f32", "sdpa", "grad"), &[][..]),
         (("tiny-phi3", "16", "bf16", "eager", "infer"), &[][..]),
+        // Gemma 3: its norms in f32 with `1 + weight`, global and local layers (past the local
+        // window: both masks), one key/value head (repeat_kv's view, folded by copies).
+        (("tiny-gemma3", "24", "bf16", "eager", "grad"), &[][..]),
+        (("tiny-gemma3", "8", "amp-bf16", "sdpa", "infer"), &[][..]),
     ]);
     for (case, extra) in heads {
         let (model, seq, dtype, attn, workload) = case;
@@ -871,6 +913,9 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
             "1,3",
             ckpt,
         ),
+        // Gemma 3: the optimizer walks its constructor's order; eager past the local window.
+        (("tiny-gemma3", "24", "f32", "sdpa", "train"), "1,3", &[]),
+        (("tiny-gemma3", "24", "bf16", "eager", "train"), "2,3", ckpt),
     ];
     for (case, batches, extra) in cases {
         let points = estimate_checked_with(&python, case, batches, extra);

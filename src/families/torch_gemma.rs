@@ -1,0 +1,572 @@
+//! PyTorch: Gemma 3's text decoder (`Gemma3ForCausalLM`, `gemma3_text`) as transformers 5 runs
+//! it on the CPU: Llama's attention and gated MLP (gelu-tanh) around Gemma's own pieces:
+//! - the embeddings scaled by `embed_scale` (a buffer in the weights' type);
+//! - `Gemma3RMSNorm`, computed in f32 and scaled by `1 + weight` before the cast back, four per
+//!   layer (before and after the attention and the MLP) and one over each head of q and k, after
+//!   the heads are split off;
+//! - every `sliding_window_pattern`-th layer global, the others local: both masks and a rotary
+//!   table pair per layer type are built once, and the `DynamicCache` holds a window scalar per
+//!   local layer.
+
+// The attention follows PyTorch's names (q, k, v; b, s for batch and seq).
+#![allow(clippy::many_single_char_names)]
+
+use super::Dims;
+use super::torch_llama::{
+    causal_mask, eager_attention, expanded, head_outputs, repeats_kv, rotary, rotate, sdpa,
+    train_eager, train_head, train_repeat_kv,
+};
+use super::torch_sim::{Head, NUM_LABELS, Pt, TDt, TorchRun, Weights};
+use super::torch_tape::{self as tt, Edge, Tape};
+
+/// A layer whose type has no rotary tables (which the model's construction rules out).
+const NO_TABLES: &str = "a Gemma 3 layer's type has no rotary tables";
+
+/// Whether layer `i` attends locally (a sliding window); every `global_every`-th is global.
+fn local(d: &Dims, i: usize) -> bool {
+    d.global_every == 0 || !(i + 1).is_multiple_of(d.global_every)
+}
+
+/// The layer types the model has: (global, local).
+fn types(d: &Dims) -> (bool, bool) {
+    (
+        (0..d.layers).any(|i| !local(d, i)),
+        (0..d.layers).any(|i| local(d, i)),
+    )
+}
+
+/// Parameters and buffers as `Gemma3ForCausalLM`'s constructor makes them: the embeddings and
+/// their scale (a 0-dim buffer in the weights' type), each layer (q, k, v, o, the q and k
+/// norms, the MLP, the four norms), the final norm, the rotary buffers (`inv_freq` and
+/// `original_inv_freq`, f32, half a head, per layer type), then the head (tied: made and
+/// dropped; the classification head's `score` is never tied).
+pub(super) fn weights(d: &Dims, head: Head, dt: TDt) -> Option<Weights> {
+    if head == Head::MaskedLm {
+        return None;
+    }
+    let (width, inter, vocab, hd) = (d.hidden, d.intermediate, d.vocab, d.head_dim());
+    let (qw, kv) = (d.heads * hd, d.kv_heads * hd);
+    let bias = d.attention_bias;
+    let mut w = Weights::default();
+    w.push(vocab * width, dt);
+    w.push(1, dt);
+    for _ in 0..d.layers {
+        w.linear((width, qw), bias, dt);
+        w.linear((width, kv), bias, dt);
+        w.linear((width, kv), bias, dt);
+        w.linear((qw, width), bias, dt);
+        w.push(hd, dt);
+        w.push(hd, dt);
+        w.linear((width, inter), false, dt);
+        w.linear((width, inter), false, dt);
+        w.linear((inter, width), false, dt);
+        for _ in 0..4 {
+            w.push(width, dt);
+        }
+    }
+    w.push(width, dt);
+    let (global, local) = types(d);
+    for _ in 0..(usize::from(global) + usize::from(local)) * 2 {
+        w.push(hd / 2, TDt::F32);
+    }
+    match head {
+        Head::Base | Head::MaskedLm => {}
+        Head::SequenceClassification => w.linear((width, NUM_LABELS), false, dt),
+        Head::CausalLm => w.dropped(vocab * width, dt),
+    }
+    Some(w)
+}
+
+/// `Gemma3RMSNorm` (infer and grad): `x.float()` (a copy unless f32), then
+/// `x * rsqrt(x.pow(2).mean(-1) + eps)` (pow saves its input, rsqrt its output, the product
+/// both), then `1 + weight.float()` (the weight's f32 copy unless f32) times that (saving
+/// both), cast back to x's type.
+fn norm(r: &TorchRun<'_>, x: &Pt) -> Pt {
+    let h = x.dims[x.dims.len() - 1];
+    let mut rows = x.dims.clone();
+    *rows.last_mut().unwrap_or(&mut 0) = 1;
+    // A Python number meeting an f32 tensor (the mean's count, eps, the 1): wrapped in an
+    // int64 scalar and cast to f32 while the op runs.
+    let number = |t: &Pt| (t.wrapped_number(TDt::I64), t.wrapped_number(TDt::F32));
+    let normed = {
+        let x32 = x.to(TDt::F32);
+        let inv = {
+            let variance = {
+                let _squared = x32.like();
+                r.keep(&x32);
+                let mean = x32.new(&rows, TDt::F32);
+                drop(number(&mean));
+                mean
+            };
+            let shifted = {
+                let _eps = number(&variance);
+                variance.like()
+            };
+            drop(variance);
+            let inv = shifted.like();
+            drop(shifted);
+            r.keep(&inv);
+            inv
+        };
+        let normed = x32.like();
+        r.keep(&x32);
+        r.keep(&inv);
+        drop(inv);
+        normed
+    };
+    let scale = {
+        let _w32 = (r.dt != TDt::F32).then(|| x.new(&[h], TDt::F32));
+        let _one = number(x);
+        x.new(&[h], TDt::F32)
+    };
+    let out = normed.like();
+    r.keep(&normed);
+    r.keep(&scale);
+    drop(scale);
+    drop(normed);
+    out.to(x.dt)
+}
+
+/// One decoder layer (infer and grad) on `x`, with its layer type's mask (the rotations' tables
+/// are the model's); the layer's keys and values go to `cache`.
+fn layer(r: &TorchRun<'_>, x: &Pt, mask: Option<&Pt>, cache: &mut Vec<Pt>) -> Pt {
+    let (b, s, width) = (r.b, r.s, r.d.hidden);
+    let (heads, kvh, hd) = (r.d.heads, r.d.kv_heads, r.d.head_dim());
+    // `hidden_states, _ = self.self_attn(…)`: eager's weights are held to the layer's end.
+    let (attn, _weights) = {
+        let normed = norm(r, x);
+        // q, k and v save their input.
+        r.keep(&normed);
+        let (attn, weights) = {
+            let q = normed.linear(heads * hd);
+            let k = normed.linear(kvh * hd);
+            let v = normed.linear(kvh * hd);
+            let q = {
+                let n = norm(r, &q.view(&[b, heads, s, hd]));
+                drop(q);
+                n
+            };
+            let k = {
+                let n = norm(r, &k.view(&[b, kvh, s, hd]));
+                drop(k);
+                n
+            };
+            // The rotations save cos and sin (kept by the model); q and k live until both are
+            // rotated.
+            let (query, key) = (rotate(&q), rotate(&k));
+            drop((q, k));
+            let keys = key.like();
+            let values = v.new(&[b, kvh, s, hd], r.dt);
+            drop((key, v));
+            cache.extend([keys.clone(), values.clone()]);
+            let (context, weights) = match mask {
+                Some(mask) if r.eager => {
+                    let (context, weights) =
+                        eager_attention(r, (&query, &keys, &values), mask, false);
+                    (context, Some(weights))
+                }
+                _ => (sdpa(r, (&query, &keys, &values), mask), None),
+            };
+            let projected = context.view(&[b, s, heads * hd]).linear(width);
+            drop(context);
+            drop(query);
+            (projected, weights)
+        };
+        drop(normed);
+        (attn, weights)
+    };
+    let hidden = {
+        let post = norm(r, &attn);
+        drop(attn);
+        let sum = x.like();
+        drop(post);
+        sum
+    };
+    let mlp = {
+        let normed = norm(r, &hidden);
+        r.keep(&normed);
+        // gelu saves its input; the product both factors; down its input.
+        let gated = {
+            let gate = normed.linear(r.d.intermediate);
+            r.keep(&gate);
+            gate.like()
+        };
+        let product = {
+            let up = normed.linear(r.d.intermediate);
+            r.keep(&gated);
+            r.keep(&up);
+            gated.like()
+        };
+        r.keep(&product);
+        drop(gated);
+        let down = product.linear(width);
+        drop((product, normed));
+        down
+    };
+    let post = norm(r, &mlp);
+    drop(mlp);
+    let out = hidden.like();
+    drop((post, hidden));
+    out
+}
+
+/// What the model builds once beside its layers: the `DynamicCache`'s window scalars, the
+/// position ids, the masks (global, local) and the rotary tables (global, local); each layer
+/// takes its type's.
+struct Shared {
+    /// Global, local.
+    masks: [Option<Pt>; 2],
+    /// Global, local: cos and sin, for the types the model has.
+    tables: [Option<Tables>; 2],
+    position_ids: Pt,
+}
+
+/// A layer type's rotary cos and sin.
+type Tables = (Pt, Pt);
+
+impl Shared {
+    fn new(r: &TorchRun<'_>, cache: &mut Vec<Pt>, with_cache: bool) -> Self {
+        let (sim, s, hd) = (r.sim, r.s, r.d.head_dim());
+        // `DynamicCache(config)`: each local layer a `DynamicSlidingWindowLayer` holding its
+        // window as an int64 scalar.
+        if with_cache {
+            cache.extend(
+                (0..r.d.layers)
+                    .filter(|&i| local(r.d, i))
+                    .map(|_| sim.alloc(&[], TDt::I64)),
+            );
+        }
+        let position_ids = {
+            let _arange = sim.alloc(&[s], TDt::I64);
+            sim.alloc(&[s], TDt::I64)
+        };
+        let masks = [causal_mask(r, 0), causal_mask(r, r.d.sliding_window)];
+        let (global, local) = types(r.d);
+        let tables = [global.then(|| rotary(r, hd)), local.then(|| rotary(r, hd))];
+        Self {
+            masks,
+            tables,
+            position_ids,
+        }
+    }
+
+    /// Layer `i`'s rotary tables and mask (None: its type has no tables, which `new` rules
+    /// out).
+    fn of(&self, d: &Dims, i: usize) -> Option<(&Tables, Option<&Pt>)> {
+        let t = usize::from(local(d, i));
+        Some((self.tables[t].as_ref()?, self.masks[t].as_ref()))
+    }
+}
+
+/// One forward of `Gemma3ForCausalLM` with a `DynamicCache` (infer and grad), any head but
+/// masked-LM. Returns the head's output and the cache.
+pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt) -> Result<Vec<Pt>, &'static str> {
+    if r.head == Head::MaskedLm {
+        return Err("decoders have no masked-LM head");
+    }
+    let (b, s, width) = (r.b, r.s, r.d.hidden);
+    let mut cache: Vec<Pt> = Vec::new();
+    let normed = {
+        // `embedding(ids) * embed_scale.to(weight.dtype)` (the buffer has the weights' type).
+        let inputs_embeds = {
+            let looked_up = ids.new(&[b, s, width], r.dt);
+            looked_up.like()
+        };
+        let shared = Shared::new(r, &mut cache, true);
+        for (cos, sin) in shared.tables.iter().flatten() {
+            r.keep(cos);
+            r.keep(sin);
+        }
+        let mut hidden = inputs_embeds.clone();
+        for i in 0..r.d.layers {
+            let (_, mask) = shared.of(r.d, i).ok_or(NO_TABLES)?;
+            hidden = layer(r, &hidden, mask, &mut cache);
+        }
+        let normed = norm(r, &hidden);
+        drop((hidden, inputs_embeds, shared));
+        normed
+    };
+    Ok(head_outputs(r, ids, normed, cache))
+}
+
+/// `model.parameters()`'s order from the forward's (a training step's gradients): each layer's
+/// forward uses the input norm, q, k, v, the q and k norms, o, the post-attention and
+/// pre-feedforward norms, gate, up, down and the post-feedforward norm; its constructor
+/// registers the attention (q, k, v, o, the q and k norms), the MLP, then the four norms. (With
+/// biases on the attention the gradients are left in the forward's order.)
+pub(super) fn parameter_order(d: &Dims, grads: &mut [Pt]) {
+    const REGISTERED: [usize; 13] = [1, 2, 3, 6, 4, 5, 9, 10, 11, 0, 7, 8, 12];
+    if d.attention_bias {
+        return;
+    }
+    let Some(layers) = grads.get_mut(1..=REGISTERED.len() * d.layers) else {
+        return;
+    };
+    for layer in layers.chunks_mut(REGISTERED.len()) {
+        let used = layer.to_vec();
+        for (slot, &from) in layer.iter_mut().zip(&REGISTERED) {
+            *slot = used[from].clone();
+        }
+    }
+}
+
+/// `Gemma3RMSNorm` with autograd: as [`tt::rms_norm`] up to the scaled f32 input (`pow`
+/// saving its input, `rsqrt` its output, the product both; the mean and its shift are
+/// temporaries here), then `1 + weight.float()` (for a weight not f32, a cast whose backward
+/// makes the parameter's gradient; else the parameter's gradient comes straight from the
+/// product's reduction), the product (saving both; its backward makes the scaled input's
+/// gradient and, over a full-size f32 product, the reduced one of `1 + w`), then `type_as(x)`.
+fn train_norm(tape: &Tape<'_>, x: &Pt) -> Pt {
+    let h = x.dims[x.dims.len() - 1];
+    let mut rows = x.dims.clone();
+    *rows.last_mut().unwrap_or(&mut 0) = 1;
+    let full = |t: &Pt| t.elems() as u64 * t.dt.size();
+    let number = |t: &Pt| (t.wrapped_number(TDt::I64), t.wrapped_number(TDt::F32));
+    let scaled = {
+        let x32 = tape.cast(x, TDt::F32);
+        let inv = {
+            let variance = {
+                let squared = x32.like();
+                tape.node(
+                    &squared,
+                    vec![
+                        Edge::Work(full(&x32)),
+                        Edge::Work(full(&x32)),
+                        Tape::grad_of(&x32),
+                    ],
+                    &[&x32],
+                );
+                let mean = x32.new(&rows, TDt::F32);
+                tape.node(&mean, vec![Tape::grad_of(&squared)], &[]);
+                drop(number(&mean));
+                mean
+            };
+            let shifted = {
+                let _eps = number(&variance);
+                let shifted = variance.like();
+                tape.node(&shifted, vec![Edge::Pass(variance.gid())], &[]);
+                shifted
+            };
+            drop(variance);
+            let inv = shifted.like();
+            let row_bytes = full(&shifted);
+            tape.node(
+                &inv,
+                vec![
+                    Edge::Work(row_bytes),
+                    Edge::Work(row_bytes),
+                    Tape::grad_of(&shifted),
+                ],
+                &[&inv],
+            );
+            inv
+        };
+        let scaled = x32.like();
+        tape.node(
+            &scaled,
+            vec![
+                Tape::grad_of(&x32),
+                Edge::Work(full(&x32)),
+                Edge::Reduced(Box::new(Tape::grad_of(&inv))),
+            ],
+            &[&x32, &inv],
+        );
+        scaled
+    };
+    // The weight is f32 under autocast.
+    let weight_dt = if tape.autocast_on() { TDt::F32 } else { x.dt };
+    let (scale, scale_grad) = {
+        let w32 = (weight_dt != TDt::F32).then(|| {
+            let w = x.new(&[h], TDt::F32);
+            tape.node(&w, vec![Edge::Param(vec![h], weight_dt)], &[]);
+            w
+        });
+        let _one = number(x);
+        let scale = x.new(&[h], TDt::F32);
+        let grad = match &w32 {
+            Some(w) => {
+                tape.node(&scale, vec![Edge::Pass(w.gid())], &[]);
+                Tape::grad_of(&scale)
+            }
+            None => Edge::Param(vec![h], TDt::F32),
+        };
+        (scale, grad)
+    };
+    let out = scaled.like();
+    tape.node(
+        &out,
+        vec![
+            Edge::Work(full(&scaled)),
+            Tape::grad_of(&scaled),
+            Edge::Reduced(Box::new(scale_grad)),
+        ],
+        &[&scaled, &scale],
+    );
+    drop((scale, scaled));
+    tape.cast(&out, x.dt)
+}
+
+/// One decoder layer in train mode with autograd on `x`, with its layer type's rotary tables
+/// and mask; the `DynamicCache` (off under checkpointing) takes its keys and values.
+fn train_layer(
+    r: &TorchRun<'_>,
+    tape: &Tape<'_>,
+    x: &Pt,
+    (cos, sin): (&Pt, &Pt),
+    mask: Option<&Pt>,
+    cache: &std::cell::RefCell<Vec<Pt>>,
+) -> Pt {
+    let (b, s, width) = (r.b, r.s, r.d.hidden);
+    let (heads, kvh, hd) = (r.d.heads, r.d.kv_heads, r.d.head_dim());
+    let (attn, _weights) = {
+        let normed = train_norm(tape, x);
+        let project = |out: usize| {
+            if r.d.attention_bias {
+                tt::linear(tape, &normed, out, true)
+            } else {
+                tt::linear_mm(tape, &normed, out)
+            }
+        };
+        // `proj(x).view(b, s, heads, d).transpose(1, 2)` for each, then the per-head norms.
+        let q4 = tt::heads_major(tape, &project(heads * hd), heads, hd);
+        let k4 = tt::heads_major(tape, &project(kvh * hd), kvh, hd);
+        let value = {
+            let v = project(kvh * hd);
+            if r.eager || repeats_kv(r, mask.is_some()) {
+                tt::heads_major(tape, &v, kvh, hd)
+            } else {
+                v.view(&[b, kvh, s, hd])
+            }
+        };
+        let q = train_norm(tape, &q4);
+        drop(q4);
+        let k = train_norm(tape, &k4);
+        drop(k4);
+        let (query, key) = {
+            let rotated_q = tt::rotate(tape, &q, cos, sin);
+            let rotated_k = tt::rotate(tape, &k, cos, sin);
+            drop((q, k));
+            (rotated_q, rotated_k)
+        };
+        let (keys, values) = if tape.checkpointing() {
+            (key.clone(), value.clone())
+        } else {
+            let keys = key.like();
+            tape.node(&keys, vec![Edge::Pass(key.gid())], &[]);
+            let values = value.like();
+            tape.node(&values, vec![Edge::Pass(value.gid())], &[]);
+            cache.borrow_mut().extend([keys.clone(), values.clone()]);
+            (keys, values)
+        };
+        drop((key, value));
+        let (context, weights) = {
+            let (keys, values) = if repeats_kv(r, mask.is_some()) {
+                (
+                    train_repeat_kv(r, tape, &keys),
+                    train_repeat_kv(r, tape, &values),
+                )
+            } else {
+                (keys.clone(), values.clone())
+            };
+            match mask {
+                Some(mask) if r.eager => {
+                    let (context, weights) =
+                        train_eager(tape, (&query, &keys, &values), mask, (false, expanded(r)));
+                    (context, Some(weights))
+                }
+                _ => {
+                    let (v, k) = (tape.lower(&values), tape.lower(&keys));
+                    let q = tape.lower(&query);
+                    (
+                        tt::flash_attention(tape, (&q, &k, &v), mask, r.threads),
+                        None,
+                    )
+                }
+            }
+        };
+        let context = context.view(&[b, s, heads * hd]);
+        let projected = if r.d.attention_bias {
+            tt::linear(tape, &context, width, true)
+        } else {
+            tt::linear_mm(tape, &context, width)
+        };
+        drop((context, query, keys, values, normed));
+        (projected, weights)
+    };
+    let hidden = {
+        let post = train_norm(tape, &attn);
+        drop(attn);
+        let sum = tt::add(tape, x, &post);
+        drop(post);
+        sum
+    };
+    let mlp = {
+        let normed = train_norm(tape, &hidden);
+        let gate = tt::linear_mm(tape, &normed, r.d.intermediate);
+        let act = tt::unary(tape, &gate, false);
+        drop(gate);
+        let up = tt::linear_mm(tape, &normed, r.d.intermediate);
+        let product = tt::mul(tape, &act, &up);
+        drop((act, up));
+        let down = tt::linear_mm(tape, &product, width);
+        drop((product, normed));
+        down
+    };
+    let post = train_norm(tape, &mlp);
+    drop(mlp);
+    let out = tt::add(tape, &hidden, &post);
+    drop((hidden, post));
+    out
+}
+
+/// PyTorch: the forward of a training step for `Gemma3ForCausalLM` (or its classification
+/// head) in train mode with autograd on the CPU, recording each op's node on `tape`: the
+/// scaled embeddings (the head tied to them), the layers (each checkpointed when the tape
+/// checkpoints; the `DynamicCache` off then), the final norm, then the head and its loss as
+/// the Llama-shaped decoders' ([`train_head`]). With `r.eval` the head's output instead.
+pub(super) fn train_forward<'a>(
+    r: &'a TorchRun<'a>,
+    ids: &Pt,
+    labels: &Pt,
+    tape: &Tape<'a>,
+) -> Result<Pt, &'static str> {
+    if r.head == Head::MaskedLm {
+        return Err("decoders have no masked-LM head");
+    }
+    if r.head == Head::Base && !r.eval {
+        return Err("the base head computes no loss");
+    }
+    let (b, s, width) = (r.b, r.s, r.d.hidden);
+    let embedding = tape.embedding_grad(vec![r.d.vocab, width], r.dt, r.head == Head::CausalLm);
+    let cache = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let normed = {
+        let inputs_embeds = {
+            let looked_up = ids.new(&[b, s, width], r.dt);
+            tape.node(&looked_up, vec![embedding], &[ids]);
+            // `* embed_scale` (a buffer): the backward scales the gradient, a new tensor.
+            let scaled = looked_up.like();
+            tape.node(&scaled, vec![Tape::grad_of(&looked_up)], &[]);
+            scaled
+        };
+        let shared = Shared::new(r, &mut cache.borrow_mut(), !tape.checkpointing());
+        let mut hidden = inputs_embeds.clone();
+        for i in 0..r.d.layers {
+            let ((cos, sin), mask) = shared.of(r.d, i).ok_or(NO_TABLES)?;
+            // A checkpoint keeps the layer's arguments for the recomputation, the position ids
+            // among them.
+            let (input, cos, sin, mask) = (hidden.clone(), cos.clone(), sin.clone(), mask.cloned());
+            let (ids, cache) = (shared.position_ids.clone(), std::rc::Rc::clone(&cache));
+            hidden = tape.layer(
+                &hidden,
+                Box::new(move |t| {
+                    let _kept = &ids;
+                    train_layer(r, t, &input, (&cos, &sin), mask.as_ref(), &cache)
+                }),
+            );
+        }
+        let normed = train_norm(tape, &hidden);
+        drop((hidden, inputs_embeds, shared));
+        normed
+    };
+    Ok(train_head(r, tape, (ids, labels), normed, cache))
+}
