@@ -569,7 +569,7 @@ mod tests {
     fn what_is_not_modelled_says_so_and_how_to_measure_it() {
         let cases = [
             at(
-                "tiny-gemma2",
+                "tiny-mixtral",
                 1,
                 Precision::F32,
                 Workload::Train,
@@ -577,7 +577,7 @@ mod tests {
                 Attn::Sdpa,
             ),
             at(
-                "tiny-gemma2",
+                "tiny-qwen3-moe",
                 1,
                 Precision::F32,
                 Workload::Infer,
@@ -613,7 +613,7 @@ mod tests {
                 .contains("choose sequence-classification, causal-lm or masked-lm in --task")
         );
         let e = at(
-            "tiny-gemma2",
+            "tiny-mixtral",
             1,
             Precision::F32,
             Workload::Infer,
@@ -623,6 +623,32 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("bert, llama"), "{e}");
+        // transformers refuses sdpa for Gemma 2 (its soft-capping): so does the estimator,
+        // naming eager.
+        for workload in [Workload::Infer, Workload::Train] {
+            let e = at(
+                "tiny-gemma2",
+                1,
+                Precision::F32,
+                workload,
+                Task::CausalLm,
+                Attn::Sdpa,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("choose --attn eager"), "{e}");
+            assert!(
+                at(
+                    "tiny-gemma2",
+                    1,
+                    Precision::F32,
+                    workload,
+                    Task::CausalLm,
+                    Attn::Eager
+                )
+                .is_ok()
+            );
+        }
         // A decoder has no masked-LM head in transformers (the runtime cannot load one): the
         // refusal says so and names the heads it has, not a sweep that would fail.
         for (model, workload, dtype) in [

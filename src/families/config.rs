@@ -127,3 +127,31 @@ pub fn check(d: &Dims, names: [&str; 4]) -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+/// Every this many layers one is global: `sliding_window_pattern`, or where a newer config
+/// lists `layer_types` instead, the period of its `full_attention` entries.
+pub fn window_pattern(v: &Value) -> Result<usize, ConfigError> {
+    if v.get("sliding_window_pattern")
+        .is_some_and(|p| !p.is_null())
+    {
+        let p = field(v, "sliding_window_pattern")?;
+        if p == 0 {
+            return Err("field \"sliding_window_pattern\" must be at least 1, found 0".into());
+        }
+        return Ok(p);
+    }
+    let Some(types) = v.get("layer_types").and_then(Value::as_array) else {
+        return Err("missing field \"sliding_window_pattern\" (or \"layer_types\")".into());
+    };
+    let global = |l: usize| types.get(l).and_then(Value::as_str) == Some("full_attention");
+    let pattern = (0..types.len())
+        .find(|&l| global(l))
+        .map_or(types.len() + 1, |l| l + 1);
+    if (0..types.len()).any(|l| global(l) != (l + 1).is_multiple_of(pattern)) {
+        return Err(format!(
+            "field \"layer_types\" is not one global layer every {pattern}; candle 0.11's Gemma 3 reads only such a pattern (sliding_window_pattern)"
+        )
+        .into());
+    }
+    Ok(pattern)
+}

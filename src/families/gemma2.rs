@@ -12,7 +12,8 @@ use super::ops::{
     Run, causal_mask, embedding, gated_mlp, gemma_norm, linear, repeat_kv, rotary_tables, softcap,
 };
 use super::sim::{Dt, T};
-use super::{AnyModel, BuildError, ConfigError, Dims, Room, TensorShape, tensor_list};
+use super::torch_gemma::{self, Gemma};
+use super::{AnyModel, BuildError, ConfigError, Dims, Room, Softcapping, TensorShape, tensor_list};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use candle_transformers::models::gemma2;
@@ -41,6 +42,23 @@ impl Room for Gemma2 {
             // Gemma ties its head to the embeddings, always.
             tied_embeddings: true,
             head_dim_override: Some(field(v, "head_dim")?),
+            // Only PyTorch's estimator reads these (candle 0.11's Gemma 2 neither windows nor
+            // alternates): every other layer global (or as `layer_types` lists them), the
+            // window (Gemma2Config's default 4096), the soft-cappings set.
+            sliding_window: opt_field(v, "sliding_window")?.unwrap_or(4096).max(1),
+            global_every: if v.get("layer_types").is_some_and(|t| !t.is_null()) {
+                super::config::window_pattern(v)?
+            } else {
+                2
+            },
+            softcapping: Softcapping {
+                attention: v
+                    .get("attn_logit_softcapping")
+                    .is_some_and(|c| !c.is_null()),
+                logits: v
+                    .get("final_logit_softcapping")
+                    .is_some_and(|c| !c.is_null()),
+            },
             ..Dims::default()
         })
     }
@@ -67,6 +85,7 @@ impl Room for Gemma2 {
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0])
     }
+    torch_gemma::gemma_torch!(Gemma::Two);
 }
 
 prefill_decoder!(gemma2::Model);

@@ -15,15 +15,13 @@
 #![allow(clippy::many_single_char_names)]
 
 use super::candle::{patched_config, prefill_decoder};
-use super::config::{ConfigError, bool_field, field, named_alike};
+use super::config::{ConfigError, bool_field, field, named_alike, window_pattern};
 use super::gemma2::{after_attention, gemma_tensors};
 use super::ops::{
     Run, attend, causal_mask, embedding, gemma_norm, linear, repeat_kv, rotary_tables,
 };
 use super::sim::{Dt, T};
-use super::torch_gemma;
-use super::torch_sim::{Head, Pt, TDt, TorchRun, Weights};
-use super::torch_tape::Tape;
+use super::torch_gemma::{self, Gemma};
 use super::{AnyModel, BuildError, Dims, Room, TensorShape};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
@@ -104,59 +102,10 @@ impl Room for Gemma3 {
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0])
     }
-    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<Weights> {
-        torch_gemma::weights(d, head, dt)
-    }
-    fn torch_forward(
-        &self,
-        r: &TorchRun<'_>,
-        ids: &Pt,
-    ) -> std::result::Result<Vec<Pt>, &'static str> {
-        torch_gemma::forward(r, ids)
-    }
-    fn torch_parameter_order(&self, d: &Dims, grads: &mut [Pt]) {
-        torch_gemma::parameter_order(d, grads);
-    }
-    fn torch_train_forward<'a>(
-        &self,
-        r: &'a TorchRun<'a>,
-        ids: &Pt,
-        labels: &Pt,
-        tape: &Tape<'a>,
-    ) -> std::result::Result<Pt, &'static str> {
-        torch_gemma::train_forward(r, ids, labels, tape)
-    }
+    torch_gemma::gemma_torch!(Gemma::Three);
 }
 
 prefill_decoder!(gemma3::Model);
-
-/// Every this many layers one is global: `sliding_window_pattern`, or where a newer config
-/// lists `layer_types` instead, the period of its `full_attention` entries.
-fn window_pattern(v: &Value) -> std::result::Result<usize, ConfigError> {
-    if v.get("sliding_window_pattern")
-        .is_some_and(|p| !p.is_null())
-    {
-        let p = field(v, "sliding_window_pattern")?;
-        if p == 0 {
-            return Err("field \"sliding_window_pattern\" must be at least 1, found 0".into());
-        }
-        return Ok(p);
-    }
-    let Some(types) = v.get("layer_types").and_then(Value::as_array) else {
-        return Err("missing field \"sliding_window_pattern\" (or \"layer_types\")".into());
-    };
-    let global = |l: usize| types.get(l).and_then(Value::as_str) == Some("full_attention");
-    let pattern = (0..types.len())
-        .find(|&l| global(l))
-        .map_or(types.len() + 1, |l| l + 1);
-    if (0..types.len()).any(|l| global(l) != (l + 1).is_multiple_of(pattern)) {
-        return Err(format!(
-            "field \"layer_types\" is not one global layer every {pattern}; candle 0.11's Gemma 3 reads only such a pattern (sliding_window_pattern)"
-        )
-        .into());
-    }
-    Ok(pattern)
-}
 
 /// candle's Gemma 3 config: it requires `sliding_window_pattern`, which newer configs replace
 /// with `layer_types` (read into [`Dims::global_every`]).

@@ -406,6 +406,17 @@ pub struct Dims {
     /// forward; the PyTorch estimator does not model it.
     #[serde(default)]
     pub rope_scaled: bool,
+    /// Gemma 2: which of its soft-cappings the config sets.
+    #[serde(default)]
+    pub softcapping: Softcapping,
+}
+
+/// Gemma 2's soft-capping (`tanh(x / cap) * cap`): of the attention scores
+/// (`attn_logit_softcapping`) and of the logits (`final_logit_softcapping`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Softcapping {
+    pub attention: bool,
+    pub logits: bool,
 }
 
 /// Which of a model's dropouts are on in train mode (probability above 0).

@@ -1,23 +1,92 @@
-//! PyTorch: Gemma 3's text decoder (`Gemma3ForCausalLM`, `gemma3_text`) as transformers 5 runs
-//! it on the CPU: Llama's attention and gated MLP (gelu-tanh) around Gemma's own pieces:
+//! PyTorch: Gemma 2 and Gemma 3's text decoder (`Gemma2ForCausalLM`, `Gemma3ForCausalLM`) as
+//! transformers 5 runs them on the CPU: Llama's attention and gated MLP (gelu-tanh) around
+//! Gemma's own pieces:
 //! - the embeddings scaled by `embed_scale` (a buffer in the weights' type);
-//! - `Gemma3RMSNorm`, computed in f32 and scaled by `1 + weight` before the cast back, four per
-//!   layer (before and after the attention and the MLP) and one over each head of q and k, after
-//!   the heads are split off;
-//! - every `sliding_window_pattern`-th layer global, the others local: both masks and a rotary
-//!   table pair per layer type are built once, and the `DynamicCache` holds a window scalar per
-//!   local layer.
+//! - their RMS norm, computed in f32 and scaled by `1 + weight` before the cast back, four per
+//!   layer (before and after the attention and the MLP), and in Gemma 3 one over each head of q
+//!   and k, after the heads are split off;
+//! - global and local layers (Gemma 2 alternates; Gemma 3 makes every
+//!   `sliding_window_pattern`-th global): both masks are built once, and the rotary tables once
+//!   (Gemma 3: a pair per layer type); the `DynamicCache` holds a window scalar per local layer;
+//! - Gemma 2's soft-capping of the scores (eager attention only: transformers refuses sdpa for
+//!   it) and of the logits.
 
 // The attention follows PyTorch's names (q, k, v; b, s for batch and seq).
 #![allow(clippy::many_single_char_names)]
 
 use super::Dims;
 use super::torch_llama::{
-    causal_mask, eager_attention, expanded, head_outputs, repeats_kv, rotary, rotate, sdpa,
+    Eager, causal_mask, eager_attention, expanded, head_outputs, repeats_kv, rotary, rotate, sdpa,
     train_eager, train_head, train_repeat_kv,
 };
 use super::torch_sim::{Head, NUM_LABELS, Pt, TDt, TorchRun, Weights};
 use super::torch_tape::{self as tt, Edge, Tape};
+
+/// A Gemma room's PyTorch methods (`Room::torch_*`) for `$gemma`.
+macro_rules! gemma_torch {
+    ($gemma:expr) => {
+        fn torch_weights(
+            &self,
+            d: &$crate::families::Dims,
+            head: $crate::families::torch_sim::Head,
+            dt: $crate::families::torch_sim::TDt,
+        ) -> Option<$crate::families::torch_sim::Weights> {
+            $crate::families::torch_gemma::weights(d, head, dt, $gemma)
+        }
+        fn torch_forward(
+            &self,
+            r: &$crate::families::torch_sim::TorchRun<'_>,
+            ids: &$crate::families::torch_sim::Pt,
+        ) -> std::result::Result<Vec<$crate::families::torch_sim::Pt>, &'static str> {
+            $crate::families::torch_gemma::forward(r, ids, $gemma)
+        }
+        fn torch_parameter_order(
+            &self,
+            d: &$crate::families::Dims,
+            grads: &mut [$crate::families::torch_sim::Pt],
+        ) {
+            $crate::families::torch_gemma::parameter_order(d, grads, $gemma);
+        }
+        fn torch_train_forward<'a>(
+            &self,
+            r: &'a $crate::families::torch_sim::TorchRun<'a>,
+            ids: &$crate::families::torch_sim::Pt,
+            labels: &$crate::families::torch_sim::Pt,
+            tape: &$crate::families::torch_tape::Tape<'a>,
+        ) -> std::result::Result<$crate::families::torch_sim::Pt, &'static str> {
+            $crate::families::torch_gemma::train_forward(r, ids, labels, tape, $gemma)
+        }
+    };
+}
+pub(super) use gemma_torch;
+
+/// How a Gemma's eager attention runs: one key/value head's expansion folded by copies, Gemma
+/// 2's scores soft-capped.
+fn eager(r: &TorchRun<'_>) -> Eager {
+    Eager {
+        expanded: expanded(r),
+        softcap: r.d.softcapping.attention,
+        ..Eager::default()
+    }
+}
+
+/// transformers runs Gemma 2 with eager attention only (sdpa cannot soft-cap the scores).
+fn attends(r: &TorchRun<'_>, gemma: Gemma) -> Result<(), &'static str> {
+    if gemma == Gemma::Two && !r.eager {
+        return Err(
+            "transformers runs Gemma 2 with eager attention only (sdpa cannot soft-cap its scores), and refuses sdpa; choose --attn eager",
+        );
+    }
+    Ok(())
+}
+
+/// Which Gemma.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Gemma {
+    /// No norms over the heads; one rotary table pair; soft-capping.
+    Two,
+    Three,
+}
 
 /// A layer whose type has no rotary tables (which the model's construction rules out).
 const NO_TABLES: &str = "a Gemma 3 layer's type has no rotary tables";
@@ -40,7 +109,7 @@ fn types(d: &Dims) -> (bool, bool) {
 /// norms, the MLP, the four norms), the final norm, the rotary buffers (`inv_freq` and
 /// `original_inv_freq`, f32, half a head, per layer type), then the head (tied: made and
 /// dropped; the classification head's `score` is never tied).
-pub(super) fn weights(d: &Dims, head: Head, dt: TDt) -> Option<Weights> {
+pub(super) fn weights(d: &Dims, head: Head, dt: TDt, gemma: Gemma) -> Option<Weights> {
     if head == Head::MaskedLm {
         return None;
     }
@@ -55,8 +124,10 @@ pub(super) fn weights(d: &Dims, head: Head, dt: TDt) -> Option<Weights> {
         w.linear((width, kv), bias, dt);
         w.linear((width, kv), bias, dt);
         w.linear((qw, width), bias, dt);
-        w.push(hd, dt);
-        w.push(hd, dt);
+        if gemma == Gemma::Three {
+            w.push(hd, dt);
+            w.push(hd, dt);
+        }
         w.linear((width, inter), false, dt);
         w.linear((width, inter), false, dt);
         w.linear((inter, width), false, dt);
@@ -66,7 +137,11 @@ pub(super) fn weights(d: &Dims, head: Head, dt: TDt) -> Option<Weights> {
     }
     w.push(width, dt);
     let (global, local) = types(d);
-    for _ in 0..(usize::from(global) + usize::from(local)) * 2 {
+    let tables = match gemma {
+        Gemma::Two => 1,
+        Gemma::Three => usize::from(global) + usize::from(local),
+    };
+    for _ in 0..tables * 2 {
         w.push(hd / 2, TDt::F32);
     }
     match head {
@@ -129,7 +204,7 @@ fn norm(r: &TorchRun<'_>, x: &Pt) -> Pt {
 
 /// One decoder layer (infer and grad) on `x`, with its layer type's mask (the rotations' tables
 /// are the model's); the layer's keys and values go to `cache`.
-fn layer(r: &TorchRun<'_>, x: &Pt, mask: Option<&Pt>, cache: &mut Vec<Pt>) -> Pt {
+fn layer(r: &TorchRun<'_>, x: &Pt, mask: Option<&Pt>, cache: &mut Vec<Pt>, gemma: Gemma) -> Pt {
     let (b, s, width) = (r.b, r.s, r.d.hidden);
     let (heads, kvh, hd) = (r.d.heads, r.d.kv_heads, r.d.head_dim());
     // `hidden_states, _ = self.self_attn(…)`: eager's weights are held to the layer's end.
@@ -141,16 +216,18 @@ fn layer(r: &TorchRun<'_>, x: &Pt, mask: Option<&Pt>, cache: &mut Vec<Pt>) -> Pt
             let q = normed.linear(heads * hd);
             let k = normed.linear(kvh * hd);
             let v = normed.linear(kvh * hd);
-            let q = {
-                let n = norm(r, &q.view(&[b, heads, s, hd]));
-                drop(q);
+            // Gemma 3's norms over each head (the projections go as they are normed).
+            let heads_of = |t: Pt, count: usize| {
+                let t4 = t.view(&[b, count, s, hd]);
+                if gemma == Gemma::Two {
+                    return t4;
+                }
+                let n = norm(r, &t4);
+                drop((t, t4));
                 n
             };
-            let k = {
-                let n = norm(r, &k.view(&[b, kvh, s, hd]));
-                drop(k);
-                n
-            };
+            let q = heads_of(q, heads);
+            let k = heads_of(k, kvh);
             // The rotations save cos and sin (kept by the model); q and k live until both are
             // rotated.
             let (query, key) = (rotate(&q), rotate(&k));
@@ -162,7 +239,7 @@ fn layer(r: &TorchRun<'_>, x: &Pt, mask: Option<&Pt>, cache: &mut Vec<Pt>) -> Pt
             let (context, weights) = match mask {
                 Some(mask) if r.eager => {
                     let (context, weights) =
-                        eager_attention(r, (&query, &keys, &values), mask, false);
+                        eager_attention(r, (&query, &keys, &values), mask, eager(r));
                     (context, Some(weights))
                 }
                 _ => (sdpa(r, (&query, &keys, &values), mask), None),
@@ -225,7 +302,7 @@ struct Shared {
 type Tables = (Pt, Pt);
 
 impl Shared {
-    fn new(r: &TorchRun<'_>, cache: &mut Vec<Pt>, with_cache: bool) -> Self {
+    fn new(r: &TorchRun<'_>, cache: &mut Vec<Pt>, with_cache: bool, gemma: Gemma) -> Self {
         let (sim, s, hd) = (r.sim, r.s, r.d.head_dim());
         // `DynamicCache(config)`: each local layer a `DynamicSlidingWindowLayer` holding its
         // window as an int64 scalar.
@@ -242,7 +319,14 @@ impl Shared {
         };
         let masks = [causal_mask(r, 0), causal_mask(r, r.d.sliding_window)];
         let (global, local) = types(r.d);
-        let tables = [global.then(|| rotary(r, hd)), local.then(|| rotary(r, hd))];
+        let tables = match gemma {
+            // One pair for every layer.
+            Gemma::Two => {
+                let tables = rotary(r, hd);
+                [Some(tables.clone()), Some(tables)]
+            }
+            Gemma::Three => [global.then(|| rotary(r, hd)), local.then(|| rotary(r, hd))],
+        };
         Self {
             masks,
             tables,
@@ -260,7 +344,8 @@ impl Shared {
 
 /// One forward of `Gemma3ForCausalLM` with a `DynamicCache` (infer and grad), any head but
 /// masked-LM. Returns the head's output and the cache.
-pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt) -> Result<Vec<Pt>, &'static str> {
+pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, gemma: Gemma) -> Result<Vec<Pt>, &'static str> {
+    attends(r, gemma)?;
     if r.head == Head::MaskedLm {
         return Err("decoders have no masked-LM head");
     }
@@ -272,7 +357,7 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt) -> Result<Vec<Pt>, &'static st
             let looked_up = ids.new(&[b, s, width], r.dt);
             looked_up.like()
         };
-        let shared = Shared::new(r, &mut cache, true);
+        let shared = Shared::new(r, &mut cache, true, gemma);
         for (cos, sin) in shared.tables.iter().flatten() {
             r.keep(cos);
             r.keep(sin);
@@ -280,7 +365,7 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt) -> Result<Vec<Pt>, &'static st
         let mut hidden = inputs_embeds.clone();
         for i in 0..r.d.layers {
             let (_, mask) = shared.of(r.d, i).ok_or(NO_TABLES)?;
-            hidden = layer(r, &hidden, mask, &mut cache);
+            hidden = layer(r, &hidden, mask, &mut cache, gemma);
         }
         let normed = norm(r, &hidden);
         drop((hidden, inputs_embeds, shared));
@@ -290,21 +375,27 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt) -> Result<Vec<Pt>, &'static st
 }
 
 /// `model.parameters()`'s order from the forward's (a training step's gradients): each layer's
-/// forward uses the input norm, q, k, v, the q and k norms, o, the post-attention and
+/// forward uses the input norm, q, k, v, (Gemma 3) the q and k norms, o, the post-attention and
 /// pre-feedforward norms, gate, up, down and the post-feedforward norm; its constructor
 /// registers the attention (q, k, v, o, the q and k norms), the MLP, then the four norms. (With
 /// biases on the attention the gradients are left in the forward's order.)
-pub(super) fn parameter_order(d: &Dims, grads: &mut [Pt]) {
-    const REGISTERED: [usize; 13] = [1, 2, 3, 6, 4, 5, 9, 10, 11, 0, 7, 8, 12];
+pub(super) fn parameter_order(d: &Dims, grads: &mut [Pt], gemma: Gemma) {
+    // Gemma 2 has no norms over the heads.
+    const THREE: [usize; 13] = [1, 2, 3, 6, 4, 5, 9, 10, 11, 0, 7, 8, 12];
+    const TWO: [usize; 11] = [1, 2, 3, 4, 7, 8, 9, 0, 5, 6, 10];
+    let registered: &[usize] = match gemma {
+        Gemma::Two => &TWO,
+        Gemma::Three => &THREE,
+    };
     if d.attention_bias {
         return;
     }
-    let Some(layers) = grads.get_mut(1..=REGISTERED.len() * d.layers) else {
+    let Some(layers) = grads.get_mut(1..=registered.len() * d.layers) else {
         return;
     };
-    for layer in layers.chunks_mut(REGISTERED.len()) {
+    for layer in layers.chunks_mut(registered.len()) {
         let used = layer.to_vec();
-        for (slot, &from) in layer.iter_mut().zip(&REGISTERED) {
+        for (slot, &from) in layer.iter_mut().zip(registered) {
             *slot = used[from].clone();
         }
     }
@@ -412,9 +503,9 @@ fn train_layer(
     r: &TorchRun<'_>,
     tape: &Tape<'_>,
     x: &Pt,
-    (cos, sin): (&Pt, &Pt),
-    mask: Option<&Pt>,
+    ((cos, sin), mask): ((&Pt, &Pt), Option<&Pt>),
     cache: &std::cell::RefCell<Vec<Pt>>,
+    gemma: Gemma,
 ) -> Pt {
     let (b, s, width) = (r.b, r.s, r.d.hidden);
     let (heads, kvh, hd) = (r.d.heads, r.d.kv_heads, r.d.head_dim());
@@ -438,10 +529,16 @@ fn train_layer(
                 v.view(&[b, kvh, s, hd])
             }
         };
-        let q = train_norm(tape, &q4);
-        drop(q4);
-        let k = train_norm(tape, &k4);
-        drop(k4);
+        let (q, k) = match gemma {
+            Gemma::Two => (q4, k4),
+            Gemma::Three => {
+                let q = train_norm(tape, &q4);
+                drop(q4);
+                let k = train_norm(tape, &k4);
+                drop(k4);
+                (q, k)
+            }
+        };
         let (query, key) = {
             let rotated_q = tt::rotate(tape, &q, cos, sin);
             let rotated_k = tt::rotate(tape, &k, cos, sin);
@@ -471,7 +568,7 @@ fn train_layer(
             match mask {
                 Some(mask) if r.eager => {
                     let (context, weights) =
-                        train_eager(tape, (&query, &keys, &values), mask, (false, expanded(r)));
+                        train_eager(tape, (&query, &keys, &values), mask, eager(r));
                     (context, Some(weights))
                 }
                 _ => {
@@ -529,7 +626,9 @@ pub(super) fn train_forward<'a>(
     ids: &Pt,
     labels: &Pt,
     tape: &Tape<'a>,
+    gemma: Gemma,
 ) -> Result<Pt, &'static str> {
+    attends(r, gemma)?;
     if r.head == Head::MaskedLm {
         return Err("decoders have no masked-LM head");
     }
@@ -548,7 +647,7 @@ pub(super) fn train_forward<'a>(
             tape.node(&scaled, vec![Tape::grad_of(&looked_up)], &[]);
             scaled
         };
-        let shared = Shared::new(r, &mut cache.borrow_mut(), !tape.checkpointing());
+        let shared = Shared::new(r, &mut cache.borrow_mut(), !tape.checkpointing(), gemma);
         let mut hidden = inputs_embeds.clone();
         for i in 0..r.d.layers {
             let ((cos, sin), mask) = shared.of(r.d, i).ok_or(NO_TABLES)?;
@@ -560,7 +659,7 @@ pub(super) fn train_forward<'a>(
                 &hidden,
                 Box::new(move |t| {
                     let _kept = &ids;
-                    train_layer(r, t, &input, (&cos, &sin), mask.as_ref(), &cache)
+                    train_layer(r, t, &input, ((&cos, &sin), mask.as_ref()), &cache, gemma)
                 }),
             );
         }

@@ -242,6 +242,52 @@ pub(super) fn causal_mask(r: &TorchRun<'_>, window: usize) -> Option<Pt> {
     Some(mask)
 }
 
+/// How the decoders' eager attention runs, beside its inputs.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Eager {
+    /// The query is heads-major in memory (Phi-3's concatenation): folding it is a view.
+    pub heads_major: bool,
+    /// The keys and values are one head's expansion (stride 0): folding them copies.
+    pub expanded: bool,
+    /// Gemma 2 soft-caps the scores.
+    pub softcap: bool,
+}
+
+/// `tanh(x / cap) * cap` (infer and grad): each division and product by a Python number makes
+/// its wrapped scalar (saved) and output; `tanh` saves its output. `x` goes once divided.
+pub(super) fn softcap(r: &TorchRun<'_>, x: Pt) -> Pt {
+    let divided = super::torch_sim::scale(r, &x);
+    drop(x);
+    let capped = divided.like();
+    r.keep(&capped);
+    drop(divided);
+    let out = super::torch_sim::scale(r, &capped);
+    drop(capped);
+    out
+}
+
+/// `tanh(x / cap) * cap` with autograd: the division and the product each save their wrapped
+/// scalar (cast to x's type while they run), `tanh` its output; each backward makes a gradient like its input. `x` goes once
+/// divided.
+pub(super) fn train_softcap(tape: &Tape<'_>, x: Pt) -> Pt {
+    let by_number = |t: &Pt| {
+        let number = t.wrapped_number(TDt::I64);
+        // The number cast to t's type while the op runs.
+        let cast = t.wrapped_number(t.dt);
+        let y = t.like();
+        drop(cast);
+        tape.node(&y, vec![Tape::grad_of(t)], &[&number]);
+        y
+    };
+    let divided = by_number(&x);
+    drop(x);
+    let capped = tt::unary(tape, &divided, true);
+    drop(divided);
+    let out = by_number(&capped);
+    drop(capped);
+    out
+}
+
 /// Whether the keys and values `repeat_kv` hands the attention are one key/value head's
 /// expansion to every head (a view with stride 0).
 pub(super) fn expanded(r: &TorchRun<'_>) -> bool {
@@ -314,8 +360,9 @@ pub(super) fn eager_attention(
     r: &TorchRun<'_>,
     (query, keys, values): (&Pt, &Pt, &Pt),
     mask: &Pt,
-    heads_major: bool,
+    how: Eager,
 ) -> (Pt, Pt) {
+    let heads_major = how.heads_major;
     let (b, s, heads, hd) = (r.b, r.s, r.d.heads, r.d.head_dim());
     let (keys, values) = repeat_kv(r, (keys, values), true);
     // Folding (b, heads) for `bmm` copies the keys and values when they are one head's
@@ -341,6 +388,13 @@ pub(super) fn eager_attention(
     };
     let scaled = super::torch_sim::scale(r, &scores);
     drop(scores);
+    // Gemma 2's soft-capping: `/ cap` and `* cap` (each a wrapped number, saved), `tanh`
+    // between them (saving its output).
+    let scaled = if how.softcap {
+        softcap(r, scaled)
+    } else {
+        scaled
+    };
     let masked = scaled.like();
     drop((scaled, mask.clone()));
     // `softmax(dtype=float32)` casts a bf16/f16 input to f32 first.
@@ -446,8 +500,15 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
                     cache.push(values.clone());
                     let (context, weights) = match &mask {
                         Some(mask) if r.eager => {
-                            let (context, weights) =
-                                eager_attention(r, (&query, &keys, &values), mask, shape.fused());
+                            let (context, weights) = eager_attention(
+                                r,
+                                (&query, &keys, &values),
+                                mask,
+                                Eager {
+                                    heads_major: shape.fused(),
+                                    ..Eager::default()
+                                },
+                            );
                             (context, Some(weights))
                         }
                         _ => {
@@ -553,6 +614,12 @@ pub(super) fn head_outputs(r: &TorchRun<'_>, ids: &Pt, normed: Pt, cache: Vec<Pt
         return outputs;
     }
     let logits = normed.linear(r.d.vocab);
+    // Gemma 2 soft-caps the logits (the last hidden state still held).
+    let logits = if r.d.softcapping.logits {
+        softcap(r, logits)
+    } else {
+        logits
+    };
     drop(normed);
     let mut outputs = vec![logits];
     outputs.extend(cache);
@@ -664,6 +731,11 @@ pub(super) fn train_head<C>(
         return out;
     }
     let logits = tt::linear_mm(tape, &normed, r.d.vocab);
+    let logits = if r.d.softcapping.logits {
+        train_softcap(tape, logits)
+    } else {
+        logits
+    };
     if r.eval {
         drop((normed, cache));
         return logits;
@@ -696,8 +768,13 @@ pub(super) fn train_eager(
     tape: &Tape<'_>,
     (query, keys, values): (&Pt, &Pt, &Pt),
     mask: &Pt,
-    (heads_major, expanded): (bool, bool),
+    how: Eager,
 ) -> (Pt, Pt) {
+    let Eager {
+        heads_major,
+        expanded,
+        ..
+    } = how;
     let (b, heads, s, hd) = (query.dims[0], query.dims[1], query.dims[2], query.dims[3]);
     let rows = b * heads;
     // Keys and values that are one head's expansion (stride 0) are copied for `bmm` at batch
@@ -727,6 +804,11 @@ pub(super) fn train_eager(
         y
     };
     drop(scores);
+    let scaled = if how.softcap {
+        train_softcap(tape, scaled)
+    } else {
+        scaled
+    };
     let masked = if scaled.dt == mask.dt {
         let y = scaled.like();
         tape.node(&y, vec![Edge::Pass(scaled.gid())], &[]);
@@ -901,7 +983,11 @@ fn train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt, layer: &Layer<'_>, sha
                         tape,
                         (&query, &keys, &values),
                         mask,
-                        (shape.fused(), expanded(r)),
+                        Eager {
+                            heads_major: shape.fused(),
+                            expanded: expanded(r),
+                            softcap: false,
+                        },
                     );
                     (context, Some(weights))
                 }

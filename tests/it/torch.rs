@@ -730,6 +730,8 @@ fn the_pytorch_estimator_pins_the_batch_slope_to_the_byte() {
         // window: both masks), one key/value head (repeat_kv's view, folded by copies).
         (("tiny-gemma3", "24", "bf16", "eager", "grad"), &[][..]),
         (("tiny-gemma3", "8", "amp-bf16", "sdpa", "infer"), &[][..]),
+        // Gemma 2 (eager only): the scores' and the logits' soft-capping.
+        (("tiny-gemma2", "12", "bf16", "eager", "grad"), &[][..]),
     ]);
     for (case, extra) in heads {
         let (model, seq, dtype, attn, workload) = case;
@@ -916,6 +918,11 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
         // Gemma 3: the optimizer walks its constructor's order; eager past the local window.
         (("tiny-gemma3", "24", "f32", "sdpa", "train"), "1,3", &[]),
         (("tiny-gemma3", "24", "bf16", "eager", "train"), "2,3", ckpt),
+        (
+            ("tiny-gemma2", "12", "amp-bf16", "eager", "train"),
+            "1,3",
+            &[],
+        ),
     ];
     for (case, batches, extra) in cases {
         let points = estimate_checked_with(&python, case, batches, extra);
