@@ -171,6 +171,14 @@ pub enum Attn {
 
 words!(Attn, "attention", { Sdpa => "sdpa", Eager => "eager" });
 
+impl Attn {
+    /// transformers' default: sdpa where the model supports it, else eager.
+    #[must_use]
+    pub fn default_for(sdpa: bool) -> Self {
+        if sdpa { Self::Sdpa } else { Self::Eager }
+    }
+}
+
 /// The optimizer of a training step.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -45,7 +45,7 @@ pub struct EstimateArgs {
     /// With --runtime torch: the model's head (default as the torch runtime's sweep picks it).
     #[arg(long, help_heading = "PyTorch runtime")]
     pub task: Option<crate::plan::Task>,
-    /// With --runtime torch: sdpa (default) or eager attention.
+    /// With --runtime torch: sdpa (the default where transformers runs it; Gemma 2: eager) or eager attention.
     #[arg(long, help_heading = "PyTorch runtime")]
     pub attn: Option<crate::plan::Attn>,
     /// With --runtime torch --workload train: adamw (the default) or sgd (momentum 0.9).

@@ -166,7 +166,6 @@ fn device(args: &EstimateArgs) -> Result<TorchDevice, CliError> {
 pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
     let threads = args.what.threads.unwrap_or_else(defaults::threads).max(1);
     let workload = args.workload.unwrap_or(Workload::Infer);
-    let attn = args.attn.unwrap_or(Attn::Sdpa);
     let points = points(args, false)?;
     let capacity = args.what.capacity.or(args.what.gpu.map(|g| g.total_bytes));
     let device = device(args)?;
@@ -176,6 +175,9 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
     let mut rows = Vec::new();
     let (mut python, mut probed) = (args.python.clone(), false);
     for (spec, batch, seq, dtype) in &points {
+        let attn = args
+            .attn
+            .unwrap_or_else(|| Attn::default_for(spec.family.room().torch_sdpa()));
         let task = args
             .task
             .unwrap_or_else(|| Task::default_for(workload, spec.family.room().is_decoder()));
@@ -361,7 +363,7 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
         "PyTorch · {} · task {}, attention {}{optimizer} · estimated by oomlab's PyTorch estimator from the model's dims ({arm})",
         workload.describe(),
         rows.first().map_or(Task::Base, |p| p.task),
-        attn
+        rows.first().map_or(Attn::Sdpa, |p| p.attn)
     );
     Ok(())
 }

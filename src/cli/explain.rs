@@ -174,7 +174,7 @@ fn torch_batches(
     use crate::plan::{Attn, Task, Workload};
     let threads = crate::plan::defaults::threads();
     let task = Task::default_for(Workload::Infer, spec.family.room().is_decoder());
-    let attn = Attn::Sdpa;
+    let attn = Attn::default_for(spec.family.room().torch_sdpa());
     let how = |w| crate::estimate::torch::How::new(w, task, attn);
     let one = |w| crate::estimate::torch::estimate(spec, 1, seq, dtype, how(w), threads);
     let largest = |w| {

@@ -86,6 +86,9 @@ impl Room for Gemma2 {
         simulated(r, &inputs[0])
     }
     torch_gemma::gemma_torch!(Gemma::Two);
+    fn torch_sdpa(&self) -> bool {
+        false
+    }
 }
 
 prefill_decoder!(gemma2::Model);

@@ -189,6 +189,11 @@ pub trait Room: Sync {
     ) -> Result<Vec<torch_sim::Pt>, &'static str> {
         Err("its PyTorch forward is not modelled yet")
     }
+    /// PyTorch: whether transformers runs this family with sdpa (Gemma 2's soft-capping keeps
+    /// it to eager attention); the estimator's default attention follows.
+    fn torch_sdpa(&self) -> bool {
+        true
+    }
     /// PyTorch: puts a training step's parameter gradients, found in the order the forward
     /// first uses each parameter, in `model.parameters()`'s order, which the optimizer walks,
     /// where the two differ in a way that moves the step's peak (by default they are left).

@@ -416,6 +416,64 @@ fn estimate_refuses_bad_input_naming_the_flag() {
     }
 }
 
+/// transformers runs Gemma 2 with eager attention only: the PyTorch estimate defaults to eager
+/// for it (and says so), refuses sdpa naming `--attn eager`, and explain's PyTorch figures use
+/// eager rather than falling back to candle's.
+#[test]
+fn gemma2s_pytorch_estimate_defaults_to_eager_attention() {
+    let cache = TempDir::new("est-gemma2");
+    let out = oomlab(
+        &cache,
+        &[
+            "estimate",
+            "--runtime",
+            "torch",
+            "-m",
+            "tiny-gemma2",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let points = json_lines(&out);
+    assert_eq!(points[0]["attn"], "eager", "{points:?}");
+    let out = oomlab(
+        &cache,
+        &[
+            "estimate",
+            "--runtime",
+            "torch",
+            "-m",
+            "tiny-gemma2",
+            "--attn",
+            "sdpa",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("choose --attn eager"), "{err}");
+    let out = oomlab(
+        &cache,
+        &[
+            "explain",
+            "--model",
+            "tiny-gemma2",
+            "CUDA out of memory. Tried to allocate 2.00 MiB (GPU 0; 15.00 MiB total capacity; 9.00 MiB already allocated; 1.00 MiB free; 10.00 MiB reserved in total by PyTorch)",
+        ],
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("eager attention"), "{said}");
+    assert!(said.contains("by oomlab's PyTorch estimate"), "{said}");
+}
+
 /// Configs the tiny ones do not cover: a vocabulary that dominates the head (qwen2's head runs
 /// on a strided view, so candle broadcasts its weight; in bf16 the widened copy is the weight's
 /// storage, not the broadcast view's), wider heads, a Qwen3 without attention biases, with its
