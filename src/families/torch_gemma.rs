@@ -16,8 +16,8 @@
 
 use super::Dims;
 use super::torch_llama::{
-    Eager, causal_mask, eager_attention, expanded, head_outputs, repeats_kv, rotary, rotate, sdpa,
-    train_eager, train_head, train_repeat_kv,
+    Eager, causal_mask, eager_attention, expanded, gated_mlp, head_outputs, repeats_kv, rotary,
+    rotate, sdpa, train_cache_update, train_eager, train_gated_mlp, train_head, train_repeat_kv,
 };
 use super::torch_sim::{Head, NUM_LABELS, Pt, TDt, TorchRun, Weights};
 use super::torch_tape::{self as tt, Edge, Tape};
@@ -262,22 +262,9 @@ fn layer(r: &TorchRun<'_>, x: &Pt, mask: Option<&Pt>, cache: &mut Vec<Pt>, gemma
     let mlp = {
         let normed = norm(r, &hidden);
         r.keep(&normed);
-        // gelu saves its input; the product both factors; down its input.
-        let gated = {
-            let gate = normed.linear(r.d.intermediate);
-            r.keep(&gate);
-            gate.like()
-        };
-        let product = {
-            let up = normed.linear(r.d.intermediate);
-            r.keep(&gated);
-            r.keep(&up);
-            gated.like()
-        };
-        r.keep(&product);
-        drop(gated);
-        let down = product.linear(width);
-        drop((product, normed));
+        // gelu-tanh's gate.
+        let down = gated_mlp(r, &normed);
+        drop(normed);
         down
     };
     let post = norm(r, &mlp);
@@ -401,69 +388,16 @@ pub(super) fn parameter_order(d: &Dims, grads: &mut [Pt], gemma: Gemma) {
     }
 }
 
-/// `Gemma3RMSNorm` with autograd: as [`tt::rms_norm`] up to the scaled f32 input (`pow`
-/// saving its input, `rsqrt` its output, the product both; the mean and its shift are
-/// temporaries here), then `1 + weight.float()` (for a weight not f32, a cast whose backward
+/// `Gemma3RMSNorm` with autograd: [`tt::rms_scaled`] in Gemma's style up to the scaled f32
+/// input, then `1 + weight.float()` (for a weight not f32, a cast whose backward
 /// makes the parameter's gradient; else the parameter's gradient comes straight from the
 /// product's reduction), the product (saving both; its backward makes the scaled input's
 /// gradient and, over a full-size f32 product, the reduced one of `1 + w`), then `type_as(x)`.
 fn train_norm(tape: &Tape<'_>, x: &Pt) -> Pt {
     let h = x.dims[x.dims.len() - 1];
-    let mut rows = x.dims.clone();
-    *rows.last_mut().unwrap_or(&mut 0) = 1;
     let full = |t: &Pt| t.elems() as u64 * t.dt.size();
     let number = |t: &Pt| (t.wrapped_number(TDt::I64), t.wrapped_number(TDt::F32));
-    let scaled = {
-        let x32 = tape.cast(x, TDt::F32);
-        let inv = {
-            let variance = {
-                let squared = x32.like();
-                tape.node(
-                    &squared,
-                    vec![
-                        Edge::Work(full(&x32)),
-                        Edge::Work(full(&x32)),
-                        Tape::grad_of(&x32),
-                    ],
-                    &[&x32],
-                );
-                let mean = x32.new(&rows, TDt::F32);
-                tape.node(&mean, vec![Tape::grad_of(&squared)], &[]);
-                drop(number(&mean));
-                mean
-            };
-            let shifted = {
-                let _eps = number(&variance);
-                let shifted = variance.like();
-                tape.node(&shifted, vec![Edge::Pass(variance.gid())], &[]);
-                shifted
-            };
-            drop(variance);
-            let inv = shifted.like();
-            let row_bytes = full(&shifted);
-            tape.node(
-                &inv,
-                vec![
-                    Edge::Work(row_bytes),
-                    Edge::Work(row_bytes),
-                    Tape::grad_of(&shifted),
-                ],
-                &[&inv],
-            );
-            inv
-        };
-        let scaled = x32.like();
-        tape.node(
-            &scaled,
-            vec![
-                Tape::grad_of(&x32),
-                Edge::Work(full(&x32)),
-                Edge::Reduced(Box::new(Tape::grad_of(&inv))),
-            ],
-            &[&x32, &inv],
-        );
-        scaled
-    };
+    let (scaled, _) = tt::rms_scaled(tape, x, tt::RmsStyle::Gemma);
     // The weight is f32 under autocast.
     let weight_dt = if tape.autocast_on() { TDt::F32 } else { x.dt };
     let (scale, scale_grad) = {
@@ -545,17 +479,7 @@ fn train_layer(
             drop((q, k));
             (rotated_q, rotated_k)
         };
-        let (keys, values) = if tape.checkpointing() {
-            (key.clone(), value.clone())
-        } else {
-            let keys = key.like();
-            tape.node(&keys, vec![Edge::Pass(key.gid())], &[]);
-            let values = value.like();
-            tape.node(&values, vec![Edge::Pass(value.gid())], &[]);
-            cache.borrow_mut().extend([keys.clone(), values.clone()]);
-            (keys, values)
-        };
-        drop((key, value));
+        let (keys, values) = train_cache_update(tape, (key, value), cache);
         let (context, weights) = {
             let (keys, values) = if repeats_kv(r, mask.is_some()) {
                 (
@@ -599,14 +523,8 @@ fn train_layer(
     };
     let mlp = {
         let normed = train_norm(tape, &hidden);
-        let gate = tt::linear_mm(tape, &normed, r.d.intermediate);
-        let act = tt::unary(tape, &gate, false);
-        drop(gate);
-        let up = tt::linear_mm(tape, &normed, r.d.intermediate);
-        let product = tt::mul(tape, &act, &up);
-        drop((act, up));
-        let down = tt::linear_mm(tape, &product, width);
-        drop((product, normed));
+        let down = train_gated_mlp(r, tape, &normed);
+        drop(normed);
         down
     };
     let post = train_norm(tape, &mlp);

@@ -554,23 +554,7 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
                     drop((product, gate_up));
                     down
                 } else {
-                    // silu saves its input; the product both factors; down its input.
-                    let gated = {
-                        let gate = normed.linear(r.d.intermediate);
-                        r.keep(&gate);
-                        gate.like()
-                    };
-                    let product = {
-                        let up = normed.linear(r.d.intermediate);
-                        r.keep(&gated);
-                        r.keep(&up);
-                        gated.like()
-                    };
-                    r.keep(&product);
-                    drop(gated);
-                    let down = product.linear(width);
-                    drop(product);
-                    down
+                    gated_mlp(r, &normed)
                 };
                 drop(normed);
                 let sum = hidden.like();
@@ -585,6 +569,62 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
         normed
     };
     Ok(head_outputs(r, ids, normed, cache))
+}
+
+/// The gated MLP (infer and grad) on the normed input, `down(act(gate(x)) * up(x))`: the
+/// activation saves its input, the product both factors, down its input; the product goes as
+/// the MLP returns.
+pub(super) fn gated_mlp(r: &TorchRun<'_>, normed: &Pt) -> Pt {
+    let gated = {
+        let gate = normed.linear(r.d.intermediate);
+        r.keep(&gate);
+        gate.like()
+    };
+    let product = {
+        let up = normed.linear(r.d.intermediate);
+        r.keep(&gated);
+        r.keep(&up);
+        gated.like()
+    };
+    r.keep(&product);
+    drop(gated);
+    let down = product.linear(r.d.hidden);
+    drop(product);
+    down
+}
+
+/// [`gated_mlp`] with autograd on the tape.
+pub(super) fn train_gated_mlp(r: &TorchRun<'_>, tape: &Tape<'_>, normed: &Pt) -> Pt {
+    let gate = tt::linear_mm(tape, normed, r.d.intermediate);
+    let act = tt::unary(tape, &gate, false);
+    drop(gate);
+    let up = tt::linear_mm(tape, normed, r.d.intermediate);
+    let product = tt::mul(tape, &act, &up);
+    drop((act, up));
+    let down = tt::linear_mm(tape, &product, r.d.hidden);
+    drop(product);
+    down
+}
+
+/// `DynamicCache.update` with autograd: the new keys and values concatenated onto the empty
+/// past (copies whose gradients pass back), which the cache keeps; without the cache
+/// (checkpointing turns it off) the attention takes them as they are. The rotated key and the
+/// value go as the update returns.
+pub(super) fn train_cache_update(
+    tape: &Tape<'_>,
+    (key, value): (Pt, Pt),
+    cache: &std::cell::RefCell<Vec<Pt>>,
+) -> (Pt, Pt) {
+    if tape.checkpointing() {
+        return (key, value);
+    }
+    let keys = key.like();
+    tape.node(&keys, vec![Edge::Pass(key.gid())], &[]);
+    let values = value.like();
+    tape.node(&values, vec![Edge::Pass(value.gid())], &[]);
+    cache.borrow_mut().extend([keys.clone(), values.clone()]);
+    drop((key, value));
+    (keys, values)
 }
 
 /// The head on the final norm's output (infer and grad), then the model's outputs with the
@@ -949,22 +989,7 @@ fn train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt, layer: &Layer<'_>, sha
             drop((q4, k4));
             (rotated_q, rotated_k)
         };
-        // DynamicCache.update concatenates onto the empty past (copies); without the cache
-        // (checkpointing turns it off) the kernel takes them as they are.
-        let (keys, values) = if tape.checkpointing() {
-            (key.clone(), value.clone())
-        } else {
-            let keys = key.like();
-            tape.node(&keys, vec![Edge::Pass(key.gid())], &[]);
-            let values = value.like();
-            tape.node(&values, vec![Edge::Pass(value.gid())], &[]);
-            layer
-                .cache
-                .borrow_mut()
-                .extend([keys.clone(), values.clone()]);
-            (keys, values)
-        };
-        drop((key, value));
+        let (keys, values) = train_cache_update(tape, (key, value), layer.cache);
         // `repeat_kv` ([`repeats_kv`]) copies the keys and values out to every head (the
         // backward sums the copies' gradients back); the copies go as the attention function
         // returns.
@@ -1049,14 +1074,8 @@ fn train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt, layer: &Layer<'_>, sha
             drop((hidden, down));
             return out;
         }
-        let gate = tt::linear_mm(tape, &normed, r.d.intermediate);
-        let act = tt::unary(tape, &gate, false);
-        drop(gate);
-        let up = tt::linear_mm(tape, &normed, r.d.intermediate);
-        let product = tt::mul(tape, &act, &up);
-        drop((act, up));
-        let down = tt::linear_mm(tape, &product, width);
-        drop((product, normed));
+        let down = train_gated_mlp(r, tape, &normed);
+        drop(normed);
         down
     };
     let out = tt::add(tape, &hidden, &mlp);

@@ -943,17 +943,25 @@ pub fn mul(tape: &Tape<'_>, a: &Pt, b: &Pt) -> Pt {
     y
 }
 
-/// `LlamaRMSNorm` with autograd: upcast to f32 (a cast unless f32), `pow(2)` (saving its input),
-/// `mean`, `+ eps`, `rsqrt` (saving its output), the scaling multiply (saving both), the cast
-/// back, the weight's multiply (saving the scaled input). Each backward as PyTorch's formulas
-/// run: `pow` and `rsqrt` hold two temporaries; a broadcast operand's gradient is made full,
-/// then reduced (`sum_to`).
-#[must_use]
-pub fn rms_norm(tape: &Tape<'_>, x: &Pt) -> Pt {
-    let h = x.dims[x.dims.len() - 1];
+/// How a decoder's RMS norm holds its pieces: Llama's keeps the variance in a local to the
+/// norm's end; Gemma's `_norm` is one expression (the mean and its shift go at once), and its
+/// Python numbers (the mean's count, eps) are wrapped scalars cast to f32 while their ops run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RmsStyle {
+    Llama,
+    Gemma,
+}
+
+/// An RMS norm up to the scaled f32 input, with autograd: `x.float()` (a cast unless f32),
+/// `pow(2)` (saving its input), `mean`, `+ eps`, `rsqrt` (saving its output), the scaling
+/// multiply (saving both). Returns the scaled input and, in Llama's style, the variance, which
+/// the caller holds to the norm's end.
+pub fn rms_scaled(tape: &Tape<'_>, x: &Pt, style: RmsStyle) -> (Pt, Option<Pt>) {
+    let gemma = style == RmsStyle::Gemma;
     let mut rows = x.dims.clone();
     *rows.last_mut().unwrap_or(&mut 0) = 1;
     let full = |t: &Pt| t.elems() as u64 * t.dt.size();
+    let number = |t: &Pt| (t.wrapped_number(TDt::I64), t.wrapped_number(TDt::F32));
     let x32 = tape.cast(x, TDt::F32);
     let variance = {
         let squared = x32.like();
@@ -968,11 +976,19 @@ pub fn rms_norm(tape: &Tape<'_>, x: &Pt) -> Pt {
         );
         let mean = x32.new(&rows, TDt::F32);
         tape.node(&mean, vec![Tape::grad_of(&squared)], &[]);
+        if gemma {
+            drop(number(&mean));
+        }
         mean
     };
-    let inv = {
-        let shifted = variance.like();
-        tape.node(&shifted, vec![Edge::Pass(variance.gid())], &[]);
+    let (inv, variance) = {
+        let shifted = {
+            let _eps = gemma.then(|| number(&variance));
+            let shifted = variance.like();
+            tape.node(&shifted, vec![Edge::Pass(variance.gid())], &[]);
+            shifted
+        };
+        let variance = (!gemma).then_some(variance);
         let inv = shifted.like();
         let row_bytes = full(&shifted);
         tape.node(
@@ -984,7 +1000,7 @@ pub fn rms_norm(tape: &Tape<'_>, x: &Pt) -> Pt {
             ],
             &[&inv],
         );
-        inv
+        (inv, variance)
     };
     let scaled = x32.like();
     tape.node(
@@ -997,6 +1013,19 @@ pub fn rms_norm(tape: &Tape<'_>, x: &Pt) -> Pt {
         &[&x32, &inv],
     );
     drop((x32, inv));
+    (scaled, variance)
+}
+
+/// `LlamaRMSNorm` with autograd: upcast to f32 (a cast unless f32), `pow(2)` (saving its input),
+/// `mean`, `+ eps`, `rsqrt` (saving its output), the scaling multiply (saving both), the cast
+/// back, the weight's multiply (saving the scaled input). Each backward as PyTorch's formulas
+/// run: `pow` and `rsqrt` hold two temporaries; a broadcast operand's gradient is made full,
+/// then reduced (`sum_to`).
+#[must_use]
+pub fn rms_norm(tape: &Tape<'_>, x: &Pt) -> Pt {
+    let h = x.dims[x.dims.len() - 1];
+    let full = |t: &Pt| t.elems() as u64 * t.dt.size();
+    let (scaled, variance) = rms_scaled(tape, x, RmsStyle::Llama);
     // `weight * hidden.to(input_dtype)`: the f32 `hidden` lives until the norm returns.
     let back = tape.cast(&scaled, x.dt);
     // The weight is f32 under autocast: a low-precision input meets it in f32 (a widened copy
