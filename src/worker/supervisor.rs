@@ -17,6 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// The oneDNN instruction set the PyTorch worker's CPU trials are held to (see `spawn`).
+pub const ONEDNN_ISA: (&str, &str) = ("ONEDNN_MAX_CPU_ISA", "AVX2");
+
 /// How to start workers.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -270,6 +273,14 @@ impl Supervisor {
                     .env("PYTHONUNBUFFERED", "1")
                     .env("HF_HUB_OFFLINE", "1")
                     .env("TOKENIZERS_PARALLELISM", "false");
+                // A CPU trial counts the same tensors on every x86 CPU: on one with AVX-512
+                // (and AMX), oneDNN runs bf16 matmuls with a scratchpad booked per call and
+                // sized by that CPU's caches (up to a sixth of a tiny model's forward, 0.05% of
+                // SmolLM2-135M's), a CPU artefact no GPU has and the estimator cannot follow.
+                // Held to AVX2, every x86 CPU takes the same path, one without it.
+                if cfg!(target_arch = "x86_64") && matches!(device, Device::Cpu { .. }) {
+                    cmd.env(ONEDNN_ISA.0, ONEDNN_ISA.1);
+                }
                 cmd
             }
         };
