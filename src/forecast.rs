@@ -86,7 +86,7 @@ pub fn curve_trials(
         Runtime::Torch if !matches!(plan.device, Device::Cpu { .. }) => return None,
         Runtime::Torch => Some(crate::estimate::torch::How::of_curve(
             plan,
-            spec.family.room().is_decoder(),
+            spec.family,
             curve.checkpointing,
         )),
     };

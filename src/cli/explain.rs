@@ -120,7 +120,12 @@ fn largest_batch(
     let dtype = dtype.unwrap_or(crate::plan::defaults::DTYPES[0]);
     let seq = seq.unwrap_or(crate::plan::defaults::SEQ.min(spec.dims.max_positions));
     crate::plan::check_seq(&spec, seq)?;
-    crate::plan::check_dtype(&spec, dtype)?;
+    // A config candle cannot run (a Gemma 3 with several key/value heads) gets PyTorch's
+    // figures alone; candle's estimate is then no fallback.
+    let candle_refuses = spec.family.room().candle_refuses(&spec.dims);
+    if !(torch && candle_refuses.is_some()) {
+        crate::plan::check_dtype(&spec, dtype)?;
+    }
     let worker = WorkerConfig::current().map_err(CliError::from)?;
     let (rt, source) = crate::calibrate::runtime(
         crate::plan::defaults::threads(),
@@ -157,6 +162,9 @@ fn largest_batch(
     }
     match torch_batches(&spec, seq, dtype, capacity) {
         Ok(t) => Ok(lb.with_torch(t)),
+        Err(why) if candle_refuses.is_some() => {
+            Err(CliError::usage(format!("{}: {why}", spec.name)))
+        }
         Err(why) => {
             eprintln!("oomlab: {why}; the batch below is candle's estimate");
             Ok(lb)

@@ -416,6 +416,7 @@ impl Progress {
                 journal,
                 plan,
                 model_name,
+                family,
                 resumed_trials,
                 contents,
             } => {
@@ -432,7 +433,7 @@ impl Progress {
                         if plan.uses_torch() {
                             format!(
                                 "; PyTorch: attention {}{}",
-                                plan.torch.attn,
+                                plan.torch_attn(*family),
                                 if plan.workload == Workload::Train {
                                     format!(", optimizer {}", plan.torch.optimizer)
                                 } else {

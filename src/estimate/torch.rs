@@ -136,6 +136,10 @@ pub enum NotModelled {
         "transformers has no masked-LM head for {family} (a decoder: the torch runtime cannot load one either); choose causal-lm, sequence-classification or base in --task"
     )]
     NoMaskedLm { family: String },
+    #[error(
+        "transformers runs {family} with eager attention only (its attention soft-caps the scores, which sdpa cannot), and refuses sdpa; choose --attn eager"
+    )]
+    NoSdpa { family: String },
 }
 
 /// The families whose PyTorch forward is modelled.
@@ -188,11 +192,19 @@ pub struct How {
 impl How {
     /// What a sweep plan's torch curve runs (its checkpointing is the curve's).
     #[must_use]
-    pub fn of_curve(plan: &crate::plan::SweepPlan, decoder: bool, checkpointing: bool) -> Self {
+    pub fn of_curve(
+        plan: &crate::plan::SweepPlan,
+        family: crate::families::Family,
+        checkpointing: bool,
+    ) -> Self {
         Self {
             optimizer: plan.torch.optimizer,
             checkpointing,
-            ..Self::new(plan.workload, plan.torch_task(decoder), plan.torch.attn)
+            ..Self::new(
+                plan.workload,
+                plan.torch_task(family.is_decoder()),
+                plan.torch_attn(family),
+            )
         }
     }
 
@@ -243,6 +255,11 @@ pub fn estimate(
     let room = spec.family.room();
     if room.is_decoder() && task == Task::MaskedLm {
         return Err(NotModelled::NoMaskedLm {
+            family: room.name().to_string(),
+        });
+    }
+    if attn == Attn::Sdpa && !room.torch_sdpa() {
+        return Err(NotModelled::NoSdpa {
             family: room.name().to_string(),
         });
     }

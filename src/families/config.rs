@@ -52,6 +52,20 @@ pub fn bool_field(v: &Value, name: &str) -> Result<bool, ConfigError> {
     }
 }
 
+/// Refuses a flag the family's models do not follow when it is true (`what`: what it adds, and
+/// that it is not modelled); absent, null or false pass. A config that sets it would otherwise
+/// be read without what it adds: a silently smaller number.
+pub fn refuse_true(v: &Value, name: &str, what: &str) -> Result<(), ConfigError> {
+    match v.get(name) {
+        None | Some(Value::Null | Value::Bool(false)) => Ok(()),
+        Some(Value::Bool(true)) => Err(format!(
+            "field \"{name}\" is true ({what}); oomlab reads such configs with it false or absent"
+        )
+        .into()),
+        Some(x) => Err(format!("field \"{name}\" must be true or false, found {x}").into()),
+    }
+}
+
 /// Whether a dropout probability is on (above 0); absent or null: `default`.
 pub fn dropout_field(v: &Value, name: &str, default: bool) -> Result<bool, ConfigError> {
     match v.get(name) {

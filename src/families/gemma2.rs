@@ -6,7 +6,7 @@
 #![allow(clippy::many_single_char_names)]
 
 use super::candle::{candle_config, prefill_decoder};
-use super::config::{field, opt_field};
+use super::config::{field, opt_field, refuse_true};
 use super::llama::self_attn_tensors;
 use super::ops::{
     Run, causal_mask, embedding, gated_mlp, gemma_norm, linear, repeat_kv, rotary_tables, softcap,
@@ -30,6 +30,12 @@ impl Room for Gemma2 {
     }
     fn dims(&self, v: &Value) -> std::result::Result<Dims, ConfigError> {
         let heads = field(v, "num_attention_heads")?;
+        // Read as false below; Google's Gemma 2 checkpoints have none.
+        refuse_true(
+            v,
+            "attention_bias",
+            "biases on the attention projections, which oomlab does not model for Gemma 2",
+        )?;
         Ok(Dims {
             layers: field(v, "num_hidden_layers")?,
             hidden: field(v, "hidden_size")?,
@@ -94,7 +100,7 @@ impl Room for Gemma2 {
 prefill_decoder!(gemma2::Model);
 
 /// The tensors of candle's Gemma 2 and Gemma 3: `qk_norm` for Gemma 3's per-head query and key
-/// norms; biases on the projections where `attention_bias` says so (never in Gemma 2's dims);
+/// norms; biases on the projections where `attention_bias` says so (Gemma 2 refuses them);
 /// four norms per layer; the head tied to the embeddings.
 pub(super) fn gemma_tensors(d: &Dims, qk_norm: bool) -> Vec<TensorShape> {
     let (h, i) = (d.hidden, d.intermediate);

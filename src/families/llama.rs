@@ -7,12 +7,10 @@
 #![allow(clippy::many_single_char_names)]
 
 use super::candle::{Inputs, candle_config};
-use super::config::{named_alike, opt_field};
+use super::config::{named_alike, opt_field, refuse_true};
 use super::ops::{Run, embedding, linear, masked_fill, norm, repeat_kv, rotary_tables};
 use super::sim::{Dt, T};
 use super::torch_llama::{self, Projections, Shape};
-use super::torch_sim::{Head, Pt, TDt, TorchRun, Weights};
-use super::torch_tape::Tape;
 use super::{AnyModel, BuildError, CandleModel, ConfigError, Dims, Room, TensorShape, tensor_list};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -38,6 +36,17 @@ impl Room for Llama {
     }
     fn dims(&self, v: &Value) -> std::result::Result<Dims, ConfigError> {
         let base = named_alike(v)?;
+        // transformers' Llama takes biases on these; candle's has none, nor does the model.
+        refuse_true(
+            v,
+            "attention_bias",
+            "biases on the attention's q, k, v and o projections, which candle's Llama does not load and oomlab does not model",
+        )?;
+        refuse_true(
+            v,
+            "mlp_bias",
+            "biases on the MLP's projections, which candle's Llama does not load and oomlab does not model",
+        )?;
         like_llama(v, &base, true)
     }
     fn tensors(&self, d: &Dims) -> Vec<TensorShape> {
@@ -72,25 +81,7 @@ impl Room for Llama {
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0])
     }
-    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<Weights> {
-        torch_llama::weights(d, head, dt, SHAPE)
-    }
-    fn torch_forward(
-        &self,
-        r: &TorchRun<'_>,
-        ids: &Pt,
-    ) -> std::result::Result<Vec<Pt>, &'static str> {
-        torch_llama::forward(r, ids, SHAPE)
-    }
-    fn torch_train_forward<'a>(
-        &self,
-        r: &'a TorchRun<'a>,
-        ids: &Pt,
-        labels: &Pt,
-        tape: &Tape<'a>,
-    ) -> std::result::Result<Pt, &'static str> {
-        torch_llama::train_forward(r, ids, labels, tape, SHAPE)
-    }
+    torch_llama::llama_torch!(|_| SHAPE);
 }
 
 /// candle's Llama and its cache.
@@ -118,13 +109,24 @@ impl CandleModel for LlamaModel {
 
 /// The dims Llama, Qwen2, Mistral and Phi-3 read beyond the common fields: key/value heads
 /// (default: one per query head) and whether the head is tied to the embeddings (`tied`: whether
-/// candle's model can tie it at all).
+/// candle's model can tie it at all). An explicit `head_dim` must be hidden / heads.
 pub(super) fn like_llama(
     v: &Value,
     base: &Dims,
     tied: bool,
 ) -> std::result::Result<Dims, ConfigError> {
-    let heads = base.heads;
+    let (heads, hidden) = (base.heads, base.hidden);
+    // transformers reads an explicit head_dim; candle's Llama and Qwen2 derive it, and the
+    // tensors here do too.
+    if let Some(hd) = opt_field(v, "head_dim")?
+        && heads > 0
+        && hd * heads != hidden
+    {
+        return Err(format!(
+            "field \"head_dim\" = {hd} differs from hidden_size / num_attention_heads = {hidden} / {heads}; oomlab does not model such variants of this family yet (remove head_dim only if it really equals that quotient)"
+        )
+        .into());
+    }
     Ok(Dims {
         kv_heads: opt_field(v, "num_key_value_heads")?.unwrap_or(heads),
         tied_embeddings: tied

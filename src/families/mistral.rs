@@ -14,8 +14,6 @@ use super::ops::{
 };
 use super::sim::{Dt, T};
 use super::torch_llama::{self, Projections, Shape};
-use super::torch_sim::{Head, Pt, TDt, TorchRun, Weights};
-use super::torch_tape::Tape;
 use super::{AnyModel, BuildError, ConfigError, Dims, Room, TensorShape};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
@@ -41,17 +39,6 @@ impl Room for Mistral {
     }
     fn dims(&self, v: &Value) -> std::result::Result<Dims, ConfigError> {
         let base = named_alike(v)?;
-        let (heads, hidden) = (base.heads, base.hidden);
-        // candle's Mistral reads an explicit head_dim; the others derive it.
-        if let Some(hd) = opt_field(v, "head_dim")?
-            && heads > 0
-            && hd * heads != hidden
-        {
-            return Err(format!(
-                "field \"head_dim\" = {hd} differs from hidden_size / num_attention_heads = {hidden} / {heads}; oomlab does not model such Mistral variants yet (remove head_dim only if it really equals that quotient)"
-            )
-            .into());
-        }
         // candle's Mistral always holds its own lm_head.
         let mut d = like_llama(v, &base, false)?;
         // Only PyTorch's estimator reads it (candle 0.11's Mistral masks the same way).
@@ -81,25 +68,7 @@ impl Room for Mistral {
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0])
     }
-    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<Weights> {
-        torch_llama::weights(d, head, dt, SHAPE)
-    }
-    fn torch_forward(
-        &self,
-        r: &TorchRun<'_>,
-        ids: &Pt,
-    ) -> std::result::Result<Vec<Pt>, &'static str> {
-        torch_llama::forward(r, ids, SHAPE)
-    }
-    fn torch_train_forward<'a>(
-        &self,
-        r: &'a TorchRun<'a>,
-        ids: &Pt,
-        labels: &Pt,
-        tape: &Tape<'a>,
-    ) -> std::result::Result<Pt, &'static str> {
-        torch_llama::train_forward(r, ids, labels, tape, SHAPE)
-    }
+    torch_llama::llama_torch!(|_| SHAPE);
 }
 
 prefill_decoder!(mistral::Model);

@@ -121,6 +121,11 @@ pub trait Room: Sync {
     fn f32_only(&self) -> Option<&'static str> {
         None
     }
+    /// Why candle 0.11 cannot run this config of the family, when it cannot: the config is
+    /// read (the PyTorch runtime and estimator take it), and candle's runs refuse it.
+    fn candle_refuses(&self, _d: &Dims) -> Option<&'static str> {
+        None
+    }
     /// Why this build cannot measure the family, when it cannot.
     fn not_in_this_build(&self) -> Option<&'static str> {
         None

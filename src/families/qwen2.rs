@@ -13,8 +13,6 @@ use super::ops::{
 };
 use super::sim::{Dt, T};
 use super::torch_llama::{self, Projections, Shape};
-use super::torch_sim::{Head, Pt, TDt, TorchRun, Weights};
-use super::torch_tape::Tape;
 use super::{AnyModel, BuildError, ConfigError, Dims, Room, TensorShape};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
@@ -66,25 +64,7 @@ impl Room for Qwen2 {
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0])
     }
-    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<Weights> {
-        torch_llama::weights(d, head, dt, SHAPE)
-    }
-    fn torch_forward(
-        &self,
-        r: &TorchRun<'_>,
-        ids: &Pt,
-    ) -> std::result::Result<Vec<Pt>, &'static str> {
-        torch_llama::forward(r, ids, SHAPE)
-    }
-    fn torch_train_forward<'a>(
-        &self,
-        r: &'a TorchRun<'a>,
-        ids: &Pt,
-        labels: &Pt,
-        tape: &Tape<'a>,
-    ) -> std::result::Result<Pt, &'static str> {
-        torch_llama::train_forward(r, ids, labels, tape, SHAPE)
-    }
+    torch_llama::llama_torch!(|_| SHAPE);
 }
 
 prefill_decoder!(qwen2::ModelForCausalLM);

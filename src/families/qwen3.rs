@@ -12,8 +12,6 @@ use super::llama::tensors_like_llama;
 use super::ops::{Run, embedding, gated_mlp, head_on_last, linear, norm, rotary_tables};
 use super::sim::{Dt, T};
 use super::torch_llama::{self, Projections, Shape};
-use super::torch_sim::{Head, Pt, TDt, TorchRun, Weights};
-use super::torch_tape::Tape;
 use super::{AnyModel, BuildError, ConfigError, Dims, Room, TensorShape};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
@@ -66,25 +64,7 @@ impl Room for Qwen3 {
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0], None)
     }
-    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<Weights> {
-        torch_llama::weights(d, head, dt, shape(d))
-    }
-    fn torch_forward(
-        &self,
-        r: &TorchRun<'_>,
-        ids: &Pt,
-    ) -> std::result::Result<Vec<Pt>, &'static str> {
-        torch_llama::forward(r, ids, shape(r.d))
-    }
-    fn torch_train_forward<'a>(
-        &self,
-        r: &'a TorchRun<'a>,
-        ids: &Pt,
-        labels: &Pt,
-        tape: &Tape<'a>,
-    ) -> std::result::Result<Pt, &'static str> {
-        torch_llama::train_forward(r, ids, labels, tape, shape(r.d))
-    }
+    torch_llama::llama_torch!(shape);
 }
 
 prefill_decoder!(qwen3::ModelForCausalLM);

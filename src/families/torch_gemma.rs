@@ -70,16 +70,6 @@ fn eager(r: &TorchRun<'_>) -> Eager {
     }
 }
 
-/// transformers runs Gemma 2 with eager attention only (sdpa cannot soft-cap the scores).
-fn attends(r: &TorchRun<'_>, gemma: Gemma) -> Result<(), &'static str> {
-    if gemma == Gemma::Two && !r.eager {
-        return Err(
-            "transformers runs Gemma 2 with eager attention only (sdpa cannot soft-cap its scores), and refuses sdpa; choose --attn eager",
-        );
-    }
-    Ok(())
-}
-
 /// Which Gemma.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Gemma {
@@ -332,7 +322,6 @@ impl Shared {
 /// One forward of `Gemma3ForCausalLM` with a `DynamicCache` (infer and grad), any head but
 /// masked-LM. Returns the head's output and the cache.
 pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, gemma: Gemma) -> Result<Vec<Pt>, &'static str> {
-    attends(r, gemma)?;
     if r.head == Head::MaskedLm {
         return Err("decoders have no masked-LM head");
     }
@@ -546,7 +535,6 @@ pub(super) fn train_forward<'a>(
     tape: &Tape<'a>,
     gemma: Gemma,
 ) -> Result<Pt, &'static str> {
-    attends(r, gemma)?;
     if r.head == Head::MaskedLm {
         return Err("decoders have no masked-LM head");
     }

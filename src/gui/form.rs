@@ -153,7 +153,7 @@ fn overrides(s: &Settings, model: ModelRef) -> Result<PlanOverrides, PlanError> 
         workload: Some(if s.torch { s.workload } else { Workload::Infer }),
         python: (!python.is_empty()).then(|| python.into()),
         task: s.task,
-        attn: Some(s.attn),
+        attn: s.attn,
         optimizer: Some(s.optimizer),
         // Checkpointing belongs to PyTorch's training: elsewhere the boxes are hidden.
         checkpointing: (s.torch && s.workload == Workload::Train && !checkpointing.is_empty())

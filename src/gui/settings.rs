@@ -61,7 +61,8 @@ pub struct Settings {
     pub workload: Workload,
     /// `None`: the workload's default head.
     pub task: Option<Task>,
-    pub attn: Attn,
+    /// `None`: transformers' default for the model (sdpa; eager for Gemma 2).
+    pub attn: Option<Attn>,
     pub optimizer: Optimizer,
     /// Gradient checkpointing curves: off and/or on.
     pub checkpointing_off: bool,
@@ -139,7 +140,7 @@ impl Default for Settings {
             python: String::new(),
             workload: Workload::default(),
             task: None,
-            attn: Attn::default(),
+            attn: None,
             optimizer: Optimizer::default(),
             checkpointing_off: true,
             checkpointing_on: false,

@@ -79,6 +79,12 @@ pub fn build(spec: &ModelSpec, dtype: DType, device: &Device) -> Result<LoadedMo
             message: reason.into(),
         });
     }
+    if let Some(reason) = spec.family.room().candle_refuses(&spec.dims) {
+        return Err(ModelError::Build {
+            family: spec.family,
+            message: reason.into(),
+        });
+    }
     let expected = spec.dims.tensors(spec.family);
     let tensors: HashMap<String, Tensor> = if let Some(ck) = &spec.checkpoint {
         ck.load(spec.family, &expected, dtype, device)?

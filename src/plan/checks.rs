@@ -4,8 +4,8 @@
 //! interpreter runs a program, and lives with the driver (`sweep::probe_python`).
 
 use super::{
-    CandleLacks, Device, Face, FieldDifference, PlainWords, PlanField, PlanOverrides, PlanProblem,
-    Runtime, SweepPlan, Workload,
+    Attn, CandleLacks, Device, Face, FieldDifference, PlainWords, PlanField, PlanOverrides,
+    PlanProblem, Runtime, SweepPlan, Workload,
 };
 use crate::catalog::{CatalogError, ModelSpec};
 use crate::measure::host::HostMemory;
@@ -242,6 +242,15 @@ fn check_runtimes(plan: &SweepPlan, spec: &ModelSpec) -> Result<(), PlanError> {
         {
             return Err(PlanError::invalid(PlanField::Task, P::TrainingWithoutLoss));
         }
+        if plan.torch.attn == Some(Attn::Sdpa) && !spec.family.room().torch_sdpa() {
+            return Err(PlanError::invalid(
+                PlanField::Attn,
+                P::SdpaUnsupported {
+                    family: spec.family.to_string(),
+                    model: spec.name.clone(),
+                },
+            ));
+        }
     }
     Ok(())
 }
@@ -265,8 +274,17 @@ pub fn check_seq(spec: &ModelSpec, seq: usize) -> Result<(), PlanError> {
     Ok(())
 }
 
-/// A precision candle can run the model's family in.
+/// A model, and a precision, candle can run.
 pub fn check_dtype(spec: &ModelSpec, dtype: crate::plan::Precision) -> Result<(), PlanError> {
+    if let Some(reason) = spec.family.room().candle_refuses(&spec.dims) {
+        return Err(PlanError::invalid(
+            PlanField::Runtime,
+            PlanProblem::CandleCannotRun {
+                model: spec.name.clone(),
+                reason,
+            },
+        ));
+    }
     if dtype.is_amp() {
         return Err(PlanError::invalid(
             PlanField::Dtype,

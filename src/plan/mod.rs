@@ -61,7 +61,9 @@ pub struct TorchPlan {
     pub python: Option<PathBuf>,
     /// The model's head; `None` takes the workload's default ([`Task::default_for`]).
     pub task: Option<Task>,
-    pub attn: Attn,
+    /// transformers' attention; `None` takes the model's default ([`SweepPlan::torch_attn`]).
+    /// Journals written before it was optional read `"sdpa"` as `Some(Sdpa)`.
+    pub attn: Option<Attn>,
     pub optimizer: Optimizer,
     /// Gradient checkpointing, off and/or on: one curve each (training only).
     pub checkpointing: Vec<bool>,
@@ -167,6 +169,15 @@ impl SweepPlan {
             .unwrap_or_else(|| Task::default_for(self.workload, decoder))
     }
 
+    /// The attention the PyTorch runtime runs `family` with: the one asked for, else
+    /// transformers' default for it (sdpa, eager for Gemma 2).
+    #[must_use]
+    pub fn torch_attn(&self, family: crate::families::Family) -> Attn {
+        self.torch
+            .attn
+            .unwrap_or_else(|| Attn::default_for(family.room().torch_sdpa()))
+    }
+
     /// The byte limit the recommendation keeps under.
     #[must_use]
     pub fn headroom_limit_bytes(&self) -> u64 {
@@ -246,7 +257,8 @@ impl SweepPlan {
             // each worker records the versions it ran with.
             let task = |t: Option<Task>| t.map_or_else(|| "default".into(), |t| t.to_string());
             diff(PlanField::Task, task(a.task), task(b.task));
-            diff(PlanField::Attn, a.attn.to_string(), b.attn.to_string());
+            let attn = |t: Option<Attn>| t.map_or_else(|| "default".into(), |t| t.to_string());
+            diff(PlanField::Attn, attn(a.attn), attn(b.attn));
             diff(
                 PlanField::Optimizer,
                 a.optimizer.to_string(),

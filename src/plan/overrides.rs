@@ -113,7 +113,7 @@ impl PlanOverrides {
             torch: TorchPlan {
                 python: self.python.clone().or_else(|| base.torch.python.clone()),
                 task: self.task.or(base.torch.task),
-                attn: self.attn.unwrap_or(base.torch.attn),
+                attn: self.attn.or(base.torch.attn),
                 optimizer: self.optimizer.unwrap_or(base.torch.optimizer),
                 checkpointing: self
                     .checkpointing

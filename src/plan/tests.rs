@@ -265,3 +265,34 @@ fn a_device_kind_is_stored_as_its_name() {
         .to_string();
     assert!(e.contains("unknown device 'tpu'"), "{e}");
 }
+
+/// Gemma 2's default attention is eager, as transformers runs it; sdpa asked of it is refused
+/// naming the attention control, while other families keep sdpa; journals that wrote an
+/// attention read it as asked.
+#[test]
+fn the_default_attention_follows_the_model_and_gemma_2_refuses_sdpa() {
+    use crate::catalog::ModelSpec;
+    let gemma2 = ModelSpec::resolve(&ModelRef::Catalog("tiny-gemma2".into())).unwrap();
+    let bert = ModelSpec::resolve(&ModelRef::Catalog("tiny-bert".into())).unwrap();
+    let mut plan = SweepPlan::defaults(ModelRef::Catalog("tiny-gemma2".into()), 64);
+    plan.runtimes = vec![Runtime::Torch];
+    assert_eq!(plan.torch.attn, None);
+    assert_eq!(plan.torch_attn(gemma2.family), Attn::Eager);
+    assert_eq!(plan.torch_attn(bert.family), Attn::Sdpa);
+    assert!(super::checks::check(&plan, &gemma2).is_ok());
+    plan.torch.attn = Some(Attn::Sdpa);
+    let e = super::checks::check(&plan, &gemma2).unwrap_err();
+    let text = e.describe(&Flags);
+    assert!(
+        text.contains("eager attention only") && text.contains("--attn"),
+        "{text}"
+    );
+    assert!(super::checks::check(&plan, &bert).is_ok());
+    plan.torch.attn = Some(Attn::Eager);
+    assert!(super::checks::check(&plan, &gemma2).is_ok());
+    // A journal's plan from before the attention was optional.
+    let mut v = serde_json::to_value(&plan).unwrap();
+    v["torch"]["attn"] = "sdpa".into();
+    let old: SweepPlan = serde_json::from_value(v).unwrap();
+    assert_eq!(old.torch.attn, Some(Attn::Sdpa));
+}

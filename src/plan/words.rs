@@ -115,6 +115,11 @@ pub enum PlanProblem {
         model: String,
         reason: &'static str,
     },
+    /// candle 0.11 cannot run this config of a family it runs (the PyTorch runtime can).
+    CandleCannotRun {
+        model: String,
+        reason: &'static str,
+    },
     /// candle 0.11 cannot run this family in this precision.
     DtypeUnsupported {
         dtype: Precision,
@@ -158,6 +163,11 @@ pub enum PlanProblem {
     },
     /// Training asked of a head without a loss (`--task base`).
     TrainingWithoutLoss,
+    /// sdpa asked of a family transformers runs with eager attention only (Gemma 2).
+    SdpaUnsupported {
+        family: String,
+        model: String,
+    },
     /// The Python interpreter cannot run the PyTorch worker (one sentence naming it and the fix).
     Python(String),
     /// The model's weights alone in a chosen precision do not fit this machine (CPU device),
@@ -215,6 +225,9 @@ impl PlanProblem {
                 model,
                 reason,
             } => format!("{model} is a {family} model: {reason}; choose another in {here}"),
+            Self::CandleCannotRun { model, reason } => format!(
+                "{model} cannot run on the candle runtime: {reason}; the torch runtime runs it: choose torch alone in {here}"
+            ),
             Self::DtypeUnsupported {
                 dtype,
                 family,
@@ -247,6 +260,9 @@ impl PlanProblem {
             ),
             Self::TrainingWithoutLoss => format!(
                 "a training step needs a head with a loss, and the base model has none; choose sequence-classification, causal-lm or masked-lm in {here}"
+            ),
+            Self::SdpaUnsupported { family, model } => format!(
+                "transformers runs {family} models such as {model} with eager attention only (their attention soft-caps its scores, which sdpa cannot); choose eager or the default in {here}"
             ),
             Self::Python(sentence) => format!("{sentence} (set in {here})"),
             Self::CapacityAboveHost {

@@ -280,7 +280,7 @@ pub fn recommendation_text(results: &Results, ext: &str) -> Result<String, Expor
                 .then_some("momentum=0.9"),
             max_length: pick.seq,
             torch_dtype: pick.dtype.torch_name(),
-            attn_implementation: torch.then_some(results.plan.torch.attn.name()),
+            attn_implementation: torch.then_some(results.plan.torch_attn(results.family).name()),
         },
         curves: results
             .recommendation

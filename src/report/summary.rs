@@ -144,11 +144,7 @@ pub fn curve_phase(
                 spec,
                 curve.seq,
                 curve.dtype,
-                crate::estimate::torch::How::of_curve(
-                    plan,
-                    spec.family.room().is_decoder(),
-                    curve.checkpointing,
-                ),
+                crate::estimate::torch::How::of_curve(plan, spec.family, curve.checkpointing),
                 plan.device.threads(),
                 base,
                 capacity_bytes,

@@ -48,6 +48,8 @@ pub enum SweepEvent {
         journal: PathBuf,
         plan: SweepPlan,
         model_name: String,
+        /// The model's family (what the plan's defaults resolve against).
+        family: crate::families::Family,
         resumed_trials: usize,
         /// Everything recorded so far (the header and, on resume, earlier outcomes).
         contents: Box<JournalContents>,
@@ -290,6 +292,7 @@ impl Sweep {
             journal: self.journal.path().to_path_buf(),
             plan: self.plan.clone(),
             model_name: self.spec.name.clone(),
+            family: self.spec.family,
             resumed_trials: self.contents.trials.len(),
             contents: Box::new(self.contents.clone()),
         });
@@ -425,7 +428,7 @@ impl Sweep {
                 weights_dir: self.spec.checkpoint.as_ref().map(|c| c.dir.clone()),
                 workload: self.plan.workload,
                 task: self.plan.torch_task(self.spec.family.is_decoder()),
-                attn: self.plan.torch.attn,
+                attn: self.plan.torch_attn(self.spec.family),
                 optimizer: self.plan.torch.optimizer,
                 checkpointing: curve.checkpointing,
             };

@@ -351,6 +351,33 @@ fn mixed_precision_keeps_f32_weights_beside_its_casts() {
 /// of the trial's steps (tiny Gemma 3: its scaled embeddings) never makes the optimizer's state:
 /// the trial says so and is not counted, rather than reporting a training step without it; and
 /// with no curve finished the sweep does not claim that nothing fits.
+/// A sweep that names no attention runs the model's default: eager for Gemma 2, which
+/// transformers runs without sdpa (before, the sweep asked for sdpa and every trial failed).
+#[test]
+fn a_gemma_2_sweep_runs_eager_attention_by_default() {
+    let Some(py) = torch_python() else { return };
+    let d = TempDir::new("torch-gemma2");
+    let export = d.join("recommended.toml");
+    let o = Command::new(bin())
+        .args(["sweep", "--runtime", "torch", "--python"])
+        .arg(&py)
+        .args(["--model", "tiny-gemma2", "--batch", "1", "--seq", "8"])
+        .arg("--export")
+        .arg(&export)
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("PyTorch: attention eager"), "{err}");
+    let text = std::fs::read_to_string(&export).unwrap();
+    let doc: toml::Value = toml::from_str(&text).unwrap();
+    assert_eq!(
+        doc["huggingface"]["attn_implementation"].as_str(),
+        Some("eager"),
+        "{text}"
+    );
+}
+
 #[test]
 fn a_training_trial_whose_steps_the_grad_scaler_skipped_is_not_counted() {
     let Some(py) = torch_python() else { return };
@@ -448,6 +475,30 @@ fn unusable_interpreters_and_runtime_mismatches_are_one_sentence_and_exit_2() {
             "base",
         ],
         &["needs a head with a loss", "--task"],
+    );
+    // transformers runs Gemma 2 with eager attention only: sdpa is refused before any Python.
+    let o = Command::new(bin())
+        .args([
+            "sweep",
+            "--model",
+            "tiny-gemma2",
+            "--runtime",
+            "torch",
+            "--attn",
+            "sdpa",
+        ])
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("eager attention only") && err.contains("--attn"),
+        "{err}"
+    );
+    assert_eq!(
+        err.lines().filter(|l| !l.trim().is_empty()).count(),
+        1,
+        "{err}"
     );
     // An interpreter that is not Python at all, and one without torch.
     let fake = d.join("python");
@@ -767,8 +818,8 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
     let Some(python) = torch_python() else { return };
     let d = TempDir::new("torch-train-estimate");
     // The tiny encoders with their dropouts on (the bundled ones have them off).
-    let with_dropout = |name: &str, fields: [&str; 2]| {
-        let path = d.join(&format!("{name}-dropout.json"));
+    let with_fields = |name: &str, file: &str, fields: &[(&str, serde_json::Value)]| {
+        let path = d.join(file);
         let mut tiny: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(
                 std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -777,12 +828,25 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
             .unwrap(),
         )
         .unwrap();
-        for field in fields {
-            tiny[field] = 0.1.into();
+        for (field, value) in fields {
+            tiny[*field] = value.clone();
         }
         std::fs::write(&path, tiny.to_string()).unwrap();
         path.to_string_lossy().into_owned()
     };
+    let with_dropout = |name: &str, fields: [&str; 2]| {
+        with_fields(
+            name,
+            &format!("{name}-dropout.json"),
+            &fields.map(|f| (f, 0.1.into())),
+        )
+    };
+    // Gemma 3 with two key/value heads, as gemma-3-4b and larger have (candle cannot run it).
+    let gemma3_kv2 = with_fields(
+        "tiny-gemma3",
+        "tiny-gemma3-kv2.json",
+        &[("num_key_value_heads", 2.into())],
+    );
     let config = with_dropout(
         "tiny-bert",
         ["hidden_dropout_prob", "attention_probs_dropout_prob"],
@@ -918,6 +982,16 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
         // Gemma 3: the optimizer walks its constructor's order; eager past the local window.
         (("tiny-gemma3", "24", "f32", "sdpa", "train"), "1,3", &[]),
         (("tiny-gemma3", "24", "bf16", "eager", "train"), "2,3", ckpt),
+        (
+            (gemma3_kv2.as_str(), "24", "bf16", "sdpa", "train"),
+            "1,3",
+            &[],
+        ),
+        (
+            (gemma3_kv2.as_str(), "24", "amp-bf16", "eager", "train"),
+            "2,3",
+            ckpt,
+        ),
         (
             ("tiny-gemma2", "12", "amp-bf16", "eager", "train"),
             "1,3",

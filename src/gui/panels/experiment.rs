@@ -189,8 +189,10 @@ fn runtime_ui(settings: &mut Settings, ui: &mut egui::Ui, cmds: &mut Vec<Command
             });
             ui.horizontal(|ui| {
                 ui.label(label::ATTN);
+                ui.radio_value(&mut settings.attn, None, "default")
+                    .on_hover_text("transformers' default for the model: sdpa, or eager where it has no sdpa (Gemma 2)");
                 for &a in Attn::ALL {
-                    ui.radio_value(&mut settings.attn, a, a.name());
+                    ui.radio_value(&mut settings.attn, Some(a), a.name());
                 }
             });
             ui.horizontal(|ui| {

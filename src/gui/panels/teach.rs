@@ -105,7 +105,6 @@ fn body(view: &View<'_>, state: &mut TeachState, ui: &mut egui::Ui) {
     };
     if state.how.is_none() {
         // The runtime and workload of the shown sweep.
-        let decoder = m.spec.family.room().is_decoder();
         state.runtime = *r
             .plan
             .runtimes
@@ -113,7 +112,7 @@ fn body(view: &View<'_>, state: &mut TeachState, ui: &mut egui::Ui) {
             .unwrap_or(&crate::plan::Runtime::Candle);
         state.how = Some(crate::estimate::torch::How::of_curve(
             &r.plan,
-            decoder,
+            m.spec.family,
             r.plan
                 .torch
                 .checkpointing_list()
