@@ -258,6 +258,12 @@ pub fn estimate(
             family: room.name().to_string(),
         });
     }
+    if let Some(why) = spec.dims.torch_refuses {
+        return Err(NotModelled::Point {
+            family: room.name().to_string(),
+            why,
+        });
+    }
     if attn == Attn::Sdpa && !room.torch_sdpa() {
         return Err(NotModelled::NoSdpa {
             family: room.name().to_string(),
@@ -683,7 +689,7 @@ mod tests {
     }
 
     /// Phi-3 is modelled as its config allows: a `rope_scaling` (longrope) is refused at every
-    /// workload, dropouts above 0 only in training (eval mode has none), each naming the field
+    /// workload (as is Qwen2's `use_sliding_window`), dropouts above 0 only in training (eval mode has none), each naming the field
     /// and the sweep; the decoders' classification head is modelled for every decoder family.
     #[test]
     fn phi3_refuses_what_it_does_not_model_and_decoders_classify() {
@@ -708,6 +714,28 @@ mod tests {
                 "{e}"
             );
         }
+        // Qwen2's sliding window (transformers windows the layers from max_window_layers on):
+        // refused the same way; off, the config is modelled.
+        let mut qwen2 = spec("tiny-qwen2");
+        let mut v: serde_json::Value = serde_json::from_str(&qwen2.config_json).unwrap();
+        v["use_sliding_window"] = true.into();
+        v["max_window_layers"] = 1.into();
+        qwen2.dims = crate::families::Dims::from_config(qwen2.family, &v).unwrap();
+        let e = estimate(&qwen2, 1, 16, Precision::F32, how(Workload::Infer), 2)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("use_sliding_window") && e.contains("oomlab sweep --runtime torch"),
+            "{e}"
+        );
+        // Windowed from a layer past the last: no layer is.
+        v["max_window_layers"] = 28.into();
+        qwen2.dims = crate::families::Dims::from_config(qwen2.family, &v).unwrap();
+        assert!(estimate(&qwen2, 1, 16, Precision::F32, how(Workload::Infer), 2).is_ok());
+        v["use_sliding_window"] = false.into();
+        v["max_window_layers"] = 1.into();
+        qwen2.dims = crate::families::Dims::from_config(qwen2.family, &v).unwrap();
+        assert!(estimate(&qwen2, 1, 16, Precision::F32, how(Workload::Infer), 2).is_ok());
         let dropout = with("resid_pdrop", 0.1.into());
         let e = estimate(&dropout, 1, 16, Precision::F32, how(Workload::Train), 2)
             .unwrap_err()

@@ -412,10 +412,11 @@ pub struct Dims {
     /// before a classification head (`classifier_dropout`, else the hidden one).
     #[serde(default)]
     pub dropout: Dropout,
-    /// Phi-3: a `rope_scaling` (longrope, in the 128k variants) whose frequencies change per
-    /// forward; the PyTorch estimator does not model it.
-    #[serde(default)]
-    pub rope_scaled: bool,
+    /// Why the PyTorch estimator does not model this config, when a field asks for a forward it
+    /// does not follow (Phi-3's longrope, Qwen2's sliding window): it refuses the config naming
+    /// the field before any forward, rather than estimate another model.
+    #[serde(skip)]
+    pub torch_refuses: Option<&'static str>,
     /// Gemma 2: which of its soft-cappings the config sets.
     #[serde(default)]
     pub softcapping: Softcapping,

@@ -53,9 +53,14 @@ impl Room for Phi3 {
         d.sliding_window = opt_field(v, "sliding_window")?.unwrap_or(0);
         d.dropout.hidden = dropout_field(v, "resid_pdrop", false)?;
         d.dropout.attention = dropout_field(v, "attention_dropout", false)?;
-        d.rope_scaled = v.get("rope_scaling").is_some_and(|r| {
+        // A rope_scaling (longrope, in the 128k variants) whose frequencies change per forward.
+        if v.get("rope_scaling").is_some_and(|r| {
             !r.is_null() && r.get("rope_type").and_then(Value::as_str) != Some("default")
-        });
+        }) {
+            d.torch_refuses = Some(
+                "Phi-3's rope_scaling (longrope, as in the 128k variants) is not modelled yet; configs with \"rope_scaling\": null are",
+            );
+        }
         Ok(d)
     }
     fn tensors(&self, d: &Dims) -> Vec<TensorShape> {
@@ -106,7 +111,6 @@ impl Room for Phi3 {
         r: &TorchRun<'_>,
         ids: &Pt,
     ) -> std::result::Result<Vec<Pt>, &'static str> {
-        modelled(r.d)?;
         torch_llama::forward(r, ids, SHAPE)
     }
     fn torch_parameter_order(&self, d: &Dims, grads: &mut [Pt]) {
@@ -132,7 +136,6 @@ impl Room for Phi3 {
         labels: &Pt,
         tape: &Tape<'a>,
     ) -> std::result::Result<Pt, &'static str> {
-        modelled(r.d)?;
         if !r.eval && (r.d.dropout.hidden || r.d.dropout.attention) {
             return Err(
                 "Phi-3's dropouts in training (resid_pdrop, attention_dropout above 0) are not modelled yet",
@@ -143,17 +146,6 @@ impl Room for Phi3 {
 }
 
 prefill_decoder!(phi3::Model);
-
-/// What the PyTorch estimator does not follow in Phi-3: a `rope_scaling` whose frequencies
-/// change per forward.
-fn modelled(d: &Dims) -> std::result::Result<(), &'static str> {
-    if d.rope_scaled {
-        return Err(
-            "Phi-3's rope_scaling (longrope, as in the 128k variants) is not modelled yet; configs with \"rope_scaling\": null are",
-        );
-    }
-    Ok(())
-}
 
 /// candle's `phi3::Model::forward`: one fused `qkv_proj` whose q, k, v are narrowed views (so
 /// each reshape copies), rotary on contiguous copies, one fused `gate_up_proj` whose halves are

@@ -5,7 +5,7 @@
 #![allow(clippy::many_single_char_names)]
 
 use super::candle::{candle_config, prefill_decoder};
-use super::config::named_alike;
+use super::config::{named_alike, opt_field};
 use super::llama::{like_llama, tensors_like_llama};
 use super::ops::{
     Run, attend, causal_mask, embedding, gated_mlp, head_on_last, linear, norm, repeat_kv,
@@ -38,7 +38,18 @@ impl Room for Qwen2 {
     }
     fn dims(&self, v: &Value) -> std::result::Result<Dims, ConfigError> {
         let base = named_alike(v)?;
-        like_llama(v, &base, true)
+        let mut d = like_llama(v, &base, true)?;
+        // transformers then runs sliding-window attention on the layers from max_window_layers
+        // on (candle 0.11 windows every layer, memory alike: the whole mask is built).
+        let windowed_from = opt_field(v, "max_window_layers")?.unwrap_or(28);
+        if v.get("use_sliding_window").and_then(Value::as_bool) == Some(true)
+            && windowed_from < d.layers
+        {
+            d.torch_refuses = Some(
+                "Qwen2's use_sliding_window (sliding-window attention on the layers from max_window_layers on) is not modelled yet; configs with it false, or with max_window_layers at least num_hidden_layers, are",
+            );
+        }
+        Ok(d)
     }
     // Qwen2 always has q, k and v biases.
     fn tensors(&self, d: &Dims) -> Vec<TensorShape> {
