@@ -47,7 +47,7 @@ impl Room for Llama {
             "mlp_bias",
             "biases on the MLP's projections, which candle's Llama does not load and oomlab does not model",
         )?;
-        like_llama(v, &base, true)
+        like_llama(v, &base, true, false)
     }
     fn tensors(&self, d: &Dims) -> Vec<TensorShape> {
         tensors_like_llama(d, false, false)
@@ -109,18 +109,23 @@ impl CandleModel for LlamaModel {
 
 /// The dims Llama, Qwen2, Mistral and Phi-3 read beyond the common fields: key/value heads
 /// (default: one per query head) and whether the head is tied to the embeddings (`tied`: whether
-/// candle's model can tie it at all). An explicit `head_dim` must be hidden / heads.
+/// candle's model can tie it at all). An explicit `head_dim` other than hidden / heads is read
+/// where candle's model reads it too (`own_head_dim`: Mistral, as in Mistral-Nemo and
+/// Mistral-Small), else refused.
 pub(super) fn like_llama(
     v: &Value,
     base: &Dims,
     tied: bool,
+    own_head_dim: bool,
 ) -> std::result::Result<Dims, ConfigError> {
     let (heads, hidden) = (base.heads, base.hidden);
     // transformers reads an explicit head_dim; candle's Llama and Qwen2 derive it, and the
     // tensors here do too.
-    if let Some(hd) = opt_field(v, "head_dim")?
+    let head_dim = opt_field(v, "head_dim")?;
+    if let Some(hd) = head_dim
         && heads > 0
         && hd * heads != hidden
+        && !own_head_dim
     {
         return Err(format!(
             "field \"head_dim\" = {hd} differs from hidden_size / num_attention_heads = {hidden} / {heads}; oomlab does not model such variants of this family yet (remove head_dim only if it really equals that quotient)"
@@ -129,6 +134,7 @@ pub(super) fn like_llama(
     }
     Ok(Dims {
         kv_heads: opt_field(v, "num_key_value_heads")?.unwrap_or(heads),
+        head_dim_override: head_dim.filter(|_| own_head_dim),
         tied_embeddings: tied
             && v.get("tie_word_embeddings")
                 .and_then(Value::as_bool)

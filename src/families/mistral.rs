@@ -40,7 +40,7 @@ impl Room for Mistral {
     fn dims(&self, v: &Value) -> std::result::Result<Dims, ConfigError> {
         let base = named_alike(v)?;
         // candle's Mistral always holds its own lm_head.
-        let mut d = like_llama(v, &base, false)?;
+        let mut d = like_llama(v, &base, false, true)?;
         // Only PyTorch's estimator reads it (candle 0.11's Mistral masks the same way).
         d.sliding_window = opt_field(v, "sliding_window")?.unwrap_or(0);
         Ok(d)
@@ -78,7 +78,8 @@ prefill_decoder!(mistral::Model);
 /// norm on the last position only).
 fn simulated(r: &Run<'_>, ids: &T) -> T {
     let (b, s, h, heads, kv) = (r.b, r.s, r.d.hidden, r.d.heads, r.d.kv_heads);
-    let hd = h / heads;
+    // The config's head_dim where it gives one (Mistral-Nemo: 128 of a 5120-wide, 32-head model).
+    let hd = r.d.head_dim();
     let mut kvs: Vec<(T, T)> = Vec::with_capacity(r.d.layers);
     // prepare_decoder_attention_mask: the `Vec<f32>`, `Tensor::from_slice(&mask, (s, s))`,
     // `mask.expand((1, 1, s, s))?.to_dtype(self.dtype)`
@@ -90,7 +91,7 @@ fn simulated(r: &Run<'_>, ids: &T) -> T {
             let residual = &xs;
             let xn = norm(&xs);
             let attn = {
-                let q = linear(r, &xn, h, false);
+                let q = linear(r, &xn, heads * hd, false);
                 let k = linear(r, &xn, kv * hd, false);
                 let v = linear(r, &xn, kv * hd, false);
                 // `.reshape(..)?.transpose(1, 2)?.contiguous()?` for each
@@ -108,7 +109,7 @@ fn simulated(r: &Run<'_>, ids: &T) -> T {
                 let v3 = repeat_kv(v1, heads / kv);
                 let attn_output = attend(r, &q2, &k3, &v3, &attention_mask);
                 let y = {
-                    let o = attn_output.transpose(1, 2).reshape(&[b, s, h]);
+                    let o = attn_output.transpose(1, 2).reshape(&[b, s, heads * hd]);
                     linear(r, &o, h, false)
                 };
                 drop((q, k, v, q1, q2, k3, v3, attn_output));

@@ -47,7 +47,7 @@ impl Room for Phi3 {
                 "field \"partial_rotary_factor\" (rotary embedding on part of each head, as in Phi-4-mini) is not modelled yet; oomlab reads Phi-3 configs without it".into(),
             );
         }
-        let mut d = like_llama(v, &base, true)?;
+        let mut d = like_llama(v, &base, true, false)?;
         // Only PyTorch's estimator reads these (candle 0.11's Phi-3 runs inference, unmasked by
         // a window).
         d.sliding_window = opt_field(v, "sliding_window")?.unwrap_or(0);

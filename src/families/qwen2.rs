@@ -38,7 +38,7 @@ impl Room for Qwen2 {
     }
     fn dims(&self, v: &Value) -> std::result::Result<Dims, ConfigError> {
         let base = named_alike(v)?;
-        let mut d = like_llama(v, &base, true)?;
+        let mut d = like_llama(v, &base, true, false)?;
         // transformers then runs sliding-window attention on the layers from max_window_layers
         // on (candle 0.11 windows every layer, memory alike: the whole mask is built).
         let windowed_from = opt_field(v, "max_window_layers")?.unwrap_or(28);

@@ -477,8 +477,8 @@ fn gemma2s_pytorch_estimate_defaults_to_eager_attention() {
 /// Configs the tiny ones do not cover: a vocabulary that dominates the head (qwen2's head runs
 /// on a strided view, so candle broadcasts its weight; in bf16 the widened copy is the weight's
 /// storage, not the broadcast view's), wider heads, a Qwen3 without attention biases, with its
-/// own head and four query heads to one key/value head, and a Qwen3-MoE whose experts hold the
-/// peak. (At a dozen tokens such toy widths sit
+/// own head and four query heads to one key/value head, a Qwen3-MoE whose experts hold the
+/// peak, and a Mistral with its own `head_dim`. (At a dozen tokens such toy widths sit
 /// within a few percent: gemm's per-call packing buffers, not modelled, are then as large as
 /// the activations; the bundled models are checked by `oomlab estimate --check`.)
 #[test]
@@ -506,11 +506,16 @@ fn estimate_holds_on_configs_shaped_unlike_the_tiny_ones() {
     experts["head_dim"] = 8.into();
     experts["intermediate_size"] = 16.into();
     experts["moe_intermediate_size"] = 256.into();
+    // A Mistral whose heads are wider than hidden / heads, as Mistral-Nemo's and
+    // Mistral-Small's (128 each, of 5120 over 32 heads).
+    let mut mistral = crate::common::bundled_config("tiny-mistral");
+    mistral["head_dim"] = 16.into();
     for (name, config) in [
         ("wide-vocab", wide_vocab),
         ("wide-heads", wide_heads),
         ("qwen3-no-bias", qwen3),
         ("qwen3-moe-wide-experts", experts),
+        ("mistral-own-head-dim", mistral),
     ] {
         let path = dir.join(&format!("{name}.json"));
         std::fs::write(&path, config.to_string()).unwrap();
