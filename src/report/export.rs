@@ -203,7 +203,7 @@ struct CurveLine {
 }
 
 const MEASURED: &str = "peak bytes counted by oomlab's allocator during a real candle forward (requested bytes, not resident pages), against a simulated capacity";
-const MEASURED_TORCH_CPU: &str = "PyTorch's own count of tensor bytes (its profiler's memory events, from before the model was built) at the peak of the trial, against a simulated capacity; a CPU trial runs to its end and is then compared";
+const MEASURED_TORCH_CPU: &str = "PyTorch's own count of tensor bytes (its profiler's memory events, from before the model was built) at the peak of the trial, against a simulated capacity; a CPU trial runs to its end and is then compared; on x86 the worker holds oneDNN to AVX2 (ONEDNN_MAX_CPU_ISA), so an AVX-512 CPU's per-call bf16 matmul scratchpad, a CPU artefact, is not counted";
 const MEASURED_TORCH_CUDA: &str = "torch.cuda's statistics: the caching allocator's reserved high-water mark plus the memory outside it (CUDA context, kernel modules), against the capacity made real on the GPU";
 
 /// The recommendation document in the format the extension names (`.toml` or `.json`).
