@@ -175,9 +175,7 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
     let mut rows = Vec::new();
     let (mut python, mut probed) = (args.python.clone(), false);
     for (spec, batch, seq, dtype) in &points {
-        let attn = args
-            .attn
-            .unwrap_or_else(|| Attn::default_for(spec.family.room().torch_sdpa()));
+        let attn = args.attn.unwrap_or_else(|| spec.family.torch_attn());
         let task = args
             .task
             .unwrap_or_else(|| Task::default_for(workload, spec.family.room().is_decoder()));

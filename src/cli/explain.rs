@@ -179,10 +179,10 @@ fn torch_batches(
     dtype: Precision,
     capacity: u64,
 ) -> Result<crate::explain::TorchBatches, crate::estimate::torch::NotModelled> {
-    use crate::plan::{Attn, Task, Workload};
+    use crate::plan::{Task, Workload};
     let threads = crate::plan::defaults::threads();
     let task = Task::default_for(Workload::Infer, spec.family.room().is_decoder());
-    let attn = Attn::default_for(spec.family.room().torch_sdpa());
+    let attn = spec.family.torch_attn();
     let how = |w| crate::estimate::torch::How::new(w, task, attn);
     let one = |w| crate::estimate::torch::estimate(spec, 1, seq, dtype, how(w), threads);
     let largest = |w| {

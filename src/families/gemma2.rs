@@ -12,7 +12,7 @@ use super::ops::{
     Run, causal_mask, embedding, gated_mlp, gemma_norm, linear, repeat_kv, rotary_tables, softcap,
 };
 use super::sim::{Dt, T};
-use super::torch_gemma::{self, Gemma};
+use super::torch_gemma::Gemma;
 use super::{AnyModel, BuildError, ConfigError, Dims, Room, Softcapping, TensorShape, tensor_list};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
@@ -91,7 +91,7 @@ impl Room for Gemma2 {
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0])
     }
-    torch_gemma::gemma_torch!(Gemma::Two);
+    super::torch_sim::torch_room!(torch_gemma, |_| Gemma::Two, parameter_order);
     fn torch_sdpa(&self) -> bool {
         false
     }

@@ -21,7 +21,7 @@ use super::ops::{
     Run, attend, causal_mask, embedding, gemma_norm, linear, repeat_kv, rotary_tables,
 };
 use super::sim::{Dt, T};
-use super::torch_gemma::{self, Gemma};
+use super::torch_gemma::Gemma;
 use super::{AnyModel, BuildError, Dims, Room, TensorShape};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
@@ -101,7 +101,7 @@ impl Room for Gemma3 {
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0])
     }
-    torch_gemma::gemma_torch!(Gemma::Three);
+    super::torch_sim::torch_room!(torch_gemma, |_| Gemma::Three, parameter_order);
 }
 
 prefill_decoder!(gemma3::Model);

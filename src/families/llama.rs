@@ -10,7 +10,7 @@ use super::candle::{Inputs, candle_config};
 use super::config::{named_alike, opt_field, refuse_true};
 use super::ops::{Run, embedding, linear, masked_fill, norm, repeat_kv, rotary_tables};
 use super::sim::{Dt, T};
-use super::torch_llama::{self, Projections, Shape};
+use super::torch_llama::{Projections, Shape};
 use super::{AnyModel, BuildError, CandleModel, ConfigError, Dims, Room, TensorShape, tensor_list};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -81,7 +81,7 @@ impl Room for Llama {
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0])
     }
-    torch_llama::llama_torch!(|_| SHAPE);
+    super::torch_sim::torch_room!(torch_llama, |_| SHAPE);
 }
 
 /// candle's Llama and its cache.

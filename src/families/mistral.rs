@@ -13,7 +13,7 @@ use super::ops::{
     rotary_tables,
 };
 use super::sim::{Dt, T};
-use super::torch_llama::{self, Projections, Shape};
+use super::torch_llama::{Projections, Shape};
 use super::{AnyModel, BuildError, ConfigError, Dims, Room, TensorShape};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
@@ -68,7 +68,7 @@ impl Room for Mistral {
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0])
     }
-    torch_llama::llama_torch!(|_| SHAPE);
+    super::torch_sim::torch_room!(torch_llama, |_| SHAPE);
 }
 
 prefill_decoder!(mistral::Model);

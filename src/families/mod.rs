@@ -249,6 +249,12 @@ impl Family {
         self.0.is_decoder()
     }
 
+    /// transformers' default attention for the family: sdpa where it runs it (not Gemma 2).
+    #[must_use]
+    pub fn torch_attn(self) -> crate::runtime::Attn {
+        crate::runtime::Attn::default_for(self.0.torch_sdpa())
+    }
+
     /// Whether candle 0.11's model for this family runs in `p`.
     #[must_use]
     pub fn supports(self, p: crate::precision::Precision) -> bool {

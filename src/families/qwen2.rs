@@ -12,7 +12,7 @@ use super::ops::{
     rotary_tables,
 };
 use super::sim::{Dt, T};
-use super::torch_llama::{self, Projections, Shape};
+use super::torch_llama::{Projections, Shape};
 use super::{AnyModel, BuildError, ConfigError, Dims, Room, TensorShape};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
@@ -75,7 +75,7 @@ impl Room for Qwen2 {
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0])
     }
-    torch_llama::llama_torch!(|_| SHAPE);
+    super::torch_sim::torch_room!(torch_llama, |_| SHAPE);
 }
 
 prefill_decoder!(qwen2::ModelForCausalLM);

@@ -11,7 +11,7 @@ use super::config::{bool_field, field, named_alike};
 use super::llama::tensors_like_llama;
 use super::ops::{Run, embedding, gated_mlp, head_on_last, linear, norm, rotary_tables};
 use super::sim::{Dt, T};
-use super::torch_llama::{self, Projections, Shape};
+use super::torch_llama::{Projections, Shape};
 use super::{AnyModel, BuildError, ConfigError, Dims, Room, TensorShape};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
@@ -64,7 +64,7 @@ impl Room for Qwen3 {
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0], None)
     }
-    torch_llama::llama_torch!(shape);
+    super::torch_sim::torch_room!(torch_llama, shape);
 }
 
 prefill_decoder!(qwen3::ModelForCausalLM);

@@ -22,44 +22,6 @@ use super::torch_llama::{
 use super::torch_sim::{Head, NUM_LABELS, Pt, TDt, TorchRun, Weights};
 use super::torch_tape::{self as tt, Edge, Tape};
 
-/// A Gemma room's PyTorch methods (`Room::torch_*`) for `$gemma`.
-macro_rules! gemma_torch {
-    ($gemma:expr) => {
-        fn torch_weights(
-            &self,
-            d: &$crate::families::Dims,
-            head: $crate::families::torch_sim::Head,
-            dt: $crate::families::torch_sim::TDt,
-        ) -> Option<$crate::families::torch_sim::Weights> {
-            $crate::families::torch_gemma::weights(d, head, dt, $gemma)
-        }
-        fn torch_forward(
-            &self,
-            r: &$crate::families::torch_sim::TorchRun<'_>,
-            ids: &$crate::families::torch_sim::Pt,
-        ) -> std::result::Result<Vec<$crate::families::torch_sim::Pt>, &'static str> {
-            $crate::families::torch_gemma::forward(r, ids, $gemma)
-        }
-        fn torch_parameter_order(
-            &self,
-            d: &$crate::families::Dims,
-            grads: &mut [$crate::families::torch_sim::Pt],
-        ) {
-            $crate::families::torch_gemma::parameter_order(d, grads, $gemma);
-        }
-        fn torch_train_forward<'a>(
-            &self,
-            r: &'a $crate::families::torch_sim::TorchRun<'a>,
-            ids: &$crate::families::torch_sim::Pt,
-            labels: &$crate::families::torch_sim::Pt,
-            tape: &$crate::families::torch_tape::Tape<'a>,
-        ) -> std::result::Result<$crate::families::torch_sim::Pt, &'static str> {
-            $crate::families::torch_gemma::train_forward(r, ids, labels, tape, $gemma)
-        }
-    };
-}
-pub(super) use gemma_torch;
-
 /// How a Gemma's eager attention runs: one key/value head's expansion folded by copies, Gemma
 /// 2's scores soft-capped.
 fn eager(r: &TorchRun<'_>) -> Eager {

@@ -13,38 +13,6 @@ use super::torch_sim::{
 };
 use super::torch_tape::{self as tt, Edge, Tape};
 
-/// A Llama-shaped room's PyTorch methods (`$shape`: a `fn(&Dims) -> Shape`, the family's
-/// differences from Llama's forward).
-macro_rules! llama_torch {
-    ($shape:expr) => {
-        fn torch_weights(
-            &self,
-            d: &$crate::families::Dims,
-            head: $crate::families::torch_sim::Head,
-            dt: $crate::families::torch_sim::TDt,
-        ) -> Option<$crate::families::torch_sim::Weights> {
-            $crate::families::torch_llama::weights(d, head, dt, $shape(d))
-        }
-        fn torch_forward(
-            &self,
-            r: &$crate::families::torch_sim::TorchRun<'_>,
-            ids: &$crate::families::torch_sim::Pt,
-        ) -> std::result::Result<Vec<$crate::families::torch_sim::Pt>, &'static str> {
-            $crate::families::torch_llama::forward(r, ids, $shape(r.d))
-        }
-        fn torch_train_forward<'a>(
-            &self,
-            r: &'a $crate::families::torch_sim::TorchRun<'a>,
-            ids: &$crate::families::torch_sim::Pt,
-            labels: &$crate::families::torch_sim::Pt,
-            tape: &$crate::families::torch_tape::Tape<'a>,
-        ) -> std::result::Result<$crate::families::torch_sim::Pt, &'static str> {
-            $crate::families::torch_llama::train_forward(r, ids, labels, tape, $shape(r.d))
-        }
-    };
-}
-pub(super) use llama_torch;
-
 /// What differs between the Llama-shaped families.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Shape {

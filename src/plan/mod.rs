@@ -173,9 +173,7 @@ impl SweepPlan {
     /// transformers' default for it (sdpa, eager for Gemma 2).
     #[must_use]
     pub fn torch_attn(&self, family: crate::families::Family) -> Attn {
-        self.torch
-            .attn
-            .unwrap_or_else(|| Attn::default_for(family.room().torch_sdpa()))
+        self.torch.attn.unwrap_or_else(|| family.torch_attn())
     }
 
     /// The byte limit the recommendation keeps under.
