@@ -58,7 +58,8 @@ pub struct SweepArgs {
     /// position); training sequence-classification for encoders, causal-lm for decoders.
     #[arg(long, help_heading = "PyTorch runtime")]
     pub task: Option<Task>,
-    /// transformers' attention (torch): sdpa (its default) or eager.
+    /// transformers' attention (torch): sdpa or eager; without it the model's default (sdpa;
+    /// eager for Gemma 2, for which transformers refuses sdpa).
     #[arg(long, help_heading = "PyTorch runtime")]
     pub attn: Option<Attn>,
     /// The training step's optimizer (torch): adamw (PyTorch's default implementation, the
