@@ -91,7 +91,7 @@ impl Room for Gemma2 {
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0])
     }
-    super::torch_sim::torch_room!(torch_gemma, |_| Gemma::Two, parameter_order);
+    super::torch_room!(torch_gemma, |_| Gemma::Two, parameter_order);
     fn torch_sdpa(&self) -> bool {
         false
     }

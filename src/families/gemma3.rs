@@ -101,7 +101,7 @@ impl Room for Gemma3 {
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0])
     }
-    super::torch_sim::torch_room!(torch_gemma, |_| Gemma::Three, parameter_order);
+    super::torch_room!(torch_gemma, |_| Gemma::Three, parameter_order);
 }
 
 prefill_decoder!(gemma3::Model);

@@ -81,7 +81,7 @@ impl Room for Llama {
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0])
     }
-    super::torch_sim::torch_room!(torch_llama, |_| SHAPE);
+    super::torch_room!(torch_llama, |_| SHAPE);
 }
 
 /// candle's Llama and its cache.

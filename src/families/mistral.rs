@@ -68,7 +68,7 @@ impl Room for Mistral {
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0])
     }
-    super::torch_sim::torch_room!(torch_llama, |_| SHAPE);
+    super::torch_room!(torch_llama, |_| SHAPE);
 }
 
 prefill_decoder!(mistral::Model);

@@ -510,6 +510,50 @@ fn tensor_list(fill: impl FnOnce(&mut dyn FnMut(String, &[usize]))) -> Vec<Tenso
     out
 }
 
+/// A room's PyTorch methods (`Room::torch_weights`, `torch_forward`, `torch_train_forward`)
+/// delegated to the forward module it shares (`torch_llama`, `torch_gemma`): `$of` maps the dims
+/// to that module's per-family argument (Llama's `Shape`, which `Gemma`). With
+/// `parameter_order`, the module's `parameter_order` is the room's too.
+macro_rules! torch_room {
+    ($module:ident, $of:expr) => {
+        fn torch_weights(
+            &self,
+            d: &$crate::families::Dims,
+            head: $crate::families::torch_sim::Head,
+            dt: $crate::families::torch_sim::TDt,
+        ) -> Option<$crate::families::torch_sim::Weights> {
+            $crate::families::$module::weights(d, head, dt, $of(d))
+        }
+        fn torch_forward(
+            &self,
+            r: &$crate::families::torch_sim::TorchRun<'_>,
+            ids: &$crate::families::torch_sim::Pt,
+        ) -> std::result::Result<Vec<$crate::families::torch_sim::Pt>, &'static str> {
+            $crate::families::$module::forward(r, ids, $of(r.d))
+        }
+        fn torch_train_forward<'a>(
+            &self,
+            r: &'a $crate::families::torch_sim::TorchRun<'a>,
+            ids: &$crate::families::torch_sim::Pt,
+            labels: &$crate::families::torch_sim::Pt,
+            tape: &$crate::families::torch_tape::Tape<'a>,
+        ) -> std::result::Result<$crate::families::torch_sim::Pt, &'static str> {
+            $crate::families::$module::train_forward(r, ids, labels, tape, $of(r.d))
+        }
+    };
+    ($module:ident, $of:expr, parameter_order) => {
+        $crate::families::torch_room!($module, $of);
+        fn torch_parameter_order(
+            &self,
+            d: &$crate::families::Dims,
+            grads: &mut [$crate::families::torch_sim::Pt],
+        ) {
+            $crate::families::$module::parameter_order(d, grads, $of(d));
+        }
+    };
+}
+pub(crate) use torch_room;
+
 #[cfg(test)]
 mod tests {
     use super::{Family, ROOMS};

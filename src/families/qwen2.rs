@@ -75,7 +75,7 @@ impl Room for Qwen2 {
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0])
     }
-    super::torch_sim::torch_room!(torch_llama, |_| SHAPE);
+    super::torch_room!(torch_llama, |_| SHAPE);
 }
 
 prefill_decoder!(qwen2::ModelForCausalLM);
