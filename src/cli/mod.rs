@@ -86,15 +86,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         /// The model that ran out of memory (bundled id, Hugging Face id org/name[@revision],
-        /// config.json or folder): the advice then
-        /// names candle's estimated largest inference batch under the message's total capacity
-        /// (or --gpu's), and how to measure the training batch.
+        /// config.json or folder): the advice then names the largest batches under the message's
+        /// total capacity (or --gpu's). For a PyTorch message, the PyTorch estimator's: inference
+        /// under no_grad, a forward without it, and a training step with AdamW (f32 and amp-bf16,
+        /// with and without gradient checkpointing); with --runtime candle, candle's inference
+        /// forward, and how to measure the training batch.
         #[arg(long, short)]
         model: Option<String>,
         /// Sequence length for --model. Default: 128 (or the model's maximum).
         #[arg(long, requires = "model")]
         seq: Option<usize>,
-        /// Precision for --model: f32, f16 or bf16. Default: f32.
+        /// Precision for --model's inference batches: f32, f16 or bf16 (the training line always
+        /// answers for f32 and amp-bf16). Default: f32.
         #[arg(long, requires = "model")]
         dtype: Option<Precision>,
         /// The GPU (a preset, see `oomlab sweep --help`): its compute capability decides between

@@ -127,7 +127,7 @@ pub enum NotModelled {
     )]
     Head { family: String, task: Task },
     #[error("{family}: {why}; measure it with `oomlab sweep --runtime torch`")]
-    Point { family: String, why: &'static str },
+    Point { family: String, why: String },
     #[error(
         "a training step needs a head with a loss, and the base model has none; choose sequence-classification, causal-lm or masked-lm in --task"
     )]
@@ -258,10 +258,10 @@ pub fn estimate(
             family: room.name().to_string(),
         });
     }
-    if let Some(why) = spec.dims.torch_refuses {
+    if let Some(why) = &spec.dims.torch_refuses {
         return Err(NotModelled::Point {
             family: room.name().to_string(),
-            why,
+            why: why.clone(),
         });
     }
     if attn == Attn::Sdpa && !room.torch_sdpa() {
@@ -287,9 +287,9 @@ pub fn estimate(
         }
     })?;
     let weights = tensors.bytes();
-    let point = |why| NotModelled::Point {
+    let point = |why: &str| NotModelled::Point {
         family: room.name().to_string(),
-        why,
+        why: why.to_string(),
     };
     let grouped = spec.dims.kv_heads < spec.dims.heads && room.is_decoder();
     if matches!(how.device, TorchDevice::Cuda(_))
@@ -480,7 +480,7 @@ fn train_marks(
             .torch_train_forward(&r, &ids, &labels, &tape)
             .map_err(|why| NotModelled::Point {
                 family: room.name().to_string(),
-                why,
+                why: why.to_string(),
             })?;
         tape.end_autocast();
         m.backward2 = sim.live();
@@ -691,6 +691,51 @@ mod tests {
     /// Phi-3 is modelled as its config allows: a `rope_scaling` (longrope) is refused at every
     /// workload (as is Qwen2's `use_sliding_window`), dropouts above 0 only in training (eval mode has none), each naming the field
     /// and the sweep; the decoders' classification head is modelled for every decoder family.
+    /// An activation transformers writes in several ops (`gelu_new`) is refused naming the
+    /// field and its value, for every family that reads one; the one-op ones are modelled
+    /// (`ReLU` saving its output, the others their input).
+    #[test]
+    fn activations_computed_in_several_ops_are_refused_naming_the_field() {
+        let how = |task| How::new(Workload::Train, task, Attn::Sdpa);
+        for (name, field, task) in [
+            ("tiny-bert", "hidden_act", Task::MaskedLm),
+            ("tiny-roberta", "hidden_act", Task::SequenceClassification),
+            ("tiny-distilbert", "activation", Task::MaskedLm),
+            ("tiny-llama", "hidden_act", Task::CausalLm),
+            ("tiny-qwen3", "hidden_act", Task::CausalLm),
+            ("tiny-gemma3", "hidden_activation", Task::CausalLm),
+        ] {
+            let mut spec = spec(name);
+            let mut v: serde_json::Value = serde_json::from_str(&spec.config_json).unwrap();
+            for (act, saves_output) in [
+                ("relu", Some(true)),
+                ("gelu", Some(false)),
+                ("silu", Some(false)),
+                ("gelu_new", None),
+                ("quick_gelu", None),
+            ] {
+                v[field] = act.into();
+                spec.dims = crate::families::Dims::from_config(spec.family, &v).unwrap();
+                let e = estimate(&spec, 1, 8, Precision::F32, how(task), 2);
+                match saves_output {
+                    Some(saves) => {
+                        assert!(e.is_ok(), "{name} {act}: {e:?}");
+                        assert_eq!(spec.dims.act_saves_output, saves, "{name} {act}");
+                    }
+                    None => {
+                        let e = e.unwrap_err().to_string();
+                        assert!(
+                            e.contains(&format!("\"{field}\" = \"{act}\"")),
+                            "{name}: {e}"
+                        );
+                    }
+                }
+            }
+            v[field] = 3.into();
+            assert!(crate::families::Dims::from_config(spec.family, &v).is_err());
+        }
+    }
+
     #[test]
     fn phi3_refuses_what_it_does_not_model_and_decoders_classify() {
         let with = |field: &str, value: serde_json::Value| {

@@ -140,8 +140,9 @@ fn fragmentation(e: &Explanation) -> Fragmentation {
 /// 1. reduce fragmentation, when reserved-but-unallocated is at least 5% of the total capacity
 ///    (total unknown: at least the failed request) — see [`Fragmentation`];
 /// 2. free the GPU, when others hold more than the request;
-/// 3. a smaller batch (with `--model`, candle's estimated largest inference batch, and how to
-///    measure the training one);
+/// 3. a smaller batch (with `--model`: for a PyTorch message the no_grad check first, then the
+///    PyTorch estimator's largest batches for inference and training; with `--runtime candle`,
+///    candle's estimated largest inference batch and how to measure the training one);
 /// 4. mixed precision: bf16 on compute capability 8.0+, fp16 with a `GradScaler` below, the rule
 ///    itself when the GPU is unknown;
 /// 5. reduce fragmentation, when below 5% but still at least the request;

@@ -5,7 +5,7 @@
 #![allow(clippy::many_single_char_names)]
 
 use super::candle::{Inputs, candle_config};
-use super::config::{dropout_field, named_alike, opt_field};
+use super::config::{activation, dropout_field, named_alike, opt_field};
 use super::ops::{Run, embedding, linear, norm, softmax};
 use super::sim::{Dt, T};
 use super::torch_sim::{
@@ -36,7 +36,7 @@ impl Room for Bert {
         let base = named_alike(v)?;
         // BertConfig's defaults: 0.1 each; the classifier's falls back to the hidden one.
         let hidden = dropout_field(v, "hidden_dropout_prob", true)?;
-        Ok(Dims {
+        let mut d = Dims {
             type_vocab: opt_field(v, "type_vocab_size")?.unwrap_or(2),
             dropout: Dropout {
                 hidden,
@@ -44,7 +44,9 @@ impl Room for Bert {
                 classifier: dropout_field(v, "classifier_dropout", hidden)?,
             },
             ..base
-        })
+        };
+        activation(v, "hidden_act", "gelu", &mut d)?;
+        Ok(d)
     }
     fn tensors(&self, d: &Dims) -> Vec<TensorShape> {
         encoder_tensors(d)
@@ -416,9 +418,11 @@ pub(super) fn torch_bert_forward(
             };
             r.keep(&attention_output);
             let intermediate = {
-                // gelu saves its input.
+                // gelu saves its input (ReLU its output, which the next dense saves too).
                 let dense = attention_output.linear(r.d.intermediate);
-                r.keep(&dense);
+                if !r.d.act_saves_output {
+                    r.keep(&dense);
+                }
                 dense.like()
             };
             r.keep(&intermediate);
@@ -437,7 +441,12 @@ pub(super) fn torch_bert_forward(
         // The model has no pooler; its embedding output goes as it returns. The last hidden
         // state lives until the head's model returns.
         drop(embedding_output);
-        let logits = masked_lm_head(r, &hidden);
+        // `RobertaLMHead` runs gelu whatever the config's activation.
+        let logits = masked_lm_head(
+            r,
+            &hidden,
+            r.d.act_saves_output && positions == Positions::Absolute,
+        );
         return Ok(vec![logits, hidden]);
     }
     if r.head == Head::SequenceClassification && positions == Positions::FromIds {
@@ -590,7 +599,9 @@ pub(super) fn torch_bert_train_forward<'a>(
     if r.head == Head::MaskedLm {
         // The model (no pooler) returns, its embedding output with it.
         drop(embedding_output);
-        return Ok(tt::masked_lm(r, tape, hidden, labels));
+        // `RobertaLMHead` runs gelu whatever the config's activation.
+        let relu_head = r.d.act_saves_output && positions == Positions::Absolute;
+        return Ok(tt::masked_lm(r, tape, hidden, labels, relu_head));
     }
     if positions == Positions::FromIds && r.head == Head::SequenceClassification {
         // RobertaClassificationHead (the model has no pooler): the first token, dropout,
@@ -674,7 +685,7 @@ fn bert_train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, hidden: &Pt) -> Pt {
     };
     let intermediate = {
         let dense = tt::linear(tape, &attention_output, r.d.intermediate, true);
-        tt::unary(tape, &dense, false)
+        tt::unary(tape, &dense, r.d.act_saves_output)
     };
     // The intermediate output lives until `feed_forward_chunk` returns, after the norm.
     let layer_output = {

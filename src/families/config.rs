@@ -77,6 +77,33 @@ pub fn dropout_field(v: &Value, name: &str, default: bool) -> Result<bool, Confi
     }
 }
 
+/// The activation a config names in `name` (absent or null: `default`), read into `d`: whether
+/// autograd saves its output (`ReLU`) rather than its input (`gelu`, `gelu_pytorch_tanh`, `silu`:
+/// one op each in transformers' `ACT2FN`). Any other activation (transformers writes several in
+/// Python, each op a tensor: `gelu_new`, `quick_gelu`) keeps the config off the PyTorch
+/// estimator, naming the field; candle's runs read the field themselves.
+pub fn activation(v: &Value, name: &str, default: &str, d: &mut Dims) -> Result<(), ConfigError> {
+    let act = match v.get(name) {
+        None | Some(Value::Null) => default,
+        Some(Value::String(s)) => s.as_str(),
+        Some(x) => {
+            return Err(format!("field \"{name}\" must be an activation's name, found {x}").into());
+        }
+    };
+    match act {
+        "gelu" | "gelu_pytorch_tanh" | "silu" | "swish" => d.act_saves_output = false,
+        "relu" => d.act_saves_output = true,
+        other => {
+            d.torch_refuses.get_or_insert_with(|| {
+                format!(
+                    "field \"{name}\" = \"{other}\" (an activation transformers computes in several ops) is not modelled yet; gelu, gelu_pytorch_tanh, silu and relu are"
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The fields most configs name alike (`num_hidden_layers`, `hidden_size`,
 /// `num_attention_heads`, `intermediate_size`, `vocab_size`, `max_position_embeddings`), one
 /// key/value head per query head; a family sets what differs.

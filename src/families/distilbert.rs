@@ -5,7 +5,7 @@
 #![allow(clippy::many_single_char_names)]
 
 use super::candle::{Inputs, candle_config};
-use super::config::{dropout_field, field};
+use super::config::{activation, dropout_field, field};
 use super::ops::{Run, embedding, linear, masked_fill, norm, softmax};
 use super::sim::{Dt, T};
 use super::torch_sim::{
@@ -35,7 +35,7 @@ impl Room for DistilBert {
         Some("its attention mixes f32 scores with values in the run precision")
     }
     fn dims(&self, v: &Value) -> std::result::Result<Dims, ConfigError> {
-        Ok(Dims {
+        let mut d = Dims {
             layers: field(v, "n_layers")?,
             hidden: field(v, "dim")?,
             heads: field(v, "n_heads")?,
@@ -50,7 +50,9 @@ impl Room for DistilBert {
                 classifier: dropout_field(v, "seq_classif_dropout", true)?,
             },
             ..Dims::default()
-        })
+        };
+        activation(v, "activation", "gelu", &mut d)?;
+        Ok(d)
     }
     fn dim_names(&self) -> [&'static str; 4] {
         ["n_layers", "dim", "n_heads", "hidden_dim"]
@@ -295,7 +297,9 @@ fn torch_forward(r: &TorchRun<'_>, ids: &Pt) -> std::result::Result<Vec<Pt>, &'s
             let ffn = {
                 let inner = {
                     let lin1 = sa_output.linear(r.d.intermediate);
-                    r.keep(&lin1);
+                    if !r.d.act_saves_output {
+                        r.keep(&lin1);
+                    }
                     lin1.like()
                 };
                 r.keep(&inner);
@@ -313,7 +317,7 @@ fn torch_forward(r: &TorchRun<'_>, ids: &Pt) -> std::result::Result<Vec<Pt>, &'s
         // The model returns (its embeddings' output with it); the last hidden state lives until
         // the head's model returns.
         drop(embeddings);
-        let logits = masked_lm_head(r, &hidden);
+        let logits = masked_lm_head(r, &hidden, r.d.act_saves_output);
         return Ok(vec![logits, hidden]);
     }
     let mut outputs = vec![];
@@ -397,7 +401,7 @@ fn torch_train_forward<'a>(
     }
     if r.head == Head::MaskedLm {
         drop(embeddings);
-        return Ok(tt::masked_lm(r, tape, hidden, labels));
+        return Ok(tt::masked_lm(r, tape, hidden, labels, r.d.act_saves_output));
     }
     let logits = {
         let first = hidden.view_node(&[b, width]);
@@ -448,7 +452,7 @@ fn train_block(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt) -> Pt {
     let ffn = {
         let inner = {
             let lin1 = tt::linear(tape, &sa_output, r.d.intermediate, true);
-            tt::unary(tape, &lin1, false)
+            tt::unary(tape, &lin1, r.d.act_saves_output)
         };
         let lin2 = tt::linear(tape, &inner, width, true);
         drop(inner);

@@ -6,7 +6,7 @@
 #![allow(clippy::many_single_char_names)]
 
 use super::candle::{candle_config, prefill_decoder};
-use super::config::{field, opt_field, refuse_true};
+use super::config::{activation, field, opt_field, refuse_true};
 use super::llama::self_attn_tensors;
 use super::ops::{
     Run, causal_mask, embedding, gated_mlp, gemma_norm, linear, repeat_kv, rotary_tables, softcap,
@@ -36,7 +36,7 @@ impl Room for Gemma2 {
             "attention_bias",
             "biases on the attention projections, which oomlab does not model for Gemma 2",
         )?;
-        Ok(Dims {
+        let mut d = Dims {
             layers: field(v, "num_hidden_layers")?,
             hidden: field(v, "hidden_size")?,
             heads,
@@ -66,7 +66,9 @@ impl Room for Gemma2 {
                     .is_some_and(|c| !c.is_null()),
             },
             ..Dims::default()
-        })
+        };
+        activation(v, "hidden_activation", "gelu_pytorch_tanh", &mut d)?;
+        Ok(d)
     }
     fn tensors(&self, d: &Dims) -> Vec<TensorShape> {
         gemma_tensors(d, false)

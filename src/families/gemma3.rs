@@ -15,7 +15,7 @@
 #![allow(clippy::many_single_char_names)]
 
 use super::candle::{patched_config, prefill_decoder};
-use super::config::{ConfigError, bool_field, field, named_alike, window_pattern};
+use super::config::{ConfigError, activation, bool_field, field, named_alike, window_pattern};
 use super::gemma2::{after_attention, gemma_tensors};
 use super::ops::{
     Run, attend, causal_mask, embedding, gemma_norm, linear, repeat_kv, rotary_tables,
@@ -59,7 +59,7 @@ impl Room for Gemma3 {
                 .into());
             }
         }
-        Ok(Dims {
+        let mut d = Dims {
             kv_heads,
             // Gemma ties its head to the embeddings, always.
             tied_embeddings: true,
@@ -68,7 +68,9 @@ impl Room for Gemma3 {
             sliding_window: field(v, "sliding_window")?.max(1),
             global_every: window_pattern(v)?,
             ..base
-        })
+        };
+        activation(v, "hidden_activation", "gelu_pytorch_tanh", &mut d)?;
+        Ok(d)
     }
     fn tensors(&self, d: &Dims) -> Vec<TensorShape> {
         gemma_tensors(d, true)
@@ -76,10 +78,13 @@ impl Room for Gemma3 {
     fn check_candle(&self, config: &str, d: &Dims) -> std::result::Result<(), ConfigError> {
         gemma3_config(config, d).map(drop)
     }
-    fn candle_refuses(&self, d: &Dims) -> Option<&'static str> {
-        (d.kv_heads > 1).then_some(
-            "candle 0.11's Gemma 3 copies the values into a global layer's KV cache without making them contiguous, which fails for more than one key/value head (num_key_value_heads, as in gemma-3-4b and larger)",
-        )
+    fn candle_refuses(&self, d: &Dims) -> Option<String> {
+        (d.kv_heads > 1).then(|| {
+            format!(
+                "candle 0.11's Gemma 3 copies the values into a global layer's KV cache without making them contiguous, which fails for more than one key/value head (num_key_value_heads = {}, as in gemma-3-4b and larger)",
+                d.kv_heads
+            )
+        })
     }
     fn build(
         &self,

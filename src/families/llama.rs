@@ -7,7 +7,7 @@
 #![allow(clippy::many_single_char_names)]
 
 use super::candle::{Inputs, candle_config};
-use super::config::{named_alike, opt_field, refuse_true};
+use super::config::{activation, named_alike, opt_field, refuse_true};
 use super::ops::{Run, embedding, linear, masked_fill, norm, repeat_kv, rotary_tables};
 use super::sim::{Dt, T};
 use super::torch_llama::{Projections, Shape};
@@ -47,10 +47,13 @@ impl Room for Llama {
             "mlp_bias",
             "biases on the MLP's projections, which candle's Llama does not load and oomlab does not model",
         )?;
-        like_llama(v, &base, true, false)
+        like_llama(v, &base, true)
     }
     fn tensors(&self, d: &Dims) -> Vec<TensorShape> {
         tensors_like_llama(d, false, false)
+    }
+    fn candle_refuses(&self, d: &Dims) -> Option<String> {
+        derived_head_dim(d)
     }
     fn check_candle(&self, config: &str, _d: &Dims) -> std::result::Result<(), ConfigError> {
         candle_config::<llama::LlamaConfig>(config).map(drop)
@@ -116,30 +119,33 @@ pub(super) fn like_llama(
     v: &Value,
     base: &Dims,
     tied: bool,
-    own_head_dim: bool,
 ) -> std::result::Result<Dims, ConfigError> {
-    let (heads, hidden) = (base.heads, base.hidden);
-    // transformers reads an explicit head_dim; candle's Llama and Qwen2 derive it, and the
-    // tensors here do too.
-    let head_dim = opt_field(v, "head_dim")?;
-    if let Some(hd) = head_dim
-        && heads > 0
-        && hd * heads != hidden
-        && !own_head_dim
-    {
-        return Err(format!(
-            "field \"head_dim\" = {hd} differs from hidden_size / num_attention_heads = {hidden} / {heads}; oomlab does not model such variants of this family yet (remove head_dim only if it really equals that quotient)"
-        )
-        .into());
-    }
-    Ok(Dims {
-        kv_heads: opt_field(v, "num_key_value_heads")?.unwrap_or(heads),
-        head_dim_override: head_dim.filter(|_| own_head_dim),
+    let mut d = Dims {
+        kv_heads: opt_field(v, "num_key_value_heads")?.unwrap_or(base.heads),
+        // transformers reads an explicit head_dim (Mistral-Nemo's 128-wide heads of a 5120-wide,
+        // 32-head model); candle's Llama, Qwen2 and Phi-3 derive it, so those rooms keep such
+        // configs off candle (`derived_head_dim`).
+        head_dim_override: opt_field(v, "head_dim")?,
         tied_embeddings: tied
             && v.get("tie_word_embeddings")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
         ..base.clone()
+    };
+    activation(v, "hidden_act", "silu", &mut d)?;
+    Ok(d)
+}
+
+/// Why candle cannot run `d`, for the rooms whose candle model derives head_dim as hidden_size /
+/// num_attention_heads: an explicit `head_dim` that differs.
+pub(super) fn derived_head_dim(d: &Dims) -> Option<String> {
+    (d.head_dim() * d.heads != d.hidden).then(|| {
+        format!(
+            "candle 0.11's model derives head_dim as hidden_size / num_attention_heads = {} / {}, and this config's \"head_dim\" = {} differs from it",
+            d.hidden,
+            d.heads,
+            d.head_dim()
+        )
     })
 }
 

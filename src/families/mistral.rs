@@ -40,7 +40,7 @@ impl Room for Mistral {
     fn dims(&self, v: &Value) -> std::result::Result<Dims, ConfigError> {
         let base = named_alike(v)?;
         // candle's Mistral always holds its own lm_head.
-        let mut d = like_llama(v, &base, false, true)?;
+        let mut d = like_llama(v, &base, false)?;
         // Only PyTorch's estimator reads it (candle 0.11's Mistral masks the same way).
         d.sliding_window = opt_field(v, "sliding_window")?.unwrap_or(0);
         Ok(d)

@@ -123,7 +123,7 @@ pub trait Room: Sync {
     }
     /// Why candle 0.11 cannot run this config of the family, when it cannot: the config is
     /// read (the PyTorch runtime and estimator take it), and candle's runs refuse it.
-    fn candle_refuses(&self, _d: &Dims) -> Option<&'static str> {
+    fn candle_refuses(&self, _d: &Dims) -> Option<String> {
         None
     }
     /// Why this build cannot measure the family, when it cannot.
@@ -422,7 +422,11 @@ pub struct Dims {
     /// does not follow (Phi-3's longrope, Qwen2's sliding window): it refuses the config naming
     /// the field before any forward, rather than estimate another model.
     #[serde(skip)]
-    pub torch_refuses: Option<&'static str>,
+    pub torch_refuses: Option<String>,
+    /// The activation (`hidden_act`, DistilBERT's `activation`) saves its output for the
+    /// backward (`ReLU`) rather than its input (gelu, silu).
+    #[serde(default)]
+    pub act_saves_output: bool,
     /// Gemma 2: which of its soft-cappings the config sets.
     #[serde(default)]
     pub softcapping: Softcapping,

@@ -6,7 +6,7 @@
 
 use super::candle::{candle_config, prefill_decoder};
 use super::config::{dropout_field, named_alike, opt_field};
-use super::llama::like_llama;
+use super::llama::{derived_head_dim, like_llama};
 use super::ops::{
     Run, attend, causal_mask, embedding, linear, norm, norm_head_on_last, repeat_kv, rotary_tables,
 };
@@ -47,7 +47,7 @@ impl Room for Phi3 {
                 "field \"partial_rotary_factor\" (rotary embedding on part of each head, as in Phi-4-mini) is not modelled yet; oomlab reads Phi-3 configs without it".into(),
             );
         }
-        let mut d = like_llama(v, &base, true, false)?;
+        let mut d = like_llama(v, &base, true)?;
         // Only PyTorch's estimator reads these (candle 0.11's Phi-3 runs inference, unmasked by
         // a window).
         d.sliding_window = opt_field(v, "sliding_window")?.unwrap_or(0);
@@ -58,20 +58,20 @@ impl Room for Phi3 {
             !r.is_null() && r.get("rope_type").and_then(Value::as_str) != Some("default")
         }) {
             d.torch_refuses = Some(
-                "Phi-3's rope_scaling (longrope, as in the 128k variants) is not modelled yet; configs with \"rope_scaling\": null are",
+                "Phi-3's rope_scaling (longrope, as in the 128k variants) is not modelled yet; configs with \"rope_scaling\": null are".into(),
             );
         }
         Ok(d)
     }
     fn tensors(&self, d: &Dims) -> Vec<TensorShape> {
         let (h, i) = (d.hidden, d.intermediate);
-        let kv = d.kv_heads * d.head_dim();
+        let (q, kv) = (d.heads * d.head_dim(), d.kv_heads * d.head_dim());
         tensor_list(|t| {
             t("model.embed_tokens.weight".into(), &[d.vocab, h]);
             for l in 0..d.layers {
                 let p = format!("model.layers.{l}");
-                t(format!("{p}.self_attn.qkv_proj.weight"), &[h + 2 * kv, h]);
-                t(format!("{p}.self_attn.o_proj.weight"), &[h, h]);
+                t(format!("{p}.self_attn.qkv_proj.weight"), &[q + 2 * kv, h]);
+                t(format!("{p}.self_attn.o_proj.weight"), &[h, q]);
                 t(format!("{p}.mlp.gate_up_proj.weight"), &[2 * i, h]);
                 t(format!("{p}.mlp.down_proj.weight"), &[h, i]);
                 t(format!("{p}.input_layernorm.weight"), &[h]);
@@ -82,6 +82,9 @@ impl Room for Phi3 {
                 t("lm_head.weight".into(), &[d.vocab, h]);
             }
         })
+    }
+    fn candle_refuses(&self, d: &Dims) -> Option<String> {
+        derived_head_dim(d)
     }
     fn check_candle(&self, config: &str, _d: &Dims) -> std::result::Result<(), ConfigError> {
         candle_config::<phi3::Config>(config).map(drop)

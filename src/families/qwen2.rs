@@ -6,7 +6,7 @@
 
 use super::candle::{candle_config, prefill_decoder};
 use super::config::{named_alike, opt_field};
-use super::llama::{like_llama, tensors_like_llama};
+use super::llama::{derived_head_dim, like_llama, tensors_like_llama};
 use super::ops::{
     Run, attend, causal_mask, embedding, gated_mlp, head_on_last, linear, norm, repeat_kv,
     rotary_tables,
@@ -38,7 +38,7 @@ impl Room for Qwen2 {
     }
     fn dims(&self, v: &Value) -> std::result::Result<Dims, ConfigError> {
         let base = named_alike(v)?;
-        let mut d = like_llama(v, &base, true, false)?;
+        let mut d = like_llama(v, &base, true)?;
         // transformers then runs sliding-window attention on the layers from max_window_layers
         // on (candle 0.11 windows every layer, memory alike: the whole mask is built).
         let windowed_from = opt_field(v, "max_window_layers")?.unwrap_or(28);
@@ -46,7 +46,7 @@ impl Room for Qwen2 {
             && windowed_from < d.layers
         {
             d.torch_refuses = Some(
-                "Qwen2's use_sliding_window (sliding-window attention on the layers from max_window_layers on) is not modelled yet; configs with it false, or with max_window_layers at least num_hidden_layers, are",
+                "Qwen2's use_sliding_window (sliding-window attention on the layers from max_window_layers on) is not modelled yet; configs with it false, or with max_window_layers at least num_hidden_layers, are".into(),
             );
         }
         Ok(d)
@@ -54,6 +54,9 @@ impl Room for Qwen2 {
     // Qwen2 always has q, k and v biases.
     fn tensors(&self, d: &Dims) -> Vec<TensorShape> {
         tensors_like_llama(d, true, false)
+    }
+    fn candle_refuses(&self, d: &Dims) -> Option<String> {
+        derived_head_dim(d)
     }
     fn check_candle(&self, config: &str, _d: &Dims) -> std::result::Result<(), ConfigError> {
         candle_config::<qwen2::Config>(config).map(drop)

@@ -7,7 +7,7 @@
 #![allow(clippy::many_single_char_names)]
 
 use super::candle::{candle_config, prefill_decoder};
-use super::config::{bool_field, field, named_alike};
+use super::config::{activation, bool_field, field, named_alike};
 use super::llama::tensors_like_llama;
 use super::ops::{Run, embedding, gated_mlp, head_on_last, linear, norm, rotary_tables};
 use super::sim::{Dt, T};
@@ -78,13 +78,15 @@ pub(super) fn dense_dims(v: &Value) -> std::result::Result<Dims, ConfigError> {
         );
     }
     let base = named_alike(v)?;
-    Ok(Dims {
+    let mut d = Dims {
         kv_heads: field(v, "num_key_value_heads")?,
         tied_embeddings: bool_field(v, "tie_word_embeddings")?,
         head_dim_override: Some(field(v, "head_dim")?),
         attention_bias: bool_field(v, "attention_bias")?,
         ..base
-    })
+    };
+    activation(v, "hidden_act", "silu", &mut d)?;
+    Ok(d)
 }
 
 /// A sparse layer's MLP (Qwen3-MoE's), simulated.

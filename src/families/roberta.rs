@@ -9,7 +9,7 @@ use super::bert::{
     Positions, encoder_tensors, torch_bert_forward, torch_bert_train_forward, torch_encoder_weights,
 };
 use super::candle::{Inputs, patched_config};
-use super::config::{ConfigError, dropout_field, field, named_alike, opt_field};
+use super::config::{ConfigError, activation, dropout_field, field, named_alike, opt_field};
 use super::ops::{Run, embedding, linear, norm};
 use super::sim::{Dt, T};
 use super::torch_sim::{Head, Pt, TDt, TorchRun, Weights};
@@ -47,7 +47,7 @@ impl Room for Roberta {
         let base = named_alike(v)?;
         // RobertaConfig's defaults: 0.1 each; the classifier's falls back to the hidden one.
         let hidden = dropout_field(v, "hidden_dropout_prob", true)?;
-        Ok(Dims {
+        let mut d = Dims {
             max_positions: table - pad - 1,
             type_vocab: opt_field(v, "type_vocab_size")?.unwrap_or(1),
             position_offset: pad + 1,
@@ -57,7 +57,9 @@ impl Room for Roberta {
                 classifier: dropout_field(v, "classifier_dropout", hidden)?,
             },
             ..base
-        })
+        };
+        activation(v, "hidden_act", "gelu", &mut d)?;
+        Ok(d)
     }
     fn tensors(&self, d: &Dims) -> Vec<TensorShape> {
         encoder_tensors(d)

@@ -572,12 +572,14 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
 }
 
 /// The gated MLP (infer and grad) on the normed input, `down(act(gate(x)) * up(x))`: the
-/// activation saves its input, the product both factors, down its input; the product goes as
-/// the MLP returns.
+/// activation saves its input (`ReLU` its output, which the product saves too), the product
+/// both factors, down its input; the product goes as the MLP returns.
 pub(super) fn gated_mlp(r: &TorchRun<'_>, normed: &Pt) -> Pt {
     let gated = {
         let gate = normed.linear(r.d.intermediate);
-        r.keep(&gate);
+        if !r.d.act_saves_output {
+            r.keep(&gate);
+        }
         gate.like()
     };
     let product = {
@@ -596,7 +598,7 @@ pub(super) fn gated_mlp(r: &TorchRun<'_>, normed: &Pt) -> Pt {
 /// [`gated_mlp`] with autograd on the tape.
 pub(super) fn train_gated_mlp(r: &TorchRun<'_>, tape: &Tape<'_>, normed: &Pt) -> Pt {
     let gate = tt::linear_mm(tape, normed, r.d.intermediate);
-    let act = tt::unary(tape, &gate, false);
+    let act = tt::unary(tape, &gate, r.d.act_saves_output);
     drop(gate);
     let up = tt::linear_mm(tape, normed, r.d.intermediate);
     let product = tt::mul(tape, &act, &up);
@@ -1065,7 +1067,7 @@ fn train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt, layer: &Layer<'_>, sha
                 &[],
             );
             drop(gate_up);
-            let act = tt::unary(tape, &gate, false);
+            let act = tt::unary(tape, &gate, r.d.act_saves_output);
             let product = tt::mul(tape, &up, &act);
             drop((act, up));
             let down = tt::linear_mm(tape, &product, width);

@@ -672,13 +672,16 @@ pub fn encoder_attention(
 
 /// The encoders' masked-LM head on the last hidden state (BERT's `BertOnlyMLMHead`, `RoBERTa`'s
 /// `RobertaLMHead`, `DistilBERT`'s `vocab_*` layers: the same ops): dense (saving its input),
-/// gelu (saving its input), `LayerNorm`, the decoder (saving its input) into the logits over
-/// the vocabulary.
+/// the activation (gelu saving its input; with `act_saves_output`, `ReLU` saving its output,
+/// which the norm saves too), `LayerNorm`, the decoder (saving its input) into the logits over
+/// the vocabulary. BERT's and DistilBERT's heads run the config's activation, `RoBERTa`'s gelu.
 #[must_use]
-pub fn masked_lm_head(r: &TorchRun<'_>, hidden: &Pt) -> Pt {
+pub fn masked_lm_head(r: &TorchRun<'_>, hidden: &Pt, act_saves_output: bool) -> Pt {
     r.keep(hidden);
     let dense = hidden.linear(hidden.dims[hidden.dims.len() - 1]);
-    r.keep(&dense);
+    if !act_saves_output {
+        r.keep(&dense);
+    }
     let act = dense.like();
     drop(dense);
     let normed = layer_norm(r, &act);

@@ -798,13 +798,20 @@ pub fn cross_entropy(tape: &Tape<'_>, logits: &Pt, labels: &Pt) -> Pt {
 }
 
 /// The encoders' masked-LM head with autograd on the last hidden state, as in inference
-/// ([`super::torch_sim::masked_lm_head`]): dense, gelu (saving its input), `LayerNorm`, the
-/// decoder; then `CrossEntropyLoss` over every position in the logits' type (returned), or with
-/// `r.eval` the logits. The last hidden state lives until the head's model returns.
-pub fn masked_lm(r: &TorchRun<'_>, tape: &Tape<'_>, hidden: Pt, labels: &Pt) -> Pt {
+/// ([`super::torch_sim::masked_lm_head`], `act_saves_output` as there): dense, the activation,
+/// `LayerNorm`, the decoder; then `CrossEntropyLoss` over every position in the logits' type
+/// (returned), or with `r.eval` the logits. The last hidden state lives until the head's model
+/// returns.
+pub fn masked_lm(
+    r: &TorchRun<'_>,
+    tape: &Tape<'_>,
+    hidden: Pt,
+    labels: &Pt,
+    act_saves_output: bool,
+) -> Pt {
     let logits = {
         let dense = linear(tape, &hidden, r.d.hidden, true);
-        let act = unary(tape, &dense, false);
+        let act = unary(tape, &dense, act_saves_output);
         drop(dense);
         let normed = layer_norm(tape, &act, r.threads);
         drop(act);

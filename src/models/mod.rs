@@ -82,7 +82,7 @@ pub fn build(spec: &ModelSpec, dtype: DType, device: &Device) -> Result<LoadedMo
     if let Some(reason) = spec.family.room().candle_refuses(&spec.dims) {
         return Err(ModelError::Build {
             family: spec.family,
-            message: reason.into(),
+            message: reason,
         });
     }
     let expected = spec.dims.tensors(spec.family);

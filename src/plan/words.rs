@@ -118,7 +118,7 @@ pub enum PlanProblem {
     /// candle 0.11 cannot run this config of a family it runs (the PyTorch runtime can).
     CandleCannotRun {
         model: String,
-        reason: &'static str,
+        reason: String,
     },
     /// candle 0.11 cannot run this family in this precision.
     DtypeUnsupported {

@@ -165,15 +165,6 @@ fn llama_configs_with_biases_are_refused_naming_the_field() {
         let o = oomlab(&["estimate", "--model", &path, "--batch", "1", "--seq", "8"]);
         assert!(o.status.success(), "{field}: {}", stderr(&o));
     }
-    // An explicit head_dim other than hidden / heads: transformers would read it, candle's
-    // Llama derives its own.
-    let mut head_dim = tiny.clone();
-    head_dim["head_dim"] = 16.into();
-    let path = write_config(&d, "headdim.json", &head_dim.to_string());
-    refused(
-        &["--model", &path],
-        &["headdim.json", "\"head_dim\" = 16 differs from hidden_size"],
-    );
     let mut gemma2 = crate::common::bundled_config("tiny-gemma2");
     gemma2["attention_bias"] = true.into();
     let path = write_config(&d, "gemma2-bias.json", &gemma2.to_string());
@@ -183,50 +174,58 @@ fn llama_configs_with_biases_are_refused_naming_the_field() {
     );
 }
 
-/// A Gemma 3 with more than one key/value head (gemma-3-4b and larger): candle 0.11 cannot run
-/// it, so its sweeps and estimates are refused naming the runtime; PyTorch's estimate takes it.
+/// Configs candle 0.11 cannot run: a Gemma 3 with more than one key/value head (gemma-3-4b and
+/// larger), and a Llama, Qwen2 or Phi-3 whose explicit head_dim is not hidden / heads (candle's
+/// models derive it; transformers reads it). Their sweeps and estimates are refused naming the
+/// field and the runtime; PyTorch's estimate takes them.
 #[test]
 fn a_config_only_pytorch_runs_is_refused_for_candle_and_estimated_for_pytorch() {
-    let d = TempDir::new("gemma3kv");
+    let d = TempDir::new("torchonly");
+    let mut cases = Vec::new();
     let mut kv2 = crate::common::bundled_config("tiny-gemma3");
     kv2["num_key_value_heads"] = 2.into();
-    let path = write_config(&d, "kv2.json", &kv2.to_string());
-    let needles = [
-        "cannot run on the candle runtime",
-        "num_key_value_heads",
-        "--runtime",
-    ];
-    refused(&["--model", &path], &needles);
-    let o = oomlab(&["estimate", "--model", &path, "--seq", "8"]);
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    for n in needles {
-        assert!(err.contains(n), "missing '{n}' in {err}");
+    cases.push(("kv2.json", kv2, "num_key_value_heads"));
+    for model in ["tiny-llama", "tiny-qwen2", "tiny-phi3"] {
+        let mut wide = crate::common::bundled_config(model);
+        wide["head_dim"] = 16.into();
+        cases.push((model, wide, "\"head_dim\" = 16 differs"));
     }
-    let o = oomlab(&[
-        "estimate",
-        "--runtime",
-        "torch",
-        "--model",
-        &path,
-        "--seq",
-        "8",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let point: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().next().unwrap()).unwrap();
-    assert!(point["total_bytes"].as_u64().unwrap() > 0, "{point}");
-    // explain on a PyTorch message answers with PyTorch's figures alone.
-    let o = oomlab(&[
-        "explain",
-        "--model",
-        &path,
-        "CUDA out of memory. Tried to allocate 2.00 MiB (GPU 0; 15.00 MiB total capacity; 9.00 MiB already allocated; 1.00 MiB free; 10.00 MiB reserved in total by PyTorch)",
-    ]);
-    let said = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(said.contains("by oomlab's PyTorch estimate"), "{said}");
+    for (name, config, field) in cases {
+        let path = write_config(&d, &format!("{name}.json"), &config.to_string());
+        let needles = ["cannot run on the candle runtime", field, "--runtime"];
+        refused(&["--model", &path], &needles);
+        let o = oomlab(&["estimate", "--model", &path, "--seq", "8"]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        for n in needles {
+            assert!(err.contains(n), "missing '{n}' in {err}");
+        }
+        let o = oomlab(&[
+            "estimate",
+            "--runtime",
+            "torch",
+            "--model",
+            &path,
+            "--seq",
+            "8",
+            "--json",
+        ]);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let point: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().next().unwrap())
+                .unwrap();
+        assert!(point["total_bytes"].as_u64().unwrap() > 0, "{point}");
+        // explain on a PyTorch message answers with PyTorch's figures alone.
+        let o = oomlab(&[
+            "explain",
+            "--model",
+            &path,
+            "CUDA out of memory. Tried to allocate 2.00 MiB (GPU 0; 15.00 MiB total capacity; 9.00 MiB already allocated; 1.00 MiB free; 10.00 MiB reserved in total by PyTorch)",
+        ]);
+        let said = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        assert!(said.contains("by oomlab's PyTorch estimate"), "{said}");
+    }
 }
 
 /// A model candle refuses after oomlab has read its config (here the worker's test hook): the

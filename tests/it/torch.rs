@@ -852,6 +852,26 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
         ["hidden_dropout_prob", "attention_probs_dropout_prob"],
     );
     let distil = with_dropout("tiny-distilbert", ["dropout", "attention_dropout"]);
+    // ReLU saves its output for the backward (gelu and silu their input): one tensor fewer in
+    // each MLP, and in BERT's and DistilBERT's masked-LM transform.
+    let relu = |name: &str, field: &str| {
+        with_fields(
+            name,
+            &format!("{name}-relu.json"),
+            &[(field, "relu".into())],
+        )
+    };
+    let (relu_bert, relu_distil) = (
+        relu("tiny-bert", "hidden_act"),
+        relu("tiny-distilbert", "activation"),
+    );
+    let relu_llama = relu("tiny-llama", "hidden_act");
+    // A Llama whose head_dim is not hidden / heads (candle cannot run it).
+    let wide_llama = with_fields(
+        "tiny-llama",
+        "tiny-llama-hd16.json",
+        &[("head_dim", 16.into())],
+    );
     let ckpt: &[&str] = &["--gradient-checkpointing", "on"];
     let sgd: &[&str] = &["--optimizer", "sgd"];
     let cases = [
@@ -994,6 +1014,36 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
         ),
         (
             ("tiny-gemma2", "12", "amp-bf16", "eager", "train"),
+            "1,3",
+            &[],
+        ),
+        (
+            (relu_bert.as_str(), "24", "f32", "sdpa", "train"),
+            "1,3",
+            &["--task", "masked-lm"],
+        ),
+        (
+            (relu_bert.as_str(), "24", "bf16", "eager", "grad"),
+            "1,3",
+            &["--task", "masked-lm"],
+        ),
+        (
+            (relu_distil.as_str(), "24", "f32", "sdpa", "train"),
+            "1,3",
+            &["--task", "masked-lm"],
+        ),
+        (
+            (relu_llama.as_str(), "24", "amp-bf16", "sdpa", "train"),
+            "1,3",
+            &[],
+        ),
+        (
+            (relu_llama.as_str(), "24", "f32", "sdpa", "grad"),
+            "1,3",
+            &[],
+        ),
+        (
+            (wide_llama.as_str(), "24", "f32", "sdpa", "train"),
             "1,3",
             &[],
         ),
