@@ -79,17 +79,43 @@ pub(super) fn explain(
         e.set_gpu(p);
     }
     if let Some(m) = model {
-        let capacity = gpu.map(|p| p.total_bytes).or(e.total_capacity_bytes);
+        // The most the process could hold: --gpu's memory, else the message's total, or the
+        // cap it names (`N allowed`, MPS's `max allowed`) when lower.
+        let capacity = gpu.map(|p| p.total_bytes).or_else(|| {
+            match (e.total_capacity_bytes, e.allowed_bytes) {
+                (Some(t), Some(a)) => Some(t.min(a)),
+                (t, a) => t.or(a),
+            }
+        });
         let pytorch = matches!(
             e.form,
-            crate::explain::Form::PytorchOld | crate::explain::Form::PytorchNew
+            crate::explain::Form::PytorchOld
+                | crate::explain::Form::PytorchNew
+                | crate::explain::Form::PytorchMps
         );
         let torch = runtime.map_or(pytorch, |r| r == crate::plan::Runtime::Torch);
-        match largest_batch(m, capacity, torch) {
-            Ok(lb) => e.set_largest_batch(lb),
-            Err(why) => {
-                eprintln!("oomlab: {}", why.message);
-                return why.code;
+        match capacity {
+            Some(capacity) => match largest_batch(m, capacity, torch) {
+                Ok(lb) => e.set_largest_batch(lb),
+                Err(why) => {
+                    eprintln!("oomlab: {}", why.message);
+                    return why.code;
+                }
+            },
+            // The explanation stands without the batches; a model that cannot be read is
+            // still an error.
+            None => {
+                if let Err(why) = ModelRef::parse(&m.0)
+                    .and_then(|r| ModelSpec::resolve(&r))
+                    .map_err(|e| CliError::from(PlanError::Model(e)))
+                {
+                    eprintln!("oomlab: {}", why.message);
+                    return why.code;
+                }
+                eprintln!(
+                    "oomlab: the message gives no capacity to size {}'s batches under, so they are left out; name the GPU with --gpu (e.g. --gpu t4)",
+                    m.0
+                );
             }
         }
     }
@@ -107,16 +133,11 @@ pub(super) fn explain(
 /// the message's total).
 fn largest_batch(
     (model, seq, dtype): &ModelAt,
-    capacity: Option<u64>,
+    capacity: u64,
     torch: bool,
 ) -> Result<LargestBatch, CliError> {
     let reference = ModelRef::parse(model).map_err(|e| CliError::from(PlanError::Model(e)))?;
     let spec = ModelSpec::resolve(&reference).map_err(|e| CliError::from(PlanError::Model(e)))?;
-    let capacity = capacity.ok_or_else(|| {
-        CliError::usage(
-            "the message does not give the GPU's total capacity; name the GPU with --gpu (e.g. --gpu t4)",
-        )
-    })?;
     let dtype = dtype.unwrap_or(crate::plan::defaults::DTYPES[0]);
     let seq = seq.unwrap_or(crate::plan::defaults::SEQ.min(spec.dims.max_positions));
     crate::plan::check_seq(&spec, seq)?;

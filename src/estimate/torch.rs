@@ -500,7 +500,7 @@ fn train_marks(
             sim.another_workspace(arm.cublas_workspace_bytes);
         }
         let mut grads = tape.backward(sim, scaled.as_ref().unwrap_or(&loss));
-        room.torch_parameter_order(dims, &mut grads);
+        room.torch_parameter_order(dims, head, &mut grads);
         drop((loss, scaled));
         m.optimizer2 = sim.live();
         let params: Vec<_> = grads.iter().map(|g| (g.dims.clone(), g.dt)).collect();

@@ -2,7 +2,7 @@
 //! fixes in order of effect (fragmentation first only when it is large, bf16 only where the GPU
 //! has it).
 
-use super::{Explanation, Form, LargestBatch, Rounding, TorchBatches, shown};
+use super::{Backend, Explanation, Form, LargestBatch, Rounding, TorchBatches, shown};
 use crate::presets::{self, GpuPreset};
 
 /// Memory neither free nor this process's allocator's: other processes and CUDA contexts.
@@ -99,6 +99,36 @@ pub(super) fn figures(e: &Explanation) -> Vec<String> {
             shown(b, r.held_elsewhere)
         ));
     }
+    if let Some(b) = e.private_pools_bytes {
+        out.push(format!(
+            "in private pools {} (of the allocated): memory CUDA graphs keep for their replays (`torch.compile(mode=\"reduce-overhead\")`, `torch.cuda.graphs`), freed only with the graphs",
+            shown(b, r.private_pools)
+        ));
+    }
+    if let Some(b) = e.other_allocations_bytes {
+        out.push(format!(
+            "other allocations {}: what the process holds on the GPU outside PyTorch's MPS allocator",
+            shown(b, r.other_allocations)
+        ));
+    }
+    if let Some(b) = e.allowed_bytes {
+        out.push(if e.form == Form::PytorchMps {
+            format!(
+                "max allowed {}: PyTorch's own limit for MPS (its high watermark, a share of the Mac's unified memory set by PYTORCH_MPS_HIGH_WATERMARK_RATIO), not all the memory the Mac has",
+                shown(b, r.allowed)
+            )
+        } else {
+            format!(
+                "allowed {}: the most this process may hold, a cap set in it (`torch.cuda.set_per_process_memory_fraction`), below what the GPU has",
+                shown(b, r.allowed)
+            )
+        });
+    }
+    for i in &e.ignored {
+        out.push(format!(
+            "left out: \"{i}\", more than the GPU has — a miscount in the message itself, so no figure here relies on it"
+        ));
+    }
     out
 }
 
@@ -153,8 +183,36 @@ pub(super) fn advice(e: &Explanation) -> Vec<String> {
     match e.form {
         Form::Jax => return jax_advice(e),
         Form::Tensorflow => return tensorflow_advice(e),
+        Form::PytorchMps => return mps_advice(e),
+        Form::CpuHost => return cpu_advice(e),
         Form::PytorchOld | Form::PytorchNew | Form::CudaBare => {}
     }
+    let out = cuda_advice(e);
+    // ROCm and Intel GPUs read the same; their tools and settings have their own names.
+    match e.backend.unwrap_or(Backend::Cuda) {
+        Backend::Cuda => out,
+        Backend::Hip => out
+            .into_iter()
+            .map(|a| {
+                a.replace("nvidia-smi", "rocm-smi")
+                    .replace("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF")
+            })
+            .collect(),
+        Backend::Xpu => out
+            .into_iter()
+            // XPU's allocator takes no PYTORCH_CUDA_ALLOC_CONF.
+            .filter(|a| !a.contains("PYTORCH_CUDA_ALLOC_CONF"))
+            .map(|a| {
+                a.replace("nvidia-smi", "xpu-smi")
+                    .replace("torch.cuda.", "torch.xpu.")
+                    .replace("\"cuda\"", "\"xpu\"")
+            })
+            .collect(),
+    }
+}
+
+/// The fixes for a CUDA-style PyTorch message (and the bare CUDA error).
+fn cuda_advice(e: &Explanation) -> Vec<String> {
     let need = e.tried_to_allocate_bytes.unwrap_or(0);
     let fragmentation = fragmentation(e);
     // Freeing what others hold would satisfy the request. The older form counts this process's
@@ -164,10 +222,25 @@ pub(super) fn advice(e: &Explanation) -> Vec<String> {
     } else {
         0
     };
+    // When the GPU had room for the request, others' memory was not what it lacked.
     let others = e
         .held_elsewhere_bytes
-        .is_some_and(|b| b.saturating_sub(context) >= need.max(1));
+        .is_some_and(|b| b.saturating_sub(context) >= need.max(1))
+        && e.free_bytes.is_none_or(|f| f < need);
     let mut out = Vec::new();
+    // A cap set in the process, below the GPU's memory, with room left on the GPU: the cap
+    // refused the request.
+    if let Some(allowed) = e.allowed_bytes
+        && e.total_capacity_bytes.is_none_or(|t| allowed < t)
+    {
+        let room = e.free_bytes.map_or_else(String::new, |f| {
+            format!(", while the GPU had {} free", shown(f, e.rounding.free))
+        });
+        out.push(format!(
+            "raise this process's memory cap: it may hold {} (\"allowed\"){room}, so the request failed against a limit set in the process, not against the GPU — find the `torch.cuda.set_per_process_memory_fraction(…)` call (yours or a framework's) and raise the fraction or remove it",
+            shown(allowed, e.rounding.allowed)
+        ));
+    }
     if fragmentation == Fragmentation::First {
         out.push(if e.form == Form::PytorchOld {
             "reduce fragmentation: run with PYTORCH_CUDA_ALLOC_CONF=max_split_size_mb:128 (or, on PyTorch 2.1 and later, `export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`); reserved memory is then reused instead of split into unusable pieces".into()
@@ -185,6 +258,7 @@ pub(super) fn advice(e: &Explanation) -> Vec<String> {
         .as_ref()
         .and_then(|lb| Some((lb, lb.torch.as_ref()?)))
     {
+        // The message cannot tell inference from training: the no_grad check comes first.
         out.insert(0, no_grad_check(lb, t));
         torch_batches(&mut out, lb, t);
     } else {
@@ -266,6 +340,72 @@ fn jax_advice(e: &Explanation) -> Vec<String> {
     out
 }
 
+/// The batch lines of a PyTorch message: with `--model` the no_grad check and the PyTorch
+/// estimate's batches, else the rule.
+fn pytorch_batches(out: &mut Vec<String>, e: &Explanation) {
+    if let Some((lb, t)) = e
+        .largest_batch
+        .as_ref()
+        .and_then(|lb| Some((lb, lb.torch.as_ref()?)))
+    {
+        out.push(no_grad_check(lb, t));
+        torch_batches(out, lb, t);
+    } else {
+        candle_batches(out, e);
+    }
+}
+
+/// PyTorch on Apple's MPS: the limit is PyTorch's own share of the unified memory, which the
+/// system and every other application share.
+fn mps_advice(e: &Explanation) -> Vec<String> {
+    let mut out = Vec::new();
+    pytorch_batches(&mut out, e);
+    out.push(
+        "use half precision: `model.to(torch.float16)` (bf16 on MPS needs macOS 14 or later) or `with torch.autocast(\"mps\", dtype=torch.float16):` around the forward; it halves weights and activations".into(),
+    );
+    out.push(
+        "free unified memory: the GPU shares it with the system and every open application — quit the large ones, and call `torch.mps.empty_cache()` after deleting tensors you no longer need".into(),
+    );
+    out.push(
+        "raise PyTorch's limit only knowing the cost: `PYTORCH_MPS_HIGH_WATERMARK_RATIO` (default 1.7, of the memory macOS recommends for the GPU) moves it; 0.0, as the message suggests, removes it, and then the Mac swaps or freezes instead of raising this error".into(),
+    );
+    out.push(
+        "use shorter sequences: attention's memory grows with the square of the length — `tokenizer(..., truncation=True, max_length=…)`".into(),
+    );
+    out.push(
+        "trade compute for memory in training: `model.gradient_checkpointing_enable()` keeps fewer activations for the backward pass".into(),
+    );
+    out
+}
+
+/// PyTorch on the CPU: the computer's own memory.
+fn cpu_advice(e: &Explanation) -> Vec<String> {
+    let mut out = Vec::new();
+    // A request larger than any computer's memory is a shape gone wrong, not a batch too big.
+    if e.tried_to_allocate_bytes.is_some_and(|b| b >= 1 << 40) {
+        out.push(format!(
+            "check the shapes first: one tensor of {} is more than any computer has — usually a sequence length or image size far larger than meant, or two dimensions multiplied by broadcasting",
+            shown(e.tried_to_allocate_bytes.unwrap_or(0), None)
+        ));
+    }
+    out.push(
+        "if this was meant to run on the GPU, move the model and its inputs there (`model.to(\"cuda\")`, `inputs = inputs.to(\"cuda\")`): as it is, the CPU ran it in the computer's memory".into(),
+    );
+    out.push(
+        "if this is inference, wrap it in `torch.no_grad()` (or `torch.inference_mode()`): a forward without it keeps every activation for a backward that never comes".into(),
+    );
+    out.push(
+        "use a smaller batch: activations grow linearly with batch — `per_device_train_batch_size=…` / `DataLoader(dataset, batch_size=…)`".into(),
+    );
+    out.push(
+        "load the weights once and in half precision: `from_pretrained(..., torch_dtype=torch.bfloat16, low_cpu_mem_usage=True)` avoids a second full copy while loading".into(),
+    );
+    out.push(
+        "free memory: close other programs (see them with `free -h` and `top`, or Activity Monitor / Task Manager), or add swap — at the cost of speed".into(),
+    );
+    out
+}
+
 /// TensorFlow (Keras) fixes, in order of effect.
 fn tensorflow_advice(e: &Explanation) -> Vec<String> {
     let policy = if e.preset().is_some_and(GpuPreset::supports_bf16) {
@@ -316,7 +456,16 @@ impl Explanation {
     #[must_use]
     pub fn text(&self) -> String {
         use std::fmt::Write as _;
-        let mut s = format!("{}\n\nWhat it says:\n", self.form.title());
+        let backend = match self.backend {
+            Some(Backend::Hip) => {
+                " It comes from AMD's ROCm (HIP), whose PyTorch prints CUDA's figures under HIP's name."
+            }
+            Some(Backend::Xpu) => {
+                " It comes from Intel's GPU (XPU), whose PyTorch prints CUDA's figures under XPU's name."
+            }
+            _ => "",
+        };
+        let mut s = format!("{}{backend}\n\nWhat it says:\n", self.form.title());
         if self.figures.is_empty() {
             s.push_str("- no figures: the message says only that the device ran out of memory; `nvidia-smi` shows which processes hold the GPU's memory, and `torch.cuda.memory_summary()` what PyTorch holds\n");
         }

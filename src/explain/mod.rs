@@ -29,8 +29,25 @@ pub enum Form {
     Tensorflow,
     /// `RESOURCE_EXHAUSTED: Out of memory while trying to allocate …`
     Jax,
-    /// `CUDA error: out of memory` (or `CUDA_ERROR_OUT_OF_MEMORY`), with no figures.
+    /// `CUDA error: out of memory` (or `CUDA_ERROR_OUT_OF_MEMORY`, `CUBLAS_STATUS_ALLOC_FAILED`),
+    /// with no figures.
     CudaBare,
+    /// `MPS backend out of memory (MPS allocated: …, other allocations: …, max allowed: …)`:
+    /// PyTorch on a Mac's GPU, under its high watermark.
+    PytorchMps,
+    /// `DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes`: the host's
+    /// memory, not a GPU's.
+    CpuHost,
+}
+
+/// Whose GPU a PyTorch message names: NVIDIA's (CUDA), AMD's (ROCm's HIP) or Intel's (XPU).
+/// Their messages read alike; the tools and settings differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    Cuda,
+    Hip,
+    Xpu,
 }
 
 impl Form {
@@ -43,6 +60,8 @@ impl Form {
             Self::Tensorflow => "TensorFlow",
             Self::Jax => "JAX / XLA",
             Self::CudaBare => "CUDA (no figures)",
+            Self::PytorchMps => "PyTorch on Apple's MPS",
+            Self::CpuHost => "PyTorch on the CPU (host memory)",
         }
     }
 
@@ -65,6 +84,12 @@ impl Form {
             Self::CudaBare => {
                 "A CUDA out-of-memory error with no figures (\"CUDA error: out of memory\"): the driver refused an allocation, often outside PyTorch's caching allocator."
             }
+            Self::PytorchMps => {
+                "A PyTorch out-of-memory message from Apple's MPS backend (\"MPS backend out of memory …\"): the Mac's GPU shares its unified memory with the system, and PyTorch stops at a limit of its own (max allowed)."
+            }
+            Self::CpuHost => {
+                "A PyTorch out-of-memory message from the CPU (\"DefaultCPUAllocator: can't allocate memory …\"): the computer's own memory (RAM) ran out, not a GPU's."
+            }
         }
     }
 }
@@ -81,6 +106,9 @@ pub struct ProcessUse {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Explanation {
     pub form: Form,
+    /// For a CUDA-style PyTorch message (and the bare CUDA error): NVIDIA's CUDA, AMD's HIP or
+    /// Intel's XPU; null for the other forms.
+    pub backend: Option<Backend>,
     pub gpu_index: Option<u32>,
     pub tried_to_allocate_bytes: Option<u64>,
     pub total_capacity_bytes: Option<u64>,
@@ -94,6 +122,16 @@ pub struct Explanation {
     pub processes: Vec<ProcessUse>,
     /// Memory held outside this process's allocator: other processes and CUDA contexts.
     pub held_elsewhere_bytes: Option<u64>,
+    /// Of the allocated memory, what CUDA graphs' private pools hold (newer PyTorch).
+    pub private_pools_bytes: Option<u64>,
+    /// The most this process may hold: a cap set in the process (`N allowed`, from
+    /// `torch.cuda.set_per_process_memory_fraction`), or MPS's high watermark (`max allowed`).
+    pub allowed_bytes: Option<u64>,
+    /// MPS: what the process holds outside PyTorch's MPS allocator (`other allocations`).
+    pub other_allocations_bytes: Option<u64>,
+    /// Figures the message prints that cannot be true (more than the GPU has), left out.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ignored: Vec<String>,
     /// The GPU preset (its id, e.g. `t4`): named with `--gpu`, or the one whose total capacity
     /// is the message's figure ([`presets::from_total_capacity`]); null when unknown. Its
     /// compute capability decides between bf16 and fp16 advice.
@@ -263,7 +301,7 @@ impl Explanation {
 /// Why a text could not be explained.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "not an out-of-memory message I recognise; expected PyTorch's \"CUDA out of memory. Tried to allocate …\", TensorFlow's \"OOM when allocating tensor …\" or \"ran out of memory trying to allocate …\", JAX's \"RESOURCE_EXHAUSTED: Out of memory …\", or \"CUDA error: out of memory\""
+    "not an out-of-memory message I recognise; expected PyTorch's \"CUDA out of memory. Tried to allocate …\" (or HIP's, XPU's, MPS's, or the CPU's \"DefaultCPUAllocator: can't allocate memory\"), TensorFlow's \"OOM when allocating tensor …\" or \"ran out of memory trying to allocate …\", JAX's \"RESOURCE_EXHAUSTED: Out of memory …\", or \"CUDA error: out of memory\""
 )]
 pub struct NotOom;
 
@@ -354,6 +392,9 @@ struct Roundings {
     reserved: Option<Rounding>,
     unallocated: Option<Rounding>,
     in_use: Option<Rounding>,
+    private_pools: Option<Rounding>,
+    allowed: Option<Rounding>,
+    other_allocations: Option<Rounding>,
     processes: Vec<Option<Rounding>>,
     held_elsewhere: Option<Rounding>,
 }
@@ -382,7 +423,15 @@ struct Patterns {
     free_old: Regex,
     free_new: Regex,
     reserved_old: Regex,
+    cached_old: Regex,
     of_allocated: Regex,
+    allowed: Regex,
+    mps_allocated: Regex,
+    mps_other: Regex,
+    mps_max: Regex,
+    cpu_bytes: Regex,
+    stream_executor: Regex,
+    cupy_bytes: Regex,
     process: Regex,
     non_pytorch: Regex,
     tf_shape: Regex,
@@ -402,15 +451,29 @@ static P: LazyLock<Patterns> = LazyLock::new(|| Patterns {
     allocated_old: re(r"SIZE already allocated"),
     free_old: re(r"SIZE free\b"),
     free_new: re(r"of which SIZE is free"),
-    // Before "reserved", PyTorch called it "cached".
-    reserved_old: re(r"SIZE (?:reserved in total by PyTorch|cached)"),
+    reserved_old: re(r"SIZE reserved in total by PyTorch"),
+    // Before "reserved", PyTorch printed what it held beyond its tensors as "cached" (its
+    // source: `amount_cached - amount_allocated`), the reserved-but-unallocated figure.
+    cached_old: re(r"SIZE cached\b"),
+    // CUDA graphs' private pools, when any, sit between the two figures.
     of_allocated: re(
-        r"Of the allocated memory SIZE is allocated by PyTorch, and SIZE is reserved by PyTorch but unallocated",
+        r"Of the allocated memory SIZE is allocated by PyTorch,(?: with SIZE allocated in private pools(?: \([^)]*\))?,)? and SIZE is reserved by PyTorch but unallocated",
     ),
+    allowed: re(r"SIZE allowed;"),
+    mps_allocated: re(r"MPS allocated: SIZE"),
+    mps_other: re(r"other allocations: SIZE"),
+    mps_max: re(r"max allowed: SIZE"),
+    cpu_bytes: re(r"you tried to allocate (\d+) bytes"),
+    // TensorFlow's and XLA's stream executor (`cuda_driver.cc`, ROCm's `rocm_driver.cc`).
+    stream_executor: re(
+        r"failed to allocate \S+ \((\d+) bytes\) from device: (?:CUDA_ERROR_OUT_OF_MEMORY|HIP_ERROR_OutOfMemory)",
+    ),
+    cupy_bytes: re(r"out of memory to allocate (\d+) bytes"),
     process: re(r"Process (\d+) has SIZE memory in use"),
     non_pytorch: re(r"this process has SIZE memory in use"),
+    // "of shape" and a missing type or device occur too.
     tf_shape: re(
-        r"OOM when allocating tensor with shape\s*\[([0-9,\s]*)\]\s*and type (\w+) on [^\s]*?device:GPU:(\d+)",
+        r"OOM when allocating tensor (?:with|of) shape\s*\[([0-9,\s]*)\](?:\s*and type (\w+))?(?: on [^\s]*?device:GPU:(\d+))?",
     ),
     tf_allocator: re(r"Allocator \(GPU_(\d+)_bfc\) ran out of memory trying to allocate SIZE"),
     jax_bytes: re(r"Out of memory while trying to allocate (\d+) bytes"),
@@ -437,11 +500,29 @@ fn split(v: Option<(u64, Rounding)>) -> (Option<u64>, Option<Rounding>) {
     (v.map(|(b, _)| b), v.map(|(_, r)| r))
 }
 
+/// Bytes of a size MPS printed: its allocator writes binary sizes with decimal names
+/// (`format_size` divides by 1024³ and prints "GB").
+fn mps_size(r: &Regex, text: &str) -> Option<(u64, Rounding)> {
+    let c = r.captures(text)?;
+    let binary = match c.get(2)?.as_str() {
+        "KB" => "KiB",
+        "MB" => "MiB",
+        "GB" => "GiB",
+        "TB" => "TiB",
+        other => other,
+    };
+    sized(c.get(1)?.as_str(), binary)
+}
+
 /// Reads the message and explains it.
 pub fn explain(text: &str) -> Result<Explanation, NotOom> {
     let p = &*P;
+    // A message wrapped across lines (as terminals and trackers wrap it) reads as one.
+    let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let text = joined.as_str();
     let mut e = Explanation {
         form: Form::CudaBare,
+        backend: None,
         gpu_index: None,
         tried_to_allocate_bytes: None,
         total_capacity_bytes: None,
@@ -452,6 +533,10 @@ pub fn explain(text: &str) -> Result<Explanation, NotOom> {
         process_in_use_bytes: None,
         processes: Vec::new(),
         held_elsewhere_bytes: None,
+        private_pools_bytes: None,
+        allowed_bytes: None,
+        other_allocations_bytes: None,
+        ignored: Vec::new(),
         gpu: None,
         figures: Vec::new(),
         advice: Vec::new(),
@@ -459,20 +544,47 @@ pub fn explain(text: &str) -> Result<Explanation, NotOom> {
         rounding: Roundings::default(),
     };
     let r = &mut e.rounding;
-    let pytorch = text.contains("CUDA out of memory") || text.contains("OutOfMemoryError");
-    if pytorch && (p.total_new.is_match(text) || p.of_allocated.is_match(text)) {
+    let backend = if text.contains("HIP out of memory") {
+        Backend::Hip
+    } else if text.contains("XPU out of memory") {
+        Backend::Xpu
+    } else {
+        Backend::Cuda
+    };
+    // CuPy names its error OutOfMemoryError too; MPS's and the CPU's come as
+    // `torch.OutOfMemoryError` (and an application's hint may mention CUDA beside them).
+    let cupy = text.contains("cupy");
+    let pytorch = !cupy
+        && (["CUDA", "HIP", "XPU"]
+            .iter()
+            .any(|b| text.contains(&format!("{b} out of memory")))
+            || text.contains("OutOfMemoryError"));
+    if text.contains("MPS backend out of memory") {
+        e.form = Form::PytorchMps;
+        (e.allocated_by_pytorch_bytes, r.allocated) = split(mps_size(&p.mps_allocated, text));
+        (e.other_allocations_bytes, r.other_allocations) = split(mps_size(&p.mps_other, text));
+        (e.allowed_bytes, r.allowed) = split(mps_size(&p.mps_max, text));
+        (e.tried_to_allocate_bytes, r.tried) = split(mps_size(&p.tried, text));
+    } else if text.contains("DefaultCPUAllocator") {
+        e.form = Form::CpuHost;
+        e.tried_to_allocate_bytes = p.cpu_bytes.captures(text).and_then(|c| c[1].parse().ok());
+    } else if pytorch && (p.total_new.is_match(text) || p.of_allocated.is_match(text)) {
         e.form = Form::PytorchNew;
         (e.total_capacity_bytes, r.total) = split(size(&p.total_new, text));
         (e.free_bytes, r.free) = split(size(&p.free_new, text));
         if let Some(c) = p.of_allocated.captures(text) {
             (e.allocated_by_pytorch_bytes, r.allocated) = split(sized(&c[1], &c[2]));
-            (e.reserved_unallocated_bytes, r.unallocated) = split(sized(&c[3], &c[4]));
+            if let (Some(n), Some(u)) = (c.get(3), c.get(4)) {
+                (e.private_pools_bytes, r.private_pools) = split(sized(n.as_str(), u.as_str()));
+            }
+            (e.reserved_unallocated_bytes, r.unallocated) = split(sized(&c[5], &c[6]));
             e.reserved_by_pytorch_bytes = e
                 .allocated_by_pytorch_bytes
                 .zip(e.reserved_unallocated_bytes)
                 .map(|(a, r)| a + r);
             r.reserved = Rounding::derived(&[r.allocated, r.unallocated]);
         }
+        (e.allowed_bytes, r.allowed) = split(size(&p.allowed, text));
         let processes: Vec<(ProcessUse, Rounding)> = p
             .process
             .captures_iter(text)
@@ -487,24 +599,55 @@ pub fn explain(text: &str) -> Result<Explanation, NotOom> {
                 ))
             })
             .collect();
-        r.processes = processes.iter().map(|(_, r)| Some(*r)).collect();
-        e.processes = processes.into_iter().map(|(p, _)| p).collect();
+        // A figure above the GPU's capacity is a miscount (PyTorch has printed an unsigned
+        // underflow, 17179869184.00 GiB): left out, and said so.
+        let possible = |b: u64| e.total_capacity_bytes.is_none_or(|t| b <= t);
+        let mut ignored = Vec::new();
+        let (kept, over): (Vec<_>, Vec<_>) =
+            processes.into_iter().partition(|(u, _)| possible(u.bytes));
+        for (u, rounding) in over {
+            ignored.push(format!(
+                "process {} holds {}",
+                u.pid,
+                shown(u.bytes, Some(rounding))
+            ));
+        }
+        r.processes = kept.iter().map(|(_, r)| Some(*r)).collect();
+        e.processes = kept.into_iter().map(|(p, _)| p).collect();
         let only_process = match (e.processes.as_slice(), r.processes.as_slice()) {
             ([only], [Some(rounding)]) => Some((only.bytes, *rounding)),
             _ => None,
         };
-        (e.process_in_use_bytes, r.in_use) = split(size(&p.non_pytorch, text).or(only_process));
+        let in_use = size(&p.non_pytorch, text);
+        let in_use = match in_use {
+            Some((b, rounding)) if !possible(b) => {
+                ignored.push(format!(
+                    "this process has {} in use",
+                    shown(b, Some(rounding))
+                ));
+                None
+            }
+            other => other,
+        };
+        (e.process_in_use_bytes, r.in_use) = split(in_use.or(only_process));
+        e.ignored = ignored;
     } else if pytorch {
         e.form = Form::PytorchOld;
         (e.total_capacity_bytes, r.total) = split(size(&p.total_old, text));
         (e.allocated_by_pytorch_bytes, r.allocated) = split(size(&p.allocated_old, text));
         (e.free_bytes, r.free) = split(size(&p.free_old, text));
-        (e.reserved_by_pytorch_bytes, r.reserved) = split(size(&p.reserved_old, text));
-        e.reserved_unallocated_bytes = e
-            .reserved_by_pytorch_bytes
-            .zip(e.allocated_by_pytorch_bytes)
-            .map(|(r, a)| r.saturating_sub(a));
-        r.unallocated = Rounding::derived(&[r.reserved, r.allocated]);
+        if let Some(reserved) = size(&p.reserved_old, text) {
+            (e.reserved_by_pytorch_bytes, r.reserved) = split(Some(reserved));
+            e.reserved_unallocated_bytes = e
+                .reserved_by_pytorch_bytes
+                .zip(e.allocated_by_pytorch_bytes)
+                .map(|(r, a)| r.saturating_sub(a));
+            r.unallocated = Rounding::derived(&[r.reserved, r.allocated]);
+        } else if let Some(cached) = size(&p.cached_old, text) {
+            (e.reserved_unallocated_bytes, r.unallocated) = split(Some(cached));
+            e.reserved_by_pytorch_bytes = e.allocated_by_pytorch_bytes.map(|a| a + cached.0);
+            r.reserved = Rounding::derived(&[r.allocated, r.unallocated]);
+        }
     } else if let Some(c) = p.tf_shape.captures(text) {
         e.form = Form::Tensorflow;
         let elems = c[1]
@@ -513,9 +656,9 @@ pub fn explain(text: &str) -> Result<Explanation, NotOom> {
             .collect::<Result<Vec<_>, _>>()
             .ok();
         e.tried_to_allocate_bytes = elems
-            .zip(tf_dtype_bytes(&c[2]))
+            .zip(c.get(2).and_then(|t| tf_dtype_bytes(t.as_str())))
             .map(|(dims, b)| dims.iter().product::<u64>() * b);
-        e.gpu_index = c[3].parse().ok();
+        e.gpu_index = c.get(3).and_then(|g| g.as_str().parse().ok());
     } else if let Some(c) = p.tf_allocator.captures(text) {
         e.form = Form::Tensorflow;
         e.gpu_index = c[1].parse().ok();
@@ -544,22 +687,49 @@ pub fn explain(text: &str) -> Result<Explanation, NotOom> {
             None => split(sized(&c[1], &c[2])),
         };
         e.gpu_index = c[4].parse().ok();
-    } else if text.contains("CUDA error: out of memory")
-        || text.contains("CUDA_ERROR_OUT_OF_MEMORY")
+    } else if let Some(c) = p.stream_executor.captures(text) {
+        // TensorFlow's stream executor, which JAX's XLA shares (built in as
+        // `external/org_tensorflow`).
+        let lower = text.to_ascii_lowercase();
+        e.form = if lower.contains("jax") || lower.contains("external/org_tensorflow") {
+            Form::Jax
+        } else {
+            Form::Tensorflow
+        };
+        e.tried_to_allocate_bytes = c[1].parse().ok();
+    } else if text.contains("ResourceExhaustedError") || text.contains("OOM when allocating") {
+        e.form = Form::Tensorflow;
+    } else if [
+        "CUDA error: out of memory",
+        "CUDA_ERROR_OUT_OF_MEMORY",
+        "CUBLAS_STATUS_ALLOC_FAILED",
+        "cudaErrorMemoryAllocation",
+        "cuda runtime error (2) : out of memory",
+    ]
+    .iter()
+    .any(|s| text.contains(s))
+        || (cupy && text.contains("OutOfMemoryError"))
         || text.contains("RESOURCE_EXHAUSTED")
     {
         e.form = if text.contains("RESOURCE_EXHAUSTED") {
             Form::Jax
+        } else if text.to_ascii_lowercase().contains("tensorflow") {
+            // TensorFlow's own CUDA calls (`cuda_blas.cc`: failed to create cublas handle).
+            Form::Tensorflow
         } else {
             Form::CudaBare
         };
+        e.tried_to_allocate_bytes = p.cupy_bytes.captures(text).and_then(|c| c[1].parse().ok());
     } else {
         return Err(NotOom);
     }
     if e.tried_to_allocate_bytes.is_none() {
         (e.tried_to_allocate_bytes, r.tried) = split(size(&p.tried, text));
     }
-    if e.gpu_index.is_none() {
+    if matches!(e.form, Form::PytorchOld | Form::PytorchNew | Form::CudaBare) {
+        e.backend = Some(backend);
+    }
+    if e.gpu_index.is_none() && e.form != Form::CpuHost {
         e.gpu_index = p.gpu.captures(text).and_then(|c| c[1].parse().ok());
     }
     (e.held_elsewhere_bytes, e.rounding.held_elsewhere) = held_elsewhere(&e);

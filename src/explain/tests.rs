@@ -2,7 +2,26 @@
 
 use super::*;
 
-/// Real messages from public issue trackers (each with its source in the fixture).
+/// A figure as a fixture states it: bytes, or a size with a binary unit as the message printed
+/// it ("787.74 MiB"), or null for a figure that must be absent.
+fn expected_bytes(v: &serde_json::Value) -> Option<u64> {
+    if let Some(b) = v.as_u64() {
+        return Some(b);
+    }
+    let s = v.as_str()?;
+    let (num, unit) = s.split_once(' ').unwrap();
+    let scale = match unit {
+        "KiB" => 1u64 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => panic!("unit {unit}"),
+    };
+    Some((num.parse::<f64>().unwrap() * scale as f64).round() as u64)
+}
+
+/// Real messages from public issue trackers (each with its source in the fixture). Those with
+/// an `expect` object are checked figure by figure against it (sizes as printed; MPS prints
+/// binary sizes as "GB", written GiB there); the others by which figures the text states.
 #[test]
 fn real_messages_from_public_trackers_are_read() {
     let path = concat!(
@@ -23,6 +42,8 @@ fn real_messages_from_public_trackers_are_read() {
             "tensorflow" => Form::Tensorflow,
             "jax" => Form::Jax,
             "cuda-bare" => Form::CudaBare,
+            "pytorch-mps" => Form::PytorchMps,
+            "cpu-host" => Form::CpuHost,
             _ => {
                 assert!(explain(text).is_err(), "{id} is no OOM message");
                 continue;
@@ -30,6 +51,22 @@ fn real_messages_from_public_trackers_are_read() {
         };
         let e = explain(text).unwrap_or_else(|_| panic!("{id} not read"));
         assert_eq!(e.form, want, "{id}");
+        assert!(!e.advice.is_empty(), "{id}");
+        if let Some(expect) = m.get("expect").and_then(|x| x.as_object()) {
+            let json = serde_json::to_value(&e).unwrap();
+            for (field, want) in expect {
+                if field == "backend" {
+                    assert_eq!(json[field], *want, "{id}: {field}");
+                    continue;
+                }
+                if field == "gpu_index" {
+                    assert_eq!(json[field], *want, "{id}: {field}");
+                    continue;
+                }
+                assert_eq!(json[field].as_u64(), expected_bytes(want), "{id}: {field}");
+            }
+            continue;
+        }
         // Every figure the text states is extracted.
         let says = |phrase: &str| text.contains(phrase);
         assert_eq!(
@@ -285,6 +322,8 @@ fn every_form_has_a_title_that_is_a_sentence() {
         Form::Tensorflow,
         Form::Jax,
         Form::CudaBare,
+        Form::PytorchMps,
+        Form::CpuHost,
     ] {
         let t = form.title();
         assert!(t.starts_with("A ") && t.ends_with('.'), "{t}");
@@ -443,4 +482,120 @@ fn tensorflow_and_jax_get_their_own_frameworks_advice() {
     assert_eq!(e.form, Form::Tensorflow);
     assert_eq!(e.tried_to_allocate_bytes, Some(2 << 30));
     clean(&e.advice);
+}
+
+/// Before 2.1's "reserved", PyTorch printed "cached": what it held beyond its tensors
+/// (`amount_cached - amount_allocated`), not all it held. Read as the total, it made "held
+/// elsewhere" 21.60 GiB of a 22.37 GiB GPU and the first fix "free the GPU".
+#[test]
+fn the_old_cached_figure_is_the_reserved_but_unallocated_one() {
+    let e = explain("RuntimeError: CUDA out of memory. Tried to allocate 1.12 MiB (GPU 0; 22.37 GiB total capacity; 15.87 GiB already allocated; 3.56 MiB free; 787.74 MiB cached)").unwrap();
+    assert_eq!(e.reserved_unallocated_bytes, bytes("787.74", "MiB"));
+    assert_eq!(
+        e.reserved_by_pytorch_bytes,
+        bytes("15.87", "GiB")
+            .zip(bytes("787.74", "MiB"))
+            .map(|(a, c)| a + c)
+    );
+    // 22.37 − 0.0035 free − 16.64 reserved: about 5.73 GiB, not 21.60.
+    let elsewhere = e.held_elsewhere_bytes.unwrap();
+    assert!((5 << 30..6 << 30).contains(&elsewhere), "{elsewhere}");
+}
+
+/// Newer PyTorch names CUDA graphs' private pools inside the allocated figure, and a cap set
+/// in the process (`N allowed`); both are read, the others' figures with them, and with room
+/// on the GPU the cap, not other processes, is the first fix.
+#[test]
+fn private_pools_and_a_per_process_cap_are_read_and_the_cap_comes_first() {
+    let pools = explain("OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 MiB. GPU 0 has a total capacity of 47.53 GiB of which 896.00 KiB is free. Process 1686436 has 47.51 GiB memory in use. Of the allocated memory 47.00 GiB is allocated by PyTorch, with 46.22 GiB allocated in private pools (e.g., CUDA Graphs), and 149.10 MiB is reserved by PyTorch but unallocated.").unwrap();
+    assert_eq!(pools.allocated_by_pytorch_bytes, bytes("47.00", "GiB"));
+    assert_eq!(pools.private_pools_bytes, bytes("46.22", "GiB"));
+    assert_eq!(pools.reserved_unallocated_bytes, bytes("149.10", "MiB"));
+    assert!(
+        pools.figures.iter().any(|f| f.contains("CUDA graphs")),
+        "{:?}",
+        pools.figures
+    );
+    let capped = explain("OutOfMemoryError: CUDA out of memory. Tried to allocate 996.00 MiB. GPU 0 has a total capacity of 44.43 GiB of which 9.06 GiB is free. Process 2102129 has 17.54 GiB memory in use. Including non-PyTorch memory, this process has 17.81 GiB memory in use. 17.69 GiB allowed; Of the allocated memory 17.44 GiB is allocated by PyTorch, and 59.88 MiB is reserved by PyTorch but unallocated.").unwrap();
+    assert_eq!(capped.allowed_bytes, bytes("17.69", "GiB"));
+    assert!(
+        capped.advice[0].starts_with("raise this process's memory cap")
+            && capped.advice[0].contains("set_per_process_memory_fraction"),
+        "{:?}",
+        capped.advice
+    );
+    // 9.06 GiB were free for a 996 MiB request: freeing others' memory is no fix.
+    assert!(
+        !capped.advice.iter().any(|a| a.starts_with("free the GPU")),
+        "{:?}",
+        capped.advice
+    );
+}
+
+/// A figure that cannot be true (PyTorch has printed an unsigned underflow as this process's
+/// use) is left out and said so; the others are computed without it.
+#[test]
+fn an_impossible_figure_is_left_out_and_said_so() {
+    let e = explain("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 3.98 GiB. GPU 0 has a total capacity of 31.84 GiB of which 16.30 GiB is free. Including non-PyTorch memory, this process has 17179869184.00 GiB memory in use. 17.51 GiB allowed; Of the allocated memory 6.74 GiB is allocated by PyTorch, and 7.02 GiB is reserved by PyTorch but unallocated.").unwrap();
+    assert_eq!(e.process_in_use_bytes, None);
+    assert_eq!(e.ignored.len(), 1, "{:?}", e.ignored);
+    assert!(
+        e.figures
+            .iter()
+            .any(|f| f.starts_with("left out: \"this process has 17179869184.00 GiB")),
+        "{:?}",
+        e.figures
+    );
+    // From the reserved figure instead: 31.84 − 16.30 − 13.76 ≈ 1.78 GiB.
+    let elsewhere = e.held_elsewhere_bytes.unwrap();
+    assert!((1 << 30..2 << 30).contains(&elsewhere), "{elsewhere}");
+}
+
+/// Each backend's message gets its own tools: ROCm's `rocm-smi` and `PYTORCH_HIP_ALLOC_CONF`,
+/// Intel's `xpu-smi` and `torch.xpu`, Apple's MPS its watermark and unified memory, the CPU
+/// the computer's memory, and none of them NVIDIA's.
+#[test]
+fn each_backend_gets_its_own_tools() {
+    let all = |e: &Explanation| e.advice.join("\n");
+    let hip = explain("HIP out of memory. Tried to allocate 432.00 MiB. GPU 0 has a total capacity of 15.92 GiB of which 7.12 MiB is free. Of the allocated memory 8.08 GiB is allocated by PyTorch, and 6.21 GiB is reserved by PyTorch but unallocated.").unwrap();
+    assert_eq!(hip.backend, Some(Backend::Hip));
+    let text = all(&hip);
+    assert!(
+        text.contains("PYTORCH_HIP_ALLOC_CONF=expandable_segments:True"),
+        "{text}"
+    );
+    assert!(!text.contains("nvidia-smi") && !text.contains("PYTORCH_CUDA_ALLOC_CONF"));
+    assert!(hip.text().contains("AMD's ROCm (HIP)"));
+    let xpu = explain("RuntimeError: XPU out of memory. Tried to allocate 1.71 GiB (GPU 0; 15.56 GiB total capacity; 176.00 MiB already allocated; 176.00 MiB reserved in total by PyTorch)").unwrap();
+    let text = all(&xpu);
+    assert!(text.contains("torch.autocast(\"xpu\""), "{text}");
+    assert!(
+        !text.contains("nvidia-smi") && !text.contains("\"cuda\"") && !text.contains("torch.cuda.")
+    );
+    let mps = explain("MPS backend out of memory (MPS allocated: 17.68 GB, other allocations: 3.95 MB, max allowed: 18.13 GB). Tried to allocate 1024.00 MB on private pool. Use PYTORCH_MPS_HIGH_WATERMARK_RATIO=0.0 to disable upper limit for memory allocations (may cause system failure).").unwrap();
+    let text = all(&mps);
+    assert!(
+        text.contains("PYTORCH_MPS_HIGH_WATERMARK_RATIO")
+            && text.contains("torch.mps.empty_cache()"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("nvidia-smi") && !text.contains("cuda"),
+        "{text}"
+    );
+    assert!(
+        mps.figures
+            .iter()
+            .any(|f| f.starts_with("max allowed 18.13 GiB")),
+        "{:?}",
+        mps.figures
+    );
+    // The CPU's, even with an application's hint about CUDA after it.
+    let cpu = explain("Error [enforce fail at CPUAllocator.cpp:67] . DefaultCPUAllocator: can't allocate memory: you tried to allocate 264896512 bytes. Error code 12 (Cannot allocate memory)\nIf you encounter CUDA out of memory, try to set --tile with a smaller number.").unwrap();
+    assert_eq!(cpu.form, Form::CpuHost);
+    let text = all(&cpu);
+    assert!(
+        text.contains("computer's memory") && !text.contains("nvidia-smi"),
+        "{text}"
+    );
 }

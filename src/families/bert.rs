@@ -95,6 +95,26 @@ impl Room for Bert {
     ) -> std::result::Result<Pt, &'static str> {
         torch_bert_train_forward(r, ids, labels, tape, Positions::Absolute)
     }
+    fn torch_parameter_order(&self, _d: &Dims, head: Head, grads: &mut [Pt]) {
+        // The forward uses the word, token type and position embeddings in that order;
+        // `BertEmbeddings` registers the position table before the token types. (AdamW's peak
+        // is a parameter's update beside the previous one's denominator: after the word
+        // embeddings comes the position table, not the two token-type rows.)
+        if let Some(embeddings) = grads.get_mut(1..3) {
+            embeddings.swap(0, 1);
+        }
+        masked_lm_bias_first(head, grads);
+    }
+}
+
+/// The masked-LM head's parameters come last in the forward's order (transform dense, its
+/// `LayerNorm`, the decoder's bias; the decoder's weight is the word embeddings'); BERT's and
+/// `RoBERTa`'s heads register that bias first.
+pub(super) fn masked_lm_bias_first(head: Head, grads: &mut [Pt]) {
+    if head == Head::MaskedLm && grads.len() >= 5 {
+        let at = grads.len() - 5;
+        grads[at..].rotate_right(1);
+    }
 }
 
 impl CandleModel for bert::BertModel {

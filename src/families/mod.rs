@@ -201,8 +201,15 @@ pub trait Room: Sync {
     }
     /// PyTorch: puts a training step's parameter gradients, found in the order the forward
     /// first uses each parameter, in `model.parameters()`'s order, which the optimizer walks,
-    /// where the two differ in a way that moves the step's peak (by default they are left).
-    fn torch_parameter_order(&self, _d: &Dims, _grads: &mut [torch_sim::Pt]) {}
+    /// where the two differ in a way that moves the step's peak (by default they are left), for
+    /// the model with `head`.
+    fn torch_parameter_order(
+        &self,
+        _d: &Dims,
+        _head: torch_sim::Head,
+        _grads: &mut [torch_sim::Pt],
+    ) {
+    }
     /// PyTorch: the forward of a training step in train mode (dropout on), recording autograd's
     /// nodes on `tape`, with the loss from `labels`; returns the loss, or why this point is not
     /// modelled. With `r.eval` the same forward in eval mode without labels, returning the
@@ -427,6 +434,10 @@ pub struct Dims {
     /// backward (`ReLU`) rather than its input (gelu, silu).
     #[serde(default)]
     pub act_saves_output: bool,
+    /// XLM-RoBERTa: transformers 5 registers the task head's parameters before the model's,
+    /// so the optimizer walks them first.
+    #[serde(default)]
+    pub head_registered_first: bool,
     /// Gemma 2: which of its soft-cappings the config sets.
     #[serde(default)]
     pub softcapping: Softcapping,
@@ -550,6 +561,7 @@ macro_rules! torch_room {
         fn torch_parameter_order(
             &self,
             d: &$crate::families::Dims,
+            _head: $crate::families::torch_sim::Head,
             grads: &mut [$crate::families::torch_sim::Pt],
         ) {
             $crate::families::$module::parameter_order(d, grads, $of(d));

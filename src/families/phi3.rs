@@ -116,7 +116,7 @@ impl Room for Phi3 {
     ) -> std::result::Result<Vec<Pt>, &'static str> {
         torch_llama::forward(r, ids, SHAPE)
     }
-    fn torch_parameter_order(&self, d: &Dims, grads: &mut [Pt]) {
+    fn torch_parameter_order(&self, d: &Dims, _head: Head, grads: &mut [Pt]) {
         // Each layer's forward uses input_layernorm, qkv_proj, o_proj, post_attention_layernorm,
         // gate_up_proj, down_proj; its constructor registers o_proj, qkv_proj, gate_up_proj,
         // down_proj, then the norms. (AdamW's peak is a parameter's update beside the previous

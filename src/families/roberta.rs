@@ -6,7 +6,8 @@
 #![allow(clippy::many_single_char_names)]
 
 use super::bert::{
-    Positions, encoder_tensors, torch_bert_forward, torch_bert_train_forward, torch_encoder_weights,
+    Positions, encoder_tensors, masked_lm_bias_first, torch_bert_forward, torch_bert_train_forward,
+    torch_encoder_weights,
 };
 use super::candle::{Inputs, patched_config};
 use super::config::{ConfigError, activation, dropout_field, field, named_alike, opt_field};
@@ -56,6 +57,9 @@ impl Room for Roberta {
                 attention: dropout_field(v, "attention_probs_dropout_prob", true)?,
                 classifier: dropout_field(v, "classifier_dropout", hidden)?,
             },
+            // transformers 5's XLM-RoBERTa classes register their head before the model.
+            head_registered_first: v.get("model_type").and_then(Value::as_str)
+                == Some("xlm-roberta"),
             ..base
         };
         activation(v, "hidden_act", "gelu", &mut d)?;
@@ -107,6 +111,26 @@ impl Room for Roberta {
         tape: &Tape<'a>,
     ) -> std::result::Result<Pt, &'static str> {
         torch_bert_train_forward(r, ids, labels, tape, Positions::FromIds)
+    }
+    fn torch_parameter_order(&self, d: &Dims, head: Head, grads: &mut [Pt]) {
+        // The forward uses the word, token type and position embeddings, then the `LayerNorm`;
+        // `RobertaEmbeddings` registers the position table last, after the `LayerNorm`.
+        if let Some(embeddings) = grads.get_mut(2..5) {
+            embeddings.rotate_left(1);
+        }
+        masked_lm_bias_first(head, grads);
+        // transformers 5's XLM-RoBERTa registers its head before the model: the classifier's
+        // dense and out_proj (weights and biases), or the masked-LM head's five.
+        if d.head_registered_first {
+            let head_params = match head {
+                Head::SequenceClassification => 4,
+                Head::MaskedLm => 5,
+                _ => 0,
+            };
+            if grads.len() > head_params {
+                grads.rotate_right(head_params);
+            }
+        }
     }
 }
 

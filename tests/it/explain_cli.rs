@@ -153,6 +153,53 @@ fn the_bare_cuda_error_reads_as_a_sentence() {
     assert!(!text.contains("without figures out-of-memory"), "{text}");
 }
 
+/// `--model` with a message that gives no capacity (TensorFlow's, here) keeps the explanation
+/// and says the batches need `--gpu`; a model that cannot be read is still an error. An MPS
+/// message's batches are sized under its `max allowed`, PyTorch's own limit there.
+#[test]
+fn a_model_without_a_capacity_keeps_the_explanation_and_mps_sizes_under_its_limit() {
+    let cache = TempDir::new("explain-cli-nocap");
+    let tf = "tensorflow.python.framework.errors_impl.ResourceExhaustedError: OOM when allocating tensor of shape [4096] and type float";
+    let o = oomlab(&cache, &["explain", "--model", "tiny-bert", tf]);
+    let text = stdout(&o);
+    assert!(
+        text.starts_with("A TensorFlow out-of-memory message"),
+        "{text}"
+    );
+    assert!(text.contains("What to do"), "{text}");
+    let err = stderr(&o);
+    assert!(
+        err.contains("no capacity") && err.contains("--gpu"),
+        "{err}"
+    );
+    let o = oomlab(&cache, &["explain", "--model", "no-such-model", tf]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no-such-model"), "{}", stderr(&o));
+    let mps = "MPS backend out of memory (MPS allocated: 1.68 MB, other allocations: 3.95 MB, max allowed: 20.00 MB). Tried to allocate 1024.00 KB on private pool.";
+    let o = oomlab(
+        &cache,
+        &[
+            "explain",
+            "--json",
+            "--model",
+            "tiny-bert",
+            "--seq",
+            "32",
+            mps,
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["form"], "pytorch_mps");
+    assert_eq!(v["largest_batch"]["capacity_bytes"], 20u64 << 20, "{v}");
+    assert!(
+        v["advice"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("if this is inference, wrap it in `torch.no_grad()`"),
+        "{v}"
+    );
+}
+
 /// With stdin a terminal, `explain` says how to paste the message; piped, it stays silent.
 /// The terminal is a pseudo-terminal from util-linux's `script`.
 #[test]

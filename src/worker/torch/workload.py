@@ -125,14 +125,16 @@ def train_steps(
                     scaler.update()
                 optimizer.zero_grad(set_to_none=True)
         step_done(step)
-    if scaler is not None and not optimizer.state:
-        # float16 overflowed at the scaler's initial scale in both steps: no step ran, and
-        # the optimizer's state (most of a training step's memory) was never made.
-        raise RuntimeError(
-            "the GradScaler skipped both training steps (inf or NaN gradients in float16 at its "
-            "initial scale), so the optimizer's state was never made and this trial would "
-            "under-count training memory; measure amp-bf16 instead (or f32)"
-        )
+        if scaler is not None and not optimizer.state:
+            # float16 overflowed at the scaler's initial scale and the first step was skipped:
+            # the optimizer's state (most of a training step's memory) was not made, so the
+            # second step's forward and backward would run without it, unlike every later step.
+            raise RuntimeError(
+                "the GradScaler skipped the first training step (inf or NaN gradients in float16 "
+                "at its initial scale), so the optimizer's state was not there for the second "
+                "and this trial would under-count training memory; measure amp-bf16 instead "
+                "(or f32)"
+            )
 
 
 def run_workload(session: Session, batch: int, seq: int, step_done: Callable[[int], None]) -> float:
