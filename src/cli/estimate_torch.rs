@@ -33,6 +33,10 @@ struct Point {
     max_batch: Option<usize>,
     measured_total_bytes: Option<u64>,
     relative_error: Option<f64>,
+    /// `--check`: why the trial gave no total, when it gave none (its reason, as the sweep
+    /// records it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    not_measured: Option<String>,
     /// `--check` on CUDA: the trial's pool high-water marks (`max_memory_allocated`,
     /// `max_memory_reserved`) and the device memory outside the pool, beside the estimate's
     /// (its allocated mark is weights + inputs + activations + workspace).
@@ -45,11 +49,13 @@ struct Point {
 }
 
 /// What a torch trial measured at one point.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Measured {
     total: Option<u64>,
     pool_peak: Option<u64>,
     pool_reserved: Option<u64>,
+    /// Why the trial gave no total.
+    why_not: Option<String>,
 }
 
 /// A torch trial at one point: its measured total.
@@ -126,11 +132,24 @@ fn measure(
         .trials
         .iter()
         .find(|t| t.total_bytes.is_some())
-        .map_or_else(Measured::default, |t| Measured {
-            total: t.total_bytes,
-            pool_peak: t.pool_peak_bytes,
-            pool_reserved: t.pool_reserved_bytes,
-        }))
+        .map_or_else(
+            || Measured {
+                why_not: Some(
+                    results
+                        .trials
+                        .iter()
+                        .find_map(|t| t.reason.clone())
+                        .unwrap_or_else(|| "the trial reported no total".into()),
+                ),
+                ..Measured::default()
+            },
+            |t| Measured {
+                total: t.total_bytes,
+                pool_peak: t.pool_peak_bytes,
+                pool_reserved: t.pool_reserved_bytes,
+                why_not: None,
+            },
+        ))
 }
 
 /// The arm `--device` picks: cuda with `--gpu` unless told otherwise; its cuBLAS workspace
@@ -236,6 +255,7 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
                 .total
                 .map(|m| (breakdown.total_bytes as f64 - m as f64) / m as f64),
             measured_total_bytes: measured.total,
+            not_measured: measured.why_not,
             measured_pool_peak_bytes: measured.pool_peak,
             measured_pool_reserved_bytes: measured.pool_reserved,
             measured_context_bytes: measured
@@ -292,8 +312,13 @@ pub fn run(args: &EstimateArgs, worker: &WorkerConfig) -> Result<(), CliError> {
         }
         if let (Some(m), Some(e)) = (p.measured_total_bytes, p.relative_error) {
             out_part!(" {:>11} {:>+7.3}%", human_bytes(m), e * 100.0);
+        } else if p.not_measured.is_some() {
+            out_part!(" {:>11} {:>8}", "-", "-");
         }
         out!("");
+        if let Some(why) = &p.not_measured {
+            out!("{:<24} not measured: {why}", "");
+        }
         if let (Some(state), Some(grads), Some(saved)) = (
             b.optimizer_bytes,
             b.gradient_bytes,

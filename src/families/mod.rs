@@ -438,6 +438,10 @@ pub struct Dims {
     /// so the optimizer walks them first.
     #[serde(default)]
     pub head_registered_first: bool,
+    /// Mistral: whether transformers ties the head to the embeddings (`tie_word_embeddings`),
+    /// where candle's model never does (`tied_embeddings` is candle's); None: as candle.
+    #[serde(default)]
+    pub torch_tied: Option<bool>,
     /// Gemma 2: which of its soft-cappings the config sets.
     #[serde(default)]
     pub softcapping: Softcapping,
@@ -479,6 +483,12 @@ impl Dims {
     #[must_use]
     pub fn is_moe_layer(&self, l: usize) -> bool {
         self.experts > 0 && self.sparse_step > 0 && (l + 1).is_multiple_of(self.sparse_step)
+    }
+
+    /// Whether PyTorch's model ties its head to the embeddings.
+    #[must_use]
+    pub fn torch_tied_embeddings(&self) -> bool {
+        self.torch_tied.unwrap_or(self.tied_embeddings)
     }
 
     #[must_use]

@@ -84,7 +84,7 @@ pub(super) fn weights(d: &Dims, head: Head, dt: TDt, shape: Shape) -> Option<Wei
     w.push(hd / 2, TDt::F32);
     w.push(hd / 2, TDt::F32);
     // `AutoModel` (the base head) has no head at all.
-    match (head, d.tied_embeddings) {
+    match (head, d.torch_tied_embeddings()) {
         (Head::Base | Head::MaskedLm, _) => {}
         (Head::SequenceClassification, _) => w.linear((width, NUM_LABELS), false, dt),
         (_, true) => w.dropped(vocab * width, dt),
@@ -697,7 +697,7 @@ pub(super) fn train_forward<'a>(
     let embedding = tape.embedding_grad(
         vec![r.d.vocab, width],
         r.dt,
-        r.d.tied_embeddings && r.head == Head::CausalLm,
+        r.d.torch_tied_embeddings() && r.head == Head::CausalLm,
     );
     // The `DynamicCache`: each layer's keys and values, kept until the model's output goes
     // (the end of the forward); the kernel saves them too, except autocast's f32 keys, which

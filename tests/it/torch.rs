@@ -410,6 +410,41 @@ fn a_training_trial_whose_steps_the_grad_scaler_skipped_is_not_counted() {
         "{out}"
     );
     assert!(!out.contains("no configuration fits"), "{out}");
+    // `estimate --check` at the same point gives no measured figure, and says why.
+    let o = Command::new(bin())
+        .args([
+            "estimate",
+            "--runtime",
+            "torch",
+            "--check",
+            "--json",
+            "--python",
+        ])
+        .arg(&py)
+        .args([
+            "--model",
+            "tiny-gemma3",
+            "--workload",
+            "train",
+            "--dtype",
+            "amp-f16",
+            "--batch",
+            "1",
+            "--seq",
+            "8",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let point: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().next().unwrap()).unwrap();
+    assert!(point["measured_total_bytes"].is_null(), "{point}");
+    assert!(
+        point["not_measured"]
+            .as_str()
+            .is_some_and(|w| w.contains("the GradScaler skipped the first training step")),
+        "{point}"
+    );
 }
 
 #[test]
@@ -866,6 +901,12 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
         relu("tiny-distilbert", "activation"),
     );
     let relu_llama = relu("tiny-llama", "hidden_act");
+    // A Mistral whose head is tied to its embeddings: transformers ties it (candle never).
+    let tied_mistral = with_fields(
+        "tiny-mistral",
+        "tiny-mistral-tied.json",
+        &[("tie_word_embeddings", true.into())],
+    );
     // A Llama whose head_dim is not hidden / heads (candle cannot run it).
     let wide_llama = with_fields(
         "tiny-llama",
@@ -1058,6 +1099,16 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
         ),
         (
             (wide_llama.as_str(), "24", "f32", "sdpa", "train"),
+            "1,3",
+            &[],
+        ),
+        (
+            (tied_mistral.as_str(), "24", "f32", "sdpa", "train"),
+            "1,3",
+            &["--optimizer", "sgd"],
+        ),
+        (
+            (tied_mistral.as_str(), "24", "bf16", "sdpa", "infer"),
             "1,3",
             &[],
         ),
