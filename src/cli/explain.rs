@@ -94,29 +94,28 @@ pub(super) fn explain(
                 | crate::explain::Form::PytorchMps
         );
         let torch = runtime.map_or(pytorch, |r| r == crate::plan::Runtime::Torch);
-        match capacity {
-            Some(capacity) => match largest_batch(m, capacity, torch) {
+        if let Some(capacity) = capacity {
+            match largest_batch(m, capacity, torch) {
                 Ok(lb) => e.set_largest_batch(lb),
                 Err(why) => {
                     eprintln!("oomlab: {}", why.message);
                     return why.code;
                 }
-            },
+            }
+        } else {
             // The explanation stands without the batches; a model that cannot be read is
             // still an error.
-            None => {
-                if let Err(why) = ModelRef::parse(&m.0)
-                    .and_then(|r| ModelSpec::resolve(&r))
-                    .map_err(|e| CliError::from(PlanError::Model(e)))
-                {
-                    eprintln!("oomlab: {}", why.message);
-                    return why.code;
-                }
-                eprintln!(
-                    "oomlab: the message gives no capacity to size {}'s batches under, so they are left out; name the GPU with --gpu (e.g. --gpu t4)",
-                    m.0
-                );
+            if let Err(why) = ModelRef::parse(&m.0)
+                .and_then(|r| ModelSpec::resolve(&r))
+                .map_err(|e| CliError::from(PlanError::Model(e)))
+            {
+                eprintln!("oomlab: {}", why.message);
+                return why.code;
             }
+            eprintln!(
+                "oomlab: the message gives no capacity to size {}'s batches under, so they are left out; name the GPU with --gpu (e.g. --gpu t4)",
+                m.0
+            );
         }
     }
     let out = if json {

@@ -88,7 +88,7 @@ pub enum Command {
         /// The model that ran out of memory (bundled id, Hugging Face id org/name[@revision],
         /// config.json or folder): the advice then names the largest batches under the message's
         /// total capacity (or --gpu's). For a PyTorch message, the PyTorch estimator's: inference
-        /// under no_grad, a forward without it, and a training step with AdamW (f32 and amp-bf16,
+        /// under `no_grad`, a forward without it, and a training step with `AdamW` (f32 and amp-bf16,
         /// with and without gradient checkpointing); with --runtime candle, candle's inference
         /// forward, and how to measure the training batch.
         #[arg(long, short)]

@@ -717,18 +717,15 @@ mod tests {
                 v[field] = act.into();
                 spec.dims = crate::families::Dims::from_config(spec.family, &v).unwrap();
                 let e = estimate(&spec, 1, 8, Precision::F32, how(task), 2);
-                match saves_output {
-                    Some(saves) => {
-                        assert!(e.is_ok(), "{name} {act}: {e:?}");
-                        assert_eq!(spec.dims.act_saves_output, saves, "{name} {act}");
-                    }
-                    None => {
-                        let e = e.unwrap_err().to_string();
-                        assert!(
-                            e.contains(&format!("\"{field}\" = \"{act}\"")),
-                            "{name}: {e}"
-                        );
-                    }
+                if let Some(saves) = saves_output {
+                    assert!(e.is_ok(), "{name} {act}: {e:?}");
+                    assert_eq!(spec.dims.act_saves_output(), saves, "{name} {act}");
+                } else {
+                    let e = e.unwrap_err().to_string();
+                    assert!(
+                        e.contains(&format!("\"{field}\" = \"{act}\"")),
+                        "{name}: {e}"
+                    );
                 }
             }
             v[field] = 3.into();

@@ -170,7 +170,7 @@ fn fragmentation(e: &Explanation) -> Fragmentation {
 /// 1. reduce fragmentation, when reserved-but-unallocated is at least 5% of the total capacity
 ///    (total unknown: at least the failed request) — see [`Fragmentation`];
 /// 2. free the GPU, when others hold more than the request;
-/// 3. a smaller batch (with `--model`: for a PyTorch message the no_grad check first, then the
+/// 3. a smaller batch (with `--model`: for a PyTorch message the `no_grad` check first, then the
 ///    PyTorch estimator's largest batches for inference and training; with `--runtime candle`,
 ///    candle's estimated largest inference batch and how to measure the training one);
 /// 4. mixed precision: bf16 on compute capability 8.0+, fp16 with a `GradScaler` below, the rule
@@ -340,7 +340,7 @@ fn jax_advice(e: &Explanation) -> Vec<String> {
     out
 }
 
-/// The batch lines of a PyTorch message: with `--model` the no_grad check and the PyTorch
+/// The batch lines of a PyTorch message: with `--model` the `no_grad` check and the PyTorch
 /// estimate's batches, else the rule.
 fn pytorch_batches(out: &mut Vec<String>, e: &Explanation) {
     if let Some((lb, t)) = e

@@ -40,7 +40,7 @@ pub enum Form {
     CpuHost,
 }
 
-/// Whose GPU a PyTorch message names: NVIDIA's (CUDA), AMD's (ROCm's HIP) or Intel's (XPU).
+/// Whose GPU a PyTorch message names: NVIDIA's (CUDA), AMD's (`ROCm`'s HIP) or Intel's (XPU).
 /// Their messages read alike; the tools and settings differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

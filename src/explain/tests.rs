@@ -551,7 +551,7 @@ fn an_impossible_figure_is_left_out_and_said_so() {
     assert!((1 << 30..2 << 30).contains(&elsewhere), "{elsewhere}");
 }
 
-/// Each backend's message gets its own tools: ROCm's `rocm-smi` and `PYTORCH_HIP_ALLOC_CONF`,
+/// Each backend's message gets its own tools: `ROCm`'s `rocm-smi` and `PYTORCH_HIP_ALLOC_CONF`,
 /// Intel's `xpu-smi` and `torch.xpu`, Apple's MPS its watermark and unified memory, the CPU
 /// the computer's memory, and none of them NVIDIA's.
 #[test]

@@ -440,7 +440,7 @@ pub(super) fn torch_bert_forward(
             let intermediate = {
                 // gelu saves its input (ReLU its output, which the next dense saves too).
                 let dense = attention_output.linear(r.d.intermediate);
-                if !r.d.act_saves_output {
+                if !r.d.act_saves_output() {
                     r.keep(&dense);
                 }
                 dense.like()
@@ -465,7 +465,7 @@ pub(super) fn torch_bert_forward(
         let logits = masked_lm_head(
             r,
             &hidden,
-            r.d.act_saves_output && positions == Positions::Absolute,
+            r.d.act_saves_output() && positions == Positions::Absolute,
         );
         return Ok(vec![logits, hidden]);
     }
@@ -620,7 +620,7 @@ pub(super) fn torch_bert_train_forward<'a>(
         // The model (no pooler) returns, its embedding output with it.
         drop(embedding_output);
         // `RobertaLMHead` runs gelu whatever the config's activation.
-        let relu_head = r.d.act_saves_output && positions == Positions::Absolute;
+        let relu_head = r.d.act_saves_output() && positions == Positions::Absolute;
         return Ok(tt::masked_lm(r, tape, hidden, labels, relu_head));
     }
     if positions == Positions::FromIds && r.head == Head::SequenceClassification {
@@ -705,7 +705,7 @@ fn bert_train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, hidden: &Pt) -> Pt {
     };
     let intermediate = {
         let dense = tt::linear(tape, &attention_output, r.d.intermediate, true);
-        tt::unary(tape, &dense, r.d.act_saves_output)
+        tt::unary(tape, &dense, r.d.act_saves_output())
     };
     // The intermediate output lives until `feed_forward_chunk` returns, after the norm.
     let layer_output = {

@@ -1,7 +1,7 @@
 //! Reading a config.json's fields: the readers every family uses, the fields most configs name
 //! alike, and the checks every family's dims pass.
 
-use super::Dims;
+use super::{ActSaves, Dims};
 use serde_json::Value;
 
 /// What is wrong with a config's fields, in words naming the field (the catalog adds the file).
@@ -91,8 +91,8 @@ pub fn activation(v: &Value, name: &str, default: &str, d: &mut Dims) -> Result<
         }
     };
     match act {
-        "gelu" | "gelu_pytorch_tanh" | "silu" | "swish" => d.act_saves_output = false,
-        "relu" => d.act_saves_output = true,
+        "gelu" | "gelu_pytorch_tanh" | "silu" | "swish" => d.act_saves = ActSaves::Input,
+        "relu" => d.act_saves = ActSaves::Output,
         other => {
             d.torch_refuses.get_or_insert_with(|| {
                 format!(

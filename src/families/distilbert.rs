@@ -297,7 +297,7 @@ fn torch_forward(r: &TorchRun<'_>, ids: &Pt) -> std::result::Result<Vec<Pt>, &'s
             let ffn = {
                 let inner = {
                     let lin1 = sa_output.linear(r.d.intermediate);
-                    if !r.d.act_saves_output {
+                    if !r.d.act_saves_output() {
                         r.keep(&lin1);
                     }
                     lin1.like()
@@ -317,7 +317,7 @@ fn torch_forward(r: &TorchRun<'_>, ids: &Pt) -> std::result::Result<Vec<Pt>, &'s
         // The model returns (its embeddings' output with it); the last hidden state lives until
         // the head's model returns.
         drop(embeddings);
-        let logits = masked_lm_head(r, &hidden, r.d.act_saves_output);
+        let logits = masked_lm_head(r, &hidden, r.d.act_saves_output());
         return Ok(vec![logits, hidden]);
     }
     let mut outputs = vec![];
@@ -401,7 +401,13 @@ fn torch_train_forward<'a>(
     }
     if r.head == Head::MaskedLm {
         drop(embeddings);
-        return Ok(tt::masked_lm(r, tape, hidden, labels, r.d.act_saves_output));
+        return Ok(tt::masked_lm(
+            r,
+            tape,
+            hidden,
+            labels,
+            r.d.act_saves_output(),
+        ));
     }
     let logits = {
         let first = hidden.view_node(&[b, width]);
@@ -452,7 +458,7 @@ fn train_block(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt) -> Pt {
     let ffn = {
         let inner = {
             let lin1 = tt::linear(tape, &sa_output, r.d.intermediate, true);
-            tt::unary(tape, &lin1, r.d.act_saves_output)
+            tt::unary(tape, &lin1, r.d.act_saves_output())
         };
         let lin2 = tt::linear(tape, &inner, width, true);
         drop(inner);

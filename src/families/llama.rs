@@ -136,8 +136,8 @@ pub(super) fn like_llama(
     Ok(d)
 }
 
-/// Why candle cannot run `d`, for the rooms whose candle model derives head_dim as hidden_size /
-/// num_attention_heads: an explicit `head_dim` that differs.
+/// Why candle cannot run `d`, for the rooms whose candle model derives `head_dim` as
+/// `hidden_size / num_attention_heads`: an explicit `head_dim` that differs.
 pub(super) fn derived_head_dim(d: &Dims) -> Option<String> {
     (d.head_dim() * d.heads != d.hidden).then(|| {
         format!(

@@ -430,10 +430,10 @@ pub struct Dims {
     /// the field before any forward, rather than estimate another model.
     #[serde(skip)]
     pub torch_refuses: Option<String>,
-    /// The activation (`hidden_act`, DistilBERT's `activation`) saves its output for the
-    /// backward (`ReLU`) rather than its input (gelu, silu).
+    /// What the activation (`hidden_act`, `DistilBERT`'s `activation`) saves for the backward:
+    /// its input (gelu, silu) or its output (`ReLU`).
     #[serde(default)]
-    pub act_saves_output: bool,
+    pub act_saves: ActSaves,
     /// XLM-RoBERTa: transformers 5 registers the task head's parameters before the model's,
     /// so the optimizer walks them first.
     #[serde(default)]
@@ -453,6 +453,16 @@ pub struct Dims {
 pub struct Softcapping {
     pub attention: bool,
     pub logits: bool,
+}
+
+/// What an activation saves for its backward.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ActSaves {
+    /// gelu, gelu-tanh, silu: their input.
+    #[default]
+    Input,
+    /// `ReLU`: its output (which the next op usually saves too).
+    Output,
 }
 
 /// Which of a model's dropouts are on in train mode (probability above 0).
@@ -483,6 +493,12 @@ impl Dims {
     #[must_use]
     pub fn is_moe_layer(&self, l: usize) -> bool {
         self.experts > 0 && self.sparse_step > 0 && (l + 1).is_multiple_of(self.sparse_step)
+    }
+
+    /// Whether the activation saves its output (`ReLU`) rather than its input.
+    #[must_use]
+    pub fn act_saves_output(&self) -> bool {
+        self.act_saves == ActSaves::Output
     }
 
     /// Whether PyTorch's model ties its head to the embeddings.

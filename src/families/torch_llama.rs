@@ -577,7 +577,7 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
 pub(super) fn gated_mlp(r: &TorchRun<'_>, normed: &Pt) -> Pt {
     let gated = {
         let gate = normed.linear(r.d.intermediate);
-        if !r.d.act_saves_output {
+        if !r.d.act_saves_output() {
             r.keep(&gate);
         }
         gate.like()
@@ -598,7 +598,7 @@ pub(super) fn gated_mlp(r: &TorchRun<'_>, normed: &Pt) -> Pt {
 /// [`gated_mlp`] with autograd on the tape.
 pub(super) fn train_gated_mlp(r: &TorchRun<'_>, tape: &Tape<'_>, normed: &Pt) -> Pt {
     let gate = tt::linear_mm(tape, normed, r.d.intermediate);
-    let act = tt::unary(tape, &gate, r.d.act_saves_output);
+    let act = tt::unary(tape, &gate, r.d.act_saves_output());
     drop(gate);
     let up = tt::linear_mm(tape, normed, r.d.intermediate);
     let product = tt::mul(tape, &act, &up);
@@ -1067,7 +1067,7 @@ fn train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt, layer: &Layer<'_>, sha
                 &[],
             );
             drop(gate_up);
-            let act = tt::unary(tape, &gate, r.d.act_saves_output);
+            let act = tt::unary(tape, &gate, r.d.act_saves_output());
             let product = tt::mul(tape, &up, &act);
             drop((act, up));
             let down = tt::linear_mm(tape, &product, width);

@@ -674,7 +674,7 @@ pub fn encoder_attention(
 /// `RobertaLMHead`, `DistilBERT`'s `vocab_*` layers: the same ops): dense (saving its input),
 /// the activation (gelu saving its input; with `act_saves_output`, `ReLU` saving its output,
 /// which the norm saves too), `LayerNorm`, the decoder (saving its input) into the logits over
-/// the vocabulary. BERT's and DistilBERT's heads run the config's activation, `RoBERTa`'s gelu.
+/// the vocabulary. BERT's and `DistilBERT`'s heads run the config's activation, `RoBERTa`'s gelu.
 #[must_use]
 pub fn masked_lm_head(r: &TorchRun<'_>, hidden: &Pt, act_saves_output: bool) -> Pt {
     r.keep(hidden);

@@ -175,7 +175,7 @@ fn llama_configs_with_biases_are_refused_naming_the_field() {
 }
 
 /// Configs candle 0.11 cannot run: a Gemma 3 with more than one key/value head (gemma-3-4b and
-/// larger), and a Llama, Qwen2 or Phi-3 whose explicit head_dim is not hidden / heads (candle's
+/// larger), and a Llama, Qwen2 or Phi-3 whose explicit `head_dim` is not hidden / heads (candle's
 /// models derive it; transformers reads it). Their sweeps and estimates are refused naming the
 /// field and the runtime; PyTorch's estimate takes them.
 #[test]
