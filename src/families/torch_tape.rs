@@ -104,6 +104,10 @@ pub struct Tape<'a> {
     /// f32), and its cache of parameter casts, kept until the context exits.
     autocast: Option<TDt>,
     cast_cache: RefCell<Vec<Pt>>,
+    /// The nodes (by position) of casts whose parameter the model registers after the next
+    /// node's: autocast casts a linear's bias before its weight, the module registers the
+    /// weight first, and the optimizer walks the registration.
+    registered_after_next: RefCell<std::collections::HashSet<usize>>,
     /// transformers' gradient checkpointing: each layer a checkpointed region.
     checkpointing: bool,
     /// Under `torch.no_grad()`: nothing is recorded (no node saves anything).
@@ -399,6 +403,12 @@ impl<'a> Tape<'a> {
                 self.release_region(index - 1);
                 continue;
             };
+            // Where the optimizer meets this node's parameter: here, or after the next node's.
+            let at = if self.registered_after_next.borrow().contains(&(index - 1)) {
+                index + 1
+            } else {
+                index
+            };
             let mut outs = Vec::new();
             let mut work = Vec::new();
             let mut added = Vec::new();
@@ -424,7 +434,7 @@ impl<'a> Tape<'a> {
                 }
                 Edge::Pass(of) => outs.push((*of, incoming.clone())),
                 Edge::Copy(of) => outs.push((*of, incoming.like())),
-                Edge::Param(dims, dt) => params.push(((index, params.len()), sim.alloc(dims, *dt))),
+                Edge::Param(dims, dt) => params.push(((at, params.len()), sim.alloc(dims, *dt))),
                 Edge::Temp(bytes) => drop(sim.scratch(*bytes)),
                 Edge::Reduced(_) => {}
                 Edge::Join(of, partner, dims, dt) => {
@@ -594,7 +604,14 @@ pub fn linear(tape: &Tape, x: &Pt, out: usize, bias: bool) -> Pt {
 /// order; the parameters' casts cached, the input's made again at each call), then `addmm` in
 /// `low`, saving the input's and the weight's casts.
 fn linear_autocast(tape: &Tape, x: &Pt, (inp, out): (usize, usize), bias: bool, low: TDt) -> Pt {
-    let b = bias.then(|| tape.cast_param(&[out], low, x));
+    let b = bias.then(|| {
+        // (A recomputation records no node.)
+        if !tape.no_grad && tape.mode.get() != Mode::Recompute {
+            let position = tape.nodes.borrow().len();
+            tape.registered_after_next.borrow_mut().insert(position);
+        }
+        tape.cast_param(&[out], low, x)
+    });
     let w = tape.cast_param(&[out, inp], low, x);
     let xl = tape.cast(x, low);
     let y = xl.linear(out);

@@ -916,7 +916,8 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
     // The optimizer walks `model.parameters()`, the classes' registration order: BERT's
     // position table before its token types, RoBERTa's after its embedding LayerNorm, the
     // masked-LM bias first in its head, and XLM-RoBERTa's head before the model (transformers
-    // 5). At a vocabulary of 97 and seq 7 AdamW's peak is where the orders differ.
+    // 5). At a vocabulary of 97 and seq 7 (or 12 under autocast) AdamW's peak is where the
+    // orders differ.
     let odd: [(&str, serde_json::Value); 4] = [
         ("vocab_size", 97.into()),
         ("hidden_size", 48.into()),
@@ -1125,6 +1126,13 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
         (
             (xlmr_v97.as_str(), "7", "f32", "sdpa", "train"),
             "3,5",
+            &["--task", "sequence-classification"],
+        ),
+        // Autocast casts a linear's bias before its weight; the optimizer still walks the
+        // weight first (here the classifier's, walked first of all).
+        (
+            (xlmr_v97.as_str(), "12", "amp-bf16", "sdpa", "train"),
+            "1,2",
             &["--task", "sequence-classification"],
         ),
     ];
