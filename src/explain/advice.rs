@@ -452,10 +452,10 @@ fn mixed_precision(gpu: Option<&GpuPreset>) -> String {
 }
 
 impl Explanation {
-    /// The explanation for a person: the form, the figures and the fixes.
+    /// The explanation's first line: the form's title, and the GPU's maker where the message
+    /// is PyTorch's for another than NVIDIA.
     #[must_use]
-    pub fn text(&self) -> String {
-        use std::fmt::Write as _;
+    pub fn heading(&self) -> String {
         let backend = match self.backend {
             Some(Backend::Hip) => {
                 " It comes from AMD's ROCm (HIP), whose PyTorch prints CUDA's figures under HIP's name."
@@ -465,7 +465,14 @@ impl Explanation {
             }
             _ => "",
         };
-        let mut s = format!("{}{backend}\n\nWhat it says:\n", self.form.title());
+        format!("{}{backend}", self.form.title())
+    }
+
+    /// The explanation for a person: the form, the figures and the fixes.
+    #[must_use]
+    pub fn text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = format!("{}\n\nWhat it says:\n", self.heading());
         if self.figures.is_empty() {
             s.push_str("- no figures: the message says only that the device ran out of memory; `nvidia-smi` shows which processes hold the GPU's memory, and `torch.cuda.memory_summary()` what PyTorch holds\n");
         }

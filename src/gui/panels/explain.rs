@@ -22,7 +22,9 @@ pub fn window(state: &mut PanelState, ctx: &egui::Context) {
         .default_size([560.0, 520.0])
         .vscroll(true)
         .show(ctx, |ui| {
-            ui.label("Paste the error from PyTorch, TensorFlow, JAX or CUDA:");
+            ui.label(
+                "Paste the error from PyTorch (on NVIDIA, AMD, Intel or Apple GPUs, or the CPU), TensorFlow, JAX or CUDA:",
+            );
             ui.add(
                 egui::TextEdit::multiline(&mut e.text)
                     .desired_rows(5)
@@ -38,7 +40,7 @@ pub fn window(state: &mut PanelState, ctx: &egui::Context) {
             }
             match e.explained.as_ref().map(|(_, r)| r) {
                 Some(Ok(x)) => {
-                    ui.label(RichText::new(x.form.title()).strong());
+                    ui.label(RichText::new(x.heading()).strong());
                     ui.label(RichText::new("What it says").strong());
                     if x.figures.is_empty() {
                         ui.label("no figures: the device ran out of memory");

@@ -242,6 +242,16 @@ fn a_pasted_oom_message_is_explained_in_the_window() {
         &h,
         "1. reduce fragmentation: run with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True",
     );
+    // ROCm's message: its maker in the heading, its tools in the advice.
+    h.get_by_label("Message").set_text_value_accesskit(
+        "HIP out of memory. Tried to allocate 432.00 MiB. GPU 0 has a total capacity of 15.92 GiB of which 7.12 MiB is free. Of the allocated memory 8.08 GiB is allocated by PyTorch, and 6.21 GiB is reserved by PyTorch but unallocated.",
+    );
+    h.run_steps(3);
+    shown(&h, "It comes from AMD's ROCm (HIP)");
+    shown(
+        &h,
+        "1. reduce fragmentation: run with PYTORCH_HIP_ALLOC_CONF=expandable_segments:True",
+    );
     h.get_by_label("Message")
         .set_text_value_accesskit("RuntimeError: CUDA error: device-side assert triggered");
     h.run_steps(3);
