@@ -759,8 +759,8 @@ pub fn math_attention(tape: &Tape, (q, k, v): (&Pt, &Pt, &Pt), heads: usize) -> 
     let qs = scaled(&qa);
     let scores = {
         let kts = scaled(&ka);
-        let qc = bmm_copy(tape, &qs, &[b * heads, s, d]);
-        let kc = bmm_copy(tape, &kts, &[b * heads, d, s]);
+        let qc = bmm_fold(tape, &qs, &[b * heads, s, d], (b, heads, s));
+        let kc = bmm_fold(tape, &kts, &[b * heads, d, s], (b, heads, s));
         bmm(tape, &qc, &kc, &[b * heads, s, s])
     };
     let probs = {
@@ -778,7 +778,7 @@ pub fn math_attention(tape: &Tape, (q, k, v): (&Pt, &Pt, &Pt), heads: usize) -> 
     // The kernel also returns the attention weights, cast back (the caller drops them).
     let returned = reduced.then(|| dropped.new(&dropped.dims, q.dt));
     let out = {
-        let vc = bmm_copy(tape, &va, &[b * heads, s, d]);
+        let vc = bmm_fold(tape, &va, &[b * heads, s, d], (b, heads, s));
         bmm(tape, &dropped, &vc, &[b * heads, s, d])
     };
     let cast = if reduced {
@@ -890,6 +890,23 @@ pub fn heads_major(tape: &Tape<'_>, t: &Pt, heads: usize, d: usize) -> Pt {
     };
     tape.node(&view, vec![back], &[]);
     view
+}
+
+/// `matmul` folding a heads-major operand (`(b, heads, s, d)` or its key's transpose, laid out
+/// as the projection's `(b, s, heads, d)`) into `dims` (`(b·heads, …)`): `reshape` can merge the
+/// batch and head dims as a view only where one of them is 1 (or one row: `s` 1), else it
+/// copies ([`bmm_copy`]).
+pub fn bmm_fold(
+    tape: &Tape<'_>,
+    t: &Pt,
+    dims: &[usize],
+    (b, heads, s): (usize, usize, usize),
+) -> Pt {
+    if b == 1 || heads == 1 || s == 1 {
+        t.view(dims)
+    } else {
+        bmm_copy(tape, t, dims)
+    }
 }
 
 /// `matmul` on a strided operand: `reshape` copies it for `bmm`; the copy's gradient passes

@@ -928,6 +928,20 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
         with_fields("tiny-bert", "tiny-bert-v97.json", &odd),
         with_fields("tiny-roberta", "tiny-roberta-v97.json", &odd),
     );
+    // Attention dropout alone (sdpa's math kernel) at batch 1: `matmul` folds the heads-major
+    // operands into `bmm`'s batch as views, where above batch 1 it copies them.
+    let attn_dropout = with_fields(
+        "tiny-bert",
+        "tiny-bert-attn-dropout.json",
+        &[
+            ("attention_probs_dropout_prob", 0.1.into()),
+            ("hidden_size", 24.into()),
+            ("num_attention_heads", 2.into()),
+            ("num_hidden_layers", 1.into()),
+            ("intermediate_size", 40.into()),
+            ("vocab_size", 1000.into()),
+        ],
+    );
     let ckpt: &[&str] = &["--gradient-checkpointing", "on"];
     let sgd: &[&str] = &["--optimizer", "sgd"];
     let cases = [
@@ -1127,6 +1141,11 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
             (xlmr_v97.as_str(), "7", "f32", "sdpa", "train"),
             "3,5",
             &["--task", "sequence-classification"],
+        ),
+        (
+            (attn_dropout.as_str(), "62", "amp-bf16", "sdpa", "train"),
+            "1,2",
+            &["--task", "sequence-classification", "--optimizer", "sgd"],
         ),
         // Autocast casts a linear's bias before its weight; the optimizer still walks the
         // weight first (here the classifier's, walked first of all).
