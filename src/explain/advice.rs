@@ -48,13 +48,17 @@ pub(super) fn figures(e: &Explanation) -> Vec<String> {
         ));
     }
     if let Some(b) = e.total_capacity_bytes {
-        let gpu = presets::from_total_capacity(b).map_or_else(String::new, |p| {
-            format!(
-                "; a {}, compute capability {}, reports exactly this",
-                p.name,
-                p.compute_capability_label()
-            )
-        });
+        // The presets are NVIDIA's cards.
+        let nvidia = e.backend.is_none_or(|b| b == Backend::Cuda);
+        let gpu = presets::from_total_capacity(b)
+            .filter(|_| nvidia)
+            .map_or_else(String::new, |p| {
+                format!(
+                    "; a {}, compute capability {}, reports exactly this",
+                    p.name,
+                    p.compute_capability_label()
+                )
+            });
         out.push(format!(
             "total capacity {}: the GPU's memory as the driver reports it{}{gpu}",
             shown(b, r.total),
@@ -196,6 +200,7 @@ pub(super) fn advice(e: &Explanation) -> Vec<String> {
             .map(|a| {
                 a.replace("nvidia-smi", "rocm-smi")
                     .replace("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF")
+                    .replace(NVIDIA_BF16, "")
             })
             .collect(),
         Backend::Xpu => out
@@ -206,6 +211,7 @@ pub(super) fn advice(e: &Explanation) -> Vec<String> {
                 a.replace("nvidia-smi", "xpu-smi")
                     .replace("torch.cuda.", "torch.xpu.")
                     .replace("\"cuda\"", "\"xpu\"")
+                    .replace(NVIDIA_BF16, "")
             })
             .collect(),
     }
@@ -228,10 +234,17 @@ fn cuda_advice(e: &Explanation) -> Vec<String> {
         .is_some_and(|b| b.saturating_sub(context) >= need.max(1))
         && e.free_bytes.is_none_or(|f| f < need);
     let mut out = Vec::new();
-    // A cap set in the process, below the GPU's memory, with room left on the GPU: the cap
-    // refused the request.
+    // A cap set in the process, below the GPU's memory, that the request met: what the
+    // allocator holds and the request together pass it, or the GPU had room for the request.
+    // (PyTorch prints the cap whenever one is set, met or not.)
+    let cap_met = |allowed: u64| {
+        e.reserved_by_pytorch_bytes
+            .is_some_and(|r| r.saturating_add(need) > allowed)
+            || e.free_bytes.is_some_and(|f| f >= need)
+    };
     if let Some(allowed) = e.allowed_bytes
         && e.total_capacity_bytes.is_none_or(|t| allowed < t)
+        && cap_met(allowed)
     {
         let room = e.free_bytes.map_or_else(String::new, |f| {
             format!(", while the GPU had {} free", shown(f, e.rounding.free))
@@ -320,6 +333,9 @@ fn smaller_batch(e: &Explanation, how: &str) -> String {
 
 /// JAX (XLA) fixes, in order of effect.
 fn jax_advice(e: &Explanation) -> Vec<String> {
+    if e.tpu {
+        return tpu_advice(e);
+    }
     let bf16 = e.preset().is_none_or(GpuPreset::supports_bf16);
     let mut out = vec![
         "stop JAX taking 75% of the GPU up front: set `XLA_PYTHON_CLIENT_PREALLOCATE=false` before starting Python (memory is then taken as needed), or give it a share with `XLA_PYTHON_CLIENT_MEM_FRACTION=.90`; another process on the same GPU (a second JAX program, PyTorch) needs this to fit at all".into(),
@@ -338,6 +354,18 @@ fn jax_advice(e: &Explanation) -> Vec<String> {
         "check other processes with `nvidia-smi`: memory they hold is never available to yours (JAX's preallocation counts as held)".into(),
     );
     out
+}
+
+/// XLA on a TPU: each core's HBM is the limit, the runtime holds all of it (nothing to stop
+/// preallocating), and bf16 is native.
+fn tpu_advice(e: &Explanation) -> Vec<String> {
+    vec![
+        "spread the model and the batch over more TPU cores: shard parameters and activations (`jax.sharding` with a mesh, or FSDP-style sharding), or use a TPU with more HBM per core — the limit is one core's memory".into(),
+        smaller_batch(e, "the leading axis of the arrays your jitted step takes, per core"),
+        "trade compute for memory in training: wrap the layer or the loss in `jax.checkpoint` (`jax.remat`) so the backward pass recomputes activations instead of keeping them".into(),
+        "keep parameters and activations in bf16, which TPUs compute natively: `params = jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), params)` (keep an f32 copy of the parameters in the optimizer if training needs it)".into(),
+        "use shorter sequences: attention's memory grows with the square of the length".into(),
+    ]
 }
 
 /// The batch lines of a PyTorch message: with `--model` the `no_grad` check and the PyTorch
@@ -430,6 +458,9 @@ fn tensorflow_advice(e: &Explanation) -> Vec<String> {
     ]
 }
 
+/// Which NVIDIA cards have bf16, as the mixed-precision fix names them (left out for others').
+const NVIDIA_BF16: &str = " (compute capability 8.0+: A100, A10G, L4, RTX 30xx/40xx, H100)";
+
 /// The mixed-precision fix for this GPU: bf16 needs compute capability 8.0 or newer (Ampere,
 /// Ada, Hopper); older GPUs use fp16 with a `GradScaler`; an unknown GPU gets the rule.
 fn mixed_precision(gpu: Option<&GpuPreset>) -> String {
@@ -446,7 +477,7 @@ fn mixed_precision(gpu: Option<&GpuPreset>) -> String {
             p.compute_capability_label()
         ),
         None => format!(
-            "use mixed precision: it halves activations and weights — bf16 where `torch.cuda.is_bf16_supported()` is true (compute capability 8.0+: A100, A10G, L4, RTX 30xx/40xx, H100), with `bf16=True` (Trainer) or `torch.autocast(\"cuda\", dtype=torch.bfloat16)`; otherwise fp16 with a GradScaler: {FP16}"
+            "use mixed precision: it halves activations and weights — bf16 where `torch.cuda.is_bf16_supported()` is true{NVIDIA_BF16}, with `bf16=True` (Trainer) or `torch.autocast(\"cuda\", dtype=torch.bfloat16)`; otherwise fp16 with a GradScaler: {FP16}"
         ),
     }
 }
@@ -463,6 +494,7 @@ impl Explanation {
             Some(Backend::Xpu) => {
                 " It comes from Intel's GPU (XPU), whose PyTorch prints CUDA's figures under XPU's name."
             }
+            _ if self.tpu => " It comes from a TPU: the limit is one core's memory (HBM).",
             _ => "",
         };
         format!("{}{backend}", self.form.title())

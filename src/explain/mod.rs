@@ -129,6 +129,9 @@ pub struct Explanation {
     pub allowed_bytes: Option<u64>,
     /// MPS: what the process holds outside PyTorch's MPS allocator (`other allocations`).
     pub other_allocations_bytes: Option<u64>,
+    /// XLA's message from a TPU (its memory is HBM per core; its figures are not read).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tpu: bool,
     /// Figures the message prints that cannot be true (more than the GPU has), left out.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ignored: Vec<String>,
@@ -468,7 +471,8 @@ static P: LazyLock<Patterns> = LazyLock::new(|| Patterns {
     stream_executor: re(
         r"failed to allocate \S+ \((\d+) bytes\) from device: (?:CUDA_ERROR_OUT_OF_MEMORY|HIP_ERROR_OutOfMemory)",
     ),
-    cupy_bytes: re(r"out of memory to allocate (\d+) bytes"),
+    // CuPy's wording before and after 2019 (`Out of memory allocating 200,000,000,000 bytes`).
+    cupy_bytes: re(r"(?i)out of memory (?:to allocate|allocating) ([\d,]+) bytes"),
     process: re(r"Process (\d+) has SIZE memory in use"),
     non_pytorch: re(r"this process has SIZE memory in use"),
     // "of shape" and a missing type or device occur too.
@@ -498,6 +502,15 @@ fn tf_dtype_bytes(t: &str) -> Option<u64> {
 /// Splits an optional (bytes, rounding) into the figure and its rounding.
 fn split(v: Option<(u64, Rounding)>) -> (Option<u64>, Option<Rounding>) {
     (v.map(|(b, _)| b), v.map(|(_, r)| r))
+}
+
+/// Whether XLA's or CUDA's message came from TensorFlow rather than JAX: a TensorFlow path, but
+/// not JAX's copy of XLA (`external/org_tensorflow/…` in older JAX, or a `jax` path).
+fn mentions_tensorflow(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    lower.contains("tensorflow")
+        && !lower.contains("jax")
+        && !lower.contains("external/org_tensorflow")
 }
 
 /// Bytes of a size MPS printed: its allocator writes binary sizes with decimal names
@@ -536,6 +549,7 @@ pub fn explain(text: &str) -> Result<Explanation, NotOom> {
         private_pools_bytes: None,
         allowed_bytes: None,
         other_allocations_bytes: None,
+        tpu: false,
         ignored: Vec::new(),
         gpu: None,
         figures: Vec::new(),
@@ -554,11 +568,10 @@ pub fn explain(text: &str) -> Result<Explanation, NotOom> {
     // CuPy names its error OutOfMemoryError too; MPS's and the CPU's come as
     // `torch.OutOfMemoryError` (and an application's hint may mention CUDA beside them).
     let cupy = text.contains("cupy");
-    let pytorch = !cupy
-        && (["CUDA", "HIP", "XPU"]
-            .iter()
-            .any(|b| text.contains(&format!("{b} out of memory")))
-            || text.contains("OutOfMemoryError"));
+    let pytorch = ["CUDA", "HIP", "XPU"]
+        .iter()
+        .any(|b| text.contains(&format!("{b} out of memory")))
+        || (text.contains("OutOfMemoryError") && !cupy);
     if text.contains("MPS backend out of memory") {
         e.form = Form::PytorchMps;
         (e.allocated_by_pytorch_bytes, r.allocated) = split(mps_size(&p.mps_allocated, text));
@@ -581,7 +594,7 @@ pub fn explain(text: &str) -> Result<Explanation, NotOom> {
             e.reserved_by_pytorch_bytes = e
                 .allocated_by_pytorch_bytes
                 .zip(e.reserved_unallocated_bytes)
-                .map(|(a, r)| a + r);
+                .map(|(a, r)| a.saturating_add(r));
             r.reserved = Rounding::derived(&[r.allocated, r.unallocated]);
         }
         (e.allowed_bytes, r.allowed) = split(size(&p.allowed, text));
@@ -599,9 +612,13 @@ pub fn explain(text: &str) -> Result<Explanation, NotOom> {
                 ))
             })
             .collect();
-        // A figure above the GPU's capacity is a miscount (PyTorch has printed an unsigned
-        // underflow, 17179869184.00 GiB): left out, and said so.
-        let possible = |b: u64| e.total_capacity_bytes.is_none_or(|t| b <= t);
+        // A figure far above the GPU's capacity is a miscount (PyTorch has printed an unsigned
+        // underflow, 17179869184.00 GiB): left out, and said so. (Windows' WDDM lets a process
+        // hold more than the card has, so only a figure beyond any such oversubscription is.)
+        let possible = |b: u64| {
+            e.total_capacity_bytes
+                .is_none_or(|t| u128::from(b) <= u128::from(t) * 16)
+        };
         let mut ignored = Vec::new();
         let (kept, over): (Vec<_>, Vec<_>) =
             processes.into_iter().partition(|(u, _)| possible(u.bytes));
@@ -636,6 +653,8 @@ pub fn explain(text: &str) -> Result<Explanation, NotOom> {
         (e.total_capacity_bytes, r.total) = split(size(&p.total_old, text));
         (e.allocated_by_pytorch_bytes, r.allocated) = split(size(&p.allocated_old, text));
         (e.free_bytes, r.free) = split(size(&p.free_old, text));
+        // PyTorch 1.8 to 2.0 print a per-process cap there too.
+        (e.allowed_bytes, r.allowed) = split(size(&p.allowed, text));
         if let Some(reserved) = size(&p.reserved_old, text) {
             (e.reserved_by_pytorch_bytes, r.reserved) = split(Some(reserved));
             e.reserved_unallocated_bytes = e
@@ -645,7 +664,9 @@ pub fn explain(text: &str) -> Result<Explanation, NotOom> {
             r.unallocated = Rounding::derived(&[r.reserved, r.allocated]);
         } else if let Some(cached) = size(&p.cached_old, text) {
             (e.reserved_unallocated_bytes, r.unallocated) = split(Some(cached));
-            e.reserved_by_pytorch_bytes = e.allocated_by_pytorch_bytes.map(|a| a + cached.0);
+            e.reserved_by_pytorch_bytes = e
+                .allocated_by_pytorch_bytes
+                .map(|a| a.saturating_add(cached.0));
             r.reserved = Rounding::derived(&[r.allocated, r.unallocated]);
         }
     } else if let Some(c) = p.tf_shape.captures(text) {
@@ -657,7 +678,7 @@ pub fn explain(text: &str) -> Result<Explanation, NotOom> {
             .ok();
         e.tried_to_allocate_bytes = elems
             .zip(c.get(2).and_then(|t| tf_dtype_bytes(t.as_str())))
-            .map(|(dims, b)| dims.iter().product::<u64>() * b);
+            .and_then(|(dims, b)| dims.iter().try_fold(b, |acc, &d| acc.checked_mul(d)));
         e.gpu_index = c.get(3).and_then(|g| g.as_str().parse().ok());
     } else if let Some(c) = p.tf_allocator.captures(text) {
         e.form = Form::Tensorflow;
@@ -665,7 +686,7 @@ pub fn explain(text: &str) -> Result<Explanation, NotOom> {
         (e.tried_to_allocate_bytes, r.tried) = split(sized(&c[2], &c[3]));
     } else if let Some(c) = p.xla_async.captures(text) {
         // The same allocator serves JAX and TensorFlow; the message's paths tell them apart.
-        e.form = if text.to_ascii_lowercase().contains("tensorflow") {
+        e.form = if mentions_tensorflow(text) {
             Form::Tensorflow
         } else {
             Form::Jax
@@ -688,13 +709,11 @@ pub fn explain(text: &str) -> Result<Explanation, NotOom> {
         };
         e.gpu_index = c[4].parse().ok();
     } else if let Some(c) = p.stream_executor.captures(text) {
-        // TensorFlow's stream executor, which JAX's XLA shares (built in as
-        // `external/org_tensorflow`).
-        let lower = text.to_ascii_lowercase();
-        e.form = if lower.contains("jax") || lower.contains("external/org_tensorflow") {
-            Form::Jax
-        } else {
+        // TensorFlow's stream executor, which JAX's XLA shares.
+        e.form = if mentions_tensorflow(text) {
             Form::Tensorflow
+        } else {
+            Form::Jax
         };
         e.tried_to_allocate_bytes = c[1].parse().ok();
     } else if text.contains("ResourceExhaustedError") || text.contains("OOM when allocating") {
@@ -713,13 +732,16 @@ pub fn explain(text: &str) -> Result<Explanation, NotOom> {
     {
         e.form = if text.contains("RESOURCE_EXHAUSTED") {
             Form::Jax
-        } else if text.to_ascii_lowercase().contains("tensorflow") {
+        } else if mentions_tensorflow(text) {
             // TensorFlow's own CUDA calls (`cuda_blas.cc`: failed to create cublas handle).
             Form::Tensorflow
         } else {
             Form::CudaBare
         };
-        e.tried_to_allocate_bytes = p.cupy_bytes.captures(text).and_then(|c| c[1].parse().ok());
+        e.tried_to_allocate_bytes = p
+            .cupy_bytes
+            .captures(text)
+            .and_then(|c| c[1].replace(',', "").parse().ok());
     } else {
         return Err(NotOom);
     }
@@ -729,12 +751,18 @@ pub fn explain(text: &str) -> Result<Explanation, NotOom> {
     if matches!(e.form, Form::PytorchOld | Form::PytorchNew | Form::CudaBare) {
         e.backend = Some(backend);
     }
+    e.tpu = e.form == Form::Jax && {
+        let lower = text.to_ascii_lowercase();
+        lower.contains("tpu") || lower.contains("hbm")
+    };
     if e.gpu_index.is_none() && e.form != Form::CpuHost {
         e.gpu_index = p.gpu.captures(text).and_then(|c| c[1].parse().ok());
     }
     (e.held_elsewhere_bytes, e.rounding.held_elsewhere) = held_elsewhere(&e);
+    // The presets are NVIDIA's cards: an AMD or Intel GPU of the same size is none of them.
     e.gpu = e
         .total_capacity_bytes
+        .filter(|_| e.backend.is_none_or(|b| b == Backend::Cuda))
         .and_then(presets::from_total_capacity)
         .map(|p| p.id);
     e.figures = figures(&e);

@@ -599,3 +599,57 @@ fn each_backend_gets_its_own_tools() {
         "{text}"
     );
 }
+
+/// XLA's messages from a TPU get a TPU's fixes: no GPU preallocation to stop, no `nvidia-smi`.
+#[test]
+fn a_tpu_message_gets_a_tpus_fixes() {
+    let e = explain("jaxlib.xla_extension.XlaRuntimeError: RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space hbm. Used 21.90G of 7.48G hbm. Exceeded hbm capacity by 14.42G.").unwrap();
+    assert_eq!(e.form, Form::Jax);
+    assert!(e.tpu);
+    let all = e.advice.join("\n");
+    assert!(
+        all.contains("more TPU cores") && all.contains("jax.checkpoint"),
+        "{all}"
+    );
+    assert!(
+        !all.contains("XLA_PYTHON_CLIENT_PREALLOCATE") && !all.contains("nvidia-smi"),
+        "{all}"
+    );
+    assert!(e.text().contains("It comes from a TPU"));
+    // A GPU's XLA message keeps the GPU's.
+    let gpu = explain("jaxlib.xla_extension.XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory while trying to allocate 4294967296 bytes.").unwrap();
+    assert!(!gpu.tpu && gpu.advice[0].contains("XLA_PYTHON_CLIENT_PREALLOCATE"));
+}
+
+/// What the review of the real-message reading found: the cap in the older form, a cap that
+/// was not what failed, `CuPy`'s current wording, a PyTorch message whose traceback passes
+/// through `CuPy`, a Windows process holding more than the card (WDDM), and JAX's old XLA paths.
+/// (Constructed from the forms' source, not pasted.)
+#[test]
+fn caps_cupy_oversubscription_and_old_jax_paths_read_right() {
+    let old = explain("RuntimeError: CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 15.78 GiB total capacity; 1.90 GiB already allocated; 13.50 GiB free; 2.00 GiB allowed; 1.98 GiB reserved in total by PyTorch)").unwrap();
+    assert_eq!(old.allowed_bytes, bytes("2.00", "GiB"));
+    assert!(
+        old.advice[0].starts_with("raise this process's memory cap"),
+        "{:?}",
+        old.advice
+    );
+    // A cap the request did not meet: the GPU itself was full.
+    let full = explain("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.15 GiB of which 1.00 GiB is free. Including non-PyTorch memory, this process has 40.00 GiB memory in use. 75.19 GiB allowed; Of the allocated memory 39.00 GiB is allocated by PyTorch, and 0.50 GiB is reserved by PyTorch but unallocated.").unwrap();
+    assert_eq!(full.allowed_bytes, bytes("75.19", "GiB"));
+    assert!(
+        !full.advice.iter().any(|a| a.contains("memory cap")),
+        "{:?}",
+        full.advice
+    );
+    let cupy = explain("cupy.cuda.memory.OutOfMemoryError: Out of memory allocating 200,000,000,000 bytes (allocated so far: 0 bytes).").unwrap();
+    assert_eq!(cupy.form, Form::CudaBare);
+    assert_eq!(cupy.tried_to_allocate_bytes, Some(200_000_000_000));
+    let through = explain("File \"/usr/lib/python3/site-packages/cupy/_core/core.pyx\", line 1\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total capacity of 14.56 GiB of which 3.81 MiB is free. Process 1234 has 14.55 GiB memory in use. Of the allocated memory 14.40 GiB is allocated by PyTorch, and 42.21 MiB is reserved by PyTorch but unallocated.").unwrap();
+    assert_eq!(through.form, Form::PytorchNew);
+    let wddm = explain("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total capacity of 8.00 GiB of which 0 bytes is free. Including non-PyTorch memory, this process has 14.20 GiB memory in use. Of the allocated memory 13.98 GiB is allocated by PyTorch, and 100.00 MiB is reserved by PyTorch but unallocated.").unwrap();
+    assert_eq!(wddm.process_in_use_bytes, bytes("14.20", "GiB"));
+    assert!(wddm.ignored.is_empty());
+    let jax = explain("E external/org_tensorflow/tensorflow/compiler/xla/stream_executor/gpu/gpu_cudamallocasync_allocator.cc:288] cuMemAllocAsync failed to allocate 1073741824 bytes: CUDA error: out of memory (CUDA_ERROR_OUT_OF_MEMORY)").unwrap();
+    assert_eq!(jax.form, Form::Jax);
+}

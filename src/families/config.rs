@@ -96,7 +96,7 @@ pub fn activation(v: &Value, name: &str, default: &str, d: &mut Dims) -> Result<
         other => {
             d.torch_refuses.get_or_insert_with(|| {
                 format!(
-                    "field \"{name}\" = \"{other}\" (an activation transformers computes in several ops) is not modelled yet; gelu, gelu_pytorch_tanh, silu and relu are"
+                    "field \"{name}\" = \"{other}\" (an activation transformers computes in several ops) is not modelled yet; gelu, gelu_pytorch_tanh, silu (swish) and relu are"
                 )
             });
         }
@@ -159,7 +159,8 @@ pub fn check(d: &Dims, names: [&str; 4]) -> Result<(), ConfigError> {
     }
     // Absurd sizes would overflow shape arithmetic long before they fit anywhere.
     let biggest = (d.vocab as u128) * (d.hidden as u128);
-    if biggest > 1 << 40 || d.layers > 10_000 {
+    let attention = (d.heads as u128) * (d.head_dim() as u128) * (d.hidden as u128);
+    if biggest > 1 << 40 || attention > 1 << 40 || d.layers > 10_000 {
         return Err(format!(
             "sizes are implausible (vocab_size × hidden_size = {biggest}, layers = {})",
             d.layers

@@ -111,10 +111,9 @@ impl CandleModel for LlamaModel {
 }
 
 /// The dims Llama, Qwen2, Mistral and Phi-3 read beyond the common fields: key/value heads
-/// (default: one per query head) and whether the head is tied to the embeddings (`tied`: whether
-/// candle's model can tie it at all). An explicit `head_dim` other than hidden / heads is read
-/// where candle's model reads it too (`own_head_dim`: Mistral, as in Mistral-Nemo and
-/// Mistral-Small), else refused.
+/// (default: one per query head), an explicit `head_dim` (which need not be hidden / heads), the
+/// activation, and whether the head is tied to the embeddings (`tied`: whether candle's model
+/// can tie it at all).
 pub(super) fn like_llama(
     v: &Value,
     base: &Dims,
