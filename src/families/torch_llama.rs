@@ -480,16 +480,12 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
                         drop(rotated);
                         cat
                     };
-                    let query = {
-                        let rotated = rotate(&query.view(&[b, heads, s, hd]));
-                        drop(query);
-                        pass(rotated)
-                    };
-                    let key = {
-                        let rotated = rotate(&key.view(&[b, kvh, s, hd]));
-                        drop(key);
-                        pass(rotated)
-                    };
+                    // `apply_rotary_pos_emb(q, k, …)`: the caller's q and k live until both
+                    // are rotated.
+                    let rotated_q = pass(rotate(&query.view(&[b, heads, s, hd])));
+                    let rotated_k = pass(rotate(&key.view(&[b, kvh, s, hd])));
+                    drop((query, key));
+                    let (query, key) = (rotated_q, rotated_k);
                     // DynamicCache.update: the new keys and values concatenated after the
                     // (empty) past; the cache keeps them.
                     let keys = key.like();

@@ -942,6 +942,16 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
             ("vocab_size", 1000.into()),
         ],
     );
+    // A narrow MLP and a key/value head per query head: inference peaks in the rotation, where
+    // the caller's q lives until k is rotated too.
+    let narrow_llama = with_fields(
+        "tiny-llama",
+        "tiny-llama-narrow.json",
+        &[
+            ("intermediate_size", 16.into()),
+            ("num_key_value_heads", 4.into()),
+        ],
+    );
     let ckpt: &[&str] = &["--gradient-checkpointing", "on"];
     let sgd: &[&str] = &["--optimizer", "sgd"];
     let cases = [
@@ -1141,6 +1151,11 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
             (xlmr_v97.as_str(), "7", "f32", "sdpa", "train"),
             "3,5",
             &["--task", "sequence-classification"],
+        ),
+        (
+            (narrow_llama.as_str(), "24", "f32", "sdpa", "infer"),
+            "1,3",
+            &["--task", "base"],
         ),
         (
             (attn_dropout.as_str(), "62", "amp-bf16", "sdpa", "train"),
