@@ -29,6 +29,10 @@ pub enum Edge {
     Copy(usize),
     /// A parameter's gradient, kept until the optimizer step.
     Param(Vec<usize>, TDt),
+    /// The same, for a parameter the model registers after the next node's (autocast casts a
+    /// linear's bias before its weight; the module registers the weight first, and the
+    /// optimizer walks the registration).
+    ParamAfterNext(Vec<usize>, TDt),
     /// A buffer the backward holds while it runs, of so many bytes.
     Temp(u64),
     /// A new gradient that is a view of the tensor its function made (a reshape back to the
@@ -104,10 +108,6 @@ pub struct Tape<'a> {
     /// f32), and its cache of parameter casts, kept until the context exits.
     autocast: Option<TDt>,
     cast_cache: RefCell<Vec<Pt>>,
-    /// The nodes (by position) of casts whose parameter the model registers after the next
-    /// node's: autocast casts a linear's bias before its weight, the module registers the
-    /// weight first, and the optimizer walks the registration.
-    registered_after_next: RefCell<std::collections::HashSet<usize>>,
     /// transformers' gradient checkpointing: each layer a checkpointed region.
     checkpointing: bool,
     /// Under `torch.no_grad()`: nothing is recorded (no node saves anything).
@@ -178,9 +178,16 @@ impl<'a> Tape<'a> {
 
     /// Autocast's cast of an f32 parameter of `dims` to `low`: its backward allocates the
     /// parameter's f32 gradient; the cast stays in the cache until the context exits.
-    fn cast_param(&self, dims: &[usize], low: TDt, sim: &Pt) -> Pt {
+    /// `registered_after_next`: the model registers this parameter after the next cast's (a
+    /// linear's bias, cast before its weight).
+    fn cast_param(&self, dims: &[usize], low: TDt, sim: &Pt, registered_after_next: bool) -> Pt {
         let c = sim.new(dims, low);
-        self.node(&c, vec![Edge::Param(dims.to_vec(), TDt::F32)], &[]);
+        let param = if registered_after_next {
+            Edge::ParamAfterNext(dims.to_vec(), TDt::F32)
+        } else {
+            Edge::Param(dims.to_vec(), TDt::F32)
+        };
+        self.node(&c, vec![param], &[]);
         self.cast_cache.borrow_mut().push(c.clone());
         c
     }
@@ -403,12 +410,6 @@ impl<'a> Tape<'a> {
                 self.release_region(index - 1);
                 continue;
             };
-            // Where the optimizer meets this node's parameter: here, or after the next node's.
-            let at = if self.registered_after_next.borrow().contains(&(index - 1)) {
-                index + 1
-            } else {
-                index
-            };
             let mut outs = Vec::new();
             let mut work = Vec::new();
             let mut added = Vec::new();
@@ -434,7 +435,10 @@ impl<'a> Tape<'a> {
                 }
                 Edge::Pass(of) => outs.push((*of, incoming.clone())),
                 Edge::Copy(of) => outs.push((*of, incoming.like())),
-                Edge::Param(dims, dt) => params.push(((at, params.len()), sim.alloc(dims, *dt))),
+                Edge::Param(dims, dt) => params.push(((index, params.len()), sim.alloc(dims, *dt))),
+                Edge::ParamAfterNext(dims, dt) => {
+                    params.push(((index + 1, params.len()), sim.alloc(dims, *dt)));
+                }
                 Edge::Temp(bytes) => drop(sim.scratch(*bytes)),
                 Edge::Reduced(_) => {}
                 Edge::Join(of, partner, dims, dt) => {
@@ -604,15 +608,8 @@ pub fn linear(tape: &Tape, x: &Pt, out: usize, bias: bool) -> Pt {
 /// order; the parameters' casts cached, the input's made again at each call), then `addmm` in
 /// `low`, saving the input's and the weight's casts.
 fn linear_autocast(tape: &Tape, x: &Pt, (inp, out): (usize, usize), bias: bool, low: TDt) -> Pt {
-    let b = bias.then(|| {
-        // (A recomputation records no node.)
-        if !tape.no_grad && tape.mode.get() != Mode::Recompute {
-            let position = tape.nodes.borrow().len();
-            tape.registered_after_next.borrow_mut().insert(position);
-        }
-        tape.cast_param(&[out], low, x)
-    });
-    let w = tape.cast_param(&[out, inp], low, x);
+    let b = bias.then(|| tape.cast_param(&[out], low, x, true));
+    let w = tape.cast_param(&[out, inp], low, x, false);
     let xl = tape.cast(x, low);
     let y = xl.linear(out);
     let mut edges = vec![Tape::grad_of(&xl), Tape::grad_of(&w)];
@@ -950,7 +947,7 @@ pub fn linear_mm(tape: &Tape<'_>, x: &Pt, out: usize) -> Pt {
     if let Some(low) = tape.autocast {
         // Under autocast: the weight cast (cached), then the input (unless already `low`);
         // `mm` saves both casts, and the gradients go back through them.
-        let w = tape.cast_param(&[out, inp], low, x);
+        let w = tape.cast_param(&[out, inp], low, x, false);
         let xl = tape.cast(x, low);
         let y = xl.linear(out);
         tape.node(
