@@ -39,14 +39,10 @@ impl Room for Mistral {
     }
     fn dims(&self, v: &Value) -> std::result::Result<Dims, ConfigError> {
         let base = named_alike(v)?;
-        // candle's Mistral always holds its own lm_head; transformers' ties it when the config
-        // says so.
-        let mut d = like_llama(v, &base, false)?;
-        d.torch_tied = Some(
-            v.get("tie_word_embeddings")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-        );
+        // transformers' Mistral ties its lm_head when the config says so; candle's always holds
+        // its own.
+        let mut d = like_llama(v, &base, true)?;
+        d.torch_tied = Some(std::mem::take(&mut d.tied_embeddings));
         // Only PyTorch's estimator reads it (candle 0.11's Mistral masks the same way).
         d.sliding_window = opt_field(v, "sliding_window")?.unwrap_or(0);
         Ok(d)
