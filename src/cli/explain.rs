@@ -79,6 +79,17 @@ pub(super) fn explain(
         e.set_gpu(p);
     }
     if let Some(m) = model {
+        // A model that cannot be read is an error, with or without a capacity to size it under.
+        let resolved = ModelRef::parse(&m.0)
+            .and_then(|r| ModelSpec::resolve(&r).map(|spec| (r, spec)))
+            .map_err(|e| CliError::from(PlanError::Model(e)));
+        let (reference, spec) = match resolved {
+            Ok(resolved) => resolved,
+            Err(why) => {
+                eprintln!("oomlab: {}", why.message);
+                return why.code;
+            }
+        };
         // The most the process could hold: --gpu's memory, else the message's total, or the
         // cap it names (`N allowed`, MPS's `max allowed`) when lower.
         let capacity = gpu.map(|p| p.total_bytes).or_else(|| {
@@ -95,7 +106,7 @@ pub(super) fn explain(
         );
         let torch = runtime.map_or(pytorch, |r| r == crate::plan::Runtime::Torch);
         if let Some(capacity) = capacity {
-            match largest_batch(m, capacity, torch) {
+            match largest_batch(m, (&reference, &spec), capacity, torch) {
                 Ok(lb) => e.set_largest_batch(lb),
                 Err(why) => {
                     eprintln!("oomlab: {}", why.message);
@@ -103,15 +114,7 @@ pub(super) fn explain(
                 }
             }
         } else {
-            // The explanation stands without the batches; a model that cannot be read is
-            // still an error.
-            if let Err(why) = ModelRef::parse(&m.0)
-                .and_then(|r| ModelSpec::resolve(&r))
-                .map_err(|e| CliError::from(PlanError::Model(e)))
-            {
-                eprintln!("oomlab: {}", why.message);
-                return why.code;
-            }
+            // The explanation stands without the batches.
             eprintln!(
                 "oomlab: the message gives no capacity to size {}'s batches under, so they are left out; name the GPU with --gpu (e.g. --gpu t4)",
                 m.0
@@ -132,19 +135,18 @@ pub(super) fn explain(
 /// the message's total).
 fn largest_batch(
     (model, seq, dtype): &ModelAt,
+    (reference, spec): (&ModelRef, &ModelSpec),
     capacity: u64,
     torch: bool,
 ) -> Result<LargestBatch, CliError> {
-    let reference = ModelRef::parse(model).map_err(|e| CliError::from(PlanError::Model(e)))?;
-    let spec = ModelSpec::resolve(&reference).map_err(|e| CliError::from(PlanError::Model(e)))?;
     let dtype = dtype.unwrap_or(crate::plan::defaults::DTYPES[0]);
     let seq = seq.unwrap_or(crate::plan::defaults::SEQ.min(spec.dims.max_positions));
-    crate::plan::check_seq(&spec, seq)?;
+    crate::plan::check_seq(spec, seq)?;
     // A config candle cannot run (a Gemma 3 with several key/value heads) gets PyTorch's
     // figures alone; candle's estimate is then no fallback.
     let candle_refuses = spec.family.room().candle_refuses(&spec.dims);
     if !(torch && candle_refuses.is_some()) {
-        crate::plan::check_dtype(&spec, dtype)?;
+        crate::plan::check_dtype(spec, dtype)?;
     }
     let worker = WorkerConfig::current().map_err(CliError::from)?;
     let (rt, source) = crate::calibrate::runtime(
@@ -175,12 +177,12 @@ fn largest_batch(
         seq,
         dtype,
         capacity,
-        crate::estimate::max_batch(&spec, seq, dtype, &rt, capacity, estimate::MAX_BATCH),
+        crate::estimate::max_batch(spec, seq, dtype, &rt, capacity, estimate::MAX_BATCH),
     );
     if !torch {
         return Ok(lb);
     }
-    match torch_batches(&spec, seq, dtype, capacity) {
+    match torch_batches(spec, seq, dtype, capacity) {
         Ok(t) => Ok(lb.with_torch(t)),
         Err(why) if candle_refuses.is_some() => {
             Err(CliError::usage(format!("{}: {why}", spec.name)))
