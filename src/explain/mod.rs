@@ -513,6 +513,16 @@ fn mentions_tensorflow(text: &str) -> bool {
         && !lower.contains("external/org_tensorflow")
 }
 
+/// Who printed a message from XLA's or TensorFlow's shared code: TensorFlow where its paths say
+/// so, else JAX.
+fn xla_form(text: &str) -> Form {
+    if mentions_tensorflow(text) {
+        Form::Tensorflow
+    } else {
+        Form::Jax
+    }
+}
+
 /// Bytes of a size MPS printed: its allocator writes binary sizes with decimal names
 /// (`format_size` divides by 1024³ and prints "GB").
 fn mps_size(r: &Regex, text: &str) -> Option<(u64, Rounding)> {
@@ -686,11 +696,7 @@ pub fn explain(text: &str) -> Result<Explanation, NotOom> {
         (e.tried_to_allocate_bytes, r.tried) = split(sized(&c[2], &c[3]));
     } else if let Some(c) = p.xla_async.captures(text) {
         // The same allocator serves JAX and TensorFlow; the message's paths tell them apart.
-        e.form = if mentions_tensorflow(text) {
-            Form::Tensorflow
-        } else {
-            Form::Jax
-        };
+        e.form = xla_form(text);
         e.tried_to_allocate_bytes = c[1].parse().ok();
         if let Some(ft) = p.xla_free_total.captures(text) {
             e.free_bytes = ft[1].parse().ok();
@@ -710,11 +716,7 @@ pub fn explain(text: &str) -> Result<Explanation, NotOom> {
         e.gpu_index = c[4].parse().ok();
     } else if let Some(c) = p.stream_executor.captures(text) {
         // TensorFlow's stream executor, which JAX's XLA shares.
-        e.form = if mentions_tensorflow(text) {
-            Form::Tensorflow
-        } else {
-            Form::Jax
-        };
+        e.form = xla_form(text);
         e.tried_to_allocate_bytes = c[1].parse().ok();
     } else if text.contains("ResourceExhaustedError") || text.contains("OOM when allocating") {
         e.form = Form::Tensorflow;
