@@ -529,16 +529,23 @@ impl ModelSpec {
             dims,
             checkpoint,
         };
-        // Whether candle's own config type for the family reads this config (every field it
-        // requires, of the type it wants), before any worker starts.
-        spec.family
-            .room()
-            .check_candle(&spec.config_json, &spec.dims)
-            .map_err(|e| CatalogError::Field {
-                origin: spec.origin.clone(),
-                message: e.0,
-            })?;
         Ok(spec)
+    }
+
+    /// Why candle cannot run this model, if it cannot: candle's own config type for the family
+    /// does not read the config (a field only it requires, a value it does not know), or its
+    /// model does not follow these dims. The PyTorch runtime reads configs with transformers;
+    /// candle's runs, plans and estimates ask this before any worker starts.
+    #[must_use]
+    pub fn candle_refuses(&self) -> Option<String> {
+        let room = self.family.room();
+        if let Err(e) = room.check_candle(&self.config_json, &self.dims) {
+            return Some(format!(
+                "candle's {} config does not read {}: {}; add or correct this field (compare with the model's published config.json)",
+                self.family, self.origin, e.0
+            ));
+        }
+        room.candle_refuses(&self.dims)
     }
 
     /// SHA-256 of the config text, recorded in the journal so a resume can tell the model changed.

@@ -144,7 +144,7 @@ fn largest_batch(
     crate::plan::check_seq(spec, seq)?;
     // A config candle cannot run (a Gemma 3 with several key/value heads) gets PyTorch's
     // figures alone; candle's estimate is then no fallback.
-    let candle_refuses = spec.family.room().candle_refuses(&spec.dims);
+    let candle_refuses = spec.candle_refuses();
     if !(torch && candle_refuses.is_some()) {
         crate::plan::check_dtype(spec, dtype)?;
     }

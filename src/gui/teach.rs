@@ -110,7 +110,7 @@ pub fn load(
     let cancel = AtomicBool::new(false);
     let mut runtimes = BTreeMap::new();
     for dtype in Precision::ALL {
-        if spec.family.supports(dtype) && spec.family.room().candle_refuses(&spec.dims).is_none() {
+        if spec.family.supports(dtype) && spec.candle_refuses().is_none() {
             let (rt, _) = calibrate::runtime(key.threads, dtype, worker, cache.cloned(), &cancel)?;
             runtimes.insert(dtype, rt);
         }

@@ -79,7 +79,7 @@ pub fn build(spec: &ModelSpec, dtype: DType, device: &Device) -> Result<LoadedMo
             message: reason.into(),
         });
     }
-    if let Some(reason) = spec.family.room().candle_refuses(&spec.dims) {
+    if let Some(reason) = spec.candle_refuses() {
         return Err(ModelError::Build {
             family: spec.family,
             message: reason,

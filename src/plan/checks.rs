@@ -276,7 +276,7 @@ pub fn check_seq(spec: &ModelSpec, seq: usize) -> Result<(), PlanError> {
 
 /// A model, and a precision, candle can run.
 pub fn check_dtype(spec: &ModelSpec, dtype: crate::plan::Precision) -> Result<(), PlanError> {
-    if let Some(reason) = spec.family.room().candle_refuses(&spec.dims) {
+    if let Some(reason) = spec.candle_refuses() {
         return Err(PlanError::invalid(
             PlanField::Runtime,
             PlanProblem::CandleCannotRun {

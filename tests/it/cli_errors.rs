@@ -116,8 +116,8 @@ fn qwen3_configs_candle_cannot_run_are_refused_naming_the_field() {
         &["--model", &zero],
         &["zero.json", "head_dim", "at least 1"],
     );
-    // A field only candle's own config reads: refused when the model is resolved, before any
-    // worker starts.
+    // A field only candle's own config requires: the candle runtime refuses it before any
+    // worker starts; the PyTorch runtime reads the config as transformers does (its default).
     let mut no_eps = tiny.clone();
     no_eps.as_object_mut().unwrap().remove("rms_norm_eps");
     let no_eps = write_config(&d, "noeps.json", &no_eps.to_string());
@@ -127,8 +127,19 @@ fn qwen3_configs_candle_cannot_run_are_refused_naming_the_field() {
             "noeps.json",
             "missing field `rms_norm_eps`",
             "add or correct",
+            "the torch runtime runs it",
         ],
     );
+    let torch = oomlab(&[
+        "estimate",
+        "--runtime",
+        "torch",
+        "--model",
+        &no_eps,
+        "--seq",
+        "8",
+    ]);
+    assert!(torch.status.success(), "{}", stderr(&torch));
     let mut no_tie = tiny;
     no_tie
         .as_object_mut()
