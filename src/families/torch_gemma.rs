@@ -16,19 +16,20 @@
 
 use super::Dims;
 use super::torch_llama::{
-    Eager, causal_mask, eager_attention, expanded, gated_mlp, head_outputs, repeats_kv, rotary,
-    rotate, sdpa, train_cache_update, train_eager, train_gated_mlp, train_head, train_repeat_kv,
+    Eager, causal_mask, eager_attention, eager_layouts, gated_mlp, head_outputs, repeats_kv,
+    rotary, rotate, sdpa, train_cache_update, train_eager, train_gated_mlp, train_head,
+    train_repeat_kv,
 };
 use super::torch_sim::{Head, NUM_LABELS, Pt, TDt, TorchRun, Weights};
 use super::torch_tape::{self as tt, Edge, Tape};
 
-/// How a Gemma's eager attention runs: one key/value head's expansion folded by copies, Gemma
-/// 2's scores soft-capped.
-fn eager(r: &TorchRun<'_>) -> Eager {
+/// How a Gemma's eager attention runs: its operands laid out as Llama's ([`eager_layouts`],
+/// the keys and values from the cache unless checkpointing turned it off), Gemma 2's scores
+/// soft-capped.
+fn eager(r: &TorchRun<'_>, cached: bool) -> Eager {
     Eager {
-        expanded: expanded(r),
         softcap: r.d.softcapping.attention,
-        ..Eager::default()
+        ..eager_layouts(r, false, cached)
     }
 }
 
@@ -191,7 +192,7 @@ fn layer(r: &TorchRun<'_>, x: &Pt, mask: Option<&Pt>, cache: &mut Vec<Pt>, gemma
             let (context, weights) = match mask {
                 Some(mask) if r.eager => {
                     let (context, weights) =
-                        eager_attention(r, (&query, &keys, &values), mask, eager(r));
+                        eager_attention(r, (&query, &keys, &values), mask, eager(r, true));
                     (context, Some(weights))
                 }
                 _ => (sdpa(r, (&query, &keys, &values), mask), None),
@@ -442,8 +443,12 @@ fn train_layer(
             };
             match mask {
                 Some(mask) if r.eager => {
-                    let (context, weights) =
-                        train_eager(tape, (&query, &keys, &values), mask, eager(r));
+                    let (context, weights) = train_eager(
+                        tape,
+                        (&query, &keys, &values),
+                        mask,
+                        eager(r, !tape.checkpointing()),
+                    );
                     (context, Some(weights))
                 }
                 _ => {

@@ -245,12 +245,88 @@ pub(super) fn causal_mask(r: &TorchRun<'_>, window: usize) -> Option<Pt> {
 /// How the decoders' eager attention runs, beside its inputs.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Eager {
-    /// The query is heads-major in memory (Phi-3's concatenation): folding it is a view.
-    pub heads_major: bool,
-    /// The keys and values are one head's expansion (stride 0): folding them copies.
-    pub expanded: bool,
+    /// How the query lies in memory.
+    pub query: Layout,
+    /// How the keys lie in memory.
+    pub keys: Layout,
+    /// How the values lie in memory.
+    pub values: Layout,
     /// Gemma 2 soft-caps the scores.
     pub softcap: bool,
+}
+
+/// How an operand of the eager attention's `matmul` lies in memory, which decides whether
+/// folding its (b, heads) into `bmm`'s one batch dim (`reshape`) is a view or a copy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) enum Layout {
+    /// Whole and heads-major: the cache's or `repeat_kv`'s copies, Phi-3's concatenations.
+    #[default]
+    Whole,
+    /// One key/value head's expansion to every head (stride 0 over the heads).
+    Expanded,
+    /// The projection's `(b, s, heads, d)` rows viewed heads-major, each position's row `row`
+    /// elements long (longer than its heads where it is a slice of Phi-3's fused projection).
+    Rows { row: usize },
+}
+
+impl Layout {
+    /// Whether `reshape` copies a `(b, heads, s, d)` operand so laid out to fold it: merging the
+    /// batch and head dims is a view only where one of them is 1, or for rows where a batch step
+    /// is the heads' steps (one position whose heads fill its row).
+    pub(super) fn fold_copies(self, (b, heads, s, d): (usize, usize, usize, usize)) -> bool {
+        if b == 1 || heads == 1 {
+            return false;
+        }
+        match self {
+            Layout::Whole => false,
+            Layout::Expanded => true,
+            Layout::Rows { row } => !(s == 1 && row == heads * d),
+        }
+    }
+
+    /// The layout of autocast's cast of an operand of `heads` heads of `d`: `to` keeps the
+    /// strides of a dense tensor (rows its heads fill) and makes any other whole.
+    pub(super) fn cast(self, heads: usize, d: usize) -> Layout {
+        match self {
+            Layout::Rows { row } if row == heads * d => self,
+            _ => Layout::Whole,
+        }
+    }
+}
+
+/// How the eager attention's operands lie: the query as the rotation leaves it (Phi-3's
+/// concatenation whole, else the projection's rows); the keys and values one head's expansion,
+/// or `repeat_kv`'s or the cache's copies, or (checkpointing turns the cache off, `cached`
+/// false) as the layer made them: Phi-3's keys its concatenation, its values a slice of the
+/// fused rows, other decoders' keys and values their projections' rows.
+pub(super) fn eager_layouts(r: &TorchRun<'_>, fused: bool, cached: bool) -> Eager {
+    let (heads, kvh, hd) = (r.d.heads, r.d.kv_heads, r.d.head_dim());
+    let query = if fused {
+        Layout::Whole
+    } else {
+        Layout::Rows { row: heads * hd }
+    };
+    let (keys, values) = if expanded(r) {
+        (Layout::Expanded, Layout::Expanded)
+    } else if cached || repeats_kv(r, true) {
+        (Layout::Whole, Layout::Whole)
+    } else if fused {
+        (
+            Layout::Whole,
+            Layout::Rows {
+                row: (heads + 2 * kvh) * hd,
+            },
+        )
+    } else {
+        let rows = Layout::Rows { row: kvh * hd };
+        (rows, rows)
+    };
+    Eager {
+        query,
+        keys,
+        values,
+        softcap: false,
+    }
 }
 
 /// `tanh(x / cap) * cap` (infer and grad): each division and product by a Python number makes
@@ -362,26 +438,19 @@ pub(super) fn eager_attention(
     mask: &Pt,
     how: Eager,
 ) -> (Pt, Pt) {
-    let heads_major = how.heads_major;
     let (b, s, heads, hd) = (r.b, r.s, r.d.heads, r.d.head_dim());
     let (keys, values) = repeat_kv(r, (keys, values), true);
-    // Folding (b, heads) for `bmm` copies the keys and values when they are one head's
-    // expansion (stride 0), except at batch 1.
-    let fold = |t: &Pt| {
-        if b > 1 && expanded(r) {
+    // Folding (b, heads) for `bmm`: a copy where the layout asks for one.
+    let fold = |t: &Pt, layout: Layout| {
+        if layout.fold_copies((b, t.dims[1], t.dims[2], t.dims[3])) {
             t.copy()
         } else {
             t.clone()
         }
     };
     let scores = {
-        // Folding (b, heads) of the query's layout takes a copy, except at batch 1.
-        let q_rows = if b > 1 && !heads_major {
-            query.copy()
-        } else {
-            query.clone()
-        };
-        let k_rows = fold(&keys);
+        let q_rows = fold(query, how.query);
+        let k_rows = fold(&keys, how.keys);
         r.keep(&q_rows);
         r.keep(&k_rows);
         query.new(&[b, heads, s, s], query.dt)
@@ -405,7 +474,7 @@ pub(super) fn eager_attention(
     };
     drop(masked);
     let out = {
-        let v_rows = fold(&values);
+        let v_rows = fold(&values, how.values);
         r.keep(&probs);
         r.keep(&v_rows);
         query.new(&[b, heads, s, hd], query.dt)
@@ -500,10 +569,7 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
                                 r,
                                 (&query, &keys, &values),
                                 mask,
-                                Eager {
-                                    heads_major: shape.fused(),
-                                    ..Eager::default()
-                                },
+                                eager_layouts(r, shape.fused(), true),
                             );
                             (context, Some(weights))
                         }
@@ -808,17 +874,17 @@ pub(super) fn train_eager(
     mask: &Pt,
     how: Eager,
 ) -> (Pt, Pt) {
-    let Eager {
-        heads_major,
-        expanded,
-        ..
-    } = how;
     let (b, heads, s, hd) = (query.dims[0], query.dims[1], query.dims[2], query.dims[3]);
     let rows = b * heads;
-    // Keys and values that are one head's expansion (stride 0) are copied for `bmm` at batch
-    // above 1, unless autocast's cast has made them whole already.
-    let fold = |t: &Pt, lowered: &Pt, dims: &[usize]| {
-        if b > 1 && expanded && lowered.dt == t.dt {
+    // Folding (b, heads) for `bmm` copies where the layout asks for one, the layout autocast's
+    // cast (`lowered`) left.
+    let fold = |t: &Pt, lowered: &Pt, layout: Layout, dims: &[usize]| {
+        let layout = if lowered.dt == t.dt {
+            layout
+        } else {
+            layout.cast(t.dims[1], t.dims[3])
+        };
+        if layout.fold_copies((b, t.dims[1], t.dims[2], t.dims[3])) {
             tt::bmm_copy(tape, lowered, dims)
         } else {
             lowered.view(dims)
@@ -827,12 +893,8 @@ pub(super) fn train_eager(
     let scores = {
         let k = tape.lower(keys);
         let q = tape.lower(query);
-        let q_rows = if b > 1 && !heads_major {
-            tt::bmm_copy(tape, &q, &[rows, s, hd])
-        } else {
-            q.view(&[rows, s, hd])
-        };
-        let k_rows = fold(keys, &k, &[rows, hd, s]);
+        let q_rows = fold(query, &q, how.query, &[rows, s, hd]);
+        let k_rows = fold(keys, &k, how.keys, &[rows, hd, s]);
         tt::bmm(tape, &q_rows, &k_rows, &[rows, s, s])
     };
     let scaled = {
@@ -870,7 +932,7 @@ pub(super) fn train_eager(
     let out = {
         let v = tape.lower(values);
         let p = tape.lower(&probs);
-        let v_rows = fold(values, &v, &[rows, s, hd]);
+        let v_rows = fold(values, &v, how.values, &[rows, s, hd]);
         tt::bmm(tape, &p, &v_rows, &[rows, s, hd])
     };
     let context = tt::heads_merged(tape, &out, (b, heads, s));
@@ -1006,11 +1068,7 @@ fn train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt, layer: &Layer<'_>, sha
                         tape,
                         (&query, &keys, &values),
                         mask,
-                        Eager {
-                            heads_major: shape.fused(),
-                            expanded: expanded(r),
-                            softcap: false,
-                        },
+                        eager_layouts(r, shape.fused(), !tape.checkpointing()),
                     );
                     (context, Some(weights))
                 }

@@ -935,6 +935,14 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
             ("num_key_value_heads", 4.into()),
         ],
     );
+    // Phi-3 with a key/value head per query head: under checkpointing (no cache copies them)
+    // the values are a slice of the fused rows, which `matmul` copies to fold, so the fused
+    // projection goes as the attention returns.
+    let phi3_mha = with_fields(
+        "tiny-phi3",
+        "tiny-phi3-mha.json",
+        &[("num_key_value_heads", 4.into())],
+    );
     let ckpt: &[&str] = &["--gradient-checkpointing", "on"];
     let sgd: &[&str] = &["--optimizer", "sgd"];
     let cases = [
@@ -1060,6 +1068,11 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
         (
             ("tiny-phi3", "16", "amp-bf16", "eager", "train"),
             "1,3",
+            ckpt,
+        ),
+        (
+            (phi3_mha.as_str(), "24", "f32", "eager", "train"),
+            "2,3",
             ckpt,
         ),
         // Gemma 3: the optimizer walks its constructor's order; eager past the local window.
