@@ -84,7 +84,7 @@ impl Room for Llama {
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0])
     }
-    super::torch_room!(torch_llama, |_| SHAPE);
+    super::torch_room!(torch_llama, |_| SHAPE, parameter_order);
 }
 
 /// candle's Llama and its cache.

@@ -117,20 +117,7 @@ impl Room for Phi3 {
         torch_llama::forward(r, ids, SHAPE)
     }
     fn torch_parameter_order(&self, d: &Dims, _head: Head, grads: &mut [Pt]) {
-        // Each layer's forward uses input_layernorm, qkv_proj, o_proj, post_attention_layernorm,
-        // gate_up_proj, down_proj; its constructor registers o_proj, qkv_proj, gate_up_proj,
-        // down_proj, then the norms. (AdamW's peak is a parameter's update beside the previous
-        // parameter's: gate_up_proj follows qkv_proj, not a norm.)
-        const REGISTERED: [usize; 6] = [2, 1, 4, 5, 0, 3];
-        let Some(layers) = grads.get_mut(1..=6 * d.layers) else {
-            return;
-        };
-        for layer in layers.chunks_mut(6) {
-            let used = layer.to_vec();
-            for (slot, &from) in layer.iter_mut().zip(&REGISTERED) {
-                *slot = used[from].clone();
-            }
-        }
+        torch_llama::parameter_order(d, grads, SHAPE);
     }
     fn torch_train_forward<'a>(
         &self,

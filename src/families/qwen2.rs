@@ -78,7 +78,7 @@ impl Room for Qwen2 {
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0])
     }
-    super::torch_room!(torch_llama, |_| SHAPE);
+    super::torch_room!(torch_llama, |_| SHAPE, parameter_order);
 }
 
 prefill_decoder!(qwen2::ModelForCausalLM);

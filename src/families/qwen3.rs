@@ -64,7 +64,7 @@ impl Room for Qwen3 {
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0], None)
     }
-    super::torch_room!(torch_llama, shape);
+    super::torch_room!(torch_llama, shape, parameter_order);
 }
 
 prefill_decoder!(qwen3::ModelForCausalLM);

@@ -41,6 +41,66 @@ impl Shape {
     }
 }
 
+/// `model.parameters()`'s order, which the optimizer walks: the tape lists each layer's
+/// parameters in the forward's order (a bias after its weight); the constructors register q, k,
+/// v and o (Phi-3: o, then the fused qkv), Qwen3's norms over the heads, the MLP's gate, up and
+/// down (Phi-3: the fused `gate_up_proj`, down), and only then the input and post-attention norms the
+/// forward uses first. (`AdamW`'s peak is one parameter's update beside the previous one's
+/// denominator: with a small vocabulary, the embeddings' beside q's, not the input norm's.)
+pub(super) fn parameter_order(d: &Dims, grads: &mut [Pt], shape: Shape) {
+    let ranks = layer_ranks(shape);
+    let Some(layers) = grads.get_mut(1..=ranks.len() * d.layers) else {
+        return;
+    };
+    for layer in layers.chunks_mut(ranks.len()) {
+        let mut ranked: Vec<(u8, Pt)> = ranks.iter().copied().zip(layer.iter().cloned()).collect();
+        // Stable: a bias stays after its weight.
+        ranked.sort_by_key(|(rank, _)| *rank);
+        for (slot, (_, grad)) in layer.iter_mut().zip(ranked) {
+            *slot = grad;
+        }
+    }
+}
+
+/// Each of a layer's parameters in the forward's order, ranked by when its module registers.
+fn layer_ranks(shape: Shape) -> Vec<u8> {
+    const Q: u8 = 0;
+    const K: u8 = 1;
+    const V: u8 = 2;
+    const O: u8 = 3;
+    const Q_NORM: u8 = 4;
+    const K_NORM: u8 = 5;
+    const GATE: u8 = 6;
+    const UP: u8 = 7;
+    const DOWN: u8 = 8;
+    const INPUT_NORM: u8 = 9;
+    const POST_NORM: u8 = 10;
+    if shape.fused() {
+        // input norm, qkv_proj, o_proj, post norm, gate_up_proj, down_proj; Phi-3's attention
+        // registers o_proj before qkv_proj.
+        const FUSED_O: u8 = 0;
+        const FUSED_QKV: u8 = 1;
+        return vec![INPUT_NORM, FUSED_QKV, FUSED_O, POST_NORM, GATE, DOWN];
+    }
+    let linear = |rank: u8, bias: bool| if bias { vec![rank, rank] } else { vec![rank] };
+    let head = |rank: u8, norm: u8| {
+        let mut ranks = linear(rank, shape.qkv_bias);
+        if shape.qk_norm {
+            ranks.push(norm);
+        }
+        ranks
+    };
+    [
+        vec![INPUT_NORM],
+        head(Q, Q_NORM),
+        head(K, K_NORM),
+        linear(V, shape.qkv_bias),
+        linear(O, shape.o_bias),
+        vec![POST_NORM, GATE, UP, DOWN],
+    ]
+    .concat()
+}
+
 /// Parameters and buffers of `…ForCausalLM` as its constructor makes them: the embeddings,
 /// each layer (q, k, v, o, Qwen3's q/k norms, the gated MLP, the two norms), the final norm,
 /// the rotary buffers `inv_freq` and `original_inv_freq` (f32, half a head each), then the head

@@ -515,9 +515,9 @@ pub enum Optim {
 /// step and kept: `AdamW`'s `step` (a float32 scalar), `exp_avg` and `exp_avg_sq` (like each parameter), SGD's momentum
 /// buffer (a clone of the gradient). `AdamW`'s denominator `(exp_avg_sq.sqrt() / c).add_(eps)`
 /// holds two tensors like the parameter while one parameter is updated, beside the previous
-/// parameter's; SGD updates in place. `params` are the parameters' dims and type, in the order
-/// the forward uses them (`model.parameters()`'s but for where a module registers a parameter
-/// before one its forward uses first, such as a decoder layer's norms); returns the state.
+/// parameter's; SGD updates in place. `params` are the parameters' dims and type, in
+/// `model.parameters()`'s order (the forward's, as [`Tape::backward`] returns them, put in the
+/// registration's by `Room::torch_parameter_order`); returns the state.
 #[must_use]
 pub fn optimizer_step(
     sim: &TSim,

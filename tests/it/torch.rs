@@ -943,6 +943,22 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
         "tiny-phi3-mha.json",
         &[("num_key_value_heads", 4.into())],
     );
+    // The decoders' constructors register a layer's norms after its projections and MLP: with
+    // a vocabulary of 97, AdamW's peak is q_proj's update beside the embeddings' denominator
+    // (in the forward's order the input norm came between them). Qwen3 with biases: a bias
+    // stays after its weight, the norms over the heads after o_proj.
+    let small_vocab: [(&str, serde_json::Value); 4] = [
+        ("vocab_size", 97.into()),
+        ("hidden_size", 64.into()),
+        ("intermediate_size", 64.into()),
+        ("num_key_value_heads", 1.into()),
+    ];
+    let llama_v97 = with_fields("tiny-llama", "tiny-llama-v97.json", &small_vocab);
+    let qwen3_v97 = with_fields(
+        "tiny-qwen3",
+        "tiny-qwen3-v97.json",
+        &[&small_vocab[..], &[("attention_bias", true.into())]].concat(),
+    );
     let ckpt: &[&str] = &["--gradient-checkpointing", "on"];
     let sgd: &[&str] = &["--optimizer", "sgd"];
     let cases = [
@@ -1074,6 +1090,16 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
             (phi3_mha.as_str(), "24", "f32", "eager", "train"),
             "2,3",
             ckpt,
+        ),
+        (
+            (llama_v97.as_str(), "5", "f32", "sdpa", "train"),
+            "1,2",
+            &["--task", "sequence-classification"],
+        ),
+        (
+            (qwen3_v97.as_str(), "5", "amp-bf16", "eager", "train"),
+            "1,2",
+            &["--task", "sequence-classification"],
         ),
         // Gemma 3: the optimizer walks its constructor's order; eager past the local window.
         (("tiny-gemma3", "24", "f32", "sdpa", "train"), "1,3", &[]),
