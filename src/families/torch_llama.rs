@@ -11,7 +11,7 @@ use super::Dims;
 use super::torch_sim::{
     Head, NUM_LABELS, Pt, TDt, TorchRun, Weights, cuda_flash, flash_attention, last_token,
 };
-use super::torch_tape::{self as tt, Edge, Tape};
+use super::torch_tape::{self as tt, Edge, Layout, Tape};
 
 /// What differs between the Llama-shaped families.
 #[derive(Debug, Clone, Copy)]
@@ -313,45 +313,6 @@ pub(super) struct Eager {
     pub values: Layout,
     /// Gemma 2 soft-caps the scores.
     pub softcap: bool,
-}
-
-/// How an operand of the eager attention's `matmul` lies in memory, which decides whether
-/// folding its (b, heads) into `bmm`'s one batch dim (`reshape`) is a view or a copy.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) enum Layout {
-    /// Whole and heads-major: the cache's or `repeat_kv`'s copies, Phi-3's concatenations.
-    #[default]
-    Whole,
-    /// One key/value head's expansion to every head (stride 0 over the heads).
-    Expanded,
-    /// The projection's `(b, s, heads, d)` rows viewed heads-major, each position's row `row`
-    /// elements long (longer than its heads where it is a slice of Phi-3's fused projection).
-    Rows { row: usize },
-}
-
-impl Layout {
-    /// Whether `reshape` copies a `(b, heads, s, d)` operand so laid out to fold it: merging the
-    /// batch and head dims is a view only where one of them is 1, or for rows where a batch step
-    /// is the heads' steps (one position whose heads fill its row).
-    pub(super) fn fold_copies(self, (b, heads, s, d): (usize, usize, usize, usize)) -> bool {
-        if b == 1 || heads == 1 {
-            return false;
-        }
-        match self {
-            Layout::Whole => false,
-            Layout::Expanded => true,
-            Layout::Rows { row } => !(s == 1 && row == heads * d),
-        }
-    }
-
-    /// The layout of autocast's cast of an operand of `heads` heads of `d`: `to` keeps the
-    /// strides of a dense tensor (rows its heads fill) and makes any other whole.
-    pub(super) fn cast(self, heads: usize, d: usize) -> Layout {
-        match self {
-            Layout::Rows { row } if row == heads * d => self,
-            _ => Layout::Whole,
-        }
-    }
 }
 
 /// How the eager attention's operands lie: the query as the rotation leaves it (Phi-3's
@@ -944,11 +905,13 @@ pub(super) fn train_eager(
         } else {
             layout.cast(t.dims[1], t.dims[3])
         };
-        if layout.fold_copies((b, t.dims[1], t.dims[2], t.dims[3])) {
-            tt::bmm_copy(tape, lowered, dims)
-        } else {
-            lowered.view(dims)
-        }
+        tt::bmm_fold(
+            tape,
+            lowered,
+            dims,
+            layout,
+            (b, t.dims[1], t.dims[2], t.dims[3]),
+        )
     };
     let scores = {
         let k = tape.lower(keys);

@@ -754,10 +754,12 @@ pub fn math_attention(tape: &Tape, (q, k, v): (&Pt, &Pt, &Pt), heads: usize) -> 
         y
     };
     let qs = scaled(&qa);
+    // Each is heads-major over its projection's rows (casts and scalings keep the layout).
+    let rows = Layout::Rows { row: heads * d };
     let scores = {
         let kts = scaled(&ka);
-        let qc = bmm_fold(tape, &qs, &[b * heads, s, d], (b, heads, s));
-        let kc = bmm_fold(tape, &kts, &[b * heads, d, s], (b, heads, s));
+        let qc = bmm_fold(tape, &qs, &[b * heads, s, d], rows, (b, heads, s, d));
+        let kc = bmm_fold(tape, &kts, &[b * heads, d, s], rows, (b, heads, s, d));
         bmm(tape, &qc, &kc, &[b * heads, s, s])
     };
     let probs = {
@@ -775,7 +777,7 @@ pub fn math_attention(tape: &Tape, (q, k, v): (&Pt, &Pt, &Pt), heads: usize) -> 
     // The kernel also returns the attention weights, cast back (the caller drops them).
     let returned = reduced.then(|| dropped.new(&dropped.dims, q.dt));
     let out = {
-        let vc = bmm_fold(tape, &va, &[b * heads, s, d], (b, heads, s));
+        let vc = bmm_fold(tape, &va, &[b * heads, s, d], rows, (b, heads, s, d));
         bmm(tape, &dropped, &vc, &[b * heads, s, d])
     };
     let cast = if reduced {
@@ -889,20 +891,61 @@ pub fn heads_major(tape: &Tape<'_>, t: &Pt, heads: usize, d: usize) -> Pt {
     view
 }
 
-/// `matmul` folding a heads-major operand (`(b, heads, s, d)` or its key's transpose, laid out
-/// as the projection's `(b, s, heads, d)`) into `dims` (`(b·heads, …)`): `reshape` can merge the
-/// batch and head dims as a view only where one of them is 1 (or one row: `s` 1), else it
-/// copies ([`bmm_copy`]).
+/// How an operand of the attention's `matmul` lies in memory, which decides whether
+/// folding its (b, heads) into `bmm`'s one batch dim (`reshape`) is a view or a copy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// Whole and heads-major: the cache's or `repeat_kv`'s copies, Phi-3's concatenations.
+    #[default]
+    Whole,
+    /// One key/value head's expansion to every head (stride 0 over the heads).
+    Expanded,
+    /// The projection's `(b, s, heads, d)` rows viewed heads-major, each position's row `row`
+    /// elements long (longer than its heads where it is a slice of Phi-3's fused projection).
+    Rows { row: usize },
+}
+
+impl Layout {
+    /// Whether `reshape` copies a `(b, heads, s, d)` operand so laid out to fold it: merging the
+    /// batch and head dims is a view only where one of them is 1, or for rows where a batch step
+    /// is the heads' steps (one position whose heads fill its row).
+    #[must_use]
+    pub fn fold_copies(self, (b, heads, s, d): (usize, usize, usize, usize)) -> bool {
+        if b == 1 || heads == 1 {
+            return false;
+        }
+        match self {
+            Layout::Whole => false,
+            Layout::Expanded => true,
+            Layout::Rows { row } => !(s == 1 && row == heads * d),
+        }
+    }
+
+    /// The layout of autocast's cast of an operand of `heads` heads of `d`: `to` keeps the
+    /// strides of a dense tensor (rows its heads fill) and makes any other whole.
+    #[must_use]
+    pub fn cast(self, heads: usize, d: usize) -> Layout {
+        match self {
+            Layout::Rows { row } if row == heads * d => self,
+            _ => Layout::Whole,
+        }
+    }
+}
+
+/// `matmul` folding a `(b, heads, s, d)` operand (or its key's transpose) laid out as `layout`
+/// into `dims` (`(b·heads, …)`) for `bmm`: a view, or where the layout asks for one
+/// ([`Layout::fold_copies`]) a copy ([`bmm_copy`]).
 pub fn bmm_fold(
     tape: &Tape<'_>,
     t: &Pt,
     dims: &[usize],
-    (b, heads, s): (usize, usize, usize),
+    layout: Layout,
+    shape: (usize, usize, usize, usize),
 ) -> Pt {
-    if b == 1 || heads == 1 || s == 1 {
-        t.view(dims)
-    } else {
+    if layout.fold_copies(shape) {
         bmm_copy(tape, t, dims)
+    } else {
+        t.view(dims)
     }
 }
 
