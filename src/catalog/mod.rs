@@ -439,15 +439,17 @@ pub enum CatalogError {
         "{origin}: architecture {found} is not supported; supported families: bert, distilbert, llama, qwen2, qwen3, mistral, phi3, gemma2, mixtral, qwen3_moe, roberta (and xlm-roberta), modernbert (set \"model_type\" to one of them if the model really is one)"
     )]
     UnknownArchitecture { origin: String, found: String },
-    #[error(
-        "{origin}: {message}; add or correct this field (compare with the model's published config.json)"
-    )]
+    #[error("{origin}: {message}; {fix}", fix = FIELD_FIX)]
     Field { origin: String, message: String },
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     Hub(#[from] HubError),
 }
+
+/// What a config field candle or oomlab cannot read asks of the user.
+const FIELD_FIX: &str =
+    "add or correct this field (compare with the model's published config.json)";
 
 /// A resolved model: its config text, family, dimensions and (for folders) checkpoint.
 #[derive(Debug, Clone)]
@@ -541,7 +543,7 @@ impl ModelSpec {
         let room = self.family.room();
         if let Err(e) = room.check_candle(&self.config_json, &self.dims) {
             return Some(format!(
-                "candle's {} config does not read {}: {}; add or correct this field (compare with the model's published config.json)",
+                "candle's {} config does not read {}: {}; {FIELD_FIX}",
                 self.family, self.origin, e.0
             ));
         }

@@ -109,8 +109,9 @@ pub fn load(
     let spec = ModelSpec::resolve(&key.model)?;
     let cancel = AtomicBool::new(false);
     let mut runtimes = BTreeMap::new();
+    let candle_runs = spec.candle_refuses().is_none();
     for dtype in Precision::ALL {
-        if spec.family.supports(dtype) && spec.candle_refuses().is_none() {
+        if candle_runs && spec.family.supports(dtype) {
             let (rt, _) = calibrate::runtime(key.threads, dtype, worker, cache.cloned(), &cancel)?;
             runtimes.insert(dtype, rt);
         }

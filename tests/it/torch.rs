@@ -945,7 +945,7 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
     );
     // The decoders' constructors register a layer's norms after its projections and MLP: with
     // a vocabulary of 97, AdamW's peak is q_proj's update beside the embeddings' denominator
-    // (in the forward's order the input norm came between them). Qwen3 with biases: a bias
+    // (in the forward's order the input norm came between them). tiny-qwen3 has biases: a bias
     // stays after its weight, the norms over the heads after o_proj.
     let small_vocab: [(&str, serde_json::Value); 4] = [
         ("vocab_size", 97.into()),
@@ -954,11 +954,7 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
         ("num_key_value_heads", 1.into()),
     ];
     let llama_v97 = with_fields("tiny-llama", "tiny-llama-v97.json", &small_vocab);
-    let qwen3_v97 = with_fields(
-        "tiny-qwen3",
-        "tiny-qwen3-v97.json",
-        &[&small_vocab[..], &[("attention_bias", true.into())]].concat(),
-    );
+    let qwen3_v97 = with_fields("tiny-qwen3", "tiny-qwen3-v97.json", &small_vocab);
     let ckpt: &[&str] = &["--gradient-checkpointing", "on"];
     let sgd: &[&str] = &["--optimizer", "sgd"];
     let cases = [
