@@ -47,7 +47,55 @@ pub(super) fn figures(e: &Explanation) -> Vec<String> {
             shown(b, r.tried)
         ));
     }
-    if let Some(b) = e.total_capacity_bytes {
+    if let (Some(need), Some(cap)) = (e.needed_bytes, e.space_capacity_bytes) {
+        // As the message printed it ("Exceeded hbm capacity by 848.88M"), else computed.
+        let (over, over_rounding) = r.exceeded.map_or_else(
+            || {
+                (
+                    need.saturating_sub(cap),
+                    Rounding::derived(&[r.needed, r.space]),
+                )
+            },
+            |(b, rounding)| (b, Some(rounding)),
+        );
+        out.push(match e.memory_space.as_deref() {
+            Some("hbm") => format!(
+                "needs {} of {} HBM: what the compiled program needs, against what one TPU core's memory has for it — {} over",
+                shown(need, r.needed),
+                shown(cap, r.space),
+                shown(over, over_rounding)
+            ),
+            space => format!(
+                "needs {} of {} {}: what one kernel's blocks need of the core's on-chip vector memory, against what it has — {} over; arrays do not live there (they live in HBM)",
+                shown(need, r.needed),
+                shown(cap, r.space),
+                space.unwrap_or("vmem").to_ascii_uppercase(),
+                shown(over, over_rounding)
+            ),
+        });
+    }
+    if let Some(b) = e.runtime_reserved_bytes {
+        out.push(format!(
+            "reserved {}: what the TPU runtime keeps of the core's memory, beside what the program may use",
+            shown(b, r.runtime_reserved)
+        ));
+    }
+    if let Some(b) = e.largest_allocation_bytes {
+        out.push(format!(
+            "largest allocation {}{}: the program's biggest single buffer; the message lists the next ones below it, each with the operation that makes it",
+            shown(b, r.largest),
+            e.largest_allocation_shape
+                .as_deref()
+                .map_or_else(String::new, |s| format!(" ({s})"))
+        ));
+    }
+    if let Some(b) = e.pool_bytes {
+        out.push(format!(
+            "allocated so far {}: what CuPy's memory pool held before this request, after returning its cached free blocks and retrying",
+            shown(b, None)
+        ));
+    }
+    if let Some(b) = e.total_capacity_bytes.filter(|_| e.needed_bytes.is_none()) {
         // The presets are NVIDIA's cards.
         let nvidia = e.backend.is_none_or(|b| b == Backend::Cuda);
         let gpu = presets::from_total_capacity(b)
@@ -67,10 +115,17 @@ pub(super) fn figures(e: &Explanation) -> Vec<String> {
         ));
     }
     if let Some(b) = e.free_bytes {
-        out.push(format!(
-            "free {}: unused by any process when the request failed",
-            shown(b, r.free)
-        ));
+        out.push(if e.tpu {
+            format!(
+                "free {}: what this TPU core had free when the request failed",
+                shown(b, r.free)
+            )
+        } else {
+            format!(
+                "free {}: unused by any process when the request failed",
+                shown(b, r.free)
+            )
+        });
     }
     if let Some(b) = e.allocated_by_pytorch_bytes {
         out.push(format!(
@@ -116,7 +171,12 @@ pub(super) fn figures(e: &Explanation) -> Vec<String> {
         ));
     }
     if let Some(b) = e.allowed_bytes {
-        out.push(if e.form == Form::PytorchMps {
+        out.push(if e.form == Form::Cupy {
+            format!(
+                "limit set to {}: the most CuPy's pool may hold (`set_limit`, or the `CUPY_GPU_MEMORY_LIMIT` setting)",
+                shown(b, r.allowed)
+            )
+        } else if e.form == Form::PytorchMps {
             format!(
                 "max allowed {}: PyTorch's own limit for MPS (its high watermark, a share of the Mac's unified memory set by PYTORCH_MPS_HIGH_WATERMARK_RATIO), not all the memory the Mac has",
                 shown(b, r.allowed)
@@ -184,11 +244,18 @@ fn fragmentation(e: &Explanation) -> Fragmentation {
 pub(super) fn advice(e: &Explanation) -> Vec<String> {
     // Each framework's own fixes: PyTorch's allocator settings mean nothing to XLA or to
     // TensorFlow's allocator.
+    if e.memory_space.as_deref().is_some_and(|s| s != "hbm") {
+        return vmem_advice(e);
+    }
     match e.form {
+        Form::Jax | Form::Tensorflow | Form::TorchXla if e.tpu => return tpu_advice(e),
         Form::Jax => return jax_advice(e),
         Form::Tensorflow => return tensorflow_advice(e),
+        Form::TorchXla => return torch_xla_advice(e),
         Form::PytorchMps => return mps_advice(e),
         Form::CpuHost => return cpu_advice(e),
+        Form::Cupy => return cupy_advice(e),
+        Form::Numba => return numba_advice(e),
         Form::PytorchOld | Form::PytorchNew | Form::CudaBare => {}
     }
     let out = cuda_advice(e);
@@ -331,11 +398,8 @@ fn smaller_batch(e: &Explanation, how: &str) -> String {
     }
 }
 
-/// JAX (XLA) fixes, in order of effect.
+/// JAX (XLA) fixes on a GPU, in order of effect.
 fn jax_advice(e: &Explanation) -> Vec<String> {
-    if e.tpu {
-        return tpu_advice(e);
-    }
     let bf16 = e.preset().is_none_or(GpuPreset::supports_bf16);
     let mut out = vec![
         "stop JAX taking 75% of the GPU up front: set `XLA_PYTHON_CLIENT_PREALLOCATE=false` before starting Python (memory is then taken as needed), or give it a share with `XLA_PYTHON_CLIENT_MEM_FRACTION=.90`; another process on the same GPU (a second JAX program, PyTorch) needs this to fit at all".into(),
@@ -357,15 +421,172 @@ fn jax_advice(e: &Explanation) -> Vec<String> {
 }
 
 /// XLA on a TPU: each core's HBM is the limit, the runtime holds all of it (nothing to stop
-/// preallocating), and bf16 is native.
+/// preallocating), and bf16 is native. Each framework names its own sharding, batch,
+/// recomputation and bf16.
 fn tpu_advice(e: &Explanation) -> Vec<String> {
-    vec![
-        "spread the model and the batch over more TPU cores: shard parameters and activations (`jax.sharding` with a mesh, or FSDP-style sharding), or use a TPU with more HBM per core — the limit is one core's memory".into(),
-        smaller_batch(e, "the leading axis of the arrays your jitted step takes, per core"),
-        "trade compute for memory in training: wrap the layer or the loss in `jax.checkpoint` (`jax.remat`) so the backward pass recomputes activations instead of keeping them".into(),
-        "keep parameters and activations in bf16, which TPUs compute natively: `params = jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), params)` (keep an f32 copy of the parameters in the optimizer if training needs it)".into(),
+    let (shard, batch, remat, bf16) = match e.form {
+        Form::TorchXla => (
+            "shard the parameters and activations with PyTorch/XLA's SPMD (`torch_xla.distributed.spmd`, `xs.mark_sharding`) or FSDP (`torch_xla.distributed.fsdp`)",
+            "the batch each core gets: `per_device_train_batch_size=…` or the `DataLoader`'s `batch_size`",
+            "`model.gradient_checkpointing_enable()` (Hugging Face) or `torch_xla.utils.checkpoint.checkpoint` around each layer recomputes activations in the backward pass instead of keeping them",
+            "`with torch.autocast(\"xla\", dtype=torch.bfloat16):` around the forward, or `model.to(torch.bfloat16)` for inference",
+        ),
+        Form::Tensorflow => (
+            "run under `tf.distribute.TPUStrategy`, which splits the global batch over the cores and places the variables",
+            "`model.fit(..., batch_size=…)` or `dataset.batch(…)`; under `TPUStrategy` each core gets the global batch divided by the cores",
+            "`tf.recompute_grad` around a block recomputes its activations in the backward pass instead of keeping them",
+            "`tf.keras.mixed_precision.set_global_policy('mixed_bfloat16')` before building the model",
+        ),
+        _ => (
+            "shard parameters and activations (`jax.sharding` with a mesh, or FSDP-style sharding)",
+            "the leading axis of the arrays your jitted step takes, per core",
+            "wrap the layer or the loss in `jax.checkpoint` (`jax.remat`) so the backward pass recomputes activations instead of keeping them",
+            "`params = jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), params)` (keep an f32 copy of the parameters in the optimizer if training needs it)",
+        ),
+    };
+    let r = &e.rounding;
+    let over = match (e.needed_bytes, e.space_capacity_bytes) {
+        (Some(need), Some(cap)) if cap > 0 => format!(
+            " — the program needs {}, {:.2}× the {} one core has for it",
+            shown(need, r.needed),
+            need as f64 / cap as f64,
+            shown(cap, r.space)
+        ),
+        _ => " — the limit is one core's memory".to_string(),
+    };
+    let mut out = vec![format!(
+        "spread the model and the batch over more TPU cores: {shard}, or use a TPU with more HBM per core{over}"
+    )];
+    if let (Some(tried), Some(free)) = (e.tried_to_allocate_bytes, e.free_bytes)
+        && free < tried
+    {
+        let delete = match e.form {
+            Form::TorchXla => {
+                "`del` the tensors, then `torch_xla.sync()` (`xm.mark_step()` before 2.4)"
+            }
+            Form::Tensorflow => {
+                "`del` the tensors, or `tf.keras.backend.clear_session()` between models"
+            }
+            _ => "`del` the arrays, or `x.delete()` to free a device buffer at once",
+        };
+        out.push(format!(
+            "free what this core already holds: it had {} free for a request of {} — arrays made earlier (weights loaded in full precision, an earlier model, the last step's outputs) hold the rest; {delete}",
+            shown(free, r.free),
+            shown(tried, r.tried)
+        ));
+    }
+    out.push(smaller_batch(e, batch));
+    out.push(format!("trade compute for memory in training: {remat}"));
+    out.push(format!(
+        "keep parameters and activations in bf16, which TPUs compute natively: {bf16}"
+    ));
+    out.push(
         "use shorter sequences: attention's memory grows with the square of the length".into(),
+    );
+    out
+}
+
+/// XLA's compiler ran out of a TPU core's on-chip vector memory (VMEM): one kernel's blocks,
+/// which neither the batch nor more cores change much.
+fn vmem_advice(e: &Explanation) -> Vec<String> {
+    let space = e
+        .memory_space
+        .as_deref()
+        .unwrap_or("vmem")
+        .to_ascii_uppercase();
+    let update = match e.form {
+        Form::TorchXla => "torch_xla (and its libtpu)",
+        Form::Tensorflow => "TensorFlow",
+        _ => "jax and jaxlib (and libtpu)",
+    };
+    vec![
+        format!(
+            "look at the kernel, not the batch: {space} is the core's on-chip scratch memory that one kernel's blocks must fit (megabytes, not the core's HBM), so a smaller batch or more cores rarely helps"
+        ),
+        "with a Pallas kernel (your own, or a library's flash or splash attention): use smaller block sizes (the `block_q` / `block_k` / `block_sizes` it takes), or raise its scoped limit with `vmem_limit_bytes` in its compiler parameters, up to what the chip has".into(),
+        format!(
+            "otherwise XLA chose that tiling itself: update {update}, and report it to XLA with the compiled program (`XLA_FLAGS=--xla_dump_to=DIR`)"
+        ),
     ]
+}
+
+/// PyTorch/XLA off a TPU (its GPU backend): XLA's compiled program and PyTorch's habits.
+fn torch_xla_advice(e: &Explanation) -> Vec<String> {
+    vec![
+        smaller_batch(e, "`per_device_train_batch_size=…` or the `DataLoader`'s `batch_size`"),
+        "trade compute for memory in training: `model.gradient_checkpointing_enable()` (Hugging Face) or `torch_xla.utils.checkpoint.checkpoint` around each layer".into(),
+        "compute in bf16 (compute capability 8.0+) or fp16: `with torch.autocast(\"xla\", dtype=torch.bfloat16):` around the forward".into(),
+        "use shorter sequences: attention's memory grows with the square of the length".into(),
+        "check other processes with `nvidia-smi`: memory they hold is never available to yours".into(),
+    ]
+}
+
+/// `CuPy`: its pool had already returned its cached blocks and retried, so what is left is a
+/// limit set on the pool, what else holds the GPU, or the arrays themselves.
+fn cupy_advice(e: &Explanation) -> Vec<String> {
+    let need = e.tried_to_allocate_bytes.unwrap_or(0);
+    let mut out = Vec::new();
+    if let Some(limit) = e.allowed_bytes
+        && e.pool_bytes.is_none_or(|p| p.saturating_add(need) > limit)
+    {
+        out.push(format!(
+            "raise the limit set on CuPy's pool: it may hold {} (\"limit set to\"), and what it held with this request passes that — `cupy.get_default_memory_pool().set_limit(size=…)` (or `fraction=…`, or the `CUPY_GPU_MEMORY_LIMIT` setting), or `set_limit(size=0)` to remove it",
+            h(limit)
+        ));
+    }
+    let smaller = format!(
+        "work in smaller pieces: split the arrays along their leading axis and process one chunk at a time{}",
+        e.tried_to_allocate_bytes
+            .map_or_else(String::new, |t| format!(
+                " (the request that failed was {})",
+                h(t)
+            ))
+    );
+    // A pool holding less than the request: the request itself is what does not fit.
+    let request_first = e.pool_bytes.is_some_and(|p| p < need);
+    if request_first {
+        out.push(smaller.clone());
+    }
+    let held = e.pool_bytes.map_or_else(String::new, |p| {
+        if p < need {
+            format!("; its pool held only {}", h(p))
+        } else {
+            format!(
+                "; its pool still held {} in arrays alive at that moment — `del` those you no longer need (a list, a closure or a notebook's `Out[…]` keeps one alive)",
+                h(p)
+            )
+        }
+    });
+    out.push(format!(
+        "find what holds the GPU: CuPy had already returned its cached free blocks and retried before raising this{held}; `nvidia-smi` shows other processes, and another library in this process keeps a cache of its own — PyTorch's (`torch.cuda.empty_cache()`), JAX's preallocation (`XLA_PYTHON_CLIENT_PREALLOCATE=false`), RAPIDS' RMM pool"
+    ));
+    if !request_first {
+        out.push(smaller);
+    }
+    out.push(
+        "use float32 instead of float64 where the precision allows: CuPy, like NumPy, makes float64 unless told (`cupy.asarray(x, dtype=cupy.float32)`, `dtype=cupy.float32` on `zeros` / `empty`); half the bytes".into(),
+    );
+    out.push(
+        "make fewer temporaries: write results into existing arrays (`out=` on ufuncs, in-place `+=`) instead of new ones".into(),
+    );
+    out
+}
+
+/// Numba: it had already freed the arrays waiting for deallocation and retried; what is left is
+/// what its arrays (or others) hold.
+fn numba_advice(e: &Explanation) -> Vec<String> {
+    let mut out = vec![
+        "find what holds the GPU: Numba had already freed the device arrays waiting for deallocation and retried before raising this; `numba.cuda.current_context().get_memory_info()` gives the free and total bytes, `nvidia-smi` the processes, and another library in this process keeps a cache of its own — PyTorch's (`torch.cuda.empty_cache()`), CuPy's (`cupy.get_default_memory_pool().free_all_blocks()`), RAPIDS' RMM pool".into(),
+        "move less to the device at once: copy and process the data in chunks (`cuda.to_device(x[i:i + n])`), and `del` device arrays you are done with — Numba frees one only when nothing refers to it".into(),
+        "reuse device arrays: allocate outputs once (`cuda.device_array(shape, dtype)`) and pass them to each kernel launch, instead of passing NumPy arrays that each launch copies to the device".into(),
+        "use float32 instead of float64 where the precision allows: half the bytes (NumPy's default is float64)".into(),
+    ];
+    if e.rapids {
+        out.push(
+            "under RAPIDS (cuDF, Dask-CUDA): let it spill to host memory — `dask_cuda.LocalCUDACluster(device_memory_limit=…)`, or cuDF's spilling (`CUDF_SPILL=on`)".into(),
+        );
+    }
+    out
 }
 
 /// The batch lines of a PyTorch message: with `--model` the `no_grad` check and the PyTorch
@@ -494,10 +715,59 @@ impl Explanation {
             Some(Backend::Xpu) => {
                 " It comes from Intel's GPU (XPU), whose PyTorch prints CUDA's figures under XPU's name."
             }
+            _ if self.tpu && self.memory_space.as_deref().is_some_and(|s| s != "hbm") => {
+                " It comes from a TPU: one kernel's on-chip vector memory ran out, not the core's HBM."
+            }
             _ if self.tpu => " It comes from a TPU: the limit is one core's memory (HBM).",
             _ => "",
         };
         format!("{}{backend}", self.form.title())
+    }
+
+    /// What to say when the message has no figures: where this framework's own figures are.
+    #[must_use]
+    pub fn no_figures(&self) -> String {
+        let where_ = match self.form {
+            Form::Jax if self.tpu => {
+                "`jax.devices()[0].memory_stats()` shows each TPU core's bytes in use and its limit"
+            }
+            Form::Jax => {
+                "`nvidia-smi` shows which processes hold the GPU's memory, and `jax.devices()[0].memory_stats()` what JAX holds"
+            }
+            Form::TorchXla => {
+                "`torch_xla.core.xla_model.get_memory_info()` shows the device's memory in use and its limit"
+            }
+            Form::Tensorflow if self.tpu => {
+                "TensorFlow's profiler (`tf.profiler.experimental.start(logdir)`, then TensorBoard's memory profile) shows each core's use"
+            }
+            Form::Tensorflow => {
+                "`nvidia-smi` shows which processes hold the GPU's memory, and `tf.config.experimental.get_memory_info('GPU:0')` what TensorFlow holds"
+            }
+            Form::Cupy => {
+                "`nvidia-smi` shows which processes hold the GPU's memory, and `cupy.get_default_memory_pool().used_bytes()` / `.total_bytes()` what CuPy holds"
+            }
+            Form::Numba => {
+                "`nvidia-smi` shows which processes hold the GPU's memory, and `numba.cuda.current_context().get_memory_info()` the free and total bytes"
+            }
+            Form::PytorchMps => {
+                "`torch.mps.current_allocated_memory()` and `torch.mps.driver_allocated_memory()` show what PyTorch holds"
+            }
+            Form::CpuHost => {
+                "`free -h` (or Activity Monitor / Task Manager) shows the memory in use"
+            }
+            Form::PytorchOld | Form::PytorchNew | Form::CudaBare => match self.backend {
+                Some(Backend::Hip) => {
+                    "`rocm-smi` shows which processes hold the GPU's memory, and `torch.cuda.memory_summary()` what PyTorch holds"
+                }
+                Some(Backend::Xpu) => {
+                    "`xpu-smi` shows which processes hold the GPU's memory, and `torch.xpu.memory_reserved()` what PyTorch holds"
+                }
+                _ => {
+                    "`nvidia-smi` shows which processes hold the GPU's memory, and `torch.cuda.memory_summary()` what PyTorch holds"
+                }
+            },
+        };
+        format!("no figures: the message says only that the device ran out of memory; {where_}")
     }
 
     /// The explanation for a person: the form, the figures and the fixes.
@@ -506,7 +776,7 @@ impl Explanation {
         use std::fmt::Write as _;
         let mut s = format!("{}\n\nWhat it says:\n", self.heading());
         if self.figures.is_empty() {
-            s.push_str("- no figures: the message says only that the device ran out of memory; `nvidia-smi` shows which processes hold the GPU's memory, and `torch.cuda.memory_summary()` what PyTorch holds\n");
+            let _ = writeln!(s, "- {}", self.no_figures());
         }
         for f in &self.figures {
             let _ = writeln!(s, "- {f}");

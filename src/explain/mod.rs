@@ -38,6 +38,15 @@ pub enum Form {
     /// `DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes`: the host's
     /// memory, not a GPU's.
     CpuHost,
+    /// `cupy.cuda.memory.OutOfMemoryError: Out of memory allocating N bytes (allocated so far: M
+    /// bytes[, limit set to: L bytes])`: `CuPy`'s memory pool.
+    Cupy,
+    /// `numba.cuda.cudadrv.driver.CudaAPIError: [2] Call to cuMemAlloc results in
+    /// CUDA_ERROR_OUT_OF_MEMORY`: Numba's device arrays (often under RAPIDS).
+    Numba,
+    /// `RESOURCE_EXHAUSTED …` from XLA under PyTorch (`torch_xla`, "Bad `StatusOr` access"),
+    /// mostly on a TPU.
+    TorchXla,
 }
 
 /// Whose GPU a PyTorch message names: NVIDIA's (CUDA), AMD's (`ROCm`'s HIP) or Intel's (XPU).
@@ -62,6 +71,9 @@ impl Form {
             Self::CudaBare => "CUDA (no figures)",
             Self::PytorchMps => "PyTorch on Apple's MPS",
             Self::CpuHost => "PyTorch on the CPU (host memory)",
+            Self::Cupy => "CuPy",
+            Self::Numba => "Numba (CUDA)",
+            Self::TorchXla => "PyTorch/XLA",
         }
     }
 
@@ -89,6 +101,15 @@ impl Form {
             }
             Self::CpuHost => {
                 "A PyTorch out-of-memory message from the CPU (\"DefaultCPUAllocator: can't allocate memory …\"): the computer's own memory (RAM) ran out, not a GPU's."
+            }
+            Self::Cupy => {
+                "A CuPy out-of-memory error (\"cupy.cuda.memory.OutOfMemoryError: Out of memory allocating …\"): CuPy's memory pool could not get the bytes from the GPU, or met the limit set on it."
+            }
+            Self::Numba => {
+                "A Numba CUDA out-of-memory error (\"Call to cuMemAlloc results in CUDA_ERROR_OUT_OF_MEMORY\"): the driver refused a device array's memory, after Numba had already freed the arrays waiting for deallocation."
+            }
+            Self::TorchXla => {
+                "A PyTorch/XLA out-of-memory message (\"RESOURCE_EXHAUSTED …\"): XLA, under PyTorch, could not fit the compiled program or a buffer."
             }
         }
     }
@@ -129,9 +150,25 @@ pub struct Explanation {
     pub allowed_bytes: Option<u64>,
     /// MPS: what the process holds outside PyTorch's MPS allocator (`other allocations`).
     pub other_allocations_bytes: Option<u64>,
-    /// XLA's message from a TPU (its memory is HBM per core; its figures are not read).
+    /// XLA's message from a TPU (its memory is HBM per core).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub tpu: bool,
+    /// XLA's compiler on a TPU: the memory space that ran out (`hbm`, a core's memory, then also
+    /// `total_capacity_bytes`; `vmem`, a kernel's on-chip vector memory).
+    pub memory_space: Option<String>,
+    /// XLA's compiler on a TPU: what the program needs in that memory space (`Used N of …`).
+    pub needed_bytes: Option<u64>,
+    /// XLA's compiler on a TPU: what that memory space has for the program (`… of N hbm`).
+    pub space_capacity_bytes: Option<u64>,
+    /// XLA's compiler on a TPU: what the runtime keeps of the core's memory (`reserved`).
+    pub runtime_reserved_bytes: Option<u64>,
+    /// XLA's compiler on a TPU: the program's largest allocation, and its shape as printed
+    /// (`f32[32,4096,4096]`).
+    pub largest_allocation_bytes: Option<u64>,
+    pub largest_allocation_shape: Option<String>,
+    /// `CuPy`: what its memory pool held before the request (`allocated so far`), after it had
+    /// already returned its cached blocks and retried.
+    pub pool_bytes: Option<u64>,
     /// Figures the message prints that cannot be true (more than the GPU has), left out.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ignored: Vec<String>,
@@ -148,6 +185,9 @@ pub struct Explanation {
     /// How finely each figure was printed (not part of the JSON).
     #[serde(skip)]
     rounding: Roundings,
+    /// Numba's error under RAPIDS (cuDF, Dask-CUDA, RMM in the traceback).
+    #[serde(skip)]
+    rapids: bool,
 }
 
 /// The estimator's answer to "which batch would have fitted?": candle's estimate of one
@@ -310,8 +350,11 @@ pub struct NotOom;
 
 const SIZE: &str = r"([0-9]+(?:\.[0-9]+)?)\s*(TiB|GiB|MiB|KiB|TB|GB|MB|KB|bytes|B)\b";
 
+/// A size as XLA's TPU code prints it: binary, one letter (`21.95G`, `530.00M`, `0B`).
+const XSIZE: &str = r"([0-9]+(?:\.[0-9]+)?)([KMGTP]?)B?";
+
 fn re(pattern: &str) -> Regex {
-    Regex::new(&pattern.replace("SIZE", SIZE)).expect("a valid pattern")
+    Regex::new(&pattern.replace("XSIZE", XSIZE).replace("SIZE", SIZE)).expect("a valid pattern")
 }
 
 /// A unit as the message printed it.
@@ -400,6 +443,12 @@ struct Roundings {
     other_allocations: Option<Rounding>,
     processes: Vec<Option<Rounding>>,
     held_elsewhere: Option<Rounding>,
+    needed: Option<Rounding>,
+    space: Option<Rounding>,
+    runtime_reserved: Option<Rounding>,
+    largest: Option<Rounding>,
+    /// XLA's "Exceeded hbm capacity by N", as printed (the figure with its rounding).
+    exceeded: Option<(u64, Rounding)>,
 }
 
 /// A figure as shown: two decimals of its unit, never finer than the message printed it.
@@ -443,6 +492,15 @@ struct Patterns {
     jax_request: Regex,
     xla_async: Regex,
     xla_free_total: Regex,
+    cupy_so_far: Regex,
+    cupy_total_old: Regex,
+    cupy_limit: Regex,
+    tpu_space: Regex,
+    tpu_reserved: Regex,
+    tpu_largest: Regex,
+    tpu_buffer: Regex,
+    tpu_word: Regex,
+    tpu_exceeded: Regex,
 }
 
 static P: LazyLock<Patterns> = LazyLock::new(|| Patterns {
@@ -487,6 +545,18 @@ static P: LazyLock<Patterns> = LazyLock::new(|| Patterns {
     // XLA's asynchronous allocator (JAX, and TensorFlow with TF_GPU_ALLOCATOR=cuda_malloc_async).
     xla_async: re(r"cuMemAllocAsync failed to allocate (\d+) bytes"),
     xla_free_total: re(r"Free memory/Total memory:\s*(\d+)\s*/\s*(\d+)"),
+    cupy_so_far: re(r"allocated so far: ([\d,]+) bytes"),
+    // Before "allocated so far", `CuPy` printed the pool's bytes with the request added.
+    cupy_total_old: re(r"\(total ([\d,]+) bytes\)"),
+    cupy_limit: re(r"limit set to: ([\d,]+) bytes"),
+    // XLA's TPU compiler: "Ran out of memory in memory space hbm. Used 21.95G of 15.48G hbm."
+    tpu_space: re(r"Ran out of memory in memory space (\w+)\. Used XSIZE of XSIZE"),
+    tpu_reserved: re(r"usage >= XSIZE: reserved XSIZE"),
+    tpu_largest: re(r"Largest program allocations in \w+: 1\. Size: XSIZE .*?Shape: ([^\s{]+)"),
+    // XLA's TPU runtime: "Attempting to allocate 4.39G. That was not possible. There are 2.30G free."
+    tpu_word: re(r"(?i)\btpu"),
+    tpu_exceeded: re(r"Exceeded \w+ capacity by XSIZE"),
+    tpu_buffer: re(r"Attempting to allocate XSIZE\. That was not possible\. There are XSIZE free"),
 });
 
 fn tf_dtype_bytes(t: &str) -> Option<u64> {
@@ -497,6 +567,29 @@ fn tf_dtype_bytes(t: &str) -> Option<u64> {
         "int8" | "uint8" | "bool" => 1,
         _ => return None,
     })
+}
+
+/// Bytes of a size XLA's TPU code printed (binary units by one letter), and its rounding.
+fn xla_sized(num: &str, letter: &str) -> Option<(u64, Rounding)> {
+    let unit = match letter {
+        "" => "B",
+        "K" => "KiB",
+        "M" => "MiB",
+        "G" => "GiB",
+        "T" => "TiB",
+        _ => return None,
+    };
+    sized(num, unit)
+}
+
+/// The `n`th and `n + 1`th groups of `c` as an XLA size.
+fn xla_at(c: &regex::Captures<'_>, n: usize) -> Option<(u64, Rounding)> {
+    xla_sized(c.get(n)?.as_str(), c.get(n + 1)?.as_str())
+}
+
+/// A byte count `CuPy` printed with thousands separators.
+fn cupy_count(r: &Regex, text: &str) -> Option<u64> {
+    r.captures(text)?[1].replace(',', "").parse().ok()
 }
 
 /// Splits an optional (bytes, rounding) into the figure and its rounding.
@@ -513,10 +606,17 @@ fn mentions_tensorflow(text: &str) -> bool {
         && !lower.contains("external/org_tensorflow")
 }
 
-/// Who printed a message from XLA's or TensorFlow's shared code: TensorFlow where its paths say
-/// so, else JAX.
+/// Who printed a message from XLA's or TensorFlow's shared code: PyTorch/XLA where it says so
+/// (its module, its profiler, or its "Bad `StatusOr` access" wrapper), TensorFlow where its paths
+/// say so, else JAX.
 fn xla_form(text: &str) -> Form {
-    if mentions_tensorflow(text) {
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("torch_xla")
+        || lower.contains("pt-xla")
+        || text.contains("Bad StatusOr access")
+    {
+        Form::TorchXla
+    } else if mentions_tensorflow(text) {
         Form::Tensorflow
     } else {
         Form::Jax
@@ -560,12 +660,20 @@ pub fn explain(text: &str) -> Result<Explanation, NotOom> {
         allowed_bytes: None,
         other_allocations_bytes: None,
         tpu: false,
+        memory_space: None,
+        needed_bytes: None,
+        space_capacity_bytes: None,
+        runtime_reserved_bytes: None,
+        largest_allocation_bytes: None,
+        largest_allocation_shape: None,
+        pool_bytes: None,
         ignored: Vec::new(),
         gpu: None,
         figures: Vec::new(),
         advice: Vec::new(),
         largest_batch: None,
         rounding: Roundings::default(),
+        rapids: false,
     };
     let r = &mut e.rounding;
     let backend = if text.contains("HIP out of memory") {
@@ -702,6 +810,27 @@ pub fn explain(text: &str) -> Result<Explanation, NotOom> {
             e.free_bytes = ft[1].parse().ok();
             e.total_capacity_bytes = ft[2].parse().ok();
         }
+    } else if let Some(c) = p.tpu_space.captures(text) {
+        e.form = xla_form(text);
+        e.memory_space = Some(c[1].to_ascii_lowercase());
+        (e.needed_bytes, r.needed) = split(xla_at(&c, 2));
+        (e.space_capacity_bytes, r.space) = split(xla_at(&c, 4));
+        // A core's HBM is the device's memory; VMEM is a kernel's, not a capacity to size a
+        // batch under.
+        if e.memory_space.as_deref() == Some("hbm") {
+            (e.total_capacity_bytes, r.total) = (e.space_capacity_bytes, r.space);
+        }
+        r.exceeded = p.tpu_exceeded.captures(text).and_then(|c| xla_at(&c, 1));
+        (e.runtime_reserved_bytes, r.runtime_reserved) =
+            split(p.tpu_reserved.captures(text).and_then(|c| xla_at(&c, 3)));
+        if let Some(c) = p.tpu_largest.captures(text) {
+            (e.largest_allocation_bytes, r.largest) = split(xla_at(&c, 1));
+            e.largest_allocation_shape = Some(c[3].to_string());
+        }
+    } else if let Some(c) = p.tpu_buffer.captures(text) {
+        e.form = xla_form(text);
+        (e.tried_to_allocate_bytes, r.tried) = split(xla_at(&c, 1));
+        (e.free_bytes, r.free) = split(xla_at(&c, 3));
     } else if let Some(c) = p.jax_bytes.captures(text) {
         e.form = Form::Jax;
         e.tried_to_allocate_bytes = c[1].parse().ok();
@@ -718,6 +847,22 @@ pub fn explain(text: &str) -> Result<Explanation, NotOom> {
         // TensorFlow's stream executor, which JAX's XLA shares.
         e.form = xla_form(text);
         e.tried_to_allocate_bytes = c[1].parse().ok();
+    } else if cupy && text.contains("OutOfMemoryError") {
+        e.form = Form::Cupy;
+        e.tried_to_allocate_bytes = cupy_count(&p.cupy_bytes, text);
+        e.pool_bytes = cupy_count(&p.cupy_so_far, text).or_else(|| {
+            cupy_count(&p.cupy_total_old, text)
+                .zip(e.tried_to_allocate_bytes)
+                .map(|(total, tried)| total.saturating_sub(tried))
+        });
+        e.allowed_bytes = cupy_count(&p.cupy_limit, text);
+    } else if (text.contains("numba") || text.contains("CudaAPIError"))
+        && text.contains("CUDA_ERROR_OUT_OF_MEMORY")
+    {
+        e.form = Form::Numba;
+        e.rapids = ["cudf", "dask_cuda", "dask-cuda", "rmm"]
+            .iter()
+            .any(|w| text.contains(w));
     } else if text.contains("ResourceExhaustedError") || text.contains("OOM when allocating") {
         e.form = Form::Tensorflow;
     } else if [
@@ -729,21 +874,19 @@ pub fn explain(text: &str) -> Result<Explanation, NotOom> {
     ]
     .iter()
     .any(|s| text.contains(s))
-        || (cupy && text.contains("OutOfMemoryError"))
         || text.contains("RESOURCE_EXHAUSTED")
     {
         e.form = if text.contains("RESOURCE_EXHAUSTED") {
-            Form::Jax
+            match xla_form(text) {
+                Form::TorchXla => Form::TorchXla,
+                _ => Form::Jax,
+            }
         } else if mentions_tensorflow(text) {
             // TensorFlow's own CUDA calls (`cuda_blas.cc`: failed to create cublas handle).
             Form::Tensorflow
         } else {
             Form::CudaBare
         };
-        e.tried_to_allocate_bytes = p
-            .cupy_bytes
-            .captures(text)
-            .and_then(|c| c[1].replace(',', "").parse().ok());
     } else {
         return Err(NotOom);
     }
@@ -753,10 +896,9 @@ pub fn explain(text: &str) -> Result<Explanation, NotOom> {
     if matches!(e.form, Form::PytorchOld | Form::PytorchNew | Form::CudaBare) {
         e.backend = Some(backend);
     }
-    e.tpu = e.form == Form::Jax && {
-        let lower = text.to_ascii_lowercase();
-        lower.contains("tpu") || lower.contains("hbm")
-    };
+    // A word starting "tpu" (not "output"), or HBM (`0x0x0_HBM0`).
+    e.tpu = matches!(e.form, Form::Jax | Form::Tensorflow | Form::TorchXla)
+        && (p.tpu_word.is_match(text) || text.to_ascii_lowercase().contains("hbm"));
     if e.gpu_index.is_none() && e.form != Form::CpuHost {
         e.gpu_index = p.gpu.captures(text).and_then(|c| c[1].parse().ok());
     }
@@ -764,7 +906,7 @@ pub fn explain(text: &str) -> Result<Explanation, NotOom> {
     // The presets are NVIDIA's cards: an AMD or Intel GPU of the same size is none of them.
     e.gpu = e
         .total_capacity_bytes
-        .filter(|_| e.backend.is_none_or(|b| b == Backend::Cuda))
+        .filter(|_| e.backend.is_none_or(|b| b == Backend::Cuda) && !e.tpu)
         .and_then(presets::from_total_capacity)
         .map(|p| p.id);
     e.figures = figures(&e);

@@ -43,7 +43,7 @@ pub fn window(state: &mut PanelState, ctx: &egui::Context) {
                     ui.label(RichText::new(x.heading()).strong());
                     ui.label(RichText::new("What it says").strong());
                     if x.figures.is_empty() {
-                        ui.label("no figures: the device ran out of memory");
+                        ui.label(x.no_figures());
                     }
                     for f in &x.figures {
                         ui.label(format!("• {f}"));

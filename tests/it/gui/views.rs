@@ -252,6 +252,18 @@ fn a_pasted_oom_message_is_explained_in_the_window() {
         &h,
         "1. reduce fragmentation: run with PYTORCH_HIP_ALLOC_CONF=expandable_segments:True",
     );
+    // A message without figures says where its own framework shows them.
+    h.get_by_label("Message").set_text_value_accesskit(
+        "jaxlib.xla_extension.XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory; the output buffer could not be allocated",
+    );
+    h.run_steps(3);
+    shown(&h, "`jax.devices()[0].memory_stats()` what JAX holds");
+    // A TPU's compiler: the program's need against one core's memory.
+    h.get_by_label("Message").set_text_value_accesskit(
+        "jaxlib.xla_extension.XlaRuntimeError: RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space hbm. Used 21.90G of 7.48G hbm. Exceeded hbm capacity by 14.42G.",
+    );
+    h.run_steps(3);
+    shown(&h, "• needs 21.90 GiB of 7.48 GiB HBM");
     h.get_by_label("Message")
         .set_text_value_accesskit("RuntimeError: CUDA error: device-side assert triggered");
     h.run_steps(3);
