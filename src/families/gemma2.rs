@@ -6,7 +6,7 @@
 #![allow(clippy::many_single_char_names)]
 
 use super::candle::{candle_config, prefill_decoder};
-use super::config::{activation, field, opt_field, refuse_true};
+use super::config::{activation, dropout_field, field, opt_field, refuse_true};
 use super::llama::self_attn_tensors;
 use super::ops::{
     Run, causal_mask, embedding, gated_mlp, gemma_norm, linear, repeat_kv, rotary_tables, softcap,
@@ -68,6 +68,7 @@ impl Room for Gemma2 {
             ..Dims::default()
         };
         activation(v, "hidden_activation", "gelu_pytorch_tanh", &mut d)?;
+        d.dropout.attention = dropout_field(v, "attention_dropout", false)?;
         Ok(d)
     }
     fn tensors(&self, d: &Dims) -> Vec<TensorShape> {

@@ -15,7 +15,9 @@
 #![allow(clippy::many_single_char_names)]
 
 use super::candle::{patched_config, prefill_decoder};
-use super::config::{ConfigError, activation, bool_field, field, named_alike, window_pattern};
+use super::config::{
+    ConfigError, activation, bool_field, dropout_field, field, named_alike, window_pattern,
+};
 use super::gemma2::{after_attention, gemma_tensors};
 use super::ops::{
     Run, attend, causal_mask, embedding, gemma_norm, linear, repeat_kv, rotary_tables,
@@ -70,6 +72,7 @@ impl Room for Gemma3 {
             ..base
         };
         activation(v, "hidden_activation", "gelu_pytorch_tanh", &mut d)?;
+        d.dropout.attention = dropout_field(v, "attention_dropout", false)?;
         Ok(d)
     }
     fn tensors(&self, d: &Dims) -> Vec<TensorShape> {

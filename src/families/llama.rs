@@ -7,7 +7,7 @@
 #![allow(clippy::many_single_char_names)]
 
 use super::candle::{Inputs, candle_config};
-use super::config::{activation, named_alike, opt_field, refuse_true};
+use super::config::{activation, dropout_field, named_alike, opt_field, refuse_true};
 use super::ops::{Run, embedding, linear, masked_fill, norm, repeat_kv, rotary_tables};
 use super::sim::{Dt, T};
 use super::torch_llama::{Projections, Shape};
@@ -132,6 +132,7 @@ pub(super) fn like_llama(
         ..base.clone()
     };
     activation(v, "hidden_act", "silu", &mut d)?;
+    d.dropout.attention = dropout_field(v, "attention_dropout", false)?;
     Ok(d)
 }
 

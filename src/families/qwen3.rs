@@ -7,7 +7,7 @@
 #![allow(clippy::many_single_char_names)]
 
 use super::candle::{candle_config, prefill_decoder};
-use super::config::{activation, bool_field, field, named_alike};
+use super::config::{activation, bool_field, dropout_field, field, named_alike};
 use super::llama::tensors_like_llama;
 use super::ops::{Run, embedding, gated_mlp, head_on_last, linear, norm, rotary_tables};
 use super::sim::{Dt, T};
@@ -86,6 +86,7 @@ pub(super) fn dense_dims(v: &Value) -> std::result::Result<Dims, ConfigError> {
         ..base
     };
     activation(v, "hidden_act", "silu", &mut d)?;
+    d.dropout.attention = dropout_field(v, "attention_dropout", false)?;
     Ok(d)
 }
 

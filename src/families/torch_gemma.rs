@@ -17,8 +17,8 @@
 use super::Dims;
 use super::torch_llama::{
     Eager, causal_mask, eager_attention, eager_layouts, gated_mlp, head_outputs, repeats_kv,
-    rotary, rotate, sdpa, train_cache_update, train_eager, train_gated_mlp, train_head,
-    train_repeat_kv,
+    rotary, rotate, sdpa, sdpa_dropout, train_cache_update, train_eager, train_gated_mlp,
+    train_head, train_repeat_kv,
 };
 use super::torch_sim::{Head, NUM_LABELS, Pt, TDt, TorchRun, Weights};
 use super::torch_tape::{self as tt, Edge, Tape};
@@ -508,6 +508,7 @@ pub(super) fn train_forward<'a>(
     if r.head == Head::Base && !r.eval {
         return Err("the base head computes no loss");
     }
+    sdpa_dropout(r)?;
     let (b, s, width) = (r.b, r.s, r.d.hidden);
     let embedding = tape.embedding_grad(vec![r.d.vocab, width], r.dt, r.head == Head::CausalLm);
     let cache = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));

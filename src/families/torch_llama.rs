@@ -313,6 +313,8 @@ pub(super) struct Eager {
     pub values: Layout,
     /// Gemma 2 soft-caps the scores.
     pub softcap: bool,
+    /// Dropout on the weights (train mode with `attention_dropout` above 0).
+    pub dropout: bool,
 }
 
 /// How the eager attention's operands lie: the query as the rotation leaves it (Phi-3's
@@ -347,6 +349,7 @@ pub(super) fn eager_layouts(r: &TorchRun<'_>, fused: bool, cached: bool) -> Eage
         keys,
         values,
         softcap: false,
+        dropout: !r.eval && r.d.dropout.attention,
     }
 }
 
@@ -755,7 +758,8 @@ pub(super) fn head_outputs(r: &TorchRun<'_>, ids: &Pt, normed: Pt, cache: Vec<Pt
 /// CPU (transformers 5), recording each op's node on `tape`; returns the loss. As `forward` (the
 /// `DynamicCache` unless checkpointing turns it off, logits for every position), then
 /// `ForCausalLMLoss`: the logits in f32, the labels padded and shifted (a copy), cross-entropy
-/// over every position. Attention dropout is 0 in these configs: sdpa runs the flash kernel.
+/// over every position. sdpa runs the flash kernel: attention dropout (which turns it to
+/// PyTorch's math kernel) is modelled under eager attention only, and refused under sdpa.
 /// The classification head: `score` on every position, the last token that is not padding
 /// pooled (indexing, whose backward scatters into zeros like the logits), cross-entropy on the
 /// pooled logits in their type. With `r.eval`: the logits (or, for the base head, the last
@@ -773,6 +777,7 @@ pub(super) fn train_forward<'a>(
     if r.head == Head::Base && !r.eval {
         return Err("the base head computes no loss");
     }
+    sdpa_dropout(r)?;
     let (b, s, width) = (r.b, r.s, r.d.hidden);
     let hd = r.d.head_dim();
     let sim = r.sim;
@@ -824,6 +829,17 @@ pub(super) fn train_forward<'a>(
         normed
     };
     Ok(train_head(r, tape, (ids, labels), normed, cache))
+}
+
+/// Attention dropout in train mode under sdpa: PyTorch's math kernel (the CPU's flash kernel
+/// takes no dropout), which the decoders do not model yet.
+pub(super) fn sdpa_dropout(r: &TorchRun<'_>) -> Result<(), &'static str> {
+    if !r.eval && !r.eager && r.d.dropout.attention {
+        return Err(
+            "attention dropout in training (\"attention_dropout\" above 0) under sdpa, which then runs PyTorch's math kernel, is not modelled yet for decoders; --attn eager is",
+        );
+    }
+    Ok(())
 }
 
 /// The head of a training step on the final norm's output, `cache` (the model's `DynamicCache`)
@@ -886,9 +902,10 @@ pub(super) fn train_head<C>(
 /// then q; folding (b, heads) of the query's layout copies it, except at batch 1; `bmm` saves
 /// both), times the scale (saving its 8-byte scalar), plus the mask (in the mask's type: a
 /// low-precision product is widened), `softmax(dtype=float32)` (a cast first unless f32; saving
-/// its output), cast back to the query's type, dropout (p = 0: the input itself), `matmul` with
-/// the values (autocast casts both; saving both), then `transpose(1, 2).contiguous()`. Returns
-/// the `(b, s, heads·d)` context and the weights.
+/// its output), cast back to the query's type, dropout (with `attention_dropout` above 0 its
+/// mask and output, the weights before it then gone; else the input itself), `matmul` with the
+/// values (autocast casts both; saving both), then `transpose(1, 2).contiguous()`. Returns the
+/// `(b, s, heads·d)` context and the weights (dropout's output).
 pub(super) fn train_eager(
     tape: &Tape<'_>,
     (query, keys, values): (&Pt, &Pt, &Pt),
@@ -952,6 +969,12 @@ pub(super) fn train_eager(
         tape.cast(&probs32, query.dt)
     };
     drop(masked);
+    // `attn_weights = dropout(attn_weights, …)`: the name rebound, the weights before it go.
+    let probs = {
+        let dropped = tt::dropout(tape, &probs, how.dropout);
+        drop(probs);
+        dropped
+    };
     let out = {
         let v = tape.lower(values);
         let p = tape.lower(&probs);

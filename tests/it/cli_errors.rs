@@ -239,6 +239,47 @@ fn a_config_only_pytorch_runs_is_refused_for_candle_and_estimated_for_pytorch() 
     }
 }
 
+/// Attention dropout in a decoder's training step: modelled under eager attention, refused
+/// under sdpa (PyTorch's math kernel then) naming the field and the way on; inference and a
+/// forward without `no_grad` run in eval mode, dropout off, and are estimated.
+#[test]
+fn decoder_attention_dropout_under_sdpa_is_refused_for_training_naming_the_field() {
+    let d = TempDir::new("attndrop");
+    for model in ["tiny-llama", "tiny-gemma3"] {
+        let mut config = crate::common::bundled_config(model);
+        config["attention_dropout"] = 0.1.into();
+        let path = write_config(&d, &format!("{model}.json"), &config.to_string());
+        let estimate = |extra: &[&str]| {
+            let mut args = vec![
+                "estimate",
+                "--runtime",
+                "torch",
+                "--model",
+                &path,
+                "--seq",
+                "8",
+                "--workload",
+            ];
+            args.extend_from_slice(extra);
+            oomlab(&args)
+        };
+        let o = estimate(&["train", "--attn", "sdpa"]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{model}: {err}");
+        for n in ["\"attention_dropout\" above 0", "sdpa", "--attn eager"] {
+            assert!(err.contains(n), "{model}: missing '{n}' in {err}");
+        }
+        assert!(
+            !err.contains("panicked") && !err.contains("internal error"),
+            "{err}"
+        );
+        for ok in [&["train", "--attn", "eager"][..], &["infer"], &["grad"]] {
+            let o = estimate(ok);
+            assert!(o.status.success(), "{model} {ok:?}: {}", stderr(&o));
+        }
+    }
+}
+
 /// A model candle refuses after oomlab has read its config (here the worker's test hook): the
 /// sweep says no trial ran and why, exits 1, and does not claim that nothing fits.
 #[test]

@@ -953,6 +953,13 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
         ("intermediate_size", 64.into()),
         ("num_key_value_heads", 1.into()),
     ];
+    // A decoder's attention dropout under eager attention: its mask (in the weights' type) and
+    // output, which `matmul` saves in place of the softmax's.
+    let llama_attn_dropout = with_fields(
+        "tiny-llama",
+        "tiny-llama-attn-dropout.json",
+        &[("attention_dropout", 0.1.into())],
+    );
     let llama_v97 = with_fields("tiny-llama", "tiny-llama-v97.json", &small_vocab);
     let qwen3_v97 = with_fields("tiny-qwen3", "tiny-qwen3-v97.json", &small_vocab);
     let ckpt: &[&str] = &["--gradient-checkpointing", "on"];
@@ -1096,6 +1103,11 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
             (qwen3_v97.as_str(), "5", "amp-bf16", "eager", "train"),
             "1,2",
             &["--task", "sequence-classification"],
+        ),
+        (
+            (llama_attn_dropout.as_str(), "12", "f32", "eager", "train"),
+            "2,3",
+            &[],
         ),
         // Gemma 3: the optimizer walks its constructor's order; eager past the local window.
         (("tiny-gemma3", "24", "f32", "sdpa", "train"), "1,3", &[]),
