@@ -541,6 +541,9 @@ impl ModelSpec {
     #[must_use]
     pub fn candle_refuses(&self) -> Option<String> {
         let room = self.family.room();
+        if let Some(why) = &self.dims.candle_refuses {
+            return Some(why.clone());
+        }
         if let Err(e) = room.check_candle(&self.config_json, &self.dims) {
             return Some(format!(
                 "candle's {} config does not read {}: {}; {FIELD_FIX}",

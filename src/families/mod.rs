@@ -430,6 +430,11 @@ pub struct Dims {
     /// the field before any forward, rather than estimate another model.
     #[serde(skip)]
     pub torch_refuses: Option<String>,
+    /// Why candle's model does not run this config, when a field asks for what it lacks
+    /// (Qwen3's sliding window): the candle runtime refuses it, naming the field; the PyTorch
+    /// runtime reads it as transformers does.
+    #[serde(skip)]
+    pub candle_refuses: Option<String>,
     /// What the activation (`hidden_act`, `DistilBERT`'s `activation`) saves for the backward:
     /// its input (gelu, silu) or its output (`ReLU`).
     #[serde(default)]

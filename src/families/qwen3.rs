@@ -7,7 +7,7 @@
 #![allow(clippy::many_single_char_names)]
 
 use super::candle::{candle_config, prefill_decoder};
-use super::config::{activation, bool_field, dropout_field, field, named_alike};
+use super::config::{activation, bool_field, dropout_field, field, named_alike, opt_field};
 use super::llama::tensors_like_llama;
 use super::ops::{Run, embedding, gated_mlp, head_on_last, linear, norm, rotary_tables};
 use super::sim::{Dt, T};
@@ -71,12 +71,6 @@ prefill_decoder!(qwen3::ModelForCausalLM);
 
 /// Qwen3's dims (Qwen3-MoE adds its experts to them).
 pub(super) fn dense_dims(v: &Value) -> std::result::Result<Dims, ConfigError> {
-    // candle 0.11 refuses it ("sliding window is not supported").
-    if bool_field(v, "use_sliding_window")? {
-        return Err(
-            "field \"use_sliding_window\" is true, and candle 0.11's Qwen3 has no sliding window (set it to false to measure full attention)".into(),
-        );
-    }
     let base = named_alike(v)?;
     let mut d = Dims {
         kv_heads: field(v, "num_key_value_heads")?,
@@ -85,6 +79,19 @@ pub(super) fn dense_dims(v: &Value) -> std::result::Result<Dims, ConfigError> {
         attention_bias: bool_field(v, "attention_bias")?,
         ..base
     };
+    if bool_field(v, "use_sliding_window")? {
+        // candle 0.11 refuses it ("sliding window is not supported"); transformers windows the
+        // layers from max_window_layers on (Qwen3Config's default 28), which PyTorch's
+        // estimator does not model yet.
+        d.candle_refuses = Some(
+            "field \"use_sliding_window\" is true, and candle 0.11's Qwen3 has no sliding window (set it to false to measure full attention)".into(),
+        );
+        if opt_field(v, "max_window_layers")?.unwrap_or(28) < d.layers {
+            d.torch_refuses = Some(
+                "Qwen3's use_sliding_window (sliding-window attention on the layers from max_window_layers on) is not modelled yet; configs with it false, or with max_window_layers at least num_hidden_layers, are".into(),
+            );
+        }
+    }
     activation(v, "hidden_act", "silu", &mut d)?;
     d.dropout.attention = dropout_field(v, "attention_dropout", false)?;
     Ok(d)

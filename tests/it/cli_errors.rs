@@ -102,13 +102,44 @@ fn qwen3_configs_candle_cannot_run_are_refused_naming_the_field() {
         &["--model", &too_many],
         &["many.json", "num_experts_per_tok", "between 1 and"],
     );
+    // A sliding window: candle has none; transformers windows the layers from
+    // max_window_layers on, which PyTorch's estimator does not model (refused, naming the
+    // field), and with none of the layers windowed estimates it.
     let mut window = tiny.clone();
     window["use_sliding_window"] = true.into();
-    let window = write_config(&d, "window.json", &window.to_string());
+    window["max_window_layers"] = 1.into();
+    let path = write_config(&d, "window.json", &window.to_string());
     refused(
-        &["--model", &window],
-        &["window.json", "use_sliding_window", "set it to false"],
+        &["--model", &path],
+        &[
+            "window",
+            "use_sliding_window",
+            "set it to false",
+            "the torch runtime runs it",
+        ],
     );
+    let estimate = |path: &str| {
+        oomlab(&[
+            "estimate",
+            "--runtime",
+            "torch",
+            "--model",
+            path,
+            "--seq",
+            "8",
+        ])
+    };
+    let o = estimate(&path);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("use_sliding_window") && stderr(&o).contains("max_window_layers"),
+        "{}",
+        stderr(&o)
+    );
+    window["max_window_layers"] = 2.into();
+    let path = write_config(&d, "window2.json", &window.to_string());
+    let o = estimate(&path);
+    assert!(o.status.success(), "{}", stderr(&o));
     let mut zero = tiny.clone();
     zero["head_dim"] = 0.into();
     let zero = write_config(&d, "zero.json", &zero.to_string());
