@@ -74,7 +74,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Explain an out-of-memory message from PyTorch, TensorFlow, JAX or CUDA: every figure,
+    /// Explain an out-of-memory message from PyTorch, TensorFlow, JAX, PyTorch/XLA (GPU or TPU), CuPy, Numba or CUDA: every figure,
     /// what it means, and the fixes in order of effect.
     Explain {
         /// The message (quote it), or `-` to read it from stdin (the default).

@@ -344,7 +344,7 @@ impl Explanation {
 /// Why a text could not be explained.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "not an out-of-memory message I recognise; expected PyTorch's \"CUDA out of memory. Tried to allocate …\" (or HIP's, XPU's, MPS's, or the CPU's \"DefaultCPUAllocator: can't allocate memory\"), TensorFlow's \"OOM when allocating tensor …\" or \"ran out of memory trying to allocate …\", JAX's \"RESOURCE_EXHAUSTED: Out of memory …\", or \"CUDA error: out of memory\""
+    "not an out-of-memory message I recognise; expected PyTorch's \"CUDA out of memory. Tried to allocate …\" (or HIP's, XPU's, MPS's, or the CPU's \"DefaultCPUAllocator: can't allocate memory\"), TensorFlow's \"OOM when allocating tensor …\" or \"ran out of memory trying to allocate …\", XLA's \"RESOURCE_EXHAUSTED: …\" (JAX or PyTorch/XLA, on a GPU or a TPU), CuPy's \"OutOfMemoryError: Out of memory allocating …\", Numba's \"CUDA_ERROR_OUT_OF_MEMORY\", or \"CUDA error: out of memory\""
 )]
 pub struct NotOom;
 

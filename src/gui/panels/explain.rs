@@ -23,7 +23,7 @@ pub fn window(state: &mut PanelState, ctx: &egui::Context) {
         .vscroll(true)
         .show(ctx, |ui| {
             ui.label(
-                "Paste the error from PyTorch (on NVIDIA, AMD, Intel or Apple GPUs, or the CPU), TensorFlow, JAX or CUDA:",
+                "Paste the error from PyTorch (on NVIDIA, AMD, Intel or Apple GPUs, or the CPU), TensorFlow, JAX or PyTorch/XLA (GPU or TPU), CuPy, Numba or CUDA:",
             );
             ui.add(
                 egui::TextEdit::multiline(&mut e.text)
