@@ -52,6 +52,14 @@ pub fn bool_field(v: &Value, name: &str) -> Result<bool, ConfigError> {
     }
 }
 
+/// A flag that transformers defaults to false: absent or null read as false.
+pub fn flag_field(v: &Value, name: &str) -> Result<bool, ConfigError> {
+    match v.get(name) {
+        None | Some(Value::Null) => Ok(false),
+        Some(_) => bool_field(v, name),
+    }
+}
+
 /// Refuses a flag the family's models do not follow when it is true (`what`: what it adds, and
 /// that it is not modelled); absent, null or false pass. A config that sets it would otherwise
 /// be read without what it adds: a silently smaller number.

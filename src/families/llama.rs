@@ -7,7 +7,7 @@
 #![allow(clippy::many_single_char_names)]
 
 use super::candle::{Inputs, candle_config};
-use super::config::{activation, dropout_field, named_alike, opt_field, refuse_true};
+use super::config::{activation, dropout_field, flag_field, named_alike, opt_field, refuse_true};
 use super::ops::{Run, embedding, linear, masked_fill, norm, repeat_kv, rotary_tables};
 use super::sim::{Dt, T};
 use super::torch_llama::{Projections, Shape};
@@ -17,13 +17,16 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::llama;
 use serde_json::Value;
 
-/// Llama's forward as transformers writes it: no biases, no q/k norms.
-const SHAPE: Shape = Shape {
-    qkv_bias: false,
-    o_bias: false,
-    qk_norm: false,
-    projections: Projections::Separate,
-};
+/// Llama's forward as transformers writes it: no q/k norms; biases on the attention's four
+/// projections where `attention_bias` asks for them.
+fn shape(d: &Dims) -> Shape {
+    Shape {
+        qkv_bias: d.attention_bias,
+        o_bias: d.attention_bias,
+        qk_norm: false,
+        projections: Projections::Separate,
+    }
+}
 
 pub struct Llama;
 
@@ -36,21 +39,24 @@ impl Room for Llama {
     }
     fn dims(&self, v: &Value) -> std::result::Result<Dims, ConfigError> {
         let base = named_alike(v)?;
-        // transformers' Llama takes biases on these; candle's has none, nor does the model.
-        refuse_true(
-            v,
-            "attention_bias",
-            "biases on the attention's q, k, v and o projections, which candle's Llama does not load and oomlab does not model",
-        )?;
+        // transformers' Llama takes biases on these; candle's has none. PyTorch's estimator
+        // models the attention's (as Qwen2's and Qwen3's), not the MLP's.
         refuse_true(
             v,
             "mlp_bias",
             "biases on the MLP's projections, which candle's Llama does not load and oomlab does not model",
         )?;
-        like_llama(v, &base, true)
+        let mut d = like_llama(v, &base, true)?;
+        d.attention_bias = flag_field(v, "attention_bias")?;
+        if d.attention_bias {
+            d.candle_refuses = Some(
+                "field \"attention_bias\" is true (biases on the attention's q, k, v and o projections), which candle 0.11's Llama does not load".into(),
+            );
+        }
+        Ok(d)
     }
     fn tensors(&self, d: &Dims) -> Vec<TensorShape> {
-        tensors_like_llama(d, false, false)
+        tensors_like_llama(d, d.attention_bias, false)
     }
     fn candle_refuses(&self, d: &Dims) -> Option<String> {
         derived_head_dim(d)
@@ -84,7 +90,7 @@ impl Room for Llama {
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0])
     }
-    super::torch_room!(torch_llama, |_| SHAPE, parameter_order);
+    super::torch_room!(torch_llama, shape, parameter_order);
 }
 
 /// candle's Llama and its cache.

@@ -961,6 +961,19 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
         &[("attention_dropout", 0.1.into())],
     );
     let llama_v97 = with_fields("tiny-llama", "tiny-llama-v97.json", &small_vocab);
+    // Llama with `attention_bias` (candle cannot load it): the four projections' biases, each
+    // after its weight in the optimizer's walk.
+    let llama_bias_v97 = with_fields(
+        "tiny-llama",
+        "tiny-llama-bias-v97.json",
+        &[
+            small_vocab[0].clone(),
+            small_vocab[1].clone(),
+            small_vocab[2].clone(),
+            small_vocab[3].clone(),
+            ("attention_bias", true.into()),
+        ],
+    );
     let qwen3_v97 = with_fields("tiny-qwen3", "tiny-qwen3-v97.json", &small_vocab);
     let ckpt: &[&str] = &["--gradient-checkpointing", "on"];
     let sgd: &[&str] = &["--optimizer", "sgd"];
@@ -1101,6 +1114,11 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
         ),
         (
             (qwen3_v97.as_str(), "5", "amp-bf16", "eager", "train"),
+            "1,2",
+            &["--task", "sequence-classification"],
+        ),
+        (
+            (llama_bias_v97.as_str(), "5", "amp-bf16", "sdpa", "train"),
             "1,2",
             &["--task", "sequence-classification"],
         ),
