@@ -1,5 +1,6 @@
 //! Explains a pasted out-of-memory message: PyTorch's older and newer forms, TensorFlow's and
-//! JAX's resource-exhausted forms, and the bare "CUDA error: out of memory". Extracts every
+//! XLA's resource-exhausted forms (JAX and PyTorch/XLA, on a GPU or a TPU), `CuPy`'s and Numba's,
+//! and the bare "CUDA error: out of memory". Extracts every
 //! figure (units as printed), says what each means, and lists fixes in order of effect for that
 //! case, each with the line of code or setting to change. Pure: no I/O.
 //!
@@ -351,7 +352,7 @@ pub struct NotOom;
 const SIZE: &str = r"([0-9]+(?:\.[0-9]+)?)\s*(TiB|GiB|MiB|KiB|TB|GB|MB|KB|bytes|B)\b";
 
 /// A size as XLA's TPU code prints it: binary, one letter (`21.95G`, `530.00M`, `0B`).
-const XSIZE: &str = r"([0-9]+(?:\.[0-9]+)?)([KMGTP]?)B?";
+const XSIZE: &str = r"([0-9]+(?:\.[0-9]+)?)([KMGT]?)B?";
 
 fn re(pattern: &str) -> Regex {
     Regex::new(&pattern.replace("XSIZE", XSIZE).replace("SIZE", SIZE)).expect("a valid pattern")
@@ -553,9 +554,9 @@ static P: LazyLock<Patterns> = LazyLock::new(|| Patterns {
     tpu_space: re(r"Ran out of memory in memory space (\w+)\. Used XSIZE of XSIZE"),
     tpu_reserved: re(r"usage >= XSIZE: reserved XSIZE"),
     tpu_largest: re(r"Largest program allocations in \w+: 1\. Size: XSIZE .*?Shape: ([^\s{]+)"),
-    // XLA's TPU runtime: "Attempting to allocate 4.39G. That was not possible. There are 2.30G free."
     tpu_word: re(r"(?i)\btpu"),
     tpu_exceeded: re(r"Exceeded \w+ capacity by XSIZE"),
+    // XLA's TPU runtime: "Attempting to allocate 4.39G. That was not possible. There are 2.30G free."
     tpu_buffer: re(r"Attempting to allocate XSIZE\. That was not possible\. There are XSIZE free"),
 });
 
