@@ -436,9 +436,14 @@ pub enum CatalogError {
     )]
     NotObject { origin: String },
     #[error(
-        "{origin}: architecture {found} is not supported; supported families: bert, distilbert, llama, qwen2, qwen3, mistral, phi3, gemma2, mixtral, qwen3_moe, roberta (and xlm-roberta), modernbert (set \"model_type\" to one of them if the model really is one)"
+        "{origin}: architecture {found} is not supported; supported families (model_type): {supported} (set \"model_type\" to one of them if the model really is one)"
     )]
-    UnknownArchitecture { origin: String, found: String },
+    UnknownArchitecture {
+        origin: String,
+        found: String,
+        /// Every family's `model_type`, from the rooms (never a list kept by hand).
+        supported: String,
+    },
     #[error("{origin}: {message}; {fix}", fix = FIELD_FIX)]
     Field { origin: String, message: String },
     #[error(transparent)]
@@ -624,6 +629,7 @@ pub fn parse_config(origin: &str, text: &str) -> Result<(Family, Dims), CatalogE
     let family = Family::detect(obj).map_err(|e| CatalogError::UnknownArchitecture {
         origin: origin.to_string(),
         found: e.found,
+        supported: Family::supported_model_types(),
     })?;
     let dims = Dims::from_config(family, &value).map_err(|e| CatalogError::Field {
         origin: origin.to_string(),

@@ -135,6 +135,11 @@ fn bad_configs_name_the_problem() {
         e.contains("GPT2LMHeadModel") && e.contains("bert, distilbert, llama, qwen2"),
         "{e}"
     );
+    // Every family is named, with the model_type its configs carry (Gemma 3's is gemma3_text).
+    for f in crate::families::Family::all() {
+        assert!(e.contains(f.room().model_type()), "{} missing: {e}", f.name());
+    }
+    assert!(e.contains("roberta (and xlm-roberta)"), "{e}");
     let e = parse_config("x.json", r#"{"model_type":"bert","hidden_size":32}"#)
         .unwrap_err()
         .to_string();

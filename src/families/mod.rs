@@ -235,6 +235,30 @@ impl Family {
         ROOMS.iter().map(|r| Self(*r))
     }
 
+    /// Every family's `model_type`, in [`ROOMS`] order, with the other `model_type`s read as it
+    /// (`roberta (and xlm-roberta)`): what a config's `model_type` may say.
+    #[must_use]
+    pub fn supported_model_types() -> String {
+        Self::all()
+            .map(|f| {
+                let room = f.room();
+                // Aliases with a separator are model_types; the others architecture names.
+                let others: Vec<&str> = room
+                    .aliases()
+                    .iter()
+                    .copied()
+                    .filter(|a| *a != room.model_type() && a.contains(['-', '_']))
+                    .collect();
+                if others.is_empty() {
+                    room.model_type().to_string()
+                } else {
+                    format!("{} (and {})", room.model_type(), others.join(", "))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// The family called `name` (its `model_type`).
     #[must_use]
     pub fn named(name: &str) -> Option<Self> {
