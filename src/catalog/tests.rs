@@ -137,7 +137,11 @@ fn bad_configs_name_the_problem() {
     );
     // Every family is named, with the model_type its configs carry (Gemma 3's is gemma3_text).
     for f in crate::families::Family::all() {
-        assert!(e.contains(f.room().model_type()), "{} missing: {e}", f.name());
+        assert!(
+            e.contains(f.room().model_type()),
+            "{} missing: {e}",
+            f.name()
+        );
     }
     assert!(e.contains("roberta (and xlm-roberta)"), "{e}");
     let e = parse_config("x.json", r#"{"model_type":"bert","hidden_size":32}"#)
