@@ -7,7 +7,7 @@
 #![allow(clippy::many_single_char_names)]
 
 use super::candle::{Inputs, candle_config};
-use super::config::{activation, dropout_field, flag_field, named_alike, opt_field, refuse_true};
+use super::config::{activation, dropout_field, flag_field, named_alike, opt_field};
 use super::ops::{Run, embedding, linear, masked_fill, norm, repeat_kv, rotary_tables};
 use super::sim::{Dt, T};
 use super::torch_llama::{Projections, Shape};
@@ -18,12 +18,13 @@ use candle_transformers::models::llama;
 use serde_json::Value;
 
 /// Llama's forward as transformers writes it: no q/k norms; biases on the attention's four
-/// projections where `attention_bias` asks for them.
+/// projections where `attention_bias` asks for them, on the MLP's three where `mlp_bias` does.
 fn shape(d: &Dims) -> Shape {
     Shape {
         qkv_bias: d.attention_bias,
         o_bias: d.attention_bias,
         qk_norm: false,
+        mlp_bias: d.mlp_bias,
         projections: Projections::Separate,
     }
 }
@@ -40,18 +41,27 @@ impl Room for Llama {
     fn dims(&self, v: &Value) -> std::result::Result<Dims, ConfigError> {
         let base = named_alike(v)?;
         // transformers' Llama takes biases on these; candle's has none. PyTorch's estimator
-        // models the attention's (as Qwen2's and Qwen3's), not the MLP's.
-        refuse_true(
-            v,
-            "mlp_bias",
-            "biases on the MLP's projections, which candle's Llama does not load and oomlab does not model",
-        )?;
+        // models them (the attention's as Qwen2's and Qwen3's).
         let mut d = like_llama(v, &base, true)?;
         d.attention_bias = flag_field(v, "attention_bias")?;
-        if d.attention_bias {
-            d.candle_refuses = Some(
-                "field \"attention_bias\" is true (biases on the attention's q, k, v and o projections), which candle 0.11's Llama does not load".into(),
-            );
+        d.mlp_bias = flag_field(v, "mlp_bias")?;
+        for (set, field, what) in [
+            (
+                d.mlp_bias,
+                "mlp_bias",
+                "the MLP's gate, up and down projections",
+            ),
+            (
+                d.attention_bias,
+                "attention_bias",
+                "the attention's q, k, v and o projections",
+            ),
+        ] {
+            if set {
+                d.candle_refuses = Some(format!(
+                    "field \"{field}\" is true (biases on {what}), which candle 0.11's Llama does not load"
+                ));
+            }
         }
         Ok(d)
     }
@@ -203,9 +213,16 @@ pub(super) fn tensors_like_llama(d: &Dims, qkv_bias: bool, qk_norm: bool) -> Vec
                     t(format!("{ex}.down_proj.weight"), &[h, mi]);
                 }
             } else {
-                t(format!("{p}.mlp.gate_proj.weight"), &[i, h]);
-                t(format!("{p}.mlp.up_proj.weight"), &[i, h]);
-                t(format!("{p}.mlp.down_proj.weight"), &[h, i]);
+                for (name, shape, out) in [
+                    ("gate_proj", [i, h], i),
+                    ("up_proj", [i, h], i),
+                    ("down_proj", [h, i], h),
+                ] {
+                    t(format!("{p}.mlp.{name}.weight"), &shape);
+                    if d.mlp_bias {
+                        t(format!("{p}.mlp.{name}.bias"), &[out]);
+                    }
+                }
             }
             t(format!("{p}.input_layernorm.weight"), &[h]);
             t(format!("{p}.post_attention_layernorm.weight"), &[h]);

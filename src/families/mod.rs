@@ -401,6 +401,7 @@ impl<'de> Deserialize<'de> for Family {
 
 /// The dimensions oomlab needs, read from the config with each family's field names.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(clippy::struct_excessive_bools)] // one per config flag a family's forward follows
 pub struct Dims {
     pub layers: usize,
     pub hidden: usize,
@@ -459,6 +460,9 @@ pub struct Dims {
     /// runtime reads it as transformers does.
     #[serde(skip)]
     pub candle_refuses: Option<String>,
+    /// Llama: biases on the MLP's projections (`mlp_bias`), which only PyTorch's estimator reads.
+    #[serde(default)]
+    pub mlp_bias: bool,
     /// What the activation (`hidden_act`, `DistilBERT`'s `activation`) saves for the backward:
     /// its input (gelu, silu) or its output (`ReLU`).
     #[serde(default)]

@@ -25,6 +25,7 @@ const SHAPE: Shape = Shape {
     qkv_bias: false,
     o_bias: false,
     qk_norm: false,
+    mlp_bias: false,
     projections: Projections::Fused,
 };
 

@@ -24,6 +24,7 @@ const SHAPE: Shape = Shape {
     qkv_bias: true,
     o_bias: false,
     qk_norm: false,
+    mlp_bias: false,
     projections: Projections::Separate,
 };
 

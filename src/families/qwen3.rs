@@ -25,6 +25,7 @@ fn shape(d: &Dims) -> Shape {
         qkv_bias: d.attention_bias,
         o_bias: d.attention_bias,
         qk_norm: true,
+        mlp_bias: false,
         projections: Projections::Separate,
     }
 }

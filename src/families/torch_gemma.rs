@@ -479,7 +479,7 @@ fn train_layer(
     };
     let mlp = {
         let normed = train_norm(tape, &hidden);
-        let down = train_gated_mlp(r, tape, &normed);
+        let down = train_gated_mlp(r, tape, &normed, false);
         drop(normed);
         down
     };

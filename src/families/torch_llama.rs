@@ -15,6 +15,7 @@ use super::torch_tape::{self as tt, Edge, Layout, Tape};
 
 /// What differs between the Llama-shaped families.
 #[derive(Debug, Clone, Copy)]
+#[allow(clippy::struct_excessive_bools)] // one per config field that changes the forward
 pub(super) struct Shape {
     /// Biases on q, k and v (Qwen2; Qwen3 with `attention_bias`).
     pub qkv_bias: bool,
@@ -22,6 +23,8 @@ pub(super) struct Shape {
     pub o_bias: bool,
     /// `RMSNorm` over each head of q and k (Qwen3).
     pub qk_norm: bool,
+    /// Biases on the MLP's gate, up and down projections (Llama with `mlp_bias`).
+    pub mlp_bias: bool,
     pub projections: Projections,
 }
 
@@ -96,7 +99,10 @@ fn layer_ranks(shape: Shape) -> Vec<u8> {
         head(K, K_NORM),
         linear(V, shape.qkv_bias),
         linear(O, shape.o_bias),
-        vec![POST_NORM, GATE, UP, DOWN],
+        vec![POST_NORM],
+        linear(GATE, shape.mlp_bias),
+        linear(UP, shape.mlp_bias),
+        linear(DOWN, shape.mlp_bias),
     ]
     .concat()
 }
@@ -134,9 +140,9 @@ pub(super) fn weights(d: &Dims, head: Head, dt: TDt, shape: Shape) -> Option<Wei
             w.push(hd, dt);
             w.push(hd, dt);
         }
-        w.linear((width, inter), false, dt);
-        w.linear((width, inter), false, dt);
-        w.linear((inter, width), false, dt);
+        w.linear((width, inter), shape.mlp_bias, dt);
+        w.linear((width, inter), shape.mlp_bias, dt);
+        w.linear((inter, width), shape.mlp_bias, dt);
         w.push(width, dt);
         w.push(width, dt);
     }
@@ -681,15 +687,22 @@ pub(super) fn gated_mlp(r: &TorchRun<'_>, normed: &Pt) -> Pt {
     down
 }
 
-/// [`gated_mlp`] with autograd on the tape.
-pub(super) fn train_gated_mlp(r: &TorchRun<'_>, tape: &Tape<'_>, normed: &Pt) -> Pt {
-    let gate = tt::linear_mm(tape, normed, r.d.intermediate);
+/// [`gated_mlp`] with autograd on the tape (each projection with its bias where `bias`).
+pub(super) fn train_gated_mlp(r: &TorchRun<'_>, tape: &Tape<'_>, normed: &Pt, bias: bool) -> Pt {
+    let project = |x: &Pt, out: usize| {
+        if bias {
+            tt::linear(tape, x, out, true)
+        } else {
+            tt::linear_mm(tape, x, out)
+        }
+    };
+    let gate = project(normed, r.d.intermediate);
     let act = tt::unary(tape, &gate, r.d.act_saves_output());
     drop(gate);
-    let up = tt::linear_mm(tape, normed, r.d.intermediate);
+    let up = project(normed, r.d.intermediate);
     let product = tt::mul(tape, &act, &up);
     drop((act, up));
-    let down = tt::linear_mm(tape, &product, r.d.hidden);
+    let down = project(&product, r.d.hidden);
     drop(product);
     down
 }
@@ -1176,7 +1189,7 @@ fn train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt, layer: &Layer<'_>, sha
             drop((hidden, down));
             return out;
         }
-        let down = train_gated_mlp(r, tape, &normed);
+        let down = train_gated_mlp(r, tape, &normed, shape.mlp_bias);
         drop(normed);
         down
     };

@@ -185,8 +185,8 @@ fn qwen3_configs_candle_cannot_run_are_refused_naming_the_field() {
 
 /// A Llama (or Gemma 2) config with biases transformers would build and candle would not load: refused
 /// naming the file and the field, never read without them (a smaller, wrong number); Llama's
-/// attention biases only for candle, PyTorch's estimator modelling them. False passes, as in
-/// Llama 3's own configs.
+/// only for candle, PyTorch's estimator modelling them. False passes, as in Llama 3's own
+/// configs.
 #[test]
 fn llama_configs_with_biases_are_refused_naming_the_field() {
     let d = TempDir::new("llamabias");
@@ -195,20 +195,11 @@ fn llama_configs_with_biases_are_refused_naming_the_field() {
         let mut biased = tiny.clone();
         biased[field] = true.into();
         let path = write_config(&d, &format!("{field}.json"), &biased.to_string());
-        // The attention's biases: candle's refusal, with the way on to the torch runtime, whose
-        // estimator models them (as Qwen2's); the MLP's: refused for both.
-        let (needles, torch_estimates): (&[&str], bool) = if field == "attention_bias" {
-            (
-                &["\"attention_bias\" is true", "the torch runtime runs it"],
-                true,
-            )
-        } else {
-            (
-                &["mlp_bias.json", "\"mlp_bias\" is true", "false or absent"],
-                false,
-            )
-        };
-        refused(&["--model", &path], needles);
+        // candle's refusal, with the way on to the torch runtime, whose estimator models them.
+        refused(
+            &["--model", &path],
+            &[&format!("\"{field}\" is true"), "the torch runtime runs it"],
+        );
         let o = oomlab(&[
             "estimate",
             "--runtime",
@@ -220,12 +211,7 @@ fn llama_configs_with_biases_are_refused_naming_the_field() {
             "--seq",
             "8",
         ]);
-        assert_eq!(
-            o.status.success(),
-            torch_estimates,
-            "{field}: {}",
-            stderr(&o)
-        );
+        assert!(o.status.success(), "{field}: {}", stderr(&o));
         biased[field] = false.into();
         let path = write_config(&d, &format!("{field}-off.json"), &biased.to_string());
         let o = oomlab(&["estimate", "--model", &path, "--batch", "1", "--seq", "8"]);

@@ -961,8 +961,8 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
         &[("attention_dropout", 0.1.into())],
     );
     let llama_v97 = with_fields("tiny-llama", "tiny-llama-v97.json", &small_vocab);
-    // Llama with `attention_bias` (candle cannot load it): the four projections' biases, each
-    // after its weight in the optimizer's walk.
+    // Llama with `attention_bias` and `mlp_bias` (candle cannot load them): the seven
+    // projections' biases, each after its weight in the optimizer's walk.
     let llama_bias_v97 = with_fields(
         "tiny-llama",
         "tiny-llama-bias-v97.json",
@@ -972,6 +972,7 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
             small_vocab[2].clone(),
             small_vocab[3].clone(),
             ("attention_bias", true.into()),
+            ("mlp_bias", true.into()),
         ],
     );
     let qwen3_v97 = with_fields("tiny-qwen3", "tiny-qwen3-v97.json", &small_vocab);
