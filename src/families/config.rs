@@ -64,14 +64,13 @@ pub fn flag_field(v: &Value, name: &str) -> Result<bool, ConfigError> {
 /// that it is not modelled); absent, null or false pass. A config that sets it would otherwise
 /// be read without what it adds: a silently smaller number.
 pub fn refuse_true(v: &Value, name: &str, what: &str) -> Result<(), ConfigError> {
-    match v.get(name) {
-        None | Some(Value::Null | Value::Bool(false)) => Ok(()),
-        Some(Value::Bool(true)) => Err(format!(
+    if flag_field(v, name)? {
+        return Err(format!(
             "field \"{name}\" is true ({what}); oomlab reads such configs with it false or absent"
         )
-        .into()),
-        Some(x) => Err(format!("field \"{name}\" must be true or false, found {x}").into()),
+        .into());
     }
+    Ok(())
 }
 
 /// Whether a dropout probability is on (above 0); absent or null: `default`.
