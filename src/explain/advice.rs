@@ -38,15 +38,27 @@ pub(super) fn h(b: u64) -> String {
     )
 }
 
+/// "label N: meaning", N shown as the message printed it, for a figure the message gives.
+fn figure(
+    out: &mut Vec<String>,
+    (bytes, rounding): (Option<u64>, Option<Rounding>),
+    label: &str,
+    meaning: &str,
+) {
+    if let Some(b) = bytes {
+        out.push(format!("{label} {}: {meaning}", shown(b, rounding)));
+    }
+}
+
 pub(super) fn figures(e: &Explanation) -> Vec<String> {
     let r = &e.rounding;
     let mut out = Vec::new();
-    if let Some(b) = e.tried_to_allocate_bytes {
-        out.push(format!(
-            "tried to allocate {}: the one request that failed — often a single layer's activation, not the whole step",
-            shown(b, r.tried)
-        ));
-    }
+    figure(
+        &mut out,
+        (e.tried_to_allocate_bytes, r.tried),
+        "tried to allocate",
+        "the one request that failed — often a single layer's activation, not the whole step",
+    );
     if let (Some(need), Some(cap)) = (e.needed_bytes, e.space_capacity_bytes) {
         // As the message printed it ("Exceeded hbm capacity by 848.88M"), else computed.
         let (over, over_rounding) = r.exceeded.map_or_else(
@@ -74,12 +86,12 @@ pub(super) fn figures(e: &Explanation) -> Vec<String> {
             ),
         });
     }
-    if let Some(b) = e.runtime_reserved_bytes {
-        out.push(format!(
-            "reserved {}: what the TPU runtime keeps of the core's memory, beside what the program may use",
-            shown(b, r.runtime_reserved)
-        ));
-    }
+    figure(
+        &mut out,
+        (e.runtime_reserved_bytes, r.runtime_reserved),
+        "reserved",
+        "what the TPU runtime keeps of the core's memory, beside what the program may use",
+    );
     if let Some(b) = e.largest_allocation_bytes {
         out.push(format!(
             "largest allocation {}{}: the program's biggest single buffer; the message lists the next ones below it, each with the operation that makes it",
@@ -89,12 +101,12 @@ pub(super) fn figures(e: &Explanation) -> Vec<String> {
                 .map_or_else(String::new, |s| format!(" ({s})"))
         ));
     }
-    if let Some(b) = e.pool_bytes {
-        out.push(format!(
-            "allocated so far {}: what CuPy's memory pool held before this request, after returning its cached free blocks and retrying",
-            shown(b, None)
-        ));
-    }
+    figure(
+        &mut out,
+        (e.pool_bytes, None),
+        "allocated so far",
+        "what CuPy's memory pool held before this request, after returning its cached free blocks and retrying",
+    );
     if let Some(b) = e.total_capacity_bytes.filter(|_| e.needed_bytes.is_none()) {
         // The presets are NVIDIA's cards.
         let nvidia = e.backend.is_none_or(|b| b == Backend::Cuda);
@@ -114,37 +126,34 @@ pub(super) fn figures(e: &Explanation) -> Vec<String> {
                 .map_or_else(String::new, |i| format!(" (GPU {i})"))
         ));
     }
-    if let Some(b) = e.free_bytes {
-        out.push(if e.tpu {
-            format!(
-                "free {}: what this TPU core had free when the request failed",
-                shown(b, r.free)
-            )
+    figure(
+        &mut out,
+        (e.free_bytes, r.free),
+        "free",
+        if e.tpu {
+            "what this TPU core had free when the request failed"
         } else {
-            format!(
-                "free {}: unused by any process when the request failed",
-                shown(b, r.free)
-            )
-        });
-    }
-    if let Some(b) = e.allocated_by_pytorch_bytes {
-        out.push(format!(
-            "allocated by PyTorch {}: tensors alive at that moment (weights, activations, gradients, optimizer state)",
-            shown(b, r.allocated)
-        ));
-    }
-    if let Some(b) = e.reserved_by_pytorch_bytes {
-        out.push(format!(
-            "reserved by PyTorch {}: what its caching allocator holds from the driver, tensors and cached free blocks together",
-            shown(b, r.reserved)
-        ));
-    }
-    if let Some(b) = e.reserved_unallocated_bytes {
-        out.push(format!(
-            "reserved but unallocated {}: cached blocks no tensor uses; when large, free memory is there but split into pieces too small for the request (fragmentation)",
-            shown(b, r.unallocated)
-        ));
-    }
+            "unused by any process when the request failed"
+        },
+    );
+    figure(
+        &mut out,
+        (e.allocated_by_pytorch_bytes, r.allocated),
+        "allocated by PyTorch",
+        "tensors alive at that moment (weights, activations, gradients, optimizer state)",
+    );
+    figure(
+        &mut out,
+        (e.reserved_by_pytorch_bytes, r.reserved),
+        "reserved by PyTorch",
+        "what its caching allocator holds from the driver, tensors and cached free blocks together",
+    );
+    figure(
+        &mut out,
+        (e.reserved_unallocated_bytes, r.unallocated),
+        "reserved but unallocated",
+        "cached blocks no tensor uses; when large, free memory is there but split into pieces too small for the request (fragmentation)",
+    );
     for (i, p) in e.processes.iter().enumerate() {
         out.push(format!(
             "process {} holds {} on the GPU, CUDA context and non-PyTorch memory included",
@@ -152,42 +161,39 @@ pub(super) fn figures(e: &Explanation) -> Vec<String> {
             shown(p.bytes, r.processes.get(i).copied().flatten())
         ));
     }
-    if let Some(b) = e.held_elsewhere_bytes {
-        out.push(format!(
-            "held elsewhere {}: neither free nor this process's allocator's — other processes, and CUDA contexts",
-            shown(b, r.held_elsewhere)
-        ));
-    }
+    figure(
+        &mut out,
+        (e.held_elsewhere_bytes, r.held_elsewhere),
+        "held elsewhere",
+        "neither free nor this process's allocator's — other processes, and CUDA contexts",
+    );
     if let Some(b) = e.private_pools_bytes {
         out.push(format!(
             "in private pools {} (of the allocated): memory CUDA graphs keep for their replays (`torch.compile(mode=\"reduce-overhead\")`, `torch.cuda.graphs`), freed only with the graphs",
             shown(b, r.private_pools)
         ));
     }
-    if let Some(b) = e.other_allocations_bytes {
-        out.push(format!(
-            "other allocations {}: what the process holds on the GPU outside PyTorch's MPS allocator",
-            shown(b, r.other_allocations)
-        ));
-    }
-    if let Some(b) = e.allowed_bytes {
-        out.push(if e.form == Form::Cupy {
-            format!(
-                "limit set to {}: the most CuPy's pool may hold (`set_limit`, or the `CUPY_GPU_MEMORY_LIMIT` setting)",
-                shown(b, r.allowed)
-            )
-        } else if e.form == Form::PytorchMps {
-            format!(
-                "max allowed {}: PyTorch's own limit for MPS (its high watermark, a share of the Mac's unified memory set by PYTORCH_MPS_HIGH_WATERMARK_RATIO), not all the memory the Mac has",
-                shown(b, r.allowed)
-            )
-        } else {
-            format!(
-                "allowed {}: the most this process may hold, a cap set in it (`torch.cuda.set_per_process_memory_fraction`), below what the GPU has",
-                shown(b, r.allowed)
-            )
-        });
-    }
+    figure(
+        &mut out,
+        (e.other_allocations_bytes, r.other_allocations),
+        "other allocations",
+        "what the process holds on the GPU outside PyTorch's MPS allocator",
+    );
+    let (label, meaning) = match e.form {
+        Form::Cupy => (
+            "limit set to",
+            "the most CuPy's pool may hold (`set_limit`, or the `CUPY_GPU_MEMORY_LIMIT` setting)",
+        ),
+        Form::PytorchMps => (
+            "max allowed",
+            "PyTorch's own limit for MPS (its high watermark, a share of the Mac's unified memory set by PYTORCH_MPS_HIGH_WATERMARK_RATIO), not all the memory the Mac has",
+        ),
+        _ => (
+            "allowed",
+            "the most this process may hold, a cap set in it (`torch.cuda.set_per_process_memory_fraction`), below what the GPU has",
+        ),
+    };
+    figure(&mut out, (e.allowed_bytes, r.allowed), label, meaning);
     for i in &e.ignored {
         out.push(format!(
             "left out: \"{i}\", more than the GPU has — a miscount in the message itself, so no figure here relies on it"
