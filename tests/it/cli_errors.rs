@@ -35,6 +35,21 @@ pub(crate) fn refused(args: &[&str], needles: &[&str]) {
     assert_eq!(lines.len(), 1, "one sentence expected: {err}");
 }
 
+/// `oomlab estimate --runtime torch --model PATH --seq 8`, then `extra`.
+fn torch_estimate(path: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "estimate",
+        "--runtime",
+        "torch",
+        "--model",
+        path,
+        "--seq",
+        "8",
+    ];
+    args.extend_from_slice(extra);
+    oomlab(&args)
+}
+
 pub(crate) fn write_config(dir: &TempDir, name: &str, text: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
@@ -118,18 +133,7 @@ fn qwen3_configs_candle_cannot_run_are_refused_naming_the_field() {
             "the torch runtime runs it",
         ],
     );
-    let estimate = |path: &str| {
-        oomlab(&[
-            "estimate",
-            "--runtime",
-            "torch",
-            "--model",
-            path,
-            "--seq",
-            "8",
-        ])
-    };
-    let o = estimate(&path);
+    let o = torch_estimate(&path, &[]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("use_sliding_window") && stderr(&o).contains("max_window_layers"),
@@ -138,7 +142,7 @@ fn qwen3_configs_candle_cannot_run_are_refused_naming_the_field() {
     );
     window["max_window_layers"] = 2.into();
     let path = write_config(&d, "window2.json", &window.to_string());
-    let o = estimate(&path);
+    let o = torch_estimate(&path, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let mut zero = tiny.clone();
     zero["head_dim"] = 0.into();
@@ -161,15 +165,7 @@ fn qwen3_configs_candle_cannot_run_are_refused_naming_the_field() {
             "the torch runtime runs it",
         ],
     );
-    let torch = oomlab(&[
-        "estimate",
-        "--runtime",
-        "torch",
-        "--model",
-        &no_eps,
-        "--seq",
-        "8",
-    ]);
+    let torch = torch_estimate(&no_eps, &[]);
     assert!(torch.status.success(), "{}", stderr(&torch));
     let mut no_tie = tiny;
     no_tie
@@ -200,17 +196,7 @@ fn llama_configs_with_biases_are_refused_naming_the_field() {
             &["--model", &path],
             &[&format!("\"{field}\" is true"), "the torch runtime runs it"],
         );
-        let o = oomlab(&[
-            "estimate",
-            "--runtime",
-            "torch",
-            "--model",
-            &path,
-            "--batch",
-            "1",
-            "--seq",
-            "8",
-        ]);
+        let o = torch_estimate(&path, &["--batch", "1"]);
         assert!(o.status.success(), "{field}: {}", stderr(&o));
         biased[field] = false.into();
         let path = write_config(&d, &format!("{field}-off.json"), &biased.to_string());
@@ -252,16 +238,7 @@ fn a_config_only_pytorch_runs_is_refused_for_candle_and_estimated_for_pytorch() 
         for n in needles {
             assert!(err.contains(n), "missing '{n}' in {err}");
         }
-        let o = oomlab(&[
-            "estimate",
-            "--runtime",
-            "torch",
-            "--model",
-            &path,
-            "--seq",
-            "8",
-            "--json",
-        ]);
+        let o = torch_estimate(&path, &["--json"]);
         assert!(o.status.success(), "{name}: {}", stderr(&o));
         let point: serde_json::Value =
             serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().next().unwrap())
@@ -290,20 +267,7 @@ fn decoder_attention_dropout_under_sdpa_is_refused_for_training_naming_the_field
         let mut config = crate::common::bundled_config(model);
         config["attention_dropout"] = 0.1.into();
         let path = write_config(&d, &format!("{model}.json"), &config.to_string());
-        let estimate = |extra: &[&str]| {
-            let mut args = vec![
-                "estimate",
-                "--runtime",
-                "torch",
-                "--model",
-                &path,
-                "--seq",
-                "8",
-                "--workload",
-            ];
-            args.extend_from_slice(extra);
-            oomlab(&args)
-        };
+        let estimate = |extra: &[&str]| torch_estimate(&path, &[&["--workload"], extra].concat());
         let o = estimate(&["train", "--attn", "sdpa"]);
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(2), "{model}: {err}");
