@@ -250,7 +250,7 @@ fn fragmentation(e: &Explanation) -> Fragmentation {
 pub(super) fn advice(e: &Explanation) -> Vec<String> {
     // Each framework's own fixes: PyTorch's allocator settings mean nothing to XLA or to
     // TensorFlow's allocator.
-    if e.memory_space.as_deref().is_some_and(|s| s != "hbm") {
+    if e.kernel_memory() {
         return vmem_advice(e);
     }
     match e.form {
@@ -721,13 +721,18 @@ impl Explanation {
             Some(Backend::Xpu) => {
                 " It comes from Intel's GPU (XPU), whose PyTorch prints CUDA's figures under XPU's name."
             }
-            _ if self.tpu && self.memory_space.as_deref().is_some_and(|s| s != "hbm") => {
+            _ if self.tpu && self.kernel_memory() => {
                 " It comes from a TPU: one kernel's on-chip vector memory ran out, not the core's HBM."
             }
             _ if self.tpu => " It comes from a TPU: the limit is one core's memory (HBM).",
             _ => "",
         };
         format!("{}{backend}", self.form.title())
+    }
+
+    /// Whether XLA ran out of a kernel's on-chip memory (VMEM), not a core's HBM.
+    fn kernel_memory(&self) -> bool {
+        self.memory_space.as_deref().is_some_and(|s| s != "hbm")
     }
 
     /// What to say when the message has no figures: where this framework's own figures are.
