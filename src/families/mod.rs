@@ -18,6 +18,7 @@ pub mod sim;
 pub mod torch_cuda;
 mod torch_gemma;
 mod torch_llama;
+mod torch_modernbert;
 pub mod torch_sim;
 pub mod torch_tape;
 
@@ -478,6 +479,27 @@ pub struct Dims {
     /// Gemma 2: which of its soft-cappings the config sets.
     #[serde(default)]
     pub softcapping: Softcapping,
+    /// `ModernBERT`: what its config sets beside the common fields.
+    #[serde(default)]
+    pub modern: Modern,
+}
+
+/// `ModernBERT`'s own config fields, as its PyTorch model reads them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(clippy::struct_excessive_bools)] // one per config flag the forward follows
+pub struct Modern {
+    /// The local layers' window each side (`local_attention / 2`).
+    pub window: usize,
+    /// The layer norms' biases (`norm_bias`).
+    pub norm_bias: bool,
+    /// The prediction head's dense bias (`classifier_bias`).
+    pub classifier_bias: bool,
+    /// The masked-LM decoder's bias (`decoder_bias`).
+    pub decoder_bias: bool,
+    /// The classifier pools the mean of the rows (`classifier_pooling` "mean"), not the first.
+    pub mean_pooling: bool,
+    /// The prediction head's activation (`classifier_activation`) saves its output (`ReLU`).
+    pub head_saves_output: bool,
 }
 
 /// Gemma 2's soft-capping (`tanh(x / cap) * cap`): of the attention scores

@@ -6,10 +6,15 @@
 #![allow(clippy::many_single_char_names)]
 
 use super::candle::{Inputs, candle_config};
-use super::config::{field, named_alike};
+use super::config::{activation, dropout_field, field, flag_field, named_alike, opt_field};
 use super::ops::{Run, embedding, linear, rotary_tables, softmax};
 use super::sim::{Dt, T};
-use super::{AnyModel, BuildError, CandleModel, ConfigError, Dims, Room, TensorShape, tensor_list};
+use super::torch_modernbert;
+use super::torch_sim::{Head, Pt, TDt, TorchRun, Weights};
+use super::torch_tape::Tape;
+use super::{
+    AnyModel, BuildError, CandleModel, ConfigError, Dims, Modern, Room, TensorShape, tensor_list,
+};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::modernbert;
@@ -32,10 +37,14 @@ impl Room for ModernBert {
     }
     fn dims(&self, v: &Value) -> std::result::Result<Dims, ConfigError> {
         let base = named_alike(v)?;
-        Ok(Dims {
+        let mut d = Dims {
             global_every: field(v, "global_attn_every_n_layers")?.max(1),
+            attention_bias: flag_field(v, "attention_bias")?,
+            mlp_bias: flag_field(v, "mlp_bias")?,
             ..base
-        })
+        };
+        torch_fields(v, &mut d)?;
+        Ok(d)
     }
     fn tensors(&self, d: &Dims) -> Vec<TensorShape> {
         let (h, i) = (d.hidden, d.intermediate);
@@ -85,6 +94,128 @@ impl Room for ModernBert {
     fn simulate(&self, r: &Run<'_>, inputs: &[T]) -> T {
         simulated(r, &inputs[0], &inputs[1])
     }
+    fn torch_weights(&self, d: &Dims, head: Head, dt: TDt) -> Option<Weights> {
+        torch_modernbert::weights(d, head, dt)
+    }
+    fn torch_forward(
+        &self,
+        r: &TorchRun<'_>,
+        ids: &Pt,
+    ) -> std::result::Result<Vec<Pt>, &'static str> {
+        Ok(torch_modernbert::forward(r, ids))
+    }
+    fn torch_train_forward<'a>(
+        &self,
+        r: &'a TorchRun<'a>,
+        ids: &Pt,
+        labels: &Pt,
+        tape: &Tape<'a>,
+    ) -> std::result::Result<Pt, &'static str> {
+        torch_modernbert::train_forward(r, ids, labels, tape)
+    }
+}
+
+/// What the PyTorch model reads beside candle's fields (transformers' defaults where absent),
+/// and the fields candle's model does not follow (it loads no biases and runs gelu): candle
+/// refuses those, naming the field. The PyTorch estimator refuses what it does not model:
+/// dropout, a rope scaling, `sparse_prediction`, a `layer_types` other than the pattern.
+fn torch_fields(v: &Value, d: &mut Dims) -> std::result::Result<(), ConfigError> {
+    let window = opt_field(v, "local_attention")?.unwrap_or(128);
+    let mut head = Dims::default();
+    activation(v, "classifier_activation", "gelu", &mut head)?;
+    activation(v, "hidden_activation", "gelu", d)?;
+    let pooling = match v.get("classifier_pooling") {
+        None | Some(Value::Null) => "cls",
+        Some(Value::String(p)) if p == "cls" || p == "mean" => p.as_str(),
+        Some(x) => {
+            return Err(format!(
+                "field \"classifier_pooling\" must be \"cls\" or \"mean\", found {x}"
+            )
+            .into());
+        }
+    };
+    d.modern = Modern {
+        window: window / 2,
+        norm_bias: flag_field(v, "norm_bias")?,
+        classifier_bias: flag_field(v, "classifier_bias")?,
+        decoder_bias: v.get("decoder_bias").is_none_or(Value::is_null)
+            || flag_field(v, "decoder_bias")?,
+        mean_pooling: pooling == "mean",
+        head_saves_output: head.act_saves_output(),
+    };
+    if let Some(why) = head.torch_refuses {
+        d.torch_refuses.get_or_insert(why);
+    }
+    for (name, on) in [
+        ("norm_bias", d.modern.norm_bias),
+        ("attention_bias", d.attention_bias),
+        ("mlp_bias", d.mlp_bias),
+    ] {
+        if on {
+            d.candle_refuses.get_or_insert_with(|| {
+                format!("field \"{name}\" is true (biases), which candle 0.11's ModernBERT does not load")
+            });
+        }
+    }
+    if let Some(Value::String(act)) = v.get("hidden_activation")
+        && act != "gelu"
+    {
+        d.candle_refuses.get_or_insert_with(|| {
+            format!("field \"hidden_activation\" is \"{act}\", and candle 0.11's ModernBERT runs gelu whatever it says")
+        });
+    }
+    for name in [
+        "embedding_dropout",
+        "mlp_dropout",
+        "attention_dropout",
+        "classifier_dropout",
+    ] {
+        if dropout_field(v, name, false)? {
+            d.torch_refuses.get_or_insert_with(|| {
+                format!("field \"{name}\" is above 0: ModernBERT's dropout is not modelled for PyTorch yet")
+            });
+        }
+    }
+    if flag_field(v, "sparse_prediction")? {
+        d.torch_refuses.get_or_insert_with(|| {
+            "field \"sparse_prediction\" is true (the masked-LM head runs on the masked rows only), which the PyTorch estimator does not model".to_string()
+        });
+    }
+    if v.get("rope_scaling").is_some_and(|x| !x.is_null())
+        || v.get("rope_parameters")
+            .and_then(Value::as_object)
+            .is_some_and(|p| {
+                p.values().any(|t| {
+                    t.get("rope_type")
+                        .and_then(Value::as_str)
+                        .is_some_and(|k| k != "default")
+                })
+            })
+    {
+        d.torch_refuses.get_or_insert_with(|| {
+            "a rope scaling (\"rope_scaling\" or a \"rope_parameters\" rope_type other than default) is not modelled for ModernBERT".to_string()
+        });
+    }
+    if let Some(types) = v.get("layer_types").filter(|t| !t.is_null()) {
+        let pattern: Vec<&str> = (0..d.layers)
+            .map(|i| {
+                if i.is_multiple_of(d.global_every) {
+                    "full_attention"
+                } else {
+                    "sliding_attention"
+                }
+            })
+            .collect();
+        let given: Option<Vec<&str>> = types
+            .as_array()
+            .and_then(|a| a.iter().map(Value::as_str).collect());
+        if given.as_deref() != Some(pattern.as_slice()) {
+            d.torch_refuses.get_or_insert_with(|| {
+                format!("field \"layer_types\" is not one global layer every {} (\"global_attn_every_n_layers\"), which is what oomlab follows", d.global_every)
+            });
+        }
+    }
+    Ok(())
 }
 
 impl CandleModel for modernbert::ModernBert {

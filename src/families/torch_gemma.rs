@@ -192,7 +192,7 @@ fn layer(r: &TorchRun<'_>, x: &Pt, mask: Option<&Pt>, cache: &mut Vec<Pt>, gemma
             let (context, weights) = match mask {
                 Some(mask) if r.eager => {
                     let (context, weights) =
-                        eager_attention(r, (&query, &keys, &values), mask, eager(r, true));
+                        eager_attention(r, (&query, &keys, &values), Some(mask), eager(r, true));
                     (context, Some(weights))
                 }
                 _ => (sdpa(r, (&query, &keys, &values), mask), None),
@@ -446,7 +446,7 @@ fn train_layer(
                     let (context, weights) = train_eager(
                         tape,
                         (&query, &keys, &values),
-                        mask,
+                        Some(mask),
                         eager(r, !tape.checkpointing()),
                     );
                     (context, Some(weights))

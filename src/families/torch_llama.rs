@@ -465,7 +465,7 @@ pub(super) fn sdpa(
 pub(super) fn eager_attention(
     r: &TorchRun<'_>,
     (query, keys, values): (&Pt, &Pt, &Pt),
-    mask: &Pt,
+    mask: Option<&Pt>,
     how: Eager,
 ) -> (Pt, Pt) {
     let (b, s, heads, hd) = (r.b, r.s, r.d.heads, r.d.head_dim());
@@ -494,8 +494,14 @@ pub(super) fn eager_attention(
     } else {
         scaled
     };
-    let masked = scaled.like();
-    drop((scaled, mask.clone()));
+    // `+ attention_mask` (none on ModernBERT's global layers).
+    let masked = if mask.is_some() {
+        let sum = scaled.like();
+        drop(scaled);
+        sum
+    } else {
+        scaled
+    };
     // `softmax(dtype=float32)` casts a bf16/f16 input to f32 first.
     let probs = {
         let probs32 = masked.widened(TDt::F32);
@@ -598,7 +604,7 @@ pub(super) fn forward(r: &TorchRun<'_>, ids: &Pt, shape: Shape) -> Result<Vec<Pt
                             let (context, weights) = eager_attention(
                                 r,
                                 (&query, &keys, &values),
-                                mask,
+                                Some(mask),
                                 eager_layouts(r, shape.fused(), true),
                             );
                             (context, Some(weights))
@@ -922,7 +928,7 @@ pub(super) fn train_head<C>(
 pub(super) fn train_eager(
     tape: &Tape<'_>,
     (query, keys, values): (&Pt, &Pt, &Pt),
-    mask: &Pt,
+    mask: Option<&Pt>,
     how: Eager,
 ) -> (Pt, Pt) {
     let (b, heads, s, hd) = (query.dims[0], query.dims[1], query.dims[2], query.dims[3]);
@@ -962,16 +968,23 @@ pub(super) fn train_eager(
     } else {
         scaled
     };
-    let masked = if scaled.dt == mask.dt {
-        let y = scaled.like();
-        tape.node(&y, vec![Edge::Pass(scaled.gid())], &[]);
-        y
-    } else {
-        let y = scaled.widened(mask.dt);
-        tape.node(&y, vec![Tape::grad_of(&scaled)], &[]);
-        y
+    // `+ attention_mask` (none on ModernBERT's global layers).
+    let masked = match mask {
+        None => scaled,
+        Some(mask) => {
+            let y = if scaled.dt == mask.dt {
+                let y = scaled.like();
+                tape.node(&y, vec![Edge::Pass(scaled.gid())], &[]);
+                y
+            } else {
+                let y = scaled.widened(mask.dt);
+                tape.node(&y, vec![Tape::grad_of(&scaled)], &[]);
+                y
+            };
+            drop(scaled);
+            y
+        }
     };
-    drop(scaled);
     let probs = {
         let probs32 = {
             let x32 = tape.cast(&masked, TDt::F32);
@@ -1126,7 +1139,7 @@ fn train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt, layer: &Layer<'_>, sha
                     let (context, weights) = train_eager(
                         tape,
                         (&query, &keys, &values),
-                        mask,
+                        Some(mask),
                         eager_layouts(r, shape.fused(), !tape.checkpointing()),
                     );
                     (context, Some(weights))
@@ -1173,7 +1186,7 @@ fn train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt, layer: &Layer<'_>, sha
                 &gate,
                 vec![Edge::Join(
                     gate_up.gid(),
-                    up.gid(),
+                    vec![up.gid()],
                     vec![b, s, 2 * inter],
                     gate_up.dt,
                 )],

@@ -48,11 +48,11 @@ pub enum Edge {
     /// A gradient the engine reduces to a broadcast input's shape (`sum_to`, a bias) after the
     /// node's function returns: after a recomputed node has let go of its saved tensors.
     Reduced(Box<Edge>),
-    /// A split's backward (`chunk` in two): the node runs once both outputs' gradients are in,
-    /// this node's and the partner's (whose grad id is the second field), and concatenates them
-    /// into a new gradient for the split tensor (the first), of `dims` and `dt`; both go when
-    /// the node ends.
-    Join(usize, usize, Vec<usize>, TDt),
+    /// A split's backward (`chunk`, `unbind`): the node runs once every part's gradient is in,
+    /// this node's and its partners' (whose grad ids are the second field), and concatenates
+    /// (stacks) them into a new gradient for the split tensor (the first), of `dims` and `dt`;
+    /// the parts' go when the node ends.
+    Join(usize, Vec<usize>, Vec<usize>, TDt),
 }
 
 struct Node {
@@ -441,8 +441,8 @@ impl<'a> Tape<'a> {
                 }
                 Edge::Temp(bytes) => drop(sim.scratch(*bytes)),
                 Edge::Reduced(_) => {}
-                Edge::Join(of, partner, dims, dt) => {
-                    joined.extend(grads.remove(partner));
+                Edge::Join(of, partners, dims, dt) => {
+                    joined.extend(partners.iter().filter_map(|p| grads.remove(p)));
                     outs.push((*of, sim.alloc(dims, *dt)));
                 }
             };
@@ -648,6 +648,13 @@ pub fn dropout(tape: &Tape, x: &Pt, on: bool) -> Pt {
 /// autocast runs `layer_norm` in f32, the input cast first (the cast is what it saves).
 #[must_use]
 pub fn layer_norm(tape: &Tape, x: &Pt, threads: usize) -> Pt {
+    layer_norm_with(tape, x, threads, true)
+}
+
+/// [`layer_norm`] with or without its bias (`ModernBERT`'s `norm_bias`): without it, the
+/// backward makes no bias gradient.
+#[must_use]
+pub fn layer_norm_with(tape: &Tape, x: &Pt, threads: usize, bias: bool) -> Pt {
     let wide;
     let x = if tape.autocast_on() && x.dt != TDt::F32 && x.on_cuda() {
         wide = tape.cast(x, TDt::F32);
@@ -666,11 +673,10 @@ pub fn layer_norm(tape: &Tape, x: &Pt, threads: usize) -> Pt {
     };
     let mean = x.new(&rows, stats);
     let rstd = x.new(&rows, stats);
-    let mut edges = vec![
-        Tape::grad_of(x),
-        Edge::Param(vec![h], weight_dt),
-        Edge::Param(vec![h], weight_dt),
-    ];
+    let mut edges = vec![Tape::grad_of(x), Edge::Param(vec![h], weight_dt)];
+    if bias {
+        edges.push(Edge::Param(vec![h], weight_dt));
+    }
     // The CPU's per-thread partial sums for the weight's and bias's gradients.
     if !x.on_cuda() {
         edges.push(Edge::Temp((2 * threads * h) as u64 * x.dt.size()));

@@ -285,6 +285,56 @@ fn decoder_attention_dropout_under_sdpa_is_refused_for_training_naming_the_field
     }
 }
 
+/// ModernBERT's fields the PyTorch estimator does not follow (a dropout, eager attention) are
+/// refused naming them, as are those candle's model does not (its biases, an activation other
+/// than gelu), which the PyTorch estimator models.
+#[test]
+fn modernbert_fields_are_refused_by_the_runtime_that_does_not_follow_them() {
+    let d = TempDir::new("modernbert-fields");
+    let with = |name: &str, field: &str, value: serde_json::Value| {
+        let mut config = crate::common::bundled_config("tiny-modernbert");
+        config[field] = value;
+        write_config(&d, name, &config.to_string())
+    };
+    let clean = |err: &str| !err.contains("panicked") && !err.contains("internal error");
+    let dropout = with("dropout.json", "mlp_dropout", 0.1.into());
+    let o = torch_estimate(&dropout, &["--workload", "train", "--task", "masked-lm"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("\"mlp_dropout\" is above 0"), "{err}");
+    assert!(clean(&err), "{err}");
+    let o = torch_estimate("tiny-modernbert", &["--attn", "eager"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("eager attention is not modelled"), "{err}");
+    for (file, field, value, says) in [
+        (
+            "norm-bias.json",
+            "norm_bias",
+            true.into(),
+            "\"norm_bias\" is true",
+        ),
+        (
+            "silu.json",
+            "hidden_activation",
+            "silu".into(),
+            "\"hidden_activation\" is \"silu\"",
+        ),
+    ] {
+        let path = with(file, field, value);
+        let o = oomlab(&["estimate", "--model", &path, "--seq", "8"]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{field}: {err}");
+        assert!(
+            err.contains(says) && err.contains("candle"),
+            "{field}: {err}"
+        );
+        assert!(clean(&err), "{err}");
+        let o = torch_estimate(&path, &["--workload", "train", "--task", "masked-lm"]);
+        assert!(o.status.success(), "{field}: {}", stderr(&o));
+    }
+}
+
 /// A model candle refuses after oomlab has read its config (here the worker's test hook): the
 /// sweep says no trial ran and why, exits 1, and does not claim that nothing fits.
 #[test]

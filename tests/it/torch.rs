@@ -801,6 +801,17 @@ fn the_pytorch_estimator_pins_the_batch_slope_to_the_byte() {
         (("tiny-gemma3", "8", "amp-bf16", "sdpa", "infer"), &[][..]),
         // Gemma 2 (eager only): the scores' and the logits' soft-capping.
         (("tiny-gemma2", "12", "bf16", "eager", "grad"), &[][..]),
+        // ModernBERT past its local window (2 each side): the window's mask, the fused Wqkv's
+        // slices rotated in f32 (bf16: `.float()` copies and widened tables, both rotated
+        // before either is cast back), the GeGLU halves.
+        (
+            ("tiny-modernbert", "40", "bf16", "sdpa", "infer"),
+            masked_lm,
+        ),
+        (
+            ("tiny-modernbert", "40", "f32", "sdpa", "grad"),
+            &["--task", "sequence-classification"][..],
+        ),
     ]);
     for (case, extra) in heads {
         let (model, seq, dtype, attn, workload) = case;
@@ -976,6 +987,21 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
         ],
     );
     let qwen3_v97 = with_fields("tiny-qwen3", "tiny-qwen3-v97.json", &small_vocab);
+    // ModernBERT with every bias on, ReLU in the MLP and the head, and mean pooling: the norms'
+    // biases, the classifier's pooling over the mask (its count saved by the division).
+    let modernbert_var = with_fields(
+        "tiny-modernbert",
+        "tiny-modernbert-var.json",
+        &[
+            ("classifier_pooling", "mean".into()),
+            ("hidden_activation", "relu".into()),
+            ("classifier_activation", "relu".into()),
+            ("norm_bias", true.into()),
+            ("attention_bias", true.into()),
+            ("mlp_bias", true.into()),
+            ("classifier_bias", true.into()),
+        ],
+    );
     let ckpt: &[&str] = &["--gradient-checkpointing", "on"];
     let sgd: &[&str] = &["--optimizer", "sgd"];
     let cases = [
@@ -1088,6 +1114,24 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
         (
             ("tiny-llama", "24", "amp-f16", "sdpa", "train"),
             "2,3",
+            &[
+                "--task",
+                "sequence-classification",
+                "--gradient-checkpointing",
+                "on",
+            ],
+        ),
+        // ModernBERT: `unbind`'s backward stacking q's, k's and v's gradients, the rotation's
+        // tables saved, the decoder tied to the embeddings; checkpointed, each layer's
+        // recomputation holding only its own type's tables (and a local layer the mask).
+        (
+            ("tiny-modernbert", "40", "f32", "sdpa", "train"),
+            "1,3",
+            &["--task", "masked-lm"],
+        ),
+        (
+            (modernbert_var.as_str(), "40", "amp-bf16", "sdpa", "train"),
+            "1,3",
             &[
                 "--task",
                 "sequence-classification",
