@@ -612,7 +612,7 @@ mod tests {
                 1,
                 Precision::Bf16,
                 Workload::Grad,
-                Task::SequenceClassification,
+                Task::CausalLm,
                 Attn::Eager,
             ),
         ];

@@ -727,7 +727,14 @@ impl Explanation {
             _ if self.tpu => " It comes from a TPU: the limit is one core's memory (HBM).",
             _ => "",
         };
-        format!("{}{backend}", self.form.title())
+        // TensorFlow on a TPU prints XLA's message, not its GPU allocator's forms.
+        let title = match self.form {
+            Form::Tensorflow if self.tpu => {
+                "A TensorFlow out-of-memory message from XLA (\"ResourceExhaustedError: … RESOURCE_EXHAUSTED …\")."
+            }
+            form => form.title(),
+        };
+        format!("{title}{backend}")
     }
 
     /// Whether XLA ran out of a kernel's on-chip memory (VMEM), not a core's HBM.

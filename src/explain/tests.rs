@@ -745,6 +745,12 @@ fn a_tpus_figures_are_read_and_each_framework_gets_its_tpu_fixes() {
     .unwrap();
     assert_eq!(tf.form, Form::Tensorflow);
     assert!(tf.tpu);
+    // Its heading quotes XLA's form, not TensorFlow's GPU allocator's.
+    let heading = tf.heading();
+    assert!(
+        heading.contains("RESOURCE_EXHAUSTED") && !heading.contains("OOM when allocating"),
+        "{heading}"
+    );
     let all = |e: &Explanation| e.advice.join("\n");
     for (e, own, others) in [
         (

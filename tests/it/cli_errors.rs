@@ -285,7 +285,7 @@ fn decoder_attention_dropout_under_sdpa_is_refused_for_training_naming_the_field
     }
 }
 
-/// ModernBERT's fields the PyTorch estimator does not follow (a dropout, eager attention) are
+/// ModernBERT's fields the PyTorch estimator does not follow (a dropout, `sparse_prediction`) are
 /// refused naming them, as are those candle's model does not (its biases, an activation other
 /// than gelu), which the PyTorch estimator models.
 #[test]
@@ -303,10 +303,11 @@ fn modernbert_fields_are_refused_by_the_runtime_that_does_not_follow_them() {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("\"mlp_dropout\" is above 0"), "{err}");
     assert!(clean(&err), "{err}");
-    let o = torch_estimate("tiny-modernbert", &["--attn", "eager"]);
+    let sparse = with("sparse.json", "sparse_prediction", true.into());
+    let o = torch_estimate(&sparse, &["--task", "masked-lm"]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("eager attention is not modelled"), "{err}");
+    assert!(err.contains("\"sparse_prediction\" is true"), "{err}");
     for (file, field, value, says) in [
         (
             "norm-bias.json",
