@@ -500,6 +500,8 @@ pub struct Modern {
     pub mean_pooling: bool,
     /// The prediction head's activation (`classifier_activation`) saves its output (`ReLU`).
     pub head_saves_output: bool,
+    /// The masked-LM decoder has a weight of its own (`tie_word_embeddings` false).
+    pub untied: bool,
 }
 
 /// Gemma 2's soft-capping (`tanh(x / cap) * cap`): of the attention scores

@@ -142,6 +142,8 @@ fn torch_fields(v: &Value, d: &mut Dims) -> std::result::Result<(), ConfigError>
             || flag_field(v, "decoder_bias")?,
         mean_pooling: pooling == "mean",
         head_saves_output: head.act_saves_output(),
+        untied: v.get("tie_word_embeddings").is_some_and(|t| !t.is_null())
+            && !flag_field(v, "tie_word_embeddings")?,
     };
     if let Some(why) = head.torch_refuses {
         d.torch_refuses.get_or_insert(why);

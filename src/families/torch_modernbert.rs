@@ -33,8 +33,8 @@ fn layer_types(d: &Dims) -> usize {
 /// norm; each layer's attention norm (not the first's), `Wqkv`, `Wo`, the MLP's norm, `Wi`
 /// (both halves) and `Wo`; the final norm; the rotary buffers (`inv_freq` and its original, f32,
 /// per layer type); then the head: the masked-LM's prediction head (dense, norm) and decoder
-/// (its weight tied to the embeddings, its bias), the classifier's prediction head and
-/// classifier.
+/// (its weight tied to the embeddings unless `tie_word_embeddings` is false, its bias), the
+/// classifier's prediction head and classifier.
 pub(super) fn weights(d: &Dims, head: Head, dt: TDt) -> Option<Weights> {
     let (h, i) = (d.hidden, d.intermediate);
     let m = d.modern;
@@ -60,7 +60,11 @@ pub(super) fn weights(d: &Dims, head: Head, dt: TDt) -> Option<Weights> {
         Head::MaskedLm => {
             w.linear((h, h), m.classifier_bias, dt);
             w.linear((1, h), m.norm_bias, dt);
-            w.dropped(d.vocab * h, dt);
+            if m.untied {
+                w.push(d.vocab * h, dt);
+            } else {
+                w.dropped(d.vocab * h, dt);
+            }
             if m.decoder_bias {
                 w.push(d.vocab, dt);
             }
@@ -567,8 +571,10 @@ pub(super) fn train_forward<'a>(
     let last = {
         let position_ids = sim.alloc(&[1, s], TDt::I64);
         let embedded = {
-            // The masked-LM decoder is tied to the token embeddings.
-            let word = tape.embedding_grad(vec![r.d.vocab, h], r.dt, r.head == Head::MaskedLm);
+            // The masked-LM decoder is tied to the token embeddings (unless the config unties
+            // it).
+            let tied = r.head == Head::MaskedLm && !r.d.modern.untied;
+            let word = tape.embedding_grad(vec![r.d.vocab, h], r.dt, tied);
             let tokens = ids.new(&[b, s, h], r.dt);
             tape.node(&tokens, vec![word], &[ids]);
             let normed = norm(&tokens);

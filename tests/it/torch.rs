@@ -987,6 +987,16 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
         ],
     );
     let qwen3_v97 = with_fields("tiny-qwen3", "tiny-qwen3-v97.json", &small_vocab);
+    // ModernBERT with its decoder untied from the embeddings: a weight and a gradient of its
+    // own.
+    let modernbert_untied = with_fields(
+        "tiny-modernbert",
+        "tiny-modernbert-untied.json",
+        &[
+            ("tie_word_embeddings", false.into()),
+            ("vocab_size", 97.into()),
+        ],
+    );
     // ModernBERT with every bias on, ReLU in the MLP and the head, and mean pooling: the norms'
     // biases, the classifier's pooling over the mask (its count saved by the division).
     let modernbert_var = with_fields(
@@ -1126,6 +1136,11 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
         // recomputation holding only its own type's tables (and a local layer the mask).
         (
             ("tiny-modernbert", "40", "f32", "sdpa", "train"),
+            "1,3",
+            &["--task", "masked-lm"],
+        ),
+        (
+            (modernbert_untied.as_str(), "12", "f32", "sdpa", "train"),
             "1,3",
             &["--task", "masked-lm"],
         ),
