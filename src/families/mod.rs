@@ -502,6 +502,8 @@ pub struct Modern {
     pub head_saves_output: bool,
     /// The masked-LM decoder has a weight of its own (`tie_word_embeddings` false).
     pub untied: bool,
+    /// With labels, the masked-LM head runs on the masked rows only (`sparse_prediction`).
+    pub sparse_prediction: bool,
 }
 
 /// Gemma 2's soft-capping (`tanh(x / cap) * cap`): of the attention scores

@@ -13,7 +13,8 @@ use super::torch_modernbert;
 use super::torch_sim::{Head, Pt, TDt, TorchRun, Weights};
 use super::torch_tape::Tape;
 use super::{
-    AnyModel, BuildError, CandleModel, ConfigError, Dims, Modern, Room, TensorShape, tensor_list,
+    AnyModel, BuildError, CandleModel, ConfigError, Dims, Dropout, Modern, Room, TensorShape,
+    tensor_list,
 };
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -117,8 +118,9 @@ impl Room for ModernBert {
 
 /// What the PyTorch model reads beside candle's fields (transformers' defaults where absent),
 /// and the fields candle's model does not follow (it loads no biases and runs gelu): candle
-/// refuses those, naming the field. The PyTorch estimator refuses what it does not model:
-/// dropout, a rope scaling, `sparse_prediction`, a `layer_types` other than the pattern.
+/// refuses those, naming the field. The PyTorch estimator refuses what it does not model: a
+/// rope scaling and a `layer_types` other than the pattern (any workload), dropout and
+/// `sparse_prediction` (in training).
 fn torch_fields(v: &Value, d: &mut Dims) -> std::result::Result<(), ConfigError> {
     let window = opt_field(v, "local_attention")?.unwrap_or(128);
     let mut head = Dims::default();
@@ -144,6 +146,7 @@ fn torch_fields(v: &Value, d: &mut Dims) -> std::result::Result<(), ConfigError>
         head_saves_output: head.act_saves_output(),
         untied: v.get("tie_word_embeddings").is_some_and(|t| !t.is_null())
             && !flag_field(v, "tie_word_embeddings")?,
+        sparse_prediction: flag_field(v, "sparse_prediction")?,
     };
     if let Some(why) = head.torch_refuses {
         d.torch_refuses.get_or_insert(why);
@@ -166,23 +169,14 @@ fn torch_fields(v: &Value, d: &mut Dims) -> std::result::Result<(), ConfigError>
             format!("field \"hidden_activation\" is \"{act}\", and candle 0.11's ModernBERT runs gelu whatever it says")
         });
     }
-    for name in [
-        "embedding_dropout",
-        "mlp_dropout",
-        "attention_dropout",
-        "classifier_dropout",
-    ] {
-        if dropout_field(v, name, false)? {
-            d.torch_refuses.get_or_insert_with(|| {
-                format!("field \"{name}\" is above 0: ModernBERT's dropout is not modelled for PyTorch yet")
-            });
-        }
-    }
-    if flag_field(v, "sparse_prediction")? {
-        d.torch_refuses.get_or_insert_with(|| {
-            "field \"sparse_prediction\" is true (the masked-LM head runs on the masked rows only), which the PyTorch estimator does not model".to_string()
-        });
-    }
+    // Dropout acts only in training (the estimator's train-mode forward refuses it); the
+    // sparse prediction only with a masked-LM's labels.
+    let on = |name| dropout_field(v, name, false);
+    d.dropout = Dropout {
+        hidden: on("embedding_dropout")? || on("mlp_dropout")?,
+        attention: on("attention_dropout")?,
+        classifier: on("classifier_dropout")?,
+    };
     if v.get("rope_scaling").is_some_and(|x| !x.is_null())
         || v.get("rope_parameters")
             .and_then(Value::as_object)
@@ -199,19 +193,21 @@ fn torch_fields(v: &Value, d: &mut Dims) -> std::result::Result<(), ConfigError>
         });
     }
     if let Some(types) = v.get("layer_types").filter(|t| !t.is_null()) {
-        let pattern: Vec<&str> = (0..d.layers)
-            .map(|i| {
-                if i.is_multiple_of(d.global_every) {
-                    "full_attention"
-                } else {
-                    "sliding_attention"
-                }
-            })
-            .collect();
-        let given: Option<Vec<&str>> = types
-            .as_array()
-            .and_then(|a| a.iter().map(Value::as_str).collect());
-        if given.as_deref() != Some(pattern.as_slice()) {
+        // Compared entry by entry (the layer count is not yet checked for plausibility).
+        let pattern = |i: usize| {
+            if i.is_multiple_of(d.global_every) {
+                "full_attention"
+            } else {
+                "sliding_attention"
+            }
+        };
+        let follows = types.as_array().is_some_and(|a| {
+            a.len() == d.layers
+                && a.iter()
+                    .enumerate()
+                    .all(|(i, t)| t.as_str() == Some(pattern(i)))
+        });
+        if !follows {
             d.torch_refuses.get_or_insert_with(|| {
                 format!("field \"layer_types\" is not one global layer every {} (\"global_attn_every_n_layers\"), which is what oomlab follows", d.global_every)
             });

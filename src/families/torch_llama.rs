@@ -695,13 +695,7 @@ pub(super) fn gated_mlp(r: &TorchRun<'_>, normed: &Pt) -> Pt {
 
 /// [`gated_mlp`] with autograd on the tape (each projection with its bias where `bias`).
 pub(super) fn train_gated_mlp(r: &TorchRun<'_>, tape: &Tape<'_>, normed: &Pt, bias: bool) -> Pt {
-    let project = |x: &Pt, out: usize| {
-        if bias {
-            tt::linear(tape, x, out, true)
-        } else {
-            tt::linear_mm(tape, x, out)
-        }
-    };
+    let project = |x: &Pt, out: usize| tt::linear_with(tape, x, out, bias);
     let gate = project(normed, r.d.intermediate);
     let act = tt::unary(tape, &gate, r.d.act_saves_output());
     drop(gate);
@@ -1180,18 +1174,7 @@ fn train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, x: &Pt, layer: &Layer<'_>, sha
             // returns.
             let inter = r.d.intermediate;
             let gate_up = tt::linear_mm(tape, &normed, 2 * inter);
-            let gate = gate_up.view_node(&[b, s, inter]);
-            let up = gate_up.view_node(&[b, s, inter]);
-            tape.node(
-                &gate,
-                vec![Edge::Join(
-                    gate_up.gid(),
-                    vec![up.gid()],
-                    vec![b, s, 2 * inter],
-                    gate_up.dt,
-                )],
-                &[],
-            );
+            let (gate, up) = tt::halves(tape, &gate_up);
             drop(gate_up);
             let act = tt::unary(tape, &gate, r.d.act_saves_output());
             let product = tt::mul(tape, &up, &act);

@@ -11,8 +11,8 @@
 #![allow(clippy::many_single_char_names)]
 
 use super::Dims;
-use super::torch_llama::{Eager, eager_attention, train_eager};
-use super::torch_sim::{Head, NUM_LABELS, Pt, TDt, TorchRun, Weights, flash_attention, layer_norm};
+use super::torch_llama::{Eager, eager_attention, sdpa, train_eager};
+use super::torch_sim::{Head, NUM_LABELS, Pt, TDt, TorchRun, Weights, layer_norm, masked_lm_head};
 use super::torch_tape::{self as tt, Edge, Layout, Tape};
 
 /// Whether layer `i` attends locally (through the window's mask).
@@ -221,25 +221,6 @@ fn rope(r: &TorchRun<'_>, (q, k): (&Pt, &Pt), (cos, sin): (&Pt, &Pt)) -> (Pt, Pt
     (q_embed.to(q.dt), k_embed.to(k.dt))
 }
 
-/// sdpa with the local layers' bool mask: sdpa turns it into an additive one in the query's
-/// type (`where` over two scalars), which the flash kernel gets (and autograd saves).
-fn sdpa(r: &TorchRun<'_>, (q, k, v): (&Pt, &Pt, &Pt), mask: Option<&Pt>) -> Pt {
-    let (s, heads, hd) = (r.s, r.d.heads, r.d.head_dim());
-    let additive = mask.map(|m| {
-        // `where(mask, scalar_tensor(0), -inf)`: the zero on the mask's device, the infinity
-        // a wrapped number.
-        let _zero = m.new(&[], q.dt);
-        let _infinity = m.host(&[], q.dt);
-        m.new(&m.dims, q.dt)
-    });
-    let context = flash_attention(r, (q, k, v), heads, s, s, hd, mask.is_some());
-    if let Some(additive) = &additive {
-        r.keep(additive);
-    }
-    drop(additive);
-    context
-}
-
 /// One encoder layer (infer and grad) on `x`.
 fn layer(r: &TorchRun<'_>, i: usize, x: &Pt, mask: Option<&Pt>, (cos, sin): (&Pt, &Pt)) -> Pt {
     let (b, s, h, n, hd) = (r.b, r.s, r.d.hidden, r.d.heads, r.d.head_dim());
@@ -350,10 +331,7 @@ fn head_outputs(r: &TorchRun<'_>, last: Pt) -> Vec<Pt> {
     match r.head {
         Head::Base | Head::CausalLm => vec![last],
         Head::MaskedLm => {
-            let normed = predict(&last);
-            r.keep(&normed);
-            let logits = normed.linear(r.d.vocab);
-            drop(normed);
+            let logits = masked_lm_head(r, &last, r.d.modern.head_saves_output);
             vec![logits, last]
         }
         Head::SequenceClassification => {
@@ -399,15 +377,6 @@ fn mean_pool(r: &TorchRun<'_>, last: &Pt) -> Pt {
     pooled
 }
 
-/// `nn.Linear` with autograd, with or without its bias.
-fn project(tape: &Tape<'_>, x: &Pt, out: usize, bias: bool) -> Pt {
-    if bias {
-        tt::linear(tape, x, out, true)
-    } else {
-        tt::linear_mm(tape, x, out)
-    }
-}
-
 /// `t * table` with autograd, saving the table (the rotation's tables need no gradient): on the
 /// CPU an f32 `t` meets a reduced table (a bf16 model's) through a widened copy of the table,
 /// made again in the backward.
@@ -437,22 +406,7 @@ fn train_rope(tape: &Tape<'_>, (q, k): (&Pt, &Pt), (cos, sin): (&Pt, &Pt)) -> (P
         };
         let turned = {
             let wide = tape.cast(x, TDt::F32);
-            let mut half = wide.dims.clone();
-            *half.last_mut().unwrap_or(&mut 0) /= 2;
-            let first = wide.view_node(&half);
-            tape.node(&first, vec![Tape::grad_of(&wide)], &[]);
-            let second = wide.view_node(&half);
-            tape.node(&second, vec![Tape::grad_of(&wide)], &[]);
-            let neg = second.like();
-            tape.node(&neg, vec![Tape::grad_of(&second)], &[]);
-            let cat = wide.like();
-            tape.node(
-                &cat,
-                vec![Edge::Pass(neg.gid()), Edge::Pass(first.gid())],
-                &[],
-            );
-            drop((neg, second, first, wide));
-            cat
+            tt::rotate_half(tape, &wide)
         };
         let with_sin = times_table(tape, &turned, sin);
         drop(turned);
@@ -485,7 +439,7 @@ fn train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, i: usize, x: &Pt, args: &Layer
     let attn = {
         let normed = if i > 0 { norm(x) } else { x.clone() };
         let out = {
-            let qkv = project(tape, &normed, 3 * h, r.d.attention_bias);
+            let qkv = tt::linear_with(tape, &normed, 3 * h, r.d.attention_bias);
             // `unbind`: three views, one node, whose backward stacks the three gradients.
             let part = || qkv.view_node(&[b, s, n, hd]);
             let (q, k, v) = (part(), part(), part());
@@ -513,7 +467,7 @@ fn train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, i: usize, x: &Pt, args: &Layer
                 tt::flash_attention(tape, (&q, &k, &v), mask, r.threads)
             };
             let merged = context.view(&[b, s, h]);
-            let out = project(tape, &merged, h, r.d.attention_bias);
+            let out = tt::linear_with(tape, &merged, h, r.d.attention_bias);
             drop((merged, context, q, k, v, qkv));
             out
         };
@@ -524,23 +478,12 @@ fn train_layer(r: &TorchRun<'_>, tape: &Tape<'_>, i: usize, x: &Pt, args: &Layer
     let mlp = {
         let normed = norm(&hidden);
         let inter = r.d.intermediate;
-        let wi = project(tape, &normed, 2 * inter, r.d.mlp_bias);
-        let input = wi.view_node(&[b, s, inter]);
-        let gate = wi.view_node(&[b, s, inter]);
-        tape.node(
-            &input,
-            vec![Edge::Join(
-                wi.gid(),
-                vec![gate.gid()],
-                wi.dims.clone(),
-                wi.dt,
-            )],
-            &[],
-        );
+        let wi = tt::linear_with(tape, &normed, 2 * inter, r.d.mlp_bias);
+        let (input, gate) = tt::halves(tape, &wi);
         let act = tt::unary(tape, &input, r.d.act_saves_output());
         let product = tt::mul(tape, &act, &gate);
         drop(act);
-        let out = project(tape, &product, h, r.d.mlp_bias);
+        let out = tt::linear_with(tape, &product, h, r.d.mlp_bias);
         drop((product, input, gate, wi, normed));
         out
     };
@@ -563,6 +506,17 @@ pub(super) fn train_forward<'a>(
     {
         return Err(
             "a ModernBERT training step is modelled with the masked-LM and sequence-classification heads",
+        );
+    }
+    let dropout = r.d.dropout;
+    if !r.eval && (dropout.hidden || dropout.attention || dropout.classifier) {
+        return Err(
+            "ModernBERT's dropout in training (\"embedding_dropout\", \"mlp_dropout\", \"attention_dropout\" or \"classifier_dropout\" above 0) is not modelled yet",
+        );
+    }
+    if !r.eval && r.head == Head::MaskedLm && r.d.modern.sparse_prediction {
+        return Err(
+            "ModernBERT's \"sparse_prediction\" (the masked-LM head on the masked rows only, in training) is not modelled",
         );
     }
     let (b, s, h) = (r.b, r.s, r.d.hidden);
@@ -604,7 +558,7 @@ pub(super) fn train_forward<'a>(
         return Ok(last);
     }
     let predict = |x: &Pt| {
-        let dense = project(tape, x, h, r.d.modern.classifier_bias);
+        let dense = tt::linear_with(tape, x, h, r.d.modern.classifier_bias);
         let act = tt::unary(tape, &dense, r.d.modern.head_saves_output);
         drop(dense);
         let normed = norm(&act);
@@ -614,7 +568,7 @@ pub(super) fn train_forward<'a>(
     if r.head == Head::MaskedLm {
         let logits = {
             let normed = predict(&last);
-            project(tape, &normed, r.d.vocab, r.d.modern.decoder_bias)
+            tt::linear_with(tape, &normed, r.d.vocab, r.d.modern.decoder_bias)
         };
         if r.eval {
             drop(last);
@@ -637,7 +591,7 @@ pub(super) fn train_forward<'a>(
         };
         let normed = predict(&pooled);
         drop(pooled);
-        project(tape, &normed, NUM_LABELS, true)
+        tt::linear_with(tape, &normed, NUM_LABELS, true)
     };
     if r.eval {
         drop(last);

@@ -1171,23 +1171,7 @@ pub fn rotate(tape: &Tape<'_>, x: &Pt, cos: &Pt, sin: &Pt) -> Pt {
     };
     let with_cos = product(x, cos);
     let with_sin = {
-        let rotated = {
-            let mut half = x.dims.clone();
-            *half.last_mut().unwrap_or(&mut 0) /= 2;
-            let first = x.view_node(&half);
-            tape.node(&first, vec![Tape::grad_of(x)], &[]);
-            let second = x.view_node(&half);
-            tape.node(&second, vec![Tape::grad_of(x)], &[]);
-            let neg = second.like();
-            tape.node(&neg, vec![Tape::grad_of(&second)], &[]);
-            let cat = x.like();
-            tape.node(
-                &cat,
-                vec![Edge::Pass(neg.gid()), Edge::Pass(first.gid())],
-                &[],
-            );
-            cat
-        };
+        let rotated = rotate_half(tape, x);
         product(&rotated, sin)
     };
     let out = with_cos.like();
@@ -1197,6 +1181,60 @@ pub fn rotate(tape: &Tape<'_>, x: &Pt, cos: &Pt, sin: &Pt) -> Pt {
         &[],
     );
     out
+}
+
+/// `rotate_half(x)` with autograd: the halves sliced (each slice's backward: zeros like `x`,
+/// the gradient copied in), the second negated, the two concatenated (its backward hands each
+/// part a slice of the gradient).
+#[must_use]
+pub fn rotate_half(tape: &Tape<'_>, x: &Pt) -> Pt {
+    let mut half = x.dims.clone();
+    *half.last_mut().unwrap_or(&mut 0) /= 2;
+    let first = x.view_node(&half);
+    tape.node(&first, vec![Tape::grad_of(x)], &[]);
+    let second = x.view_node(&half);
+    tape.node(&second, vec![Tape::grad_of(x)], &[]);
+    let neg = second.like();
+    tape.node(&neg, vec![Tape::grad_of(&second)], &[]);
+    let cat = x.like();
+    tape.node(
+        &cat,
+        vec![Edge::Pass(neg.gid()), Edge::Pass(first.gid())],
+        &[],
+    );
+    cat
+}
+
+/// `t.chunk(2, dim=-1)` with autograd (a fused projection's halves): two views and one split
+/// node, whose backward concatenates both halves' gradients into one like `t`.
+#[must_use]
+pub fn halves(tape: &Tape<'_>, t: &Pt) -> (Pt, Pt) {
+    let mut dims = t.dims.clone();
+    *dims.last_mut().unwrap_or(&mut 0) /= 2;
+    let first = t.view_node(&dims);
+    let second = t.view_node(&dims);
+    tape.node(
+        &first,
+        vec![Edge::Join(
+            t.gid(),
+            vec![second.gid()],
+            t.dims.clone(),
+            t.dt,
+        )],
+        &[],
+    );
+    (first, second)
+}
+
+/// `nn.Linear` with autograd, with its bias (`addmm`, [`linear`]) or without (`matmul`,
+/// [`linear_mm`]).
+#[must_use]
+pub fn linear_with(tape: &Tape<'_>, x: &Pt, out: usize, bias: bool) -> Pt {
+    if bias {
+        linear(tape, x, out, true)
+    } else {
+        linear_mm(tape, x, out)
+    }
 }
 
 /// The CPU flash kernel with autograd on `(b, heads, s, d)` query and `(b, kv_heads, s, d)`

@@ -812,6 +812,12 @@ fn the_pytorch_estimator_pins_the_batch_slope_to_the_byte() {
             ("tiny-modernbert", "40", "f32", "sdpa", "grad"),
             &["--task", "sequence-classification"][..],
         ),
+        // Its eager attention: the global layers without a mask, the local ones with the
+        // additive one; q and k keep Wqkv's row layout, so folding them into `bmm` copies.
+        (
+            ("tiny-modernbert", "40", "bf16", "eager", "grad"),
+            &["--task", "sequence-classification"][..],
+        ),
     ]);
     for (case, extra) in heads {
         let (model, seq, dtype, attn, workload) = case;
@@ -1138,6 +1144,11 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
             ("tiny-modernbert", "40", "f32", "sdpa", "train"),
             "1,3",
             &["--task", "masked-lm"],
+        ),
+        (
+            ("tiny-modernbert", "40", "amp-bf16", "eager", "train"),
+            "1,3",
+            &["--task", "masked-lm", "--gradient-checkpointing", "on"],
         ),
         (
             (modernbert_untied.as_str(), "12", "f32", "sdpa", "train"),
