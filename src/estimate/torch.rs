@@ -244,6 +244,14 @@ pub fn estimate(
     if workload == Workload::Train && !task.has_loss() {
         return Err(NotModelled::NoLoss);
     }
+    if let (Workload::Train, Task::SequenceClassification, Some(why)) =
+        (workload, task, &spec.dims.loss_refuses)
+    {
+        return Err(NotModelled::Point {
+            family: spec.family.name().to_string(),
+            why: why.clone(),
+        });
+    }
     // The weights' type, and autocast's (amp-bf16: f32 weights, bf16 where autocast casts).
     let (dt, autocast) = match dtype {
         Precision::F32 => (TDt::F32, None),

@@ -9,7 +9,7 @@ use super::config::{activation, dropout_field, named_alike, opt_field};
 use super::ops::{Run, embedding, linear, norm, softmax};
 use super::sim::{Dt, T};
 use super::torch_sim::{
-    Head, NUM_LABELS, Pt, TDt, TorchRun, Weights, encoder_attention, layer_norm, masked_lm_head,
+    Head, Pt, TDt, TorchRun, Weights, encoder_attention, layer_norm, masked_lm_head,
 };
 use super::torch_tape::{self as tt, Edge, Tape};
 use super::{
@@ -298,7 +298,7 @@ pub(super) fn torch_encoder_weights(d: &Dims, head: Head, dt: TDt) -> Option<Wei
         // BERT's pooler and classifier; `RoBERTa`'s dense and `out_proj`: the same shapes.
         Head::SequenceClassification => {
             w.linear((h, h), true, dt);
-            w.linear((h, NUM_LABELS), true, dt);
+            w.linear((h, d.labels()), true, dt);
         }
         // The masked-LM head (no pooler): the transform's dense and `LayerNorm`, the decoder
         // (its weight tied to the word embeddings, its bias to the head's own), the bias.
@@ -482,7 +482,7 @@ pub(super) fn torch_bert_forward(
             let act = dense.like();
             drop(dense);
             r.keep(&act);
-            act.linear(NUM_LABELS)
+            act.linear(r.d.labels())
         };
         return Ok(vec![logits, hidden]);
     }
@@ -498,7 +498,7 @@ pub(super) fn torch_bert_forward(
         Head::Base => outputs.push(pooled),
         Head::SequenceClassification => {
             r.keep(&pooled);
-            let logits = pooled.linear(NUM_LABELS);
+            let logits = pooled.linear(r.d.labels());
             drop(pooled);
             outputs.push(logits);
         }
@@ -638,7 +638,7 @@ pub(super) fn torch_bert_train_forward<'a>(
             drop(dense);
             let x = tt::dropout(tape, &act, drop_on.classifier);
             drop(act);
-            tt::linear(tape, &x, NUM_LABELS, true)
+            tt::linear(tape, &x, r.d.labels(), true)
         };
         drop(embedding_output);
         if r.eval {
@@ -663,7 +663,7 @@ pub(super) fn torch_bert_train_forward<'a>(
     let logits = {
         let dropped = tt::dropout(tape, &pooled, drop_on.classifier);
         drop(pooled);
-        tt::linear(tape, &dropped, NUM_LABELS, true)
+        tt::linear(tape, &dropped, r.d.labels(), true)
     };
     if r.eval {
         return Ok(logits);

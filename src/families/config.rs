@@ -204,3 +204,38 @@ pub fn window_pattern(v: &Value) -> Result<usize, ConfigError> {
     }
     Ok(pattern)
 }
+
+/// A classification head's labels as transformers reads them: `id2label`'s length, else
+/// `num_labels`, else 2; and why its training loss is not modelled, where it is a regression's
+/// (one label) or a multi-label's (`problem_type`).
+pub fn labels(v: &Value) -> Result<(usize, Option<String>), ConfigError> {
+    let labels = match v.get("id2label") {
+        Some(Value::Object(m)) => m.len(),
+        None | Some(Value::Null) => opt_field(v, "num_labels")?.unwrap_or(2),
+        Some(x) => {
+            return Err(format!("field \"id2label\" must be an object, found {x}").into());
+        }
+    };
+    if labels == 0 {
+        return Err(
+            "field \"num_labels\" (or \"id2label\") must name at least 1 label, found 0".into(),
+        );
+    }
+    if labels > 1_000_000 {
+        return Err(format!(
+            "field \"num_labels\" (or \"id2label\") names {labels} labels, which is not plausible for a classification head"
+        )
+        .into());
+    }
+    let problem = v.get("problem_type").and_then(Value::as_str);
+    let refuses = match problem {
+        Some(p) if p != "single_label_classification" => Some(format!(
+            "field \"problem_type\" is \"{p}\": that head's training loss is not modelled (single_label_classification is)"
+        )),
+        _ if labels == 1 => Some(
+            "one label (\"num_labels\" 1) makes the classification head a regression, whose training loss is not modelled".to_string(),
+        ),
+        _ => None,
+    };
+    Ok((labels, refuses))
+}

@@ -9,7 +9,7 @@ use super::config::{activation, dropout_field, field};
 use super::ops::{Run, embedding, linear, masked_fill, norm, softmax};
 use super::sim::{Dt, T};
 use super::torch_sim::{
-    Head, NUM_LABELS, Pt, TDt, TorchRun, Weights, encoder_attention, layer_norm, masked_lm_head,
+    Head, Pt, TDt, TorchRun, Weights, encoder_attention, layer_norm, masked_lm_head,
 };
 use super::torch_tape::{self as tt, Edge, Tape};
 use super::{
@@ -237,7 +237,7 @@ fn torch_weights(d: &Dims, head: Head, dt: TDt) -> Option<Weights> {
         Head::Base => {}
         Head::SequenceClassification => {
             w.linear((width, width), true, dt);
-            w.linear((width, NUM_LABELS), true, dt);
+            w.linear((width, d.labels()), true, dt);
         }
         // The masked-LM head: `vocab_transform`, `vocab_layer_norm`, `vocab_projector` (its
         // weight tied to the word embeddings, its bias its own).
@@ -331,7 +331,7 @@ fn torch_forward(r: &TorchRun<'_>, ids: &Pt) -> std::result::Result<Vec<Pt>, &'s
                 pre.like()
             };
             r.keep(&relu);
-            outputs.push(relu.linear(NUM_LABELS));
+            outputs.push(relu.linear(r.d.labels()));
         }
         Head::CausalLm | Head::MaskedLm => {
             return Err(
@@ -420,7 +420,7 @@ fn torch_train_forward<'a>(
         drop(embeddings);
         let dropped = tt::dropout(tape, &relu, r.d.dropout.classifier);
         drop(relu);
-        tt::linear(tape, &dropped, NUM_LABELS, true)
+        tt::linear(tape, &dropped, r.d.labels(), true)
     };
     if r.eval {
         return Ok(logits);

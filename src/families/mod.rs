@@ -482,6 +482,14 @@ pub struct Dims {
     /// `ModernBERT`: what its config sets beside the common fields.
     #[serde(default)]
     pub modern: Modern,
+    /// A classification head's labels (`id2label`'s length, else `num_labels`); 0: the torch
+    /// runtime's default ([`Dims::labels`]).
+    #[serde(default)]
+    pub num_labels: usize,
+    /// Why a classification head's training loss is not modelled (a regression or multi-label
+    /// head: `num_labels` 1 or a `problem_type` other than single-label).
+    #[serde(skip)]
+    pub loss_refuses: Option<String>,
 }
 
 /// `ModernBERT`'s own config fields, as its PyTorch model reads them.
@@ -542,9 +550,20 @@ pub struct TensorShape {
 impl Dims {
     /// The family's dims from a parsed config.json, checked.
     pub fn from_config(family: Family, v: &Value) -> Result<Self, ConfigError> {
-        let dims = family.0.dims(v)?;
+        let mut dims = family.0.dims(v)?;
         config::check(&dims, family.0.dim_names())?;
+        (dims.num_labels, dims.loss_refuses) = config::labels(v)?;
         Ok(dims)
+    }
+
+    /// A classification head's labels: the config's, else the torch runtime's default (2).
+    #[must_use]
+    pub fn labels(&self) -> usize {
+        if self.num_labels == 0 {
+            torch_sim::NUM_LABELS
+        } else {
+            self.num_labels
+        }
     }
 
     /// Qwen3-MoE: whether layer `l` (from 0) is a mixture of experts (candle:

@@ -20,7 +20,7 @@ use super::torch_llama::{
     rotary, rotate, sdpa, sdpa_dropout, train_cache_update, train_eager, train_gated_mlp,
     train_head, train_repeat_kv,
 };
-use super::torch_sim::{Head, NUM_LABELS, Pt, TDt, TorchRun, Weights};
+use super::torch_sim::{Head, Pt, TDt, TorchRun, Weights};
 use super::torch_tape::{self as tt, Edge, Tape};
 
 /// How a Gemma's eager attention runs: its operands laid out as Llama's ([`eager_layouts`],
@@ -99,7 +99,7 @@ pub(super) fn weights(d: &Dims, head: Head, dt: TDt, gemma: Gemma) -> Option<Wei
     }
     match head {
         Head::Base | Head::MaskedLm => {}
-        Head::SequenceClassification => w.linear((width, NUM_LABELS), false, dt),
+        Head::SequenceClassification => w.linear((width, d.labels()), false, dt),
         Head::CausalLm => w.dropped(vocab * width, dt),
     }
     Some(w)

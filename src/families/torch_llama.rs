@@ -8,9 +8,7 @@
 #![allow(clippy::many_single_char_names)]
 
 use super::Dims;
-use super::torch_sim::{
-    Head, NUM_LABELS, Pt, TDt, TorchRun, Weights, cuda_flash, flash_attention, last_token,
-};
+use super::torch_sim::{Head, Pt, TDt, TorchRun, Weights, cuda_flash, flash_attention, last_token};
 use super::torch_tape::{self as tt, Edge, Layout, Tape};
 
 /// What differs between the Llama-shaped families.
@@ -152,7 +150,7 @@ pub(super) fn weights(d: &Dims, head: Head, dt: TDt, shape: Shape) -> Option<Wei
     // `AutoModel` (the base head) has no head at all.
     match (head, d.torch_tied_embeddings()) {
         (Head::Base | Head::MaskedLm, _) => {}
-        (Head::SequenceClassification, _) => w.linear((width, NUM_LABELS), false, dt),
+        (Head::SequenceClassification, _) => w.linear((width, d.labels()), false, dt),
         (_, true) => w.dropped(vocab * width, dt),
         (_, false) => w.push(vocab * width, dt),
     }
@@ -741,7 +739,7 @@ pub(super) fn head_outputs(r: &TorchRun<'_>, ids: &Pt, normed: Pt, cache: Vec<Pt
     // lm_head (or score) saves its input.
     r.keep(&normed);
     if r.head == Head::SequenceClassification {
-        let logits = normed.linear(NUM_LABELS);
+        let logits = normed.linear(r.d.labels());
         let pooled = last_token(ids, &logits);
         for index in &pooled.indices {
             r.keep(index);
@@ -872,7 +870,7 @@ pub(super) fn train_head<C>(
         return normed;
     }
     if r.head == Head::SequenceClassification {
-        let logits = tt::linear_mm(tape, &normed, NUM_LABELS);
+        let logits = tt::linear_mm(tape, &normed, r.d.labels());
         let pooled = last_token(ids, &logits);
         let [rows, last] = &pooled.indices;
         tape.node(&pooled.pooled, vec![Tape::grad_of(&logits)], &[rows, last]);

@@ -12,7 +12,7 @@
 
 use super::Dims;
 use super::torch_llama::{Eager, eager_attention, sdpa, train_eager};
-use super::torch_sim::{Head, NUM_LABELS, Pt, TDt, TorchRun, Weights, layer_norm, masked_lm_head};
+use super::torch_sim::{Head, Pt, TDt, TorchRun, Weights, layer_norm, masked_lm_head};
 use super::torch_tape::{self as tt, Edge, Layout, Tape};
 
 /// Whether layer `i` attends locally (through the window's mask).
@@ -72,7 +72,7 @@ pub(super) fn weights(d: &Dims, head: Head, dt: TDt) -> Option<Weights> {
         Head::SequenceClassification => {
             w.linear((h, h), m.classifier_bias, dt);
             w.linear((1, h), m.norm_bias, dt);
-            w.linear((h, NUM_LABELS), true, dt);
+            w.linear((h, d.labels()), true, dt);
         }
         Head::CausalLm => return None,
     }
@@ -343,7 +343,7 @@ fn head_outputs(r: &TorchRun<'_>, last: Pt) -> Vec<Pt> {
             let normed = predict(&pooled);
             drop(pooled);
             r.keep(&normed);
-            let logits = normed.linear(NUM_LABELS);
+            let logits = normed.linear(r.d.labels());
             drop(normed);
             vec![logits, last]
         }
@@ -591,7 +591,7 @@ pub(super) fn train_forward<'a>(
         };
         let normed = predict(&pooled);
         drop(pooled);
-        tt::linear_with(tape, &normed, NUM_LABELS, true)
+        tt::linear_with(tape, &normed, r.d.labels(), true)
     };
     if r.eval {
         drop(last);

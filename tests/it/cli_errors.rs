@@ -339,6 +339,64 @@ fn modernbert_fields_are_refused_by_the_runtime_that_does_not_follow_them() {
     }
 }
 
+/// A classification head's labels come from the config: a regression (one label) or a
+/// multi-label head's training loss is refused naming the field (its inference is estimated);
+/// a malformed `id2label` or no labels at all are the config's errors.
+#[test]
+fn a_classifiers_labels_come_from_its_config_and_other_losses_are_refused_in_training() {
+    let d = TempDir::new("labels");
+    let with = |name: &str, fields: &[(&str, serde_json::Value)]| {
+        let mut config = crate::common::bundled_config("tiny-bert");
+        for (field, value) in fields {
+            config[*field] = value.clone();
+        }
+        write_config(&d, name, &config.to_string())
+    };
+    let cls = ["--task", "sequence-classification"];
+    for (file, fields, says) in [
+        (
+            "one.json",
+            vec![("num_labels", 1.into())],
+            "\"num_labels\" 1",
+        ),
+        (
+            "multi.json",
+            vec![
+                ("num_labels", 4.into()),
+                ("problem_type", "multi_label_classification".into()),
+            ],
+            "\"problem_type\" is \"multi_label_classification\"",
+        ),
+    ] {
+        let path = with(file, &fields);
+        let o = torch_estimate(&path, &[&["--workload", "train"], &cls[..]].concat());
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{file}: {err}");
+        assert!(err.contains(says), "{file}: {err}");
+        let o = torch_estimate(&path, &cls);
+        assert!(o.status.success(), "{file}: {}", stderr(&o));
+    }
+    for (file, fields, says) in [
+        (
+            "none.json",
+            vec![("num_labels", 0.into())],
+            "at least 1 label",
+        ),
+        (
+            "list.json",
+            vec![("id2label", serde_json::json!(["a", "b"]))],
+            "\"id2label\" must be an object",
+        ),
+    ] {
+        let path = with(file, &fields);
+        let o = torch_estimate(&path, &cls);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{file}: {err}");
+        assert!(err.contains(says) && err.contains(file), "{file}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
 /// A model candle refuses after oomlab has read its config (here the worker's test hook): the
 /// sweep says no trial ran and why, exits 1, and does not claim that nothing fits.
 #[test]

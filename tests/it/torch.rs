@@ -993,6 +993,24 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
         ],
     );
     let qwen3_v97 = with_fields("tiny-qwen3", "tiny-qwen3-v97.json", &small_vocab);
+    // A fine-tuned classifier's own labels (`id2label`, else `num_labels`): the classifier's
+    // weight, its gradient and state, and the logits (read as 2, these were 18480 bytes short).
+    let llama_labels = with_fields(
+        "tiny-llama",
+        "tiny-llama-labels.json",
+        &[("num_labels", 37.into())],
+    );
+    let bert_labels = with_fields(
+        "tiny-bert",
+        "tiny-bert-labels.json",
+        &[(
+            "id2label",
+            (0..37)
+                .map(|i| (i.to_string(), serde_json::Value::from(format!("L{i}"))))
+                .collect::<serde_json::Map<_, _>>()
+                .into(),
+        )],
+    );
     // ModernBERT with its decoder untied from the embeddings: a weight and a gradient of its
     // own.
     let modernbert_untied = with_fields(
@@ -1144,6 +1162,16 @@ fn the_pytorch_estimator_pins_a_training_step_to_the_byte() {
             ("tiny-modernbert", "40", "f32", "sdpa", "train"),
             "1,3",
             &["--task", "masked-lm"],
+        ),
+        (
+            (llama_labels.as_str(), "6", "f32", "sdpa", "train"),
+            "1,3",
+            &["--task", "sequence-classification"],
+        ),
+        (
+            (bert_labels.as_str(), "6", "f32", "sdpa", "train"),
+            "1,3",
+            &["--task", "sequence-classification"],
         ),
         (
             ("tiny-modernbert", "40", "amp-bf16", "eager", "train"),
