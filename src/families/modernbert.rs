@@ -6,7 +6,7 @@
 #![allow(clippy::many_single_char_names)]
 
 use super::candle::{Inputs, candle_config};
-use super::config::{activation, dropout_field, field, flag_field, named_alike, opt_field};
+use super::config::{activation, dropout_field, flag_field, named_alike, opt_field};
 use super::ops::{Run, embedding, linear, rotary_tables, softmax};
 use super::sim::{Dt, T};
 use super::torch_modernbert;
@@ -39,7 +39,7 @@ impl Room for ModernBert {
     fn dims(&self, v: &Value) -> std::result::Result<Dims, ConfigError> {
         let base = named_alike(v)?;
         let mut d = Dims {
-            global_every: field(v, "global_attn_every_n_layers")?.max(1),
+            global_every: global_every(v, base.layers)?,
             attention_bias: flag_field(v, "attention_bias")?,
             mlp_bias: flag_field(v, "mlp_bias")?,
             ..base
@@ -114,6 +114,29 @@ impl Room for ModernBert {
     ) -> std::result::Result<Pt, &'static str> {
         torch_modernbert::train_forward(r, ids, labels, tape)
     }
+}
+
+/// Every how many layers one attends globally: `global_attn_every_n_layers` (transformers 4's
+/// configs, and candle's), else the distance to the second global layer in `layer_types` (what
+/// transformers 5 saves instead), else transformers' default, 3. A `layer_types` that is no such
+/// pattern is the PyTorch estimator's to refuse ([`torch_fields`]); candle's config, which
+/// requires the field, refuses a config without it.
+fn global_every(v: &Value, layers: usize) -> std::result::Result<usize, ConfigError> {
+    if let Some(every) = opt_field(v, "global_attn_every_n_layers")? {
+        if every == 0 {
+            return Err("field \"global_attn_every_n_layers\" must be at least 1, found 0".into());
+        }
+        return Ok(every);
+    }
+    let Some(types) = v.get("layer_types").and_then(Value::as_array) else {
+        return Ok(3);
+    };
+    let global = |t: &Value| t.as_str() == Some("full_attention");
+    Ok(types
+        .iter()
+        .skip(1)
+        .position(global)
+        .map_or(layers.max(1), |i| i + 1))
 }
 
 /// What the PyTorch model reads beside candle's fields (transformers' defaults where absent),

@@ -311,6 +311,46 @@ fn modernbert_fields_are_refused_by_the_runtime_that_does_not_follow_them() {
         let o = torch_estimate(&path, &["--task", "masked-lm"]);
         assert!(o.status.success(), "{field}: {}", stderr(&o));
     }
+    // transformers 5 saves `layer_types`, not `global_attn_every_n_layers`: the PyTorch
+    // estimate reads the pattern from it (the same as the bundled config's), candle's config
+    // requires the field.
+    let mut v5 = crate::common::bundled_config("tiny-modernbert");
+    let every = v5["global_attn_every_n_layers"].as_u64().unwrap();
+    let layers = v5["num_hidden_layers"].as_u64().unwrap();
+    v5.as_object_mut()
+        .unwrap()
+        .remove("global_attn_every_n_layers");
+    v5["layer_types"] = (0..layers)
+        .map(|i| {
+            if i % every == 0 {
+                "full_attention"
+            } else {
+                "sliding_attention"
+            }
+        })
+        .collect::<Vec<_>>()
+        .into();
+    let v5 = write_config(&d, "v5.json", &v5.to_string());
+    let total = |model: &str| {
+        let o = torch_estimate(model, &["--workload", "train", "--json"]);
+        assert!(o.status.success(), "{model}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["total_bytes"].as_u64().unwrap()
+    };
+    assert_eq!(total(&v5), total("tiny-modernbert"));
+    let o = oomlab(&["estimate", "--model", &v5, "--seq", "8"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("global_attn_every_n_layers") && err.contains("--runtime"),
+        "{err}"
+    );
+    let zero = with("zero.json", "global_attn_every_n_layers", 0.into());
+    let err = stderr(&torch_estimate(&zero, &[]));
+    assert!(
+        err.contains("\"global_attn_every_n_layers\" must be at least 1"),
+        "{err}"
+    );
     for (file, field, value, says) in [
         (
             "norm-bias.json",
