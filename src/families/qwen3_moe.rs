@@ -7,7 +7,7 @@
 #![allow(clippy::many_single_char_names)]
 
 use super::candle::{candle_config, prefill_decoder};
-use super::config::{ConfigError, field};
+use super::config::{ConfigError, field, opt_field};
 use super::llama::tensors_like_llama;
 use super::ops::{Run, expert_lists, gated_mlp_width, linear, pushed_vec, rotary_tables};
 use super::qwen3::dense_dims;
@@ -68,7 +68,12 @@ prefill_decoder!(qwen3_moe::ModelForCausalLM);
 
 /// `dense` with Qwen3-MoE's expert fields, as candle 0.11 reads them.
 fn with_experts(v: &Value, dense: &Dims) -> std::result::Result<Dims, ConfigError> {
-    let experts = field(v, "num_experts")?;
+    // transformers 5 saves it as `num_local_experts` (its attribute map); candle's config
+    // reads `num_experts` only, and refuses a config without it.
+    let experts = match opt_field(v, "num_experts")? {
+        Some(n) => n,
+        None => opt_field(v, "num_local_experts")?.unwrap_or(128),
+    };
     let per_token = field(v, "num_experts_per_tok")?;
     if experts > 0 && (per_token == 0 || per_token > experts) {
         return Err(format!(

@@ -1361,3 +1361,60 @@ fn auto_on_the_torch_runtime_finds_the_boundary_in_two_trials() {
         assert!(b.max_batch.is_some_and(|m| m > 1), "{model}");
     }
 }
+
+/// A config as transformers 5 saves it (`to_dict`: `rope_parameters` for `rope_theta`,
+/// Qwen3-MoE's `num_local_experts` for `num_experts`, `layer_types`, every default written out;
+/// ModernBERT without `global_attn_every_n_layers` is `cli_errors`' case) reads as the bundled one:
+/// the PyTorch estimate of each modelled family is the same to the byte, and the families it
+/// does not model are refused as such, not for a field they lack.
+#[test]
+fn a_config_saved_by_transformers_5_estimates_as_the_original() {
+    let Some(python) = torch_python() else { return };
+    let d = TempDir::new("v5-configs");
+    let script = "import json, sys, transformers\n\
+        raw = json.load(open(sys.argv[1])); model_type = raw.pop('model_type')\n\
+        json.dump(transformers.AutoConfig.for_model(model_type, **raw).to_dict(), open(sys.argv[2], 'w'))\n";
+    let estimate = |model: &str| {
+        let o = Command::new(bin())
+            .args(["estimate", "--runtime", "torch", "--model", model])
+            .args([
+                "--seq",
+                "12",
+                "--batch",
+                "2",
+                "--json",
+                "--workload",
+                "train",
+            ])
+            .output()
+            .unwrap();
+        if o.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            Ok(v["total_bytes"].as_u64().unwrap())
+        } else {
+            Err(stderr(&o))
+        }
+    };
+    for name in crate::common::TINY_MODELS {
+        let original = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("assets/models/{name}.json"));
+        let saved = d.join(&format!("{name}.json"));
+        let o = Command::new(&python)
+            .arg("-c")
+            .arg(script)
+            .arg(&original)
+            .arg(&saved)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let saved = saved.to_string_lossy().into_owned();
+        match (estimate(name), estimate(&saved)) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "{name}"),
+            (Err(a), Err(b)) => {
+                assert!(a.contains("does not model"), "{name}: {a}");
+                assert!(b.contains("does not model"), "{name} as saved: {b}");
+            }
+            (a, b) => panic!("{name}: {a:?} against {b:?}"),
+        }
+    }
+}
