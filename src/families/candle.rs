@@ -51,11 +51,12 @@ pub enum BuildError {
     Candle(#[from] candle_core::Error),
 }
 
-/// candle's config type `T` read from the config text.
+/// candle's config type `T` read from the config text (a config saved by transformers 5
+/// first given the fields candle reads: [`transformers4_fields`]).
 pub fn candle_config<T: serde::de::DeserializeOwned>(
     config: &str,
 ) -> std::result::Result<T, ConfigError> {
-    serde_json::from_str(config).map_err(|e| ConfigError(e.to_string()))
+    patched_config(config, |_| {})
 }
 
 /// candle's config for the config text, after `patch` has filled in what candle requires and a
@@ -67,9 +68,75 @@ pub fn patched_config<T: serde::de::DeserializeOwned>(
     let field = |e: serde_json::Error| ConfigError(e.to_string());
     let mut v: serde_json::Value = serde_json::from_str(config).map_err(field)?;
     if let Some(o) = v.as_object_mut() {
+        transformers4_fields(o);
         patch(o);
     }
     serde_json::from_value(v).map_err(field)
+}
+
+/// transformers 5 saves a model's rotary settings in `rope_parameters` (one dict, or one per
+/// layer type: `full_attention`, `sliding_attention`) where transformers 4 wrote `rope_theta`
+/// (Gemma 3's local `rope_local_base_freq`, `ModernBERT`'s `global_rope_theta` and
+/// `local_rope_theta`) and `rope_scaling`, which candle 0.11's config types read; it writes
+/// `sliding_window: null` for a Qwen2 without one, where candle's wants a number, and Qwen3-MoE's
+/// `num_experts` as `num_local_experts`. Each absent field is filled from its new home, the same
+/// values under the old names; a config that has them is left as it is.
+fn transformers4_fields(o: &mut serde_json::Map<String, serde_json::Value>) {
+    use serde_json::Value;
+    // Qwen3-MoE's expert count (its attribute map's name).
+    if o.get("model_type").and_then(Value::as_str) == Some("qwen3_moe")
+        && o.get("num_experts").is_none_or(Value::is_null)
+        && let Some(experts) = o.get("num_local_experts").cloned()
+    {
+        o.insert("num_experts".to_string(), experts);
+    }
+    let Some(Value::Object(rope)) = o.get("rope_parameters").cloned() else {
+        return sliding_window_as_number(o);
+    };
+    let theta = |p: &serde_json::Map<String, Value>| p.get("rope_theta").cloned();
+    let (global, local) = match (rope.get("full_attention"), rope.get("sliding_attention")) {
+        (Some(Value::Object(full)), sliding) => {
+            (full.clone(), sliding.and_then(Value::as_object).cloned())
+        }
+        _ => (rope.clone(), None),
+    };
+    let mut fill = |name: &str, value: Option<Value>| {
+        if let Some(value) = value
+            && o.get(name).is_none_or(Value::is_null)
+        {
+            o.insert(name.to_string(), value);
+        }
+    };
+    fill("rope_theta", theta(&global));
+    fill("global_rope_theta", theta(&global));
+    if let Some(local) = &local {
+        fill("rope_local_base_freq", theta(local));
+        fill("local_rope_theta", theta(local));
+    }
+    let scaled = global
+        .get("rope_type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| t != "default");
+    if scaled {
+        fill("rope_scaling", Some(Value::Object(global.clone())));
+    }
+    sliding_window_as_number(o);
+}
+
+/// A Qwen2 without a sliding window (`use_sliding_window` false) saved by transformers 5 has
+/// `sliding_window: null`; candle's config wants a number, which its model then ignores.
+fn sliding_window_as_number(o: &mut serde_json::Map<String, serde_json::Value>) {
+    let off = o
+        .get("use_sliding_window")
+        .is_none_or(|u| u.as_bool() == Some(false));
+    if off
+        && o.get("sliding_window")
+            .is_some_and(serde_json::Value::is_null)
+        && o.get("model_type").and_then(serde_json::Value::as_str) == Some("qwen2")
+        && let Some(positions) = o.get("max_position_embeddings").cloned()
+    {
+        o.insert("sliding_window".to_string(), positions);
+    }
 }
 
 /// A decoder whose forward takes the ids alone: a prefill from position 0, then its KV cache

@@ -1366,7 +1366,8 @@ fn auto_on_the_torch_runtime_finds_the_boundary_in_two_trials() {
 /// Qwen3-MoE's `num_local_experts` for `num_experts`, `layer_types`, every default written out;
 /// ModernBERT without `global_attn_every_n_layers` is `cli_errors`' case) reads as the bundled one:
 /// the PyTorch estimate of each modelled family is the same to the byte, and the families it
-/// does not model are refused as such, not for a field they lack.
+/// does not model are refused as such, not for a field they lack; candle's estimate is the same
+/// too.
 #[test]
 fn a_config_saved_by_transformers_5_estimates_as_the_original() {
     let Some(python) = torch_python() else { return };
@@ -1374,18 +1375,11 @@ fn a_config_saved_by_transformers_5_estimates_as_the_original() {
     let script = "import json, sys, transformers\n\
         raw = json.load(open(sys.argv[1])); model_type = raw.pop('model_type')\n\
         json.dump(transformers.AutoConfig.for_model(model_type, **raw).to_dict(), open(sys.argv[2], 'w'))\n";
-    let estimate = |model: &str| {
+    let estimate_with = |model: &str, runtime: &[&str]| {
         let o = Command::new(bin())
-            .args(["estimate", "--runtime", "torch", "--model", model])
-            .args([
-                "--seq",
-                "12",
-                "--batch",
-                "2",
-                "--json",
-                "--workload",
-                "train",
-            ])
+            .args(["estimate", "--model", model])
+            .args(["--seq", "12", "--batch", "2", "--json"])
+            .args(runtime)
             .output()
             .unwrap();
         if o.status.success() {
@@ -1395,6 +1389,8 @@ fn a_config_saved_by_transformers_5_estimates_as_the_original() {
             Err(stderr(&o))
         }
     };
+    let estimate =
+        |model: &str| estimate_with(model, &["--runtime", "torch", "--workload", "train"]);
     for name in crate::common::TINY_MODELS {
         let original = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join(format!("assets/models/{name}.json"));
@@ -1416,5 +1412,13 @@ fn a_config_saved_by_transformers_5_estimates_as_the_original() {
             }
             (a, b) => panic!("{name}: {a:?} against {b:?}"),
         }
+        // candle's config types read the fields transformers 4 wrote: the saved config's are
+        // carried back to those names (`rope_theta` from `rope_parameters`, …).
+        let (a, b) = (estimate_with(name, &[]), estimate_with(&saved, &[]));
+        assert_eq!(
+            a.clone().unwrap(),
+            b.clone().unwrap(),
+            "{name}: {a:?} {b:?}"
+        );
     }
 }
