@@ -377,24 +377,6 @@ fn mean_pool(r: &TorchRun<'_>, last: &Pt) -> Pt {
     pooled
 }
 
-/// `t * table` with autograd, saving the table (the rotation's tables need no gradient): on the
-/// CPU an f32 `t` meets a reduced table (a bf16 model's) through a widened copy of the table,
-/// made again in the backward.
-fn times_table(tape: &Tape<'_>, t: &Pt, table: &Pt) -> Pt {
-    let widens = table.dt != t.dt && !t.on_cuda();
-    let y = {
-        let _wide = widens.then(|| table.new(&table.dims, t.dt));
-        t.like()
-    };
-    let mut edges = Vec::new();
-    if widens {
-        edges.push(Edge::Work(table.elems() as u64 * t.dt.size()));
-    }
-    edges.push(Tape::grad_of(t));
-    tape.node(&y, edges, &[table]);
-    y
-}
-
 /// [`rope`] with autograd: each `.float()` a cast node (a copy for a reduced type), the products
 /// saving their tables, `rotate_half`'s slices (each slice's backward: zeros like its input,
 /// the gradient copied in), negation and concatenation, the sum, then both cast back.
@@ -402,21 +384,15 @@ fn train_rope(tape: &Tape<'_>, (q, k): (&Pt, &Pt), (cos, sin): (&Pt, &Pt)) -> (P
     let rotated = |x: &Pt| {
         let with_cos = {
             let wide = tape.cast(x, TDt::F32);
-            times_table(tape, &wide, cos)
+            tt::times_table(tape, &wide, cos)
         };
         let turned = {
             let wide = tape.cast(x, TDt::F32);
             tt::rotate_half(tape, &wide)
         };
-        let with_sin = times_table(tape, &turned, sin);
+        let with_sin = tt::times_table(tape, &turned, sin);
         drop(turned);
-        let out = with_cos.like();
-        tape.node(
-            &out,
-            vec![Edge::Pass(with_cos.gid()), Edge::Pass(with_sin.gid())],
-            &[],
-        );
-        out
+        tt::add(tape, &with_cos, &with_sin)
     };
     let (q_embed, k_embed) = (rotated(q), rotated(k));
     (tape.cast(&q_embed, q.dt), tape.cast(&k_embed, k.dt))

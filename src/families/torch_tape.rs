@@ -1154,33 +1154,47 @@ pub fn rms_norm(tape: &Tape<'_>, x: &Pt) -> Pt {
 /// in), negates the second, concatenates (its backward: slices of the gradient).
 #[must_use]
 pub fn rotate(tape: &Tape<'_>, x: &Pt, cos: &Pt, sin: &Pt) -> Pt {
-    // `t * table`, saving the table. Under autocast a low-precision `t` meets the f32 tables:
-    // the CPU's TensorIterator casts `t` to f32 for the product (a copy while it runs), the
-    // product is f32, and the backward's f32 gradient is cast back to `t`'s type (the engine
-    // makes the cast, and the f32 one goes when the node ends).
-    let product = |t: &Pt, table: &Pt| {
-        if t.dt == table.dt {
-            let y = t.like();
-            tape.node(&y, vec![Tape::grad_of(t)], &[table]);
-            return y;
-        }
+    let with_cos = times_table(tape, x, cos);
+    let with_sin = {
+        let rotated = rotate_half(tape, x);
+        times_table(tape, &rotated, sin)
+    };
+    add(tape, &with_cos, &with_sin)
+}
+
+/// `t * table` with autograd, saving the table (the rotation's tables need no gradient). Where
+/// the types differ the product is in the wider one:
+/// - under autocast a low-precision `t` meets the f32 tables: the CPU's `TensorIterator` casts
+///   `t` to f32 for the product (a copy while it runs), and the backward's f32 gradient is cast
+///   back to `t`'s type (the engine makes the cast, and the f32 one goes when the node ends);
+/// - an f32 `t` meets a reduced table (`ModernBERT`'s rotation in f32 in a bf16 model): the CPU
+///   widens the table in a copy, in the forward and again in the backward (CUDA's kernels cast
+///   as they load).
+#[must_use]
+pub fn times_table(tape: &Tape<'_>, t: &Pt, table: &Pt) -> Pt {
+    if t.dt == table.dt {
+        let y = t.like();
+        tape.node(&y, vec![Tape::grad_of(t)], &[table]);
+        return y;
+    }
+    if t.dt.reduced() {
         let y = t.widened(table.dt);
         let wide_grad = t.elems() as u64 * table.dt.size();
         tape.node(&y, vec![Edge::Work(wide_grad), Tape::grad_of(t)], &[table]);
-        y
+        return y;
+    }
+    let widens = !t.on_cuda();
+    let y = {
+        let _wide = widens.then(|| table.new(&table.dims, t.dt));
+        t.like()
     };
-    let with_cos = product(x, cos);
-    let with_sin = {
-        let rotated = rotate_half(tape, x);
-        product(&rotated, sin)
-    };
-    let out = with_cos.like();
-    tape.node(
-        &out,
-        vec![Edge::Pass(with_cos.gid()), Edge::Pass(with_sin.gid())],
-        &[],
-    );
-    out
+    let mut edges = Vec::new();
+    if widens {
+        edges.push(Edge::Work(table.elems() as u64 * t.dt.size()));
+    }
+    edges.push(Tape::grad_of(t));
+    tape.node(&y, edges, &[table]);
+    y
 }
 
 /// `rotate_half(x)` with autograd: the halves sliced (each slice's backward: zeros like `x`,
